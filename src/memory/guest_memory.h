@@ -1,0 +1,144 @@
+// GuestMemory: the only code in nicmux that turns another party's addresses into host pointers
+// (DESIGN.md "Key abstractions"). A GuestMemory is an immutable snapshot of one memory table
+// (vhost-user SET_MEM_TABLE, or a table grown by ADD_MEM_REG / shrunk by REM_MEM_REG): a new
+// table is a new snapshot, swapped in through GuestMemoryMap while readers finish with the old.
+//
+// Invariants of a snapshot:
+//  - every region has size > 0, gpa + size and uva + size do not wrap 2^64;
+//  - no two regions overlap, neither in guest-physical nor in frontend-virtual addresses;
+//  - at most kMaxRegions regions (vhost-user GET_MAX_MEM_SLOTS answers this);
+//  - Translate succeeds only for [addr, addr + len) inside ONE region; all arithmetic is 64-bit
+//    and overflow-checked, so no input can yield a pointer outside a mapping.
+//
+// Two address spaces: guest-physical (GuestAddr, what descriptors carry) and the frontend's
+// virtual addresses (what vhost-user SET_VRING_ADDR carries for the rings).
+#pragma once
+
+#include <atomic>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "base/mmap.h"
+#include "base/result.h"
+
+namespace nicmux {
+
+// A guest-physical address. Never a host pointer.
+struct GuestAddr {
+  uint64_t value = 0;
+  friend constexpr bool operator==(GuestAddr, GuestAddr) = default;
+  friend constexpr auto operator<=>(GuestAddr, GuestAddr) = default;
+};
+
+enum class Access : uint8_t { kRead, kWrite };
+
+// Plain old data that may be copied out of (or into) guest memory in one fetch.
+template <typename T>
+concept GuestPod = std::is_trivially_copyable_v<T> && std::is_standard_layout_v<T>;
+
+// One region as a peer describes it, before mapping (vhost-user VhostUserMemoryRegion).
+struct RegionSpec {
+  uint64_t guest_phys_addr = 0;
+  uint64_t size = 0;
+  uint64_t user_addr = 0;    // the frontend's virtual address of the region
+  uint64_t mmap_offset = 0;  // where the region starts in the fd
+};
+
+struct GuestRegion {
+  uint64_t gpa = 0;
+  uint64_t size = 0;
+  uint64_t uva = 0;
+  uint64_t mmap_offset = 0;
+  std::byte* host = nullptr;  // host view of gpa
+  bool writable = true;
+  std::shared_ptr<const MappedRegion> mapping;  // keeps host valid; null for borrowed memory
+};
+
+class GuestMemory {
+ public:
+  static constexpr size_t kMaxRegions = 509;  // QEMU's vhost-user maximum memory slots
+
+  // Validates the invariants above; the error names the region and the field.
+  static Result<std::shared_ptr<const GuestMemory>> Create(std::vector<GuestRegion> regions);
+  // Maps spec from fd (shared, read-write). The fd may be closed afterwards.
+  static Result<GuestRegion> MapRegion(const RegionSpec& spec, int fd);
+
+  // A new snapshot with one more region (ADD_MEM_REG) / without the region matching spec
+  // exactly (REM_MEM_REG). This snapshot is unchanged.
+  Result<std::shared_ptr<const GuestMemory>> WithRegion(GuestRegion region) const;
+  Result<std::shared_ptr<const GuestMemory>> WithoutRegion(const RegionSpec& spec) const;
+
+  // Host view of [addr, addr + len) if it lies in one region, else an error naming the range.
+  Result<std::span<std::byte>> Translate(GuestAddr addr, uint64_t len, Access access) const;
+  Result<std::span<std::byte>> TranslateUva(uint64_t uva, uint64_t len, Access access) const;
+
+  // The same for hot paths: nullptr instead of an Error. len == 0 needs addr inside a region.
+  std::byte* TranslateFast(GuestAddr addr, uint64_t len, Access access) const {
+    return Find(addr.value, len, access, /*by_uva=*/false);
+  }
+  std::byte* TranslateUvaFast(uint64_t uva, uint64_t len, Access access) const {
+    return Find(uva, len, access, /*by_uva=*/true);
+  }
+
+  // Exactly one fetch of a T out of guest memory (no double reads a guest could race).
+  template <GuestPod T>
+  Result<T> Read(GuestAddr addr) const {
+    auto s = Translate(addr, sizeof(T), Access::kRead);
+    if (!s) return s.error();
+    T v;
+    std::memcpy(&v, s->data(), sizeof(T));
+    return v;
+  }
+  template <GuestPod T>
+  Result<void> Write(GuestAddr addr, const T& v) const {
+    auto s = Translate(addr, sizeof(T), Access::kWrite);
+    if (!s) return s.error();
+    std::memcpy(s->data(), &v, sizeof(T));
+    return Ok();
+  }
+
+  std::span<const GuestRegion> regions() const { return regions_; }
+
+ private:
+  explicit GuestMemory(std::vector<GuestRegion> regions);
+  std::byte* Find(uint64_t addr, uint64_t len, Access access, bool by_uva) const;
+  static std::byte* InRegion(const GuestRegion& r, uint64_t addr, uint64_t len, Access access,
+                             bool by_uva);
+
+  std::vector<GuestRegion> regions_;       // sorted by gpa
+  std::vector<uint32_t> by_uva_;           // indexes of regions_, sorted by uva
+  mutable std::atomic<uint32_t> last_hit_{0};  // a hint only: relaxed, any value is safe
+};
+
+// The current snapshot of a device's memory table, for the control plane. The control thread
+// Store()s a new one; the queues a worker polls get the new snapshot through the pause/ack/resume
+// handshake (DESIGN.md), so the hot loop takes no lock. Whoever holds a snapshot keeps its
+// mappings alive: an unmap never happens under a reader.
+class GuestMemoryMap {
+ public:
+  std::shared_ptr<const GuestMemory> Load() const {
+    std::lock_guard lock(mu_);
+    return current_;
+  }
+  void Store(std::shared_ptr<const GuestMemory> m) {
+    std::shared_ptr<const GuestMemory> old;
+    {
+      std::lock_guard lock(mu_);
+      old = std::exchange(current_, std::move(m));
+    }
+    // old is released here, outside the lock; its mappings go when the last reader drops it.
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const GuestMemory> current_;
+};
+
+}  // namespace nicmux

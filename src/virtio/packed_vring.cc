@@ -1,0 +1,184 @@
+#include "virtio/packed_vring.h"
+
+#include "base/log.h"
+#include "virtio/ring_access.h"
+
+namespace nicmux::virtio {
+
+Result<void> PackedVring::Init(const VringConfig& config, const PackedRingAreas& areas,
+                               const GuestMemory* mem, uint16_t avail_state) {
+  NICMUX_TRY(CheckQueueSize(config.size, true));
+  NICMUX_CHECK(mem != nullptr && areas.desc && areas.driver_event && areas.device_event);
+  uint16_t pos = avail_state & 0x7fff;
+  if (pos >= config.size) {
+    return Error("packed ring base " + std::to_string(pos) + " is not below the queue size " +
+                 std::to_string(config.size));
+  }
+  mem_ = mem;
+  desc_ = areas.desc;
+  driver_event_ = areas.driver_event;
+  device_event_ = areas.device_event;
+  size_ = config.size;
+  event_idx_ = config.event_idx();
+  indirect_ = config.indirect();
+  policy_ = config.policy;
+  avail_pos_ = used_pos_ = signalled_pos_ = pos;
+  avail_wrap_ = used_wrap_ = (avail_state >> 15) != 0;
+  pending_ = 0;
+  descs_of_id_.assign(size_, 0);
+  in_flight_.assign(size_, 0);
+  broken_ = false;
+  return Ok();
+}
+
+void PackedVring::MarkBroken(DropReason why) {
+  broken_ = true;
+  drops_.Add(why);
+  drops_.Add(DropReason::kQueueBroken);
+  NICMUX_LOG_RATELIMITED(kWarning, "packed virtqueue (size %u) broken until reset: %s", size_,
+                         DropReasonName(why).data());
+}
+
+std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d,
+                                                    ChainBuilder& builder) {
+  // UNTRUSTED: an indirect descriptor (§2.8.19): feature, length and placement checked before
+  // the table is read; entries are sequential, their NEXT flag is not used.
+  if (!indirect_) return DropReason::kIndirectNotNegotiated;
+  const uint32_t len = d.len.get();
+  if (len == 0 || len % sizeof(VirtqPackedDesc) != 0) return DropReason::kIndirectBadLen;
+  if (len / sizeof(VirtqPackedDesc) > size_) return DropReason::kChainTooLong;
+  std::byte* t = mem_->TranslateFast(GuestAddr{d.addr.get()}, len, Access::kRead);
+  if (t == nullptr) return DropReason::kIndirectOutsideMemory;
+  const auto* table = reinterpret_cast<const VirtqPackedDesc*>(t);
+  for (uint32_t i = 0; i < len / sizeof(VirtqPackedDesc); ++i) {
+    VirtqPackedDesc e;
+    std::memcpy(&e, &table[i], sizeof e);
+    const uint16_t flags = e.flags.get();
+    if (flags & kDescFIndirect) return DropReason::kIndirectNested;
+    if (auto bad = builder.Add(e.addr.get(), e.len.get(), (flags & kDescFWrite) != 0)) return bad;
+  }
+  return std::nullopt;
+}
+
+PopStatus PackedVring::Pop(DescChain* chain) {
+  for (;;) {
+    if (broken_) return PopStatus::kBroken;
+    uint16_t slot = avail_pos_;
+    bool wrap = avail_wrap_;
+    // §2.8.21.1: the driver writes a chain's first flags last (release); this acquire orders
+    // our reads of the chain's descriptors after it.
+    uint16_t flags = LoadAcquire(desc_[slot].flags);
+    if (!IsAvail(flags, wrap)) return PopStatus::kEmpty;
+
+    ChainBuilder builder(*mem_, policy_, chain);
+    std::optional<DropReason> bad;
+    uint32_t n = 0;
+    uint16_t id = 0;
+    // Walk the whole extent of the chain even after a bad buffer: completing it needs its id
+    // and its length in slots.
+    for (;;) {
+      if (++n > size_) {  // every slot chained: no end to find
+        MarkBroken(DropReason::kChainTooLong);
+        return PopStatus::kBroken;
+      }
+      VirtqPackedDesc d;
+      std::memcpy(&d, &desc_[slot], sizeof d);
+      if (flags & kDescFIndirect) {
+        if (!bad && (flags & kDescFNext)) bad = DropReason::kIndirectWithNext;
+        if (!bad) bad = WalkIndirect(d, builder);
+      } else if (!bad) {
+        bad = builder.Add(d.addr.get(), d.len.get(), (flags & kDescFWrite) != 0);
+      }
+      id = d.id.get();
+      if (!(flags & kDescFNext)) break;
+      Advance(&slot, &wrap, 1);
+      flags = LoadAcquire(desc_[slot].flags);
+      // UNTRUSTED: a continuation descriptor must be available in the same lap.
+      if (!IsAvail(flags, wrap)) {
+        MarkBroken(DropReason::kPackedWrapInconsistent);
+        return PopStatus::kBroken;
+      }
+    }
+    // UNTRUSTED: the buffer id indexes our tables and must not be in flight already.
+    if (id >= size_) {
+      MarkBroken(DropReason::kPackedIdOutOfRange);
+      return PopStatus::kBroken;
+    }
+    if (in_flight_[id]) {
+      MarkBroken(DropReason::kPackedIdInFlight);
+      return PopStatus::kBroken;
+    }
+    Advance(&avail_pos_, &avail_wrap_, n);
+    in_flight_[id] = 1;
+    descs_of_id_[id] = static_cast<uint16_t>(n);
+    if (!bad) {
+      chain->id = id;
+      chain->num_descs = static_cast<uint16_t>(n);
+      popped_.Add();
+      return PopStatus::kOk;
+    }
+    drops_.Add(*bad);
+    NICMUX_LOG_RATELIMITED(kWarning, "packed virtqueue: chain with id %u completed empty: %s", id,
+                           DropReasonName(*bad).data());
+    Push(id, 0);
+  }
+}
+
+uint32_t PackedVring::PopBurst(DescChain* chains, uint32_t n) {
+  uint32_t got = 0;
+  while (got < n && Pop(&chains[got]) == PopStatus::kOk) ++got;
+  return got;
+}
+
+void PackedVring::Push(uint16_t id, uint32_t len) {
+  NICMUX_CHECK(id < size_ && in_flight_[id]);
+  in_flight_[id] = 0;
+  VirtqPackedDesc& d = desc_[used_pos_];
+  d.id = Le16::Of(id);
+  d.len = Le32::Of(len);
+  // A used descriptor has AVAIL == USED == the device's used wrap counter (§2.8.1).
+  const uint16_t flags = used_wrap_ ? (kDescFAvail | kDescFUsed) : 0;
+  if (pending_ == 0) {
+    first_slot_ = used_pos_;
+    first_flags_ = flags;
+  } else {
+    StoreRelease(d.flags, flags);
+  }
+  ++pending_;
+  Advance(&used_pos_, &used_wrap_, descs_of_id_[id]);
+}
+
+bool PackedVring::Flush() {
+  if (pending_ == 0) return false;
+  // The burst's first used descriptor becomes visible last, with every id and len before it.
+  StoreRelease(desc_[first_slot_].flags, first_flags_);
+  pending_ = 0;
+  const uint16_t old_pos = signalled_pos_;
+  signalled_pos_ = used_pos_;
+  // Order the flags store before reading the driver's event suppression (§2.8.10).
+  FullFence();
+  const uint16_t mode = LoadRelaxed(driver_event_->flags);
+  if (mode == kRingEventFlagsDisable) return false;
+  if (mode == kRingEventFlagsDesc && event_idx_) {
+    return PackedNeedEvent(LoadRelaxed(driver_event_->off_wrap), old_pos, used_pos_, used_wrap_,
+                           static_cast<uint16_t>(size_));
+  }
+  return true;  // ENABLE, or a value we do not know: notifying is always safe
+}
+
+bool PackedVring::EnableKicks() {
+  if (broken_) return false;
+  if (event_idx_) {
+    StoreRelaxed(device_event_->off_wrap,
+                 static_cast<uint16_t>(avail_pos_ | (avail_wrap_ ? 0x8000 : 0)));
+    StoreRelaxed(device_event_->flags, kRingEventFlagsDesc);
+  } else {
+    StoreRelaxed(device_event_->flags, kRingEventFlagsEnable);
+  }
+  FullFence();
+  return IsAvail(LoadAcquire(desc_[avail_pos_].flags), avail_wrap_);
+}
+
+void PackedVring::DisableKicks() { StoreRelaxed(device_event_->flags, kRingEventFlagsDisable); }
+
+}  // namespace nicmux::virtio

@@ -1,0 +1,86 @@
+// PackedVring: the device side of a packed virtqueue (virtio 1.2 §2.8), for a driver we do not
+// trust. Same interface as SplitVring so the datapath is written once over both layouts.
+//
+// A descriptor at the device's position is available when its AVAIL bit equals our avail wrap
+// counter and its USED bit does not (§2.8.1). A chain continues through NEXT flags; every
+// descriptor after the first must be available with the same rule, else the wrap bits are
+// inconsistent and the queue is broken (we could not tell where the chain ends). The buffer id
+// is taken from the last descriptor (§2.8.6); an id >= size, or one still in flight, breaks
+// the queue. Used descriptors are written in order; the first one's flags are stored last, so
+// the driver sees a whole burst at once (§2.8.7 "the device ... flags last").
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "base/counter.h"
+#include "virtio/vring.h"
+
+namespace nicmux::virtio {
+
+class PackedVring {
+ public:
+  // avail_state is the vhost-user ring base for packed rings: position | wrap counter << 15.
+  // The used position starts equal to it (no chain in flight across a restart).
+  Result<void> Init(const VringConfig& config, const PackedRingAreas& areas,
+                    const GuestMemory* mem, uint16_t avail_state = 1u << 15);
+  void SetMemory(const GuestMemory* mem) { mem_ = mem; }
+
+  PopStatus Pop(DescChain* chain);
+  uint32_t PopBurst(DescChain* chains, uint32_t n);
+  void Push(uint16_t id, uint32_t len);
+  bool Flush();
+  bool EnableKicks();
+  void DisableKicks();
+
+  bool broken() const { return broken_; }
+  const DropCounters& drops() const { return drops_; }
+  uint16_t avail_state() const {  // vhost-user GET_VRING_BASE
+    return static_cast<uint16_t>(avail_pos_ | (avail_wrap_ ? 0x8000 : 0));
+  }
+  uint32_t size() const { return size_; }
+  uint64_t chains_popped() const { return popped_.Get(); }
+
+ private:
+  bool IsAvail(uint16_t flags, bool wrap) const {
+    return ((flags & kDescFAvail) != 0) == wrap && ((flags & kDescFUsed) != 0) != wrap;
+  }
+  void Advance(uint16_t* pos, bool* wrap, uint32_t n) const {
+    uint32_t p = *pos + n;
+    if (p >= size_) {
+      p -= size_;
+      *wrap = !*wrap;
+    }
+    *pos = static_cast<uint16_t>(p);
+  }
+  std::optional<DropReason> WalkIndirect(const VirtqPackedDesc& d, ChainBuilder& builder);
+  void MarkBroken(DropReason why);
+
+  const GuestMemory* mem_ = nullptr;
+  VirtqPackedDesc* desc_ = nullptr;
+  VirtqPackedEvent* driver_event_ = nullptr;
+  VirtqPackedEvent* device_event_ = nullptr;
+  uint32_t size_ = 0;
+  bool event_idx_ = false;
+  bool indirect_ = false;
+  ChainPolicy policy_ = ChainPolicy::kAny;
+  bool broken_ = true;  // until Init
+
+  uint16_t avail_pos_ = 0;
+  bool avail_wrap_ = true;
+  uint16_t used_pos_ = 0;
+  bool used_wrap_ = true;
+  uint16_t signalled_pos_ = 0;  // used_pos_ at the last Flush, for the event check
+
+  uint32_t pending_ = 0;        // used descriptors written since the last Flush
+  uint16_t first_slot_ = 0;     // the burst's first used descriptor, whose flags go last
+  uint16_t first_flags_ = 0;
+
+  std::vector<uint16_t> descs_of_id_;  // ring slots each in-flight id occupies
+  std::vector<uint8_t> in_flight_;
+
+  DropCounters drops_;
+  Counter popped_;
+};
+
+}  // namespace nicmux::virtio

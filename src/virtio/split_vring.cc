@@ -1,0 +1,170 @@
+#include "virtio/split_vring.h"
+
+#include "base/log.h"
+#include "virtio/ring_access.h"
+
+namespace nicmux::virtio {
+
+Result<void> SplitVring::Init(const VringConfig& config, const SplitRingAreas& areas,
+                              const GuestMemory* mem, uint16_t last_avail_idx) {
+  NICMUX_TRY(CheckQueueSize(config.size, false));
+  NICMUX_CHECK(mem != nullptr && areas.desc && areas.avail && areas.used);
+  // UNTRUSTED: the used idx in the ring; bounded against last_avail_idx.
+  uint16_t used = LoadAcquire(areas.used->idx);
+  if (static_cast<uint16_t>(last_avail_idx - used) > config.size) {
+    return Error("split ring state: used idx " + std::to_string(used) + " is more than the queue size " +
+                 std::to_string(config.size) + " behind last_avail_idx " +
+                 std::to_string(last_avail_idx));
+  }
+  mem_ = mem;
+  desc_ = areas.desc;
+  avail_ = areas.avail;
+  used_ = areas.used;
+  size_ = config.size;
+  mask_ = static_cast<uint16_t>(config.size - 1);
+  event_idx_ = config.event_idx();
+  indirect_ = config.indirect();
+  policy_ = config.policy;
+  last_avail_ = avail_shadow_ = last_avail_idx;
+  used_idx_ = used;
+  pending_ = 0;
+  broken_ = false;
+  return Ok();
+}
+
+void SplitVring::MarkBroken(DropReason why) {
+  broken_ = true;
+  drops_.Add(why);
+  drops_.Add(DropReason::kQueueBroken);
+  NICMUX_LOG_RATELIMITED(kWarning, "split virtqueue (size %u) broken until reset: %s", size_,
+                         DropReasonName(why).data());
+}
+
+std::optional<DropReason> SplitVring::Walk(uint16_t head, DescChain* chain) {
+  ChainBuilder builder(*mem_, policy_, chain);
+  const VirtqDesc* table = desc_;
+  uint32_t table_size = size_;
+  bool in_indirect = false;
+  uint32_t idx = head;
+  uint32_t hops = 0;   // in the current table: more hops than entries means a loop
+  uint32_t total = 0;  // buffer descriptors in the whole chain: at most the queue size
+                       // (§2.7.5.3.1); the descriptor pointing at an indirect table is not one
+  for (;;) {
+    if (++hops > table_size) return DropReason::kDescLoop;
+    // One copy out of shared memory; only the copy is looked at (no double fetch).
+    VirtqDesc d;
+    std::memcpy(&d, &table[idx], sizeof d);
+    const uint16_t flags = d.flags.get();
+    if (!(flags & kDescFIndirect) && ++total > size_) return DropReason::kChainTooLong;
+    if (flags & kDescFIndirect) {
+      // UNTRUSTED: an indirect descriptor; feature, nesting, flags, length and placement are
+      // checked before its table is walked (§2.7.5.3.1).
+      if (!indirect_) return DropReason::kIndirectNotNegotiated;
+      if (in_indirect) return DropReason::kIndirectNested;
+      if (flags & kDescFNext) return DropReason::kIndirectWithNext;
+      const uint32_t len = d.len.get();
+      if (len == 0 || len % sizeof(VirtqDesc) != 0) return DropReason::kIndirectBadLen;
+      std::byte* t = mem_->TranslateFast(GuestAddr{d.addr.get()}, len, Access::kRead);
+      if (t == nullptr) return DropReason::kIndirectOutsideMemory;
+      table = reinterpret_cast<const VirtqDesc*>(t);
+      table_size = len / sizeof(VirtqDesc);
+      in_indirect = true;
+      idx = 0;
+      hops = 0;
+      continue;
+    }
+    if (auto bad = builder.Add(d.addr.get(), d.len.get(), (flags & kDescFWrite) != 0)) return bad;
+    if (!(flags & kDescFNext)) return std::nullopt;
+    // UNTRUSTED: next, bounded by the table it indexes.
+    idx = d.next.get();
+    if (idx >= table_size) return DropReason::kDescNextOutOfRange;
+  }
+}
+
+PopStatus SplitVring::Pop(DescChain* chain) {
+  for (;;) {
+    if (broken_) return PopStatus::kBroken;
+    if (last_avail_ == avail_shadow_) {
+      // §2.7.13.3: the driver writes ring entries before avail idx (release); this acquire
+      // orders our reads of the entries and their descriptors after it.
+      uint16_t idx = LoadAcquire(avail_->idx);
+      // UNTRUSTED: avail idx; it may run at most a queue size ahead of us.
+      if (static_cast<uint16_t>(idx - last_avail_) > size_) {
+        MarkBroken(DropReason::kAvailIdxJump);
+        return PopStatus::kBroken;
+      }
+      avail_shadow_ = idx;
+      if (idx == last_avail_) return PopStatus::kEmpty;
+    }
+    // UNTRUSTED: the head index; must name a descriptor.
+    uint16_t head = LoadRelaxed(AvailRing(avail_)[last_avail_ & mask_]);
+    if (head >= size_) {
+      MarkBroken(DropReason::kHeadOutOfRange);
+      return PopStatus::kBroken;
+    }
+    ++last_avail_;
+    std::optional<DropReason> bad = Walk(head, chain);
+    if (!bad) {
+      chain->id = head;
+      chain->num_descs = 1;
+      popped_.Add();
+      return PopStatus::kOk;
+    }
+    if (*bad == DropReason::kDescLoop) {
+      MarkBroken(*bad);
+      return PopStatus::kBroken;
+    }
+    drops_.Add(*bad);
+    NICMUX_LOG_RATELIMITED(kWarning, "split virtqueue: chain at head %u completed empty: %s",
+                           head, DropReasonName(*bad).data());
+    Push(head, 0);
+  }
+}
+
+uint32_t SplitVring::PopBurst(DescChain* chains, uint32_t n) {
+  uint32_t got = 0;
+  while (got < n && Pop(&chains[got]) == PopStatus::kOk) ++got;
+  return got;
+}
+
+void SplitVring::Push(uint16_t id, uint32_t len) {
+  NICMUX_DCHECK(id < size_);
+  VirtqUsedElem& e = UsedRing(used_)[static_cast<uint16_t>(used_idx_ + pending_) & mask_];
+  e.id = Le32::Of(id);
+  e.len = Le32::Of(len);
+  ++pending_;
+}
+
+bool SplitVring::Flush() {
+  if (pending_ == 0) return false;
+  const uint16_t old_idx = used_idx_;
+  used_idx_ = static_cast<uint16_t>(used_idx_ + pending_);
+  pending_ = 0;
+  // §2.7.8: used ring entries are visible before the used idx that covers them (release).
+  StoreRelease(used_->idx, used_idx_);
+  // The idx store must be ordered before reading the driver's suppression state, else the
+  // driver could re-enable interrupts after our read and miss this batch (§2.7.10).
+  FullFence();
+  if (event_idx_) return VringNeedEvent(LoadRelaxed(UsedEvent(avail_, size_)), used_idx_, old_idx);
+  return (LoadRelaxed(avail_->flags) & kAvailFNoInterrupt) == 0;
+}
+
+bool SplitVring::EnableKicks() {
+  if (broken_) return false;
+  if (event_idx_) {
+    StoreRelaxed(AvailEvent(used_, size_), last_avail_);
+  } else {
+    StoreRelaxed(used_->flags, 0);
+  }
+  // Publish the request before re-reading avail idx: a chain added meanwhile is seen here or
+  // kicks us (§2.7.10).
+  FullFence();
+  return LoadAcquire(avail_->idx) != last_avail_;
+}
+
+void SplitVring::DisableKicks() {
+  // With EVENT_IDX the driver kicks only when crossing avail_event, which we leave behind.
+  if (!event_idx_) StoreRelaxed(used_->flags, kUsedFNoNotify);
+}
+
+}  // namespace nicmux::virtio

@@ -1,0 +1,79 @@
+// SplitVring: the device side of a split virtqueue (virtio 1.2 §2.7), for a driver we do not
+// trust. Pop() walks each available chain once, copying every descriptor out of shared memory
+// before looking at it, and hands back a DescChain of checked host segments. Push() queues a
+// used entry; Flush() publishes the burst with one used-idx store and says whether the driver
+// wants an interrupt.
+//
+// Guest errors (DESIGN.md "Errors", kind 1):
+//  - a bad chain (buffer outside memory, next out of range, indirect misuse, wrong direction,
+//    too long) is completed with length 0, counted under its reason, and Pop() goes on;
+//  - structural corruption (avail idx moving by more than the queue size, a head out of range,
+//    a descriptor loop) marks the queue broken: Pop() returns kBroken until Init() again.
+//
+// One thread owns a SplitVring (the worker polling it); nothing here locks.
+#pragma once
+
+#include <cstdint>
+
+#include "base/counter.h"
+#include "virtio/vring.h"
+
+namespace nicmux::virtio {
+
+class SplitVring {
+ public:
+  // mem must outlive the ring or be replaced with SetMemory() (under the worker handshake).
+  // last_avail_idx is the vhost-user SET_VRING_BASE value; the used index continues from the
+  // one in the ring, which must not be more than `size` behind last_avail_idx.
+  Result<void> Init(const VringConfig& config, const SplitRingAreas& areas,
+                    const GuestMemory* mem, uint16_t last_avail_idx = 0);
+  void SetMemory(const GuestMemory* mem) { mem_ = mem; }
+
+  // Next available good chain; bad ones are completed with length 0 on the way.
+  PopStatus Pop(DescChain* chain);
+  // Up to n chains into chains[0..]; returns how many.
+  uint32_t PopBurst(DescChain* chains, uint32_t n);
+
+  // Queues a used entry for a chain Pop() returned; len is the bytes written into it.
+  void Push(uint16_t id, uint32_t len);
+  // Publishes queued used entries. Returns true when the driver should be notified (an
+  // interrupt, vhost-user "call"): EVENT_IDX's used_event, else the NO_INTERRUPT flag.
+  bool Flush();
+
+  // Notification suppression towards the driver's kicks (§2.7.10). EnableKicks() returns true
+  // if chains became available meanwhile, so a poller must not go to sleep.
+  bool EnableKicks();
+  void DisableKicks();
+
+  bool broken() const { return broken_; }
+  const DropCounters& drops() const { return drops_; }
+  uint16_t last_avail_idx() const { return last_avail_; }  // vhost-user GET_VRING_BASE
+  uint32_t size() const { return size_; }
+  uint64_t chains_popped() const { return popped_.Get(); }
+
+ private:
+  // UNTRUSTED walk of the chain at head; nullopt when good.
+  std::optional<DropReason> Walk(uint16_t head, DescChain* chain);
+  void MarkBroken(DropReason why);
+
+  const GuestMemory* mem_ = nullptr;
+  VirtqDesc* desc_ = nullptr;
+  VirtqAvailHeader* avail_ = nullptr;
+  VirtqUsedHeader* used_ = nullptr;
+  uint32_t size_ = 0;
+  uint16_t mask_ = 0;
+  bool event_idx_ = false;
+  bool indirect_ = false;
+  ChainPolicy policy_ = ChainPolicy::kAny;
+  bool broken_ = true;  // until Init
+
+  uint16_t last_avail_ = 0;   // next avail ring entry we read
+  uint16_t avail_shadow_ = 0; // the driver's avail idx when we last loaded it
+  uint16_t used_idx_ = 0;     // published used idx
+  uint16_t pending_ = 0;      // used entries written but not published
+
+  DropCounters drops_;
+  Counter popped_;
+};
+
+}  // namespace nicmux::virtio

@@ -1,0 +1,338 @@
+// Driver <-> device round trips through memfd-backed guest memory, both ring layouts, one set
+// of tests (typed over the layout).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+
+#include "tests/support/fake_guest.h"
+#include "virtio/ring_access.h"
+
+namespace nicmux::virtio {
+namespace {
+
+using nicmux::testing::FakeGuest;
+using nicmux::testing::PackedLayout;
+using nicmux::testing::RingOptions;
+using nicmux::testing::RingPair;
+using nicmux::testing::SplitLayout;
+using nicmux::testing::CheckPattern;
+using nicmux::testing::FillPattern;
+
+template <typename L>
+class VringRoundTrip : public ::testing::Test {};
+using Layouts = ::testing::Types<SplitLayout, PackedLayout>;
+TYPED_TEST_SUITE(VringRoundTrip, Layouts);
+
+// Reads a chain's readable bytes into a vector.
+std::vector<std::byte> ReadAll(const DescChain& c) {
+  std::vector<std::byte> v(c.readable_bytes);
+  ChainReader r(c);
+  EXPECT_EQ(r.Read(v.data(), v.size()), v.size());
+  return v;
+}
+
+TYPED_TEST(VringRoundTrip, TxBuffersArriveIntact) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 256});
+  for (uint64_t i = 0; i < 1000; ++i) {
+    uint32_t len = 1 + static_cast<uint32_t>(i % 1500);
+    GuestAddr buf = g.Alloc(len, 8);
+    FillPattern(g.Host(buf, len), len, i);
+    DriverBuffer b{buf, len, false};
+    auto id = rp.driver.Add({&b, 1});
+    ASSERT_TRUE(id);
+    rp.driver.Publish();
+    DescChain c;
+    ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+    EXPECT_EQ(c.id, *id);
+    auto bytes = ReadAll(c);
+    ASSERT_EQ(bytes.size(), len);
+    EXPECT_TRUE(CheckPattern(bytes.data(), len, i)) << "packet " << i;
+    EXPECT_EQ(rp.device.Pop(&c), PopStatus::kEmpty);
+    rp.device.Push(c.id, 0);
+    rp.device.Flush();
+    UsedBuffer u;
+    ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+    EXPECT_EQ(u.id, *id);
+    EXPECT_EQ(u.len, 0u);
+    EXPECT_EQ(rp.driver.PopUsed(&u), PopStatus::kEmpty);
+  }
+  EXPECT_EQ(rp.device.drops().Total(), 0u);
+}
+
+TYPED_TEST(VringRoundTrip, RxDeviceWritesWhatDriverReads) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 64});
+  GuestAddr bufs[64];
+  for (auto& b : bufs) b = g.Alloc(2048);
+  for (uint64_t i = 0; i < 500; ++i) {
+    DriverBuffer b{bufs[i % 64], 2048, true};
+    auto id = rp.driver.Add({&b, 1});
+    ASSERT_TRUE(id);
+    rp.driver.Publish();
+    DescChain c;
+    ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+    EXPECT_EQ(c.readable_bytes, 0u);
+    EXPECT_EQ(c.writable_bytes, 2048u);
+    uint32_t len = 60 + static_cast<uint32_t>(i * 7 % 1900);
+    std::vector<std::byte> pkt(len);
+    FillPattern(pkt.data(), len, i);
+    ChainWriter w(c);
+    ASSERT_EQ(w.Write(pkt.data(), len), len);
+    rp.device.Push(c.id, len);
+    rp.device.Flush();
+    UsedBuffer u;
+    ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+    EXPECT_EQ(u.id, *id);
+    ASSERT_EQ(u.len, len);
+    EXPECT_TRUE(CheckPattern(g.Host(bufs[i % 64], len), len, i));
+  }
+}
+
+// Small ring, many laps: split indexes run past 65536, packed wrap counters flip thousands of
+// times, and chains of 1..3 descriptors keep packed slots from lining up with ids.
+TYPED_TEST(VringRoundTrip, IndexesRunPast65536) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 8});
+  GuestAddr area = g.Alloc(8 * 3 * 64);
+  uint64_t seq = 0, checked = 0;
+  std::mt19937 rng(1);
+  while (seq < 70000) {
+    // Add as many chains as fit, each of 1..3 segments of 64 bytes.
+    std::vector<std::pair<uint16_t, uint64_t>> added;
+    for (;;) {
+      uint32_t nseg = 1 + rng() % 3;
+      if (rp.driver.num_free() < nseg) break;
+      DriverBuffer b[3];
+      // Buffer memory chosen by slot: in-flight chains never share it.
+      uint64_t slot = seq % 8;
+      for (uint32_t s = 0; s < nseg; ++s) {
+        b[s] = {GuestAddr{area.value + (slot * 3 + s) * 64}, 64, false};
+        FillPattern(g.Host(b[s].addr, 64), 64, seq * 4 + s);
+      }
+      auto id = rp.driver.Add({b, nseg});
+      ASSERT_TRUE(id);
+      added.push_back({*id, seq});
+      ++seq;
+      if (added.size() == 8) break;
+    }
+    rp.driver.Publish();
+    std::vector<DescChain> chains(added.size() + 1);
+    uint32_t got = rp.device.PopBurst(chains.data(), static_cast<uint32_t>(chains.size()));
+    ASSERT_EQ(got, added.size());
+    for (uint32_t k = 0; k < got; ++k) {
+      ASSERT_EQ(chains[k].id, added[k].first);
+      auto bytes = ReadAll(chains[k]);
+      for (size_t s = 0; s < bytes.size() / 64; ++s) {
+        ASSERT_TRUE(CheckPattern(bytes.data() + s * 64, 64, added[k].second * 4 + s));
+        ++checked;
+      }
+      rp.device.Push(chains[k].id, 0);
+    }
+    rp.device.Flush();
+    UsedBuffer u;
+    for (uint32_t k = 0; k < got; ++k) {
+      ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+      EXPECT_EQ(u.id, added[k].first);
+    }
+    ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kEmpty);
+  }
+  EXPECT_GT(checked, 70000u);
+  EXPECT_EQ(rp.driver.num_free(), 8u);
+  EXPECT_EQ(rp.device.drops().Total(), 0u);
+  if constexpr (!TypeParam::kPacked) {
+    EXPECT_EQ(rp.device.last_avail_idx(), seq % 65536);
+  }
+}
+
+TYPED_TEST(VringRoundTrip, ChainsOfOneToMaxSegments) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 256});
+  for (uint32_t n = 1; n <= kMaxChainSegments; ++n) {
+    for (uint32_t readable = 0; readable <= n; readable += std::max(1u, n / 4)) {
+      std::vector<DriverBuffer> bufs(n);
+      uint64_t expect_read = 0, expect_write = 0;
+      for (uint32_t s = 0; s < n; ++s) {
+        uint32_t len = 1 + (s * 37 + n) % 200;
+        bufs[s] = {g.Alloc(len, 1), len, s >= readable};
+        if (s < readable) {
+          FillPattern(g.Host(bufs[s].addr, len), len, n * 1000 + s);
+          expect_read += len;
+        } else {
+          expect_write += len;
+        }
+      }
+      auto id = rp.driver.Add(bufs);
+      ASSERT_TRUE(id);
+      rp.driver.Publish();
+      DescChain c;
+      ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk) << n << " segments";
+      EXPECT_EQ(c.num_segments, n);
+      EXPECT_EQ(c.num_readable, readable);
+      EXPECT_EQ(c.readable_bytes, expect_read);
+      EXPECT_EQ(c.writable_bytes, expect_write);
+      for (uint32_t s = 0; s < readable; ++s) {
+        EXPECT_TRUE(CheckPattern(c.segs[s].data, c.segs[s].len, n * 1000 + s));
+      }
+      std::vector<std::byte> fill(expect_write, std::byte{0xee});
+      ChainWriter w(c);
+      EXPECT_EQ(w.Write(fill.data(), fill.size()), expect_write);
+      rp.device.Push(c.id, static_cast<uint32_t>(expect_write));
+      rp.device.Flush();
+      UsedBuffer u;
+      ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+      EXPECT_EQ(u.id, *id);
+      EXPECT_EQ(u.len, expect_write);
+      for (uint32_t s = readable; s < n; ++s) {
+        EXPECT_EQ(*g.Host(bufs[s].addr), std::byte{0xee});
+      }
+    }
+  }
+}
+
+TYPED_TEST(VringRoundTrip, IndirectTables) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 16, .features = Bit(kFRingIndirectDesc), .max_indirect = 16});
+  for (uint32_t round = 0; round < 100; ++round) {
+    uint32_t n = 1 + round % 16;
+    std::vector<DriverBuffer> bufs(n);
+    for (uint32_t s = 0; s < n; ++s) {
+      bufs[s] = {g.Alloc(32, 1), 32, s + 1 == n};
+      FillPattern(g.Host(bufs[s].addr, 32), 32, round * 100 + s);
+    }
+    auto id = rp.driver.Add(bufs, /*indirect=*/true);
+    ASSERT_TRUE(id);
+    EXPECT_EQ(rp.driver.num_free(), 15u);  // one ring slot for the whole chain
+    rp.driver.Publish();
+    DescChain c;
+    ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+    EXPECT_EQ(c.num_segments, n);
+    EXPECT_EQ(c.num_readable, n - 1);
+    EXPECT_EQ(c.num_descs, 1);
+    for (uint32_t s = 0; s + 1 < n; ++s) EXPECT_TRUE(CheckPattern(c.segs[s].data, 32, round * 100 + s));
+    rp.device.Push(c.id, 32);
+    rp.device.Flush();
+    UsedBuffer u;
+    ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+    EXPECT_EQ(u.id, *id);
+    EXPECT_EQ(u.len, 32u);
+  }
+}
+
+TYPED_TEST(VringRoundTrip, FullRingOutOfOrderCompletion) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 32});
+  GuestAddr area = g.Alloc(32 * 16);
+  for (int round = 0; round < 50; ++round) {
+    std::vector<uint16_t> ids;
+    for (uint32_t i = 0; i < 32; ++i) {
+      DriverBuffer b{GuestAddr{area.value + i * 16}, 16, true};
+      auto id = rp.driver.Add({&b, 1});
+      ASSERT_TRUE(id);
+      ids.push_back(*id);
+    }
+    DriverBuffer extra{area, 16, true};
+    EXPECT_FALSE(rp.driver.Add({&extra, 1}));  // full
+    rp.driver.Publish();
+    DescChain chains[33];
+    ASSERT_EQ(rp.device.PopBurst(chains, 33), 32u);
+    // Complete in reverse order, lengths by position.
+    for (int k = 31; k >= 0; --k) rp.device.Push(chains[k].id, static_cast<uint32_t>(k % 16));
+    rp.device.Flush();
+    UsedBuffer u;
+    for (int k = 31; k >= 0; --k) {
+      ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+      EXPECT_EQ(u.id, ids[k]);
+      EXPECT_EQ(u.len, static_cast<uint32_t>(k % 16));
+    }
+    EXPECT_EQ(rp.driver.num_free(), 32u);
+  }
+}
+
+// Notification suppression, both directions, with and without EVENT_IDX.
+template <typename L>
+void CheckNotifications(uint64_t features) {
+  FakeGuest g;
+  RingPair<L> rp(g, {.size = 16, .features = features});
+  GuestAddr buf = g.Alloc(64);
+  DriverBuffer b{buf, 64, true};
+  auto add_one = [&] {
+    ASSERT_TRUE(rp.driver.Add({&b, 1}));
+    rp.driver.Publish();
+  };
+  auto complete_all = [&] {
+    DescChain c;
+    while (rp.device.Pop(&c) == PopStatus::kOk) rp.device.Push(c.id, 1);
+    return rp.device.Flush();
+  };
+  auto reclaim = [&] {
+    UsedBuffer u;
+    while (rp.driver.PopUsed(&u) == PopStatus::kOk) {
+    }
+  };
+
+  // Kicks enabled by default: the first add wants a kick.
+  add_one();
+  EXPECT_TRUE(rp.driver.NeedKick());
+  // Calls enabled by default: completing wants a call.
+  EXPECT_TRUE(complete_all());
+  reclaim();
+
+  // Device polls: kicks off. The driver must not kick.
+  rp.device.DisableKicks();
+  add_one();
+  EXPECT_FALSE(rp.driver.NeedKick());
+  // Going back to sleep finds the pending chain.
+  EXPECT_TRUE(rp.device.EnableKicks());
+  complete_all();
+  reclaim();
+  EXPECT_FALSE(rp.device.EnableKicks());
+  add_one();
+  EXPECT_TRUE(rp.driver.NeedKick());
+  EXPECT_FALSE(rp.driver.NeedKick());  // nothing new since
+
+  // Driver polls: calls off. The device must not call.
+  rp.driver.DisableCalls();
+  EXPECT_FALSE(complete_all());
+  EXPECT_TRUE(rp.driver.EnableCalls());  // used buffers are pending
+  reclaim();
+  EXPECT_FALSE(rp.driver.EnableCalls());
+  add_one();
+  EXPECT_TRUE(complete_all());
+  reclaim();
+}
+
+TYPED_TEST(VringRoundTrip, NotificationSuppressionFlags) { CheckNotifications<TypeParam>(0); }
+TYPED_TEST(VringRoundTrip, NotificationSuppressionEventIdx) {
+  CheckNotifications<TypeParam>(Bit(kFRingEventIdx));
+}
+
+TYPED_TEST(VringRoundTrip, ReinitRestoresABrokenQueue) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 8});
+  // Break it: for split, a head out of range; for packed, an id out of range.
+  GuestAddr buf = g.Alloc(64);
+  DriverBuffer b{buf, 64, false};
+  ASSERT_TRUE(rp.driver.Add({&b, 1}));
+  if constexpr (TypeParam::kPacked) {
+    reinterpret_cast<VirtqPackedDesc*>(g.Host(rp.ring[0], 16))[0].id = Le16::Of(99);
+  } else {
+    AvailRing(reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6)))[0] = Le16::Of(99);
+  }
+  rp.driver.Publish();
+  DescChain c;
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kBroken);
+  EXPECT_TRUE(rp.device.broken());
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kBroken);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kQueueBroken), 1u);
+  // The peer resets the queue: both sides start over on the same rings.
+  rp.Reset();
+  EXPECT_FALSE(rp.device.broken());
+  ASSERT_TRUE(rp.driver.Add({&b, 1}));
+  rp.driver.Publish();
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+}
+
+}  // namespace
+}  // namespace nicmux::virtio
