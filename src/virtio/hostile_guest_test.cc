@@ -1,0 +1,571 @@
+// The guest is an adversary (DESIGN.md "Errors", kind 1): every malformed ring the foundation
+// issue lists, written raw into guest memory, ends in a counted error and either the chain
+// completed with length 0 (the queue goes on) or the queue broken until reset — never a crash
+// or an access outside the guest's regions (FakeGuest puts guard pages around every region, so
+// such an access would fault here).
+#include <gtest/gtest.h>
+
+#include "tests/support/fake_guest.h"
+#include "virtio/ring_access.h"
+
+namespace nicmux::virtio {
+namespace {
+
+using nicmux::testing::FakeGuest;
+using nicmux::testing::PackedLayout;
+using nicmux::testing::RingOptions;
+using nicmux::testing::RingPair;
+using nicmux::testing::SplitLayout;
+
+constexpr uint64_t kRegion0 = 0x100000, kRegion0Size = 1 << 20;
+constexpr uint64_t kRegion1 = 0x400000, kRegion1Size = 1 << 16;
+constexpr uint32_t kSize = 8;
+
+// ------------------------------------------------------------------------- split rings
+
+class SplitHostile : public ::testing::Test {
+ protected:
+  explicit SplitHostile(RingOptions o = {.size = kSize, .features = Bit(kFRingIndirectDesc)})
+      : g_({{kRegion0, kRegion0Size}, {kRegion1, kRegion1Size}}), rp_(g_, o) {
+    desc_ = reinterpret_cast<VirtqDesc*>(g_.Host(rp_.ring[0], 16 * kSize));
+    avail_ = reinterpret_cast<VirtqAvailHeader*>(g_.Host(rp_.ring[1], 6));
+    used_ = reinterpret_cast<VirtqUsedHeader*>(g_.Host(rp_.ring[2], 6));
+    good_buf_ = g_.Alloc(64);
+  }
+
+  static void Put(VirtqDesc* table, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags,
+                  uint16_t next = 0) {
+    table[i] = {Le64::Of(addr), Le32::Of(len), Le16::Of(flags), Le16::Of(next)};
+  }
+  void Put(uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next = 0) {
+    Put(desc_, i, addr, len, flags, next);
+  }
+  void Offer(uint16_t head) {
+    AvailRing(avail_)[avail_idx_ % kSize] = Le16::Of(head);
+    StoreRelease(avail_->idx, ++avail_idx_);
+  }
+  VirtqDesc* Table(GuestAddr at, uint32_t n) {
+    return reinterpret_cast<VirtqDesc*>(g_.Host(at, 16ull * n));
+  }
+
+  // The chain at head was completed with length 0 under `why`, and the queue still works.
+  void ExpectCompletedEmpty(uint16_t head, DropReason why) {
+    DescChain c;
+    EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kEmpty);
+    EXPECT_EQ(rp_.device.drops().Get(why), 1u) << DropReasonName(why);
+    EXPECT_FALSE(rp_.device.broken());
+    rp_.device.Flush();
+    ASSERT_EQ(LoadAcquire(used_->idx), ++used_idx_);
+    EXPECT_EQ(UsedRing(used_)[(used_idx_ - 1) % kSize].id.get(), head);
+    EXPECT_EQ(UsedRing(used_)[(used_idx_ - 1) % kSize].len.get(), 0u);
+    // A good chain afterwards goes through.
+    uint16_t good = (head + 5) % kSize;
+    Put(good, good_buf_.value, 64, 0);
+    Offer(good);
+    ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+    EXPECT_EQ(c.id, good);
+    EXPECT_EQ(c.readable_bytes, 64u);
+    rp_.device.Push(c.id, 0);
+    rp_.device.Flush();
+    ++used_idx_;
+  }
+
+  void ExpectBroken(DropReason why) {
+    DescChain c;
+    EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kBroken);
+    EXPECT_TRUE(rp_.device.broken());
+    EXPECT_EQ(rp_.device.drops().Get(why), 1u) << DropReasonName(why);
+    EXPECT_EQ(rp_.device.drops().Get(DropReason::kQueueBroken), 1u);
+    // Stays broken, even for a good chain, until reset.
+    Put(3, good_buf_.value, 64, 0);
+    Offer(3);
+    EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kBroken);
+    EXPECT_FALSE(rp_.device.EnableKicks());
+  }
+
+  FakeGuest g_;
+  RingPair<SplitLayout> rp_;
+  VirtqDesc* desc_;
+  VirtqAvailHeader* avail_;
+  VirtqUsedHeader* used_;
+  GuestAddr good_buf_;
+  uint16_t avail_idx_ = 0;
+  uint16_t used_idx_ = 0;
+};
+
+TEST_F(SplitHostile, DescOutsideEveryRegion) {
+  Put(0, 0x900000, 64, 0);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kDescOutsideMemory);
+}
+
+TEST_F(SplitHostile, DescCrossesRegionEnd) {
+  Put(1, kRegion1 + kRegion1Size - 8, 16, 0);
+  Offer(1);
+  ExpectCompletedEmpty(1, DropReason::kDescOutsideMemory);
+}
+
+TEST_F(SplitHostile, DescStartsInRegionAndRunsIntoTheNext) {
+  // Region 0 ends at 0x200000; nothing is mapped between it and region 1.
+  Put(1, kRegion0 + kRegion0Size - 4, 0x300000, 0);
+  Offer(1);
+  ExpectCompletedEmpty(1, DropReason::kDescOutsideMemory);
+}
+
+TEST_F(SplitHostile, DescAddrPlusLenWraps) {
+  Put(2, UINT64_MAX - 3, 16, 0);
+  Offer(2);
+  ExpectCompletedEmpty(2, DropReason::kDescOutsideMemory);
+}
+
+TEST_F(SplitHostile, NextOutOfRange) {
+  Put(0, good_buf_.value, 8, kDescFNext, kSize);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kDescNextOutOfRange);
+}
+
+TEST_F(SplitHostile, LoopByNext) {
+  Put(0, good_buf_.value, 8, kDescFNext, 1);
+  Put(1, good_buf_.value, 8, kDescFNext, 2);
+  Put(2, good_buf_.value, 8, kDescFNext, 0);
+  Offer(0);
+  ExpectBroken(DropReason::kDescLoop);
+}
+
+TEST_F(SplitHostile, SelfReference) {
+  Put(4, good_buf_.value, 8, kDescFNext, 4);
+  Offer(4);
+  ExpectBroken(DropReason::kDescLoop);
+}
+
+TEST_F(SplitHostile, LoopThroughIndirectTable) {
+  GuestAddr t = g_.Alloc(16 * 4, 16);
+  Put(Table(t, 4), 0, good_buf_.value, 8, kDescFNext, 1);
+  Put(Table(t, 4), 1, good_buf_.value, 8, kDescFNext, 2);
+  Put(Table(t, 4), 2, good_buf_.value, 8, kDescFNext, 0);
+  Put(0, t.value, 16 * 4, kDescFIndirect);
+  Offer(0);
+  ExpectBroken(DropReason::kDescLoop);
+}
+
+TEST_F(SplitHostile, IndirectInsideIndirect) {
+  GuestAddr inner = g_.Alloc(16, 16), outer = g_.Alloc(32, 16);
+  Put(Table(inner, 1), 0, good_buf_.value, 8, 0);
+  Put(Table(outer, 2), 0, good_buf_.value, 8, kDescFNext, 1);
+  Put(Table(outer, 2), 1, inner.value, 16, kDescFIndirect);
+  Put(0, outer.value, 32, kDescFIndirect);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kIndirectNested);
+}
+
+TEST_F(SplitHostile, IndirectLengthZero) {
+  Put(0, g_.Alloc(16, 16).value, 0, kDescFIndirect);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kIndirectBadLen);
+}
+
+TEST_F(SplitHostile, IndirectLengthNotMultipleOf16) {
+  Put(0, g_.Alloc(64, 16).value, 40, kDescFIndirect);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kIndirectBadLen);
+}
+
+TEST_F(SplitHostile, IndirectTableOutsideMemory) {
+  Put(0, kRegion1 + kRegion1Size - 16, 32, kDescFIndirect);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kIndirectOutsideMemory);
+}
+
+TEST_F(SplitHostile, IndirectWithNext) {
+  GuestAddr t = g_.Alloc(16, 16);
+  Put(Table(t, 1), 0, good_buf_.value, 8, 0);
+  Put(0, t.value, 16, kDescFIndirect | kDescFNext, 1);
+  Put(1, good_buf_.value, 8, 0);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kIndirectWithNext);
+}
+
+TEST_F(SplitHostile, ChainLongerThanQueueSize) {
+  GuestAddr t = g_.Alloc(16 * (kSize + 1), 16);
+  for (uint16_t i = 0; i <= kSize; ++i) {
+    Put(Table(t, kSize + 1), i, good_buf_.value, 8, i < kSize ? kDescFNext : 0, i + 1);
+  }
+  Put(0, t.value, 16 * (kSize + 1), kDescFIndirect);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kChainTooLong);
+}
+
+TEST_F(SplitHostile, AvailIdxJumpsPastQueueSize) {
+  StoreRelease(avail_->idx, kSize + 1);
+  avail_idx_ = kSize + 1;
+  ExpectBroken(DropReason::kAvailIdxJump);
+}
+
+TEST_F(SplitHostile, HeadOutOfRange) {
+  Offer(kSize);
+  ExpectBroken(DropReason::kHeadOutOfRange);
+}
+
+TEST_F(SplitHostile, ReadableAfterWritable) {
+  Put(0, good_buf_.value, 8, kDescFWrite | kDescFNext, 1);
+  Put(1, good_buf_.value, 8, 0);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kReadableAfterWritable);
+}
+
+class SplitHostileRx : public SplitHostile {
+ protected:
+  SplitHostileRx() : SplitHostile({.size = kSize, .policy = ChainPolicy::kWriteOnly}) {}
+};
+
+TEST_F(SplitHostileRx, ReadableWhereWritableNeeded) {
+  Put(0, good_buf_.value, 8, 0);
+  Offer(0);
+  DescChain c;
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kWritableExpected), 1u);
+  Put(1, good_buf_.value, 8, kDescFWrite);
+  Offer(1);
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.writable_bytes, 8u);
+}
+
+TEST_F(SplitHostileRx, IndirectWithoutTheFeature) {
+  GuestAddr t = g_.Alloc(16, 16);
+  Put(Table(t, 1), 0, good_buf_.value, 8, kDescFWrite);
+  Put(0, t.value, 16, kDescFIndirect);
+  Offer(0);
+  DescChain c;
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kIndirectNotNegotiated), 1u);
+}
+
+class SplitHostileTx : public SplitHostile {
+ protected:
+  SplitHostileTx() : SplitHostile({.size = kSize, .policy = ChainPolicy::kReadOnly}) {}
+};
+
+TEST_F(SplitHostileTx, WritableWhereReadableNeeded) {
+  Put(0, good_buf_.value, 8, kDescFWrite);
+  Offer(0);
+  ExpectCompletedEmpty(0, DropReason::kReadableExpected);
+}
+
+TEST(SplitHostileBig, ChainOfMoreThan2To32Bytes) {
+  // A sparse 1 GiB region: five descriptors of 1 GiB each over the same memory.
+  constexpr uint64_t kGiB = 1ull << 30;
+  FakeGuest g({{0, kGiB}});
+  RingPair<SplitLayout> rp(g, {.size = 8});
+  auto* desc = reinterpret_cast<VirtqDesc*>(g.Host(rp.ring[0], 16 * 8));
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6));
+  for (uint16_t i = 0; i < 5; ++i) {
+    desc[i] = {Le64::Of(0), Le32::Of(static_cast<uint32_t>(kGiB)), Le16::Of(i < 4 ? kDescFNext : 0),
+               Le16::Of(i + 1)};
+  }
+  AvailRing(avail)[0] = Le16::Of(0);
+  StoreRelease(avail->idx, 1);
+  DescChain c;
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kChainTooManyBytes), 1u);
+  // Exactly 4 GiB (2^32) is allowed.
+  desc[3].flags = Le16::Of(0);
+  AvailRing(avail)[1] = Le16::Of(0);
+  StoreRelease(avail->idx, 2);
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.readable_bytes, 4 * kGiB);
+}
+
+TEST(SplitHostileSetup, RingOutsideMemoryOrMisalignedIsRefused) {
+  FakeGuest g({{kRegion0, kRegion0Size}});
+  GuestAddr d = g.Alloc(16 * 8, 16), a = g.Alloc(64, 2), u = g.Alloc(128, 4);
+  auto uva = [&](GuestAddr x) { return g.Uva(x); };
+  EXPECT_TRUE(MapSplitRing(g.mem(), RingAddrSpace::kFrontendVirtual, uva(d), uva(a), uva(u), 8));
+  auto outside = MapSplitRing(g.mem(), RingAddrSpace::kFrontendVirtual, 0x1000, uva(a), uva(u), 8);
+  ASSERT_FALSE(outside);
+  EXPECT_NE(outside.error().message().find("descriptor table"), std::string::npos);
+  auto misaligned = MapSplitRing(g.mem(), RingAddrSpace::kFrontendVirtual, uva(d), uva(a), uva(u) + 2, 8);
+  ASSERT_FALSE(misaligned);
+  EXPECT_NE(misaligned.error().message().find("used ring"), std::string::npos);
+  // The used ring's end runs past the region.
+  uint64_t end = g.Uva(GuestAddr{kRegion0}) + kRegion0Size;
+  EXPECT_FALSE(MapSplitRing(g.mem(), RingAddrSpace::kFrontendVirtual, uva(d), uva(a), end - 64, 8));
+  auto npot = MapSplitRing(g.mem(), RingAddrSpace::kFrontendVirtual, uva(d), uva(a), uva(u), 6);
+  ASSERT_FALSE(npot);
+  EXPECT_NE(npot.error().message().find("not a power of two"), std::string::npos);
+  EXPECT_FALSE(CheckQueueSize(65536, false));
+  EXPECT_FALSE(CheckQueueSize(0, true));
+  EXPECT_TRUE(CheckQueueSize(32768, false));
+  EXPECT_TRUE(CheckQueueSize(1000, true));
+}
+
+TEST(SplitHostileSetup, UsedIdxFarBehindLastAvailIsRefused) {
+  FakeGuest g({{kRegion0, kRegion0Size}});
+  RingPair<SplitLayout> rp(g, {.size = 8});
+  auto areas = MapSplitRing(g.mem(), RingAddrSpace::kGuestPhysical, rp.ring[0].value,
+                            rp.ring[1].value, rp.ring[2].value, 8);
+  ASSERT_TRUE(areas);
+  SplitVring v;
+  EXPECT_TRUE(v.Init({8, 0, ChainPolicy::kAny}, *areas, &g.mem(), 8));
+  auto r = v.Init({8, 0, ChainPolicy::kAny}, *areas, &g.mem(), 9);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("used idx"), std::string::npos);
+}
+
+TEST(SplitHostileIsolation, ABrokenQueueDoesNotDisturbAnother) {
+  FakeGuest g({{kRegion0, kRegion0Size}});
+  RingPair<SplitLayout> bad(g, {.size = 8}), good(g, {.size = 8});
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(bad.ring[1], 6));
+  StoreRelease(avail->idx, 100);
+  DescChain c;
+  EXPECT_EQ(bad.device.Pop(&c), PopStatus::kBroken);
+  GuestAddr buf = g.Alloc(64);
+  DriverBuffer b{buf, 64, false};
+  ASSERT_TRUE(good.driver.Add({&b, 1}));
+  good.driver.Publish();
+  EXPECT_EQ(good.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(good.device.drops().Total(), 0u);
+}
+
+// ------------------------------------------------------------------------- packed rings
+
+class PackedHostile : public ::testing::Test {
+ protected:
+  explicit PackedHostile(RingOptions o = {.size = kSize, .features = Bit(kFRingIndirectDesc)})
+      : g_({{kRegion0, kRegion0Size}, {kRegion1, kRegion1Size}}), rp_(g_, o) {
+    desc_ = reinterpret_cast<VirtqPackedDesc*>(g_.Host(rp_.ring[0], 16 * kSize));
+    good_buf_ = g_.Alloc(64);
+  }
+
+  // Writes the descriptor at slot as available in the first lap (wrap counter 1): AVAIL set,
+  // USED clear; flags stored last.
+  void Put(uint16_t slot, uint64_t addr, uint32_t len, uint16_t id, uint16_t flags) {
+    desc_[slot].addr = Le64::Of(addr);
+    desc_[slot].len = Le32::Of(len);
+    desc_[slot].id = Le16::Of(id);
+    StoreRelease(desc_[slot].flags, static_cast<uint16_t>(flags | kDescFAvail));
+  }
+  static void PutTable(VirtqPackedDesc* t, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags) {
+    t[i] = {Le64::Of(addr), Le32::Of(len), Le16::Of(0), Le16::Of(flags)};
+  }
+  VirtqPackedDesc* Table(GuestAddr at, uint32_t n) {
+    return reinterpret_cast<VirtqPackedDesc*>(g_.Host(at, 16ull * n));
+  }
+
+  void ExpectCompletedEmpty(uint16_t slot, uint16_t id, DropReason why) {
+    DescChain c;
+    EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kEmpty);
+    EXPECT_EQ(rp_.device.drops().Get(why), 1u) << DropReasonName(why);
+    EXPECT_FALSE(rp_.device.broken());
+    rp_.device.Flush();
+    const uint16_t flags = LoadAcquire(desc_[slot].flags);
+    EXPECT_EQ(flags & (kDescFAvail | kDescFUsed), kDescFAvail | kDescFUsed);  // used, lap 1
+    EXPECT_EQ(desc_[slot].id.get(), id);
+    EXPECT_EQ(desc_[slot].len.get(), 0u);
+  }
+
+  void ExpectBroken(DropReason why) {
+    DescChain c;
+    EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kBroken);
+    EXPECT_TRUE(rp_.device.broken());
+    EXPECT_EQ(rp_.device.drops().Get(why), 1u) << DropReasonName(why);
+    EXPECT_EQ(rp_.device.drops().Get(DropReason::kQueueBroken), 1u);
+    EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kBroken);
+  }
+
+  FakeGuest g_;
+  RingPair<PackedLayout> rp_;
+  VirtqPackedDesc* desc_;
+  GuestAddr good_buf_;
+};
+
+TEST_F(PackedHostile, DescOutsideEveryRegionThenAGoodChain) {
+  Put(0, 0x900000, 64, 2, 0);
+  ExpectCompletedEmpty(0, 2, DropReason::kDescOutsideMemory);
+  Put(1, good_buf_.value, 64, 2, 0);  // id 2 is free again
+  DescChain c;
+  ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.id, 2);
+}
+
+TEST_F(PackedHostile, DescCrossesRegionEnd) {
+  Put(0, kRegion1 + kRegion1Size - 8, 16, 0, 0);
+  ExpectCompletedEmpty(0, 0, DropReason::kDescOutsideMemory);
+}
+
+TEST_F(PackedHostile, DescAddrPlusLenWraps) {
+  Put(0, UINT64_MAX - 3, 16, 0, 0);
+  ExpectCompletedEmpty(0, 0, DropReason::kDescOutsideMemory);
+}
+
+TEST_F(PackedHostile, NextDescriptorNotAvailable) {
+  // Slot 1 left as it is (never made available: flags 0).
+  Put(0, good_buf_.value, 8, 0, kDescFNext);
+  ExpectBroken(DropReason::kPackedWrapInconsistent);
+}
+
+TEST_F(PackedHostile, NextDescriptorWithBothWrapBitsSet) {
+  desc_[1].flags = Le16::Of(kDescFAvail | kDescFUsed);  // looks used, not available
+  Put(0, good_buf_.value, 8, 0, kDescFNext);
+  ExpectBroken(DropReason::kPackedWrapInconsistent);
+}
+
+TEST_F(PackedHostile, BufferIdOutOfRange) {
+  Put(0, good_buf_.value, 8, kSize, 0);
+  ExpectBroken(DropReason::kPackedIdOutOfRange);
+}
+
+TEST_F(PackedHostile, BufferIdReusedWhileInFlight) {
+  Put(0, good_buf_.value, 8, 3, 0);
+  DescChain c;
+  ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+  Put(1, good_buf_.value, 8, 3, 0);
+  ExpectBroken(DropReason::kPackedIdInFlight);
+}
+
+TEST_F(PackedHostile, EverySlotChained) {
+  // After the last slot the chain comes back to slot 0 in the next lap, where the wrap bits
+  // no longer say "available": the walk ends there instead of going round for ever.
+  for (uint16_t s = 0; s < kSize; ++s) Put(s, good_buf_.value, 8, 0, kDescFNext);
+  ExpectBroken(DropReason::kPackedWrapInconsistent);
+}
+
+TEST_F(PackedHostile, IndirectInsideIndirect) {
+  GuestAddr inner = g_.Alloc(16, 16), outer = g_.Alloc(32, 16);
+  PutTable(Table(inner, 1), 0, good_buf_.value, 8, 0);
+  PutTable(Table(outer, 2), 0, good_buf_.value, 8, 0);
+  PutTable(Table(outer, 2), 1, inner.value, 16, kDescFIndirect);
+  Put(0, outer.value, 32, 1, kDescFIndirect);
+  ExpectCompletedEmpty(0, 1, DropReason::kIndirectNested);
+}
+
+TEST_F(PackedHostile, IndirectBadLength) {
+  Put(0, g_.Alloc(64, 16).value, 24, 1, kDescFIndirect);
+  ExpectCompletedEmpty(0, 1, DropReason::kIndirectBadLen);
+}
+
+TEST_F(PackedHostile, IndirectLengthZero) {
+  Put(0, g_.Alloc(64, 16).value, 0, 1, kDescFIndirect);
+  ExpectCompletedEmpty(0, 1, DropReason::kIndirectBadLen);
+}
+
+TEST_F(PackedHostile, IndirectWithNext) {
+  GuestAddr t = g_.Alloc(16, 16);
+  PutTable(Table(t, 1), 0, good_buf_.value, 8, 0);
+  Put(1, good_buf_.value, 8, 4, 0);
+  Put(0, t.value, 16, 4, kDescFIndirect | kDescFNext);
+  ExpectCompletedEmpty(0, 4, DropReason::kIndirectWithNext);
+}
+
+TEST_F(PackedHostile, IndirectTableLongerThanQueue) {
+  GuestAddr t = g_.Alloc(16 * (kSize + 1), 16);
+  for (uint16_t i = 0; i <= kSize; ++i) PutTable(Table(t, kSize + 1), i, good_buf_.value, 8, 0);
+  Put(0, t.value, 16 * (kSize + 1), 0, kDescFIndirect);
+  ExpectCompletedEmpty(0, 0, DropReason::kChainTooLong);
+}
+
+TEST_F(PackedHostile, ReadableAfterWritable) {
+  Put(1, good_buf_.value, 8, 5, 0);
+  Put(0, good_buf_.value, 8, 5, kDescFWrite | kDescFNext);
+  ExpectCompletedEmpty(0, 5, DropReason::kReadableAfterWritable);
+}
+
+class PackedHostileRx : public PackedHostile {
+ protected:
+  PackedHostileRx() : PackedHostile({.size = kSize, .policy = ChainPolicy::kWriteOnly}) {}
+};
+
+TEST_F(PackedHostileRx, ReadableWhereWritableNeeded) {
+  Put(0, good_buf_.value, 8, 0, 0);
+  ExpectCompletedEmpty(0, 0, DropReason::kWritableExpected);
+}
+
+TEST_F(PackedHostileRx, IndirectWithoutTheFeature) {
+  GuestAddr t = g_.Alloc(16, 16);
+  PutTable(Table(t, 1), 0, good_buf_.value, 8, kDescFWrite);
+  Put(0, t.value, 16, 0, kDescFIndirect);
+  ExpectCompletedEmpty(0, 0, DropReason::kIndirectNotNegotiated);
+}
+
+class PackedHostileTx : public PackedHostile {
+ protected:
+  PackedHostileTx() : PackedHostile({.size = kSize, .policy = ChainPolicy::kReadOnly}) {}
+};
+
+TEST_F(PackedHostileTx, WritableWhereReadableNeeded) {
+  Put(0, good_buf_.value, 8, 0, kDescFWrite);
+  ExpectCompletedEmpty(0, 0, DropReason::kReadableExpected);
+}
+
+TEST(PackedHostileSetup, BadBaseOrRingIsRefused) {
+  FakeGuest g({{kRegion0, kRegion0Size}});
+  RingPair<PackedLayout> rp(g, {.size = 8});
+  auto areas = MapPackedRing(g.mem(), RingAddrSpace::kGuestPhysical, rp.ring[0].value,
+                             rp.ring[1].value, rp.ring[2].value, 8);
+  ASSERT_TRUE(areas);
+  PackedVring v;
+  auto r = v.Init({8, 0, ChainPolicy::kAny}, *areas, &g.mem(), 8);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("base"), std::string::npos);
+  auto ev = MapPackedRing(g.mem(), RingAddrSpace::kGuestPhysical, rp.ring[0].value,
+                          rp.ring[1].value + 2, rp.ring[2].value, 8);
+  ASSERT_FALSE(ev);
+  EXPECT_NE(ev.error().message().find("driver event area"), std::string::npos);
+  EXPECT_FALSE(MapPackedRing(g.mem(), RingAddrSpace::kGuestPhysical, 0, rp.ring[1].value,
+                             rp.ring[2].value, 8));
+}
+
+// ------------------------------------------------------------------------- hostile devices
+
+// Our driver (the frontend we offer) faces devices it does not trust either.
+TEST(HostileDevice, SplitUsedIdOutOfRangeOrNotInFlight) {
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = 8});
+  auto* used = reinterpret_cast<VirtqUsedHeader*>(g.Host(rp.ring[2], 6));
+  GuestAddr buf = g.Alloc(64);
+  DriverBuffer b{buf, 64, true};
+  ASSERT_TRUE(rp.driver.Add({&b, 1}));
+  rp.driver.Publish();
+  UsedRing(used)[0] = {Le32::Of(5), Le32::Of(10)};  // id 5 was never handed out
+  StoreRelease(used->idx, 1);
+  UsedBuffer u;
+  EXPECT_EQ(rp.driver.PopUsed(&u), PopStatus::kBroken);
+  EXPECT_EQ(rp.driver.drops().Get(DropReason::kUsedIdOutOfRange), 1u);
+}
+
+TEST(HostileDevice, SplitUsedIdxJumpAndLongLength) {
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = 8});
+  auto* used = reinterpret_cast<VirtqUsedHeader*>(g.Host(rp.ring[2], 6));
+  GuestAddr buf = g.Alloc(64);
+  DriverBuffer b{buf, 64, true};
+  auto id = rp.driver.Add({&b, 1});
+  ASSERT_TRUE(id);
+  rp.driver.Publish();
+  UsedRing(used)[0] = {Le32::Of(*id), Le32::Of(1 << 20)};  // longer than the buffer
+  StoreRelease(used->idx, 1);
+  UsedBuffer u;
+  ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+  EXPECT_EQ(u.len, 64u);  // clamped
+  EXPECT_EQ(rp.driver.drops().Get(DropReason::kUsedLenTooLong), 1u);
+  StoreRelease(used->idx, 3);  // two more used, none in flight
+  EXPECT_EQ(rp.driver.PopUsed(&u), PopStatus::kBroken);
+  EXPECT_EQ(rp.driver.drops().Get(DropReason::kUsedIdxJump), 1u);
+}
+
+TEST(HostileDevice, PackedUsedIdNotInFlight) {
+  FakeGuest g;
+  RingPair<PackedLayout> rp(g, {.size = 8});
+  auto* desc = reinterpret_cast<VirtqPackedDesc*>(g.Host(rp.ring[0], 16 * 8));
+  GuestAddr buf = g.Alloc(64);
+  DriverBuffer b{buf, 64, true};
+  ASSERT_TRUE(rp.driver.Add({&b, 1}));
+  rp.driver.Publish();
+  desc[0].id = Le16::Of(6);
+  StoreRelease(desc[0].flags, kDescFAvail | kDescFUsed);
+  UsedBuffer u;
+  EXPECT_EQ(rp.driver.PopUsed(&u), PopStatus::kBroken);
+  EXPECT_EQ(rp.driver.drops().Get(DropReason::kUsedIdOutOfRange), 1u);
+}
+
+}  // namespace
+}  // namespace nicmux::virtio
