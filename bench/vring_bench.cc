@@ -43,15 +43,15 @@
 #include <benchmark/benchmark.h>
 
 #include "tests/support/fake_guest.h"
+#include "base/check.h"
 #include "virtio/desc_chain.h"
+#include "virtio/vring.h"
 
 namespace nicmux {
 namespace {
 
 using testing::FakeGuest;
 using testing::PackedLayout;
-using testing::RingOptions;
-using testing::RingPair;
 using testing::SplitLayout;
 using virtio::DescChain;
 using virtio::DriverBuffer;
@@ -104,12 +104,63 @@ bool PinThisThread(int cpu) {
   return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
 }
 
-// The ring pair on its own cache lines, apart from whatever the benchmark allocates next.
+// Both sides of one ring on the fake guest's memory, set up as testing::RingPair does (the
+// device reads the rings through frontend virtual addresses, as under vhost-user), but each side
+// on cache lines of its own. RingPair keeps driver and device next to each other: in a
+// two-thread run the split driver's broken_ flag, read on every Add and PopUsed, then shares a
+// line with the split device's indexes, written on every Pop. That false sharing is the harness's,
+// not the rings', and would dominate the cross-core figure.
 template <typename Layout>
-struct alignas(64) PaddedRingPair {
-  PaddedRingPair(FakeGuest& g, const RingOptions& o) : pair(g, o) {}
-  RingPair<Layout> pair;
-  char pad[64];
+class Rings {
+ public:
+  Rings(FakeGuest& guest, uint32_t size) {
+    using namespace virtio;
+    if constexpr (Layout::kPacked) {
+      ring_[0] = guest.Alloc(PackedRingLayout::DescBytes(size), 64);
+      ring_[1] = guest.Alloc(PackedRingLayout::kEventBytes, 64);
+      ring_[2] = guest.Alloc(PackedRingLayout::kEventBytes, 64);
+    } else {
+      ring_[0] = guest.Alloc(SplitRingLayout::DescBytes(size), 64);
+      ring_[1] = guest.Alloc(SplitRingLayout::AvailBytes(size), 64);
+      ring_[2] = guest.Alloc(SplitRingLayout::UsedBytes(size), 64);
+    }
+    DriverRingConfig dc;
+    dc.size = size;
+    for (int i = 0; i < 3; ++i) dc.ring[i] = ring_[i];
+    auto r = driver_->side.Init(guest.mem(), dc);
+    NICMUX_CHECK_MSG(r.has_value(), r ? "" : r.error().message().c_str());
+    // A guest's TX queue (our Rx): device-readable buffers only.
+    const VringConfig vc{size, 0, ChainPolicy::kReadOnly};
+    if constexpr (Layout::kPacked) {
+      auto areas = MapPackedRing(guest.mem(), RingAddrSpace::kFrontendVirtual,
+                                 guest.Uva(ring_[0]), guest.Uva(ring_[1]), guest.Uva(ring_[2]),
+                                 size);
+      NICMUX_CHECK(areas.has_value());
+      NICMUX_CHECK(device_->side.Init(vc, *areas, &guest.mem()).has_value());
+    } else {
+      auto areas = MapSplitRing(guest.mem(), RingAddrSpace::kFrontendVirtual,
+                                guest.Uva(ring_[0]), guest.Uva(ring_[1]), guest.Uva(ring_[2]),
+                                size);
+      NICMUX_CHECK(areas.has_value());
+      NICMUX_CHECK(device_->side.Init(vc, *areas, &guest.mem()).has_value());
+    }
+  }
+
+  typename Layout::Driver& driver() { return driver_->side; }
+  typename Layout::Device& device() { return device_->side; }
+
+ private:
+  // alignas rounds the size up to whole lines, and aligned new places it on a line boundary.
+  template <typename T>
+  struct alignas(64) OwnLines {
+    T side;
+  };
+
+  GuestAddr ring_[3];
+  std::unique_ptr<OwnLines<typename Layout::Driver>> driver_ =
+      std::make_unique<OwnLines<typename Layout::Driver>>();
+  std::unique_ptr<OwnLines<typename Layout::Device>> device_ =
+      std::make_unique<OwnLines<typename Layout::Device>>();
 };
 
 // ------------------------------------------------------------------ one thread: pop + push
@@ -118,12 +169,9 @@ template <typename Layout>
 void BM_DevicePopPush(benchmark::State& state) {
   const uint32_t ring_size = static_cast<uint32_t>(state.range(0));
   FakeGuest guest;
-  RingOptions options;
-  options.size = ring_size;
-  options.max_indirect = 0;
-  auto rings = std::make_unique<PaddedRingPair<Layout>>(guest, options);
-  auto& driver = rings->pair.driver;
-  auto& device = rings->pair.device;
+  Rings<Layout> rings(guest, ring_size);
+  auto& driver = rings.driver();
+  auto& device = rings.device();
 
   const GuestAddr area = guest.Alloc(uint64_t{kBurst} * kPayloadBytes, 4096);
   std::memset(guest.Host(area, uint64_t{kBurst} * kPayloadBytes), 0x5a,
@@ -253,12 +301,9 @@ void BM_CrossCore(benchmark::State& state) {
   PinThisThread(cpus->first);
 
   FakeGuest guest;
-  RingOptions options;
-  options.size = ring_size;
-  options.max_indirect = 0;
-  auto rings = std::make_unique<PaddedRingPair<Layout>>(guest, options);
-  auto& driver = rings->pair.driver;
-  auto& device = rings->pair.device;
+  Rings<Layout> rings(guest, ring_size);
+  auto& driver = rings.driver();
+  auto& device = rings.device();
 
   // As many buffers as ring entries, used in FIFO order (as a driver's TX queue would), so
   // the payload addresses walk through memory and no buffer is rewritten while in flight.
