@@ -1,0 +1,414 @@
+#include "vhost/backend_session.h"
+
+#include <string>
+
+#include "base/log.h"
+#include "virtio/features.h"
+#include "virtio/vring.h"
+
+namespace nicmux::vhost {
+
+using virtio::Bit;
+using virtio::Has;
+
+namespace {
+
+std::string Hex(uint64_t v) {
+  char b[24];
+  snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+uint64_t U64(const Message& m) { return m.As<uint64_t>(); }
+
+}  // namespace
+
+BackendSession::BackendSession(const BackendConfig& config, Pausable* worker)
+    : config_(config), worker_(worker) {
+  NICMUX_CHECK(worker_ != nullptr);
+  NICMUX_CHECK(config_.queue_pairs >= 1 && config_.queue_pairs <= kMaxQueuePairs);
+  // Offered only what fully works: no dirty log, no offloads yet. IN_ORDER holds because
+  // every queue completes chains in the order it popped them (the datapath pushes used
+  // entries in pop order, bad chains included).
+  offered_features_ = Bit(virtio::kFVersion1) | Bit(virtio::kNetFMrgRxbuf) |
+                      Bit(virtio::kFRingEventIdx) | Bit(virtio::kFRingIndirectDesc) |
+                      Bit(virtio::kFRingPacked) | Bit(virtio::kFInOrder) | Bit(virtio::kNetFMq) |
+                      Bit(virtio::kNetFGuestAnnounce) | Bit(kFProtocolFeatures);
+  if (config_.mtu != 0) offered_features_ |= Bit(virtio::kNetFMtu);
+  offered_protocol_features_ = Bit(kProtoMq) | Bit(kProtoReplyAck) | Bit(kProtoRarp) |
+                               Bit(kProtoConfigureMemSlots) | Bit(kProtoStatus);
+  if (config_.mtu != 0) offered_protocol_features_ |= Bit(kProtoNetMtu);
+  mtu_ = config_.mtu;
+}
+
+BackendSession::~BackendSession() { Reset(); }
+
+void BackendSession::Reset() {
+  {
+    PauseGuard pause(*worker_);
+    for (uint32_t i = 0; i < kMaxQueues; ++i) {
+      if (queues_[i].running) StopLocked(i);
+      queues_[i].Forget();
+    }
+    mem_.reset();
+  }
+  features_ = 0;
+  features_set_ = false;
+  protocol_features_ = 0;
+  status_ = 0;
+  mtu_ = config_.mtu;
+  net_hdr_len_ = 12;
+  mrg_rxbuf_ = false;
+  rarp_.reset();
+}
+
+std::optional<std::array<uint8_t, 6>> BackendSession::TakeRarp() {
+  auto r = rarp_;
+  rarp_.reset();
+  return r;
+}
+
+Result<void> BackendSession::Handle(Message& msg, Channel& ch) {
+  // UNTRUSTED: the whole message. Version, request, payload size and fd count are checked here
+  // against the request table before any handler reads a field.
+  const uint32_t req = msg.hdr.request;
+  const std::string name(RequestName(req));
+  if ((msg.hdr.flags & kVersionMask) != kVersion) {
+    return Error(name + ": header flags " + Hex(msg.hdr.flags) + " do not say protocol version 1");
+  }
+  const RequestInfo* info = FindRequest(req);
+  if (info == nullptr) return Error(name + ": request not supported");
+  bool size_ok = false;
+  switch (info->size_rule) {
+    case SizeRule::kExact:
+      size_ok = msg.hdr.size == info->payload;
+      break;
+    case SizeRule::kAtMost:
+      size_ok = msg.hdr.size <= info->payload;
+      break;
+    case SizeRule::kMemTable: {
+      size_ok = msg.hdr.size >= sizeof(MemoryHeader);
+      if (size_ok) {
+        uint32_t n = msg.As<MemoryHeader>().nregions;
+        if (n < 1 || n > kMaxFds) return Error(name + ": nregions " + std::to_string(n) + " is outside 1..8");
+        size_ok = msg.hdr.size == sizeof(MemoryHeader) + n * sizeof(MemoryRegion);
+      }
+      break;
+    }
+  }
+  if (!size_ok) return Error(name + ": payload size " + std::to_string(msg.hdr.size) + " is wrong");
+  if (msg.fds.size() < info->min_fds || msg.fds.size() > info->max_fds) {
+    return Error(name + ": carries " + std::to_string(msg.fds.size()) + " file descriptors, expected " +
+                 std::to_string(info->min_fds) + (info->min_fds == info->max_fds ? "" : "..") +
+                 (info->min_fds == info->max_fds ? "" : std::to_string(info->max_fds)));
+  }
+  const bool ack = (msg.hdr.flags & kFlagNeedReply) && Has(protocol_features_, kProtoReplyAck) &&
+                   !info->has_reply;
+  bool replied = false;
+  Result<void> r = Dispatch(*info, msg, ch, &replied);
+  msg.fds.clear();  // whatever a handler did not take is closed now
+  if (ack) {
+    uint64_t status = r ? 0 : 1;
+    auto s = ch.SendValue(req, kVersion | kFlagReply, status);
+    if (r && !s) r = s.error();
+  }
+  if (!r) return r.error().Wrap(name);
+  return Ok();
+}
+
+Result<uint32_t> BackendSession::QueueIndex(const RequestInfo& info, uint32_t index) const {
+  // UNTRUSTED: a queue index; bounded by the queues we offer.
+  if (index >= 2 * config_.queue_pairs) {
+    return Error("queue index " + std::to_string(index) + " is not below " +
+                 std::to_string(2 * config_.queue_pairs));
+  }
+  return index;
+}
+
+Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Channel& ch,
+                                      bool* replied) {
+  const uint32_t req = msg.hdr.request;
+  auto reply_u64 = [&](uint64_t v) {
+    *replied = true;
+    return ch.SendValue(req, kVersion | kFlagReply, v);
+  };
+  switch (info.request) {
+    case Request::kGetFeatures:
+      return reply_u64(offered_features_);
+    case Request::kSetFeatures: {
+      uint64_t v = U64(msg);
+      if (v & ~offered_features_) return Error("features " + Hex(v & ~offered_features_) + " were not offered");
+      for (const DeviceQueue& q : queues_) {
+        if (q.running && v != features_) return Error("features change while queues run");
+      }
+      features_ = v;
+      features_set_ = true;
+      mrg_rxbuf_ = Has(v, virtio::kNetFMrgRxbuf);
+      net_hdr_len_ = (Has(v, virtio::kFVersion1) || mrg_rxbuf_) ? 12 : 10;
+      for (uint32_t i = 0; i < kMaxQueues; ++i) NICMUX_TRY(Reconcile(i));
+      return Ok();
+    }
+    case Request::kGetProtocolFeatures:
+      return reply_u64(offered_protocol_features_);
+    case Request::kSetProtocolFeatures: {
+      uint64_t v = U64(msg);
+      if (v & ~offered_protocol_features_) {
+        return Error("protocol features " + Hex(v & ~offered_protocol_features_) + " were not offered");
+      }
+      protocol_features_ = v;
+      return Ok();
+    }
+    case Request::kSetOwner:
+      return Ok();
+    case Request::kResetOwner: {
+      {
+        PauseGuard pause(*worker_);
+        for (uint32_t i = 0; i < kMaxQueues; ++i) {
+          if (queues_[i].running) StopLocked(i);
+        }
+      }
+      features_set_ = false;
+      features_ = 0;
+      return Ok();
+    }
+    case Request::kSetMemTable:
+      return SetMemTable(msg);
+    case Request::kAddMemReg:
+      return AddMemReg(msg);
+    case Request::kRemMemReg:
+      return RemMemReg(msg);
+    case Request::kGetMaxMemSlots:
+      return reply_u64(GuestMemory::kMaxRegions);
+    case Request::kSetVringNum: {
+      auto s = msg.As<VringState>();
+      auto i = QueueIndex(info, s.index);
+      if (!i) return i.error();
+      if (queues_[*i].running) return Error("queue " + std::to_string(*i) + " is running");
+      // The layout is known only once features are; the size is checked again at start.
+      if (s.num == 0 || s.num > virtio::kMaxQueueSize) {
+        return Error("queue " + std::to_string(*i) + " size " + std::to_string(s.num) +
+                     " is outside 1.." + std::to_string(virtio::kMaxQueueSize));
+      }
+      if (!Has(features_, virtio::kFRingPacked) && (s.num & (s.num - 1)) != 0) {
+        return Error("queue " + std::to_string(*i) + " size " + std::to_string(s.num) +
+                     " is not a power of two");
+      }
+      queues_[*i].num = s.num;
+      return Ok();
+    }
+    case Request::kSetVringAddr: {
+      auto a = msg.As<VringAddr>();
+      auto i = QueueIndex(info, a.index);
+      if (!i) return i.error();
+      if (a.flags != 0) return Error("queue " + std::to_string(*i) + " flags " + Hex(a.flags) + ": dirty logging is not offered");
+      if (queues_[*i].running) return Error("queue " + std::to_string(*i) + " is running");
+      queues_[*i].addr = a;
+      return Ok();
+    }
+    case Request::kSetVringBase: {
+      auto s = msg.As<VringState>();
+      auto i = QueueIndex(info, s.index);
+      if (!i) return i.error();
+      if (queues_[*i].running) return Error("queue " + std::to_string(*i) + " is running");
+      if (s.num > 0xffff) return Error("queue " + std::to_string(*i) + " base " + Hex(s.num) + " is not a 16-bit index");
+      queues_[*i].base = s.num;
+      return Ok();
+    }
+    case Request::kGetVringBase: {
+      auto s = msg.As<VringState>();
+      auto i = QueueIndex(info, s.index);
+      if (!i) return i.error();
+      DeviceQueue& q = queues_[*i];
+      {
+        PauseGuard pause(*worker_);
+        if (q.running) StopLocked(*i);
+      }
+      // vhost-user.rst: the ring is stopped; a new SET_VRING_KICK starts it again.
+      q.kick.Reset();
+      q.kick_set = false;
+      *replied = true;
+      return ch.SendValue(req, kVersion | kFlagReply, VringState{*i, q.base});
+    }
+    case Request::kSetVringKick:
+    case Request::kSetVringCall:
+    case Request::kSetVringErr:
+      return SetVringFd(info, msg);
+    case Request::kGetQueueNum:
+      return reply_u64(config_.queue_pairs);
+    case Request::kSetVringEnable: {
+      auto s = msg.As<VringState>();
+      auto i = QueueIndex(info, s.index);
+      if (!i) return i.error();
+      if (s.num > 1) return Error("queue " + std::to_string(*i) + " enable value " + std::to_string(s.num) + " is not 0 or 1");
+      queues_[*i].enabled = s.num == 1;
+      return Reconcile(*i);
+    }
+    case Request::kSendRarp: {
+      std::array<uint8_t, 6> mac;
+      std::memcpy(mac.data(), msg.payload.data(), 6);
+      rarp_ = mac;
+      return Ok();
+    }
+    case Request::kNetSetMtu: {
+      uint64_t v = U64(msg);
+      if (v < 68 || v > 65535) return Error("mtu " + std::to_string(v) + " is outside 68..65535");
+      mtu_ = static_cast<uint16_t>(v);
+      return Ok();
+    }
+    case Request::kSetStatus: {
+      uint64_t v = U64(msg);
+      if (v > 0xff) return Error("status " + Hex(v) + " is not one byte");
+      status_ = static_cast<uint8_t>(v);
+      return Ok();
+    }
+    case Request::kGetStatus:
+      return reply_u64(status_);
+    default:
+      return Error("request not supported");
+  }
+}
+
+Result<void> BackendSession::SetVringFd(const RequestInfo& info, Message& msg) {
+  const uint64_t v = U64(msg);
+  // UNTRUSTED: index bits 0-7, bit 8 "no fd"; nothing else may be set.
+  if (v & ~(kVringIdxMask | kVringNoFd)) return Error("payload " + Hex(v) + " has unknown bits set");
+  auto i = QueueIndex(info, static_cast<uint32_t>(v & kVringIdxMask));
+  if (!i) return i.error();
+  const bool no_fd = (v & kVringNoFd) != 0;
+  if (no_fd != msg.fds.empty()) {
+    return Error(std::string("queue ") + std::to_string(*i) + (no_fd ? ": 'no fd' flag with an fd" : ": no fd and no 'no fd' flag"));
+  }
+  UniqueFd fd = no_fd ? UniqueFd() : std::move(msg.fds[0]);
+  DeviceQueue& q = queues_[*i];
+  switch (info.request) {
+    case Request::kSetVringKick: {
+      if (!mem_) return Error("queue " + std::to_string(*i) + ": kick before any memory table");
+      {
+        PauseGuard pause(*worker_);
+        q.kick = std::move(fd);
+        q.kick_set = true;
+      }
+      return Reconcile(*i);
+    }
+    case Request::kSetVringCall: {
+      PauseGuard pause(*worker_);
+      q.call = std::move(fd);
+      return Ok();
+    }
+    default:
+      q.err = std::move(fd);
+      return Ok();
+  }
+}
+
+Result<void> BackendSession::SetMemTable(Message& msg) {
+  const uint32_t n = msg.As<MemoryHeader>().nregions;  // 1..8, checked in Handle
+  if (msg.fds.size() != n) {
+    return Error(std::to_string(n) + " regions but " + std::to_string(msg.fds.size()) + " file descriptors");
+  }
+  std::vector<GuestRegion> regions;
+  for (uint32_t r = 0; r < n; ++r) {
+    MemoryRegion m;
+    std::memcpy(&m, msg.payload.data() + sizeof(MemoryHeader) + r * sizeof(MemoryRegion), sizeof m);
+    auto g = GuestMemory::MapRegion({m.guest_phys_addr, m.memory_size, m.userspace_addr, m.mmap_offset},
+                                    msg.fds[r].get());
+    if (!g) return g.error().Wrap("region " + std::to_string(r));
+    regions.push_back(std::move(*g));
+  }
+  auto mem = GuestMemory::Create(std::move(regions));
+  if (!mem) return mem.error();
+  return SwapMemory(std::move(*mem), "SET_MEM_TABLE");
+}
+
+Result<void> BackendSession::AddMemReg(Message& msg) {
+  auto s = msg.As<SingleMemoryRegion>();
+  auto g = GuestMemory::MapRegion({s.region.guest_phys_addr, s.region.memory_size,
+                                   s.region.userspace_addr, s.region.mmap_offset},
+                                  msg.fds[0].get());
+  if (!g) return g.error();
+  auto mem = mem_ ? mem_->WithRegion(std::move(*g)) : GuestMemory::Create({std::move(*g)});
+  if (!mem) return mem.error();
+  return SwapMemory(std::move(*mem), "ADD_MEM_REG");
+}
+
+Result<void> BackendSession::RemMemReg(Message& msg) {
+  if (!mem_) return Error("no memory table");
+  auto s = msg.As<SingleMemoryRegion>();
+  auto mem = mem_->WithoutRegion({s.region.guest_phys_addr, s.region.memory_size,
+                                  s.region.userspace_addr, s.region.mmap_offset});
+  if (!mem) return mem.error();
+  return SwapMemory(std::move(*mem), "REM_MEM_REG");
+}
+
+Result<void> BackendSession::SwapMemory(std::shared_ptr<const GuestMemory> m, const char*) {
+  PauseGuard pause(*worker_);
+  // Every started queue restarts on the new table from where it stood: between bursts no
+  // chain is in flight, so its ring state is just the base.
+  std::array<bool, kMaxQueues> was_running{};
+  for (uint32_t i = 0; i < kMaxQueues; ++i) {
+    was_running[i] = queues_[i].running;
+    if (was_running[i]) StopLocked(i);
+  }
+  std::shared_ptr<const GuestMemory> old = std::exchange(mem_, std::move(m));
+  for (uint32_t i = 0; i < kMaxQueues; ++i) {
+    if (!was_running[i]) continue;
+    auto r = StartLocked(i);
+    if (!r) return r.error();
+  }
+  return Ok();
+}
+
+Result<void> BackendSession::Reconcile(uint32_t i) {
+  DeviceQueue& q = queues_[i];
+  // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled as soon as it starts.
+  const bool enabled = q.enabled || !Has(features_, kFProtocolFeatures);
+  const bool ready = mem_ && features_set_ && q.num != 0 && q.addr && q.kick_set && enabled;
+  if (ready == q.running) return Ok();
+  PauseGuard pause(*worker_);
+  if (!ready) {
+    StopLocked(i);
+    return Ok();
+  }
+  return StartLocked(i);
+}
+
+Result<void> BackendSession::StartLocked(uint32_t i) {
+  DeviceQueue& q = queues_[i];
+  const bool packed = Has(features_, virtio::kFRingPacked);
+  const std::string qname = "queue " + std::to_string(i);
+  auto size_ok = virtio::CheckQueueSize(q.num, packed);
+  if (!size_ok) return size_ok.error().Wrap(qname);
+  const virtio::VringConfig config{q.num, features_,
+                                   i % 2 == 0 ? virtio::ChainPolicy::kWriteOnly : virtio::ChainPolicy::kReadOnly};
+  // UNTRUSTED: ring addresses (frontend virtual); mapped with full lengths and alignment.
+  Result<void> r = Ok();
+  if (packed) {
+    // For packed rings the "avail" and "used" addresses name the driver and device areas.
+    auto areas = virtio::MapPackedRing(*mem_, virtio::RingAddrSpace::kFrontendVirtual, q.addr->desc_user_addr,
+                                       q.addr->avail_user_addr, q.addr->used_user_addr, q.num);
+    if (!areas) return areas.error().Wrap(qname);
+    r = q.packed_ring.Init(config, *areas, mem_.get(), static_cast<uint16_t>(q.base));
+  } else {
+    auto areas = virtio::MapSplitRing(*mem_, virtio::RingAddrSpace::kFrontendVirtual, q.addr->desc_user_addr,
+                                      q.addr->avail_user_addr, q.addr->used_user_addr, q.num);
+    if (!areas) return areas.error().Wrap(qname);
+    r = q.split.Init(config, *areas, mem_.get(), static_cast<uint16_t>(q.base));
+  }
+  if (!r) return r.error().Wrap(qname);
+  q.packed = packed;
+  q.running = true;
+  ++generation_;
+  NICMUX_LOG(kDebug, "vhost-user: %s started (%s ring, size %u, base %u)", qname.c_str(),
+             packed ? "packed" : "split", q.num, q.base);
+  return Ok();
+}
+
+void BackendSession::StopLocked(uint32_t i) {
+  DeviceQueue& q = queues_[i];
+  if (!q.running) return;
+  q.base = q.packed ? q.packed_ring.avail_state() : q.split.last_avail_idx();
+  q.running = false;
+  ++generation_;
+}
+
+}  // namespace nicmux::vhost

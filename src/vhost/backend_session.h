@@ -1,0 +1,153 @@
+// BackendSession: the device (backend) side of one vhost-user connection for a virtio-net
+// device, following QEMU docs/interop/vhost-user.rst. It takes messages from a Channel, checks
+// each against the request table and its own state, and keeps the device state: negotiated
+// features, the guest memory table, and per queue its size, ring addresses, base, kick and
+// call fds and whether it is enabled. When a queue has everything it needs it is started: its
+// ring areas are mapped through the memory table and a SplitVring or PackedVring is set up for
+// the worker that polls it.
+//
+// Every change to a started queue (start, stop, new call fd, new memory table) happens inside
+// a pause of the worker (base/pausable.h), so the hot loop takes no locks.
+//
+// A message that is malformed or that the state does not allow (wrong size or fd count, an
+// unknown request, overlapping regions, a ring outside memory, a queue index or size out of
+// range, a kick before any memory table, ...) makes Handle() return an error naming the
+// request and the field; the owner then closes the connection (Reset()), and no other port
+// notices.
+//
+// Queue numbering (virtio 1.2 §5.1.2): queue 2k is the guest's receiveq k (we write into it),
+// queue 2k+1 its transmitq k (we read from it).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "base/counter.h"
+#include "base/event_fd.h"
+#include "base/pausable.h"
+#include "base/unique_fd.h"
+#include "memory/guest_memory.h"
+#include "vhost/channel.h"
+#include "virtio/packed_vring.h"
+#include "virtio/split_vring.h"
+
+namespace nicmux::vhost {
+
+inline constexpr uint32_t kMaxQueuePairs = 8;
+inline constexpr uint32_t kMaxQueues = 2 * kMaxQueuePairs;
+
+// One virtqueue as the worker sees it. Fields below `running` are the worker's while it is
+// set; the session changes them only with the worker paused.
+struct DeviceQueue {
+  // From the frontend.
+  uint32_t num = 0;
+  std::optional<VringAddr> addr;
+  uint32_t base = 0;
+  UniqueFd kick;
+  bool kick_set = false;  // a kick fd, or "no fd" (the frontend expects polling)
+  UniqueFd call;
+  UniqueFd err;
+  bool enabled = false;
+
+  // Running state.
+  bool running = false;
+  bool packed = false;
+  virtio::SplitVring split;
+  virtio::PackedVring packed_ring;
+
+  int kick_fd() const { return kick.get(); }  // -1 when polling
+  // Forgets what the frontend set (a new connection); the rings' counters stay.
+  void Forget() {
+    num = 0;
+    addr.reset();
+    base = 0;
+    kick.Reset();
+    kick_set = false;
+    call.Reset();
+    err.Reset();
+    enabled = false;
+    running = false;
+  }
+  // Notifies the driver (an interrupt) if it has a call fd.
+  void Call() const {
+    if (call.valid()) {
+      uint64_t one = 1;
+      ssize_t n = ::write(call.get(), &one, sizeof one);
+      (void)n;
+    }
+  }
+};
+
+struct BackendConfig {
+  uint32_t queue_pairs = 1;  // offered through MQ / GET_QUEUE_NUM, 1..kMaxQueuePairs
+  uint16_t mtu = 0;          // offered with VIRTIO_NET_F_MTU when nonzero
+};
+
+class BackendSession {
+ public:
+  BackendSession(const BackendConfig& config, Pausable* worker);
+  ~BackendSession();
+
+  // The virtio and protocol features this backend offers.
+  uint64_t offered_features() const { return offered_features_; }
+  uint64_t offered_protocol_features() const { return offered_protocol_features_; }
+
+  // Handles one message, replying on ch where the protocol says so. An error means the
+  // connection must be closed (call Reset()).
+  Result<void> Handle(Message& msg, Channel& ch);
+
+  // Connection gone: stop every queue, unmap memory, close fds; ready for a new connection.
+  void Reset();
+
+  uint64_t features() const { return features_; }
+  uint64_t protocol_features() const { return protocol_features_; }
+  bool has_features() const { return features_set_; }
+  uint8_t status() const { return status_; }
+  uint16_t mtu() const { return mtu_; }
+  uint32_t num_queues() const { return kMaxQueues; }
+  // The worker's view; only read while the worker runs (not paused) or with it paused.
+  DeviceQueue& queue(uint32_t i) { return queues_[i]; }
+  const std::shared_ptr<const GuestMemory>& memory() const { return mem_; }
+  // Pending SEND_RARP: the MAC to announce, taken by the datapath.
+  std::optional<std::array<uint8_t, 6>> TakeRarp();
+  uint64_t generation() const { return generation_; }
+
+  // Bytes of virtio_net_hdr in front of every packet with the negotiated features.
+  uint32_t net_hdr_len() const { return net_hdr_len_; }
+  bool mrg_rxbuf() const { return mrg_rxbuf_; }
+
+ private:
+  Result<void> Dispatch(const RequestInfo& info, Message& msg, Channel& ch, bool* replied);
+  Result<void> SetMemTable(Message& msg);
+  Result<void> AddMemReg(Message& msg);
+  Result<void> RemMemReg(Message& msg);
+  Result<void> SetVringFd(const RequestInfo& info, Message& msg);
+  Result<uint32_t> QueueIndex(const RequestInfo& info, uint32_t index) const;
+  // Starts queue i if it has everything and is enabled; stops it otherwise.
+  Result<void> Reconcile(uint32_t i);
+  Result<void> StartLocked(uint32_t i);  // with the worker paused
+  void StopLocked(uint32_t i);           // with the worker paused
+  // Swaps in a new memory table, re-mapping the rings of started queues.
+  Result<void> SwapMemory(std::shared_ptr<const GuestMemory> m, const char* request);
+
+  BackendConfig config_;
+  Pausable* worker_;
+  uint64_t offered_features_ = 0;
+  uint64_t offered_protocol_features_ = 0;
+  uint64_t features_ = 0;
+  bool features_set_ = false;
+  uint64_t protocol_features_ = 0;
+  uint8_t status_ = 0;
+  uint16_t mtu_ = 0;
+  uint32_t net_hdr_len_ = 12;
+  bool mrg_rxbuf_ = false;
+  std::shared_ptr<const GuestMemory> mem_;
+  std::array<DeviceQueue, kMaxQueues> queues_;
+  std::optional<std::array<uint8_t, 6>> rarp_;
+  uint64_t generation_ = 0;  // bumped whenever a queue starts or stops
+};
+
+}  // namespace nicmux::vhost

@@ -1,0 +1,121 @@
+#include "vhost/channel.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <string>
+
+namespace nicmux::vhost {
+
+Channel::Channel(UniqueFd sock) : sock_(std::move(sock)) {}
+
+Result<size_t> Channel::ReadSome(std::byte* dst, size_t len) {
+  // Room for more fds than we accept, so an excess is seen (and closed) rather than silently
+  // truncated by the kernel.
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * (kMaxFds + 8))];
+  iovec iov{dst, len};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  ssize_t n = ::recvmsg(sock_.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return size_t{0};
+    if (errno == EINTR) return size_t{0};
+    return Error::FromErrno("vhost-user socket recvmsg");
+  }
+  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      cur_.fds.emplace_back(fd);  // owned from here on, closed on any error path
+    }
+  }
+  if (mh.msg_flags & MSG_CTRUNC) return Error("vhost-user message carries too many file descriptors");
+  if (cur_.fds.size() > kMaxFds) {
+    return Error("vhost-user message carries " + std::to_string(cur_.fds.size()) +
+                 " file descriptors, at most " + std::to_string(kMaxFds) + " are allowed");
+  }
+  if (n == 0) return Error("vhost-user peer closed the connection");
+  return static_cast<size_t>(n);
+}
+
+Result<std::optional<Message>> Channel::Receive() {
+  for (;;) {
+    std::byte* hdr = reinterpret_cast<std::byte*>(&cur_.hdr);
+    size_t want;
+    std::byte* dst;
+    if (have_ < sizeof(MsgHeader)) {
+      want = sizeof(MsgHeader) - have_;
+      dst = hdr + have_;
+    } else {
+      // UNTRUSTED: size, bounded by kMaxPayload before anything is read into the payload.
+      if (cur_.hdr.size > kMaxPayload) {
+        return Error("vhost-user " + std::string(RequestName(cur_.hdr.request)) + ": payload size " +
+                     std::to_string(cur_.hdr.size) + " exceeds " + std::to_string(kMaxPayload));
+      }
+      size_t got = have_ - sizeof(MsgHeader);
+      if (got == cur_.hdr.size) {
+        Message done = std::move(cur_);
+        cur_ = Message{};
+        have_ = 0;
+        return std::optional<Message>(std::move(done));
+      }
+      want = cur_.hdr.size - got;
+      dst = cur_.payload.data() + got;
+    }
+    auto n = ReadSome(dst, want);
+    if (!n) {
+      cur_ = Message{};
+      have_ = 0;
+      return n.error();
+    }
+    if (*n == 0) return std::optional<Message>();
+    have_ += *n;
+  }
+}
+
+Result<void> Channel::Send(uint32_t request, uint32_t flags, std::span<const std::byte> payload,
+                           std::span<const int> fds, int timeout_ms) {
+  if (payload.size() > kMaxPayload || fds.size() > kMaxFds) return Error("vhost-user message too large");
+  MsgHeader h{request, flags, static_cast<uint32_t>(payload.size())};
+  std::array<std::byte, sizeof(MsgHeader) + kMaxPayload> buf;
+  std::memcpy(buf.data(), &h, sizeof h);
+  if (!payload.empty()) std::memcpy(buf.data() + sizeof h, payload.data(), payload.size());
+  size_t total = sizeof h + payload.size(), sent = 0;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  while (sent < total) {
+    iovec iov{buf.data() + sent, total - sent};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    if (sent == 0 && !fds.empty()) {
+      mh.msg_control = control;
+      mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+      cmsghdr* c = CMSG_FIRSTHDR(&mh);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    }
+    ssize_t n = ::sendmsg(sock_.get(), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        pollfd p{sock_.get(), POLLOUT, 0};
+        int r = ::poll(&p, 1, timeout_ms);
+        if (r <= 0) return Error("vhost-user peer does not read its socket (send timed out)");
+        continue;
+      }
+      return Error::FromErrno("vhost-user socket sendmsg");
+    }
+    sent += static_cast<size_t>(n);
+  }
+  return Ok();
+}
+
+}  // namespace nicmux::vhost
