@@ -40,6 +40,12 @@ struct DescChain {
   uint16_t num_descs = 0;  // ring slots the chain occupied (packed rings advance by this)
   uint16_t num_readable = 0;
   uint16_t num_segments = 0;
+  // Where the ring stood when this chain was popped (split: the avail index; packed: the
+  // position and wrap counter), and how many bad chains the ring had completed by then; see
+  // Rewind() in the rings.
+  uint16_t ring_pos = 0;
+  bool ring_wrap = false;
+  uint64_t bad_seq = 0;
   uint64_t readable_bytes = 0;
   uint64_t writable_bytes = 0;
   ChainSegment segs[kMaxChainSegments];

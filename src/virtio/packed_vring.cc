@@ -108,12 +108,17 @@ PopStatus PackedVring::Pop(DescChain* chain) {
       MarkBroken(DropReason::kPackedIdInFlight);
       return PopStatus::kBroken;
     }
+    const uint16_t pos = avail_pos_;
+    const bool pos_wrap = avail_wrap_;
     Advance(&avail_pos_, &avail_wrap_, n);
     in_flight_[id] = 1;
     descs_of_id_[id] = static_cast<uint16_t>(n);
     if (!bad) {
       chain->id = id;
       chain->num_descs = static_cast<uint16_t>(n);
+      chain->ring_pos = pos;
+      chain->ring_wrap = pos_wrap;
+      chain->bad_seq = bad_seq_;
       popped_.Add();
       return PopStatus::kOk;
     }
@@ -121,7 +126,20 @@ PopStatus PackedVring::Pop(DescChain* chain) {
     NICMUX_LOG_RATELIMITED(kWarning, "packed virtqueue: chain with id %u completed empty: %s", id,
                            DropReasonName(*bad).data());
     Push(id, 0);
+    ++bad_seq_;
   }
+}
+
+bool PackedVring::Rewind(std::span<const DescChain> chains) {
+  if (chains.empty()) return true;
+  if (chains[0].bad_seq != bad_seq_) return false;
+  for (const DescChain& c : chains) {
+    NICMUX_CHECK(c.id < size_ && in_flight_[c.id]);
+    in_flight_[c.id] = 0;
+  }
+  avail_pos_ = chains[0].ring_pos;
+  avail_wrap_ = chains[0].ring_wrap;
+  return true;
 }
 
 uint32_t PackedVring::PopBurst(DescChain* chains, uint32_t n) {

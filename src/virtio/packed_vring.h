@@ -28,6 +28,8 @@ class PackedVring {
 
   PopStatus Pop(DescChain* chain);
   uint32_t PopBurst(DescChain* chains, uint32_t n);
+  // As SplitVring::Rewind.
+  bool Rewind(std::span<const DescChain> chains);
   void Push(uint16_t id, uint32_t len);
   bool Flush();
   bool EnableKicks();
@@ -78,6 +80,8 @@ class PackedVring {
 
   std::vector<uint16_t> descs_of_id_;  // ring slots each in-flight id occupies
   std::vector<uint8_t> in_flight_;
+
+  uint64_t bad_seq_ = 0;
 
   DropCounters drops_;
   Counter popped_;

@@ -102,11 +102,13 @@ PopStatus SplitVring::Pop(DescChain* chain) {
       MarkBroken(DropReason::kHeadOutOfRange);
       return PopStatus::kBroken;
     }
-    ++last_avail_;
+    const uint16_t pos = last_avail_++;
     std::optional<DropReason> bad = Walk(head, chain);
     if (!bad) {
       chain->id = head;
       chain->num_descs = 1;
+      chain->ring_pos = pos;
+      chain->bad_seq = bad_seq_;
       popped_.Add();
       return PopStatus::kOk;
     }
@@ -118,7 +120,16 @@ PopStatus SplitVring::Pop(DescChain* chain) {
     NICMUX_LOG_RATELIMITED(kWarning, "split virtqueue: chain at head %u completed empty: %s",
                            head, DropReasonName(*bad).data());
     Push(head, 0);
+    ++bad_seq_;
   }
+}
+
+bool SplitVring::Rewind(std::span<const DescChain> chains) {
+  if (chains.empty()) return true;
+  if (chains[0].bad_seq != bad_seq_) return false;
+  NICMUX_DCHECK(static_cast<uint16_t>(last_avail_ - chains[0].ring_pos) == chains.size());
+  last_avail_ = chains[0].ring_pos;
+  return true;
 }
 
 uint32_t SplitVring::PopBurst(DescChain* chains, uint32_t n) {

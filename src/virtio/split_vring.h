@@ -34,6 +34,12 @@ class SplitVring {
   // Up to n chains into chains[0..]; returns how many.
   uint32_t PopBurst(DescChain* chains, uint32_t n);
 
+  // Gives back chains that were popped but not used: `chains` are the most recent pops, in pop
+  // order, none pushed. The next Pop() returns chains[0] again. Returns false (and changes
+  // nothing) when a bad chain was completed after chains[0] was popped: the caller must then
+  // complete them instead.
+  bool Rewind(std::span<const DescChain> chains);
+
   // Queues a used entry for a chain Pop() returned; len is the bytes written into it.
   void Push(uint16_t id, uint32_t len);
   // Publishes queued used entries. Returns true when the driver should be notified (an
@@ -71,6 +77,8 @@ class SplitVring {
   uint16_t avail_shadow_ = 0; // the driver's avail idx when we last loaded it
   uint16_t used_idx_ = 0;     // published used idx
   uint16_t pending_ = 0;      // used entries written but not published
+
+  uint64_t bad_seq_ = 0;      // bad chains completed by Pop()
 
   DropCounters drops_;
   Counter popped_;

@@ -334,5 +334,53 @@ TYPED_TEST(VringRoundTrip, ReinitRestoresABrokenQueue) {
   EXPECT_EQ(rp.device.Pop(&c), PopStatus::kOk);
 }
 
+TYPED_TEST(VringRoundTrip, RewindGivesBackUnusedChains) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 8});
+  GuestAddr buf = g.Alloc(64);
+  std::vector<uint16_t> ids;
+  for (int i = 0; i < 4; ++i) {
+    DriverBuffer b[2] = {{buf, 32, false}, {GuestAddr{buf.value + 32}, 32, false}};
+    auto id = rp.driver.Add({b, static_cast<size_t>(1 + i % 2)});
+    ASSERT_TRUE(id);
+    ids.push_back(*id);
+  }
+  rp.driver.Publish();
+  DescChain c[4];
+  ASSERT_EQ(rp.device.PopBurst(c, 4), 4u);
+  // Use the first, give back the other three; they come again, in order.
+  ASSERT_TRUE(rp.device.Rewind({c + 1, 3}));
+  rp.device.Push(c[0].id, 0);
+  DescChain again[4];
+  ASSERT_EQ(rp.device.PopBurst(again, 4), 3u);
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(again[k].id, ids[k + 1]);
+  for (int k = 0; k < 3; ++k) rp.device.Push(again[k].id, 0);
+  rp.device.Flush();
+  UsedBuffer u;
+  for (int k = 0; k < 4; ++k) {
+    ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+    EXPECT_EQ(u.id, ids[k]);
+  }
+  EXPECT_EQ(rp.device.drops().Total(), 0u);
+}
+
+TYPED_TEST(VringRoundTrip, RewindRefusedAfterABadChainWasCompleted) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 8});
+  GuestAddr buf = g.Alloc(64);
+  DriverBuffer good{buf, 64, false}, bad{GuestAddr{0x7fff0000}, 64, false};
+  ASSERT_TRUE(rp.driver.Add({&good, 1}));
+  ASSERT_TRUE(rp.driver.Add({&bad, 1}));
+  ASSERT_TRUE(rp.driver.Add({&good, 1}));
+  rp.driver.Publish();
+  DescChain c[3];
+  ASSERT_EQ(rp.device.PopBurst(c, 3), 2u);  // the bad one in between was completed empty
+  EXPECT_FALSE(rp.device.Rewind({c, 2}));
+  EXPECT_TRUE(rp.device.Rewind({c + 1, 1}));  // popped after the bad one: fine
+  DescChain again;
+  ASSERT_EQ(rp.device.Pop(&again), PopStatus::kOk);
+  EXPECT_EQ(again.id, c[1].id);
+}
+
 }  // namespace
 }  // namespace nicmux::virtio
