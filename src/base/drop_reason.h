@@ -32,7 +32,11 @@ namespace nicmux {
   X(kUsedIdOutOfRange, "used_id_out_of_range", "device returned an id we did not give")         \
   X(kUsedLenTooLong, "used_len_too_long", "device returned more bytes than the buffer holds")   \
   X(kUsedIdxJump, "used_idx_jump", "used idx moved by more than the buffers in flight")         \
-  X(kQueueBroken, "queue_broken", "queue is broken until the peer resets it")
+  X(kQueueBroken, "queue_broken", "queue is broken until the peer resets it")                  \
+  X(kPortDown, "port_down", "destination queue not running (peer absent or not ready)")          \
+  X(kTooBig, "too_big_for_buffers", "packet larger than the receive buffers offered")           \
+  X(kBadFrame, "bad_frame", "frame shorter than its virtio-net header")                          \
+  X(kQueueFull, "queue_full", "destination out of buffers and the source cannot hold it")
 
 enum class DropReason : uint8_t {
 #define NICMUX_DROP_ENUM(e, name, desc) e,

@@ -246,6 +246,7 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
     case Request::kSendRarp: {
       std::array<uint8_t, 6> mac;
       std::memcpy(mac.data(), msg.payload.data(), 6);
+      PauseGuard pause(*worker_);  // the worker takes it on its next burst
       rarp_ = mac;
       return Ok();
     }

@@ -130,6 +130,20 @@ PopStatus PackedVring::Pop(DescChain* chain) {
   }
 }
 
+uint32_t PackedVring::Available(uint32_t limit) {
+  if (broken_) return 0;
+  uint16_t slot = avail_pos_;
+  bool wrap = avail_wrap_;
+  uint32_t chains = 0;
+  for (uint32_t i = 0; i < size_ && chains < limit; ++i) {
+    const uint16_t flags = LoadAcquire(desc_[slot].flags);
+    if (!IsAvail(flags, wrap)) break;
+    if (!(flags & kDescFNext)) ++chains;
+    Advance(&slot, &wrap, 1);
+  }
+  return chains;
+}
+
 bool PackedVring::Rewind(std::span<const DescChain> chains) {
   if (chains.empty()) return true;
   if (chains[0].bad_seq != bad_seq_) return false;

@@ -28,6 +28,8 @@ class PackedVring {
 
   PopStatus Pop(DescChain* chain);
   uint32_t PopBurst(DescChain* chains, uint32_t n);
+  // As SplitVring::Available: counts chains whose descriptors are available, up to limit.
+  uint32_t Available(uint32_t limit);
   // As SplitVring::Rewind.
   bool Rewind(std::span<const DescChain> chains);
   void Push(uint16_t id, uint32_t len);

@@ -1,5 +1,7 @@
 #include "virtio/split_vring.h"
 
+#include <algorithm>
+
 #include "base/log.h"
 #include "virtio/ring_access.h"
 
@@ -122,6 +124,18 @@ PopStatus SplitVring::Pop(DescChain* chain) {
     Push(head, 0);
     ++bad_seq_;
   }
+}
+
+uint32_t SplitVring::Available(uint32_t limit) {
+  if (broken_) return 0;
+  if (last_avail_ == avail_shadow_) avail_shadow_ = LoadAcquire(avail_->idx);
+  // UNTRUSTED: the driver's idx; Pop() breaks the queue if it jumped, here it is only clamped.
+  uint32_t n = static_cast<uint16_t>(avail_shadow_ - last_avail_);
+  if (n > size_) {
+    avail_shadow_ = last_avail_;  // let Pop() reload and judge it
+    return std::min(size_, limit);
+  }
+  return std::min(n, limit);
 }
 
 bool SplitVring::Rewind(std::span<const DescChain> chains) {

@@ -40,6 +40,10 @@ class SplitVring {
   // complete them instead.
   bool Rewind(std::span<const DescChain> chains);
 
+  // Chains available now, at most `limit` (an estimate for backpressure: never more than Pop
+  // would return, bad chains aside).
+  uint32_t Available(uint32_t limit);
+
   // Queues a used entry for a chain Pop() returned; len is the bytes written into it.
   void Push(uint16_t id, uint32_t len);
   // Publishes queued used entries. Returns true when the driver should be notified (an

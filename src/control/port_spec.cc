@@ -1,0 +1,55 @@
+#include "control/port_spec.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+
+namespace nicmux {
+
+Result<uint64_t> PortSpec::UInt(const std::string& k, uint64_t lo, uint64_t hi, uint64_t dflt) const {
+  auto it = options.find(k);
+  if (it == options.end()) return dflt;
+  const std::string& v = it->second;
+  if (v.empty() || v.size() > 19 || !std::all_of(v.begin(), v.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
+    return Error("port " + name + ": " + k + "='" + v + "' is not a number");
+  }
+  uint64_t n = std::strtoull(v.c_str(), nullptr, 10);
+  if (n < lo || n > hi) {
+    return Error("port " + name + ": " + k + "=" + v + " is outside " + std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  return n;
+}
+
+Result<PortSpec> ParsePortSpec(const std::string& text) {
+  PortSpec s;
+  size_t a = text.find(':');
+  if (a == std::string::npos) return Error("port spec '" + text + "': expected KIND:NAME[:key=value,...]");
+  s.kind = text.substr(0, a);
+  size_t b = text.find(':', a + 1);
+  s.name = text.substr(a + 1, b == std::string::npos ? std::string::npos : b - a - 1);
+  if (s.kind.empty()) return Error("port spec '" + text + "': empty kind");
+  if (s.name.empty() || s.name.size() > 32 ||
+      !std::all_of(s.name.begin(), s.name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+      })) {
+    return Error("port spec '" + text + "': name must be 1-32 characters of [A-Za-z0-9._-]");
+  }
+  if (b == std::string::npos) return s;
+  std::string rest = text.substr(b + 1);
+  size_t pos = 0;
+  while (pos <= rest.size()) {
+    size_t comma = rest.find(',', pos);
+    std::string item = rest.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    if (item.empty()) return Error("port " + s.name + ": empty option in '" + rest + "'");
+    size_t eq = item.find('=');
+    std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    if (key.empty()) return Error("port " + s.name + ": option '" + item + "' has no key");
+    if (s.options.count(key)) return Error("port " + s.name + ": option '" + key + "' given twice");
+    s.options[key] = value;
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return s;
+}
+
+}  // namespace nicmux

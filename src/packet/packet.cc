@@ -1,0 +1,61 @@
+#include "packet/packet.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace nicmux {
+
+bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p) {
+  if (c.readable_bytes < net_hdr_len) return false;
+  p->segs = c.segs;
+  p->nsegs = c.num_readable;
+  p->len = static_cast<uint32_t>(c.readable_bytes - net_hdr_len);
+  p->head_len = std::min<uint32_t>(p->len, kHeadBytes);
+  std::memset(&p->vnet, 0, sizeof p->vnet);
+  // Walk the header and the head once, segment by segment; remember where the rest starts.
+  uint32_t seg = 0, off = 0;
+  auto take = [&](std::byte* dst, uint32_t n) {
+    while (n > 0) {
+      const virtio::ChainSegment& s = c.segs[seg];
+      uint32_t k = std::min(n, s.len - off);
+      if (dst) {
+        std::memcpy(dst, s.data + off, k);
+        dst += k;
+      }
+      n -= k;
+      off += k;
+      if (off == s.len) {
+        ++seg;
+        off = 0;
+      }
+    }
+  };
+  std::byte hdr[sizeof(virtio::VirtioNetHdrV1)] = {};
+  take(hdr, std::min<uint32_t>(net_hdr_len, sizeof hdr));
+  if (net_hdr_len > sizeof hdr) take(nullptr, net_hdr_len - sizeof hdr);
+  std::memcpy(&p->vnet, hdr, sizeof hdr);
+  take(p->head, p->head_len);
+  p->seg = static_cast<uint16_t>(seg);
+  p->seg_off = off;
+  return true;
+}
+
+size_t CopyPacket(const PacketRef& p, virtio::ChainWriter& w) {
+  size_t done = w.Write(p.head, p.head_len);
+  if (done < p.head_len) return done;
+  uint32_t seg = p.seg, off = p.seg_off;
+  size_t left = p.len - p.head_len;
+  while (left > 0 && seg < p.nsegs) {
+    const virtio::ChainSegment& s = p.segs[seg];
+    size_t k = std::min<size_t>(left, s.len - off);
+    size_t put = w.Write(s.data + off, k);
+    done += put;
+    if (put < k) return done;
+    left -= k;
+    ++seg;
+    off = 0;
+  }
+  return done;
+}
+
+}  // namespace nicmux

@@ -1,0 +1,65 @@
+// PacketRef and Batch: how packets cross the switch without being copied (DESIGN.md "The data
+// path"). A PacketRef names the source's buffer segments (still in the source's memory, valid
+// until the source's RxDone) and carries a private copy of the first bytes — the headers that
+// classification reads, so a guest that rewrites its buffer after we looked cannot change
+// where the packet goes. A destination copies the head from that private copy and the rest
+// straight from the source segments: one copy per byte.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "base/check.h"
+#include "virtio/desc_chain.h"
+#include "virtio/net_hdr.h"
+
+namespace nicmux {
+
+inline constexpr uint32_t kBurst = 32;
+inline constexpr uint32_t kHeadBytes = 64;
+
+struct PacketRef {
+  const virtio::ChainSegment* segs = nullptr;  // the source's segments (not owned)
+  uint16_t nsegs = 0;
+  uint16_t seg = 0;        // where the bytes after the head start: segment and offset
+  uint32_t seg_off = 0;
+  uint32_t len = 0;        // frame bytes, without any virtio-net header
+  uint32_t head_len = 0;   // min(len, kHeadBytes)
+  virtio::VirtioNetHdrV1 vnet{};  // the source's virtio-net header (offload fields)
+  alignas(16) std::byte head[kHeadBytes];
+
+  std::span<const std::byte> headers() const { return {head, head_len}; }
+};
+
+// Up to kBurst packets; TryPush() refuses the 33rd instead of writing past the end.
+class Batch {
+ public:
+  PacketRef* TryPush() { return count_ < kBurst ? &pkts_[count_++] : nullptr; }
+  void Pop() {
+    NICMUX_DCHECK(count_ > 0);
+    --count_;
+  }
+  void Clear() { count_ = 0; }
+  uint32_t size() const { return count_; }
+  bool empty() const { return count_ == 0; }
+  bool full() const { return count_ == kBurst; }
+  PacketRef& operator[](uint32_t i) { return pkts_[i]; }
+  const PacketRef& operator[](uint32_t i) const { return pkts_[i]; }
+  std::span<const PacketRef> span() const { return {pkts_.data(), count_}; }
+
+ private:
+  std::array<PacketRef, kBurst> pkts_;
+  uint32_t count_ = 0;
+};
+
+// Fills p from a device-readable chain that starts with a virtio-net header of net_hdr_len
+// bytes. False when the chain is shorter than the header (a bad frame).
+bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p);
+
+// Copies p's frame bytes [0, len) into w: the head from the private copy, the rest from the
+// source segments. Returns the bytes written (less than p.len only if w ran out of room).
+size_t CopyPacket(const PacketRef& p, virtio::ChainWriter& w);
+
+}  // namespace nicmux

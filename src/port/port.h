@@ -1,0 +1,59 @@
+// Port: anything packets enter or leave the switch through (DESIGN.md "Key abstractions").
+// "Rx" brings packets into the switch, "Tx" takes them out — always seen from the switch. The
+// worker owning a port calls these; nothing here blocks or allocates per packet.
+//
+//   n = src.Rx(q, batch, max)     // up to max packets, referencing src's buffers
+//   k = dst.Tx(q', batch.span())  // dst copies what it takes (first k), counts what it drops
+//   src.RxDone(q, batch, k)       // src returns the buffers: the first k as sent, the rest
+//                                 //   given back to be received again, or dropped and counted
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/counter.h"
+#include "packet/packet.h"
+
+namespace nicmux {
+
+struct PortStats {
+  uint64_t rx_packets = 0, rx_bytes = 0;
+  uint64_t tx_packets = 0, tx_bytes = 0;
+  uint64_t tx_dropped = 0;  // packets Tx could not deliver (no guest buffers, too big, ...)
+  uint64_t rx_dropped = 0;  // bad frames and chains from the peer
+  bool connected = false;
+};
+
+class Port {
+ public:
+  virtual ~Port() = default;
+
+  const std::string& name() const { return name_; }
+
+  // Queue pairs the datapath may use (1..N); a queue that is not running moves nothing.
+  virtual uint32_t NumQueuePairs() const = 0;
+  virtual size_t Rx(uint32_t q, Batch& out, size_t max) = 0;
+  virtual void RxDone(uint32_t q, Batch& batch, size_t sent) = 0;
+  virtual size_t Tx(uint32_t q, std::span<const PacketRef> in) = 0;
+  // An upper bound of what Tx(q) could take now (0 when it has no buffers).
+  virtual size_t TxRoom(uint32_t q) = 0;
+
+  // Idle support: before the worker sleeps it arms notifications and collects the fds to wait
+  // on; true when work arrived meanwhile (then it must not sleep). After waking, Disarm.
+  virtual bool ArmNotify(std::vector<int>* fds) = 0;
+  virtual void DisarmNotify() = 0;
+  // False when some queue cannot notify (a polling-mode peer): the worker must keep polling.
+  virtual bool CanSleep() const = 0;
+
+  virtual PortStats Stats() const = 0;
+
+ protected:
+  explicit Port(std::string name) : name_(std::move(name)) {}
+
+ private:
+  std::string name_;
+};
+
+}  // namespace nicmux

@@ -1,0 +1,409 @@
+#include "port/vhost_user_port.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "base/log.h"
+#include "virtio/net_hdr.h"
+
+namespace nicmux {
+
+using vhost::DeviceQueue;
+
+namespace {
+
+constexpr uint64_t kBackoffFirstMs = 100, kBackoffMaxMs = 2000;
+
+Result<sockaddr_un> UnixAddr(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path) {
+    return Error("socket path '" + path + "' is empty or longer than " + std::to_string(sizeof a.sun_path - 1) + " bytes");
+  }
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  return a;
+}
+
+// Spreads a packet over several receive chains (MRG_RXBUF), remembering how much went where.
+class MergeWriter {
+ public:
+  MergeWriter(virtio::DescChain* chains, uint32_t n) : chains_(chains), n_(n), w_(chains[0]) {}
+  size_t Write(const void* src, size_t len) {
+    const std::byte* p = static_cast<const std::byte*>(src);
+    size_t done = 0;
+    while (done < len) {
+      size_t k = w_.Write(p + done, len - done);
+      done += k;
+      written_[cur_] += static_cast<uint32_t>(k);
+      if (done < len) {
+        if (cur_ + 1 >= n_) break;
+        w_ = virtio::ChainWriter(chains_[++cur_]);
+      }
+    }
+    return done;
+  }
+  uint32_t written(uint32_t i) const { return written_[i]; }
+
+ private:
+  virtio::DescChain* chains_;
+  uint32_t n_;
+  uint32_t cur_ = 0;
+  virtio::ChainWriter w_;
+  uint32_t written_[64] = {};
+};
+
+template <typename W>
+size_t CopyPacketTo(const PacketRef& p, W& w) {
+  size_t done = w.Write(p.head, p.head_len);
+  if (done < p.head_len) return done;
+  uint32_t seg = p.seg, off = p.seg_off;
+  size_t left = p.len - p.head_len;
+  while (left > 0 && seg < p.nsegs) {
+    const virtio::ChainSegment& s = p.segs[seg];
+    size_t k = std::min<size_t>(left, s.len - off);
+    size_t put = w.Write(s.data + off, k);
+    done += put;
+    if (put < k) return done;
+    left -= k;
+    ++seg;
+    off = 0;
+  }
+  return done;
+}
+
+}  // namespace
+
+VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pausable* worker)
+    : Port(o.name), opt_(o), loop_(loop), worker_(worker),
+      session_(vhost::BackendConfig{o.queue_pairs, o.mtu}, worker) {}
+
+Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPortOptions& o,
+                                                             EventLoop* loop, Pausable* worker) {
+  if (o.queue_pairs < 1 || o.queue_pairs > vhost::kMaxQueuePairs) {
+    return Error("port " + o.name + ": queues=" + std::to_string(o.queue_pairs) + " is outside 1.." +
+                 std::to_string(vhost::kMaxQueuePairs));
+  }
+  auto addr = UnixAddr(o.socket_path);
+  if (!addr) return addr.error().Wrap("port " + o.name);
+  std::unique_ptr<VhostUserPort> p(new VhostUserPort(o, loop, worker));
+  if (o.client) {
+    p->TryConnect();
+  } else {
+    auto r = p->Listen();
+    if (!r) return r.error().Wrap("port " + o.name);
+  }
+  return p;
+}
+
+VhostUserPort::~VhostUserPort() {
+  if (reconnect_timer_) loop_->Cancel(reconnect_timer_);
+  if (channel_) loop_->Unwatch(channel_->fd());
+  channel_.reset();
+  session_.Reset();
+  if (listen_fd_.valid()) {
+    loop_->Unwatch(listen_fd_.get());
+    listen_fd_.Reset();
+    ::unlink(opt_.socket_path.c_str());
+  }
+}
+
+Result<void> VhostUserPort::Listen() {
+  auto addr = UnixAddr(opt_.socket_path);
+  if (!addr) return addr.error();
+  struct stat st;
+  if (::lstat(opt_.socket_path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return Error("socket path " + opt_.socket_path + " exists and is not a socket");
+    // A socket file: in use if someone accepts on it, else stale from a crash.
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe.valid() && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0) {
+      return Error("socket path " + opt_.socket_path + " is in use by another process");
+    }
+    ::unlink(opt_.socket_path.c_str());
+  }
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return Error::FromErrno("socket");
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) < 0) {
+    return Error::FromErrno("bind " + opt_.socket_path);
+  }
+  if (::listen(fd.get(), 4) < 0) return Error::FromErrno("listen " + opt_.socket_path);
+  listen_fd_ = std::move(fd);
+  NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
+  NICMUX_LOG(kInfo, "port %s: listening on %s", name().c_str(), opt_.socket_path.c_str());
+  return Ok();
+}
+
+void VhostUserPort::OnAccept() {
+  UniqueFd s(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (!s.valid()) return;
+  if (channel_) {
+    NICMUX_LOG_RATELIMITED(kWarning, "port %s: a frontend is already connected; refusing another",
+                           name().c_str());
+    return;  // s closes
+  }
+  Attach(std::move(s));
+}
+
+void VhostUserPort::TryConnect() {
+  reconnect_timer_ = 0;
+  auto addr = UnixAddr(opt_.socket_path);
+  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (addr && s.valid() && ::connect(s.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0) {
+    backoff_ms_ = 0;
+    Attach(std::move(s));
+    return;
+  }
+  if (backoff_ms_ == 0) {
+    NICMUX_LOG(kInfo, "port %s: cannot connect to %s yet (%s); retrying", name().c_str(),
+               opt_.socket_path.c_str(), std::strerror(errno));
+  }
+  backoff_ms_ = backoff_ms_ == 0 ? kBackoffFirstMs : std::min(backoff_ms_ * 2, kBackoffMaxMs);
+  reconnect_timer_ = loop_->After(backoff_ms_, [this] { TryConnect(); });
+}
+
+void VhostUserPort::Attach(UniqueFd sock) {
+  int fd = sock.get();
+  channel_ = std::make_unique<vhost::Channel>(std::move(sock));
+  auto r = loop_->Watch(fd, EPOLLIN | EPOLLRDHUP, [this](uint32_t) { OnReadable(); });
+  if (!r) {
+    NICMUX_LOG(kError, "port %s: %s", name().c_str(), r.error().message().c_str());
+    channel_.reset();
+    return;
+  }
+  ++connections_;
+  NICMUX_LOG(kInfo, "port %s: frontend connected on %s", name().c_str(), opt_.socket_path.c_str());
+}
+
+void VhostUserPort::OnReadable() {
+  while (channel_) {
+    auto m = channel_->Receive();
+    if (!m) {
+      Disconnect(m.error().message());
+      return;
+    }
+    if (!m->has_value()) return;
+    auto r = session_.Handle(**m, *channel_);
+    if (!r) {
+      NICMUX_LOG(kError, "port %s: vhost-user %s; closing the connection", name().c_str(),
+                 r.error().message().c_str());
+      Disconnect("protocol error");
+      return;
+    }
+  }
+}
+
+void VhostUserPort::Disconnect(const std::string& why) {
+  if (!channel_) return;
+  loop_->Unwatch(channel_->fd());
+  channel_.reset();
+  session_.Reset();
+  NICMUX_LOG(kInfo, "port %s: frontend disconnected (%s)", name().c_str(), why.c_str());
+  if (opt_.client && !reconnect_timer_) {
+    backoff_ms_ = 0;
+    reconnect_timer_ = loop_->After(kBackoffFirstMs, [this] { TryConnect(); });
+  }
+}
+
+// --------------------------------------------------------------------------- data path
+
+size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
+  RxState& st = rx_[q];
+  st.n = 0;
+  DeviceQueue& dq = session_.queue(2 * q + 1);  // the guest's transmitq
+  if (!dq.running) return 0;
+  max = std::min<size_t>({max, kBurst, kBurst - out.size()});
+  st.n = dq.packed ? dq.packed_ring.PopBurst(st.chains, static_cast<uint32_t>(max))
+                   : dq.split.PopBurst(st.chains, static_cast<uint32_t>(max));
+  const uint32_t hdr = session_.net_hdr_len();
+  size_t got = 0;
+  for (uint32_t i = 0; i < st.n; ++i) {
+    PacketRef* p = out.TryPush();
+    NICMUX_DCHECK(p != nullptr);
+    if (!PacketFromChain(st.chains[i], hdr, p)) {
+      out.Pop();
+      rx_dropped_.Add();
+      drops_.Add(DropReason::kBadFrame);
+      continue;
+    }
+    st.chain_of[got++] = static_cast<uint8_t>(i);
+  }
+  return got;
+}
+
+void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
+  RxState& st = rx_[q];
+  if (st.n == 0) return;
+  DeviceQueue& dq = session_.queue(2 * q + 1);
+  // Chains up to the first unsent packet are done (bad frames among them too); the rest go
+  // back to the ring, to be received again when the destination has room.
+  const uint32_t got = batch.size();
+  const uint32_t done_chains = sent < got ? st.chain_of[sent] : st.n;
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
+  rx_packets_.Add(sent);
+  rx_bytes_.Add(bytes);
+  auto finish = [&](auto& ring) {
+    for (uint32_t i = 0; i < done_chains; ++i) ring.Push(st.chains[i].id, 0);
+    if (done_chains < st.n && !ring.Rewind({st.chains + done_chains, st.n - done_chains})) {
+      // A bad chain was completed after these were popped; they cannot be given back.
+      for (uint32_t i = done_chains; i < st.n; ++i) ring.Push(st.chains[i].id, 0);
+      drops_.Add(DropReason::kQueueFull, st.n - done_chains);
+      tx_dropped_.Add(st.n - done_chains);
+    }
+    if (ring.Flush()) dq.Call();
+  };
+  if (dq.packed) {
+    finish(dq.packed_ring);
+  } else {
+    finish(dq.split);
+  }
+  st.n = 0;
+}
+
+size_t VhostUserPort::TxRoom(uint32_t q) {
+  DeviceQueue& dq = session_.queue(2 * q);
+  if (!dq.running) return kBurst;  // Tx drops and counts: a down port must not stall others
+  return dq.packed ? dq.packed_ring.Available(kBurst) : dq.split.Available(kBurst);
+}
+
+template <typename Ring>
+size_t VhostUserPort::TxRing(DeviceQueue& dq, Ring& ring, std::span<const PacketRef> in) {
+  const uint32_t hdr_len = session_.net_hdr_len();
+  const bool mrg = session_.mrg_rxbuf();
+  size_t k = 0;
+  uint64_t bytes = 0, sent = 0;
+  for (; k < in.size(); ++k) {
+    const PacketRef& p = in[k];
+    const uint64_t need = hdr_len + uint64_t{p.len};
+    // Gather receive chains until the packet fits (one without MRG_RXBUF).
+    uint32_t n = 0;
+    uint64_t room = 0;
+    bool ring_empty = false;
+    while (room < need && n < (mrg ? kMaxRxBuffers : 1)) {
+      if (ring.Pop(&tx_chains_[n]) != virtio::PopStatus::kOk) {
+        ring_empty = true;
+        break;
+      }
+      room += tx_chains_[n++].writable_bytes;
+    }
+    if (room < need) {
+      // Give the buffers back; if that is impossible (a bad chain came between), complete
+      // them empty, which a driver treats as a dropped frame.
+      if (!ring.Rewind({tx_chains_, n})) {
+        for (uint32_t i = 0; i < n; ++i) ring.Push(tx_chains_[i].id, 0);
+      }
+      if (ring_empty) break;  // out of buffers: the source keeps the rest (backpressure)
+      drops_.Add(DropReason::kTooBig);
+      tx_dropped_.Add();
+      continue;
+    }
+    virtio::VirtioNetHdrV1 h{};
+    h.num_buffers = Le16::Of(static_cast<uint16_t>(mrg ? n : 1));
+    MergeWriter w(tx_chains_, n);
+    w.Write(&h, hdr_len);
+    CopyPacketTo(p, w);
+    for (uint32_t i = 0; i < n; ++i) ring.Push(tx_chains_[i].id, w.written(i));
+    bytes += p.len;
+    ++sent;
+  }
+  tx_packets_.Add(sent);
+  tx_bytes_.Add(bytes);
+  if (ring.Flush()) dq.Call();
+  return k;
+}
+
+size_t VhostUserPort::Tx(uint32_t q, std::span<const PacketRef> in) {
+  DeviceQueue& dq = session_.queue(2 * q);  // the guest's receiveq
+  if (!dq.running) {
+    drops_.Add(DropReason::kPortDown, in.size());
+    tx_dropped_.Add(in.size());
+    return in.size();
+  }
+  if (q == 0) SendRarp(q);
+  return dq.packed ? TxRing(dq, dq.packed_ring, in) : TxRing(dq, dq.split, in);
+}
+
+void VhostUserPort::SendRarp(uint32_t q) {
+  auto mac = session_.TakeRarp();
+  if (!mac) return;
+  // A RARP "reverse request" from the guest's MAC, as QEMU sends for a migrated guest that
+  // cannot announce itself (RFC 903 layout, Ethernet/IPv4).
+  static constexpr uint8_t kTemplate[42] = {
+      0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0x80, 0x35,  // dst, src, ethertype
+      0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x03,                    // htype ptype hlen plen op
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};        // sha spa tha tpa
+  PacketRef p;
+  std::memcpy(p.head, kTemplate, sizeof kTemplate);
+  std::memcpy(p.head + 6, mac->data(), 6);
+  std::memcpy(p.head + 22, mac->data(), 6);
+  std::memcpy(p.head + 32, mac->data(), 6);
+  p.len = p.head_len = sizeof kTemplate;
+  DeviceQueue& dq = session_.queue(2 * q);
+  if (dq.packed) {
+    TxRing(dq, dq.packed_ring, {&p, 1});
+  } else {
+    TxRing(dq, dq.split, {&p, 1});
+  }
+}
+
+bool VhostUserPort::ArmNotify(std::vector<int>* fds) {
+  bool pending = false;
+  for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
+    DeviceQueue& dq = session_.queue(i);
+    if (!dq.running) continue;
+    bool more = dq.packed ? dq.packed_ring.EnableKicks() : dq.split.EnableKicks();
+    // Free receive buffers are not work; a transmit chain is.
+    if (i % 2 == 1 && more) pending = true;
+    if (dq.kick_fd() >= 0) fds->push_back(dq.kick_fd());
+  }
+  return pending;
+}
+
+void VhostUserPort::DisarmNotify() {
+  for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
+    DeviceQueue& dq = session_.queue(i);
+    if (!dq.running) continue;
+    if (dq.packed) {
+      dq.packed_ring.DisableKicks();
+    } else {
+      dq.split.DisableKicks();
+    }
+  }
+}
+
+bool VhostUserPort::CanSleep() const {
+  for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
+    const DeviceQueue& dq = const_cast<vhost::BackendSession&>(session_).queue(i);
+    if (dq.running && dq.kick_fd() < 0) return false;
+  }
+  return true;
+}
+
+uint64_t VhostUserPort::DropsFor(DropReason r) const {
+  uint64_t n = drops_.Get(r);
+  auto& s = const_cast<vhost::BackendSession&>(session_);
+  for (uint32_t i = 0; i < vhost::kMaxQueues; ++i) {
+    n += s.queue(i).split.drops().Get(r) + s.queue(i).packed_ring.drops().Get(r);
+  }
+  return n;
+}
+
+PortStats VhostUserPort::Stats() const {
+  PortStats s;
+  s.rx_packets = rx_packets_.Get();
+  s.rx_bytes = rx_bytes_.Get();
+  s.tx_packets = tx_packets_.Get();
+  s.tx_bytes = tx_bytes_.Get();
+  s.tx_dropped = tx_dropped_.Get();
+  s.rx_dropped = rx_dropped_.Get();
+  s.connected = channel_ != nullptr;
+  return s;
+}
+
+}  // namespace nicmux

@@ -1,0 +1,103 @@
+// VhostUserPort: a VM's or container's virtio-net NIC, reached over vhost-user (nicmux is the
+// backend; QEMU, DPDK's virtio_user or nicmux's own frontend is the driver).
+//
+// Options (--port vhost-user:NAME:key=value,...):
+//   socket=PATH   the UNIX socket (required)
+//   client        connect to PATH (QEMU `server=on`) and reconnect with back-off when the
+//                 frontend goes away; default: listen on PATH (one frontend at a time)
+//   queues=N      queue pairs offered (1..8, default 1)
+//   mtu=N         offered with VIRTIO_NET_F_MTU (68..65535; default: not offered)
+//
+// Data path (worker thread): Rx pops the guest's transmit chains and makes PacketRefs over
+// them (no copy); Tx copies packets into the guest's receive chains (MRG_RXBUF: as many
+// buffers as a packet needs); RxDone returns transmit chains in pop order. A destination ring
+// that runs out of buffers stops Tx; the source rewinds what was not taken (backpressure, no
+// loss). Used entries and calls are batched per burst.
+//
+// Counters: rx/tx packets and bytes; tx_dropped (queue not running, packet larger than the
+// guest's buffers), rx_dropped (chain shorter than the virtio-net header); the rings' drop
+// reasons (desc_outside_memory, avail_idx_jump, ...).
+#pragma once
+
+#include <array>
+#include <memory>
+#include <string>
+
+#include "base/event_loop.h"
+#include "base/pausable.h"
+#include "port/port.h"
+#include "vhost/backend_session.h"
+
+namespace nicmux {
+
+struct VhostUserPortOptions {
+  std::string name;
+  std::string socket_path;
+  bool client = false;
+  uint32_t queue_pairs = 1;
+  uint16_t mtu = 0;
+};
+
+class VhostUserPort final : public Port {
+ public:
+  // Listens (server) or starts connecting (client). `worker` is the worker that will poll the
+  // port; the port pauses it around every queue change.
+  static Result<std::unique_ptr<VhostUserPort>> Create(const VhostUserPortOptions& options,
+                                                       EventLoop* loop, Pausable* worker);
+  ~VhostUserPort() override;
+
+  uint32_t NumQueuePairs() const override { return opt_.queue_pairs; }
+  size_t Rx(uint32_t q, Batch& out, size_t max) override;
+  void RxDone(uint32_t q, Batch& batch, size_t sent) override;
+  size_t Tx(uint32_t q, std::span<const PacketRef> in) override;
+  size_t TxRoom(uint32_t q) override;
+  bool ArmNotify(std::vector<int>* fds) override;
+  void DisarmNotify() override;
+  bool CanSleep() const override;
+  PortStats Stats() const override;
+
+  bool connected() const { return channel_ != nullptr; }
+  uint64_t connections() const { return connections_; }
+  const vhost::BackendSession& session() const { return session_; }
+  // Drop counters of the queues, summed (rings' reasons plus the port's own).
+  uint64_t DropsFor(DropReason r) const;
+
+ private:
+  VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);
+  Result<void> Listen();
+  void OnAccept();
+  void TryConnect();
+  void Attach(UniqueFd sock);
+  void OnReadable();
+  void Disconnect(const std::string& why);
+
+  template <typename Ring>
+  size_t TxRing(vhost::DeviceQueue& dq, Ring& ring, std::span<const PacketRef> in);
+  void SendRarp(uint32_t q);
+
+  VhostUserPortOptions opt_;
+  EventLoop* loop_;
+  Pausable* worker_;
+  vhost::BackendSession session_;
+  UniqueFd listen_fd_;
+  std::unique_ptr<vhost::Channel> channel_;
+  EventLoop::TimerId reconnect_timer_ = 0;
+  uint64_t backoff_ms_ = 0;
+  uint64_t connections_ = 0;
+
+  // Per queue pair, the guest transmit chains behind the current batch (worker only).
+  struct RxState {
+    virtio::DescChain chains[kBurst];
+    uint32_t n = 0;
+    uint8_t chain_of[kBurst];  // batch packet k came from chains[chain_of[k]]
+  };
+  std::array<RxState, vhost::kMaxQueuePairs> rx_;
+  // Receive chains one packet spans (MRG_RXBUF).
+  static constexpr uint32_t kMaxRxBuffers = 64;
+  virtio::DescChain tx_chains_[kMaxRxBuffers];
+
+  Counter rx_packets_, rx_bytes_, tx_packets_, tx_bytes_, tx_dropped_, rx_dropped_;
+  DropCounters drops_;
+};
+
+}  // namespace nicmux

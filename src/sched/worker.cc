@@ -1,0 +1,124 @@
+#include "sched/worker.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include "base/log.h"
+
+namespace nicmux {
+namespace {
+// Idle rounds (no packet moved) before arming notifications and sleeping, and the longest
+// sleep (a safety net for a missed notification; correctness does not depend on it).
+constexpr uint32_t kIdleRoundsBeforeSleep = 256;
+constexpr int kMaxSleepMs = 100;
+}  // namespace
+
+Worker::Worker(std::string name, int cpu) : name_(std::move(name)), cpu_(cpu) {
+  auto e = EventFd::Create();
+  NICMUX_CHECK(e.has_value());
+  wake_ = std::move(*e);
+}
+
+Worker::~Worker() { Stop(); }
+
+Result<void> Worker::Start() {
+  NICMUX_CHECK(!started_);
+  thread_ = std::thread([this] { Loop(); });
+  if (cpu_ >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu_, &set);
+    if (int e = pthread_setaffinity_np(thread_.native_handle(), sizeof set, &set); e != 0) {
+      Stop();
+      return Error::FromErrno("pinning worker " + name_ + " to cpu " + std::to_string(cpu_), e);
+    }
+  }
+  started_ = true;
+  return Ok();
+}
+
+void Worker::Stop() {
+  if (!thread_.joinable()) return;
+  stop_.store(true);
+  wake_.Signal();
+  thread_.join();
+  started_ = false;
+}
+
+void Worker::Pause() {
+  if (depth_++ > 0 || !started_) return;
+  pause_req_.store(true, std::memory_order_release);
+  wake_.Signal();
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [this] { return paused_; });
+}
+
+void Worker::Resume() {
+  NICMUX_CHECK(depth_ > 0);
+  if (--depth_ > 0 || !started_) return;
+  {
+    std::lock_guard lock(mu_);
+    pause_req_.store(false, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
+void Worker::MaybePause() {
+  if (!pause_req_.load(std::memory_order_acquire)) return;
+  std::unique_lock lock(mu_);
+  paused_ = true;
+  cv_.notify_all();
+  cv_.wait(lock, [this] { return !pause_req_.load(std::memory_order_acquire); });
+  paused_ = false;
+}
+
+void Worker::Sleep() {
+  std::vector<int> fds;
+  bool pending = false;
+  bool can_sleep = true;
+  for (Forwarder* f : forwarders_) {
+    can_sleep &= f->CanSleep();
+    pending |= f->ArmNotify(&fds);
+  }
+  if (!pending && can_sleep) {
+    std::vector<pollfd> pfds;
+    pfds.reserve(fds.size() + 1);
+    pfds.push_back({wake_.fd(), POLLIN, 0});
+    for (int fd : fds) pfds.push_back({fd, POLLIN, 0});
+    sleeps_.fetch_add(1, std::memory_order_relaxed);
+    int n = ::poll(pfds.data(), pfds.size(), kMaxSleepMs);
+    if (n > 0) {
+      // Drain what woke us (eventfds; a read of one that is not readable would block).
+      for (const pollfd& p : pfds) {
+        if (p.revents & POLLIN) {
+          uint64_t v;
+          ssize_t r = ::read(p.fd, &v, sizeof v);
+          (void)r;
+        }
+      }
+    }
+  }
+  for (Forwarder* f : forwarders_) f->DisarmNotify();
+}
+
+void Worker::Loop() {
+  uint32_t idle = 0;
+  while (!stop_.load(std::memory_order_relaxed)) {
+    MaybePause();
+    uint64_t moved = 0;
+    for (Forwarder* f : forwarders_) moved += f->Poll().packets;
+    if (moved) {
+      packets_.fetch_add(moved, std::memory_order_relaxed);
+      idle = 0;
+      continue;
+    }
+    if (++idle >= kIdleRoundsBeforeSleep) {
+      idle = 0;
+      if (pause_req_.load(std::memory_order_acquire)) continue;
+      Sleep();
+    }
+  }
+}
+
+}  // namespace nicmux

@@ -1,0 +1,63 @@
+// Worker: a thread that polls its forwarders. While there is traffic it busy-polls; after a
+// short idle spell it arms the ports' notifications and sleeps in poll(2) on their kick fds
+// (so idle guests cost no CPU), waking on a kick, a pause request or a timeout.
+//
+// It is the Pausable of its ports: the control thread's Pause() returns once the worker sits
+// between bursts (no chain in flight, every used entry flushed); the worker waits until
+// Resume(). The hot loop checks one atomic flag per round and takes no lock.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/event_fd.h"
+#include "base/pausable.h"
+#include "switch/forwarder.h"
+
+namespace nicmux {
+
+class Worker final : public Pausable {
+ public:
+  // cpu < 0: no pinning.
+  explicit Worker(std::string name, int cpu = -1);
+  ~Worker() override;
+
+  // Forwarders are added before Start() or under Pause().
+  void Add(Forwarder* f) { forwarders_.push_back(f); }
+  Result<void> Start();
+  void Stop();
+
+  void Pause() override;
+  void Resume() override;
+
+  uint64_t packets() const { return packets_.load(std::memory_order_relaxed); }
+  uint64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
+
+ private:
+  void Loop();
+  void MaybePause();
+  void Sleep();
+
+  std::string name_;
+  int cpu_;
+  std::vector<Forwarder*> forwarders_;
+  std::thread thread_;
+  EventFd wake_;
+  std::atomic<bool> stop_{false};
+  bool started_ = false;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> pause_req_{false};
+  bool paused_ = false;  // guarded by mu_
+  int depth_ = 0;        // control thread only
+
+  std::atomic<uint64_t> packets_{0};
+  std::atomic<uint64_t> sleeps_{0};
+};
+
+}  // namespace nicmux
