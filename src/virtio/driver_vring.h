@@ -60,6 +60,8 @@ class DriverSplitVring {
   bool EnableCalls();
 
   uint32_t num_free() const { return num_free_; }
+  // The id the next Add() returns (while num_free() > 0): lets a caller tie a buffer to it.
+  uint16_t NextId() const { return free_head_; }
   uint32_t size() const { return size_; }
   uint32_t in_flight() const { return heads_in_flight_; }
   const DropCounters& drops() const { return drops_; }
@@ -109,6 +111,7 @@ class DriverPackedVring {
   bool EnableCalls();
 
   uint32_t num_free() const { return num_free_; }
+  uint16_t NextId() const { return free_ids_.empty() ? 0 : free_ids_.back(); }
   uint32_t size() const { return size_; }
   uint32_t in_flight() const { return ids_in_flight_; }
   const DropCounters& drops() const { return drops_; }

@@ -1,0 +1,110 @@
+// Frontend: nicmux as the driver (frontend) side of vhost-user, our own virtio-user. It owns
+// its "guest" memory (one memfd region, shared with the backend through SET_MEM_TABLE),
+// connects to any vhost-user backend socket (nicmuxd, DPDK's vhost PMD, OVS), negotiates,
+// and sets up 1..N queue pairs with DriverSplitVring / DriverPackedVring. The backend is not
+// trusted: what it returns is checked by the driver rings (ids, lengths, indexes).
+//
+// Buffers: every queue has `size` buffers of buf_bytes each, owned by the ring slot's id
+// (split head index / packed buffer id is reused as the buffer index, so no free list is
+// needed on the hot path).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/event_fd.h"
+#include "base/mmap.h"
+#include "base/unique_fd.h"
+#include "memory/guest_memory.h"
+#include "vhost/channel.h"
+#include "virtio/driver_vring.h"
+
+namespace nicmux::vhost {
+
+struct FrontendConfig {
+  std::string socket_path;
+  bool listen = false;        // wait for the backend to connect (it runs in client mode)
+  uint32_t queue_pairs = 1;
+  uint32_t queue_size = 256;
+  bool packed = false;
+  bool mrg_rxbuf = true;
+  bool event_idx = true;
+  bool indirect = false;
+  uint32_t buf_bytes = 2048;  // per receive/transmit buffer (a frame larger needs MRG_RXBUF)
+  int connect_timeout_ms = 10000;
+};
+
+// One virtqueue of the frontend.
+struct FrontendQueue {
+  bool packed = false;
+  virtio::DriverSplitVring split;
+  virtio::DriverPackedVring packed_ring;
+  EventFd kick, call;
+  GuestAddr buffers;      // size * buf_bytes
+  std::byte* host = nullptr;
+
+  std::optional<uint16_t> Add(std::span<const virtio::DriverBuffer> b) {
+    return packed ? packed_ring.Add(b) : split.Add(b);
+  }
+  void Publish() { packed ? packed_ring.Publish() : split.Publish(); }
+  bool NeedKick() { return packed ? packed_ring.NeedKick() : split.NeedKick(); }
+  virtio::PopStatus PopUsed(virtio::UsedBuffer* u) {
+    return packed ? packed_ring.PopUsed(u) : split.PopUsed(u);
+  }
+  uint32_t num_free() const { return packed ? packed_ring.num_free() : split.num_free(); }
+  uint16_t NextId() const { return packed ? packed_ring.NextId() : split.NextId(); }
+  bool broken() const { return packed ? packed_ring.broken() : split.broken(); }
+  void Kick() {
+    Publish();
+    if (NeedKick()) kick.Signal();
+  }
+};
+
+class Frontend {
+ public:
+  // Connects (or accepts), negotiates and starts every queue. Errors name the step.
+  static Result<std::unique_ptr<Frontend>> Create(const FrontendConfig& config);
+  ~Frontend();
+
+  uint64_t features() const { return features_; }
+  uint32_t queue_pairs() const { return pairs_; }
+  uint32_t net_hdr_len() const { return 12; }
+  const FrontendConfig& config() const { return config_; }
+  // Queue 2k: receiveq k (the backend writes), 2k+1: transmitq k.
+  FrontendQueue& rxq(uint32_t k) { return *queues_[2 * k]; }
+  FrontendQueue& txq(uint32_t k) { return *queues_[2 * k + 1]; }
+  // Host address of buffer `id` of a queue.
+  std::byte* Buffer(FrontendQueue& q, uint16_t id) const { return q.host + uint64_t{id} * config_.buf_bytes; }
+  GuestAddr BufferAddr(FrontendQueue& q, uint16_t id) const {
+    return GuestAddr{q.buffers.value + uint64_t{id} * config_.buf_bytes};
+  }
+  // True while the backend keeps the connection open.
+  bool Alive();
+
+ private:
+  explicit Frontend(const FrontendConfig& c) : config_(c) {}
+  Result<void> Connect();
+  Result<void> Setup();
+  Result<uint64_t> GetU64(Request r);
+  Result<void> Send(Request r, std::span<const std::byte> payload, std::span<const int> fds = {});
+  template <typename T>
+  Result<void> SendValue(Request r, const T& v, std::span<const int> fds = {}) {
+    return Send(r, std::as_bytes(std::span<const T>(&v, 1)), fds);
+  }
+  Result<Message> WaitReply(Request r);
+  GuestAddr Alloc(uint64_t bytes, uint64_t align);
+
+  FrontendConfig config_;
+  std::unique_ptr<Channel> ch_;
+  UniqueFd memfd_;
+  MappedRegion map_;
+  std::shared_ptr<const GuestMemory> mem_;
+  uint64_t next_free_ = 0;
+  uint64_t features_ = 0;
+  uint64_t protocol_features_ = 0;
+  uint32_t pairs_ = 0;
+  std::vector<std::unique_ptr<FrontendQueue>> queues_;
+};
+
+}  // namespace nicmux::vhost

@@ -1,0 +1,433 @@
+// nicmux-pktgen: a traffic source, sink and reflector on nicmux's own vhost-user frontend. It
+// attaches to any vhost-user backend socket (nicmuxd, DPDK's vhost PMD, OVS) like a container's
+// virtio-user would, and counts, paces and verifies packets. See --help.
+//
+// Frame layout (frame = what the guest sees, no FCS):
+//   dst MAC, src MAC, ethertype 0x88b5 (local experimental), magic "NMXP", stream id (u32),
+//   sequence number (u64), frame length (u32), then pattern bytes derived from the sequence
+//   number: every byte is checked with --verify.
+#include <poll.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "vhost/frontend.h"
+#include "virtio/net_hdr.h"
+
+namespace nicmux {
+namespace {
+
+constexpr const char* kUsage = R"(usage: nicmux-pktgen --socket PATH --mode MODE [options]
+
+Attaches to a vhost-user backend as a virtio-net frontend and sends, receives or reflects
+packets, printing rates as it runs and a final "summary" line of key=value pairs.
+
+modes:
+  tx        send packets (received ones are counted and dropped)
+  rx        receive and count packets
+  reflect   send every received packet back, MAC addresses swapped
+  bidir     send and receive at once
+
+options:
+  --socket PATH      the backend's vhost-user socket (required)
+  --client           connect to PATH (the default: the backend listens)
+  --server           listen on PATH and wait for the backend (a nicmuxd port with `client`)
+  --size BYTES       frame size without FCS, 60..65000 (default 64)
+  --rate PPS         packets per second to send (default: as fast as possible)
+  --count N          stop after sending N packets (tx, bidir) or receiving N (rx, reflect)
+  --duration S       stop after S seconds (default 10; with --count: the time limit)
+  --verify           check every received frame's header, length and every payload byte,
+                     and sequence numbers per stream (lost / reordered counts)
+  --queues N         queue pairs (default 1); packets are spread over them
+  --packed           use packed virtqueues (default split)
+  --no-mrg           do not negotiate VIRTIO_NET_F_MRG_RXBUF
+  --ring N           queue size (default 256)
+  --stream ID        stream id put in sent frames (default: derived from the pid)
+  --interval S       seconds between progress lines (default 1; 0: none)
+  -h, --help         this text
+
+exit status: 0 when the run completed (and, with --verify, every frame checked out and
+none was lost); 1 otherwise; 2 for a bad command line.
+)";
+
+struct Options {
+  std::string socket;
+  bool server = false;
+  std::string mode;
+  uint32_t size = 64;
+  uint64_t rate = 0;
+  uint64_t count = 0;
+  double duration = 10;
+  bool duration_given = false;
+  bool verify = false;
+  uint32_t queues = 1;
+  bool packed = false;
+  bool mrg = true;
+  uint32_t ring = 256;
+  uint32_t stream = 0;
+  double interval = 1;
+};
+
+[[noreturn]] void Usage(const std::string& e) {
+  std::fprintf(stderr, "nicmux-pktgen: %s\n(see nicmux-pktgen --help)\n", e.c_str());
+  std::exit(2);
+}
+
+uint64_t Num(const std::string& opt, const std::string& v, uint64_t lo, uint64_t hi) {
+  char* end;
+  errno = 0;
+  unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+  if (v.empty() || *end || errno || n < lo || n > hi) {
+    Usage(opt + " " + v + ": expected a number in " + std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  return n;
+}
+
+Options Parse(int argc, char** argv) {
+  Options o;
+  o.stream = static_cast<uint32_t>(getpid()) & 0xffff;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) Usage(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (a == "--socket") {
+      o.socket = val();
+    } else if (a == "--client") {
+      o.server = false;
+    } else if (a == "--server") {
+      o.server = true;
+    } else if (a == "--mode") {
+      o.mode = val();
+      if (o.mode != "tx" && o.mode != "rx" && o.mode != "reflect" && o.mode != "bidir") {
+        Usage("--mode " + o.mode + ": use tx, rx, reflect or bidir");
+      }
+    } else if (a == "--size") {
+      o.size = static_cast<uint32_t>(Num(a, val(), 60, 65000));
+    } else if (a == "--rate") {
+      o.rate = Num(a, val(), 1, 1'000'000'000);
+    } else if (a == "--count") {
+      o.count = Num(a, val(), 1, UINT64_MAX / 2);
+    } else if (a == "--duration") {
+      std::string v = val();
+      char* end;
+      o.duration = std::strtod(v.c_str(), &end);
+      if (*end || !(o.duration > 0) || o.duration > 86400) Usage("--duration " + v + ": seconds, > 0");
+      o.duration_given = true;
+    } else if (a == "--verify") {
+      o.verify = true;
+    } else if (a == "--queues") {
+      o.queues = static_cast<uint32_t>(Num(a, val(), 1, 8));
+    } else if (a == "--packed") {
+      o.packed = true;
+    } else if (a == "--no-mrg") {
+      o.mrg = false;
+    } else if (a == "--ring") {
+      o.ring = static_cast<uint32_t>(Num(a, val(), 8, 32768));
+    } else if (a == "--stream") {
+      o.stream = static_cast<uint32_t>(Num(a, val(), 0, UINT32_MAX));
+    } else if (a == "--interval") {
+      std::string v = val();
+      char* end;
+      o.interval = std::strtod(v.c_str(), &end);
+      if (*end || o.interval < 0) Usage("--interval " + v + ": seconds, >= 0");
+    } else {
+      Usage("unknown argument '" + a + "'");
+    }
+  }
+  if (o.socket.empty()) Usage("--socket is required");
+  if (o.mode.empty()) Usage("--mode is required");
+  return o;
+}
+
+constexpr uint32_t kMagic = 0x50584d4e;  // "NMXP"
+constexpr uint32_t kHdrOff = 14, kMinFrame = 34;
+const uint8_t kMacA[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
+const uint8_t kMacB[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
+
+inline uint8_t PatternByte(uint64_t seq, uint32_t i) { return static_cast<uint8_t>(seq * 131 + i * 7); }
+
+void BuildFrame(std::byte* f, uint32_t size, uint32_t stream, uint64_t seq) {
+  std::memcpy(f, kMacB, 6);
+  std::memcpy(f + 6, kMacA, 6);
+  f[12] = std::byte{0x88};
+  f[13] = std::byte{0xb5};
+  std::memcpy(f + kHdrOff, &kMagic, 4);
+  std::memcpy(f + kHdrOff + 4, &stream, 4);
+  std::memcpy(f + kHdrOff + 8, &seq, 8);
+  std::memcpy(f + kHdrOff + 16, &size, 4);
+  auto* p = reinterpret_cast<uint8_t*>(f);
+  for (uint32_t i = kMinFrame; i < size; ++i) p[i] = PatternByte(seq, i);
+}
+
+struct Stats {
+  uint64_t tx = 0, rx = 0, tx_bytes = 0, rx_bytes = 0;
+  uint64_t bad = 0, lost = 0, reordered = 0;
+};
+
+// Checks one received frame spread over `segs` (MRG_RXBUF may split it).
+struct Verifier {
+  std::map<uint32_t, uint64_t> next_seq;
+  std::vector<uint8_t> frame;
+
+  bool Check(const uint8_t* f, uint32_t len, Stats* st) {
+    if (len < kMinFrame) return false;
+    uint32_t magic, stream, flen;
+    uint64_t seq;
+    std::memcpy(&magic, f + kHdrOff, 4);
+    std::memcpy(&stream, f + kHdrOff + 4, 4);
+    std::memcpy(&seq, f + kHdrOff + 8, 8);
+    std::memcpy(&flen, f + kHdrOff + 16, 4);
+    if (magic != kMagic || flen != len) return false;
+    for (uint32_t i = kMinFrame; i < len; ++i) {
+      if (f[i] != PatternByte(seq, i)) return false;
+    }
+    auto [it, fresh] = next_seq.emplace(stream, 0);
+    if (seq > it->second) st->lost += seq - it->second;
+    if (seq < it->second) {
+      ++st->reordered;
+    } else {
+      it->second = seq + 1;
+    }
+    return true;
+  }
+};
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop.store(true); }
+
+int Run(const Options& o) {
+  vhost::FrontendConfig fc;
+  fc.socket_path = o.socket;
+  fc.listen = o.server;
+  fc.queue_pairs = o.queues;
+  fc.queue_size = o.ring;
+  fc.packed = o.packed;
+  fc.mrg_rxbuf = o.mrg;
+  const uint32_t need = o.size + 12;
+  fc.buf_bytes = need <= 2048 ? 2048 : (need + 63) / 64 * 64;
+  auto f = vhost::Frontend::Create(fc);
+  if (!f) {
+    std::fprintf(stderr, "nicmux-pktgen: %s\n", f.error().message().c_str());
+    return 1;
+  }
+  vhost::Frontend& fe = **f;
+  const uint32_t hdr = fe.net_hdr_len();
+  const bool send = o.mode == "tx" || o.mode == "bidir";
+  const bool reflect = o.mode == "reflect";
+  std::fprintf(stdout, "pktgen: connected to %s, %u queue pair(s), %s ring, mrg_rxbuf %s, mode %s, size %u\n",
+               o.socket.c_str(), fe.queue_pairs(), o.packed ? "packed" : "split", o.mrg ? "on" : "off",
+               o.mode.c_str(), o.size);
+  std::fflush(stdout);
+
+  Stats st;
+  Verifier ver;
+  // Per queue: a frame being collected from several receive buffers (MRG_RXBUF).
+  struct Reassembly {
+    std::vector<uint8_t> buf;
+    uint32_t left = 0, len = 0;
+  };
+  std::vector<Reassembly> reasm_q(fe.queue_pairs());
+  for (auto& r : reasm_q) r.buf.resize(65536 + 64);  // any frame a peer may send
+  uint64_t seq = 0;
+  const uint64_t t0 = MonotonicNowNs();
+  const double limit_s = o.duration;
+  uint64_t next_report = t0 + static_cast<uint64_t>(o.interval * 1e9);
+  Stats last{};
+  uint64_t last_t = t0;
+  uint32_t idle = 0;
+  // Reflect: frames waiting for a transmit buffer.
+  std::vector<std::vector<uint8_t>> backlog;
+  bool tx_done = !send;
+
+  auto elapsed = [&] { return (MonotonicNowNs() - t0) / 1e9; };
+  while (!g_stop.load()) {
+    const double t = elapsed();
+    if (t >= limit_s) break;
+    bool work = false;
+    for (uint32_t k = 0; k < fe.queue_pairs(); ++k) {
+      vhost::FrontendQueue& tq = fe.txq(k);
+      vhost::FrontendQueue& rq = fe.rxq(k);
+      // Reclaim transmit buffers.
+      virtio::UsedBuffer u;
+      while (tq.PopUsed(&u) == virtio::PopStatus::kOk) {
+      }
+      // Receive.
+      uint32_t got = 0;
+      auto& reasm = reasm_q[k].buf;
+      uint32_t& frag_left = reasm_q[k].left;
+      uint32_t& frag_len = reasm_q[k].len;
+      while (got < 64) {
+        if (rq.PopUsed(&u) != virtio::PopStatus::kOk) break;
+        ++got;
+        const std::byte* b = fe.Buffer(rq, u.id);
+        uint32_t len = u.len;
+        if (frag_left == 0) {
+          virtio::VirtioNetHdrV1 h;
+          std::memcpy(&h, b, std::min<uint32_t>(len, sizeof h));
+          frag_left = o.mrg ? std::max<uint32_t>(1, h.num_buffers.get()) : 1;
+          frag_len = 0;
+          b += hdr;
+          len = len >= hdr ? len - hdr : 0;
+        }
+        uint32_t take = std::min<uint32_t>(len, static_cast<uint32_t>(reasm.size()) - frag_len);
+        std::memcpy(reasm.data() + frag_len, b, take);
+        frag_len += take;
+        // Give the buffer back at once.
+        virtio::DriverBuffer rb{fe.BufferAddr(rq, rq.NextId()), fc.buf_bytes, true};
+        rq.Add({&rb, 1});
+        if (--frag_left > 0) continue;
+        ++st.rx;
+        st.rx_bytes += frag_len;
+        if (o.verify && !ver.Check(reasm.data(), frag_len, &st)) ++st.bad;
+        if (reflect) {
+          std::vector<uint8_t> fr(reasm.begin(), reasm.begin() + frag_len);
+          if (frag_len >= 12) {
+            std::swap_ranges(fr.begin(), fr.begin() + 6, fr.begin() + 6);
+          }
+          backlog.push_back(std::move(fr));
+        }
+      }
+      if (got) {
+        rq.Kick();
+        work = true;
+      }
+      // Transmit.
+      uint32_t added = 0;
+      if (reflect) {
+        while (!backlog.empty() && tq.num_free() > 0 && added < 64) {
+          const uint16_t id = tq.NextId();
+          std::byte* b = fe.Buffer(tq, id);
+          std::memset(b, 0, hdr);
+          const auto& fr = backlog.front();
+          std::memcpy(b + hdr, fr.data(), fr.size());
+          virtio::DriverBuffer tb{fe.BufferAddr(tq, id), static_cast<uint32_t>(hdr + fr.size()), false};
+          tq.Add({&tb, 1});
+          ++st.tx;
+          st.tx_bytes += fr.size();
+          backlog.erase(backlog.begin());
+          ++added;
+        }
+      } else if (send && !tx_done) {
+        uint64_t allowed = 32;
+        if (o.rate) {
+          double due = o.rate * t;
+          allowed = due > st.tx ? std::min<uint64_t>(32, static_cast<uint64_t>(due - st.tx) + 1) : 0;
+        }
+        while (added < allowed && tq.num_free() > 0) {
+          if (o.count && st.tx >= o.count) {
+            tx_done = true;
+            break;
+          }
+          const uint16_t id = tq.NextId();
+          std::byte* b = fe.Buffer(tq, id);
+          std::memset(b, 0, hdr);
+          BuildFrame(b + hdr, o.size, o.stream, seq++);
+          virtio::DriverBuffer tb{fe.BufferAddr(tq, id), hdr + o.size, false};
+          tq.Add({&tb, 1});
+          ++st.tx;
+          st.tx_bytes += o.size;
+          ++added;
+        }
+      }
+      if (added) {
+        tq.Kick();
+        work = true;
+      }
+      if (tq.broken() || rq.broken()) {
+        std::fprintf(stderr, "pktgen: the backend corrupted a queue; stopping\n");
+        g_stop.store(true);
+      }
+    }
+    // Done?
+    const bool rx_side = o.mode == "rx" || reflect;
+    if (o.count && rx_side && st.rx >= o.count && backlog.empty()) break;
+    if (o.count && send && tx_done) {
+      // Sent everything: wait for the backend to take it (and, bidir, the peer's frames).
+      bool drained = true;
+      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) drained &= fe.txq(k).num_free() == o.ring;
+      if (drained && (o.mode == "tx" || st.rx >= o.count)) break;
+    }
+    const uint64_t now = MonotonicNowNs();
+    if (o.interval > 0 && now >= next_report) {
+      double dt = (now - last_t) / 1e9;
+      std::printf("t=%.1fs tx %.3f Mpps %.2f Gbit/s, rx %.3f Mpps %.2f Gbit/s, bad %" PRIu64 " lost %" PRIu64 "\n",
+                  (now - t0) / 1e9, (st.tx - last.tx) / dt / 1e6, (st.tx_bytes - last.tx_bytes) * 8 / dt / 1e9,
+                  (st.rx - last.rx) / dt / 1e6, (st.rx_bytes - last.rx_bytes) * 8 / dt / 1e9, st.bad, st.lost);
+      std::fflush(stdout);
+      last = st;
+      last_t = now;
+      next_report = now + static_cast<uint64_t>(o.interval * 1e9);
+      if (!fe.Alive()) {
+        std::fprintf(stderr, "pktgen: the backend closed the connection\n");
+        break;
+      }
+    }
+    const bool sending = (send && !tx_done) || !backlog.empty();
+    if (work || sending) {
+      idle = 0;
+    } else if (++idle > 4096) {
+      // Nothing to do: sleep until a receive notification (or 10 ms).
+      idle = 0;
+      std::vector<pollfd> p;
+      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) {
+        auto& rq = fe.rxq(k);
+        if (rq.packed ? rq.packed_ring.EnableCalls() : rq.split.EnableCalls()) continue;
+        p.push_back({rq.call.fd(), POLLIN, 0});
+      }
+      if (p.size() == fe.queue_pairs()) {
+        ::poll(p.data(), p.size(), 10);
+        for (auto& x : p) {
+          if (x.revents & POLLIN) {
+            uint64_t v;
+            ssize_t n = ::read(x.fd, &v, sizeof v);
+            (void)n;
+          }
+        }
+      }
+      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) {
+        auto& rq = fe.rxq(k);
+        rq.packed ? rq.packed_ring.DisableCalls() : rq.split.DisableCalls();
+      }
+    }
+  }
+  const double secs = elapsed();
+  bool ok = true;
+  if (o.verify && (st.bad || st.lost)) ok = false;
+  if (o.count) {
+    if (send && st.tx < o.count) ok = false;
+    if ((o.mode == "rx" || reflect || o.mode == "bidir") && st.rx < o.count) ok = false;
+  }
+  std::printf("summary mode=%s size=%u queues=%u ring=%s seconds=%.3f tx_packets=%" PRIu64 " rx_packets=%" PRIu64
+              " rx_bad=%" PRIu64 " rx_lost=%" PRIu64 " rx_reordered=%" PRIu64
+              " tx_mpps=%.3f rx_mpps=%.3f tx_gbps=%.3f rx_gbps=%.3f verified=%s result=%s\n",
+              o.mode.c_str(), o.size, fe.queue_pairs(), o.packed ? "packed" : "split", secs, st.tx, st.rx, st.bad,
+              st.lost, st.reordered, st.tx / secs / 1e6, st.rx / secs / 1e6, st.tx_bytes * 8 / secs / 1e9,
+              st.rx_bytes * 8 / secs / 1e9, o.verify ? "yes" : "no", ok ? "ok" : "FAIL");
+  std::fflush(stdout);
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace nicmux
+
+int main(int argc, char** argv) {
+  nicmux::Options o = nicmux::Parse(argc, argv);
+  signal(SIGINT, nicmux::OnSignal);
+  signal(SIGTERM, nicmux::OnSignal);
+  signal(SIGPIPE, SIG_IGN);
+  return nicmux::Run(o);
+}
