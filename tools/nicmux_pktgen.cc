@@ -51,8 +51,11 @@ options:
   --packed           use packed virtqueues (default split)
   --no-mrg           do not negotiate VIRTIO_NET_F_MRG_RXBUF
   --ring N           queue size (default 256)
-  --stream ID        stream id put in sent frames (default: derived from the pid)
+  --stream ID        stream id put in sent frames, 0..2^28-1 (default: derived from the pid);
+                     sequence numbers are kept per stream and transmit queue
   --interval S       seconds between progress lines (default 1; 0: none)
+  --delay S          wait S seconds after connecting before sending (the peer port may not
+                     be up yet: a switch drops what it cannot deliver)
   -h, --help         this text
 
 exit status: 0 when the run completed (and, with --verify, every frame checked out and
@@ -75,6 +78,7 @@ struct Options {
   uint32_t ring = 256;
   uint32_t stream = 0;
   double interval = 1;
+  double delay = 0;
 };
 
 [[noreturn]] void Usage(const std::string& e) {
@@ -94,7 +98,7 @@ uint64_t Num(const std::string& opt, const std::string& v, uint64_t lo, uint64_t
 
 Options Parse(int argc, char** argv) {
   Options o;
-  o.stream = static_cast<uint32_t>(getpid()) & 0xffff;
+  o.stream = static_cast<uint32_t>(getpid()) & 0xfffff;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&]() -> std::string {
@@ -138,7 +142,12 @@ Options Parse(int argc, char** argv) {
     } else if (a == "--ring") {
       o.ring = static_cast<uint32_t>(Num(a, val(), 8, 32768));
     } else if (a == "--stream") {
-      o.stream = static_cast<uint32_t>(Num(a, val(), 0, UINT32_MAX));
+      o.stream = static_cast<uint32_t>(Num(a, val(), 0, (1u << 28) - 1));
+    } else if (a == "--delay") {
+      std::string v = val();
+      char* end;
+      o.delay = std::strtod(v.c_str(), &end);
+      if (*end || o.delay < 0 || o.delay > 3600) Usage("--delay " + v + ": seconds, >= 0");
     } else if (a == "--interval") {
       std::string v = val();
       char* end;
@@ -242,9 +251,11 @@ int Run(const Options& o) {
   };
   std::vector<Reassembly> reasm_q(fe.queue_pairs());
   for (auto& r : reasm_q) r.buf.resize(65536 + 64);  // any frame a peer may send
-  uint64_t seq = 0;
+  // One sequence per transmit queue: a frame carries stream id << 4 | queue, and order is kept
+  // per queue only (as on any multi-queue NIC).
+  std::vector<uint64_t> seq(fe.queue_pairs(), 0);
   const uint64_t t0 = MonotonicNowNs();
-  const double limit_s = o.duration;
+  const double limit_s = o.duration + o.delay;
   uint64_t next_report = t0 + static_cast<uint64_t>(o.interval * 1e9);
   Stats last{};
   uint64_t last_t = t0;
@@ -321,10 +332,10 @@ int Run(const Options& o) {
           backlog.erase(backlog.begin());
           ++added;
         }
-      } else if (send && !tx_done) {
+      } else if (send && !tx_done && t >= o.delay) {
         uint64_t allowed = 32;
         if (o.rate) {
-          double due = o.rate * t;
+          double due = o.rate * (t - o.delay);
           allowed = due > st.tx ? std::min<uint64_t>(32, static_cast<uint64_t>(due - st.tx) + 1) : 0;
         }
         while (added < allowed && tq.num_free() > 0) {
@@ -335,7 +346,7 @@ int Run(const Options& o) {
           const uint16_t id = tq.NextId();
           std::byte* b = fe.Buffer(tq, id);
           std::memset(b, 0, hdr);
-          BuildFrame(b + hdr, o.size, o.stream, seq++);
+          BuildFrame(b + hdr, o.size, (o.stream << 4) | k, seq[k]++);
           virtio::DriverBuffer tb{fe.BufferAddr(tq, id), hdr + o.size, false};
           tq.Add({&tb, 1});
           ++st.tx;

@@ -1,0 +1,70 @@
+# Shared helpers of the integration tests (sourced). Every process a test starts is recorded
+# and killed at exit; every wait is bounded. Tests run as root on this machine only: UNIX
+# sockets in a private temporary directory, no network addresses.
+set -euo pipefail
+
+BIN=${NICMUX_BIN:?NICMUX_BIN must point at the tools directory of a build}
+WORK=$(mktemp -d /tmp/nicmux-it.XXXXXX)
+PIDS=()
+
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ $rc -ne 0 ]; then
+    echo "---- logs ($WORK) ----"
+    for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "== $f"; tail -n 30 "$f"; }; done
+  else
+    rm -rf "$WORK"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# start NAME CMD...: runs CMD in the background, output in $WORK/NAME.log; sets LAST_PID.
+start() {
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# wait_for FILE SECONDS: until FILE exists.
+wait_for() {
+  local f=$1 t=$2 i
+  for ((i = 0; i < t * 20; i++)); do [ -e "$f" ] && return 0; sleep 0.05; done
+  fail "timed out waiting for $f"
+}
+
+# wait_pid PID SECONDS: waits for PID to exit; returns its status (fails on timeout).
+wait_pid() {
+  local p=$1 t=$2 i
+  for ((i = 0; i < t * 10; i++)); do
+    if ! kill -0 "$p" 2>/dev/null; then wait "$p"; return $?; fi
+    sleep 0.1
+  done
+  fail "process $p did not finish within ${t}s"
+}
+
+# summary_field LOG KEY: a key=value from the summary line of a pktgen log.
+summary_field() { grep '^summary ' "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+
+# expect_summary LOG KEY VALUE
+expect_summary() {
+  local got
+  got=$(summary_field "$1" "$2")
+  [ "$got" = "$3" ] || fail "$(basename "$1"): $2=$got, expected $3"
+}
+
+nicmuxd() { start nicmuxd "$BIN/nicmuxd" --log-level info "$@"; NICMUXD_PID=$LAST_PID; }
+
+stop_nicmuxd() {
+  kill -TERM "$NICMUXD_PID"
+  wait_pid "$NICMUXD_PID" 10 || fail "nicmuxd exited with an error"
+}
+
+DPDK_EAL=(--no-huge -m 512 --no-shconf --no-pci --no-telemetry)
