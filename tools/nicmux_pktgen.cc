@@ -388,6 +388,12 @@ int Run(const Options& o) {
       }
     }
     const bool sending = (send && !tx_done) || !backlog.empty();
+    if (!work && o.rate && send && !tx_done) {
+      // Paced and nothing due: give the CPU away until the next packet is (at most 200 us).
+      const double next_due = o.delay + (st.tx + 1.0) / o.rate;
+      const double wait = next_due - elapsed();
+      if (wait > 0) usleep(static_cast<useconds_t>(std::min(wait, 200e-6) * 1e6));
+    }
     if (work || sending) {
       idle = 0;
     } else if (++idle > 4096) {

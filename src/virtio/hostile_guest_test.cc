@@ -496,6 +496,34 @@ TEST_F(PackedHostileTx, WritableWhereReadableNeeded) {
   ExpectCompletedEmpty(0, 0, DropReason::kReadableExpected);
 }
 
+TEST_F(PackedHostileTx, IndirectEntriesMarkedWritableAreReadInATransmitQueue) {
+  // DPDK 22.11's packed indirect tables carry WRITE on the header entry of a transmitted
+  // packet; the device only reads in this queue, so the chain is taken as readable.
+  ASSERT_TRUE(rp_.device.Init({kSize, Bit(kFRingIndirectDesc), ChainPolicy::kReadOnly},
+                  *MapPackedRing(g_.mem(), RingAddrSpace::kGuestPhysical, rp_.ring[0].value,
+                                 rp_.ring[1].value, rp_.ring[2].value, kSize),
+                  &g_.mem()));
+  GuestAddr t = g_.Alloc(32, 16);
+  PutTable(Table(t, 2), 0, good_buf_.value, 12, kDescFWrite);
+  PutTable(Table(t, 2), 1, good_buf_.value + 12, 52, 0);
+  Put(0, t.value, 32, 0, kDescFIndirect);
+  DescChain c;
+  ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.readable_bytes, 64u);
+  EXPECT_EQ(c.writable_bytes, 0u);
+}
+
+TEST_F(PackedHostileRx, IndirectEntryNotWritableInAReceiveQueue) {
+  ASSERT_TRUE(rp_.device.Init({kSize, Bit(kFRingIndirectDesc), ChainPolicy::kWriteOnly},
+                  *MapPackedRing(g_.mem(), RingAddrSpace::kGuestPhysical, rp_.ring[0].value,
+                                 rp_.ring[1].value, rp_.ring[2].value, kSize),
+                  &g_.mem()));
+  GuestAddr t = g_.Alloc(16, 16);
+  PutTable(Table(t, 1), 0, good_buf_.value, 64, 0);
+  Put(0, t.value, 16, 0, kDescFIndirect);
+  ExpectCompletedEmpty(0, 0, DropReason::kWritableExpected);
+}
+
 TEST(PackedHostileSetup, BadBaseOrRingIsRefused) {
   FakeGuest g({{kRegion0, kRegion0Size}});
   RingPair<PackedLayout> rp(g, {.size = 8});

@@ -55,7 +55,12 @@ std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d,
     std::memcpy(&e, &table[i], sizeof e);
     const uint16_t flags = e.flags.get();
     if (flags & kDescFIndirect) return DropReason::kIndirectNested;
-    if (auto bad = builder.Add(e.addr.get(), e.len.get(), (flags & kDescFWrite) != 0)) return bad;
+    // Interop: DPDK 22.11's virtio PMD initialises its packed indirect tables with WRITE set
+    // on every entry (vring_desc_init_indirect_packed) and leaves it on the virtio-net header
+    // entry of transmitted packets. In a queue the device only reads, reading a buffer marked
+    // writable is harmless, so the flag is ignored there; where we write, it is required.
+    const bool writable = (flags & kDescFWrite) != 0 && policy_ != ChainPolicy::kReadOnly;
+    if (auto bad = builder.Add(e.addr.get(), e.len.get(), writable)) return bad;
   }
   return std::nullopt;
 }
