@@ -32,6 +32,8 @@ usage: $PROG [options]
   --device-opts O    extra virtio-net-pci properties for both guests
                      (e.g. packed=on)
   --mtu N            guest MTU (default: the driver's, 1500)
+  --vhost-client     testpmd is the vhost-user client (net_vhost client=1),
+                     QEMU the server (run-guest.sh --socket-mode server)
   --accel A          auto | kvm | tcg (passed to run-guest.sh)
   --timeout S        bound for the whole test (default 900)
   --workdir DIR      scratch dir (default mktemp -d; removed on success)
@@ -44,7 +46,7 @@ die() { echo "$PROG: error: $*" >&2; exit 1; }
 log() { echo "$PROG: $*" >&2; }
 
 queues=1 seconds=5 mem=no-huge cpu=1 device_opts="" mtu="" accel=auto total_s=900
-workdir="" keep=0
+workdir="" keep=0 vhost_client=0
 while [ $# -gt 0 ]; do
     case $1 in
         --queues) queues=$2; shift 2 ;;
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
         --cpu) cpu=$2; shift 2 ;;
         --device-opts) device_opts=$2; shift 2 ;;
         --mtu) mtu=$2; shift 2 ;;
+        --vhost-client) vhost_client=1; shift ;;
         --accel) accel=$2; shift 2 ;;
         --timeout) total_s=$2; shift 2 ;;
         --workdir) workdir=$2; shift 2 ;;
@@ -138,7 +141,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 # overall bound: the watchdog TERMs us, the trap stops everything
-( sleep "$total_s"; echo "$PROG: overall timeout ${total_s}s" >&2; kill -TERM $$ ) 2>/dev/null &
+# (its sleep is killed with it, so no process is left holding our stdout)
+(
+    trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+    sleep "$total_s" & sp=$!
+    wait "$sp" && { echo "$PROG: overall timeout ${total_s}s" >&2; kill -TERM $$; }
+) </dev/null >/dev/null 2>&1 &
 watchdog_pid=$!
 
 wait_for() {  # wait_for SECONDS WHAT cmd...
@@ -166,11 +174,13 @@ txq=()
 [ "$queues" -gt 1 ] && txq=(--rxq="$queues" --txq="$queues")
 mkfifo "$W/testpmd.in"
 exec {tp_fd}<>"$W/testpmd.in"   # read-write: never blocks, and testpmd never sees EOF
+client=""
+[ "$vhost_client" = 1 ] && client=",client=1"
 tp_cmd=(timeout -k 10 "$total_s" stdbuf -oL taskset -c "$cpu" dpdk-testpmd
     --lcores "0@$cpu,1@$cpu" --no-pci --no-telemetry --no-shconf --file-prefix="$prefix"
     "${eal_mem[@]}"
-    --vdev "net_vhost0,iface=$W/s0,queues=$queues"
-    --vdev "net_vhost1,iface=$W/s1,queues=$queues"
+    --vdev "net_vhost0,iface=$W/s0,queues=$queues$client"
+    --vdev "net_vhost1,iface=$W/s1,queues=$queues$client"
     -- -i --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 "${txq[@]}")
 echo "${tp_cmd[*]}" >"$W/commands.txt"
 setsid "${tp_cmd[@]}" <"$W/testpmd.in" >"$W/testpmd.log" 2>&1 {tp_fd}>&- &
@@ -178,11 +188,16 @@ tp_pid=$!
 tp_ready() { grep -q 'testpmd> ' "$W/testpmd.log" 2>/dev/null || ! alive "$tp_pid"; }
 wait_for 90 "testpmd prompt" tp_ready || fail "testpmd not ready"
 alive "$tp_pid" || { tail -20 "$W/testpmd.log" >&2; fail "testpmd died"; }
-[ -S "$W/s0" ] && [ -S "$W/s1" ] || fail "testpmd created no vhost-user sockets"
+# server mode: testpmd created the sockets; client mode: it keeps retrying
+# to connect in the background until QEMU (the server) creates them
+if [ "$vhost_client" = 0 ] && ! { [ -S "$W/s0" ] && [ -S "$W/s1" ]; }; then
+    fail "testpmd created no vhost-user sockets"
+fi
 echo start >&"$tp_fd"
 
 # ---------------------------------------------------------------- guests
 common=(--queues "$queues" --accel "$accel" --timeout "$total_s")
+[ "$vhost_client" = 0 ] || common+=(--socket-mode server)
 [ -z "$device_opts" ] || common+=(--device-opts "$device_opts")
 [ -z "$mtu" ] || common+=(--mtu "$mtu")
 
@@ -237,10 +252,19 @@ echo "show port stats all" >&"$tp_fd"
 sleep 2
 echo stop >&"$tp_fd"
 sleep 2
-stats=$(awk '/NIC statistics for port/{p=$NF} /RX-packets:/{print "port" p "_rx=" $2} /TX-packets:/{print "port" p "_tx=" $2}' "$W/testpmd.log" | tr -d ' ' | tail -4 | tr '\n' ' ')
+# "stop" prints per-port forward statistics: RX-packets, TX-packets, TX-dropped
+stats=$(awk '
+    /Forward statistics for port/ { for (i = 1; i <= NF; i++) if ($i == "port") p = $(i + 1) }
+    p != "" && /RX-packets:/ { rx[p] = $2 }
+    p != "" && /TX-packets:/ { tx[p] = $2; drop[p] = $4; p = "" }
+    END { for (q = 0; q <= 1; q++) printf "port%d_rx=%s port%d_tx=%s port%d_tx_dropped=%s ", q, rx[q], q, tx[q], q, drop[q] }
+' "$W/testpmd.log")
 echo "selftest: testpmd $stats"
+rx0=$(sed -n 's/.*port0_rx=\([0-9]*\).*/\1/p' <<<"$stats")
+rx1=$(sed -n 's/.*port1_rx=\([0-9]*\).*/\1/p' <<<"$stats")
+[ "${rx0:-0}" -gt 1000 ] && [ "${rx1:-0}" -gt 1000 ] || fail "testpmd forwarded too little ($stats)"
 
 # a: the serve-mode guest powers off on request
 "$HERE/guest-exec.py" --timeout 30 "$W/a.con" 'poweroff -f' >/dev/null 2>&1 || true
 wait_for 30 "guest a poweroff" eval '! alive $a_pid' || true
-echo "selftest: PASS (queues=$queues mem=$mem)"
+echo "selftest: PASS (queues=$queues mem=$mem vhost_client=$vhost_client${mtu:+ mtu=$mtu}${device_opts:+ device_opts=$device_opts})"
