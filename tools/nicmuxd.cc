@@ -151,6 +151,12 @@ void LogStats(const std::vector<std::unique_ptr<VhostUserPort>>& ports) {
                (unsigned long long)s.tx_packets, (unsigned long long)s.tx_bytes,
                (unsigned long long)s.tx_dropped, (unsigned long long)s.rx_dropped,
                (unsigned long long)p->connections());
+    std::string reasons;
+    for (size_t r = 0; r < kNumDropReasons; ++r) {
+      uint64_t n = p->DropsFor(static_cast<DropReason>(r));
+      if (n) reasons += " " + std::string(kDropReasonInfo[r].name) + "=" + std::to_string(n);
+    }
+    if (!reasons.empty()) NICMUX_LOG(kInfo, "port %s: drops:%s", p->name().c_str(), reasons.c_str());
   }
 }
 

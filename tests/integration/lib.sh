@@ -33,11 +33,35 @@ start() {
   PIDS+=("$LAST_PID")
 }
 
+# start_with_input NAME INPUT CMD...: as start, with stdin from INPUT (a background command's
+# stdin is /dev/null unless redirected on that very command).
+start_with_input() {
+  local name=$1 input=$2; shift 2
+  "$@" <"$input" >"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
 # wait_for FILE SECONDS: until FILE exists.
 wait_for() {
   local f=$1 t=$2 i
   for ((i = 0; i < t * 20; i++)); do [ -e "$f" ] && return 0; sleep 0.05; done
   fail "timed out waiting for $f"
+}
+
+# wait_log LOG PATTERN SECONDS [PID]: until LOG matches PATTERN; fails on timeout or when PID
+# (the process writing LOG) has exited.
+wait_log() {
+  local log=$1 pat=$2 t=$3 pid=${4:-} deadline
+  deadline=$(($(date +%s) + t))
+  while [ "$(date +%s)" -le "$deadline" ]; do
+    grep -q -- "$pat" "$log" 2>/dev/null && return 0
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      fail "$(basename "$log"): process exited before printing '$pat'"
+    fi
+    sleep 0.1
+  done
+  fail "$(basename "$log"): no '$pat' within ${t}s"
 }
 
 # wait_pid PID SECONDS: waits for PID to exit; returns its status (fails on timeout).

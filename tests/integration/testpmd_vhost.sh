@@ -21,7 +21,7 @@ run_case() {
   opts+=(--ring 1024 --rate "$rate")
   [ "$size" -gt 1518 ] && jumbo=(--max-pkt-len=9100 --mbuf-size=10240)
   rm -f "$S"/*.sock
-  start testpmd dpdk-testpmd "${DPDK_EAL[@]}" --file-prefix="nmv$$" --lcores 0@0,1@1 \
+  start testpmd stdbuf -oL dpdk-testpmd "${DPDK_EAL[@]}" --file-prefix="nmv$$-$packed$mrg$size$queues" --lcores 0@0,1@1 \
     --vdev "net_vhost0,iface=$S/v0.sock,queues=$queues" --vdev "net_vhost1,iface=$S/v1.sock,queues=$queues" \
     -- --forward-mode=io --nb-cores=1 --rxq="$queues" --txq="$queues" --total-num-mbufs=16384 \
     "${jumbo[@]}" --stats-period 1
@@ -32,7 +32,7 @@ run_case() {
   local pa=$LAST_PID
   # The vhost PMD drops what it cannot deliver, so nobody sends before both are up: B waits
   # 1 s after connecting, A 2 s (and A connects first).
-  for ((i = 0; i < 100; i++)); do grep -q connected "$WORK/pg_a.log" && break; sleep 0.1; done
+  wait_log "$WORK/pg_a.log" connected 30 "$pa"
   start pg_b "$BIN/nicmux-pktgen" --socket "$S/v1.sock" --mode bidir --verify --size "$size" --count "$count" \
     --queues "$queues" --duration 60 --interval 0 --stream 2 --delay 1 "${opts[@]}"
   local pb=$LAST_PID
@@ -45,7 +45,7 @@ run_case() {
     expect_summary "$l" rx_bad 0
     expect_summary "$l" rx_lost 0
   done
-  kill -INT "$tp"; wait_pid "$tp" 20 || true
+  kill -INT "$tp"; wait_pid "$tp" 20 || { kill -9 "$tp"; wait "$tp" 2>/dev/null || true; }
   echo "ok: testpmd vhost $what: $count packets each way through DPDK's vhost PMD, verified"
 }
 

@@ -30,17 +30,21 @@ run_case() {
           --port "vhost-user:tp1:socket=$S/tp1.sock,queues=$queues" --port "vhost-user:pgb:socket=$S/pgb.sock,queues=$queues"
   wait_for "$S/tp1.sock" 10
   local vu="queues=$queues,queue_size=1024,packed_vq=$packed,mrg_rxbuf=$mrg"
-  start testpmd dpdk-testpmd "${DPDK_EAL[@]}" --file-prefix="nmx$$" --lcores 0@0,1@1 \
+  # Interactive, fed through a FIFO: io forwarding *with retry*, so testpmd waits for ring
+  # space instead of dropping when two shared cores schedule nicmuxd late.
+  rm -f "$WORK/tp.in"; mkfifo "$WORK/tp.in"
+  exec 7<>"$WORK/tp.in"  # read-write: opening does not wait for the reader
+  start_with_input testpmd "$WORK/tp.in" stdbuf -oL dpdk-testpmd "${DPDK_EAL[@]}" --file-prefix="nmx$$-$packed$mrg$size$queues" --lcores 0@0,1@1 \
     --vdev "net_virtio_user0,path=$S/tp0.sock,$vu" --vdev "net_virtio_user1,path=$S/tp1.sock,$vu" \
-    -- --forward-mode=io --nb-cores=1 --rxq="$queues" --txq="$queues" --rxd=1024 --txd=1024 \
-    --total-num-mbufs=16384 "${mbuf[@]}" --stats-period 1
+    -- -i --nb-cores=1 --rxq="$queues" --txq="$queues" --rxd=1024 --txd=1024 \
+    --total-num-mbufs=16384 "${mbuf[@]}"
   local tp=$LAST_PID
-  for ((i = 0; i < 300; i++)); do grep -q "Port statistics" "$WORK/testpmd.log" && break; sleep 0.1; done
-  grep -q "Port statistics" "$WORK/testpmd.log" || fail "testpmd did not start forwarding"
+  printf 'set fwd io retry\nset burst tx delay 20 retry 100000\nstart\nshow config fwd\n' >&7
+  wait_log "$WORK/testpmd.log" "io packet forwarding" 60 "$tp"
   start pg_a "$BIN/nicmux-pktgen" --socket "$S/pga.sock" --mode bidir --verify --size "$size" --count "$count" \
     --queues "$queues" --duration 60 --interval 0 --stream 1 --delay 2 "${opts[@]}"
   local pa=$LAST_PID
-  for ((i = 0; i < 100; i++)); do grep -q connected "$WORK/pg_a.log" && break; sleep 0.1; done
+  wait_log "$WORK/pg_a.log" connected 30 "$pa"
   start pg_b "$BIN/nicmux-pktgen" --socket "$S/pgb.sock" --mode bidir --verify --size "$size" --count "$count" \
     --queues "$queues" --duration 60 --interval 0 --stream 2 "${opts[@]}"
   local pb=$LAST_PID
@@ -53,14 +57,16 @@ run_case() {
     expect_summary "$l" rx_bad 0
     expect_summary "$l" rx_lost 0
   done
-  kill -INT "$tp"; wait_pid "$tp" 20 || true
+  printf 'stop\nquit\n' >&7
+  exec 7>&-
+  wait_pid "$tp" 20 || { kill -9 "$tp"; wait "$tp" 2>/dev/null || true; }
   stop_nicmuxd
   echo "ok: testpmd virtio_user $what: $count packets each way through testpmd, verified"
 }
 
-for packed in 1; do
+for packed in 0 1; do
   for mrg in 1 0; do
-    for size in 9000; do
+    for size in 64 1518 9000; do
       run_case $packed $mrg $size 1 5000
     done
   done

@@ -15,7 +15,7 @@ run_case() {
     --queues "$queues" --duration 60 --interval 0 --stream 1 --delay 2 "${opts[@]}"
   local pa=$LAST_PID
   # b sends at once: a must be up by then; a waits 2 s for b.
-  for ((i = 0; i < 100; i++)); do grep -q connected "$WORK/pg_a.log" && break; sleep 0.1; done
+  wait_log "$WORK/pg_a.log" connected 30 "$pa"
   start pg_b "$BIN/nicmux-pktgen" --socket "$b" --mode bidir --verify --size "$size" --count "$count" \
     --queues "$queues" --duration 60 --interval 0 --stream 2 "${opts[@]}"
   local pb=$LAST_PID

@@ -14,6 +14,7 @@
 #   initramfs.gz    the initramfs (gzip'ed newc cpio)
 #   guest.env       shell-sourceable: GUEST_KERNEL GUEST_INITRD GUEST_KVER ...
 #   stamp           sha256 of build-guest.sh + init.sh that built the cache
+#   debs/           the kernel .deb (reused by rebuilds)
 # The cache is rebuilt only when a file is missing or the stamp differs
 # (i.e. this script or init.sh changed), or with --force.  A build holds an
 # flock on DIR/.lock and replaces the files atomically, so concurrent callers
@@ -115,14 +116,26 @@ if [ -z "$kpkg" ]; then
     kpkg=$(kernel_pkg)
 fi
 [ -n "$kpkg" ] || die "cannot resolve the kernel package of linux-image-cloud-amd64"
-log "downloading $kpkg"
-(cd "$work" && apt-get -q -o APT::Sandbox::User=root download "$kpkg" >/dev/null) ||
-    die "apt-get download $kpkg failed"
-deb=$(ls "$work"/"${kpkg}"_*.deb)
+# The .deb is kept in DIR/debs/ so that a rebuild (init.sh changed) does not
+# download it again; older kernels' .debs are removed.
+mkdir -p "$dir/debs"
+kpkg_cand=$(apt-cache policy "$kpkg" 2>/dev/null | awk '$1 == "Candidate:" {print $2; exit}')
+deb=$(ls "$dir/debs/${kpkg}_${kpkg_cand//:/%3a}_"*.deb 2>/dev/null | head -1 || true)
+if [ -z "$deb" ]; then
+    log "downloading $kpkg $kpkg_cand"
+    (cd "$work" && apt-get -q -o APT::Sandbox::User=root download "$kpkg" >/dev/null) ||
+        die "apt-get download $kpkg failed"
+    deb=$(ls "$work"/"${kpkg}"_*.deb)
+    find "$dir/debs" -name '*.deb' -delete
+    mv "$deb" "$dir/debs/"
+    deb=$dir/debs/${deb##*/}
+fi
 kpkg_version=$(dpkg-deb -f "$deb" Version)
 dpkg-deb -x "$deb" "$work/kernel"
 kver=$(ls "$work/kernel/lib/modules")
-[ -n "$kver" ] && [ -f "$work/kernel/boot/vmlinuz-$kver" ] || die "unexpected layout in $deb"
+if [ -z "$kver" ] || [ ! -f "$work/kernel/boot/vmlinuz-$kver" ]; then
+    die "unexpected layout in $deb"
+fi
 kconfig=$work/kernel/boot/config-$kver
 depmod -b "$work/kernel" "$kver"
 
@@ -135,22 +148,23 @@ ln -s ../bin "$root/usr/bin"
 ln -s ../bin "$root/usr/sbin"
 chmod 1777 "$root/tmp"
 
-# busybox and one symlink per applet
-cp /bin/busybox "$root/bin/busybox"
-for a in $(/bin/busybox --list); do
-    [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
-done
-
 # A dynamically linked binary and the libraries ldd reports, at the same
 # paths (/lib/x86_64-linux-gnu/..., /lib64/ld-linux-x86-64.so.2).
 copy_with_libs() {
     local bin=$1 lib
-    cp -L "$bin" "$root/bin/${bin##*/}"   # replaces the busybox applet link, if any
-    for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    rm -f "$root/bin/${bin##*/}"          # a busybox applet link, if any
+    cp -L "$bin" "$root/bin/${bin##*/}"
+    for lib in $(ldd "$bin" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
         mkdir -p "$root$(dirname "$lib")"
         [ -e "$root$lib" ] || cp -L "$lib" "$root$lib"
     done
 }
+# busybox (static from busybox-static; libraries copied if it is not) and
+# one symlink per applet; iperf3 and ethtool replace busybox applets, if any.
+copy_with_libs /bin/busybox
+for a in $(/bin/busybox --list); do
+    [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
+done
 copy_with_libs "$(command -v iperf3)"
 copy_with_libs "$(command -v ethtool)"
 
@@ -159,7 +173,7 @@ copy_with_libs "$(command -v ethtool)"
 modlist=()
 for m in virtio_pci virtio_net; do
     deps=$(modprobe -d "$work/kernel" -S "$kver" --show-depends "$m") ||
-        die "module $m: not found in $kpkg (CONFIG_$(echo "$m" | tr a-z A-Z) is $(grep "^CONFIG_${m^^}=" "$kconfig" || echo unset))"
+        die "module $m: not found in $kpkg (CONFIG_${m^^} is $(grep "^CONFIG_${m^^}=" "$kconfig" || echo unset))"
     while read -r kind path; do
         [ "$kind" = insmod ] || continue
         rel=${path#"$work/kernel"}

@@ -8,7 +8,7 @@
 # console with markers that the host greps for (each on a line of its own):
 #
 #   NICMUX-BOOT name=N kernel=K                   init started
-#   NICMUX-READY name=N if=eth0 mac=M ip=A mtu=U queues=Q carrier=0|1
+#   NICMUX-READY name=N if=eth0 mac=M ip=A mtu=U queues=Q carrier=0|1 uptime=S
 #   NICMUX-ERROR <what>                           setup failed (then rc=125, poweroff)
 #   NICMUX-RESULT rc=N                            run mode: the command's exit status
 #   NICMUX-SERVING pid=P                          serve mode: background command started
@@ -155,14 +155,14 @@ while [ $i -lt $((carrier_s * 10)) ]; do
     i=$((i + 1))
 done
 cur_q=$(ethtool -l eth0 2>/dev/null | awk '/^Current hardware settings/ {c = 1} c && /^Combined:/ {print $2; exit}')
-marker "READY name=$name if=eth0 mac=$(cat /sys/class/net/eth0/address) ip=${ip:-none} mtu=$(cat /sys/class/net/eth0/mtu) queues=${cur_q:-?} carrier=$carrier"
+marker "READY name=$name if=eth0 mac=$(cat /sys/class/net/eth0/address) ip=${ip:-none} mtu=$(cat /sys/class/net/eth0/mtu) queues=${cur_q:-?} carrier=$carrier uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 cmd=""
 if [ -n "$run_b64" ]; then
     cmd=$(echo "$run_b64" | base64 -d) || fail "nicmux.run is not valid base64"
 fi
 
-cd /root
+cd /root || cd /
 
 # ---------------------------------------------------------------- modes
 case $mode in
@@ -205,6 +205,7 @@ serve)
         case $line in
             "") continue ;;
             NICMUX-EXEC\ *)
+                # shellcheck disable=SC2086  # split "NICMUX-EXEC id b64"
                 set -- $line
                 id=$2
                 c=$(echo "$3" | base64 -d 2>/dev/null) || {

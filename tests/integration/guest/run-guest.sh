@@ -178,6 +178,7 @@ real_kvm() {
 if [ "$accel" = auto ]; then
     if real_kvm; then accel=kvm; else accel=tcg; fi
 fi
+# shellcheck disable=SC2054  # commas inside QEMU option values
 case $accel in
     kvm) machine=(-machine pc,accel=kvm -cpu host) ;;
     tcg) machine=(-machine pc,accel=tcg -cpu max) ;;
@@ -220,6 +221,7 @@ cmdline="console=ttyS0 panic=-1 $quiet nicmux.name=$name nicmux.mac=$mac nicmux.
 [ -z "$append" ] || cmdline+=" $append"
 [ ${#cmdline} -lt 2000 ] || die "kernel command line too long (${#cmdline} > 2000 bytes): shorten --run"
 
+# shellcheck disable=SC2054  # commas inside QEMU option values
 qemu=("$QEMU" -name "$name" "${machine[@]}" -smp "$smp"
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem -m "${mem}M"
     -nodefaults -no-user-config -nographic -no-reboot
