@@ -78,7 +78,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bool valid = true;
   for (size_t i = 0; i < regions.size(); ++i) {
     const GuestRegion& a = regions[i];
-    if (a.size == 0 || u128(a.gpa) + a.size > (u128(1) << 64) || u128(a.uva) + a.size > (u128(1) << 64)) valid = false;
+    // The end must be representable: a region may not reach 2^64 itself.
+    if (a.size == 0 || u128(a.gpa) + a.size >= (u128(1) << 64) || u128(a.uva) + a.size >= (u128(1) << 64)) valid = false;
     for (size_t j = 0; j < i; ++j) {
       const GuestRegion& b = regions[j];
       if (u128(a.gpa) < u128(b.gpa) + b.size && u128(b.gpa) < u128(a.gpa) + a.size) valid = false;

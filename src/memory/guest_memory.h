@@ -4,7 +4,8 @@
 // table is a new snapshot, swapped in through GuestMemoryMap while readers finish with the old.
 //
 // Invariants of a snapshot:
-//  - every region has size > 0, gpa + size and uva + size do not wrap 2^64;
+//  - every region has size > 0, and gpa + size and uva + size stay below 2^64 (the end of a
+//    region is representable);
 //  - no two regions overlap, neither in guest-physical nor in frontend-virtual addresses;
 //  - at most kMaxRegions regions (vhost-user GET_MAX_MEM_SLOTS answers this);
 //  - Translate succeeds only for [addr, addr + len) inside ONE region; all arithmetic is 64-bit
