@@ -51,6 +51,7 @@ void BackendSession::Reset() {
       queues_[i].Forget();
     }
     mem_.reset();
+    region_refs_.clear();
   }
   features_ = 0;
   features_set_ = false;
@@ -161,14 +162,22 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
     case Request::kSetOwner:
       return Ok();
     case Request::kResetOwner: {
+      // QEMU 7.2 sends this on a guest's device reset (when RESET_DEVICE is not offered) and
+      // then sets the device up again from scratch, memory table included: forget it all
+      // but the protocol features, which it does not send again (and whose REPLY_ACK it
+      // keeps relying on).
       {
         PauseGuard pause(*worker_);
         for (uint32_t i = 0; i < kMaxQueues; ++i) {
           if (queues_[i].running) StopLocked(i);
+          queues_[i].Forget();
         }
+        mem_.reset();
+        region_refs_.clear();
       }
       features_set_ = false;
       features_ = 0;
+      status_ = 0;
       return Ok();
     }
     case Request::kSetMemTable:
@@ -318,27 +327,45 @@ Result<void> BackendSession::SetMemTable(Message& msg) {
   }
   auto mem = GuestMemory::Create(std::move(regions));
   if (!mem) return mem.error();
-  return SwapMemory(std::move(*mem), "SET_MEM_TABLE");
+  NICMUX_TRY(SwapMemory(std::move(*mem), "SET_MEM_TABLE"));
+  region_refs_.clear();
+  for (const GuestRegion& r : mem_->regions()) region_refs_[std::make_tuple(r.gpa, r.size, r.uva)] = 1;
+  return Ok();
 }
 
 Result<void> BackendSession::AddMemReg(Message& msg) {
   auto s = msg.As<SingleMemoryRegion>();
+  const auto key = std::make_tuple(s.region.guest_phys_addr, s.region.memory_size, s.region.userspace_addr);
+  if (auto it = region_refs_.find(key); it != region_refs_.end()) {
+    ++it->second;  // the same region from another of the frontend's devices
+    return Ok();
+  }
   auto g = GuestMemory::MapRegion({s.region.guest_phys_addr, s.region.memory_size,
                                    s.region.userspace_addr, s.region.mmap_offset},
                                   msg.fds[0].get());
   if (!g) return g.error();
   auto mem = mem_ ? mem_->WithRegion(std::move(*g)) : GuestMemory::Create({std::move(*g)});
   if (!mem) return mem.error();
-  return SwapMemory(std::move(*mem), "ADD_MEM_REG");
+  NICMUX_TRY(SwapMemory(std::move(*mem), "ADD_MEM_REG"));
+  region_refs_[key] = 1;
+  return Ok();
 }
 
 Result<void> BackendSession::RemMemReg(Message& msg) {
   if (!mem_) return Error("no memory table");
   auto s = msg.As<SingleMemoryRegion>();
+  const auto key = std::make_tuple(s.region.guest_phys_addr, s.region.memory_size, s.region.userspace_addr);
+  auto it = region_refs_.find(key);
+  if (it != region_refs_.end() && it->second > 1) {
+    --it->second;
+    return Ok();
+  }
   auto mem = mem_->WithoutRegion({s.region.guest_phys_addr, s.region.memory_size,
                                   s.region.userspace_addr, s.region.mmap_offset});
   if (!mem) return mem.error();
-  return SwapMemory(std::move(*mem), "REM_MEM_REG");
+  NICMUX_TRY(SwapMemory(std::move(*mem), "REM_MEM_REG"));
+  if (it != region_refs_.end()) region_refs_.erase(it);
+  return Ok();
 }
 
 Result<void> BackendSession::SwapMemory(std::shared_ptr<const GuestMemory> m, const char*) {

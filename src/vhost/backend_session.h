@@ -21,7 +21,9 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <tuple>
 #include <optional>
 #include <string>
 
@@ -145,6 +147,9 @@ class BackendSession {
   uint32_t net_hdr_len_ = 12;
   bool mrg_rxbuf_ = false;
   std::shared_ptr<const GuestMemory> mem_;
+  // ADD_MEM_REG / REM_MEM_REG references per region: QEMU keeps one vhost device per queue
+  // pair on the same connection, and each adds (and later removes) the same regions.
+  std::map<std::tuple<uint64_t, uint64_t, uint64_t>, uint32_t> region_refs_;
   std::array<DeviceQueue, kMaxQueues> queues_;
   std::optional<std::array<uint8_t, 6>> rarp_;
   uint64_t generation_ = 0;  // bumped whenever a queue starts or stops
