@@ -1,0 +1,261 @@
+// Hostile vhost-user frontends: every malformed message ends in an error naming the request
+// and the field (the port then closes the connection); stray fds are closed; the valid
+// protocol of QEMU and DPDK works, including the ways they repeat themselves.
+#include "vhost/backend_session.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/eventfd.h>
+
+#include <gtest/gtest.h>
+
+#include "tests/support/vhost_peer.h"
+#include "virtio/features.h"
+
+namespace nicmux::vhost {
+namespace {
+
+using nicmux::testing::SharedRam;
+using nicmux::testing::VhostPeer;
+
+size_t OpenFds() {
+  size_t n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (readdir(d) != nullptr) ++n;
+  closedir(d);
+  return n;
+}
+
+class Session : public ::testing::Test {
+ protected:
+  Result<void> Pump() { return peer_.Pump(session_); }
+  std::string PumpError() {
+    auto r = Pump();
+    return r ? "" : r.error().message();
+  }
+  // A one-region memory table over ram_.
+  void SendMemTable(uint64_t gpa = 0) {
+    struct {
+      MemoryHeader h;
+      MemoryRegion r;
+    } t{{1, 0}, {gpa, ram_.size, ram_.uva(), 0}};
+    peer_.Send(Request::kSetMemTable, t, {ram_.fd.get()});
+  }
+
+  NoWorker worker_;
+  BackendSession session_{BackendConfig{2, 0}, &worker_};
+  VhostPeer peer_;
+  SharedRam ram_{1 << 20};
+};
+
+TEST_F(Session, UnknownRequestIsNamed) {
+  peer_.Send(static_cast<Request>(99));
+  EXPECT_EQ(PumpError(), "request 99: request not supported");
+  peer_.Send(Request::kSetLogBase, uint64_t{0});
+  EXPECT_NE(PumpError().find("SET_LOG_BASE"), std::string::npos);
+}
+
+TEST_F(Session, WrongPayloadSize) {
+  uint32_t four = 1;
+  peer_.SendRaw(static_cast<uint32_t>(Request::kSetFeatures), kVersion, 4, &four, 4);
+  EXPECT_EQ(PumpError(), "SET_FEATURES: payload size 4 is wrong");
+}
+
+TEST_F(Session, BadVersion) {
+  peer_.Send(Request::kGetFeatures, {}, 0x2);
+  EXPECT_NE(PumpError().find("protocol version 1"), std::string::npos);
+}
+
+TEST_F(Session, PayloadLargerThanAnyMessage) {
+  peer_.SendRaw(static_cast<uint32_t>(Request::kSetFeatures), kVersion, 1 << 20, nullptr, 0);
+  EXPECT_NE(PumpError().find("exceeds"), std::string::npos);
+}
+
+TEST_F(Session, TruncatedMessageThenClose) {
+  uint32_t half = 0;
+  peer_.SendRaw(static_cast<uint32_t>(Request::kSetFeatures), kVersion, 8, &half, 4);
+  EXPECT_TRUE(Pump());  // waits for the rest
+  peer_.Close();
+  EXPECT_NE(PumpError().find("closed"), std::string::npos);
+}
+
+TEST_F(Session, UnexpectedFdIsRefusedAndClosed) {
+  int efd = ::eventfd(0, EFD_CLOEXEC);
+  const size_t before = OpenFds();
+  peer_.Send(Request::kSetFeatures, uint64_t{0}, {efd});
+  EXPECT_EQ(PumpError(), "SET_FEATURES: carries 1 file descriptors, expected 0");
+  EXPECT_EQ(OpenFds(), before);  // the received duplicate is closed at once
+  ::close(efd);
+}
+
+TEST_F(Session, TooManyFdsForTheChannel) {
+  std::vector<int> fds;
+  for (int i = 0; i < 12; ++i) fds.push_back(::eventfd(0, EFD_CLOEXEC));
+  const size_t before = OpenFds();
+  SendMemTable();
+  peer_.SendRaw(static_cast<uint32_t>(Request::kSetOwner), kVersion, 0, nullptr, 0, fds);
+  EXPECT_TRUE(Pump().has_value() == false);
+  for (int fd : fds) ::close(fd);
+  EXPECT_LE(OpenFds(), before - fds.size() + 1);
+}
+
+TEST_F(Session, MemTableWithTooFewOrTooManyFds) {
+  struct {
+    MemoryHeader h;
+    MemoryRegion r[2];
+  } t{{2, 0}, {{0, 4096, ram_.uva(), 0}, {8192, 4096, ram_.uva(8192), 8192}}};
+  peer_.Send(Request::kSetMemTable, t, {ram_.fd.get()});
+  EXPECT_EQ(PumpError(), "SET_MEM_TABLE: 2 regions but 1 file descriptors");
+}
+
+TEST_F(Session, MemTableTooManyRegions) {
+  std::vector<std::byte> buf(8 + 9 * 32);
+  MemoryHeader h{9, 0};
+  std::memcpy(buf.data(), &h, sizeof h);
+  peer_.SendRaw(static_cast<uint32_t>(Request::kSetMemTable), kVersion, buf.size(), buf.data(), buf.size());
+  EXPECT_EQ(PumpError(), "SET_MEM_TABLE: nregions 9 is outside 1..8");
+}
+
+TEST_F(Session, MemTableOverlappingRegions) {
+  struct {
+    MemoryHeader h;
+    MemoryRegion r[2];
+  } t{{2, 0}, {{0, 8192, ram_.uva(), 0}, {4096, 4096, ram_.uva(65536), 65536}}};
+  peer_.Send(Request::kSetMemTable, t, {ram_.fd.get(), ram_.fd.get()});
+  EXPECT_NE(PumpError().find("overlaps region 0"), std::string::npos);
+}
+
+TEST_F(Session, MemTableZeroSizeRegion) {
+  struct {
+    MemoryHeader h;
+    MemoryRegion r;
+  } t{{1, 0}, {0, 0, ram_.uva(), 0}};
+  peer_.Send(Request::kSetMemTable, t, {ram_.fd.get()});
+  EXPECT_NE(PumpError().find("size is zero"), std::string::npos);
+}
+
+TEST_F(Session, QueueIndexOutOfRange) {
+  peer_.Send(Request::kSetVringNum, VringState{4, 256});
+  EXPECT_EQ(PumpError(), "SET_VRING_NUM: queue index 4 is not below 4");
+}
+
+TEST_F(Session, QueueSizeNotPowerOfTwoOrTooBig) {
+  peer_.Send(Request::kSetVringNum, VringState{0, 100});
+  EXPECT_EQ(PumpError(), "SET_VRING_NUM: queue 0 size 100 is not a power of two");
+  peer_.Send(Request::kSetVringNum, VringState{0, 65536});
+  EXPECT_NE(PumpError().find("outside 1..32768"), std::string::npos);
+}
+
+TEST_F(Session, KickBeforeAnyMemoryTable) {
+  int efd = ::eventfd(0, EFD_CLOEXEC);
+  peer_.Send(Request::kSetVringKick, uint64_t{0}, {efd});
+  EXPECT_EQ(PumpError(), "SET_VRING_KICK: queue 0: kick before any memory table");
+  ::close(efd);
+}
+
+TEST_F(Session, KickFlagsAndFdsMustAgree) {
+  SendMemTable();
+  ASSERT_TRUE(Pump());
+  peer_.Send(Request::kSetVringKick, uint64_t{0});  // no fd and no "no fd" flag
+  EXPECT_NE(PumpError().find("no fd and no 'no fd' flag"), std::string::npos);
+  peer_.Send(Request::kSetVringCall, uint64_t{0x200});
+  EXPECT_NE(PumpError().find("unknown bits"), std::string::npos);
+}
+
+// Brings queue 1 (a transmitq) to the point of starting, with ring addresses `desc`.
+void SetUpQueue(VhostPeer& peer, SharedRam& ram, uint64_t desc_uva, int kick) {
+  peer.Send(Request::kSetFeatures, uint64_t{virtio::Bit(virtio::kFVersion1)});
+  peer.Send(Request::kSetVringNum, VringState{1, 256});
+  peer.Send(Request::kSetVringBase, VringState{1, 0});
+  peer.Send(Request::kSetVringAddr, VringAddr{1, 0, desc_uva, ram.uva(0x8000), ram.uva(0x6000), 0});
+  peer.Send(Request::kSetVringKick, uint64_t{1}, {kick});
+}
+
+TEST_F(Session, RingOutsideMemoryIsRefusedByName) {
+  SendMemTable();
+  int efd = ::eventfd(0, EFD_CLOEXEC);
+  SetUpQueue(peer_, ram_, ram_.uva(ram_.size - 1024), efd);  // 4 KiB of descriptors won't fit
+  std::string e = PumpError();
+  EXPECT_NE(e.find("SET_VRING_KICK: queue 1: descriptor table"), std::string::npos) << e;
+  EXPECT_NE(e.find("not inside one memory region"), std::string::npos) << e;
+  ::close(efd);
+}
+
+TEST_F(Session, ValidSetupStartsTheQueueAndAcksOnRequest) {
+  peer_.Send(Request::kGetProtocolFeatures);
+  ASSERT_TRUE(Pump());
+  MsgHeader h;
+  uint64_t pf;
+  ASSERT_TRUE(peer_.ReadReply(&h, &pf, 8));
+  EXPECT_TRUE(virtio::Has(pf, kProtoReplyAck));
+  peer_.Send(Request::kSetProtocolFeatures, uint64_t{virtio::Bit(kProtoReplyAck)});
+  SendMemTable();
+  int efd = ::eventfd(0, EFD_CLOEXEC);
+  SetUpQueue(peer_, ram_, ram_.uva(0x2000), efd);
+  ASSERT_TRUE(Pump());
+  EXPECT_TRUE(session_.queue(1).running);  // without PROTOCOL_FEATURES: enabled at start
+  // NEED_REPLY gets an ack.
+  peer_.Send(Request::kSetVringEnable, VringState{1, 1}, {}, kVersion | kFlagNeedReply);
+  ASSERT_TRUE(Pump());
+  uint64_t ack = 99;
+  ASSERT_TRUE(peer_.ReadReply(&h, &ack, 8));
+  EXPECT_EQ(ack, 0u);
+  EXPECT_EQ(h.flags & kFlagReply, kFlagReply);
+  // GET_VRING_BASE stops it and reports where it stood.
+  peer_.Send(Request::kGetVringBase, VringState{1, 0});
+  ASSERT_TRUE(Pump());
+  VringState st;
+  ASSERT_TRUE(peer_.ReadReply(&h, &st, 8));
+  EXPECT_EQ(st.index, 1u);
+  EXPECT_FALSE(session_.queue(1).running);
+  ::close(efd);
+}
+
+TEST_F(Session, AddMemRegTwiceAndRemoveTwiceAsQemuMultiqueueDoes) {
+  SingleMemoryRegion r{0, {0, ram_.size, ram_.uva(), 0}};
+  peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+  peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+  ASSERT_TRUE(Pump());
+  ASSERT_NE(session_.memory(), nullptr);
+  EXPECT_EQ(session_.memory()->regions().size(), 1u);
+  peer_.Send(Request::kRemMemReg, r);
+  ASSERT_TRUE(Pump());
+  EXPECT_EQ(session_.memory()->regions().size(), 1u);  // one reference left
+  peer_.Send(Request::kRemMemReg, r, {ram_.fd.get()});  // QEMU < 8 sends the fd too
+  ASSERT_TRUE(Pump());
+  EXPECT_EQ(session_.memory()->regions().size(), 0u);
+  peer_.Send(Request::kRemMemReg, r);
+  EXPECT_NE(PumpError().find("no memory region"), std::string::npos);
+}
+
+TEST_F(Session, ResetOwnerForgetsTheMemoryTable) {
+  SingleMemoryRegion r{0, {0, ram_.size, ram_.uva(), 0}};
+  peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+  peer_.Send(Request::kResetOwner);
+  peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});  // QEMU after a guest reset
+  ASSERT_TRUE(Pump());
+  EXPECT_EQ(session_.memory()->regions().size(), 1u);
+}
+
+TEST_F(Session, FeaturesNotOfferedAreRefused) {
+  peer_.Send(Request::kSetFeatures, uint64_t{1} << 63);
+  EXPECT_NE(PumpError().find("were not offered"), std::string::npos);
+}
+
+TEST_F(Session, ResetClosesEveryFdAndMapping) {
+  const size_t before = OpenFds();
+  SendMemTable();
+  int k = ::eventfd(0, EFD_CLOEXEC), c = ::eventfd(0, EFD_CLOEXEC);
+  SetUpQueue(peer_, ram_, ram_.uva(0x2000), k);
+  peer_.Send(Request::kSetVringCall, uint64_t{1}, {c});
+  ASSERT_TRUE(Pump());
+  EXPECT_TRUE(session_.queue(1).running);
+  session_.Reset();
+  ::close(k);
+  ::close(c);
+  EXPECT_EQ(OpenFds(), before);
+  EXPECT_EQ(session_.memory(), nullptr);
+}
+
+}  // namespace
+}  // namespace nicmux::vhost
