@@ -1,5 +1,7 @@
 #include "memory/guest_memory.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <string>
 
@@ -73,6 +75,18 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd) {
   if (__builtin_add_overflow(spec.mmap_offset, spec.size, &map_len)) {
     return Error("memory region: mmap_offset " + Hex(spec.mmap_offset) + " + size " +
                  Hex(spec.size) + " wraps");
+  }
+  // UNTRUSTED: the fd and the extent. A mapping past the end of the file would fault (SIGBUS)
+  // on first touch, so the region must lie inside the file as it is now. (A frontend that
+  // shrinks its file afterwards can still fault us; QEMU and DPDK never do.)
+  struct stat st;
+  if (::fstat(fd, &st) < 0) return Error::FromErrno("memory region: fstat of fd " + std::to_string(fd));
+  if (!S_ISREG(st.st_mode)) {
+    return Error("memory region: fd " + std::to_string(fd) + " is not a memfd or hugetlbfs file");
+  }
+  if (map_len > static_cast<uint64_t>(st.st_size)) {
+    return Error("memory region at guest_phys_addr " + Hex(spec.guest_phys_addr) + ": mmap_offset + size " +
+                 Hex(map_len) + " runs past the end of its file (" + Hex(static_cast<uint64_t>(st.st_size)) + ")");
   }
   auto m = MappedRegion::MapFd(fd, 0, map_len);
   if (!m) return m.error().Wrap("memory region at guest_phys_addr " + Hex(spec.guest_phys_addr));

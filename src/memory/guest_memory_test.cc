@@ -1,5 +1,6 @@
 #include "memory/guest_memory.h"
 
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -163,6 +164,21 @@ TEST(GuestMemory, MapRegionFromFdWithOffset) {
   EXPECT_EQ(*(*m)->TranslateUvaFast(0x7f0000000005, 1, Access::kRead), std::byte{0x42});
   EXPECT_FALSE(GuestMemory::MapRegion(RegionSpec{0, 0x1000, 0, UINT64_MAX - 10}, g.fd()));
   EXPECT_FALSE(GuestMemory::MapRegion(RegionSpec{0, 0x1000, 0, 0}, -1));
+}
+
+TEST(GuestMemory, MapRegionRefusesARegionPastTheEndOfItsFile) {
+  // Found by vhost_session_fuzz: mapping past EOF succeeds, touching it is SIGBUS.
+  FakeGuest g(1 << 20);
+  auto r = GuestMemory::MapRegion(RegionSpec{0, 2 << 20, 0x10000, 0}, g.fd());
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("past the end of its file"), std::string::npos);
+  EXPECT_FALSE(GuestMemory::MapRegion(RegionSpec{0, 1 << 20, 0x10000, 4096}, g.fd()));
+  EXPECT_TRUE(GuestMemory::MapRegion(RegionSpec{0, (1 << 20) - 4096, 0x10000, 4096}, g.fd()));
+  int efd = ::eventfd(0, EFD_CLOEXEC);
+  auto e = GuestMemory::MapRegion(RegionSpec{0, 4096, 0x10000, 0}, efd);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("not a memfd"), std::string::npos);
+  ::close(efd);
 }
 
 TEST(GuestMemoryMap, SwapKeepsOldSnapshotAliveForReaders) {
