@@ -11,6 +11,16 @@ bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef
   p->nsegs = c.num_readable;
   p->len = static_cast<uint32_t>(c.readable_bytes - net_hdr_len);
   p->head_len = std::min<uint32_t>(p->len, kHeadBytes);
+  // Common case: header and head in the first segment.
+  const virtio::ChainSegment& s0 = c.segs[0];
+  if (net_hdr_len == sizeof(virtio::VirtioNetHdrV1) && s0.len >= net_hdr_len + p->head_len) {
+    std::memcpy(&p->vnet, s0.data, sizeof p->vnet);
+    std::memcpy(p->head, s0.data + net_hdr_len, p->head_len);
+    const uint32_t used = net_hdr_len + p->head_len;
+    p->seg = used == s0.len ? 1 : 0;
+    p->seg_off = used == s0.len ? 0 : used;
+    return true;
+  }
   std::memset(&p->vnet, 0, sizeof p->vnet);
   // Walk the header and the head once, segment by segment; remember where the rest starts.
   uint32_t seg = 0, off = 0;

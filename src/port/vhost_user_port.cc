@@ -34,7 +34,9 @@ Result<sockaddr_un> UnixAddr(const std::string& path) {
 // Spreads a packet over several receive chains (MRG_RXBUF), remembering how much went where.
 class MergeWriter {
  public:
-  MergeWriter(virtio::DescChain* chains, uint32_t n) : chains_(chains), n_(n), w_(chains[0]) {}
+  MergeWriter(virtio::DescChain* chains, uint32_t n) : chains_(chains), n_(n), w_(chains[0]) {
+    for (uint32_t i = 0; i < n; ++i) written_[i] = 0;
+  }
   size_t Write(const void* src, size_t len) {
     const std::byte* p = static_cast<const std::byte*>(src);
     size_t done = 0;
@@ -56,7 +58,7 @@ class MergeWriter {
   uint32_t n_;
   uint32_t cur_ = 0;
   virtio::ChainWriter w_;
-  uint32_t written_[64] = {};
+  uint32_t written_[64];
 };
 
 template <typename W>
@@ -305,10 +307,17 @@ size_t VhostUserPort::TxRing(DeviceQueue& dq, Ring& ring, std::span<const Packet
     }
     virtio::VirtioNetHdrV1 h{};
     h.num_buffers = Le16::Of(static_cast<uint16_t>(mrg ? n : 1));
-    MergeWriter w(tx_chains_, n);
-    w.Write(&h, hdr_len);
-    CopyPacketTo(p, w);
-    for (uint32_t i = 0; i < n; ++i) ring.Push(tx_chains_[i].id, w.written(i));
+    if (n == 1) {
+      virtio::ChainWriter w(tx_chains_[0]);
+      w.Write(&h, hdr_len);
+      CopyPacketTo(p, w);
+      ring.Push(tx_chains_[0].id, static_cast<uint32_t>(w.written()));
+    } else {
+      MergeWriter w(tx_chains_, n);
+      w.Write(&h, hdr_len);
+      CopyPacketTo(p, w);
+      for (uint32_t i = 0; i < n; ++i) ring.Push(tx_chains_[i].id, w.written(i));
+    }
     bytes += p.len;
     ++sent;
   }
@@ -330,6 +339,7 @@ size_t VhostUserPort::Tx(uint32_t q, std::span<const PacketRef> in) {
 }
 
 void VhostUserPort::SendRarp(uint32_t q) {
+  if (!session_.has_rarp()) return;
   auto mac = session_.TakeRarp();
   if (!mac) return;
   // A RARP "reverse request" from the guest's MAC, as QEMU sends for a migrated guest that

@@ -115,6 +115,7 @@ class BackendSession {
   const std::shared_ptr<const GuestMemory>& memory() const { return mem_; }
   // Pending SEND_RARP: the MAC to announce, taken by the datapath.
   std::optional<std::array<uint8_t, 6>> TakeRarp();
+  bool has_rarp() const { return rarp_.has_value(); }
   uint64_t generation() const { return generation_; }
 
   // Bytes of virtio_net_hdr in front of every packet with the negotiated features.
