@@ -88,7 +88,13 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd) {
     return Error("memory region at guest_phys_addr " + Hex(spec.guest_phys_addr) + ": mmap_offset + size " +
                  Hex(map_len) + " runs past the end of its file (" + Hex(static_cast<uint64_t>(st.st_size)) + ")");
   }
-  auto m = MappedRegion::MapFd(fd, 0, map_len);
+  // Map only the region, from its offset rounded down to the file's block size (the huge page
+  // size on hugetlbfs, where mmap offsets must be huge-page aligned).
+  uint64_t align = st.st_blksize >= 4096 ? static_cast<uint64_t>(st.st_blksize) : 4096;
+  if ((align & (align - 1)) != 0) align = 4096;
+  const uint64_t map_off = spec.mmap_offset & ~(align - 1);
+  const uint64_t lead = spec.mmap_offset - map_off;
+  auto m = MappedRegion::MapFd(fd, map_off, lead + spec.size);
   if (!m) return m.error().Wrap("memory region at guest_phys_addr " + Hex(spec.guest_phys_addr));
   auto mapping = std::make_shared<const MappedRegion>(std::move(*m));
   GuestRegion r;
@@ -96,7 +102,7 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd) {
   r.size = spec.size;
   r.uva = spec.user_addr;
   r.mmap_offset = spec.mmap_offset;
-  r.host = mapping->data() + spec.mmap_offset;
+  r.host = mapping->data() + lead;
   r.writable = true;
   r.mapping = std::move(mapping);
   return r;

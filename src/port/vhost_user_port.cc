@@ -183,7 +183,9 @@ void VhostUserPort::Attach(UniqueFd sock) {
 }
 
 void VhostUserPort::OnReadable() {
-  while (channel_) {
+  // A budget per wakeup: a peer that never stops sending cannot keep the control thread (and
+  // every other port on it) waiting; the level-triggered loop comes back for the rest.
+  for (int budget = 64; channel_ && budget > 0; --budget) {
     auto m = channel_->Receive();
     if (!m) {
       Disconnect(m.error().message());
@@ -240,8 +242,12 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
 
 void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   RxState& st = rx_[q];
-  if (st.n == 0) return;
   DeviceQueue& dq = session_.queue(2 * q + 1);
+  if (st.n == 0) {
+    // Bad chains the ring completed on its own still need publishing.
+    if (dq.running && (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush())) dq.Call();
+    return;
+  }
   // Chains up to the first unsent packet are done (bad frames among them too); the rest go
   // back to the ring, to be received again when the destination has room.
   const uint32_t got = batch.size();

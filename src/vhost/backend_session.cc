@@ -1,6 +1,10 @@
 #include "vhost/backend_session.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <string>
+#include <string_view>
 
 #include "base/log.h"
 #include "virtio/features.h"
@@ -20,6 +24,18 @@ std::string Hex(uint64_t v) {
 }
 
 uint64_t U64(const Message& m) { return m.As<uint64_t>(); }
+
+Result<void> CheckEventFd(int fd, uint32_t queue) {
+  char path[64], target[64] = {};
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = ::readlink(path, target, sizeof target - 1);
+  if (n <= 0 || std::string_view(target, static_cast<size_t>(n)) != "anon_inode:[eventfd]") {
+    return Error("queue " + std::to_string(queue) + ": the fd is not an eventfd");
+  }
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return Error::FromErrno("fcntl O_NONBLOCK");
+  return Ok();
+}
 
 }  // namespace
 
@@ -219,8 +235,14 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
       auto i = QueueIndex(info, s.index);
       if (!i) return i.error();
       if (queues_[*i].running) return Error("queue " + std::to_string(*i) + " is running");
-      if (s.num > 0xffff) return Error("queue " + std::to_string(*i) + " base " + Hex(s.num) + " is not a 16-bit index");
-      queues_[*i].base = s.num;
+      // Split rings: the 16-bit last_avail_idx. Packed rings: avail position | wrap << 15 in
+      // the low half; QEMU 7.2 puts the used position and wrap in the high half too (0 from
+      // DPDK). With nothing in flight across a restart (we keep no inflight state) they are
+      // equal; the ring restarts from the avail half.
+      if (s.num > 0xffff && !Has(features_, virtio::kFRingPacked)) {
+        return Error("queue " + std::to_string(*i) + " base " + Hex(s.num) + " is not a 16-bit index");
+      }
+      queues_[*i].base = s.num & 0xffff;
       return Ok();
     }
     case Request::kGetVringBase: {
@@ -236,7 +258,9 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
       q.kick.Reset();
       q.kick_set = false;
       *replied = true;
-      return ch.SendValue(req, kVersion | kFlagReply, VringState{*i, q.base});
+      // Packed: the used half equals the avail half (no chain in flight once stopped).
+      const uint32_t base = q.packed ? (q.base | (q.base << 16)) : q.base;
+      return ch.SendValue(req, kVersion | kFlagReply, VringState{*i, base});
     }
     case Request::kSetVringKick:
     case Request::kSetVringCall:
@@ -289,6 +313,10 @@ Result<void> BackendSession::SetVringFd(const RequestInfo& info, Message& msg) {
     return Error(std::string("queue ") + std::to_string(*i) + (no_fd ? ": 'no fd' flag with an fd" : ": no fd and no 'no fd' flag"));
   }
   UniqueFd fd = no_fd ? UniqueFd() : std::move(msg.fds[0]);
+  // UNTRUSTED: the fd. The worker writes to call fds and reads kick fds; a pipe or a blocking
+  // eventfd could block it (and with it every port it polls), so only eventfds are taken, and
+  // made non-blocking.
+  if (fd.valid()) NICMUX_TRY(CheckEventFd(fd.get(), *i));
   DeviceQueue& q = queues_[*i];
   switch (info.request) {
     case Request::kSetVringKick: {
@@ -311,11 +339,30 @@ Result<void> BackendSession::SetVringFd(const RequestInfo& info, Message& msg) {
   }
 }
 
+// UNTRUSTED: region sizes, checked before anything is mapped. Sparse files cost no RAM but
+// do cost address space, shared by every port of this process; one frontend may not take it
+// all.
+static Result<void> CheckTotal(uint64_t total) {
+  if (total > kMaxMemoryBytes) {
+    return Error("memory table of " + Hex(total) + " bytes exceeds the " + Hex(kMaxMemoryBytes) +
+                 " one frontend may map");
+  }
+  return Ok();
+}
+
 Result<void> BackendSession::SetMemTable(Message& msg) {
   const uint32_t n = msg.As<MemoryHeader>().nregions;  // 1..8, checked in Handle
   if (msg.fds.size() != n) {
     return Error(std::to_string(n) + " regions but " + std::to_string(msg.fds.size()) + " file descriptors");
   }
+  uint64_t total = 0;
+  for (uint32_t r = 0; r < n; ++r) {
+    MemoryRegion m;
+    std::memcpy(&m, msg.payload.data() + sizeof(MemoryHeader) + r * sizeof(MemoryRegion), sizeof m);
+    if (m.memory_size > kMaxMemoryBytes) return CheckTotal(m.memory_size);
+    total += m.memory_size;
+  }
+  NICMUX_TRY(CheckTotal(total));
   std::vector<GuestRegion> regions;
   for (uint32_t r = 0; r < n; ++r) {
     MemoryRegion m;
@@ -340,6 +387,11 @@ Result<void> BackendSession::AddMemReg(Message& msg) {
     ++it->second;  // the same region from another of the frontend's devices
     return Ok();
   }
+  uint64_t total = std::min(s.region.memory_size, kMaxMemoryBytes + 1);
+  if (mem_) {
+    for (const GuestRegion& r : mem_->regions()) total += r.size;
+  }
+  NICMUX_TRY(CheckTotal(total));
   auto g = GuestMemory::MapRegion({s.region.guest_phys_addr, s.region.memory_size,
                                    s.region.userspace_addr, s.region.mmap_offset},
                                   msg.fds[0].get());

@@ -40,6 +40,8 @@ namespace nicmux::vhost {
 
 inline constexpr uint32_t kMaxQueuePairs = 8;
 inline constexpr uint32_t kMaxQueues = 2 * kMaxQueuePairs;
+// The most guest memory one frontend may have mapped (address space, not RAM): 4 TiB.
+inline constexpr uint64_t kMaxMemoryBytes = 4ull << 40;
 
 // One virtqueue as the worker sees it. Fields below `running` are the worker's while it is
 // set; the session changes them only with the worker paused.

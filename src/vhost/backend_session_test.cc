@@ -257,5 +257,59 @@ TEST_F(Session, ResetClosesEveryFdAndMapping) {
   EXPECT_EQ(session_.memory(), nullptr);
 }
 
+TEST_F(Session, CallFdMustBeAnEventfd) {
+  // A pipe that nobody reads would block the worker on its 8193rd interrupt (review finding).
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  peer_.Send(Request::kSetVringCall, uint64_t{0}, {p[1]});
+  EXPECT_EQ(PumpError(), "SET_VRING_CALL: queue 0: the fd is not an eventfd");
+  ::close(p[0]);
+  ::close(p[1]);
+  int efd = ::eventfd(0, EFD_CLOEXEC);  // blocking: made non-blocking
+  peer_.Send(Request::kSetVringCall, uint64_t{0}, {efd});
+  ASSERT_TRUE(Pump());
+  EXPECT_TRUE(::fcntl(efd, F_GETFL) & O_NONBLOCK);
+  ::close(efd);
+}
+
+TEST_F(Session, PackedBaseFromQemuCarriesBothHalves) {
+  // QEMU 7.2: avail | wrap << 15 in the low half, used | wrap << 15 in the high half.
+  peer_.Send(Request::kSetFeatures, uint64_t{virtio::Bit(virtio::kFVersion1) | virtio::Bit(virtio::kFRingPacked)});
+  SendMemTable();
+  peer_.Send(Request::kSetVringNum, VringState{1, 256});
+  peer_.Send(Request::kSetVringBase, VringState{1, 0x80058005});
+  peer_.Send(Request::kSetVringAddr, VringAddr{1, 0, ram_.uva(0x2000), ram_.uva(0x6000), ram_.uva(0x5000), 0});
+  int efd = ::eventfd(0, EFD_CLOEXEC);
+  peer_.Send(Request::kSetVringKick, uint64_t{1}, {efd});
+  ASSERT_TRUE(Pump());
+  EXPECT_TRUE(session_.queue(1).running);
+  peer_.Send(Request::kGetVringBase, VringState{1, 0});
+  ASSERT_TRUE(Pump());
+  MsgHeader h;
+  VringState st;
+  ASSERT_TRUE(peer_.ReadReply(&h, &st, 8));
+  EXPECT_EQ(st.num, 0x80058005u);
+  ::close(efd);
+  // A split ring's base is 16 bits.
+  VhostPeer p2;
+  BackendSession split{BackendConfig{1, 0}, &worker_};
+  p2.Send(Request::kSetVringBase, VringState{0, 0x10000});
+  auto r = p2.Pump(split);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("not a 16-bit index"), std::string::npos);
+}
+
+TEST_F(Session, MemoryTableLargerThanTheCapIsRefusedBeforeMapping) {
+  struct {
+    MemoryHeader h;
+    MemoryRegion r;
+  } t{{1, 0}, {0, kMaxMemoryBytes + 4096, ram_.uva(), 0}};
+  peer_.Send(Request::kSetMemTable, t, {ram_.fd.get()});
+  EXPECT_NE(PumpError().find("one frontend may map"), std::string::npos);
+  SingleMemoryRegion r{0, {0, kMaxMemoryBytes + 4096, ram_.uva(), 0}};
+  peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+  EXPECT_NE(PumpError().find("one frontend may map"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace nicmux::vhost

@@ -165,11 +165,18 @@ Result<void> Frontend::Setup() {
 
   // Memory: rings and buffers of every queue in one memfd region at guest-physical 0.
   const uint32_t qs = config_.queue_size, nq = 2 * pairs_;
-  uint64_t per_queue = 16ull * qs + 8ull * qs + 64 + 4096 + uint64_t{qs} * config_.buf_bytes + 4096;
+  // Per queue: descriptors (16 B each), avail (2 B each) and used (8 B each) rings with their
+  // headers, each area 64-byte aligned, then the buffers; plus a page of slack.
+  uint64_t per_queue = 26ull * qs + 3 * 64 + 64 + uint64_t{qs} * config_.buf_bytes + 4096;
   uint64_t total = (per_queue * nq + (2u << 20) - 1) / (2u << 20) * (2u << 20);
-  memfd_.Reset(::memfd_create("nicmux-frontend", MFD_CLOEXEC));
+  memfd_.Reset(::memfd_create("nicmux-frontend", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!memfd_.valid()) return Error::FromErrno("memfd_create");
   if (::ftruncate(memfd_.get(), static_cast<off_t>(total)) < 0) return Error::FromErrno("ftruncate memfd");
+  // Sealed against resizing, as QEMU's memory-backend-memfd does: a backend that maps it can
+  // never be made to fault by a shrink.
+  if (::fcntl(memfd_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+    return Error::FromErrno("sealing the memfd");
+  }
   auto map = MappedRegion::MapFd(memfd_.get(), 0, total);
   if (!map) return map.error();
   map_ = std::move(*map);

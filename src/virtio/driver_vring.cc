@@ -274,7 +274,7 @@ bool DriverPackedVring::NeedKick() {
   added_since_kick_ = 0;
   // §2.8.22: the flags store is ordered before reading the device's event suppression.
   FullFence();
-  const uint16_t mode = LoadRelaxed(device_event_->flags);
+  const uint16_t mode = LoadAcquire(device_event_->flags);  // flags before off_wrap
   if (mode == kRingEventFlagsDisable) return false;
   if (mode == kRingEventFlagsDesc && event_idx_) {
     return PackedNeedEvent(LoadRelaxed(device_event_->off_wrap), old_pos, avail_pos_, avail_wrap_,
@@ -320,7 +320,7 @@ bool DriverPackedVring::EnableCalls() {
   if (event_idx_) {
     StoreRelaxed(driver_event_->off_wrap,
                  static_cast<uint16_t>(used_pos_ | (used_wrap_ ? 0x8000 : 0)));
-    StoreRelaxed(driver_event_->flags, kRingEventFlagsDesc);
+    StoreRelease(driver_event_->flags, kRingEventFlagsDesc);  // off_wrap visible first
   } else {
     StoreRelaxed(driver_event_->flags, kRingEventFlagsEnable);
   }

@@ -194,7 +194,7 @@ bool PackedVring::Flush() {
   signalled_pos_ = used_pos_;
   // Order the flags store before reading the driver's event suppression (§2.8.10).
   FullFence();
-  const uint16_t mode = LoadRelaxed(driver_event_->flags);
+  const uint16_t mode = LoadAcquire(driver_event_->flags);  // flags before off_wrap
   if (mode == kRingEventFlagsDisable) return false;
   if (mode == kRingEventFlagsDesc && event_idx_) {
     return PackedNeedEvent(LoadRelaxed(driver_event_->off_wrap), old_pos, used_pos_, used_wrap_,
@@ -208,7 +208,7 @@ bool PackedVring::EnableKicks() {
   if (event_idx_) {
     StoreRelaxed(device_event_->off_wrap,
                  static_cast<uint16_t>(avail_pos_ | (avail_wrap_ ? 0x8000 : 0)));
-    StoreRelaxed(device_event_->flags, kRingEventFlagsDesc);
+    StoreRelease(device_event_->flags, kRingEventFlagsDesc);  // off_wrap visible first
   } else {
     StoreRelaxed(device_event_->flags, kRingEventFlagsEnable);
   }
