@@ -4,7 +4,8 @@
 #   1. nicmuxd as vhost-user server: ping both ways, iperf3 TCP for 10 s; then one guest's
 #      QEMU is killed and started again: its port comes back, ping works again.
 #   2. nicmuxd as client of QEMU's server=on socket: the same, nicmuxd reconnecting by itself.
-#   3. four queue pairs in each guest: traffic on every receive and transmit queue.
+#   3. packed virtqueues: ping both ways.
+#   4. four queue pairs in each guest: traffic on every receive and transmit queue.
 source "$(dirname "$0")/lib.sh"
 G=$(cd "$(dirname "$0")/guest" && pwd)
 "$G/build-guest.sh" >/dev/null || fail "cannot build the guest image"
@@ -69,6 +70,17 @@ guest a "$WORK/qa.sock" 10.0.0.1/24 --socket-mode server
 wait_agent a
 ping_both "nicmuxd client, after guest a's QEMU restarted"
 grep -q "port a: frontend connected" "$WORK/nicmuxd.log" || fail "no reconnect logged"
+kill_guest a; kill_guest b
+stop_nicmuxd
+
+# ---- 2b. packed virtqueues (QEMU sends 32-bit ring bases for them)
+rm -f "$WORK"/*.con "$WORK"/*.console.log "$WORK"/*.sock
+nicmuxd --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock"
+wait_for "$WORK/b.sock" 10
+guest a "$WORK/a.sock" 10.0.0.1/24 --device-opts packed=on
+guest b "$WORK/b.sock" 10.0.0.2/24 --device-opts packed=on
+wait_agent a; wait_agent b
+ping_both "packed rings"
 kill_guest a; kill_guest b
 stop_nicmuxd
 
