@@ -16,6 +16,7 @@
 #include "base/log.h"
 #include "control/port_spec.h"
 #include "port/vhost_user_port.h"
+#include "port/virtio_user_port.h"
 #include "sched/worker.h"
 #include "switch/xconnect.h"
 
@@ -43,6 +44,10 @@ port kinds:
       PATH (one frontend at a time) or, with `client`, connects to PATH (QEMU's
       `server=on`) and reconnects after the frontend restarts. queues: queue pairs, 1..8
       (default 1). mtu: offered to the guest (VIRTIO_NET_F_MTU), 68..65535.
+  virtio-user:NAME:socket=PATH[,server][,queues=N][,packed]
+      nicmuxd as the frontend of another vhost-user backend (DPDK vhost, OVS, another
+      nicmuxd): connects to PATH (or, with `server`, listens and waits for the backend) at
+      start. queues: 1..8; packed: packed virtqueues.
 
 example:
   nicmuxd --port vhost-user:vm1:socket=/tmp/vm1.sock --port vhost-user:vm2:socket=/tmp/vm2.sock
@@ -140,8 +145,29 @@ Result<VhostUserPortOptions> VhostUserOptions(const PortSpec& s) {
   return v;
 }
 
-void LogStats(const std::vector<std::unique_ptr<VhostUserPort>>& ports) {
-  for (const auto& p : ports) {
+Result<VirtioUserPortOptions> VirtioUserOptions(const PortSpec& s) {
+  VirtioUserPortOptions v;
+  v.name = s.name;
+  for (const auto& [k, val] : s.options) {
+    if (k != "socket" && k != "server" && k != "queues" && k != "packed") {
+      return Error("port " + s.name + ": unknown option '" + k + "' for virtio-user (socket, server, queues, packed)");
+    }
+    if ((k == "server" || k == "packed") && !val.empty()) return Error("port " + s.name + ": '" + k + "' takes no value");
+  }
+  if (!s.Has("socket") || s.options.at("socket").empty()) return Error("port " + s.name + ": socket=PATH is required");
+  v.socket_path = s.options.at("socket");
+  v.server = s.Has("server");
+  v.packed = s.Has("packed");
+  auto q = s.UInt("queues", 1, 8, 1);
+  if (!q) return q.error();
+  v.queue_pairs = static_cast<uint32_t>(*q);
+  return v;
+}
+
+void LogStats(const std::vector<std::unique_ptr<Port>>& ports) {
+  for (const auto& port : ports) {
+    const Port* p = port.get();
+    auto* vu = dynamic_cast<const VhostUserPort*>(p);
     PortStats s = p->Stats();
     NICMUX_LOG(kInfo,
                "port %s: %s rx %llu pkts %llu bytes, tx %llu pkts %llu bytes, tx_dropped %llu, "
@@ -150,10 +176,11 @@ void LogStats(const std::vector<std::unique_ptr<VhostUserPort>>& ports) {
                (unsigned long long)s.rx_packets, (unsigned long long)s.rx_bytes,
                (unsigned long long)s.tx_packets, (unsigned long long)s.tx_bytes,
                (unsigned long long)s.tx_dropped, (unsigned long long)s.rx_dropped,
-               (unsigned long long)p->connections());
+               (unsigned long long)(vu ? vu->connections() : 1));
+    if (!vu) continue;
     std::string reasons;
     for (size_t r = 0; r < kNumDropReasons; ++r) {
-      uint64_t n = p->DropsFor(static_cast<DropReason>(r));
+      uint64_t n = vu->DropsFor(static_cast<DropReason>(r));
       if (n) reasons += " " + std::string(kDropReasonInfo[r].name) + "=" + std::to_string(n);
     }
     if (!reasons.empty()) NICMUX_LOG(kInfo, "port %s: drops:%s", p->name().c_str(), reasons.c_str());
@@ -182,10 +209,25 @@ int Main(int argc, char** argv) {
     return 1;
   }
   Worker worker("worker0", o.cpu);
-  std::vector<std::unique_ptr<VhostUserPort>> ports;
+  std::vector<std::unique_ptr<Port>> ports;
   for (const PortSpec& s : o.ports) {
+    if (s.kind == "virtio-user") {
+      auto vo = VirtioUserOptions(s);
+      if (!vo) {
+        std::fprintf(stderr, "nicmuxd: %s\n", vo.error().message().c_str());
+        return 2;
+      }
+      auto p = VirtioUserPort::Create(*vo);
+      if (!p) {
+        NICMUX_LOG(kError, "%s", p.error().message().c_str());
+        return 1;
+      }
+      NICMUX_LOG(kInfo, "port %s: attached to the backend at %s", s.name.c_str(), vo->socket_path.c_str());
+      ports.push_back(std::move(*p));
+      continue;
+    }
     if (s.kind != "vhost-user") {
-      std::fprintf(stderr, "nicmuxd: port %s: unknown kind '%s' (vhost-user)\n", s.name.c_str(), s.kind.c_str());
+      std::fprintf(stderr, "nicmuxd: port %s: unknown kind '%s' (vhost-user, virtio-user)\n", s.name.c_str(), s.kind.c_str());
       return 2;
     }
     auto vo = VhostUserOptions(s);

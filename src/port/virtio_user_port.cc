@@ -1,0 +1,154 @@
+#include "port/virtio_user_port.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "virtio/net_hdr.h"
+
+namespace nicmux {
+
+namespace {
+constexpr uint32_t kBufBytes = 10240;
+}
+
+Result<std::unique_ptr<VirtioUserPort>> VirtioUserPort::Create(const VirtioUserPortOptions& o) {
+  vhost::FrontendConfig c;
+  c.socket_path = o.socket_path;
+  c.listen = o.server;
+  c.queue_pairs = o.queue_pairs;
+  c.packed = o.packed;
+  c.mrg_rxbuf = false;
+  c.buf_bytes = kBufBytes;
+  auto fe = vhost::Frontend::Create(c);
+  if (!fe) return fe.error().Wrap("port " + o.name);
+  return std::unique_ptr<VirtioUserPort>(new VirtioUserPort(o, std::move(*fe)));
+}
+
+size_t VirtioUserPort::Rx(uint32_t q, Batch& out, size_t max) {
+  RxState& st = rx_[q];
+  st.n = 0;
+  vhost::FrontendQueue& rq = fe_->rxq(q);
+  const uint32_t hdr = fe_->net_hdr_len();
+  max = std::min<size_t>({max, kBurst, kBurst - out.size()});
+  virtio::UsedBuffer u;
+  while (st.n < max && rq.PopUsed(&u) == virtio::PopStatus::kOk) {
+    const uint32_t k = st.n++;
+    st.ids[k] = u.id;
+    // UNTRUSTED: u.len is clamped to the buffer by the driver ring.
+    if (u.len < hdr) {
+      rx_dropped_.Add();
+      continue;  // given back in RxDone
+    }
+    std::byte* b = fe_->Buffer(rq, u.id);
+    st.segs[k] = {b + hdr, u.len - hdr};
+    PacketRef* p = out.TryPush();
+    p->segs = &st.segs[k];
+    p->nsegs = 1;
+    p->len = u.len - hdr;
+    p->head_len = std::min<uint32_t>(p->len, kHeadBytes);
+    std::memcpy(&p->vnet, b, sizeof p->vnet);
+    std::memcpy(p->head, b + hdr, p->head_len);
+    p->seg = p->head_len == p->len ? 1 : 0;
+    p->seg_off = p->head_len == p->len ? 0 : p->head_len;
+  }
+  return out.size();
+}
+
+void VirtioUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
+  RxState& st = rx_[q];
+  if (st.n == 0) return;
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
+  rx_packets_.Add(sent);
+  rx_bytes_.Add(bytes);
+  // A used buffer cannot go back to the backend unread: what was not sent is dropped.
+  if (batch.size() > sent) rx_dropped_.Add(batch.size() - sent);
+  vhost::FrontendQueue& rq = fe_->rxq(q);
+  // Buffer index == ring id: every id handed back is free again, so each re-added buffer is
+  // the one its new id names.
+  for (uint32_t i = 0; i < st.n; ++i) {
+    virtio::DriverBuffer b{fe_->BufferAddr(rq, rq.NextId()), kBufBytes, true};
+    rq.Add({&b, 1});
+  }
+  rq.Kick();
+  st.n = 0;
+}
+
+void VirtioUserPort::Reclaim(vhost::FrontendQueue& tq) {
+  virtio::UsedBuffer u;
+  while (tq.PopUsed(&u) == virtio::PopStatus::kOk) {
+  }
+}
+
+size_t VirtioUserPort::TxRoom(uint32_t q) {
+  vhost::FrontendQueue& tq = fe_->txq(q);
+  Reclaim(tq);
+  return std::min<size_t>(tq.num_free(), kBurst);
+}
+
+size_t VirtioUserPort::Tx(uint32_t q, std::span<const PacketRef> in) {
+  vhost::FrontendQueue& tq = fe_->txq(q);
+  const uint32_t hdr = fe_->net_hdr_len();
+  size_t k = 0;
+  uint64_t bytes = 0, sent = 0;
+  for (; k < in.size(); ++k) {
+    if (tq.num_free() == 0) Reclaim(tq);
+    if (tq.num_free() == 0) break;  // the source keeps the rest
+    const PacketRef& p = in[k];
+    if (hdr + uint64_t{p.len} > kBufBytes) {
+      tx_dropped_.Add();
+      continue;
+    }
+    const uint16_t id = tq.NextId();
+    std::byte* b = fe_->Buffer(tq, id);
+    std::memset(b, 0, hdr);
+    // Copy into our buffer: a one-segment writable chain over it.
+    virtio::DescChain c;
+    c.num_readable = 0;
+    c.num_segments = 1;
+    c.readable_bytes = 0;
+    c.writable_bytes = p.len;
+    c.segs[0] = {b + hdr, p.len};
+    virtio::ChainWriter w(c);
+    CopyPacket(p, w);
+    virtio::DriverBuffer d{fe_->BufferAddr(tq, id), hdr + p.len, false};
+    tq.Add({&d, 1});
+    bytes += p.len;
+    ++sent;
+  }
+  if (sent) tq.Kick();
+  tx_packets_.Add(sent);
+  tx_bytes_.Add(bytes);
+  return k;
+}
+
+bool VirtioUserPort::ArmNotify(std::vector<int>* fds) {
+  bool pending = false;
+  for (uint32_t q = 0; q < fe_->queue_pairs(); ++q) {
+    vhost::FrontendQueue& rq = fe_->rxq(q);
+    pending |= rq.packed ? rq.packed_ring.EnableCalls() : rq.split.EnableCalls();
+    fds->push_back(rq.call.fd());
+  }
+  return pending;
+}
+
+void VirtioUserPort::DisarmNotify() {
+  for (uint32_t q = 0; q < fe_->queue_pairs(); ++q) {
+    vhost::FrontendQueue& rq = fe_->rxq(q);
+    rq.packed ? rq.packed_ring.DisableCalls() : rq.split.DisableCalls();
+  }
+}
+
+PortStats VirtioUserPort::Stats() const {
+  PortStats s;
+  s.rx_packets = rx_packets_.Get();
+  s.rx_bytes = rx_bytes_.Get();
+  s.tx_packets = tx_packets_.Get();
+  s.tx_bytes = tx_bytes_.Get();
+  s.tx_dropped = tx_dropped_.Get();
+  s.rx_dropped = rx_dropped_.Get();
+  s.connected = fe_ != nullptr;
+  return s;
+}
+
+}  // namespace nicmux
