@@ -17,8 +17,11 @@
 //   buffers; the consumer (the device, as a port's Rx would) pops bursts of 32, copies each
 //   payload out with ChainReader, checks the sequence number, pushes and flushes. Each iteration
 //   moves a fixed number of packets; the consumer must see every one of them in order, else the
-//   benchmark fails (SkipWithError). Counter: Mpps (wall clock). Here the cost is the cache
-//   lines that cross between the cores: ring entries, indexes/flags, and the payloads.
+//   benchmark fails (SkipWithError). Counters: Mpps (wall clock) and c2c_rtt_ns, the round
+//   trip of one cache line between the two CPUs measured just before: here the cost is the
+//   cache lines that cross between the cores (ring entries, indexes/flags, the payloads), so
+//   the packet rate follows that latency, which in a VM depends on where the host placed the
+//   vCPUs.
 //
 // Run from an optimised build (cmake --preset release), on an otherwise idle machine; the
 // cross-core benchmark needs two CPUs to itself.
@@ -102,6 +105,33 @@ bool PinThisThread(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+}
+
+// Round trip of one cache line between the two CPUs (a store seen by the other CPU, answered by
+// a store seen back), for reading the cross-core figures: the host may place the two vCPUs of a
+// VM on cores that share a cache or not, and the packet rate follows this latency.
+double CacheLineRoundTripNs(int cpu_a, int cpu_b) {
+  constexpr uint64_t kRounds = 20'000;
+  struct alignas(64) Line {
+    std::atomic<uint64_t> v{0};
+  };
+  Line ping, pong;
+  std::thread other([&] {
+    PinThisThread(cpu_b);
+    for (uint64_t i = 1; i <= kRounds; ++i) {
+      while (ping.v.load(std::memory_order_acquire) != i) CpuRelax();
+      pong.v.store(i, std::memory_order_release);
+    }
+  });
+  PinThisThread(cpu_a);
+  const uint64_t start_ns = NowNs();
+  for (uint64_t i = 1; i <= kRounds; ++i) {
+    ping.v.store(i, std::memory_order_release);
+    while (pong.v.load(std::memory_order_acquire) != i) CpuRelax();
+  }
+  const uint64_t elapsed_ns = NowNs() - start_ns;
+  other.join();
+  return static_cast<double>(elapsed_ns) / kRounds;
 }
 
 // Both sides of one ring on the fake guest's memory, set up as testing::RingPair does (the
@@ -298,6 +328,7 @@ void BM_CrossCore(benchmark::State& state) {
   }
   cpu_set_t old_affinity;
   pthread_getaffinity_np(pthread_self(), sizeof old_affinity, &old_affinity);
+  const double rtt_ns = CacheLineRoundTripNs(cpus->first, cpus->second);
   PinThisThread(cpus->first);
 
   FakeGuest guest;
@@ -393,6 +424,7 @@ void BM_CrossCore(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(total));
   state.counters["Mpps"] = total / busy_ns * 1e3;
   state.counters["ns_per_pkt"] = busy_ns / total;
+  state.counters["c2c_rtt_ns"] = rtt_ns;
 }
 
 void CrossCoreArgs(benchmark::internal::Benchmark* b) {
