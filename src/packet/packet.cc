@@ -50,22 +50,4 @@ bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef
   return true;
 }
 
-size_t CopyPacket(const PacketRef& p, virtio::ChainWriter& w) {
-  size_t done = w.Write(p.head, p.head_len);
-  if (done < p.head_len) return done;
-  uint32_t seg = p.seg, off = p.seg_off;
-  size_t left = p.len - p.head_len;
-  while (left > 0 && seg < p.nsegs) {
-    const virtio::ChainSegment& s = p.segs[seg];
-    size_t k = std::min<size_t>(left, s.len - off);
-    size_t put = w.Write(s.data + off, k);
-    done += put;
-    if (put < k) return done;
-    left -= k;
-    ++seg;
-    off = 0;
-  }
-  return done;
-}
-
 }  // namespace nicmux

@@ -58,8 +58,26 @@ class Batch {
 // bytes. False when the chain is shorter than the header (a bad frame).
 bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p);
 
-// Copies p's frame bytes [0, len) into w: the head from the private copy, the rest from the
-// source segments. Returns the bytes written (less than p.len only if w ran out of room).
-size_t CopyPacket(const PacketRef& p, virtio::ChainWriter& w);
+// Copies p's frame bytes [0, len) into w (anything with size_t Write(const void*, size_t), e.g.
+// a ChainWriter): the head from the private copy, the rest from the source segments. Returns
+// the bytes written (less than p.len only if w ran out of room).
+template <typename Writer>
+size_t CopyPacket(const PacketRef& p, Writer& w) {
+  size_t done = w.Write(p.head, p.head_len);
+  if (done < p.head_len) return done;
+  uint32_t seg = p.seg, off = p.seg_off;
+  size_t left = p.len - p.head_len;
+  while (left > 0 && seg < p.nsegs) {
+    const virtio::ChainSegment& s = p.segs[seg];
+    const size_t k = left < s.len - off ? left : s.len - off;
+    const size_t put = w.Write(s.data + off, k);
+    done += put;
+    if (put < k) return done;
+    left -= k;
+    ++seg;
+    off = 0;
+  }
+  return done;
+}
 
 }  // namespace nicmux

@@ -61,25 +61,6 @@ class MergeWriter {
   uint32_t written_[64];
 };
 
-template <typename W>
-size_t CopyPacketTo(const PacketRef& p, W& w) {
-  size_t done = w.Write(p.head, p.head_len);
-  if (done < p.head_len) return done;
-  uint32_t seg = p.seg, off = p.seg_off;
-  size_t left = p.len - p.head_len;
-  while (left > 0 && seg < p.nsegs) {
-    const virtio::ChainSegment& s = p.segs[seg];
-    size_t k = std::min<size_t>(left, s.len - off);
-    size_t put = w.Write(s.data + off, k);
-    done += put;
-    if (put < k) return done;
-    left -= k;
-    ++seg;
-    off = 0;
-  }
-  return done;
-}
-
 }  // namespace
 
 VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pausable* worker)
@@ -316,12 +297,12 @@ size_t VhostUserPort::TxRing(DeviceQueue& dq, Ring& ring, std::span<const Packet
     if (n == 1) {
       virtio::ChainWriter w(tx_chains_[0]);
       w.Write(&h, hdr_len);
-      CopyPacketTo(p, w);
+      CopyPacket(p, w);
       ring.Push(tx_chains_[0].id, static_cast<uint32_t>(w.written()));
     } else {
       MergeWriter w(tx_chains_, n);
       w.Write(&h, hdr_len);
-      CopyPacketTo(p, w);
+      CopyPacket(p, w);
       for (uint32_t i = 0; i < n; ++i) ring.Push(tx_chains_[i].id, w.written(i));
     }
     bytes += p.len;
