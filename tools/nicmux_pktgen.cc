@@ -260,7 +260,7 @@ int Run(const Options& o) {
   uint64_t next_report = t0 + static_cast<uint64_t>(o.interval * 1e9);
   Stats last{};
   uint64_t last_t = t0;
-  uint32_t idle = 0;
+  uint32_t idle = 0, stalled = 0;
   // Reflect: frames waiting for a transmit buffer.
   std::vector<std::vector<uint8_t>> backlog;
   bool tx_done = !send;
@@ -398,6 +398,14 @@ int Run(const Options& o) {
       const double next_due = o.delay + (st.tx + 1.0) / o.rate;
       const double wait = next_due - elapsed();
       if (wait > 0) usleep(static_cast<useconds_t>(std::min(wait, 200e-6) * 1e6));
+    }
+    // Blocked (ring full, nothing received): on a machine where the backend and the peer
+    // share our CPUs, spinning only delays them; back off for a few microseconds.
+    if (!work && sending && ++stalled > 64) {
+      stalled = 0;
+      usleep(20);
+    } else if (work) {
+      stalled = 0;
     }
     if (work || sending) {
       idle = 0;
