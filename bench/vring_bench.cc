@@ -21,7 +21,10 @@
 //   trip of one cache line between the two CPUs measured just before: here the cost is the
 //   cache lines that cross between the cores (ring entries, indexes/flags, the payloads), so
 //   the packet rate follows that latency, which in a VM depends on where the host placed the
-//   vCPUs.
+//   vCPUs (on the 2-vCPU development VM it flips between about 100 ns and about 500 ns, with
+//   the rate dropping about threefold; compare runs by it). The rate is that of the slower
+//   side: with the rings as they are, the producer (the driver side), so the figure bounds the
+//   device side from below.
 //
 // Run from an optimised build (cmake --preset release), on an otherwise idle machine; the
 // cross-core benchmark needs two CPUs to itself.
@@ -31,12 +34,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -45,8 +50,8 @@
 
 #include <benchmark/benchmark.h>
 
-#include "tests/support/fake_guest.h"
 #include "base/check.h"
+#include "tests/support/fake_guest.h"
 #include "virtio/desc_chain.h"
 #include "virtio/vring.h"
 
@@ -136,10 +141,11 @@ double CacheLineRoundTripNs(int cpu_a, int cpu_b) {
 
 // Both sides of one ring on the fake guest's memory, set up as testing::RingPair does (the
 // device reads the rings through frontend virtual addresses, as under vhost-user), but each side
-// on cache lines of its own. RingPair keeps driver and device next to each other: in a
-// two-thread run the split driver's broken_ flag, read on every Add and PopUsed, then shares a
-// line with the split device's indexes, written on every Pop. That false sharing is the harness's,
-// not the rings', and would dominate the cross-core figure.
+// on cache lines of its own. RingPair keeps driver and device next to each other, so whether a
+// field one thread writes shares a line with one the other thread reads depends on the classes'
+// sizes. At commit 8507e92 it did: the split driver's broken_ flag (read on every Add and
+// PopUsed) sat on the line of the split device's indexes (written on every Pop), which cut the
+// split cross-core rate by about a quarter. That is the harness's cost, not the rings'.
 template <typename Layout>
 class Rings {
  public:
@@ -162,15 +168,13 @@ class Rings {
     // A guest's TX queue (our Rx): device-readable buffers only.
     const VringConfig vc{size, 0, ChainPolicy::kReadOnly};
     if constexpr (Layout::kPacked) {
-      auto areas = MapPackedRing(guest.mem(), RingAddrSpace::kFrontendVirtual,
-                                 guest.Uva(ring_[0]), guest.Uva(ring_[1]), guest.Uva(ring_[2]),
-                                 size);
+      auto areas = MapPackedRing(guest.mem(), RingAddrSpace::kFrontendVirtual, guest.Uva(ring_[0]),
+                                 guest.Uva(ring_[1]), guest.Uva(ring_[2]), size);
       NICMUX_CHECK(areas.has_value());
       NICMUX_CHECK(device_->side.Init(vc, *areas, &guest.mem()).has_value());
     } else {
-      auto areas = MapSplitRing(guest.mem(), RingAddrSpace::kFrontendVirtual,
-                                guest.Uva(ring_[0]), guest.Uva(ring_[1]), guest.Uva(ring_[2]),
-                                size);
+      auto areas = MapSplitRing(guest.mem(), RingAddrSpace::kFrontendVirtual, guest.Uva(ring_[0]),
+                                guest.Uva(ring_[1]), guest.Uva(ring_[2]), size);
       NICMUX_CHECK(areas.has_value());
       NICMUX_CHECK(device_->side.Init(vc, *areas, &guest.mem()).has_value());
     }
@@ -269,6 +273,19 @@ struct Payload {
   uint64_t seq_check;  // ~seq
 };
 static_assert(sizeof(Payload) == kPayloadBytes);
+constexpr uint64_t kFiller[6] = {0x0123456789abcdef, 0x2468acf13579bdf0, 0x369c0258be147ad0,
+                                 0x48d159e26af37b04, 0x5b05b05b05b05b05, 0x6d3a06d3a06d3a06};
+static_assert(sizeof kFiller == sizeof Payload::filler);
+
+// Writes packet `seq` into a guest buffer, field by field as a driver fills a packet. (Building
+// a Payload on the stack and copying it would reload the fresh seq stores with wider loads: a
+// store-forwarding stall per packet that would be the benchmark's cost, not the ring's.)
+inline void WritePayload(std::byte* dst, uint64_t seq) {
+  const uint64_t check = ~seq;
+  std::memcpy(dst + offsetof(Payload, seq), &seq, sizeof seq);
+  std::memcpy(dst + offsetof(Payload, filler), kFiller, sizeof kFiller);
+  std::memcpy(dst + offsetof(Payload, seq_check), &check, sizeof check);
+}
 
 // State both threads touch, each field on its own cache line so that it does not share one
 // with anything polled on the hot path.
@@ -341,13 +358,12 @@ void BM_CrossCore(benchmark::State& state) {
   const GuestAddr area = guest.Alloc(uint64_t{ring_size} * kPayloadBytes, 4096);
   std::byte* const area_host = guest.Host(area, uint64_t{ring_size} * kPayloadBytes);
   std::memset(area_host, 0, uint64_t{ring_size} * kPayloadBytes);
-  std::vector<uint32_t> free_bufs(ring_size);  // FIFO of buffer indexes
+  // A FIFO of free buffer indexes: taken at free_head, returned at free_tail, both wrapping at
+  // ring_size (compares, not %: a division per packet shows up at these rates).
+  std::vector<uint32_t> free_bufs(ring_size);
   for (uint32_t i = 0; i < ring_size; ++i) free_bufs[i] = i;
-  uint64_t free_head = 0, free_tail = ring_size;  // free_bufs[head % size .. tail % size)
+  uint32_t free_head = 0, free_tail = 0, num_free = ring_size;
   std::vector<uint32_t> buf_of_id(ring_size, 0);
-
-  Payload payload;
-  for (uint64_t i = 0; i < 6; ++i) payload.filler[i] = 0x0123456789abcdefull * (i + 1);
 
   uint64_t seq = 0;  // continues across iterations, as the rings do
   double busy_ns = 0;
@@ -369,7 +385,9 @@ void BM_CrossCore(benchmark::State& state) {
       UsedBuffer used;
       PopStatus st;
       while ((st = driver.PopUsed(&used)) == PopStatus::kOk) {
-        free_bufs[free_tail++ % ring_size] = buf_of_id[used.id];
+        free_bufs[free_tail] = buf_of_id[used.id];
+        if (++free_tail == ring_size) free_tail = 0;
+        ++num_free;
         ++reclaimed;
       }
       if (st == PopStatus::kBroken) {
@@ -377,17 +395,17 @@ void BM_CrossCore(benchmark::State& state) {
         break;
       }
       const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kBurst, end - seq));
-      if (n == 0 || free_tail - free_head < n) {
+      if (n == 0 || num_free < n) {
         CpuRelax();
         continue;
       }
       for (uint32_t i = 0; i < n; ++i, ++seq) {
-        const uint32_t buf = free_bufs[free_head++ % ring_size];
-        payload.seq = seq;
-        payload.seq_check = ~seq;
-        std::memcpy(area_host + uint64_t{buf} * kPayloadBytes, &payload, sizeof payload);
-        const DriverBuffer b{GuestAddr{area.value + uint64_t{buf} * kPayloadBytes},
-                             kPayloadBytes, false};
+        const uint32_t buf = free_bufs[free_head];
+        if (++free_head == ring_size) free_head = 0;
+        --num_free;
+        WritePayload(area_host + uint64_t{buf} * kPayloadBytes, seq);
+        const DriverBuffer b{GuestAddr{area.value + uint64_t{buf} * kPayloadBytes}, kPayloadBytes,
+                             false};
         const std::optional<uint16_t> id = driver.Add({&b, 1});
         if (!id) {
           error = "driver ring full with free buffers left";
