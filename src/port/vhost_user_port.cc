@@ -243,7 +243,7 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
       // A bad chain was completed after these were popped; they cannot be given back.
       for (uint32_t i = done_chains; i < st.n; ++i) ring.Push(st.chains[i].id, 0);
       drops_.Add(DropReason::kQueueFull, st.n - done_chains);
-      tx_dropped_.Add(st.n - done_chains);
+      rx_dropped_.Add(st.n - done_chains);  // the source side lost them
     }
     if (ring.Flush()) dq.Call();
   };
