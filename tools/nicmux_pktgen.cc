@@ -53,6 +53,10 @@ options:
   --ring N           queue size (default 256)
   --stream ID        stream id put in sent frames, 0..2^28-1 (default: derived from the pid);
                      sequence numbers are kept per stream and transmit queue
+  --mac MAC          source MAC of sent frames (default 02:6e:6d:78:00:01)
+  --peer-mac MAC     destination MAC of sent frames (default 02:6e:6d:78:00:02); through a
+                     learning switch give each endpoint its own --mac and the other's as
+                     --peer-mac, or every frame is flooded
   --interval S       seconds between progress lines (default 1; 0: none)
   --delay S          wait S seconds after connecting before sending (the peer port may not
                      be up yet: a switch drops what it cannot deliver)
@@ -79,7 +83,19 @@ struct Options {
   uint32_t stream = 0;
   double interval = 1;
   double delay = 0;
+  uint8_t mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
+  uint8_t peer_mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
 };
+
+bool ParseMac(const std::string& t, uint8_t* out) {
+  unsigned b[6];
+  char tail;
+  if (std::sscanf(t.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6) {
+    return false;
+  }
+  for (int i = 0; i < 6; ++i) out[i] = static_cast<uint8_t>(b[i]);
+  return true;
+}
 
 [[noreturn]] void Usage(const std::string& e) {
   std::fprintf(stderr, "nicmux-pktgen: %s\n(see nicmux-pktgen --help)\n", e.c_str());
@@ -141,6 +157,10 @@ Options Parse(int argc, char** argv) {
       o.mrg = false;
     } else if (a == "--ring") {
       o.ring = static_cast<uint32_t>(Num(a, val(), 8, 32768));
+    } else if (a == "--mac" || a == "--peer-mac") {
+      std::string v = val();
+      if (!ParseMac(v, a == "--mac" ? o.mac : o.peer_mac)) Usage(a + " " + v + ": expected xx:xx:xx:xx:xx:xx");
+      if (a == "--mac" && (o.mac[0] & 1)) Usage("--mac " + v + ": a multicast address cannot be a source");
     } else if (a == "--stream") {
       o.stream = static_cast<uint32_t>(Num(a, val(), 0, (1u << 28) - 1));
     } else if (a == "--delay") {
@@ -164,14 +184,13 @@ Options Parse(int argc, char** argv) {
 
 constexpr uint32_t kMagic = 0x50584d4e;  // "NMXP"
 constexpr uint32_t kHdrOff = 14, kMinFrame = 34;
-const uint8_t kMacA[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
-const uint8_t kMacB[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
+uint8_t g_src_mac[6], g_dst_mac[6];  // from the options, before any frame is built
 
 inline uint8_t PatternByte(uint64_t seq, uint32_t i) { return static_cast<uint8_t>(seq * 131 + i * 7); }
 
 void BuildFrame(std::byte* f, uint32_t size, uint32_t stream, uint64_t seq) {
-  std::memcpy(f, kMacB, 6);
-  std::memcpy(f + 6, kMacA, 6);
+  std::memcpy(f, g_dst_mac, 6);
+  std::memcpy(f + 6, g_src_mac, 6);
   f[12] = std::byte{0x88};
   f[13] = std::byte{0xb5};
   std::memcpy(f + kHdrOff, &kMagic, 4);
@@ -457,6 +476,8 @@ int Run(const Options& o) {
 
 int main(int argc, char** argv) {
   nicmux::Options o = nicmux::Parse(argc, argv);
+  std::memcpy(nicmux::g_src_mac, o.mac, 6);
+  std::memcpy(nicmux::g_dst_mac, o.peer_mac, 6);
   signal(SIGINT, nicmux::OnSignal);
   signal(SIGTERM, nicmux::OnSignal);
   signal(SIGPIPE, SIG_IGN);

@@ -31,6 +31,9 @@ class DropCounters {
     for (const auto& c : c_) t += c.Get();
     return t;
   }
+  void Reset() {
+    for (auto& c : c_) c.Reset();
+  }
 
  private:
   std::array<Counter, kNumDropReasons> c_{};

@@ -36,7 +36,11 @@ namespace nicmux {
   X(kPortDown, "port_down", "destination queue not running (peer absent or not ready)")          \
   X(kTooBig, "too_big_for_buffers", "packet larger than the receive buffers offered")           \
   X(kBadFrame, "bad_frame", "frame shorter than its virtio-net header")                          \
-  X(kQueueFull, "queue_full", "destination out of buffers and the source cannot hold it")
+  X(kQueueFull, "queue_full", "destination out of buffers and the source cannot hold it")       \
+  X(kNoRoute, "no_route", "destination is the port the frame came in on, or no port to send to") \
+  X(kVlan, "vlan", "frame's VLAN not admitted by the port it came in on")                       \
+  X(kMtu, "mtu", "frame larger than the destination port's MTU")                                \
+  X(kBadSource, "bad_source", "source MAC is multicast or zero")
 
 enum class DropReason : uint8_t {
 #define NICMUX_DROP_ENUM(e, name, desc) e,

@@ -104,3 +104,9 @@ inline Result<void> Ok() { return Result<void>(); }
     auto nicmux_try_r_ = (expr);                         \
     if (!nicmux_try_r_) return nicmux_try_r_.error();    \
   } while (0)
+
+// Declares `var` from an expression returning Result<T>, or returns its error.
+#define NICMUX_TRY_ASSIGN(var, expr)                          \
+  auto nicmux_try_##var##_ = (expr);                          \
+  if (!nicmux_try_##var##_) return nicmux_try_##var##_.error(); \
+  auto var = std::move(*nicmux_try_##var##_)

@@ -19,6 +19,8 @@ namespace nicmux {
 
 inline constexpr uint32_t kBurst = 32;
 inline constexpr uint32_t kHeadBytes = 64;
+// Room for the switch to insert an 802.1Q tag into the private head copy.
+inline constexpr uint32_t kHeadRoomBytes = kHeadBytes + 4;
 
 struct PacketRef {
   const virtio::ChainSegment* segs = nullptr;  // the source's segments (not owned)
@@ -26,9 +28,9 @@ struct PacketRef {
   uint16_t seg = 0;        // where the bytes after the head start: segment and offset
   uint32_t seg_off = 0;
   uint32_t len = 0;        // frame bytes, without any virtio-net header
-  uint32_t head_len = 0;   // min(len, kHeadBytes)
+  uint32_t head_len = 0;   // min(len, kHeadBytes) as received; the switch may add or remove a tag
   virtio::VirtioNetHdrV1 vnet{};  // the source's virtio-net header (offload fields)
-  alignas(16) std::byte head[kHeadBytes];
+  alignas(16) std::byte head[kHeadRoomBytes];
 
   std::span<const std::byte> headers() const { return {head, head_len}; }
 };

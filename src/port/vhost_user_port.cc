@@ -212,8 +212,8 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
     NICMUX_DCHECK(p != nullptr);
     if (!PacketFromChain(st.chains[i], hdr, p)) {
       out.Pop();
-      rx_dropped_.Add();
-      drops_.Add(DropReason::kBadFrame);
+      rxc_[q].dropped.Add();
+      rxc_[q].drops.Add(DropReason::kBadFrame);
       continue;
     }
     st.chain_of[got++] = static_cast<uint8_t>(i);
@@ -235,15 +235,15 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   const uint32_t done_chains = sent < got ? st.chain_of[sent] : st.n;
   uint64_t bytes = 0;
   for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
-  rx_packets_.Add(sent);
-  rx_bytes_.Add(bytes);
+  rxc_[q].packets.Add(sent);
+  rxc_[q].bytes.Add(bytes);
   auto finish = [&](auto& ring) {
     for (uint32_t i = 0; i < done_chains; ++i) ring.Push(st.chains[i].id, 0);
     if (done_chains < st.n && !ring.Rewind({st.chains + done_chains, st.n - done_chains})) {
       // A bad chain was completed after these were popped; they cannot be given back.
       for (uint32_t i = done_chains; i < st.n; ++i) ring.Push(st.chains[i].id, 0);
-      drops_.Add(DropReason::kQueueFull, st.n - done_chains);
-      rx_dropped_.Add(st.n - done_chains);  // the source side lost them
+      rxc_[q].drops.Add(DropReason::kQueueFull, st.n - done_chains);
+      rxc_[q].dropped.Add(st.n - done_chains);  // the source side lost them
     }
     if (ring.Flush()) dq.Call();
   };
@@ -262,67 +262,70 @@ size_t VhostUserPort::TxRoom(uint32_t q) {
 }
 
 template <typename Ring>
-size_t VhostUserPort::TxRing(DeviceQueue& dq, Ring& ring, std::span<const PacketRef> in) {
+size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
+                             std::span<const PacketRef* const> in) {
+  virtio::DescChain* chains = tx_[q].chains;
+  QueueCounters& c = txc_[q];
   const uint32_t hdr_len = session_.net_hdr_len();
   const bool mrg = session_.mrg_rxbuf();
   size_t k = 0;
   uint64_t bytes = 0, sent = 0;
   for (; k < in.size(); ++k) {
-    const PacketRef& p = in[k];
+    const PacketRef& p = *in[k];
     const uint64_t need = hdr_len + uint64_t{p.len};
     // Gather receive chains until the packet fits (one without MRG_RXBUF).
     uint32_t n = 0;
     uint64_t room = 0;
     bool ring_empty = false;
     while (room < need && n < (mrg ? kMaxRxBuffers : 1)) {
-      if (ring.Pop(&tx_chains_[n]) != virtio::PopStatus::kOk) {
+      if (ring.Pop(&chains[n]) != virtio::PopStatus::kOk) {
         ring_empty = true;
         break;
       }
-      room += tx_chains_[n++].writable_bytes;
+      room += chains[n++].writable_bytes;
     }
     if (room < need) {
       // Give the buffers back; if that is impossible (a bad chain came between), complete
       // them empty, which a driver treats as a dropped frame.
-      if (!ring.Rewind({tx_chains_, n})) {
-        for (uint32_t i = 0; i < n; ++i) ring.Push(tx_chains_[i].id, 0);
+      if (!ring.Rewind({chains, n})) {
+        for (uint32_t i = 0; i < n; ++i) ring.Push(chains[i].id, 0);
       }
       if (ring_empty) break;  // out of buffers: the source keeps the rest (backpressure)
-      drops_.Add(DropReason::kTooBig);
-      tx_dropped_.Add();
+      c.drops.Add(DropReason::kTooBig);
+      c.dropped.Add();
       continue;
     }
     virtio::VirtioNetHdrV1 h{};
     h.num_buffers = Le16::Of(static_cast<uint16_t>(mrg ? n : 1));
     if (n == 1) {
-      virtio::ChainWriter w(tx_chains_[0]);
+      virtio::ChainWriter w(chains[0]);
       w.Write(&h, hdr_len);
       CopyPacket(p, w);
-      ring.Push(tx_chains_[0].id, static_cast<uint32_t>(w.written()));
+      ring.Push(chains[0].id, static_cast<uint32_t>(w.written()));
     } else {
-      MergeWriter w(tx_chains_, n);
+      MergeWriter w(chains, n);
       w.Write(&h, hdr_len);
       CopyPacket(p, w);
-      for (uint32_t i = 0; i < n; ++i) ring.Push(tx_chains_[i].id, w.written(i));
+      for (uint32_t i = 0; i < n; ++i) ring.Push(chains[i].id, w.written(i));
     }
     bytes += p.len;
     ++sent;
   }
-  tx_packets_.Add(sent);
-  tx_bytes_.Add(bytes);
+  c.packets.Add(sent);
+  c.bytes.Add(bytes);
   if (ring.Flush()) dq.Call();
   return k;
 }
 
-size_t VhostUserPort::Tx(uint32_t q, std::span<const PacketRef> in) {
+size_t VhostUserPort::Tx(uint32_t q, std::span<const PacketRef* const> in) {
   DeviceQueue& dq = session_.queue(2 * q);  // the guest's receiveq
   if (!dq.running) {
-    drops_.Add(DropReason::kPortDown, in.size());
-    tx_dropped_.Add(in.size());
+    txc_[q].drops.Add(DropReason::kPortDown, in.size());
+    txc_[q].dropped.Add(in.size());
     return in.size();
   }
   if (q == 0) SendRarp(q);
-  return dq.packed ? TxRing(dq, dq.packed_ring, in) : TxRing(dq, dq.split, in);
+  return dq.packed ? TxRing(q, dq, dq.packed_ring, in) : TxRing(q, dq, dq.split, in);
 }
 
 void VhostUserPort::SendRarp(uint32_t q) {
@@ -342,14 +345,15 @@ void VhostUserPort::SendRarp(uint32_t q) {
   std::memcpy(p.head + 32, mac->data(), 6);
   p.len = p.head_len = sizeof kTemplate;
   DeviceQueue& dq = session_.queue(2 * q);
+  const PacketRef* one[1] = {&p};
   if (dq.packed) {
-    TxRing(dq, dq.packed_ring, {&p, 1});
+    TxRing(q, dq, dq.packed_ring, one);
   } else {
-    TxRing(dq, dq.split, {&p, 1});
+    TxRing(q, dq, dq.split, one);
   }
 }
 
-bool VhostUserPort::ArmNotify(std::vector<int>* fds) {
+bool VhostUserPort::ArmNotify(std::vector<NotifyFd>* fds) {
   bool pending = false;
   for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
     DeviceQueue& dq = session_.queue(i);
@@ -357,7 +361,7 @@ bool VhostUserPort::ArmNotify(std::vector<int>* fds) {
     bool more = dq.packed ? dq.packed_ring.EnableKicks() : dq.split.EnableKicks();
     // Free receive buffers are not work; a transmit chain is.
     if (i % 2 == 1 && more) pending = true;
-    if (dq.kick_fd() >= 0) fds->push_back(dq.kick_fd());
+    if (dq.kick_fd() >= 0) fds->push_back({dq.kick_fd(), true});
   }
   return pending;
 }
@@ -383,7 +387,8 @@ bool VhostUserPort::CanSleep() const {
 }
 
 uint64_t VhostUserPort::DropsFor(DropReason r) const {
-  uint64_t n = drops_.Get(r);
+  uint64_t n = 0;
+  for (uint32_t q = 0; q < vhost::kMaxQueuePairs; ++q) n += rxc_[q].drops.Get(r) + txc_[q].drops.Get(r);
   auto& s = const_cast<vhost::BackendSession&>(session_);
   for (uint32_t i = 0; i < vhost::kMaxQueues; ++i) {
     n += s.queue(i).split.drops().Get(r) + s.queue(i).packed_ring.drops().Get(r);
@@ -393,12 +398,14 @@ uint64_t VhostUserPort::DropsFor(DropReason r) const {
 
 PortStats VhostUserPort::Stats() const {
   PortStats s;
-  s.rx_packets = rx_packets_.Get();
-  s.rx_bytes = rx_bytes_.Get();
-  s.tx_packets = tx_packets_.Get();
-  s.tx_bytes = tx_bytes_.Get();
-  s.tx_dropped = tx_dropped_.Get();
-  s.rx_dropped = rx_dropped_.Get();
+  for (uint32_t q = 0; q < vhost::kMaxQueuePairs; ++q) {
+    s.rx_packets += rxc_[q].packets.Get();
+    s.rx_bytes += rxc_[q].bytes.Get();
+    s.rx_dropped += rxc_[q].dropped.Get();
+    s.tx_packets += txc_[q].packets.Get();
+    s.tx_bytes += txc_[q].bytes.Get();
+    s.tx_dropped += txc_[q].dropped.Get();
+  }
   s.connected = channel_ != nullptr;
   return s;
 }

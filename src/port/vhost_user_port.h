@@ -49,9 +49,9 @@ class VhostUserPort final : public Port {
   uint32_t NumQueuePairs() const override { return opt_.queue_pairs; }
   size_t Rx(uint32_t q, Batch& out, size_t max) override;
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
-  size_t Tx(uint32_t q, std::span<const PacketRef> in) override;
+  size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
   size_t TxRoom(uint32_t q) override;
-  bool ArmNotify(std::vector<int>* fds) override;
+  bool ArmNotify(std::vector<NotifyFd>* fds) override;
   void DisarmNotify() override;
   bool CanSleep() const override;
   PortStats Stats() const override;
@@ -60,7 +60,8 @@ class VhostUserPort final : public Port {
   uint64_t connections() const { return connections_; }
   const vhost::BackendSession& session() const { return session_; }
   // Drop counters of the queues, summed (rings' reasons plus the port's own).
-  uint64_t DropsFor(DropReason r) const;
+  uint64_t DropsFor(DropReason r) const override;
+  std::string State() const override { return connected() ? "connected" : "waiting"; }
 
  private:
   VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);
@@ -72,7 +73,7 @@ class VhostUserPort final : public Port {
   void Disconnect(const std::string& why);
 
   template <typename Ring>
-  size_t TxRing(vhost::DeviceQueue& dq, Ring& ring, std::span<const PacketRef> in);
+  size_t TxRing(uint32_t q, vhost::DeviceQueue& dq, Ring& ring, std::span<const PacketRef* const> in);
   void SendRarp(uint32_t q);
 
   VhostUserPortOptions opt_;
@@ -92,12 +93,15 @@ class VhostUserPort final : public Port {
     uint8_t chain_of[kBurst];  // batch packet k came from chains[chain_of[k]]
   };
   std::array<RxState, vhost::kMaxQueuePairs> rx_;
-  // Receive chains one packet spans (MRG_RXBUF).
+  // Per queue pair, the receive chains one packet spans (MRG_RXBUF): per queue because two
+  // workers may send to two queues of one port at once.
   static constexpr uint32_t kMaxRxBuffers = 64;
-  virtio::DescChain tx_chains_[kMaxRxBuffers];
+  struct TxState {
+    virtio::DescChain chains[kMaxRxBuffers];
+  };
+  std::array<TxState, vhost::kMaxQueuePairs> tx_;
 
-  Counter rx_packets_, rx_bytes_, tx_packets_, tx_bytes_, tx_dropped_, rx_dropped_;
-  DropCounters drops_;
+  std::array<QueueCounters, vhost::kMaxQueuePairs> rxc_, txc_;
 };
 
 }  // namespace nicmux

@@ -36,7 +36,8 @@ size_t VirtioUserPort::Rx(uint32_t q, Batch& out, size_t max) {
     st.ids[k] = u.id;
     // UNTRUSTED: u.len is clamped to the buffer by the driver ring.
     if (u.len < hdr) {
-      rx_dropped_.Add();
+      rxc_[q].dropped.Add();
+      rxc_[q].drops.Add(DropReason::kBadFrame);
       continue;  // given back in RxDone
     }
     std::byte* b = fe_->Buffer(rq, u.id);
@@ -59,10 +60,13 @@ void VirtioUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   if (st.n == 0) return;
   uint64_t bytes = 0;
   for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
-  rx_packets_.Add(sent);
-  rx_bytes_.Add(bytes);
+  rxc_[q].packets.Add(sent);
+  rxc_[q].bytes.Add(bytes);
   // A used buffer cannot go back to the backend unread: what was not sent is dropped.
-  if (batch.size() > sent) rx_dropped_.Add(batch.size() - sent);
+  if (batch.size() > sent) {
+    rxc_[q].dropped.Add(batch.size() - sent);
+    rxc_[q].drops.Add(DropReason::kQueueFull, batch.size() - sent);
+  }
   vhost::FrontendQueue& rq = fe_->rxq(q);
   // Buffer index == ring id: every id handed back is free again, so each re-added buffer is
   // the one its new id names.
@@ -86,7 +90,7 @@ size_t VirtioUserPort::TxRoom(uint32_t q) {
   return std::min<size_t>(tq.num_free(), kBurst);
 }
 
-size_t VirtioUserPort::Tx(uint32_t q, std::span<const PacketRef> in) {
+size_t VirtioUserPort::Tx(uint32_t q, std::span<const PacketRef* const> in) {
   vhost::FrontendQueue& tq = fe_->txq(q);
   const uint32_t hdr = fe_->net_hdr_len();
   size_t k = 0;
@@ -94,9 +98,10 @@ size_t VirtioUserPort::Tx(uint32_t q, std::span<const PacketRef> in) {
   for (; k < in.size(); ++k) {
     if (tq.num_free() == 0) Reclaim(tq);
     if (tq.num_free() == 0) break;  // the source keeps the rest
-    const PacketRef& p = in[k];
+    const PacketRef& p = *in[k];
     if (hdr + uint64_t{p.len} > kBufBytes) {
-      tx_dropped_.Add();
+      txc_[q].dropped.Add();
+      txc_[q].drops.Add(DropReason::kTooBig);
       continue;
     }
     const uint16_t id = tq.NextId();
@@ -117,17 +122,17 @@ size_t VirtioUserPort::Tx(uint32_t q, std::span<const PacketRef> in) {
     ++sent;
   }
   if (sent) tq.Kick();
-  tx_packets_.Add(sent);
-  tx_bytes_.Add(bytes);
+  txc_[q].packets.Add(sent);
+  txc_[q].bytes.Add(bytes);
   return k;
 }
 
-bool VirtioUserPort::ArmNotify(std::vector<int>* fds) {
+bool VirtioUserPort::ArmNotify(std::vector<NotifyFd>* fds) {
   bool pending = false;
   for (uint32_t q = 0; q < fe_->queue_pairs(); ++q) {
     vhost::FrontendQueue& rq = fe_->rxq(q);
     pending |= rq.packed ? rq.packed_ring.EnableCalls() : rq.split.EnableCalls();
-    fds->push_back(rq.call.fd());
+    fds->push_back({rq.call.fd(), true});
   }
   return pending;
 }
@@ -141,14 +146,22 @@ void VirtioUserPort::DisarmNotify() {
 
 PortStats VirtioUserPort::Stats() const {
   PortStats s;
-  s.rx_packets = rx_packets_.Get();
-  s.rx_bytes = rx_bytes_.Get();
-  s.tx_packets = tx_packets_.Get();
-  s.tx_bytes = tx_bytes_.Get();
-  s.tx_dropped = tx_dropped_.Get();
-  s.rx_dropped = rx_dropped_.Get();
+  for (uint32_t q = 0; q < rxc_.size(); ++q) {
+    s.rx_packets += rxc_[q].packets.Get();
+    s.rx_bytes += rxc_[q].bytes.Get();
+    s.rx_dropped += rxc_[q].dropped.Get();
+    s.tx_packets += txc_[q].packets.Get();
+    s.tx_bytes += txc_[q].bytes.Get();
+    s.tx_dropped += txc_[q].dropped.Get();
+  }
   s.connected = fe_ != nullptr;
   return s;
+}
+
+uint64_t VirtioUserPort::DropsFor(DropReason r) const {
+  uint64_t n = 0;
+  for (uint32_t q = 0; q < rxc_.size(); ++q) n += rxc_[q].drops.Get(r) + txc_[q].drops.Get(r);
+  return n;
 }
 
 }  // namespace nicmux

@@ -41,12 +41,14 @@ class VirtioUserPort final : public Port {
   uint32_t NumQueuePairs() const override { return fe_->queue_pairs(); }
   size_t Rx(uint32_t q, Batch& out, size_t max) override;
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
-  size_t Tx(uint32_t q, std::span<const PacketRef> in) override;
+  size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
   size_t TxRoom(uint32_t q) override;
-  bool ArmNotify(std::vector<int>* fds) override;
+  bool ArmNotify(std::vector<NotifyFd>* fds) override;
   void DisarmNotify() override;
   bool CanSleep() const override { return true; }
   PortStats Stats() const override;
+  uint64_t DropsFor(DropReason r) const override;
+  std::string State() const override { return "connected"; }
 
  private:
   VirtioUserPort(const VirtioUserPortOptions& o, std::unique_ptr<vhost::Frontend> fe)
@@ -60,7 +62,7 @@ class VirtioUserPort final : public Port {
     uint32_t n = 0;
   };
   std::array<RxState, 8> rx_;
-  Counter rx_packets_, rx_bytes_, tx_packets_, tx_bytes_, tx_dropped_, rx_dropped_;
+  std::array<QueueCounters, 8> rxc_, txc_;
 };
 
 }  // namespace nicmux

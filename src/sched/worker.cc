@@ -74,7 +74,7 @@ void Worker::MaybePause() {
 }
 
 void Worker::Sleep() {
-  std::vector<int> fds;
+  std::vector<NotifyFd> fds;
   bool pending = false;
   bool can_sleep = true;
   for (Forwarder* f : forwarders_) {
@@ -85,15 +85,17 @@ void Worker::Sleep() {
     std::vector<pollfd> pfds;
     pfds.reserve(fds.size() + 1);
     pfds.push_back({wake_.fd(), POLLIN, 0});
-    for (int fd : fds) pfds.push_back({fd, POLLIN, 0});
+    for (const NotifyFd& f : fds) pfds.push_back({f.fd, POLLIN, 0});
     sleeps_.fetch_add(1, std::memory_order_relaxed);
     int n = ::poll(pfds.data(), pfds.size(), kMaxSleepMs);
     if (n > 0) {
-      // Drain what woke us (eventfds; a read of one that is not readable would block).
-      for (const pollfd& p : pfds) {
-        if (p.revents & POLLIN) {
+      // Drain the eventfds that woke us (only readable ones: a read of an eventfd at zero
+      // would block). Other fds (TAP) stay readable: their data is the work.
+      for (size_t i = 0; i < pfds.size(); ++i) {
+        const bool is_eventfd = i == 0 || fds[i - 1].eventfd;
+        if (is_eventfd && (pfds[i].revents & POLLIN)) {
           uint64_t v;
-          ssize_t r = ::read(p.fd, &v, sizeof v);
+          ssize_t r = ::read(pfds[i].fd, &v, sizeof v);
           (void)r;
         }
       }

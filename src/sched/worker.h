@@ -60,4 +60,21 @@ class Worker final : public Pausable {
   std::atomic<uint64_t> sleeps_{0};
 };
 
+// All workers of the daemon as one Pausable: a port that any worker may send to (every port, in
+// switch mode) pauses them all around a queue change. Pause order is fixed and Resume reverses
+// it, so two control-plane callers cannot deadlock (there is one control thread anyway).
+class WorkerGroup final : public Pausable {
+ public:
+  void Add(Worker* w) { workers_.push_back(w); }
+  void Pause() override {
+    for (Worker* w : workers_) w->Pause();
+  }
+  void Resume() override {
+    for (auto it = workers_.rbegin(); it != workers_.rend(); ++it) (*it)->Resume();
+  }
+
+ private:
+  std::vector<Worker*> workers_;
+};
+
 }  // namespace nicmux

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "port/port.h"
+
 namespace nicmux {
 
 struct WorkDone {
@@ -17,7 +19,7 @@ class Forwarder {
  public:
   virtual ~Forwarder() = default;
   virtual WorkDone Poll() = 0;
-  virtual bool ArmNotify(std::vector<int>* fds) = 0;
+  virtual bool ArmNotify(std::vector<NotifyFd>* fds) = 0;
   virtual void DisarmNotify() = 0;
   virtual bool CanSleep() const = 0;
 };

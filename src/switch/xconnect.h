@@ -20,7 +20,7 @@ class Xconnect final : public Forwarder {
     for (uint32_t q = 0; q < qb; ++q) Move(b_, q, a_, q % qa, &w);
     return w;
   }
-  bool ArmNotify(std::vector<int>* fds) override {
+  bool ArmNotify(std::vector<NotifyFd>* fds) override {
     bool pending = a_->ArmNotify(fds);
     pending |= b_->ArmNotify(fds);
     return pending;
@@ -40,7 +40,9 @@ class Xconnect final : public Forwarder {
       src->RxDone(sq, batch_, 0);
       return;
     }
-    const size_t sent = dst->Tx(dq, batch_.span());
+    const PacketRef* ptrs[kBurst];
+    for (uint32_t k = 0; k < batch_.size(); ++k) ptrs[k] = &batch_[k];
+    const size_t sent = dst->Tx(dq, {ptrs, batch_.size()});
     for (size_t k = 0; k < sent; ++k) w->bytes += batch_[static_cast<uint32_t>(k)].len;
     w->packets += sent;
     src->RxDone(sq, batch_, sent);

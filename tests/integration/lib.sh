@@ -84,7 +84,10 @@ expect_summary() {
   [ "$got" = "$3" ] || fail "$(basename "$1"): $2=$got, expected $3"
 }
 
-nicmuxd() { start nicmuxd "$BIN/nicmuxd" --log-level info "$@"; NICMUXD_PID=$LAST_PID; }
+# nicmuxd ARGS...: the daemon with its control socket in $WORK (CTL) unless ARGS name another.
+CTL=$WORK/nicmuxd.ctl
+nicmuxd() { start nicmuxd "$BIN/nicmuxd" --log-level info --control "$CTL" "$@"; NICMUXD_PID=$LAST_PID; }
+ctl() { "$BIN/nicmuxctl" --socket "$CTL" "$@"; }
 
 stop_nicmuxd() {
   kill -TERM "$NICMUXD_PID"

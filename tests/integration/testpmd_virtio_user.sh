@@ -26,7 +26,7 @@ run_case() {
     if [ "$mrg" = 1 ]; then mbuf+=(--enable-scatter); else mbuf+=(--mbuf-size=10240); fi
   fi
   rm -f "$S"/*.sock
-  nicmuxd --port "vhost-user:pga:socket=$S/pga.sock,queues=$queues" --port "vhost-user:tp0:socket=$S/tp0.sock,queues=$queues" \
+  nicmuxd --forward xconnect --port "vhost-user:pga:socket=$S/pga.sock,queues=$queues" --port "vhost-user:tp0:socket=$S/tp0.sock,queues=$queues" \
           --port "vhost-user:tp1:socket=$S/tp1.sock,queues=$queues" --port "vhost-user:pgb:socket=$S/pgb.sock,queues=$queues"
   wait_for "$S/tp1.sock" 10
   local vu="queues=$queues,queue_size=1024,packed_vq=$packed,mrg_rxbuf=$mrg"

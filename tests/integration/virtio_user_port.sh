@@ -17,7 +17,7 @@ run_case() {
     -- --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 --stats-period 1
   local tp=$LAST_PID
   wait_for "$S/v1.sock" 30
-  nicmuxd --port "vhost-user:a:socket=$S/a.sock" --port "virtio-user:v:socket=$S/v0.sock$vopt"
+  nicmuxd --forward xconnect --port "vhost-user:a:socket=$S/a.sock" --port "virtio-user:v:socket=$S/v0.sock$vopt"
   wait_log "$WORK/nicmuxd.log" "attached to the backend" 30 "$NICMUXD_PID"
   start pg_a "$BIN/nicmux-pktgen" --socket "$S/a.sock" --mode bidir --verify --size "$size" --count "$count" \
     --rate 20000 --ring 1024 --duration 60 --interval 0 --stream 1 --delay 2 "${popt[@]}"

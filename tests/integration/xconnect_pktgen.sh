@@ -9,7 +9,7 @@ run_case() {
   local a=$WORK/a.sock b=$WORK/b.sock opts=()
   [ "$ring" = packed ] && opts+=(--packed)
   [ "$mrg" = off ] && opts+=(--no-mrg)
-  nicmuxd --port "vhost-user:a:socket=$a,queues=$queues" --port "vhost-user:b:socket=$b,queues=$queues"
+  nicmuxd --forward xconnect --port "vhost-user:a:socket=$a,queues=$queues" --port "vhost-user:b:socket=$b,queues=$queues"
   wait_for "$a" 10; wait_for "$b" 10
   start pg_a "$BIN/nicmux-pktgen" --socket "$a" --mode bidir --verify --size "$size" --count "$count" \
     --queues "$queues" --duration 60 --interval 0 --stream 1 --delay 2 "${opts[@]}"

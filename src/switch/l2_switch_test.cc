@@ -1,0 +1,301 @@
+// The learning switch's decisions on ports over host memory (tests/support/mem_port.h):
+// learning, flooding, never back out, MAC moves, table limit, aging, VLAN access/trunk
+// isolation and tagging, MTU, backpressure and congestion drops. Real guests, testpmd and the
+// kernel go through the same code in tests/integration.
+#include "switch/l2_switch.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+
+#include "tests/support/mem_port.h"
+
+namespace nicmux {
+namespace {
+
+using testing::Frame;
+using testing::MakeFrame;
+using testing::MemPort;
+
+constexpr uint64_t kA = 0x020000000001, kB = 0x020000000002, kC = 0x020000000003;
+constexpr uint64_t kBroadcast = 0xffffffffffff;
+
+struct Fixture {
+  explicit Fixture(int nports, std::vector<SwitchPortConfig> cfg = {}, SwitchOptions o = {}) : sw(o) {
+    for (int i = 0; i < nports; ++i) {
+      ports.push_back(std::make_unique<MemPort>("p" + std::to_string(i)));
+      auto id = sw.AddPort(ports.back().get(), i < int(cfg.size()) ? cfg[i] : SwitchPortConfig{});
+      EXPECT_TRUE(id.has_value());
+      ids.push_back(*id);
+    }
+  }
+  void Run(int rounds = 4) {
+    for (int r = 0; r < rounds; ++r) sw.worker(0)->Poll();
+  }
+  MemPort& port(int i) { return *ports[i]; }
+  L2Switch sw;
+  std::vector<std::unique_ptr<MemPort>> ports;
+  std::vector<uint16_t> ids;
+};
+
+uint16_t VidOf(const Frame& f) {
+  if (f.size() < 18 || f[12] != std::byte{0x81}) return 0xffff;  // untagged
+  return static_cast<uint16_t>((uint8_t(f[14]) << 8 | uint8_t(f[15])) & 0xfff);
+}
+
+TEST(L2Switch, FloodsUnknownThenLearnsUnicast) {
+  Fixture f(3);
+  f.port(0).Inject(MakeFrame(kB, kA));  // B unknown: flood to 1 and 2, not back to 0
+  f.Run();
+  EXPECT_EQ(f.port(0).sent().size(), 0u);
+  EXPECT_EQ(f.port(1).sent().size(), 1u);
+  EXPECT_EQ(f.port(2).sent().size(), 1u);
+  f.port(1).Inject(MakeFrame(kA, kB));  // A learned on 0: unicast
+  f.Run();
+  EXPECT_EQ(f.port(0).sent().size(), 1u);
+  EXPECT_EQ(f.port(2).sent().size(), 1u);
+  for (int i = 0; i < 10; ++i) f.port(0).Inject(MakeFrame(kB, kA));  // both learned now
+  f.Run();
+  EXPECT_EQ(f.port(1).sent().size(), 11u);
+  EXPECT_EQ(f.port(2).sent().size(), 1u) << "no flood after learning";
+  EXPECT_EQ(f.sw.Flooded(f.ids[0]), 1u);
+  EXPECT_EQ(f.sw.Flooded(f.ids[1]), 0u);
+  // Bytes arrive unchanged.
+  EXPECT_EQ(f.port(1).sent().back(), MakeFrame(kB, kA));
+}
+
+TEST(L2Switch, BroadcastAndMulticastFloodNeverBackOut) {
+  Fixture f(4);
+  f.port(2).Inject(MakeFrame(kBroadcast, kC));
+  f.port(2).Inject(MakeFrame(0x01005e000001, kC));  // IPv4 multicast
+  f.Run();
+  for (int i : {0, 1, 3}) EXPECT_EQ(f.port(i).sent().size(), 2u) << i;
+  EXPECT_EQ(f.port(2).sent().size(), 0u);
+}
+
+TEST(L2Switch, LargeFramesCopiedWhole) {
+  Fixture f(2);
+  Frame big = MakeFrame(kB, kA, -1, 9000, 7);
+  f.port(0).Inject(big);
+  f.Run();
+  ASSERT_EQ(f.port(1).sent().size(), 1u);
+  EXPECT_EQ(f.port(1).sent()[0], big);
+}
+
+TEST(L2Switch, MacMovesBetweenPorts) {
+  Fixture f(3);
+  f.port(0).Inject(MakeFrame(kBroadcast, kA));
+  f.Run();
+  f.port(1).Inject(MakeFrame(kBroadcast, kA));  // A moved to port 1
+  f.Run();
+  f.port(2).Inject(MakeFrame(kA, kC));
+  f.Run();
+  EXPECT_EQ(f.port(1).sent().size(), 1u + 1u);  // the flood from 0 and the unicast
+  EXPECT_EQ(f.port(0).sent().size(), 1u);       // only the flood from 1
+  EXPECT_EQ(f.sw.macs().moves(), 1u);
+}
+
+TEST(L2Switch, SameDestinationAsSourceIsDropped) {
+  Fixture f(2);
+  f.port(0).Inject(MakeFrame(kBroadcast, kB));
+  f.Run();
+  f.port(0).Inject(MakeFrame(kB, kA));  // B lives on port 0 too: not sent anywhere
+  f.Run();
+  EXPECT_EQ(f.port(1).sent().size(), 1u);
+  EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kNoRoute), 1u);
+}
+
+TEST(L2Switch, BadFramesAndSourcesCounted) {
+  Fixture f(2);
+  f.port(0).Inject(Frame(10, std::byte{0}));
+  f.port(0).Inject(MakeFrame(kB, kBroadcast));  // multicast source
+  f.port(0).Inject(MakeFrame(kB, 0));
+  f.Run();
+  EXPECT_EQ(f.port(1).sent().size(), 0u);
+  EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kBadFrame), 1u);
+  EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kBadSource), 2u);
+  EXPECT_EQ(f.port(0).pending(), 0u);
+}
+
+TEST(L2Switch, TableLimitCountsAndStillForwards) {
+  SwitchOptions o;
+  o.mac_table_size = 16;
+  Fixture f(2, {}, o);
+  for (uint64_t i = 0; i < 20; ++i) f.port(0).Inject(MakeFrame(kBroadcast, 0x020000001000 + i));
+  f.Run();
+  EXPECT_EQ(f.sw.macs().size(), 16u);
+  EXPECT_EQ(f.sw.macs().full_drops(), 4u);
+  EXPECT_EQ(f.port(1).sent().size(), 20u);
+}
+
+TEST(L2Switch, VlanAccessPortsIsolatedTrunkTags) {
+  SwitchPortConfig a10, a20, b10, trunk;
+  std::string s10 = "10", s20 = "20";
+  a10.vlan = *ParseVlan("a10", &s10, nullptr);
+  a20.vlan = *ParseVlan("a20", &s20, nullptr);
+  b10.vlan = a10.vlan;
+  std::string tl = "10/20";
+  trunk.vlan = *ParseVlan("t", nullptr, &tl);
+  Fixture f(4, {a10, a20, b10, trunk});
+  f.port(0).Inject(MakeFrame(kBroadcast, kA));  // VLAN 10: to b10 untagged, trunk tagged 10
+  f.Run();
+  EXPECT_EQ(f.port(1).sent().size(), 0u) << "VLAN 10 leaked into VLAN 20";
+  ASSERT_EQ(f.port(2).sent().size(), 1u);
+  EXPECT_EQ(f.port(2).sent()[0], MakeFrame(kBroadcast, kA));
+  ASSERT_EQ(f.port(3).sent().size(), 1u);
+  EXPECT_EQ(f.port(3).sent()[0], MakeFrame(kBroadcast, kA, 10, 68));
+  // From the trunk, tagged 20: only to a20, untagged.
+  f.port(3).Inject(MakeFrame(kBroadcast, kC, 20, 100));
+  f.Run();
+  ASSERT_EQ(f.port(1).sent().size(), 1u);
+  EXPECT_EQ(f.port(1).sent()[0], MakeFrame(kBroadcast, kC, -1, 96));
+  EXPECT_EQ(f.port(0).sent().size(), 0u);
+  EXPECT_EQ(f.port(2).sent().size(), 1u);
+  // Tagged frames on an access port, VLANs the trunk does not carry, untagged on the trunk.
+  f.port(0).Inject(MakeFrame(kBroadcast, kA, 20));
+  f.port(3).Inject(MakeFrame(kBroadcast, kC, 30));
+  f.port(3).Inject(MakeFrame(kBroadcast, kC));
+  f.Run();
+  EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kVlan), 1u);
+  EXPECT_EQ(f.sw.DropsFor(f.ids[3], DropReason::kVlan), 2u);
+  // The same MAC in two VLANs is two entries.
+  f.port(1).Inject(MakeFrame(kA, kB));  // A is known in VLAN 10 only: flood in VLAN 20
+  f.Run();
+  EXPECT_EQ(f.port(3).sent().size(), 2u);
+  EXPECT_EQ(VidOf(f.port(3).sent()[1]), 20);
+}
+
+TEST(L2Switch, DefaultPortsCarryTagsThrough) {
+  Fixture f(2);
+  f.port(0).Inject(MakeFrame(kBroadcast, kA, 42, 80));
+  f.Run();
+  ASSERT_EQ(f.port(1).sent().size(), 1u);
+  EXPECT_EQ(f.port(1).sent()[0], MakeFrame(kBroadcast, kA, 42, 80));
+}
+
+TEST(L2Switch, MtuDrop) {
+  SwitchPortConfig small;
+  small.mtu = 1500;
+  Fixture f(2, {{}, small});
+  f.port(0).Inject(MakeFrame(kB, kA, -1, 1514));
+  f.port(0).Inject(MakeFrame(kB, kA, -1, 1515));
+  f.Run();
+  EXPECT_EQ(f.port(1).sent().size(), 1u);
+  EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kMtu), 1u);
+}
+
+TEST(L2Switch, FullDestinationHoldsTheSource) {
+  Fixture f(2);
+  f.port(1).Inject(MakeFrame(kBroadcast, kB));
+  f.Run();
+  f.port(1).set_room(3);
+  for (int i = 0; i < 10; ++i) f.port(0).Inject(MakeFrame(kB, kA, -1, 64, uint8_t(i)));
+  f.Run();
+  EXPECT_EQ(f.port(1).sent().size(), 3u);
+  EXPECT_EQ(f.port(0).pending(), 7u) << "the source keeps what did not fit";
+  f.port(1).set_room(SIZE_MAX);
+  f.Run();
+  ASSERT_EQ(f.port(1).sent().size(), 10u);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(f.port(1).sent()[i], MakeFrame(kB, kA, -1, 64, uint8_t(i)));
+  EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kQueueFull), 0u);
+}
+
+TEST(L2Switch, StuckDestinationDoesNotStallOthers) {
+  Fixture f(3);
+  f.port(1).Inject(MakeFrame(kBroadcast, kB));
+  f.port(2).Inject(MakeFrame(kBroadcast, kC));
+  f.Run();
+  f.port(1).set_room(0);
+  for (int i = 0; i < 5; ++i) f.port(0).Inject(MakeFrame(kB, kA));
+  f.port(0).Inject(MakeFrame(kC, kA));
+  f.Run();
+  EXPECT_EQ(f.port(0).pending(), 6u);  // held while B may still drain
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  while (f.port(0).pending() && std::chrono::steady_clock::now() < deadline) f.Run(1);
+  EXPECT_EQ(f.port(0).pending(), 0u);
+  EXPECT_EQ(f.port(2).sent().size(), 2u);  // the flood from B and the frame for C
+  EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kQueueFull), 5u);
+}
+
+TEST(L2Switch, RemovedPortForgottenAndIdReused) {
+  Fixture f(3);
+  f.port(1).Inject(MakeFrame(kBroadcast, kB));
+  f.Run();
+  EXPECT_EQ(f.sw.macs().size(), 1u);
+  f.sw.RemovePort(f.ids[1]);
+  EXPECT_EQ(f.sw.macs().size(), 0u);
+  f.port(0).Inject(MakeFrame(kB, kA));
+  f.Run();
+  EXPECT_EQ(f.port(2).sent().size(), 2u);
+  MemPort other("other");
+  auto id = f.sw.AddPort(&other, {});
+  ASSERT_TRUE(id.has_value());
+  EXPECT_EQ(*id, f.ids[1]);
+  EXPECT_EQ(f.sw.Flooded(*id), 0u);
+}
+
+TEST(L2Switch, ParseVlanErrors) {
+  std::string bad = "4095", zero = "0", range = "5-3", junk = "1/x", ok = "0/5-7/100";
+  EXPECT_FALSE(ParseVlan("p", &bad, nullptr).has_value());
+  EXPECT_FALSE(ParseVlan("p", &zero, nullptr).has_value());
+  EXPECT_FALSE(ParseVlan("p", nullptr, &range).has_value());
+  EXPECT_FALSE(ParseVlan("p", nullptr, &junk).has_value());
+  EXPECT_FALSE(ParseVlan("p", &ok, &ok).has_value());
+  auto v = ParseVlan("p", nullptr, &ok);
+  ASSERT_TRUE(v.has_value());
+  EXPECT_EQ(v->allowed.count(), 5u);
+  EXPECT_NE(ParseVlan("p", &bad, nullptr).error().message().find("4095"), std::string::npos);
+}
+
+TEST(MacTable, AgingAndFlush) {
+  MacTable t(64, 10);
+  EXPECT_EQ(t.Learn(kA, 0, 1, 100), MacTable::LearnResult::kNew);
+  EXPECT_EQ(t.Learn(kB, 0, 2, 105), MacTable::LearnResult::kNew);
+  EXPECT_EQ(t.Lookup(kA, 0, 110), 1);
+  EXPECT_EQ(t.Lookup(kA, 0, 111), -1) << "aged out";
+  EXPECT_EQ(t.Lookup(kA, 1, 100), -1) << "other VLAN";
+  EXPECT_EQ(t.Age(111), 1u);
+  EXPECT_EQ(t.size(), 1u);
+  EXPECT_EQ(t.Learn(kB, 0, 2, 112), MacTable::LearnResult::kKnown);
+  EXPECT_EQ(t.Lookup(kB, 0, 120), 2) << "refreshed";
+  EXPECT_EQ(t.FlushPort(2), 1u);
+  EXPECT_EQ(t.size(), 0u);
+}
+
+TEST(MacTable, MatchesAModelUnderChurn) {
+  MacTable t(512, 1000);
+  std::map<std::pair<uint64_t, uint16_t>, uint16_t> model;
+  std::mt19937_64 rng(7);
+  for (int step = 0; step < 200000; ++step) {
+    const uint64_t mac = 0x020000000000 + rng() % 700;
+    const uint16_t vid = rng() % 3, port = rng() % 8;
+    switch (rng() % 10) {
+      case 0: {  // flush one port
+        size_t n = t.FlushPort(port);
+        size_t m = std::erase_if(model, [&](auto& kv) { return kv.second == port; });
+        ASSERT_EQ(n, m);
+        break;
+      }
+      default: {
+        auto r = t.Learn(mac, vid, port, 1);
+        auto it = model.find({mac, vid});
+        if (it != model.end()) {
+          it->second = port;
+        } else if (model.size() < 512) {
+          model[{mac, vid}] = port;
+        } else {
+          ASSERT_EQ(r, MacTable::LearnResult::kFull);
+        }
+      }
+    }
+    ASSERT_EQ(t.size(), model.size());
+    const uint64_t probe = 0x020000000000 + rng() % 700;
+    const uint16_t pv = rng() % 3;
+    auto it = model.find({probe, pv});
+    ASSERT_EQ(t.Lookup(probe, pv, 1), it == model.end() ? -1 : it->second);
+  }
+}
+
+}  // namespace
+}  // namespace nicmux
