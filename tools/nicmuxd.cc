@@ -9,186 +9,190 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/event_loop.h"
 #include "base/log.h"
-#include "control/port_spec.h"
-#include "port/vhost_user_port.h"
-#include "port/virtio_user_port.h"
-#include "sched/worker.h"
-#include "switch/xconnect.h"
+#include "control/config.h"
+#include "control/daemon.h"
 
 namespace nicmux {
 namespace {
 
-constexpr const char* kUsage = R"(usage: nicmuxd [options] --port SPEC --port SPEC ...
+constexpr const char* kUsage = R"(usage: nicmuxd [options] [--config FILE] [--port SPEC ...]
 
-Connects VMs and containers (virtio-net over vhost-user) to each other.
+Connects VMs and containers (virtio-net over vhost-user), other vhost-user backends and the
+host kernel (TAP) through a learning L2 switch.
 
 options:
+  --config FILE        read daemon settings and ports from a TOML file (docs/config.md);
+                       SIGHUP re-reads it and applies the difference (only changed ports
+                       are touched). Command-line flags override the file's settings.
   --port SPEC          a port, KIND:NAME[:key=value,...]; repeat for each port
-  --forward MODE       xconnect: ports are cross-connected in pairs, in the order given
-                       (1st <-> 2nd, 3rd <-> 4th, ...). The learning switch ("switch") is
-                       not built yet. Default: xconnect.
-  --cpu N              pin the worker thread to CPU N (default: not pinned)
+  --forward MODE       switch: a learning L2 switch (MAC learning and aging, flooding,
+                       VLANs) between all ports (default). xconnect: ports cross-connected
+                       in pairs in the order given (1st <-> 2nd, 3rd <-> 4th, ...).
+  --workers N          worker threads, 1..64 (default 1)
+  --cpu LIST           pin worker i to the i-th CPU of LIST (e.g. 1 or 2,3; one per worker)
+  --control PATH       the control socket for nicmuxctl (default /run/nicmux/nicmuxd.sock;
+                       "none": no control socket)
+  --mac-aging S        seconds a learned MAC lives without traffic (default 300)
+  --mac-table-size N   MAC table entries, 16..1048576 (default 8192)
   --stats-interval S   log per-port counters every S seconds (default 0: only at exit)
   --log-level LEVEL    debug, info, warning or error (default info)
   -h, --help           this text
   --version            the version
 
-port kinds:
+port kinds (options every kind takes in switch mode: vlan=N, an access port of VLAN N;
+trunk=A/B/C-D, a trunk of those VLANs (0: untagged frames); mtu=N, the largest payload
+sent to the port):
   vhost-user:NAME:socket=PATH[,client][,queues=N][,mtu=N]
       a virtio-net device for a QEMU guest or a virtio-user container. nicmuxd listens on
       PATH (one frontend at a time) or, with `client`, connects to PATH (QEMU's
       `server=on`) and reconnects after the frontend restarts. queues: queue pairs, 1..8
-      (default 1). mtu: offered to the guest (VIRTIO_NET_F_MTU), 68..65535.
+      (default 1). mtu: also offered to the guest (VIRTIO_NET_F_MTU), 68..65535.
   virtio-user:NAME:socket=PATH[,server][,queues=N][,packed]
       nicmuxd as the frontend of another vhost-user backend (DPDK vhost, OVS, another
       nicmuxd): connects to PATH (or, with `server`, listens and waits for the backend) at
       start. queues: 1..8; packed: packed virtqueues.
+  tap:NAME[:ifname=IF][,queues=N][,address=A.B.C.D/LEN][,down][,mtu=N]
+      the host kernel's network stack: nicmuxd creates TAP interface IF (default NAME),
+      multi-queue with queues>1, gives it the address and brings it up (unless `down`),
+      and removes it at exit.
 
-example:
+examples:
   nicmuxd --port vhost-user:vm1:socket=/tmp/vm1.sock --port vhost-user:vm2:socket=/tmp/vm2.sock
+  nicmuxd --config /etc/nicmux/nicmuxd.toml
+  nicmuxd --port vhost-user:vm1:socket=/tmp/vm1.sock,vlan=10 --port tap:host0:address=10.0.0.1/24,vlan=10
 
-exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line, 1 when a port cannot be set up.
+signals: SIGTERM/SIGINT: clean shutdown (sockets and TAP devices removed); SIGHUP: reload
+--config; counters are logged at exit.
+exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line or config file, 1 when a port
+or the control socket cannot be set up.
 )";
-
-struct Options {
-  std::vector<PortSpec> ports;
-  std::string forward = "xconnect";
-  int cpu = -1;
-  uint64_t stats_interval_s = 0;
-};
 
 [[noreturn]] void Usage(const std::string& error) {
   std::fprintf(stderr, "nicmuxd: %s\n(see nicmuxd --help)\n", error.c_str());
   std::exit(2);
 }
 
-Options ParseArgs(int argc, char** argv) {
-  Options o;
+Result<uint64_t> Number(const std::string& flag, const std::string& v, uint64_t lo, uint64_t hi) {
+  char* end;
+  errno = 0;
+  unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+  if (v.empty() || *end || errno || v[0] == '-' || n < lo || n > hi) {
+    return Error(flag + " " + v + ": expected a number in " + std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  return n;
+}
+
+bool ApplyLogLevel(const std::string& v) {
+  if (v == "debug") SetLogLevel(LogLevel::kDebug);
+  else if (v == "info") SetLogLevel(LogLevel::kInfo);
+  else if (v == "warning") SetLogLevel(LogLevel::kWarning);
+  else if (v == "error") SetLogLevel(LogLevel::kError);
+  else return false;
+  return true;
+}
+
+DaemonOptions ParseArgs(int argc, char** argv) {
+  DaemonOptions o;
+  // Flags are collected first, then laid over the config file's settings.
+  std::optional<std::string> forward, control, log_level, config;
+  std::optional<uint64_t> workers, aging, table, stats;
+  std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> std::string {
       if (i + 1 >= argc) Usage(a + " needs a value");
       return argv[++i];
     };
+    auto number = [&](uint64_t lo, uint64_t hi) {
+      auto n = Number(a, value(), lo, hi);
+      if (!n) Usage(n.error().message());
+      return *n;
+    };
     if (a == "-h" || a == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
     } else if (a == "--version") {
-      std::puts("nicmuxd 0.1.0");
+      std::puts("nicmuxd 0.2.0");
       std::exit(0);
     } else if (a == "--port") {
       auto s = ParsePortSpec(value());
       if (!s) Usage(s.error().message());
       o.ports.push_back(*s);
+    } else if (a == "--config") {
+      config = value();
     } else if (a == "--forward") {
-      o.forward = value();
-      if (o.forward == "switch") Usage("--forward switch: the learning switch is not built yet; use xconnect");
-      if (o.forward != "xconnect") Usage("--forward " + o.forward + ": unknown mode (xconnect)");
+      forward = value();
+      if (*forward != "switch" && *forward != "xconnect") Usage("--forward " + *forward + ": unknown mode (switch, xconnect)");
+    } else if (a == "--workers") {
+      workers = number(1, 64);
     } else if (a == "--cpu") {
       std::string v = value();
-      char* end;
-      long c = std::strtol(v.c_str(), &end, 10);
-      if (*end || c < 0 || c > 4095) Usage("--cpu " + v + ": not a CPU number");
-      o.cpu = static_cast<int>(c);
+      std::vector<int> list;
+      size_t pos = 0;
+      while (true) {
+        size_t comma = v.find(',', pos);
+        auto n = Number("--cpu", v.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos), 0, 4095);
+        if (!n) Usage(n.error().message() + " (a CPU number or a comma-separated list)");
+        list.push_back(static_cast<int>(*n));
+        if (comma == std::string::npos) break;
+        pos = comma + 1;
+      }
+      cpus = list;
+    } else if (a == "--control") {
+      control = value();
+    } else if (a == "--mac-aging") {
+      aging = number(1, 86400);
+    } else if (a == "--mac-table-size") {
+      table = number(16, 1 << 20);
     } else if (a == "--stats-interval") {
-      std::string v = value();
-      char* end;
-      long s = std::strtol(v.c_str(), &end, 10);
-      if (*end || s < 0 || s > 86400) Usage("--stats-interval " + v + ": not a number of seconds");
-      o.stats_interval_s = static_cast<uint64_t>(s);
+      stats = number(0, 86400);
     } else if (a == "--log-level") {
-      std::string v = value();
-      if (v == "debug") SetLogLevel(LogLevel::kDebug);
-      else if (v == "info") SetLogLevel(LogLevel::kInfo);
-      else if (v == "warning") SetLogLevel(LogLevel::kWarning);
-      else if (v == "error") SetLogLevel(LogLevel::kError);
-      else Usage("--log-level " + v + ": use debug, info, warning or error");
+      log_level = value();
+      if (!ApplyLogLevel(*log_level)) Usage("--log-level " + *log_level + ": use debug, info, warning or error");
     } else {
       Usage("unknown argument '" + a + "'");
     }
   }
-  if (o.ports.empty()) Usage("no --port given");
-  if (o.forward == "xconnect" && o.ports.size() % 2 != 0) {
-    Usage("--forward xconnect pairs ports; " + std::to_string(o.ports.size()) + " ports given");
-  }
-  for (size_t i = 0; i < o.ports.size(); ++i) {
-    for (size_t j = 0; j < i; ++j) {
-      if (o.ports[i].name == o.ports[j].name) Usage("two ports are named " + o.ports[i].name);
+  if (config) {
+    auto c = LoadConfig(*config);
+    if (!c) {
+      std::fprintf(stderr, "nicmuxd: %s\n", c.error().message().c_str());
+      std::exit(2);
     }
+    o.config_path = *config;
+    o.config_ports = c->ports;
+    const DaemonSettings& d = c->daemon;
+    if (d.forward && !forward) forward = d.forward;
+    if (d.control && !control) control = d.control;
+    if (d.log_level && !log_level && !ApplyLogLevel(*d.log_level)) Usage(*config + ": log_level " + *d.log_level);
+    if (d.workers && !workers) workers = d.workers;
+    if (d.cpus && !cpus) cpus = d.cpus;
+    if (d.stats_interval_s && !stats) stats = d.stats_interval_s;
+    if (d.mac_aging_s && !aging) aging = d.mac_aging_s;
+    if (d.mac_table_size && !table) table = d.mac_table_size;
   }
+  if (forward) o.forward = *forward;
+  if (control) o.control_path = *control;
+  if (workers) o.workers = static_cast<uint32_t>(*workers);
+  if (cpus) o.cpus = *cpus;
+  if (stats) o.stats_interval_s = *stats;
+  if (aging) o.mac_aging_s = static_cast<uint32_t>(*aging);
+  if (table) o.mac_table_size = static_cast<uint32_t>(*table);
+  if (!o.cpus.empty() && o.cpus.size() != o.workers) {
+    Usage("--cpu lists " + std::to_string(o.cpus.size()) + " CPUs for " + std::to_string(o.workers) + " worker(s)");
+  }
+  if (o.ports.empty() && o.config_ports.empty() && o.forward == "xconnect") Usage("no --port given");
   return o;
 }
 
-Result<VhostUserPortOptions> VhostUserOptions(const PortSpec& s) {
-  VhostUserPortOptions v;
-  v.name = s.name;
-  for (const auto& [k, val] : s.options) {
-    if (k != "socket" && k != "client" && k != "queues" && k != "mtu") {
-      return Error("port " + s.name + ": unknown option '" + k + "' for vhost-user (socket, client, queues, mtu)");
-    }
-  }
-  if (!s.Has("socket") || s.options.at("socket").empty()) return Error("port " + s.name + ": socket=PATH is required");
-  v.socket_path = s.options.at("socket");
-  if (s.Has("client") && !s.options.at("client").empty()) return Error("port " + s.name + ": 'client' takes no value");
-  v.client = s.Has("client");
-  auto q = s.UInt("queues", 1, vhost::kMaxQueuePairs, 1);
-  if (!q) return q.error();
-  v.queue_pairs = static_cast<uint32_t>(*q);
-  auto mtu = s.UInt("mtu", 68, 65535, 0);
-  if (!mtu) return mtu.error();
-  v.mtu = static_cast<uint16_t>(*mtu);
-  return v;
-}
-
-Result<VirtioUserPortOptions> VirtioUserOptions(const PortSpec& s) {
-  VirtioUserPortOptions v;
-  v.name = s.name;
-  for (const auto& [k, val] : s.options) {
-    if (k != "socket" && k != "server" && k != "queues" && k != "packed") {
-      return Error("port " + s.name + ": unknown option '" + k + "' for virtio-user (socket, server, queues, packed)");
-    }
-    if ((k == "server" || k == "packed") && !val.empty()) return Error("port " + s.name + ": '" + k + "' takes no value");
-  }
-  if (!s.Has("socket") || s.options.at("socket").empty()) return Error("port " + s.name + ": socket=PATH is required");
-  v.socket_path = s.options.at("socket");
-  v.server = s.Has("server");
-  v.packed = s.Has("packed");
-  auto q = s.UInt("queues", 1, 8, 1);
-  if (!q) return q.error();
-  v.queue_pairs = static_cast<uint32_t>(*q);
-  return v;
-}
-
-void LogStats(const std::vector<std::unique_ptr<Port>>& ports) {
-  for (const auto& port : ports) {
-    const Port* p = port.get();
-    auto* vu = dynamic_cast<const VhostUserPort*>(p);
-    PortStats s = p->Stats();
-    NICMUX_LOG(kInfo,
-               "port %s: %s rx %llu pkts %llu bytes, tx %llu pkts %llu bytes, tx_dropped %llu, "
-               "rx_dropped %llu, connections %llu",
-               p->name().c_str(), s.connected ? "connected" : "not connected",
-               (unsigned long long)s.rx_packets, (unsigned long long)s.rx_bytes,
-               (unsigned long long)s.tx_packets, (unsigned long long)s.tx_bytes,
-               (unsigned long long)s.tx_dropped, (unsigned long long)s.rx_dropped,
-               (unsigned long long)(vu ? vu->connections() : 1));
-    if (!vu) continue;
-    std::string reasons;
-    for (size_t r = 0; r < kNumDropReasons; ++r) {
-      uint64_t n = vu->DropsFor(static_cast<DropReason>(r));
-      if (n) reasons += " " + std::string(kDropReasonInfo[r].name) + "=" + std::to_string(n);
-    }
-    if (!reasons.empty()) NICMUX_LOG(kInfo, "port %s: drops:%s", p->name().c_str(), reasons.c_str());
-  }
-}
-
 int Main(int argc, char** argv) {
-  Options o = ParseArgs(argc, argv);
+  DaemonOptions o = ParseArgs(argc, argv);
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -202,64 +206,23 @@ int Main(int argc, char** argv) {
     NICMUX_LOG(kError, "signalfd: %s", std::strerror(errno));
     return 1;
   }
-
   auto loop = EventLoop::Create();
   if (!loop) {
     NICMUX_LOG(kError, "%s", loop.error().message().c_str());
     return 1;
   }
-  Worker worker("worker0", o.cpu);
-  std::vector<std::unique_ptr<Port>> ports;
-  for (const PortSpec& s : o.ports) {
-    if (s.kind == "virtio-user") {
-      auto vo = VirtioUserOptions(s);
-      if (!vo) {
-        std::fprintf(stderr, "nicmuxd: %s\n", vo.error().message().c_str());
-        return 2;
-      }
-      auto p = VirtioUserPort::Create(*vo);
-      if (!p) {
-        NICMUX_LOG(kError, "%s", p.error().message().c_str());
-        return 1;
-      }
-      NICMUX_LOG(kInfo, "port %s: attached to the backend at %s", s.name.c_str(), vo->socket_path.c_str());
-      ports.push_back(std::move(*p));
-      continue;
-    }
-    if (s.kind != "vhost-user") {
-      std::fprintf(stderr, "nicmuxd: port %s: unknown kind '%s' (vhost-user, virtio-user)\n", s.name.c_str(), s.kind.c_str());
-      return 2;
-    }
-    auto vo = VhostUserOptions(s);
-    if (!vo) {
-      std::fprintf(stderr, "nicmuxd: %s\n", vo.error().message().c_str());
-      return 2;
-    }
-    auto p = VhostUserPort::Create(*vo, loop->get(), &worker);
-    if (!p) {
-      NICMUX_LOG(kError, "%s", p.error().message().c_str());
-      return 1;
-    }
-    ports.push_back(std::move(*p));
-  }
-  std::vector<std::unique_ptr<Xconnect>> xcs;
-  for (size_t i = 0; i + 1 < ports.size(); i += 2) {
-    xcs.push_back(std::make_unique<Xconnect>(ports[i].get(), ports[i + 1].get()));
-    worker.Add(xcs.back().get());
-    NICMUX_LOG(kInfo, "xconnect %s <-> %s", ports[i]->name().c_str(), ports[i + 1]->name().c_str());
-  }
-  if (auto r = worker.Start(); !r) {
-    NICMUX_LOG(kError, "%s", r.error().message().c_str());
+  auto daemon = Daemon::Create(o, loop->get());
+  if (!daemon) {
+    NICMUX_LOG(kError, "%s", daemon.error().message().c_str());
     return 1;
   }
-
   EventLoop& el = **loop;
   auto r = el.Watch(sfd.get(), EPOLLIN, [&](uint32_t) {
     signalfd_siginfo si;
     while (::read(sfd.get(), &si, sizeof si) == sizeof si) {
       if (si.ssi_signo == SIGHUP) {
-        NICMUX_LOG(kInfo, "SIGHUP: nothing to reload (no --config yet)");
-        LogStats(ports);
+        NICMUX_LOG(kInfo, "SIGHUP: reloading");
+        (*daemon)->Reload();
         continue;
       }
       NICMUX_LOG(kInfo, "%s: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
@@ -270,18 +233,8 @@ int Main(int argc, char** argv) {
     NICMUX_LOG(kError, "%s", r.error().message().c_str());
     return 1;
   }
-  std::function<void()> tick = [&] {
-    LogStats(ports);
-    el.After(o.stats_interval_s * 1000, tick);
-  };
-  if (o.stats_interval_s) el.After(o.stats_interval_s * 1000, tick);
-  NICMUX_LOG(kInfo, "nicmuxd running: %zu ports, forward %s", ports.size(), o.forward.c_str());
   el.Run();
-
-  worker.Stop();
-  LogStats(ports);
-  xcs.clear();
-  ports.clear();  // closes connections, unmaps guest memory, removes our sockets
+  daemon->reset();  // workers stopped, counters logged, sockets and devices removed
   return 0;
 }
 

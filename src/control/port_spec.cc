@@ -20,6 +20,12 @@ Result<uint64_t> PortSpec::UInt(const std::string& k, uint64_t lo, uint64_t hi, 
   return n;
 }
 
+bool IsValidPortName(std::string_view name) {
+  return !name.empty() && name.size() <= 32 && std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
 Result<PortSpec> ParsePortSpec(const std::string& text) {
   PortSpec s;
   size_t a = text.find(':');
@@ -28,10 +34,7 @@ Result<PortSpec> ParsePortSpec(const std::string& text) {
   size_t b = text.find(':', a + 1);
   s.name = text.substr(a + 1, b == std::string::npos ? std::string::npos : b - a - 1);
   if (s.kind.empty()) return Error("port spec '" + text + "': empty kind");
-  if (s.name.empty() || s.name.size() > 32 ||
-      !std::all_of(s.name.begin(), s.name.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
-      })) {
+  if (!IsValidPortName(s.name)) {
     return Error("port spec '" + text + "': name must be 1-32 characters of [A-Za-z0-9._-]");
   }
   if (b == std::string::npos) return s;

@@ -310,15 +310,10 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   const uint16_t nids = sw_->num_ids_;
   uint8_t count[L2Switch::kMaxPorts];
   uint8_t idx[L2Switch::kMaxPorts][kBurst];
-  bool unicast[L2Switch::kMaxPorts];
   uint16_t ids[L2Switch::kMaxPorts];
   uint32_t nd = 0;
-  auto add = [&](uint16_t d, uint32_t i, bool uni) {
-    if (count[d] == 0) {
-      ids[nd++] = d;
-      unicast[d] = false;
-    }
-    unicast[d] |= uni;
+  auto add = [&](uint16_t d, uint32_t i) {
+    if (count[d] == 0) ids[nd++] = d;
     idx[d][count[d]++] = static_cast<uint8_t>(i);
   };
   std::memset(count, 0, nids);
@@ -326,7 +321,7 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     const int16_t d = dst_[i];
     if (d >= 0) {
       if (sw_->ports_[d].config.vlan.Admits(vid_[i])) {
-        add(static_cast<uint16_t>(d), i, true);
+        add(static_cast<uint16_t>(d), i);
       } else {
         cnt.drops.Add(DropReason::kVlan);
       }
@@ -335,20 +330,21 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
       bool any = false;
       for (uint16_t o = 0; o < nids; ++o) {
         if (o == src || sw_->ports_[o].port == nullptr || !sw_->ports_[o].config.vlan.Admits(vid_[i])) continue;
-        add(o, i, false);
+        add(o, i);
         any = true;
       }
       if (!any) cnt.drops.Add(DropReason::kNoRoute);
     }
   }
 
-  // Backpressure: the batch is cut before the first unicast packet a destination has no room
-  // for, unless that destination has taken nothing for kMaxStallNs (then it is dropped).
+  // Backpressure: the batch is cut before the first packet a destination has no room for,
+  // unless that destination has taken nothing for kMaxStallNs (congested: its packets are
+  // dropped until it takes again). Floods are held like unicast, so a receiver that is slow
+  // for a moment loses nothing whether or not its MAC was learned yet.
   const uint32_t nw = sw_->num_workers();
   uint32_t cut = n;
   for (uint32_t k = 0; k < nd; ++k) {
     const uint16_t d = ids[k];
-    if (!unicast[d]) continue;
     Port* dp = sw_->ports_[d].port;
     const size_t room = dp->TxRoom(index_ % dp->NumQueuePairs());
     if (room > 0) full_since_ns_[d] = 0;
@@ -358,14 +354,8 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
       if (full_since_ns_[d] == 0) full_since_ns_[d] = now;
       if (now - full_since_ns_[d] > L2Switch::kMaxStallNs) continue;  // congested: drop
     }
-    // The first unicast packet for d beyond its room (floods before it use room too).
-    for (uint32_t j = static_cast<uint32_t>(room); j < count[d]; ++j) {
-      const uint32_t i = idx[d][j];
-      if (dst_[i] == static_cast<int16_t>(d)) {
-        if (i < cut) cut = i;
-        break;
-      }
-    }
+    const uint32_t i = idx[d][room];
+    if (i < cut) cut = i;
   }
 
   // Pass 2: one Tx per destination with its packets before the cut.

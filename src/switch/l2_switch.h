@@ -16,11 +16,11 @@
 // the list admits untagged frames). Inside the switch a frame is untagged with its VLAN
 // beside it; the tag is put back for a trunk destination (on a private copy of the head).
 //
-// Backpressure: when a unicast destination queue is full the source keeps the rest of its batch
+// Backpressure: when a destination queue is full the source keeps the rest of its batch
 // (Rewind) and retries, so a momentarily slow receiver loses nothing; a destination that takes
 // nothing for kMaxStallNs is congested and its packets are dropped (queue_full) until it takes
-// again, so a stuck guest cannot stall the senders to everyone else. Flood copies to a full
-// port are dropped.
+// again, so a stuck guest cannot stall the senders to everyone else for longer than that. The
+// same holds for flood copies (a not-yet-learned receiver is as precious as a learned one).
 //
 // Threads: workers each poll their share of source queues (port id + queue) % workers and
 // send to destination queue (worker % queues); a destination queue that several workers reach

@@ -1,0 +1,402 @@
+// Tests for the nicmuxd config file (control/config.h): every value conversion, the spec round
+// trip, each error with its file and line, LoadConfig on real files, and DiffPorts.
+#include "control/config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace nicmux {
+namespace {
+
+constexpr const char* kFull = R"(# a full file
+[daemon]
+forward = "xconnect"
+workers = 2
+cpus = [3, 1]
+control = "/run/nicmux/test.sock"
+log_level = "debug"
+stats_interval = 10
+mac_aging = 120
+mac_table_size = 4096
+
+[[port]]
+name = "vm1"
+kind = "vhost-user"
+socket = "/run/nicmux/vm1.sock"
+client = true
+queues = 2
+mtu = 9000
+
+[[port]]
+name = "vm2"
+kind = "virtio-user"
+socket = "/run/nicmux/vm2.sock"
+server = false
+packed = true
+
+[[port]]
+name = "tap0.uplink"
+kind = "tap"
+ifname = "nmx0"
+address = "10.0.0.1/24"
+up = true
+trunk = [10, 20, 4094]
+vlan = 10
+offset = -1
+empty = ""
+)";
+
+TEST(Config, FullFile) {
+  auto c = ParseConfig(kFull, "nicmuxd.toml");
+  ASSERT_TRUE(c) << c.error().message();
+  const DaemonSettings& d = c->daemon;
+  EXPECT_EQ(d.forward, "xconnect");
+  EXPECT_EQ(d.workers, 2u);
+  EXPECT_EQ(d.cpus, (std::vector<int>{3, 1}));  // file order, not sorted
+  EXPECT_EQ(d.control, "/run/nicmux/test.sock");
+  EXPECT_EQ(d.log_level, "debug");
+  EXPECT_EQ(d.stats_interval_s, 10u);
+  EXPECT_EQ(d.mac_aging_s, 120u);
+  EXPECT_EQ(d.mac_table_size, 4096u);
+
+  ASSERT_EQ(c->ports.size(), 3u);
+  const PortSpec& vm1 = c->ports[0];
+  EXPECT_EQ(vm1.kind, "vhost-user");
+  EXPECT_EQ(vm1.name, "vm1");
+  EXPECT_EQ(
+      vm1.options,
+      (std::map<std::string, std::string>{
+          {"socket", "/run/nicmux/vm1.sock"}, {"client", ""}, {"queues", "2"}, {"mtu", "9000"}}));
+  const PortSpec& vm2 = c->ports[1];
+  EXPECT_EQ(vm2.kind, "virtio-user");
+  EXPECT_EQ(vm2.options, (std::map<std::string, std::string>{{"socket", "/run/nicmux/vm2.sock"},
+                                                             {"packed", ""}}));
+  EXPECT_FALSE(vm2.Has("server"));  // false: absent
+  const PortSpec& tap = c->ports[2];
+  EXPECT_EQ(tap.kind, "tap");
+  EXPECT_EQ(tap.name, "tap0.uplink");
+  EXPECT_EQ(tap.options, (std::map<std::string, std::string>{{"ifname", "nmx0"},
+                                                             {"address", "10.0.0.1/24"},
+                                                             {"up", ""},
+                                                             {"trunk", "10/20/4094"},
+                                                             {"vlan", "10"},
+                                                             {"offset", "-1"},
+                                                             {"empty", ""}}));
+
+  EXPECT_EQ(SpecToString(vm1),
+            "vhost-user:vm1:client,mtu=9000,queues=2,socket=/run/nicmux/vm1.sock");
+  EXPECT_EQ(SpecToString(tap),
+            "tap:tap0.uplink:address=10.0.0.1/24,empty,ifname=nmx0,offset=-1,trunk=10/20/4094,up,"
+            "vlan=10");
+  for (const PortSpec& p : c->ports) {
+    auto back = ParsePortSpec(SpecToString(p));
+    ASSERT_TRUE(back) << back.error().message();
+    EXPECT_EQ(*back, p) << SpecToString(p);
+  }
+}
+
+TEST(Config, SpecToStringWithoutOptions) {
+  PortSpec s{"vhost-user", "a", {}};
+  EXPECT_EQ(SpecToString(s), "vhost-user:a");
+  auto back = ParsePortSpec(SpecToString(s));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(*back, s);
+}
+
+TEST(Config, EmptyFileIsValid) {
+  for (const char* text : {"", "# only a comment\n\n", "[daemon]\n"}) {
+    auto c = ParseConfig(text, "nicmuxd.toml");
+    ASSERT_TRUE(c) << c.error().message();
+    EXPECT_TRUE(c->ports.empty());
+    EXPECT_FALSE(c->daemon.forward || c->daemon.control || c->daemon.log_level ||
+                 c->daemon.workers || c->daemon.cpus || c->daemon.stats_interval_s ||
+                 c->daemon.mac_aging_s || c->daemon.mac_table_size);
+  }
+}
+
+TEST(Config, InlinePortArrayIsTheSameAsTables) {
+  auto c = ParseConfig("port = [{ name = \"a\", kind = \"k\", q = 1 }]\n", "x.toml");
+  ASSERT_TRUE(c) << c.error().message();
+  ASSERT_EQ(c->ports.size(), 1u);
+  EXPECT_EQ(SpecToString(c->ports[0]), "k:a:q=1");
+}
+
+TEST(Config, CpusWithoutWorkersCountAsOneWorker) {
+  auto c = ParseConfig("[daemon]\ncpus = [5]\n", "x.toml");
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->daemon.cpus, (std::vector<int>{5}));
+  EXPECT_FALSE(c->daemon.workers);
+}
+
+struct ErrorCase {
+  const char* text;
+  const char* message;
+};
+
+void ExpectErrors(const std::vector<ErrorCase>& cases) {
+  for (const ErrorCase& e : cases) {
+    SCOPED_TRACE(e.text);
+    auto c = ParseConfig(e.text, "nicmuxd.toml");
+    ASSERT_FALSE(c);
+    EXPECT_EQ(c.error().message(), e.message);
+  }
+}
+
+TEST(Config, SyntaxErrorsGiveLineAndColumn) {
+  auto c = ParseConfig("[daemon]\nworkers = 2\nforward = \"switch\n", "nicmuxd.toml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().message().rfind("nicmuxd.toml:3:", 0), 0u) << c.error().message();
+  EXPECT_NE(c.error().message().find(": parse error: "), std::string::npos) << c.error().message();
+
+  c = ParseConfig("[[port]]\nname = \"a\"\nname = \"b\"\n", "nicmuxd.toml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().message().rfind("nicmuxd.toml:3:", 0), 0u) << c.error().message();
+}
+
+TEST(Config, DaemonErrors) {
+  ExpectErrors({
+      {"[daemon]\nworkers = 1\nwokers = 2\n", "nicmuxd.toml:3: unknown key 'wokers' in [daemon]"},
+      {"[daemon]\nworkers = 0\n", "nicmuxd.toml:2: [daemon] 'workers' must be an integer in 1..64"},
+      {"[daemon]\nworkers = 65\n",
+       "nicmuxd.toml:2: [daemon] 'workers' must be an integer in 1..64"},
+      {"[daemon]\nworkers = \"2\"\n",
+       "nicmuxd.toml:2: [daemon] 'workers' must be an integer in 1..64"},
+      {"[daemon]\n\nstats_interval = 86401\n",
+       "nicmuxd.toml:3: [daemon] 'stats_interval' must be an integer in 0..86400"},
+      {"[daemon]\nmac_aging = 0\n",
+       "nicmuxd.toml:2: [daemon] 'mac_aging' must be an integer in 1..86400"},
+      {"[daemon]\nmac_table_size = 15\n",
+       "nicmuxd.toml:2: [daemon] 'mac_table_size' must be an integer in 16..1048576"},
+      {"[daemon]\nmac_table_size = 1048577\n",
+       "nicmuxd.toml:2: [daemon] 'mac_table_size' must be an integer in 16..1048576"},
+      {"[daemon]\nmac_aging = 1.5\n",
+       "nicmuxd.toml:2: [daemon] 'mac_aging' must be an integer in 1..86400"},
+      {"[daemon]\nforward = \"bridge\"\n",
+       "nicmuxd.toml:2: [daemon] 'forward' must be one of \"switch\", \"xconnect\""},
+      {"[daemon]\nlog_level = \"verbose\"\n",
+       "nicmuxd.toml:2: [daemon] 'log_level' must be one of \"debug\", \"info\", \"warning\", "
+       "\"error\""},
+      {"[daemon]\ncontrol = \"\"\n",
+       "nicmuxd.toml:2: [daemon] 'control' must be a socket path of 1..107 bytes"},
+      {"[daemon]\nworkers = 2\ncpus = [1]\n",
+       "nicmuxd.toml:3: [daemon] 'cpus' has 1 entries but workers is 2"},
+      {"[daemon]\ncpus = [1, 2]\n",
+       "nicmuxd.toml:2: [daemon] 'cpus' has 2 entries but workers is 1 (the default)"},
+      {"[daemon]\nworkers = 2\ncpus = [1, 1]\n",
+       "nicmuxd.toml:3: [daemon] 'cpus' lists CPU 1 twice"},
+      {"[daemon]\ncpus = [-1]\n",
+       "nicmuxd.toml:2: [daemon] 'cpus' must be an array of CPU numbers (integers 0..4095)"},
+      {"[daemon]\ncpus = 1\n",
+       "nicmuxd.toml:2: [daemon] 'cpus' must be an array of CPU numbers (integers 0..4095)"},
+      {"[daemon]\ncontrol = \"/run/a\\u0000b\"\n",
+       "nicmuxd.toml:2: [daemon] 'control' must be a socket path of 1..107 bytes"},
+      {"daemon = 1\n", "nicmuxd.toml:1: 'daemon' must be a table ([daemon])"},
+  });
+  // 108 bytes do not fit sockaddr_un::sun_path with its NUL.
+  std::string long_path = "[daemon]\ncontrol = \"/" + std::string(107, 'x') + "\"\n";
+  auto c = ParseConfig(long_path, "nicmuxd.toml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().message(),
+            "nicmuxd.toml:2: [daemon] 'control' must be a socket path of 1..107 bytes");
+}
+
+TEST(Config, TopLevelErrors) {
+  ExpectErrors({
+      {"[daemon]\n\n[ports]\nname = \"a\"\n",
+       "nicmuxd.toml:3: unknown table [ports] (expected [daemon] or [[port]])"},
+      {"\n[[prot]]\nname = \"a\"\n",
+       "nicmuxd.toml:2: unknown table [prot] (expected [daemon] or [[port]])"},
+      {"workers = 2\n",
+       "nicmuxd.toml:1: unknown top-level key 'workers' (expected [daemon] or [[port]])"},
+      {"\n[port]\nname = \"a\"\n", "nicmuxd.toml:2: 'port' must be an array of tables ([[port]])"},
+  });
+}
+
+TEST(Config, PortErrors) {
+  ExpectErrors({
+      {"[[port]]\nname = \"vm1\"\nkind = \"vhost-user\"\n\nqueues = 1.5\n",
+       "nicmuxd.toml:5: port 'vm1': 'queues' must be an integer, a string or a boolean"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\nwhen = 1979-05-27\n",
+       "nicmuxd.toml:4: port 'vm1': 'when' must be an integer, a string or a boolean"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\nsub = { a = 1 }\n",
+       "nicmuxd.toml:4: port 'vm1': 'sub' must be an integer, a string or a boolean"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\n[port.sub]\na = 1\n",
+       "nicmuxd.toml:4: port 'vm1': 'sub' must be an integer, a string or a boolean"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\ntrunk = [1,\n  \"a\"]\n",
+       "nicmuxd.toml:5: port 'vm1': 'trunk' must be a non-empty array of integers"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\ntrunk = [[1], [2]]\n",
+       "nicmuxd.toml:4: port 'vm1': 'trunk' must be a non-empty array of integers"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\ntrunk = []\n",
+       "nicmuxd.toml:4: port 'vm1': 'trunk' must be a non-empty array of integers"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\naddress = \"a,b\"\n",
+       "nicmuxd.toml:4: port 'vm1': 'address' may not contain ',', '=' or NUL (ports are "
+       "KIND:NAME:key=value,... specs)"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\naddress = \"a=b\"\n",
+       "nicmuxd.toml:4: port 'vm1': 'address' may not contain ',', '=' or NUL (ports are "
+       "KIND:NAME:key=value,... specs)"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\n\"a=b\" = 1\n",
+       "nicmuxd.toml:4: port 'vm1': option key 'a=b' must be non-empty, without ',', '=' or NUL"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\n\"\" = 1\n",
+       "nicmuxd.toml:4: port 'vm1': option key '' must be non-empty, without ',', '=' or NUL"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\nsocket = \"/a\\u0000b\"\n",
+       "nicmuxd.toml:4: port 'vm1': 'socket' may not contain ',', '=' or NUL (ports are "
+       "KIND:NAME:key=value,... specs)"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\\u0000\"\n",
+       "nicmuxd.toml:3: port 'vm1': 'kind' must be a non-empty string without ':'"},
+      {"\n[[port]]\nkind = \"k\"\n", "nicmuxd.toml:2: port has no 'name'"},
+      {"[[port]]\nname = 3\nkind = \"k\"\n", "nicmuxd.toml:2: port 'name' must be a string"},
+      {"[[port]]\nname = \"vm 1\"\nkind = \"k\"\n",
+       "nicmuxd.toml:2: port name 'vm 1' must be 1-32 characters of [A-Za-z0-9._-]"},
+      {"[[port]]\nname = \"\"\nkind = \"k\"\n",
+       "nicmuxd.toml:2: port name '' must be 1-32 characters of [A-Za-z0-9._-]"},
+      {"[[port]]\nname = \"abcdefghijklmnopqrstuvwxyz0123456\"\nkind = \"k\"\n",
+       "nicmuxd.toml:2: port name 'abcdefghijklmnopqrstuvwxyz0123456' must be 1-32 characters of "
+       "[A-Za-z0-9._-]"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\n\n[[port]]\nname = \"vm2\"\n",
+       "nicmuxd.toml:5: port 'vm2' has no 'kind'"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"\"\n",
+       "nicmuxd.toml:3: port 'vm1': 'kind' must be a non-empty string without ':'"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"a:b\"\n",
+       "nicmuxd.toml:3: port 'vm1': 'kind' must be a non-empty string without ':'"},
+      {"[[port]]\nname = \"vm1\"\nkind = true\n",
+       "nicmuxd.toml:3: port 'vm1': 'kind' must be a non-empty string without ':'"},
+  });
+}
+
+TEST(Config, DuplicatePortName) {
+  std::string text = "[daemon]\nworkers = 1\n\n";          // lines 1-3
+  text += "[[port]]\nname = \"vm1\"\nkind = \"tap\"\n\n";  // name at line 5
+  text += "[[port]]\nname = \"vm2\"\nkind = \"tap\"\n\n";
+  text += "[[port]]\nkind = \"tap\"\nname = \"vm1\"\n";  // name at line 14
+  auto c = ParseConfig(text, "nicmuxd.toml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().message(),
+            "nicmuxd.toml:14: port name 'vm1' is used twice (first at line 5)");
+}
+
+// A file in a fresh temporary directory, removed with it.
+class TempFile {
+ public:
+  TempFile() {
+    char tmpl[] = "/tmp/nicmux_config_test.XXXXXX";
+    NICMUX_CHECK(mkdtemp(tmpl) != nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/nicmuxd.toml";
+  }
+  ~TempFile() {
+    std::remove(path_.c_str());
+    rmdir(dir_.c_str());
+  }
+  void Write(const std::string& text) {
+    FILE* f = std::fopen(path_.c_str(), "w");
+    NICMUX_CHECK(f != nullptr);
+    NICMUX_CHECK(std::fwrite(text.data(), 1, text.size(), f) == text.size());
+    std::fclose(f);
+  }
+  const std::string& path() const { return path_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_, path_;
+};
+
+TEST(Config, LoadConfigReadsTheFile) {
+  TempFile f;
+  f.Write(kFull);
+  auto c = LoadConfig(f.path());
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->ports.size(), 3u);
+
+  f.Write("[daemon]\nwokers = 2\n");
+  c = LoadConfig(f.path());
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().message(), f.path() + ":2: unknown key 'wokers' in [daemon]");
+}
+
+TEST(Config, LoadConfigCannotRead) {
+  auto c = LoadConfig("/nonexistent/nicmuxd.toml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().message(),
+            "cannot read /nonexistent/nicmuxd.toml: No such file or directory");
+  EXPECT_EQ(c.error().sys_errno(), ENOENT);
+
+  TempFile f;
+  c = LoadConfig(f.dir());
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().message(), "cannot read " + f.dir() + ": Is a directory");
+}
+
+PortSpec Spec(const std::string& text) {
+  auto s = ParsePortSpec(text);
+  NICMUX_CHECK_MSG(s.has_value(), text.c_str());
+  return *s;
+}
+
+std::vector<std::string> Names(const std::vector<PortSpec>& v) {
+  std::vector<std::string> out;
+  for (const PortSpec& s : v) out.push_back(s.name);
+  return out;
+}
+
+TEST(ConfigDiff, AddedRemovedChangedUnchanged) {
+  std::vector<PortSpec> old_ports = {
+      Spec("vhost-user:same:socket=/a"), Spec("vhost-user:gone:socket=/b"),
+      Spec("vhost-user:opts:socket=/c"), Spec("vhost-user:kind:socket=/d"),
+      Spec("tap:gone2:ifname=t0"),
+  };
+  std::vector<PortSpec> new_ports = {
+      Spec("tap:new:ifname=t1"),
+      Spec("virtio-user:kind:socket=/d"),          // kind changed
+      Spec("vhost-user:same:socket=/a"),           // moved, unchanged
+      Spec("vhost-user:opts:socket=/c,queues=2"),  // option added
+      Spec("vhost-user:new2:socket=/e"),
+  };
+  PortDiff d = DiffPorts(old_ports, new_ports);
+  EXPECT_EQ(Names(d.added), (std::vector<std::string>{"new", "new2"}));
+  EXPECT_EQ(Names(d.removed), (std::vector<std::string>{"gone", "gone2"}));
+  EXPECT_EQ(Names(d.changed), (std::vector<std::string>{"kind", "opts"}));
+  ASSERT_EQ(d.changed.size(), 2u);
+  EXPECT_EQ(d.changed[0], new_ports[1]);  // the new spec
+  EXPECT_EQ(d.changed[1], new_ports[3]);
+
+  // An option's value changing, or one going away, is a change too.
+  d = DiffPorts({Spec("tap:t:ifname=a,up")}, {Spec("tap:t:ifname=b,up")});
+  EXPECT_EQ(Names(d.changed), (std::vector<std::string>{"t"}));
+  d = DiffPorts({Spec("tap:t:ifname=a,up")}, {Spec("tap:t:ifname=a")});
+  EXPECT_EQ(Names(d.changed), (std::vector<std::string>{"t"}));
+}
+
+TEST(ConfigDiff, OrderAloneIsNoChange) {
+  std::vector<PortSpec> a = {Spec("tap:a:ifname=a"), Spec("tap:b:ifname=b"),
+                             Spec("vhost-user:c:socket=/c,client")};
+  std::vector<PortSpec> b = {a[2], a[0], a[1]};
+  for (const auto& [x, y] : {std::pair{a, b}, std::pair{b, a}, std::pair{a, a}}) {
+    PortDiff d = DiffPorts(x, y);
+    EXPECT_TRUE(d.added.empty());
+    EXPECT_TRUE(d.removed.empty());
+    EXPECT_TRUE(d.changed.empty());
+  }
+  PortDiff d = DiffPorts({}, a);
+  EXPECT_EQ(Names(d.added), (std::vector<std::string>{"a", "b", "c"}));
+  d = DiffPorts(b, {});
+  EXPECT_EQ(Names(d.removed), (std::vector<std::string>{"c", "a", "b"}));
+}
+
+TEST(ConfigDiff, ReloadOfTheSameFileIsNoChange) {
+  auto c1 = ParseConfig(kFull, "nicmuxd.toml");
+  auto c2 = ParseConfig(kFull, "nicmuxd.toml");
+  ASSERT_TRUE(c1 && c2);
+  PortDiff d = DiffPorts(c1->ports, c2->ports);
+  EXPECT_TRUE(d.added.empty() && d.removed.empty() && d.changed.empty());
+}
+
+}  // namespace
+}  // namespace nicmux

@@ -1,0 +1,516 @@
+#include "control/daemon.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/log.h"
+#include "port/tap_port.h"
+#include "port/vhost_user_port.h"
+#include "port/virtio_user_port.h"
+
+namespace nicmux {
+namespace {
+
+using nlohmann::json;
+
+// Checks that spec has only `allowed` keys (plus the switch's own), naming the first other.
+std::optional<std::string> UnknownOption(const PortSpec& s, std::initializer_list<const char*> allowed) {
+  for (const auto& [k, v] : s.options) {
+    if (k == "vlan" || k == "trunk" || k == "mtu") continue;
+    if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; })) {
+      std::string list;
+      for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+      return "port " + s.name + ": unknown option '" + k + "' for " + s.kind + " (" + list +
+             ", vlan, trunk, mtu)";
+    }
+  }
+  return std::nullopt;
+}
+
+Result<void> FlagsTakeNoValue(const PortSpec& s, std::initializer_list<const char*> flags) {
+  for (const char* f : flags) {
+    if (s.Has(f) && !s.options.at(f).empty()) return Error("port " + s.name + ": '" + f + "' takes no value");
+  }
+  return Ok();
+}
+
+Result<std::string> Required(const PortSpec& s, const char* key) {
+  if (!s.Has(key) || s.options.at(key).empty()) return Error("port " + s.name + ": " + key + "=... is required");
+  return s.options.at(key);
+}
+
+}  // namespace
+
+Daemon::Daemon(const DaemonOptions& o, EventLoop* loop) : opt_(o), loop_(loop) {}
+
+Result<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& o, EventLoop* loop) {
+  std::unique_ptr<Daemon> d(new Daemon(o, loop));
+  NICMUX_TRY(d->Start());
+  return d;
+}
+
+Result<void> Daemon::Start() {
+  const bool sw = opt_.forward == "switch";
+  for (uint32_t i = 0; i < opt_.workers; ++i) {
+    const int cpu = i < opt_.cpus.size() ? opt_.cpus[i] : -1;
+    workers_.push_back(std::make_unique<Worker>("worker" + std::to_string(i), cpu));
+    group_.Add(workers_.back().get());
+  }
+  if (sw) {
+    SwitchOptions so;
+    so.workers = opt_.workers;
+    so.mac_aging_s = opt_.mac_aging_s;
+    so.mac_table_size = opt_.mac_table_size;
+    switch_ = std::make_unique<L2Switch>(so);
+    for (uint32_t i = 0; i < opt_.workers; ++i) workers_[i]->Add(switch_->worker(i));
+  }
+  std::vector<PortSpec> all = opt_.config_ports;
+  all.insert(all.end(), opt_.ports.begin(), opt_.ports.end());
+  for (size_t i = 0; i < all.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (all[i].name == all[j].name) return Error("two ports are named " + all[i].name);
+    }
+  }
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (auto e = AddPort(all[i], i < opt_.config_ports.size())) return Error(e->message);
+  }
+  if (!sw) {
+    if (ports_.size() % 2 != 0) {
+      return Error("--forward xconnect pairs ports; " + std::to_string(ports_.size()) + " ports given");
+    }
+    for (size_t i = 0; i + 1 < ports_.size(); i += 2) {
+      xconnects_.push_back(std::make_unique<Xconnect>(ports_[i]->port.get(), ports_[i + 1]->port.get()));
+      workers_[(i / 2) % workers_.size()]->Add(xconnects_.back().get());
+      NICMUX_LOG(kInfo, "xconnect %s <-> %s", ports_[i]->spec.name.c_str(), ports_[i + 1]->spec.name.c_str());
+    }
+  }
+  for (auto& w : workers_) NICMUX_TRY(w->Start());
+  if (!opt_.control_path.empty() && opt_.control_path != "none") {
+    auto c = ControlServer::Create(opt_.control_path, loop_,
+                                   [this](const std::string& cmd, const json& args,
+                                          const std::shared_ptr<ControlClient>& client) {
+                                     return Handle(cmd, args, client);
+                                   });
+    if (!c) return c.error();
+    control_ = std::move(*c);
+    NICMUX_LOG(kInfo, "control socket %s", opt_.control_path.c_str());
+  }
+  if (switch_) Tick();
+  if (opt_.stats_interval_s) stats_timer_ = loop_->After(opt_.stats_interval_s * 1000, [this] { StatsTick(); });
+  started_ = true;
+  NICMUX_LOG(kInfo, "nicmuxd running: %zu ports, forward %s, %u worker(s)", ports_.size(),
+             opt_.forward.c_str(), opt_.workers);
+  return Ok();
+}
+
+Daemon::~Daemon() {
+  for (auto& e : ports_) StopCapture(*e);
+  control_.reset();
+  for (auto& w : workers_) w->Stop();
+  LogStats();
+  if (tick_timer_) loop_->Cancel(tick_timer_);
+  if (stats_timer_) loop_->Cancel(stats_timer_);
+  if (capture_timer_) loop_->Cancel(capture_timer_);
+  xconnects_.clear();
+  ports_.clear();  // closes connections, unmaps guest memory, removes sockets and TAP devices
+}
+
+void Daemon::StatsTick() {
+  LogStats();
+  stats_timer_ = loop_->After(opt_.stats_interval_s * 1000, [this] { StatsTick(); });
+}
+
+void Daemon::Tick() {
+  switch_->Tick();
+  tick_timer_ = loop_->After(1000, [this] { Tick(); });
+}
+
+Daemon::Entry* Daemon::Find(const std::string& name) {
+  for (auto& e : ports_) {
+    if (e->spec.name == name) return e.get();
+  }
+  return nullptr;
+}
+
+Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConfig* cfg, std::string* code) {
+  *code = kCodeInvalid;
+  const std::string* vlan = s.Has("vlan") ? &s.options.at("vlan") : nullptr;
+  const std::string* trunk = s.Has("trunk") ? &s.options.at("trunk") : nullptr;
+  if ((vlan || trunk) && !switch_) return Error("port " + s.name + ": vlan/trunk need --forward switch");
+  NICMUX_TRY_ASSIGN(v, ParseVlan(s.name, vlan, trunk));
+  cfg->vlan = v;
+  NICMUX_TRY_ASSIGN(mtu, s.UInt("mtu", 68, 65535, 0));
+  cfg->mtu = static_cast<uint32_t>(mtu);
+
+  if (s.kind == "vhost-user") {
+    if (auto u = UnknownOption(s, {"socket", "client", "queues"})) return Error(*u);
+    NICMUX_TRY(FlagsTakeNoValue(s, {"client"}));
+    VhostUserPortOptions o;
+    o.name = s.name;
+    NICMUX_TRY_ASSIGN(path, Required(s, "socket"));
+    o.socket_path = path;
+    o.client = s.Has("client");
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, vhost::kMaxQueuePairs, 1));
+    o.queue_pairs = static_cast<uint32_t>(q);
+    o.mtu = static_cast<uint16_t>(mtu);
+    for (auto& e : ports_) {
+      if (e->spec.kind == "vhost-user" && e->spec.options.count("socket") && e->spec.options.at("socket") == path) {
+        *code = kCodeExists;
+        return Error("port " + s.name + ": socket " + path + " is in use by port " + e->spec.name);
+      }
+    }
+    *code = kCodeFailed;
+    NICMUX_TRY_ASSIGN(p, VhostUserPort::Create(o, loop_, &group_));
+    return std::unique_ptr<Port>(std::move(p));
+  }
+  if (s.kind == "virtio-user") {
+    if (auto u = UnknownOption(s, {"socket", "server", "queues", "packed"})) return Error(*u);
+    NICMUX_TRY(FlagsTakeNoValue(s, {"server", "packed"}));
+    VirtioUserPortOptions o;
+    o.name = s.name;
+    NICMUX_TRY_ASSIGN(path, Required(s, "socket"));
+    o.socket_path = path;
+    o.server = s.Has("server");
+    o.packed = s.Has("packed");
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, 8, 1));
+    o.queue_pairs = static_cast<uint32_t>(q);
+    *code = kCodeFailed;
+    NICMUX_TRY_ASSIGN(p, VirtioUserPort::Create(o));
+    NICMUX_LOG(kInfo, "port %s: attached to the backend at %s", s.name.c_str(), path.c_str());
+    return std::unique_ptr<Port>(std::move(p));
+  }
+  if (s.kind == "tap") {
+    if (auto u = UnknownOption(s, {"ifname", "queues", "address", "up", "down"})) return Error(*u);
+    NICMUX_TRY(FlagsTakeNoValue(s, {"up", "down"}));
+    TapPortOptions o;
+    o.name = s.name;
+    o.ifname = s.Has("ifname") ? s.options.at("ifname") : s.name;
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, 8, 1));
+    o.queues = static_cast<uint32_t>(q);
+    if (s.Has("address")) o.address = s.options.at("address");
+    o.up = !s.Has("down");
+    o.mtu = static_cast<uint32_t>(mtu);
+    for (auto& e : ports_) {
+      if (e->spec.kind == "tap" && (e->spec.Has("ifname") ? e->spec.options.at("ifname") : e->spec.name) == o.ifname) {
+        *code = kCodeExists;
+        return Error("port " + s.name + ": interface " + o.ifname + " belongs to port " + e->spec.name);
+      }
+    }
+    *code = kCodeFailed;
+    NICMUX_TRY_ASSIGN(p, TapPort::Create(o));
+    NICMUX_LOG(kInfo, "port %s: TAP interface %s", s.name.c_str(), o.ifname.c_str());
+    return std::unique_ptr<Port>(std::move(p));
+  }
+  return Error("port " + s.name + ": unknown kind '" + s.kind + "' (vhost-user, virtio-user, tap)");
+}
+
+std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_config) {
+  if (Find(spec.name)) return ControlError::Exists("a port named " + spec.name + " exists already");
+  if (!switch_ && started_) {
+    // Cross-connects are fixed at start; only the switch takes ports at run time.
+    return ControlError::Invalid("ports can be added at run time only with --forward switch");
+  }
+  SwitchPortConfig cfg;
+  std::string code;
+  auto p = MakePort(spec, &cfg, &code);
+  if (!p) return ControlError{code, p.error().message()};
+  auto e = std::make_unique<Entry>();
+  e->spec = spec;
+  e->port = std::move(*p);
+  e->from_config = from_config;
+  if (switch_) {
+    PauseGuard pause(group_);
+    auto id = switch_->AddPort(e->port.get(), cfg);
+    if (!id) return ControlError::Failed(id.error());
+    e->switch_id = *id;
+  }
+  NICMUX_LOG(kInfo, "port %s added (%s)", spec.name.c_str(), SpecToString(spec).c_str());
+  ports_.push_back(std::move(e));
+  return std::nullopt;
+}
+
+std::optional<ControlError> Daemon::DelPort(const std::string& name) {
+  Entry* e = Find(name);
+  if (!e) return ControlError::NotFound("no port named " + name);
+  if (!switch_) return ControlError::Invalid("ports can be removed at run time only with --forward switch");
+  StopCapture(*e);
+  {
+    PauseGuard pause(group_);
+    switch_->RemovePort(static_cast<uint16_t>(e->switch_id));
+  }
+  auto it = std::find_if(ports_.begin(), ports_.end(), [&](auto& p) { return p.get() == e; });
+  ports_.erase(it);  // the port's destructor closes its socket or device
+  NICMUX_LOG(kInfo, "port %s removed", name.c_str());
+  return std::nullopt;
+}
+
+void Daemon::Reload() {
+  if (opt_.config_path.empty()) {
+    NICMUX_LOG(kInfo, "SIGHUP: no --config to reload");
+    return;
+  }
+  auto c = LoadConfig(opt_.config_path);
+  if (!c) {
+    NICMUX_LOG(kError, "reload: %s; keeping the running configuration", c.error().message().c_str());
+    return;
+  }
+  std::vector<PortSpec> old_ports;
+  for (auto& e : ports_) {
+    if (e->from_config) old_ports.push_back(e->spec);
+  }
+  for (const PortSpec& s : c->ports) {
+    Entry* e = Find(s.name);
+    if (e && !e->from_config) {
+      NICMUX_LOG(kError, "reload: port %s in %s exists already (not from the file); skipped",
+                 s.name.c_str(), opt_.config_path.c_str());
+    }
+  }
+  if (!switch_) {
+    NICMUX_LOG(kError, "reload: ports can change at run time only with --forward switch");
+    return;
+  }
+  PortDiff d = DiffPorts(old_ports, c->ports);
+  for (const PortSpec& s : d.removed) DelPort(s.name);
+  for (const PortSpec& s : d.changed) {
+    DelPort(s.name);
+    if (auto e = AddPort(s, true)) NICMUX_LOG(kError, "reload: %s", e->message.c_str());
+  }
+  for (const PortSpec& s : d.added) {
+    Entry* e = Find(s.name);
+    if (e && !e->from_config) continue;
+    if (auto err = AddPort(s, true)) NICMUX_LOG(kError, "reload: %s", err->message.c_str());
+  }
+  if (c->daemon.mac_aging_s) switch_->set_mac_aging_s(static_cast<uint32_t>(*c->daemon.mac_aging_s));
+  if (c->daemon.log_level) {
+    const std::string& v = *c->daemon.log_level;
+    SetLogLevel(v == "debug" ? LogLevel::kDebug : v == "warning" ? LogLevel::kWarning : v == "error" ? LogLevel::kError : LogLevel::kInfo);
+  }
+  NICMUX_LOG(kInfo, "reloaded %s: %zu added, %zu removed, %zu changed, %zu ports running",
+             opt_.config_path.c_str(), d.added.size(), d.removed.size(), d.changed.size(), ports_.size());
+}
+
+json Daemon::PortJson(const Entry& e) const {
+  const Port& p = *e.port;
+  PortStats s = p.Stats();
+  json drops = json::object();
+  uint64_t switch_drops = 0;
+  for (size_t r = 0; r < kNumDropReasons; ++r) {
+    uint64_t n = p.DropsFor(static_cast<DropReason>(r));
+    if (switch_ && e.switch_id >= 0) {
+      uint64_t k = switch_->DropsFor(static_cast<uint16_t>(e.switch_id), static_cast<DropReason>(r));
+      n += k;
+      switch_drops += k;
+    }
+    if (n) drops[std::string(kDropReasonInfo[r].name)] = n;
+  }
+  json j = {{"name", e.spec.name},
+            {"kind", e.spec.kind},
+            {"state", p.State()},
+            {"queues", p.NumQueuePairs()},
+            {"spec", SpecToString(e.spec)},
+            {"rx_packets", s.rx_packets},
+            {"rx_bytes", s.rx_bytes},
+            {"tx_packets", s.tx_packets},
+            {"tx_bytes", s.tx_bytes},
+            {"rx_dropped", s.rx_dropped + switch_drops},
+            {"tx_dropped", s.tx_dropped},
+            {"drops", drops},
+            {"from_config", e.from_config}};
+  if (switch_ && e.switch_id >= 0) {
+    j["flooded"] = switch_->Flooded(static_cast<uint16_t>(e.switch_id));
+    j["id"] = e.switch_id;
+  }
+  if (auto* vu = dynamic_cast<const VhostUserPort*>(&p)) j["connections"] = vu->connections();
+  return j;
+}
+
+void Daemon::LogStats() const {
+  for (const auto& e : ports_) {
+    json j = PortJson(*e);
+    NICMUX_LOG(kInfo, "port %s: %s rx %llu pkts %llu bytes, tx %llu pkts %llu bytes, rx_dropped %llu, tx_dropped %llu, drops %s",
+               e->spec.name.c_str(), j["state"].get<std::string>().c_str(),
+               (unsigned long long)j["rx_packets"].get<uint64_t>(), (unsigned long long)j["rx_bytes"].get<uint64_t>(),
+               (unsigned long long)j["tx_packets"].get<uint64_t>(), (unsigned long long)j["tx_bytes"].get<uint64_t>(),
+               (unsigned long long)j["rx_dropped"].get<uint64_t>(), (unsigned long long)j["tx_dropped"].get<uint64_t>(),
+               j["drops"].dump().c_str());
+  }
+}
+
+ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& args,
+                                            const std::shared_ptr<ControlClient>& client) {
+  auto str_arg = [&](const char* key, bool required) -> std::variant<std::string, ControlError> {
+    if (!args.contains(key)) {
+      if (required) return ControlError::BadRequest(cmd + ": \"" + key + "\" is required");
+      return std::string();
+    }
+    if (!args[key].is_string()) return ControlError::BadRequest(cmd + ": \"" + key + "\" must be a string");
+    return args[key].get<std::string>();
+  };
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  const uint64_t now_ns = uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec);
+
+  if (cmd == "port.list" || cmd == "stats") {
+    auto name = str_arg("port", false);
+    if (auto* e = std::get_if<ControlError>(&name)) return *e;
+    const std::string& want = std::get<std::string>(name);
+    json list = json::array();
+    for (auto& e : ports_) {
+      if (!want.empty() && e->spec.name != want) continue;
+      list.push_back(PortJson(*e));
+    }
+    if (!want.empty() && list.empty()) return ControlError::NotFound("no port named " + want);
+    return json{{"time_ns", now_ns}, {"ports", list}};
+  }
+  if (cmd == "port.show") {
+    auto name = str_arg("name", true);
+    if (auto* e = std::get_if<ControlError>(&name)) return *e;
+    Entry* e = Find(std::get<std::string>(name));
+    if (!e) return ControlError::NotFound("no port named " + std::get<std::string>(name));
+    json j = PortJson(*e);
+    j["time_ns"] = now_ns;
+    if (switch_) {
+      // What the switch was told: VLAN and MTU.
+      SwitchPortConfig cfg;
+      std::string code;
+      const std::string* vlan = e->spec.Has("vlan") ? &e->spec.options.at("vlan") : nullptr;
+      const std::string* trunk = e->spec.Has("trunk") ? &e->spec.options.at("trunk") : nullptr;
+      if (auto v = ParseVlan(e->spec.name, vlan, trunk)) j["vlan"] = v->ToString();
+    }
+    json opts = json::object();
+    for (const auto& [k, v] : e->spec.options) opts[k] = v;
+    j["options"] = opts;
+    return j;
+  }
+  if (cmd == "port.add") {
+    auto text = str_arg("spec", true);
+    if (auto* e = std::get_if<ControlError>(&text)) return *e;
+    auto spec = ParsePortSpec(std::get<std::string>(text));
+    if (!spec) return ControlError::Invalid(spec.error().message());
+    if (auto e = AddPort(*spec, false)) return *e;
+    return PortJson(*Find(spec->name));
+  }
+  if (cmd == "port.del") {
+    auto name = str_arg("name", true);
+    if (auto* e = std::get_if<ControlError>(&name)) return *e;
+    if (auto e = DelPort(std::get<std::string>(name))) return *e;
+    return json::object();
+  }
+  if (cmd == "fdb.show") {
+    if (!switch_) return ControlError::Invalid("no MAC table: --forward xconnect");
+    std::vector<MacTable::Entry> entries;
+    uint32_t size, cap;
+    {
+      std::lock_guard lock(switch_->macs().lock());
+      entries = switch_->macs().Dump(switch_->now_s());
+      size = switch_->macs().size();
+      cap = switch_->macs().max_entries();
+    }
+    std::map<int, std::string> names;
+    for (auto& e : ports_) names[e->switch_id] = e->spec.name;
+    json list = json::array();
+    for (const auto& m : entries) {
+      char mac[18];
+      std::snprintf(mac, sizeof mac, "%02x:%02x:%02x:%02x:%02x:%02x", unsigned(m.mac >> 40 & 0xff),
+                    unsigned(m.mac >> 32 & 0xff), unsigned(m.mac >> 24 & 0xff), unsigned(m.mac >> 16 & 0xff),
+                    unsigned(m.mac >> 8 & 0xff), unsigned(m.mac & 0xff));
+      list.push_back({{"mac", mac}, {"vlan", m.vid}, {"port", names.count(m.port) ? names[m.port] : "?"}, {"age_s", m.age_s}});
+    }
+    return json{{"entries", list},
+                {"size", size},
+                {"capacity", cap},
+                {"aging_s", switch_->macs().aging_s()},
+                {"moves", switch_->macs().moves()},
+                {"full_drops", switch_->macs().full_drops()}};
+  }
+  if (cmd == "fdb.flush") {
+    if (!switch_) return ControlError::Invalid("no MAC table: --forward xconnect");
+    auto name = str_arg("port", false);
+    if (auto* e = std::get_if<ControlError>(&name)) return *e;
+    const std::string& want = std::get<std::string>(name);
+    size_t n;
+    if (!want.empty()) {
+      Entry* e = Find(want);
+      if (!e) return ControlError::NotFound("no port named " + want);
+      std::lock_guard lock(switch_->macs().lock());
+      n = switch_->macs().FlushPort(static_cast<uint16_t>(e->switch_id));
+    } else {
+      std::lock_guard lock(switch_->macs().lock());
+      n = switch_->macs().Flush();
+    }
+    return json{{"flushed", n}};
+  }
+  if (cmd == "capture") return StartCapture(args, client);
+  return ControlError::BadRequest("unknown command '" + cmd + "'");
+}
+
+ControlServer::HandlerResult Daemon::StartCapture(const json& args, const std::shared_ptr<ControlClient>& client) {
+  if (!switch_) return ControlError::Invalid("capture needs --forward switch");
+  if (!args.contains("port") || !args["port"].is_string()) {
+    return ControlError::BadRequest("capture: \"port\" (a string) is required");
+  }
+  uint64_t count = 0;
+  if (args.contains("count")) {
+    if (!args["count"].is_number_unsigned()) return ControlError::BadRequest("capture: \"count\" must be a positive integer");
+    count = args["count"].get<uint64_t>();
+  }
+  const std::string name = args["port"].get<std::string>();
+  Entry* e = Find(name);
+  if (!e) return ControlError::NotFound("no port named " + name);
+  if (!e->capture_clients.empty()) return ControlError::Exists("port " + name + " is being captured already");
+  e->capture = std::make_unique<Capture>();
+  e->captured = 0;
+  e->capture_limit = count;
+  e->capture_clients.push_back(client);
+  switch_->SetCapture(static_cast<uint16_t>(e->switch_id), e->capture.get());
+  client->BeginStream();
+  client->SetOnClose([this, name] {
+    if (Entry* p = Find(name)) StopCapture(*p);
+  });
+  if (!capture_timer_) capture_timer_ = loop_->After(20, [this] { PumpCaptures(); });
+  NICMUX_LOG(kInfo, "capture on port %s started", name.c_str());
+  return json{{"port", name}};
+}
+
+void Daemon::StopCapture(Entry& e) {
+  if (!e.capture) return;
+  {
+    PauseGuard pause(group_);  // no worker is inside Capture::Add after this
+    switch_->SetCapture(static_cast<uint16_t>(e.switch_id), nullptr);
+  }
+  auto clients = std::move(e.capture_clients);
+  e.capture_clients.clear();
+  for (auto& c : clients) {
+    if (c->closed()) continue;
+    for (auto& p : e.capture->Drain()) {
+      if (e.capture_limit && e.captured >= e.capture_limit) break;
+      c->Send(CapturePacketLine(p.ts_ns, p.tx, p.orig_len, p.data));
+      ++e.captured;
+    }
+    c->Finish(CaptureEndLine(e.captured, e.capture->dropped() + c->dropped()));
+  }
+  NICMUX_LOG(kInfo, "capture on port %s ended: %llu packets", e.spec.name.c_str(), (unsigned long long)e.captured);
+  e.capture.reset();
+}
+
+void Daemon::PumpCaptures() {
+  capture_timer_ = 0;
+  bool any = false;
+  for (auto& ep : ports_) {
+    Entry& e = *ep;
+    if (!e.capture) continue;
+    any = true;
+    auto pkts = e.capture->Drain();
+    for (auto& c : e.capture_clients) {
+      for (auto& p : pkts) {
+        if (e.capture_limit && e.captured >= e.capture_limit) break;
+        c->Send(CapturePacketLine(p.ts_ns, p.tx, p.orig_len, p.data));
+        ++e.captured;
+      }
+    }
+    if (e.capture_limit && e.captured >= e.capture_limit) StopCapture(e);
+  }
+  if (any) capture_timer_ = loop_->After(20, [this] { PumpCaptures(); });
+}
+
+}  // namespace nicmux

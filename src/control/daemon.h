@@ -1,0 +1,93 @@
+// Daemon: nicmuxd's wiring — ports made from specs, the switch (or cross-connects), the worker
+// threads, the control socket's commands, config reload by diff, captures. Runs on the control
+// thread (the EventLoop); workers only ever see the port table under the pause handshake.
+//
+// Port specs (command line, config file, `nicmuxctl port add`) share one syntax and one
+// validation: KIND:NAME:key=value,... Options every kind takes in switch mode: vlan=N (access
+// port), trunk=A/B/C-D (trunk port), mtu=N (largest payload sent to the port; also offered to
+// a vhost-user guest and set on a TAP interface).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/event_loop.h"
+#include "control/config.h"
+#include "control/control_server.h"
+#include "control/port_spec.h"
+#include "port/port.h"
+#include "sched/worker.h"
+#include "switch/l2_switch.h"
+#include "switch/xconnect.h"
+
+namespace nicmux {
+
+struct DaemonOptions {
+  std::string forward = "switch";
+  uint32_t workers = 1;
+  std::vector<int> cpus;  // empty: not pinned; else one per worker
+  std::string control_path = "/run/nicmux/nicmuxd.sock";  // "" or "none": no control socket
+  uint64_t stats_interval_s = 0;
+  uint32_t mac_aging_s = 300;
+  uint32_t mac_table_size = 8192;
+  std::vector<PortSpec> ports;         // from the command line
+  std::string config_path;             // "" if none
+  std::vector<PortSpec> config_ports;  // from the config file
+};
+
+class Daemon {
+ public:
+  static Result<std::unique_ptr<Daemon>> Create(const DaemonOptions& o, EventLoop* loop);
+  ~Daemon();
+
+  // SIGHUP: re-reads the config file; ports diffed by name (only changed ones are touched).
+  void Reload();
+  void LogStats() const;
+
+  // Control-plane operations (also behind the control socket).
+  std::optional<ControlError> AddPort(const PortSpec& spec, bool from_config);
+  std::optional<ControlError> DelPort(const std::string& name);
+
+ private:
+  struct Entry {
+    PortSpec spec;
+    std::unique_ptr<Port> port;
+    int switch_id = -1;
+    bool from_config = false;
+    std::unique_ptr<Capture> capture;
+    std::vector<std::shared_ptr<ControlClient>> capture_clients;
+    uint64_t captured = 0, capture_limit = 0;
+  };
+
+  Daemon(const DaemonOptions& o, EventLoop* loop);
+  Result<void> Start();
+  Result<std::unique_ptr<Port>> MakePort(const PortSpec& spec, SwitchPortConfig* cfg, std::string* code);
+  Entry* Find(const std::string& name);
+  nlohmann::json PortJson(const Entry& e) const;
+  ControlServer::HandlerResult Handle(const std::string& cmd, const nlohmann::json& args,
+                                      const std::shared_ptr<ControlClient>& client);
+  ControlServer::HandlerResult StartCapture(const nlohmann::json& args,
+                                            const std::shared_ptr<ControlClient>& client);
+  void StopCapture(Entry& e);
+  void PumpCaptures();
+  void Tick();
+  void StatsTick();
+
+  DaemonOptions opt_;
+  EventLoop* loop_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  WorkerGroup group_;
+  std::unique_ptr<L2Switch> switch_;
+  std::vector<std::unique_ptr<Xconnect>> xconnects_;
+  std::vector<std::unique_ptr<Entry>> ports_;
+  std::unique_ptr<ControlServer> control_;
+  bool started_ = false;
+  EventLoop::TimerId tick_timer_ = 0, stats_timer_ = 0, capture_timer_ = 0;
+};
+
+}  // namespace nicmux

@@ -1,0 +1,377 @@
+#include "port/tap_port.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "base/log.h"
+
+namespace nicmux {
+
+namespace {
+
+// The kernel's dev_valid_name() rules, checked here for a readable error; '%' is refused too
+// (the kernel would pick a name "tap%d" itself, and we want exactly the name asked for).
+Result<void> CheckIfname(const std::string& port, const std::string& ifname) {
+  if (ifname.empty()) return Error("port " + port + ": empty interface name");
+  if (ifname.size() > IFNAMSIZ - 1) {
+    return Error("port " + port + ": interface name \"" + ifname + "\" is longer than " +
+                 std::to_string(IFNAMSIZ - 1) + " characters");
+  }
+  if (ifname == "." || ifname == "..") {
+    return Error("port " + port + ": bad interface name \"" + ifname + "\"");
+  }
+  for (char c : ifname) {
+    if (c == '/' || c == ':' || c == '%' || c <= ' ' || c == 0x7f) {
+      return Error("port " + port + ": bad interface name \"" + ifname +
+                   "\" (no '/', ':', '%' or whitespace)");
+    }
+  }
+  return Ok();
+}
+
+// "A.B.C.D/P" (P 0..32) into an address and a netmask, network byte order.
+bool ParseCidr(const std::string& s, in_addr* addr, in_addr* mask) {
+  const size_t slash = s.find('/');
+  if (slash == std::string::npos) return false;
+  const std::string ip = s.substr(0, slash), len = s.substr(slash + 1);
+  if (len.empty() || len.size() > 2) return false;
+  uint32_t prefix = 0;
+  for (char c : len) {
+    if (c < '0' || c > '9') return false;
+    prefix = prefix * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (prefix > 32) return false;
+  if (inet_pton(AF_INET, ip.c_str(), addr) != 1) return false;
+  mask->s_addr = htonl(prefix == 0 ? 0 : ~uint32_t{0} << (32 - prefix));
+  return true;
+}
+
+ifreq IfReq(const std::string& ifname) {
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, ifname.data(), std::min<size_t>(ifname.size(), IFNAMSIZ - 1));
+  return ifr;
+}
+
+void SetSockaddrIn(sockaddr* sa, in_addr a) {
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr = a;
+  std::memcpy(sa, &sin, sizeof sin);
+}
+
+// MTU, address and link state through the classic interface ioctls on an AF_INET socket.
+Result<void> ConfigureInterface(const TapPortOptions& o, const std::string& ifname) {
+  const std::string what = "port " + o.name + ": interface " + ifname;
+  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!sock) return Error::FromErrno(what + ": socket(AF_INET)");
+  if (o.mtu != 0) {
+    ifreq ifr = IfReq(ifname);
+    ifr.ifr_mtu = static_cast<int>(o.mtu);
+    if (::ioctl(sock.get(), SIOCSIFMTU, &ifr) < 0) {
+      return Error::FromErrno(what + ": set MTU " + std::to_string(o.mtu));
+    }
+  }
+  if (!o.address.empty()) {
+    in_addr addr{}, mask{};
+    ParseCidr(o.address, &addr, &mask);  // checked in Create
+    ifreq ifr = IfReq(ifname);
+    SetSockaddrIn(&ifr.ifr_addr, addr);
+    if (::ioctl(sock.get(), SIOCSIFADDR, &ifr) < 0) {
+      return Error::FromErrno(what + ": set address " + o.address);
+    }
+    ifr = IfReq(ifname);
+    SetSockaddrIn(&ifr.ifr_netmask, mask);
+    if (::ioctl(sock.get(), SIOCSIFNETMASK, &ifr) < 0) {
+      return Error::FromErrno(what + ": set netmask of " + o.address);
+    }
+  }
+  if (o.up) {
+    ifreq ifr = IfReq(ifname);
+    if (::ioctl(sock.get(), SIOCGIFFLAGS, &ifr) < 0) return Error::FromErrno(what + ": get flags");
+    ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+    if (::ioctl(sock.get(), SIOCSIFFLAGS, &ifr) < 0) return Error::FromErrno(what + ": set up");
+  }
+  return Ok();
+}
+
+// Writes p's frame bytes into a flat buffer (the bounce path of Tx).
+struct FlatWriter {
+  std::byte* dst;
+  size_t room;
+  size_t Write(const void* src, size_t n) {
+    const size_t k = std::min(n, room);
+    std::memcpy(dst, src, k);
+    dst += k;
+    room -= k;
+    return k;
+  }
+};
+
+}  // namespace
+
+Result<std::unique_ptr<TapPort>> TapPort::Create(const TapPortOptions& o) {
+  const std::string what = "port " + o.name;
+  const std::string ifname = o.ifname.empty() ? o.name : o.ifname;
+  // Every option is checked before anything is created.
+  NICMUX_TRY(CheckIfname(o.name, ifname));
+  if (o.queues < 1 || o.queues > kMaxQueues) {
+    return Error(what + ": queues=" + std::to_string(o.queues) + " out of range 1.." +
+                 std::to_string(kMaxQueues));
+  }
+  if (o.mtu != 0 && (o.mtu < 68 || o.mtu > 65535)) {
+    return Error(what + ": mtu=" + std::to_string(o.mtu) + " out of range 68..65535");
+  }
+  in_addr addr{}, mask{};
+  if (!o.address.empty() && !ParseCidr(o.address, &addr, &mask)) {
+    return Error(what + ": address \"" + o.address + "\" is not A.B.C.D/PREFIX (IPv4)");
+  }
+  // Never take over a device someone else made (IFF_TUN_EXCL below closes the race).
+  if (::if_nametoindex(ifname.c_str()) != 0) {
+    return Error(what + ": interface " + ifname + " exists already", EEXIST);
+  }
+
+  std::unique_ptr<TapPort> port(new TapPort(o.name, ifname));
+  auto bufs = MappedRegion::Anonymous(uint64_t{o.queues} * kBurst * kSlotBytes);
+  if (!bufs) return bufs.error().Wrap(what + ": receive buffers");
+  port->buffers_ = std::move(*bufs);
+  auto bounce = MappedRegion::Anonymous(uint64_t{o.queues} * kMaxFrameBytes);
+  if (!bounce) return bounce.error().Wrap(what + ": transmit bounce buffers");
+  port->bounce_ = std::move(*bounce);
+
+  // From here on an error closes the fds opened so far, which removes the interface.
+  for (uint32_t q = 0; q < o.queues; ++q) {
+    auto s = std::make_unique<Queue>();
+    s->fd.Reset(::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC));
+    if (!s->fd) return Error::FromErrno(what + ": open /dev/net/tun");
+    ifreq ifr = IfReq(ifname);
+    int flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (o.queues > 1) flags |= IFF_MULTI_QUEUE;
+    if (q == 0) flags |= IFF_TUN_EXCL;  // create, never attach to an existing device
+    ifr.ifr_flags = static_cast<short>(flags);
+    if (::ioctl(s->fd.get(), TUNSETIFF, &ifr) < 0) {
+      if (q == 0 && errno == EBUSY) {
+        return Error(what + ": interface " + ifname + " exists already", EEXIST);
+      }
+      return Error::FromErrno(what + ": TUNSETIFF " + ifname + " (queue " + std::to_string(q) +
+                              ")");
+    }
+    int hdr_sz = kVnetHdrBytes;
+    if (::ioctl(s->fd.get(), TUNSETVNETHDRSZ, &hdr_sz) < 0) {
+      return Error::FromErrno(what + ": TUNSETVNETHDRSZ " + std::to_string(hdr_sz));
+    }
+    int le = 1;  // virtio 1.x headers are little-endian on every host
+    if (::ioctl(s->fd.get(), TUNSETVNETLE, &le) < 0)
+      return Error::FromErrno(what + ": TUNSETVNETLE");
+    if (::ioctl(s->fd.get(), TUNSETOFFLOAD, 0UL) < 0) {
+      return Error::FromErrno(what + ": TUNSETOFFLOAD 0");
+    }
+    for (uint32_t i = 0; i < kBurst; ++i) s->order[i] = static_cast<uint8_t>(i);
+    s->bounce = port->bounce_.data() + uint64_t{q} * kMaxFrameBytes;
+    port->q_.push_back(std::move(s));
+  }
+  NICMUX_TRY(ConfigureInterface(o, ifname));
+  NICMUX_LOG(kInfo, "port %s: interface %s, %u queue(s)%s%s", o.name.c_str(), ifname.c_str(),
+             o.queues, o.address.empty() ? "" : ", address ", o.address.c_str());
+  return port;
+}
+
+// --------------------------------------------------------------------------- data path
+
+void TapPort::Emit(uint32_t q, uint32_t slot, Batch& out) {
+  Queue& s = *q_[q];
+  std::byte* b = Slot(q, slot);
+  const uint32_t len = s.frame_len[slot];
+  s.segs[slot] = {b + kVnetHdrBytes, len};
+  PacketRef* p = out.TryPush();
+  NICMUX_DCHECK(p != nullptr);
+  p->segs = &s.segs[slot];
+  p->nsegs = 1;
+  p->len = len;
+  p->head_len = std::min<uint32_t>(len, kHeadBytes);
+  // UNTRUSTED: the kernel's virtio-net header, passed on as a guest's would be. With no
+  // offloads enabled it is zero or DATA_VALID. The kernel writes only the first 10 bytes
+  // (struct virtio_net_hdr) and skips num_buffers, which holds whatever the buffer held.
+  std::memcpy(&p->vnet, b, sizeof p->vnet);
+  p->vnet.num_buffers = Le16::Of(0);
+  std::memcpy(p->head, b + kVnetHdrBytes, p->head_len);
+  p->seg = p->head_len == len ? 1 : 0;
+  p->seg_off = p->head_len == len ? 0 : p->head_len;
+}
+
+size_t TapPort::Rx(uint32_t q, Batch& out, size_t max) {
+  Queue& s = *q_[q];
+  s.batch_base = out.size();
+  max = std::min<size_t>({max, kBurst, kBurst - out.size()});
+  uint32_t n = 0;
+  // Frames kept by the last RxDone first, in the order they were read.
+  for (; n < s.held && n < max; ++n) Emit(q, s.order[n], out);
+  // Then new frames into free slots; at most kBurst reads, bad frames included.
+  if (n == s.held && !s.gone.load(std::memory_order_relaxed)) {
+    for (uint32_t reads = 0; n < max && reads < kBurst; ++reads) {
+      const uint32_t slot = s.order[s.held];
+      std::byte* b = Slot(q, slot);
+      const ssize_t r = ::read(s.fd.get(), b, kSlotBytes);
+      if (r < 0) {
+        const int err = errno;
+        if (err == EAGAIN || err == EINTR) break;
+        if (err == EBADFD || err == ENODEV || err == ENXIO) {
+          // The interface was deleted under us (ip link del): poll() would now report POLLERR
+          // forever, so stop reading and stop offering the fd for sleeping.
+          s.gone.store(true, std::memory_order_relaxed);
+          NICMUX_LOG(kWarning, "port %s: interface %s is gone (read: %s)", name().c_str(),
+                     ifname_.c_str(), std::strerror(err));
+        } else {
+          NICMUX_LOG_RATELIMITED(kWarning, "port %s: read %s queue %u: %s", name().c_str(),
+                                 ifname_.c_str(), q, std::strerror(err));
+        }
+        break;
+      }
+      // UNTRUSTED: r, the frame length, is at most kSlotBytes (read's bound); it must hold a
+      // virtio-net header and an Ethernet header, and a frame that filled the whole buffer
+      // may have been cut (no real frame is that long: kMaxFrameBytes > 65535 + headers).
+      const bool full = r == static_cast<ssize_t>(kSlotBytes);
+      if (r < static_cast<ssize_t>(kVnetHdrBytes + kMinFrameBytes) || full) {
+        const DropReason why = full ? DropReason::kTooBig : DropReason::kBadFrame;
+        s.rxc.dropped.Add();
+        s.rxc.drops.Add(why);
+        NICMUX_LOG_RATELIMITED(kWarning, "port %s: dropped a %zd-byte read from %s (%s)",
+                               name().c_str(), r, ifname_.c_str(), DropReasonName(why).data());
+        continue;  // the slot is still free: the next read reuses it
+      }
+      s.frame_len[slot] = static_cast<uint32_t>(r) - kVnetHdrBytes;
+      ++s.held;
+      Emit(q, slot, out);
+      ++n;
+    }
+  }
+  s.emitted = n;
+  return n;
+}
+
+void TapPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
+  Queue& s = *q_[q];
+  // batch[batch_base, batch_base + emitted) are ours (order[0, emitted)); the first `done` of
+  // them were sent. The rest stay held, oldest first, ahead of anything read later.
+  const size_t ours_sent = sent > s.batch_base ? sent - s.batch_base : 0;
+  const uint32_t done = static_cast<uint32_t>(std::min<size_t>(ours_sent, s.emitted));
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < done; ++i) bytes += s.frame_len[s.order[i]];
+  s.rxc.packets.Add(done);
+  s.rxc.bytes.Add(bytes);
+  std::rotate(s.order, s.order + done, s.order + s.held);
+  s.held -= done;
+  s.emitted = 0;
+  s.kept.store(s.held, std::memory_order_relaxed);
+}
+
+int TapPort::WritePacket(Queue& s, const PacketRef& p) {
+  NICMUX_DCHECK(p.head_len <= p.len && p.head_len <= kHeadRoomBytes);
+  if (p.len > kMaxFrameBytes) return EMSGSIZE;
+  virtio::VirtioNetHdrV1 hdr = p.vnet;
+  hdr.num_buffers = Le16::Of(0);
+  s.iov[0] = {&hdr, sizeof hdr};
+  int n = 1;
+  if (p.head_len > 0) s.iov[n++] = {const_cast<std::byte*>(p.head), p.head_len};
+  // The bytes after the head, straight from the source's segments (bounded by the source
+  // when it made the PacketRef; a segment list that ends early is refused, not read past).
+  size_t left = p.len - p.head_len;
+  uint32_t seg = p.seg, off = p.seg_off;
+  while (left > 0 && seg < p.nsegs && n < static_cast<int>(kMaxIov)) {
+    const virtio::ChainSegment& sg = p.segs[seg];
+    if (off > sg.len) return EINVAL;
+    const size_t k = std::min<size_t>(left, sg.len - off);
+    if (k > 0) s.iov[n++] = {sg.data + off, k};
+    left -= k;
+    ++seg;
+    off = 0;
+  }
+  if (left > 0) {
+    if (seg >= p.nsegs) return EINVAL;
+    // More segments than iovecs: flatten into the bounce buffer (one extra copy, rare).
+    FlatWriter w{s.bounce, kMaxFrameBytes};
+    if (CopyPacket(p, w) != p.len) return EINVAL;
+    s.iov[1] = {s.bounce, p.len};
+    n = 2;
+  }
+  if (::writev(s.fd.get(), s.iov, n) < 0) return errno;
+  return 0;
+}
+
+size_t TapPort::Tx(uint32_t q, std::span<const PacketRef* const> in) {
+  Queue& s = *q_[q];
+  size_t k = 0;
+  uint64_t sent = 0, bytes = 0;
+  for (; k < in.size(); ++k) {
+    const int err = WritePacket(s, *in[k]);
+    if (err == 0) {
+      ++sent;
+      bytes += in[k]->len;
+      continue;
+    }
+    // The kernel pushes back: the switch holds or drops the rest.
+    if (err == EAGAIN || err == ENOBUFS || err == EINTR) break;
+    const DropReason why = err == EMSGSIZE                  ? DropReason::kTooBig
+                           : err == EINVAL || err == EFAULT ? DropReason::kBadFrame
+                                                            : DropReason::kPortDown;
+    s.txc.dropped.Add();
+    s.txc.drops.Add(why);
+    NICMUX_LOG_RATELIMITED(kWarning, "port %s: write to %s queue %u dropped a %u-byte frame: %s",
+                           name().c_str(), ifname_.c_str(), q, in[k]->len, std::strerror(err));
+  }
+  s.txc.packets.Add(sent);
+  s.txc.bytes.Add(bytes);
+  return k;
+}
+
+bool TapPort::ArmNotify(std::vector<NotifyFd>* fds) {
+  bool pending = false;
+  for (const auto& s : q_) {
+    // A TAP fd is not an eventfd: POLLIN is the frame itself, Rx reads it.
+    if (!s->gone.load(std::memory_order_relaxed)) fds->push_back({s->fd.get(), false});
+    pending |= s->kept.load(std::memory_order_relaxed) > 0;
+  }
+  return pending;
+}
+
+std::string TapPort::State() const {
+  for (const auto& s : q_) {
+    if (s->gone.load(std::memory_order_relaxed)) return "down";
+  }
+  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq ifr = IfReq(ifname_);
+  if (!sock || ::ioctl(sock.get(), SIOCGIFFLAGS, &ifr) < 0) return "down";
+  return (ifr.ifr_flags & IFF_UP) ? "up" : "down";
+}
+
+PortStats TapPort::Stats() const {
+  PortStats st;
+  st.connected = true;
+  for (const auto& s : q_) {
+    st.rx_packets += s->rxc.packets.Get();
+    st.rx_bytes += s->rxc.bytes.Get();
+    st.rx_dropped += s->rxc.dropped.Get();
+    st.tx_packets += s->txc.packets.Get();
+    st.tx_bytes += s->txc.bytes.Get();
+    st.tx_dropped += s->txc.dropped.Get();
+    st.connected &= !s->gone.load(std::memory_order_relaxed);
+  }
+  return st;
+}
+
+uint64_t TapPort::DropsFor(DropReason r) const {
+  uint64_t n = 0;
+  for (const auto& s : q_) n += s->rxc.drops.Get(r) + s->txc.drops.Get(r);
+  return n;
+}
+
+}  // namespace nicmux
