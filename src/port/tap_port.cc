@@ -349,7 +349,9 @@ std::string TapPort::State() const {
   }
   UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   ifreq ifr = IfReq(ifname_);
-  if (!sock || ::ioctl(sock.get(), SIOCGIFFLAGS, &ifr) < 0) return "down";
+  if (!sock) return "unknown";
+  // ENODEV: the interface was moved into another network namespace (our fds still work).
+  if (::ioctl(sock.get(), SIOCGIFFLAGS, &ifr) < 0) return errno == ENODEV ? "up (other netns)" : "unknown";
   return (ifr.ifr_flags & IFF_UP) ? "up" : "down";
 }
 

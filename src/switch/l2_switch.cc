@@ -338,8 +338,8 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   }
 
   // Backpressure: the batch is cut before the first packet a destination has no room for,
-  // unless that destination has taken nothing for kMaxStallNs (congested: its packets are
-  // dropped until it takes again). Floods are held like unicast, so a receiver that is slow
+  // unless that destination has not taken whole batches for kMaxStallNs (congested: what does
+  // not fit is dropped until it takes a whole batch again). Floods are held like unicast, so a receiver that is slow
   // for a moment loses nothing whether or not its MAC was learned yet.
   const uint32_t nw = sw_->num_workers();
   uint32_t cut = n;
@@ -347,13 +347,15 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     const uint16_t d = ids[k];
     Port* dp = sw_->ports_[d].port;
     const size_t room = dp->TxRoom(index_ % dp->NumQueuePairs());
-    if (room > 0) full_since_ns_[d] = 0;
-    if (room >= count[d]) continue;
-    if (room == 0) {
-      const uint64_t now = MonotonicNs();
-      if (full_since_ns_[d] == 0) full_since_ns_[d] = now;
-      if (now - full_since_ns_[d] > L2Switch::kMaxStallNs) continue;  // congested: drop
+    if (room >= count[d]) {
+      full_since_ns_[d] = 0;
+      continue;
     }
+    // Held since when: a destination that takes one buffer at a time is as congested as one
+    // that takes none (else a guest could pace every sender to everyone by dribbling).
+    const uint64_t now = MonotonicNs();
+    if (full_since_ns_[d] == 0) full_since_ns_[d] = now;
+    if (now - full_since_ns_[d] > L2Switch::kMaxStallNs) continue;  // congested: drop
     const uint32_t i = idx[d][room];
     if (i < cut) cut = i;
   }

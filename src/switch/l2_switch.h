@@ -17,9 +17,10 @@
 // beside it; the tag is put back for a trunk destination (on a private copy of the head).
 //
 // Backpressure: when a destination queue is full the source keeps the rest of its batch
-// (Rewind) and retries, so a momentarily slow receiver loses nothing; a destination that takes
-// nothing for kMaxStallNs is congested and its packets are dropped (queue_full) until it takes
-// again, so a stuck guest cannot stall the senders to everyone else for longer than that. The
+// (Rewind) and retries, so a momentarily slow receiver loses nothing; a destination that has not
+// taken whole batches for kMaxStallNs is congested: what does not fit is dropped (queue_full)
+// until it takes a whole batch again, so a stuck or dribbling guest cannot hold its senders'
+// traffic to everyone else for longer than that. The
 // same holds for flood copies (a not-yet-learned receiver is as precious as a learned one).
 //
 // Threads: workers each poll their share of source queues (port id + queue) % workers and
@@ -113,7 +114,10 @@ class SwitchWorker final : public Forwarder {
 class L2Switch {
  public:
   static constexpr uint16_t kMaxPorts = 256;
-  static constexpr uint64_t kMaxStallNs = 5'000'000;
+  // How long a source is held for a destination that cannot take its whole group. Longer than
+  // a scheduler time slice on a loaded host (5 ms lost frames on 2 shared cores), short enough
+  // that a stuck guest delays its senders' other traffic only briefly.
+  static constexpr uint64_t kMaxStallNs = 50'000'000;
 
   explicit L2Switch(const SwitchOptions& o);
   ~L2Switch();

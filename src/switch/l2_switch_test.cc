@@ -218,6 +218,24 @@ TEST(L2Switch, StuckDestinationDoesNotStallOthers) {
   EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kQueueFull), 5u);
 }
 
+TEST(L2Switch, DribblingDestinationDoesNotPaceOthers) {
+  // A guest that gives one receive buffer at a time must not pace its senders' traffic to
+  // everyone else: after the stall limit what does not fit is dropped.
+  Fixture f(3);
+  f.port(1).Inject(MakeFrame(kBroadcast, kB));
+  f.port(2).Inject(MakeFrame(kBroadcast, kC));
+  f.Run();
+  for (int i = 0; i < 60000; ++i) f.port(0).Inject(MakeFrame(i % 2 ? kB : kC, kA));
+  const auto start = std::chrono::steady_clock::now();
+  while (f.port(0).pending() && std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
+    f.port(1).set_room(1);
+    f.Run(1);
+  }
+  EXPECT_EQ(f.port(0).pending(), 0u);
+  EXPECT_EQ(f.port(2).sent().size(), 1u + 30000u) << "every frame for C delivered";
+  EXPECT_GT(f.sw.DropsFor(f.ids[0], DropReason::kQueueFull), 0u);
+}
+
 TEST(L2Switch, RemovedPortForgottenAndIdReused) {
   Fixture f(3);
   f.port(1).Inject(MakeFrame(kBroadcast, kB));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # nicmuxd as a learning switch, driven through its control socket and config file, with
-# nicmux-pktgen endpoints (no guests: tests/integration/switch_guests.sh has those):
+# nicmux-pktgen endpoints (no guests: tests/integration/switch_guests.sh has those), two
+# worker threads (so destination queues are shared under their TX lock):
 #   1. two pktgens through the switch, every byte verified; the MAC table shows both; the
 #      third port sees no unicast after learning
 #   2. bad control requests: error replies with the right codes, nicmuxctl exit codes, the
@@ -23,7 +24,7 @@ port_field() { ctl --json port show "$1" | json_field "d.get('$2', 0)"; }
 # ---- 1. switching between two pktgens, a third port idle
 # (ASan's quarantine would hold freed ports' memory and hide whether RSS stays flat.)
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=1
-nicmuxd --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock" \
+nicmuxd --workers 2 --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock" \
   --port "vhost-user:c:socket=$WORK/c.sock"
 wait_for "$WORK/c.sock" 10
 wait_for "$CTL" 10
@@ -136,15 +137,16 @@ wait_pid "$PA" 90 || fail "pktgen a failed during the churn"
 wait_pid "$PB" 90 || fail "pktgen b failed during the churn"
 for pair in "pg_a b" "pg_b a"; do
   set -- $pair
-  tx=$(summary_field "$WORK/$( [ "$1" = pg_a ] && echo pg_b || echo pg_a).log" tx_packets)
   rx=$(summary_field "$WORK/$1.log" rx_packets)
   bad=$(summary_field "$WORK/$1.log" rx_bad)
+  lost=$(summary_field "$WORK/$1.log" rx_lost)
   [ "$bad" = 0 ] || fail "$1: $bad corrupted frames"
-  [ "$rx" -gt 0 ] || fail "$1 received nothing during the churn"
-  # Every frame sent arrived, or was counted as a drop by the switch (a full receive ring for
-  # longer than the stall limit on this shared 2-core machine).
-  drops=$(ctl --json port show "$2" | json_field "sum(d['drops'].values())")
-  [ $((tx - rx)) -le "$drops" ] || fail "$1: sent $tx, received $rx, but nicmuxd counted only $drops drops"
+  [ "$rx" -gt 100000 ] || fail "$1 received only $rx frames during the churn"
+  # A gap in the sequence is a frame lost on the way; each must be a drop nicmuxd counted (a
+  # receive ring full for longer than the stall limit on this shared 2-core machine). Frames
+  # still in flight when the receiver stopped are not gaps.
+  drops=$(ctl --json port list | json_field "sum(sum(p['drops'].values()) for p in d['ports'])")
+  [ "$lost" -le "$drops" ] || fail "$1: $lost frames lost, but nicmuxd counted only $drops drops"
 done
 kill -0 "$NICMUXD_PID" || fail "nicmuxd died during the churn"
 echo "ok: 1000 port add/del cycles (vhost-user and TAP) with traffic flowing: $(tail -1 "$WORK/nicmuxd.log" >/dev/null; echo verified, fds and RSS flat)"

@@ -6,15 +6,16 @@
 #      guest's port counters still (no flooding of learned unicast)
 #   2. a guest <-> the host kernel through a TAP port: ping from a network namespace the test
 #      creates (the TAP interface nicmuxd made, moved into it)
-#   3. VLANs: a and c in VLAN 10, b in VLAN 20 (access ports), the TAP as a trunk of 10:
-#      a <-> c and the namespace <-> a work, nothing crosses to b
+#   3. VLANs: a, c and the TAP in VLAN 10, b in VLAN 20 (access ports): a <-> c and the
+#      namespace <-> a work, nothing crosses to b. (Trunk tagging is covered by the switch's unit
+#      tests: this host kernel has no 802.1Q module to make a tagged peer with.)
 source "$(dirname "$0")/lib.sh"
 G=$(cd "$(dirname "$0")/guest" && pwd)
 "$G/build-guest.sh" >/dev/null || fail "cannot build the guest image"
 NS=nmxtest$$
 TAPIF=nmxt$$
 cleanup_ns() { ip netns del "$NS" 2>/dev/null || true; }
-trap 'cleanup_ns; cleanup' EXIT
+trap 'rc=$?; cleanup_ns; (exit $rc); cleanup' EXIT
 
 guest() {
   local name=$1 sock=$2 ip=$3; shift 3
@@ -68,25 +69,23 @@ cleanup_ns
 # ---- 3. VLAN isolation
 rm -f "$WORK"/*.con "$WORK"/*.console.log
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock,vlan=10" --port "vhost-user:b:socket=$WORK/b.sock,vlan=20" \
-  --port "vhost-user:c:socket=$WORK/c.sock,vlan=10" --port "tap:host:ifname=$TAPIF,trunk=10"
+  --port "vhost-user:c:socket=$WORK/c.sock,vlan=10" --port "tap:host:ifname=$TAPIF,vlan=10"
 wait_for "$WORK/c.sock" 10
 guest a "$WORK/a.sock" 10.0.0.1/24
 guest b "$WORK/b.sock" 10.0.0.2/24
 guest c "$WORK/c.sock" 10.0.0.3/24
 ip netns add "$NS"
 ip link set "$TAPIF" netns "$NS"
+ip -n "$NS" addr add 10.0.0.9/24 dev "$TAPIF"
 ip -n "$NS" link set "$TAPIF" up
-ip -n "$NS" link add link "$TAPIF" name v10 type vlan id 10
-ip -n "$NS" addr add 10.0.0.9/24 dev v10
-ip -n "$NS" link set v10 up
 wait_agent a; wait_agent b; wait_agent c
 gexec a 'ping -c 2 -W 5 10.0.0.3' >/dev/null || fail "VLAN 10: a -> c"
-ip netns exec "$NS" ping -c 2 -W 5 10.0.0.1 >/dev/null || fail "VLAN 10: namespace (trunk, tagged) -> a"
+ip netns exec "$NS" ping -c 2 -W 5 10.0.0.1 >/dev/null || fail "VLAN 10: namespace (TAP) -> a"
 b0=$(tx_of b)
 if gexec a 'ping -c 2 -W 2 10.0.0.2' >/dev/null 2>&1; then fail "VLAN 10 reached VLAN 20 (a -> b)"; fi
 if gexec b 'ping -c 2 -W 2 10.0.0.3' >/dev/null 2>&1; then fail "VLAN 20 reached VLAN 10 (b -> c)"; fi
 b1=$(tx_of b)
 [ "$b1" -eq "$b0" ] || fail "port b (VLAN 20) was sent $((b1 - b0)) frames from VLAN 10"
-echo "ok: VLANs: 10 <-> 10 (access and tagged trunk) pass, 10 <-> 20 isolated (b got 0 frames)"
+echo "ok: VLANs: 10 <-> 10 (guests and TAP) pass, 10 <-> 20 isolated (b got 0 frames)"
 kill_guests a b c
 stop_nicmuxd
