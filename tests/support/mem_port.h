@@ -5,6 +5,7 @@
 // Real peers (guests, testpmd, the kernel) are exercised by tests/integration.
 #pragma once
 
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <string>
@@ -105,7 +106,7 @@ class MemPort final : public Port {
   std::vector<Frame> sent_;
   virtio::ChainSegment segs_[kBurst];
   size_t room_ = SIZE_MAX;
-  uint64_t rx_packets_ = 0;
+  std::atomic<uint64_t> rx_packets_{0};  // read by other threads in multi-worker tests
 };
 
 }  // namespace nicmux::testing
