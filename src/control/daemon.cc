@@ -280,7 +280,21 @@ void Daemon::Reload() {
     if (e && !e->from_config) continue;
     if (auto err = AddPort(s, true)) NICMUX_LOG(kError, "reload: %s", err->message.c_str());
   }
-  if (c->daemon.mac_aging_s) switch_->set_mac_aging_s(static_cast<uint32_t>(*c->daemon.mac_aging_s));
+  const DaemonSettings& ds = c->daemon;
+  if (ds.mac_aging_s) switch_->set_mac_aging_s(static_cast<uint32_t>(*ds.mac_aging_s));
+  if (ds.stats_interval_s && *ds.stats_interval_s != opt_.stats_interval_s) {
+    opt_.stats_interval_s = *ds.stats_interval_s;
+    if (stats_timer_) loop_->Cancel(stats_timer_);
+    stats_timer_ = 0;
+    if (opt_.stats_interval_s) stats_timer_ = loop_->After(opt_.stats_interval_s * 1000, [this] { StatsTick(); });
+  }
+  std::string restart;
+  if (ds.forward && *ds.forward != opt_.forward) restart += " forward";
+  if (ds.workers && *ds.workers != opt_.workers) restart += " workers";
+  if (ds.cpus && *ds.cpus != opt_.cpus) restart += " cpus";
+  if (ds.control && *ds.control != opt_.control_path) restart += " control";
+  if (ds.mac_table_size && *ds.mac_table_size != opt_.mac_table_size) restart += " mac_table_size";
+  if (!restart.empty()) NICMUX_LOG(kWarning, "reload: changed settings need a restart, not applied:%s", restart.c_str());
   if (c->daemon.log_level) {
     const std::string& v = *c->daemon.log_level;
     SetLogLevel(v == "debug" ? LogLevel::kDebug : v == "warning" ? LogLevel::kWarning : v == "error" ? LogLevel::kError : LogLevel::kInfo);

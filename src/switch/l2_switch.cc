@@ -346,7 +346,7 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   for (uint32_t k = 0; k < nd; ++k) {
     const uint16_t d = ids[k];
     Port* dp = sw_->ports_[d].port;
-    const size_t room = dp->TxRoom(index_ % dp->NumQueuePairs());
+    const size_t room = dp->TxRoom(q % dp->NumQueuePairs());
     if (room >= count[d]) {
       full_since_ns_[d] = 0;
       continue;
@@ -380,9 +380,9 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     }
     if (m == 0) continue;
     Port* dp = slot.port;
-    const uint32_t dq = index_ % dp->NumQueuePairs();
+    const uint32_t dq = q % dp->NumQueuePairs();
     size_t sent;
-    if (nw > dp->NumQueuePairs()) {
+    if (nw > 1) {
       std::lock_guard lock(dp->tx_lock(dq));
       sent = dp->Tx(dq, {out, m});
     } else {

@@ -23,9 +23,10 @@
 // traffic to everyone else for longer than that. The
 // same holds for flood copies (a not-yet-learned receiver is as precious as a learned one).
 //
-// Threads: workers each poll their share of source queues (port id + queue) % workers and
-// send to destination queue (worker % queues); a destination queue that several workers reach
-// is sent to under its TxLock. Ports are added and removed by the control thread with every
+// Threads: workers each poll their share of source queues (port id + queue) % workers; a packet
+// from source queue q goes to destination queue q % (its queues), so a guest's flows spread over
+// its receive queues as the sender spread them. With more than one worker a destination queue
+// may be reached by several, and is sent to under its TxLock (uncontended: ~20 ns a batch). Ports are added and removed by the control thread with every
 // worker paused (the hot loop takes no lock for the port table).
 #pragma once
 
