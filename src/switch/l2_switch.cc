@@ -10,8 +10,9 @@
 namespace nicmux {
 namespace {
 
-constexpr int16_t kFlood = -1;
-constexpr int16_t kDrop = -2;
+constexpr int16_t kFlood = ForwardPlan::kFlood;
+constexpr int16_t kDrop = ForwardPlan::kDrop;
+static_assert(ForwardPlan::kMaxPorts == L2Switch::kMaxPorts);
 constexpr uint16_t kEtherTypeVlan = 0x8100;
 constexpr uint32_t kEthHeaderBytes = 14;
 constexpr uint32_t kVlanTagBytes = 4;
@@ -205,7 +206,8 @@ bool SwitchWorker::CanSleep() const {
 
 // Pass 1 for one packet: its VLAN (the head normalized to untagged), source learned, and a
 // destination. False: drop (counted by the caller under the reason in *dst's place).
-bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* dst, uint32_t now_s) {
+bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* dst, uint32_t now_s,
+                            BatchMemo& memo) {
   auto& cnt = (*counters_)[src].drops;
   // UNTRUSTED: every byte of the head is the guest's; lengths are checked before each read.
   if (p.len < kEthHeaderBytes || p.head_len < kEthHeaderBytes) {
@@ -237,18 +239,30 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
     return false;
   }
   *vid_out = vid;
-  const MacAddr dmac = MacFromBytes(p.head), smac = MacFromBytes(p.head + 6);
+  const MacAddr dmac = LoadMac(p.head), smac = LoadMac(p.head + 6);
   if (MacIsMulticast(smac) || smac == 0) {
     cnt.Add(DropReason::kBadSource);
     return false;
   }
+  // A batch is mostly one flow: learn and look up once per distinct (VLAN, MAC) in a row. The
+  // table's lock is held for the whole pass, so only our own learning can change an answer.
   MacTable& t = sw_->macs_;
-  t.Learn(smac, vid, src, now_s);
+  const uint64_t skey = uint64_t{vid} << 48 | smac;
+  if (skey != memo.learned) {
+    const MacTable::LearnResult r = t.Learn(smac, vid, src, now_s);
+    memo.learned = skey;
+    if (r == MacTable::LearnResult::kNew || r == MacTable::LearnResult::kMoved) memo.looked = ~0ull;
+  }
   if (MacIsMulticast(dmac)) {
     *dst = kFlood;
     return true;
   }
-  const int port = t.Lookup(dmac, vid, now_s);
+  const uint64_t dkey = uint64_t{vid} << 48 | dmac;
+  if (dkey != memo.looked) {
+    memo.looked = dkey;
+    memo.looked_port = t.Lookup(dmac, vid, now_s);
+  }
+  const int port = memo.looked_port;
   if (port < 0) {
     *dst = kFlood;
     return true;
@@ -297,31 +311,25 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   const uint32_t now_s = sw_->now_s();
   {
     std::lock_guard lock(sw_->macs_.lock());
+    BatchMemo memo;
     for (uint32_t i = 0; i < n; ++i) {
       int dst = kDrop;
       uint16_t vid = 0;
-      dst_[i] = Classify(src, batch_[i], &vid, &dst, now_s) ? static_cast<int16_t>(dst) : kDrop;
-      vid_[i] = vid;
+      plan_.dst[i] = Classify(src, batch_[i], &vid, &dst, now_s, memo) ? static_cast<int16_t>(dst) : kDrop;
+      plan_.vid[i] = vid;
     }
   }
 
-  // Group per destination, in packet order: ids[] lists the destinations met, idx[d] their
-  // packets. A flood adds the packet to every other port of its VLAN.
+  // Group per destination, in packet order. A flood adds the packet to every other port that
+  // admits its VLAN.
+  ForwardPlan& plan = plan_;
   const uint16_t nids = sw_->num_ids_;
-  uint8_t count[L2Switch::kMaxPorts];
-  uint8_t idx[L2Switch::kMaxPorts][kBurst];
-  uint16_t ids[L2Switch::kMaxPorts];
-  uint32_t nd = 0;
-  auto add = [&](uint16_t d, uint32_t i) {
-    if (count[d] == 0) ids[nd++] = d;
-    idx[d][count[d]++] = static_cast<uint8_t>(i);
-  };
-  std::memset(count, 0, nids);
+  plan.ClearGroups(nids);
   for (uint32_t i = 0; i < n; ++i) {
-    const int16_t d = dst_[i];
+    const int16_t d = plan.dst[i];
     if (d >= 0) {
-      if (sw_->ports_[d].config.vlan.Admits(vid_[i])) {
-        add(static_cast<uint16_t>(d), i);
+      if (sw_->ports_[d].config.vlan.Admits(plan.vid[i])) {
+        plan.AddTo(static_cast<uint16_t>(d), i);
       } else {
         cnt.drops.Add(DropReason::kVlan);
       }
@@ -329,8 +337,8 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
       cnt.flooded.Add();
       bool any = false;
       for (uint16_t o = 0; o < nids; ++o) {
-        if (o == src || sw_->ports_[o].port == nullptr || !sw_->ports_[o].config.vlan.Admits(vid_[i])) continue;
-        add(o, i);
+        if (o == src || sw_->ports_[o].port == nullptr || !sw_->ports_[o].config.vlan.Admits(plan.vid[i])) continue;
+        plan.AddTo(o, i);
         any = true;
       }
       if (!any) cnt.drops.Add(DropReason::kNoRoute);
@@ -343,11 +351,11 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   // for a moment loses nothing whether or not its MAC was learned yet.
   const uint32_t nw = sw_->num_workers();
   uint32_t cut = n;
-  for (uint32_t k = 0; k < nd; ++k) {
-    const uint16_t d = ids[k];
+  for (uint32_t k = 0; k < plan.num_ids; ++k) {
+    const uint16_t d = plan.ids[k];
     Port* dp = sw_->ports_[d].port;
     const size_t room = dp->TxRoom(q % dp->NumQueuePairs());
-    if (room >= count[d]) {
+    if (room >= plan.count[d]) {
       full_since_ns_[d] = 0;
       continue;
     }
@@ -356,27 +364,27 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     const uint64_t now = MonotonicNs();
     if (full_since_ns_[d] == 0) full_since_ns_[d] = now;
     if (now - full_since_ns_[d] > L2Switch::kMaxStallNs) continue;  // congested: drop
-    const uint32_t i = idx[d][room];
+    const uint32_t i = plan.group[d][room];
     if (i < cut) cut = i;
   }
 
   // Pass 2: one Tx per destination with its packets before the cut.
   tagged_valid_ = 0;
-  for (uint32_t k = 0; k < nd; ++k) {
-    const uint16_t d = ids[k];
+  for (uint32_t k = 0; k < plan.num_ids; ++k) {
+    const uint16_t d = plan.ids[k];
     const L2Switch::Slot& slot = sw_->ports_[d];
     const PacketRef* out[kBurst];
     uint32_t m = 0;
     const uint32_t mtu = slot.config.mtu;
-    for (uint32_t j = 0; j < count[d]; ++j) {
-      const uint32_t i = idx[d][j];
+    for (uint32_t j = 0; j < plan.count[d]; ++j) {
+      const uint32_t i = plan.group[d][j];
       if (i >= cut) break;
       const PacketRef& p = batch_[i];
       if (mtu != 0 && p.len > mtu + kEthHeaderBytes && p.vnet.gso_type == virtio::kNetHdrGsoNone) {
         cnt.drops.Add(DropReason::kMtu);
         continue;
       }
-      out[m++] = slot.config.vlan.Tags(vid_[i]) ? Tagged(i, vid_[i]) : &p;
+      out[m++] = slot.config.vlan.Tags(plan.vid[i]) ? Tagged(i, plan.vid[i]) : &p;
     }
     if (m == 0) continue;
     Port* dp = slot.port;

@@ -26,13 +26,15 @@
 // Threads: workers each poll their share of source queues (port id + queue) % workers; a packet
 // from source queue q goes to destination queue q % (its queues), so a guest's flows spread over
 // its receive queues as the sender spread them. With more than one worker a destination queue
-// may be reached by several, and is sent to under its TxLock (uncontended: ~20 ns a batch). Ports are added and removed by the control thread with every
+// may be reached by several, and is sent to under its TxLock (uncontended: ~20 ns a batch).
+// Ports are added and removed by the control thread with every
 // worker paused (the hot loop takes no lock for the port table).
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <bitset>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -77,6 +79,30 @@ struct SwitchOptions {
 
 class L2Switch;
 
+// The decisions for one batch (pass 1) and the packets grouped per destination (pass 2's
+// input), in packet order within each group.
+struct ForwardPlan {
+  static constexpr int16_t kFlood = -1;
+  static constexpr int16_t kDrop = -2;
+  static constexpr uint16_t kMaxPorts = 256;
+
+  int16_t dst[kBurst];   // per packet: a port id, kFlood or kDrop
+  uint16_t vid[kBurst];  // per packet: its VLAN (the head is untagged)
+  uint16_t ids[kMaxPorts];  // the destinations met, in first-met order
+  uint32_t num_ids = 0;
+  uint8_t count[kMaxPorts];         // per destination: packets in its group
+  uint8_t group[kMaxPorts][kBurst];  // per destination: packet indexes
+
+  void ClearGroups(uint16_t num_port_ids) {
+    std::memset(count, 0, num_port_ids);
+    num_ids = 0;
+  }
+  void AddTo(uint16_t port, uint32_t packet) {
+    if (count[port] == 0) ids[num_ids++] = port;
+    group[port][count[port]++] = static_cast<uint8_t>(packet);
+  }
+};
+
 // One worker's view of the switch: a Forwarder over the source queues assigned to it.
 class SwitchWorker final : public Forwarder {
  public:
@@ -88,17 +114,45 @@ class SwitchWorker final : public Forwarder {
 
  private:
   friend class L2Switch;
+
+// The decisions for one batch (pass 1) and the packets grouped per destination (pass 2's
+// input), in packet order within each group.
+struct ForwardPlan {
+  static constexpr int16_t kFlood = -1;
+  static constexpr int16_t kDrop = -2;
+  static constexpr uint16_t kMaxPorts = 256;
+
+  int16_t dst[kBurst];   // per packet: a port id, kFlood or kDrop
+  uint16_t vid[kBurst];  // per packet: its VLAN (the head is untagged)
+  uint16_t ids[kMaxPorts];  // the destinations met, in first-met order
+  uint32_t num_ids = 0;
+  uint8_t count[kMaxPorts];         // per destination: packets in its group
+  uint8_t group[kMaxPorts][kBurst];  // per destination: packet indexes
+
+  void ClearGroups(uint16_t num_port_ids) {
+    std::memset(count, 0, num_port_ids);
+    num_ids = 0;
+  }
+  void AddTo(uint16_t port, uint32_t packet) {
+    if (count[port] == 0) ids[num_ids++] = port;
+    group[port][count[port]++] = static_cast<uint8_t>(packet);
+  }
+};
   struct Plan;
+  // The last (VLAN << 48 | MAC) learned and looked up in this batch (~0: none).
+  struct BatchMemo {
+    uint64_t learned = ~0ull;
+    uint64_t looked = ~0ull;
+    int looked_port = -1;
+  };
   void Forward(uint16_t src, uint32_t q, WorkDone* w);
-  bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, uint32_t now_s);
+  bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, uint32_t now_s, BatchMemo& memo);
   const PacketRef* Tagged(uint32_t i, uint16_t vid);
 
   L2Switch* sw_;
   uint32_t index_;
   Batch batch_;
-  // Pass-1 results.
-  int16_t dst_[kBurst];  // port id, or kFlood / kDrop
-  uint16_t vid_[kBurst];
+  ForwardPlan plan_;
   // Head copies with the VLAN tag put back, made on first use per batch.
   PacketRef tagged_[kBurst];
   uint32_t tagged_valid_ = 0;  // bit i: tagged_[i] is made
