@@ -36,6 +36,8 @@ modes:
   rx        receive and count packets
   reflect   send every received packet back, MAC addresses swapped
   bidir     send and receive at once
+  ping      send timestamped frames (pace them with --rate) to a reflector and measure each
+            round trip (spins while one is outstanding): the summary gets rtt_p50_us, rtt_p99_us, rtt_p999_us, rtt_max_us
 
 options:
   --socket PATH      the backend's vhost-user socket (required)
@@ -57,6 +59,7 @@ options:
   --peer-mac MAC     destination MAC of sent frames (default 02:6e:6d:78:00:02); through a
                      learning switch give each endpoint its own --mac and the other's as
                      --peer-mac, or every frame is flooded
+  --rtt-file PATH    ping: write every round trip (ns, one per line) to PATH
   --interval S       seconds between progress lines (default 1; 0: none)
   --delay S          wait S seconds after connecting before sending (the peer port may not
                      be up yet: a switch drops what it cannot deliver)
@@ -83,6 +86,7 @@ struct Options {
   uint32_t stream = 0;
   double interval = 1;
   double delay = 0;
+  std::string rtt_file;
   uint8_t mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
   uint8_t peer_mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
 };
@@ -132,8 +136,8 @@ Options Parse(int argc, char** argv) {
       o.server = true;
     } else if (a == "--mode") {
       o.mode = val();
-      if (o.mode != "tx" && o.mode != "rx" && o.mode != "reflect" && o.mode != "bidir") {
-        Usage("--mode " + o.mode + ": use tx, rx, reflect or bidir");
+      if (o.mode != "tx" && o.mode != "rx" && o.mode != "reflect" && o.mode != "bidir" && o.mode != "ping") {
+        Usage("--mode " + o.mode + ": use tx, rx, reflect, bidir or ping");
       }
     } else if (a == "--size") {
       o.size = static_cast<uint32_t>(Num(a, val(), 60, 65000));
@@ -147,6 +151,8 @@ Options Parse(int argc, char** argv) {
       o.duration = std::strtod(v.c_str(), &end);
       if (*end || !(o.duration > 0) || o.duration > 86400) Usage("--duration " + v + ": seconds, > 0");
       o.duration_given = true;
+    } else if (a == "--rtt-file") {
+      o.rtt_file = val();
     } else if (a == "--verify") {
       o.verify = true;
     } else if (a == "--queues") {
@@ -255,7 +261,9 @@ int Run(const Options& o) {
   }
   vhost::Frontend& fe = **f;
   const uint32_t hdr = fe.net_hdr_len();
-  const bool send = o.mode == "tx" || o.mode == "bidir";
+  const bool ping = o.mode == "ping";
+  const bool send = o.mode == "tx" || o.mode == "bidir" || ping;
+  std::vector<uint32_t> rtt_ns;  // ping: one round trip per reflected frame
   const bool reflect = o.mode == "reflect";
   const bool tx_only = o.mode == "tx", bidir = o.mode == "bidir", rx_side = o.mode == "rx" || reflect;
   std::fprintf(stdout, "pktgen: connected to %s, %u queue pair(s), %s ring, mrg_rxbuf %s, mode %s, size %u\n",
@@ -335,6 +343,16 @@ int Run(const Options& o) {
         }
         ++st.rx;
         st.rx_bytes += frag_len;
+        if (ping) {
+          // The send time travels in the frame (after the pktgen header).
+          if (frag_len >= kMinFrame + 8) {
+            uint64_t sent_ns;
+            std::memcpy(&sent_ns, reasm.data() + kMinFrame, 8);
+            const uint64_t now = MonotonicNowNs();
+            if (now >= sent_ns && now - sent_ns < (1ull << 32)) rtt_ns.push_back(static_cast<uint32_t>(now - sent_ns));
+          }
+          continue;
+        }
         if (o.verify && !ver.Check(reasm.data(), frag_len, &st)) ++st.bad;
         if (reflect) {
           std::vector<uint8_t> fr(reasm.begin(), reasm.begin() + frag_len);
@@ -379,6 +397,10 @@ int Run(const Options& o) {
           std::byte* b = fe.Buffer(tq, id);
           std::memset(b, 0, hdr);
           BuildFrame(b + hdr, o.size, (o.stream << 4) | k, seq[k]++);
+          if (ping) {
+            const uint64_t t_ns = MonotonicNowNs();
+            std::memcpy(b + hdr + kMinFrame, &t_ns, 8);
+          }
           virtio::DriverBuffer tb{fe.BufferAddr(tq, id), hdr + o.size, false};
           tq.Add({&tb, 1});
           ++st.tx;
@@ -419,7 +441,10 @@ int Run(const Options& o) {
       }
     }
     const bool sending = (send && !tx_done) || !backlog.empty();
-    if (!work && o.rate && send && !tx_done) {
+    // ping spins while a round trip is outstanding (a sleep would be measured); between
+    // round trips it sleeps like the others, so a reflector on the same CPU gets to run.
+    const bool spin = ping && st.tx > st.rx;
+    if (!work && o.rate && send && !tx_done && !spin) {
       // Paced and nothing due: give the CPU away until the next packet is (at most 200 us).
       const double next_due = o.delay + (st.tx + 1.0) / o.rate;
       const double wait = next_due - elapsed();
@@ -427,13 +452,13 @@ int Run(const Options& o) {
     }
     // Blocked (ring full, nothing received): on a machine where the backend and the peer
     // share our CPUs, spinning only delays them; back off for a few microseconds.
-    if (!work && sending && ++stalled > 64) {
+    if (!work && sending && !spin && ++stalled > 64) {
       stalled = 0;
       usleep(20);
     } else if (work) {
       stalled = 0;
     }
-    if (work || sending) {
+    if (work || sending || spin) {
       idle = 0;
     } else if (++idle > 4096) {
       // Nothing to do: sleep until a receive notification (or 10 ms).
@@ -474,6 +499,26 @@ int Run(const Options& o) {
               o.mode.c_str(), o.size, fe.queue_pairs(), o.packed ? "packed" : "split", secs, st.tx, st.rx, st.bad,
               st.lost, st.reordered, st.other, st.tx / secs / 1e6, st.rx / secs / 1e6, st.tx_bytes * 8 / secs / 1e9,
               st.rx_bytes * 8 / secs / 1e9, o.verify ? "yes" : "no", ok ? "ok" : "FAIL");
+  if (ping) {
+    std::vector<uint32_t> sorted = rtt_ns;
+    std::sort(sorted.begin(), sorted.end());
+    auto pct = [&](double q) {
+      if (sorted.empty()) return 0.0;
+      size_t i = static_cast<size_t>(q * (sorted.size() - 1) + 0.5);
+      return sorted[std::min(i, sorted.size() - 1)] / 1e3;
+    };
+    std::printf("rtt samples=%zu rtt_p50_us=%.2f rtt_p99_us=%.2f rtt_p999_us=%.2f rtt_max_us=%.2f\n", sorted.size(),
+                pct(0.5), pct(0.99), pct(0.999), sorted.empty() ? 0.0 : sorted.back() / 1e3);
+    if (!o.rtt_file.empty()) {
+      if (FILE* f = std::fopen(o.rtt_file.c_str(), "w")) {
+        for (uint32_t v : rtt_ns) std::fprintf(f, "%u\n", v);
+        std::fclose(f);
+      } else {
+        std::fprintf(stderr, "pktgen: cannot write %s: %s\n", o.rtt_file.c_str(), std::strerror(errno));
+        ok = false;
+      }
+    }
+  }
   std::fflush(stdout);
   return ok ? 0 : 1;
 }
