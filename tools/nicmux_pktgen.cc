@@ -7,6 +7,7 @@
 //   sequence number (u64), frame length (u32), then pattern bytes derived from the sequence
 //   number: every byte is checked with --verify.
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -59,6 +60,10 @@ options:
   --peer-mac MAC     destination MAC of sent frames (default 02:6e:6d:78:00:02); through a
                      learning switch give each endpoint its own --mac and the other's as
                      --peer-mac, or every frame is flooded
+  --yield            sched_yield() after every round: for two endpoints sharing one CPU
+                     (with a backend that drops instead of pushing back, the one not
+                     running would overflow its receive ring for a whole time slice)
+  --busy-poll        never sleep on receive notifications when idle (spin, as DPDK apps do)
   --rtt-file PATH    ping: write every round trip (ns, one per line) to PATH
   --interval S       seconds between progress lines (default 1; 0: none)
   --delay S          wait S seconds after connecting before sending (the peer port may not
@@ -87,6 +92,8 @@ struct Options {
   double interval = 1;
   double delay = 0;
   std::string rtt_file;
+  bool busy_poll = false;
+  bool yield = false;
   uint8_t mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
   uint8_t peer_mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
 };
@@ -151,6 +158,10 @@ Options Parse(int argc, char** argv) {
       o.duration = std::strtod(v.c_str(), &end);
       if (*end || !(o.duration > 0) || o.duration > 86400) Usage("--duration " + v + ": seconds, > 0");
       o.duration_given = true;
+    } else if (a == "--yield") {
+      o.yield = true;
+    } else if (a == "--busy-poll") {
+      o.busy_poll = true;
     } else if (a == "--rtt-file") {
       o.rtt_file = val();
     } else if (a == "--verify") {
@@ -441,6 +452,9 @@ int Run(const Options& o) {
       }
     }
     const bool sending = (send && !tx_done) || !backlog.empty();
+    // Two endpoints sharing one CPU: give the other the CPU after every round, so neither
+    // backend-side ring overflows while its reader waits for a scheduler time slice.
+    if (o.yield) sched_yield();
     // ping spins while a round trip is outstanding (a sleep would be measured); between
     // round trips it sleeps like the others, so a reflector on the same CPU gets to run.
     const bool spin = ping && st.tx > st.rx;
@@ -458,7 +472,7 @@ int Run(const Options& o) {
     } else if (work) {
       stalled = 0;
     }
-    if (work || sending || spin) {
+    if (work || sending || spin || o.busy_poll) {
       idle = 0;
     } else if (++idle > 4096) {
       // Nothing to do: sleep until a receive notification (or 10 ms).
