@@ -15,7 +15,8 @@ using nlohmann::json;
 
 // Checks that spec has only `allowed` keys (plus the switch's own), naming the first other.
 std::optional<std::string> UnknownOption(const PortSpec& s, std::initializer_list<const char*> allowed) {
-  for (const auto& [k, v] : s.options) {
+  for (const auto& kv : s.options) {
+    const std::string& k = kv.first;  // (clang 14 cannot capture a structured binding below)
     if (k == "vlan" || k == "trunk" || k == "mtu") continue;
     if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; })) {
       std::string list;
@@ -385,8 +386,6 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     j["time_ns"] = now_ns;
     if (switch_) {
       // What the switch was told: VLAN and MTU.
-      SwitchPortConfig cfg;
-      std::string code;
       const std::string* vlan = e->spec.Has("vlan") ? &e->spec.options.at("vlan") : nullptr;
       const std::string* trunk = e->spec.Has("trunk") ? &e->spec.options.at("trunk") : nullptr;
       if (auto v = ParseVlan(e->spec.name, vlan, trunk)) j["vlan"] = v->ToString();

@@ -64,7 +64,7 @@ class MergeWriter {
 }  // namespace
 
 VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pausable* worker)
-    : Port(o.name), opt_(o), loop_(loop), worker_(worker),
+    : Port(o.name), opt_(o), loop_(loop),
       session_(vhost::BackendConfig{o.queue_pairs, o.mtu}, worker) {}
 
 Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPortOptions& o,

@@ -78,7 +78,6 @@ class VhostUserPort final : public Port {
 
   VhostUserPortOptions opt_;
   EventLoop* loop_;
-  Pausable* worker_;
   vhost::BackendSession session_;
   UniqueFd listen_fd_;
   std::unique_ptr<vhost::Channel> channel_;

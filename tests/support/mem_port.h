@@ -58,7 +58,7 @@ class MemPort final : public Port {
       p->len = static_cast<uint32_t>(f.size());
       p->head_len = std::min<uint32_t>(p->len, kHeadBytes);
       p->vnet = {};
-      std::memcpy(p->head, f.data(), p->head_len);
+      if (p->head_len) std::memcpy(p->head, f.data(), p->head_len);  // (an empty frame: no data())
       p->seg = p->head_len == p->len ? 1 : 0;
       p->seg_off = p->head_len == p->len ? 0 : p->head_len;
     }
