@@ -114,31 +114,6 @@ class SwitchWorker final : public Forwarder {
 
  private:
   friend class L2Switch;
-
-// The decisions for one batch (pass 1) and the packets grouped per destination (pass 2's
-// input), in packet order within each group.
-struct ForwardPlan {
-  static constexpr int16_t kFlood = -1;
-  static constexpr int16_t kDrop = -2;
-  static constexpr uint16_t kMaxPorts = 256;
-
-  int16_t dst[kBurst];   // per packet: a port id, kFlood or kDrop
-  uint16_t vid[kBurst];  // per packet: its VLAN (the head is untagged)
-  uint16_t ids[kMaxPorts];  // the destinations met, in first-met order
-  uint32_t num_ids = 0;
-  uint8_t count[kMaxPorts];         // per destination: packets in its group
-  uint8_t group[kMaxPorts][kBurst];  // per destination: packet indexes
-
-  void ClearGroups(uint16_t num_port_ids) {
-    std::memset(count, 0, num_port_ids);
-    num_ids = 0;
-  }
-  void AddTo(uint16_t port, uint32_t packet) {
-    if (count[port] == 0) ids[num_ids++] = port;
-    group[port][count[port]++] = static_cast<uint8_t>(packet);
-  }
-};
-  struct Plan;
   // The last (VLAN << 48 | MAC) learned and looked up in this batch (~0: none).
   struct BatchMemo {
     uint64_t learned = ~0ull;
