@@ -38,6 +38,10 @@ options:
   --cpu LIST           pin worker i to the i-th CPU of LIST (e.g. 1 or 2,3; one per worker)
   --control PATH       the control socket for nicmuxctl (default /run/nicmux/nicmuxd.sock;
                        "none": no control socket)
+  --poll-us N          keep polling N microseconds after the last packet before sleeping
+                       (default 500; 0..1000000). Larger: lower latency for sparse traffic
+                       (waking a sleeping worker costs tens of microseconds), but a busy
+                       CPU whenever packets come at least that often.
   --mac-aging S        seconds a learned MAC lives without traffic (default 300)
   --mac-table-size N   MAC table entries, 16..1048576 (default 8192)
   --stats-interval S   log per-port counters every S seconds (default 0: only at exit)
@@ -101,7 +105,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   DaemonOptions o;
   // Flags are collected first, then laid over the config file's settings.
   std::optional<std::string> forward, control, log_level, config;
-  std::optional<uint64_t> workers, aging, table, stats;
+  std::optional<uint64_t> workers, aging, table, stats, poll;
   std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -146,6 +150,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       cpus = list;
     } else if (a == "--control") {
       control = value();
+    } else if (a == "--poll-us") {
+      poll = number(0, 1000000);
     } else if (a == "--mac-aging") {
       aging = number(1, 86400);
     } else if (a == "--mac-table-size") {
@@ -175,6 +181,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     if (d.cpus && !cpus) cpus = d.cpus;
     if (d.stats_interval_s && !stats) stats = d.stats_interval_s;
     if (d.mac_aging_s && !aging) aging = d.mac_aging_s;
+    if (d.poll_us && !poll) poll = d.poll_us;
     if (d.mac_table_size && !table) table = d.mac_table_size;
   }
   if (forward) o.forward = *forward;
@@ -183,6 +190,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (cpus) o.cpus = *cpus;
   if (stats) o.stats_interval_s = *stats;
   if (aging) o.mac_aging_s = static_cast<uint32_t>(*aging);
+  if (poll) o.poll_us = static_cast<uint32_t>(*poll);
   if (table) o.mac_table_size = static_cast<uint32_t>(*table);
   if (!o.cpus.empty() && o.cpus.size() != o.workers) {
     Usage("--cpu lists " + std::to_string(o.cpus.size()) + " CPUs for " + std::to_string(o.workers) + " worker(s)");

@@ -88,6 +88,10 @@ class DaemonParser {
         auto v = Int(node, k, 1, 86400);
         if (!v) return v.error();
         out_->mac_aging_s = static_cast<uint64_t>(*v);
+      } else if (k == "poll_us") {
+        auto v = Int(node, k, 0, 1000000);
+        if (!v) return v.error();
+        out_->poll_us = static_cast<uint32_t>(*v);
       } else if (k == "mac_table_size") {
         auto v = Int(node, k, 16, 1048576);
         if (!v) return v.error();

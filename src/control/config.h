@@ -13,6 +13,7 @@
 //   log_level = "info"            # debug | info | warning | error
 //   stats_interval = 0            # seconds, 0..86400
 //   mac_aging = 300               # seconds, 1..86400
+//   poll_us = 500                 # busy-poll after the last packet, 0..1000000
 //   mac_table_size = 8192         # entries, 16..1048576
 //
 //   [[port]]                      # one table per port, kept in file order
@@ -48,6 +49,7 @@ namespace nicmux {
 struct DaemonSettings {
   std::optional<std::string> forward, control, log_level;
   std::optional<uint32_t> workers;
+  std::optional<uint32_t> poll_us;
   std::optional<std::vector<int>> cpus;
   std::optional<uint64_t> stats_interval_s, mac_aging_s;
   std::optional<uint32_t> mac_table_size;

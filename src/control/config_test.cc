@@ -25,6 +25,7 @@ control = "/run/nicmux/test.sock"
 log_level = "debug"
 stats_interval = 10
 mac_aging = 120
+poll_us = 2000
 mac_table_size = 4096
 
 [[port]]
@@ -65,6 +66,7 @@ TEST(Config, FullFile) {
   EXPECT_EQ(d.log_level, "debug");
   EXPECT_EQ(d.stats_interval_s, 10u);
   EXPECT_EQ(d.mac_aging_s, 120u);
+  EXPECT_EQ(d.poll_us, 2000u);
   EXPECT_EQ(d.mac_table_size, 4096u);
 
   ASSERT_EQ(c->ports.size(), 3u);
@@ -183,6 +185,8 @@ TEST(Config, DaemonErrors) {
        "nicmuxd.toml:2: [daemon] 'workers' must be an integer in 1..64"},
       {"[daemon]\n\nstats_interval = 86401\n",
        "nicmuxd.toml:3: [daemon] 'stats_interval' must be an integer in 0..86400"},
+      {"[daemon]\npoll_us = -1\n",
+       "nicmuxd.toml:2: [daemon] 'poll_us' must be an integer in 0..1000000"},
       {"[daemon]\nmac_aging = 0\n",
        "nicmuxd.toml:2: [daemon] 'mac_aging' must be an integer in 1..86400"},
       {"[daemon]\nmac_table_size = 15\n",

@@ -54,7 +54,7 @@ Result<void> Daemon::Start() {
   const bool sw = opt_.forward == "switch";
   for (uint32_t i = 0; i < opt_.workers; ++i) {
     const int cpu = i < opt_.cpus.size() ? opt_.cpus[i] : -1;
-    workers_.push_back(std::make_unique<Worker>("worker" + std::to_string(i), cpu));
+    workers_.push_back(std::make_unique<Worker>("worker" + std::to_string(i), cpu, opt_.poll_us));
     group_.Add(workers_.back().get());
   }
   if (sw) {

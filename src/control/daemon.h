@@ -34,6 +34,7 @@ struct DaemonOptions {
   std::string control_path = "/run/nicmux/nicmuxd.sock";  // "" or "none": no control socket
   uint64_t stats_interval_s = 0;
   uint32_t mac_aging_s = 300;
+  uint32_t poll_us = Worker::kDefaultIdlePollUs;
   uint32_t mac_table_size = 8192;
   std::vector<PortSpec> ports;         // from the command line
   std::string config_path;             // "" if none

@@ -132,17 +132,6 @@ Result<std::shared_ptr<const GuestMemory>> GuestMemory::WithoutRegion(
   return Create(std::move(v));
 }
 
-std::byte* GuestMemory::InRegion(const GuestRegion& r, uint64_t addr, uint64_t len,
-                                 Access access, bool by_uva) {
-  uint64_t base = by_uva ? r.uva : r.gpa;
-  if (addr < base) return nullptr;
-  uint64_t off = addr - base;
-  // off < size and len <= size - off: [addr, addr+len) inside, without computing addr+len.
-  if (off >= r.size || len > r.size - off) return nullptr;
-  if (access == Access::kWrite && !r.writable) return nullptr;
-  return r.host + off;
-}
-
 std::byte* GuestMemory::Find(uint64_t addr, uint64_t len, Access access, bool by_uva) const {
   const size_t n = regions_.size();
   if (n == 0) return nullptr;

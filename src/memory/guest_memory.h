@@ -82,6 +82,11 @@ class GuestMemory {
 
   // The same for hot paths: nullptr instead of an Error. len == 0 needs addr inside a region.
   std::byte* TranslateFast(GuestAddr addr, uint64_t len, Access access) const {
+    // Inline for the common case: the region that answered last time answers again.
+    const uint32_t hint = last_hit_.load(std::memory_order_relaxed);
+    if (hint < regions_.size()) {
+      if (std::byte* p = InRegion(regions_[hint], addr.value, len, access, false)) return p;
+    }
     return Find(addr.value, len, access, /*by_uva=*/false);
   }
   std::byte* TranslateUvaFast(uint64_t uva, uint64_t len, Access access) const {
@@ -111,7 +116,15 @@ class GuestMemory {
   explicit GuestMemory(std::vector<GuestRegion> regions);
   std::byte* Find(uint64_t addr, uint64_t len, Access access, bool by_uva) const;
   static std::byte* InRegion(const GuestRegion& r, uint64_t addr, uint64_t len, Access access,
-                             bool by_uva);
+                             bool by_uva) {
+    const uint64_t base = by_uva ? r.uva : r.gpa;
+    if (addr < base) return nullptr;
+    const uint64_t off = addr - base;
+    // off < size and len <= size - off: [addr, addr+len) inside, without computing addr+len.
+    if (off >= r.size || len > r.size - off) return nullptr;
+    if (access == Access::kWrite && !r.writable) return nullptr;
+    return r.host + off;
+  }
 
   std::vector<GuestRegion> regions_;       // sorted by gpa
   std::vector<uint32_t> by_uva_;           // indexes of regions_, sorted by uva

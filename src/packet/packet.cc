@@ -15,7 +15,13 @@ bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef
   const virtio::ChainSegment& s0 = c.segs[0];
   if (net_hdr_len == sizeof(virtio::VirtioNetHdrV1) && s0.len >= net_hdr_len + p->head_len) {
     std::memcpy(&p->vnet, s0.data, sizeof p->vnet);
-    std::memcpy(p->head, s0.data + net_hdr_len, p->head_len);
+    if (s0.len >= net_hdr_len + kHeadBytes) {
+      // A fixed-size copy (inlined moves, no call); bytes past a short frame's end are still
+      // inside the guest's buffer and are never used.
+      std::memcpy(p->head, s0.data + net_hdr_len, kHeadBytes);
+    } else {
+      std::memcpy(p->head, s0.data + net_hdr_len, p->head_len);
+    }
     const uint32_t used = net_hdr_len + p->head_len;
     p->seg = used == s0.len ? 1 : 0;
     p->seg_off = used == s0.len ? 0 : used;

@@ -9,6 +9,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 
 #include "base/check.h"
@@ -80,6 +81,29 @@ size_t CopyPacket(const PacketRef& p, Writer& w) {
     off = 0;
   }
   return done;
+}
+
+// The same into one contiguous buffer of at least p.len bytes (the common case: a receive
+// buffer that holds the whole frame). Returns p.len.
+inline size_t CopyPacketTo(const PacketRef& p, std::byte* out) {
+  if (p.head_len == kHeadBytes) {
+    std::memcpy(out, p.head, kHeadBytes);  // fixed size: inlined
+  } else {
+    std::memcpy(out, p.head, p.head_len);
+  }
+  out += p.head_len;
+  uint32_t seg = p.seg, off = p.seg_off;
+  size_t left = p.len - p.head_len;
+  while (left > 0 && seg < p.nsegs) {
+    const virtio::ChainSegment& s = p.segs[seg];
+    const size_t k = left < s.len - off ? left : s.len - off;
+    std::memcpy(out, s.data + off, k);
+    out += k;
+    left -= k;
+    ++seg;
+    off = 0;
+  }
+  return p.len - left;
 }
 
 }  // namespace nicmux

@@ -8,16 +8,13 @@
 
 namespace nicmux {
 namespace {
-// Idle rounds (no packet moved) before arming notifications and sleeping, and the longest
-// sleep (a safety net for a missed notification; correctness does not depend on it). 8192
-// empty rounds are a few hundred microseconds: a ping-pong at 1000/s then mostly finds the
-// worker awake (bench/run latency p50 116 -> 40-60 us against 256 rounds), while an idle
-// port still costs nothing after that.
-constexpr uint32_t kIdleRoundsBeforeSleep = 8192;
+// The longest sleep: a safety net for a missed notification (correctness does not depend on
+// it).
 constexpr int kMaxSleepMs = 100;
 }  // namespace
 
-Worker::Worker(std::string name, int cpu) : name_(std::move(name)), cpu_(cpu) {
+Worker::Worker(std::string name, int cpu, uint32_t idle_poll_us)
+    : name_(std::move(name)), cpu_(cpu), idle_poll_ns_(uint64_t{idle_poll_us} * 1000) {
   auto e = EventFd::Create();
   NICMUX_CHECK(e.has_value());
   wake_ = std::move(*e);
@@ -108,7 +105,10 @@ void Worker::Sleep() {
 }
 
 void Worker::Loop() {
+  // Empty rounds since the last packet; the clock is read when an idle spell starts and then
+  // every 64 empty rounds, never while packets flow.
   uint32_t idle = 0;
+  uint64_t idle_since = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
     MaybePause();
     uint64_t moved = 0;
@@ -118,11 +118,17 @@ void Worker::Loop() {
       idle = 0;
       continue;
     }
-    if (++idle >= kIdleRoundsBeforeSleep) {
-      idle = 0;
-      if (pause_req_.load(std::memory_order_acquire)) continue;
-      Sleep();
+    if (idle++ == 0) {
+      if (idle_poll_ns_ != 0) {
+        idle_since = MonotonicNowNs();
+        continue;
+      }
+    } else if (idle % 64 != 0 || MonotonicNowNs() - idle_since < idle_poll_ns_) {
+      continue;
     }
+    idle = 0;
+    if (pause_req_.load(std::memory_order_acquire)) continue;
+    Sleep();
   }
 }
 
