@@ -44,8 +44,10 @@ BackendSession::BackendSession(const BackendConfig& config, Pausable* worker)
   NICMUX_CHECK(worker_ != nullptr);
   NICMUX_CHECK(config_.queue_pairs >= 1 && config_.queue_pairs <= kMaxQueuePairs);
   // Offered only what fully works: no dirty log, no offloads yet. IN_ORDER holds because
-  // every queue completes chains in the order it popped them (the datapath pushes used
-  // entries in pop order, bad chains included).
+  // every queue completes chains in the order it popped them. The one exception is a chain
+  // that fails its checks: it is completed empty at once, possibly ahead of good chains
+  // popped before it; only a misbehaving driver makes one, and only its own queue sees the
+  // order change.
   offered_features_ = Bit(virtio::kFVersion1) | Bit(virtio::kNetFMrgRxbuf) |
                       Bit(virtio::kFRingEventIdx) | Bit(virtio::kFRingIndirectDesc) |
                       Bit(virtio::kFRingPacked) | Bit(virtio::kFInOrder) | Bit(virtio::kNetFMq) |

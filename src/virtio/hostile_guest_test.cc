@@ -595,5 +595,59 @@ TEST(HostileDevice, PackedUsedIdNotInFlight) {
   EXPECT_EQ(rp.driver.drops().Get(DropReason::kUsedIdOutOfRange), 1u);
 }
 
+// --------------------------------------------------- IN_ORDER: one used descriptor per batch
+
+class PackedInOrder : public PackedHostile {
+ protected:
+  PackedInOrder() : PackedHostile({.size = kSize, .features = Bit(kFInOrder)}) {}
+};
+
+TEST_F(PackedInOrder, BatchIsOneUsedDescriptorWithTheLastId) {
+  // Three chains: ids 3, 4 (two descriptors) and 5, in slots 0, 1-2, 3.
+  Put(0, good_buf_.value, 16, 3, 0);
+  Put(2, good_buf_.value + 16, 16, 4, 0);
+  Put(1, good_buf_.value, 16, 4, kDescFNext);  // head last, as a driver does
+  Put(3, good_buf_.value, 16, 5, 0);
+  DescChain c[3];
+  ASSERT_EQ(rp_.device.PopBurst(c, 3), 3u);
+  ASSERT_TRUE(rp_.device.PushInOrderBatch({c, 3}));
+  rp_.device.Flush();
+  EXPECT_EQ(LoadAcquire(desc_[0].flags) & (kDescFAvail | kDescFUsed), kDescFAvail | kDescFUsed);
+  EXPECT_EQ(desc_[0].id.get(), 5);
+  EXPECT_EQ(desc_[0].len.get(), 0u);
+  // The slots the batch skipped are left as the driver wrote them.
+  for (uint16_t s = 1; s < 4; ++s) EXPECT_EQ(desc_[s].flags.get() & kDescFUsed, 0) << s;
+  // The next completion goes where the batch ended (slot 4), and ids are free again.
+  Put(4, good_buf_.value, 16, 3, 0);
+  DescChain d;
+  ASSERT_EQ(rp_.device.Pop(&d), PopStatus::kOk);
+  rp_.device.Push(d.id, 0);
+  rp_.device.Flush();
+  EXPECT_EQ(LoadAcquire(desc_[4].flags) & kDescFUsed, kDescFUsed);
+  EXPECT_EQ(desc_[4].id.get(), 3);
+}
+
+TEST_F(PackedInOrder, RefusedAfterABadChainCompletedOutOfTurn) {
+  Put(0, good_buf_.value, 16, 1, 0);
+  Put(1, 0x900000, 16, 2, 0);  // outside memory: completed empty at once, ahead of id 1
+  Put(2, good_buf_.value, 16, 3, 0);
+  DescChain c[2];
+  ASSERT_EQ(rp_.device.PopBurst(c, 2), 2u);
+  EXPECT_FALSE(rp_.device.PushInOrderBatch({c, 2}));
+  rp_.device.Push(c[0].id, 0);  // the caller's fallback still works
+  rp_.device.Push(c[1].id, 0);
+  rp_.device.Flush();
+  EXPECT_EQ(desc_[0].id.get(), 2);
+  EXPECT_EQ(desc_[1].id.get(), 1);
+  EXPECT_EQ(desc_[2].id.get(), 3);
+}
+
+TEST_F(PackedHostile, InOrderBatchNeedsTheFeature) {
+  Put(0, good_buf_.value, 16, 1, 0);
+  DescChain c;
+  ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+  EXPECT_FALSE(rp_.device.PushInOrderBatch({&c, 1}));
+}
+
 }  // namespace
 }  // namespace nicmux::virtio

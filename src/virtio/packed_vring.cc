@@ -21,6 +21,7 @@ Result<void> PackedVring::Init(const VringConfig& config, const PackedRingAreas&
   size_ = config.size;
   event_idx_ = config.event_idx();
   indirect_ = config.indirect();
+  in_order_ = config.in_order();
   policy_ = config.policy;
   avail_pos_ = used_pos_ = signalled_pos_ = pos;
   avail_wrap_ = used_wrap_ = (avail_state >> 15) != 0;
@@ -183,6 +184,30 @@ void PackedVring::Push(uint16_t id, uint32_t len) {
   }
   ++pending_;
   Advance(&used_pos_, &used_wrap_, descs_of_id_[id]);
+}
+
+bool PackedVring::PushInOrderBatch(std::span<const DescChain> chains) {
+  if (!in_order_ || chains.empty() || pending_ != 0) return false;
+  // They must be the next chains the driver expects back, popped back to back: no bad chain
+  // completed out of turn before or between them.
+  if (chains[0].ring_pos != used_pos_ || chains[0].ring_wrap != used_wrap_ ||
+      chains.back().bad_seq != chains[0].bad_seq) {
+    return false;
+  }
+  uint32_t descs = 0;
+  for (const DescChain& c : chains) {
+    NICMUX_CHECK(c.id < size_ && in_flight_[c.id]);
+    in_flight_[c.id] = 0;
+    descs += descs_of_id_[c.id];
+  }
+  VirtqPackedDesc& d = desc_[used_pos_];
+  d.id = Le16::Of(chains.back().id);
+  d.len = Le32::Of(0);
+  first_slot_ = used_pos_;
+  first_flags_ = used_wrap_ ? (kDescFAvail | kDescFUsed) : 0;
+  pending_ = 1;
+  Advance(&used_pos_, &used_wrap_, descs);
+  return true;
 }
 
 bool PackedVring::Flush() {

@@ -33,6 +33,11 @@ class PackedVring {
   // As SplitVring::Rewind.
   bool Rewind(std::span<const DescChain> chains);
   void Push(uint16_t id, uint32_t len);
+  // VIRTIO_F_IN_ORDER (§2.8.23): completes chains (in pop order, length 0, nothing pending)
+  // with one used descriptor that carries the last buffer id; the driver walks its own ring
+  // up to it. False, with nothing done, when IN_ORDER is off or the chains are not the next
+  // ones due (a bad chain completed out of turn): then Push() each.
+  bool PushInOrderBatch(std::span<const DescChain> chains);
   bool Flush();
   bool EnableKicks();
   void DisableKicks();
@@ -67,6 +72,7 @@ class PackedVring {
   uint32_t size_ = 0;
   bool event_idx_ = false;
   bool indirect_ = false;
+  bool in_order_ = false;
   ChainPolicy policy_ = ChainPolicy::kAny;
   bool broken_ = true;  // until Init
 

@@ -27,6 +27,7 @@ struct VringConfig {
 
   bool event_idx() const { return Has(features, kFRingEventIdx); }
   bool indirect() const { return Has(features, kFRingIndirectDesc); }
+  bool in_order() const { return Has(features, kFInOrder); }
 };
 
 // A queue size the layout allows (virtio 1.2 §2.6: "Queue Size ... a power of 2" for split
