@@ -5,7 +5,8 @@
 
 namespace nicmux {
 
-bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p) {
+bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p,
+                     bool read_vnet) {
   if (c.readable_bytes < net_hdr_len) return false;
   p->segs = c.segs;
   p->nsegs = c.num_readable;
@@ -14,7 +15,11 @@ bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef
   // Common case: header and head in the first segment.
   const virtio::ChainSegment& s0 = c.segs[0];
   if (net_hdr_len == sizeof(virtio::VirtioNetHdrV1) && s0.len >= net_hdr_len + p->head_len) {
-    std::memcpy(&p->vnet, s0.data, sizeof p->vnet);
+    if (read_vnet) {
+      std::memcpy(&p->vnet, s0.data, sizeof p->vnet);
+    } else {
+      p->vnet = {};
+    }
     if (s0.len >= net_hdr_len + kHeadBytes) {
       // A fixed-size copy (inlined moves, no call); bytes past a short frame's end are still
       // inside the guest's buffer and are never used.
@@ -47,9 +52,9 @@ bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef
     }
   };
   std::byte hdr[sizeof(virtio::VirtioNetHdrV1)] = {};
-  take(hdr, std::min<uint32_t>(net_hdr_len, sizeof hdr));
+  take(read_vnet ? hdr : nullptr, std::min<uint32_t>(net_hdr_len, sizeof hdr));
   if (net_hdr_len > sizeof hdr) take(nullptr, net_hdr_len - sizeof hdr);
-  std::memcpy(&p->vnet, hdr, sizeof hdr);
+  if (read_vnet) std::memcpy(&p->vnet, hdr, sizeof hdr);
   take(p->head, p->head_len);
   p->seg = static_cast<uint16_t>(seg);
   p->seg_off = off;

@@ -58,8 +58,12 @@ class Batch {
 };
 
 // Fills p from a device-readable chain that starts with a virtio-net header of net_hdr_len
-// bytes. False when the chain is shorter than the header (a bad frame).
-bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p);
+// bytes. False when the chain is shorter than the header (a bad frame). read_vnet: take the
+// header's offload fields; false where no offload was negotiated (the header then means
+// nothing, §5.1.6.2), and its bytes are not even read (they sit in a cache line of their own
+// that the other core has just written).
+bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p,
+                     bool read_vnet = true);
 
 // Copies p's frame bytes [0, len) into w (anything with size_t Write(const void*, size_t), e.g.
 // a ChainWriter): the head from the private copy, the rest from the source segments. Returns

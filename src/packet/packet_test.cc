@@ -54,6 +54,24 @@ TEST(Packet, HeaderAndHeadAcrossSegments) {
   }
 }
 
+TEST(Packet, WithoutOffloadsTheHeaderIsIgnoredAndTheFrameStillFound) {
+  for (auto sizes : std::vector<std::vector<uint32_t>>{{12, 1500}, {5, 7, 30, 40, 1000}, {1200}, {13}}) {
+    ChainFixture f(sizes, 12);
+    PacketRef p;
+    p.vnet.flags = 0x55;
+    ASSERT_TRUE(PacketFromChain(f.c, 12, &p, /*read_vnet=*/false));
+    ASSERT_EQ(p.len, f.expect.size());
+    EXPECT_EQ(std::memcmp(p.head, f.expect.data(), p.head_len), 0);
+    EXPECT_EQ(p.vnet.flags, 0);  // the guest's 0xee header bytes are not taken
+    EXPECT_EQ(p.vnet.gso_type, 0);
+    // Into one contiguous buffer: every byte, in order.
+    std::vector<std::byte> out(p.len + 16, std::byte{0x11});
+    EXPECT_EQ(CopyPacketTo(p, out.data()), p.len);
+    EXPECT_TRUE(std::equal(f.expect.begin(), f.expect.end(), out.begin()));
+    EXPECT_EQ(out[p.len], std::byte{0x11});  // nothing past the end
+  }
+}
+
 TEST(Packet, ChainShorterThanHeaderIsRefused) {
   ChainFixture f({8}, 12);
   PacketRef p;

@@ -211,13 +211,16 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
   // The frames' first bytes are read next (the header copy); ask for all of them at once.
   for (uint32_t i = 0; i < st.n; ++i) {
     const virtio::DescChain& ch = st.chains[i];
-    if (ch.num_readable > 0) PrefetchRead(ch.segs[0].data, std::min<uint64_t>(ch.segs[0].len, hdr + kHeadBytes));
+    // The frame, not the virtio-net header before it (not read: no offloads are offered).
+    if (ch.num_readable > 0 && ch.segs[0].len > hdr) {
+      PrefetchRead(ch.segs[0].data + hdr, std::min<uint64_t>(ch.segs[0].len - hdr, kHeadBytes), 2);
+    }
   }
   size_t got = 0;
   for (uint32_t i = 0; i < st.n; ++i) {
     PacketRef* p = out.TryPush();
     NICMUX_DCHECK(p != nullptr);
-    if (!PacketFromChain(st.chains[i], hdr, p)) {
+    if (!PacketFromChain(st.chains[i], hdr, p, /*read_vnet=*/false)) {
       out.Pop();
       rxc_[q].dropped.Add();
       rxc_[q].drops.Add(DropReason::kBadFrame);
