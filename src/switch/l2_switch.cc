@@ -294,6 +294,31 @@ const PacketRef* SwitchWorker::Tagged(uint32_t i, uint16_t vid) {
   return &t;
 }
 
+// Groups the batch per destination, in packet order; a flood adds the packet to every other
+// port that admits its VLAN.
+void SwitchWorker::FillGroups(uint16_t src, uint32_t n, uint16_t nids, PortCounters& cnt) {
+  ForwardPlan& plan = plan_;
+  for (uint32_t i = 0; i < n; ++i) {
+    const int16_t d = plan.dst[i];
+    if (d >= 0) {
+      if (sw_->ports_[d].config.vlan.Admits(plan.vid[i])) {
+        plan.AddTo(static_cast<uint16_t>(d), i);
+      } else {
+        cnt.drops.Add(DropReason::kVlan);
+      }
+    } else if (d == kFlood) {
+      cnt.flooded.Add();
+      bool any = false;
+      for (uint16_t o = 0; o < nids; ++o) {
+        if (o == src || sw_->ports_[o].port == nullptr || !sw_->ports_[o].config.vlan.Admits(plan.vid[i])) continue;
+        plan.AddTo(o, i);
+        any = true;
+      }
+      if (!any) cnt.drops.Add(DropReason::kNoRoute);
+    }
+  }
+}
+
 void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   Port* sp = sw_->ports_[src].port;
   batch_.Clear();
@@ -320,29 +345,20 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     }
   }
 
-  // Group per destination, in packet order. A flood adds the packet to every other port that
-  // admits its VLAN.
+  // Group per destination, in packet order.
   ForwardPlan& plan = plan_;
   const uint16_t nids = sw_->num_ids_;
   plan.ClearGroups(nids);
-  for (uint32_t i = 0; i < n; ++i) {
-    const int16_t d = plan.dst[i];
-    if (d >= 0) {
-      if (sw_->ports_[d].config.vlan.Admits(plan.vid[i])) {
-        plan.AddTo(static_cast<uint16_t>(d), i);
-      } else {
-        cnt.drops.Add(DropReason::kVlan);
-      }
-    } else if (d == kFlood) {
-      cnt.flooded.Add();
-      bool any = false;
-      for (uint16_t o = 0; o < nids; ++o) {
-        if (o == src || sw_->ports_[o].port == nullptr || !sw_->ports_[o].config.vlan.Admits(plan.vid[i])) continue;
-        plan.AddTo(o, i);
-        any = true;
-      }
-      if (!any) cnt.drops.Add(DropReason::kNoRoute);
-    }
+  // The common case first: the whole batch for one port and VLAN (a flow between two
+  // guests) is one group without a per-packet pass.
+  bool uniform = plan.dst[0] >= 0;
+  for (uint32_t i = 1; uniform && i < n; ++i) {
+    uniform = plan.dst[i] == plan.dst[0] && plan.vid[i] == plan.vid[0];
+  }
+  if (uniform && sw_->ports_[plan.dst[0]].config.vlan.Admits(plan.vid[0])) {
+    plan.SetOneGroup(static_cast<uint16_t>(plan.dst[0]), n);
+  } else {
+    FillGroups(src, n, nids, cnt);
   }
 
   // Backpressure: the batch is cut before the first packet a destination has no room for,

@@ -97,6 +97,13 @@ struct ForwardPlan {
     std::memset(count, 0, num_port_ids);
     num_ids = 0;
   }
+  // Packets 0..n-1, all for port (nothing else grouped yet).
+  void SetOneGroup(uint16_t port, uint32_t n) {
+    ids[0] = port;
+    num_ids = 1;
+    count[port] = static_cast<uint8_t>(n);
+    for (uint32_t i = 0; i < n; ++i) group[port][i] = static_cast<uint8_t>(i);
+  }
   void AddTo(uint16_t port, uint32_t packet) {
     if (count[port] == 0) ids[num_ids++] = port;
     group[port][count[port]++] = static_cast<uint8_t>(packet);
@@ -120,7 +127,9 @@ class SwitchWorker final : public Forwarder {
     uint64_t looked = ~0ull;
     int looked_port = -1;
   };
+  struct PortCounters;
   void Forward(uint16_t src, uint32_t q, WorkDone* w);
+  void FillGroups(uint16_t src, uint32_t n, uint16_t nids, PortCounters& cnt);
   bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, uint32_t now_s, BatchMemo& memo);
   const PacketRef* Tagged(uint32_t i, uint16_t vid);
 
