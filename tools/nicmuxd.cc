@@ -39,7 +39,7 @@ options:
   --control PATH       the control socket for nicmuxctl (default /run/nicmux/nicmuxd.sock;
                        "none": no control socket)
   --poll-us N          keep polling N microseconds after the last packet before sleeping
-                       (default 500; 0..1000000). Larger: lower latency for sparse traffic
+                       (default 100; 0..1000000). Larger: lower latency for sparse traffic
                        (waking a sleeping worker costs tens of microseconds), but a busy
                        CPU whenever packets come at least that often.
   --mac-aging S        seconds a learned MAC lives without traffic (default 300)

@@ -13,7 +13,7 @@
 //   log_level = "info"            # debug | info | warning | error
 //   stats_interval = 0            # seconds, 0..86400
 //   mac_aging = 300               # seconds, 1..86400
-//   poll_us = 500                 # busy-poll after the last packet, 0..1000000
+//   poll_us = 100                 # busy-poll after the last packet, 0..1000000
 //   mac_table_size = 8192         # entries, 16..1048576
 //
 //   [[port]]                      # one table per port, kept in file order

@@ -25,7 +25,7 @@ class Worker final : public Pausable {
   // How long a worker keeps polling after the last packet before it sleeps, by default.
   // Longer: lower latency for sparse traffic (a sleeping worker pays a wake-up, ~40 us in a
   // VM), at the price of a busy CPU while packets come more often than this.
-  static constexpr uint32_t kDefaultIdlePollUs = 500;
+  static constexpr uint32_t kDefaultIdlePollUs = 100;
 
   // cpu < 0: no pinning. idle_poll_us: see kDefaultIdlePollUs; 0 sleeps at the first empty
   // round.

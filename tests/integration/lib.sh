@@ -95,3 +95,27 @@ stop_nicmuxd() {
 }
 
 DPDK_EAL=(--no-huge -m 512 --no-shconf --no-pci --no-telemetry)
+
+# ---- QEMU guests (tests/integration/guest): call guest_image first.
+G=$(cd "$(dirname "${BASH_SOURCE[0]}")/guest" && pwd)
+guest_image() { "$G/build-guest.sh" >/dev/null || fail "cannot build the guest image"; }
+# guest NAME SOCKET IP [run-guest options]: a guest serving iperf3, commands over its console.
+guest() {
+  local name=$1 sock=$2 ip=$3; shift 3
+  "$G/run-guest.sh" "$name" "$sock" --ip "$ip" --serve 'iperf3 -s' --background --timeout 600 \
+    --console-socket "$WORK/$name.con" --log "$WORK/$name.console.log" --pidfile "$WORK/$name.pid" \
+    "$@" >"$WORK/$name.qpid" || fail "guest $name did not start"
+  PIDS+=("$(cat "$WORK/$name.qpid")")
+}
+wait_agent() { wait_log "$WORK/$1.console.log" '^NICMUX-AGENT' 300; }
+gexec() { "$G/guest-exec.py" --timeout 180 "$WORK/$1.con" "$2"; }
+# kill_guest NAME...: stops the guests' QEMUs and waits until they are gone.
+kill_guest() {
+  local g p i
+  for g in "$@"; do
+    p=$(cat "$WORK/$g.qpid")
+    kill "$p" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+}

@@ -7,25 +7,8 @@
 #   3. packed virtqueues: ping both ways.
 #   4. four queue pairs in each guest: traffic on every receive and transmit queue.
 source "$(dirname "$0")/lib.sh"
-G=$(cd "$(dirname "$0")/guest" && pwd)
-"$G/build-guest.sh" >/dev/null || fail "cannot build the guest image"
+guest_image
 
-# guest NAME SOCKET IP [run-guest options]: a guest serving iperf3, commands over its console.
-guest() {
-  local name=$1 sock=$2 ip=$3; shift 3
-  "$G/run-guest.sh" "$name" "$sock" --ip "$ip" --serve 'iperf3 -s' --background --timeout 600 \
-    --console-socket "$WORK/$name.con" --log "$WORK/$name.console.log" --pidfile "$WORK/$name.pid" \
-    "$@" >"$WORK/$name.qpid" || fail "guest $name did not start"
-  PIDS+=("$(cat "$WORK/$name.qpid")")
-}
-wait_agent() { wait_log "$WORK/$1.console.log" '^NICMUX-AGENT' 300; }
-gexec() { "$G/guest-exec.py" --timeout 180 "$WORK/$1.con" "$2"; }
-kill_guest() {
-  local p; p=$(cat "$WORK/$1.qpid")
-  kill "$p" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  kill -9 "$p" 2>/dev/null || true
-}
 ping_both() {
   gexec a 'ping -c 3 -W 5 10.0.0.2' >"$WORK/ping_ab.log" || fail "ping a -> b ($1)"
   gexec b 'ping -c 3 -W 5 10.0.0.1' >"$WORK/ping_ba.log" || fail "ping b -> a ($1)"

@@ -10,29 +10,13 @@
 #      namespace <-> a work, nothing crosses to b. (Trunk tagging is covered by the switch's unit
 #      tests: this host kernel has no 802.1Q module to make a tagged peer with.)
 source "$(dirname "$0")/lib.sh"
-G=$(cd "$(dirname "$0")/guest" && pwd)
-"$G/build-guest.sh" >/dev/null || fail "cannot build the guest image"
+guest_image
 NS=nmxtest$$
 TAPIF=nmxt$$
 cleanup_ns() { ip netns del "$NS" 2>/dev/null || true; }
 trap 'rc=$?; cleanup_ns; (exit $rc); cleanup' EXIT
 
-guest() {
-  local name=$1 sock=$2 ip=$3; shift 3
-  "$G/run-guest.sh" "$name" "$sock" --ip "$ip" --serve 'iperf3 -s' --background --timeout 600 \
-    --console-socket "$WORK/$name.con" --log "$WORK/$name.console.log" --pidfile "$WORK/$name.pid" \
-    "$@" >"$WORK/$name.qpid" || fail "guest $name did not start"
-  PIDS+=("$(cat "$WORK/$name.qpid")")
-}
-wait_agent() { wait_log "$WORK/$1.console.log" '^NICMUX-AGENT' 300; }
-gexec() { "$G/guest-exec.py" --timeout 180 "$WORK/$1.con" "$2"; }
 tx_of() { ctl --json port show "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['tx_packets'])"; }
-kill_guests() {
-  for g in "$@"; do
-    local p; p=$(cat "$WORK/$g.qpid"); kill "$p" 2>/dev/null || true
-  done
-  sleep 1
-}
 
 # ---- 1. three guests, flooding then learned unicast
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock" \
@@ -62,7 +46,7 @@ ip -n "$NS" link set "$TAPIF" up
 ip netns exec "$NS" ping -c 3 -W 5 10.0.0.1 >"$WORK/ping_tap.log" || fail "ping namespace -> guest a through TAP"
 gexec a 'ping -c 3 -W 5 10.0.0.9' >>"$WORK/ping_tap.log" || fail "ping guest a -> namespace through TAP"
 echo "ok: host kernel (namespace $NS, TAP $TAPIF) <-> guest a: ping both ways ($(grep -m1 -o 'rtt.*\|round-trip.*' "$WORK/ping_tap.log"))"
-kill_guests a b c
+kill_guest a b c
 stop_nicmuxd
 cleanup_ns
 
@@ -87,5 +71,5 @@ if gexec b 'ping -c 2 -W 2 10.0.0.3' >/dev/null 2>&1; then fail "VLAN 20 reached
 b1=$(tx_of b)
 [ "$b1" -eq "$b0" ] || fail "port b (VLAN 20) was sent $((b1 - b0)) frames from VLAN 10"
 echo "ok: VLANs: 10 <-> 10 (guests and TAP) pass, 10 <-> 20 isolated (b got 0 frames)"
-kill_guests a b c
+kill_guest a b c
 stop_nicmuxd
