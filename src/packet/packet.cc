@@ -21,8 +21,8 @@ bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef
       p->vnet = {};
     }
     if (s0.len >= net_hdr_len + kHeadBytes) {
-      // A fixed-size copy (inlined moves, no call); bytes past a short frame's end are still
-      // inside the guest's buffer and are never used.
+      // The segment holds a whole head (so the frame is at least kHeadBytes long): a
+      // fixed-size copy, inlined moves instead of a call.
       std::memcpy(p->head, s0.data + net_hdr_len, kHeadBytes);
     } else {
       std::memcpy(p->head, s0.data + net_hdr_len, p->head_len);

@@ -227,6 +227,8 @@ bool PackedVring::PushInOrderBatch(std::span<const DescChain> chains) {
   }
   uint32_t descs = 0;
   for (const DescChain& c : chains) {
+    // Popped back to back (the caller's promise): each starts where the previous ended.
+    NICMUX_DCHECK(c.ring_pos == static_cast<uint16_t>((used_pos_ + descs) % size_));
     NICMUX_CHECK(c.id < size_ && in_flight_[c.id]);
     in_flight_[c.id] = 0;
     descs += descs_of_id_[c.id];
