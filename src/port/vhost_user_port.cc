@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <type_traits>
 
 #include "base/log.h"
 #include "base/prefetch.h"
@@ -248,13 +247,9 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   rxc_[q].packets.Add(sent);
   rxc_[q].bytes.Add(bytes);
   auto finish = [&](auto& ring) {
-    bool pushed = false;
-    if constexpr (std::is_same_v<std::decay_t<decltype(ring)>, virtio::PackedVring>) {
-      // Transmit completions carry no length: with IN_ORDER one used descriptor covers them
-      // all, and the driver reads one descriptor instead of 32.
-      pushed = ring.PushInOrderBatch({st.chains, done_chains});
-    }
-    if (!pushed) {
+    // Transmit completions carry no length: with IN_ORDER one used descriptor can cover them
+    // all (packed rings), and the driver reads one descriptor instead of 32.
+    if (!ring.PushInOrderBatch({st.chains, done_chains})) {
       for (uint32_t i = 0; i < done_chains; ++i) ring.Push(st.chains[i].id, 0);
     }
     if (done_chains < st.n && !ring.Rewind({st.chains + done_chains, st.n - done_chains})) {

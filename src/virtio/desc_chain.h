@@ -65,6 +65,22 @@ class ChainBuilder {
     chain_->readable_bytes = chain_->writable_bytes = 0;
   }
 
+  // The common chain, one direct descriptor, without a builder: the same checks as Add()
+  // (policy, translation; a zero length is left to the general walk). False, with *chain
+  // untouched, when any fails: the caller then walks the chain the general way.
+  static bool SingleSegment(const GuestMemory& mem, ChainPolicy policy, uint64_t addr, uint32_t len,
+                            bool writable, DescChain* chain) {
+    if (len == 0 || policy == (writable ? ChainPolicy::kReadOnly : ChainPolicy::kWriteOnly)) return false;
+    std::byte* p = mem.TranslateFast(GuestAddr{addr}, len, writable ? Access::kWrite : Access::kRead);
+    if (p == nullptr) return false;
+    chain->segs[0] = {p, len};
+    chain->num_segments = 1;
+    chain->num_readable = writable ? 0 : 1;
+    chain->readable_bytes = writable ? 0 : len;
+    chain->writable_bytes = writable ? len : 0;
+    return true;
+  }
+
   // UNTRUSTED: addr, len and the write flag come from a descriptor; each is checked here
   // (policy, order, translation into one region, segment count, 2^32-byte total).
   std::optional<DropReason> Add(uint64_t addr, uint32_t len, bool writable) {

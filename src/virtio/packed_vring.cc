@@ -76,34 +76,25 @@ PopStatus PackedVring::Pop(DescChain* chain) {
     uint16_t flags = LoadAcquire(desc_[slot].flags);
     if (!IsAvail(flags, wrap)) return PopStatus::kEmpty;
     if (!(flags & (kDescFNext | kDescFIndirect))) {
-      // The common chain, one direct descriptor: the checks of the walk below, inline. Any
-      // check that fails falls through to the walk (nothing is changed before), which reads
-      // the descriptor again and judges what it finds then.
+      // The common chain, one direct descriptor, without the walk below. Any check that fails
+      // falls through to the walk (nothing is changed before), which reads the descriptor
+      // again and judges what it finds then.
       VirtqPackedDesc d;
       std::memcpy(&d, &desc_[slot], sizeof d);
       const uint16_t id = d.id.get();
-      const uint32_t len = d.len.get();
-      const bool writable = (flags & kDescFWrite) != 0;
-      const bool allowed = writable ? policy_ != ChainPolicy::kReadOnly : policy_ != ChainPolicy::kWriteOnly;
-      if (id < size_ && !in_flight_[id] && len != 0 && allowed) {
-        if (std::byte* p = mem_->TranslateFast(GuestAddr{d.addr.get()}, len,
-                                               writable ? Access::kWrite : Access::kRead)) {
-          chain->segs[0] = {p, len};
-          chain->num_segments = 1;
-          chain->num_readable = writable ? 0 : 1;
-          chain->readable_bytes = writable ? 0 : len;
-          chain->writable_bytes = writable ? len : 0;
-          chain->id = id;
-          chain->num_descs = 1;
-          chain->ring_pos = avail_pos_;
-          chain->ring_wrap = avail_wrap_;
-          chain->bad_seq = bad_seq_;
-          in_flight_[id] = 1;
-          descs_of_id_[id] = 1;
-          Advance(&avail_pos_, &avail_wrap_, 1);
-          popped_.Add();
-          return PopStatus::kOk;
-        }
+      if (id < size_ && !in_flight_[id] &&
+          ChainBuilder::SingleSegment(*mem_, policy_, d.addr.get(), d.len.get(), (flags & kDescFWrite) != 0,
+                                      chain)) {
+        chain->id = id;
+        chain->num_descs = 1;
+        chain->ring_pos = avail_pos_;
+        chain->ring_wrap = avail_wrap_;
+        chain->bad_seq = bad_seq_;
+        in_flight_[id] = 1;
+        descs_of_id_[id] = 1;
+        Advance(&avail_pos_, &avail_wrap_, 1);
+        popped_.Add();
+        return PopStatus::kOk;
       }
     }
 

@@ -105,33 +105,17 @@ PopStatus SplitVring::Pop(DescChain* chain) {
       return PopStatus::kBroken;
     }
     const uint16_t pos = last_avail_++;
-    {
-      // The common chain, one direct descriptor: the walk's checks inline. A failed check
-      // falls through to Walk(), which reads the descriptor again (nothing changed yet).
-      VirtqDesc d;
-      std::memcpy(&d, &desc_[head], sizeof d);
-      const uint16_t flags = d.flags.get();
-      const uint32_t len = d.len.get();
-      const bool writable = (flags & kDescFWrite) != 0;
-      const bool allowed = writable ? policy_ != ChainPolicy::kReadOnly : policy_ != ChainPolicy::kWriteOnly;
-      if (!(flags & (kDescFNext | kDescFIndirect)) && len != 0 && allowed) {
-        if (std::byte* p = mem_->TranslateFast(GuestAddr{d.addr.get()}, len,
-                                               writable ? Access::kWrite : Access::kRead)) {
-          chain->segs[0] = {p, len};
-          chain->num_segments = 1;
-          chain->num_readable = writable ? 0 : 1;
-          chain->readable_bytes = writable ? 0 : len;
-          chain->writable_bytes = writable ? len : 0;
-          chain->id = head;
-          chain->num_descs = 1;
-          chain->ring_pos = pos;
-          chain->bad_seq = bad_seq_;
-          popped_.Add();
-          return PopStatus::kOk;
-        }
-      }
+    // The common chain, one direct descriptor, is taken without the general walk; anything
+    // else (or a check that fails) goes through Walk(), which reads the descriptor again.
+    VirtqDesc d;
+    std::memcpy(&d, &desc_[head], sizeof d);
+    const uint16_t flags = d.flags.get();
+    std::optional<DropReason> bad;
+    if ((flags & (kDescFNext | kDescFIndirect)) ||
+        !ChainBuilder::SingleSegment(*mem_, policy_, d.addr.get(), d.len.get(), (flags & kDescFWrite) != 0,
+                                     chain)) {
+      bad = Walk(head, chain);
     }
-    std::optional<DropReason> bad = Walk(head, chain);
     if (!bad) {
       chain->id = head;
       chain->num_descs = 1;

@@ -46,6 +46,10 @@ class SplitVring {
 
   // Queues a used entry for a chain Pop() returned; len is the bytes written into it.
   void Push(uint16_t id, uint32_t len);
+  // As PackedVring::PushInOrderBatch, which batches only packed rings (split IN_ORDER
+  // batching is not done: §2.7.9 is less explicit about where the one used element goes).
+  // Always false: Push() each.
+  bool PushInOrderBatch(std::span<const DescChain>) { return false; }
   // Publishes queued used entries. Returns true when the driver should be notified (an
   // interrupt, vhost-user "call"): EVENT_IDX's used_event, else the NO_INTERRUPT flag.
   bool Flush();
