@@ -153,5 +153,26 @@ TEST(Log, RateLimitedMacroLetsABurstThrough) {
   EXPECT_EQ(out.find("hidden"), std::string::npos);
 }
 
+TEST(Log, PerObjectLimitersAreIndependentAndReportWhatTheySuppressed) {
+  LogLevel old = GetLogLevel();
+  SetLogLevel(LogLevel::kInfo);
+  LogRateLimiter noisy, quiet;
+  // A window that opened long ago (t = 1 ns) and suppressed 40: the next message, in a new
+  // window, carries the count.
+  uint64_t sup = 0;
+  for (int i = 0; i < 50; ++i) noisy.Allow(1, &sup);
+  testing::internal::CaptureStderr();
+  for (int i = 0; i < 50; ++i) NICMUX_LOG_RATELIMITED_BY(noisy, kWarning, "port %s: noisy %d", "a", i);
+  NICMUX_LOG_RATELIMITED_BY(quiet, kWarning, "port %s: first words", "b");
+  std::string out = testing::internal::GetCapturedStderr();
+  SetLogLevel(old);
+  size_t noisy_lines = 0;
+  for (size_t p = out.find("noisy"); p != std::string::npos; p = out.find("noisy", p + 1)) ++noisy_lines;
+  EXPECT_EQ(noisy_lines, LogRateLimiter::kBurst);
+  EXPECT_NE(out.find("port a: noisy 0 (40 similar messages suppressed before this one)"), std::string::npos) << out;
+  EXPECT_NE(out.find("port a: noisy 1 ("), std::string::npos) << out;
+  EXPECT_NE(out.find("port b: first words ("), std::string::npos) << out;  // not silenced by a
+}
+
 }  // namespace
 }  // namespace nicmux

@@ -28,6 +28,17 @@ Result<void> EventLoop::Watch(int fd, uint32_t events, FdCallback cb) {
   return Ok();
 }
 
+Result<void> EventLoop::Modify(int fd, uint32_t events) {
+  if (watches_.find(fd) == watches_.end()) return Error("fd " + std::to_string(fd) + " is not watched");
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (::epoll_ctl(ep_.get(), EPOLL_CTL_MOD, fd, &ev) < 0) {
+    return Error::FromErrno("epoll_ctl mod fd " + std::to_string(fd));
+  }
+  return Ok();
+}
+
 void EventLoop::Unwatch(int fd) {
   if (watches_.erase(fd) > 0) ::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, fd, nullptr);
 }

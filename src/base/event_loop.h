@@ -23,6 +23,8 @@ class EventLoop {
 
   // Calls cb when fd is ready for `events` (EPOLLIN, ...). One watch per fd.
   Result<void> Watch(int fd, uint32_t events, FdCallback cb);
+  // Changes the events of a watched fd (adds EPOLLOUT while output waits, say).
+  Result<void> Modify(int fd, uint32_t events);
   void Unwatch(int fd);
   // Calls cb once, after delay_ms.
   TimerId After(uint64_t delay_ms, TimerCallback cb);

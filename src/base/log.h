@@ -4,6 +4,9 @@
 // Anything a peer can trigger must log through NICMUX_LOG_RATELIMITED so a hostile guest cannot
 // flood the log: each call site lets a burst through per interval and then counts what it
 // suppressed, reporting the count with the next message it lets through.
+// NICMUX_LOG_RATELIMITED_BY takes a limiter the caller owns instead, one per port say: a call
+// site shared by many ports (connect, disconnect, protocol errors) then lets each port's own
+// burst through, and one noisy peer cannot silence another port's first message.
 #pragma once
 
 #include <atomic>
@@ -21,7 +24,7 @@ bool LogEnabled(LogLevel level);
 void LogMessage(LogLevel level, const char* file, int line, const char* fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-// Per-call-site token bucket: kBurst messages per kIntervalNs.
+// Token bucket: kBurst messages per kIntervalNs (per call site, or per object with _BY).
 class LogRateLimiter {
  public:
   static constexpr uint32_t kBurst = 10;
@@ -58,5 +61,22 @@ uint64_t MonotonicNowNs();
                              static_cast<unsigned long long>(nicmux_sup_));                 \
       ::nicmux::LogMessage(::nicmux::LogLevel::level, __FILE__, __LINE__, fmt __VA_OPT__(,) \
                                __VA_ARGS__);                                                \
+    }                                                                                       \
+  } while (0)
+
+#define NICMUX_LOG_RATELIMITED_BY(limiter, level, fmt, ...)                                  \
+  do {                                                                                      \
+    uint64_t nicmux_sup_ = 0;                                                               \
+    if (::nicmux::LogEnabled(::nicmux::LogLevel::level) &&                                  \
+        (limiter).Allow(::nicmux::MonotonicNowNs(), &nicmux_sup_)) {                        \
+      if (nicmux_sup_ != 0) {                                                               \
+        ::nicmux::LogMessage(::nicmux::LogLevel::level, __FILE__, __LINE__,                 \
+                             fmt " (%llu similar messages suppressed before this one)"      \
+                                 __VA_OPT__(,) __VA_ARGS__,                                 \
+                             static_cast<unsigned long long>(nicmux_sup_));                 \
+      } else {                                                                              \
+        ::nicmux::LogMessage(::nicmux::LogLevel::level, __FILE__, __LINE__, fmt __VA_OPT__(,) \
+                                 __VA_ARGS__);                                              \
+      }                                                                                     \
     }                                                                                       \
   } while (0)
