@@ -1,6 +1,6 @@
 #include "vhost/channel.h"
 
-#include <poll.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -79,41 +79,79 @@ Result<std::optional<Message>> Channel::Receive() {
   }
 }
 
+Result<size_t> Channel::WriteSome(std::span<const std::byte> bytes, std::span<const int> fds) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (!fds.empty()) {
+    mh.msg_control = control;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  for (;;) {
+    ssize_t n = ::sendmsg(sock_.get(), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n >= 0) return static_cast<size_t>(n);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return size_t{0};
+    return Error::FromErrno("vhost-user socket sendmsg");
+  }
+}
+
 Result<void> Channel::Send(uint32_t request, uint32_t flags, std::span<const std::byte> payload,
-                           std::span<const int> fds, int timeout_ms) {
+                           std::span<const int> fds) {
   if (payload.size() > kMaxPayload || fds.size() > kMaxFds) return Error("vhost-user message too large");
   MsgHeader h{request, flags, static_cast<uint32_t>(payload.size())};
-  std::array<std::byte, sizeof(MsgHeader) + kMaxPayload> buf;
-  std::memcpy(buf.data(), &h, sizeof h);
-  if (!payload.empty()) std::memcpy(buf.data() + sizeof h, payload.data(), payload.size());
-  size_t total = sizeof h + payload.size(), sent = 0;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  while (sent < total) {
-    iovec iov{buf.data() + sent, total - sent};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    if (sent == 0 && !fds.empty()) {
-      mh.msg_control = control;
-      mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  Pending m;
+  m.bytes.resize(sizeof h + payload.size());
+  std::memcpy(m.bytes.data(), &h, sizeof h);
+  if (!payload.empty()) std::memcpy(m.bytes.data() + sizeof h, payload.data(), payload.size());
+  if (out_.empty()) {
+    // The common case: the socket takes it all now, fds and all.
+    auto n = WriteSome(m.bytes, fds);
+    if (!n) return n.error();
+    m.sent = *n;
+    if (m.sent == m.bytes.size()) return Ok();
+  }
+  if (m.sent == 0) {
+    // Nothing went: the fds wait with the bytes, as our own duplicates.
+    for (int fd : fds) {
+      UniqueFd d(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+      if (!d.valid()) return Error::FromErrno("dup of an fd to send");
+      m.fds.push_back(std::move(d));
     }
-    ssize_t n = ::sendmsg(sock_.get(), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        pollfd p{sock_.get(), POLLOUT, 0};
-        int r = ::poll(&p, 1, timeout_ms);
-        if (r <= 0) return Error("vhost-user peer does not read its socket (send timed out)");
-        continue;
-      }
-      return Error::FromErrno("vhost-user socket sendmsg");
-    }
-    sent += static_cast<size_t>(n);
+  }
+  // UNTRUSTED: the peer's reading. What it leaves unread is bounded per connection; past the
+  // bound the connection is closed rather than the control thread waiting for it.
+  const size_t left = m.bytes.size() - m.sent;
+  if (out_.size() + 1 > kMaxPendingMessages || out_bytes_ + left > kMaxPendingBytes) {
+    return Error("the frontend does not read its replies: " + std::to_string(out_.size() + 1) +
+                 " messages (" + std::to_string(out_bytes_ + left) + " bytes) unsent, at most " +
+                 std::to_string(kMaxPendingMessages) + " messages or " + std::to_string(kMaxPendingBytes) +
+                 " bytes may wait");
+  }
+  out_bytes_ += left;
+  out_.push_back(std::move(m));
+  return Ok();
+}
+
+Result<void> Channel::Flush() {
+  while (!out_.empty()) {
+    Pending& m = out_.front();
+    std::vector<int> fds;
+    for (const UniqueFd& f : m.fds) fds.push_back(f.get());
+    auto n = WriteSome(std::span(m.bytes).subspan(m.sent), fds);
+    if (!n) return n.error();
+    if (*n == 0) return Ok();  // full again: wait for the next EPOLLOUT
+    m.fds.clear();             // they went with these bytes
+    m.sent += *n;
+    out_bytes_ -= *n;
+    if (m.sent == m.bytes.size()) out_.pop_front();
   }
   return Ok();
 }

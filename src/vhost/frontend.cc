@@ -99,8 +99,22 @@ Result<Message> Frontend::WaitReply(Request r) {
   }
 }
 
+Result<void> Frontend::FlushOutput(Request r) {
+  const uint64_t deadline = MonotonicNowNs() + 5'000'000'000ull;
+  for (;;) {
+    NICMUX_TRY(ch_->Flush());
+    if (!ch_->has_pending_output()) return Ok();
+    pollfd p{ch_->fd(), POLLOUT, 0};
+    int left = static_cast<int>((deadline - std::min(deadline, MonotonicNowNs())) / 1'000'000);
+    if (left <= 0 || ::poll(&p, 1, left) <= 0) {
+      return Error("backend did not read " + std::string(RequestName(static_cast<uint32_t>(r))));
+    }
+  }
+}
+
 Result<uint64_t> Frontend::GetU64(Request r) {
   NICMUX_TRY(ch_->Send(static_cast<uint32_t>(r), kVersion, {}));
+  NICMUX_TRY(FlushOutput(r));
   auto m = WaitReply(r);
   if (!m) return m.error();
   if (m->hdr.size != 8) return Error(std::string(RequestName(static_cast<uint32_t>(r))) + ": reply size " + std::to_string(m->hdr.size));
@@ -110,6 +124,7 @@ Result<uint64_t> Frontend::GetU64(Request r) {
 Result<void> Frontend::Send(Request r, std::span<const std::byte> payload, std::span<const int> fds) {
   const bool ack = Has(protocol_features_, kProtoReplyAck);
   NICMUX_TRY(ch_->Send(static_cast<uint32_t>(r), kVersion | (ack ? kFlagNeedReply : 0), payload, fds));
+  NICMUX_TRY(FlushOutput(r));
   if (!ack) return Ok();
   auto m = WaitReply(r);
   if (!m) return m.error();

@@ -93,6 +93,9 @@ class Frontend {
     return Send(r, std::as_bytes(std::span<const T>(&v, 1)), fds);
   }
   Result<Message> WaitReply(Request r);
+  // Writes what the channel queued, waiting for the backend to read (we are the client that
+  // waits for its replies anyway); the same 5 s bound as WaitReply.
+  Result<void> FlushOutput(Request r);
   GuestAddr Alloc(uint64_t bytes, uint64_t align);
 
   FrontendConfig config_;
