@@ -127,8 +127,8 @@ void VhostUserPort::OnAccept() {
   UniqueFd s(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (!s.valid()) return;
   if (channel_) {
-    NICMUX_LOG_RATELIMITED(kWarning, "port %s: a frontend is already connected; refusing another",
-                           name().c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_refused_, kWarning,
+                              "port %s: a frontend is already connected; refusing another", name().c_str());
     return;  // s closes
   }
   Attach(std::move(s));
@@ -144,8 +144,8 @@ void VhostUserPort::TryConnect() {
     return;
   }
   if (backoff_ms_ == 0) {
-    NICMUX_LOG(kInfo, "port %s: cannot connect to %s yet (%s); retrying", name().c_str(),
-               opt_.socket_path.c_str(), std::strerror(errno));
+    NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: cannot connect to %s yet (%s); retrying",
+                              name().c_str(), opt_.socket_path.c_str(), std::strerror(errno));
   }
   backoff_ms_ = backoff_ms_ == 0 ? kBackoffFirstMs : std::min(backoff_ms_ * 2, kBackoffMaxMs);
   reconnect_timer_ = loop_->After(backoff_ms_, [this] { TryConnect(); });
@@ -154,14 +154,19 @@ void VhostUserPort::TryConnect() {
 void VhostUserPort::Attach(UniqueFd sock) {
   int fd = sock.get();
   channel_ = std::make_unique<vhost::Channel>(std::move(sock));
-  auto r = loop_->Watch(fd, EPOLLIN | EPOLLRDHUP, [this](uint32_t) { OnReadable(); });
+  watching_out_ = false;
+  auto r = loop_->Watch(fd, EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) {
+    if (ev & EPOLLOUT) OnWritable();
+    if (ev & ~uint32_t{EPOLLOUT}) OnReadable();
+  });
   if (!r) {
-    NICMUX_LOG(kError, "port %s: %s", name().c_str(), r.error().message().c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: %s", name().c_str(), r.error().message().c_str());
     channel_.reset();
     return;
   }
   ++connections_;
-  NICMUX_LOG(kInfo, "port %s: frontend connected on %s", name().c_str(), opt_.socket_path.c_str());
+  NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: frontend connected on %s", name().c_str(),
+                            opt_.socket_path.c_str());
 }
 
 void VhostUserPort::OnReadable() {
@@ -173,15 +178,39 @@ void VhostUserPort::OnReadable() {
       Disconnect(m.error().message());
       return;
     }
-    if (!m->has_value()) return;
+    if (!m->has_value()) break;
+    // Replies go out without waiting; what the socket does not take waits in the channel
+    // (bounded: a frontend that does not read is an error here) until EPOLLOUT.
     auto r = session_.Handle(**m, *channel_);
     if (!r) {
-      NICMUX_LOG(kError, "port %s: vhost-user %s; closing the connection", name().c_str(),
-                 r.error().message().c_str());
+      NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: vhost-user %s; closing the connection",
+                                name().c_str(), r.error().message().c_str());
       Disconnect("protocol error");
       return;
     }
   }
+  WatchOutput();
+}
+
+void VhostUserPort::OnWritable() {
+  if (!channel_) return;
+  auto r = channel_->Flush();
+  if (!r) {
+    Disconnect(r.error().message());
+    return;
+  }
+  WatchOutput();
+}
+
+void VhostUserPort::WatchOutput() {
+  if (!channel_ || channel_->has_pending_output() == watching_out_) return;
+  const bool want = channel_->has_pending_output();
+  auto r = loop_->Modify(channel_->fd(), EPOLLIN | EPOLLRDHUP | (want ? uint32_t{EPOLLOUT} : 0));
+  if (!r) {
+    Disconnect(r.error().message());
+    return;
+  }
+  watching_out_ = want;
 }
 
 void VhostUserPort::Disconnect(const std::string& why) {
@@ -189,7 +218,8 @@ void VhostUserPort::Disconnect(const std::string& why) {
   loop_->Unwatch(channel_->fd());
   channel_.reset();
   session_.Reset();
-  NICMUX_LOG(kInfo, "port %s: frontend disconnected (%s)", name().c_str(), why.c_str());
+  NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: frontend disconnected (%s)", name().c_str(),
+                            why.c_str());
   if (opt_.client && !reconnect_timer_) {
     backoff_ms_ = 0;
     reconnect_timer_ = loop_->After(kBackoffFirstMs, [this] { TryConnect(); });

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "base/event_loop.h"
+#include "base/log.h"
 #include "base/pausable.h"
 #include "port/port.h"
 #include "vhost/backend_session.h"
@@ -70,6 +71,9 @@ class VhostUserPort final : public Port {
   void TryConnect();
   void Attach(UniqueFd sock);
   void OnReadable();
+  void OnWritable();
+  // Watches for EPOLLOUT exactly while the channel holds unsent replies.
+  void WatchOutput();
   void Disconnect(const std::string& why);
 
   template <typename Ring>
@@ -84,6 +88,11 @@ class VhostUserPort final : public Port {
   EventLoop::TimerId reconnect_timer_ = 0;
   uint64_t backoff_ms_ = 0;
   uint64_t connections_ = 0;
+  bool watching_out_ = false;
+  // A peer can make these lines at will (connect, disconnect, protocol errors): one limiter
+  // per port and kind, so one noisy frontend silences neither another port's lines nor its
+  // own other kind.
+  LogRateLimiter log_conn_, log_error_, log_refused_;
 
   // Per queue pair, the guest transmit chains behind the current batch (worker only).
   struct RxState {

@@ -4,7 +4,13 @@
 #include "port/vhost_user_port.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <atomic>
 #include <fstream>
@@ -12,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include "base/log.h"
 #include "vhost/frontend.h"
 
 namespace nicmux {
@@ -118,6 +125,159 @@ TEST_F(PortFixture, ABadTransmitChainAloneIsStillCompleted) {
   ASSERT_EQ(tq.PopUsed(&u), virtio::PopStatus::kOk);
   EXPECT_EQ(u.len, 0u);
   EXPECT_EQ(port_->DropsFor(DropReason::kReadableExpected), 1u);
+}
+
+// Two ports on one control thread, and raw sockets to play a hostile frontend.
+class TwoPorts : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = "/tmp/nicmux-port-test2." + std::to_string(getpid());
+    ::mkdir(dir_.c_str(), 0700);
+    auto l = EventLoop::Create();
+    ASSERT_TRUE(l);
+    loop_ = std::move(*l);
+    for (const char* n : {"a", "b"}) {
+      auto p = VhostUserPort::Create({n, dir_ + "/" + n + ".sock", false, 2, 0}, loop_.get(), &worker_);
+      ASSERT_TRUE(p) << p.error().message();
+      ports_.push_back(std::move(*p));
+    }
+    thread_ = std::thread([this] {
+      while (!stop_.load()) loop_->RunOnce(10);
+    });
+  }
+  void TearDown() override {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+    ports_.clear();
+    ::rmdir(dir_.c_str());
+  }
+  UniqueFd Connect(const char* port) {
+    UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string path = dir_ + "/" + port + ".sock";
+    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    EXPECT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return s;
+  }
+  // Waits (generously) until port i has seen n connections and has none now.
+  bool WaitIdle(size_t i, uint64_t n) {
+    for (int k = 0; k < 200000; ++k) {
+      if (ports_[i]->connections() >= n && !ports_[i]->connected()) return true;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return false;
+  }
+
+  std::string dir_;
+  NoWorker worker_;
+  std::unique_ptr<EventLoop> loop_;
+  std::vector<std::unique_ptr<VhostUserPort>> ports_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+};
+
+void SendGetFeatures(int fd, int n) {
+  const vhost::MsgHeader h{static_cast<uint32_t>(vhost::Request::kGetFeatures), vhost::kVersion, 0};
+  for (int i = 0; i < n; ++i) {
+    if (::send(fd, &h, sizeof h, MSG_NOSIGNAL) != sizeof h) return;  // blocking; closed: stop
+  }
+}
+
+// Bytes this end sent that the other end has not read yet.
+int Unread(int fd) {
+  int n = -1;
+  ::ioctl(fd, SIOCOUTQ, &n);
+  return n;
+}
+
+TEST_F(TwoPorts, AFrontendThatDoesNotReadStallsNoOtherPort) {
+  // 800 requests, no reply read: more than the socket holds (about 280 small replies by
+  // default), fewer than the port may queue. The control thread reads them all.
+  UniqueFd h = Connect("a");
+  constexpr int kRequests = 800;
+  SendGetFeatures(h.get(), kRequests);
+  for (int k = 0; k < 200000 && Unread(h.get()) != 0; ++k) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  ASSERT_EQ(Unread(h.get()), 0);
+  // The other port is served meanwhile, a whole setup with replies and acks.
+  auto f = vhost::Frontend::Create(Config(dir_ + "/b.sock", false));
+  ASSERT_TRUE(f) << f.error().message();
+  // A half message on port b's next connection does not hold anything up either.
+  f->reset();
+  ASSERT_TRUE(WaitIdle(1, 1));
+  UniqueFd half = Connect("b");
+  const uint32_t part = static_cast<uint32_t>(vhost::Request::kGetFeatures);
+  ASSERT_EQ(::send(half.get(), &part, sizeof part, MSG_NOSIGNAL), 4);
+  // Port a's frontend reads at last: every reply, in order (the rest went out on EPOLLOUT).
+  const int fl = ::fcntl(h.get(), F_GETFL);
+  ASSERT_EQ(::fcntl(h.get(), F_SETFL, fl | O_NONBLOCK), 0);
+  std::vector<std::byte> buf;
+  constexpr size_t kReply = sizeof(vhost::MsgHeader) + 8;
+  for (int k = 0; k < 200000 && buf.size() < kRequests * kReply; ++k) {
+    pollfd p{h.get(), POLLIN, 0};
+    ::poll(&p, 1, 10);
+    std::byte tmp[4096];
+    ssize_t n = ::recv(h.get(), tmp, sizeof tmp, 0);
+    if (n == 0) break;  // closed
+    if (n > 0) buf.insert(buf.end(), tmp, tmp + n);
+  }
+  ASSERT_EQ(buf.size(), kRequests * kReply);
+  for (int i = 0; i < kRequests; ++i) {
+    vhost::MsgHeader rh;
+    std::memcpy(&rh, buf.data() + i * kReply, sizeof rh);
+    ASSERT_EQ(rh.request, part) << i;
+    ASSERT_EQ(rh.flags, vhost::kVersion | vhost::kFlagReply) << i;
+  }
+  EXPECT_TRUE(ports_[0]->connected());
+}
+
+TEST_F(TwoPorts, AFrontendThatNeverReadsIsDisconnectedByName) {
+  testing::internal::CaptureStderr();
+  UniqueFd h = Connect("a");
+  SendGetFeatures(h.get(), 100000);  // stops when the port closes the connection
+  const bool idle = WaitIdle(0, 1);
+  // Port b still serves.
+  auto f = vhost::Frontend::Create(Config(dir_ + "/b.sock", true));
+  stop_.store(true);
+  thread_.join();
+  const std::string out = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(idle);
+  ASSERT_TRUE(f) << f.error().message();
+  EXPECT_NE(out.find("port a: vhost-user GET_FEATURES: the frontend does not read its replies"),
+            std::string::npos) << out;
+}
+
+TEST_F(TwoPorts, ThousandConnectionsLogABoundedNumberOfLinesPerPort) {
+  testing::internal::CaptureStderr();
+  const uint64_t start = MonotonicNowNs();
+  bool idle = true;
+  for (uint64_t i = 1; i <= 1000 && idle; ++i) {
+    UniqueFd s = Connect("a");
+    s.Reset();
+    idle = WaitIdle(0, i);
+  }
+  const uint64_t elapsed = MonotonicNowNs() - start;
+  // Port b's first words are not silenced by port a's flood.
+  UniqueFd s = Connect("b");
+  const bool b_seen = [&] {
+    for (int k = 0; k < 200000; ++k) {
+      if (ports_[1]->connections() == 1) return true;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return false;
+  }();
+  stop_.store(true);
+  thread_.join();
+  const std::string out = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(idle);
+  ASSERT_TRUE(b_seen);
+  size_t a_lines = 0;
+  for (size_t p = out.find("port a:"); p != std::string::npos; p = out.find("port a:", p + 1)) ++a_lines;
+  // Each of the port's limiters lets a burst through per interval (2000 lines before).
+  const uint64_t windows = elapsed / LogRateLimiter::kIntervalNs + 2;
+  EXPECT_LE(a_lines, 3 * LogRateLimiter::kBurst * windows) << out;
+  EXPECT_GE(a_lines, 2u);
+  EXPECT_NE(out.find("port b: frontend connected"), std::string::npos) << out;
 }
 
 }  // namespace
