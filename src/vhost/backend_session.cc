@@ -205,7 +205,7 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
     case Request::kRemMemReg:
       return RemMemReg(msg);
     case Request::kGetMaxMemSlots:
-      return reply_u64(GuestMemory::kMaxRegions);
+      return reply_u64(kMaxMemSlots);
     case Request::kSetVringNum: {
       auto s = msg.As<VringState>();
       auto i = QueueIndex(info, s.index);
@@ -386,8 +386,27 @@ Result<void> BackendSession::AddMemReg(Message& msg) {
   auto s = msg.As<SingleMemoryRegion>();
   const auto key = std::make_tuple(s.region.guest_phys_addr, s.region.memory_size, s.region.userspace_addr);
   if (auto it = region_refs_.find(key); it != region_refs_.end()) {
-    ++it->second;  // the same region from another of the frontend's devices
+    // UNTRUSTED: a region we have, again: from another of the frontend's devices, one per
+    // queue pair, so the count is bounded (a loop of ADDs cannot wrap it), and it must be the
+    // same part of the file, as it is not mapped again.
+    if (it->second >= kMaxRegionRefs) {
+      return Error("region at guest_phys_addr " + Hex(s.region.guest_phys_addr) + " added " +
+                   std::to_string(it->second) + " times without a removal, at most " +
+                   std::to_string(kMaxRegionRefs));
+    }
+    for (const GuestRegion& r : mem_ ? mem_->regions() : std::span<const GuestRegion>()) {
+      if (r.gpa == s.region.guest_phys_addr && r.mmap_offset != s.region.mmap_offset) {
+        return Error("region at guest_phys_addr " + Hex(r.gpa) + " added again with mmap_offset " +
+                     Hex(s.region.mmap_offset) + ", was " + Hex(r.mmap_offset));
+      }
+    }
+    ++it->second;
     return Ok();
+  }
+  // UNTRUSTED: the number of regions, bounded by the slots GET_MAX_MEM_SLOTS announces.
+  if (mem_ && mem_->regions().size() >= kMaxMemSlots) {
+    return Error("already " + std::to_string(mem_->regions().size()) + " memory regions, at most " +
+                 std::to_string(kMaxMemSlots) + " (GET_MAX_MEM_SLOTS)");
   }
   uint64_t total = std::min(s.region.memory_size, kMaxMemoryBytes + 1);
   if (mem_) {

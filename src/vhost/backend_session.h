@@ -42,6 +42,13 @@ inline constexpr uint32_t kMaxQueuePairs = 8;
 inline constexpr uint32_t kMaxQueues = 2 * kMaxQueuePairs;
 // The most guest memory one frontend may have mapped (address space, not RAM): 4 TiB.
 inline constexpr uint64_t kMaxMemoryBytes = 4ull << 40;
+// The most memory regions one frontend may have (GET_MAX_MEM_SLOTS answers it): every
+// ADD_MEM_REG builds a new snapshot of the whole table, so n regions cost O(n^2) bytes of
+// allocation over a connection (509, GuestMemory's limit, was 34 MiB of RSS under ASan). 64 is
+// what the kernel's vhost allows by default (max_mem_regions); QEMU keeps its VM within it.
+inline constexpr uint32_t kMaxMemSlots = 64;
+// The most ADD_MEM_REGs of one region without a REM_MEM_REG: QEMU sends one per queue pair.
+inline constexpr uint32_t kMaxRegionRefs = 8 * kMaxQueuePairs;
 
 // One virtqueue as the worker sees it. Fields below `running` are the worker's while it is
 // set; the session changes them only with the worker paused.

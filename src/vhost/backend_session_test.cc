@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <sys/eventfd.h>
 
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include "tests/support/vhost_peer.h"
@@ -24,6 +26,23 @@ size_t OpenFds() {
   while (readdir(d) != nullptr) ++n;
   closedir(d);
   return n;
+}
+
+// Mappings of memfds (guest memory) in this process, and its resident set.
+size_t MemfdMappings() {
+  std::ifstream in("/proc/self/maps");
+  size_t n = 0;
+  std::string line;
+  while (std::getline(in, line)) n += line.find("/memfd:") != std::string::npos;
+  return n;
+}
+uint64_t VmRssKib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
 }
 
 class Session : public ::testing::Test {
@@ -226,6 +245,68 @@ TEST_F(Session, AddMemRegTwiceAndRemoveTwiceAsQemuMultiqueueDoes) {
   EXPECT_EQ(session_.memory()->regions().size(), 0u);
   peer_.Send(Request::kRemMemReg, r);
   EXPECT_NE(PumpError().find("no memory region"), std::string::npos);
+}
+
+TEST_F(Session, MemorySlotsAreAnnouncedAndBounded) {
+  peer_.Send(Request::kGetMaxMemSlots);
+  ASSERT_TRUE(Pump());
+  MsgHeader h;
+  uint64_t slots = 0;
+  ASSERT_TRUE(peer_.ReadReply(&h, &slots, 8));
+  EXPECT_EQ(slots, kMaxMemSlots);
+  const size_t maps = MemfdMappings();
+  const uint64_t rss = VmRssKib();
+  // The audit's frontend: region after region, as many as GuestMemory takes (509). Each ADD
+  // rebuilds the whole table; 509 cost +31.5 MiB RSS under ASan. Refused past the slots.
+  std::string error;
+  for (uint64_t i = 0; i < GuestMemory::kMaxRegions && error.empty(); ++i) {
+    SingleMemoryRegion r{0, {i * 4096, 4096, 0x10000000 + i * 4096, (i % 256) * 4096}};
+    peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+    error = PumpError();
+  }
+  EXPECT_NE(error.find("ADD_MEM_REG: already 64 memory regions, at most 64"), std::string::npos) << error;
+  ASSERT_NE(session_.memory(), nullptr);
+  EXPECT_EQ(session_.memory()->regions().size(), kMaxMemSlots);
+  EXPECT_EQ(MemfdMappings(), maps + kMaxMemSlots);
+  EXPECT_LT(VmRssKib(), rss + 16 * 1024);  // generous: 64 regions are ~2 MiB under ASan
+  session_.Reset();
+  EXPECT_EQ(MemfdMappings(), maps);
+}
+
+TEST_F(Session, RepeatedAddsMapOnceAndAddRemoveCyclesLeaveNothing) {
+  const size_t maps = MemfdMappings();
+  SingleMemoryRegion r{0, {0, 8192, ram_.uva(), 0}};
+  peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+  ASSERT_TRUE(Pump());
+  // The same region from another part of the file is not the same region.
+  SingleMemoryRegion moved = r;
+  moved.region.mmap_offset = 4096;
+  peer_.Send(Request::kAddMemReg, moved, {ram_.fd.get()});
+  EXPECT_NE(PumpError().find("added again with mmap_offset 0x1000, was 0x0"), std::string::npos);
+  // Repeats are counted, not mapped, and bounded.
+  for (uint32_t i = 1; i < kMaxRegionRefs; ++i) peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+  ASSERT_TRUE(Pump());
+  EXPECT_EQ(MemfdMappings(), maps + 1);
+  peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
+  EXPECT_NE(PumpError().find("added 64 times without a removal"), std::string::npos);
+  for (uint32_t i = 0; i < kMaxRegionRefs; ++i) peer_.Send(Request::kRemMemReg, r);
+  ASSERT_TRUE(Pump());
+  EXPECT_EQ(session_.memory()->regions().size(), 0u);
+  EXPECT_EQ(MemfdMappings(), maps);
+  // 1000 add/remove cycles (QEMU's memory hotplug, or a hostile loop): at most the one region
+  // mapped at a time, none after.
+  for (uint64_t i = 0; i < 1000; ++i) {
+    SingleMemoryRegion c{0, {(i % 512) * 8192, 8192, 0x20000000 + (i % 512) * 8192, (i % 128) * 8192}};
+    peer_.Send(Request::kAddMemReg, c, {ram_.fd.get()});
+    peer_.Send(Request::kAddMemReg, c, {ram_.fd.get()});
+    ASSERT_TRUE(Pump()) << i;
+    ASSERT_EQ(MemfdMappings(), maps + 1) << i;
+    peer_.Send(Request::kRemMemReg, c);
+    peer_.Send(Request::kRemMemReg, c);
+    ASSERT_TRUE(Pump()) << i;
+  }
+  EXPECT_EQ(session_.memory()->regions().size(), 0u);
+  EXPECT_EQ(MemfdMappings(), maps);
 }
 
 TEST_F(Session, ResetOwnerForgetsTheMemoryTable) {
