@@ -40,7 +40,8 @@ namespace nicmux {
   X(kNoRoute, "no_route", "destination is the port the frame came in on, or no port to send to") \
   X(kVlan, "vlan", "frame's VLAN not admitted by the port it came in on")                       \
   X(kMtu, "mtu", "frame larger than the destination port's MTU")                                \
-  X(kBadSource, "bad_source", "source MAC is multicast or zero")
+  X(kBadSource, "bad_source", "source MAC is multicast or zero")                                \
+  X(kMacNotAllowed, "mac_not_allowed", "source MAC not in the ingress port's allowed_macs")
 
 enum class DropReason : uint8_t {
 #define NICMUX_DROP_ENUM(e, name, desc) e,

@@ -88,12 +88,21 @@ class Port {
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;
 
+  // How many times the port's peer went away (a vhost-user frontend disconnected, a TAP
+  // interface vanished): what was learned behind the port before is stale then. The switch's
+  // control thread compares it once a second and forgets the port's MAC addresses when it
+  // moved. Any thread; a port whose peer cannot go away stays at 0.
+  uint64_t link_generation() const { return link_generation_.load(std::memory_order_acquire); }
+
  protected:
   explicit Port(std::string name) : name_(std::move(name)) {}
+  // The peer went away (any thread): bumps link_generation().
+  void PeerGone() { link_generation_.fetch_add(1, std::memory_order_release); }
 
  private:
   std::string name_;
   TxLock tx_locks_[kMaxQueues];
+  std::atomic<uint64_t> link_generation_{0};
 };
 
 }  // namespace nicmux

@@ -227,7 +227,7 @@ size_t TapPort::Rx(uint32_t q, Batch& out, size_t max) {
         if (err == EBADFD || err == ENODEV || err == ENXIO) {
           // The interface was deleted under us (ip link del): poll() would now report POLLERR
           // forever, so stop reading and stop offering the fd for sleeping.
-          s.gone.store(true, std::memory_order_relaxed);
+          if (!s.gone.exchange(true, std::memory_order_relaxed)) PeerGone();  // MACs forgotten
           NICMUX_LOG(kWarning, "port %s: interface %s is gone (read: %s)", name().c_str(),
                      ifname_.c_str(), std::strerror(err));
         } else {

@@ -218,6 +218,7 @@ void VhostUserPort::Disconnect(const std::string& why) {
   loop_->Unwatch(channel_->fd());
   channel_.reset();
   session_.Reset();
+  PeerGone();  // the switch forgets the MACs learned behind this port (Port::link_generation)
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: frontend disconnected (%s)", name().c_str(),
                             why.c_str());
   if (opt_.client && !reconnect_timer_) {
