@@ -2,10 +2,12 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
 #include "base/check.h"
+#include "base/log.h"
 
 namespace nicmux {
 namespace {
@@ -95,24 +97,75 @@ Result<VlanConfig> ParseVlan(const std::string& port, const std::string* vlan, c
   return c;
 }
 
+std::string MacToString(uint64_t mac) {
+  char buf[18];
+  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", unsigned(mac >> 40 & 0xff),
+                unsigned(mac >> 32 & 0xff), unsigned(mac >> 24 & 0xff), unsigned(mac >> 16 & 0xff),
+                unsigned(mac >> 8 & 0xff), unsigned(mac & 0xff));
+  return buf;
+}
+
+Result<std::vector<uint64_t>> ParseAllowedMacs(const std::string& port, const std::string& text) {
+  const std::string what = "port " + port + ": allowed_macs: ";
+  std::vector<uint64_t> macs;
+  size_t pos = 0;
+  while (true) {
+    const size_t slash = text.find('/', pos);
+    const std::string item = text.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+    bool ok = item.size() == 17;
+    uint64_t mac = 0;
+    for (size_t i = 0; ok && i < 17; ++i) {
+      const char c = item[i];
+      if (i % 3 == 2) {
+        ok = c == ':';
+        continue;
+      }
+      const int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      ok = v >= 0;
+      mac = mac << 4 | static_cast<uint64_t>(v < 0 ? 0 : v);
+    }
+    if (!ok) return Error(what + "'" + item + "' is not a MAC address (xx:xx:xx:xx:xx:xx)");
+    if (MacIsMulticast(mac) || mac == 0) {
+      return Error(what + item + " is a multicast or zero address, never a frame's source");
+    }
+    if (std::find(macs.begin(), macs.end(), mac) != macs.end()) return Error(what + item + " is listed twice");
+    if (macs.size() == SwitchPortConfig::kMaxAllowedMacs) {
+      return Error(what + "more than " + std::to_string(SwitchPortConfig::kMaxAllowedMacs) + " addresses");
+    }
+    macs.push_back(mac);
+    if (slash == std::string::npos) break;
+    pos = slash + 1;
+  }
+  return macs;
+}
+
 // --------------------------------------------------------------------------- L2Switch
 
 L2Switch::L2Switch(const SwitchOptions& o)
-    : macs_(o.mac_table_size, o.mac_aging_s), start_ns_(MonotonicNs()) {
+    : clock_ns_(o.clock_ns), macs_(o.mac_table_size, o.mac_aging_s), start_ns_(NowNs()) {
+  static_assert(SwitchWorker::Hold{}.credit_ns == kMaxStallNs, "a destination starts with a whole hold credit");
   NICMUX_CHECK(o.workers >= 1 && o.workers <= 64);
   for (uint32_t i = 0; i < o.workers; ++i) workers_.push_back(std::make_unique<SwitchWorker>(this, i));
 }
 
 L2Switch::~L2Switch() = default;
 
+uint64_t L2Switch::NowNs() const { return clock_ns_ ? clock_ns_() : MonotonicNs(); }
+
 Result<uint16_t> L2Switch::AddPort(Port* port, const SwitchPortConfig& config) {
   for (uint16_t id = 0; id < kMaxPorts; ++id) {
     if (ports_[id].port != nullptr) continue;
     ports_[id] = {port, config};
+    link_generation_[id] = port->link_generation();
     for (auto& w : workers_) {
       (*w->counters_)[id].drops.Reset();
       (*w->counters_)[id].flooded.Reset();
-      w->full_since_ns_[id] = 0;
+      (*w->counters_)[id].unlearned.Reset();
+      w->hold_[id] = SwitchWorker::Hold{};
+    }
+    {
+      std::lock_guard lock(macs_.lock());
+      macs_.set_port_limit(id, config.mac_limit);
     }
     if (id >= num_ids_) num_ids_ = static_cast<uint16_t>(id + 1);
     return id;
@@ -127,6 +180,7 @@ void L2Switch::RemovePort(uint16_t id) {
   {
     std::lock_guard lock(macs_.lock());
     macs_.FlushPort(id);
+    macs_.set_port_limit(id, macs_.max_entries());
   }
   while (num_ids_ > 0 && ports_[num_ids_ - 1].port == nullptr) --num_ids_;
 }
@@ -136,13 +190,32 @@ void L2Switch::SetPortConfig(uint16_t id, const SwitchPortConfig& config) {
   ports_[id].config = config;
   std::lock_guard lock(macs_.lock());
   macs_.FlushPort(id);  // what it learned may belong to VLANs it no longer has
+  macs_.set_port_limit(id, config.mac_limit);
 }
 
 void L2Switch::Tick() {
-  const uint32_t now = static_cast<uint32_t>((MonotonicNs() - start_ns_) / 1'000'000'000) + 1;
+  const uint32_t now = static_cast<uint32_t>((NowNs() - start_ns_) / 1'000'000'000) + 1;
   now_s_.store(now, std::memory_order_relaxed);
-  std::lock_guard lock(macs_.lock());
-  macs_.Age(now);
+  {
+    std::lock_guard lock(macs_.lock());
+    macs_.Age(now);
+  }
+  // A port whose peer went away (and maybe came back) since the last tick: the stations behind
+  // it are gone, and traffic to them would be sent into a dead port until aging. Forgotten,
+  // they are flooded to (and learned again wherever they show up).
+  for (uint16_t id = 0; id < num_ids_; ++id) {
+    const Port* p = ports_[id].port;
+    if (p == nullptr) continue;
+    const uint64_t g = p->link_generation();
+    if (g == link_generation_[id]) continue;
+    link_generation_[id] = g;
+    size_t n;
+    {
+      std::lock_guard lock(macs_.lock());
+      n = macs_.FlushPort(id);
+    }
+    if (n) NICMUX_LOG(kInfo, "port %s: its peer went away; %zu MAC address(es) forgotten", p->name().c_str(), n);
+  }
 }
 
 void L2Switch::set_mac_aging_s(uint32_t s) {
@@ -162,10 +235,49 @@ uint64_t L2Switch::Flooded(uint16_t id) const {
   return n;
 }
 
+uint64_t L2Switch::Unlearned(uint16_t id) const {
+  uint64_t n = 0;
+  for (const auto& w : workers_) n += (*w->counters_)[id].unlearned.Get();
+  return n;
+}
+
+uint32_t L2Switch::MacsOf(uint16_t id) {
+  std::lock_guard lock(macs_.lock());
+  return macs_.port_size(id);
+}
+
 // --------------------------------------------------------------------------- SwitchWorker
 
 SwitchWorker::SwitchWorker(L2Switch* sw, uint32_t index)
     : sw_(sw), index_(index), counters_(std::make_unique<std::array<PortCounters, 256>>()) {}
+
+// Hold credit (the header's "Backpressure"): spent while holding, refilled at
+// 1/kHoldRefillDiv of the time otherwise, at most kMaxStallNs.
+bool SwitchWorker::MayHold(Hold& h, uint64_t now_ns) const {
+  Settle(h, now_ns);
+  if (h.congested) {
+    // Until the credit is whole again: with a coarse clock (4 ms ticks) a credit of a few
+    // hundred microseconds would otherwise buy a hold to the next tick, every tick.
+    if (h.credit_ns < L2Switch::kMaxStallNs) return false;
+    h.congested = false;
+  }
+  if (h.credit_ns == 0) {
+    h.congested = true;
+    h.holding = false;
+    return false;
+  }
+  return true;
+}
+
+void SwitchWorker::Settle(Hold& h, uint64_t now_ns) const {
+  const uint64_t dt = h.at_ns != 0 && now_ns > h.at_ns ? now_ns - h.at_ns : 0;
+  if (h.holding) {
+    h.credit_ns -= std::min(h.credit_ns, dt);
+  } else {
+    h.credit_ns = std::min(L2Switch::kMaxStallNs, h.credit_ns + dt / L2Switch::kHoldRefillDiv);
+  }
+  h.at_ns = now_ns;
+}
 
 WorkDone SwitchWorker::Poll() {
   WorkDone w;
@@ -205,26 +317,29 @@ bool SwitchWorker::CanSleep() const {
 }
 
 // Pass 1 for one packet: its VLAN (the head normalized to untagged), source learned, and a
-// destination. False: drop (counted by the caller under the reason in *dst's place).
-bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* dst, uint32_t now_s,
-                            BatchMemo& memo) {
-  auto& cnt = (*counters_)[src].drops;
+// destination. False: drop, for the reason in *why (counted by the caller once the batch's cut
+// is known). *unlearned: its source MAC was not learned, the port being at its mac_limit.
+bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* dst, DropReason* why,
+                            bool* unlearned, uint32_t now_s, BatchMemo& memo) {
   // UNTRUSTED: every byte of the head is the guest's; lengths are checked before each read.
   if (p.len < kEthHeaderBytes || p.head_len < kEthHeaderBytes) {
-    cnt.Add(DropReason::kBadFrame);
+    *why = DropReason::kBadFrame;
     return false;
   }
-  const VlanConfig& in = sw_->ports_[src].config.vlan;
+  const SwitchPortConfig& pc = sw_->ports_[src].config;
+  const VlanConfig& in = pc.vlan;
   uint16_t vid = 0;
   const bool tagged = Load16Be(p.head + 12) == kEtherTypeVlan;
   if (tagged) {
     if (p.head_len < kEthHeaderBytes + kVlanTagBytes) {
-      cnt.Add(DropReason::kBadFrame);
+      *why = DropReason::kBadFrame;
       return false;
     }
+    // UNTRUSTED: the VLAN id is masked to 12 bits (0..4095, the bitset's size) and checked
+    // against the port's VLANs below.
     vid = Load16Be(p.head + 14) & 0x0fff;
     if (in.mode == VlanConfig::Mode::kAccess && vid != 0) {
-      cnt.Add(DropReason::kVlan);
+      *why = DropReason::kVlan;
       return false;
     }
     // Untag the private head; the bytes after it are unchanged in the source.
@@ -235,13 +350,16 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
   }
   if (in.mode == VlanConfig::Mode::kAccess) vid = in.access_vid;
   if (!in.Admits(vid)) {
-    cnt.Add(DropReason::kVlan);
+    *why = DropReason::kVlan;
     return false;
   }
   *vid_out = vid;
+  // UNTRUSTED: both MACs are the guest's. A multicast or zero source is refused, a source not
+  // in the port's allowed_macs (when it has one) too; what is learned is bounded by the port's
+  // mac_limit and the table's size (MacTable::Learn).
   const MacAddr dmac = LoadMac(p.head), smac = LoadMac(p.head + 6);
   if (MacIsMulticast(smac) || smac == 0) {
-    cnt.Add(DropReason::kBadSource);
+    *why = DropReason::kBadSource;
     return false;
   }
   // A batch is mostly one flow: learn and look up once per distinct (VLAN, MAC) in a row. The
@@ -249,10 +367,18 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
   MacTable& t = sw_->macs_;
   const uint64_t skey = uint64_t{vid} << 48 | smac;
   if (skey != memo.learned) {
+    if (!pc.allowed_macs.empty() &&
+        std::find(pc.allowed_macs.begin(), pc.allowed_macs.end(), smac) == pc.allowed_macs.end()) {
+      *why = DropReason::kMacNotAllowed;
+      return false;
+    }
     const MacTable::LearnResult r = t.Learn(smac, vid, src, now_s);
     memo.learned = skey;
-    if (r == MacTable::LearnResult::kNew || r == MacTable::LearnResult::kMoved) memo.looked = ~0ull;
+    memo.learned_over_limit = r == MacTable::LearnResult::kPortFull;
+    // (kPortFull may have forgotten a station that moved here.)
+    if (r != MacTable::LearnResult::kKnown && r != MacTable::LearnResult::kFull) memo.looked = ~0ull;
   }
+  *unlearned = memo.learned_over_limit;
   if (MacIsMulticast(dmac)) {
     *dst = kFlood;
     return true;
@@ -268,7 +394,7 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
     return true;
   }
   if (port == src) {
-    cnt.Add(DropReason::kNoRoute);
+    *why = DropReason::kNoRoute;
     return false;
   }
   *dst = port;
@@ -295,8 +421,8 @@ const PacketRef* SwitchWorker::Tagged(uint32_t i, uint16_t vid) {
 }
 
 // Groups the batch per destination, in packet order; a flood adds the packet to every other
-// port that admits its VLAN.
-void SwitchWorker::FillGroups(uint16_t src, uint32_t n, uint16_t nids, PortCounters& cnt) {
+// port that admits its VLAN. Drops are noted in the plan (counted with the cut).
+void SwitchWorker::FillGroups(uint16_t src, uint32_t n, uint16_t nids) {
   ForwardPlan& plan = plan_;
   for (uint32_t i = 0; i < n; ++i) {
     const int16_t d = plan.dst[i];
@@ -304,18 +430,73 @@ void SwitchWorker::FillGroups(uint16_t src, uint32_t n, uint16_t nids, PortCount
       if (sw_->ports_[d].config.vlan.Admits(plan.vid[i])) {
         plan.AddTo(static_cast<uint16_t>(d), i);
       } else {
-        cnt.drops.Add(DropReason::kVlan);
+        plan.dst[i] = kDrop;
+        plan.drop[i] = static_cast<uint8_t>(DropReason::kVlan);
+        plan.counts = true;
       }
     } else if (d == kFlood) {
-      cnt.flooded.Add();
       bool any = false;
       for (uint16_t o = 0; o < nids; ++o) {
         if (o == src || sw_->ports_[o].port == nullptr || !sw_->ports_[o].config.vlan.Admits(plan.vid[i])) continue;
         plan.AddTo(o, i);
         any = true;
       }
-      if (!any) cnt.drops.Add(DropReason::kNoRoute);
+      if (!any) plan.drop[i] = static_cast<uint8_t>(DropReason::kNoRoute);
     }
+  }
+}
+
+// Backpressure (the header's comment): the batch's cut, before which everything is delivered
+// now; the packets from the cut on stay with the source, to be received again. Only packets
+// for destinations that cannot take their whole group are ever behind the cut.
+uint32_t SwitchWorker::Cut(uint32_t q, uint32_t n) {
+  ForwardPlan& plan = plan_;
+  uint32_t hold_at = n;  // the first packet a destination that may hold has no room for
+  uint32_t must = 0;     // 1 + the last packet for a destination with room for its group
+  uint64_t now = 0;      // read only when a destination is short or stops being held
+  bool may_hold[ForwardPlan::kMaxPorts];
+  for (uint32_t k = 0; k < plan.num_ids; ++k) {
+    const uint16_t d = plan.ids[k];
+    Port* dp = sw_->ports_[d].port;
+    const size_t room = dp->TxRoom(q % dp->NumQueuePairs());
+    may_hold[k] = false;
+    if (room >= plan.count[d]) {
+      must = std::max<uint32_t>(must, plan.group[d][plan.count[d] - 1] + 1u);
+      if (hold_[d].holding) {
+        if (now == 0) now = sw_->NowNs();
+        Settle(hold_[d], now);
+        hold_[d].holding = false;
+      }
+      continue;
+    }
+    if (now == 0) now = sw_->NowNs();
+    if (!MayHold(hold_[d], now)) continue;  // congested: what does not fit is dropped
+    may_hold[k] = true;
+    hold_at = std::min<uint32_t>(hold_at, plan.group[d][room]);
+  }
+  // Everything up to the last packet for a destination with room goes now: the copies a short
+  // destination has no room for before that are dropped (queue_full), not held.
+  const uint32_t cut = std::max(hold_at, must);
+  for (uint32_t k = 0; k < plan.num_ids; ++k) {
+    if (!may_hold[k]) continue;
+    Hold& h = hold_[plan.ids[k]];
+    const bool held = plan.group[plan.ids[k]][plan.count[plan.ids[k]] - 1] >= cut;
+    if (held != h.holding) {
+      Settle(h, now);
+      h.holding = held;
+    }
+  }
+  return cut;
+}
+
+// Counts what pass 1 and the grouping decided for the packets before the cut: those after it
+// are received again, and counted then.
+void SwitchWorker::CountDecided(PortCounters& cnt, uint32_t cut) {
+  if (!plan_.counts) return;
+  for (uint32_t i = 0; i < cut; ++i) {
+    if (plan_.dst[i] == kFlood) cnt.flooded.Add();
+    if (plan_.drop[i] != ForwardPlan::kNoDrop) cnt.drops.Add(static_cast<DropReason>(plan_.drop[i]));
+    if (plan_.unlearned[i]) cnt.unlearned.Add();
   }
 }
 
@@ -334,19 +515,26 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
 
   // Pass 1: decide every packet, under the MAC table lock once for the batch.
   const uint32_t now_s = sw_->now_s();
+  ForwardPlan& plan = plan_;
+  plan.counts = false;
   {
     std::lock_guard lock(sw_->macs_.lock());
     BatchMemo memo;
     for (uint32_t i = 0; i < n; ++i) {
       int dst = kDrop;
       uint16_t vid = 0;
-      plan_.dst[i] = Classify(src, batch_[i], &vid, &dst, now_s, memo) ? static_cast<int16_t>(dst) : kDrop;
-      plan_.vid[i] = vid;
+      DropReason why = DropReason::kBadFrame;
+      bool unlearned = false;
+      const bool ok = Classify(src, batch_[i], &vid, &dst, &why, &unlearned, now_s, memo);
+      plan.dst[i] = ok ? static_cast<int16_t>(dst) : kDrop;
+      plan.drop[i] = ok ? ForwardPlan::kNoDrop : static_cast<uint8_t>(why);
+      plan.unlearned[i] = unlearned;
+      plan.vid[i] = vid;
+      plan.counts |= !ok || unlearned || dst == kFlood;
     }
   }
 
   // Group per destination, in packet order.
-  ForwardPlan& plan = plan_;
   const uint16_t nids = sw_->num_ids_;
   plan.ClearGroups(nids);
   // The common case first: the whole batch for one port and VLAN (a flow between two
@@ -358,31 +546,12 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   if (uniform && sw_->ports_[plan.dst[0]].config.vlan.Admits(plan.vid[0])) {
     plan.SetOneGroup(static_cast<uint16_t>(plan.dst[0]), n);
   } else {
-    FillGroups(src, n, nids, cnt);
+    FillGroups(src, n, nids);
   }
 
-  // Backpressure: the batch is cut before the first packet a destination has no room for,
-  // unless that destination has not taken whole batches for kMaxStallNs (congested: what does
-  // not fit is dropped until it takes a whole batch again). Floods are held like unicast, so a receiver that is slow
-  // for a moment loses nothing whether or not its MAC was learned yet.
   const uint32_t nw = sw_->num_workers();
-  uint32_t cut = n;
-  for (uint32_t k = 0; k < plan.num_ids; ++k) {
-    const uint16_t d = plan.ids[k];
-    Port* dp = sw_->ports_[d].port;
-    const size_t room = dp->TxRoom(q % dp->NumQueuePairs());
-    if (room >= plan.count[d]) {
-      full_since_ns_[d] = 0;
-      continue;
-    }
-    // Held since when: a destination that takes one buffer at a time is as congested as one
-    // that takes none (else a guest could pace every sender to everyone by dribbling).
-    const uint64_t now = MonotonicNs();
-    if (full_since_ns_[d] == 0) full_since_ns_[d] = now;
-    if (now - full_since_ns_[d] > L2Switch::kMaxStallNs) continue;  // congested: drop
-    const uint32_t i = plan.group[d][room];
-    if (i < cut) cut = i;
-  }
+  const uint32_t cut = Cut(q, static_cast<uint32_t>(n));
+  CountDecided(cnt, cut);
 
   // Pass 2: one Tx per destination with its packets before the cut.
   tagged_valid_ = 0;

@@ -16,12 +16,16 @@
 // the list admits untagged frames). Inside the switch a frame is untagged with its VLAN
 // beside it; the tag is put back for a trunk destination (on a private copy of the head).
 //
-// Backpressure: when a destination queue is full the source keeps the rest of its batch
-// (Rewind) and retries, so a momentarily slow receiver loses nothing; a destination that has not
-// taken whole batches for kMaxStallNs is congested: what does not fit is dropped (queue_full)
-// until it takes a whole batch again, so a stuck or dribbling guest cannot hold its senders'
-// traffic to everyone else for longer than that. The
-// same holds for flood copies (a not-yet-learned receiver is as precious as a learned one).
+// Backpressure: when a destination queue cannot take its share of a batch, the source keeps
+// the rest of its batch (Rewind) and retries, so a momentarily slow receiver loses nothing —
+// but only the packets that go to slow destinations alone are ever held: everything in the
+// batch for a destination with room is delivered at once, and the copies (flood or unicast)
+// a slow destination has no room for in front of them are dropped (queue_full). A source
+// whose whole batch is for slow destinations is held, its later frames waiting in its own
+// ring, within each destination's hold credit (kMaxStallNs at a time, refilled at
+// 1/kHoldRefillDiv of the time): past it the destination is congested and what does not fit
+// is dropped. A trickle refill does not restore the credit, so a dribbling guest cannot
+// delay anyone for more than 50 ms at a time and 5 % of the time overall.
 //
 // Threads: workers each poll their share of source queues (port id + queue) % workers; a packet
 // from source queue q goes to destination queue q % (its queues), so a guest's flows spread over
@@ -67,14 +71,26 @@ struct VlanConfig {
 };
 
 struct SwitchPortConfig {
+  static constexpr uint32_t kDefaultMacLimit = 1024;
+  static constexpr uint32_t kMaxMacLimit = 1u << 20;  // the largest --mac-table-size
+  static constexpr size_t kMaxAllowedMacs = 64;
+
   VlanConfig vlan;
   uint32_t mtu = 0;  // largest payload (frame without Ethernet header) it takes; 0: any
+  // Source MACs learned on the port, at most (`mac_limit=N`); a new one beyond is not learned
+  // (its frames are still forwarded; counted per port).
+  uint32_t mac_limit = kDefaultMacLimit;
+  // Port security (`allowed_macs=M1/M2/...`): empty = any source MAC; else a frame with
+  // another source MAC is dropped at ingress (mac_not_allowed).
+  std::vector<uint64_t> allowed_macs;
 };
 
 struct SwitchOptions {
   uint32_t workers = 1;
   uint32_t mac_table_size = 8192;
   uint32_t mac_aging_s = 300;
+  // Monotonic nanoseconds (tests inject a clock); null: CLOCK_MONOTONIC_COARSE.
+  uint64_t (*clock_ns)() = nullptr;
 };
 
 class L2Switch;
@@ -86,8 +102,16 @@ struct ForwardPlan {
   static constexpr int16_t kDrop = -2;
   static constexpr uint16_t kMaxPorts = 256;
 
+  static constexpr uint8_t kNoDrop = 0xff;
+
   int16_t dst[kBurst];   // per packet: a port id, kFlood or kDrop
   uint16_t vid[kBurst];  // per packet: its VLAN (the head is untagged)
+  // Per packet: the DropReason when it is dropped (kDrop, or a flood with nowhere to go), else
+  // kNoDrop. Counted once the batch's cut is known, so a packet held and received again is
+  // counted once (as are floods and MACs not learned).
+  uint8_t drop[kBurst];
+  bool unlearned[kBurst];  // per packet: its source MAC was not learned (the port's mac_limit)
+  bool counts = false;     // some packet has a drop, a flood or an unlearned source
   uint16_t ids[kMaxPorts];  // the destinations met, in first-met order
   uint32_t num_ids = 0;
   uint8_t count[kMaxPorts];         // per destination: packets in its group
@@ -124,13 +148,17 @@ class SwitchWorker final : public Forwarder {
   // The last (VLAN << 48 | MAC) learned and looked up in this batch (~0: none).
   struct BatchMemo {
     uint64_t learned = ~0ull;
+    bool learned_over_limit = false;  // (for `learned`) not learned: the port's mac_limit
     uint64_t looked = ~0ull;
     int looked_port = -1;
   };
   struct PortCounters;
   void Forward(uint16_t src, uint32_t q, WorkDone* w);
-  void FillGroups(uint16_t src, uint32_t n, uint16_t nids, PortCounters& cnt);
-  bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, uint32_t now_s, BatchMemo& memo);
+  void FillGroups(uint16_t src, uint32_t n, uint16_t nids);
+  bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, DropReason* why, bool* unlearned,
+                uint32_t now_s, BatchMemo& memo);
+  uint32_t Cut(uint32_t q, uint32_t n);
+  void CountDecided(PortCounters& cnt, uint32_t cut);
   const PacketRef* Tagged(uint32_t i, uint16_t vid);
 
   L2Switch* sw_;
@@ -140,12 +168,22 @@ class SwitchWorker final : public Forwarder {
   // Head copies with the VLAN tag put back, made on first use per batch.
   PacketRef tagged_[kBurst];
   uint32_t tagged_valid_ = 0;  // bit i: tagged_[i] is made
-  // Since when each destination port (id) has taken nothing (0: it is taking).
-  std::array<uint64_t, 256> full_since_ns_{};
-  // Drops and floods by ingress port (this worker is their one writer).
+  // Per destination port (id): this worker's account of how long it has held sources for it.
+  // Read only when a destination is short or stops being held, never while traffic fits.
+  struct Hold {
+    bool holding = false;    // a source of ours is held for it
+    bool congested = false;  // its credit ran out: no hold until the credit is whole again
+    uint64_t credit_ns = 50'000'000;  // hold time left as of at_ns (L2Switch::kMaxStallNs)
+    uint64_t at_ns = 0;               // when credit_ns was settled (0: never)
+  };
+  bool MayHold(Hold& h, uint64_t now_ns) const;
+  void Settle(Hold& h, uint64_t now_ns) const;
+  std::array<Hold, 256> hold_{};
+  // Drops, floods and unlearned sources by ingress port (this worker is their one writer).
   struct PortCounters {
     DropCounters drops;
     Counter flooded;
+    Counter unlearned;  // frames whose new source MAC was not learned: the port's mac_limit
   };
   std::unique_ptr<std::array<PortCounters, 256>> counters_;
 };
@@ -153,10 +191,14 @@ class SwitchWorker final : public Forwarder {
 class L2Switch {
  public:
   static constexpr uint16_t kMaxPorts = 256;
-  // How long a source is held for a destination that cannot take its whole group. Longer than
-  // a scheduler time slice on a loaded host (5 ms lost frames on 2 shared cores), short enough
-  // that a stuck guest delays its senders' other traffic only briefly.
+  // How long a source is held at most, at a time, for a destination that cannot take its
+  // whole group (its hold credit). Longer than a scheduler time slice on a loaded host (5 ms
+  // lost frames on 2 shared cores), short enough that a stuck guest delays its senders'
+  // later traffic only briefly.
   static constexpr uint64_t kMaxStallNs = 50'000'000;
+  // The credit refills at 1/kHoldRefillDiv of the time not spent holding (50 ms per second):
+  // in the long run a destination holds its senders for at most 1/kHoldRefillDiv of the time.
+  static constexpr uint64_t kHoldRefillDiv = 20;
 
   explicit L2Switch(const SwitchOptions& o);
   ~L2Switch();
@@ -170,8 +212,8 @@ class L2Switch {
   SwitchWorker* worker(uint32_t i) { return workers_[i].get(); }
   uint32_t num_workers() const { return static_cast<uint32_t>(workers_.size()); }
 
-  // Control thread, any time: ages the MAC table and advances the clock (call about once a
-  // second).
+  // Control thread, any time: ages the MAC table, advances the clock and forgets the MACs
+  // of ports whose peer went away (Port::link_generation moved) (call about once a second).
   void Tick();
   void set_mac_aging_s(uint32_t s);
   MacTable& macs() { return macs_; }
@@ -184,6 +226,10 @@ class L2Switch {
   // Switch-level drops and floods of packets that entered through port `id`.
   uint64_t DropsFor(uint16_t id, DropReason r) const;
   uint64_t Flooded(uint16_t id) const;
+  // Frames from port `id` whose new source MAC was not learned (the port's mac_limit).
+  uint64_t Unlearned(uint16_t id) const;
+  // Entries the MAC table holds for port `id` (takes the table's lock).
+  uint32_t MacsOf(uint16_t id);
 
  private:
   friend class SwitchWorker;
@@ -191,7 +237,11 @@ class L2Switch {
     Port* port = nullptr;
     SwitchPortConfig config;
   };
+  uint64_t NowNs() const;
   std::array<Slot, kMaxPorts> ports_;
+  // The link generation of each port when its MACs were last flushed (control thread only).
+  std::array<uint64_t, kMaxPorts> link_generation_{};
+  uint64_t (*clock_ns_)();
   std::array<std::atomic<Capture*>, kMaxPorts> capture_{};
   uint16_t num_ids_ = 0;  // ids in use are below this
   MacTable macs_;
@@ -202,5 +252,11 @@ class L2Switch {
 
 // Parses a port's VLAN options: vlan=N (access, 1..4094) or trunk=A/B/C-D (0..4094).
 Result<VlanConfig> ParseVlan(const std::string& port, const std::string* vlan, const std::string* trunk);
+
+// Parses a port's allowed_macs=M1/M2/... (xx:xx:xx:xx:xx:xx, hex digits, unicast and not zero,
+// no repeats, 1..SwitchPortConfig::kMaxAllowedMacs of them).
+Result<std::vector<uint64_t>> ParseAllowedMacs(const std::string& port, const std::string& text);
+// "02:00:00:00:00:01".
+std::string MacToString(uint64_t mac);
 
 }  // namespace nicmux

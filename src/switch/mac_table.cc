@@ -1,5 +1,6 @@
 #include "switch/mac_table.h"
 
+#include <algorithm>
 #include <bit>
 
 #include "base/check.h"
@@ -7,7 +8,7 @@
 namespace nicmux {
 
 MacTable::MacTable(uint32_t max_entries, uint32_t aging_s)
-    : max_entries_(max_entries), aging_s_(aging_s) {
+    : max_entries_(max_entries), aging_s_(aging_s), port_size_(kMaxPorts, 0), port_limit_(kMaxPorts, max_entries) {
   NICMUX_CHECK(max_entries >= 1 && max_entries <= (1u << 24));
   const size_t cap = std::bit_ceil(size_t{max_entries} * 2);
   slots_.resize(cap);
@@ -25,31 +26,51 @@ int MacTable::Lookup(MacAddr mac, uint16_t vid, uint32_t now_s) const {
 }
 
 MacTable::LearnResult MacTable::Learn(MacAddr mac, uint16_t vid, uint16_t port, uint32_t now_s) {
+  NICMUX_CHECK(port < kMaxPorts);
   const uint64_t key = Key(mac, vid);
   size_t i = Home(key);
   for (;; i = (i + 1) & mask_) {
     Slot& s = slots_[i];
     if (s.key == 0) break;
     if (s.key != key) continue;
-    // Writes only when something changed: a refresh per second, not per packet.
-    if (s.seen_s != now_s) s.seen_s = now_s;
-    if (s.port == port) return LearnResult::kKnown;
-    s.port = port;  // the station moved (a VM migrated, a cable re-plugged)
+    if (s.port == port) {
+      // Writes only when something changed: a refresh per second, not per packet.
+      if (s.seen_s != now_s) s.seen_s = now_s;
+      return LearnResult::kKnown;
+    }
+    // The station moved (a VM migrated, a cable re-plugged), to a port that may be full: then
+    // it is forgotten rather than left behind (lookups flood until it is learned again).
+    if (port_size_[port] >= port_limit_[port]) {
+      Erase(i);
+      return LearnResult::kPortFull;
+    }
+    --port_size_[s.port];
+    ++port_size_[port];
+    s.port = port;
+    s.seen_s = now_s;
     moves_.Add();
     return LearnResult::kMoved;
   }
+  if (port_size_[port] >= port_limit_[port]) return LearnResult::kPortFull;
   if (size_ >= max_entries_) {
     full_.Add();
     return LearnResult::kFull;
   }
   slots_[i] = {key, port, now_s};
   ++size_;
+  ++port_size_[port];
   return LearnResult::kNew;
+}
+
+void MacTable::set_port_limit(uint16_t port, uint32_t n) {
+  NICMUX_CHECK(port < kMaxPorts && n >= 1);
+  port_limit_[port] = n;
 }
 
 void MacTable::Erase(size_t i) {
   // Backward-shift deletion: pull later members of the probe run into the hole when the hole
   // lies between their home and their slot.
+  --port_size_[slots_[i].port];
   size_t hole = i;
   for (size_t j = (i + 1) & mask_;; j = (j + 1) & mask_) {
     if (slots_[j].key == 0) break;
@@ -88,6 +109,7 @@ size_t MacTable::Flush() {
   const size_t n = size_;
   for (Slot& s : slots_) s = Slot{};
   size_ = 0;
+  std::fill(port_size_.begin(), port_size_.end(), 0);
   return n;
 }
 

@@ -8,6 +8,11 @@
 //
 // Time is whole seconds from the caller (the switch's coarse clock): an entry not seen for more
 // than aging seconds is treated as absent by Lookup and removed by Age().
+//
+// Per-port limit: each port (0..kMaxPorts-1) holds at most port_limit(port) entries (default:
+// the table's size). A new station beyond it is not learned (kPortFull); a known station that
+// moves to a port at its limit is forgotten (kPortFull too: its frames flood until it is
+// learned again), never left pointing at the port it left.
 #pragma once
 
 #include <cstdint>
@@ -35,7 +40,8 @@ inline bool MacIsMulticast(MacAddr m) { return (m >> 40) & 1; }
 
 class MacTable {
  public:
-  enum class LearnResult { kKnown, kNew, kMoved, kFull };
+  enum class LearnResult { kKnown, kNew, kMoved, kFull, kPortFull };
+  static constexpr uint16_t kMaxPorts = 256;
   struct Entry {
     MacAddr mac;
     uint16_t vid;
@@ -55,6 +61,11 @@ class MacTable {
   size_t Age(uint32_t now_s);
   std::vector<Entry> Dump(uint32_t now_s) const;
   void set_aging_s(uint32_t s) { aging_s_ = s; }
+  // The most entries `port` may hold (1..; entries it has beyond a lowered limit stay until
+  // they age, move or are flushed).
+  void set_port_limit(uint16_t port, uint32_t n);
+  uint32_t port_limit(uint16_t port) const { return port_limit_[port]; }
+  uint32_t port_size(uint16_t port) const { return port_size_[port]; }
 
   uint32_t aging_s() const { return aging_s_; }
   uint32_t size() const { return size_; }
@@ -82,6 +93,7 @@ class MacTable {
   uint32_t max_entries_;
   uint32_t aging_s_;
   uint32_t size_ = 0;
+  std::vector<uint32_t> port_size_, port_limit_;  // per port: entries held, the most allowed
   TxLock lock_;
   Counter moves_, full_;
 };

@@ -44,7 +44,11 @@ class MemPort final : public Port {
   void Inject(Frame f) { in_.push_back(std::move(f)); }
   std::vector<Frame>& sent() { return sent_; }
   void set_room(size_t r) { room_ = r; }
+  // A guest refilling its receive ring: n more buffers.
+  void add_room(size_t n) { room_ = room_ == SIZE_MAX ? SIZE_MAX : room_ + n; }
   size_t pending() const { return in_.size(); }
+  // The peer went away (a frontend disconnected): bumps link_generation().
+  void Disconnect() { PeerGone(); }
 
   uint32_t NumQueuePairs() const override { return queues_; }
   size_t Rx(uint32_t, Batch& out, size_t max) override {
