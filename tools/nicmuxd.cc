@@ -51,7 +51,9 @@ options:
 
 port kinds (options every kind takes in switch mode: vlan=N, an access port of VLAN N;
 trunk=A/B/C-D, a trunk of those VLANs (0: untagged frames); mtu=N, the largest payload
-sent to the port):
+sent to the port; mac_limit=N, source MACs learned on the port, 1..1048576 (default
+1024); allowed_macs=M1/M2/..., port security: frames from other source MACs are dropped
+(up to 64, xx:xx:xx:xx:xx:xx; default: any)):
   vhost-user:NAME:socket=PATH[,client][,queues=N][,mtu=N]
       a virtio-net device for a QEMU guest or a virtio-user container. nicmuxd listens on
       PATH (one frontend at a time) or, with `client`, connects to PATH (QEMU's

@@ -212,15 +212,25 @@ Result<PortSpec> ParsePort(const toml::table& t, const std::string& source) {
     } else if (const auto* b = node.as_boolean()) {
       if (!b->get()) continue;  // false: the key is absent
     } else if (const auto* a = node.as_array()) {
-      if (a->empty()) {
-        return At(source, node.source(), opt + " must be a non-empty array of integers");
-      }
+      // Integers (trunk = [10, 20]) or strings (allowed_macs = ["02:..:01", "02:..:02"]), not
+      // mixed, joined with '/'.
+      const std::string what = opt + " must be a non-empty array of integers or of strings";
+      if (a->empty()) return At(source, node.source(), what);
+      const bool strings = (*a)[0].is_string();
       for (const toml::node& e : *a) {
-        const auto* i = e.as_integer();
-        if (i == nullptr) {
-          return At(source, e.source(), opt + " must be a non-empty array of integers");
+        std::string item;
+        if (const auto* i = e.as_integer(); i != nullptr && !strings) {
+          item = std::to_string(i->get());
+        } else if (const auto* es = e.as_string(); es != nullptr && strings) {
+          if (es->get().empty() || !SpecSafe(es->get()) || es->get().find('/') != std::string::npos) {
+            return At(source, e.source(),
+                      opt + " strings must be non-empty, without ',', '=', '/' or NUL");
+          }
+          item = es->get();
+        } else {
+          return At(source, e.source(), what);
         }
-        value += (value.empty() ? "" : "/") + std::to_string(i->get());
+        value += (value.empty() ? "" : "/") + item;
       }
     } else {
       return At(source, node.source(), opt + " must be an integer, a string or a boolean");

@@ -23,11 +23,15 @@
 //   client = true                 # boolean -> true: bare key (""), false: key absent
 //   queues = 2                    # integer -> decimal string
 //   trunk = [10, 20]              # non-empty array of integers -> "10/20"
+//   allowed_macs = ["02:00:00:00:00:01", "02:00:00:00:00:02"]
+//                                 # non-empty array of strings (no '/') -> joined with "/"
+//   mac_limit = 256               # (switch options: docs/switch.md)
 //
-// Every other value type (float, date/time, table, nested array, array of non-integers) is
-// an error. Option keys and string values may not contain ',' or '=': they would not survive
-// the round trip through the spec syntax (SpecToString + ParsePortSpec give back the same
-// PortSpec for every port ParseConfig accepts).
+// Every other value type (float, date/time, table, nested array, array mixing integers and
+// strings or holding anything else) is an error. Option keys and string values may not
+// contain ',' or '=': they would not survive the round trip through the spec syntax
+// (SpecToString + ParsePortSpec give back the same PortSpec for every port ParseConfig
+// accepts).
 //
 // Errors name the file and line: "nicmuxd.toml:12: port 'vm1': 'queues' must be an integer,
 // a string or a boolean"; TOML syntax errors also the column: "nicmuxd.toml:7:14: parse

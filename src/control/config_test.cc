@@ -1,6 +1,7 @@
 // Tests for the nicmuxd config file (control/config.h): every value conversion, the spec round
 // trip, each error with its file and line, LoadConfig on real files, and DiffPorts.
 #include "control/config.h"
+#include "control/daemon.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -35,6 +36,8 @@ socket = "/run/nicmux/vm1.sock"
 client = true
 queues = 2
 mtu = 9000
+mac_limit = 256
+allowed_macs = ["02:00:00:00:00:01", "02:00:00:00:00:02"]
 
 [[port]]
 name = "vm2"
@@ -76,7 +79,8 @@ TEST(Config, FullFile) {
   EXPECT_EQ(
       vm1.options,
       (std::map<std::string, std::string>{
-          {"socket", "/run/nicmux/vm1.sock"}, {"client", ""}, {"queues", "2"}, {"mtu", "9000"}}));
+          {"socket", "/run/nicmux/vm1.sock"}, {"client", ""}, {"queues", "2"}, {"mtu", "9000"},
+          {"mac_limit", "256"}, {"allowed_macs", "02:00:00:00:00:01/02:00:00:00:00:02"}}));
   const PortSpec& vm2 = c->ports[1];
   EXPECT_EQ(vm2.kind, "virtio-user");
   EXPECT_EQ(vm2.options, (std::map<std::string, std::string>{{"socket", "/run/nicmux/vm2.sock"},
@@ -94,7 +98,8 @@ TEST(Config, FullFile) {
                                                              {"empty", ""}}));
 
   EXPECT_EQ(SpecToString(vm1),
-            "vhost-user:vm1:client,mtu=9000,queues=2,socket=/run/nicmux/vm1.sock");
+            "vhost-user:vm1:allowed_macs=02:00:00:00:00:01/02:00:00:00:00:02,client,mac_limit=256,"
+            "mtu=9000,queues=2,socket=/run/nicmux/vm1.sock");
   EXPECT_EQ(SpecToString(tap),
             "tap:tap0.uplink:address=10.0.0.1/24,empty,ifname=nmx0,offset=-1,trunk=10/20/4094,up,"
             "vlan=10");
@@ -103,6 +108,51 @@ TEST(Config, FullFile) {
     ASSERT_TRUE(back) << back.error().message();
     EXPECT_EQ(*back, p) << SpecToString(p);
   }
+}
+
+// The switch's port options, from a spec (the command line, `nicmuxctl port add`) or a file:
+// defaults, values and the exact errors.
+TEST(SwitchPortOptions, MacLimitAndAllowedMacs) {
+  auto cfg = [](const std::string& text) {
+    auto s = ParsePortSpec(text);
+    NICMUX_CHECK_MSG(s.has_value(), text.c_str());
+    return SwitchPortConfigFromSpec(*s);
+  };
+  auto d = cfg("vhost-user:vm1:socket=/s");
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->mac_limit, 1024u);
+  EXPECT_TRUE(d->allowed_macs.empty());
+  auto c = cfg("vhost-user:vm1:socket=/s,mac_limit=16,allowed_macs=02:00:00:00:00:01/02:00:00:00:00:0A");
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->mac_limit, 16u);
+  EXPECT_EQ(c->allowed_macs, (std::vector<uint64_t>{0x020000000001, 0x02000000000a}));
+  EXPECT_EQ(cfg("tap:t:mac_limit=1048576")->mac_limit, 1048576u);
+  // From the file, as an array of strings: the same.
+  auto file = ParseConfig(
+      "[[port]]\nname = \"vm1\"\nkind = \"vhost-user\"\nmac_limit = 16\n"
+      "allowed_macs = [\"02:00:00:00:00:01\", \"02:00:00:00:00:0A\"]\n",
+      "nicmuxd.toml");
+  ASSERT_TRUE(file) << file.error().message();
+  auto fc = SwitchPortConfigFromSpec(file->ports[0]);
+  ASSERT_TRUE(fc) << fc.error().message();
+  EXPECT_EQ(fc->mac_limit, 16u);
+  EXPECT_EQ(fc->allowed_macs, c->allowed_macs);
+
+  auto err = [&](const std::string& text) {
+    auto r = cfg(text);
+    return r ? std::string("(accepted)") : r.error().message();
+  };
+  EXPECT_EQ(err("vhost-user:vm1:mac_limit=0"), "port vm1: mac_limit=0 is outside 1..1048576");
+  EXPECT_EQ(err("vhost-user:vm1:mac_limit=1048577"), "port vm1: mac_limit=1048577 is outside 1..1048576");
+  EXPECT_EQ(err("vhost-user:vm1:mac_limit=many"), "port vm1: mac_limit='many' is not a number");
+  EXPECT_EQ(err("vhost-user:vm1:mac_limit=-1"), "port vm1: mac_limit='-1' is not a number");
+  EXPECT_EQ(err("vhost-user:vm1:mac_limit"), "port vm1: mac_limit='' is not a number");
+  EXPECT_EQ(err("vhost-user:vm1:allowed_macs=02:00:00:00:00"),
+            "port vm1: allowed_macs: '02:00:00:00:00' is not a MAC address (xx:xx:xx:xx:xx:xx)");
+  EXPECT_EQ(err("vhost-user:vm1:allowed_macs"),
+            "port vm1: allowed_macs: '' is not a MAC address (xx:xx:xx:xx:xx:xx)");
+  EXPECT_EQ(err("vhost-user:vm1:allowed_macs=ff:ff:ff:ff:ff:ff"),
+            "port vm1: allowed_macs: ff:ff:ff:ff:ff:ff is a multicast or zero address, never a frame's source");
 }
 
 TEST(Config, SpecToStringWithoutOptions) {
@@ -247,11 +297,17 @@ TEST(Config, PortErrors) {
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\n[port.sub]\na = 1\n",
        "nicmuxd.toml:4: port 'vm1': 'sub' must be an integer, a string or a boolean"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\ntrunk = [1,\n  \"a\"]\n",
-       "nicmuxd.toml:5: port 'vm1': 'trunk' must be a non-empty array of integers"},
+       "nicmuxd.toml:5: port 'vm1': 'trunk' must be a non-empty array of integers or of strings"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\ntrunk = [[1], [2]]\n",
-       "nicmuxd.toml:4: port 'vm1': 'trunk' must be a non-empty array of integers"},
+       "nicmuxd.toml:4: port 'vm1': 'trunk' must be a non-empty array of integers or of strings"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\nallowed_macs = [\"02:00:00:00:00:01\", 2]\n",
+       "nicmuxd.toml:4: port 'vm1': 'allowed_macs' must be a non-empty array of integers or of strings"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\nallowed_macs = [\"02:00:00:00:00:01/02:00:00:00:00:02\"]\n",
+       "nicmuxd.toml:4: port 'vm1': 'allowed_macs' strings must be non-empty, without ',', '=', '/' or NUL"},
+      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\nallowed_macs = [\"\"]\n",
+       "nicmuxd.toml:4: port 'vm1': 'allowed_macs' strings must be non-empty, without ',', '=', '/' or NUL"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\ntrunk = []\n",
-       "nicmuxd.toml:4: port 'vm1': 'trunk' must be a non-empty array of integers"},
+       "nicmuxd.toml:4: port 'vm1': 'trunk' must be a non-empty array of integers or of strings"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\naddress = \"a,b\"\n",
        "nicmuxd.toml:4: port 'vm1': 'address' may not contain ',', '=' or NUL (ports are "
        "KIND:NAME:key=value,... specs)"},

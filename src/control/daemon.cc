@@ -17,12 +17,12 @@ using nlohmann::json;
 std::optional<std::string> UnknownOption(const PortSpec& s, std::initializer_list<const char*> allowed) {
   for (const auto& kv : s.options) {
     const std::string& k = kv.first;  // (clang 14 cannot capture a structured binding below)
-    if (k == "vlan" || k == "trunk" || k == "mtu") continue;
+    if (k == "vlan" || k == "trunk" || k == "mtu" || k == "mac_limit" || k == "allowed_macs") continue;
     if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; })) {
       std::string list;
       for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
       return "port " + s.name + ": unknown option '" + k + "' for " + s.kind + " (" + list +
-             ", vlan, trunk, mtu)";
+             ", vlan, trunk, mtu, mac_limit, allowed_macs)";
     }
   }
   return std::nullopt;
@@ -41,6 +41,23 @@ Result<std::string> Required(const PortSpec& s, const char* key) {
 }
 
 }  // namespace
+
+Result<SwitchPortConfig> SwitchPortConfigFromSpec(const PortSpec& s) {
+  SwitchPortConfig cfg;
+  const std::string* vlan = s.Has("vlan") ? &s.options.at("vlan") : nullptr;
+  const std::string* trunk = s.Has("trunk") ? &s.options.at("trunk") : nullptr;
+  NICMUX_TRY_ASSIGN(v, ParseVlan(s.name, vlan, trunk));
+  cfg.vlan = v;
+  NICMUX_TRY_ASSIGN(mtu, s.UInt("mtu", 68, 65535, 0));
+  cfg.mtu = static_cast<uint32_t>(mtu);
+  NICMUX_TRY_ASSIGN(limit, s.UInt("mac_limit", 1, SwitchPortConfig::kMaxMacLimit, SwitchPortConfig::kDefaultMacLimit));
+  cfg.mac_limit = static_cast<uint32_t>(limit);
+  if (s.Has("allowed_macs")) {
+    NICMUX_TRY_ASSIGN(macs, ParseAllowedMacs(s.name, s.options.at("allowed_macs")));
+    cfg.allowed_macs = std::move(macs);
+  }
+  return cfg;
+}
 
 Daemon::Daemon(const DaemonOptions& o, EventLoop* loop) : opt_(o), loop_(loop) {}
 
@@ -135,13 +152,12 @@ Daemon::Entry* Daemon::Find(const std::string& name) {
 
 Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConfig* cfg, std::string* code) {
   *code = kCodeInvalid;
-  const std::string* vlan = s.Has("vlan") ? &s.options.at("vlan") : nullptr;
-  const std::string* trunk = s.Has("trunk") ? &s.options.at("trunk") : nullptr;
-  if ((vlan || trunk) && !switch_) return Error("port " + s.name + ": vlan/trunk need --forward switch");
-  NICMUX_TRY_ASSIGN(v, ParseVlan(s.name, vlan, trunk));
-  cfg->vlan = v;
-  NICMUX_TRY_ASSIGN(mtu, s.UInt("mtu", 68, 65535, 0));
-  cfg->mtu = static_cast<uint32_t>(mtu);
+  for (const char* k : {"vlan", "trunk", "mac_limit", "allowed_macs"}) {
+    if (s.Has(k) && !switch_) return Error("port " + s.name + ": " + k + "= needs --forward switch");
+  }
+  NICMUX_TRY_ASSIGN(c, SwitchPortConfigFromSpec(s));
+  *cfg = std::move(c);
+  const uint32_t mtu = cfg->mtu;
 
   if (s.kind == "vhost-user") {
     if (auto u = UnknownOption(s, {"socket", "client", "queues"})) return Error(*u);
@@ -332,8 +348,11 @@ json Daemon::PortJson(const Entry& e) const {
             {"drops", drops},
             {"from_config", e.from_config}};
   if (switch_ && e.switch_id >= 0) {
-    j["flooded"] = switch_->Flooded(static_cast<uint16_t>(e.switch_id));
+    const auto id = static_cast<uint16_t>(e.switch_id);
+    j["flooded"] = switch_->Flooded(id);
     j["id"] = e.switch_id;
+    j["macs"] = switch_->MacsOf(id);
+    j["mac_limit_hits"] = switch_->Unlearned(id);
   }
   if (auto* vu = dynamic_cast<const VhostUserPort*>(&p)) j["connections"] = vu->connections();
   return j;
@@ -385,10 +404,14 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     json j = PortJson(*e);
     j["time_ns"] = now_ns;
     if (switch_) {
-      // What the switch was told: VLAN and MTU.
-      const std::string* vlan = e->spec.Has("vlan") ? &e->spec.options.at("vlan") : nullptr;
-      const std::string* trunk = e->spec.Has("trunk") ? &e->spec.options.at("trunk") : nullptr;
-      if (auto v = ParseVlan(e->spec.name, vlan, trunk)) j["vlan"] = v->ToString();
+      // What the switch was told (defaults included): VLAN, MAC limit, port security.
+      if (auto c = SwitchPortConfigFromSpec(e->spec)) {
+        j["vlan"] = c->vlan.ToString();
+        j["mac_limit"] = c->mac_limit;
+        std::string allowed;
+        for (uint64_t m : c->allowed_macs) allowed += (allowed.empty() ? "" : " ") + MacToString(m);
+        j["allowed_macs"] = c->allowed_macs.empty() ? "any" : allowed;
+      }
     }
     json opts = json::object();
     for (const auto& [k, v] : e->spec.options) opts[k] = v;
@@ -423,11 +446,7 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     for (auto& e : ports_) names[e->switch_id] = e->spec.name;
     json list = json::array();
     for (const auto& m : entries) {
-      char mac[18];
-      std::snprintf(mac, sizeof mac, "%02x:%02x:%02x:%02x:%02x:%02x", unsigned(m.mac >> 40 & 0xff),
-                    unsigned(m.mac >> 32 & 0xff), unsigned(m.mac >> 24 & 0xff), unsigned(m.mac >> 16 & 0xff),
-                    unsigned(m.mac >> 8 & 0xff), unsigned(m.mac & 0xff));
-      list.push_back({{"mac", mac}, {"vlan", m.vid}, {"port", names.count(m.port) ? names[m.port] : "?"}, {"age_s", m.age_s}});
+      list.push_back({{"mac", MacToString(m.mac)}, {"vlan", m.vid}, {"port", names.count(m.port) ? names[m.port] : "?"}, {"age_s", m.age_s}});
     }
     return json{{"entries", list},
                 {"size", size},

@@ -5,7 +5,9 @@
 // Port specs (command line, config file, `nicmuxctl port add`) share one syntax and one
 // validation: KIND:NAME:key=value,... Options every kind takes in switch mode: vlan=N (access
 // port), trunk=A/B/C-D (trunk port), mtu=N (largest payload sent to the port; also offered to
-// a vhost-user guest and set on a TAP interface).
+// a vhost-user guest and set on a TAP interface), mac_limit=N (source MACs learned on the
+// port, 1..1048576, default 1024), allowed_macs=M1/M2/... (port security: frames from any
+// other source MAC are dropped; at most 64).
 #pragma once
 
 #include <map>
@@ -40,6 +42,10 @@ struct DaemonOptions {
   std::string config_path;             // "" if none
   std::vector<PortSpec> config_ports;  // from the config file
 };
+
+// The switch's view of a port spec: vlan, trunk, mtu, mac_limit, allowed_macs (the options
+// every kind takes; errors name the port and the option).
+Result<SwitchPortConfig> SwitchPortConfigFromSpec(const PortSpec& s);
 
 class Daemon {
  public:
