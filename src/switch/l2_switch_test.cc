@@ -42,6 +42,16 @@ struct Fixture {
   std::vector<uint16_t> ids;
 };
 
+// The switch's clock in tests where time matters (how long a source is held): advanced by
+// hand, never raced by a busy machine.
+std::atomic<uint64_t> fake_ns{1'000'000'000};
+uint64_t FakeNs() { return fake_ns.load(); }
+SwitchOptions FakeClock() {
+  SwitchOptions o;
+  o.clock_ns = FakeNs;
+  return o;
+}
+
 uint16_t VidOf(const Frame& f) {
   if (f.size() < 18 || f[12] != std::byte{0x81}) return 0xffff;  // untagged
   return static_cast<uint16_t>((uint8_t(f[14]) << 8 | uint8_t(f[15])) & 0xfff);
@@ -189,7 +199,7 @@ TEST(L2Switch, MtuDrop) {
 }
 
 TEST(L2Switch, FullDestinationHoldsTheSource) {
-  Fixture f(2);
+  Fixture f(2, {}, FakeClock());
   f.port(1).Inject(MakeFrame(kBroadcast, kB));
   f.Run();
   f.port(1).set_room(3);
@@ -287,7 +297,7 @@ TEST(L2Switch, RefillingFloodReceiverDoesNotHoldOthers) {
 // A frame held for a slow receiver is received again later: it is counted (flooded, dropped)
 // once, when it is finally sent or dropped, not on every try.
 TEST(L2Switch, HeldFramesCountedOnce) {
-  Fixture f(2);
+  Fixture f(2, {}, FakeClock());
   f.port(1).set_room(3);
   for (int i = 0; i < 10; ++i) f.port(0).Inject(MakeFrame(kBroadcast, kA, -1, 64, uint8_t(i)));
   f.port(0).Inject(MakeFrame(kB, kBroadcast));  // a multicast source: dropped (bad_source)
@@ -306,10 +316,6 @@ TEST(L2Switch, HeldFramesCountedOnce) {
   EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kQueueFull), 0u);
 }
 
-// The switch's clock in tests that need time: advanced by hand, never raced.
-std::atomic<uint64_t> fake_ns{1'000'000'000};
-uint64_t FakeNs() { return fake_ns.load(); }
-
 // A guest that refills 32 receive buffers every 40 ms takes a whole group now and then: that
 // must not restore its hold credit. A sender with a backlog for it (and frames for C behind
 // that backlog, in its own ring) is held at most 50 ms, then the guest is congested and what
@@ -317,9 +323,7 @@ uint64_t FakeNs() { return fake_ns.load(); }
 // 2500 it takes to trickle 2000 frames out at 32 per 40 ms. Once its credit is whole again
 // (a second without holding), a guest that is merely slow is held for, losslessly, again.
 TEST(L2Switch, TrickleRefillDoesNotRestoreTheHoldCredit) {
-  SwitchOptions o;
-  o.clock_ns = FakeNs;
-  Fixture f(3, {}, o);  // 0: A, 1: B (the slow guest), 2: C
+  Fixture f(3, {}, FakeClock());  // 0: A, 1: B (the slow guest), 2: C
   f.port(1).Inject(MakeFrame(kBroadcast, kB));
   f.port(2).Inject(MakeFrame(kBroadcast, kC));
   f.Run(1);
