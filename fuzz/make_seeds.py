@@ -45,6 +45,40 @@ def packed_seed(flags):
     return hdr + bytes(img) + bytes([0, 2, 3, 0, 2, 4, 6, 0, 2])
 
 
+def packed_lap_overrun_seed():
+    """Issue 17, item 1: an IN_ORDER driver that reuses slots still in flight. Chain A covers
+    the whole ring from slot 5; chain B sits in A's head slot one lap later while A is held;
+    completing both as one batch used to move the used position past the ring's end."""
+    img = image()
+    for slot in range(5):
+        put(img, DESC_AT + slot * 16, "QIHH", 0x1000, 64, slot, F_AVAIL)
+    ops = bytearray([0, 2])  # pop and complete the five: both positions at slot 5
+
+    def write_chain(first, n, buf_id, wrap):
+        slots = []
+        slot = first
+        for _ in range(n):
+            slots.append((slot, wrap))
+            slot += 1
+            if slot == 8:
+                slot, wrap = 0, not wrap
+        out = bytearray()
+        for i in reversed(range(n)):  # the head last
+            s, w = slots[i]
+            flags = (F_AVAIL if w else F_USED) | (F_NEXT if i + 1 < n else 0)
+            desc = struct.pack("<QIHH", 0x1000, 64 if i + 1 == n else 0, buf_id, flags)
+            off = DESC_AT + s * 16
+            out += bytes([5, off & 0xFF, off >> 8, 16]) + desc
+        return out
+
+    ops += write_chain(5, 8, 1, True)   # A, then pop and hold it
+    ops += bytes([0xF0])
+    ops += write_chain(5, 4, 2, False)  # B, then pop and hold, then complete both
+    ops += bytes([0xF0, 0xF1, 2, 0xF3])
+    hdr = bytes([3, 36, 0, 0x80])  # size 8, IN_ORDER, policy (36 >> 2) % 3 = any, position 0 wrap 1
+    return hdr + bytes(img) + bytes(ops)
+
+
 def translate_seed():
     out = bytes([2])
     out += struct.pack("<QHQ", 0x1000, 4096, 0x7F0000001000)
@@ -69,6 +103,7 @@ def main():
     write("split_chain_fuzz", "tx-policy", split_seed(1, 4))
     write("packed_chain_fuzz", "indirect", packed_seed(1))
     write("packed_chain_fuzz", "event-idx-uva", packed_seed(1 | 2 | 16))
+    write("packed_chain_fuzz", "lap-overrun-in-order", packed_lap_overrun_seed())
     write("translate_fuzz", "two-regions", translate_seed())
     return 0
 

@@ -2,17 +2,20 @@
 // packed_chain_fuzz. The input becomes:
 //   [0]      queue size = 1 << (b % 7)            (1..64)
 //   [1]      bit 0 INDIRECT_DESC, bit 1 EVENT_IDX, bits 2-3 chain policy, bit 4 ring addresses
-//            given as frontend virtual addresses
+//            given as frontend virtual addresses, bit 5 IN_ORDER
 //   [2..3]   ring base (split last_avail_idx / packed position | wrap << 15)
 //   [4..]    a guest memory image: region 0 (8 KiB at gpa 0, rings at fixed offsets) then
 //            region 1 (4 KiB at gpa 0x8000), as many bytes as the input has
 //   the rest operations, one byte each (with arguments after some): pop a burst and use every
 //            chain fully, flush, enable/disable kicks, the guest rewriting a few bytes of its
-//            memory between operations, reset.
+//            memory between operations, reset; bytes >= 0xf0 hold chains across operations
+//            (pop and keep, complete the kept ones as an IN_ORDER batch or one by one, give
+//            them back with Rewind, ask Available), as a port does within one poll round.
 // Guard pages around both regions turn any access outside the guest's memory into a crash;
 // the invariants of every returned chain are checked against the regions independently.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -79,6 +82,7 @@ int RunVringFuzz(const uint8_t* data, size_t size_bytes) {
   uint64_t features = 0;
   if (hdr[1] & 1) features |= Bit(kFRingIndirectDesc);
   if (hdr[1] & 2) features |= Bit(kFRingEventIdx);
+  if (hdr[1] & 32) features |= Bit(kFInOrder);
   const ChainPolicy policy = static_cast<ChainPolicy>((hdr[1] >> 2) % 3);
   const bool by_uva = (hdr[1] & 16) != 0;
   const uint16_t base = static_cast<uint16_t>(hdr[2] | (hdr[3] << 8));
@@ -110,12 +114,16 @@ int RunVringFuzz(const uint8_t* data, size_t size_bytes) {
       return dev.Init(config, *areas, &g->mem(), base).has_value();
     }
   };
+  static DescChain held[64];
+  uint32_t nheld = 0;
+  bool held_are_last = true;  // no other pop since: Rewind may give them back
   if (!init()) return 0;
 
   static DescChain chains[32];
   static std::byte scratch[1 << 16];
   auto pop_and_use = [&] {
     uint32_t n = dev.PopBurst(chains, 32);
+    if (n > 0) held_are_last = false;
     for (uint32_t k = 0; k < n; ++k) {
       CheckChain(*g, chains[k], qsize);
       ChainReader r(chains[k]);
@@ -137,8 +145,46 @@ int RunVringFuzz(const uint8_t* data, size_t size_bytes) {
     if (dev.broken() && n == 0 && dev.drops().Get(DropReason::kQueueBroken) == 0) Fail("broken uncounted");
   };
 
+  auto complete_held = [&] {
+    if (!dev.PushInOrderBatch({held, nheld})) {
+      for (uint32_t k = 0; k < nheld; ++k) dev.Push(held[k].id, 0);
+    }
+    nheld = 0;
+  };
+  // The used position must stay inside the ring whatever the driver did (issue 17: a packed
+  // IN_ORDER batch once advanced it past the ring's end).
+  auto check_positions = [&] {
+    if constexpr (Layout::kPacked) {
+      if ((dev.used_state() & 0x7fff) >= qsize) Fail("used position outside the ring");
+      if ((dev.avail_state() & 0x7fff) >= qsize) Fail("avail position outside the ring");
+    }
+  };
+
   int ops = 0;
   for (int op = in.Byte(); op >= 0 && ops < 256; op = in.Byte(), ++ops) {
+    check_positions();
+    if (op >= 0xf0) {
+      switch (op & 3) {
+        case 0: {  // pop and keep
+          uint32_t n = dev.PopBurst(held + nheld, std::min<uint32_t>(32, 64 - nheld));
+          for (uint32_t k = 0; k < n; ++k) CheckChain(*g, held[nheld + k], qsize);
+          if (nheld == 0) held_are_last = true;
+          nheld += n;
+          break;
+        }
+        case 1:
+          complete_held();
+          break;
+        case 2:
+          if (!held_are_last || !dev.Rewind({held, nheld})) complete_held();
+          nheld = 0;
+          break;
+        case 3:
+          if (dev.Available(32) > qsize) Fail("more available than the ring holds");
+          break;
+      }
+      continue;
+    }
     switch (op % 7) {
       case 0:
       case 1:
@@ -169,14 +215,18 @@ int RunVringFuzz(const uint8_t* data, size_t size_bytes) {
         break;
       }
       case 6:
+        complete_held();
         dev.Flush();
         if (!init()) return 0;
         break;
     }
   }
   // Whatever the operations left, one more round must also be safe.
+  complete_held();
+  check_positions();
   pop_and_use();
   dev.Flush();
+  check_positions();
   return 0;
 }
 

@@ -14,7 +14,7 @@ namespace nicmux {
   X(kDescOutsideMemory, "desc_outside_memory", "descriptor buffer not inside one memory region") \
   X(kDescNextOutOfRange, "desc_next_out_of_range", "descriptor next >= table size")              \
   X(kDescLoop, "desc_loop", "descriptor chain loops (more hops than table entries)")            \
-  X(kChainTooLong, "chain_too_long", "chain has more descriptors than the queue or we hold")    \
+  X(kChainTooLong, "chain_too_long", "chain has more descriptors than the queue or we walk")    \
   X(kChainTooManyBytes, "chain_too_many_bytes", "chain is longer than 2^32 bytes")                \
   X(kIndirectNotNegotiated, "indirect_not_negotiated", "INDIRECT flag without the feature")     \
   X(kIndirectNested, "indirect_nested", "indirect descriptor inside an indirect table")         \
@@ -29,6 +29,7 @@ namespace nicmux {
   X(kPackedWrapInconsistent, "packed_wrap_inconsistent", "packed chain descriptor not available") \
   X(kPackedIdOutOfRange, "packed_id_out_of_range", "packed buffer id >= queue size")            \
   X(kPackedIdInFlight, "packed_id_in_flight", "packed buffer id reused while in flight")        \
+  X(kPackedRingOverrun, "packed_ring_overrun", "packed chain reaches into slots still in flight") \
   X(kUsedIdOutOfRange, "used_id_out_of_range", "device returned an id we did not give")         \
   X(kUsedLenTooLong, "used_len_too_long", "device returned more bytes than the buffer holds")   \
   X(kUsedIdxJump, "used_idx_jump", "used idx moved by more than the buffers in flight")         \

@@ -7,7 +7,10 @@
 //  - segments [0, num_readable) are device-readable, [num_readable, num_segments) writable;
 //  - readable_bytes + writable_bytes <= 2^32 (virtio 1.2 §2.7.5.2: "Drivers MUST NOT add a
 //    descriptor chain longer than 2^32 bytes in total");
-//  - at most kMaxChainSegments segments (zero-length descriptors add none).
+//  - at most kMaxChainSegments segments (zero-length descriptors add none);
+//  - the walk that built it read at most kMaxChainDescs descriptors, empty ones and indirect
+//    table entries included (the rings enforce this: a walk's cost is bounded whatever the
+//    driver writes).
 #pragma once
 
 #include <cstddef>
@@ -24,6 +27,11 @@ namespace nicmux::virtio {
 // The most buffers one chain may carry. Linux virtio_net uses at most MAX_SKB_FRAGS + 2 (19);
 // a longer chain is dropped as kChainTooLong rather than held on the heap.
 inline constexpr uint32_t kMaxChainSegments = 64;
+// The most descriptors one chain's walk may read, of any length, indirect table entries
+// included: a bound on what one chain costs the worker that polls it (a chain of 32768 empty
+// descriptors cost 134-200 us to walk). Twice the segment cap: zero-length descriptors are
+// legal, but a driver has no use for more than a few.
+inline constexpr uint32_t kMaxChainDescs = 2 * kMaxChainSegments;
 inline constexpr uint64_t kMaxChainBytes = 1ull << 32;
 
 // Which buffers a queue's chains may have: a net TX queue only device-readable ones, an RX

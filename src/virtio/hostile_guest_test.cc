@@ -124,18 +124,20 @@ TEST_F(SplitHostile, NextOutOfRange) {
   ExpectCompletedEmpty(0, DropReason::kDescNextOutOfRange);
 }
 
+// A loop is a bad chain with a valid head: completed empty (the walk that finds it is
+// bounded), not a broken queue.
 TEST_F(SplitHostile, LoopByNext) {
   Put(0, good_buf_.value, 8, kDescFNext, 1);
   Put(1, good_buf_.value, 8, kDescFNext, 2);
   Put(2, good_buf_.value, 8, kDescFNext, 0);
   Offer(0);
-  ExpectBroken(DropReason::kDescLoop);
+  ExpectCompletedEmpty(0, DropReason::kDescLoop);
 }
 
 TEST_F(SplitHostile, SelfReference) {
   Put(4, good_buf_.value, 8, kDescFNext, 4);
   Offer(4);
-  ExpectBroken(DropReason::kDescLoop);
+  ExpectCompletedEmpty(4, DropReason::kDescLoop);
 }
 
 TEST_F(SplitHostile, LoopThroughIndirectTable) {
@@ -145,7 +147,7 @@ TEST_F(SplitHostile, LoopThroughIndirectTable) {
   Put(Table(t, 4), 2, good_buf_.value, 8, kDescFNext, 0);
   Put(0, t.value, 16 * 4, kDescFIndirect);
   Offer(0);
-  ExpectBroken(DropReason::kDescLoop);
+  ExpectCompletedEmpty(0, DropReason::kDescLoop);
 }
 
 TEST_F(SplitHostile, IndirectInsideIndirect) {
@@ -647,6 +649,265 @@ TEST_F(PackedHostile, InOrderBatchNeedsTheFeature) {
   DescChain c;
   ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
   EXPECT_FALSE(rp_.device.PushInOrderBatch({&c, 1}));
+}
+
+
+// ------------------------------------------- issue 17: bounded walks and bounded ring laps
+
+// A ring larger than kMaxChainDescs, so that the queue size is not the bound that bites.
+constexpr uint32_t kBigSize = 512;
+
+TEST(ChainAmplification, SplitChainOfEmptyDescriptorsIsCutAtTheWalkBound) {
+  // 300 zero-length descriptors then one buffer: under the queue size, over kMaxChainDescs.
+  // Before the bound it was walked in full (a 32768-descriptor one cost the worker 134-200 us
+  // each time the guest reposted it) and accepted.
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = kBigSize});
+  auto* desc = reinterpret_cast<VirtqDesc*>(g.Host(rp.ring[0], 16 * kBigSize));
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6));
+  auto* used = reinterpret_cast<VirtqUsedHeader*>(g.Host(rp.ring[2], 6));
+  GuestAddr buf = g.Alloc(64);
+  for (uint16_t i = 0; i <= 300; ++i) {
+    desc[i] = {Le64::Of(buf.value), Le32::Of(i < 300 ? 0 : 64), Le16::Of(i < 300 ? kDescFNext : 0),
+               Le16::Of(i + 1)};
+  }
+  AvailRing(avail)[0] = Le16::Of(0);
+  StoreRelease(avail->idx, 1);
+  DescChain c;
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kChainTooLong), 1u);
+  EXPECT_FALSE(rp.device.broken());
+  rp.device.Flush();
+  ASSERT_EQ(LoadAcquire(used->idx), 1);
+  EXPECT_EQ(UsedRing(used)[0].id.get(), 0u);
+  EXPECT_EQ(UsedRing(used)[0].len.get(), 0u);
+  // kMaxChainDescs descriptors, empty ones counted, are still a chain.
+  for (uint32_t i = 0; i < kMaxChainDescs; ++i) {
+    desc[i] = {Le64::Of(buf.value), Le32::Of(i + 1 < kMaxChainDescs ? 0 : 64),
+               Le16::Of(i + 1 < kMaxChainDescs ? kDescFNext : 0), Le16::Of(static_cast<uint16_t>(i + 1))};
+  }
+  AvailRing(avail)[1] = Le16::Of(0);
+  StoreRelease(avail->idx, 2);
+  ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.readable_bytes, 64u);
+}
+
+TEST(ChainAmplification, SplitLoopInABigTableIsCompletedNotWalkedRound) {
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = kBigSize});
+  auto* desc = reinterpret_cast<VirtqDesc*>(g.Host(rp.ring[0], 16 * kBigSize));
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6));
+  GuestAddr buf = g.Alloc(64);
+  for (uint16_t i = 0; i < 3; ++i) {
+    desc[i] = {Le64::Of(buf.value), Le32::Of(8), Le16::Of(kDescFNext), Le16::Of((i + 1) % 3)};
+  }
+  AvailRing(avail)[0] = Le16::Of(0);
+  StoreRelease(avail->idx, 1);
+  DescChain c;
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kEmpty);
+  // 64 segments are reached first (non-empty descriptors); with empty ones, the walk bound.
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kChainTooLong), 1u);
+  EXPECT_FALSE(rp.device.broken());
+  for (uint16_t i = 0; i < 3; ++i) desc[i].len = Le32::Of(0);
+  AvailRing(avail)[1] = Le16::Of(0);
+  StoreRelease(avail->idx, 2);
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kChainTooLong), 2u);
+  EXPECT_FALSE(rp.device.broken());
+}
+
+TEST(ChainAmplification, SplitIndirectTableLongerThanTheWalkBound) {
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = kBigSize, .features = Bit(kFRingIndirectDesc)});
+  auto* desc = reinterpret_cast<VirtqDesc*>(g.Host(rp.ring[0], 16 * kBigSize));
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6));
+  GuestAddr buf = g.Alloc(64);
+  constexpr uint32_t n = kMaxChainDescs + 1;
+  GuestAddr t = g.Alloc(16 * n, 16);
+  auto* table = reinterpret_cast<VirtqDesc*>(g.Host(t, 16 * n));
+  for (uint32_t i = 0; i < n; ++i) {
+    table[i] = {Le64::Of(buf.value), Le32::Of(0), Le16::Of(i + 1 < n ? kDescFNext : 0),
+                Le16::Of(static_cast<uint16_t>(i + 1))};
+  }
+  desc[0] = {Le64::Of(t.value), Le32::Of(16 * n), Le16::Of(kDescFIndirect), Le16::Of(0)};
+  AvailRing(avail)[0] = Le16::Of(0);
+  StoreRelease(avail->idx, 1);
+  DescChain c;
+  EXPECT_EQ(rp.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kChainTooLong), 1u);
+}
+
+// The packed fixture with a bigger ring: Put() of PackedHostile, with the lap's wrap bit.
+class PackedBig : public ::testing::Test {
+ protected:
+  explicit PackedBig(uint32_t size = kBigSize, uint64_t features = Bit(kFRingIndirectDesc))
+      : size_(size), rp_(g_, {.size = size, .features = features}) {
+    desc_ = reinterpret_cast<VirtqPackedDesc*>(g_.Host(rp_.ring[0], 16ull * size));
+    buf_ = g_.Alloc(64);
+  }
+  // Makes slot available in the lap whose driver wrap counter is `wrap`.
+  void Put(uint16_t slot, uint32_t len, uint16_t id, uint16_t flags, bool wrap = true) {
+    desc_[slot].addr = Le64::Of(buf_.value);
+    desc_[slot].len = Le32::Of(len);
+    desc_[slot].id = Le16::Of(id);
+    const uint16_t wrap_bits = wrap ? kDescFAvail : kDescFUsed;
+    StoreRelease(desc_[slot].flags, static_cast<uint16_t>(flags | wrap_bits));
+  }
+  // A chain of n descriptors from slot (in lap `wrap`), all empty but the last; head last.
+  void PutChain(uint16_t slot, uint32_t n, uint16_t id, bool wrap = true) {
+    std::vector<std::pair<uint16_t, bool>> at;
+    for (uint32_t i = 0; i < n; ++i) {
+      at.emplace_back(slot, wrap);
+      if (++slot == size_) {
+        slot = 0;
+        wrap = !wrap;
+      }
+    }
+    for (uint32_t i = n; i-- > 0;) {
+      Put(at[i].first, i + 1 < n ? 0 : 64, id, i + 1 < n ? kDescFNext : 0, at[i].second);
+    }
+  }
+
+  uint32_t size_;
+  FakeGuest g_;
+  RingPair<PackedLayout> rp_;
+  VirtqPackedDesc* desc_;
+  GuestAddr buf_;
+};
+
+TEST_F(PackedBig, ChainLongerThanTheWalkBoundBreaksTheQueue) {
+  // Its id is in its last descriptor, past the bound: nothing to complete it with.
+  PutChain(0, kMaxChainDescs + 1, 7);
+  EXPECT_EQ(rp_.device.Available(32), 1u);  // counted, so that Pop() judges it
+  DescChain c;
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kBroken);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kChainTooLong), 1u);
+  EXPECT_EQ(rp_.device.Available(32), 0u);
+}
+
+TEST_F(PackedBig, ChainOfTheWalkBoundIsAChain) {
+  PutChain(0, kMaxChainDescs, 7);
+  EXPECT_EQ(rp_.device.Available(32), 1u);
+  DescChain c;
+  ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.num_descs, kMaxChainDescs);
+  EXPECT_EQ(c.readable_bytes, 64u);
+}
+
+TEST_F(PackedBig, IndirectTableLongerThanTheWalkBoundIsCompletedEmpty) {
+  constexpr uint32_t n = kMaxChainDescs + 1;
+  GuestAddr t = g_.Alloc(16 * n, 16);
+  auto* table = reinterpret_cast<VirtqPackedDesc*>(g_.Host(t, 16 * n));
+  for (uint32_t i = 0; i < n; ++i) table[i] = {Le64::Of(buf_.value), Le32::Of(8), Le16::Of(0), Le16::Of(0)};
+  desc_[0].addr = Le64::Of(t.value);
+  desc_[0].len = Le32::Of(16 * n);
+  desc_[0].id = Le16::Of(3);
+  StoreRelease(desc_[0].flags, static_cast<uint16_t>(kDescFIndirect | kDescFAvail));
+  DescChain c;
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kChainTooLong), 1u);
+  EXPECT_FALSE(rp_.device.broken());
+}
+
+// Issue 17, item 10: a chain whose head is available and whose next slot is not. Pop() broke
+// the queue, but on a receive queue Pop() is only called when Available() says there is a
+// buffer, and Available() counted no chain: the driver waited for ever, unjudged.
+TEST_F(PackedBig, ChainIntoASlotNotMadeAvailableIsJudgedThroughAvailable) {
+  Put(0, 0, 4, kDescFNext);  // slot 1 never made available
+  EXPECT_EQ(rp_.device.Available(32), 1u);
+  DescChain c;
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kBroken);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kPackedWrapInconsistent), 1u);
+}
+
+TEST_F(PackedBig, IdOutOfRangeIsJudgedThroughAvailable) {
+  Put(0, 64, 0xffff, 0);
+  EXPECT_EQ(rp_.device.Available(32), 1u);
+  DescChain c;
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kBroken);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kPackedIdOutOfRange), 1u);
+}
+
+TEST_F(PackedBig, AvailableReadsABoundedNumberOfSlots) {
+  // Every free slot chained in runs of kMaxChainDescs - 1: Available(32) stops after a
+  // bounded walk and never counts more than Pop() would return.
+  uint16_t slot = 0;
+  uint16_t id = 0;
+  while (slot + kMaxChainDescs - 1 <= size_) {
+    PutChain(slot, kMaxChainDescs - 1, id++);
+    slot = static_cast<uint16_t>(slot + kMaxChainDescs - 1);
+  }
+  const uint32_t counted = rp_.device.Available(32);
+  EXPECT_GE(counted, 1u);
+  EXPECT_LE(counted, 2u);  // 2 * kMaxChainDescs slots read at most
+  DescChain c;
+  for (uint32_t i = 0; i < counted; ++i) ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+}
+
+// Issue 17, item 1 (critical): with IN_ORDER, a driver that reuses slots still in flight
+// (chain A covering the whole ring, then chain B in A's head slot one lap later) made two
+// chains span more than a lap; PushInOrderBatch advanced the used position by more than the
+// ring size, Advance() wrapped it once, and the next used descriptor was written past the end
+// of the descriptor ring, into whatever was mapped after it (another guest's memory).
+class PackedLapOverrun : public PackedBig {
+ protected:
+  PackedLapOverrun() : PackedBig(8, Bit(kFInOrder)) {}
+};
+
+TEST_F(PackedLapOverrun, ChainsInFlightNeverCoverMoreThanTheRing) {
+  // Move both positions to slot 5 with five one-descriptor chains.
+  DescChain c[8];
+  for (uint16_t s = 0; s < 5; ++s) Put(s, 64, s, 0);
+  ASSERT_EQ(rp_.device.PopBurst(c, 5), 5u);
+  ASSERT_TRUE(rp_.device.PushInOrderBatch({c, 5}));
+  rp_.device.Flush();
+  // What lies after the descriptor ring, to see that nothing is written there.
+  std::byte* after = reinterpret_cast<std::byte*>(desc_ + size_);
+  std::vector<std::byte> before(after, after + 64);
+
+  PutChain(5, 8, 1);  // A: every slot of the ring, slots 5..7 and 0..4 of the next lap
+  DescChain a;
+  ASSERT_EQ(rp_.device.Pop(&a), PopStatus::kOk);
+  EXPECT_EQ(a.num_descs, 8);
+  // B: at slot 5 again, in the lap after A's head, while A is in flight.
+  PutChain(5, 4, 2, /*wrap=*/false);
+  EXPECT_EQ(rp_.device.Available(32), 1u);  // Pop() must judge it
+  DescChain b;
+  EXPECT_EQ(rp_.device.Pop(&b), PopStatus::kBroken);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kPackedRingOverrun), 1u);
+  // A completes where it began; nothing was written past the ring.
+  ASSERT_TRUE(rp_.device.PushInOrderBatch({&a, 1}));
+  rp_.device.Flush();
+  EXPECT_EQ(desc_[5].id.get(), 1);
+  EXPECT_EQ(std::memcmp(after, before.data(), before.size()), 0);
+}
+
+TEST_F(PackedLapOverrun, OneDescriptorChainsPastAFullRing) {
+  // Eight one-descriptor chains fill the ring; a ninth in slot 0's next lap is an overrun,
+  // on the fast path as on the walk.
+  for (uint16_t s = 0; s < 8; ++s) Put(s, 64, s, 0);
+  DescChain c[8];
+  ASSERT_EQ(rp_.device.PopBurst(c, 8), 8u);
+  Put(0, 64, 0, 0, /*wrap=*/false);  // id 0 is still in flight too; the overrun is found first
+  DescChain d;
+  EXPECT_EQ(rp_.device.Pop(&d), PopStatus::kBroken);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kPackedRingOverrun), 1u);
+}
+
+TEST_F(PackedLapOverrun, RewoundChainsFreeTheirSlots) {
+  for (uint16_t s = 0; s < 8; ++s) Put(s, 64, s, 0);
+  DescChain c[8];
+  ASSERT_EQ(rp_.device.PopBurst(c, 8), 8u);
+  ASSERT_TRUE(rp_.device.Rewind({c, 8}));
+  ASSERT_EQ(rp_.device.PopBurst(c, 8), 8u);  // the same eight again, no overrun
+  EXPECT_FALSE(rp_.device.broken());
+  ASSERT_TRUE(rp_.device.PushInOrderBatch({c, 8}));
+  rp_.device.Flush();
+  // The next lap: the ring is free again.
+  Put(0, 64, 3, 0, /*wrap=*/false);
+  DescChain d;
+  ASSERT_EQ(rp_.device.Pop(&d), PopStatus::kOk);
+  EXPECT_EQ(d.id, 3);
 }
 
 }  // namespace

@@ -26,6 +26,7 @@ Result<void> PackedVring::Init(const VringConfig& config, const PackedRingAreas&
   avail_pos_ = used_pos_ = signalled_pos_ = pos;
   avail_wrap_ = used_wrap_ = (avail_state >> 15) != 0;
   pending_ = 0;
+  in_flight_descs_ = 0;
   descs_of_id_.assign(size_, 0);
   in_flight_.assign(size_, 0);
   broken_ = false;
@@ -47,7 +48,7 @@ std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d,
   if (!indirect_) return DropReason::kIndirectNotNegotiated;
   const uint32_t len = d.len.get();
   if (len == 0 || len % sizeof(VirtqPackedDesc) != 0) return DropReason::kIndirectBadLen;
-  if (len / sizeof(VirtqPackedDesc) > size_) return DropReason::kChainTooLong;
+  if (len / sizeof(VirtqPackedDesc) > std::min(size_, kMaxChainDescs)) return DropReason::kChainTooLong;
   std::byte* t = mem_->TranslateFast(GuestAddr{d.addr.get()}, len, Access::kRead);
   if (t == nullptr) return DropReason::kIndirectOutsideMemory;
   const auto* table = reinterpret_cast<const VirtqPackedDesc*>(t);
@@ -82,7 +83,7 @@ PopStatus PackedVring::Pop(DescChain* chain) {
       VirtqPackedDesc d;
       std::memcpy(&d, &desc_[slot], sizeof d);
       const uint16_t id = d.id.get();
-      if (id < size_ && !in_flight_[id] &&
+      if (id < size_ && !in_flight_[id] && in_flight_descs_ < size_ &&
           ChainBuilder::SingleSegment(*mem_, policy_, d.addr.get(), d.len.get(), (flags & kDescFWrite) != 0,
                                       chain)) {
         chain->id = id;
@@ -92,6 +93,7 @@ PopStatus PackedVring::Pop(DescChain* chain) {
         chain->bad_seq = bad_seq_;
         in_flight_[id] = 1;
         descs_of_id_[id] = 1;
+        ++in_flight_descs_;
         Advance(&avail_pos_, &avail_wrap_, 1);
         popped_.Add();
         return PopStatus::kOk;
@@ -102,10 +104,21 @@ PopStatus PackedVring::Pop(DescChain* chain) {
     std::optional<DropReason> bad;
     uint32_t n = 0;
     uint16_t id = 0;
+    // UNTRUSTED: how many slots this chain may span. The driver may only make available the
+    // slots the device has given back (§2.8.21), so chains in flight never cover more than
+    // the ring: a chain reaching past that reuses a slot of one still in flight (it would
+    // make the used position run more than a lap and write past the ring; issue 17). And a
+    // walk reads at most kMaxChainDescs descriptors. Either bound reached before the chain's
+    // end leaves no id to complete it with: the queue is broken.
+    const uint32_t free_slots = size_ - in_flight_descs_;
     // Walk the whole extent of the chain even after a bad buffer: completing it needs its id
     // and its length in slots.
     for (;;) {
-      if (++n > size_) {  // every slot chained: no end to find
+      if (++n > free_slots) {
+        MarkBroken(DropReason::kPackedRingOverrun);
+        return PopStatus::kBroken;
+      }
+      if (n > kMaxChainDescs) {
         MarkBroken(DropReason::kChainTooLong);
         return PopStatus::kBroken;
       }
@@ -141,6 +154,7 @@ PopStatus PackedVring::Pop(DescChain* chain) {
     Advance(&avail_pos_, &avail_wrap_, n);
     in_flight_[id] = 1;
     descs_of_id_[id] = static_cast<uint16_t>(n);
+    in_flight_descs_ += n;
     if (!bad) {
       chain->id = id;
       chain->num_descs = static_cast<uint16_t>(n);
@@ -163,11 +177,32 @@ uint32_t PackedVring::Available(uint32_t limit) {
   uint16_t slot = avail_pos_;
   bool wrap = avail_wrap_;
   uint32_t chains = 0;
-  for (uint32_t i = 0; i < size_ && chains < limit; ++i) {
+  uint32_t in_chain = 0;  // slots so far of the chain being counted
+  // UNTRUSTED: only flags are read, at most as many as Pop could consume (the free slots) and
+  // at most kAvailableMaxSlots: a ring of long chains costs each caller a bounded walk.
+  const uint32_t free_slots = size_ - in_flight_descs_;
+  const uint32_t max_slots = std::min(free_slots, kAvailableMaxSlots);
+  for (uint32_t i = 0; i < max_slots && chains < limit; ++i) {
     const uint16_t flags = LoadAcquire(desc_[slot].flags);
-    if (!IsAvail(flags, wrap)) break;
-    if (!(flags & kDescFNext)) ++chains;
+    if (!IsAvail(flags, wrap)) {
+      // A chain whose head is available and whose continuation is not is malformed (the
+      // driver publishes a chain's head last, §2.8.21.1): it is counted, so that Pop() reaches
+      // it and judges it (the queue breaks), rather than every caller waiting for it.
+      return in_chain > 0 ? chains + 1 : chains;
+    }
     Advance(&slot, &wrap, 1);
+    if (!(flags & kDescFNext)) {
+      ++chains;
+      in_chain = 0;
+    } else if (++in_chain >= kMaxChainDescs) {
+      return chains + 1;  // longer than Pop() walks: it breaks the queue there
+    }
+  }
+  // At the free slots' end, inside a chain or at an available head: the driver reaches into
+  // slots still in flight, an overrun, which Pop() judges too.
+  if (chains < limit && max_slots == free_slots &&
+      (in_chain > 0 || IsAvail(LoadAcquire(desc_[slot].flags), wrap))) {
+    ++chains;
   }
   return chains;
 }
@@ -178,6 +213,7 @@ bool PackedVring::Rewind(std::span<const DescChain> chains) {
   for (const DescChain& c : chains) {
     NICMUX_CHECK(c.id < size_ && in_flight_[c.id]);
     in_flight_[c.id] = 0;
+    in_flight_descs_ -= descs_of_id_[c.id];
   }
   avail_pos_ = chains[0].ring_pos;
   avail_wrap_ = chains[0].ring_wrap;
@@ -193,6 +229,7 @@ uint32_t PackedVring::PopBurst(DescChain* chains, uint32_t n) {
 void PackedVring::Push(uint16_t id, uint32_t len) {
   NICMUX_CHECK(id < size_ && in_flight_[id]);
   in_flight_[id] = 0;
+  in_flight_descs_ -= descs_of_id_[id];
   VirtqPackedDesc& d = desc_[used_pos_];
   d.id = Le16::Of(id);
   d.len = Le32::Of(len);
@@ -224,6 +261,10 @@ bool PackedVring::PushInOrderBatch(std::span<const DescChain> chains) {
     in_flight_[c.id] = 0;
     descs += descs_of_id_[c.id];
   }
+  // The chains' slots were all in flight at once (Pop's bound), so they span at most one lap:
+  // the used position moves less than twice the ring size, and Advance wraps it once.
+  NICMUX_CHECK(descs <= in_flight_descs_ && in_flight_descs_ <= size_);
+  in_flight_descs_ -= descs;
   VirtqPackedDesc& d = desc_[used_pos_];
   d.id = Le16::Of(chains.back().id);
   d.len = Le32::Of(0);

@@ -6,7 +6,9 @@
 // descriptor after the first must be available with the same rule, else the wrap bits are
 // inconsistent and the queue is broken (we could not tell where the chain ends). The buffer id
 // is taken from the last descriptor (§2.8.6); an id >= size, or one still in flight, breaks
-// the queue. Used descriptors are written in order; the first one's flags are stored last, so
+// the queue, as does a chain longer than kMaxChainDescs or one that reaches into slots of
+// chains still in flight (the slots in flight never exceed the ring: the used position can
+// then never run more than a lap, in any push path). Used descriptors are written in order; the first one's flags are stored last, so
 // the driver sees a whole burst at once (§2.8.7 "the device ... flags last").
 #pragma once
 
@@ -47,6 +49,9 @@ class PackedVring {
   uint16_t avail_state() const {  // vhost-user GET_VRING_BASE
     return static_cast<uint16_t>(avail_pos_ | (avail_wrap_ ? 0x8000 : 0));
   }
+  uint16_t used_state() const {  // the next used slot and wrap counter, for checks
+    return static_cast<uint16_t>(used_pos_ | (used_wrap_ ? 0x8000 : 0));
+  }
   uint32_t size() const { return size_; }
   uint64_t chains_popped() const { return popped_.Get(); }
 
@@ -54,7 +59,10 @@ class PackedVring {
   bool IsAvail(uint16_t flags, bool wrap) const {
     return ((flags & kDescFAvail) != 0) == wrap && ((flags & kDescFUsed) != 0) != wrap;
   }
+  // n <= size_: every caller advances by slots that were in flight together, which never
+  // exceed the ring (Pop's bound), so one subtraction wraps it.
   void Advance(uint16_t* pos, bool* wrap, uint32_t n) const {
+    NICMUX_DCHECK(n <= size_);
     uint32_t p = *pos + n;
     if (p >= size_) {
       p -= size_;
@@ -88,6 +96,11 @@ class PackedVring {
 
   std::vector<uint16_t> descs_of_id_;  // ring slots each in-flight id occupies
   std::vector<uint8_t> in_flight_;
+  // Ring slots of every chain in flight: at most size_ (Pop refuses a chain that would pass
+  // it), so the used position never runs a lap ahead of where the driver made slots free.
+  uint32_t in_flight_descs_ = 0;
+  // The most descriptor flags Available() reads per call.
+  static constexpr uint32_t kAvailableMaxSlots = 2 * kMaxChainDescs;
 
   uint64_t bad_seq_ = 0;
 

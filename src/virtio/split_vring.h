@@ -6,9 +6,11 @@
 //
 // Guest errors (DESIGN.md "Errors", kind 1):
 //  - a bad chain (buffer outside memory, next out of range, indirect misuse, wrong direction,
-//    too long) is completed with length 0, counted under its reason, and Pop() goes on;
-//  - structural corruption (avail idx moving by more than the queue size, a head out of range,
-//    a descriptor loop) marks the queue broken: Pop() returns kBroken until Init() again.
+//    a loop, more than kMaxChainDescs descriptors) is completed with length 0, counted under
+//    its reason, and Pop() goes on: whenever the head is valid the device can give it back;
+//  - structural corruption (avail idx moving by more than the queue size, a head out of range)
+//    marks the queue broken: Pop() returns kBroken until Init() again.
+// Every walk reads at most kMaxChainDescs + 1 descriptors, whatever the driver wrote.
 //
 // One thread owns a SplitVring (the worker polling it); nothing here locks.
 #pragma once
