@@ -5,16 +5,21 @@
 #include <string>
 #include <utility>
 
+#include "base/peer_mapping.h"
+
 namespace nicmux {
 
 MappedRegion::MappedRegion(MappedRegion&& o) noexcept
-    : addr_(std::exchange(o.addr_, nullptr)), len_(std::exchange(o.len_, 0)) {}
+    : addr_(std::exchange(o.addr_, nullptr)),
+      len_(std::exchange(o.len_, 0)),
+      peer_handle_(std::exchange(o.peer_handle_, -1)) {}
 
 MappedRegion& MappedRegion::operator=(MappedRegion&& o) noexcept {
   if (this != &o) {
     Unmap();
     addr_ = std::exchange(o.addr_, nullptr);
     len_ = std::exchange(o.len_, 0);
+    peer_handle_ = std::exchange(o.peer_handle_, -1);
   }
   return *this;
 }
@@ -22,6 +27,8 @@ MappedRegion& MappedRegion::operator=(MappedRegion&& o) noexcept {
 MappedRegion::~MappedRegion() { Unmap(); }
 
 void MappedRegion::Unmap() {
+  UnregisterPeerMapping(peer_handle_);  // before the address range can be reused
+  peer_handle_ = -1;
   if (addr_ != nullptr) ::munmap(addr_, len_);
   addr_ = nullptr;
   len_ = 0;
@@ -39,6 +46,16 @@ Result<MappedRegion> MappedRegion::MapFd(int fd, uint64_t offset_bytes, uint64_t
   }
   return MappedRegion(p, len_bytes);
 }
+
+Result<MappedRegion> MappedRegion::MapPeerFd(int fd, uint64_t offset_bytes, uint64_t len_bytes,
+                                             int notify_fd) {
+  auto m = MapFd(fd, offset_bytes, len_bytes);
+  if (!m) return m.error();
+  m->peer_handle_ = RegisterPeerMapping(m->addr_, m->len_, notify_fd);
+  return m;
+}
+
+bool MappedRegion::poisoned() const { return PeerMappingPoisoned(peer_handle_); }
 
 Result<MappedRegion> MappedRegion::Anonymous(uint64_t len_bytes) {
   if (len_bytes == 0) return Error("mmap: zero length");

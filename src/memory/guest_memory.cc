@@ -67,7 +67,7 @@ Result<std::shared_ptr<const GuestMemory>> GuestMemory::Create(std::vector<Guest
   return std::shared_ptr<const GuestMemory>(new GuestMemory(std::move(regions)));
 }
 
-Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd) {
+Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd, int fault_fd) {
   uint64_t map_len;
   if (spec.size == 0) return Error("memory region: size is zero");
   // Map from offset 0 so the mmap offset need not be page aligned (hugetlbfs needs huge-page
@@ -77,8 +77,9 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd) {
                  Hex(spec.size) + " wraps");
   }
   // UNTRUSTED: the fd and the extent. A mapping past the end of the file would fault (SIGBUS)
-  // on first touch, so the region must lie inside the file as it is now. (A frontend that
-  // shrinks its file afterwards can still fault us; QEMU and DPDK never do.)
+  // on first touch, so the region must lie inside the file as it is now. A frontend that
+  // shrinks its file afterwards makes the next access fault: the mapping is a peer mapping,
+  // recovered (base/peer_mapping.h) and reported through fault_fd.
   struct stat st;
   if (::fstat(fd, &st) < 0) return Error::FromErrno("memory region: fstat of fd " + std::to_string(fd));
   if (!S_ISREG(st.st_mode)) {
@@ -94,7 +95,7 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd) {
   if ((align & (align - 1)) != 0) align = 4096;
   const uint64_t map_off = spec.mmap_offset & ~(align - 1);
   const uint64_t lead = spec.mmap_offset - map_off;
-  auto m = MappedRegion::MapFd(fd, map_off, lead + spec.size);
+  auto m = MappedRegion::MapPeerFd(fd, map_off, lead + spec.size, fault_fd);
   if (!m) return m.error().Wrap("memory region at guest_phys_addr " + Hex(spec.guest_phys_addr));
   auto mapping = std::make_shared<const MappedRegion>(std::move(*m));
   GuestRegion r;
@@ -106,6 +107,13 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd) {
   r.writable = true;
   r.mapping = std::move(mapping);
   return r;
+}
+
+bool GuestMemory::Poisoned() const {
+  for (const GuestRegion& r : regions_) {
+    if (r.mapping && r.mapping->poisoned()) return true;
+  }
+  return false;
 }
 
 Result<std::shared_ptr<const GuestMemory>> GuestMemory::WithRegion(GuestRegion region) const {

@@ -68,8 +68,11 @@ class GuestMemory {
 
   // Validates the invariants above; the error names the region and the field.
   static Result<std::shared_ptr<const GuestMemory>> Create(std::vector<GuestRegion> regions);
-  // Maps spec from fd (shared, read-write). The fd may be closed afterwards.
-  static Result<GuestRegion> MapRegion(const RegionSpec& spec, int fd);
+  // Maps spec from fd (shared, read-write). The fd may be closed afterwards. The mapping is a
+  // peer mapping (base/peer_mapping.h): if the peer shrinks the file under it, an access past
+  // the new end does not kill the process; the region turns to zeros, Poisoned() says so and
+  // fault_fd (an eventfd of the owner's, or -1) is signalled.
+  static Result<GuestRegion> MapRegion(const RegionSpec& spec, int fd, int fault_fd = -1);
 
   // A new snapshot with one more region (ADD_MEM_REG) / without the region matching spec
   // exactly (REM_MEM_REG). This snapshot is unchanged.
@@ -111,6 +114,8 @@ class GuestMemory {
   }
 
   std::span<const GuestRegion> regions() const { return regions_; }
+  // A region's file was shrunk under its mapping (see MapRegion).
+  bool Poisoned() const;
 
  private:
   explicit GuestMemory(std::vector<GuestRegion> regions);

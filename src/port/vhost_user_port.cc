@@ -21,6 +21,10 @@ using vhost::DeviceQueue;
 namespace {
 
 constexpr uint64_t kBackoffFirstMs = 100, kBackoffMaxMs = 2000;
+// After a frontend attacked the daemon, the port refuses new ones for this long, doubling with
+// each attack up to the cap (a quiet hour resets it).
+constexpr uint64_t kQuarantineFirstMs = 1000, kQuarantineMaxMs = 60000;
+constexpr uint64_t kQuarantineForgetNs = 3600ull * 1000000000;
 
 Result<sockaddr_un> UnixAddr(const std::string& path) {
   sockaddr_un a{};
@@ -66,7 +70,12 @@ class MergeWriter {
 
 VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pausable* worker)
     : Port(o.name), opt_(o), loop_(loop),
-      session_(vhost::BackendConfig{o.queue_pairs, o.mtu}, worker) {}
+      session_(vhost::BackendConfig{o.queue_pairs, o.mtu}, worker) {
+  auto e = EventFd::Create();
+  NICMUX_CHECK(e.has_value());
+  fault_ = std::move(*e);
+  session_.SetFaultFd(fault_.fd());
+}
 
 Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPortOptions& o,
                                                              EventLoop* loop, Pausable* worker) {
@@ -77,6 +86,10 @@ Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPort
   auto addr = UnixAddr(o.socket_path);
   if (!addr) return addr.error().Wrap("port " + o.name);
   std::unique_ptr<VhostUserPort> p(new VhostUserPort(o, loop, worker));
+  {
+    auto r = loop->Watch(p->fault_.fd(), EPOLLIN, [port = p.get()](uint32_t) { port->OnFault(); });
+    if (!r) return r.error().Wrap("port " + o.name);
+  }
   if (o.client) {
     p->TryConnect();
   } else {
@@ -87,6 +100,7 @@ Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPort
 }
 
 VhostUserPort::~VhostUserPort() {
+  loop_->Unwatch(fault_.fd());
   if (reconnect_timer_) loop_->Cancel(reconnect_timer_);
   if (channel_) loop_->Unwatch(channel_->fd());
   channel_.reset();
@@ -131,11 +145,17 @@ void VhostUserPort::OnAccept() {
                               "port %s: a frontend is already connected; refusing another", name().c_str());
     return;  // s closes
   }
+  if (InQuarantine()) return;  // s closes
   Attach(std::move(s));
 }
 
 void VhostUserPort::TryConnect() {
   reconnect_timer_ = 0;
+  if (InQuarantine()) {
+    const uint64_t now = MonotonicNowNs();
+    reconnect_timer_ = loop_->After((quarantine_until_ns_ - now) / 1000000 + 1, [this] { TryConnect(); });
+    return;
+  }
   auto addr = UnixAddr(opt_.socket_path);
   UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (addr && s.valid() && ::connect(s.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0) {
@@ -219,6 +239,7 @@ void VhostUserPort::Disconnect(const std::string& why) {
   channel_.reset();
   session_.Reset();
   PeerGone();  // the switch forgets the MACs learned behind this port (Port::link_generation)
+  peer_blocked_.store(false, std::memory_order_relaxed);  // the worker is done with the old queues
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: frontend disconnected (%s)", name().c_str(),
                             why.c_str());
   if (opt_.client && !reconnect_timer_) {
@@ -227,7 +248,46 @@ void VhostUserPort::Disconnect(const std::string& why) {
   }
 }
 
+void VhostUserPort::NotePeerBlocked() {
+  if (!peer_blocked_.exchange(true, std::memory_order_relaxed)) fault_.Signal();
+}
+
+bool VhostUserPort::InQuarantine() {
+  const uint64_t now = MonotonicNowNs();
+  if (now >= quarantine_until_ns_) return false;
+  NICMUX_LOG_RATELIMITED_BY(log_refused_, kWarning,
+                            "port %s: refusing frontends for %llu ms more after the last one attacked the daemon",
+                            name().c_str(), static_cast<unsigned long long>((quarantine_until_ns_ - now) / 1000000));
+  return true;
+}
+
+void VhostUserPort::OnFault() {
+  fault_.Drain();
+  const char* why = nullptr;
+  if (peer_blocked_.exchange(false, std::memory_order_relaxed)) {
+    why = "it made a signalling eventfd block the worker (blocking mode, full counter)";
+  } else if (session_.memory() && session_.memory()->Poisoned()) {
+    why = "its memory file shrank under the mapping (the fault was recovered)";
+  }
+  if (why == nullptr || !channel_) return;
+  ++hostile_disconnects_;
+  const uint64_t now = MonotonicNowNs();
+  if (now - quarantine_until_ns_ > kQuarantineForgetNs) quarantine_ms_ = 0;
+  quarantine_ms_ = quarantine_ms_ == 0 ? kQuarantineFirstMs : std::min(quarantine_ms_ * 2, kQuarantineMaxMs);
+  quarantine_until_ns_ = now + quarantine_ms_ * 1000000;
+  NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: closing the connection: %s; new frontends refused for %llu ms",
+                            name().c_str(), why, static_cast<unsigned long long>(quarantine_ms_));
+  Disconnect(why);
+}
+
 // --------------------------------------------------------------------------- data path
+
+void VhostUserPort::CheckBroken(DeviceQueue& dq) {
+  if (dq.error_signalled) return;
+  if (!(dq.packed ? dq.packed_ring.broken() : dq.split.broken())) return;
+  dq.error_signalled = true;
+  if (!dq.SignalError()) NotePeerBlocked();
+}
 
 size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
   RxState& st = rx_[q];
@@ -266,7 +326,9 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   DeviceQueue& dq = session_.queue(2 * q + 1);
   if (st.n == 0) {
     // Bad chains the ring completed on its own still need publishing.
-    if (dq.running && (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush())) dq.Call();
+    if (!dq.running) return;
+    if ((dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) && !dq.Call()) NotePeerBlocked();
+    CheckBroken(dq);
     return;
   }
   // Chains up to the first unsent packet are done (bad frames among them too); the rest go
@@ -289,13 +351,14 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
       rxc_[q].drops.Add(DropReason::kQueueFull, st.n - done_chains);
       rxc_[q].dropped.Add(st.n - done_chains);  // the source side lost them
     }
-    if (ring.Flush()) dq.Call();
+    if (ring.Flush() && !dq.Call()) NotePeerBlocked();
   };
   if (dq.packed) {
     finish(dq.packed_ring);
   } else {
     finish(dq.split);
   }
+  CheckBroken(dq);
   st.n = 0;
 }
 
@@ -401,7 +464,8 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   }
   c.packets.Add(sent);
   c.bytes.Add(bytes);
-  if (ring.Flush()) dq.Call();
+  if (ring.Flush() && !dq.Call()) NotePeerBlocked();
+  CheckBroken(dq);
   return k;
 }
 

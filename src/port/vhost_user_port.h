@@ -20,6 +20,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -58,6 +59,9 @@ class VhostUserPort final : public Port {
   PortStats Stats() const override;
 
   bool connected() const { return channel_ != nullptr; }
+  // Connections closed because the frontend attacked the daemon (blocked a signalling write,
+  // shrank its memory under the mapping).
+  uint64_t hostile_disconnects() const { return hostile_disconnects_; }
   uint64_t connections() const { return connections_; }
   const vhost::BackendSession& session() const { return session_; }
   // Drop counters of the queues, summed (rings' reasons plus the port's own).
@@ -75,6 +79,16 @@ class VhostUserPort final : public Port {
   // Watches for EPOLLOUT exactly while the channel holds unsent replies.
   void WatchOutput();
   void Disconnect(const std::string& why);
+  // Worker side: the frontend made a signalling write block (base/peer_io.h); tells the
+  // control thread through fault_.
+  void NotePeerBlocked();
+  // Worker side: a ring that broke is reported to the frontend once (its error eventfd).
+  void CheckBroken(vhost::DeviceQueue& dq);
+  // Control thread: fault_ fired (a blocked write, or the frontend's memory faulted,
+  // base/peer_mapping.h): the connection is closed and the port keeps new frontends out for a
+  // while (quarantine), so that reconnecting and repeating costs the other ports little.
+  void OnFault();
+  bool InQuarantine();
 
   template <typename Ring>
   size_t TxRing(uint32_t q, vhost::DeviceQueue& dq, Ring& ring, std::span<const PacketRef* const> in);
@@ -89,6 +103,11 @@ class VhostUserPort final : public Port {
   uint64_t backoff_ms_ = 0;
   uint64_t connections_ = 0;
   bool watching_out_ = false;
+  EventFd fault_;                         // worker or SIGBUS handler -> control thread
+  std::atomic<bool> peer_blocked_{false};
+  uint64_t quarantine_ms_ = 0;            // length of the last quarantine, doubling to a cap
+  uint64_t quarantine_until_ns_ = 0;      // monotonic
+  uint64_t hostile_disconnects_ = 0;
   // A peer can make these lines at will (connect, disconnect, protocol errors): one limiter
   // per port and kind, so one noisy frontend silences neither another port's lines nor its
   // own other kind.

@@ -78,6 +78,16 @@ void VirtioUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   st.n = 0;
 }
 
+std::string VirtioUserPort::State() const {
+  for (uint32_t k = 0; k < 2 * fe_->queue_pairs(); ++k) {
+    vhost::FrontendQueue& q = k % 2 == 0 ? fe_->rxq(k / 2) : fe_->txq(k / 2);
+    if (q.kick_blocked.load(std::memory_order_relaxed)) {
+      return "connected, not kicking: the backend made its kick eventfd block";
+    }
+  }
+  return "connected";
+}
+
 void VirtioUserPort::Reclaim(vhost::FrontendQueue& tq) {
   virtio::UsedBuffer u;
   while (tq.PopUsed(&u) == virtio::PopStatus::kOk) {

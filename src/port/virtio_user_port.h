@@ -48,7 +48,8 @@ class VirtioUserPort final : public Port {
   bool CanSleep() const override { return true; }
   PortStats Stats() const override;
   uint64_t DropsFor(DropReason r) const override;
-  std::string State() const override { return "connected"; }
+  // "connected", or why the port no longer kicks its backend.
+  std::string State() const override;
 
  private:
   VirtioUserPort(const VirtioUserPortOptions& o, std::unique_ptr<vhost::Frontend> fe)

@@ -5,12 +5,17 @@
 #include <sched.h>
 
 #include "base/log.h"
+#include "base/peer_io.h"
 
 namespace nicmux {
 namespace {
 // The longest sleep: a safety net for a missed notification (correctness does not depend on
 // it).
 constexpr int kMaxSleepMs = 100;
+// The longest sleep while a running queue has no kick fd (its frontend asked for polling,
+// vhost-user SET_VRING_KICK without an fd): it is polled this often while the worker idles, so
+// one such frontend cannot keep the worker (and every port on it) from sleeping.
+constexpr int kPollingQueueSleepMs = 1;
 }  // namespace
 
 Worker::Worker(std::string name, int cpu, uint32_t idle_poll_us)
@@ -81,23 +86,21 @@ void Worker::Sleep() {
     can_sleep &= f->CanSleep();
     pending |= f->ArmNotify(&fds);
   }
-  if (!pending && can_sleep) {
+  if (!pending) {
     std::vector<pollfd> pfds;
     pfds.reserve(fds.size() + 1);
     pfds.push_back({wake_.fd(), POLLIN, 0});
     for (const NotifyFd& f : fds) pfds.push_back({f.fd, POLLIN, 0});
     sleeps_.fetch_add(1, std::memory_order_relaxed);
-    int n = ::poll(pfds.data(), pfds.size(), kMaxSleepMs);
+    int n = ::poll(pfds.data(), pfds.size(), can_sleep ? kMaxSleepMs : kPollingQueueSleepMs);
     if (n > 0) {
-      // Drain the eventfds that woke us (only readable ones: a read of an eventfd at zero
-      // would block). Other fds (TAP) stay readable: their data is the work.
+      // Drain the eventfds that woke us. Kick fds are the frontends': one could drain its own
+      // between our poll() and our read(), or make it blocking, so the read must not block
+      // whatever the fd's flags say (base/peer_io.h). Other fds (TAP) stay readable: their
+      // data is the work.
       for (size_t i = 0; i < pfds.size(); ++i) {
         const bool is_eventfd = i == 0 || fds[i - 1].eventfd;
-        if (is_eventfd && (pfds[i].revents & POLLIN)) {
-          uint64_t v;
-          ssize_t r = ::read(pfds[i].fd, &v, sizeof v);
-          (void)r;
-        }
+        if (is_eventfd && (pfds[i].revents & POLLIN)) DrainPeerEventFd(pfds[i].fd);
       }
     }
   }

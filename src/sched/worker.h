@@ -1,6 +1,8 @@
 // Worker: a thread that polls its forwarders. While there is traffic it busy-polls; after a
 // short idle spell (idle_poll_us) it arms the ports' notifications and sleeps in poll(2) on their kick fds
-// (so idle guests cost no CPU), waking on a kick, a pause request or a timeout.
+// (so idle guests cost no CPU), waking on a kick, a pause request or a timeout (100 ms; 1 ms
+// while some running queue has no kick fd and must be polled). Kick fds are drained without
+// blocking whatever their owner did to them (base/peer_io.h).
 //
 // It is the Pausable of its ports: the control thread's Pause() returns once the worker sits
 // between bursts (no chain in flight, every used entry flushed); the worker waits until

@@ -370,7 +370,7 @@ Result<void> BackendSession::SetMemTable(Message& msg) {
     MemoryRegion m;
     std::memcpy(&m, msg.payload.data() + sizeof(MemoryHeader) + r * sizeof(MemoryRegion), sizeof m);
     auto g = GuestMemory::MapRegion({m.guest_phys_addr, m.memory_size, m.userspace_addr, m.mmap_offset},
-                                    msg.fds[r].get());
+                                    msg.fds[r].get(), fault_fd_);
     if (!g) return g.error().Wrap("region " + std::to_string(r));
     regions.push_back(std::move(*g));
   }
@@ -415,7 +415,7 @@ Result<void> BackendSession::AddMemReg(Message& msg) {
   NICMUX_TRY(CheckTotal(total));
   auto g = GuestMemory::MapRegion({s.region.guest_phys_addr, s.region.memory_size,
                                    s.region.userspace_addr, s.region.mmap_offset},
-                                  msg.fds[0].get());
+                                  msg.fds[0].get(), fault_fd_);
   if (!g) return g.error();
   auto mem = mem_ ? mem_->WithRegion(std::move(*g)) : GuestMemory::Create({std::move(*g)});
   if (!mem) return mem.error();
@@ -475,6 +475,7 @@ Result<void> BackendSession::Reconcile(uint32_t i) {
 
 Result<void> BackendSession::StartLocked(uint32_t i) {
   DeviceQueue& q = queues_[i];
+  q.error_signalled = false;
   const bool packed = Has(features_, virtio::kFRingPacked);
   const std::string qname = "queue " + std::to_string(i);
   auto size_ok = virtio::CheckQueueSize(q.num, packed);

@@ -29,6 +29,7 @@
 
 #include "base/counter.h"
 #include "base/event_fd.h"
+#include "base/peer_io.h"
 #include "base/pausable.h"
 #include "base/unique_fd.h"
 #include "memory/guest_memory.h"
@@ -66,6 +67,7 @@ struct DeviceQueue {
   // Running state.
   bool running = false;
   bool packed = false;
+  bool error_signalled = false;  // the ring broke and the frontend was told (SignalError)
   virtio::SplitVring split;
   virtio::PackedVring packed_ring;
 
@@ -82,13 +84,16 @@ struct DeviceQueue {
     enabled = false;
     running = false;
   }
-  // Notifies the driver (an interrupt) if it has a call fd.
-  void Call() const {
-    if (call.valid()) {
-      uint64_t one = 1;
-      ssize_t n = ::write(call.get(), &one, sizeof one);
-      (void)n;
-    }
+  // Notifies the driver (an interrupt) if it has a call fd. False when the frontend made the
+  // write block (its eventfd set back to blocking with a full counter) and the peer-I/O
+  // watchdog broke it off (base/peer_io.h): the caller reports the peer as hostile.
+  bool Call() const {
+    return !call.valid() || SignalPeerEventFd(call.get()) != PeerIoStatus::kInterrupted;
+  }
+  // Tells the frontend that this queue is broken (SET_VRING_ERR's eventfd; QEMU logs "vhost
+  // vring error in virtqueue N"). False as for Call().
+  bool SignalError() const {
+    return !err.valid() || SignalPeerEventFd(err.get()) != PeerIoStatus::kInterrupted;
   }
 };
 
@@ -112,6 +117,9 @@ class BackendSession {
 
   // Connection gone: stop every queue, unmap memory, close fds; ready for a new connection.
   void Reset();
+  // An eventfd of the owner's, signalled when a memory region of this session faults because
+  // the frontend shrank its file (base/peer_mapping.h); check memory()->Poisoned() then.
+  void SetFaultFd(int fd) { fault_fd_ = fd; }
 
   uint64_t features() const { return features_; }
   uint64_t protocol_features() const { return protocol_features_; }
@@ -147,6 +155,7 @@ class BackendSession {
 
   BackendConfig config_;
   Pausable* worker_;
+  int fault_fd_ = -1;
   uint64_t offered_features_ = 0;
   uint64_t offered_protocol_features_ = 0;
   uint64_t features_ = 0;

@@ -189,7 +189,8 @@ Result<void> Frontend::Setup() {
   if (::ftruncate(memfd_.get(), static_cast<off_t>(total)) < 0) return Error::FromErrno("ftruncate memfd");
   // Sealed against resizing, as QEMU's memory-backend-memfd does: a backend that maps it can
   // never be made to fault by a shrink.
-  if (::fcntl(memfd_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+  if (config_.seal_memory &&
+      ::fcntl(memfd_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
     return Error::FromErrno("sealing the memfd");
   }
   auto map = MappedRegion::MapFd(memfd_.get(), 0, total);
@@ -231,9 +232,11 @@ Result<void> Frontend::Setup() {
     q->host = map_.data() + q->buffers.value;
     auto k = EventFd::Create();
     auto c = EventFd::Create();
-    if (!k || !c) return Error("eventfd");
+    auto e = EventFd::Create();
+    if (!k || !c || !e) return Error("eventfd");
     q->kick = std::move(*k);
     q->call = std::move(*c);
+    q->err = std::move(*e);
     NICMUX_TRY(SendValue(Request::kSetVringNum, VringState{i, qs}));
     NICMUX_TRY(SendValue(Request::kSetVringBase, VringState{i, q->packed ? 0x8000u : 0u}));
     auto uva = [&](GuestAddr g) { return reinterpret_cast<uint64_t>(map_.data()) + g.value; };
@@ -243,6 +246,9 @@ Result<void> Frontend::Setup() {
     int callfd = q->call.fd(), kickfd = q->kick.fd();
     NICMUX_TRY(SendValue(Request::kSetVringCall, uint64_t{i}, {&callfd, 1}));
     NICMUX_TRY(SendValue(Request::kSetVringKick, uint64_t{i}, {&kickfd, 1}));
+    // As QEMU does: the backend signals it when it finds the ring broken.
+    int errfd = q->err.fd();
+    NICMUX_TRY(SendValue(Request::kSetVringErr, uint64_t{i}, {&errfd, 1}));
     queues_.push_back(std::move(q));
   }
   if (Has(features_, kFProtocolFeatures)) {

@@ -9,11 +9,13 @@
 // needed on the hot path).
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "base/event_fd.h"
+#include "base/peer_io.h"
 #include "base/mmap.h"
 #include "base/unique_fd.h"
 #include "memory/guest_memory.h"
@@ -32,6 +34,10 @@ struct FrontendConfig {
   bool event_idx = true;
   bool indirect = false;
   uint32_t buf_bytes = 2048;  // per receive/transmit buffer (a frame larger needs MRG_RXBUF)
+  // Seal the memory file against resizing, as QEMU's memfd backend does. Tests turn it off to
+  // be the frontend DPDK's virtio-user is (it never seals) and shrink the file under the
+  // backend.
+  bool seal_memory = true;
   int connect_timeout_ms = 10000;
 };
 
@@ -40,7 +46,7 @@ struct FrontendQueue {
   bool packed = false;
   virtio::DriverSplitVring split;
   virtio::DriverPackedVring packed_ring;
-  EventFd kick, call;
+  EventFd kick, call, err;  // err: the backend found the ring broken (SET_VRING_ERR)
   GuestAddr buffers;      // size * buf_bytes
   std::byte* host = nullptr;
 
@@ -55,10 +61,18 @@ struct FrontendQueue {
   uint32_t num_free() const { return packed ? packed_ring.num_free() : split.num_free(); }
   uint16_t NextId() const { return packed ? packed_ring.NextId() : split.NextId(); }
   bool broken() const { return packed ? packed_ring.broken() : split.broken(); }
+  // The backend shares our kick eventfd and can make a write to it block (blocking mode and a
+  // full counter; base/peer_io.h). The watchdog breaks that write off; from then on the queue
+  // is published without kicks (a backend that blocks its doorbell must poll) and the port
+  // reports it.
   void Kick() {
     Publish();
-    if (NeedKick()) kick.Signal();
+    if (kick_blocked.load(std::memory_order_relaxed) || !NeedKick()) return;
+    if (SignalPeerEventFd(kick.fd()) == PeerIoStatus::kInterrupted) {
+      kick_blocked.store(true, std::memory_order_relaxed);
+    }
   }
+  std::atomic<bool> kick_blocked{false};
 };
 
 class Frontend {
@@ -71,6 +85,7 @@ class Frontend {
   uint32_t queue_pairs() const { return pairs_; }
   uint32_t net_hdr_len() const { return 12; }
   const FrontendConfig& config() const { return config_; }
+  int memory_fd() const { return memfd_.get(); }
   // Queue 2k: receiveq k (the backend writes), 2k+1: transmitq k.
   FrontendQueue& rxq(uint32_t k) { return *queues_[2 * k]; }
   FrontendQueue& txq(uint32_t k) { return *queues_[2 * k + 1]; }
