@@ -119,8 +119,11 @@ Result<void> VhostUserPort::Listen() {
   if (::lstat(opt_.socket_path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return Error("socket path " + opt_.socket_path + " exists and is not a socket");
     // A socket file: in use if someone accepts on it, else stale from a crash.
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (probe.valid() && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0) {
+    // Non-blocking: whoever listens there must not be able to hold us with a full backlog
+    // (EAGAIN says someone listens, which is "in use" too).
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (probe.valid() && (::connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0 ||
+                          errno == EAGAIN)) {
       return Error("socket path " + opt_.socket_path + " is in use by another process");
     }
     ::unlink(opt_.socket_path.c_str());

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -25,6 +26,20 @@ namespace nicmux {
 namespace {
 
 using namespace std::chrono_literals;
+
+// The test thread plays the worker: it holds this around its data-path calls, and the control
+// thread's Pause() waits for it, as a real worker's pause waits for the end of a round. (With
+// no worker at all, a connection closed on the control thread would unmap the memory under a
+// data-path call still running.)
+class TestWorker final : public Pausable {
+ public:
+  void Pause() override { m_.lock(); }
+  void Resume() override { m_.unlock(); }
+  std::recursive_mutex& mutex() { return m_; }
+
+ private:
+  std::recursive_mutex m_;
+};
 
 class HostileFrontend : public ::testing::Test {
  protected:
@@ -82,7 +97,7 @@ class HostileFrontend : public ::testing::Test {
   }
 
   std::string dir_;
-  NoWorker worker_;
+  TestWorker worker_;
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<VhostUserPort> port_;
   std::thread thread_;
@@ -115,7 +130,10 @@ TEST_F(HostileFrontend, CallEventfdMadeBlockingCostsItsConnectionNotTheWorker) {
     const PacketRef p = Frame();
     const PacketRef* one[1] = {&p};
     // The worker's Tx, on a thread of its own so that a regression fails instead of hanging.
-    auto done = std::async(std::launch::async, [&] { return port_->Tx(0, one); });
+    auto done = std::async(std::launch::async, [&] {
+      std::lock_guard worker(worker_.mutex());
+      return port_->Tx(0, one);
+    });
     const bool returned = done.wait_for(10s) == std::future_status::ready;
     if (!returned) {
       uint64_t v;
@@ -203,12 +221,15 @@ TEST_F(HostileFrontend, MemoryFileShrunkUnderTheMappingCostsItsConnection) {
     tq.Publish();
     ASSERT_EQ(::ftruncate(f->memory_fd(), 0), 0);
     // The worker's calls: they read the ring (and would read the frame) past the file's end.
-    Batch batch;
-    port_->Rx(0, batch, kBurst);
-    port_->RxDone(0, batch, batch.size());
-    const PacketRef p = Frame();
-    const PacketRef* one[1] = {&p};
-    port_->Tx(0, one);
+    {
+      std::lock_guard worker(worker_.mutex());
+      Batch batch;
+      port_->Rx(0, batch, kBurst);
+      port_->RxDone(0, batch, batch.size());
+      const PacketRef p = Frame();
+      const PacketRef* one[1] = {&p};
+      port_->Tx(0, one);
+    }
     EXPECT_GT(PeerMappingFaults(), faults_before);
     EXPECT_TRUE(WaitFor([&] { return port_->hostile_disconnects() == hostile_before + 1; }));
     EXPECT_TRUE(WaitFor([&] { return !port_->connected(); }));
@@ -232,6 +253,7 @@ TEST_F(HostileFrontend, ABrokenRingIsReportedOnTheErrorEventfdOnce) {
   auto* avail = reinterpret_cast<virtio::VirtqAvailHeader*>(dq.addr->avail_user_addr);
   virtio::StoreRelease(avail->idx, static_cast<uint16_t>(virtio::LoadAcquire(avail->idx) + 1000));
   for (int round = 0; round < 3; ++round) {
+    std::lock_guard worker(worker_.mutex());
     Batch batch;
     EXPECT_EQ(port_->Rx(0, batch, kBurst), 0u);
     port_->RxDone(0, batch, 0);
