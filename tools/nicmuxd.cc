@@ -54,11 +54,15 @@ trunk=A/B/C-D, a trunk of those VLANs (0: untagged frames); mtu=N, the largest p
 sent to the port; mac_limit=N, source MACs learned on the port, 1..1048576 (default
 1024); allowed_macs=M1/M2/..., port security: frames from other source MACs are dropped
 (up to 64, xx:xx:xx:xx:xx:xx; default: any)):
-  vhost-user:NAME:socket=PATH[,client][,queues=N][,mtu=N]
+  vhost-user:NAME:socket=PATH[,client][,queues=N][,mtu=N][,max_memory=SIZE]
       a virtio-net device for a QEMU guest or a virtio-user container. nicmuxd listens on
       PATH (one frontend at a time) or, with `client`, connects to PATH (QEMU's
       `server=on`) and reconnects after the frontend restarts. queues: queue pairs, 1..8
       (default 1). mtu: also offered to the guest (VIRTIO_NET_F_MTU), 68..65535.
+      max_memory: the most guest memory one frontend may map, bytes or with a K, M, G or
+      T suffix (1024-based), 1M..4T (default 4T); a frontend declaring more is refused.
+      Guest pages nicmuxd reads first are charged to nicmuxd's memory cgroup: set it to
+      the guest's memory (e.g. 16G) to bound what one guest can make nicmuxd's charge.
   virtio-user:NAME:socket=PATH[,server][,queues=N][,packed]
       nicmuxd as the frontend of another vhost-user backend (DPDK vhost, OVS, another
       nicmuxd): connects to PATH (or, with `server`, listens and waits for the backend) at

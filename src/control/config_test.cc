@@ -155,6 +155,86 @@ TEST(SwitchPortOptions, MacLimitAndAllowedMacs) {
             "port vm1: allowed_macs: ff:ff:ff:ff:ff:ff is a multicast or zero address, never a frame's source");
 }
 
+// A vhost-user port's max_memory=SIZE (the guest memory one frontend may map), from a spec or
+// a file: suffixes, the default, the range and the exact errors.
+TEST(VhostUserPortOptions, MaxMemory) {
+  auto opts = [](const std::string& text) {
+    auto s = ParsePortSpec(text);
+    NICMUX_CHECK_MSG(s.has_value(), text.c_str());
+    return VhostUserPortOptionsFromSpec(*s, 0);
+  };
+  auto bytes = [&](const std::string& value) -> uint64_t {
+    auto o = opts("vhost-user:vm1:socket=/s,max_memory=" + value);
+    EXPECT_TRUE(o) << value << ": " << o.error().message();
+    return o ? o->max_memory : 0;
+  };
+  auto d = opts("vhost-user:vm1:socket=/s");
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->max_memory, uint64_t{4} << 40);  // today's bound: nothing changes unless set
+  EXPECT_EQ(d->max_memory, vhost::kMaxMemoryBytes);
+  EXPECT_EQ(bytes("16G"), uint64_t{16} << 30);
+  EXPECT_EQ(bytes("16g"), uint64_t{16} << 30);
+  EXPECT_EQ(bytes("1M"), uint64_t{1} << 20);
+  EXPECT_EQ(bytes("1024K"), uint64_t{1} << 20);
+  EXPECT_EQ(bytes("1048576"), uint64_t{1} << 20);
+  EXPECT_EQ(bytes("1536m"), uint64_t{1536} << 20);
+  EXPECT_EQ(bytes("4T"), uint64_t{4} << 40);
+  EXPECT_EQ(bytes("4096G"), uint64_t{4} << 40);
+  EXPECT_EQ(bytes("4398046511104"), uint64_t{4} << 40);
+  EXPECT_EQ(bytes("0016G"), uint64_t{16} << 30);
+  // From the file: a string or an integer (bytes), the same.
+  auto file = ParseConfig(
+      "[[port]]\nname = \"vm1\"\nkind = \"vhost-user\"\nsocket = \"/s\"\nmax_memory = \"16G\"\n"
+      "[[port]]\nname = \"vm2\"\nkind = \"vhost-user\"\nsocket = \"/t\"\nmax_memory = 17179869184\n"
+      "[[port]]\nname = \"vm3\"\nkind = \"vhost-user\"\nsocket = \"/u\"\nmax_memory = \"12Q\"\n",
+      "nicmuxd.toml");
+  ASSERT_TRUE(file) << file.error().message();
+  EXPECT_EQ(SpecToString(file->ports[0]), "vhost-user:vm1:max_memory=16G,socket=/s");
+  EXPECT_EQ(SpecToString(file->ports[1]), "vhost-user:vm2:max_memory=17179869184,socket=/t");
+  for (int i = 0; i < 2; ++i) {
+    auto o = VhostUserPortOptionsFromSpec(file->ports[i], 0);
+    ASSERT_TRUE(o) << o.error().message();
+    EXPECT_EQ(o->max_memory, uint64_t{16} << 30);
+  }
+  // The file holds any string; the port's options are checked where the port is made.
+  auto bad = VhostUserPortOptionsFromSpec(file->ports[2], 0);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message(),
+            "port vm3: max_memory=12Q: not a size (bytes, or a whole number with K, M, G or T: 1024-based, e.g. 16G)");
+
+  auto err = [&](const std::string& value) {
+    auto r = opts("vhost-user:vm1:socket=/s,max_memory" + value);
+    return r ? std::string("(accepted)") : r.error().message();
+  };
+  const std::string not_a_size = ": not a size (bytes, or a whole number with K, M, G or T: 1024-based, e.g. 16G)";
+  EXPECT_EQ(err("=12Q"), "port vm1: max_memory=12Q" + not_a_size);
+  for (const char* v : {"", "G", "1.5G", "-1", "16GB", "16 G", "0x10", "16G ", "+16G", "16KM"}) {
+    EXPECT_EQ(err("=" + std::string(v)), "port vm1: max_memory=" + std::string(v) + not_a_size) << v;
+  }
+  EXPECT_EQ(err(""), "port vm1: max_memory=" + not_a_size);  // bare key
+  EXPECT_EQ(err("=0"), "port vm1: max_memory=0: outside 1M..4T");
+  EXPECT_EQ(err("=1048575"), "port vm1: max_memory=1048575: outside 1M..4T");
+  EXPECT_EQ(err("=1023K"), "port vm1: max_memory=1023K: outside 1M..4T");
+  EXPECT_EQ(err("=4398046511105"), "port vm1: max_memory=4398046511105: outside 1M..4T");
+  EXPECT_EQ(err("=5T"), "port vm1: max_memory=5T: outside 1M..4T");
+  // Numbers past 2^64, alone or with their suffix, are out of range, not wrapped into it.
+  EXPECT_EQ(err("=18446744073709551616"), "port vm1: max_memory=18446744073709551616: outside 1M..4T");
+  EXPECT_EQ(err("=99999999999999999999999999"), "port vm1: max_memory=99999999999999999999999999: outside 1M..4T");
+  EXPECT_EQ(err("=16777217T"), "port vm1: max_memory=16777217T: outside 1M..4T");
+  EXPECT_EQ(err("=17592186044417M"), "port vm1: max_memory=17592186044417M: outside 1M..4T");
+  // Only vhost-user ports take it.
+  auto other = opts("vhost-user:vm1:socket=/s,max_mem=1G");
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().message(),
+            "port vm1: unknown option 'max_mem' for vhost-user (socket, client, queues, max_memory, vlan, trunk, mtu, "
+            "mac_limit, allowed_macs)");
+  EXPECT_EQ(SizeToString(uint64_t{16} << 30), "16G");
+  EXPECT_EQ(SizeToString(uint64_t{4} << 40), "4T");
+  EXPECT_EQ(SizeToString(1536), "1536");
+  EXPECT_EQ(SizeToString(uint64_t{1536} << 20), "1536M");
+  EXPECT_EQ(SizeToString(0), "0");
+}
+
 TEST(Config, SpecToStringWithoutOptions) {
   PortSpec s{"vhost-user", "a", {}};
   EXPECT_EQ(SpecToString(s), "vhost-user:a");

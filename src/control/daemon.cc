@@ -59,6 +59,22 @@ Result<SwitchPortConfig> SwitchPortConfigFromSpec(const PortSpec& s) {
   return cfg;
 }
 
+Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uint32_t mtu) {
+  if (auto u = UnknownOption(s, {"socket", "client", "queues", "max_memory"})) return Error(*u);
+  NICMUX_TRY(FlagsTakeNoValue(s, {"client"}));
+  VhostUserPortOptions o;
+  o.name = s.name;
+  NICMUX_TRY_ASSIGN(path, Required(s, "socket"));
+  o.socket_path = path;
+  o.client = s.Has("client");
+  NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, vhost::kMaxQueuePairs, 1));
+  o.queue_pairs = static_cast<uint32_t>(q);
+  o.mtu = static_cast<uint16_t>(mtu);  // 68..65535 or 0 (SwitchPortConfigFromSpec)
+  NICMUX_TRY_ASSIGN(m, s.Size("max_memory", vhost::kMinMaxMemoryBytes, vhost::kMaxMemoryBytes, vhost::kMaxMemoryBytes));
+  o.max_memory = m;
+  return o;
+}
+
 Daemon::Daemon(const DaemonOptions& o, EventLoop* loop) : opt_(o), loop_(loop) {}
 
 Result<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& o, EventLoop* loop) {
@@ -160,16 +176,8 @@ Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConf
   const uint32_t mtu = cfg->mtu;
 
   if (s.kind == "vhost-user") {
-    if (auto u = UnknownOption(s, {"socket", "client", "queues"})) return Error(*u);
-    NICMUX_TRY(FlagsTakeNoValue(s, {"client"}));
-    VhostUserPortOptions o;
-    o.name = s.name;
-    NICMUX_TRY_ASSIGN(path, Required(s, "socket"));
-    o.socket_path = path;
-    o.client = s.Has("client");
-    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, vhost::kMaxQueuePairs, 1));
-    o.queue_pairs = static_cast<uint32_t>(q);
-    o.mtu = static_cast<uint16_t>(mtu);
+    NICMUX_TRY_ASSIGN(o, VhostUserPortOptionsFromSpec(s, mtu));
+    const std::string& path = o.socket_path;
     for (auto& e : ports_) {
       if (e->spec.kind == "vhost-user" && e->spec.options.count("socket") && e->spec.options.at("socket") == path) {
         *code = kCodeExists;
@@ -412,6 +420,11 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
         for (uint64_t m : c->allowed_macs) allowed += (allowed.empty() ? "" : " ") + MacToString(m);
         j["allowed_macs"] = c->allowed_macs.empty() ? "any" : allowed;
       }
+    }
+    if (auto* vu = dynamic_cast<const VhostUserPort*>(e->port.get())) {
+      // The bound on the guest memory one frontend may map (default included).
+      j["max_memory"] = SizeToString(vu->max_memory());
+      j["max_memory_bytes"] = vu->max_memory();
     }
     json opts = json::object();
     for (const auto& [k, v] : e->spec.options) opts[k] = v;

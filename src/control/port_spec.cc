@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <cstdlib>
 
 namespace nicmux {
@@ -18,6 +19,47 @@ Result<uint64_t> PortSpec::UInt(const std::string& k, uint64_t lo, uint64_t hi, 
     return Error("port " + name + ": " + k + "=" + v + " is outside " + std::to_string(lo) + ".." + std::to_string(hi));
   }
   return n;
+}
+
+Result<uint64_t> PortSpec::Size(const std::string& k, uint64_t lo, uint64_t hi, uint64_t dflt) const {
+  auto it = options.find(k);
+  if (it == options.end()) return dflt;
+  const std::string& v = it->second;
+  auto bad = [&](const std::string& why) { return Error("port " + name + ": " + k + "=" + v + ": " + why); };
+  const std::string what = "not a size (bytes, or a whole number with K, M, G or T: 1024-based, e.g. 16G)";
+  size_t digits = 0;
+  while (digits < v.size() && std::isdigit(static_cast<unsigned char>(v[digits]))) ++digits;
+  if (digits == 0) return bad(what);
+  int shift = 0;
+  if (digits + 1 == v.size()) {
+    static constexpr std::string_view kSuffixes = "KMGT";
+    const size_t u = kSuffixes.find(static_cast<char>(std::toupper(static_cast<unsigned char>(v[digits]))));
+    if (u == std::string_view::npos) return bad(what);
+    shift = 10 * static_cast<int>(u + 1);
+  } else if (digits != v.size()) {
+    return bad(what);
+  }
+  const std::string range = "outside " + SizeToString(lo) + ".." + SizeToString(hi);
+  // Digits beyond what fits, or a product that does not, are out of range (not wrapped).
+  uint64_t n = 0;
+  for (size_t i = 0; i < digits; ++i) {
+    const uint64_t d = static_cast<uint64_t>(v[i] - '0');
+    if (n > (UINT64_MAX - d) / 10) return bad(range);
+    n = n * 10 + d;
+  }
+  if (n > (UINT64_MAX >> shift)) return bad(range);
+  n <<= shift;
+  if (n < lo || n > hi) return bad(range);
+  return n;
+}
+
+std::string SizeToString(uint64_t bytes) {
+  static constexpr char kUnits[] = "KMGT";
+  for (int u = 3; u >= 0; --u) {
+    const uint64_t unit = uint64_t{1} << (10 * (u + 1));
+    if (bytes != 0 && bytes % unit == 0) return std::to_string(bytes / unit) + kUnits[u];
+  }
+  return std::to_string(bytes);
 }
 
 bool IsValidPortName(std::string_view name) {

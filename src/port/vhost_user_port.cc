@@ -70,7 +70,7 @@ class MergeWriter {
 
 VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pausable* worker)
     : Port(o.name), opt_(o), loop_(loop),
-      session_(vhost::BackendConfig{o.queue_pairs, o.mtu}, worker) {
+      session_(vhost::BackendConfig{o.queue_pairs, o.mtu, o.max_memory}, worker) {
   auto e = EventFd::Create();
   NICMUX_CHECK(e.has_value());
   fault_ = std::move(*e);
@@ -82,6 +82,11 @@ Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPort
   if (o.queue_pairs < 1 || o.queue_pairs > vhost::kMaxQueuePairs) {
     return Error("port " + o.name + ": queues=" + std::to_string(o.queue_pairs) + " is outside 1.." +
                  std::to_string(vhost::kMaxQueuePairs));
+  }
+  if (o.max_memory < vhost::kMinMaxMemoryBytes || o.max_memory > vhost::kMaxMemoryBytes) {
+    return Error("port " + o.name + ": max_memory=" + std::to_string(o.max_memory) + " is outside " +
+                 std::to_string(vhost::kMinMaxMemoryBytes) + ".." + std::to_string(vhost::kMaxMemoryBytes) +
+                 " bytes");
   }
   auto addr = UnixAddr(o.socket_path);
   if (!addr) return addr.error().Wrap("port " + o.name);

@@ -7,6 +7,11 @@
 //                 frontend goes away; default: listen on PATH (one frontend at a time)
 //   queues=N      queue pairs offered (1..8, default 1)
 //   mtu=N         offered with VIRTIO_NET_F_MTU (68..65535; default: not offered)
+//   max_memory=SIZE  the most guest memory one frontend may map, all regions together
+//                 (bytes, or with a K, M, G or T suffix, 1024-based; 1M..4T, default 4T):
+//                 SET_MEM_TABLE or ADD_MEM_REG past it is a protocol error (the connection
+//                 is closed). Pages of it nicmuxd reads first are charged to nicmuxd's
+//                 memory cgroup, so this bounds what one guest can make nicmuxd's charge.
 //
 // Data path (worker thread): Rx pops the guest's transmit chains and makes PacketRefs over
 // them (no copy); Tx copies packets into the guest's receive chains (MRG_RXBUF: as many
@@ -38,6 +43,7 @@ struct VhostUserPortOptions {
   bool client = false;
   uint32_t queue_pairs = 1;
   uint16_t mtu = 0;
+  uint64_t max_memory = vhost::kMaxMemoryBytes;  // vhost::kMinMaxMemoryBytes..kMaxMemoryBytes
 };
 
 class VhostUserPort final : public Port {
@@ -63,6 +69,7 @@ class VhostUserPort final : public Port {
   // shrank its memory under the mapping).
   uint64_t hostile_disconnects() const { return hostile_disconnects_; }
   uint64_t connections() const { return connections_; }
+  uint64_t max_memory() const { return opt_.max_memory; }
   const vhost::BackendSession& session() const { return session_; }
   // Drop counters of the queues, summed (rings' reasons plus the port's own).
   uint64_t DropsFor(DropReason r) const override;

@@ -280,5 +280,53 @@ TEST_F(TwoPorts, ThousandConnectionsLogABoundedNumberOfLinesPerPort) {
   EXPECT_NE(out.find("port b: frontend connected"), std::string::npos) << out;
 }
 
+// max_memory reaches the session: a frontend whose memory is over the port's bound is refused
+// (the connection closed, the log line naming the port, the bound and the table), one whose
+// memory is just the bound is served; a bound outside 1M..4T is refused at Create.
+TEST(VhostUserPortMaxMemory, AFrontendOverThePortsBoundIsRefusedOneAtItIsServed) {
+  const std::string dir = "/tmp/nicmux-port-test3." + std::to_string(getpid());
+  ::mkdir(dir.c_str(), 0700);
+  auto l = EventLoop::Create();
+  ASSERT_TRUE(l);
+  NoWorker worker;
+  VhostUserPortOptions o{"small", dir + "/small.sock", false, 2, 0, 1 << 20};
+  auto small = VhostUserPort::Create(o, l->get(), &worker);
+  ASSERT_TRUE(small) << small.error().message();
+  o = {"fits", dir + "/fits.sock", false, 2, 0, 2 << 20};
+  auto fits = VhostUserPort::Create(o, l->get(), &worker);
+  ASSERT_TRUE(fits) << fits.error().message();
+  for (uint64_t bad : {uint64_t{(1 << 20) - 1}, vhost::kMaxMemoryBytes + 1, uint64_t{0}}) {
+    o = {"bad", dir + "/bad.sock", false, 1, 0, bad};
+    auto r = VhostUserPort::Create(o, l->get(), &worker);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message(), "port bad: max_memory=" + std::to_string(bad) +
+                                       " is outside 1048576..4398046511104 bytes");
+  }
+  std::atomic<bool> stop{false};
+  std::thread loop([&] {
+    while (!stop.load()) (*l)->RunOnce(10);
+  });
+  testing::internal::CaptureStderr();
+  // Our frontend's memory: rings and buffers of 2 queue pairs of 64, rounded up to 2 MiB.
+  auto refused = vhost::Frontend::Create(Config(dir + "/small.sock", false));
+  auto served = vhost::Frontend::Create(Config(dir + "/fits.sock", false));
+  for (int k = 0; k < 2000 && (*small)->connected(); ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  stop.store(true);
+  loop.join();
+  const std::string out = testing::internal::GetCapturedStderr();
+  EXPECT_FALSE(refused);
+  EXPECT_FALSE((*small)->connected());
+  ASSERT_TRUE(served) << served.error().message();
+  EXPECT_TRUE((*fits)->connected());
+  EXPECT_NE(out.find("port small: vhost-user SET_MEM_TABLE: memory table of 2097152 bytes exceeds max_memory=1M "
+                     "(1048576 bytes), what one frontend of this port may map; closing the connection"),
+            std::string::npos)
+      << out;
+  served->reset();
+  small->reset();
+  fits->reset();
+  ::rmdir(dir.c_str());
+}
+
 }  // namespace
 }  // namespace nicmux

@@ -25,6 +25,17 @@ std::string Hex(uint64_t v) {
 
 uint64_t U64(const Message& m) { return m.As<uint64_t>(); }
 
+// A size as max_memory= takes it: "16G" when a whole number of the largest binary unit that
+// divides it, else bytes.
+std::string SizeString(uint64_t v) {
+  static constexpr char kUnits[] = "KMGT";
+  for (int u = 3; u >= 0; --u) {
+    const uint64_t unit = uint64_t{1} << (10 * (u + 1));
+    if (v != 0 && v % unit == 0) return std::to_string(v / unit) + kUnits[u];
+  }
+  return std::to_string(v);
+}
+
 Result<void> CheckEventFd(int fd, uint32_t queue) {
   char path[64], target[64] = {};
   snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
@@ -43,6 +54,7 @@ BackendSession::BackendSession(const BackendConfig& config, Pausable* worker)
     : config_(config), worker_(worker) {
   NICMUX_CHECK(worker_ != nullptr);
   NICMUX_CHECK(config_.queue_pairs >= 1 && config_.queue_pairs <= kMaxQueuePairs);
+  NICMUX_CHECK(config_.max_memory >= 1 && config_.max_memory <= kMaxMemoryBytes);
   // Offered only what fully works: no dirty log, no offloads yet. IN_ORDER holds because
   // every queue completes chains in the order it popped them. The one exception is a chain
   // that fails its checks: it is completed empty at once, possibly ahead of good chains
@@ -341,13 +353,16 @@ Result<void> BackendSession::SetVringFd(const RequestInfo& info, Message& msg) {
   }
 }
 
-// UNTRUSTED: region sizes, checked before anything is mapped. Sparse files cost no RAM but
-// do cost address space, shared by every port of this process; one frontend may not take it
-// all.
-static Result<void> CheckTotal(uint64_t total) {
-  if (total > kMaxMemoryBytes) {
-    return Error("memory table of " + Hex(total) + " bytes exceeds the " + Hex(kMaxMemoryBytes) +
-                 " one frontend may map");
+// UNTRUSTED: region sizes, checked before anything is mapped, against the port's max_memory
+// (at most kMaxMemoryBytes). Sparse files cost no RAM when mapped but do cost address space,
+// shared by every port of this process, and every page nicmuxd reads first is charged to
+// nicmuxd's memory cgroup (a shmem page is allocated on a read fault): one frontend may not
+// take it all. `total` is what the table would hold: every region's size is checked against
+// kMaxMemoryBytes before it is added, so the sum of at most 64 of them cannot wrap.
+static Result<void> CheckTotal(uint64_t total, uint64_t limit) {
+  if (total > limit) {
+    return Error("memory table of " + std::to_string(total) + " bytes exceeds max_memory=" + SizeString(limit) +
+                 " (" + std::to_string(limit) + " bytes), what one frontend of this port may map");
   }
   return Ok();
 }
@@ -361,10 +376,11 @@ Result<void> BackendSession::SetMemTable(Message& msg) {
   for (uint32_t r = 0; r < n; ++r) {
     MemoryRegion m;
     std::memcpy(&m, msg.payload.data() + sizeof(MemoryHeader) + r * sizeof(MemoryRegion), sizeof m);
-    if (m.memory_size > kMaxMemoryBytes) return CheckTotal(m.memory_size);
+    // UNTRUSTED: a region larger than any table is refused by its own size (no sum to wrap).
+    if (m.memory_size > kMaxMemoryBytes) return CheckTotal(m.memory_size, config_.max_memory);
     total += m.memory_size;
   }
-  NICMUX_TRY(CheckTotal(total));
+  NICMUX_TRY(CheckTotal(total, config_.max_memory));
   std::vector<GuestRegion> regions;
   for (uint32_t r = 0; r < n; ++r) {
     MemoryRegion m;
@@ -408,11 +424,15 @@ Result<void> BackendSession::AddMemReg(Message& msg) {
     return Error("already " + std::to_string(mem_->regions().size()) + " memory regions, at most " +
                  std::to_string(kMaxMemSlots) + " (GET_MAX_MEM_SLOTS)");
   }
-  uint64_t total = std::min(s.region.memory_size, kMaxMemoryBytes + 1);
+  // UNTRUSTED: the new region's size. The regions held add up to at most max_memory (checked
+  // when each came), so with a region of at most kMaxMemoryBytes the sum cannot wrap; a larger
+  // one is refused by its own size.
+  if (s.region.memory_size > kMaxMemoryBytes) return CheckTotal(s.region.memory_size, config_.max_memory);
+  uint64_t total = s.region.memory_size;
   if (mem_) {
     for (const GuestRegion& r : mem_->regions()) total += r.size;
   }
-  NICMUX_TRY(CheckTotal(total));
+  NICMUX_TRY(CheckTotal(total, config_.max_memory));
   auto g = GuestMemory::MapRegion({s.region.guest_phys_addr, s.region.memory_size,
                                    s.region.userspace_addr, s.region.mmap_offset},
                                   msg.fds[0].get(), fault_fd_);

@@ -41,8 +41,11 @@ namespace nicmux::vhost {
 
 inline constexpr uint32_t kMaxQueuePairs = 8;
 inline constexpr uint32_t kMaxQueues = 2 * kMaxQueuePairs;
-// The most guest memory one frontend may have mapped (address space, not RAM): 4 TiB.
+// The most guest memory one frontend may have mapped (address space, not RAM): 4 TiB. It is
+// the ceiling of BackendConfig::max_memory (a port's max_memory=, which defaults to it).
 inline constexpr uint64_t kMaxMemoryBytes = 4ull << 40;
+// The least max_memory= a port takes: 1 MiB (no guest runs in less; a smaller one is a typo).
+inline constexpr uint64_t kMinMaxMemoryBytes = 1ull << 20;
 // The most memory regions one frontend may have (GET_MAX_MEM_SLOTS answers it): every
 // ADD_MEM_REG builds a new snapshot of the whole table, so n regions cost O(n^2) bytes of
 // allocation over a connection (509, GuestMemory's limit, was 34 MiB of RSS under ASan). 64 is
@@ -100,6 +103,10 @@ struct DeviceQueue {
 struct BackendConfig {
   uint32_t queue_pairs = 1;  // offered through MQ / GET_QUEUE_NUM, 1..kMaxQueuePairs
   uint16_t mtu = 0;          // offered with VIRTIO_NET_F_MTU when nonzero
+  // The most guest memory (bytes, all regions together) one frontend may map, 1..
+  // kMaxMemoryBytes: SET_MEM_TABLE and ADD_MEM_REG past it are refused. Pages of it that
+  // nicmuxd reads first are charged to nicmuxd's memory cgroup (docs/vhost-user.md).
+  uint64_t max_memory = kMaxMemoryBytes;
 };
 
 class BackendSession {

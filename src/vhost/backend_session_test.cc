@@ -386,10 +386,113 @@ TEST_F(Session, MemoryTableLargerThanTheCapIsRefusedBeforeMapping) {
     MemoryRegion r;
   } t{{1, 0}, {0, kMaxMemoryBytes + 4096, ram_.uva(), 0}};
   peer_.Send(Request::kSetMemTable, t, {ram_.fd.get()});
-  EXPECT_NE(PumpError().find("one frontend may map"), std::string::npos);
+  EXPECT_EQ(PumpError(),
+            "SET_MEM_TABLE: memory table of 4398046515200 bytes exceeds max_memory=4T (4398046511104 bytes), "
+            "what one frontend of this port may map");
   SingleMemoryRegion r{0, {0, kMaxMemoryBytes + 4096, ram_.uva(), 0}};
   peer_.Send(Request::kAddMemReg, r, {ram_.fd.get()});
-  EXPECT_NE(PumpError().find("one frontend may map"), std::string::npos);
+  EXPECT_EQ(PumpError(),
+            "ADD_MEM_REG: memory table of 4398046515200 bytes exceeds max_memory=4T (4398046511104 bytes), "
+            "what one frontend of this port may map");
+  // A region of 2^64-1 bytes does not wrap the sum of the table.
+  struct {
+    MemoryHeader h;
+    MemoryRegion r[2];
+  } two{{2, 0}, {{0, 1 << 20, ram_.uva(), 0}, {1 << 20, ~uint64_t{0}, ram_.uva(), 0}}};
+  peer_.Send(Request::kSetMemTable, two, {ram_.fd.get(), ram_.fd.get()});
+  EXPECT_NE(PumpError().find("memory table of 18446744073709551615 bytes exceeds max_memory=4T"), std::string::npos);
+  EXPECT_EQ(session_.memory(), nullptr);
+}
+
+// A port's max_memory (BackendConfig::max_memory) bounds the guest memory one frontend may map:
+// pages of it that nicmuxd reads first are charged to nicmuxd's memory cgroup.
+class SessionWithMaxMemory : public Session {
+ protected:
+  static constexpr uint64_t kMiB = 1 << 20;
+  // n regions of the sizes given, back to back in guest-physical space and in ram3_.
+  void SendTable(std::initializer_list<uint64_t> sizes) {
+    struct {
+      MemoryHeader h;
+      MemoryRegion r[8];
+    } t{};
+    uint64_t at = 0;
+    std::vector<int> fds;
+    for (uint64_t size : sizes) {
+      t.r[t.h.nregions++] = {at, size, ram3_.uva(at), at};
+      fds.push_back(ram3_.fd.get());
+      at += size;
+    }
+    peer_.SendRaw(static_cast<uint32_t>(Request::kSetMemTable), kVersion,
+                  static_cast<uint32_t>(sizeof(MemoryHeader) + t.h.nregions * sizeof(MemoryRegion)), &t,
+                  sizeof(MemoryHeader) + t.h.nregions * sizeof(MemoryRegion), fds);
+  }
+  void AddRegion(uint64_t at, uint64_t size) {
+    peer_.Send(Request::kAddMemReg, SingleMemoryRegion{0, {at, size, ram3_.uva(at), at}}, {ram3_.fd.get()});
+  }
+  void RemRegion(uint64_t at, uint64_t size) {
+    peer_.Send(Request::kRemMemReg, SingleMemoryRegion{0, {at, size, ram3_.uva(at), at}});
+  }
+  uint64_t Mapped() const {
+    uint64_t n = 0;
+    if (limited_.memory()) {
+      for (const GuestRegion& r : limited_.memory()->regions()) n += r.size;
+    }
+    return n;
+  }
+  std::string LimitedError() {
+    auto r = peer_.Pump(limited_);
+    return r ? "" : r.error().message();
+  }
+
+  SharedRam ram3_{3 * kMiB};
+  BackendSession limited_{BackendConfig{1, 0, 2 * kMiB}, &worker_};
+};
+
+TEST_F(SessionWithMaxMemory, MemTableOverTheLimitIsRefusedAndOneAtTheLimitAccepted) {
+  SendTable({kMiB, kMiB + 4096});
+  EXPECT_EQ(LimitedError(),
+            "SET_MEM_TABLE: memory table of 2101248 bytes exceeds max_memory=2M (2097152 bytes), "
+            "what one frontend of this port may map");
+  EXPECT_EQ(limited_.memory(), nullptr);
+  SendTable({3 * kMiB});
+  EXPECT_EQ(LimitedError(),
+            "SET_MEM_TABLE: memory table of 3145728 bytes exceeds max_memory=2M (2097152 bytes), "
+            "what one frontend of this port may map");
+  SendTable({kMiB, kMiB});
+  EXPECT_EQ(LimitedError(), "");
+  EXPECT_EQ(Mapped(), 2 * kMiB);
+  // A new table replaces the old one: it is not added to it.
+  SendTable({2 * kMiB});
+  EXPECT_EQ(LimitedError(), "");
+  EXPECT_EQ(Mapped(), 2 * kMiB);
+  // A table over the limit leaves the one in place as it was.
+  SendTable({2 * kMiB, 4096});
+  EXPECT_NE(LimitedError().find("memory table of 2101248 bytes exceeds max_memory=2M"), std::string::npos);
+  EXPECT_EQ(Mapped(), 2 * kMiB);
+}
+
+TEST_F(SessionWithMaxMemory, AddMemRegPastTheLimitIsRefused) {
+  AddRegion(0, kMiB);
+  AddRegion(kMiB, kMiB);
+  ASSERT_EQ(LimitedError(), "");
+  ASSERT_EQ(LimitedError(), "");
+  EXPECT_EQ(Mapped(), 2 * kMiB);
+  // The same region again (QEMU: one per queue pair) maps nothing more and counts nothing more.
+  AddRegion(kMiB, kMiB);
+  EXPECT_EQ(LimitedError(), "");
+  AddRegion(2 * kMiB, 4096);
+  EXPECT_EQ(LimitedError(),
+            "ADD_MEM_REG: memory table of 2101248 bytes exceeds max_memory=2M (2097152 bytes), "
+            "what one frontend of this port may map");
+  EXPECT_EQ(Mapped(), 2 * kMiB);
+  // Removed (both references), the region's bytes are free again.
+  RemRegion(kMiB, kMiB);
+  RemRegion(kMiB, kMiB);
+  ASSERT_EQ(LimitedError(), "");
+  ASSERT_EQ(LimitedError(), "");
+  AddRegion(2 * kMiB, 4096);
+  EXPECT_EQ(LimitedError(), "");
+  EXPECT_EQ(Mapped(), kMiB + 4096);
 }
 
 }  // namespace
