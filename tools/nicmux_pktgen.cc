@@ -68,6 +68,9 @@ options:
   --interval S       seconds between progress lines (default 1; 0: none)
   --delay S          wait S seconds after connecting before sending (the peer port may not
                      be up yet: a switch drops what it cannot deliver)
+  --hold             after connecting, send nothing until a SIGUSR1 comes (receive meanwhile):
+                     a test releases its senders once every receiver is attached, instead of
+                     guessing a --delay; the --duration limit counts from connecting
   -h, --help         this text
 
 exit status: 0 when the run completed (and, with --verify, every frame checked out and
@@ -91,6 +94,7 @@ struct Options {
   uint32_t stream = 0;
   double interval = 1;
   double delay = 0;
+  bool hold = false;
   std::string rtt_file;
   bool busy_poll = false;
   bool yield = false;
@@ -160,6 +164,8 @@ Options Parse(int argc, char** argv) {
       o.duration_given = true;
     } else if (a == "--yield") {
       o.yield = true;
+    } else if (a == "--hold") {
+      o.hold = true;
     } else if (a == "--busy-poll") {
       o.busy_poll = true;
     } else if (a == "--rtt-file") {
@@ -254,6 +260,8 @@ struct Verifier {
 
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
+std::atomic<bool> g_go{false};  // --hold: SIGUSR1 came
+void OnGo(int) { g_go.store(true); }
 
 int Run(const Options& o) {
   vhost::FrontendConfig fc;
@@ -303,6 +311,10 @@ int Run(const Options& o) {
   // Reflect: frames waiting for a transmit buffer.
   std::vector<std::vector<uint8_t>> backlog;
   bool tx_done = !send;
+  // Sending starts --delay seconds after connecting or, with --hold, when SIGUSR1 comes (not
+  // before --delay); pacing counts from then.
+  bool released = !o.hold;
+  double send_from = o.delay;
 
   // clock_gettime is slow in some VMs (here: most of a busy loop's time), so the loop reads
   // the clock once per 32 rounds.
@@ -313,6 +325,12 @@ int Run(const Options& o) {
     if ((round++ & 31) == 0) now_ns = MonotonicNowNs();
     const double t = elapsed();
     if (t >= limit_s) break;
+    if (!released && g_go.load(std::memory_order_relaxed)) {
+      released = true;
+      send_from = std::max(o.delay, t);
+      std::printf("pktgen: released at t=%.3fs\n", t);
+      std::fflush(stdout);
+    }
     bool work = false;
     for (uint32_t k = 0; k < fe.queue_pairs(); ++k) {
       vhost::FrontendQueue& tq = fe.txq(k);
@@ -393,10 +411,10 @@ int Run(const Options& o) {
           backlog.erase(backlog.begin());
           ++added;
         }
-      } else if (send && !tx_done && t >= o.delay) {
+      } else if (send && !tx_done && released && t >= send_from) {
         uint64_t allowed = 32;
         if (o.rate) {
-          double due = o.rate * (t - o.delay);
+          double due = o.rate * (t - send_from);
           allowed = due > st.tx ? std::min<uint64_t>(32, static_cast<uint64_t>(due - st.tx) + 1) : 0;
         }
         while (added < allowed && tq.num_free() > 0) {
@@ -451,16 +469,17 @@ int Run(const Options& o) {
         break;
       }
     }
-    const bool sending = (send && !tx_done) || !backlog.empty();
+    // Held senders are idle: they sleep on receive notifications until SIGUSR1.
+    const bool sending = (send && !tx_done && released) || !backlog.empty();
     // Two endpoints sharing one CPU: give the other the CPU after every round, so neither
     // backend-side ring overflows while its reader waits for a scheduler time slice.
     if (o.yield) sched_yield();
     // ping spins while a round trip is outstanding (a sleep would be measured); between
     // round trips it sleeps like the others, so a reflector on the same CPU gets to run.
     const bool spin = ping && st.tx > st.rx;
-    if (!work && o.rate && send && !tx_done && !spin) {
+    if (!work && o.rate && send && !tx_done && released && !spin) {
       // Paced and nothing due: give the CPU away until the next packet is (at most 200 us).
-      const double next_due = o.delay + (st.tx + 1.0) / o.rate;
+      const double next_due = send_from + (st.tx + 1.0) / o.rate;
       const double wait = next_due - elapsed();
       if (wait > 0) usleep(static_cast<useconds_t>(std::min(wait, 200e-6) * 1e6));
     }
@@ -547,5 +566,6 @@ int main(int argc, char** argv) {
   signal(SIGINT, nicmux::OnSignal);
   signal(SIGTERM, nicmux::OnSignal);
   signal(SIGPIPE, SIG_IGN);
+  signal(SIGUSR1, nicmux::OnGo);  // before "connected" is printed: a test may send it then
   return nicmux::Run(o);
 }
