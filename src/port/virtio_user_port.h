@@ -7,11 +7,13 @@
 //   queues=N      queue pairs, 1..8 (default 1)
 //   packed        packed virtqueues (default split)
 //
-// Data path: receive buffers are 10 KiB (no MRG_RXBUF: a frame up to 10 KiB fits one), so a
-// received frame is one segment of our own memory; Rx makes PacketRefs over them and RxDone
-// gives the buffers back to the backend. Tx copies into transmit buffers. The backend is not
-// trusted: ids and lengths it returns are checked by the driver rings. The connection is made
-// at start; when the backend goes away the port stops moving packets (reconnect: later).
+// Data path: rings of 1024 (the receive ring is all our slack against a backend that drops
+// when it finds no buffer; kQueueSize in the .cc) and receive buffers of 10 KiB (no MRG_RXBUF:
+// a frame up to 10 KiB fits one), so a received frame is one segment of our own memory; Rx
+// makes PacketRefs over them and RxDone gives the buffers back to the backend at once. Tx
+// copies into transmit buffers. The backend is not trusted: ids and lengths it returns are
+// checked by the driver rings. The connection is made at start; when the backend goes away
+// the port stops moving packets (reconnect: later).
 //
 // Counters: rx/tx packets and bytes; tx_dropped (no transmit buffer); rx_dropped (frames the
 // destination could not take: a frontend cannot hand a used buffer back for later).
