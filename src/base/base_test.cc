@@ -95,7 +95,11 @@ TEST(MappedRegion, MapsFdSharedAndUnmaps) {
   ASSERT_TRUE(a && b);
   a->data()[4096] = std::byte{0x5a};
   EXPECT_EQ(b->data()[0], std::byte{0x5a});
-  EXPECT_FALSE(MappedRegion::MapFd(fd.get(), 0, 0));
+  // Refused by the length check (mmap(2) would refuse a zero length too, with EINVAL: the
+  // message says which one did).
+  auto empty = MappedRegion::MapFd(fd.get(), 0, 0);
+  ASSERT_FALSE(empty);
+  EXPECT_EQ(empty.error().message(), "mmap: zero length");
   auto bad = MappedRegion::MapFd(-1, 0, 4096);
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().sys_errno(), EBADF);

@@ -162,8 +162,14 @@ TEST(GuestMemory, MapRegionFromFdWithOffset) {
   *g.Host(GuestAddr{FakeGuest::kDefaultGpa + 0x10000 + 5}) = std::byte{0x42};
   EXPECT_EQ(*(*m)->TranslateFast(GuestAddr{0x800005}, 1, Access::kRead), std::byte{0x42});
   EXPECT_EQ(*(*m)->TranslateUvaFast(0x7f0000000005, 1, Access::kRead), std::byte{0x42});
-  EXPECT_FALSE(GuestMemory::MapRegion(RegionSpec{0, 0x1000, 0, UINT64_MAX - 10}, g.fd()));
-  EXPECT_FALSE(GuestMemory::MapRegion(RegionSpec{0, 0x1000, 0, 0}, -1));
+  // mmap_offset + size wraps: refused as such (unchecked, the wrapped sum is small and only
+  // mmap(2) would refuse the offset).
+  auto wraps = GuestMemory::MapRegion(RegionSpec{0, 0x1000, 0, UINT64_MAX - 10}, g.fd());
+  ASSERT_FALSE(wraps);
+  EXPECT_EQ(wraps.error().message(), "memory region: mmap_offset 0xfffffffffffffff5 + size 0x1000 wraps");
+  auto no_fd = GuestMemory::MapRegion(RegionSpec{0, 0x1000, 0, 0}, -1);
+  ASSERT_FALSE(no_fd);
+  EXPECT_EQ(no_fd.error().sys_errno(), EBADF);
 }
 
 TEST(GuestMemory, MapRegionRefusesARegionPastTheEndOfItsFile) {
