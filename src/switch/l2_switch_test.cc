@@ -191,11 +191,16 @@ TEST(L2Switch, MtuDrop) {
   SwitchPortConfig small;
   small.mtu = 1500;
   Fixture f(2, {{}, small});
-  f.port(0).Inject(MakeFrame(kB, kA, -1, 1514));
-  f.port(0).Inject(MakeFrame(kB, kA, -1, 1515));
+  // 1514 bytes (MTU + Ethernet header) fit, 1515 do not. The big one comes first, and which
+  // frame went out is checked, not only how many: a drop must not shift the frames after it
+  // (one sent and one dropped is also what sending the wrong one of the two looks like).
+  f.port(0).Inject(MakeFrame(kB, kA, -1, 1515, 0x22));
+  f.port(0).Inject(MakeFrame(kB, kA, -1, 1514, 0x11));
   f.Run();
-  EXPECT_EQ(f.port(1).sent().size(), 1u);
+  ASSERT_EQ(f.port(1).sent().size(), 1u);
+  EXPECT_EQ(f.port(1).sent()[0], MakeFrame(kB, kA, -1, 1514, 0x11));
   EXPECT_EQ(f.sw.DropsFor(f.ids[0], DropReason::kMtu), 1u);
+  EXPECT_EQ(f.port(0).pending(), 0u);  // the big one was dropped, not held
 }
 
 TEST(L2Switch, FullDestinationHoldsTheSource) {
