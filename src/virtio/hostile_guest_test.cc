@@ -910,5 +910,71 @@ TEST_F(PackedLapOverrun, RewoundChainsFreeTheirSlots) {
   EXPECT_EQ(d.id, 3);
 }
 
+
+// Review finding: Pop() completed bad chains for as long as the driver posted them, and a
+// driver with a second vCPU that reposts each one as soon as it is completed kept the worker
+// in one Pop() for ever. Now one call completes at most kMaxBadChainsPerPop of them.
+TEST(BadChainStorm, SplitPopCompletesBadChainsInBoundedSlices) {
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = kBigSize});
+  auto* desc = reinterpret_cast<VirtqDesc*>(g.Host(rp.ring[0], 16 * kBigSize));
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6));
+  GuestAddr buf = g.Alloc(64);
+  constexpr uint16_t kBad = 100;
+  for (uint16_t i = 0; i <= kBad; ++i) {
+    const uint64_t addr = i < kBad ? UINT64_MAX - 3 : buf.value;  // the last one is good
+    desc[i] = {Le64::Of(addr), Le32::Of(16), Le16::Of(0), Le16::Of(0)};
+    AvailRing(avail)[i] = Le16::Of(i);
+  }
+  StoreRelease(avail->idx, kBad + 1);
+  DescChain c;
+  uint64_t done = 0;
+  for (int call = 0; call < 3; ++call) {
+    ASSERT_EQ(rp.device.Pop(&c), PopStatus::kEmpty);
+    done += kMaxBadChainsPerPop;
+    EXPECT_EQ(rp.device.drops().Get(DropReason::kDescOutsideMemory), done);
+  }
+  ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);  // the last 4 bad ones, then the good one
+  EXPECT_EQ(c.id, kBad);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kDescOutsideMemory), kBad);
+}
+
+TEST_F(PackedBig, PopCompletesBadChainsInBoundedSlices) {
+  constexpr uint16_t kBad = 100;
+  for (uint16_t s = 0; s < kBad; ++s) {
+    desc_[s].addr = Le64::Of(UINT64_MAX - 3);
+    desc_[s].len = Le32::Of(16);
+    desc_[s].id = Le16::Of(s);
+    StoreRelease(desc_[s].flags, static_cast<uint16_t>(kDescFAvail));
+  }
+  Put(kBad, 64, kBad, 0);
+  DescChain c;
+  for (uint32_t call = 1; call <= 3; ++call) {
+    ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kEmpty);
+    EXPECT_EQ(rp_.device.drops().Get(DropReason::kDescOutsideMemory), call * kMaxBadChainsPerPop);
+  }
+  ASSERT_EQ(rp_.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.id, kBad);
+}
+
+// Review finding: a packed chain of direct descriptors ending in an indirect one read its
+// table on top of them (up to 255 descriptors); the walk bound covers both together.
+TEST_F(PackedBig, DirectDescriptorsAndAnIndirectTableShareTheWalkBound) {
+  constexpr uint32_t kDirect = kMaxChainDescs - 1;  // then one indirect descriptor
+  constexpr uint32_t kEntries = 2;                  // one more than the bound leaves
+  GuestAddr t = g_.Alloc(16 * kEntries, 16);
+  auto* table = reinterpret_cast<VirtqPackedDesc*>(g_.Host(t, 16 * kEntries));
+  for (uint32_t i = 0; i < kEntries; ++i) table[i] = {Le64::Of(buf_.value), Le32::Of(8), Le16::Of(0), Le16::Of(0)};
+  desc_[kDirect].addr = Le64::Of(t.value);
+  desc_[kDirect].len = Le32::Of(16 * kEntries);
+  desc_[kDirect].id = Le16::Of(5);
+  StoreRelease(desc_[kDirect].flags, static_cast<uint16_t>(kDescFIndirect | kDescFAvail));
+  for (uint32_t i = kDirect; i-- > 0;) Put(static_cast<uint16_t>(i), 0, 5, kDescFNext);
+  DescChain c;
+  EXPECT_EQ(rp_.device.Pop(&c), PopStatus::kEmpty);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kChainTooLong), 1u);
+  EXPECT_FALSE(rp_.device.broken());
+}
+
 }  // namespace
 }  // namespace nicmux::virtio

@@ -41,14 +41,15 @@ void PackedVring::MarkBroken(DropReason why) {
                          DropReasonName(why).data());
 }
 
-std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d,
-                                                    ChainBuilder& builder) {
+std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d, ChainBuilder& builder,
+                                                    uint32_t budget) {
   // UNTRUSTED: an indirect descriptor (§2.8.19): feature, length and placement checked before
   // the table is read; entries are sequential, their NEXT flag is not used.
   if (!indirect_) return DropReason::kIndirectNotNegotiated;
   const uint32_t len = d.len.get();
   if (len == 0 || len % sizeof(VirtqPackedDesc) != 0) return DropReason::kIndirectBadLen;
-  if (len / sizeof(VirtqPackedDesc) > std::min(size_, kMaxChainDescs)) return DropReason::kChainTooLong;
+  // budget: what kMaxChainDescs leaves after the chain's direct descriptors.
+  if (len / sizeof(VirtqPackedDesc) > std::min(size_, budget)) return DropReason::kChainTooLong;
   std::byte* t = mem_->TranslateFast(GuestAddr{d.addr.get()}, len, Access::kRead);
   if (t == nullptr) return DropReason::kIndirectOutsideMemory;
   const auto* table = reinterpret_cast<const VirtqPackedDesc*>(t);
@@ -68,8 +69,10 @@ std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d,
 }
 
 PopStatus PackedVring::Pop(DescChain* chain) {
+  uint32_t bad_here = 0;  // as in SplitVring::Pop: bad chains completed in this call, bounded
   for (;;) {
     if (broken_) return PopStatus::kBroken;
+    if (bad_here == kMaxBadChainsPerPop) return PopStatus::kEmpty;
     uint16_t slot = avail_pos_;
     bool wrap = avail_wrap_;
     // §2.8.21.1: the driver writes a chain's first flags last (release); this acquire orders
@@ -126,7 +129,7 @@ PopStatus PackedVring::Pop(DescChain* chain) {
       std::memcpy(&d, &desc_[slot], sizeof d);
       if (flags & kDescFIndirect) {
         if (!bad && (flags & kDescFNext)) bad = DropReason::kIndirectWithNext;
-        if (!bad) bad = WalkIndirect(d, builder);
+        if (!bad) bad = WalkIndirect(d, builder, kMaxChainDescs - (n - 1));
       } else if (!bad) {
         bad = builder.Add(d.addr.get(), d.len.get(), (flags & kDescFWrite) != 0);
       }
@@ -169,6 +172,7 @@ PopStatus PackedVring::Pop(DescChain* chain) {
                            DropReasonName(*bad).data());
     Push(id, 0);
     ++bad_seq_;
+    ++bad_here;
   }
 }
 

@@ -70,7 +70,7 @@ class PackedVring {
     }
     *pos = static_cast<uint16_t>(p);
   }
-  std::optional<DropReason> WalkIndirect(const VirtqPackedDesc& d, ChainBuilder& builder);
+  std::optional<DropReason> WalkIndirect(const VirtqPackedDesc& d, ChainBuilder& builder, uint32_t budget);
   void MarkBroken(DropReason why);
 
   const GuestMemory* mem_ = nullptr;

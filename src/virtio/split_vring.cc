@@ -87,8 +87,14 @@ std::optional<DropReason> SplitVring::Walk(uint16_t head, DescChain* chain) {
 }
 
 PopStatus SplitVring::Pop(DescChain* chain) {
+  // UNTRUSTED: bad chains completed in this call. A driver that reposts bad chains as fast as
+  // they are completed (a second vCPU following our used ring) would otherwise keep the
+  // worker in this loop for ever; past the bound the call ends as if the ring were empty, and
+  // the caller flushes and goes on to other queues.
+  uint32_t bad_here = 0;
   for (;;) {
     if (broken_) return PopStatus::kBroken;
+    if (bad_here == kMaxBadChainsPerPop) return PopStatus::kEmpty;
     if (last_avail_ == avail_shadow_) {
       // §2.7.13.3: the driver writes ring entries before avail idx (release); this acquire
       // orders our reads of the entries and their descriptors after it.
@@ -134,6 +140,7 @@ PopStatus SplitVring::Pop(DescChain* chain) {
                            head, DropReasonName(*bad).data());
     Push(head, 0);
     ++bad_seq_;
+    ++bad_here;
   }
 }
 

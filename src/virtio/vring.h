@@ -14,9 +14,13 @@
 
 namespace nicmux::virtio {
 
+// The most bad chains one Pop() completes before it returns kEmpty (the next call goes on):
+// a bound on one call's work, whatever the driver keeps posting.
+inline constexpr uint32_t kMaxBadChainsPerPop = 32;
+
 enum class PopStatus : uint8_t {
   kOk,      // *chain (or *used) is filled in
-  kEmpty,   // nothing available now
+  kEmpty,   // nothing available now (or kMaxBadChainsPerPop bad chains completed: call again)
   kBroken,  // the queue is broken until the peer resets it; see drops()
 };
 
