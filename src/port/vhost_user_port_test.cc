@@ -1,6 +1,9 @@
 // The vhost-user port over a real socket: 1000 connects and disconnects by nicmux's own
 // frontend leave the process's open fds and memory mappings as they were; a frontend that
-// breaks the protocol is disconnected and the next one is served.
+// breaks the protocol is disconnected and the next one is served; a bad transmit chain alone
+// is still completed; a frontend that does not read its replies stalls no other port and one
+// that never reads is disconnected by name; connection floods log a bounded number of lines;
+// max_memory refuses a frontend whose memory is over the port's bound.
 #include "port/vhost_user_port.h"
 
 #include <dirent.h>
@@ -107,6 +110,54 @@ TEST_F(PortFixture, ThousandConnectDisconnectCyclesLeakNothing) {
   EXPECT_EQ(shared_after, shared);  // every guest memory mapping is gone
   // The allocator may map a few more chunks of heap; a leak per cycle would be 1000s.
   EXPECT_LE(all_after, all + 8);
+}
+
+TEST_F(PortFixture, AFrontendThatBreaksTheProtocolIsDisconnectedAndTheNextIsServed) {
+  // A raw frontend sends a request nobody defined.
+  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  const std::string path = dir_ + "/p.sock";
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  testing::internal::CaptureStderr();
+  const bool connected = ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  const vhost::MsgHeader bad{99, vhost::kVersion, 0};
+  const bool sent = connected && ::send(s.get(), &bad, sizeof bad, MSG_NOSIGNAL) == sizeof bad;
+  // The port closes the connection: our end reads EOF (generous bound: a busy machine).
+  pollfd pf{s.get(), POLLIN, 0};
+  const bool readable = sent && ::poll(&pf, 1, 20000) == 1;
+  char byte;
+  const bool eof = readable && ::recv(s.get(), &byte, 1, MSG_DONTWAIT) == 0;
+  for (int i = 0; i < 20000 && port_->connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const std::string out = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(sent);
+  EXPECT_TRUE(eof);
+  EXPECT_NE(out.find("port p: vhost-user request 99: request not supported; closing the connection"),
+            std::string::npos)
+      << out;
+  WaitIdle(1);
+  // The next frontend is served: a whole setup, and a frame it transmits reaches the port.
+  auto f = vhost::Frontend::Create(Config(dir_ + "/p.sock", false));
+  ASSERT_TRUE(f) << f.error().message();
+  auto& tx_running = const_cast<vhost::BackendSession&>(port_->session()).queue(1).running;
+  for (int i = 0; i < 20000 && !tx_running; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(tx_running);
+  EXPECT_EQ(port_->connections(), 2u);
+  vhost::FrontendQueue& tq = (*f)->txq(0);
+  const uint16_t id = tq.NextId();
+  std::byte* buf = (*f)->Buffer(tq, id);
+  std::memset(buf, 0, 12);                      // virtio-net header
+  std::memset(buf + 12, 0x5a, 60);              // the frame
+  virtio::DriverBuffer b{(*f)->BufferAddr(tq, id), 72, /*writable=*/false};
+  ASSERT_TRUE(tq.Add({&b, 1}));
+  tq.Publish();
+  Batch batch;
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 1u);
+  EXPECT_EQ(batch[0].len, 60u);
+  port_->RxDone(0, batch, 1);
+  virtio::UsedBuffer u;
+  ASSERT_EQ(tq.PopUsed(&u), virtio::PopStatus::kOk);
+  EXPECT_EQ(u.id, id);
 }
 
 TEST_F(PortFixture, ABadTransmitChainAloneIsStillCompleted) {
