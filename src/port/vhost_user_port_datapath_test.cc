@@ -1,0 +1,557 @@
+// The vhost-user port's data path (Rx, RxDone, Tx) against nicmux's own frontend over a real
+// socket, split and packed rings: Tx into a receive ring with fewer buffers than packets takes
+// what fits and says how many (backpressure); RxDone with fewer sent than received gives the
+// rest back, to be received again in order, every chain completed once (rewind); bad chains in
+// the middle of a batch are completed empty and the good ones around them delivered, before
+// and across a cut; MRG_RXBUF spreads a frame larger than one receive buffer over several
+// (num_buffers in the header, every byte checked) and a frame waits for enough buffers rather
+// than being cut; without it such a frame is dropped and the buffer kept. The test thread
+// plays the worker (TestWorker, as in vhost_user_port_hostile_test.cc); the only waits are for
+// the control thread to start the queues, with a generous bound.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "port/vhost_user_port.h"
+#include "vhost/frontend.h"
+#include "virtio/net_hdr.h"
+
+namespace nicmux {
+namespace {
+
+using namespace std::chrono_literals;
+using Bytes = std::vector<std::byte>;
+
+constexpr uint32_t kHdr = 12;  // virtio-net header with VERSION_1
+
+// The worker's side of the pause handshake, played by the test thread: it holds the mutex
+// around its data-path calls and the control thread's Pause() waits for it.
+class TestWorker final : public Pausable {
+ public:
+  void Pause() override { m_.lock(); }
+  void Resume() override { m_.unlock(); }
+  std::recursive_mutex& mutex() { return m_; }
+
+ private:
+  std::recursive_mutex m_;
+};
+
+// An Ethernet frame of `len` bytes whose every byte depends on `seed` and its position.
+Bytes MakeFrame(uint32_t seed, size_t len) {
+  Bytes f(len);
+  for (size_t i = 0; i < len; ++i) f[i] = static_cast<std::byte>((seed * 131 + i * 7 + (i >> 8)) & 0xff);
+  const uint8_t mac[12] = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1};
+  for (size_t i = 0; i < 12 && i < len; ++i) f[i] = std::byte{mac[i]};
+  f[11] = static_cast<std::byte>(seed);
+  return f;
+}
+
+// A frame in host memory as a source port hands it to Tx: a PacketRef over one or more
+// segments (the source's buffers), with the private head copy.
+struct HostPacket {
+  explicit HostPacket(Bytes frame, std::vector<size_t> cuts = {}) : bytes(std::move(frame)) {
+    size_t at = 0;
+    for (size_t c : cuts) {
+      segs.push_back({bytes.data() + at, static_cast<uint32_t>(c - at)});
+      at = c;
+    }
+    segs.push_back({bytes.data() + at, static_cast<uint32_t>(bytes.size() - at)});
+    ref.segs = segs.data();
+    ref.nsegs = static_cast<uint16_t>(segs.size());
+    ref.len = static_cast<uint32_t>(bytes.size());
+    ref.head_len = std::min<uint32_t>(ref.len, kHeadBytes);
+    std::memcpy(ref.head, bytes.data(), ref.head_len);
+    // Where the bytes after the head start.
+    uint32_t skip = ref.head_len;
+    uint16_t s = 0;
+    while (s < segs.size() && skip >= segs[s].len) skip -= segs[s++].len;
+    ref.seg = s;
+    ref.seg_off = skip;
+  }
+  HostPacket(const HostPacket&) = delete;
+  HostPacket& operator=(const HostPacket&) = delete;
+
+  Bytes bytes;
+  std::vector<virtio::ChainSegment> segs;
+  PacketRef ref;
+};
+
+Bytes Copy(const PacketRef& p) {
+  struct W {
+    Bytes* out;
+    size_t Write(const void* src, size_t n) {
+      const std::byte* b = static_cast<const std::byte*>(src);
+      out->insert(out->end(), b, b + n);
+      return n;
+    }
+  };
+  Bytes out;
+  W w{&out};
+  CopyPacket(p, w);
+  return out;
+}
+
+class DataPath : public ::testing::TestWithParam<bool> {
+ protected:
+  bool packed() const { return GetParam(); }
+
+  void SetUp() override {
+    dir_ = "/tmp/nicmux-datapath-test." + std::to_string(getpid());
+    ::mkdir(dir_.c_str(), 0700);
+    auto l = EventLoop::Create();
+    ASSERT_TRUE(l);
+    loop_ = std::move(*l);
+    auto p = VhostUserPort::Create({"p", dir_ + "/p.sock", false, 1, 0}, loop_.get(), &worker_);
+    ASSERT_TRUE(p) << p.error().message();
+    port_ = std::move(*p);
+    thread_ = std::thread([this] {
+      while (!stop_.load()) loop_->RunOnce(10);
+    });
+  }
+  void TearDown() override {
+    f_.reset();
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+    port_.reset();
+    ::unlink((dir_ + "/p.sock").c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  // Connects nicmux's frontend (64 buffers per queue, every receive buffer posted) and waits
+  // for the port to run both queues.
+  void Connect(bool mrg_rxbuf = true, uint32_t buf_bytes = 2048) {
+    vhost::FrontendConfig c;
+    c.socket_path = dir_ + "/p.sock";
+    c.queue_size = kQueueSize;
+    c.packed = packed();
+    c.mrg_rxbuf = mrg_rxbuf;
+    c.buf_bytes = buf_bytes;
+    auto f = vhost::Frontend::Create(c);
+    ASSERT_TRUE(f) << f.error().message();
+    f_ = std::move(*f);
+    ASSERT_EQ(f_->net_hdr_len(), kHdr);
+    auto running = [&](uint32_t q) { return const_cast<vhost::BackendSession&>(port_->session()).queue(q).running; };
+    for (int i = 0; i < 20000 && !(running(0) && running(1)); ++i) std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(running(0) && running(1));
+    ASSERT_EQ(port_->session().mrg_rxbuf(), mrg_rxbuf);
+  }
+
+  vhost::FrontendQueue& rxq() { return f_->rxq(0); }
+  vhost::FrontendQueue& txq() { return f_->txq(0); }
+
+  // The guest transmits: one chain per frame (virtio-net header + frame in one buffer);
+  // `writable` makes a chain the wrong way round for a transmitq. Returns the chain ids.
+  uint16_t AddTx(const Bytes& frame, bool writable = false) {
+    vhost::FrontendQueue& q = txq();
+    const uint16_t id = q.NextId();
+    std::byte* b = f_->Buffer(q, id);
+    std::memset(b, 0, kHdr);
+    if (!frame.empty()) std::memcpy(b + kHdr, frame.data(), frame.size());
+    virtio::DriverBuffer d{f_->BufferAddr(q, id), static_cast<uint32_t>(kHdr + frame.size()), writable};
+    auto got = q.Add({&d, 1});
+    EXPECT_TRUE(got.has_value());
+    EXPECT_EQ(got.value_or(0xffff), id);
+    return id;
+  }
+  // A chain shorter than the virtio-net header: a bad frame for the port, a fine chain for
+  // the ring.
+  uint16_t AddShortTx() {
+    vhost::FrontendQueue& q = txq();
+    const uint16_t id = q.NextId();
+    virtio::DriverBuffer d{f_->BufferAddr(q, id), kHdr - 4, false};
+    auto got = q.Add({&d, 1});
+    EXPECT_TRUE(got.has_value());
+    return id;
+  }
+  std::vector<virtio::UsedBuffer> PopUsed(vhost::FrontendQueue& q) {
+    std::vector<virtio::UsedBuffer> out;
+    virtio::UsedBuffer u;
+    virtio::PopStatus s;
+    while ((s = q.PopUsed(&u)) == virtio::PopStatus::kOk) out.push_back(u);
+    EXPECT_EQ(s, virtio::PopStatus::kEmpty);
+    EXPECT_FALSE(q.broken());
+    return out;
+  }
+  // The guest posts n more receive buffers of buf_bytes.
+  void PostRx(uint32_t n) {
+    vhost::FrontendQueue& q = rxq();
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint16_t id = q.NextId();
+      virtio::DriverBuffer d{f_->BufferAddr(q, id), f_->config().buf_bytes, true};
+      ASSERT_TRUE(q.Add({&d, 1}));
+    }
+    q.Publish();
+  }
+  // The receive ring emptied: every posted buffer filled with a small frame and taken back by
+  // the guest, none posted again. Checks what it fills on the way.
+  void UseUpReceiveBuffers() {
+    std::lock_guard worker(worker_.mutex());
+    std::vector<std::unique_ptr<HostPacket>> pkts;
+    std::vector<const PacketRef*> ptrs;
+    for (uint32_t i = 0; i < kQueueSize; ++i) {
+      pkts.push_back(std::make_unique<HostPacket>(MakeFrame(1000 + i, 60)));
+      ptrs.push_back(&pkts.back()->ref);
+    }
+    for (uint32_t at = 0; at < kQueueSize; at += kBurst) {
+      ASSERT_EQ(port_->Tx(0, std::span(ptrs).subspan(at, kBurst)), kBurst);
+    }
+    EXPECT_EQ(port_->TxRoom(0), 0u);
+    auto used = PopUsed(rxq());
+    ASSERT_EQ(used.size(), kQueueSize);
+    for (uint32_t i = 0; i < kQueueSize; ++i) {
+      ASSERT_EQ(used[i].len, kHdr + 60);
+      ASSERT_EQ(Bytes(f_->Buffer(rxq(), used[i].id) + kHdr, f_->Buffer(rxq(), used[i].id) + kHdr + 60), pkts[i]->bytes)
+          << i;
+    }
+  }
+  // What one used receive buffer holds after the header (the frame, without MRG_RXBUF).
+  Bytes FrameIn(const virtio::UsedBuffer& u) {
+    std::byte* b = f_->Buffer(rxq(), u.id);
+    EXPECT_GE(u.len, kHdr);
+    return Bytes(b + kHdr, b + std::max(u.len, kHdr));
+  }
+  uint16_t NumBuffers(const virtio::UsedBuffer& u) {
+    virtio::VirtioNetHdrV1 h;
+    std::memcpy(&h, f_->Buffer(rxq(), u.id), sizeof h);
+    return h.num_buffers.get();
+  }
+  std::vector<Bytes> Received(const Batch& b) {
+    std::vector<Bytes> out;
+    for (uint32_t i = 0; i < b.size(); ++i) out.push_back(Copy(b[i]));
+    return out;
+  }
+
+  static constexpr uint32_t kQueueSize = 64;
+  std::string dir_;
+  TestWorker worker_;
+  std::unique_ptr<EventLoop> loop_;
+  std::unique_ptr<VhostUserPort> port_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<vhost::Frontend> f_;
+};
+
+// ------------------------------------------------------------------------------- Tx
+
+TEST_P(DataPath, TxIntoAShortReceiveRingTakesWhatFitsAndSaysHowMany) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  ASSERT_NO_FATAL_FAILURE(UseUpReceiveBuffers());
+  PostRx(5);
+  std::vector<std::unique_ptr<HostPacket>> pkts;
+  std::vector<const PacketRef*> ptrs;
+  for (uint32_t i = 0; i < 8; ++i) {
+    pkts.push_back(std::make_unique<HostPacket>(MakeFrame(i, 60 + 10 * i)));
+    ptrs.push_back(&pkts.back()->ref);
+  }
+  std::lock_guard worker(worker_.mutex());
+  EXPECT_EQ(port_->TxRoom(0), 5u);
+  // 5 buffers, 8 packets: the first 5 are taken, the rest are not (and not dropped).
+  ASSERT_EQ(port_->Tx(0, ptrs), 5u);
+  auto used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 5u);
+  for (uint32_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(used[i].len, kHdr + pkts[i]->bytes.size()) << i;
+    EXPECT_EQ(FrameIn(used[i]), pkts[i]->bytes) << i;
+    EXPECT_EQ(NumBuffers(used[i]), 1u) << i;
+  }
+  EXPECT_EQ(port_->TxRoom(0), 0u);
+  const std::span<const PacketRef* const> rest = std::span(ptrs).subspan(5);
+  EXPECT_EQ(port_->Tx(0, rest), 0u);
+  EXPECT_TRUE(PopUsed(rxq()).empty());
+  // The guest posts more: the rest go through, in order.
+  PostRx(3);
+  ASSERT_EQ(port_->Tx(0, rest), 3u);
+  used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 3u);
+  for (uint32_t i = 0; i < 3; ++i) EXPECT_EQ(FrameIn(used[i]), pkts[5 + i]->bytes) << i;
+  const PortStats s = port_->Stats();
+  EXPECT_EQ(s.tx_packets, kQueueSize + 8);
+  EXPECT_EQ(s.tx_dropped, 0u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kQueueFull), 0u);
+}
+
+// MRG_RXBUF: a frame larger than one receive buffer is spread over as many as it needs; the
+// first one's header says how many; the bytes (read from several source segments) arrive
+// whole and in order.
+TEST_P(DataPath, MergeBuffersCarryAFrameLargerThanOneBuffer) {
+  ASSERT_NO_FATAL_FAILURE(Connect(/*mrg_rxbuf=*/true, /*buf_bytes=*/256));
+  HostPacket big(MakeFrame(1, 1000), {100, 600});  // three source segments
+  HostPacket small(MakeFrame(2, 60));
+  HostPacket bigger(MakeFrame(3, 1500), {64, 65, 1024});
+  const PacketRef* ptrs[] = {&big.ref, &small.ref, &bigger.ref};
+  std::lock_guard worker(worker_.mutex());
+  ASSERT_EQ(port_->Tx(0, ptrs), 3u);
+  auto used = PopUsed(rxq());
+  // 12 + 1000 bytes: 4 buffers; 12 + 60: 1; 12 + 1500: 6.
+  ASSERT_EQ(used.size(), 4u + 1u + 6u);
+  const std::vector<uint32_t> want_lens = {256, 256, 256, 244, 72, 256, 256, 256, 256, 256, 232};
+  std::set<uint16_t> ids;
+  for (size_t i = 0; i < used.size(); ++i) {
+    EXPECT_EQ(used[i].len, want_lens[i]) << i;
+    ids.insert(used[i].id);
+  }
+  EXPECT_EQ(ids.size(), used.size()) << "a buffer used twice";
+  size_t at = 0;
+  for (const HostPacket* p : {&big, &small, &bigger}) {
+    ASSERT_LT(at, used.size());
+    const uint16_t n = NumBuffers(used[at]);
+    ASSERT_EQ(n, (kHdr + p->bytes.size() + 255) / 256);
+    ASSERT_LE(at + n, used.size());
+    Bytes got;
+    for (uint16_t k = 0; k < n; ++k) {
+      const std::byte* b = f_->Buffer(rxq(), used[at + k].id);
+      got.insert(got.end(), b, b + used[at + k].len);
+    }
+    ASSERT_EQ(got.size(), kHdr + p->bytes.size());
+    EXPECT_EQ(Bytes(got.begin() + kHdr, got.end()), p->bytes) << "frame of " << p->bytes.size();
+    at += n;
+  }
+  const PortStats s = port_->Stats();
+  EXPECT_EQ(s.tx_packets, 3u);
+  EXPECT_EQ(s.tx_bytes, 1000u + 60u + 1500u);
+  EXPECT_EQ(s.tx_dropped, 0u);
+}
+
+// A frame that needs more buffers than the guest has posted is not cut short: it waits (Tx
+// takes nothing, drops nothing) until the guest posts enough.
+TEST_P(DataPath, MergeFrameWaitsForEnoughBuffers) {
+  ASSERT_NO_FATAL_FAILURE(Connect(/*mrg_rxbuf=*/true, /*buf_bytes=*/256));
+  ASSERT_NO_FATAL_FAILURE(UseUpReceiveBuffers());
+  PostRx(2);
+  HostPacket big(MakeFrame(7, 1000));  // needs 4 buffers of 256
+  const PacketRef* one[] = {&big.ref};
+  std::lock_guard worker(worker_.mutex());
+  EXPECT_EQ(port_->Tx(0, one), 0u);
+  EXPECT_TRUE(PopUsed(rxq()).empty());
+  EXPECT_EQ(port_->Stats().tx_dropped, 0u);
+  PostRx(2);
+  ASSERT_EQ(port_->Tx(0, one), 1u);
+  auto used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 4u);
+  EXPECT_EQ(NumBuffers(used[0]), 4u);
+  Bytes got;
+  for (const auto& u : used) {
+    const std::byte* b = f_->Buffer(rxq(), u.id);
+    got.insert(got.end(), b, b + u.len);
+  }
+  ASSERT_EQ(got.size(), kHdr + 1000);
+  EXPECT_EQ(Bytes(got.begin() + kHdr, got.end()), big.bytes);
+  EXPECT_EQ(port_->Stats().tx_packets, kQueueSize + 1);
+}
+
+// Without MRG_RXBUF a frame larger than one receive buffer cannot be delivered: dropped
+// (too_big, counted, taken), and the buffer it would have used is kept for the next one.
+TEST_P(DataPath, WithoutMergeAFrameLargerThanABufferIsDroppedAndTheBufferKept) {
+  ASSERT_NO_FATAL_FAILURE(Connect(/*mrg_rxbuf=*/false, /*buf_bytes=*/256));
+  ASSERT_NO_FATAL_FAILURE(UseUpReceiveBuffers());
+  PostRx(1);
+  HostPacket big(MakeFrame(1, 1000));
+  HostPacket fits(MakeFrame(2, 256 - kHdr));
+  const PacketRef* ptrs[] = {&big.ref, &fits.ref};
+  std::lock_guard worker(worker_.mutex());
+  ASSERT_EQ(port_->Tx(0, ptrs), 2u);
+  auto used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].len, 256u);
+  EXPECT_EQ(FrameIn(used[0]), fits.bytes);
+  EXPECT_EQ(NumBuffers(used[0]), 1u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kTooBig), 1u);
+  const PortStats s = port_->Stats();
+  EXPECT_EQ(s.tx_dropped, 1u);
+  EXPECT_EQ(s.tx_packets, kQueueSize + 1);
+}
+
+// ------------------------------------------------------------------------------- Rx
+
+// RxDone(q, batch, sent) with sent < batch: the chains of packets [0, sent) are completed,
+// the rest go back to the ring and come out of the next Rx in the same order; every chain is
+// completed exactly once and none is lost.
+TEST_P(DataPath, RxDoneGivesTheUnsentBackToBeReceivedAgainInOrder) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  std::vector<Bytes> frames;
+  std::vector<uint16_t> ids;
+  for (uint32_t i = 0; i < 8; ++i) {
+    frames.push_back(MakeFrame(i, 60 + 3 * i));
+    ids.push_back(AddTx(frames.back()));
+  }
+  txq().Publish();
+  std::lock_guard worker(worker_.mutex());
+  Batch batch;
+  // Nothing sent: all 8 back, none completed.
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 8u);
+  EXPECT_EQ(Received(batch), frames);
+  port_->RxDone(0, batch, 0);
+  EXPECT_TRUE(PopUsed(txq()).empty());
+  // 3 of 8 sent.
+  batch.Clear();
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 8u);
+  EXPECT_EQ(Received(batch), frames);
+  port_->RxDone(0, batch, 3);
+  std::multiset<uint16_t> completed;
+  auto take = [&](size_t want) {
+    auto used = PopUsed(txq());
+    EXPECT_EQ(used.size(), want);
+    for (const auto& u : used) {
+      EXPECT_EQ(u.len, 0u);
+      completed.insert(u.id);
+    }
+  };
+  take(3);
+  EXPECT_EQ(completed, std::multiset<uint16_t>(ids.begin(), ids.begin() + 3));
+  // The other 5, in order; 2 of them sent.
+  batch.Clear();
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 5u);
+  EXPECT_EQ(Received(batch), std::vector<Bytes>(frames.begin() + 3, frames.end()));
+  port_->RxDone(0, batch, 2);
+  take(2);
+  // A smaller max than what is there: the first ones.
+  batch.Clear();
+  ASSERT_EQ(port_->Rx(0, batch, 2), 2u);
+  EXPECT_EQ(Received(batch), std::vector<Bytes>(frames.begin() + 5, frames.begin() + 7));
+  port_->RxDone(0, batch, 2);
+  take(2);
+  batch.Clear();
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 1u);
+  EXPECT_EQ(Received(batch)[0], frames[7]);
+  port_->RxDone(0, batch, 1);
+  take(1);
+  // Each of the 8 chains completed once; nothing more.
+  EXPECT_EQ(completed, std::multiset<uint16_t>(ids.begin(), ids.end()));
+  batch.Clear();
+  EXPECT_EQ(port_->Rx(0, batch, kBurst), 0u);
+  port_->RxDone(0, batch, 0);
+  EXPECT_TRUE(PopUsed(txq()).empty());
+  const PortStats s = port_->Stats();
+  uint64_t bytes = 0;
+  for (const Bytes& f : frames) bytes += f.size();
+  EXPECT_EQ(s.rx_packets, 8u);  // counted when sent, not each time received
+  EXPECT_EQ(s.rx_bytes, bytes);
+  EXPECT_EQ(s.rx_dropped, 0u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kQueueFull), 0u);
+}
+
+// Bad chains between good ones: one the ring refuses (a device-writable buffer in a
+// transmitq: completed empty inside the ring) and one the port refuses (shorter than the
+// virtio-net header: dropped bad_frame, completed by RxDone). The good ones come through in
+// order, each chain is completed once, each drop counted once.
+TEST_P(DataPath, BadChainsInTheMiddleOfABatchAreCompletedAndTheGoodOnesDelivered) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  const Bytes a = MakeFrame(1, 60), c = MakeFrame(3, 70), e = MakeFrame(5, 80);
+  std::vector<uint16_t> ids;
+  ids.push_back(AddTx(a));
+  ids.push_back(AddTx(MakeFrame(2, 60), /*writable=*/true));
+  ids.push_back(AddTx(c));
+  ids.push_back(AddShortTx());
+  ids.push_back(AddTx(e));
+  txq().Publish();
+  std::lock_guard worker(worker_.mutex());
+  Batch batch;
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 3u);
+  ASSERT_EQ(batch.size(), 3u);
+  EXPECT_EQ(Received(batch), (std::vector<Bytes>{a, c, e}));
+  port_->RxDone(0, batch, 3);
+  auto used = PopUsed(txq());
+  ASSERT_EQ(used.size(), 5u);
+  std::multiset<uint16_t> completed;
+  for (const auto& u : used) {
+    EXPECT_EQ(u.len, 0u);
+    completed.insert(u.id);
+  }
+  EXPECT_EQ(completed, std::multiset<uint16_t>(ids.begin(), ids.end()));
+  EXPECT_EQ(port_->DropsFor(DropReason::kReadableExpected), 1u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kBadFrame), 1u);
+  PortStats s = port_->Stats();
+  EXPECT_EQ(s.rx_packets, 3u);
+  EXPECT_EQ(s.rx_bytes, a.size() + c.size() + e.size());
+  EXPECT_EQ(s.rx_dropped, 1u);  // the port's own drop; the ring's is counted by reason only
+  // The queue goes on.
+  const Bytes g = MakeFrame(6, 90);
+  const uint16_t gid = AddTx(g);
+  txq().Publish();
+  batch.Clear();
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 1u);
+  EXPECT_EQ(Received(batch)[0], g);
+  port_->RxDone(0, batch, 1);
+  used = PopUsed(txq());
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].id, gid);
+  auto& dq = const_cast<vhost::BackendSession&>(port_->session()).queue(1);
+  EXPECT_FALSE(dq.packed ? dq.packed_ring.broken() : dq.split.broken());
+}
+
+// A cut after a bad frame the port dropped: the bad frame's chain is completed with the sent
+// ones (it is not received again, nor counted twice); the rest come back.
+TEST_P(DataPath, ACutAfterABadFrameCompletesItAndRewindsTheRest) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  const Bytes a = MakeFrame(1, 60), c = MakeFrame(3, 61), d = MakeFrame(4, 62);
+  const uint16_t ia = AddTx(a), is = AddShortTx(), ic = AddTx(c), id = AddTx(d);
+  txq().Publish();
+  std::lock_guard worker(worker_.mutex());
+  Batch batch;
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 3u);
+  EXPECT_EQ(Received(batch), (std::vector<Bytes>{a, c, d}));
+  port_->RxDone(0, batch, 1);  // a sent; c, d not
+  auto used = PopUsed(txq());
+  std::multiset<uint16_t> completed;
+  for (const auto& u : used) completed.insert(u.id);
+  EXPECT_EQ(completed, (std::multiset<uint16_t>{ia, is}));
+  batch.Clear();
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 2u);
+  EXPECT_EQ(Received(batch), (std::vector<Bytes>{c, d}));
+  port_->RxDone(0, batch, 2);
+  used = PopUsed(txq());
+  for (const auto& u : used) completed.insert(u.id);
+  EXPECT_EQ(completed, (std::multiset<uint16_t>{ia, is, ic, id}));
+  EXPECT_EQ(port_->DropsFor(DropReason::kBadFrame), 1u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kQueueFull), 0u);
+  const PortStats s = port_->Stats();
+  EXPECT_EQ(s.rx_packets, 3u);
+  EXPECT_EQ(s.rx_dropped, 1u);
+}
+
+// A cut with a chain the ring completed empty after the first unsent one: the ring cannot move
+// back past a completed chain, so the unsent ones are completed empty and counted queue_full
+// (docs/architecture.md, "Rewind and backpressure") — still each completed once, none lost.
+TEST_P(DataPath, ACutAcrossAChainTheRingCompletedDropsTheRestCountedOnce) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  const Bytes a = MakeFrame(1, 60), b = MakeFrame(2, 60), d = MakeFrame(4, 60);
+  const uint16_t ia = AddTx(a), ib = AddTx(b), ix = AddTx(MakeFrame(3, 60), /*writable=*/true), id = AddTx(d);
+  txq().Publish();
+  std::lock_guard worker(worker_.mutex());
+  Batch batch;
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 3u);
+  EXPECT_EQ(Received(batch), (std::vector<Bytes>{a, b, d}));
+  port_->RxDone(0, batch, 1);
+  auto used = PopUsed(txq());
+  std::multiset<uint16_t> completed;
+  for (const auto& u : used) {
+    EXPECT_EQ(u.len, 0u);
+    completed.insert(u.id);
+  }
+  EXPECT_EQ(completed, (std::multiset<uint16_t>{ia, ib, ix, id}));
+  EXPECT_EQ(port_->DropsFor(DropReason::kQueueFull), 2u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kReadableExpected), 1u);
+  PortStats s = port_->Stats();
+  EXPECT_EQ(s.rx_packets, 1u);
+  EXPECT_EQ(s.rx_dropped, 2u);
+  batch.Clear();
+  EXPECT_EQ(port_->Rx(0, batch, kBurst), 0u);
+  port_->RxDone(0, batch, 0);
+  EXPECT_TRUE(PopUsed(txq()).empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(Rings, DataPath, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "packed" : "split"; });
+
+}  // namespace
+}  // namespace nicmux
