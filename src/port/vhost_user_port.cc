@@ -247,7 +247,10 @@ void VhostUserPort::Disconnect(const std::string& why) {
   channel_.reset();
   session_.Reset();
   PeerGone();  // the switch forgets the MACs learned behind this port (Port::link_generation)
-  peer_blocked_.store(false, std::memory_order_relaxed);  // the worker is done with the old queues
+  // The worker is done with the old queues and the old memory is unmapped: notices still
+  // pending are the old connection's.
+  peer_blocked_.store(false, std::memory_order_relaxed);
+  fault_.Drain();
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: frontend disconnected (%s)", name().c_str(),
                             why.c_str());
   if (opt_.client && !reconnect_timer_) {
@@ -260,6 +263,13 @@ void VhostUserPort::NotePeerBlocked() {
   if (!peer_blocked_.exchange(true, std::memory_order_relaxed)) fault_.Signal();
 }
 
+void VhostUserPort::Notify(DeviceQueue& dq) {
+  // After one write the watchdog had to break off, none is tried again on this connection
+  // (16 queues sharing one such fd would otherwise cost 40 ms each, every round).
+  if (peer_blocked_.load(std::memory_order_relaxed)) return;
+  if (!dq.Call()) NotePeerBlocked();
+}
+
 bool VhostUserPort::InQuarantine() {
   const uint64_t now = MonotonicNowNs();
   if (now >= quarantine_until_ns_) return false;
@@ -270,11 +280,14 @@ bool VhostUserPort::InQuarantine() {
 }
 
 void VhostUserPort::OnFault() {
-  fault_.Drain();
+  // The two writers of fault_: NotePeerBlocked (which sets peer_blocked_ first) and the SIGBUS
+  // handler of this session's memory. A notice counts even when the faulted region is gone
+  // already (the frontend removed it right after shrinking it), so nobody dodges the penalty.
+  const uint64_t notices = fault_.Drain();
   const char* why = nullptr;
   if (peer_blocked_.exchange(false, std::memory_order_relaxed)) {
     why = "it made a signalling eventfd block the worker (blocking mode, full counter)";
-  } else if (session_.memory() && session_.memory()->Poisoned()) {
+  } else if (notices > 0 || (session_.memory() && session_.memory()->Poisoned())) {
     why = "its memory file shrank under the mapping (the fault was recovered)";
   }
   if (why == nullptr || !channel_) return;
@@ -294,7 +307,7 @@ void VhostUserPort::CheckBroken(DeviceQueue& dq) {
   if (dq.error_signalled) return;
   if (!(dq.packed ? dq.packed_ring.broken() : dq.split.broken())) return;
   dq.error_signalled = true;
-  if (!dq.SignalError()) NotePeerBlocked();
+  if (!peer_blocked_.load(std::memory_order_relaxed) && !dq.SignalError()) NotePeerBlocked();
 }
 
 size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
@@ -335,7 +348,7 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   if (st.n == 0) {
     // Bad chains the ring completed on its own still need publishing.
     if (!dq.running) return;
-    if ((dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) && !dq.Call()) NotePeerBlocked();
+    if (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) Notify(dq);
     CheckBroken(dq);
     return;
   }
@@ -359,7 +372,7 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
       rxc_[q].drops.Add(DropReason::kQueueFull, st.n - done_chains);
       rxc_[q].dropped.Add(st.n - done_chains);  // the source side lost them
     }
-    if (ring.Flush() && !dq.Call()) NotePeerBlocked();
+    if (ring.Flush()) Notify(dq);
   };
   if (dq.packed) {
     finish(dq.packed_ring);
@@ -472,7 +485,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   }
   c.packets.Add(sent);
   c.bytes.Add(bytes);
-  if (ring.Flush() && !dq.Call()) NotePeerBlocked();
+  if (ring.Flush()) Notify(dq);
   CheckBroken(dq);
   return k;
 }

@@ -89,6 +89,8 @@ class VhostUserPort final : public Port {
   // Worker side: the frontend made a signalling write block (base/peer_io.h); tells the
   // control thread through fault_.
   void NotePeerBlocked();
+  // Worker side: the driver's interrupt (call), unless an earlier peer write was broken off.
+  void Notify(vhost::DeviceQueue& dq);
   // Worker side: a ring that broke is reported to the frontend once (its error eventfd).
   void CheckBroken(vhost::DeviceQueue& dq);
   // Control thread: fault_ fired (a blocked write, or the frontend's memory faulted,

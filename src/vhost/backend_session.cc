@@ -347,9 +347,14 @@ Result<void> BackendSession::SetVringFd(const RequestInfo& info, Message& msg) {
       q.call = std::move(fd);
       return Ok();
     }
-    default:
+    default: {
+      // The worker writes to it when the ring breaks (CheckBroken): swapped with it paused,
+      // as the call fd is (closing an fd a running worker may write to would let it write to
+      // whatever took the number next).
+      PauseGuard pause(*worker_);
       q.err = std::move(fd);
       return Ok();
+    }
   }
 }
 
