@@ -71,6 +71,9 @@ options:
   --hold             after connecting, send nothing until a SIGUSR1 comes (receive meanwhile):
                      a test releases its senders once every receiver is attached, instead of
                      guessing a --delay; the --duration limit counts from connecting
+  --announce         on connecting, send one broadcast frame from --mac (ethertype 0x88b6, not
+                     counted, a guest's gratuitous ARP) so a learning switch knows where it is
+                     before any traffic: nothing sent to it is flooded
   -h, --help         this text
 
 exit status: 0 when the run completed (and, with --verify, every frame checked out and
@@ -95,6 +98,7 @@ struct Options {
   double interval = 1;
   double delay = 0;
   bool hold = false;
+  bool announce = false;
   std::string rtt_file;
   bool busy_poll = false;
   bool yield = false;
@@ -166,6 +170,8 @@ Options Parse(int argc, char** argv) {
       o.yield = true;
     } else if (a == "--hold") {
       o.hold = true;
+    } else if (a == "--announce") {
+      o.announce = true;
     } else if (a == "--busy-poll") {
       o.busy_poll = true;
     } else if (a == "--rtt-file") {
@@ -289,6 +295,20 @@ int Run(const Options& o) {
                o.socket.c_str(), fe.queue_pairs(), o.packed ? "packed" : "split", o.mrg ? "on" : "off",
                o.mode.c_str(), o.size);
   std::fflush(stdout);
+  if (o.announce) {
+    vhost::FrontendQueue& tq = fe.txq(0);
+    const uint16_t id = tq.NextId();
+    std::byte* b = fe.Buffer(tq, id);
+    std::memset(b, 0, hdr + 60);
+    uint8_t* f = reinterpret_cast<uint8_t*>(b + hdr);
+    std::memset(f, 0xff, 6);
+    std::memcpy(f + 6, g_src_mac, 6);
+    f[12] = 0x88;
+    f[13] = 0xb6;  // IEEE local experimental 2: a receiving pktgen counts it as rx_other
+    virtio::DriverBuffer tb{fe.BufferAddr(tq, id), hdr + 60, false};
+    tq.Add({&tb, 1});
+    tq.Kick();
+  }
 
   Stats st;
   Verifier ver;
