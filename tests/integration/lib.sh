@@ -74,6 +74,23 @@ wait_pid() {
   fail "process $p did not finish within ${t}s"
 }
 
+# wait_until SECONDS WHAT CMD...: until CMD succeeds (polled every 0.1 s); fails naming WHAT
+# when SECONDS pass first.
+wait_until() {
+  local t=$1 what=$2 deadline
+  shift 2
+  deadline=$(($(date +%s) + t))
+  until "$@"; do
+    [ "$(date +%s)" -le "$deadline" ] || fail "no $what within ${t}s"
+    sleep 0.1
+  done
+}
+
+# release PID...: starts the sending of nicmux-pktgens run with --hold (they wait, connected,
+# for SIGUSR1). A test releases its senders once every receiver is attached, an event, rather
+# than giving each a --delay and hoping the others are up by then on a busy machine.
+release() { kill -USR1 "$@"; }
+
 # summary_field LOG KEY: a key=value from the summary line of a pktgen log.
 summary_field() { grep '^summary ' "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
@@ -91,7 +108,7 @@ ctl() { "$BIN/nicmuxctl" --socket "$CTL" "$@"; }
 
 stop_nicmuxd() {
   kill -TERM "$NICMUXD_PID"
-  wait_pid "$NICMUXD_PID" 10 || fail "nicmuxd exited with an error"
+  wait_pid "$NICMUXD_PID" 30 || fail "nicmuxd exited with an error"
 }
 
 DPDK_EAL=(--no-huge -m 512 --no-shconf --no-pci --no-telemetry)

@@ -22,7 +22,7 @@ iperf() {  # iperf SECONDS LABEL [extra iperf3 args]
 
 # ---- 1. nicmuxd listens
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock" --stats-interval 5
-wait_for "$WORK/b.sock" 10
+wait_for "$WORK/b.sock" 30
 guest a "$WORK/a.sock" 10.0.0.1/24
 guest b "$WORK/b.sock" 10.0.0.2/24
 wait_agent a; wait_agent b
@@ -59,7 +59,7 @@ stop_nicmuxd
 # ---- 2b. packed virtqueues (QEMU sends 32-bit ring bases for them)
 rm -f "$WORK"/*.con "$WORK"/*.console.log "$WORK"/*.sock
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock"
-wait_for "$WORK/b.sock" 10
+wait_for "$WORK/b.sock" 30
 guest a "$WORK/a.sock" 10.0.0.1/24 --device-opts packed=on
 guest b "$WORK/b.sock" 10.0.0.2/24 --device-opts packed=on
 wait_agent a; wait_agent b
@@ -70,7 +70,7 @@ stop_nicmuxd
 # ---- 3. four queue pairs
 rm -f "$WORK"/*.con "$WORK"/*.console.log "$WORK"/*.sock
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock,queues=4" --port "vhost-user:b:socket=$WORK/b.sock,queues=4"
-wait_for "$WORK/b.sock" 10
+wait_for "$WORK/b.sock" 30
 guest a "$WORK/a.sock" 10.0.0.1/24 --queues 4
 guest b "$WORK/b.sock" 10.0.0.2/24 --queues 4
 wait_agent a; wait_agent b

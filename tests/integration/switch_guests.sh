@@ -21,7 +21,7 @@ tx_of() { ctl --json port show "$1" | python3 -c "import json,sys; print(json.lo
 # ---- 1. three guests, flooding then learned unicast
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock" \
   --port "vhost-user:c:socket=$WORK/c.sock" --port "tap:host:ifname=$TAPIF" --stats-interval 10
-wait_for "$WORK/c.sock" 10
+wait_for "$WORK/c.sock" 30
 guest a "$WORK/a.sock" 10.0.0.1/24
 guest b "$WORK/b.sock" 10.0.0.2/24
 guest c "$WORK/c.sock" 10.0.0.3/24
@@ -54,7 +54,7 @@ cleanup_ns
 rm -f "$WORK"/*.con "$WORK"/*.console.log
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock,vlan=10" --port "vhost-user:b:socket=$WORK/b.sock,vlan=20" \
   --port "vhost-user:c:socket=$WORK/c.sock,vlan=10" --port "tap:host:ifname=$TAPIF,vlan=10"
-wait_for "$WORK/c.sock" 10
+wait_for "$WORK/c.sock" 30
 guest a "$WORK/a.sock" 10.0.0.1/24
 guest b "$WORK/b.sock" 10.0.0.2/24
 guest c "$WORK/c.sock" 10.0.0.3/24

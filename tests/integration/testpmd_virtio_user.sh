@@ -28,7 +28,7 @@ run_case() {
   rm -f "$S"/*.sock
   nicmuxd --forward xconnect --port "vhost-user:pga:socket=$S/pga.sock,queues=$queues" --port "vhost-user:tp0:socket=$S/tp0.sock,queues=$queues" \
           --port "vhost-user:tp1:socket=$S/tp1.sock,queues=$queues" --port "vhost-user:pgb:socket=$S/pgb.sock,queues=$queues"
-  wait_for "$S/tp1.sock" 10
+  wait_for "$S/tp1.sock" 30
   local vu="queues=$queues,queue_size=1024,packed_vq=$packed,mrg_rxbuf=$mrg"
   # Interactive, fed through a FIFO: io forwarding *with retry*, so testpmd waits for ring
   # space instead of dropping when two shared cores schedule nicmuxd late.
@@ -41,16 +41,20 @@ run_case() {
   local tp=$LAST_PID
   printf 'set fwd io retry\nset burst tx delay 20 retry 100000\nstart\nshow config fwd\n' >&7
   wait_log "$WORK/testpmd.log" "io packet forwarding" 60 "$tp"
+  # Both pktgens are held (--hold) until both are attached (a frame for a port with no
+  # frontend yet may be dropped), instead of A waiting a fixed 2 s for B.
   start pg_a "$BIN/nicmux-pktgen" --socket "$S/pga.sock" --mode bidir --verify --size "$size" --count "$count" \
-    --queues "$queues" --duration 60 --interval 0 --stream 1 --delay 2 "${opts[@]}"
+    --queues "$queues" --duration 120 --interval 0 --stream 1 --hold "${opts[@]}"
   local pa=$LAST_PID
-  wait_log "$WORK/pg_a.log" connected 30 "$pa"
   start pg_b "$BIN/nicmux-pktgen" --socket "$S/pgb.sock" --mode bidir --verify --size "$size" --count "$count" \
-    --queues "$queues" --duration 60 --interval 0 --stream 2 "${opts[@]}"
+    --queues "$queues" --duration 120 --interval 0 --stream 2 --hold "${opts[@]}"
   local pb=$LAST_PID
+  wait_log "$WORK/pg_a.log" connected 60 "$pa"
+  wait_log "$WORK/pg_b.log" connected 60 "$pb"
+  release "$pa" "$pb"
   local what="packed=$packed mrg=$mrg size=$size queues=$queues"
-  wait_pid "$pa" 90 || fail "pktgen a: $what"
-  wait_pid "$pb" 90 || fail "pktgen b: $what"
+  wait_pid "$pa" 150 || fail "pktgen a: $what"
+  wait_pid "$pb" 150 || fail "pktgen b: $what"
   for l in "$WORK/pg_a.log" "$WORK/pg_b.log"; do
     expect_summary "$l" tx_packets "$count"
     expect_summary "$l" rx_packets "$count"
