@@ -26,34 +26,56 @@ port_field() { ctl --json port show "$1" | json_field "d.get('$2', 0)"; }
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=1
 nicmuxd --workers 2 --port "vhost-user:a:socket=$WORK/a.sock" --port "vhost-user:b:socket=$WORK/b.sock" \
   --port "vhost-user:c:socket=$WORK/c.sock"
-wait_for "$WORK/c.sock" 10
-wait_for "$CTL" 10
+wait_for "$WORK/c.sock" 30
+wait_for "$CTL" 30
 pktgen pg_c "$WORK/c.sock" 02:00:00:00:cc:03 02:00:00:00:cc:04 --mode rx --duration 600
 PC=$LAST_PID
-run_pair() {  # run_pair STREAM_BASE: 20000 verified frames each way between a and b
-  pktgen pg_a "$WORK/a.sock" $MAC_A $MAC_B --mode bidir --verify --count 20000 --duration 60 --stream "$1" --delay 2
+# The switch holds a source while a destination's ring is full, but only within the
+# destination's hold credit (50 ms at a time, docs/switch.md); past it, it drops. Unpaced
+# senders into 256-deep rings lost thousands of frames when the machine was busy (a pktgen
+# waiting for a CPU for more than a few ms). So senders are paced well below what two shared
+# CPUs sustain and receivers get 1024-deep rings: a frame is lost only if a receiver waits
+# about 100 ms for a CPU. Counts stay exact.
+PACE=(--rate 20000 --ring 1024)
+fdb_has() { ctl fdb show | grep -q "$1"; }
+forgotten() { [ "$(grep -c "port $1: its peer went away" "$WORK/nicmuxd.log")" -ge "$2" ]; }
+# run_pair STREAM_BASE: 20000 verified frames each way between a and b. Both are held
+# (--hold: a frame for a port with no frontend is dropped) and announce themselves
+# (--announce: one broadcast each); once the switch has learned both MACs (they stay learned
+# while connected) both are released. So, whatever the timing, not one of the 40000 frames is
+# flooded (a flooded frame is never held for a full destination: it would be dropped for a
+# receiver that waits for a CPU), and port c gets the two broadcasts, nothing else.
+run_pair() {
+  local c0 a0 b0 c1 a1 b1
+  c0=$(port_field c tx_packets) a0=$(port_field a flooded) b0=$(port_field b flooded)
+  pktgen pg_a "$WORK/a.sock" $MAC_A $MAC_B --mode bidir --verify --count 20000 --duration 120 --stream "$1" --hold --announce "${PACE[@]}"
   PA=$LAST_PID
-  wait_log "$WORK/pg_a.log" connected 30 "$PA"
-  pktgen pg_b "$WORK/b.sock" $MAC_B $MAC_A --mode bidir --verify --count 20000 --duration 60 --stream "$(($1 + 1))" --delay 1
+  pktgen pg_b "$WORK/b.sock" $MAC_B $MAC_A --mode bidir --verify --count 20000 --duration 120 --stream "$(($1 + 1))" --hold --announce "${PACE[@]}"
   PB=$LAST_PID
-  wait_pid "$PA" 90 || fail "pktgen a failed"
-  wait_pid "$PB" 90 || fail "pktgen b failed"
+  wait_log "$WORK/pg_a.log" connected 60 "$PA"
+  wait_log "$WORK/pg_b.log" connected 60 "$PB"
+  wait_until 60 "a's MAC in the table" fdb_has "$MAC_A"
+  wait_until 60 "b's MAC in the table" fdb_has "$MAC_B"
+  release "$PA" "$PB"
+  wait_pid "$PA" 150 || fail "pktgen a failed"
+  wait_pid "$PB" 150 || fail "pktgen b failed"
   for l in "$WORK/pg_a.log" "$WORK/pg_b.log"; do
     expect_summary "$l" tx_packets 20000
     expect_summary "$l" rx_packets 20000
     expect_summary "$l" rx_bad 0
     expect_summary "$l" rx_lost 0
   done
+  c1=$(port_field c tx_packets) a1=$(port_field a flooded) b1=$(port_field b flooded)
+  [ "$((a1 - a0))" -eq 1 ] && [ "$((b1 - b0))" -eq 1 ] ||
+    fail "a flooded $((a1 - a0)) frames, b $((b1 - b0)): expected only their announcements"
+  [ "$((c1 - c0))" -eq 2 ] || fail "port c got $((c1 - c0)) frames, expected the 2 announcements: flooding after learning"
+  echo "ok: 20000 frames each way through the switch, verified, none lost, none flooded; c got the 2 broadcasts only"
 }
 run_pair 1
-ctl fdb show >"$WORK/fdb.txt" || fail "nicmuxctl fdb show"
-grep -q "$MAC_A" "$WORK/fdb.txt" && grep -q "$MAC_B" "$WORK/fdb.txt" || fail "MAC table lacks a or b: $(cat "$WORK/fdb.txt")"
-c1=$(port_field c tx_packets)
-[ "$c1" -gt 0 ] || fail "port c got nothing: b's frames for a not-yet-learned a were not flooded"
+# The MACs behind a port are forgotten when its frontend goes: after that, not while the next
+# pair has learned them anew.
+wait_until 60 "a's and b's MACs forgotten" eval 'forgotten a 1 && forgotten b 1'
 run_pair 3
-c2=$(port_field c tx_packets)
-[ "$c2" -eq "$c1" ] || fail "port c got $((c2 - c1)) of 40000 frames between learned a and b: flooding after learning"
-echo "ok: 2 x 20000 frames each way through the switch, verified, none lost; c got $c1 floods before learning, 0 after"
 ctl stats >"$WORK/stats.txt" || fail "nicmuxctl stats"
 grep -q "^a " "$WORK/stats.txt" || grep -q " a " "$WORK/stats.txt" || fail "stats table lacks port a: $(cat "$WORK/stats.txt")"
 
@@ -91,13 +113,23 @@ kill -0 "$NICMUXD_PID" || fail "nicmuxd died on bad requests"
 echo "ok: bad control requests answered with errors (exit codes 3/4/5/6), the daemon unaffected"
 
 # ---- 3. capture
-pktgen pg_a "$WORK/a.sock" $MAC_A $MAC_B --mode tx --count 500 --rate 2000 --duration 60 --delay 1
-PA=$LAST_PID
-pktgen pg_b "$WORK/b.sock" $MAC_B $MAC_A --mode rx --duration 60 --count 500
+# The sender is held until the receiver is attached and the capture is on (nicmuxctl says
+# "capturing" once the daemon has installed it): then all 500 frames reach b, and the
+# capture sees the first 200 of them.
+# b never sends, so a's frames are flooded (to b and c), never held: deep rings.
+pktgen pg_b "$WORK/b.sock" $MAC_B $MAC_A --mode rx --duration 120 --count 500 --ring 1024
 PB=$LAST_PID
-ctl capture a -w "$WORK/a.pcap" -c 200 >"$WORK/capture.log" 2>&1 || fail "capture: $(cat "$WORK/capture.log")"
-wait_pid "$PA" 60 || fail "pktgen a (capture) failed"
-wait_pid "$PB" 60 || fail "pktgen b (capture) failed"
+pktgen pg_a "$WORK/a.sock" $MAC_A $MAC_B --mode tx --count 500 --rate 2000 --duration 120 --hold
+PA=$LAST_PID
+wait_log "$WORK/pg_b.log" connected 60 "$PB"
+wait_log "$WORK/pg_a.log" connected 60 "$PA"
+start capture "$BIN/nicmuxctl" --socket "$CTL" capture a -w "$WORK/a.pcap" -c 200
+CP=$LAST_PID
+wait_log "$WORK/capture.log" "capturing on a" 60 "$CP"
+release "$PA"
+wait_pid "$CP" 120 || fail "capture: $(cat "$WORK/capture.log")"
+wait_pid "$PA" 150 || fail "pktgen a (capture) failed"
+wait_pid "$PB" 150 || fail "pktgen b (capture) failed"
 n=$(tcpdump -r "$WORK/a.pcap" --count 2>/dev/null | awk '{print $1}')
 [ "$n" -eq 200 ] || fail "tcpdump read $n packets from the capture, expected 200"
 first=$(tcpdump -r "$WORK/a.pcap" -nn -e -c 1 2>/dev/null)
@@ -105,12 +137,23 @@ grep -q "$MAC_A" <<<"$first" || fail "captured frames are not a's: $first"
 echo "ok: capture of 200 packets, tcpdump reads them ($(head -1 "$WORK/capture.log"))"
 
 # ---- 4. ports added and removed 1000 times while traffic flows
+# The traffic runs from before the churn starts until it ends, however long that takes on a
+# busy machine: the pktgens are released once both are attached, the churn starts once
+# frames reach both, and they are stopped (SIGINT: a summary line) after it.
 kill "$PC" 2>/dev/null || true
-pktgen pg_a "$WORK/a.sock" $MAC_A $MAC_B --mode bidir --verify --rate 20000 --duration 40 --stream 3 --delay 1
+pktgen pg_a "$WORK/a.sock" $MAC_A $MAC_B --mode bidir --verify --duration 3600 --stream 3 --hold --announce "${PACE[@]}"
 PA=$LAST_PID
-pktgen pg_b "$WORK/b.sock" $MAC_B $MAC_A --mode bidir --verify --rate 20000 --duration 40 --stream 4 --delay 1
+pktgen pg_b "$WORK/b.sock" $MAC_B $MAC_A --mode bidir --verify --duration 3600 --stream 4 --hold --announce "${PACE[@]}"
 PB=$LAST_PID
-sleep 2
+wait_log "$WORK/pg_a.log" connected 60 "$PA"
+wait_log "$WORK/pg_b.log" connected 60 "$PB"
+wait_until 60 "a's MAC in the table" fdb_has "$MAC_A"
+wait_until 60 "b's MAC in the table" fdb_has "$MAC_B"
+a0=$(port_field a tx_packets) b0=$(port_field b tx_packets)
+release "$PA" "$PB"
+flowing() { [ "$(port_field a tx_packets)" -gt "$1" ] && [ "$(port_field b tx_packets)" -gt "$2" ]; }
+wait_until 60 "traffic to both pktgens" flowing "$a0" "$b0"
+a1=$(port_field a tx_packets) b1=$(port_field b tx_packets)
 python3 - "$CTL" "$NICMUXD_PID" "$WORK" <<'EOF' || fail "port churn"
 import json, os, socket, sys
 ctl, pid, work = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -133,20 +176,26 @@ print(f"fds {fd0} -> {fd1}, rss {rss0} -> {rss1} kB")
 assert fd1 == fd0, "fd leak"
 assert rss1 - rss0 < 16 * 1024, "RSS grew by more than 16 MiB"
 EOF
-wait_pid "$PA" 90 || fail "pktgen a failed during the churn"
-wait_pid "$PB" 90 || fail "pktgen b failed during the churn"
+# Frames reached both pktgens while the churn ran (it started after a1/b1 were read).
+a2=$(port_field a tx_packets) b2=$(port_field b tx_packets)
+kill -INT "$PA" "$PB"
+echo "ok: during the churn nicmuxd delivered $((a2 - a1)) frames to a and $((b2 - b1)) to b"
+[ "$a2" -gt "$a1" ] && [ "$b2" -gt "$b1" ] || fail "no traffic reached a or b during the churn"
+# pktgen exits 1 on a gap in a sequence or a bad frame.
+wait_pid "$PA" 60 || fail "pktgen a failed during the churn"
+wait_pid "$PB" 60 || fail "pktgen b failed during the churn"
 for pair in "pg_a b" "pg_b a"; do
   set -- $pair
   rx=$(summary_field "$WORK/$1.log" rx_packets)
   bad=$(summary_field "$WORK/$1.log" rx_bad)
   lost=$(summary_field "$WORK/$1.log" rx_lost)
   [ "$bad" = 0 ] || fail "$1: $bad corrupted frames"
-  [ "$rx" -gt 100000 ] || fail "$1 received only $rx frames during the churn"
-  # A gap in the sequence is a frame lost on the way; each must be a drop nicmuxd counted (a
-  # receive ring full for longer than the stall limit on this shared 2-core machine). Frames
-  # still in flight when the receiver stopped are not gaps.
-  drops=$(ctl --json port list | json_field "sum(sum(p['drops'].values()) for p in d['ports'])")
-  [ "$lost" -le "$drops" ] || fail "$1: $lost frames lost, but nicmuxd counted only $drops drops"
+  [ "$rx" -gt 0 ] || fail "$1 received nothing"
+  # A gap in the sequence is a frame lost on the way (pktgen's exit status already said so;
+  # this names the count). The churn pauses the workers thousands of times, but a pause
+  # holds frames, it does not drop them: none may be lost. Frames still in flight when the
+  # receiver stopped are not gaps.
+  [ "$lost" = 0 ] || fail "$1: $lost frames lost during the churn"
 done
 kill -0 "$NICMUXD_PID" || fail "nicmuxd died during the churn"
 echo "ok: 1000 port add/del cycles (vhost-user and TAP) with traffic flowing: $(tail -1 "$WORK/nicmuxd.log" >/dev/null; echo verified, fds and RSS flat)"
@@ -181,10 +230,10 @@ kind = "vhost-user"
 socket = "$WORK/b.sock"
 EOF
 nicmuxd --config "$WORK/n.toml"
-wait_for "$WORK/b.sock" 10
+wait_for "$WORK/b.sock" 30
 pktgen pg_a "$WORK/a.sock" $MAC_A $MAC_B --mode rx --duration 600
 PA=$LAST_PID
-wait_log "$WORK/nicmuxd.log" "port a: frontend connected" 20
+wait_log "$WORK/nicmuxd.log" "port a: frontend connected" 60
 cat >"$WORK/n.toml" <<EOF
 [daemon]
 mac_aging = 60
@@ -206,8 +255,8 @@ kind = "vhost-user"
 socket = "$WORK/c.sock"
 EOF
 kill -HUP "$NICMUXD_PID"
-wait_log "$WORK/nicmuxd.log" "1 added, 0 removed, 1 changed" 10
-wait_for "$WORK/c.sock" 10
+wait_log "$WORK/nicmuxd.log" "1 added, 0 removed, 1 changed" 60
+wait_for "$WORK/c.sock" 30
 [ "$(ctl --json port show b | json_field "d['queues']")" = 2 ] || fail "port b was not recreated with 2 queues"
 [ "$(port_field a connections)" = 1 ] || fail "port a was touched by the reload"
 kill -0 "$PA" || fail "a's pktgen lost its connection in the reload"
