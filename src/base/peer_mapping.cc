@@ -17,8 +17,8 @@ namespace {
 // Live or Poisoned -> Free (Unregister).
 enum : uint32_t { kFree, kFilling, kLive, kReplacing, kPoisoned };
 
-// One frontend maps at most GuestMemory::kMaxRegions (509) regions; this serves a few dozen
-// frontends at their maximum, and hundreds as QEMU and DPDK use it (a handful each).
+// One frontend maps at most 64 regions (vhost::kMaxMemSlots); this serves 256 frontends at
+// their maximum, and thousands as QEMU and DPDK use it (a handful each).
 constexpr size_t kSlots = 16384;
 
 struct Slot {
@@ -32,18 +32,13 @@ std::atomic<uint64_t> g_faults{0};
 struct sigaction g_previous;
 std::once_flag g_install;
 
-// Replaces [start, start + len) with anonymous memory; the length is rounded up to the page
-// size, and to the huge page sizes if the mapping is a hugetlbfs one (mmap refuses to split it
-// elsewhere).
+// Replaces exactly [start, start + len), the extent registered (GuestMemory::MapRegion rounds
+// it to the mapping's page size, huge pages included), with anonymous memory. Never more: a
+// larger range could take a neighbouring mapping with it.
 bool Replace(uintptr_t start, size_t len) {
-  static constexpr size_t kPageSizes[] = {4096, 2u << 20, 1u << 30};
-  for (size_t page : kPageSizes) {
-    const size_t rounded = (len + page - 1) & ~(page - 1);
-    void* p = ::mmap(reinterpret_cast<void*>(start), rounded, PROT_READ | PROT_WRITE,
-                     MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p != MAP_FAILED) return true;
-  }
-  return false;
+  void* p = ::mmap(reinterpret_cast<void*>(start), len, PROT_READ | PROT_WRITE,
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p != MAP_FAILED;
 }
 
 void OnSigbus(int sig, siginfo_t* info, void* ctx) {
@@ -52,10 +47,18 @@ void OnSigbus(int sig, siginfo_t* info, void* ctx) {
   for (Slot& s : g_slots) {
     uint32_t st = s.state.load(std::memory_order_acquire);
     if (st != kLive && st != kReplacing && st != kPoisoned) continue;
-    const uintptr_t start = s.start.load(std::memory_order_relaxed);
+    uintptr_t start = s.start.load(std::memory_order_relaxed);
     if (a < start || a - start >= s.len.load(std::memory_order_relaxed)) continue;
     if (st == kLive && s.state.compare_exchange_strong(st, kReplacing, std::memory_order_acq_rel)) {
-      const bool ok = Replace(start, s.len.load(std::memory_order_relaxed));
+      // Ours now (Unregister waits while it is kReplacing): read the extent again, it is the
+      // one registered and cannot change under us.
+      start = s.start.load(std::memory_order_relaxed);
+      const size_t len = s.len.load(std::memory_order_relaxed);
+      if (a < start || a - start >= len) {
+        s.state.store(kLive, std::memory_order_release);
+        break;
+      }
+      const bool ok = Replace(start, len);
       s.state.store(ok ? kPoisoned : kLive, std::memory_order_release);
       if (!ok) break;  // cannot recover: as if unprotected
       g_faults.fetch_add(1, std::memory_order_relaxed);
@@ -122,9 +125,13 @@ int RegisterPeerMapping(void* addr, size_t len, int notify_fd) {
 void UnregisterPeerMapping(int handle) {
   if (handle < 0) return;
   Slot& s = g_slots[handle];
-  while (s.state.load(std::memory_order_acquire) == kReplacing) {
+  // Free it only from a settled state: a handler replacing the mapping finishes first (else it
+  // could map over whatever takes the range after our munmap).
+  for (;;) {
+    uint32_t st = s.state.load(std::memory_order_acquire);
+    if (st == kReplacing) continue;
+    if (s.state.compare_exchange_weak(st, kFree, std::memory_order_acq_rel)) return;
   }
-  s.state.store(kFree, std::memory_order_release);
 }
 
 bool PeerMappingPoisoned(int handle) {

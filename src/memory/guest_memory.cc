@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include "base/fd_reaper.h"
+
 #include <algorithm>
 #include <string>
 
@@ -80,6 +82,12 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd, int f
   // on first touch, so the region must lie inside the file as it is now. A frontend that
   // shrinks its file afterwards makes the next access fault: the mapping is a peer mapping,
   // recovered (base/peer_mapping.h) and reported through fault_fd.
+  // Only memory the kernel holds (shmem: memfd, tmpfs; hugetlbfs): a file on a disk or a FUSE
+  // mount would make every access (and this fstat) wait on its filesystem, and its owner.
+  if (!IsMemoryFile(fd)) {
+    if (errno == EBADF) return Error::FromErrno("memory region: fd " + std::to_string(fd));
+    return Error("memory region: fd " + std::to_string(fd) + " is not a memfd, tmpfs or hugetlbfs file");
+  }
   struct stat st;
   if (::fstat(fd, &st) < 0) return Error::FromErrno("memory region: fstat of fd " + std::to_string(fd));
   if (!S_ISREG(st.st_mode)) {
@@ -95,7 +103,17 @@ Result<GuestRegion> GuestMemory::MapRegion(const RegionSpec& spec, int fd, int f
   if ((align & (align - 1)) != 0) align = 4096;
   const uint64_t map_off = spec.mmap_offset & ~(align - 1);
   const uint64_t lead = spec.mmap_offset - map_off;
-  auto m = MappedRegion::MapPeerFd(fd, map_off, lead + spec.size, fault_fd);
+  // The mapping's length is rounded up to the block size too: munmap of a hugetlbfs mapping
+  // fails unless its length is a multiple of the huge page size (an unaligned region stayed
+  // mapped for ever, and a frontend could leak mappings until mmap failed for everyone). The
+  // file's size is a multiple of it, so the rounded mapping still lies inside the file.
+  uint64_t view_len = lead + spec.size;
+  if (view_len > UINT64_MAX - (align - 1)) return Error("memory region: size " + Hex(spec.size) + " too large");
+  view_len = (view_len + align - 1) & ~(align - 1);
+  if (map_off + view_len > ((static_cast<uint64_t>(st.st_size) + align - 1) & ~(align - 1))) {
+    view_len = lead + spec.size;  // a file not sized in blocks (never hugetlbfs): map exactly
+  }
+  auto m = MappedRegion::MapPeerFd(fd, map_off, view_len, fault_fd);
   if (!m) return m.error().Wrap("memory region at guest_phys_addr " + Hex(spec.guest_phys_addr));
   auto mapping = std::make_shared<const MappedRegion>(std::move(*m));
   GuestRegion r;

@@ -53,9 +53,14 @@ void Worker::Stop() {
 
 void Worker::Pause() {
   if (depth_++ > 0 || !started_) return;
+  std::unique_lock lock(mu_);
+  // The worker must have left the previous pause first; it then runs one whole round before
+  // it can pause again. Without this, a Pause right after a Resume found the worker still
+  // "paused" and returned at once, and a frontend sending pausing requests back to back
+  // (SEND_RARP, SET_VRING_CALL: one pause each) kept every worker paused (review of issue 17).
+  cv_.wait(lock, [this] { return !paused_; });
   pause_req_.store(true, std::memory_order_release);
   wake_.Signal();
-  std::unique_lock lock(mu_);
   cv_.wait(lock, [this] { return paused_; });
 }
 
@@ -76,6 +81,7 @@ void Worker::MaybePause() {
   cv_.notify_all();
   cv_.wait(lock, [this] { return !pause_req_.load(std::memory_order_acquire); });
   paused_ = false;
+  cv_.notify_all();  // a Pause waiting for the end of the previous one
 }
 
 void Worker::Sleep() {

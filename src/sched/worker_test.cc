@@ -86,6 +86,28 @@ TEST(Worker, PauseReturnsBetweenPollsAndNothingIsPolledUntilResume) {
   w.Stop();
 }
 
+// Review of issue 17: a Pause right after a Resume returned before the worker had run again,
+// so a frontend sending pausing requests back to back kept every worker paused. Now every
+// pause/resume cycle lets the worker run at least one round.
+TEST(Worker, BackToBackPausesLetTheWorkerRunARoundEachTime) {
+  FakeForwarder f;
+  f.pending.store(1 << 30);  // busy: a round is a Poll
+  Worker w("w", -1, 100);
+  w.Add(&f);
+  ASSERT_TRUE(w.Start());
+  ASSERT_TRUE(WaitFor([&] { return f.polls.load() > 0; }));
+  constexpr uint64_t kCycles = 2000;
+  const uint64_t before = f.polls.load();
+  for (uint64_t i = 0; i < kCycles; ++i) {
+    w.Pause();
+    w.Resume();
+  }
+  w.Pause();  // the last cycle's round is done once this returns
+  EXPECT_GE(f.polls.load() - before, kCycles);
+  w.Resume();
+  w.Stop();
+}
+
 TEST(Worker, IdleWorkerSleepsOnTheKickFdAndAKickWakesIt) {
   FakeForwarder f;
   f.kick_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -5,12 +5,19 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
+#include "base/fd_reaper.h"
 #include "tests/support/vhost_peer.h"
 #include "virtio/features.h"
 
@@ -343,18 +350,72 @@ TEST_F(Session, ResetClosesEveryFdAndMapping) {
 }
 
 TEST_F(Session, CallFdMustBeAnEventfd) {
-  // A pipe that nobody reads would block the worker on its 8193rd interrupt (review finding).
-  int p[2];
-  ASSERT_EQ(::pipe(p), 0);
-  peer_.Send(Request::kSetVringCall, uint64_t{0}, {p[1]});
+  // A memory file passes the channel (it takes eventfds and memory files) but is no doorbell.
+  int m = ::memfd_create("not-a-doorbell", MFD_CLOEXEC);
+  ASSERT_GE(m, 0);
+  peer_.Send(Request::kSetVringCall, uint64_t{0}, {m});
   EXPECT_EQ(PumpError(), "SET_VRING_CALL: queue 0: the fd is not an eventfd");
-  ::close(p[0]);
-  ::close(p[1]);
+  ::close(m);
   int efd = ::eventfd(0, EFD_CLOEXEC);  // blocking: made non-blocking
   peer_.Send(Request::kSetVringCall, uint64_t{0}, {efd});
   ASSERT_TRUE(Pump());
   EXPECT_TRUE(::fcntl(efd, F_GETFL) & O_NONBLOCK);
   ::close(efd);
+}
+
+// Review of issue 17: a frontend could hand us an fd whose close() waits on it — a TCP socket
+// with unsent data and SO_LINGER, a file on its FUSE mount — and the control thread closed it
+// when it refused the message, and waited. The channel keeps only eventfds and memory files;
+// anything else is refused and closed on another thread. A pipe (which nobody reads, and a
+// worker's write to it would block) is refused there too.
+TEST(ForeignFds, AreRefusedAndClosedOffTheControlThread) {
+  // A lingering socket: connected over TCP to a listener that never accepts nor reads, its
+  // send buffer full, SO_LINGER 3 s. Its last close() waits up to 3 s for the data to go.
+  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t alen = sizeof a;
+  ASSERT_EQ(::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&a), &alen), 0);
+  int small = 4096;
+  ASSERT_EQ(::setsockopt(listener.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+  ASSERT_EQ(::listen(listener.get(), 1), 0);
+  int tcp = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_EQ(::setsockopt(tcp, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+  ASSERT_EQ(::connect(tcp, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::fcntl(tcp, F_SETFL, O_NONBLOCK), 0);
+  std::vector<char> junk(1 << 16, 'x');
+  while (::send(tcp, junk.data(), junk.size(), MSG_NOSIGNAL) > 0) {
+  }
+  const linger l{1, 3};
+  ASSERT_EQ(::setsockopt(tcp, SOL_SOCKET, SO_LINGER, &l, sizeof l), 0);
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+
+  VhostPeer peer;
+  NoWorker worker;
+  BackendSession session(BackendConfig{}, &worker);
+  peer.Send(Request::kSetVringCall, uint64_t{0}, {tcp});
+  ::close(tcp);  // ours is now the last reference
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = peer.Pump(session);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message(),
+            "vhost-user message carries 1 file descriptor(s) that are neither eventfds nor memory files "
+            "(memfd, tmpfs, hugetlbfs)");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2)) << "the control thread waited";
+
+  VhostPeer peer2;
+  peer2.Send(Request::kSetVringCall, uint64_t{0}, {p[1]});
+  auto r2 = peer2.Pump(session);
+  ASSERT_FALSE(r2);
+  EXPECT_NE(r2.error().message().find("neither eventfds nor memory files"), std::string::npos);
+  ::close(p[0]);
+  ::close(p[1]);
+  // The background closes finish (the socket's after its linger time).
+  for (int i = 0; i < 2000 && FdsWaitingToClose() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(FdsWaitingToClose(), 0u);
 }
 
 TEST_F(Session, PackedBaseFromQemuCarriesBothHalves) {

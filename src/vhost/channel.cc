@@ -6,14 +6,17 @@
 
 #include <string>
 
+#include "base/fd_reaper.h"
+
 namespace nicmux::vhost {
 
 Channel::Channel(UniqueFd sock) : sock_(std::move(sock)) {}
 
 Result<size_t> Channel::ReadSome(std::byte* dst, size_t len) {
-  // Room for more fds than we accept, so an excess is seen (and closed) rather than silently
-  // truncated by the kernel.
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * (kMaxFds + 8))];
+  // Room for as many fds as one message can carry (SCM_MAX_FD, 253), so that every fd a peer
+  // sends becomes ours to refuse: fds that do not fit are released by the kernel on our
+  // thread, and the release of one (a lingering socket) could hold it.
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 253)];
   iovec iov{dst, len};
   msghdr mh{};
   mh.msg_iov = &iov;
@@ -21,6 +24,7 @@ Result<size_t> Channel::ReadSome(std::byte* dst, size_t len) {
   mh.msg_control = control;
   mh.msg_controllen = sizeof control;
   ssize_t n = ::recvmsg(sock_.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  size_t foreign_fds = 0;
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return size_t{0};
     if (errno == EINTR) return size_t{0};
@@ -32,8 +36,20 @@ Result<size_t> Channel::ReadSome(std::byte* dst, size_t len) {
     for (size_t i = 0; i < count; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      cur_.fds.emplace_back(fd);  // owned from here on, closed on any error path
+      // UNTRUSTED: the fd. vhost-user hands over eventfds and memory files only; anything else
+      // is refused, and closed on another thread (its close could wait on the peer: a socket
+      // with SO_LINGER, a FUSE file). What is kept closes without waiting.
+      if (IsEventFd(fd) || IsMemoryFile(fd)) {
+        cur_.fds.emplace_back(fd);  // owned from here on, closed on any error path
+      } else {
+        CloseInBackground(fd);
+        ++foreign_fds;
+      }
     }
+  }
+  if (foreign_fds > 0) {
+    return Error("vhost-user message carries " + std::to_string(foreign_fds) +
+                 " file descriptor(s) that are neither eventfds nor memory files (memfd, tmpfs, hugetlbfs)");
   }
   if (mh.msg_flags & MSG_CTRUNC) return Error("vhost-user message carries too many file descriptors");
   if (cur_.fds.size() > kMaxFds) {
