@@ -270,6 +270,16 @@ void VhostUserPort::Notify(DeviceQueue& dq) {
   if (!dq.Call()) NotePeerBlocked();
 }
 
+std::string VhostUserPort::State() const {
+  if (connected()) return "connected";
+  const uint64_t now = MonotonicNowNs();
+  if (now < quarantine_until_ns_) {
+    return "quarantined (" + std::to_string((quarantine_until_ns_ - now) / 1000000) + " ms left, " +
+           std::to_string(hostile_disconnects_) + " hostile disconnects)";
+  }
+  return "waiting";
+}
+
 bool VhostUserPort::InQuarantine() {
   const uint64_t now = MonotonicNowNs();
   if (now >= quarantine_until_ns_) return false;

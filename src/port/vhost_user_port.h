@@ -73,7 +73,9 @@ class VhostUserPort final : public Port {
   const vhost::BackendSession& session() const { return session_; }
   // Drop counters of the queues, summed (rings' reasons plus the port's own).
   uint64_t DropsFor(DropReason r) const override;
-  std::string State() const override { return connected() ? "connected" : "waiting"; }
+  // "connected", "waiting", or "quarantined (N ms left, M hostile disconnects)" after a
+  // frontend attacked the daemon.
+  std::string State() const override;
 
  private:
   VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);

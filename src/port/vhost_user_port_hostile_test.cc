@@ -145,6 +145,7 @@ TEST_F(HostileFrontend, CallEventfdMadeBlockingCostsItsConnectionNotTheWorker) {
     EXPECT_TRUE(WaitFor([&] { return port_->hostile_disconnects() == hostile_before + 1; }));
     EXPECT_TRUE(WaitFor([&] { return !port_->connected(); }));
     EXPECT_GE(PeerIoInterrupts(), 1u);
+    EXPECT_EQ(port_->State().rfind("quarantined (", 0), 0u) << port_->State();
     f.reset();
     // Quarantine: the next frontend is refused for a while (1 s the first time, then 2 s):
     // its connection is accepted and closed at once, never attached (not a failure to
