@@ -70,7 +70,7 @@ class PortFixture : public ::testing::Test {
   }
   // Waits until the port has seen `n` connections and is disconnected again.
   void WaitIdle(uint64_t n) {
-    for (int i = 0; i < 2000 && !(port_->connections() >= n && !port_->connected()); ++i) {
+    for (int i = 0; i < 20000 && !(port_->connections() >= n && !port_->connected()); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     ASSERT_GE(port_->connections(), n);
@@ -361,7 +361,7 @@ TEST(VhostUserPortMaxMemory, AFrontendOverThePortsBoundIsRefusedOneAtItIsServed)
   // Our frontend's memory: rings and buffers of 2 queue pairs of 64, rounded up to 2 MiB.
   auto refused = vhost::Frontend::Create(Config(dir + "/small.sock", false));
   auto served = vhost::Frontend::Create(Config(dir + "/fits.sock", false));
-  for (int k = 0; k < 2000 && (*small)->connected(); ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int k = 0; k < 20000 && (*small)->connected(); ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   stop.store(true);
   loop.join();
   const std::string out = testing::internal::GetCapturedStderr();
