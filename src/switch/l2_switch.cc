@@ -144,7 +144,6 @@ Result<std::vector<uint64_t>> ParseAllowedMacs(const std::string& port, const st
 L2Switch::L2Switch(const SwitchOptions& o)
     : clock_ns_(o.clock_ns), macs_(o.mac_table_size, o.mac_aging_s), start_ns_(NowNs()) {
   static_assert(SwitchWorker::Hold{}.credit_ns == kMaxStallNs, "a destination starts with a whole hold credit");
-  static_assert(SwitchWorker::Hold{}.taken == kTakenToRestore, "a destination starts caught up");
   NICMUX_CHECK(o.workers >= 1 && o.workers <= 64);
   for (uint32_t i = 0; i < o.workers; ++i) workers_.push_back(std::make_unique<SwitchWorker>(this, i));
 }
@@ -469,18 +468,20 @@ uint32_t SwitchWorker::Cut(uint32_t q, uint32_t n) {
         Settle(h, now);
         h.holding = false;
       }
-      // A destination that has caught up (kTakenToRestore packets in a row taken without
-      // being short, as a receiver that was off the CPU does when it runs and refills its
-      // ring) has its whole credit back; a trickle of refills (a few buffers now and then)
-      // never gets there.
-      if (h.taken < L2Switch::kTakenToRestore &&
-          (h.taken += plan.count[d]) >= L2Switch::kTakenToRestore) {
-        h.credit_ns = L2Switch::kMaxStallNs;
-        h.congested = false;
+      // Credit is earned by taking packets: kTakenToRestore of them since the credit was last
+      // spent give it all back. A receiver that was off the CPU drains its senders' backlog
+      // when it runs and earns it at once; one that refills a few buffers now and then (to
+      // hold its senders) earns 50 ms of holding per 256 packets it really takes. Counted
+      // only while the credit is not whole (never while traffic simply fits).
+      if (h.credit_ns < L2Switch::kMaxStallNs || h.congested) {
+        if ((h.taken += plan.count[d]) >= L2Switch::kTakenToRestore) {
+          h.taken = 0;
+          h.credit_ns = L2Switch::kMaxStallNs;
+          h.congested = false;
+        }
       }
       continue;
     }
-    hold_[d].taken = 0;
     if (now == 0) now = sw_->NowNs();
     if (!MayHold(hold_[d], now)) continue;  // congested: what does not fit is dropped
     may_hold[k] = true;

@@ -23,11 +23,10 @@
 // a slow destination has no room for in front of them are dropped (queue_full). A source
 // whose whole batch is for slow destinations is held, its later frames waiting in its own
 // ring, within each destination's hold credit (kMaxStallNs at a time, refilled at
-// 1/kHoldRefillDiv of the time, and whole again once the destination has caught up:
-// kTakenToRestore packets taken without being short): past it the destination is congested and what
-// does not fit is dropped. A trickle refill restores nothing, so a dribbling guest cannot delay
-// anyone for more than 50 ms at a time, and only for as long as it takes 256 packets after
-// each hold.
+// 1/kHoldRefillDiv of the time, and whole again each time the destination has taken
+// kTakenToRestore packets): past it the destination is congested and what
+// does not fit is dropped. A trickle refill earns little, so a dribbling guest cannot delay
+// anyone for more than 50 ms at a time, and for 50 ms per 256 packets it takes.
 //
 // Threads: workers each poll their share of source queues (port id + queue) % workers; a packet
 // from source queue q goes to destination queue q % (its queues), so a guest's flows spread over
@@ -177,7 +176,7 @@ class SwitchWorker final : public Forwarder {
     bool congested = false;  // its credit ran out: no hold until the credit is whole again
     uint64_t credit_ns = 50'000'000;  // hold time left as of at_ns (L2Switch::kMaxStallNs)
     uint64_t at_ns = 0;               // when credit_ns was settled (0: never)
-    uint32_t taken = 256;  // packets taken since it was last short (L2Switch::kTakenToRestore)
+    uint32_t taken = 0;  // packets taken since its credit was last restored
   };
   bool MayHold(Hold& h, uint64_t now_ns) const;
   void Settle(Hold& h, uint64_t now_ns) const;
@@ -202,12 +201,12 @@ class L2Switch {
   // The credit refills at 1/kHoldRefillDiv of the time not spent holding (50 ms per second):
   // in the long run a destination holds its senders for at most 1/kHoldRefillDiv of the time.
   static constexpr uint64_t kHoldRefillDiv = 20;
-  // Packets a destination must take without being short in between (it has caught up) to
-  // have its whole hold credit back at once. A receiver that was descheduled drains its
-  // senders' backlog when it runs and gets there; one that refills a few buffers now and then
-  // (to hold its senders) does not. Without this, receivers starved of CPU on a busy host ran
-  // out of credit and lost frames the switch used to hold (integration.switch_control under
-  // stress-ng --cpu 2: 6048 of 20000 lost).
+  // Packets a destination must take to have its whole hold credit back: holding is earned by
+  // receiving. A receiver that was descheduled drains its senders' backlog when it runs and
+  // earns it at once; one that refills a few buffers now and then (to hold its senders) earns
+  // 50 ms per 256 packets it really takes. Without this, receivers starved of CPU on a busy
+  // host ran out of credit and lost frames the switch used to hold (integration.switch_control
+  // under stress-ng --cpu 2: 6048 of 20000 lost).
   static constexpr uint32_t kTakenToRestore = 256;
 
   explicit L2Switch(const SwitchOptions& o);

@@ -368,10 +368,10 @@ TEST(L2Switch, TrickleRefillDoesNotRestoreTheHoldCredit) {
   EXPECT_EQ(f.port(1).sent().size(), before + 10);
 }
 
-// A receiver starved of CPU (a busy host) is held for, then catches up when it runs: it gets
-// its whole hold credit back at once, and the next starvation loses nothing either. Before,
-// the credit came back only at 1/20 of the time, and such receivers lost frames the switch
-// used to hold (integration.switch_control under stress-ng --cpu 2: 6048 of 20000).
+// A receiver starved of CPU (a busy host) is held for, then catches up when it runs: taking
+// the backlog earns its whole hold credit back, and the next starvation loses nothing either.
+// Before, the credit came back only at 1/20 of the time, and such receivers lost frames the
+// switch used to hold (integration.switch_control under stress-ng --cpu 2: 6048 of 20000).
 TEST(L2Switch, AReceiverThatCatchesUpHasItsHoldCreditBack) {
   Fixture f(2, {}, FakeClock());  // 0: A sends, 1: B receives
   f.port(1).Inject(MakeFrame(kBroadcast, kB));
