@@ -482,8 +482,17 @@ uint32_t SwitchWorker::Cut(uint32_t q, uint32_t n) {
       }
       continue;
     }
+    // The packets it has room for go now: they earn credit too (a receiver that is the
+    // bottleneck is short at every batch and still takes everything it can).
+    Hold& h = hold_[d];
+    if (room > 0 && (h.credit_ns < L2Switch::kMaxStallNs || h.congested) &&
+        (h.taken += static_cast<uint32_t>(room)) >= L2Switch::kTakenToRestore) {
+      h.taken = 0;
+      h.credit_ns = L2Switch::kMaxStallNs;
+      h.congested = false;
+    }
     if (now == 0) now = sw_->NowNs();
-    if (!MayHold(hold_[d], now)) continue;  // congested: what does not fit is dropped
+    if (!MayHold(h, now)) continue;  // congested: what does not fit is dropped
     may_hold[k] = true;
     hold_at = std::min<uint32_t>(hold_at, plan.group[d][room]);
   }
