@@ -269,6 +269,14 @@ bool SwitchWorker::MayHold(Hold& h, uint64_t now_ns) const {
   return true;
 }
 
+void SwitchWorker::Earn(Hold& h, uint32_t taken) const {
+  if (h.credit_ns == L2Switch::kMaxStallNs && !h.congested) return;  // whole: nothing to count
+  if ((h.taken += taken) < L2Switch::kTakenToRestore) return;
+  h.taken = 0;
+  h.credit_ns = L2Switch::kMaxStallNs;
+  h.congested = false;
+}
+
 void SwitchWorker::Settle(Hold& h, uint64_t now_ns) const {
   const uint64_t dt = h.at_ns != 0 && now_ns > h.at_ns ? now_ns - h.at_ns : 0;
   if (h.holding) {
@@ -473,24 +481,13 @@ uint32_t SwitchWorker::Cut(uint32_t q, uint32_t n) {
       // when it runs and earns it at once; one that refills a few buffers now and then (to
       // hold its senders) earns 50 ms of holding per 256 packets it really takes. Counted
       // only while the credit is not whole (never while traffic simply fits).
-      if (h.credit_ns < L2Switch::kMaxStallNs || h.congested) {
-        if ((h.taken += plan.count[d]) >= L2Switch::kTakenToRestore) {
-          h.taken = 0;
-          h.credit_ns = L2Switch::kMaxStallNs;
-          h.congested = false;
-        }
-      }
+      Earn(h, plan.count[d]);
       continue;
     }
     // The packets it has room for go now: they earn credit too (a receiver that is the
     // bottleneck is short at every batch and still takes everything it can).
     Hold& h = hold_[d];
-    if (room > 0 && (h.credit_ns < L2Switch::kMaxStallNs || h.congested) &&
-        (h.taken += static_cast<uint32_t>(room)) >= L2Switch::kTakenToRestore) {
-      h.taken = 0;
-      h.credit_ns = L2Switch::kMaxStallNs;
-      h.congested = false;
-    }
+    Earn(h, static_cast<uint32_t>(room));
     if (now == 0) now = sw_->NowNs();
     if (!MayHold(h, now)) continue;  // congested: what does not fit is dropped
     may_hold[k] = true;

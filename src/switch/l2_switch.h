@@ -180,6 +180,8 @@ class SwitchWorker final : public Forwarder {
   };
   bool MayHold(Hold& h, uint64_t now_ns) const;
   void Settle(Hold& h, uint64_t now_ns) const;
+  // Packets the destination took: kTakenToRestore of them make a spent credit whole again.
+  void Earn(Hold& h, uint32_t taken) const;
   std::array<Hold, 256> hold_{};
   // Drops, floods and unlearned sources by ingress port (this worker is their one writer).
   struct PortCounters {

@@ -1,5 +1,7 @@
 #include "vhost/backend_session.h"
 
+#include "base/fd_reaper.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -37,12 +39,7 @@ std::string SizeString(uint64_t v) {
 }
 
 Result<void> CheckEventFd(int fd, uint32_t queue) {
-  char path[64], target[64] = {};
-  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-  ssize_t n = ::readlink(path, target, sizeof target - 1);
-  if (n <= 0 || std::string_view(target, static_cast<size_t>(n)) != "anon_inode:[eventfd]") {
-    return Error("queue " + std::to_string(queue) + ": the fd is not an eventfd");
-  }
+  if (!IsEventFd(fd)) return Error("queue " + std::to_string(queue) + ": the fd is not an eventfd");
   int fl = ::fcntl(fd, F_GETFL);
   if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return Error::FromErrno("fcntl O_NONBLOCK");
   return Ok();
