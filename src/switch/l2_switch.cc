@@ -202,7 +202,8 @@ void L2Switch::Tick() {
   }
   // A port whose peer went away (and maybe came back) since the last tick: the stations behind
   // it are gone, and traffic to them would be sent into a dead port until aging. Forgotten,
-  // they are flooded to (and learned again wherever they show up).
+  // they are flooded to (and learned again wherever they show up). What a new peer announced
+  // before this tick was learned in the new epoch and stays (MacTable::FlushPortBefore).
   for (uint16_t id = 0; id < num_ids_; ++id) {
     const Port* p = ports_[id].port;
     if (p == nullptr) continue;
@@ -212,7 +213,7 @@ void L2Switch::Tick() {
     size_t n;
     {
       std::lock_guard lock(macs_.lock());
-      n = macs_.FlushPort(id);
+      n = macs_.FlushPortBefore(id, static_cast<uint16_t>(g));
     }
     if (n) NICMUX_LOG(kInfo, "port %s: its peer went away; %zu MAC address(es) forgotten", p->name().c_str(), n);
   }
@@ -380,7 +381,7 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
       *why = DropReason::kMacNotAllowed;
       return false;
     }
-    const MacTable::LearnResult r = t.Learn(smac, vid, src, now_s);
+    const MacTable::LearnResult r = t.Learn(smac, vid, src, now_s, memo.epoch);
     memo.learned = skey;
     memo.learned_over_limit = r == MacTable::LearnResult::kPortFull;
     // (kPortFull may have forgotten a station that moved here.)
@@ -522,6 +523,8 @@ void SwitchWorker::CountDecided(PortCounters& cnt, uint32_t cut) {
 void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   Port* sp = sw_->ports_[src].port;
   batch_.Clear();
+  // Read before the burst: a frame of a peer that went away must not be learned as the new one's.
+  const auto epoch = static_cast<uint16_t>(sp->link_generation());
   const size_t n = sp->Rx(q, batch_, kBurst);
   if (n == 0) {
     sp->RxDone(q, batch_, 0);
@@ -539,6 +542,7 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   {
     std::lock_guard lock(sw_->macs_.lock());
     BatchMemo memo;
+    memo.epoch = epoch;
     for (uint32_t i = 0; i < n; ++i) {
       int dst = kDrop;
       uint16_t vid = 0;

@@ -152,6 +152,7 @@ class SwitchWorker final : public Forwarder {
     bool learned_over_limit = false;  // (for `learned`) not learned: the port's mac_limit
     uint64_t looked = ~0ull;
     int looked_port = -1;
+    uint16_t epoch = 0;  // the source port's link generation (low bits) for MacTable::Learn
   };
   struct PortCounters;
   void Forward(uint16_t src, uint32_t q, WorkDone* w);

@@ -455,6 +455,41 @@ TEST(L2Switch, PeerGoneForgetsItsMacs) {
   EXPECT_EQ(f.sw.MacsOf(f.ids[1]), 1u);
 }
 
+// The peer went away and a new one announced itself before the switch's next tick (the CI
+// failure of stop 19: switch_control's pktgen reconnected and announced 90 ms after its old
+// connection closed, and the tick forgot the new announcement with the old stations). What was
+// learned before the disconnect is forgotten; what the new peer announced stays.
+TEST(L2Switch, PeerGoneKeepsWhatTheNewPeerAnnounced) {
+  Fixture f(3);
+  constexpr MacAddr kOld = 0x0200000000f1;
+  f.port(1).Inject(MakeFrame(kBroadcast, kOld));
+  f.Run(1);
+  f.sw.Tick();
+  EXPECT_EQ(f.sw.MacsOf(f.ids[1]), 1u);
+  f.port(1).Disconnect();
+  f.port(1).Inject(MakeFrame(kBroadcast, kB));  // the new peer, before the tick
+  f.Run(1);
+  EXPECT_EQ(f.sw.MacsOf(f.ids[1]), 2u);
+  f.sw.Tick();
+  std::lock_guard lock(f.sw.macs().lock());
+  EXPECT_EQ(f.sw.macs().Lookup(kOld, 0, f.sw.now_s()), -1) << "the old peer's station is forgotten";
+  EXPECT_EQ(f.sw.macs().Lookup(kB, 0, f.sw.now_s()), f.ids[1]) << "the new peer's announcement stays";
+}
+
+// A station learned before a disconnect and heard again from the new peer before the tick is
+// the new peer's (its epoch is refreshed), and stays too.
+TEST(L2Switch, PeerGoneKeepsAStationHeardAgain) {
+  Fixture f(3);
+  f.port(1).Inject(MakeFrame(kBroadcast, kB));
+  f.Run(1);
+  f.sw.Tick();
+  f.port(1).Disconnect();
+  f.port(1).Inject(MakeFrame(kBroadcast, kB));
+  f.Run(1);
+  f.sw.Tick();
+  EXPECT_EQ(f.sw.MacsOf(f.ids[1]), 1u);
+}
+
 // mac_limit: a port learns at most that many source MACs; beyond, frames are still forwarded
 // (flooded back to, as an unknown station would be) and counted; other ports still learn.
 TEST(L2Switch, MacLimitPerPort) {

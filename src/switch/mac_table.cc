@@ -25,7 +25,8 @@ int MacTable::Lookup(MacAddr mac, uint16_t vid, uint32_t now_s) const {
   }
 }
 
-MacTable::LearnResult MacTable::Learn(MacAddr mac, uint16_t vid, uint16_t port, uint32_t now_s) {
+MacTable::LearnResult MacTable::Learn(MacAddr mac, uint16_t vid, uint16_t port, uint32_t now_s,
+                                      uint16_t epoch) {
   NICMUX_CHECK(port < kMaxPorts);
   const uint64_t key = Key(mac, vid);
   size_t i = Home(key);
@@ -36,6 +37,7 @@ MacTable::LearnResult MacTable::Learn(MacAddr mac, uint16_t vid, uint16_t port, 
     if (s.port == port) {
       // Writes only when something changed: a refresh per second, not per packet.
       if (s.seen_s != now_s) s.seen_s = now_s;
+      if (s.epoch != epoch) s.epoch = epoch;
       return LearnResult::kKnown;
     }
     // The station moved (a VM migrated, a cable re-plugged), to a port that may be full: then
@@ -47,6 +49,7 @@ MacTable::LearnResult MacTable::Learn(MacAddr mac, uint16_t vid, uint16_t port, 
     --port_size_[s.port];
     ++port_size_[port];
     s.port = port;
+    s.epoch = epoch;
     s.seen_s = now_s;
     moves_.Add();
     return LearnResult::kMoved;
@@ -56,7 +59,7 @@ MacTable::LearnResult MacTable::Learn(MacAddr mac, uint16_t vid, uint16_t port, 
     full_.Add();
     return LearnResult::kFull;
   }
-  slots_[i] = {key, port, now_s};
+  slots_[i] = {key, port, epoch, now_s};
   ++size_;
   ++port_size_[port];
   return LearnResult::kNew;
@@ -103,6 +106,10 @@ size_t MacTable::EraseIf(Pred pred) {
 
 size_t MacTable::FlushPort(uint16_t port) {
   return EraseIf([port](const Slot& s) { return s.port == port; });
+}
+
+size_t MacTable::FlushPortBefore(uint16_t port, uint16_t epoch) {
+  return EraseIf([port, epoch](const Slot& s) { return s.port == port && s.epoch != epoch; });
 }
 
 size_t MacTable::Flush() {

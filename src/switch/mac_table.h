@@ -55,8 +55,13 @@ class MacTable {
 
   // All under lock().
   int Lookup(MacAddr mac, uint16_t vid, uint32_t now_s) const;  // port, or -1
-  LearnResult Learn(MacAddr mac, uint16_t vid, uint16_t port, uint32_t now_s);
+  // `epoch`: the low bits of the port's link generation (Port::link_generation) when the
+  // packet was received; FlushPortBefore forgets only what was learned in older epochs.
+  LearnResult Learn(MacAddr mac, uint16_t vid, uint16_t port, uint32_t now_s, uint16_t epoch = 0);
   size_t FlushPort(uint16_t port);
+  // Forgets what `port` learned in an epoch other than `epoch`: the stations behind a peer that
+  // went away, but not those its new peer announced before the switch noticed the change.
+  size_t FlushPortBefore(uint16_t port, uint16_t epoch);
   size_t Flush();
   size_t Age(uint32_t now_s);
   std::vector<Entry> Dump(uint32_t now_s) const;
@@ -77,6 +82,7 @@ class MacTable {
   struct Slot {
     uint64_t key = 0;  // kValid | vid << 48 | mac; 0 = empty
     uint16_t port = 0;
+    uint16_t epoch = 0;  // see Learn
     uint32_t seen_s = 0;
   };
   static constexpr uint64_t kValid = 1ull << 63;
