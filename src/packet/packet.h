@@ -13,8 +13,8 @@
 #include <span>
 
 #include "base/check.h"
-#include "virtio/desc_chain.h"
-#include "virtio/net_hdr.h"
+#include "packet/offload.h"
+#include "packet/segment.h"
 
 namespace nicmux {
 
@@ -24,13 +24,13 @@ inline constexpr uint32_t kHeadBytes = 64;
 inline constexpr uint32_t kHeadRoomBytes = kHeadBytes + 4;
 
 struct PacketRef {
-  const virtio::ChainSegment* segs = nullptr;  // the source's segments (not owned)
+  const Segment* segs = nullptr;  // the source's segments (not owned)
   uint16_t nsegs = 0;
   uint16_t seg = 0;        // where the bytes after the head start: segment and offset
   uint32_t seg_off = 0;
-  uint32_t len = 0;        // frame bytes, without any virtio-net header
+  uint32_t len = 0;        // frame bytes, without any port's metadata header
   uint32_t head_len = 0;   // min(len, kHeadBytes) as received; the switch may add or remove a tag
-  virtio::VirtioNetHdrV1 vnet{};  // the source's virtio-net header (offload fields)
+  Offload offload;         // checksum and segmentation requests, translated by the source port
   alignas(16) std::byte head[kHeadRoomBytes];
 
   std::span<const std::byte> headers() const { return {head, head_len}; }
@@ -57,13 +57,24 @@ class Batch {
   uint32_t count_ = 0;
 };
 
-// Fills p from a device-readable chain that starts with a virtio-net header of net_hdr_len
-// bytes. False when the chain is shorter than the header (a bad frame). read_vnet: take the
-// header's offload fields; false where no offload was negotiated (the header then means
-// nothing, §5.1.6.2), and its bytes are not even read (they sit in a cache line of their own
-// that the other core has just written).
-bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p,
-                     bool read_vnet = true);
+// Fills p over one flat buffer of len frame bytes at data (a TAP slot, a virtio-user buffer,
+// a UMEM frame, a test's vector): *seg is the segment p names (the caller keeps it alive until
+// RxDone); the offload record is cleared (the port translates its own metadata after).
+inline void PacketFromFlat(PacketRef* p, Segment* seg, std::byte* data, uint32_t len) {
+  *seg = {data, len};
+  p->segs = seg;
+  p->nsegs = 1;
+  p->len = len;
+  p->head_len = len < kHeadBytes ? len : kHeadBytes;
+  p->offload = {};
+  if (p->head_len == kHeadBytes) {
+    std::memcpy(p->head, data, kHeadBytes);  // fixed size: inlined
+  } else if (p->head_len > 0) {
+    std::memcpy(p->head, data, p->head_len);
+  }
+  p->seg = p->head_len == len ? 1 : 0;
+  p->seg_off = p->head_len == len ? 0 : p->head_len;
+}
 
 // Copies p's frame bytes [0, len) into w (anything with size_t Write(const void*, size_t), e.g.
 // a ChainWriter): the head from the private copy, the rest from the source segments. Returns
@@ -75,7 +86,7 @@ size_t CopyPacket(const PacketRef& p, Writer& w) {
   uint32_t seg = p.seg, off = p.seg_off;
   size_t left = p.len - p.head_len;
   while (left > 0 && seg < p.nsegs) {
-    const virtio::ChainSegment& s = p.segs[seg];
+    const Segment& s = p.segs[seg];
     const size_t k = left < s.len - off ? left : s.len - off;
     const size_t put = w.Write(s.data + off, k);
     done += put;
@@ -99,7 +110,7 @@ inline size_t CopyPacketTo(const PacketRef& p, std::byte* out) {
   uint32_t seg = p.seg, off = p.seg_off;
   size_t left = p.len - p.head_len;
   while (left > 0 && seg < p.nsegs) {
-    const virtio::ChainSegment& s = p.segs[seg];
+    const Segment& s = p.segs[seg];
     const size_t k = left < s.len - off ? left : s.len - off;
     std::memcpy(out, s.data + off, k);
     out += k;

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "port/virtio_net_edge.h"
 
 namespace nicmux {
 
@@ -191,21 +192,15 @@ void TapPort::Emit(uint32_t q, uint32_t slot, Batch& out) {
   Queue& s = *q_[q];
   std::byte* b = Slot(q, slot);
   const uint32_t len = s.frame_len[slot];
-  s.segs[slot] = {b + kVnetHdrBytes, len};
   PacketRef* p = out.TryPush();
   NICMUX_DCHECK(p != nullptr);
-  p->segs = &s.segs[slot];
-  p->nsegs = 1;
-  p->len = len;
-  p->head_len = std::min<uint32_t>(len, kHeadBytes);
-  // UNTRUSTED: the kernel's virtio-net header, passed on as a guest's would be. With no
+  PacketFromFlat(p, &s.segs[slot], b + kVnetHdrBytes, len);
+  // UNTRUSTED: the kernel's virtio-net header, translated as a guest's would be. With no
   // offloads enabled it is zero or DATA_VALID. The kernel writes only the first 10 bytes
-  // (struct virtio_net_hdr) and skips num_buffers, which holds whatever the buffer held.
-  std::memcpy(&p->vnet, b, sizeof p->vnet);
-  p->vnet.num_buffers = Le16::Of(0);
-  std::memcpy(p->head, b + kVnetHdrBytes, p->head_len);
-  p->seg = p->head_len == len ? 1 : 0;
-  p->seg_off = p->head_len == len ? 0 : p->head_len;
+  // (struct virtio_net_hdr); num_buffers, which holds whatever the buffer held, is not read.
+  virtio::VirtioNetHdrV1 h;
+  std::memcpy(&h, b, sizeof h);
+  p->offload = OffloadFromVirtio(h);
 }
 
 size_t TapPort::Rx(uint32_t q, Batch& out, size_t max) {
@@ -277,8 +272,7 @@ void TapPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
 int TapPort::WritePacket(Queue& s, const PacketRef& p) {
   NICMUX_DCHECK(p.head_len <= p.len && p.head_len <= kHeadRoomBytes);
   if (p.len > kMaxFrameBytes) return EMSGSIZE;
-  virtio::VirtioNetHdrV1 hdr = p.vnet;
-  hdr.num_buffers = Le16::Of(0);
+  virtio::VirtioNetHdrV1 hdr = VirtioFromOffload(p.offload);
   s.iov[0] = {&hdr, sizeof hdr};
   int n = 1;
   if (p.head_len > 0) s.iov[n++] = {const_cast<std::byte*>(p.head), p.head_len};
@@ -287,7 +281,7 @@ int TapPort::WritePacket(Queue& s, const PacketRef& p) {
   size_t left = p.len - p.head_len;
   uint32_t seg = p.seg, off = p.seg_off;
   while (left > 0 && seg < p.nsegs && n < static_cast<int>(kMaxIov)) {
-    const virtio::ChainSegment& sg = p.segs[seg];
+    const Segment& sg = p.segs[seg];
     if (off > sg.len) return EINVAL;
     const size_t k = std::min<size_t>(left, sg.len - off);
     if (k > 0) s.iov[n++] = {sg.data + off, k};

@@ -107,7 +107,7 @@ class TapPort final : public Port {
     // sent, oldest first; order[held, kBurst) are free. Rx emits order[0, emitted).
     uint8_t order[kBurst];
     uint32_t frame_len[kBurst];         // per slot: frame bytes after the virtio-net header
-    virtio::ChainSegment segs[kBurst];  // per slot
+    Segment segs[kBurst];  // per slot
     uint32_t held = 0;
     uint32_t emitted = 0;
     uint32_t batch_base = 0;        // batch index of the first emitted frame

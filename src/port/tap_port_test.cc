@@ -137,7 +137,7 @@ bool IsEchoReply(const Frame& f, uint16_t id, uint16_t seq) {
 // private head copy, as a source port makes them).
 struct TestPacket {
   Frame bytes;
-  std::vector<virtio::ChainSegment> segs;
+  std::vector<Segment> segs;
   PacketRef ref;
 
   explicit TestPacket(const Frame& f, size_t seg_bytes = SIZE_MAX) : bytes(f) {

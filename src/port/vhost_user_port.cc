@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "port/virtio_net_edge.h"
 #include "base/prefetch.h"
 #include "virtio/net_hdr.h"
 
@@ -341,7 +342,7 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
   for (uint32_t i = 0; i < st.n; ++i) {
     PacketRef* p = out.TryPush();
     NICMUX_DCHECK(p != nullptr);
-    if (!PacketFromChain(st.chains[i], hdr, p, /*read_vnet=*/false)) {
+    if (!PacketFromChain(st.chains[i], hdr, p, /*read_hdr=*/false)) {
       out.Pop();
       rxc_[q].dropped.Add();
       rxc_[q].drops.Add(DropReason::kBadFrame);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "port/virtio_net_edge.h"
 #include "virtio/net_hdr.h"
 
 namespace nicmux {
@@ -49,16 +50,12 @@ size_t VirtioUserPort::Rx(uint32_t q, Batch& out, size_t max) {
       continue;  // given back in RxDone
     }
     std::byte* b = fe_->Buffer(rq, u.id);
-    st.segs[k] = {b + hdr, u.len - hdr};
     PacketRef* p = out.TryPush();
-    p->segs = &st.segs[k];
-    p->nsegs = 1;
-    p->len = u.len - hdr;
-    p->head_len = std::min<uint32_t>(p->len, kHeadBytes);
-    std::memcpy(&p->vnet, b, sizeof p->vnet);
-    std::memcpy(p->head, b + hdr, p->head_len);
-    p->seg = p->head_len == p->len ? 1 : 0;
-    p->seg_off = p->head_len == p->len ? 0 : p->head_len;
+    PacketFromFlat(p, &st.segs[k], b + hdr, u.len - hdr);
+    // UNTRUSTED: the backend's virtio-net header, translated (and checked by the switch).
+    virtio::VirtioNetHdrV1 h;
+    std::memcpy(&h, b, sizeof h);
+    p->offload = OffloadFromVirtio(h);
   }
   return out.size();
 }

@@ -60,7 +60,7 @@ class VirtioUserPort final : public Port {
 
   std::unique_ptr<vhost::Frontend> fe_;
   struct RxState {
-    virtio::ChainSegment segs[kBurst];
+    Segment segs[kBurst];
     uint16_t ids[kBurst];
     uint32_t n = 0;
   };

@@ -29,17 +29,6 @@ uint16_t Load16Be(const std::byte* p) {
   return static_cast<uint16_t>(static_cast<uint8_t>(p[0]) << 8 | static_cast<uint8_t>(p[1]));
 }
 
-// The virtio-net header's offsets count from the frame's start: a tag added or removed in
-// front of them moves them.
-void ShiftOffloadOffsets(virtio::VirtioNetHdrV1& h, int delta) {
-  if (h.flags & virtio::kNetHdrFNeedsCsum) {
-    h.csum_start = Le16::Of(static_cast<uint16_t>(h.csum_start.get() + delta));
-  }
-  if (h.gso_type != virtio::kNetHdrGsoNone) {
-    h.hdr_len = Le16::Of(static_cast<uint16_t>(h.hdr_len.get() + delta));
-  }
-}
-
 }  // namespace
 
 std::string VlanConfig::ToString() const {
@@ -355,7 +344,7 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
     std::memmove(p.head + 12, p.head + 16, p.head_len - 16);
     p.head_len -= kVlanTagBytes;
     p.len -= kVlanTagBytes;
-    ShiftOffloadOffsets(p.vnet, -static_cast<int>(kVlanTagBytes));
+    p.offload.ShiftL2(-static_cast<int>(kVlanTagBytes));
   }
   if (in.mode == VlanConfig::Mode::kAccess) vid = in.access_vid;
   if (!in.Admits(vid)) {
@@ -414,7 +403,7 @@ const PacketRef* SwitchWorker::Tagged(uint32_t i, uint16_t vid) {
   PacketRef& t = tagged_[i];
   if (!(tagged_valid_ & (1u << i))) {
     const PacketRef& p = batch_[i];
-    t = p;  // segments, rest offset, vnet header; the head is rebuilt below
+    t = p;  // segments, rest offset, offload record; the head is rebuilt below
     std::memcpy(t.head, p.head, 12);
     t.head[12] = std::byte{0x81};
     t.head[13] = std::byte{0x00};
@@ -423,7 +412,7 @@ const PacketRef* SwitchWorker::Tagged(uint32_t i, uint16_t vid) {
     std::memcpy(t.head + 16, p.head + 12, p.head_len - 12);
     t.head_len = p.head_len + kVlanTagBytes;
     t.len = p.len + kVlanTagBytes;
-    ShiftOffloadOffsets(t.vnet, static_cast<int>(kVlanTagBytes));
+    t.offload.ShiftL2(static_cast<int>(kVlanTagBytes));
     tagged_valid_ |= 1u << i;
   }
   return &t;
@@ -588,7 +577,7 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
       const uint32_t i = plan.group[d][j];
       if (i >= cut) break;
       const PacketRef& p = batch_[i];
-      if (mtu != 0 && p.len > mtu + kEthHeaderBytes && p.vnet.gso_type == virtio::kNetHdrGsoNone) {
+      if (mtu != 0 && p.len > mtu + kEthHeaderBytes && !p.offload.gso()) {
         cnt.drops.Add(DropReason::kMtu);
         continue;
       }

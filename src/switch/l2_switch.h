@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "base/counter.h"
+#include "base/result.h"
 #include "port/port.h"
 #include "switch/capture.h"
 #include "switch/forwarder.h"

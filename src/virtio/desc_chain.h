@@ -21,6 +21,7 @@
 
 #include "base/drop_reason.h"
 #include "memory/guest_memory.h"
+#include "packet/segment.h"
 
 namespace nicmux::virtio {
 
@@ -38,10 +39,7 @@ inline constexpr uint64_t kMaxChainBytes = 1ull << 32;
 // queue only device-writable ones.
 enum class ChainPolicy : uint8_t { kAny, kReadOnly, kWriteOnly };
 
-struct ChainSegment {
-  std::byte* data;
-  uint32_t len;
-};
+using ChainSegment = nicmux::Segment;
 
 struct DescChain {
   uint16_t id = 0;         // what Push() takes back: split head index, packed buffer id

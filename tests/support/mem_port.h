@@ -55,16 +55,8 @@ class MemPort final : public Port {
     size_t n = 0;
     for (; n < in_.size() && n < max && !out.full(); ++n) {
       Frame& f = in_[n];
-      segs_[n] = {f.data(), static_cast<uint32_t>(f.size())};
       PacketRef* p = out.TryPush();
-      p->segs = &segs_[n];
-      p->nsegs = 1;
-      p->len = static_cast<uint32_t>(f.size());
-      p->head_len = std::min<uint32_t>(p->len, kHeadBytes);
-      p->vnet = {};
-      if (p->head_len) std::memcpy(p->head, f.data(), p->head_len);  // (an empty frame: no data())
-      p->seg = p->head_len == p->len ? 1 : 0;
-      p->seg_off = p->head_len == p->len ? 0 : p->head_len;
+      PacketFromFlat(p, &segs_[n], f.data(), static_cast<uint32_t>(f.size()));
     }
     return n;
   }
@@ -108,7 +100,7 @@ class MemPort final : public Port {
   uint32_t queues_;
   std::deque<Frame> in_;
   std::vector<Frame> sent_;
-  virtio::ChainSegment segs_[kBurst];
+  Segment segs_[kBurst];
   size_t room_ = SIZE_MAX;
   std::atomic<uint64_t> rx_packets_{0};  // read by other threads in multi-worker tests
 };
