@@ -354,7 +354,9 @@ json Daemon::PortJson(const Entry& e) const {
             {"rx_dropped", s.rx_dropped + switch_drops},
             {"tx_dropped", s.tx_dropped},
             {"drops", drops},
-            {"from_config", e.from_config}};
+            {"from_config", e.from_config},
+            {"caps", p.Caps().ToString()}};
+  if (std::string f = p.Features(); !f.empty()) j["features"] = f;
   if (switch_ && e.switch_id >= 0) {
     const auto id = static_cast<uint16_t>(e.switch_id);
     j["flooded"] = switch_->Flooded(id);

@@ -34,6 +34,48 @@ struct QueueCounters {
   DropCounters drops;
 };
 
+// What a port accepts on transmit (Tx): the offloads a packet may still ask for when it reaches
+// the port, and how big it may be. Derived from what was negotiated with the peer (a guest's
+// GUEST_* features, the TAP's TUNSETOFFLOAD); the switch completes in software whatever a
+// packet asks that its destination does not accept (docs/offloads.md). Packs into 64 bits so a
+// port can publish it to the workers with one atomic store (Port::SetCaps).
+struct PortCaps {
+  static constexpr uint8_t kCsum = 1;       // partial checksums (Offload::kNeedsCsum)
+  static constexpr uint8_t kCsumValid = 2;  // the "checksum verified" mark (Offload::kCsumValid)
+  static constexpr uint8_t kTso4 = 4;       // GsoType::kTcp4
+  static constexpr uint8_t kTso6 = 8;       // GsoType::kTcp6
+  static constexpr uint8_t kEcn = 16;       // TCP GSO with Offload::kEcn
+  static constexpr uint8_t kUso = 32;       // GsoType::kUdpL4
+  static constexpr uint8_t kUfo = 64;       // GsoType::kUdp
+
+  uint8_t offloads = 0;
+  uint16_t mtu = 0;        // the peer's MTU where it told one (0: not known)
+  uint32_t max_frame = 0;  // the largest frame Tx takes whole, GSO frames included (0: no limit known)
+
+  bool has(uint8_t f) const { return (offloads & f) == f; }
+  // True when a packet with this record may reach the port as it is.
+  bool Accepts(const Offload& o) const {
+    if (o.needs_csum() && !has(kCsum)) return false;
+    if (o.csum_valid() && !has(kCsumValid)) return false;
+    switch (o.gso_type) {
+      case GsoType::kNone: return true;
+      case GsoType::kTcp4: return has(kTso4) && (!o.ecn() || has(kEcn));
+      case GsoType::kTcp6: return has(kTso6) && (!o.ecn() || has(kEcn));
+      case GsoType::kUdp: return has(kUfo);
+      case GsoType::kUdpL4: return has(kUso);
+      case GsoType::kInvalid: return false;
+    }
+    return false;
+  }
+  // "csum csum_valid tso4 tso6 ecn" or "none", then ", mtu N" and ", max_frame N" where known.
+  std::string ToString() const;
+  uint64_t Pack() const { return uint64_t{offloads} | uint64_t{mtu} << 16 | uint64_t{max_frame} << 32; }
+  static PortCaps Unpack(uint64_t v) {
+    return {static_cast<uint8_t>(v), static_cast<uint16_t>(v >> 16), static_cast<uint32_t>(v >> 32)};
+  }
+  bool operator==(const PortCaps&) const = default;
+};
+
 // A file descriptor a sleeping worker waits on. `eventfd`: the worker reads it to clear it after
 // waking (a kick); otherwise readability is the work itself (a TAP fd) and the port reads it.
 struct NotifyFd {
@@ -85,6 +127,13 @@ class Port {
   // "connected", "waiting" (for a peer), "up", "down": for the control plane.
   virtual std::string State() const = 0;
 
+  // What Tx accepts now (any thread; the port publishes a new value when its peer negotiates
+  // again). A port that never calls SetCaps accepts frames with no offload request only.
+  PortCaps Caps() const { return PortCaps::Unpack(caps_.load(std::memory_order_acquire)); }
+  // The features negotiated with the peer, in the peer's terms, for the control plane ("" when
+  // the kind has none; e.g. a vhost-user port lists its virtio feature names).
+  virtual std::string Features() const { return {}; }
+
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;
 
@@ -98,11 +147,14 @@ class Port {
   explicit Port(std::string name) : name_(std::move(name)) {}
   // The peer went away (any thread): bumps link_generation().
   void PeerGone() { link_generation_.fetch_add(1, std::memory_order_release); }
+  // Publishes what Tx accepts from now on (any thread).
+  void SetCaps(const PortCaps& c) { caps_.store(c.Pack(), std::memory_order_release); }
 
  private:
   std::string name_;
   TxLock tx_locks_[kMaxQueues];
   std::atomic<uint64_t> link_generation_{0};
+  std::atomic<uint64_t> caps_{0};
 };
 
 }  // namespace nicmux

@@ -13,6 +13,7 @@
 #include "base/log.h"
 #include "port/virtio_net_edge.h"
 #include "base/prefetch.h"
+#include "virtio/features.h"
 #include "virtio/net_hdr.h"
 
 namespace nicmux {
@@ -578,6 +579,11 @@ uint64_t VhostUserPort::DropsFor(DropReason r) const {
     n += s.queue(i).split.drops().Get(r) + s.queue(i).packed_ring.drops().Get(r);
   }
   return n;
+}
+
+std::string VhostUserPort::Features() const {
+  // (Written by the control thread, which is also the control plane's only reader.)
+  return session_.has_features() ? virtio::NetFeatureNames(session_.features()) : std::string();
 }
 
 PortStats VhostUserPort::Stats() const {

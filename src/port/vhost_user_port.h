@@ -76,6 +76,8 @@ class VhostUserPort final : public Port {
   // "connected", "waiting", or "quarantined (N ms left, M hostile disconnects)" after a
   // frontend attacked the daemon.
   std::string State() const override;
+  // The virtio features the frontend negotiated ("" before it has).
+  std::string Features() const override;
 
  private:
   VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);

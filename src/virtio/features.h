@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace nicmux::virtio {
 
@@ -38,7 +39,14 @@ inline constexpr int kNetFGuestAnnounce = 21;
 inline constexpr int kNetFMq = 22;
 inline constexpr int kNetFCtrlMacAddr = 23;
 
+inline constexpr int kNetFHostUso = 56;
+inline constexpr int kNetFGuestUso4 = 54;
+inline constexpr int kNetFGuestUso6 = 55;
+
 constexpr uint64_t Bit(int b) { return 1ull << b; }
+// The names of a feature word's bits, lowercase as QEMU and the spec's macros spell them
+// without their prefix ("version_1 mrg_rxbuf csum host_tso4 ..."); unknown bits as "bit<N>".
+std::string NetFeatureNames(uint64_t features);
 constexpr bool Has(uint64_t features, int b) { return (features >> b) & 1; }
 
 }  // namespace nicmux::virtio
