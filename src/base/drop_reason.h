@@ -42,7 +42,8 @@ namespace nicmux {
   X(kVlan, "vlan", "frame's VLAN not admitted by the port it came in on")                       \
   X(kMtu, "mtu", "frame larger than the destination port's MTU")                                \
   X(kBadSource, "bad_source", "source MAC is multicast or zero")                                \
-  X(kMacNotAllowed, "mac_not_allowed", "source MAC not in the ingress port's allowed_macs")
+  X(kMacNotAllowed, "mac_not_allowed", "source MAC not in the ingress port's allowed_macs")   \
+  X(kBadOffload, "bad_offload", "offload request inconsistent with the frame's headers")
 
 enum class DropReason : uint8_t {
 #define NICMUX_DROP_ENUM(e, name, desc) e,

@@ -6,6 +6,7 @@
 // straight from the source segments: one copy per byte.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -20,8 +21,12 @@ namespace nicmux {
 
 inline constexpr uint32_t kBurst = 32;
 inline constexpr uint32_t kHeadBytes = 64;
+// How far the head copy may grow for a packet with an offload request (ExtendHead): its
+// headers, up to the L4 header with options (Ethernet + 802.1Q + IPv4 with options + TCP with
+// options is 138 bytes). A request that needs more is refused (bad_offload).
+inline constexpr uint32_t kMaxHeadBytes = 160;
 // Room for the switch to insert an 802.1Q tag into the private head copy.
-inline constexpr uint32_t kHeadRoomBytes = kHeadBytes + 4;
+inline constexpr uint32_t kHeadRoomBytes = kMaxHeadBytes + 4;
 
 struct PacketRef {
   const Segment* segs = nullptr;  // the source's segments (not owned)
@@ -29,7 +34,8 @@ struct PacketRef {
   uint16_t seg = 0;        // where the bytes after the head start: segment and offset
   uint32_t seg_off = 0;
   uint32_t len = 0;        // frame bytes, without any port's metadata header
-  uint32_t head_len = 0;   // min(len, kHeadBytes) as received; the switch may add or remove a tag
+  uint32_t head_len = 0;   // min(len, kHeadBytes) as received; ExtendHead may grow it (offloads),
+                           // the switch may add or remove a tag
   Offload offload;         // checksum and segmentation requests, translated by the source port
   alignas(16) std::byte head[kHeadRoomBytes];
 
@@ -74,6 +80,27 @@ inline void PacketFromFlat(PacketRef* p, Segment* seg, std::byte* data, uint32_t
   }
   p->seg = p->head_len == len ? 1 : 0;
   p->seg_off = p->head_len == len ? 0 : p->head_len;
+}
+
+// Grows p's private head copy to min(want, len) bytes (want <= kMaxHeadBytes), taking them from
+// the source's segments and moving where the rest starts. False when the segments end first.
+inline bool ExtendHead(PacketRef* p, uint32_t want) {
+  NICMUX_DCHECK(want <= kMaxHeadBytes);
+  if (want > p->len) want = p->len;
+  while (p->head_len < want) {
+    if (p->seg >= p->nsegs) return false;
+    const Segment& s = p->segs[p->seg];
+    if (p->seg_off >= s.len) {
+      ++p->seg;
+      p->seg_off = 0;
+      continue;
+    }
+    const uint32_t k = std::min(want - p->head_len, s.len - p->seg_off);
+    std::memcpy(p->head + p->head_len, s.data + p->seg_off, k);
+    p->head_len += k;
+    p->seg_off += k;
+  }
+  return true;
 }
 
 // Copies p's frame bytes [0, len) into w (anything with size_t Write(const void*, size_t), e.g.

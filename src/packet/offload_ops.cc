@@ -1,0 +1,267 @@
+#include "packet/offload_ops.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace nicmux {
+
+namespace {
+
+constexpr uint32_t kEth = 14;
+constexpr uint8_t kTcp = 6, kUdp = 17;
+constexpr uint8_t kTcpFin = 0x01, kTcpPsh = 0x08, kTcpCwr = 0x80;
+
+uint16_t Be16(const std::byte* p) { return static_cast<uint16_t>(uint8_t(p[0]) << 8 | uint8_t(p[1])); }
+uint32_t Be32(const std::byte* p) { return uint32_t{Be16(p)} << 16 | Be16(p + 2); }
+void PutBe16(std::byte* p, uint16_t v) {
+  p[0] = std::byte(v >> 8);
+  p[1] = std::byte(v);
+}
+void PutBe32(std::byte* p, uint32_t v) {
+  PutBe16(p, static_cast<uint16_t>(v >> 16));
+  PutBe16(p + 2, static_cast<uint16_t>(v));
+}
+
+// A ones' complement sum over a byte stream given in pieces of any length (a piece that starts
+// at an odd offset of the stream has its sum's bytes swapped, RFC 1071 §2(B)).
+struct CsumStream {
+  uint64_t acc = 0;
+  bool odd = false;
+  void Add(const std::byte* d, size_t n) {
+    if (n == 0) return;
+    uint16_t f = CsumFold(CsumAdd(d, n, 0));
+    if (odd) f = static_cast<uint16_t>(f >> 8 | f << 8);
+    acc += f;
+    odd ^= (n & 1) != 0;
+  }
+};
+
+// Sums n payload bytes from (segs[*seg], *off), advancing the position.
+void SumSegments(const Segment* segs, uint32_t nsegs, uint32_t* seg, uint32_t* off, size_t n, CsumStream* cs) {
+  while (n > 0 && *seg < nsegs) {
+    const Segment& s = segs[*seg];
+    const size_t k = std::min<size_t>(n, s.len - *off);
+    if (cs) cs->Add(s.data + *off, k);
+    n -= k;
+    *off += static_cast<uint32_t>(k);
+    if (*off == s.len) {
+      ++*seg;
+      *off = 0;
+    }
+  }
+}
+
+// The pseudo-header's sum (RFC 793 / RFC 8200 §8.1) for an L4 length of len.
+uint64_t PseudoSum(const std::byte* head, const L4Layout& l, uint8_t proto, uint32_t len) {
+  uint64_t acc;
+  std::byte tail[8] = {};
+  if (l.ipv6) {
+    acc = CsumAdd(head + l.l3 + 8, 32, 0);
+    PutBe32(tail, len);
+    tail[7] = std::byte{proto};
+    return CsumAdd(tail, 8, acc);
+  }
+  acc = CsumAdd(head + l.l3 + 12, 8, 0);
+  tail[1] = std::byte{proto};
+  PutBe16(tail + 2, static_cast<uint16_t>(len));
+  return CsumAdd(tail, 4, acc);
+}
+
+}  // namespace
+
+uint64_t CsumAdd(const std::byte* d, size_t n, uint64_t acc) {
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, d, 8);
+    acc += v & 0xffffffff;
+    acc += v >> 32;
+    d += 8;
+    n -= 8;
+  }
+  if (n >= 4) {
+    uint32_t v;
+    std::memcpy(&v, d, 4);
+    acc += v;
+    d += 4;
+    n -= 4;
+  }
+  if (n >= 2) {
+    uint16_t v;
+    std::memcpy(&v, d, 2);
+    acc += v;
+    d += 2;
+    n -= 2;
+  }
+  if (n) acc += static_cast<uint8_t>(d[0]);  // the low byte of a host-order (LE) word
+  return acc;
+}
+
+uint16_t CsumFold(uint64_t acc) {
+  acc = (acc & 0xffffffff) + (acc >> 32);
+  acc = (acc & 0xffffffff) + (acc >> 32);
+  acc = (acc & 0xffff) + (acc >> 16);
+  acc = (acc & 0xffff) + (acc >> 16);
+  acc = (acc & 0xffff) + (acc >> 16);
+  return static_cast<uint16_t>(acc);
+}
+
+const char* CheckOffload(PacketRef& p, L4Layout* l) {
+  Offload& o = p.offload;
+  if (o.gso_type == GsoType::kInvalid) return "gso_type";
+  if (p.nsegs > kMaxPayloadSegments - 1) return "segments";
+  if (o.needs_csum()) {
+    // UNTRUSTED: csum_start and csum_offset, bounded by the frame and the head copy's size.
+    const uint32_t end = uint32_t{o.csum_start} + o.csum_offset + 2;
+    if (o.csum_start < kEth) return "csum_start";
+    if (end > p.len) return "csum_offset";
+    if (end > kMaxHeadBytes) return "csum_start";
+    if (!ExtendHead(&p, end)) return "csum_offset";
+  }
+  if (!o.gso()) return nullptr;
+  // UNTRUSTED: every header below is the peer's; each offset is checked against the head copy
+  // before it is read.
+  if (o.gso_type == GsoType::kUdp) return "gso_type";  // UFO is never offered
+  if (p.len > kMaxGsoFrameBytes) return "length";
+  if (o.gso_size < kMinGsoSize) return "gso_size";
+  if (o.hdr_len > p.len) return "hdr_len";
+  if (!ExtendHead(&p, std::min(p.len, kMaxHeadBytes))) return "length";
+  const std::byte* h = p.head;
+  const uint32_t hl = p.head_len;
+  uint32_t l3 = kEth;
+  if (hl < l3) return "length";
+  uint16_t type = Be16(h + 12);
+  if (type == 0x8100) {
+    l3 += 4;
+    if (hl < l3) return "length";
+    type = Be16(h + 16);
+  }
+  *l = {};
+  l->l3 = static_cast<uint16_t>(l3);
+  uint8_t proto;
+  uint32_t l4;
+  if (o.gso_type == GsoType::kTcp4 || (o.gso_type == GsoType::kUdpL4 && type == 0x0800)) {
+    if (type != 0x0800 || hl < l3 + 20) return "gso_type";
+    const uint8_t vihl = uint8_t(h[l3]);
+    if (vihl >> 4 != 4 || (vihl & 15) < 5) return "gso_type";
+    l4 = l3 + (vihl & 15) * 4u;
+    if ((Be16(h + l3 + 6) & 0x3fff) != 0) return "gso_type";  // a fragment, or more to come
+    proto = uint8_t(h[l3 + 9]);
+  } else if (o.gso_type == GsoType::kTcp6 || o.gso_type == GsoType::kUdpL4) {
+    if (type != 0x86dd || hl < l3 + 40) return "gso_type";
+    if (uint8_t(h[l3]) >> 4 != 6) return "gso_type";
+    l4 = l3 + 40;
+    proto = uint8_t(h[l3 + 6]);  // an extension header here is refused below
+    l->ipv6 = true;
+  } else {
+    return "gso_type";
+  }
+  const uint8_t want = o.gso_type == GsoType::kUdpL4 ? kUdp : kTcp;
+  if (proto != want) return "gso_type";
+  uint32_t hdrs;
+  if (proto == kTcp) {
+    if (hl < l4 + 20) return "hdr_len";
+    const uint32_t doff = (uint8_t(h[l4 + 12]) >> 4) * 4u;
+    if (doff < 20) return "hdr_len";
+    hdrs = l4 + doff;
+  } else {
+    hdrs = l4 + 8;
+  }
+  if (hdrs > hl) return "hdr_len";  // headers beyond kMaxHeadBytes (or the frame)
+  if (o.needs_csum()) {
+    if (o.csum_start != l4 || o.csum_offset != (proto == kTcp ? 16 : 6)) return "csum_start";
+  }
+  l->l4 = static_cast<uint16_t>(l4);
+  l->hdrs = static_cast<uint16_t>(hdrs);
+  l->proto = proto;
+  if (GsoSegments(p, *l) > kMaxGsoSegments) return "gso_size";
+  return nullptr;
+}
+
+uint32_t GsoSegments(const PacketRef& p, const L4Layout& l) {
+  const uint32_t payload = p.len - l.hdrs;
+  return payload == 0 ? 1 : (payload + p.offload.gso_size - 1) / p.offload.gso_size;
+}
+
+void CompleteChecksum(PacketRef& p) {
+  Offload& o = p.offload;
+  NICMUX_DCHECK(o.needs_csum() && uint32_t{o.csum_start} + o.csum_offset + 2u <= p.head_len);
+  CsumStream cs;
+  cs.Add(p.head + o.csum_start, p.head_len - o.csum_start);
+  uint32_t seg = p.seg, off = p.seg_off;
+  SumSegments(p.segs, p.nsegs, &seg, &off, p.len - p.head_len, &cs);
+  uint16_t sum = static_cast<uint16_t>(~CsumFold(cs.acc));
+  if (sum == 0 && o.csum_offset == 6) sum = 0xffff;  // UDP: 0 means "no checksum"
+  std::memcpy(p.head + o.csum_start + o.csum_offset, &sum, 2);
+  o.flags = static_cast<uint8_t>((o.flags & ~Offload::kNeedsCsum) | Offload::kCsumValid);
+}
+
+uint32_t Segmenter::Cut(const PacketRef& p, const L4Layout& l, std::span<PacketRef> out) {
+  const uint32_t n = GsoSegments(p, l);
+  NICMUX_CHECK(out.size() >= n && p.head_len >= l.hdrs);
+  // The payload stream: the head copy's bytes past the headers, then the source's segments.
+  npayload_ = 0;
+  if (p.head_len > l.hdrs) {
+    payload_[npayload_++] = {const_cast<std::byte*>(p.head) + l.hdrs, p.head_len - l.hdrs};
+  }
+  for (uint32_t i = p.seg; i < p.nsegs; ++i) {
+    const Segment& s = p.segs[i];
+    const uint32_t from = i == p.seg ? p.seg_off : 0;
+    if (from < s.len) payload_[npayload_++] = {s.data + from, s.len - from};
+  }
+  const uint32_t mss = p.offload.gso_size;
+  const uint32_t payload = p.len - l.hdrs;
+  const std::byte* h = p.head;
+  const bool tcp = l.proto == kTcp;
+  const uint32_t seq0 = tcp ? Be32(h + l.l4 + 4) : 0;
+  const uint16_t id0 = l.ipv6 ? 0 : Be16(h + l.l3 + 4);
+  const uint8_t flags0 = tcp ? uint8_t(h[l.l4 + 13]) : 0;
+  uint32_t seg = 0, off = 0;  // the payload stream's position
+  for (uint32_t s = 0; s < n; ++s) {
+    const uint32_t at = s * mss;
+    const uint32_t plen = std::min(mss, payload - at);
+    PacketRef& q = out[s];
+    std::memcpy(q.head, h, l.hdrs);
+    q.head_len = l.hdrs;
+    q.len = l.hdrs + plen;
+    q.segs = payload_;
+    q.nsegs = static_cast<uint16_t>(npayload_);
+    q.seg = static_cast<uint16_t>(seg);
+    q.seg_off = off;
+    q.offload = {};
+    q.offload.flags = Offload::kCsumValid;
+    std::byte* qh = q.head;
+    const uint32_t l4_len = q.len - l.l4;
+    if (l.ipv6) {
+      PutBe16(qh + l.l3 + 4, static_cast<uint16_t>(q.len - l.l3 - 40));
+    } else {
+      PutBe16(qh + l.l3 + 2, static_cast<uint16_t>(q.len - l.l3));
+      PutBe16(qh + l.l3 + 4, static_cast<uint16_t>(id0 + s));
+      PutBe16(qh + l.l3 + 10, 0);
+      const uint16_t ipsum = static_cast<uint16_t>(~CsumFold(CsumAdd(qh + l.l3, l.l4 - l.l3, 0)));
+      std::memcpy(qh + l.l3 + 10, &ipsum, 2);
+    }
+    uint32_t csum_at;
+    if (tcp) {
+      PutBe32(qh + l.l4 + 4, seq0 + at);
+      uint8_t f = flags0;
+      if (s + 1 < n) f &= static_cast<uint8_t>(~(kTcpFin | kTcpPsh));
+      if (s > 0) f &= static_cast<uint8_t>(~kTcpCwr);
+      qh[l.l4 + 13] = std::byte{f};
+      csum_at = l.l4 + 16;
+    } else {
+      PutBe16(qh + l.l4 + 4, static_cast<uint16_t>(l4_len));
+      csum_at = l.l4 + 6;
+    }
+    PutBe16(qh + csum_at, 0);
+    CsumStream cs;
+    cs.acc = PseudoSum(qh, l, l.proto, l4_len);
+    cs.Add(qh + l.l4, l.hdrs - l.l4);
+    SumSegments(payload_, npayload_, &seg, &off, plen, &cs);
+    uint16_t sum = static_cast<uint16_t>(~CsumFold(cs.acc));
+    if (sum == 0 && !tcp) sum = 0xffff;
+    std::memcpy(qh + csum_at, &sum, 2);
+  }
+  return n;
+}
+
+}  // namespace nicmux
