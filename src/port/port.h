@@ -67,6 +67,14 @@ struct PortCaps {
     }
     return false;
   }
+  // True when the switch must do part of what o asks before the port may have it: complete a
+  // partial checksum or cut a GSO frame (the checksum-valid mark is no work: a destination's
+  // edge drops it where it is not accepted).
+  bool MustComplete(const Offload& o) const {
+    Offload work = o;
+    work.flags &= static_cast<uint8_t>(~Offload::kCsumValid);
+    return !Accepts(work);
+  }
   // "csum csum_valid tso4 tso6 ecn" or "none", then ", mtu N" and ", max_frame N" where known.
   std::string ToString() const;
   uint64_t Pack() const { return uint64_t{offloads} | uint64_t{mtu} << 16 | uint64_t{max_frame} << 32; }

@@ -1,5 +1,7 @@
 #include "switch/l2_switch.h"
 
+#include "packet/offload_ops.h"
+
 #include <time.h>
 
 #include <algorithm>
@@ -318,7 +320,7 @@ bool SwitchWorker::CanSleep() const {
 // destination. False: drop, for the reason in *why (counted by the caller once the batch's cut
 // is known). *unlearned: its source MAC was not learned, the port being at its mac_limit.
 bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* dst, DropReason* why,
-                            bool* unlearned, uint32_t now_s, BatchMemo& memo) {
+                            bool* unlearned, uint32_t now_s, BatchMemo& memo, L4Layout* l4) {
   // UNTRUSTED: every byte of the head is the guest's; lengths are checked before each read.
   if (p.len < kEthHeaderBytes || p.head_len < kEthHeaderBytes) {
     *why = DropReason::kBadFrame;
@@ -350,6 +352,16 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
   if (!in.Admits(vid)) {
     *why = DropReason::kVlan;
     return false;
+  }
+  // UNTRUSTED: the offload record is the source's: checked against the headers it names before
+  // anything uses it (a packet with none, the common case, skips this).
+  if (!p.offload.none()) {
+    if (const char* field = CheckOffload(p, l4)) {
+      NICMUX_LOG_RATELIMITED(kWarning, "port %s: dropped a %u-byte frame: bad offload request (%s)",
+                             sw_->ports_[src].port->name().c_str(), p.len, field);
+      *why = DropReason::kBadOffload;
+      return false;
+    }
   }
   *vid_out = vid;
   // UNTRUSTED: both MACs are the guest's. A multicast or zero source is refused, a source not
@@ -399,23 +411,98 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
   return true;
 }
 
+namespace {
+// t = p with an 802.1Q tag for vid inserted after the MACs (t's head rebuilt; p's untouched).
+void TagInto(const PacketRef& p, uint16_t vid, PacketRef& t) {
+  t.segs = p.segs;
+  t.nsegs = p.nsegs;
+  t.seg = p.seg;
+  t.seg_off = p.seg_off;
+  t.offload = p.offload;
+  std::memcpy(t.head, p.head, 12);
+  t.head[12] = std::byte{0x81};
+  t.head[13] = std::byte{0x00};
+  t.head[14] = static_cast<std::byte>(vid >> 8);
+  t.head[15] = static_cast<std::byte>(vid & 0xff);
+  std::memcpy(t.head + 16, p.head + 12, p.head_len - 12);
+  t.head_len = p.head_len + kVlanTagBytes;
+  t.len = p.len + kVlanTagBytes;
+  t.offload.ShiftL2(static_cast<int>(kVlanTagBytes));
+}
+
+// The same in place (a segment the switch made: its head has the room).
+void TagInPlace(PacketRef& q, uint16_t vid) {
+  NICMUX_DCHECK(q.head_len + kVlanTagBytes <= kHeadRoomBytes);
+  std::memmove(q.head + 16, q.head + 12, q.head_len - 12);
+  q.head[12] = std::byte{0x81};
+  q.head[13] = std::byte{0x00};
+  q.head[14] = static_cast<std::byte>(vid >> 8);
+  q.head[15] = static_cast<std::byte>(vid & 0xff);
+  q.head_len += kVlanTagBytes;
+  q.len += kVlanTagBytes;
+  q.offload.ShiftL2(static_cast<int>(kVlanTagBytes));
+}
+}  // namespace
+
 const PacketRef* SwitchWorker::Tagged(uint32_t i, uint16_t vid) {
   PacketRef& t = tagged_[i];
   if (!(tagged_valid_ & (1u << i))) {
-    const PacketRef& p = batch_[i];
-    t = p;  // segments, rest offset, offload record; the head is rebuilt below
-    std::memcpy(t.head, p.head, 12);
-    t.head[12] = std::byte{0x81};
-    t.head[13] = std::byte{0x00};
-    t.head[14] = static_cast<std::byte>(vid >> 8);
-    t.head[15] = static_cast<std::byte>(vid & 0xff);
-    std::memcpy(t.head + 16, p.head + 12, p.head_len - 12);
-    t.head_len = p.head_len + kVlanTagBytes;
-    t.len = p.len + kVlanTagBytes;
-    t.offload.ShiftL2(static_cast<int>(kVlanTagBytes));
+    TagInto(batch_[i], vid, t);
     tagged_valid_ |= 1u << i;
   }
   return &t;
+}
+
+// A destination that cannot take batch_[i]'s partial checksum: complete it in the head copy,
+// once for all destinations (a complete checksum is good for every port; the tagged copy, if
+// one was made, is made again from the completed packet).
+void SwitchWorker::CompleteChecksumOf(uint32_t i) {
+  if (!batch_[i].offload.needs_csum()) return;
+  CompleteChecksum(batch_[i]);
+  tagged_valid_ &= ~(1u << i);
+}
+
+// A destination without the GSO type batch_[i] asks for: cut it into segments and send them in
+// bursts (tagged, if the destination wants tags). Segments the destination has no room for are
+// dropped (queue_full): a GSO frame cannot be held in part. Returns the segments sent.
+size_t SwitchWorker::SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp, uint32_t dq, uint32_t mtu,
+                                   PortCounters& cnt, Capture* capture) {
+  const PacketRef& p = batch_[i];
+  const L4Layout& l = plan_.l4[i];
+  if (seg_out_.empty()) seg_out_.resize(kMaxGsoSegments);
+  const uint32_t n = segmenter_.Cut(p, l, seg_out_);
+  if (mtu != 0 && seg_out_[0].len > mtu + kEthHeaderBytes) {
+    cnt.drops.Add(DropReason::kMtu, n);
+    return 0;
+  }
+  const PacketRef* out[kBurst];
+  size_t sent = 0;
+  const bool shared = sw_->num_workers() > 1;
+  for (uint32_t at = 0; at < n;) {
+    const uint32_t m = std::min<uint32_t>(kBurst, n - at);
+    for (uint32_t k = 0; k < m; ++k) {
+      if (tag) TagInPlace(seg_out_[at + k], vid);
+      out[k] = &seg_out_[at + k];
+    }
+    size_t took;
+    if (shared) {
+      std::lock_guard lock(dp->tx_lock(dq));
+      took = dp->Tx(dq, {out, m});
+    } else {
+      took = dp->Tx(dq, {out, m});
+    }
+    if (capture) {
+      for (size_t k = 0; k < took; ++k) capture->Add(*out[k], true);
+    }
+    sent += took;
+    at += static_cast<uint32_t>(took);
+    if (took < m) {
+      cnt.drops.Add(DropReason::kQueueFull, n - at);
+      break;
+    }
+  }
+  segmented_.Add(n);
+  return sent;
 }
 
 // Groups the batch per destination, in packet order; a flood adds the packet to every other
@@ -537,7 +624,7 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
       uint16_t vid = 0;
       DropReason why = DropReason::kBadFrame;
       bool unlearned = false;
-      const bool ok = Classify(src, batch_[i], &vid, &dst, &why, &unlearned, now_s, memo);
+      const bool ok = Classify(src, batch_[i], &vid, &dst, &why, &unlearned, now_s, memo, &plan.l4[i]);
       plan.dst[i] = ok ? static_cast<int16_t>(dst) : kDrop;
       plan.drop[i] = ok ? ForwardPlan::kNoDrop : static_cast<uint8_t>(why);
       plan.unlearned[i] = unlearned;
@@ -573,30 +660,46 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     const PacketRef* out[kBurst];
     uint32_t m = 0;
     const uint32_t mtu = slot.config.mtu;
+    Port* dp = slot.port;
+    const uint32_t dq = q % dp->NumQueuePairs();
+    Capture* capture = sw_->capture_[d].load(std::memory_order_acquire);
+    const PortCaps caps = dp->Caps();
+    auto flush = [&] {
+      if (m == 0) return;
+      size_t sent;
+      if (nw > 1) {
+        std::lock_guard lock(dp->tx_lock(dq));
+        sent = dp->Tx(dq, {out, m});
+      } else {
+        sent = dp->Tx(dq, {out, m});
+      }
+      if (sent < m) cnt.drops.Add(DropReason::kQueueFull, m - sent);
+      if (capture) {
+        for (size_t k = 0; k < sent; ++k) capture->Add(*out[k], true);
+      }
+      m = 0;
+    };
     for (uint32_t j = 0; j < plan.count[d]; ++j) {
       const uint32_t i = plan.group[d][j];
       if (i >= cut) break;
       const PacketRef& p = batch_[i];
+      const bool tag = slot.config.vlan.Tags(plan.vid[i]);
+      // What the destination cannot take is done here, in software (docs/offloads.md).
+      if (!p.offload.none() && caps.MustComplete(p.offload)) {
+        if (p.offload.gso()) {
+          flush();  // in order: what came before first
+          SendSegmented(i, plan.vid[i], tag, dp, dq, mtu, cnt, capture);
+          continue;
+        }
+        CompleteChecksumOf(i);
+      }
       if (mtu != 0 && p.len > mtu + kEthHeaderBytes && !p.offload.gso()) {
         cnt.drops.Add(DropReason::kMtu);
         continue;
       }
-      out[m++] = slot.config.vlan.Tags(plan.vid[i]) ? Tagged(i, plan.vid[i]) : &p;
+      out[m++] = tag ? Tagged(i, plan.vid[i]) : &p;
     }
-    if (m == 0) continue;
-    Port* dp = slot.port;
-    const uint32_t dq = q % dp->NumQueuePairs();
-    size_t sent;
-    if (nw > 1) {
-      std::lock_guard lock(dp->tx_lock(dq));
-      sent = dp->Tx(dq, {out, m});
-    } else {
-      sent = dp->Tx(dq, {out, m});
-    }
-    if (sent < m) cnt.drops.Add(DropReason::kQueueFull, m - sent);
-    if (Capture* c = sw_->capture_[d].load(std::memory_order_acquire)) {
-      for (size_t k = 0; k < sent; ++k) c->Add(*out[k], true);
-    }
+    flush();
   }
 
   uint64_t bytes = 0;

@@ -46,6 +46,7 @@
 
 #include "base/counter.h"
 #include "base/result.h"
+#include "packet/offload_ops.h"
 #include "port/port.h"
 #include "switch/capture.h"
 #include "switch/forwarder.h"
@@ -113,6 +114,7 @@ struct ForwardPlan {
   // counted once (as are floods and MACs not learned).
   uint8_t drop[kBurst];
   bool unlearned[kBurst];  // per packet: its source MAC was not learned (the port's mac_limit)
+  L4Layout l4[kBurst];     // per packet with a GSO request: its headers (CheckOffload)
   bool counts = false;     // some packet has a drop, a flood or an unlearned source
   uint16_t ids[kMaxPorts];  // the destinations met, in first-met order
   uint32_t num_ids = 0;
@@ -159,10 +161,13 @@ class SwitchWorker final : public Forwarder {
   void Forward(uint16_t src, uint32_t q, WorkDone* w);
   void FillGroups(uint16_t src, uint32_t n, uint16_t nids);
   bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, DropReason* why, bool* unlearned,
-                uint32_t now_s, BatchMemo& memo);
+                uint32_t now_s, BatchMemo& memo, L4Layout* l4);
   uint32_t Cut(uint32_t q, uint32_t n);
   void CountDecided(PortCounters& cnt, uint32_t cut);
   const PacketRef* Tagged(uint32_t i, uint16_t vid);
+  void CompleteChecksumOf(uint32_t i);
+  size_t SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp, uint32_t dq, uint32_t mtu, PortCounters& cnt,
+                       Capture* capture);
 
   L2Switch* sw_;
   uint32_t index_;
@@ -171,6 +176,9 @@ class SwitchWorker final : public Forwarder {
   // Head copies with the VLAN tag put back, made on first use per batch.
   PacketRef tagged_[kBurst];
   uint32_t tagged_valid_ = 0;  // bit i: tagged_[i] is made
+  Segmenter segmenter_;
+  std::vector<PacketRef> seg_out_;  // kMaxGsoSegments, made at the first GSO frame
+  Counter segmented_;               // segments made in software
   // Per destination port (id): this worker's account of how long it has held sources for it.
   // Read only when a destination is short or stops being held, never while traffic fits.
   struct Hold {

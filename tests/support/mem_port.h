@@ -41,8 +41,15 @@ class MemPort final : public Port {
  public:
   explicit MemPort(std::string name, uint32_t queues = 1) : Port(std::move(name)), queues_(queues) {}
 
-  void Inject(Frame f) { in_.push_back(std::move(f)); }
+  void Inject(Frame f, Offload o = {}) {
+    in_.push_back(std::move(f));
+    in_offload_.push_back(o);
+  }
   std::vector<Frame>& sent() { return sent_; }
+  // The offload record of each frame in sent(), as the switch handed it over.
+  std::vector<Offload>& sent_offloads() { return sent_offloads_; }
+  // What Tx accepts (Port::Caps).
+  void set_caps(const PortCaps& c) { SetCaps(c); }
   void set_room(size_t r) { room_ = r; }
   // A guest refilling its receive ring: n more buffers.
   void add_room(size_t n) { room_ = room_ == SIZE_MAX ? SIZE_MAX : room_ + n; }
@@ -57,12 +64,14 @@ class MemPort final : public Port {
       Frame& f = in_[n];
       PacketRef* p = out.TryPush();
       PacketFromFlat(p, &segs_[n], f.data(), static_cast<uint32_t>(f.size()));
+      p->offload = in_offload_[n];
     }
     return n;
   }
   void RxDone(uint32_t, Batch&, size_t sent) override {
     rx_packets_ += sent;
     in_.erase(in_.begin(), in_.begin() + static_cast<long>(sent));
+    in_offload_.erase(in_offload_.begin(), in_offload_.begin() + static_cast<long>(sent));
   }
   size_t Tx(uint32_t, std::span<const PacketRef* const> in) override {
     size_t k = 0;
@@ -79,6 +88,7 @@ class MemPort final : public Port {
       W w{&f};
       CopyPacket(*in[k], w);
       sent_.push_back(std::move(f));
+      sent_offloads_.push_back(in[k]->offload);
     }
     if (room_ != SIZE_MAX) room_ -= k;
     return k;
@@ -99,7 +109,9 @@ class MemPort final : public Port {
  private:
   uint32_t queues_;
   std::deque<Frame> in_;
+  std::deque<Offload> in_offload_;
   std::vector<Frame> sent_;
+  std::vector<Offload> sent_offloads_;
   Segment segs_[kBurst];
   size_t room_ = SIZE_MAX;
   std::atomic<uint64_t> rx_packets_{0};  // read by other threads in multi-worker tests
