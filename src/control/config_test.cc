@@ -155,6 +155,20 @@ TEST(SwitchPortOptions, MacLimitAndAllowedMacs) {
             "port vm1: allowed_macs: ff:ff:ff:ff:ff:ff is a multicast or zero address, never a frame's source");
 }
 
+// A vhost-user port's offloads=on|off: on unless said, anything else named in the error.
+TEST(VhostUserPortOptions, Offloads) {
+  auto opts = [](const std::string& spec) -> Result<VhostUserPortOptions> {
+    NICMUX_TRY_ASSIGN(s, ParsePortSpec(spec));
+    return VhostUserPortOptionsFromSpec(s, 0);
+  };
+  EXPECT_TRUE(opts("vhost-user:vm1:socket=/s")->offloads);
+  EXPECT_TRUE(opts("vhost-user:vm1:socket=/s,offloads=on")->offloads);
+  EXPECT_FALSE(opts("vhost-user:vm1:socket=/s,offloads=off")->offloads);
+  auto bad = opts("vhost-user:vm1:socket=/s,offloads=maybe");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message(), "port vm1: offloads=maybe: expected on or off");
+}
+
 // A vhost-user port's max_memory=SIZE (the guest memory one frontend may map), from a spec or
 // a file: suffixes, the default, the range and the exact errors.
 TEST(VhostUserPortOptions, MaxMemory) {
@@ -226,8 +240,8 @@ TEST(VhostUserPortOptions, MaxMemory) {
   auto other = opts("vhost-user:vm1:socket=/s,max_mem=1G");
   ASSERT_FALSE(other);
   EXPECT_EQ(other.error().message(),
-            "port vm1: unknown option 'max_mem' for vhost-user (socket, client, queues, max_memory, vlan, trunk, mtu, "
-            "mac_limit, allowed_macs)");
+            "port vm1: unknown option 'max_mem' for vhost-user (socket, client, queues, max_memory, offloads, vlan, "
+            "trunk, mtu, mac_limit, allowed_macs)");
   EXPECT_EQ(SizeToString(uint64_t{16} << 30), "16G");
   EXPECT_EQ(SizeToString(uint64_t{4} << 40), "4T");
   EXPECT_EQ(SizeToString(1536), "1536");

@@ -60,7 +60,7 @@ Result<SwitchPortConfig> SwitchPortConfigFromSpec(const PortSpec& s) {
 }
 
 Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uint32_t mtu) {
-  if (auto u = UnknownOption(s, {"socket", "client", "queues", "max_memory"})) return Error(*u);
+  if (auto u = UnknownOption(s, {"socket", "client", "queues", "max_memory", "offloads"})) return Error(*u);
   NICMUX_TRY(FlagsTakeNoValue(s, {"client"}));
   VhostUserPortOptions o;
   o.name = s.name;
@@ -72,6 +72,11 @@ Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uin
   o.mtu = static_cast<uint16_t>(mtu);  // 68..65535 or 0 (SwitchPortConfigFromSpec)
   NICMUX_TRY_ASSIGN(m, s.Size("max_memory", vhost::kMinMaxMemoryBytes, vhost::kMaxMemoryBytes, vhost::kMaxMemoryBytes));
   o.max_memory = m;
+  if (s.Has("offloads")) {
+    const std::string& v = s.options.at("offloads");
+    if (v != "on" && v != "off") return Error("port " + s.name + ": offloads=" + v + ": expected on or off");
+    o.offloads = v == "on";
+  }
   return o;
 }
 

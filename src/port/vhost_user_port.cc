@@ -72,7 +72,7 @@ class MergeWriter {
 
 VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pausable* worker)
     : Port(o.name), opt_(o), loop_(loop),
-      session_(vhost::BackendConfig{o.queue_pairs, o.mtu, o.max_memory}, worker) {
+      session_(vhost::BackendConfig{o.queue_pairs, o.mtu, o.max_memory, o.offloads}, worker) {
   auto e = EventFd::Create();
   NICMUX_CHECK(e.has_value());
   fault_ = std::move(*e);
@@ -218,6 +218,7 @@ void VhostUserPort::OnReadable() {
       Disconnect("protocol error");
       return;
     }
+    UpdateCaps();
   }
   WatchOutput();
 }
@@ -248,6 +249,7 @@ void VhostUserPort::Disconnect(const std::string& why) {
   loop_->Unwatch(channel_->fd());
   channel_.reset();
   session_.Reset();
+  UpdateCaps();
   PeerGone();  // the switch forgets the MACs learned behind this port (Port::link_generation)
   // The worker is done with the old queues and the old memory is unmapped: notices still
   // pending are the old connection's.
@@ -331,10 +333,11 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
   st.n = dq.packed ? dq.packed_ring.PopBurst(st.chains, static_cast<uint32_t>(max))
                    : dq.split.PopBurst(st.chains, static_cast<uint32_t>(max));
   const uint32_t hdr = session_.net_hdr_len();
+  const bool offloads_in = session_.peer_sends_offloads();
   // The frames' first bytes are read next (the header copy); ask for all of them at once.
   for (uint32_t i = 0; i < st.n; ++i) {
     const virtio::DescChain& ch = st.chains[i];
-    // The frame, not the virtio-net header before it (not read: no offloads are offered).
+    // The frame (the virtio-net header before it is read too where offloads were negotiated).
     if (ch.num_readable > 0 && ch.segs[0].len > hdr) {
       PrefetchRead(ch.segs[0].data + hdr, std::min<uint64_t>(ch.segs[0].len - hdr, kHeadBytes), 2);
     }
@@ -343,7 +346,7 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
   for (uint32_t i = 0; i < st.n; ++i) {
     PacketRef* p = out.TryPush();
     NICMUX_DCHECK(p != nullptr);
-    if (!PacketFromChain(st.chains[i], hdr, p, /*read_hdr=*/false)) {
+    if (!PacketFromChain(st.chains[i], hdr, p, offloads_in)) {
       out.Pop();
       rxc_[q].dropped.Add();
       rxc_[q].drops.Add(DropReason::kBadFrame);
@@ -409,6 +412,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   const uint32_t hdr_len = session_.net_hdr_len();
   const bool mrg = session_.mrg_rxbuf();
   const uint32_t per_packet = mrg ? kMaxRxBuffers : 1;
+  const PortCaps caps = Caps();
   size_t k = 0;
   uint64_t bytes = 0, sent = 0;
   bool ring_empty = false;
@@ -465,7 +469,14 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
       const PacketRef& p = *in[plan[j].pkt];
       virtio::DescChain* pc = chains + plan[j].first;
       const uint32_t n = plan[j].n;
+      // The record as the switch left it (only what this guest accepts, caps), but the
+      // checksum-valid mark only where the guest negotiated GUEST_CSUM.
       virtio::VirtioNetHdrV1 h{};
+      if (!p.offload.none()) {
+        Offload o = p.offload;
+        if (!caps.has(PortCaps::kCsumValid)) o.flags &= static_cast<uint8_t>(~Offload::kCsumValid);
+        h = VirtioFromOffload(o);
+      }
       h.num_buffers = Le16::Of(static_cast<uint16_t>(mrg ? n : 1));
       const virtio::DescChain& c0 = pc[0];
       if (n == 1 && c0.num_segments > c0.num_readable &&
@@ -579,6 +590,25 @@ uint64_t VhostUserPort::DropsFor(DropReason r) const {
     n += s.queue(i).split.drops().Get(r) + s.queue(i).packed_ring.drops().Get(r);
   }
   return n;
+}
+
+// What Tx accepts follows what the guest negotiated for its receive side (GUEST_*): published
+// when SET_FEATURES changes it, and cleared when the frontend goes.
+void VhostUserPort::UpdateCaps() {
+  const uint64_t f = session_.has_features() ? session_.features() : 0;
+  if (f == caps_features_ && caps_known_) return;
+  caps_features_ = f;
+  caps_known_ = true;
+  using virtio::Has;
+  PortCaps c;
+  if (Has(f, virtio::kNetFGuestCsum)) c.offloads |= PortCaps::kCsum | PortCaps::kCsumValid;
+  // TSO needs the guest to take partial checksums too (§5.1.3.1: GUEST_TSO4 requires GUEST_CSUM).
+  if (Has(f, virtio::kNetFGuestCsum) && Has(f, virtio::kNetFGuestTso4)) c.offloads |= PortCaps::kTso4;
+  if (Has(f, virtio::kNetFGuestCsum) && Has(f, virtio::kNetFGuestTso6)) c.offloads |= PortCaps::kTso6;
+  if ((c.offloads & (PortCaps::kTso4 | PortCaps::kTso6)) && Has(f, virtio::kNetFGuestEcn)) c.offloads |= PortCaps::kEcn;
+  c.mtu = opt_.mtu;
+  SetCaps(c);
+  if (f) NICMUX_LOG(kInfo, "port %s: offloads towards the guest: %s", name().c_str(), c.ToString().c_str());
 }
 
 std::string VhostUserPort::Features() const {

@@ -44,6 +44,9 @@ struct VhostUserPortOptions {
   uint32_t queue_pairs = 1;
   uint16_t mtu = 0;
   uint64_t max_memory = vhost::kMaxMemoryBytes;  // vhost::kMinMaxMemoryBytes..kMaxMemoryBytes
+  // Offer checksum and TSO offloads (docs/offloads.md): CSUM, GUEST_CSUM, HOST_/GUEST_TSO4,
+  // TSO6 and ECN. Off: the guest computes every checksum and sends MTU-sized frames.
+  bool offloads = true;
 };
 
 class VhostUserPort final : public Port {
@@ -80,6 +83,9 @@ class VhostUserPort final : public Port {
   std::string Features() const override;
 
  private:
+  void UpdateCaps();
+  uint64_t caps_features_ = 0;  // the features UpdateCaps last saw
+  bool caps_known_ = false;
   VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);
   Result<void> Listen();
   void OnAccept();

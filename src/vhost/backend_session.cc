@@ -52,7 +52,8 @@ BackendSession::BackendSession(const BackendConfig& config, Pausable* worker)
   NICMUX_CHECK(worker_ != nullptr);
   NICMUX_CHECK(config_.queue_pairs >= 1 && config_.queue_pairs <= kMaxQueuePairs);
   NICMUX_CHECK(config_.max_memory >= 1 && config_.max_memory <= kMaxMemoryBytes);
-  // Offered only what fully works: no dirty log, no offloads yet. IN_ORDER holds because
+  // Offered only what fully works: no dirty log; offloads where the port asks (checksum and
+  // TCP segmentation, both ways: docs/offloads.md). IN_ORDER holds because
   // every queue completes chains in the order it popped them. The one exception is a chain
   // that fails its checks: it is completed empty at once, possibly ahead of good chains
   // popped before it; only a misbehaving driver makes one, and only its own queue sees the
@@ -62,6 +63,11 @@ BackendSession::BackendSession(const BackendConfig& config, Pausable* worker)
                       Bit(virtio::kFRingPacked) | Bit(virtio::kFInOrder) | Bit(virtio::kNetFMq) |
                       Bit(virtio::kNetFGuestAnnounce) | Bit(kFProtocolFeatures);
   if (config_.mtu != 0) offered_features_ |= Bit(virtio::kNetFMtu);
+  if (config_.offloads) {
+    offered_features_ |= Bit(virtio::kNetFCsum) | Bit(virtio::kNetFGuestCsum) | Bit(virtio::kNetFHostTso4) |
+                         Bit(virtio::kNetFHostTso6) | Bit(virtio::kNetFHostEcn) | Bit(virtio::kNetFGuestTso4) |
+                         Bit(virtio::kNetFGuestTso6) | Bit(virtio::kNetFGuestEcn);
+  }
   offered_protocol_features_ = Bit(kProtoMq) | Bit(kProtoReplyAck) | Bit(kProtoRarp) |
                                Bit(kProtoConfigureMemSlots) | Bit(kProtoStatus);
   if (config_.mtu != 0) offered_protocol_features_ |= Bit(kProtoNetMtu);
@@ -87,6 +93,7 @@ void BackendSession::Reset() {
   mtu_ = config_.mtu;
   net_hdr_len_ = 12;
   mrg_rxbuf_ = false;
+  peer_sends_offloads_ = false;
   rarp_.reset();
 }
 
@@ -172,6 +179,7 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
       features_ = v;
       features_set_ = true;
       mrg_rxbuf_ = Has(v, virtio::kNetFMrgRxbuf);
+      peer_sends_offloads_ = Has(v, virtio::kNetFCsum) || Has(v, virtio::kNetFHostTso4) || Has(v, virtio::kNetFHostTso6);
       net_hdr_len_ = (Has(v, virtio::kFVersion1) || mrg_rxbuf_) ? 12 : 10;
       for (uint32_t i = 0; i < kMaxQueues; ++i) NICMUX_TRY(Reconcile(i));
       return Ok();

@@ -107,6 +107,8 @@ struct BackendConfig {
   // kMaxMemoryBytes: SET_MEM_TABLE and ADD_MEM_REG past it are refused. Pages of it that
   // nicmuxd reads first are charged to nicmuxd's memory cgroup (docs/vhost-user.md).
   uint64_t max_memory = kMaxMemoryBytes;
+  // Offer CSUM, GUEST_CSUM, HOST_TSO4/6, HOST_ECN, GUEST_TSO4/6, GUEST_ECN.
+  bool offloads = false;
 };
 
 class BackendSession {
@@ -128,6 +130,9 @@ class BackendSession {
   // the frontend shrank its file (base/peer_mapping.h); check memory()->Poisoned() then.
   void SetFaultFd(int fd) { fault_fd_ = fd; }
 
+  // The frontend negotiated CSUM or HOST_TSO*: the virtio-net headers of its transmitted
+  // frames carry offload requests (read them); otherwise they mean nothing (§5.1.6.2).
+  bool peer_sends_offloads() const { return peer_sends_offloads_; }
   uint64_t features() const { return features_; }
   uint64_t protocol_features() const { return protocol_features_; }
   bool has_features() const { return features_set_; }
@@ -164,6 +169,7 @@ class BackendSession {
   Pausable* worker_;
   int fault_fd_ = -1;
   uint64_t offered_features_ = 0;
+  bool peer_sends_offloads_ = false;
   uint64_t offered_protocol_features_ = 0;
   uint64_t features_ = 0;
   bool features_set_ = false;

@@ -27,7 +27,22 @@ guest a "$WORK/a.sock" 10.0.0.1/24
 guest b "$WORK/b.sock" 10.0.0.2/24
 wait_agent a; wait_agent b
 ping_both "nicmuxd server"
+# Offloads (docs/offloads.md): the guests see checksum offload and TSO on, and TSO frames
+# cross the switch whole (b's frames average more than one MTU).
+k=$(gexec a 'ethtool -k eth0') || fail "ethtool -k in guest a"
+grep -q "^tcp-segmentation-offload: on" <<<"$k" || fail "guest a: TSO not on: $k"
+grep -q "^tx-checksumming: on" <<<"$k" || fail "guest a: tx checksumming not on: $k"
+port_json() { ctl --json port show "$1" | python3 -c "import json,sys; j=json.load(sys.stdin); print(j$2)"; }
+caps=$(port_json a "['caps']")
+grep -q "tso4" <<<"$caps" || fail "port a caps: $caps"
+echo "ok: guests negotiated offloads (port a caps: $caps)"
 iperf 10 "nicmuxd server"
+avg=$(port_json b "['rx_bytes'] // max(1, j['rx_packets'])")
+[ "$avg" -gt 1514 ] || fail "b's frames average $avg bytes: no TSO frame crossed whole"
+echo "ok: b's frames average $avg bytes through the switch (TSO frames cross as one packet)"
+gexec b 'ethtool -K eth0 tso off tx off' >/dev/null || fail "ethtool -K in guest b"
+iperf 5 "guest b with tso and tx checksumming off"
+gexec b 'ethtool -K eth0 tso on tx on' >/dev/null || fail "ethtool -K in guest b (on again)"
 kill_guest a
 wait_log "$WORK/nicmuxd.log" "port a: frontend disconnected" 30
 mv "$WORK/a.console.log" "$WORK/a-first.console.log"
