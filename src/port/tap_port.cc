@@ -272,7 +272,11 @@ void TapPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
 int TapPort::WritePacket(Queue& s, const PacketRef& p) {
   NICMUX_DCHECK(p.head_len <= p.len && p.head_len <= kHeadRoomBytes);
   if (p.len > kMaxFrameBytes) return EMSGSIZE;
-  virtio::VirtioNetHdrV1 hdr = VirtioFromOffload(p.offload);
+  // The record as the switch left it (nothing this port does not accept, caps), but the
+  // checksum-valid mark only where the port takes it: the kernel would skip verifying.
+  Offload o = p.offload;
+  if (!Caps().has(PortCaps::kCsumValid)) o.flags &= static_cast<uint8_t>(~Offload::kCsumValid);
+  virtio::VirtioNetHdrV1 hdr = VirtioFromOffload(o);
   s.iov[0] = {&hdr, sizeof hdr};
   int n = 1;
   if (p.head_len > 0) s.iov[n++] = {const_cast<std::byte*>(p.head), p.head_len};

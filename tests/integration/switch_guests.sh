@@ -5,7 +5,8 @@
 #      third guest; after learning, 300 unicast frames a <-> b and iperf3 leave the third
 #      guest's port counters still (no flooding of learned unicast)
 #   2. a guest <-> the host kernel through a TAP port: ping from a network namespace the test
-#      creates (the TAP interface nicmuxd made, moved into it)
+#      creates (the TAP interface nicmuxd made, moved into it), iperf3 both ways (the guest's
+#      TSO frames segmented by the switch), no TCP checksum errors in the namespace
 #   3. VLANs: a, c and the TAP in VLAN 10, b in VLAN 20 (access ports): a <-> c and the
 #      namespace <-> a work, nothing crosses to b. (Trunk tagging is covered by the switch's unit
 #      tests: this host kernel has no 802.1Q module to make a tagged peer with.)
@@ -46,6 +47,15 @@ ip -n "$NS" link set "$TAPIF" up
 ip netns exec "$NS" ping -c 3 -W 5 10.0.0.1 >"$WORK/ping_tap.log" || fail "ping namespace -> guest a through TAP"
 gexec a 'ping -c 3 -W 5 10.0.0.9' >>"$WORK/ping_tap.log" || fail "ping guest a -> namespace through TAP"
 echo "ok: host kernel (namespace $NS, TAP $TAPIF) <-> guest a: ping both ways ($(grep -m1 -o 'rtt.*\|round-trip.*' "$WORK/ping_tap.log"))"
+# TCP both ways between the guest (TSO and partial checksums on) and the kernel behind a TAP
+# without offloads: the switch segments the guest's TSO frames and completes their checksums;
+# the namespace's stack counts no checksum error.
+ip netns exec "$NS" nstat -n >/dev/null 2>&1 || true
+ip netns exec "$NS" iperf3 -c 10.0.0.1 -t 3 >"$WORK/iperf_tap.log" 2>&1 || fail "iperf3 namespace -> guest a through TAP"
+ip netns exec "$NS" iperf3 -c 10.0.0.1 -t 3 -R >"$WORK/iperf_tap_r.log" 2>&1 || fail "iperf3 guest a -> namespace through TAP"
+csum_err=$(ip netns exec "$NS" nstat -az TcpInCsumErrors 2>/dev/null | awk '/TcpInCsumErrors/ {print $2}')
+[ "${csum_err:-0}" -eq 0 ] || fail "the namespace counted $csum_err TCP checksum errors"
+echo "ok: TAP <-> guest a: iperf3 both ways ($(grep receiver "$WORK/iperf_tap.log" | awk '{print $7, $8}') in, $(grep receiver "$WORK/iperf_tap_r.log" | awk '{print $7, $8}') out), TcpInCsumErrors ${csum_err:-0}"
 kill_guest a b c
 stop_nicmuxd
 cleanup_ns
