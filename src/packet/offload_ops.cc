@@ -113,6 +113,7 @@ const char* CheckOffload(PacketRef& p, L4Layout* l) {
     // UNTRUSTED: csum_start and csum_offset, bounded by the frame and the head copy's size.
     const uint32_t end = uint32_t{o.csum_start} + o.csum_offset + 2;
     if (o.csum_start < kEth) return "csum_start";
+    if (o.csum_offset & 1) return "csum_offset";  // a 16-bit sum at an odd distance: no protocol has one
     if (end > p.len) return "csum_offset";
     if (end > kMaxHeadBytes) return "csum_start";
     if (!ExtendHead(&p, end)) return "csum_offset";

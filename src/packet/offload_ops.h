@@ -34,7 +34,7 @@ struct L4Layout {
 
 // UNTRUSTED: p.offload is the source's. Checks every field before anything uses it, growing
 // p's head copy over the headers the record needs (ExtendHead):
-//  - needs_csum: csum_start at or after the Ethernet header, csum_start + csum_offset + 2
+//  - needs_csum: csum_start at or after the Ethernet header, csum_offset even, csum_start + csum_offset + 2
 //    within the frame and within kMaxHeadBytes (the sum is stored in the head copy);
 //  - GSO: a type we know and take (not UFO), the frame at most kMaxGsoFrameBytes, Ethernet
 //    (one 802.1Q tag at most), IPv4 without fragmentation or IPv6 without extension headers,

@@ -148,6 +148,7 @@ TEST(OffloadOps, CheckRefusesInconsistentRecords) {
   { auto sp = tso(good); sp->p.offload.csum_start = 10; expect(std::move(sp), "csum_start"); }
   { auto sp = tso(good); sp->p.offload.csum_start = static_cast<uint16_t>(fs.L4() + 2); expect(std::move(sp), "csum_start"); }
   { auto sp = tso(good); sp->p.offload.csum_offset = 0xfff0; expect(std::move(sp), "csum_offset"); }
+  { auto sp = tso(good); sp->p.offload.csum_offset = 17; expect(std::move(sp), "csum_offset"); }
   { auto sp = tso(good); sp->p.offload.csum_start = 150; sp->p.offload.csum_offset = 16; expect(std::move(sp), "csum_start"); }
   {
     Bytes f = good;
