@@ -54,7 +54,7 @@ trunk=A/B/C-D, a trunk of those VLANs (0: untagged frames); mtu=N, the largest p
 sent to the port; mac_limit=N, source MACs learned on the port, 1..1048576 (default
 1024); allowed_macs=M1/M2/..., port security: frames from other source MACs are dropped
 (up to 64, xx:xx:xx:xx:xx:xx; default: any)):
-  vhost-user:NAME:socket=PATH[,client][,queues=N][,mtu=N][,max_memory=SIZE]
+  vhost-user:NAME:socket=PATH[,client][,queues=N][,mtu=N][,max_memory=SIZE][,offloads=on|off]
       a virtio-net device for a QEMU guest or a virtio-user container. nicmuxd listens on
       PATH (one frontend at a time) or, with `client`, connects to PATH (QEMU's
       `server=on`) and reconnects after the frontend restarts. queues: queue pairs, 1..8
@@ -63,6 +63,9 @@ sent to the port; mac_limit=N, source MACs learned on the port, 1..1048576 (defa
       T suffix (1024-based), 1M..4T (default 4T); a frontend declaring more is refused.
       Guest pages nicmuxd reads first are charged to nicmuxd's memory cgroup: set it to
       the guest's memory (e.g. 16G) to bound what one guest can make nicmuxd's charge.
+      offloads: offer checksum offload and TSO (IPv4, IPv6, ECN) both ways (default on):
+      a guest's 64 KiB TCP frames cross the switch whole to peers that take them and are
+      segmented by the switch for the others (docs/offloads.md).
   virtio-user:NAME:socket=PATH[,server][,queues=N][,packed]
       nicmuxd as the frontend of another vhost-user backend (DPDK vhost, OVS, another
       nicmuxd): connects to PATH (or, with `server`, listens and waits for the backend) at
