@@ -60,6 +60,15 @@ options:
   --peer-mac MAC     destination MAC of sent frames (default 02:6e:6d:78:00:02); through a
                      learning switch give each endpoint its own --mac and the other's as
                      --peer-mac, or every frame is flooded
+  --tso MSS          send TCP/IPv4 frames of --size bytes (up to 65000) as TSO frames with a
+                     partial checksum, to be cut into MSS-byte segments (negotiates CSUM and
+                     HOST_TSO4; the backend must offer them). Sequence numbers count payload
+                     bytes, the payload is a pattern of them: any receiver verifies segments
+  --static-payload   with --tso: write each transmit buffer's payload once, then only its
+                     headers (a throughput run: the sender is not bound by writing 64 KiB per
+                     frame; receivers must not --verify the payload)
+  --offloads         accept TSO frames and partial checksums on receive (negotiates
+                     GUEST_CSUM, GUEST_TSO4/6): a backend may deliver TSO frames whole
   --yield            sched_yield() after every round: for two endpoints sharing one CPU
                      (with a backend that drops instead of pushing back, the one not
                      running would overflow its receive ring for a whole time slice)
@@ -102,6 +111,9 @@ struct Options {
   std::string rtt_file;
   bool busy_poll = false;
   bool yield = false;
+  uint32_t tso = 0;  // MSS; 0: pktgen frames
+  bool static_payload = false;
+  bool offloads = false;
   uint8_t mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
   uint8_t peer_mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
 };
@@ -166,6 +178,12 @@ Options Parse(int argc, char** argv) {
       o.duration = std::strtod(v.c_str(), &end);
       if (*end || !(o.duration > 0) || o.duration > 86400) Usage("--duration " + v + ": seconds, > 0");
       o.duration_given = true;
+    } else if (a == "--tso") {
+      o.tso = static_cast<uint32_t>(Num(a, val(), 64, 9000));
+    } else if (a == "--static-payload") {
+      o.static_payload = true;
+    } else if (a == "--offloads") {
+      o.offloads = true;
     } else if (a == "--yield") {
       o.yield = true;
     } else if (a == "--hold") {
@@ -230,8 +248,65 @@ void BuildFrame(std::byte* f, uint32_t size, uint32_t stream, uint64_t seq) {
   for (uint32_t i = kMinFrame; i < size; ++i) p[i] = PatternByte(seq, i);
 }
 
+// TCP mode (--tso): Ethernet, IPv4 10.0.0.1 -> 10.0.0.2, TCP from port 10000 + queue to 5201;
+// the sequence number is the offset of the payload's first byte in the queue's stream, and
+// payload byte X of the stream is TcpPattern(X): any segment verifies on its own.
+constexpr uint32_t kTcpHdrs = 14 + 20 + 20;
+inline uint8_t TcpPattern(uint64_t x) { return static_cast<uint8_t>(x * 7 + (x >> 8)); }
+
+uint16_t Sum16(const uint8_t* p, size_t n, uint32_t acc = 0) {
+  for (size_t i = 0; i + 1 < n; i += 2) acc += uint32_t{p[i]} << 8 | p[i + 1];
+  if (n & 1) acc += uint32_t{p[n - 1]} << 8;
+  while (acc >> 16) acc = (acc & 0xffff) + (acc >> 16);
+  return static_cast<uint16_t>(acc);
+}
+void Put16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v >> 8);
+  p[1] = static_cast<uint8_t>(v);
+}
+uint16_t Get16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+uint32_t Get32(const uint8_t* p) { return uint32_t{Get16(p)} << 16 | Get16(p + 2); }
+uint16_t PseudoSum(const uint8_t* f, uint32_t l4_len) {
+  uint32_t acc = Sum16(f + 26, 8);
+  acc += 6 + l4_len;
+  while (acc >> 16) acc = (acc & 0xffff) + (acc >> 16);
+  return static_cast<uint16_t>(acc);
+}
+
+// A TSO frame of `size` bytes whose payload starts at stream offset `off`; the TCP checksum
+// field holds the pseudo-header's sum (what a sender leaves for the device to complete).
+void BuildTcpFrame(uint8_t* f, uint32_t size, uint32_t queue, uint64_t off, bool payload = true) {
+  std::memcpy(f, g_dst_mac, 6);
+  std::memcpy(f + 6, g_src_mac, 6);
+  Put16(f + 12, 0x0800);
+  uint8_t* ip = f + 14;
+  std::memset(ip, 0, 40);
+  ip[0] = 0x45;
+  Put16(ip + 2, static_cast<uint16_t>(size - 14));
+  Put16(ip + 4, static_cast<uint16_t>(off / 1000));
+  Put16(ip + 6, 0x4000);
+  ip[8] = 64;
+  ip[9] = 6;
+  const uint8_t addrs[8] = {10, 0, 0, 1, 10, 0, 0, 2};
+  std::memcpy(ip + 12, addrs, 8);
+  Put16(ip + 10, static_cast<uint16_t>(~Sum16(ip, 20)));
+  uint8_t* tcp = ip + 20;
+  Put16(tcp, static_cast<uint16_t>(10000 + queue));
+  Put16(tcp + 2, 5201);
+  Put16(tcp + 4, static_cast<uint16_t>(off >> 16));
+  Put16(tcp + 6, static_cast<uint16_t>(off));
+  tcp[12] = 5 << 4;
+  tcp[13] = 0x18;  // PSH ACK
+  Put16(tcp + 14, 65535);
+  Put16(tcp + 16, PseudoSum(f, size - 34));
+  if (payload) {
+    for (uint32_t i = kTcpHdrs; i < size; ++i) f[i] = TcpPattern(off + i - kTcpHdrs);
+  }
+}
+
 struct Stats {
   uint64_t tx = 0, rx = 0, tx_bytes = 0, rx_bytes = 0;
+  uint64_t tcp_payload = 0;  // TCP mode: payload bytes received and verified
   uint64_t bad = 0, lost = 0, reordered = 0;
   uint64_t other = 0;  // frames that are not pktgen's (a switch floods broadcasts to us)
 };
@@ -264,6 +339,34 @@ struct Verifier {
   }
 };
 
+// A TCP-mode frame (whole TSO frame or one segment): IPv4 header and its checksum, lengths,
+// every payload byte against the stream pattern, the TCP checksum unless it is still partial
+// (a TSO frame delivered whole with NEEDS_CSUM); order per source port.
+struct TcpVerifier {
+  std::map<uint32_t, uint64_t> next;
+  bool Check(const uint8_t* f, uint32_t len, bool partial, Stats* st) {
+    if (len < kTcpHdrs || Get16(f + 12) != 0x0800 || f[14] != 0x45 || f[23] != 6) return false;
+    if (Get16(f + 16) != len - 14 || Sum16(f + 14, 20) != 0xffff) return false;
+    if ((f[46] >> 4) != 5) return false;
+    const uint32_t seq = Get32(f + 38);
+    for (uint32_t i = kTcpHdrs; i < len; ++i) {
+      if (f[i] != TcpPattern(uint64_t{seq} + i - kTcpHdrs)) return false;
+    }
+    if (!partial && Sum16(f + 34, len - 34, PseudoSum(f, len - 34)) != 0xffff) return false;
+    // (Sequence numbers wrap at 2^32 like TCP's: compared as a signed distance.)
+    auto [it, fresh] = next.emplace(Get16(f + 34), seq);
+    const auto d = static_cast<int32_t>(seq - static_cast<uint32_t>(it->second));
+    if (d > 0) ++st->lost;
+    if (d < 0) {
+      ++st->reordered;
+    } else {
+      it->second = static_cast<uint32_t>(seq + (len - kTcpHdrs));
+    }
+    st->tcp_payload += len - kTcpHdrs;
+    return true;
+  }
+};
+
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 std::atomic<bool> g_go{false};  // --hold: SIGUSR1 came
@@ -277,6 +380,11 @@ int Run(const Options& o) {
   fc.queue_size = o.ring;
   fc.packed = o.packed;
   fc.mrg_rxbuf = o.mrg;
+  using virtio::Bit;
+  if (o.tso) fc.offloads |= Bit(virtio::kNetFCsum) | Bit(virtio::kNetFHostTso4);
+  if (o.offloads) {
+    fc.offloads |= Bit(virtio::kNetFGuestCsum) | Bit(virtio::kNetFGuestTso4) | Bit(virtio::kNetFGuestTso6);
+  }
   const uint32_t need = o.size + 12;
   fc.buf_bytes = need <= 2048 ? 2048 : (need + 63) / 64 * 64;
   auto f = vhost::Frontend::Create(fc);
@@ -286,6 +394,10 @@ int Run(const Options& o) {
   }
   vhost::Frontend& fe = **f;
   const uint32_t hdr = fe.net_hdr_len();
+  if (o.tso && !(virtio::Has(fe.features(), virtio::kNetFHostTso4) && virtio::Has(fe.features(), virtio::kNetFCsum))) {
+    std::fprintf(stderr, "nicmux-pktgen: --tso: the backend does not offer CSUM and HOST_TSO4\n");
+    return 1;
+  }
   const bool ping = o.mode == "ping";
   const bool send = o.mode == "tx" || o.mode == "bidir" || ping;
   std::vector<uint32_t> rtt_ns;  // ping: one round trip per reflected frame
@@ -316,7 +428,9 @@ int Run(const Options& o) {
   struct Reassembly {
     std::vector<uint8_t> buf;
     uint32_t left = 0, len = 0;
+    bool partial = false;  // the frame's header says NEEDS_CSUM
   };
+  TcpVerifier tcp_ver;
   std::vector<Reassembly> reasm_q(fe.queue_pairs());
   for (auto& r : reasm_q) r.buf.resize(65536 + 64);  // any frame a peer may send
   // One sequence per transmit queue: a frame carries stream id << 4 | queue, and order is kept
@@ -374,6 +488,7 @@ int Run(const Options& o) {
           std::memcpy(&h, b, std::min<uint32_t>(len, sizeof h));
           frag_left = o.mrg ? std::max<uint32_t>(1, h.num_buffers.get()) : 1;
           frag_len = 0;
+          reasm_q[k].partial = (h.flags & virtio::kNetHdrFNeedsCsum) != 0;
           b += hdr;
           len = len >= hdr ? len - hdr : 0;
         }
@@ -384,6 +499,17 @@ int Run(const Options& o) {
         virtio::DriverBuffer rb{fe.BufferAddr(rq, rq.NextId()), fc.buf_bytes, true};
         rq.Add({&rb, 1});
         if (--frag_left > 0) continue;
+        // TCP mode: a TSO frame or a segment of one.
+        if (frag_len >= kTcpHdrs && reasm[12] == 0x08 && reasm[13] == 0x00 && reasm[23] == 6) {
+          ++st.rx;
+          st.rx_bytes += frag_len;
+          if (o.verify) {
+            if (!tcp_ver.Check(reasm.data(), frag_len, reasm_q[k].partial, &st)) ++st.bad;
+          } else {
+            st.tcp_payload += frag_len - kTcpHdrs;
+          }
+          continue;
+        }
         // Not a pktgen frame (another ethertype: ARP, IPv6 neighbour discovery from a host
         // on the same switch): counted apart, neither received nor bad.
         if (frag_len < 14 || reasm[12] != 0x88 || reasm[13] != 0xb5) {
@@ -445,7 +571,22 @@ int Run(const Options& o) {
           const uint16_t id = tq.NextId();
           std::byte* b = fe.Buffer(tq, id);
           std::memset(b, 0, hdr);
-          BuildFrame(b + hdr, o.size, (o.stream << 4) | k, seq[k]++);
+          if (o.tso) {
+            virtio::VirtioNetHdrV1 h{};
+            h.flags = virtio::kNetHdrFNeedsCsum;
+            h.gso_type = o.size - kTcpHdrs > o.tso ? virtio::kNetHdrGsoTcpv4 : virtio::kNetHdrGsoNone;
+            h.gso_size = Le16::Of(static_cast<uint16_t>(o.tso));
+            h.hdr_len = Le16::Of(static_cast<uint16_t>(kTcpHdrs));
+            h.csum_start = Le16::Of(34);
+            h.csum_offset = Le16::Of(16);
+            std::memcpy(b, &h, std::min<uint32_t>(hdr, sizeof h));
+            // (--static-payload: the payload only on a buffer's first use.)
+            BuildTcpFrame(reinterpret_cast<uint8_t*>(b + hdr), o.size, k, seq[k],
+                          !o.static_payload || seq[k] < uint64_t{o.ring} * (o.size - kTcpHdrs));
+            seq[k] += o.size - kTcpHdrs;
+          } else {
+            BuildFrame(b + hdr, o.size, (o.stream << 4) | k, seq[k]++);
+          }
           if (ping) {
             const uint64_t t_ns = MonotonicNowNs();
             std::memcpy(b + hdr + kMinFrame, &t_ns, 8);
@@ -548,10 +689,10 @@ int Run(const Options& o) {
   }
   std::printf("summary mode=%s size=%u queues=%u ring=%s seconds=%.3f tx_packets=%" PRIu64 " rx_packets=%" PRIu64
               " rx_bad=%" PRIu64 " rx_lost=%" PRIu64 " rx_reordered=%" PRIu64 " rx_other=%" PRIu64
-              " tx_mpps=%.3f rx_mpps=%.3f tx_gbps=%.3f rx_gbps=%.3f verified=%s result=%s\n",
+              " tx_mpps=%.3f rx_mpps=%.3f tx_gbps=%.3f rx_gbps=%.3f rx_tcp_payload_gbps=%.3f verified=%s result=%s\n",
               o.mode.c_str(), o.size, fe.queue_pairs(), o.packed ? "packed" : "split", secs, st.tx, st.rx, st.bad,
               st.lost, st.reordered, st.other, st.tx / secs / 1e6, st.rx / secs / 1e6, st.tx_bytes * 8 / secs / 1e9,
-              st.rx_bytes * 8 / secs / 1e9, o.verify ? "yes" : "no", ok ? "ok" : "FAIL");
+              st.rx_bytes * 8 / secs / 1e9, st.tcp_payload * 8 / secs / 1e9, o.verify ? "yes" : "no", ok ? "ok" : "FAIL");
   if (ping) {
     std::vector<uint32_t> sorted = rtt_ns;
     std::sort(sorted.begin(), sorted.end());

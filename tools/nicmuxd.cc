@@ -70,10 +70,11 @@ sent to the port; mac_limit=N, source MACs learned on the port, 1..1048576 (defa
       nicmuxd as the frontend of another vhost-user backend (DPDK vhost, OVS, another
       nicmuxd): connects to PATH (or, with `server`, listens and waits for the backend) at
       start. queues: 1..8; packed: packed virtqueues.
-  tap:NAME[:ifname=IF][,queues=N][,address=A.B.C.D/LEN][,down][,mtu=N]
+  tap:NAME[:ifname=IF][,queues=N][,address=A.B.C.D/LEN][,down][,mtu=N][,offloads=on|off]
       the host kernel's network stack: nicmuxd creates TAP interface IF (default NAME),
       multi-queue with queues>1, gives it the address and brings it up (unless `down`),
-      and removes it at exit.
+      and removes it at exit. offloads: checksum offload and TSO both ways (default on;
+      off: TUNSETOFFLOAD 0, whole checksummed frames only).
 
 examples:
   nicmuxd --port vhost-user:vm1:socket=/tmp/vm1.sock --port vhost-user:vm2:socket=/tmp/vm2.sock

@@ -210,7 +210,7 @@ Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConf
     return std::unique_ptr<Port>(std::move(p));
   }
   if (s.kind == "tap") {
-    if (auto u = UnknownOption(s, {"ifname", "queues", "address", "up", "down"})) return Error(*u);
+    if (auto u = UnknownOption(s, {"ifname", "queues", "address", "up", "down", "offloads"})) return Error(*u);
     NICMUX_TRY(FlagsTakeNoValue(s, {"up", "down"}));
     TapPortOptions o;
     o.name = s.name;
@@ -220,6 +220,11 @@ Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConf
     if (s.Has("address")) o.address = s.options.at("address");
     o.up = !s.Has("down");
     o.mtu = static_cast<uint32_t>(mtu);
+    if (s.Has("offloads")) {
+      const std::string& v = s.options.at("offloads");
+      if (v != "on" && v != "off") return Error("port " + s.name + ": offloads=" + v + ": expected on or off");
+      o.offloads = v == "on";
+    }
     for (auto& e : ports_) {
       if (e->spec.kind == "tap" && (e->spec.Has("ifname") ? e->spec.options.at("ifname") : e->spec.name) == o.ifname) {
         *code = kCodeExists;

@@ -173,12 +173,17 @@ Result<std::unique_ptr<TapPort>> TapPort::Create(const TapPortOptions& o) {
     int le = 1;  // virtio 1.x headers are little-endian on every host
     if (::ioctl(s->fd.get(), TUNSETVNETLE, &le) < 0)
       return Error::FromErrno(what + ": TUNSETVNETLE");
-    if (::ioctl(s->fd.get(), TUNSETOFFLOAD, 0UL) < 0) {
-      return Error::FromErrno(what + ": TUNSETOFFLOAD 0");
+    const unsigned long offload = o.offloads ? (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) : 0UL;
+    if (::ioctl(s->fd.get(), TUNSETOFFLOAD, offload) < 0) {
+      return Error::FromErrno(what + ": TUNSETOFFLOAD " + std::to_string(offload));
     }
     for (uint32_t i = 0; i < kBurst; ++i) s->order[i] = static_cast<uint8_t>(i);
     s->bounce = port->bounce_.data() + uint64_t{q} * kMaxFrameBytes;
     port->q_.push_back(std::move(s));
+  }
+  if (o.offloads) {
+    port->SetCaps({PortCaps::kCsum | PortCaps::kCsumValid | PortCaps::kTso4 | PortCaps::kTso6 | PortCaps::kEcn,
+                   static_cast<uint16_t>(o.mtu), kMaxFrameBytes});
   }
   NICMUX_TRY(ConfigureInterface(o, ifname));
   NICMUX_LOG(kInfo, "port %s: interface %s, %u queue(s)%s%s", o.name.c_str(), ifname.c_str(),

@@ -12,12 +12,15 @@
 //   address=A/P   an IPv4 address with prefix length set on the interface ("10.0.0.1/24").
 //   up            bring the link up (default on).
 //   mtu=N         interface MTU, 68..65535 (default: the kernel's, 1500).
+//   offloads=on|off  checksum offload and TSO (IPv4, IPv6, ECN) both ways (default on).
 //
 // The device is not persistent: it goes away when the port closes its fds (the destructor, or
 // the daemon's exit). Every queue fd is O_NONBLOCK; the frames carry a 12-byte virtio-net
-// header (IFF_VNET_HDR, TUNSETVNETHDRSZ 12, little-endian) and no offloads are enabled
-// (TUNSETOFFLOAD 0): the kernel hands us whole, checksummed frames, as our vhost ports offer
-// no offloads either.
+// header (IFF_VNET_HDR, TUNSETVNETHDRSZ 12, little-endian), translated into the Offload
+// record at this edge. With offloads (the default) TUNSETOFFLOAD CSUM|TSO4|TSO6|TSO_ECN lets
+// the kernel hand us TSO frames with partial checksums, and the caps say the kernel takes them
+// (it accepts any virtio-net header from a TAP writer); with offloads=off, TUNSETOFFLOAD 0:
+// whole, checksummed frames both ways.
 //
 // Data path (worker thread; Tx under the switch's per-queue lock): the port owns kBurst host
 // buffers per queue. Rx read()s frames into free buffers and makes one-segment PacketRefs over
@@ -59,6 +62,9 @@ struct TapPortOptions {
   std::string address;  // "10.0.0.1/24"; empty: none
   bool up = true;
   uint32_t mtu = 0;  // 68..65535; 0: the kernel's default
+  // Checksum offload and TSO both ways (TUNSETOFFLOAD CSUM|TSO4|TSO6|TSO_ECN): the kernel
+  // hands us 64 KiB TCP frames with partial checksums and takes them (docs/offloads.md).
+  bool offloads = true;
 };
 
 class TapPort final : public Port {

@@ -156,6 +156,7 @@ Result<void> Frontend::Setup() {
   }
   if (config_.queue_pairs > 1) want |= Bit(virtio::kNetFMq);
   want |= Bit(kFProtocolFeatures);
+  want |= config_.offloads;
   features_ = want & *offered;
 
   pairs_ = 1;

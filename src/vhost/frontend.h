@@ -39,6 +39,9 @@ struct FrontendConfig {
   // backend.
   bool seal_memory = true;
   int connect_timeout_ms = 10000;
+  // Virtio-net offload features to ask for (CSUM, HOST_TSO4, GUEST_CSUM, ...: virtio/features.h
+  // bits); only those the backend offers are negotiated (features()).
+  uint64_t offloads = 0;
 };
 
 // One virtqueue of the frontend.
