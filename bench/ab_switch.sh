@@ -5,6 +5,7 @@
 # 5). nicmuxd on CPU 1, both pktgens on CPU 0 (bench/run's topology). Prints each run's Mpps
 # (both directions together) and the median ratio B/A of the pairs. For a change's A/B: build
 # the old commit into another folder (git worktree + cmake --preset release) and pass both.
+# Both runs use DIR_B's nicmux-pktgen, so only nicmuxd differs.
 set -euo pipefail
 A=${1:?DIR_A}; B=${2:?DIR_B}; rounds=${3:-5}; size=${4:-64}; secs=${5:-5}
 W=$(mktemp -d /tmp/nicmux-ab.XXXXXX)
@@ -16,10 +17,10 @@ one() {  # one TOOLS_DIR -> Mpps
     --port "vhost-user:p2:socket=$W/p2.sock" >"$W/d.log" 2>&1 &
   local dp=$!
   for _ in $(seq 100); do [ -S "$W/p2.sock" ] && break; sleep 0.05; done
-  taskset -c 0 "$d/nicmux-pktgen" --socket "$W/p1.sock" --mac 02:00:00:00:01:01 --peer-mac 02:00:00:00:02:02 \
+  taskset -c 0 "$B/nicmux-pktgen" --socket "$W/p1.sock" --mac 02:00:00:00:01:01 --peer-mac 02:00:00:00:02:02 \
     --mode bidir --size "$size" --duration "$secs" --delay 1.3 --interval 0 --stream 1 --yield >"$W/a.log" 2>&1 &
   pids+=($!)
-  taskset -c 0 "$d/nicmux-pktgen" --socket "$W/p2.sock" --mac 02:00:00:00:02:02 --peer-mac 02:00:00:00:01:01 \
+  taskset -c 0 "$B/nicmux-pktgen" --socket "$W/p2.sock" --mac 02:00:00:00:02:02 --peer-mac 02:00:00:00:01:01 \
     --mode bidir --size "$size" --duration "$secs" --delay 1 --interval 0 --stream 2 --yield >"$W/b.log" 2>&1 &
   pids+=($!)
   wait "${pids[@]}" || true
