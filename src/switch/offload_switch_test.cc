@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "switch/l2_switch.h"
+#include "switch/xconnect.h"
 #include "tests/support/frames.h"
 #include "tests/support/mem_port.h"
 
@@ -159,6 +160,42 @@ TEST(SwitchOffload, SegmentsBeyondRoomAreCountedDrops) {
   n.Run();
   EXPECT_EQ(n.port(1).sent().size(), 10u);
   EXPECT_EQ(n.sw.DropsFor(0, DropReason::kQueueFull), 10u);
+}
+
+// The cross-connect treats records as the switch does: a bad one dropped alone, a TSO frame cut
+// for a destination without TSO (every segment valid), passed whole to one with TSO.
+TEST(XconnectOffload, ChecksSegmentsAndPassesThrough) {
+  FrameSpec fs;
+  fs.payload = 10000;
+  fs.partial_csum = true;
+  const Bytes f = MakeTcpUdpFrame(fs);
+  FrameSpec small;
+  small.payload = 10;
+  Offload bad = Tso(fs, 1448);
+  bad.gso_type = GsoType::kTcp6;
+  for (bool tso : {false, true}) {
+    MemPort a("a"), b("b");
+    if (tso) b.set_caps(kTsoCaps);
+    Xconnect x(&a, &b);
+    a.Inject(MakeTcpUdpFrame(small));
+    a.Inject(f, bad);
+    a.Inject(f, Tso(fs, 1448));
+    a.Inject(MakeTcpUdpFrame(small));
+    for (int r = 0; r < 4; ++r) x.Poll();
+    EXPECT_EQ(a.pending(), 0u) << "every frame settled";
+    const size_t segs = tso ? 1 : (fs.payload + 1447) / 1448;
+    ASSERT_EQ(b.sent().size(), 2 + segs) << "the bad record dropped, the TSO frame " << (tso ? "whole" : "cut");
+    for (size_t i = 1; i <= segs; ++i) {
+      const Bytes& q = b.sent()[i];
+      if (tso) {
+        EXPECT_EQ(q, f);
+        EXPECT_TRUE(b.sent_offloads()[i].gso());
+      } else {
+        EXPECT_TRUE(ChecksumOk(q, fs)) << i;
+        EXPECT_EQ(testing::TcpSeq(q, fs), fs.seq + (i - 1) * 1448);
+      }
+    }
+  }
 }
 
 }  // namespace
