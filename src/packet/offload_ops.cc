@@ -156,6 +156,9 @@ const char* CheckOffload(PacketRef& p, L4Layout* l) {
   } else {
     return "gso_type";
   }
+  // An IP datagram's length must fit its 16-bit field (a segment that is the whole frame keeps
+  // it; offload_fuzz found a 65536-byte IPv4 datagram cut into one 'segment' of length 0).
+  if (p.len - l3 - (l->ipv6 ? 40 : 0) > 65535) return "length";
   const uint8_t want = o.gso_type == GsoType::kUdpL4 ? kUdp : kTcp;
   if (proto != want) return "gso_type";
   uint32_t hdrs;

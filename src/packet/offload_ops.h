@@ -36,7 +36,8 @@ struct L4Layout {
 // p's head copy over the headers the record needs (ExtendHead):
 //  - needs_csum: csum_start at or after the Ethernet header, csum_offset even, csum_start + csum_offset + 2
 //    within the frame and within kMaxHeadBytes (the sum is stored in the head copy);
-//  - GSO: a type we know and take (not UFO), the frame at most kMaxGsoFrameBytes, Ethernet
+//  - GSO: a type we know and take (not UFO), the frame at most kMaxGsoFrameBytes and its IP
+//    datagram (IPv6: payload) at most 65535 bytes, Ethernet
 //    (one 802.1Q tag at most), IPv4 without fragmentation or IPv6 without extension headers,
 //    the L4 protocol the type names (an IPv6 GSO frame that is really IPv4 is refused), all
 //    headers within kMaxHeadBytes, hdr_len within the frame, gso_size at least kMinGsoSize
