@@ -110,7 +110,10 @@ const char* CheckOffload(PacketRef& p, L4Layout* l) {
   if (o.gso_type == GsoType::kInvalid) return "gso_type";
   if (p.nsegs > kMaxPayloadSegments - 1) return "segments";
   if (o.needs_csum()) {
-    // UNTRUSTED: csum_start and csum_offset, bounded by the frame and the head copy's size.
+    // UNTRUSTED: csum_start and csum_offset, bounded by the frame and the head copy's size; the
+    // frame's length too: completing the sum reads every byte, and a chain may claim 4 GiB
+    // (its descriptors all naming the same pages), which would stall the worker.
+    if (p.len > kMaxGsoFrameBytes) return "length";
     const uint32_t end = uint32_t{o.csum_start} + o.csum_offset + 2;
     if (o.csum_start < kEth) return "csum_start";
     if (o.csum_offset & 1) return "csum_offset";  // a 16-bit sum at an odd distance: no protocol has one
@@ -171,13 +174,18 @@ const char* CheckOffload(PacketRef& p, L4Layout* l) {
     hdrs = l4 + 8;
   }
   if (hdrs > hl) return "hdr_len";  // headers beyond kMaxHeadBytes (or the frame)
-  if (o.needs_csum()) {
-    if (o.csum_start != l4 || o.csum_offset != (proto == kTcp ? 16 : 6)) return "csum_start";
-  }
+  // A GSO request must ask for the L4 checksum (virtio 1.2 §5.1.6.2: NEEDS_CSUM with any
+  // gso_type): a segment-able frame marked otherwise would reach a guest or the kernel as GSO
+  // without CHECKSUM_PARTIAL.
+  if (!o.needs_csum()) return "flags";
+  if (o.csum_start != l4 || o.csum_offset != (proto == kTcp ? 16 : 6)) return "csum_start";
   l->l4 = static_cast<uint16_t>(l4);
   l->hdrs = static_cast<uint16_t>(hdrs);
   l->proto = proto;
   if (GsoSegments(p, *l) > kMaxGsoSegments) return "gso_size";
+  // The sender's hdr_len is a hint (Linux sends its linear part's length); what is passed on
+  // is the headers' real length.
+  o.hdr_len = static_cast<uint16_t>(hdrs);
   return nullptr;
 }
 

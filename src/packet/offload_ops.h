@@ -34,15 +34,17 @@ struct L4Layout {
 
 // UNTRUSTED: p.offload is the source's. Checks every field before anything uses it, growing
 // p's head copy over the headers the record needs (ExtendHead):
-//  - needs_csum: csum_start at or after the Ethernet header, csum_offset even, csum_start + csum_offset + 2
+//  - needs_csum: the frame at most kMaxGsoFrameBytes (completing the sum reads all of it),
+//    csum_start at or after the Ethernet header, csum_offset even, csum_start + csum_offset + 2
 //    within the frame and within kMaxHeadBytes (the sum is stored in the head copy);
 //  - GSO: a type we know and take (not UFO), the frame at most kMaxGsoFrameBytes and its IP
 //    datagram (IPv6: payload) at most 65535 bytes, Ethernet
 //    (one 802.1Q tag at most), IPv4 without fragmentation or IPv6 without extension headers,
 //    the L4 protocol the type names (an IPv6 GSO frame that is really IPv4 is refused), all
 //    headers within kMaxHeadBytes, hdr_len within the frame, gso_size at least kMinGsoSize
-//    and at most kMaxGsoSegments segments, and a partial checksum, if asked, at the L4
-//    header's checksum field.
+//    and at most kMaxGsoSegments segments, and a partial checksum (required with GSO) at the
+//    L4 header's checksum field.
+// A GSO record that passes gets hdr_len set to the headers' real length (the sender's is a hint).
 // Returns nullptr when the record may be used (with *l filled for GSO), else the name of the
 // field that is wrong (the packet is then dropped as bad_offload).
 const char* CheckOffload(PacketRef& p, L4Layout* l);

@@ -195,6 +195,26 @@ TEST(OffloadOps, CheckRefusesInconsistentRecords) {
     sp->p.offload.csum_start = static_cast<uint16_t>(v6.L4());
     expect(std::move(sp), "gso_type");
   }
+  { auto sp = tso(good); sp->p.offload.flags = 0; expect(std::move(sp), "flags"); }  // GSO must ask for the sum
+  { auto sp = tso(good); sp->p.offload.flags = Offload::kCsumValid; expect(std::move(sp), "flags"); }
+  {
+    // The sender's hdr_len is a hint: what passes on is the headers' length.
+    auto sp = tso(good);
+    sp->p.offload.hdr_len = 0;
+    EXPECT_EQ(CheckOffload(sp->p, &l), nullptr);
+    EXPECT_EQ(sp->p.offload.hdr_len, fs.Hdrs());
+  }
+  {
+    // A partial checksum over a frame longer than any GSO frame: refused before the sum reads
+    // it (a chain may claim 4 GiB over the same pages; the review's worker stall).
+    FrameSpec huge = fs;
+    huge.payload = 70000;
+    auto sp = std::make_unique<SplitPacket>(MakeTcpUdpFrame(huge), std::vector<uint32_t>{});
+    sp->p.offload.flags = Offload::kNeedsCsum;
+    sp->p.offload.csum_start = static_cast<uint16_t>(fs.L4());
+    sp->p.offload.csum_offset = 16;
+    expect(std::move(sp), "length");
+  }
   // needs_csum alone: the field must lie in the frame.
   {
     FrameSpec small = fs;

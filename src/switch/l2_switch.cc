@@ -684,6 +684,12 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
       if (i >= cut) break;
       const PacketRef& p = batch_[i];
       const bool tag = slot.config.vlan.Tags(plan.vid[i]);
+      // The MTU first (a GSO frame: its segments' size), before any work is done for it.
+      if (mtu != 0 && (p.offload.gso() ? plan.l4[i].hdrs + uint32_t{p.offload.gso_size} : p.len) >
+                          mtu + kEthHeaderBytes) {
+        cnt.drops.Add(DropReason::kMtu);
+        continue;
+      }
       // What the destination cannot take is done here, in software (docs/offloads.md).
       if (!p.offload.none() && caps.MustComplete(p.offload)) {
         if (p.offload.gso()) {
@@ -692,10 +698,6 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
           continue;
         }
         CompleteChecksumOf(i);
-      }
-      if (mtu != 0 && p.len > mtu + kEthHeaderBytes && !p.offload.gso()) {
-        cnt.drops.Add(DropReason::kMtu);
-        continue;
       }
       out[m++] = tag ? Tagged(i, plan.vid[i]) : &p;
     }

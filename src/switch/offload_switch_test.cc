@@ -130,6 +130,25 @@ TEST(SwitchOffload, SegmentsTaggedForATrunk) {
   }
 }
 
+// A TSO frame whose segments would exceed the destination's MTU is dropped (mtu), whether the
+// destination takes TSO or not; one within it passes.
+TEST(SwitchOffload, GsoSizeAboveTheMtuIsDropped) {
+  SwitchPortConfig small;
+  small.mtu = 1000;
+  for (bool tso : {false, true}) {
+    Net n(2, {SwitchPortConfig{}, small});
+    if (tso) n.port(1).set_caps(kTsoCaps);
+    FrameSpec fs;
+    fs.payload = 5000;
+    fs.partial_csum = true;
+    n.port(0).Inject(MakeTcpUdpFrame(fs), Tso(fs, 1448));  // 54 + 1448 > 1000 + 14
+    n.port(0).Inject(MakeTcpUdpFrame(fs), Tso(fs, 900));
+    n.Run();
+    EXPECT_EQ(n.sw.DropsFor(0, DropReason::kMtu), 1u) << tso;
+    EXPECT_EQ(n.port(1).sent().size(), tso ? 1u : 6u) << tso;
+  }
+}
+
 // A record that does not match its frame is dropped as bad_offload, alone: the packets around
 // it in the same burst are forwarded.
 TEST(SwitchOffload, BadRecordDroppedAlone) {
