@@ -72,11 +72,8 @@ Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uin
   o.mtu = static_cast<uint16_t>(mtu);  // 68..65535 or 0 (SwitchPortConfigFromSpec)
   NICMUX_TRY_ASSIGN(m, s.Size("max_memory", vhost::kMinMaxMemoryBytes, vhost::kMaxMemoryBytes, vhost::kMaxMemoryBytes));
   o.max_memory = m;
-  if (s.Has("offloads")) {
-    const std::string& v = s.options.at("offloads");
-    if (v != "on" && v != "off") return Error("port " + s.name + ": offloads=" + v + ": expected on or off");
-    o.offloads = v == "on";
-  }
+  NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
+  o.offloads = offloads;
   return o;
 }
 
@@ -220,11 +217,8 @@ Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConf
     if (s.Has("address")) o.address = s.options.at("address");
     o.up = !s.Has("down");
     o.mtu = static_cast<uint32_t>(mtu);
-    if (s.Has("offloads")) {
-      const std::string& v = s.options.at("offloads");
-      if (v != "on" && v != "off") return Error("port " + s.name + ": offloads=" + v + ": expected on or off");
-      o.offloads = v == "on";
-    }
+    NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
+    o.offloads = offloads;
     for (auto& e : ports_) {
       if (e->spec.kind == "tap" && (e->spec.Has("ifname") ? e->spec.options.at("ifname") : e->spec.name) == o.ifname) {
         *code = kCodeExists;

@@ -7,6 +7,15 @@
 
 namespace nicmux {
 
+Result<bool> PortSpec::OnOff(const std::string& k, bool dflt) const {
+  auto it = options.find(k);
+  if (it == options.end()) return dflt;
+  if (it->second != "on" && it->second != "off") {
+    return Error("port " + name + ": " + k + "=" + it->second + ": expected on or off");
+  }
+  return it->second == "on";
+}
+
 Result<uint64_t> PortSpec::UInt(const std::string& k, uint64_t lo, uint64_t hi, uint64_t dflt) const {
   auto it = options.find(k);
   if (it == options.end()) return dflt;

@@ -22,6 +22,8 @@ struct PortSpec {
   // The value of k as a size in bytes in [lo, hi], or dflt when absent: decimal digits with an
   // optional suffix K, M, G or T (or k, m, g, t), 1024-based (16G = 16 * 2^30).
   Result<uint64_t> Size(const std::string& k, uint64_t lo, uint64_t hi, uint64_t dflt) const;
+  // The value of k as "on" (true) or "off" (false), or dflt when absent.
+  Result<bool> OnOff(const std::string& k, bool dflt) const;
 
   bool operator==(const PortSpec&) const = default;
 };

@@ -596,9 +596,8 @@ uint64_t VhostUserPort::DropsFor(DropReason r) const {
 // when SET_FEATURES changes it, and cleared when the frontend goes.
 void VhostUserPort::UpdateCaps() {
   const uint64_t f = session_.has_features() ? session_.features() : 0;
-  if (f == caps_features_ && caps_known_) return;
+  if (f == caps_features_) return;
   caps_features_ = f;
-  caps_known_ = true;
   using virtio::Has;
   PortCaps c;
   if (Has(f, virtio::kNetFGuestCsum)) c.offloads |= PortCaps::kCsum | PortCaps::kCsumValid;

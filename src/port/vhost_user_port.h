@@ -84,8 +84,7 @@ class VhostUserPort final : public Port {
 
  private:
   void UpdateCaps();
-  uint64_t caps_features_ = 0;  // the features UpdateCaps last saw
-  bool caps_known_ = false;
+  uint64_t caps_features_ = ~0ull;  // the features UpdateCaps last saw (none yet: no feature word is all ones)
   VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);
   Result<void> Listen();
   void OnAccept();

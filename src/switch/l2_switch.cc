@@ -501,7 +501,6 @@ size_t SwitchWorker::SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp,
       break;
     }
   }
-  segmented_.Add(n);
   return sent;
 }
 

@@ -178,7 +178,6 @@ class SwitchWorker final : public Forwarder {
   uint32_t tagged_valid_ = 0;  // bit i: tagged_[i] is made
   Segmenter segmenter_;
   std::vector<PacketRef> seg_out_;  // kMaxGsoSegments, made at the first GSO frame
-  Counter segmented_;               // segments made in software
   // Per destination port (id): this worker's account of how long it has held sources for it.
   // Read only when a destination is short or stops being held, never while traffic fits.
   struct Hold {
