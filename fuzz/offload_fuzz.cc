@@ -96,8 +96,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const uint16_t want = static_cast<uint16_t>(~ReferenceSum(frame.data() + start, frame.size() - start));
     // (The reference sums big-endian words from csum_start; csum_offset is even, checked.)
     const bool udp_zero = want == 0 && p.offload.csum_offset == 6;
+    // Completed in a destination's copy (CopyPacketCompleting) and by the switch: the same.
+    Bytes fused(p.len);
+    Require(CopyPacketCompletingTo(p, fused.data()) == p.len);
     CompleteChecksum(p);
     Bytes out = sp.Flatten();
+    Require(fused == out);
     const uint16_t got = Get16(out, field);
     Require(got == (udp_zero ? 0xffff : want));
     for (size_t i = 0; i < out.size(); ++i) Require(i == field || i == field + 1 || out[i] == frame[i]);
@@ -110,8 +114,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Require(cutter.Cut(p, l, segs) == n);
   Bytes joined;
   for (uint32_t s = 0; s < n; ++s) {
+    // Each segment's checksum is partial; completed in the copy and by the switch: the same.
+    Require(segs[s].offload.needs_csum() && !segs[s].offload.gso());
     Bytes q(segs[s].len);
-    Require(CopyPacketTo(segs[s], q.data()) == q.size());
+    Require(CopyPacketCompletingTo(segs[s], q.data()) == q.size());
+    PacketRef summed = segs[s];
+    CompleteChecksum(summed);
+    Bytes q2(summed.len);
+    Require(CopyPacketTo(summed, q2.data()) == q2.size() && q2 == q);
     Require(q.size() >= l.hdrs && q.size() <= uint32_t{l.hdrs} + p.offload.gso_size);
     Require(s + 1 == n || q.size() == uint32_t{l.hdrs} + p.offload.gso_size);
     if (l.ipv6) {

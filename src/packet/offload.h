@@ -4,7 +4,7 @@
 // DPDK mbuf flags, pvdev descriptors) and back; the switch and everything between the ports
 // sees only this record.
 //
-// A record that came from a peer is UNTRUSTED until ValidateOffload (packet/offload_check.h)
+// A record that came from a peer is UNTRUSTED until CheckOffload (packet/offload_ops.h)
 // has checked it against the frame's own headers.
 #pragma once
 
@@ -18,7 +18,7 @@ enum class GsoType : uint8_t {
   kTcp6,     // TCP over IPv6
   kUdp,      // UDP fragmentation (UFO): IP fragments of one datagram
   kUdpL4,    // UDP segmentation (USO): one UDP datagram per gso_size bytes
-  kInvalid,  // a type the peer named that we do not know: refused by ValidateOffload
+  kInvalid,  // a type the peer named that we do not know: refused by CheckOffload
 };
 
 struct Offload {

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace nicmux {
 
 namespace {
@@ -21,20 +25,6 @@ void PutBe32(std::byte* p, uint32_t v) {
   PutBe16(p, static_cast<uint16_t>(v >> 16));
   PutBe16(p + 2, static_cast<uint16_t>(v));
 }
-
-// A ones' complement sum over a byte stream given in pieces of any length (a piece that starts
-// at an odd offset of the stream has its sum's bytes swapped, RFC 1071 §2(B)).
-struct CsumStream {
-  uint64_t acc = 0;
-  bool odd = false;
-  void Add(const std::byte* d, size_t n) {
-    if (n == 0) return;
-    uint16_t f = CsumFold(CsumAdd(d, n, 0));
-    if (odd) f = static_cast<uint16_t>(f >> 8 | f << 8);
-    acc += f;
-    odd ^= (n & 1) != 0;
-  }
-};
 
 // Sums n payload bytes from (segs[*seg], *off), advancing the position.
 void SumSegments(const Segment* segs, uint32_t nsegs, uint32_t* seg, uint32_t* off, size_t n, CsumStream* cs) {
@@ -69,7 +59,66 @@ uint64_t PseudoSum(const std::byte* head, const L4Layout& l, uint8_t proto, uint
 
 }  // namespace
 
+namespace {
+
+// The bulk of CsumAdd: 32-bit words zero-extended into 64-bit lanes, several independent lanes
+// so the adds do not wait for one another (the one-accumulator loop ran at 4 bytes a cycle and
+// was 40 % of the worker's time segmenting TSO frames, perf). Sums the first n & ~63 bytes.
+#if defined(__x86_64__)
+#define NICMUX_SUM_BLOCKS 1
+__attribute__((target("avx2"))) uint64_t SumBlocksAvx2(const std::byte* d, size_t n) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+  for (; n >= 64; n -= 64, d += 64) {
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + 32));
+    a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(v0, zero));
+    a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(v0, zero));
+    a2 = _mm256_add_epi64(a2, _mm256_unpacklo_epi32(v1, zero));
+    a3 = _mm256_add_epi64(a3, _mm256_unpackhi_epi32(v1, zero));
+  }
+  const __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), s);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];  // each < 2^40 for n < 4 GiB: no overflow
+}
+
+uint64_t SumBlocksSse2(const std::byte* d, size_t n) {
+  const __m128i zero = _mm_setzero_si128();
+  __m128i a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+  for (; n >= 64; n -= 64, d += 64) {
+    const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d));
+    const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d + 16));
+    const __m128i v2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d + 32));
+    const __m128i v3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d + 48));
+    a0 = _mm_add_epi64(a0, _mm_add_epi64(_mm_unpacklo_epi32(v0, zero), _mm_unpackhi_epi32(v0, zero)));
+    a1 = _mm_add_epi64(a1, _mm_add_epi64(_mm_unpacklo_epi32(v1, zero), _mm_unpackhi_epi32(v1, zero)));
+    a2 = _mm_add_epi64(a2, _mm_add_epi64(_mm_unpacklo_epi32(v2, zero), _mm_unpackhi_epi32(v2, zero)));
+    a3 = _mm_add_epi64(a3, _mm_add_epi64(_mm_unpacklo_epi32(v3, zero), _mm_unpackhi_epi32(v3, zero)));
+  }
+  const __m128i s = _mm_add_epi64(_mm_add_epi64(a0, a1), _mm_add_epi64(a2, a3));
+  alignas(16) uint64_t lanes[2];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lanes), s);
+  return lanes[0] + lanes[1];
+}
+
+using SumBlocksFn = uint64_t (*)(const std::byte*, size_t);
+SumBlocksFn PickSumBlocks() { return __builtin_cpu_supports("avx2") ? SumBlocksAvx2 : SumBlocksSse2; }
+const SumBlocksFn kSumBlocks = PickSumBlocks();
+#endif
+
+}  // namespace
+
 uint64_t CsumAdd(const std::byte* d, size_t n, uint64_t acc) {
+#ifdef NICMUX_SUM_BLOCKS
+  if (n >= 64) {
+    // (Host order, 32-bit words: the sum mod 0xffff is the 16-bit words' sum, 2^16 = 1.)
+    const uint64_t blocks = kSumBlocks(d, n);
+    acc = (acc & 0xffffffff) + (acc >> 32) + (blocks & 0xffffffff) + (blocks >> 32);
+    d += n & ~size_t{63};
+    n &= 63;
+  }
+#endif
   while (n >= 8) {
     uint64_t v;
     std::memcpy(&v, d, 8);
@@ -201,8 +250,7 @@ void CompleteChecksum(PacketRef& p) {
   cs.Add(p.head + o.csum_start, p.head_len - o.csum_start);
   uint32_t seg = p.seg, off = p.seg_off;
   SumSegments(p.segs, p.nsegs, &seg, &off, p.len - p.head_len, &cs);
-  uint16_t sum = static_cast<uint16_t>(~CsumFold(cs.acc));
-  if (sum == 0 && o.csum_offset == 6) sum = 0xffff;  // UDP: 0 means "no checksum"
+  const uint16_t sum = FinishedChecksum(cs, o.csum_offset);
   std::memcpy(p.head + o.csum_start + o.csum_offset, &sum, 2);
   o.flags = static_cast<uint8_t>((o.flags & ~Offload::kNeedsCsum) | Offload::kCsumValid);
 }
@@ -240,7 +288,6 @@ uint32_t Segmenter::Cut(const PacketRef& p, const L4Layout& l, std::span<PacketR
     q.seg = static_cast<uint16_t>(seg);
     q.seg_off = off;
     q.offload = {};
-    q.offload.flags = Offload::kCsumValid;
     std::byte* qh = q.head;
     const uint32_t l4_len = q.len - l.l4;
     if (l.ipv6) {
@@ -252,26 +299,27 @@ uint32_t Segmenter::Cut(const PacketRef& p, const L4Layout& l, std::span<PacketR
       const uint16_t ipsum = static_cast<uint16_t>(~CsumFold(CsumAdd(qh + l.l3, l.l4 - l.l3, 0)));
       std::memcpy(qh + l.l3 + 10, &ipsum, 2);
     }
-    uint32_t csum_at;
+    uint16_t csum_off;
     if (tcp) {
       PutBe32(qh + l.l4 + 4, seq0 + at);
       uint8_t f = flags0;
       if (s + 1 < n) f &= static_cast<uint8_t>(~(kTcpFin | kTcpPsh));
       if (s > 0) f &= static_cast<uint8_t>(~kTcpCwr);
       qh[l.l4 + 13] = std::byte{f};
-      csum_at = l.l4 + 16;
+      csum_off = 16;
     } else {
       PutBe16(qh + l.l4 + 4, static_cast<uint16_t>(l4_len));
-      csum_at = l.l4 + 6;
+      csum_off = 6;
     }
-    PutBe16(qh + csum_at, 0);
-    CsumStream cs;
-    cs.acc = PseudoSum(qh, l, l.proto, l4_len);
-    cs.Add(qh + l.l4, l.hdrs - l.l4);
-    SumSegments(payload_, npayload_, &seg, &off, plen, &cs);
-    uint16_t sum = static_cast<uint16_t>(~CsumFold(cs.acc));
-    if (sum == 0 && !tcp) sum = 0xffff;
-    std::memcpy(qh + csum_at, &sum, 2);
+    // The L4 checksum is left partial, seeded with the pseudo-header's sum: a destination that
+    // takes partial checksums gets it so, one that sums while copying completes it in its copy
+    // (CopyPacketCompleting), and for any other the switch completes it (CompleteChecksum).
+    const uint16_t seed = CsumFold(PseudoSum(qh, l, l.proto, l4_len));
+    std::memcpy(qh + l.l4 + csum_off, &seed, 2);
+    q.offload.flags = Offload::kNeedsCsum;
+    q.offload.csum_start = l.l4;
+    q.offload.csum_offset = csum_off;
+    SumSegments(payload_, npayload_, &seg, &off, plen, nullptr);  // the next segment's start
   }
   return n;
 }

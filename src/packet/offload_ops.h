@@ -1,12 +1,14 @@
 // What the switch does with an Offload record (docs/offloads.md): check it against the frame's
-// own headers (CheckOffload), complete a partial checksum (CompleteChecksum), and cut a GSO
-// frame into the segments a destination without TSO/USO takes (Segmenter). All of it works on
-// PacketRefs: headers in the private head copy, payload read from the source's segments and
-// never copied here (the destination's Tx copies each byte once, as for any packet).
+// own headers (CheckOffload), complete a partial checksum (CompleteChecksum, or fused with a
+// port's copy: CopyPacketCompleting), and cut a GSO frame into the segments a destination
+// without TSO/USO takes (Segmenter). All of it works on PacketRefs: headers in the private head
+// copy, payload in the source's segments, never copied here (the destination's Tx copies each
+// byte once, as for any packet).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 
 #include "packet/packet.h"
@@ -59,13 +61,14 @@ void CompleteChecksum(PacketRef& p);
 
 // Cuts a checked GSO frame into PacketRefs, each a whole frame: headers rebuilt in its head
 // copy (IPv4 total length, id and header checksum; IPv6 payload length; TCP sequence number,
-// FIN/PSH only on the last segment, CWR only on the first; UDP length; L4 checksums complete)
-// and its payload named in the source's segments, not copied. The outputs stay valid while
-// the Segmenter and the source packet do (until the source's RxDone).
+// FIN/PSH only on the last segment, CWR only on the first; UDP length) and its payload named in
+// the source's segments, not copied and not read. Each segment's L4 checksum is left partial
+// (needs_csum, the field seeded with the pseudo-header's sum), for the destination's copy to
+// complete (CopyPacketCompleting) or the switch (CompleteChecksum). The outputs stay valid
+// while the Segmenter and the source packet do (until the source's RxDone).
 class Segmenter {
  public:
   // Cuts `p` into out (at least GsoSegments(p, l) long); returns the number of segments.
-  // ~csum_ok: every segment's checksum is written; the records of the outputs ask for nothing.
   uint32_t Cut(const PacketRef& p, const L4Layout& l, std::span<PacketRef> out);
 
  private:
@@ -79,5 +82,84 @@ class Segmenter {
 // it is stored (memcpy into the frame).
 uint64_t CsumAdd(const std::byte* data, size_t n, uint64_t acc);
 uint16_t CsumFold(uint64_t acc);
+
+// A ones' complement sum over a byte stream given in pieces of any length (a piece that starts
+// at an odd offset of the stream has its sum's bytes swapped, RFC 1071 §2(B)).
+struct CsumStream {
+  uint64_t acc = 0;
+  bool odd = false;
+  void Add(const std::byte* d, size_t n) {
+    if (n == 0) return;
+    uint16_t f = CsumFold(CsumAdd(d, n, 0));
+    if (odd) f = static_cast<uint16_t>(f >> 8 | f << 8);
+    acc += f;
+    odd ^= (n & 1) != 0;
+  }
+};
+
+// The value a partial checksum's field ends with, from the stream's sum (csum_start to the end,
+// the field's seed included): UDP's 0 ("no checksum") is sent as 0xffff.
+inline uint16_t FinishedChecksum(const CsumStream& cs, uint16_t csum_offset) {
+  uint16_t sum = static_cast<uint16_t>(~CsumFold(cs.acc));
+  if (sum == 0 && csum_offset == 6) sum = 0xffff;
+  return sum;
+}
+
+// How many bytes the fused copy moves before summing them: the block is still in L1 when it is
+// summed, so each byte makes one trip from memory.
+inline constexpr size_t kCopySumBlock = 2048;
+
+// Copies p's frame into w (as CopyPacket) and, when p asks for a partial checksum, completes it
+// on the way (docs/offloads.md "Fused"): the head from the private copy (where the field is,
+// checked by CheckOffload), the rest from the source, each block summed right after it is
+// copied; then the sum is stored through w.Patch(offset, bytes, 2). A port whose Tx copies with
+// this has PortCaps::kCsumOnCopy. Returns the bytes written.
+template <typename Writer>
+size_t CopyPacketCompleting(const PacketRef& p, Writer& w) {
+  const Offload& o = p.offload;
+  // A record CheckOffload has not passed (a capture of what arrived) is copied as it is.
+  if (!o.needs_csum() || uint32_t{o.csum_start} + o.csum_offset + 2u > p.head_len) return CopyPacket(p, w);
+  size_t done = w.Write(p.head, p.head_len);
+  if (done < p.head_len) return done;
+  CsumStream cs;
+  cs.Add(p.head + o.csum_start, p.head_len - o.csum_start);
+  uint32_t seg = p.seg, off = p.seg_off;
+  size_t left = p.len - p.head_len;
+  while (left > 0 && seg < p.nsegs) {
+    const Segment& s = p.segs[seg];
+    size_t k = left < s.len - off ? left : s.len - off;
+    if (k > kCopySumBlock) k = kCopySumBlock;
+    const size_t put = w.Write(s.data + off, k);
+    done += put;
+    if (put < k) return done;
+    // UNTRUSTED: the source may change these bytes between the copy and the sum; then only
+    // its own frame carries a wrong checksum, which its receiver drops.
+    cs.Add(s.data + off, k);
+    left -= k;
+    off += static_cast<uint32_t>(k);
+    if (off == s.len) {
+      ++seg;
+      off = 0;
+    }
+  }
+  const uint16_t sum = FinishedChecksum(cs, o.csum_offset);
+  w.Patch(size_t{o.csum_start} + o.csum_offset, &sum, 2);
+  return done;
+}
+
+// The same into one contiguous buffer of at least p.len bytes.
+inline size_t CopyPacketCompletingTo(const PacketRef& p, std::byte* out) {
+  struct Flat {
+    std::byte* base;
+    size_t at = 0;
+    size_t Write(const void* src, size_t n) {
+      std::memcpy(base + at, src, n);
+      at += n;
+      return n;
+    }
+    void Patch(size_t where, const void* src, size_t n) { std::memcpy(base + where, src, n); }
+  } w{out};
+  return CopyPacketCompleting(p, w);
+}
 
 }  // namespace nicmux

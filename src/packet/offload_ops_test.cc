@@ -91,8 +91,19 @@ TEST(OffloadOps, SegmentsAreWholeFramesWithValidChecksums) {
     ASSERT_EQ(seg.Cut(p, l, out), n);
     Bytes joined;
     for (uint32_t s = 0; s < n; ++s) {
+      // The segment's checksum is partial, for the destination's copy to complete ...
+      ASSERT_TRUE(out[s].offload.needs_csum()) << "segment " << s;
+      EXPECT_FALSE(out[s].offload.gso());
+      EXPECT_EQ(out[s].offload.csum_start, fs.L4());
+      EXPECT_EQ(out[s].offload.csum_offset, c.udp ? 6 : 16);
       Bytes q(out[s].len);
-      ASSERT_EQ(CopyPacketTo(out[s], q.data()), out[s].len);
+      ASSERT_EQ(CopyPacketCompletingTo(out[s], q.data()), out[s].len);
+      // ... or the switch's CompleteChecksum: the same bytes.
+      PacketRef summed = out[s];
+      CompleteChecksum(summed);
+      Bytes q2(summed.len);
+      ASSERT_EQ(CopyPacketTo(summed, q2.data()), summed.len);
+      EXPECT_TRUE(q == q2) << "segment " << s << ": completed in the copy and by the switch differ";
       const uint32_t plen = std::min(c.mss, c.payload - s * c.mss);
       ASSERT_EQ(q.size(), fs.Hdrs() + plen);
       EXPECT_TRUE(ChecksumOk(q, fs)) << "segment " << s;
@@ -229,15 +240,24 @@ TEST(OffloadOps, CheckRefusesInconsistentRecords) {
 
 // The helpers agree with the byte-by-byte reference over odd and even lengths and splits.
 TEST(OffloadOps, CsumAddMatchesReference) {
-  Bytes b(301);
-  for (size_t i = 0; i < b.size(); ++i) b[i] = std::byte(i * 37 + 5);
-  for (size_t n : {0u, 1u, 2u, 3u, 7u, 8u, 9u, 300u, 301u}) {
+  Bytes b(70001);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = std::byte(i * 37 + 5 + (i >> 9));
+  for (size_t n : {0u, 1u, 2u, 3u, 7u, 8u, 9u, 63u, 64u, 65u, 127u, 128u, 300u, 301u, 1449u, 65536u, 70001u}) {
     uint16_t got = CsumFold(CsumAdd(b.data(), n, 0));
     uint16_t be;
     uint8_t raw[2];
     std::memcpy(raw, &got, 2);
     be = static_cast<uint16_t>(raw[0] << 8 | raw[1]);
     EXPECT_EQ(be, testing::ReferenceSum(b.data(), n)) << n;
+  }
+  // All ones (the sum's worst case for carries) over 64 KiB, and from an odd address.
+  Bytes ff(65536, std::byte{0xff});
+  EXPECT_EQ(CsumFold(CsumAdd(ff.data(), ff.size(), 0)), 0xffff);
+  for (size_t n : {64u, 1001u, 4096u}) {
+    uint16_t got = CsumFold(CsumAdd(b.data() + 1, n, 0));
+    uint8_t raw[2];
+    std::memcpy(raw, &got, 2);
+    EXPECT_EQ(static_cast<uint16_t>(raw[0] << 8 | raw[1]), testing::ReferenceSum(b.data() + 1, n)) << n;
   }
 }
 

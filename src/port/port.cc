@@ -7,7 +7,7 @@ namespace nicmux {
 std::string PortCaps::ToString() const {
   static constexpr std::pair<uint8_t, const char*> kNames[] = {
       {kCsum, "csum"}, {kCsumValid, "csum_valid"}, {kTso4, "tso4"}, {kTso6, "tso6"},
-      {kEcn, "ecn"},   {kUso, "uso"},              {kUfo, "ufo"}};
+      {kEcn, "ecn"},   {kUso, "uso"},              {kUfo, "ufo"},   {kCsumOnCopy, "sum_on_copy"}};
   std::string s;
   for (const auto& [bit, name] : kNames) {
     if (!(offloads & bit)) continue;

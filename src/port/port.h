@@ -47,6 +47,10 @@ struct PortCaps {
   static constexpr uint8_t kEcn = 16;       // TCP GSO with Offload::kEcn
   static constexpr uint8_t kUso = 32;       // GsoType::kUdpL4
   static constexpr uint8_t kUfo = 64;       // GsoType::kUdp
+  // Not the peer's but the port's own: its Tx completes a partial checksum while copying the
+  // frame (CopyPacketCompleting), so the switch need not read the bytes first. The peer gets
+  // the frame summed, as without kCsum.
+  static constexpr uint8_t kCsumOnCopy = 128;
 
   uint8_t offloads = 0;
   uint16_t mtu = 0;        // the peer's MTU where it told one (0: not known)
@@ -55,7 +59,7 @@ struct PortCaps {
   bool has(uint8_t f) const { return (offloads & f) == f; }
   // True when a packet with this record may reach the port as it is.
   bool Accepts(const Offload& o) const {
-    if (o.needs_csum() && !has(kCsum)) return false;
+    if (o.needs_csum() && !has(kCsum) && !has(kCsumOnCopy)) return false;
     if (o.csum_valid() && !has(kCsumValid)) return false;
     switch (o.gso_type) {
       case GsoType::kNone: return true;

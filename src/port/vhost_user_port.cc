@@ -11,8 +11,9 @@
 #include <cstring>
 
 #include "base/log.h"
-#include "port/virtio_net_edge.h"
 #include "base/prefetch.h"
+#include "packet/offload_ops.h"
+#include "port/virtio_net_edge.h"
 #include "virtio/features.h"
 #include "virtio/net_hdr.h"
 
@@ -59,6 +60,20 @@ class MergeWriter {
     return done;
   }
   uint32_t written(uint32_t i) const { return written_[i]; }
+  // Overwrites n bytes already written, at offset `at` from the first byte written.
+  void Patch(size_t at, const void* src, size_t n) {
+    const std::byte* p = static_cast<const std::byte*>(src);
+    for (uint32_t i = 0; i <= cur_ && n > 0; ++i) {
+      if (at >= written_[i]) {
+        at -= written_[i];
+        continue;
+      }
+      const size_t k = virtio::PatchChain(chains_[i], at, p, std::min<size_t>(n, written_[i] - at));
+      p += k;
+      n -= k;
+      at = 0;
+    }
+  }
 
  private:
   virtio::DescChain* chains_;
@@ -66,6 +81,15 @@ class MergeWriter {
   uint32_t cur_ = 0;
   virtio::ChainWriter w_;
   uint32_t written_[64];
+};
+
+// A writer whose Patch offsets count from where the frame starts (after the virtio-net header).
+template <typename W>
+struct OffsetWriter {
+  W* w;
+  size_t base;
+  size_t Write(const void* src, size_t n) { return w->Write(src, n); }
+  void Patch(size_t at, const void* src, size_t n) { w->Patch(base + at, src, n); }
 };
 
 }  // namespace
@@ -471,11 +495,14 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
       const uint32_t n = plan[j].n;
       // The record as the switch left it (only what this guest accepts, caps), but the
       // checksum-valid mark only where the guest negotiated GUEST_CSUM.
+      // A partial checksum the guest cannot take is completed in the copy (kCsumOnCopy).
+      const bool complete = p.offload.needs_csum() && !caps.has(PortCaps::kCsum);
       virtio::VirtioNetHdrV1 h{};
       if (!p.offload.none()) {
         Offload o = p.offload;
+        if (complete) o.flags &= static_cast<uint8_t>(~Offload::kNeedsCsum);
         if (!caps.has(PortCaps::kCsumValid)) o.flags &= static_cast<uint8_t>(~Offload::kCsumValid);
-        h = VirtioFromOffload(o);
+        if (!o.none()) h = VirtioFromOffload(o);
       }
       h.num_buffers = Le16::Of(static_cast<uint16_t>(mrg ? n : 1));
       const virtio::DescChain& c0 = pc[0];
@@ -488,17 +515,27 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
         } else {
           std::memcpy(o, &h, hdr_len);
         }
-        const size_t put = CopyPacketTo(p, o + hdr_len);
+        const size_t put = complete ? CopyPacketCompletingTo(p, o + hdr_len) : CopyPacketTo(p, o + hdr_len);
         ring.Push(c0.id, static_cast<uint32_t>(hdr_len + put));
       } else if (n == 1) {
         virtio::ChainWriter w(pc[0]);
         w.Write(&h, hdr_len);
-        CopyPacket(p, w);
+        if (complete) {
+          OffsetWriter ow{&w, hdr_len};
+          CopyPacketCompleting(p, ow);
+        } else {
+          CopyPacket(p, w);
+        }
         ring.Push(pc[0].id, static_cast<uint32_t>(w.written()));
       } else {
         MergeWriter w(pc, n);
         w.Write(&h, hdr_len);
-        CopyPacket(p, w);
+        if (complete) {
+          OffsetWriter ow{&w, hdr_len};
+          CopyPacketCompleting(p, ow);
+        } else {
+          CopyPacket(p, w);
+        }
         for (uint32_t i = 0; i < n; ++i) ring.Push(pc[i].id, w.written(i));
       }
       bytes += p.len;
@@ -605,6 +642,7 @@ void VhostUserPort::UpdateCaps() {
   if (Has(f, virtio::kNetFGuestCsum) && Has(f, virtio::kNetFGuestTso4)) c.offloads |= PortCaps::kTso4;
   if (Has(f, virtio::kNetFGuestCsum) && Has(f, virtio::kNetFGuestTso6)) c.offloads |= PortCaps::kTso6;
   if ((c.offloads & (PortCaps::kTso4 | PortCaps::kTso6)) && Has(f, virtio::kNetFGuestEcn)) c.offloads |= PortCaps::kEcn;
+  c.offloads |= PortCaps::kCsumOnCopy;  // TxRing's copy completes what the guest cannot take
   c.mtu = opt_.mtu;
   SetCaps(c);
   if (f) NICMUX_LOG(kInfo, "port %s: offloads towards the guest: %s", name().c_str(), c.ToString().c_str());

@@ -12,7 +12,7 @@
 
 namespace nicmux {
 
-// UNTRUSTED: h is the peer's. Its fields are copied, not trusted: ValidateOffload checks them
+// UNTRUSTED: h is the peer's. Its fields are copied, not trusted: CheckOffload checks them
 // against the frame. A gso_type we do not know becomes GsoType::kInvalid (refused there);
 // flags we do not know (RSC_INFO) are ignored.
 Offload OffloadFromVirtio(const virtio::VirtioNetHdrV1& h);

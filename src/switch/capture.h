@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "packet/offload_ops.h"
 #include "packet/packet.h"
 
 namespace nicmux {
@@ -40,11 +41,20 @@ class Capture {
         left -= k;
         return k;
       }
+      void Patch(size_t at, const void* src, size_t n) {  // within what was kept
+        if (at < v->size()) std::memcpy(v->data() + at, src, std::min(n, v->size() - at));
+      }
     };
     CapturedPacket c{uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec), tx, p.len, {}};
     c.data.reserve(p.len < snap_bytes_ ? p.len : snap_bytes_);
     VecWriter w{&c.data, snap_bytes_};
-    CopyPacket(p, w);
+    // What was sent: a partial checksum completed in the captured copy, as a capture on the
+    // wire would show it. What was received: as it came.
+    if (tx) {
+      CopyPacketCompleting(p, w);
+    } else {
+      CopyPacket(p, w);
+    }
     std::lock_guard lock(mu_);
     if (queued_.size() >= max_queued_) {
       dropped_.fetch_add(1, std::memory_order_relaxed);

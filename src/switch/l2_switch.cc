@@ -475,12 +475,16 @@ size_t SwitchWorker::SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp,
     cnt.drops.Add(DropReason::kMtu, n);
     return 0;
   }
+  // The segments' checksums are partial: the destination takes them so, or completes them in
+  // its copy (kCsumOnCopy); only for any other are they summed here, reading the payload.
+  const bool sum_here = !dp->Caps().Accepts(seg_out_[0].offload);
   const PacketRef* out[kBurst];
   size_t sent = 0;
   const bool shared = sw_->num_workers() > 1;
   for (uint32_t at = 0; at < n;) {
     const uint32_t m = std::min<uint32_t>(kBurst, n - at);
     for (uint32_t k = 0; k < m; ++k) {
+      if (sum_here) CompleteChecksum(seg_out_[at + k]);
       if (tag) TagInPlace(seg_out_[at + k], vid);
       out[k] = &seg_out_[at + k];
     }

@@ -83,6 +83,36 @@ TEST(SwitchOffload, TsoPassesThroughOrIsSegmented) {
   }
 }
 
+// A TSO frame towards ports without TSO: one that takes partial checksums gets its segments
+// partial; one that sums in its copy (kCsumOnCopy, as vhost-user) gets them partial too and
+// completes them itself, so the switch never reads the payload for them; only for a port with
+// neither does the switch sum them.
+TEST(SwitchOffload, SegmentChecksumsAreLeftToWhoeverCopies) {
+  Net n(4);
+  n.port(1).set_caps({PortCaps::kCsum});
+  n.port(2).set_caps({PortCaps::kCsumOnCopy});
+  FrameSpec fs;
+  fs.payload = 20000;
+  fs.partial_csum = true;
+  const Bytes f = MakeTcpUdpFrame(fs);
+  n.port(0).Inject(f, Tso(fs, 1000));
+  n.Run();
+  for (int d = 1; d <= 3; ++d) {
+    ASSERT_EQ(n.port(d).sent().size(), 20u) << "port " << d;
+    for (uint32_t s = 0; s < 20; ++s) {
+      const Offload& o = n.port(d).sent_offloads()[s];
+      EXPECT_FALSE(o.gso());
+      EXPECT_EQ(o.needs_csum(), d != 3) << "port " << d << " segment " << s << ": handed over partial";
+      EXPECT_EQ(ChecksumOk(n.port(d).sent()[s], fs), d != 1) << "port " << d << " segment " << s;
+      if (d == 1) {
+        Bytes q = n.port(d).sent()[s];
+        testing::CompleteReference(q, o.csum_start, o.csum_offset);
+        EXPECT_TRUE(ChecksumOk(q, fs)) << "the seed is the pseudo-header's sum, segment " << s;
+      }
+    }
+  }
+}
+
 // A partial checksum towards a port without checksum offload is completed; towards one with it
 // the record passes.
 TEST(SwitchOffload, PartialChecksumCompletedWhereNotAccepted) {

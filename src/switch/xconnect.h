@@ -97,10 +97,16 @@ class Xconnect final : public Forwarder {
             if (const uint32_t r = flush(); r != kAll) return r;
             if (seg_out_.empty()) seg_out_.resize(kMaxGsoSegments);
             const uint32_t nseg = segmenter_.Cut(p, l, seg_out_);
+            // Partial checksums: summed here only for a port that neither takes them nor sums
+            // them in its copy.
+            const bool sum_here = !caps.Accepts(seg_out_[0].offload);
             for (uint32_t at = 0; at < nseg;) {
               const uint32_t c = std::min<uint32_t>(kBurst, nseg - at);
               const PacketRef* segs[kBurst];
-              for (uint32_t j = 0; j < c; ++j) segs[j] = &seg_out_[at + j];
+              for (uint32_t j = 0; j < c; ++j) {
+                if (sum_here) CompleteChecksum(seg_out_[at + j]);
+                segs[j] = &seg_out_[at + j];
+              }
               const size_t took = dst->Tx(dq, {segs, c});
               at += static_cast<uint32_t>(took);
               if (took < c) break;

@@ -151,12 +151,38 @@ class ChainReader {
 };
 
 // Fills the device-writable part of a chain as one byte stream.
+// Writes n bytes at offset `at` of the chain's writable bytes; returns how many fitted.
+inline size_t PatchChain(std::span<const ChainSegment> segs, size_t at, const std::byte* src, size_t n) {
+  size_t done = 0;
+  for (const ChainSegment& s : segs) {
+    if (done == n) break;
+    if (at >= s.len) {
+      at -= s.len;
+      continue;
+    }
+    const size_t k = std::min<size_t>(n - done, s.len - at);
+    std::memcpy(s.data + at, src + done, k);
+    done += k;
+    at = 0;
+  }
+  return done;
+}
+inline size_t PatchChain(const DescChain& c, size_t at, const std::byte* src, size_t n) {
+  return PatchChain(c.writable(), at, src, n);
+}
+
 class ChainWriter {
  public:
   explicit ChainWriter(const DescChain& c) : segs_(c.writable()), left_(c.writable_bytes) {}
 
   uint64_t remaining() const { return left_; }
   uint64_t written() const { return written_; }
+
+  // Overwrites n bytes already written, at offset `at` from the first byte written.
+  void Patch(size_t at, const void* src, size_t n) {
+    NICMUX_DCHECK(at + n <= written_);
+    PatchChain(segs_, at, static_cast<const std::byte*>(src), n);
+  }
 
   // Copies up to n bytes from src; returns how many fitted.
   size_t Write(const void* src, size_t n) {

@@ -39,6 +39,13 @@ TEST(ChainBuilder, ReadableThenWritableAndStreams) {
   EXPECT_EQ(std::memcmp(g.Host(GuestAddr{base + 300}), "0123", 4), 0);
   EXPECT_EQ(std::memcmp(g.Host(GuestAddr{base + 400}), "456789", 6), 0);
   EXPECT_EQ(w.written(), 10u);
+  // A patch of bytes already written, across the two writable segments (a checksum field
+  // completed after the copy).
+  w.Patch(2, "ab", 2);
+  w.Patch(3, "cd", 2);
+  EXPECT_EQ(std::memcmp(g.Host(GuestAddr{base + 300}), "01ac", 4), 0);
+  EXPECT_EQ(std::memcmp(g.Host(GuestAddr{base + 400}), "d56789", 6), 0);
+  EXPECT_EQ(PatchChain(c, 9, reinterpret_cast<const std::byte*>("zz"), 2), 1u) << "only what the chain holds";
 }
 
 TEST(ChainBuilder, PolicyAndLimits) {

@@ -70,6 +70,13 @@ inline bool ChecksumOk(const Bytes& f, const FrameSpec& s) {
   return sum == 0xffff;
 }
 
+// Completes a partial checksum the way a receiver that takes them does (independently of
+// packet/offload_ops): the sum from csum_start to the end, seed included, stored inverted.
+inline void CompleteReference(Bytes& f, uint32_t csum_start, uint32_t csum_offset) {
+  const uint16_t sum = static_cast<uint16_t>(~ReferenceSum(f.data() + csum_start, f.size() - csum_start));
+  Put16(f, csum_start + csum_offset, sum == 0 && csum_offset == 6 ? 0xffff : sum);
+}
+
 // True when the IPv4 header's checksum verifies and its total length is the frame's (IPv6: the
 // payload length is).
 inline bool IpHeaderOk(const Bytes& f, const FrameSpec& s) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "packet/offload_ops.h"
 #include "port/port.h"
 
 namespace nicmux::testing {
@@ -83,10 +84,18 @@ class MemPort final : public Port {
           f->insert(f->end(), b, b + n);
           return n;
         }
+        void Patch(size_t at, const void* p, size_t n) { std::memcpy(f->data() + at, p, n); }
       };
       Frame f;
       W w{&f};
-      CopyPacket(*in[k], w);
+      // A port with kCsumOnCopy (and not kCsum) completes partial checksums in its copy, as
+      // vhost-user's Tx does.
+      const PortCaps caps = Caps();
+      if (caps.has(PortCaps::kCsumOnCopy) && !caps.has(PortCaps::kCsum)) {
+        CopyPacketCompleting(*in[k], w);
+      } else {
+        CopyPacket(*in[k], w);
+      }
       sent_.push_back(std::move(f));
       sent_offloads_.push_back(in[k]->offload);
     }
