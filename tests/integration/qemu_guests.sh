@@ -43,6 +43,21 @@ echo "ok: b's frames average $avg bytes through the switch (TSO frames cross as 
 gexec b 'ethtool -K eth0 tso off tx off' >/dev/null || fail "ethtool -K in guest b"
 iperf 5 "guest b with tso and tx checksumming off"
 gexec b 'ethtool -K eth0 tso on tx on' >/dev/null || fail "ethtool -K in guest b (on again)"
+# The receiver's own receive offloads (docs/offloads.md): `ethtool -K eth0 rx-gro-hw off` makes
+# virtio_net send VIRTIO_NET_CTRL_GUEST_OFFLOADS without GUEST_TSO4/6. QEMU 7.2 answers it
+# itself and tells a vhost-user backend nothing: port a's caps stay, nicmuxd keeps sending TSO
+# frames, and the guest's driver still takes them (iperf3 passes).
+gexec a 'ethtool -K eth0 rx-gro-hw off' >"$WORK/grohw.log" 2>&1 || fail "guest a: ethtool -K eth0 rx-gro-hw off: $(cat "$WORK/grohw.log")"
+gexec a 'ethtool -k eth0' | grep -q "^rx-gro-hw: off" || fail "guest a: rx-gro-hw still on"
+caps2=$(port_json a "['caps']")
+[ "$caps2" = "$caps" ] || fail "port a's caps changed after the guest's rx-gro-hw off: $caps2"
+t0=$(port_json a "['tx_bytes']"); p0=$(port_json a "['tx_packets']")
+iperf 5 "guest a with rx-gro-hw off"
+t1=$(port_json a "['tx_bytes']"); p1=$(port_json a "['tx_packets']")
+avg_a=$(((t1 - t0) / (p1 - p0 > 0 ? p1 - p0 : 1)))
+[ "$avg_a" -gt 1514 ] || fail "frames to guest a average $avg_a bytes after rx-gro-hw off: nicmuxd was told after all?"
+echo "ok: guest a's rx-gro-hw off reaches QEMU only: port a's caps unchanged, frames to a still average $avg_a bytes, iperf3 passes"
+gexec a 'ethtool -K eth0 rx-gro-hw on' >/dev/null || fail "guest a: rx-gro-hw on again"
 kill_guest a
 wait_log "$WORK/nicmuxd.log" "port a: frontend disconnected" 30
 mv "$WORK/a.console.log" "$WORK/a-first.console.log"
