@@ -521,7 +521,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
         virtio::ChainWriter w(pc[0]);
         w.Write(&h, hdr_len);
         if (complete) {
-          OffsetWriter ow{&w, hdr_len};
+          OffsetWriter<std::remove_reference_t<decltype(w)>> ow{&w, hdr_len};
           CopyPacketCompleting(p, ow);
         } else {
           CopyPacket(p, w);
@@ -531,7 +531,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
         MergeWriter w(pc, n);
         w.Write(&h, hdr_len);
         if (complete) {
-          OffsetWriter ow{&w, hdr_len};
+          OffsetWriter<std::remove_reference_t<decltype(w)>> ow{&w, hdr_len};
           CopyPacketCompleting(p, ow);
         } else {
           CopyPacket(p, w);
