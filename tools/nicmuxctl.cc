@@ -44,6 +44,7 @@ commands:
   port add SPEC                   add a port, e.g.
                                     port add vhost-user:vm3:socket=/run/nicmux/vm3.sock
   port del NAME                   remove a port
+  port kinds                      the port kinds the daemon has, with every option
   fdb show                        the MAC table: MAC, VLAN, port, age
   fdb flush [PORT]                forget learned MACs (all, or those of PORT)
   stats [PORT] [--watch] [--interval S]
@@ -465,6 +466,31 @@ void PortAdd(Connection& c, const Options& o) {
   std::printf("added port %s\n", name.c_str());
 }
 
+void PortKinds(Connection& c, const Options& o) {
+  json r = c.CallOrFail("port.kinds", nullptr);
+  if (o.json) return PrintJson(r);
+  auto options = [](const json& list) {
+    for (const json& opt : list) {
+      std::string head = Str(opt, "name", "");
+      if (opt.contains("value")) head += "=" + Str(opt, "value", "");
+      std::string text = Str(opt, "help", "");
+      if (opt.value("required", false)) {
+        text += " (required)";
+      } else if (opt.contains("default")) {
+        text += " (default " + Str(opt, "default", "") + ")";
+      }
+      std::printf("    %-22s %s\n", head.c_str(), text.c_str());
+    }
+  };
+  for (const json& k : r.value("kinds", json::array())) {
+    std::printf("%s:NAME:%s\n  %s\n", Str(k, "name", "").c_str(), Str(k, "synopsis", "").c_str(),
+                Str(k, "summary", "").c_str());
+    options(k.value("options", json::array()));
+  }
+  std::printf("every kind:\n");
+  options(r.value("every_kind", json::array()));
+}
+
 void PortDel(Connection& c, const Options& o) {
   json r = c.CallOrFail("port.del", {{"name", o.words[2]}});
   if (o.json) return PrintJson(r);
@@ -838,8 +864,11 @@ int Run(int argc, char** argv) {
     } else if (sub == "del") {
       words(3, 3, "port del NAME");
       simple = PortDel;
+    } else if (sub == "kinds") {
+      words(2, 2, "port kinds");
+      simple = PortKinds;
     } else {
-      UsageError("port wants list, show NAME, add SPEC or del NAME");
+      UsageError("port wants list, show NAME, add SPEC, del NAME or kinds");
     }
   } else if (w[0] == "fdb") {
     std::string sub = w.size() > 1 ? w[1] : "";

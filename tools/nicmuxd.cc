@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "control/config.h"
 #include "control/daemon.h"
+#include "port/registry.h"
 
 namespace nicmux {
 namespace {
@@ -49,33 +50,11 @@ options:
   -h, --help           this text
   --version            the version
 
-port kinds (options every kind takes in switch mode: vlan=N, an access port of VLAN N;
-trunk=A/B/C-D, a trunk of those VLANs (0: untagged frames); mtu=N, the largest payload
-sent to the port; mac_limit=N, source MACs learned on the port, 1..1048576 (default
-1024); allowed_macs=M1/M2/..., port security: frames from other source MACs are dropped
-(up to 64, xx:xx:xx:xx:xx:xx; default: any)):
-  vhost-user:NAME:socket=PATH[,client][,queues=N][,mtu=N][,max_memory=SIZE][,offloads=on|off]
-      a virtio-net device for a QEMU guest or a virtio-user container. nicmuxd listens on
-      PATH (one frontend at a time) or, with `client`, connects to PATH (QEMU's
-      `server=on`) and reconnects after the frontend restarts. queues: queue pairs, 1..8
-      (default 1). mtu: also offered to the guest (VIRTIO_NET_F_MTU), 68..65535.
-      max_memory: the most guest memory one frontend may map, bytes or with a K, M, G or
-      T suffix (1024-based), 1M..4T (default 4T); a frontend declaring more is refused.
-      Guest pages nicmuxd reads first are charged to nicmuxd's memory cgroup: set it to
-      the guest's memory (e.g. 16G) to bound what one guest can make nicmuxd's charge.
-      offloads: offer checksum offload and TSO (IPv4, IPv6, ECN) both ways (default on):
-      a guest's 64 KiB TCP frames cross the switch whole to peers that take them and are
-      segmented by the switch for the others (docs/offloads.md).
-  virtio-user:NAME:socket=PATH[,server][,queues=N][,packed]
-      nicmuxd as the frontend of another vhost-user backend (DPDK vhost, OVS, another
-      nicmuxd): connects to PATH (or, with `server`, listens and waits for the backend) at
-      start. queues: 1..8; packed: packed virtqueues.
-  tap:NAME[:ifname=IF][,queues=N][,address=A.B.C.D/LEN][,down][,mtu=N][,offloads=on|off]
-      the host kernel's network stack: nicmuxd creates TAP interface IF (default NAME),
-      multi-queue with queues>1, gives it the address and brings it up (unless `down`),
-      and removes it at exit. offloads: checksum offload and TSO both ways (default on;
-      off: TUNSETOFFLOAD 0, whole checksummed frames only).
+port kinds (generated from the port registry; `nicmuxctl port kinds` asks a running daemon):
+)";
 
+// After the port kinds.
+constexpr const char* kUsageTail = R"(
 examples:
   nicmuxd --port vhost-user:vm1:socket=/tmp/vm1.sock --port vhost-user:vm2:socket=/tmp/vm2.sock
   nicmuxd --config /etc/nicmux/nicmuxd.toml
@@ -130,6 +109,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     };
     if (a == "-h" || a == "--help") {
       std::fputs(kUsage, stdout);
+      std::fputs(PortRegistry::Builtin().Help().c_str(), stdout);
+      std::fputs(kUsageTail, stdout);
       std::exit(0);
     } else if (a == "--version") {
       std::puts("nicmuxd 0.2.0");

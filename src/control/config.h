@@ -45,7 +45,7 @@
 #include <vector>
 
 #include "base/result.h"
-#include "control/port_spec.h"
+#include "port/port_spec.h"
 
 namespace nicmux {
 

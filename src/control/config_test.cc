@@ -2,6 +2,8 @@
 // trip, each error with its file and line, LoadConfig on real files, and DiffPorts.
 #include "control/config.h"
 #include "control/daemon.h"
+#include "port/registry.h"
+#include "port/vhost_user_port.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -236,12 +238,18 @@ TEST(VhostUserPortOptions, MaxMemory) {
   EXPECT_EQ(err("=99999999999999999999999999"), "port vm1: max_memory=99999999999999999999999999: outside 1M..4T");
   EXPECT_EQ(err("=16777217T"), "port vm1: max_memory=16777217T: outside 1M..4T");
   EXPECT_EQ(err("=17592186044417M"), "port vm1: max_memory=17592186044417M: outside 1M..4T");
-  // Only vhost-user ports take it.
-  auto other = opts("vhost-user:vm1:socket=/s,max_mem=1G");
+  // A misspelt option: the registry's check names it and lists the kind's options.
+  auto other = PortRegistry::Builtin().Check(*ParsePortSpec("vhost-user:vm1:socket=/s,max_mem=1G"));
   ASSERT_FALSE(other);
   EXPECT_EQ(other.error().message(),
-            "port vm1: unknown option 'max_mem' for vhost-user (socket, client, queues, max_memory, offloads, vlan, "
-            "trunk, mtu, mac_limit, allowed_macs)");
+            "port vm1: unknown option 'max_mem' for port kind vhost-user; known: socket, client, queues, max_memory, "
+            "offloads, vlan, trunk, mtu, mac_limit, allowed_macs");
+  // Only vhost-user ports take it.
+  auto tap = PortRegistry::Builtin().Check(*ParsePortSpec("tap:t0:max_memory=1G"));
+  ASSERT_FALSE(tap);
+  EXPECT_EQ(tap.error().message(),
+            "port t0: unknown option 'max_memory' for port kind tap; known: ifname, queues, address, down, up, "
+            "offloads, vlan, trunk, mtu, mac_limit, allowed_macs");
   EXPECT_EQ(SizeToString(uint64_t{16} << 30), "16G");
   EXPECT_EQ(SizeToString(uint64_t{4} << 40), "4T");
   EXPECT_EQ(SizeToString(1536), "1536");

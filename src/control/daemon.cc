@@ -4,41 +4,12 @@
 #include <cstring>
 
 #include "base/log.h"
-#include "port/tap_port.h"
-#include "port/vhost_user_port.h"
-#include "port/virtio_user_port.h"
+#include "port/registry.h"
 
 namespace nicmux {
 namespace {
 
 using nlohmann::json;
-
-// Checks that spec has only `allowed` keys (plus the switch's own), naming the first other.
-std::optional<std::string> UnknownOption(const PortSpec& s, std::initializer_list<const char*> allowed) {
-  for (const auto& kv : s.options) {
-    const std::string& k = kv.first;  // (clang 14 cannot capture a structured binding below)
-    if (k == "vlan" || k == "trunk" || k == "mtu" || k == "mac_limit" || k == "allowed_macs") continue;
-    if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; })) {
-      std::string list;
-      for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-      return "port " + s.name + ": unknown option '" + k + "' for " + s.kind + " (" + list +
-             ", vlan, trunk, mtu, mac_limit, allowed_macs)";
-    }
-  }
-  return std::nullopt;
-}
-
-Result<void> FlagsTakeNoValue(const PortSpec& s, std::initializer_list<const char*> flags) {
-  for (const char* f : flags) {
-    if (s.Has(f) && !s.options.at(f).empty()) return Error("port " + s.name + ": '" + f + "' takes no value");
-  }
-  return Ok();
-}
-
-Result<std::string> Required(const PortSpec& s, const char* key) {
-  if (!s.Has(key) || s.options.at(key).empty()) return Error("port " + s.name + ": " + key + "=... is required");
-  return s.options.at(key);
-}
 
 }  // namespace
 
@@ -57,24 +28,6 @@ Result<SwitchPortConfig> SwitchPortConfigFromSpec(const PortSpec& s) {
     cfg.allowed_macs = std::move(macs);
   }
   return cfg;
-}
-
-Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uint32_t mtu) {
-  if (auto u = UnknownOption(s, {"socket", "client", "queues", "max_memory", "offloads"})) return Error(*u);
-  NICMUX_TRY(FlagsTakeNoValue(s, {"client"}));
-  VhostUserPortOptions o;
-  o.name = s.name;
-  NICMUX_TRY_ASSIGN(path, Required(s, "socket"));
-  o.socket_path = path;
-  o.client = s.Has("client");
-  NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, vhost::kMaxQueuePairs, 1));
-  o.queue_pairs = static_cast<uint32_t>(q);
-  o.mtu = static_cast<uint16_t>(mtu);  // 68..65535 or 0 (SwitchPortConfigFromSpec)
-  NICMUX_TRY_ASSIGN(m, s.Size("max_memory", vhost::kMinMaxMemoryBytes, vhost::kMaxMemoryBytes, vhost::kMaxMemoryBytes));
-  o.max_memory = m;
-  NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
-  o.offloads = offloads;
-  return o;
 }
 
 Daemon::Daemon(const DaemonOptions& o, EventLoop* loop) : opt_(o), loop_(loop) {}
@@ -173,64 +126,22 @@ Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConf
   for (const char* k : {"vlan", "trunk", "mac_limit", "allowed_macs"}) {
     if (s.Has(k) && !switch_) return Error("port " + s.name + ": " + k + "= needs --forward switch");
   }
+  NICMUX_TRY_ASSIGN(kind, PortRegistry::Builtin().Check(s));
   NICMUX_TRY_ASSIGN(c, SwitchPortConfigFromSpec(s));
   *cfg = std::move(c);
-  const uint32_t mtu = cfg->mtu;
-
-  if (s.kind == "vhost-user") {
-    NICMUX_TRY_ASSIGN(o, VhostUserPortOptionsFromSpec(s, mtu));
-    const std::string& path = o.socket_path;
+  // What the port holds for itself (a socket, an interface) no other port may hold.
+  if (kind->claims) {
+    const std::string mine = kind->claims(s);
     for (auto& e : ports_) {
-      if (e->spec.kind == "vhost-user" && e->spec.options.count("socket") && e->spec.options.at("socket") == path) {
+      const PortKind* other = PortRegistry::Builtin().Find(e->spec.kind);
+      if (other && other->claims && other->claims(e->spec) == mine) {
         *code = kCodeExists;
-        return Error("port " + s.name + ": socket " + path + " is in use by port " + e->spec.name);
+        return Error("port " + s.name + ": " + mine + " is in use by port " + e->spec.name);
       }
     }
-    *code = kCodeFailed;
-    NICMUX_TRY_ASSIGN(p, VhostUserPort::Create(o, loop_, &group_));
-    return std::unique_ptr<Port>(std::move(p));
   }
-  if (s.kind == "virtio-user") {
-    if (auto u = UnknownOption(s, {"socket", "server", "queues", "packed"})) return Error(*u);
-    NICMUX_TRY(FlagsTakeNoValue(s, {"server", "packed"}));
-    VirtioUserPortOptions o;
-    o.name = s.name;
-    NICMUX_TRY_ASSIGN(path, Required(s, "socket"));
-    o.socket_path = path;
-    o.server = s.Has("server");
-    o.packed = s.Has("packed");
-    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, 8, 1));
-    o.queue_pairs = static_cast<uint32_t>(q);
-    *code = kCodeFailed;
-    NICMUX_TRY_ASSIGN(p, VirtioUserPort::Create(o));
-    NICMUX_LOG(kInfo, "port %s: attached to the backend at %s", s.name.c_str(), path.c_str());
-    return std::unique_ptr<Port>(std::move(p));
-  }
-  if (s.kind == "tap") {
-    if (auto u = UnknownOption(s, {"ifname", "queues", "address", "up", "down", "offloads"})) return Error(*u);
-    NICMUX_TRY(FlagsTakeNoValue(s, {"up", "down"}));
-    TapPortOptions o;
-    o.name = s.name;
-    o.ifname = s.Has("ifname") ? s.options.at("ifname") : s.name;
-    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, 8, 1));
-    o.queues = static_cast<uint32_t>(q);
-    if (s.Has("address")) o.address = s.options.at("address");
-    o.up = !s.Has("down");
-    o.mtu = static_cast<uint32_t>(mtu);
-    NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
-    o.offloads = offloads;
-    for (auto& e : ports_) {
-      if (e->spec.kind == "tap" && (e->spec.Has("ifname") ? e->spec.options.at("ifname") : e->spec.name) == o.ifname) {
-        *code = kCodeExists;
-        return Error("port " + s.name + ": interface " + o.ifname + " belongs to port " + e->spec.name);
-      }
-    }
-    *code = kCodeFailed;
-    NICMUX_TRY_ASSIGN(p, TapPort::Create(o));
-    NICMUX_LOG(kInfo, "port %s: TAP interface %s", s.name.c_str(), o.ifname.c_str());
-    return std::unique_ptr<Port>(std::move(p));
-  }
-  return Error("port " + s.name + ": unknown kind '" + s.kind + "' (vhost-user, virtio-user, tap)");
+  *code = kCodeFailed;
+  return kind->create(s, PortContext{loop_, &group_, cfg->mtu});
 }
 
 std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_config) {
@@ -368,7 +279,13 @@ json Daemon::PortJson(const Entry& e) const {
     j["macs"] = switch_->MacsOf(id);
     j["mac_limit_hits"] = switch_->Unlearned(id);
   }
-  if (auto* vu = dynamic_cast<const VhostUserPort*>(&p)) j["connections"] = vu->connections();
+  for (const auto& [key, value] : p.Details()) {
+    if (const auto* n = std::get_if<uint64_t>(&value)) {
+      j[key] = *n;
+    } else {
+      j[key] = std::get<std::string>(value);
+    }
+  }
   return j;
 }
 
@@ -427,15 +344,35 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
         j["allowed_macs"] = c->allowed_macs.empty() ? "any" : allowed;
       }
     }
-    if (auto* vu = dynamic_cast<const VhostUserPort*>(e->port.get())) {
-      // The bound on the guest memory one frontend may map (default included).
-      j["max_memory"] = SizeToString(vu->max_memory());
-      j["max_memory_bytes"] = vu->max_memory();
-    }
     json opts = json::object();
     for (const auto& [k, v] : e->spec.options) opts[k] = v;
     j["options"] = opts;
     return j;
+  }
+  if (cmd == "port.kinds") {
+    // The port registry: every kind with its option table (what nicmuxd --help prints).
+    auto opts = [](const std::vector<PortOption>& list) {
+      static const char* kTypes[] = {"flag", "string", "uint", "size", "on|off"};
+      json a = json::array();
+      for (const PortOption& o : list) {
+        json j{{"name", o.name}, {"type", kTypes[static_cast<int>(o.type)]}, {"help", o.help},
+               {"required", o.required}};
+        if (o.type != OptionType::kFlag) j["value"] = o.value;
+        if (*o.dflt) j["default"] = o.dflt;
+        if (o.type == OptionType::kUInt || o.type == OptionType::kSize) {
+          j["min"] = o.lo;
+          j["max"] = o.hi;
+        }
+        a.push_back(j);
+      }
+      return a;
+    };
+    json kinds = json::array();
+    for (const PortKind& k : PortRegistry::Builtin().kinds()) {
+      kinds.push_back({{"name", k.name}, {"summary", k.summary}, {"max_queues", k.max_queues},
+                       {"synopsis", OptionSynopsis(k)}, {"options", opts(k.options)}});
+    }
+    return json{{"kinds", kinds}, {"every_kind", opts(PortRegistry::SwitchOptions())}};
   }
   if (cmd == "port.add") {
     auto text = str_arg("spec", true);

@@ -21,9 +21,8 @@
 #include "base/event_loop.h"
 #include "control/config.h"
 #include "control/control_server.h"
-#include "control/port_spec.h"
+#include "port/port_spec.h"
 #include "port/port.h"
-#include "port/vhost_user_port.h"
 #include "sched/worker.h"
 #include "switch/l2_switch.h"
 #include "switch/xconnect.h"
@@ -47,10 +46,6 @@ struct DaemonOptions {
 // The switch's view of a port spec: vlan, trunk, mtu, mac_limit, allowed_macs (the options
 // every kind takes; errors name the port and the option).
 Result<SwitchPortConfig> SwitchPortConfigFromSpec(const PortSpec& s);
-// A vhost-user port's options from its spec: socket=PATH (required), client, queues=N (1..8),
-// max_memory=SIZE (1M..4T, default 4T: the guest memory one frontend may map); `mtu` as
-// SwitchPortConfigFromSpec read it. Errors name the port and the option.
-Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uint32_t mtu);
 
 class Daemon {
  public:

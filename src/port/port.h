@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "base/counter.h"
@@ -145,6 +147,10 @@ class Port {
   // The features negotiated with the peer, in the peer's terms, for the control plane ("" when
   // the kind has none; e.g. a vhost-user port lists its virtio feature names).
   virtual std::string Features() const { return {}; }
+  // What else the kind has to say in `nicmuxctl port show` and `port list`, as (key, value):
+  // e.g. a vhost-user port's connections and max_memory. Read by the control thread.
+  using Detail = std::pair<std::string, std::variant<std::string, uint64_t>>;
+  virtual std::vector<Detail> Details() const { return {}; }
 
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;

@@ -379,4 +379,40 @@ uint64_t TapPort::DropsFor(DropReason r) const {
   return n;
 }
 
+PortKind TapPortKind() {
+  PortKind k;
+  k.name = "tap";
+  k.summary =
+      "the host kernel's network stack (docs/tap.md): nicmuxd creates TAP interface IF, multi-queue with "
+      "queues>1, gives it the address and brings it up (unless `down`), and removes it at exit.";
+  k.max_queues = TapPort::kMaxQueues;
+  k.options = {
+      {"ifname", OptionType::kString, "IF", "NAME", "the interface's name"},
+      {"queues", OptionType::kUInt, "N", "1", "queues, 1..8", 1, TapPort::kMaxQueues},
+      {"address", OptionType::kString, "A.B.C.D/LEN", "", "an IPv4 address given to the interface"},
+      {"down", OptionType::kFlag, "", "", "leave the interface down"},
+      {"up", OptionType::kFlag, "", "", "bring the interface up (the default)"},
+      {"offloads", OptionType::kOnOff, "on|off", "on",
+       "checksum offload and TSO both ways; off: TUNSETOFFLOAD 0, whole checksummed frames only"},
+  };
+  auto ifname = [](const PortSpec& s) { return s.Has("ifname") ? s.options.at("ifname") : s.name; };
+  k.claims = [ifname](const PortSpec& s) { return "interface " + ifname(s); };
+  k.create = [ifname](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
+    TapPortOptions o;
+    o.name = s.name;
+    o.ifname = ifname(s);
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, TapPort::kMaxQueues, 1));
+    o.queues = static_cast<uint32_t>(q);
+    if (s.Has("address")) o.address = s.options.at("address");
+    o.up = !s.Has("down");
+    o.mtu = c.mtu;
+    NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
+    o.offloads = offloads;
+    NICMUX_TRY_ASSIGN(p, TapPort::Create(o));
+    NICMUX_LOG(kInfo, "port %s: TAP interface %s", s.name.c_str(), o.ifname.c_str());
+    return std::unique_ptr<Port>(std::move(p));
+  };
+  return k;
+}
+
 }  // namespace nicmux

@@ -52,6 +52,7 @@
 #include "base/result.h"
 #include "base/unique_fd.h"
 #include "port/port.h"
+#include "port/registry.h"
 
 namespace nicmux {
 
@@ -66,6 +67,9 @@ struct TapPortOptions {
   // hands us 64 KiB TCP frames with partial checksums and takes them (docs/offloads.md).
   bool offloads = true;
 };
+
+// The TAP kind for the port registry (port/kinds.cc).
+PortKind TapPortKind();
 
 class TapPort final : public Port {
  public:

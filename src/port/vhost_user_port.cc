@@ -94,6 +94,53 @@ struct OffsetWriter {
 
 }  // namespace
 
+Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uint32_t mtu) {
+  VhostUserPortOptions o;
+  o.name = s.name;
+  if (!s.Has("socket") || s.options.at("socket").empty()) return Error("port " + s.name + ": socket=... is required");
+  o.socket_path = s.options.at("socket");
+  o.client = s.Has("client");
+  NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, vhost::kMaxQueuePairs, 1));
+  o.queue_pairs = static_cast<uint32_t>(q);
+  o.mtu = static_cast<uint16_t>(mtu);  // 68..65535 or 0 (the switch's mtu= option)
+  NICMUX_TRY_ASSIGN(m, s.Size("max_memory", vhost::kMinMaxMemoryBytes, vhost::kMaxMemoryBytes, vhost::kMaxMemoryBytes));
+  o.max_memory = m;
+  NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
+  o.offloads = offloads;
+  return o;
+}
+
+PortKind VhostUserPortKind() {
+  PortKind k;
+  k.name = "vhost-user";
+  k.summary =
+      "a virtio-net device for a QEMU guest or a virtio-user container (docs/vhost-user.md). nicmuxd listens on "
+      "PATH (one frontend at a time) or, with `client`, connects to PATH (QEMU's `server=on`) and reconnects "
+      "after the frontend restarts.";
+  k.max_queues = vhost::kMaxQueuePairs;
+  k.options = {
+      {"socket", OptionType::kString, "PATH", "", "the vhost-user UNIX socket", 0, 0, true},
+      {"client", OptionType::kFlag, "", "", "connect to PATH instead of listening on it"},
+      {"queues", OptionType::kUInt, "N", "1", "queue pairs, 1..8", 1, vhost::kMaxQueuePairs},
+      {"max_memory", OptionType::kSize, "SIZE", "4T",
+       "the most guest memory one frontend may map, bytes or with a K, M, G or T suffix (1024-based), 1M..4T; "
+       "a frontend declaring more is refused. Guest pages nicmuxd reads first are charged to nicmuxd's memory "
+       "cgroup: set it to the guest's memory (e.g. 16G) to bound what one guest can make nicmuxd's charge",
+       vhost::kMinMaxMemoryBytes, vhost::kMaxMemoryBytes},
+      {"offloads", OptionType::kOnOff, "on|off", "on",
+       "offer checksum offload and TSO (IPv4, IPv6, ECN) both ways: a guest's 64 KiB TCP frames cross the "
+       "switch whole to peers that take them and are segmented by the switch for the others "
+       "(docs/offloads.md). The port's mtu= is also offered to the guest (VIRTIO_NET_F_MTU)"},
+  };
+  k.claims = [](const PortSpec& s) { return "socket " + s.options.at("socket"); };
+  k.create = [](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
+    NICMUX_TRY_ASSIGN(o, VhostUserPortOptionsFromSpec(s, c.mtu));
+    NICMUX_TRY_ASSIGN(p, VhostUserPort::Create(o, c.loop, c.workers));
+    return std::unique_ptr<Port>(std::move(p));
+  };
+  return k;
+}
+
 VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pausable* worker)
     : Port(o.name), opt_(o), loop_(loop),
       session_(vhost::BackendConfig{o.queue_pairs, o.mtu, o.max_memory, o.offloads}, worker) {
@@ -646,6 +693,11 @@ void VhostUserPort::UpdateCaps() {
   c.mtu = opt_.mtu;
   SetCaps(c);
   if (f) NICMUX_LOG(kInfo, "port %s: offloads towards the guest: %s", name().c_str(), c.ToString().c_str());
+}
+
+std::vector<Port::Detail> VhostUserPort::Details() const {
+  return {{"connections", connections_}, {"max_memory", SizeToString(opt_.max_memory)},
+          {"max_memory_bytes", opt_.max_memory}};
 }
 
 std::string VhostUserPort::Features() const {

@@ -33,6 +33,7 @@
 #include "base/log.h"
 #include "base/pausable.h"
 #include "port/port.h"
+#include "port/registry.h"
 #include "vhost/backend_session.h"
 
 namespace nicmux {
@@ -48,6 +49,12 @@ struct VhostUserPortOptions {
   // TSO6 and ECN. Off: the guest computes every checksum and sends MTU-sized frames.
   bool offloads = true;
 };
+
+// Reads a spec that PortRegistry::Check passed; mtu is the port's mtu= (offered to the guest).
+Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uint32_t mtu);
+
+// The vhost-user kind for the port registry (port/kinds.cc).
+PortKind VhostUserPortKind();
 
 class VhostUserPort final : public Port {
  public:
@@ -73,6 +80,9 @@ class VhostUserPort final : public Port {
   uint64_t hostile_disconnects() const { return hostile_disconnects_; }
   uint64_t connections() const { return connections_; }
   uint64_t max_memory() const { return opt_.max_memory; }
+  // connections; max_memory (as a size) and max_memory_bytes: the bound on the guest memory
+  // one frontend may map, default included.
+  std::vector<Detail> Details() const override;
   const vhost::BackendSession& session() const { return session_; }
   // Drop counters of the queues, summed (rings' reasons plus the port's own).
   uint64_t DropsFor(DropReason r) const override;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "base/log.h"
 #include "port/virtio_net_edge.h"
 #include "virtio/net_hdr.h"
 
@@ -177,6 +178,35 @@ uint64_t VirtioUserPort::DropsFor(DropReason r) const {
   uint64_t n = 0;
   for (uint32_t q = 0; q < rxc_.size(); ++q) n += rxc_[q].drops.Get(r) + txc_[q].drops.Get(r);
   return n;
+}
+
+PortKind VirtioUserPortKind() {
+  PortKind k;
+  k.name = "virtio-user";
+  k.summary =
+      "nicmuxd as the frontend of another vhost-user backend (DPDK vhost, OVS, another nicmuxd): connects to "
+      "PATH (or, with `server`, listens and waits for the backend) at start.";
+  k.max_queues = vhost::kMaxFrontendQueuePairs;
+  k.options = {
+      {"socket", OptionType::kString, "PATH", "", "the backend's vhost-user UNIX socket", 0, 0, true},
+      {"server", OptionType::kFlag, "", "", "listen on PATH and wait for the backend to connect"},
+      {"queues", OptionType::kUInt, "N", "1", "queue pairs, 1..8", 1, vhost::kMaxFrontendQueuePairs},
+      {"packed", OptionType::kFlag, "", "", "packed virtqueues"},
+  };
+  k.claims = [](const PortSpec& s) { return "socket " + s.options.at("socket"); };
+  k.create = [](const PortSpec& s, const PortContext&) -> Result<std::unique_ptr<Port>> {
+    VirtioUserPortOptions o;
+    o.name = s.name;
+    o.socket_path = s.options.at("socket");
+    o.server = s.Has("server");
+    o.packed = s.Has("packed");
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, vhost::kMaxFrontendQueuePairs, 1));
+    o.queue_pairs = static_cast<uint32_t>(q);
+    NICMUX_TRY_ASSIGN(p, VirtioUserPort::Create(o));
+    NICMUX_LOG(kInfo, "port %s: attached to the backend at %s", s.name.c_str(), o.socket_path.c_str());
+    return std::unique_ptr<Port>(std::move(p));
+  };
+  return k;
 }
 
 }  // namespace nicmux

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "port/port.h"
+#include "port/registry.h"
 #include "vhost/frontend.h"
 
 namespace nicmux {
@@ -35,6 +36,9 @@ struct VirtioUserPortOptions {
   uint32_t queue_pairs = 1;
   bool packed = false;
 };
+
+// The virtio-user kind for the port registry (port/kinds.cc).
+PortKind VirtioUserPortKind();
 
 class VirtioUserPort final : public Port {
  public:

@@ -33,7 +33,9 @@ Result<sockaddr_un> Addr(const std::string& path) {
 }  // namespace
 
 Result<std::unique_ptr<Frontend>> Frontend::Create(const FrontendConfig& c) {
-  if (c.queue_pairs < 1 || c.queue_pairs > 8) return Error("queue pairs must be 1..8");
+  if (c.queue_pairs < 1 || c.queue_pairs > kMaxFrontendQueuePairs) {
+    return Error("queue pairs must be 1.." + std::to_string(kMaxFrontendQueuePairs));
+  }
   NICMUX_TRY(virtio::CheckQueueSize(c.queue_size, c.packed));
   if (c.buf_bytes < 64 || c.buf_bytes > 65536) return Error("buffer size must be 64..65536");
   std::unique_ptr<Frontend> f(new Frontend(c));

@@ -24,6 +24,9 @@
 
 namespace nicmux::vhost {
 
+// The most queue pairs the frontend negotiates.
+inline constexpr uint32_t kMaxFrontendQueuePairs = 8;
+
 struct FrontendConfig {
   std::string socket_path;
   bool listen = false;        // wait for the backend to connect (it runs in client mode)

@@ -87,6 +87,16 @@ rc=0; ctl port add "vhost-user:a:socket=$WORK/z.sock" 2>"$WORK/err.txt" || rc=$?
 [ $rc -eq 5 ] || fail "port add with a clashing name: exit $rc, expected 5"
 rc=0; ctl port add "vhost-user:z:socket=$WORK/a.sock" 2>"$WORK/err.txt" || rc=$?
 [ $rc -eq 5 ] || fail "port add with a socket path in use: exit $rc, expected 5 ($(cat "$WORK/err.txt"))"
+rc=0; ctl port add "virtio-user:z:socket=$WORK/a.sock" 2>"$WORK/err.txt" || rc=$?
+[ $rc -eq 5 ] || fail "a virtio-user port on a vhost-user port's socket: exit $rc, expected 5 ($(cat "$WORK/err.txt"))"
+grep -q "socket $WORK/a.sock is in use by port a" "$WORK/err.txt" || fail "the clash is not named: $(cat "$WORK/err.txt")"
+rc=0; ctl port add "tap:z:queues=99" 2>"$WORK/err.txt" || rc=$?
+[ $rc -eq 6 ] || fail "port add with queues out of the kind's range: exit $rc, expected 6"
+grep -q "queues=99 is outside 1..8" "$WORK/err.txt" || fail "the range is not named: $(cat "$WORK/err.txt")"
+ctl port kinds >"$WORK/kinds.txt" || fail "port kinds"
+for k in "vhost-user:NAME:socket=PATH" "virtio-user:NAME:socket=PATH" "tap:NAME:"; do
+  grep -q "^$k" "$WORK/kinds.txt" || fail "port kinds lacks $k: $(cat "$WORK/kinds.txt")"
+done
 rc=0; ctl port add "vhost-user:z:sockt=$WORK/z.sock" 2>"$WORK/err.txt" || rc=$?
 [ $rc -eq 6 ] || fail "port add with an unknown option: exit $rc, expected 6"
 grep -q sockt "$WORK/err.txt" || fail "the error does not name the option: $(cat "$WORK/err.txt")"

@@ -1,4 +1,4 @@
-#include "control/port_spec.h"
+#include "port/port_spec.h"
 
 #include <algorithm>
 #include <cctype>

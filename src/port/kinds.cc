@@ -1,0 +1,21 @@
+// Every port kind of this build, in the order --help lists them. A new kind: its file pair
+// (the Port and its PortKind function) and one line here.
+#include "port/registry.h"
+#include "port/tap_port.h"
+#include "port/vhost_user_port.h"
+#include "port/virtio_user_port.h"
+
+namespace nicmux {
+
+const PortRegistry& PortRegistry::Builtin() {
+  static const PortRegistry r = [] {
+    PortRegistry k;
+    k.Add(VhostUserPortKind());
+    k.Add(VirtioUserPortKind());
+    k.Add(TapPortKind());
+    return k;
+  }();
+  return r;
+}
+
+}  // namespace nicmux
