@@ -74,6 +74,12 @@ void VirtioUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
     rxc_[q].drops.Add(DropReason::kQueueFull, batch.size() - sent);
   }
   vhost::FrontendQueue& rq = fe_->rxq(q);
+  // UNTRUSTED: a backend that wrote a bad used entry broke the ring (the driver ring found
+  // it): nothing is added to a broken ring again (Add would refuse it by aborting).
+  if (rq.broken()) {
+    st.n = 0;
+    return;
+  }
   // Buffer index == ring id: every id handed back is free again, so each re-added buffer is
   // the one its new id names.
   for (uint32_t i = 0; i < st.n; ++i) {
@@ -87,6 +93,7 @@ void VirtioUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
 std::string VirtioUserPort::State() const {
   for (uint32_t k = 0; k < 2 * fe_->queue_pairs(); ++k) {
     vhost::FrontendQueue& q = k % 2 == 0 ? fe_->rxq(k / 2) : fe_->txq(k / 2);
+    if (q.broken()) return "broken: the backend wrote a bad used entry (the port drops what it is sent)";
     if (q.kick_blocked.load(std::memory_order_relaxed)) {
       return "connected, not kicking: the backend made its kick eventfd block";
     }
@@ -102,6 +109,7 @@ void VirtioUserPort::Reclaim(vhost::FrontendQueue& tq) {
 
 size_t VirtioUserPort::TxRoom(uint32_t q) {
   vhost::FrontendQueue& tq = fe_->txq(q);
+  if (tq.broken()) return kBurst;  // Tx drops: a broken port must not hold others
   Reclaim(tq);
   return std::min<size_t>(tq.num_free(), kBurst);
 }
@@ -109,10 +117,21 @@ size_t VirtioUserPort::TxRoom(uint32_t q) {
 size_t VirtioUserPort::Tx(uint32_t q, std::span<const PacketRef* const> in) {
   vhost::FrontendQueue& tq = fe_->txq(q);
   const uint32_t hdr = fe_->net_hdr_len();
+  if (tq.broken()) {  // UNTRUSTED: the backend broke the ring; see RxDone
+    txc_[q].dropped.Add(in.size());
+    txc_[q].drops.Add(DropReason::kPortDown, in.size());
+    return in.size();
+  }
   size_t k = 0;
   uint64_t bytes = 0, sent = 0;
   for (; k < in.size(); ++k) {
     if (tq.num_free() == 0) Reclaim(tq);
+    if (tq.broken()) {
+      txc_[q].dropped.Add(in.size() - k);
+      txc_[q].drops.Add(DropReason::kPortDown, in.size() - k);
+      k = in.size();
+      break;
+    }
     if (tq.num_free() == 0) break;  // the source keeps the rest
     const PacketRef& p = *in[k];
     if (hdr + uint64_t{p.len} > kBufBytes) {
