@@ -1,5 +1,6 @@
 // Every port kind of this build, in the order --help lists them. A new kind: its file pair
 // (the Port and its PortKind function) and one line here.
+#include "port/af_xdp_port.h"
 #include "port/registry.h"
 #include "port/tap_port.h"
 #include "port/vhost_user_port.h"
@@ -13,6 +14,7 @@ const PortRegistry& PortRegistry::Builtin() {
     k.Add(VhostUserPortKind());
     k.Add(VirtioUserPortKind());
     k.Add(TapPortKind());
+    k.Add(AfXdpPortKind());
     return k;
   }();
   return r;

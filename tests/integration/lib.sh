@@ -7,12 +7,18 @@ BIN=${NICMUX_BIN:?NICMUX_BIN must point at the tools directory of a build}
 WORK=$(mktemp -d /tmp/nicmux-it.XXXXXX)
 PIDS=()
 
+# CLEANUP_HOOKS: functions a test adds (network namespaces, links) that cleanup runs after
+# the processes are gone. (A test must not replace the EXIT trap: under `set -e` a trap that
+# runs a failing command before cleanup exits there and leaves every process running.)
+CLEANUP_HOOKS=()
 cleanup() {
   local rc=$?
+  set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.2
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  for h in "${CLEANUP_HOOKS[@]}"; do "$h" || true; done
   if [ $rc -ne 0 ]; then
     echo "---- logs ($WORK) ----"
     for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "== $f"; tail -n 30 "$f"; }; done

@@ -18,7 +18,7 @@ NS=nmxseg$$
 TK=nmxk$$
 TN=nmxn$$
 cleanup_ns() { ip netns del "$NS" 2>/dev/null || true; }
-trap 'rc=$?; cleanup_ns; (exit $rc); cleanup' EXIT
+CLEANUP_HOOKS+=(cleanup_ns)
 
 N=20  # TSO frames of 65000 bytes: 45 segments each
 nicmuxd --port "vhost-user:a:socket=$WORK/a.sock" --port "tap:tk:ifname=$TK,offloads=on" \

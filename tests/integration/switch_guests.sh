@@ -16,7 +16,7 @@ guest_image
 NS=nmxtest$$
 TAPIF=nmxt$$
 cleanup_ns() { ip netns del "$NS" 2>/dev/null || true; }
-trap 'rc=$?; cleanup_ns; (exit $rc); cleanup' EXIT
+CLEANUP_HOOKS+=(cleanup_ns)
 
 tx_of() { ctl --json port show "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['tx_packets'])"; }
 

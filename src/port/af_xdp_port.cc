@@ -1,0 +1,399 @@
+#include "port/af_xdp_port.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/bpf.h>
+#include <linux/if_link.h>
+#include <linux/if_xdp.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "base/log.h"
+#include "packet/offload_ops.h"
+
+namespace nicmux {
+namespace {
+
+std::string Errno(int e) { return std::strerror(e < 0 ? -e : e); }
+
+// The XDP program: r2 = ctx->rx_queue_index; return bpf_redirect_map(&xsks, r2, XDP_PASS).
+// A queue without a socket in the map passes its frames to the kernel's stack.
+UniqueFd LoadProgram(int map_fd, std::string* log) {
+  bpf_insn p[6] = {};
+  p[0].code = BPF_LDX | BPF_W | BPF_MEM;  // r2 = *(u32 *)(r1 + offsetof(xdp_md, rx_queue_index))
+  p[0].dst_reg = BPF_REG_2;
+  p[0].src_reg = BPF_REG_1;
+  p[0].off = offsetof(xdp_md, rx_queue_index);
+  p[1].code = BPF_LD | BPF_DW | BPF_IMM;  // r1 = the map (a 16-byte instruction)
+  p[1].dst_reg = BPF_REG_1;
+  p[1].src_reg = BPF_PSEUDO_MAP_FD;
+  p[1].imm = map_fd;
+  p[3].code = BPF_ALU64 | BPF_MOV | BPF_K;  // r3 = XDP_PASS: the action when the lookup fails
+  p[3].dst_reg = BPF_REG_3;
+  p[3].imm = XDP_PASS;
+  p[4].code = BPF_JMP | BPF_CALL;
+  p[4].imm = BPF_FUNC_redirect_map;
+  p[5].code = BPF_JMP | BPF_EXIT;
+  char buf[4096] = {};
+  LIBBPF_OPTS(bpf_prog_load_opts, opts);
+  opts.log_level = 1;
+  opts.log_size = sizeof buf;
+  opts.log_buf = buf;
+  const int fd = bpf_prog_load(BPF_PROG_TYPE_XDP, AfXdpPort::kProgName, "GPL", p, 6, &opts);
+  if (fd < 0) *log = std::string(buf).substr(0, 300);
+  return UniqueFd(fd < 0 ? -1 : fd);
+}
+
+// The name of the XDP program attached to ifindex in any mode, or "" when there is none.
+std::string AttachedProgram(int ifindex, uint32_t* id_out) {
+  uint32_t id = 0;
+  *id_out = 0;
+  if (bpf_xdp_query_id(ifindex, 0, &id) != 0 || id == 0) return "";
+  *id_out = id;
+  const int fd = bpf_prog_get_fd_by_id(id);
+  if (fd < 0) return "(id " + std::to_string(id) + ")";
+  bpf_prog_info info = {};
+  uint32_t len = sizeof info;
+  std::string name = "(id " + std::to_string(id) + ")";
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) name = info.name;
+  ::close(fd);
+  return name;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<AfXdpPort>> AfXdpPort::Create(const AfXdpPortOptions& o) {
+  std::unique_ptr<AfXdpPort> p(new AfXdpPort(o));
+  NICMUX_TRY(p->Open());
+  return p;
+}
+
+Result<void> AfXdpPort::Open() {
+  const std::string what = "port " + opt_.name + ": interface " + opt_.ifname;
+  if (opt_.mode != "auto" && opt_.mode != "zero-copy" && opt_.mode != "native" && opt_.mode != "generic") {
+    return Error("port " + opt_.name + ": mode=" + opt_.mode + ": expected auto, zero-copy, native or generic");
+  }
+  // Everything that can be checked without touching the interface first.
+  ifindex_ = static_cast<int>(if_nametoindex(opt_.ifname.c_str()));
+  if (ifindex_ == 0) return Error("port " + opt_.name + ": no interface named " + opt_.ifname);
+  {
+    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ifreq r = {};
+    std::strncpy(r.ifr_name, opt_.ifname.c_str(), IFNAMSIZ - 1);
+    if (s.get() < 0 || ::ioctl(s.get(), SIOCGIFMTU, &r) != 0) return Error(what + ": cannot read its MTU: " + Errno(errno));
+    mtu_ = static_cast<uint32_t>(r.ifr_mtu);
+  }
+  if (mtu_ + 18 > kFrameBytes) {
+    return Error(what + ": MTU " + std::to_string(mtu_) + " does not fit a " + std::to_string(kFrameBytes) +
+                 "-byte UMEM frame (at most " + std::to_string(kFrameBytes - 18) + ")");
+  }
+  uint32_t old_id = 0;
+  const std::string old = AttachedProgram(ifindex_, &old_id);
+  if (!old.empty() && old != kProgName) {
+    return Error(what + " has XDP program '" + old + "' attached (id " + std::to_string(old_id) +
+                 "); nicmuxd does not replace another program");
+  }
+  const int map = bpf_map_create(BPF_MAP_TYPE_XSKMAP, "nicmux_xsks", 4, 4, 64, nullptr);
+  if (map < 0) {
+    return Error("port " + opt_.name + ": cannot create an XSKMAP: " + Errno(errno) +
+                 (errno == EPERM ? " (loading XDP programs needs root or CAP_BPF and CAP_NET_ADMIN)" : ""));
+  }
+  map_fd_ = UniqueFd(map);
+  std::string log;
+  prog_fd_ = LoadProgram(map_fd_.get(), &log);
+  if (prog_fd_.get() < 0) return Error("port " + opt_.name + ": the kernel refused the XDP program: " + log);
+  const uint64_t per_queue = uint64_t{2} * opt_.ring * kFrameBytes;
+  NICMUX_TRY_ASSIGN(area, MappedRegion::Anonymous(per_queue * opt_.queues));
+  umem_area_ = std::move(area);
+
+  // Now the interface: attach (native first unless told), then one socket per queue.
+  const bool want_native = opt_.mode != "generic";
+  if (!old.empty()) {
+    NICMUX_LOG(kWarning, "port %s: replacing XDP program %s (id %u) that an earlier nicmuxd left on %s",
+               opt_.name.c_str(), old.c_str(), old_id, opt_.ifname.c_str());
+    uint32_t id = 0;
+    for (uint32_t f : {XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE}) {
+      if (bpf_xdp_query_id(ifindex_, static_cast<int>(f), &id) == 0 && id == old_id) bpf_xdp_detach(ifindex_, f, nullptr);
+    }
+  }
+  int err = 0;
+  if (want_native) {
+    err = bpf_xdp_attach(ifindex_, prog_fd_.get(), XDP_FLAGS_DRV_MODE | XDP_FLAGS_UPDATE_IF_NOEXIST, nullptr);
+    if (err == 0) attach_flags_ = XDP_FLAGS_DRV_MODE;
+  }
+  if (attach_flags_ == 0 && opt_.mode != "native" && opt_.mode != "zero-copy") {
+    err = bpf_xdp_attach(ifindex_, prog_fd_.get(), XDP_FLAGS_SKB_MODE | XDP_FLAGS_UPDATE_IF_NOEXIST, nullptr);
+    if (err == 0) attach_flags_ = XDP_FLAGS_SKB_MODE;
+  }
+  if (attach_flags_ == 0) return Error(what + ": cannot attach the XDP program: " + Errno(err));
+  attached_ = true;
+  bool zero_copy = attach_flags_ == XDP_FLAGS_DRV_MODE && opt_.mode != "native";
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    auto q = std::make_unique<Queue>();
+    q->base = i * per_queue;
+    xsk_umem_config uc = {};
+    uc.fill_size = opt_.ring;
+    uc.comp_size = opt_.ring;
+    uc.frame_size = kFrameBytes;
+    uc.frame_headroom = 0;
+    int r = xsk_umem__create(&q->umem, umem_area_.data() + q->base, per_queue, &q->fill, &q->comp, &uc);
+    if (r != 0) return Error(what + ": queue " + std::to_string(i) + ": cannot register the UMEM: " + Errno(r));
+    while (true) {
+      xsk_socket_config sc = {};
+      sc.rx_size = opt_.ring;
+      sc.tx_size = opt_.ring;
+      sc.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD;
+      sc.bind_flags = static_cast<uint16_t>((zero_copy ? XDP_ZEROCOPY : XDP_COPY) | XDP_USE_NEED_WAKEUP);
+      r = xsk_socket__create(&q->xsk, opt_.ifname.c_str(), i, q->umem, &q->rx, &q->tx, &sc);
+      if (r == 0) break;
+      if (zero_copy && opt_.mode == "auto") {  // the driver has no zero-copy: copy mode
+        zero_copy = false;
+        continue;
+      }
+      q_.push_back(std::move(q));  // the destructor frees its UMEM
+      return Error(what + ": queue " + std::to_string(i) + ": cannot bind an AF_XDP socket (" +
+                   (zero_copy ? "zero-copy" : "copy") + " mode): " + Errno(r) +
+                   (r == -EINVAL ? " (has the interface that many queues?)" : ""));
+    }
+    q->fd = xsk_socket__fd(q->xsk);
+    const uint32_t key = i;
+    if (bpf_map_update_elem(map_fd_.get(), &key, &q->fd, 0) != 0) {
+      const int e = errno;
+      q_.push_back(std::move(q));
+      return Error(what + ": queue " + std::to_string(i) + ": cannot add the socket to the XSKMAP: " + Errno(e));
+    }
+    // The first `ring` frames receive (into the fill ring), the next `ring` send.
+    std::vector<uint64_t> fill(opt_.ring);
+    for (uint32_t f = 0; f < opt_.ring; ++f) fill[f] = uint64_t{f} * kFrameBytes;
+    uint32_t idx = 0;
+    NICMUX_CHECK(xsk_ring_prod__reserve(&q->fill, opt_.ring, &idx) == opt_.ring);
+    for (uint32_t f = 0; f < opt_.ring; ++f) *xsk_ring_prod__fill_addr(&q->fill, idx + f) = fill[f];
+    xsk_ring_prod__submit(&q->fill, opt_.ring);
+    q->free_tx.reserve(opt_.ring);
+    for (uint32_t f = 0; f < opt_.ring; ++f) q->free_tx.push_back(uint64_t{opt_.ring + f} * kFrameBytes);
+    q_.push_back(std::move(q));
+  }
+  mode_ = std::string(zero_copy ? "zero-copy" : "copy") +
+          (attach_flags_ == XDP_FLAGS_DRV_MODE ? " (native XDP)" : " (generic XDP)");
+  PortCaps c;
+  c.offloads = PortCaps::kCsumOnCopy;  // AF_XDP takes whole, summed frames; Tx sums in its copy
+  c.mtu = static_cast<uint16_t>(mtu_);
+  c.max_frame = kFrameBytes;
+  SetCaps(c);
+  NICMUX_LOG(kInfo, "port %s: AF_XDP on %s, %u queue(s), %s, ring %u", opt_.name.c_str(), opt_.ifname.c_str(),
+             opt_.queues, mode_.c_str(), opt_.ring);
+  return Ok();
+}
+
+AfXdpPort::~AfXdpPort() {
+  for (auto& q : q_) {
+    if (q->xsk) xsk_socket__delete(q->xsk);
+    if (q->umem) xsk_umem__delete(q->umem);
+  }
+  if (attached_) {
+    // Only if the program there is still ours.
+    LIBBPF_OPTS(bpf_xdp_attach_opts, o, .old_prog_fd = prog_fd_.get());
+    if (bpf_xdp_detach(ifindex_, attach_flags_ | XDP_FLAGS_REPLACE, &o) != 0) {
+      NICMUX_LOG(kWarning, "port %s: could not detach the XDP program from %s", name().c_str(), opt_.ifname.c_str());
+    }
+  }
+}
+
+void AfXdpPort::Refill(Queue& q, const uint64_t* addrs, uint32_t n) {
+  if (n == 0) return;
+  uint32_t idx = 0;
+  // The fill ring holds `ring` entries and the queue owns `ring` receive frames: room always.
+  NICMUX_CHECK(xsk_ring_prod__reserve(&q.fill, n, &idx) == n);
+  for (uint32_t i = 0; i < n; ++i) *xsk_ring_prod__fill_addr(&q.fill, idx + i) = addrs[i];
+  xsk_ring_prod__submit(&q.fill, n);
+  if (xsk_ring_prod__needs_wakeup(&q.fill)) ::recvfrom(q.fd, nullptr, 0, MSG_DONTWAIT, nullptr, nullptr);
+}
+
+size_t AfXdpPort::Rx(uint32_t qi, Batch& out, size_t max) {
+  Queue& q = *q_[qi];
+  NICMUX_DCHECK(out.empty());
+  q.n = 0;
+  max = std::min<size_t>(max, kBurst);
+  // What the switch did not take last time, first and in order.
+  for (uint32_t i = 0; i < q.nheld && q.n < max; ++i) {
+    PacketRef* p = out.TryPush();
+    PacketFromFlat(p, &q.segs[q.n], Frame(q, q.held_addr[i]), q.held_len[i]);
+    q.rx_addr[q.n++] = q.held_addr[i];
+  }
+  if (q.n < q.nheld) {  // (max smaller than what is held: keep the rest, in order)
+    std::memmove(q.held_addr.data(), q.held_addr.data() + q.n, (q.nheld - q.n) * sizeof(uint64_t));
+    std::memmove(q.held_len.data(), q.held_len.data() + q.n, (q.nheld - q.n) * sizeof(uint32_t));
+    q.nheld -= q.n;
+    return out.size();
+  }
+  q.nheld = 0;
+  uint32_t idx = 0;
+  const uint32_t got = xsk_ring_cons__peek(&q.rx, static_cast<uint32_t>(max - q.n), &idx);
+  uint64_t bad[kBurst];
+  uint32_t nbad = 0;
+  const uint64_t span = uint64_t{2} * opt_.ring * kFrameBytes;
+  for (uint32_t i = 0; i < got; ++i) {
+    const xdp_desc* d = xsk_ring_cons__rx_desc(&q.rx, idx + i);
+    // The kernel's descriptor, bounded anyway: within the queue's receive frames.
+    const uint64_t frame = d->addr & ~uint64_t{kFrameBytes - 1};
+    if (d->len == 0 || frame >= span / 2 || (d->addr - frame) + d->len > kFrameBytes) {
+      q.rxc.dropped.Add();
+      q.rxc.drops.Add(DropReason::kBadFrame);
+      if (frame < span / 2) bad[nbad++] = frame;
+      continue;
+    }
+    PacketRef* p = out.TryPush();
+    PacketFromFlat(p, &q.segs[q.n], Frame(q, d->addr), d->len);
+    q.rx_addr[q.n++] = frame;
+  }
+  xsk_ring_cons__release(&q.rx, got);
+  Refill(q, bad, nbad);
+  return out.size();
+}
+
+void AfXdpPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
+  Queue& q = *q_[qi];
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
+  q.rxc.packets.Add(sent);
+  q.rxc.bytes.Add(bytes);
+  // The frames not sent are held (before any still held from an Rx that returned only part).
+  const uint32_t keep = q.n - static_cast<uint32_t>(sent);
+  if (keep > 0) {
+    std::memmove(q.held_addr.data() + keep, q.held_addr.data(), q.nheld * sizeof(uint64_t));
+    std::memmove(q.held_len.data() + keep, q.held_len.data(), q.nheld * sizeof(uint32_t));
+    for (uint32_t i = 0; i < keep; ++i) {
+      q.held_addr[i] = q.rx_addr[sent + i];
+      q.held_len[i] = batch[static_cast<uint32_t>(sent + i)].len;
+    }
+    q.nheld += keep;
+  }
+  Refill(q, q.rx_addr.data(), static_cast<uint32_t>(sent));
+  q.n = 0;
+}
+
+void AfXdpPort::Reclaim(Queue& q) {
+  uint32_t idx = 0;
+  const uint32_t done = xsk_ring_cons__peek(&q.comp, opt_.ring, &idx);
+  for (uint32_t i = 0; i < done; ++i) q.free_tx.push_back(*xsk_ring_cons__comp_addr(&q.comp, idx + i) & ~uint64_t{kFrameBytes - 1});
+  xsk_ring_cons__release(&q.comp, done);
+}
+
+size_t AfXdpPort::TxRoom(uint32_t qi) {
+  Queue& q = *q_[qi];
+  Reclaim(q);
+  return std::min<size_t>(q.free_tx.size(), kBurst);
+}
+
+size_t AfXdpPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
+  Queue& q = *q_[qi];
+  if (q.free_tx.size() < in.size()) Reclaim(q);
+  size_t k = 0;
+  uint64_t bytes = 0, sent = 0;
+  uint32_t idx = 0;
+  const uint32_t want = static_cast<uint32_t>(std::min(in.size(), q.free_tx.size()));
+  const uint32_t slots = want ? xsk_ring_prod__reserve(&q.tx, want, &idx) : 0;
+  uint32_t used = 0;
+  for (; k < in.size(); ++k) {
+    const PacketRef& p = *in[k];
+    if (p.len > kFrameBytes) {
+      q.txc.dropped.Add();
+      q.txc.drops.Add(DropReason::kTooBig);
+      continue;
+    }
+    if (used == slots) break;  // no frame or TX slot: the source keeps the rest
+    const uint64_t addr = q.free_tx.back();
+    q.free_tx.pop_back();
+    CopyPacketCompletingTo(p, Frame(q, addr));
+    xdp_desc* d = xsk_ring_prod__tx_desc(&q.tx, idx + used++);
+    d->addr = addr;
+    d->len = p.len;
+    bytes += p.len;
+    ++sent;
+  }
+  if (used < slots) q.tx.cached_prod -= slots - used;  // give back the unused slots (not yet submitted)
+  if (used) {
+    xsk_ring_prod__submit(&q.tx, used);
+    if (xsk_ring_prod__needs_wakeup(&q.tx)) ::sendto(q.fd, nullptr, 0, MSG_DONTWAIT, nullptr, 0);
+  }
+  q.txc.packets.Add(sent);
+  q.txc.bytes.Add(bytes);
+  return k;
+}
+
+bool AfXdpPort::ArmNotify(std::vector<NotifyFd>* fds) {
+  bool pending = false;
+  for (auto& q : q_) {
+    fds->push_back({q->fd, false});
+    uint32_t idx = 0;
+    const uint32_t n = xsk_ring_cons__peek(&q->rx, 1, &idx);
+    if (n) xsk_ring_cons__cancel(&q->rx, n);
+    pending |= n > 0 || q->nheld > 0;
+  }
+  return pending;
+}
+
+PortStats AfXdpPort::Stats() const {
+  PortStats st;
+  st.connected = true;
+  for (const auto& q : q_) {
+    st.rx_packets += q->rxc.packets.Get();
+    st.rx_bytes += q->rxc.bytes.Get();
+    st.rx_dropped += q->rxc.dropped.Get();
+    st.tx_packets += q->txc.packets.Get();
+    st.tx_bytes += q->txc.bytes.Get();
+    st.tx_dropped += q->txc.dropped.Get();
+  }
+  return st;
+}
+
+uint64_t AfXdpPort::DropsFor(DropReason r) const {
+  uint64_t n = 0;
+  for (const auto& q : q_) n += q->rxc.drops.Get(r) + q->txc.drops.Get(r);
+  return n;
+}
+
+std::string AfXdpPort::State() const { return "up, " + mode_; }
+
+std::vector<Port::Detail> AfXdpPort::Details() const {
+  return {{"xdp_mode", mode_}, {"interface", opt_.ifname}, {"interface_mtu", uint64_t{mtu_}}};
+}
+
+PortKind AfXdpPortKind() {
+  PortKind k;
+  k.name = "af_xdp";
+  k.summary =
+      "a kernel interface (a NIC, a veth) through AF_XDP sockets, one per queue (docs/af_xdp.md): nicmuxd "
+      "loads a small XDP program that hands the interface's frames to the switch, and sends the switch's "
+      "frames out of it. Needs root (or CAP_BPF and CAP_NET_ADMIN); no bpffs.";
+  k.max_queues = Port::kMaxQueues;
+  k.options = {
+      {"iface", OptionType::kString, "IF", "", "the kernel interface", 0, 0, true},
+      {"queues", OptionType::kUInt, "N", "1", "the interface's queues 0..N-1 used, 1..8", 1, Port::kMaxQueues},
+      {"mode", OptionType::kString, "MODE", "auto",
+       "auto (zero-copy, else native XDP with copies, else generic XDP), zero-copy, native or generic"},
+      {"ring", OptionType::kUInt, "N", "2048", "descriptors per AF_XDP ring, a power of two, 64..8192", 64, 8192},
+  };
+  k.claims = [](const PortSpec& s) { return "interface " + s.options.at("iface"); };
+  k.create = [](const PortSpec& s, const PortContext&) -> Result<std::unique_ptr<Port>> {
+    AfXdpPortOptions o;
+    o.name = s.name;
+    o.ifname = s.options.at("iface");
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, Port::kMaxQueues, 1));
+    o.queues = static_cast<uint32_t>(q);
+    if (s.Has("mode")) o.mode = s.options.at("mode");
+    NICMUX_TRY_ASSIGN(ring, s.UInt("ring", 64, 8192, 2048));
+    if ((ring & (ring - 1)) != 0) return Error("port " + s.name + ": ring=" + std::to_string(ring) + " is not a power of two");
+    o.ring = static_cast<uint32_t>(ring);
+    NICMUX_TRY_ASSIGN(p, AfXdpPort::Create(o));
+    return std::unique_ptr<Port>(std::move(p));
+  };
+  return k;
+}
+
+}  // namespace nicmux

@@ -1,0 +1,126 @@
+// AfXdpPort: a kernel network interface (a NIC, a veth) as a switch port through AF_XDP
+// sockets, one per queue, bypassing the kernel's stack (docs/af_xdp.md). An XDP program that
+// nicmuxd loads on the interface redirects every frame arriving on queue q to socket q; frames
+// the switch sends go out of the interface's queue q.
+//
+// Options (--port af_xdp:NAME:key=value,...): iface=IF (required), queues=N (1..8: the
+// interface's queues 0..N-1), mode=auto|zero-copy|native|generic (default auto: zero-copy,
+// else native XDP with copies, else generic XDP), ring=N (descriptors per ring, a power of two,
+// 64..8192, default 2048).
+//
+// Before it touches the interface the port checks that it exists, that its MTU fits a UMEM
+// frame (kFrameBytes) and that it may load an XDP program; an XDP program of someone else's on
+// the interface is refused, one left by an earlier nicmuxd (named nicmux_xsk) is replaced. The
+// program is a few instructions built here (bpf_redirect_map on an XSKMAP, falling back to
+// XDP_PASS), loaded without libxdp's dispatcher, so no bpffs is needed. The destructor detaches
+// it (only if it is still ours).
+//
+// UMEM: one anonymous mapping per port; queue q owns 2 * ring frames of kFrameBytes in it,
+// registered as that queue's UMEM with its own fill and completion rings: `ring` frames for
+// receiving (in the fill ring, or held by the switch), `ring` for sending.
+//
+// Data path (worker thread; Tx under the switch's per-queue lock):
+//   Rx: frames the switch left unsent last time first, then the RX ring's descriptors, each a
+//     one-segment PacketRef over its UMEM frame (no copy before the switch's one copy).
+//   RxDone: the frames sent go back to the fill ring (kicking the kernel when it asks,
+//     need_wakeup); the others are held for the next Rx, in order.
+//   Tx: frames whose sends completed come back from the completion ring; each packet is
+//     copied into a free frame (a partial checksum completed in that copy: PortCaps
+//     kCsumOnCopy; AF_XDP takes no offloads, GSO frames are cut by the switch) and put on the
+//     TX ring; a sendto() kicks the kernel when it asks (need_wakeup; always in copy mode).
+//
+// Counters (per queue): rx/tx packets and bytes; rx_dropped: bad_frame (a descriptor outside
+// the queue's UMEM or of length 0); tx_dropped: too_big_for_buffers (a frame longer than a
+// UMEM frame). No free frame or TX slot is backpressure: Tx stops and returns what it took.
+#pragma once
+
+#include <xdp/xsk.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/mmap.h"
+#include "base/result.h"
+#include "base/unique_fd.h"
+#include "port/port.h"
+#include "port/registry.h"
+
+namespace nicmux {
+
+struct AfXdpPortOptions {
+  std::string name;
+  std::string ifname;
+  uint32_t queues = 1;
+  std::string mode = "auto";  // auto, zero-copy, native, generic
+  uint32_t ring = 2048;
+};
+
+// The af_xdp kind for the port registry (port/kinds.cc).
+PortKind AfXdpPortKind();
+
+class AfXdpPort final : public Port {
+ public:
+  static constexpr uint32_t kFrameBytes = 4096;  // a UMEM frame: the largest frame either way
+  static constexpr const char* kProgName = "nicmux_xsk";
+
+  static Result<std::unique_ptr<AfXdpPort>> Create(const AfXdpPortOptions& options);
+  ~AfXdpPort() override;
+
+  uint32_t NumQueuePairs() const override { return static_cast<uint32_t>(q_.size()); }
+  size_t Rx(uint32_t q, Batch& out, size_t max) override;
+  void RxDone(uint32_t q, Batch& batch, size_t sent) override;
+  size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
+  size_t TxRoom(uint32_t q) override;
+  bool ArmNotify(std::vector<NotifyFd>* fds) override;
+  void DisarmNotify() override {}
+  bool CanSleep() const override { return true; }
+  PortStats Stats() const override;
+  uint64_t DropsFor(DropReason r) const override;
+  std::string State() const override;
+  std::vector<Detail> Details() const override;
+
+  // "zero-copy (native XDP)", "copy (native XDP)" or "copy (generic XDP)".
+  const std::string& mode() const { return mode_; }
+
+ private:
+  struct Queue {
+    xsk_ring_prod fill{};
+    xsk_ring_cons comp{};
+    xsk_ring_cons rx{};
+    xsk_ring_prod tx{};
+    xsk_umem* umem = nullptr;
+    xsk_socket* xsk = nullptr;
+    int fd = -1;
+    uint64_t base = 0;  // the queue's first byte in the UMEM mapping
+    std::vector<uint64_t> free_tx;  // frame addresses (relative to base) free for sending
+    // The frames of the packets Rx returned, in order, and those RxDone held back.
+    std::array<uint64_t, kBurst> rx_addr{};
+    std::array<Segment, kBurst> segs{};
+    uint32_t n = 0;
+    std::array<uint64_t, kBurst> held_addr{};
+    std::array<uint32_t, kBurst> held_len{};
+    uint32_t nheld = 0;
+    QueueCounters rxc, txc;
+  };
+
+  explicit AfXdpPort(const AfXdpPortOptions& o) : Port(o.name), opt_(o) {}
+  Result<void> Open();
+  void Reclaim(Queue& q);
+  void Refill(Queue& q, const uint64_t* addrs, uint32_t n);
+  std::byte* Frame(const Queue& q, uint64_t addr) { return umem_area_.data() + q.base + addr; }
+
+  AfXdpPortOptions opt_;
+  int ifindex_ = 0;
+  uint32_t mtu_ = 0;
+  uint32_t attach_flags_ = 0;  // XDP_FLAGS_DRV_MODE or XDP_FLAGS_SKB_MODE, once attached
+  bool attached_ = false;
+  std::string mode_;
+  UniqueFd map_fd_, prog_fd_;
+  MappedRegion umem_area_;
+  std::vector<std::unique_ptr<Queue>> q_;
+};
+
+}  // namespace nicmux

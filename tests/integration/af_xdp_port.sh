@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The af_xdp port on a veth pair, against the kernel: nicmuxd switches between a TAP (the
+# host's stack, 10.9.0.1) and an af_xdp port on veth end v0; the other end, v1, is in a network
+# namespace (10.9.0.2).
+#   1. ping both ways; iperf3 TCP both ways, with v0's GRO on and with it off; the namespace's
+#      TcpInCsumErrors stays 0 (frames towards the veth leave nicmuxd whole and summed: the
+#      TAP's TSO frames are cut and summed by the switch). v1 sends with tx checksum offload and
+#      GSO off: a veth hands XDP a partial checksum it cannot tell, and no frame over a page.
+#   2. bad configuration, each refused with an error naming it while the daemon serves on: no
+#      such interface, an MTU the UMEM frame cannot hold, a second port on the same interface,
+#      another XDP program already on the interface, mode=bogus, ring=1000.
+#   3. 100 add/remove cycles of the af_xdp port: fds and RSS flat, no XDP program left behind.
+#   4. nicmuxd killed with SIGKILL leaves its program; a new nicmuxd replaces it and works; a
+#      SIGTERM'd one detaches it.
+source "$(dirname "$0")/lib.sh"
+command -v iperf3 >/dev/null || fail "iperf3 not installed (scripts/install-deps)"
+NS=nmxx$$
+V0=nmxv$$a
+V1=nmxv$$b
+TAPIF=nmxh$$
+cleanup_net() {
+  ip netns del "$NS" 2>/dev/null || true
+  ip link del "$V0" 2>/dev/null || true
+  ip link del "${V0}m" 2>/dev/null || true
+}
+CLEANUP_HOOKS+=(cleanup_net)
+nsx() { ip netns exec "$NS" "$@"; }
+xdp_prog_on() { ip -d link show "$1" | grep -o 'prog/xdp id [0-9]* name [a-z_]*' || true; }
+
+ip netns add "$NS"
+ip link add "$V0" type veth peer name "$V1"
+ip link set "$V1" netns "$NS"
+ip link set "$V0" up
+nsx ip addr add 10.9.0.2/24 dev "$V1"
+nsx ip link set "$V1" up
+nsx ip link set lo up
+nsx ethtool -K "$V1" tx off gso off >/dev/null
+
+# ---- 1. traffic
+nicmuxd --port "tap:host:ifname=$TAPIF,address=10.9.0.1/24" --port "af_xdp:up0:iface=$V0"
+wait_until 30 "port up0" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port show up0 >/dev/null 2>&1"
+mode=$(ctl --json port show up0 | python3 -c "import json,sys; print(json.load(sys.stdin)['xdp_mode'])")
+[ -n "$(xdp_prog_on "$V0")" ] || fail "no XDP program on $V0"
+echo "ok: af_xdp port on $V0: $mode ($(xdp_prog_on "$V0"))"
+nsx ping -c 3 -W 5 10.9.0.1 >"$WORK/ping1.log" || fail "ping namespace -> host through af_xdp"
+ping -c 3 -W 5 -I "$TAPIF" 10.9.0.2 >"$WORK/ping2.log" || fail "ping host -> namespace through af_xdp"
+echo "ok: ping both ways ($(grep -h rtt "$WORK/ping1.log" "$WORK/ping2.log" | tr '\n' ' '))"
+nsx nstat -n >/dev/null 2>&1 || true
+for gro in on off; do
+  ethtool -K "$V0" gro "$gro" >/dev/null 2>&1 || fail "ethtool -K $V0 gro $gro"
+  for dir in "" "-R"; do
+    iperf3 -s -B 10.9.0.1 -1 >"$WORK/iperf_s.log" 2>&1 &
+    sp=$!
+    sleep 0.5
+    out=$(nsx timeout 30 iperf3 -c 10.9.0.1 -t 3 -f g $dir 2>&1) || fail "iperf3 $dir (gro $gro): $out"
+    wait "$sp" 2>/dev/null || true
+    way="namespace -> host"
+    [ -n "$dir" ] && way="host -> namespace"
+    echo "ok: iperf3 TCP $way, $V0 gro $gro: $(grep receiver <<<"$out" | awk '{for (i = 1; i < NF; i++) if ($(i+1) == "Gbits/sec") print $i " Gbit/s"}')"
+  done
+done
+csum_err=$(nsx nstat -az TcpInCsumErrors 2>/dev/null | awk '/TcpInCsumErrors/ {print $2}')
+[ "${csum_err:-0}" = 0 ] || fail "namespace saw $csum_err TCP checksum errors"
+echo "ok: namespace TcpInCsumErrors 0"
+
+# ---- 2. bad configuration, the daemon serving on
+bad() {  # bad SPEC PATTERN: port add fails, its error matches PATTERN
+  local rc=0
+  ctl port add "$1" 2>"$WORK/err.txt" || rc=$?
+  [ $rc -ne 0 ] || fail "port add $1 was accepted"
+  grep -q -- "$2" "$WORK/err.txt" || fail "port add $1: error does not say '$2': $(cat "$WORK/err.txt")"
+  echo "ok: refused $1: $(cat "$WORK/err.txt")"
+}
+bad "af_xdp:x1:iface=nosuch$$" "no interface named nosuch$$"
+ip link add "${V0}m" type veth peer name "${V0}n"
+ip link set "${V0}m" mtu 9000
+bad "af_xdp:x2:iface=${V0}m" "MTU 9000 does not fit a 4096-byte UMEM frame"
+bad "af_xdp:x3:iface=$V0" "interface $V0 is in use by port up0"
+bad "af_xdp:x4:iface=${V0}m,mode=bogus" "mode=bogus: expected auto, zero-copy, native or generic"
+bad "af_xdp:x5:iface=${V0}m,ring=1000" "ring=1000 is not a power of two"
+ip link set "${V0}m" mtu 1500
+# Someone else's XDP program (built here: clang -target bpf) on the interface: not replaced.
+printf '%s\n' 'int other_prog(void *ctx) __attribute__((section("xdp")));' 'int other_prog(void *ctx) { return 2; }' \
+  'char _license[] __attribute__((section("license"))) = "GPL";' >"$WORK/other.c"
+clang -O2 -target bpf -c "$WORK/other.c" -o "$WORK/other.o" || fail "clang -target bpf"
+ip link set dev "${V0}m" xdpgeneric obj "$WORK/other.o" sec xdp || fail "loading another XDP program"
+bad "af_xdp:x6:iface=${V0}m" "has XDP program 'other_prog' attached"
+xdp_prog_on "${V0}m" | grep -q other_prog || fail "the other program was touched"
+ip link del "${V0}m"
+nsx ping -c 1 -W 5 10.9.0.1 >/dev/null || fail "ping after the refusals"
+echo "ok: still forwarding after the refusals"
+
+# ---- 3. 100 add/remove cycles
+python3 - "$BIN/nicmuxctl" "$CTL" "$NICMUXD_PID" "$V0" <<'PY' || fail "add/remove cycles"
+import os, subprocess, sys
+ctl, sock, pid, v0 = sys.argv[1:]
+def run(*a): subprocess.run([ctl, "--socket", sock, *a], check=True, stdout=subprocess.DEVNULL)
+def fds(): return len(os.listdir(f"/proc/{pid}/fd"))
+def rss_kb():
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmRSS:"): return int(l.split()[1])
+for i in range(100):
+    if i == 10: fd0, rss0 = fds(), rss_kb()
+    run("port", "del", "up0")
+    if "prog/xdp" in subprocess.run(["ip", "-d", "link", "show", v0], capture_output=True, text=True).stdout:
+        sys.exit(f"cycle {i}: the XDP program stayed after port del")
+    run("port", "add", f"af_xdp:up0:iface={v0}")
+fd1, rss1 = fds(), rss_kb()
+print(f"fds {fd0} -> {fd1}, rss {rss0} -> {rss1} kB")
+assert fd1 <= fd0, "fds grew"
+assert rss1 - rss0 < 16 * 1024, "RSS grew by more than 16 MiB"
+PY
+nsx ping -c 2 -W 5 10.9.0.1 >/dev/null || fail "ping after 100 add/remove cycles"
+echo "ok: 100 add/remove cycles of the af_xdp port: fds and RSS flat, the program detached each time"
+
+# ---- 4. a crash leaves the program; the next nicmuxd replaces it; SIGTERM detaches
+kill -9 "$NICMUXD_PID"
+wait "$NICMUXD_PID" 2>/dev/null || true
+[ -n "$(xdp_prog_on "$V0")" ] || fail "expected the killed daemon's program on $V0"
+rm -f "$CTL"
+nicmuxd --port "tap:host:ifname=$TAPIF,address=10.9.0.1/24" --port "af_xdp:up0:iface=$V0"
+wait_until 30 "port up0 again" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port show up0 >/dev/null 2>&1"
+grep -q "replacing XDP program nicmux_xsk" "$WORK/nicmuxd.log" || fail "the leftover program was not replaced"
+nsx ip neigh flush all  # the new TAP has a new MAC address
+nsx ping -c 3 -W 5 10.9.0.1 >/dev/null || fail "ping after the restart"
+stop_nicmuxd
+[ -z "$(xdp_prog_on "$V0")" ] || fail "program left on $V0 after SIGTERM: $(xdp_prog_on "$V0")"
+echo "ok: after SIGKILL the next nicmuxd replaced the leftover program; SIGTERM detached it"
