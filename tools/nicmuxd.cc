@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "control/config.h"
 #include "control/daemon.h"
+#include "port/dpdk_port.h"
 #include "port/registry.h"
 
 namespace nicmux {
@@ -46,6 +47,9 @@ options:
   --mac-aging S        seconds a learned MAC lives without traffic (default 300)
   --mac-table-size N   MAC table entries, 16..1048576 (default 8192)
   --stats-interval S   log per-port counters every S seconds (default 0: only at exit)
+  --dpdk-eal-args ARGS DPDK's EAL arguments, used when the first dpdk port is made (default
+                       "--no-huge -m 256 --no-shconf --no-telemetry --no-pci"; docs/dpdk.md;
+                       the config's [dpdk] eal_args)
   --log-level LEVEL    debug, info, warning or error (default info)
   -h, --help           this text
   --version            the version
@@ -93,7 +97,7 @@ bool ApplyLogLevel(const std::string& v) {
 DaemonOptions ParseArgs(int argc, char** argv) {
   DaemonOptions o;
   // Flags are collected first, then laid over the config file's settings.
-  std::optional<std::string> forward, control, log_level, config;
+  std::optional<std::string> forward, control, log_level, config, eal_args;
   std::optional<uint64_t> workers, aging, table, stats, poll;
   std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
@@ -119,6 +123,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       auto s = ParsePortSpec(value());
       if (!s) Usage(s.error().message());
       o.ports.push_back(*s);
+    } else if (a == "--dpdk-eal-args") {
+      eal_args = value();
     } else if (a == "--config") {
       config = value();
     } else if (a == "--forward") {
@@ -164,6 +170,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     }
     o.config_path = *config;
     o.config_ports = c->ports;
+    if (c->dpdk_eal_args && !eal_args) SetDpdkEalArgs(*c->dpdk_eal_args);
     const DaemonSettings& d = c->daemon;
     if (d.forward && !forward) forward = d.forward;
     if (d.control && !control) control = d.control;
@@ -185,6 +192,19 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (table) o.mac_table_size = static_cast<uint32_t>(*table);
   if (!o.cpus.empty() && o.cpus.size() != o.workers) {
     Usage("--cpu lists " + std::to_string(o.cpus.size()) + " CPUs for " + std::to_string(o.workers) + " worker(s)");
+  }
+  if (eal_args) {  // split at spaces, as the config's
+    std::vector<std::string> args;
+    std::string cur;
+    for (char ch : *eal_args + " ") {
+      if (ch == ' ' || ch == '\t') {
+        if (!cur.empty()) args.push_back(cur);
+        cur.clear();
+      } else {
+        cur += ch;
+      }
+    }
+    SetDpdkEalArgs(args);
   }
   if (o.ports.empty() && o.config_ports.empty() && o.forward == "xconnect") Usage("no --port given");
   return o;

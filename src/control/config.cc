@@ -201,10 +201,11 @@ Result<PortSpec> ParsePort(const toml::table& t, const std::string& source) {
     const std::string opt = port + ": " + Quoted(k);
     std::string value;
     if (const auto* s = node.as_string()) {
-      if (!SpecSafe(s->get())) {
-        return At(
-            source, node.source(),
-            opt + " may not contain ',', '=' or NUL (ports are KIND:NAME:key=value,... specs)");
+      // ('=' is fine in a value: a spec's option splits at its first '='; a dpdk port's
+      // devargs holds them.)
+      if (s->get().find_first_of(std::string_view(",\0", 2)) != std::string::npos) {
+        return At(source, node.source(),
+                  opt + " may not contain ',' or NUL (ports are KIND:NAME:key=value,... specs)");
       }
       value = s->get();
     } else if (const auto* i = node.as_integer()) {
@@ -358,6 +359,28 @@ Result<Config> ParseConfigInProcess(std::string_view text, const std::string& so
         return At(source_name, node.source(), "'daemon' must be a table ([daemon])");
       }
       NICMUX_TRY(DaemonParser(source_name, &config.daemon).Parse(*t));
+    } else if (k == "dpdk") {
+      // [dpdk] eal_args = "...": DPDK's EAL arguments, split at spaces (docs/dpdk.md).
+      const auto* t = node.as_table();
+      if (t == nullptr) return At(source_name, node.source(), "'dpdk' must be a table ([dpdk])");
+      for (auto&& [dk, dn] : *t) {
+        if (dk.str() != "eal_args") {
+          return At(source_name, dk.source(), "unknown key " + Quoted(dk.str()) + " in [dpdk] (eal_args)");
+        }
+        const auto* s = dn.as_string();
+        if (s == nullptr || HasNul(s->get())) return At(source_name, dn.source(), "'eal_args' must be a string");
+        std::vector<std::string> args;
+        std::string cur;
+        for (char c : s->get() + " ") {
+          if (c == ' ' || c == '\t') {
+            if (!cur.empty()) args.push_back(std::move(cur));
+            cur.clear();
+          } else {
+            cur += c;
+          }
+        }
+        config.dpdk_eal_args = std::move(args);
+      }
     } else if (k == "port") {
       if (!node.is_array_of_tables()) {
         return At(source_name, node.source(), "'port' must be an array of tables ([[port]])");
@@ -377,10 +400,10 @@ Result<Config> ParseConfigInProcess(std::string_view text, const std::string& so
       }
     } else if (node.is_table() || node.is_array_of_tables()) {
       return At(source_name, key.source(),
-                "unknown table [" + std::string(k) + "] (expected [daemon] or [[port]])");
+                "unknown table [" + std::string(k) + "] (expected [daemon], [dpdk] or [[port]])");
     } else {
       return At(source_name, key.source(),
-                "unknown top-level key " + Quoted(k) + " (expected [daemon] or [[port]])");
+                "unknown top-level key " + Quoted(k) + " (expected [daemon], [dpdk] or [[port]])");
     }
   }
   return config;

@@ -61,6 +61,7 @@ struct DaemonSettings {
 
 struct Config {
   DaemonSettings daemon;
+  std::optional<std::vector<std::string>> dpdk_eal_args;  // [dpdk] eal_args, split at spaces
   std::vector<PortSpec> ports;  // in file order, names unique
 };
 

@@ -379,11 +379,11 @@ TEST(Config, DaemonErrors) {
 TEST(Config, TopLevelErrors) {
   ExpectErrors({
       {"[daemon]\n\n[ports]\nname = \"a\"\n",
-       "nicmuxd.toml:3: unknown table [ports] (expected [daemon] or [[port]])"},
+       "nicmuxd.toml:3: unknown table [ports] (expected [daemon], [dpdk] or [[port]])"},
       {"\n[[prot]]\nname = \"a\"\n",
-       "nicmuxd.toml:2: unknown table [prot] (expected [daemon] or [[port]])"},
+       "nicmuxd.toml:2: unknown table [prot] (expected [daemon], [dpdk] or [[port]])"},
       {"workers = 2\n",
-       "nicmuxd.toml:1: unknown top-level key 'workers' (expected [daemon] or [[port]])"},
+       "nicmuxd.toml:1: unknown top-level key 'workers' (expected [daemon], [dpdk] or [[port]])"},
       {"\n[port]\nname = \"a\"\n", "nicmuxd.toml:2: 'port' must be an array of tables ([[port]])"},
   });
 }
@@ -411,17 +411,16 @@ TEST(Config, PortErrors) {
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\ntrunk = []\n",
        "nicmuxd.toml:4: port 'vm1': 'trunk' must be a non-empty array of integers or of strings"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\naddress = \"a,b\"\n",
-       "nicmuxd.toml:4: port 'vm1': 'address' may not contain ',', '=' or NUL (ports are "
+       "nicmuxd.toml:4: port 'vm1': 'address' may not contain ',' or NUL (ports are "
        "KIND:NAME:key=value,... specs)"},
-      {"[[port]]\nname = \"vm1\"\nkind = \"k\"\naddress = \"a=b\"\n",
-       "nicmuxd.toml:4: port 'vm1': 'address' may not contain ',', '=' or NUL (ports are "
-       "KIND:NAME:key=value,... specs)"},
+      {"[dpdk]\neal_args = 3\n", "nicmuxd.toml:2: 'eal_args' must be a string"},
+      {"[dpdk]\nargs = \"-l 0\"\n", "nicmuxd.toml:2: unknown key 'args' in [dpdk] (eal_args)"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\n\"a=b\" = 1\n",
        "nicmuxd.toml:4: port 'vm1': option key 'a=b' must be non-empty, without ',', '=' or NUL"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\n\"\" = 1\n",
        "nicmuxd.toml:4: port 'vm1': option key '' must be non-empty, without ',', '=' or NUL"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\"\nsocket = \"/a\\u0000b\"\n",
-       "nicmuxd.toml:4: port 'vm1': 'socket' may not contain ',', '=' or NUL (ports are "
+       "nicmuxd.toml:4: port 'vm1': 'socket' may not contain ',' or NUL (ports are "
        "KIND:NAME:key=value,... specs)"},
       {"[[port]]\nname = \"vm1\"\nkind = \"k\\u0000\"\n",
        "nicmuxd.toml:3: port 'vm1': 'kind' must be a non-empty string without ':'"},
@@ -570,6 +569,29 @@ TEST(ConfigDiff, ReloadOfTheSameFileIsNoChange) {
   ASSERT_TRUE(c1 && c2);
   PortDiff d = DiffPorts(c1->ports, c2->ports);
   EXPECT_TRUE(d.added.empty() && d.removed.empty() && d.changed.empty());
+}
+
+}  // namespace
+}  // namespace nicmux
+
+namespace nicmux {
+namespace {
+
+// [dpdk] eal_args, split at spaces; a dpdk port's devargs keeps its '=' (and ';' for commas).
+TEST(Config, DpdkEalArgsAndDevargs) {
+  auto c = ParseConfig(
+      "[dpdk]\neal_args = \"--no-huge  -m 128\\t--no-pci\"\n"
+      "[[port]]\nname = \"d0\"\nkind = \"dpdk\"\ndevargs = \"net_memif0;role=server;socket=/run/m.sock\"\n",
+      "nicmuxd.toml");
+  ASSERT_TRUE(c) << c.error().message();
+  ASSERT_TRUE(c->dpdk_eal_args.has_value());
+  EXPECT_EQ(*c->dpdk_eal_args, (std::vector<std::string>{"--no-huge", "-m", "128", "--no-pci"}));
+  ASSERT_EQ(c->ports.size(), 1u);
+  EXPECT_EQ(c->ports[0].options.at("devargs"), "net_memif0;role=server;socket=/run/m.sock");
+  EXPECT_TRUE(PortRegistry::Builtin().Check(c->ports[0])) << "the spec the file made is a valid dpdk spec";
+  auto again = ParsePortSpec(SpecToString(c->ports[0]));
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_EQ(*again, c->ports[0]) << "round trip through the command-line syntax";
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Every port kind of this build, in the order --help lists them. A new kind: its file pair
 // (the Port and its PortKind function) and one line here.
 #include "port/af_xdp_port.h"
+#include "port/dpdk_port.h"
 #include "port/registry.h"
 #include "port/tap_port.h"
 #include "port/vhost_user_port.h"
@@ -15,6 +16,7 @@ const PortRegistry& PortRegistry::Builtin() {
     k.Add(VirtioUserPortKind());
     k.Add(TapPortKind());
     k.Add(AfXdpPortKind());
+    k.Add(DpdkPortKind());
     return k;
   }();
   return r;

@@ -1,0 +1,412 @@
+#include "port/dpdk_port.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <rte_bus.h>
+#include <rte_dev.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+#include <rte_version.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <mutex>
+
+#include "base/log.h"
+#include "packet/offload_ops.h"
+
+namespace nicmux {
+namespace {
+
+std::mutex g_eal_mu;
+std::vector<std::string> g_eal_args = {"--no-huge", "-m", "256", "--no-shconf", "--no-telemetry", "--no-pci"};
+bool g_eal_up = false;
+std::string g_eal_error;
+
+// Starts the EAL once per process. rte_eal_init pins the calling thread to its main lcore;
+// the control thread's CPU set is put back after, so the workers it starts are not pinned.
+Result<void> EnsureEal() {
+  std::lock_guard lock(g_eal_mu);
+  if (g_eal_up) return Ok();
+  if (!g_eal_error.empty()) return Error(g_eal_error);
+  std::vector<std::string> args = {"nicmuxd", "--file-prefix", "nicmuxd" + std::to_string(getpid())};
+  args.insert(args.end(), g_eal_args.begin(), g_eal_args.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  cpu_set_t cpus;
+  const bool have_cpus = pthread_getaffinity_np(pthread_self(), sizeof cpus, &cpus) == 0;
+  const int r = rte_eal_init(static_cast<int>(args.size()), argv.data());
+  if (have_cpus) pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
+  if (r < 0) {
+    std::string joined;
+    for (const auto& a : g_eal_args) joined += (joined.empty() ? "" : " ") + a;
+    g_eal_error = "DPDK's EAL did not start (eal_args \"" + joined + "\"): " + rte_strerror(rte_errno);
+    return Error(g_eal_error);
+  }
+  g_eal_up = true;
+  NICMUX_LOG(kInfo, "DPDK EAL started (%s)", rte_version());
+  return Ok();
+}
+
+constexpr uint32_t kMaxSegs = 16;  // mbufs per received chain a PacketRef names
+
+std::string OffloadNames(uint64_t bits, const char* (*name)(uint64_t)) {
+  std::string s;
+  for (int b = 0; b < 64; ++b) {
+    if (!(bits & (uint64_t{1} << b))) continue;
+    const char* n = name(uint64_t{1} << b);
+    s += (s.empty() ? "" : " ") + std::string(n ? n : "?");
+  }
+  return s.empty() ? "none" : s;
+}
+
+class DpdkPort final : public Port {
+ public:
+  explicit DpdkPort(const DpdkPortOptions& o) : Port(o.name), opt_(o) {}
+  ~DpdkPort() override;
+  Result<void> Open();
+
+  uint32_t NumQueuePairs() const override { return static_cast<uint32_t>(q_.size()); }
+  size_t Rx(uint32_t q, Batch& out, size_t max) override;
+  void RxDone(uint32_t q, Batch& batch, size_t sent) override;
+  size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
+  size_t TxRoom(uint32_t) override { return kBurst; }
+  bool ArmNotify(std::vector<NotifyFd>*) override { return true; }
+  void DisarmNotify() override {}
+  bool CanSleep() const override { return false; }  // no Rx interrupts: the worker polls
+  PortStats Stats() const override;
+  uint64_t DropsFor(DropReason r) const override;
+  std::string State() const override;
+  std::vector<Detail> Details() const override;
+
+ private:
+  struct Queue {
+    std::array<rte_mbuf*, kBurst> rx{};  // the chains Rx returned, in order
+    std::array<std::array<Segment, kMaxSegs>, kBurst> segs{};
+    uint32_t n = 0;
+    std::array<rte_mbuf*, kBurst> held{};  // not sent: returned first by the next Rx
+    uint32_t nheld = 0;
+    QueueCounters rxc, txc;
+  };
+
+  DpdkPortOptions opt_;
+  uint16_t port_id_ = 0;
+  bool probed_ = false, started_ = false;
+  std::string dev_name_;
+  rte_mempool* pool_ = nullptr;
+  rte_eth_dev_info info_{};
+  std::vector<std::unique_ptr<Queue>> q_;
+};
+
+Result<void> DpdkPort::Open() {
+  const std::string what = "port " + opt_.name + ": devargs " + opt_.devargs;
+  NICMUX_TRY(EnsureEal());
+  dev_name_ = opt_.devargs.substr(0, opt_.devargs.find(','));
+  if (rte_eth_dev_get_port_by_name(dev_name_.c_str(), &port_id_) == 0) {
+    return Error(what + ": device " + dev_name_ + " exists already");
+  }
+  if (int r = rte_dev_probe(opt_.devargs.c_str()); r != 0) {
+    return Error(what + ": DPDK refused the device: " + rte_strerror(-r));
+  }
+  probed_ = true;
+  if (rte_eth_dev_get_port_by_name(dev_name_.c_str(), &port_id_) != 0) {
+    return Error(what + ": probed, but no ethdev named " + dev_name_);
+  }
+  if (int r = rte_eth_dev_info_get(port_id_, &info_); r != 0) return Error(what + ": no device info: " + rte_strerror(-r));
+  if (opt_.queues > info_.max_rx_queues || opt_.queues > info_.max_tx_queues) {
+    return Error(what + ": queues=" + std::to_string(opt_.queues) + " but the device has " +
+                 std::to_string(std::min(info_.max_rx_queues, info_.max_tx_queues)));
+  }
+  rte_eth_conf conf{};
+  // Frames longer than one mbuf: chains both ways, where the device takes them.
+  conf.txmode.offloads = info_.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+  conf.rxmode.offloads = info_.rx_offload_capa & RTE_ETH_RX_OFFLOAD_SCATTER;
+  if (opt_.queues > 1) {
+    conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+    conf.rx_adv_conf.rss_conf.rss_hf = info_.flow_type_rss_offloads & (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP);
+  }
+  if (int r = rte_eth_dev_configure(port_id_, static_cast<uint16_t>(opt_.queues), static_cast<uint16_t>(opt_.queues), &conf);
+      r != 0) {
+    return Error(what + ": cannot configure it: " + rte_strerror(-r));
+  }
+  uint16_t rxd = static_cast<uint16_t>(opt_.ring), txd = static_cast<uint16_t>(opt_.ring);
+  rte_eth_dev_adjust_nb_rx_tx_desc(port_id_, &rxd, &txd);
+  // Receive rings full, transmit rings full, what the switch holds and bursts in flight.
+  const uint32_t nmbufs = opt_.queues * (uint32_t{rxd} + txd + 4 * kBurst) + 1024;
+  const std::string pool_name = "nmx_" + std::to_string(port_id_) + "_" + std::to_string(getpid() % 100000);
+  pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), nmbufs, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+                                  static_cast<int>(rte_eth_dev_socket_id(port_id_)) < 0 ? SOCKET_ID_ANY : rte_eth_dev_socket_id(port_id_));
+  if (!pool_) return Error(what + ": no mbuf pool of " + std::to_string(nmbufs) + ": " + rte_strerror(rte_errno));
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    const int sock = rte_eth_dev_socket_id(port_id_);
+    if (int r = rte_eth_rx_queue_setup(port_id_, static_cast<uint16_t>(i), rxd, sock < 0 ? SOCKET_ID_ANY : sock, nullptr, pool_); r != 0) {
+      return Error(what + ": receive queue " + std::to_string(i) + ": " + rte_strerror(-r));
+    }
+    if (int r = rte_eth_tx_queue_setup(port_id_, static_cast<uint16_t>(i), txd, sock < 0 ? SOCKET_ID_ANY : sock, nullptr); r != 0) {
+      return Error(what + ": transmit queue " + std::to_string(i) + ": " + rte_strerror(-r));
+    }
+    q_.push_back(std::make_unique<Queue>());
+  }
+  if (int r = rte_eth_dev_start(port_id_); r != 0) return Error(what + ": cannot start it: " + rte_strerror(-r));
+  started_ = true;
+  rte_eth_promiscuous_enable(port_id_);  // a switch port takes every frame (not all PMDs can)
+  uint16_t mtu = 0;
+  rte_eth_dev_get_mtu(port_id_, &mtu);
+  PortCaps c;
+  c.offloads = PortCaps::kCsumOnCopy;  // checksums completed in our copy; the device's offloads: not yet used
+  c.mtu = mtu;
+  SetCaps(c);
+  NICMUX_LOG(kInfo, "port %s: DPDK %s (port %u, driver %s), %u queue(s), %u/%u descriptors", opt_.name.c_str(),
+             dev_name_.c_str(), port_id_, info_.driver_name, opt_.queues, rxd, txd);
+  return Ok();
+}
+
+DpdkPort::~DpdkPort() {
+  for (auto& q : q_) {
+    if (q->nheld) rte_pktmbuf_free_bulk(q->held.data(), q->nheld);
+    if (q->n) rte_pktmbuf_free_bulk(q->rx.data(), q->n);
+  }
+  if (started_) rte_eth_dev_stop(port_id_);
+  if (probed_) {
+    rte_eth_dev_close(port_id_);
+    // A virtual device is removed from its bus too, so the same devargs can come back.
+    if (rte_eal_hotplug_remove("vdev", dev_name_.c_str()) != 0 && rte_eal_hotplug_remove("pci", dev_name_.c_str()) != 0) {
+      NICMUX_LOG(kWarning, "port %s: DPDK device %s was closed but not removed from its bus", name().c_str(),
+                 dev_name_.c_str());
+    }
+  }
+  if (pool_) rte_mempool_free(pool_);
+}
+
+size_t DpdkPort::Rx(uint32_t qi, Batch& out, size_t max) {
+  Queue& q = *q_[qi];
+  NICMUX_DCHECK(out.empty());
+  max = std::min<size_t>(max, kBurst);
+  rte_mbuf* m[kBurst];
+  uint32_t got = 0;
+  // What the switch did not take last time first, in order.
+  const uint32_t from_held = std::min<uint32_t>(q.nheld, static_cast<uint32_t>(max));
+  std::copy_n(q.held.data(), from_held, m);
+  got = from_held;
+  std::memmove(q.held.data(), q.held.data() + from_held, (q.nheld - from_held) * sizeof(rte_mbuf*));
+  q.nheld -= from_held;
+  if (got < max) got += rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m + got, static_cast<uint16_t>(max - got));
+  q.n = 0;
+  for (uint32_t i = 0; i < got; ++i) {
+    rte_mbuf* b = m[i];
+    // UNTRUSTED (the wire's): the chain's lengths are the PMD's; a chain longer than a
+    // PacketRef names is dropped.
+    if (b->nb_segs > kMaxSegs || b->pkt_len == 0) {
+      q.rxc.dropped.Add();
+      q.rxc.drops.Add(DropReason::kBadFrame);
+      rte_pktmbuf_free(b);
+      continue;
+    }
+    auto& segs = q.segs[q.n];
+    uint16_t ns = 0;
+    for (rte_mbuf* s = b; s; s = s->next) segs[ns++] = {rte_pktmbuf_mtod(s, std::byte*), s->data_len};
+    PacketRef* p = out.TryPush();
+    p->segs = segs.data();
+    p->nsegs = ns;
+    p->len = b->pkt_len;
+    p->head_len = 0;
+    p->seg = 0;
+    p->seg_off = 0;
+    p->offload = {};
+    ExtendHead(p, std::min<uint32_t>(p->len, kHeadBytes));
+    if ((b->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_GOOD) p->offload.flags = Offload::kCsumValid;
+    q.rx[q.n++] = b;
+  }
+  return out.size();
+}
+
+void DpdkPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
+  Queue& q = *q_[qi];
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
+  q.rxc.packets.Add(sent);
+  q.rxc.bytes.Add(bytes);
+  if (sent) rte_pktmbuf_free_bulk(q.rx.data(), static_cast<unsigned>(sent));
+  const uint32_t keep = q.n - static_cast<uint32_t>(sent);
+  if (keep) {  // before any still held
+    std::memmove(q.held.data() + keep, q.held.data(), q.nheld * sizeof(rte_mbuf*));
+    std::copy_n(q.rx.data() + sent, keep, q.held.data());
+    q.nheld += keep;
+  }
+  q.n = 0;
+}
+
+// Writes a frame into a chain of mbufs from pool, growing it as it goes; Patch rewrites bytes
+// already written (a checksum field).
+struct MbufWriter {
+  rte_mempool* pool;
+  rte_mbuf* head;
+  rte_mbuf* cur;
+  size_t Write(const void* src, size_t n) {
+    const auto* from = static_cast<const std::byte*>(src);
+    size_t done = 0;
+    while (done < n) {
+      uint16_t room = rte_pktmbuf_tailroom(cur);
+      if (room == 0) {
+        rte_mbuf* next = rte_pktmbuf_alloc(pool);
+        if (!next) return done;
+        cur->next = next;
+        cur = next;
+        ++head->nb_segs;
+        room = rte_pktmbuf_tailroom(cur);
+      }
+      const size_t k = std::min<size_t>(room, n - done);
+      std::memcpy(rte_pktmbuf_mtod_offset(cur, std::byte*, cur->data_len), from + done, k);
+      cur->data_len = static_cast<uint16_t>(cur->data_len + k);
+      head->pkt_len += static_cast<uint32_t>(k);
+      done += k;
+    }
+    return done;
+  }
+  void Patch(size_t at, const void* src, size_t n) {
+    const auto* from = static_cast<const std::byte*>(src);
+    for (rte_mbuf* s = head; s && n; s = s->next) {
+      if (at >= s->data_len) {
+        at -= s->data_len;
+        continue;
+      }
+      const size_t k = std::min<size_t>(n, s->data_len - at);
+      std::memcpy(rte_pktmbuf_mtod_offset(s, std::byte*, at), from, k);
+      from += k;
+      n -= k;
+      at = 0;
+    }
+  }
+};
+
+size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
+  Queue& q = *q_[qi];
+  rte_mbuf* m[kBurst];
+  const uint32_t want = static_cast<uint32_t>(std::min<size_t>(in.size(), kBurst));
+  if (rte_pktmbuf_alloc_bulk(pool_, m, want) != 0) return 0;  // no mbufs now: backpressure
+  uint32_t built = 0;
+  uint32_t idx[kBurst], len[kBurst];
+  for (uint32_t k = 0; k < want; ++k) {
+    const PacketRef& p = *in[k];
+    MbufWriter w{pool_, m[k], m[k]};
+    if (CopyPacketCompleting(p, w) < p.len) {  // out of mbufs for a long frame
+      rte_pktmbuf_free(m[k]);
+      q.txc.dropped.Add();
+      q.txc.drops.Add(DropReason::kTooBig);
+      continue;
+    }
+    idx[built] = k;
+    len[built] = p.len;
+    m[built++] = m[k];
+  }
+  const uint16_t sent = built ? rte_eth_tx_burst(port_id_, static_cast<uint16_t>(qi), m, static_cast<uint16_t>(built)) : 0;
+  if (sent < built) rte_pktmbuf_free_bulk(m + sent, built - sent);
+  uint64_t sent_bytes = 0;
+  for (uint16_t i = 0; i < sent; ++i) sent_bytes += len[i];  // (the PMD owns the sent mbufs now)
+  q.txc.packets.Add(sent);
+  q.txc.bytes.Add(sent_bytes);
+  // Taken: everything up to the first packet the device refused (drops count as taken).
+  return sent < built ? idx[sent] : want;
+}
+
+PortStats DpdkPort::Stats() const {
+  PortStats st;
+  st.connected = true;
+  for (const auto& q : q_) {
+    st.rx_packets += q->rxc.packets.Get();
+    st.rx_bytes += q->rxc.bytes.Get();
+    st.rx_dropped += q->rxc.dropped.Get();
+    st.tx_packets += q->txc.packets.Get();
+    st.tx_bytes += q->txc.bytes.Get();
+    st.tx_dropped += q->txc.dropped.Get();
+  }
+  return st;
+}
+
+uint64_t DpdkPort::DropsFor(DropReason r) const {
+  uint64_t n = 0;
+  for (const auto& q : q_) n += q->rxc.drops.Get(r) + q->txc.drops.Get(r);
+  return n;
+}
+
+std::string DpdkPort::State() const {
+  rte_eth_link link{};
+  if (rte_eth_link_get_nowait(port_id_, &link) != 0) return "unknown link";
+  return link.link_status ? "link up, " + std::to_string(link.link_speed) + " Mbit/s" : "link down";
+}
+
+std::vector<Port::Detail> DpdkPort::Details() const {
+  rte_eth_stats s{};
+  rte_eth_stats_get(port_id_, &s);
+  return {{"device", dev_name_},
+          {"driver", std::string(info_.driver_name ? info_.driver_name : "?")},
+          {"dpdk_port_id", uint64_t{port_id_}},
+          {"device_rx_offloads", OffloadNames(info_.rx_offload_capa, rte_eth_dev_rx_offload_name)},
+          {"device_tx_offloads", OffloadNames(info_.tx_offload_capa, rte_eth_dev_tx_offload_name)},
+          {"device_imissed", s.imissed},
+          {"device_ierrors", s.ierrors},
+          {"device_oerrors", s.oerrors},
+          {"device_rx_nombuf", s.rx_nombuf}};
+}
+
+}  // namespace
+
+void SetDpdkEalArgs(std::vector<std::string> args) {
+  std::lock_guard lock(g_eal_mu);
+  g_eal_args = std::move(args);
+}
+
+std::vector<std::string> DpdkEalArgs() {
+  std::lock_guard lock(g_eal_mu);
+  return g_eal_args;
+}
+
+Result<std::unique_ptr<Port>> CreateDpdkPort(const DpdkPortOptions& o) {
+  auto p = std::make_unique<DpdkPort>(o);
+  NICMUX_TRY(p->Open());
+  return std::unique_ptr<Port>(std::move(p));
+}
+
+PortKind DpdkPortKind() {
+  PortKind k;
+  k.name = "dpdk";
+  k.summary =
+      "any DPDK ethdev (docs/dpdk.md): a NIC by PCI address or a virtual device by its devargs (net_memif, "
+      "net_af_packet, net_tap, ...). nicmuxd starts DPDK's EAL with the first such port ([dpdk] eal_args in "
+      "the config). The port's worker polls it (no interrupts).";
+  k.max_queues = Port::kMaxQueues;
+  k.options = {
+      {"devargs", OptionType::kString, "DEV[;k=v...]", "",
+       "the device: a PCI address or a vdev's devargs; on the command line write its commas as ';'", 0, 0, true},
+      {"queues", OptionType::kUInt, "N", "1", "queue pairs, 1..8 (RSS spreads what the device receives)", 1,
+       Port::kMaxQueues},
+      {"ring", OptionType::kUInt, "N", "1024", "descriptors per queue, 64..4096", 64, 4096},
+  };
+  auto devargs = [](const PortSpec& s) {
+    std::string d = s.options.at("devargs");
+    std::replace(d.begin(), d.end(), ';', ',');
+    return d;
+  };
+  k.claims = [devargs](const PortSpec& s) {
+    const std::string d = devargs(s);
+    return "DPDK device " + d.substr(0, d.find(','));
+  };
+  k.create = [devargs](const PortSpec& s, const PortContext&) -> Result<std::unique_ptr<Port>> {
+    DpdkPortOptions o;
+    o.name = s.name;
+    o.devargs = devargs(s);
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, Port::kMaxQueues, 1));
+    o.queues = static_cast<uint32_t>(q);
+    NICMUX_TRY_ASSIGN(ring, s.UInt("ring", 64, 4096, 1024));
+    o.ring = static_cast<uint32_t>(ring);
+    return CreateDpdkPort(o);
+  };
+  return k;
+}
+
+}  // namespace nicmux
