@@ -1,5 +1,7 @@
 #include "control/daemon.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -379,6 +381,12 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     if (auto* e = std::get_if<ControlError>(&text)) return *e;
     auto spec = ParsePortSpec(std::get<std::string>(text));
     if (!spec) return ControlError::Invalid(spec.error().message());
+    const PortKind* kind = PortRegistry::Builtin().Find(spec->kind);
+    if (kind && kind->privileged && client && client->uid() != 0 && client->uid() != ::geteuid()) {
+      return ControlError{kCodeDenied, "port " + spec->name + ": port kind " + kind->name +
+                                           " reaches the host's devices; only root or nicmuxd's own user may add it (uid " +
+                                           std::to_string(client->uid()) + ")"};
+    }
     if (auto e = AddPort(*spec, false)) return *e;
     return PortJson(*Find(spec->name));
   }

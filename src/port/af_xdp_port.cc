@@ -88,9 +88,9 @@ Result<void> AfXdpPort::Open() {
     if (s.get() < 0 || ::ioctl(s.get(), SIOCGIFMTU, &r) != 0) return Error(what + ": cannot read its MTU: " + Errno(errno));
     mtu_ = static_cast<uint32_t>(r.ifr_mtu);
   }
-  if (mtu_ + 18 > kFrameBytes) {
+  if (mtu_ + 18 > kMaxFrameBytes) {
     return Error(what + ": MTU " + std::to_string(mtu_) + " does not fit a " + std::to_string(kFrameBytes) +
-                 "-byte UMEM frame (at most " + std::to_string(kFrameBytes - 18) + ")");
+                 "-byte UMEM frame (at most " + std::to_string(kMaxFrameBytes - 18) + ")");
   }
   uint32_t old_id = 0;
   const std::string old = AttachedProgram(ifindex_, &old_id);
@@ -101,12 +101,15 @@ Result<void> AfXdpPort::Open() {
   const int map = bpf_map_create(BPF_MAP_TYPE_XSKMAP, "nicmux_xsks", 4, 4, 64, nullptr);
   if (map < 0) {
     return Error("port " + opt_.name + ": cannot create an XSKMAP: " + Errno(errno) +
-                 (errno == EPERM ? " (loading XDP programs needs root or CAP_BPF and CAP_NET_ADMIN)" : ""));
+                 (errno == EPERM ? " (XDP needs root, or CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK)" : ""));
   }
   map_fd_ = UniqueFd(map);
   std::string log;
   prog_fd_ = LoadProgram(map_fd_.get(), &log);
-  if (prog_fd_.get() < 0) return Error("port " + opt_.name + ": the kernel refused the XDP program: " + log);
+  if (prog_fd_.get() < 0) {
+    return Error("port " + opt_.name + ": the kernel refused the XDP program: " + Errno(errno) +
+                 (log.empty() ? "" : " (" + log + ")"));
+  }
   const uint64_t per_queue = uint64_t{2} * opt_.ring * kFrameBytes;
   NICMUX_TRY_ASSIGN(area, MappedRegion::Anonymous(per_queue * opt_.queues));
   umem_area_ = std::move(area);
@@ -183,7 +186,7 @@ Result<void> AfXdpPort::Open() {
   PortCaps c;
   c.offloads = PortCaps::kCsumOnCopy;  // AF_XDP takes whole, summed frames; Tx sums in its copy
   c.mtu = static_cast<uint16_t>(mtu_);
-  c.max_frame = kFrameBytes;
+  c.max_frame = kMaxFrameBytes;
   SetCaps(c);
   NICMUX_LOG(kInfo, "port %s: AF_XDP on %s, %u queue(s), %s, ring %u", opt_.name.c_str(), opt_.ifname.c_str(),
              opt_.queues, mode_.c_str(), opt_.ring);
@@ -209,7 +212,7 @@ void AfXdpPort::Refill(Queue& q, const uint64_t* addrs, uint32_t n) {
   uint32_t idx = 0;
   // The fill ring holds `ring` entries and the queue owns `ring` receive frames: room always.
   NICMUX_CHECK(xsk_ring_prod__reserve(&q.fill, n, &idx) == n);
-  for (uint32_t i = 0; i < n; ++i) *xsk_ring_prod__fill_addr(&q.fill, idx + i) = addrs[i];
+  for (uint32_t i = 0; i < n; ++i) *xsk_ring_prod__fill_addr(&q.fill, idx + i) = addrs[i] & ~uint64_t{kFrameBytes - 1};
   xsk_ring_prod__submit(&q.fill, n);
   if (xsk_ring_prod__needs_wakeup(&q.fill)) ::recvfrom(q.fd, nullptr, 0, MSG_DONTWAIT, nullptr, nullptr);
 }
@@ -223,15 +226,18 @@ size_t AfXdpPort::Rx(uint32_t qi, Batch& out, size_t max) {
   for (uint32_t i = 0; i < q.nheld && q.n < max; ++i) {
     PacketRef* p = out.TryPush();
     PacketFromFlat(p, &q.segs[q.n], Frame(q, q.held_addr[i]), q.held_len[i]);
-    q.rx_addr[q.n++] = q.held_addr[i];
+    q.rx_addr[q.n] = q.held_addr[i];
+    q.rx_len[q.n++] = q.held_len[i];
   }
   if (q.n < q.nheld) {  // (max smaller than what is held: keep the rest, in order)
     std::memmove(q.held_addr.data(), q.held_addr.data() + q.n, (q.nheld - q.n) * sizeof(uint64_t));
     std::memmove(q.held_len.data(), q.held_len.data() + q.n, (q.nheld - q.n) * sizeof(uint32_t));
     q.nheld -= q.n;
+    q.nheld_seen.store(q.nheld, std::memory_order_relaxed);
     return out.size();
   }
   q.nheld = 0;
+  q.nheld_seen.store(0, std::memory_order_relaxed);
   uint32_t idx = 0;
   const uint32_t got = xsk_ring_cons__peek(&q.rx, static_cast<uint32_t>(max - q.n), &idx);
   uint64_t bad[kBurst];
@@ -249,7 +255,8 @@ size_t AfXdpPort::Rx(uint32_t qi, Batch& out, size_t max) {
     }
     PacketRef* p = out.TryPush();
     PacketFromFlat(p, &q.segs[q.n], Frame(q, d->addr), d->len);
-    q.rx_addr[q.n++] = frame;
+    q.rx_addr[q.n] = d->addr;
+    q.rx_len[q.n++] = d->len;
   }
   xsk_ring_cons__release(&q.rx, got);
   Refill(q, bad, nbad);
@@ -269,9 +276,10 @@ void AfXdpPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
     std::memmove(q.held_len.data() + keep, q.held_len.data(), q.nheld * sizeof(uint32_t));
     for (uint32_t i = 0; i < keep; ++i) {
       q.held_addr[i] = q.rx_addr[sent + i];
-      q.held_len[i] = batch[static_cast<uint32_t>(sent + i)].len;
+      q.held_len[i] = q.rx_len[sent + i];
     }
     q.nheld += keep;
+    q.nheld_seen.store(q.nheld, std::memory_order_relaxed);
   }
   Refill(q, q.rx_addr.data(), static_cast<uint32_t>(sent));
   q.n = 0;
@@ -282,12 +290,6 @@ void AfXdpPort::Reclaim(Queue& q) {
   const uint32_t done = xsk_ring_cons__peek(&q.comp, opt_.ring, &idx);
   for (uint32_t i = 0; i < done; ++i) q.free_tx.push_back(*xsk_ring_cons__comp_addr(&q.comp, idx + i) & ~uint64_t{kFrameBytes - 1});
   xsk_ring_cons__release(&q.comp, done);
-}
-
-size_t AfXdpPort::TxRoom(uint32_t qi) {
-  Queue& q = *q_[qi];
-  Reclaim(q);
-  return std::min<size_t>(q.free_tx.size(), kBurst);
 }
 
 size_t AfXdpPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
@@ -301,9 +303,14 @@ size_t AfXdpPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   uint32_t used = 0;
   for (; k < in.size(); ++k) {
     const PacketRef& p = *in[k];
-    if (p.len > kFrameBytes) {
+    if (p.len > kMaxFrameBytes) {
       q.txc.dropped.Add();
       q.txc.drops.Add(DropReason::kTooBig);
+      continue;
+    }
+    if (p.len < 14) {  // (xconnect passes frames unclassified) not a frame the kernel sends
+      q.txc.dropped.Add();
+      q.txc.drops.Add(DropReason::kBadFrame);
       continue;
     }
     if (used == slots) break;  // no frame or TX slot: the source keeps the rest
@@ -317,9 +324,11 @@ size_t AfXdpPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
     ++sent;
   }
   if (used < slots) q.tx.cached_prod -= slots - used;  // give back the unused slots (not yet submitted)
-  if (used) {
-    xsk_ring_prod__submit(&q.tx, used);
-    if (xsk_ring_prod__needs_wakeup(&q.tx)) ::sendto(q.fd, nullptr, 0, MSG_DONTWAIT, nullptr, 0);
+  if (used) xsk_ring_prod__submit(&q.tx, used);
+  // Kick whenever sends are outstanding and the kernel asks: a kick that met a busy device
+  // (copy mode, EAGAIN) left descriptors in the ring, which only a later kick sends.
+  if ((used || q.free_tx.size() < opt_.ring) && xsk_ring_prod__needs_wakeup(&q.tx)) {
+    ::sendto(q.fd, nullptr, 0, MSG_DONTWAIT, nullptr, 0);
   }
   q.txc.packets.Add(sent);
   q.txc.bytes.Add(bytes);
@@ -330,10 +339,10 @@ bool AfXdpPort::ArmNotify(std::vector<NotifyFd>* fds) {
   bool pending = false;
   for (auto& q : q_) {
     fds->push_back({q->fd, false});
-    uint32_t idx = 0;
-    const uint32_t n = xsk_ring_cons__peek(&q->rx, 1, &idx);
-    if (n) xsk_ring_cons__cancel(&q->rx, n);
-    pending |= n > 0 || q->nheld > 0;
+    // Read-only: every worker calls this for every port, while the owner may be in Rx.
+    const uint32_t prod = __atomic_load_n(q->rx.producer, __ATOMIC_ACQUIRE);
+    const uint32_t cons = __atomic_load_n(q->rx.consumer, __ATOMIC_RELAXED);
+    pending |= prod != cons || q->nheld_seen.load(std::memory_order_relaxed) > 0;
   }
   return pending;
 }
@@ -370,8 +379,9 @@ PortKind AfXdpPortKind() {
   k.summary =
       "a kernel interface (a NIC, a veth) through AF_XDP sockets, one per queue (docs/af_xdp.md): nicmuxd "
       "loads a small XDP program that hands the interface's frames to the switch, and sends the switch's "
-      "frames out of it. Needs root (or CAP_BPF and CAP_NET_ADMIN); no bpffs.";
+      "frames out of it. Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK); no bpffs.";
   k.max_queues = Port::kMaxQueues;
+  k.privileged = true;
   k.options = {
       {"iface", OptionType::kString, "IF", "", "the kernel interface", 0, 0, true},
       {"queues", OptionType::kUInt, "N", "1", "the interface's queues 0..N-1 used, 1..8", 1, Port::kMaxQueues},
@@ -379,7 +389,12 @@ PortKind AfXdpPortKind() {
        "auto (zero-copy, else native XDP with copies, else generic XDP), zero-copy, native or generic"},
       {"ring", OptionType::kUInt, "N", "2048", "descriptors per AF_XDP ring, a power of two, 64..8192", 64, 8192},
   };
-  k.claims = [](const PortSpec& s) { return "interface " + s.options.at("iface"); };
+  // The interface by its index where it exists (an altname is the same interface).
+  k.claims = [](const PortSpec& s) {
+    const std::string& n = s.options.at("iface");
+    const unsigned idx = if_nametoindex(n.c_str());
+    return idx ? "interface " + n + " (index " + std::to_string(idx) + ")" : "interface " + n;
+  };
   k.create = [](const PortSpec& s, const PortContext&) -> Result<std::unique_ptr<Port>> {
     AfXdpPortOptions o;
     o.name = s.name;

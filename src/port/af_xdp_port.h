@@ -37,6 +37,7 @@
 #include <xdp/xsk.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -63,7 +64,10 @@ PortKind AfXdpPortKind();
 
 class AfXdpPort final : public Port {
  public:
-  static constexpr uint32_t kFrameBytes = 4096;  // a UMEM frame: the largest frame either way
+  static constexpr uint32_t kFrameBytes = 4096;  // a UMEM frame
+  // The largest frame either way: the kernel writes a received frame XDP_PACKET_HEADROOM (256)
+  // bytes into its UMEM frame in copy mode.
+  static constexpr uint32_t kMaxFrameBytes = kFrameBytes - 256;
   static constexpr const char* kProgName = "nicmux_xsk";
 
   static Result<std::unique_ptr<AfXdpPort>> Create(const AfXdpPortOptions& options);
@@ -73,7 +77,9 @@ class AfXdpPort final : public Port {
   size_t Rx(uint32_t q, Batch& out, size_t max) override;
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
-  size_t TxRoom(uint32_t q) override;
+  // kBurst, as TAP: Tx stops where frames or TX slots run out. (Reading the rings here would
+  // race with another worker's Tx: the switch calls TxRoom without the queue's lock.)
+  size_t TxRoom(uint32_t) override { return kBurst; }
   bool ArmNotify(std::vector<NotifyFd>* fds) override;
   void DisarmNotify() override {}
   bool CanSleep() const override { return true; }
@@ -97,12 +103,17 @@ class AfXdpPort final : public Port {
     uint64_t base = 0;  // the queue's first byte in the UMEM mapping
     std::vector<uint64_t> free_tx;  // frame addresses (relative to base) free for sending
     // The frames of the packets Rx returned, in order, and those RxDone held back.
+    // (Addresses are the descriptors' own: the frame's data, XDP_PACKET_HEADROOM into it in copy
+    // mode; Refill masks them to the frame. Lengths are the descriptors' too: the switch may
+    // shorten a PacketRef's, untagging it.)
     std::array<uint64_t, kBurst> rx_addr{};
+    std::array<uint32_t, kBurst> rx_len{};
     std::array<Segment, kBurst> segs{};
     uint32_t n = 0;
     std::array<uint64_t, kBurst> held_addr{};
     std::array<uint32_t, kBurst> held_len{};
     uint32_t nheld = 0;
+    std::atomic<uint32_t> nheld_seen{0};  // nheld, for other workers' ArmNotify
     QueueCounters rxc, txc;
   };
 

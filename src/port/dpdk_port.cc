@@ -33,6 +33,13 @@ Result<void> EnsureEal() {
   std::lock_guard lock(g_eal_mu);
   if (g_eal_up) return Ok();
   if (!g_eal_error.empty()) return Error(g_eal_error);
+  for (const auto& a : g_eal_args) {
+    // Usage and version requests make the EAL print and exit the process.
+    if (a == "-h" || a == "--help" || a == "-v" || a == "--version") {
+      g_eal_error = "DPDK's EAL arguments may not hold " + a + " (the EAL would exit nicmuxd)";
+      return Error(g_eal_error);
+    }
+  }
   std::vector<std::string> args = {"nicmuxd", "--file-prefix", "nicmuxd" + std::to_string(getpid())};
   args.insert(args.end(), g_eal_args.begin(), g_eal_args.end());
   std::vector<char*> argv;
@@ -96,7 +103,8 @@ class DpdkPort final : public Port {
 
   DpdkPortOptions opt_;
   uint16_t port_id_ = 0;
-  bool probed_ = false, started_ = false;
+  bool probed_ = false, have_port_ = false, started_ = false;
+  bool multi_segs_ = false;  // the device takes mbuf chains
   std::string dev_name_;
   rte_mempool* pool_ = nullptr;
   rte_eth_dev_info info_{};
@@ -115,8 +123,10 @@ Result<void> DpdkPort::Open() {
   }
   probed_ = true;
   if (rte_eth_dev_get_port_by_name(dev_name_.c_str(), &port_id_) != 0) {
-    return Error(what + ": probed, but no ethdev named " + dev_name_);
+    return Error(what + ": probed, but no ethdev named " + dev_name_ +
+                 " (a PCI device is named by its full address, 0000:01:00.0)");
   }
+  have_port_ = true;
   if (int r = rte_eth_dev_info_get(port_id_, &info_); r != 0) return Error(what + ": no device info: " + rte_strerror(-r));
   if (opt_.queues > info_.max_rx_queues || opt_.queues > info_.max_tx_queues) {
     return Error(what + ": queues=" + std::to_string(opt_.queues) + " but the device has " +
@@ -125,6 +135,7 @@ Result<void> DpdkPort::Open() {
   rte_eth_conf conf{};
   // Frames longer than one mbuf: chains both ways, where the device takes them.
   conf.txmode.offloads = info_.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+  multi_segs_ = conf.txmode.offloads != 0;
   conf.rxmode.offloads = info_.rx_offload_capa & RTE_ETH_RX_OFFLOAD_SCATTER;
   if (opt_.queues > 1) {
     conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
@@ -160,6 +171,8 @@ Result<void> DpdkPort::Open() {
   PortCaps c;
   c.offloads = PortCaps::kCsumOnCopy;  // checksums completed in our copy; the device's offloads: not yet used
   c.mtu = mtu;
+  // Without chains, a frame must fit one mbuf (the switch cuts GSO frames to the MTU anyway).
+  if (!multi_segs_) c.max_frame = RTE_MBUF_DEFAULT_DATAROOM;
   SetCaps(c);
   NICMUX_LOG(kInfo, "port %s: DPDK %s (port %u, driver %s), %u queue(s), %u/%u descriptors", opt_.name.c_str(),
              dev_name_.c_str(), port_id_, info_.driver_name, opt_.queues, rxd, txd);
@@ -172,8 +185,8 @@ DpdkPort::~DpdkPort() {
     if (q->n) rte_pktmbuf_free_bulk(q->rx.data(), q->n);
   }
   if (started_) rte_eth_dev_stop(port_id_);
+  if (have_port_) rte_eth_dev_close(port_id_);  // (only the port this one found: never port 0 by default)
   if (probed_) {
-    rte_eth_dev_close(port_id_);
     // A virtual device is removed from its bus too, so the same devargs can come back.
     if (rte_eal_hotplug_remove("vdev", dev_name_.c_str()) != 0 && rte_eal_hotplug_remove("pci", dev_name_.c_str()) != 0) {
       NICMUX_LOG(kWarning, "port %s: DPDK device %s was closed but not removed from its bus", name().c_str(),
@@ -293,6 +306,12 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   uint32_t idx[kBurst], len[kBurst];
   for (uint32_t k = 0; k < want; ++k) {
     const PacketRef& p = *in[k];
+    if (!multi_segs_ && p.len > RTE_MBUF_DEFAULT_DATAROOM) {  // the device takes no chains
+      rte_pktmbuf_free(m[k]);
+      q.txc.dropped.Add();
+      q.txc.drops.Add(DropReason::kTooBig);
+      continue;
+    }
     MbufWriter w{pool_, m[k], m[k]};
     if (CopyPacketCompleting(p, w) < p.len) {  // out of mbufs for a long frame
       rte_pktmbuf_free(m[k]);
@@ -380,6 +399,7 @@ PortKind DpdkPortKind() {
       "net_af_packet, net_tap, ...). nicmuxd starts DPDK's EAL with the first such port ([dpdk] eal_args in "
       "the config). The port's worker polls it (no interrupts).";
   k.max_queues = Port::kMaxQueues;
+  k.privileged = true;
   k.options = {
       {"devargs", OptionType::kString, "DEV[;k=v...]", "",
        "the device: a PCI address or a vdev's devargs; on the command line write its commas as ';'", 0, 0, true},

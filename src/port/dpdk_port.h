@@ -5,7 +5,7 @@
 // mount, and no PCI scan that could take a NIC; for a PCI NIC give eal_args with `-a ADDR`).
 //
 // Options (--port dpdk:NAME:key=value,...): devargs=STR (required; commas inside it are
-// written as ';' on the command line, or given whole in the config), queues=N (1..8: RSS
+// written as ';', on the command line and in the config), queues=N (1..8: RSS
 // spreads the device's receive over them), ring=N (descriptors per queue, 64..4096, default
 // 1024).
 //

@@ -52,6 +52,10 @@ struct PortKind {
   std::string summary;  // what the port is, for --help
   std::vector<PortOption> options;  // its own; the switch's (SwitchOptions()) come on top
   uint32_t max_queues = 1;          // the bound of its queues= option, if it has one
+  // The kind reaches the host's devices or files beyond nicmuxd's own (a NIC, an XDP program,
+  // a DPDK vdev that writes files): at run time only root or nicmuxd's own user may add it,
+  // not every member of the control socket's group.
+  bool privileged = false;
   // What the port holds for itself and no other port may ("socket /run/vm1.sock"); empty or
   // unset: nothing.
   std::function<std::string(const PortSpec&)> claims;

@@ -75,7 +75,7 @@ bad "af_xdp:x1:iface=nosuch$$" "no interface named nosuch$$"
 ip link add "${V0}m" type veth peer name "${V0}n"
 ip link set "${V0}m" mtu 9000
 bad "af_xdp:x2:iface=${V0}m" "MTU 9000 does not fit a 4096-byte UMEM frame"
-bad "af_xdp:x3:iface=$V0" "interface $V0 is in use by port up0"
+bad "af_xdp:x3:iface=$V0" "interface $V0 (index [0-9]*) is in use by port up0"
 bad "af_xdp:x4:iface=${V0}m,mode=bogus" "mode=bogus: expected auto, zero-copy, native or generic"
 bad "af_xdp:x5:iface=${V0}m,ring=1000" "ring=1000 is not a power of two"
 ip link set "${V0}m" mtu 1500
