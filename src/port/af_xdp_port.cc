@@ -134,7 +134,6 @@ Result<void> AfXdpPort::Open() {
     if (err == 0) attach_flags_ = XDP_FLAGS_SKB_MODE;
   }
   if (attach_flags_ == 0) return Error(what + ": cannot attach the XDP program: " + Errno(err));
-  attached_ = true;
   bool zero_copy = attach_flags_ == XDP_FLAGS_DRV_MODE && opt_.mode != "native";
   for (uint32_t i = 0; i < opt_.queues; ++i) {
     auto q = std::make_unique<Queue>();
@@ -198,7 +197,7 @@ AfXdpPort::~AfXdpPort() {
     if (q->xsk) xsk_socket__delete(q->xsk);
     if (q->umem) xsk_umem__delete(q->umem);
   }
-  if (attached_) {
+  if (attach_flags_ != 0) {
     // Only if the program there is still ours.
     LIBBPF_OPTS(bpf_xdp_attach_opts, o, .old_prog_fd = prog_fd_.get());
     if (bpf_xdp_detach(ifindex_, attach_flags_ | XDP_FLAGS_REPLACE, &o) != 0) {
@@ -347,25 +346,9 @@ bool AfXdpPort::ArmNotify(std::vector<NotifyFd>* fds) {
   return pending;
 }
 
-PortStats AfXdpPort::Stats() const {
-  PortStats st;
-  st.connected = true;
-  for (const auto& q : q_) {
-    st.rx_packets += q->rxc.packets.Get();
-    st.rx_bytes += q->rxc.bytes.Get();
-    st.rx_dropped += q->rxc.dropped.Get();
-    st.tx_packets += q->txc.packets.Get();
-    st.tx_bytes += q->txc.bytes.Get();
-    st.tx_dropped += q->txc.dropped.Get();
-  }
-  return st;
-}
+PortStats AfXdpPort::Stats() const { return SumQueueStats(q_); }
 
-uint64_t AfXdpPort::DropsFor(DropReason r) const {
-  uint64_t n = 0;
-  for (const auto& q : q_) n += q->rxc.drops.Get(r) + q->txc.drops.Get(r);
-  return n;
-}
+uint64_t AfXdpPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); }
 
 std::string AfXdpPort::State() const { return "up, " + mode_; }
 

@@ -126,8 +126,7 @@ class AfXdpPort final : public Port {
   AfXdpPortOptions opt_;
   int ifindex_ = 0;
   uint32_t mtu_ = 0;
-  uint32_t attach_flags_ = 0;  // XDP_FLAGS_DRV_MODE or XDP_FLAGS_SKB_MODE, once attached
-  bool attached_ = false;
+  uint32_t attach_flags_ = 0;  // XDP_FLAGS_DRV_MODE or XDP_FLAGS_SKB_MODE once attached, else 0
   std::string mode_;
   UniqueFd map_fd_, prog_fd_;
   MappedRegion umem_area_;

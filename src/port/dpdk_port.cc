@@ -333,25 +333,9 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   return sent < built ? idx[sent] : want;
 }
 
-PortStats DpdkPort::Stats() const {
-  PortStats st;
-  st.connected = true;
-  for (const auto& q : q_) {
-    st.rx_packets += q->rxc.packets.Get();
-    st.rx_bytes += q->rxc.bytes.Get();
-    st.rx_dropped += q->rxc.dropped.Get();
-    st.tx_packets += q->txc.packets.Get();
-    st.tx_bytes += q->txc.bytes.Get();
-    st.tx_dropped += q->txc.dropped.Get();
-  }
-  return st;
-}
+PortStats DpdkPort::Stats() const { return SumQueueStats(q_); }
 
-uint64_t DpdkPort::DropsFor(DropReason r) const {
-  uint64_t n = 0;
-  for (const auto& q : q_) n += q->rxc.drops.Get(r) + q->txc.drops.Get(r);
-  return n;
-}
+uint64_t DpdkPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); }
 
 std::string DpdkPort::State() const {
   rte_eth_link link{};

@@ -36,6 +36,29 @@ struct QueueCounters {
   DropCounters drops;
 };
 
+// For a port that keeps an `rxc` and a `txc` QueueCounters per queue (each element of qs
+// points to one): their sums, as Port::Stats (connected: true) and Port::DropsFor report them.
+template <typename Queues>
+PortStats SumQueueStats(const Queues& qs) {
+  PortStats st;
+  st.connected = true;
+  for (const auto& q : qs) {
+    st.rx_packets += q->rxc.packets.Get();
+    st.rx_bytes += q->rxc.bytes.Get();
+    st.rx_dropped += q->rxc.dropped.Get();
+    st.tx_packets += q->txc.packets.Get();
+    st.tx_bytes += q->txc.bytes.Get();
+    st.tx_dropped += q->txc.dropped.Get();
+  }
+  return st;
+}
+template <typename Queues>
+uint64_t SumQueueDrops(const Queues& qs, DropReason r) {
+  uint64_t n = 0;
+  for (const auto& q : qs) n += q->rxc.drops.Get(r) + q->txc.drops.Get(r);
+  return n;
+}
+
 // What a port accepts on transmit (Tx): the offloads a packet may still ask for when it reaches
 // the port, and how big it may be. Derived from what was negotiated with the peer (a guest's
 // GUEST_* features, the TAP's TUNSETOFFLOAD); the switch completes in software whatever a

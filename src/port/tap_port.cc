@@ -359,25 +359,12 @@ std::string TapPort::State() const {
 }
 
 PortStats TapPort::Stats() const {
-  PortStats st;
-  st.connected = true;
-  for (const auto& s : q_) {
-    st.rx_packets += s->rxc.packets.Get();
-    st.rx_bytes += s->rxc.bytes.Get();
-    st.rx_dropped += s->rxc.dropped.Get();
-    st.tx_packets += s->txc.packets.Get();
-    st.tx_bytes += s->txc.bytes.Get();
-    st.tx_dropped += s->txc.dropped.Get();
-    st.connected &= !s->gone.load(std::memory_order_relaxed);
-  }
+  PortStats st = SumQueueStats(q_);
+  for (const auto& s : q_) st.connected &= !s->gone.load(std::memory_order_relaxed);
   return st;
 }
 
-uint64_t TapPort::DropsFor(DropReason r) const {
-  uint64_t n = 0;
-  for (const auto& s : q_) n += s->rxc.drops.Get(r) + s->txc.drops.Get(r);
-  return n;
-}
+uint64_t TapPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); }
 
 PortKind TapPortKind() {
   PortKind k;

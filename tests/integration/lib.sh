@@ -111,6 +111,14 @@ expect_summary() {
 CTL=$WORK/nicmuxd.ctl
 nicmuxd() { start nicmuxd "$BIN/nicmuxd" --log-level info --control "$CTL" "$@"; NICMUXD_PID=$LAST_PID; }
 ctl() { "$BIN/nicmuxctl" --socket "$CTL" "$@"; }
+# expect_refused SPEC PATTERN: `nicmuxctl port add SPEC` fails and its error matches PATTERN.
+expect_refused() {
+  local rc=0
+  ctl port add "$1" 2>"$WORK/err.txt" || rc=$?
+  [ $rc -ne 0 ] || fail "port add $1 was accepted"
+  grep -q -- "$2" "$WORK/err.txt" || fail "port add $1: error does not say '$2': $(cat "$WORK/err.txt")"
+  echo "ok: refused $1: $(cat "$WORK/err.txt")"
+}
 
 stop_nicmuxd() {
   kill -TERM "$NICMUXD_PID"
