@@ -45,6 +45,8 @@ commands:
                                     port add vhost-user:vm3:socket=/run/nicmux/vm3.sock
   port del NAME                   remove a port
   port kinds                      the port kinds the daemon has, with every option
+  port caps NAME                  what the port takes on transmit (offloads the switch
+                                  leaves to it), its limits, and what its device can do
   fdb show                        the MAC table: MAC, VLAN, port, age
   fdb flush [PORT]                forget learned MACs (all, or those of PORT)
   stats [PORT] [--watch] [--interval S]
@@ -491,6 +493,32 @@ void PortKinds(Connection& c, const Options& o) {
   options(r.value("every_kind", json::array()));
 }
 
+void PortCapsCmd(Connection& c, const Options& o) {
+  json r = c.CallOrFail("port.caps", {{"name", o.words[2]}});
+  if (o.json) return PrintJson(r);
+  if (!r.is_object()) Fail(kExitFailed, "malformed port.caps result from nicmuxd");
+  std::string offloads;
+  for (const json& n : r.value("tx_offloads", json::array())) {
+    offloads += (offloads.empty() ? "" : " ") + (n.is_string() ? n.get<std::string>() : n.dump());
+  }
+  auto limit = [](uint64_t v) { return v ? std::to_string(v) : std::string("not known"); };
+  std::printf("%-14s %s (%s)\n", "port:", Str(r, "name", "").c_str(), Str(r, "kind", "").c_str());
+  std::printf("%-14s %llu of at most %llu\n", "queues:", static_cast<unsigned long long>(U64(r, "queues")),
+              static_cast<unsigned long long>(U64(r, "max_queues")));
+  std::printf("%-14s %s\n", "tx offloads:", offloads.empty() ? "none (the switch completes every request)" : offloads.c_str());
+  std::printf("%-14s %s\n", "mtu:", limit(U64(r, "mtu")).c_str());
+  std::printf("%-14s %s\n", "max frame:", limit(U64(r, "max_frame")).c_str());
+  if (Has(r, "peer_features")) std::printf("%-14s %s\n", "peer features:", Str(r, "peer_features").c_str());
+  if (r.contains("device") && r["device"].is_object() && !r["device"].empty()) {
+    std::printf("device:\n");
+    size_t w = 0;
+    for (auto it = r["device"].begin(); it != r["device"].end(); ++it) w = std::max(w, it.key().size());
+    for (auto it = r["device"].begin(); it != r["device"].end(); ++it) {
+      std::printf("  %-*s  %s\n", static_cast<int>(w + 1), (it.key() + ":").c_str(), Str(r["device"], it.key().c_str()).c_str());
+    }
+  }
+}
+
 void PortDel(Connection& c, const Options& o) {
   json r = c.CallOrFail("port.del", {{"name", o.words[2]}});
   if (o.json) return PrintJson(r);
@@ -867,8 +895,11 @@ int Run(int argc, char** argv) {
     } else if (sub == "kinds") {
       words(2, 2, "port kinds");
       simple = PortKinds;
+    } else if (sub == "caps") {
+      words(3, 3, "port caps NAME");
+      simple = PortCapsCmd;
     } else {
-      UsageError("port wants list, show NAME, add SPEC, del NAME or kinds");
+      UsageError("port wants list, show NAME, add SPEC, del NAME, kinds or caps NAME");
     }
   } else if (w[0] == "fdb") {
     std::string sub = w.size() > 1 ? w[1] : "";

@@ -351,6 +351,35 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     j["options"] = opts;
     return j;
   }
+  if (cmd == "port.caps") {
+    // What the port takes on transmit (the switch does the rest in software), what its peer
+    // negotiated, and what the device behind it can do: the information pvdev will expose.
+    auto name = str_arg("name", true);
+    if (auto* e = std::get_if<ControlError>(&name)) return *e;
+    Entry* e = Find(std::get<std::string>(name));
+    if (!e) return ControlError::NotFound("no port named " + std::get<std::string>(name));
+    const Port& p = *e->port;
+    const PortCaps caps = p.Caps();
+    const PortKind* kind = PortRegistry::Builtin().Find(e->spec.kind);
+    json j = {{"name", e->spec.name},
+              {"kind", e->spec.kind},
+              {"queues", p.NumQueuePairs()},
+              {"max_queues", kind ? kind->max_queues : p.NumQueuePairs()},
+              {"tx_offloads", caps.Names()},
+              {"mtu", caps.mtu},
+              {"max_frame", caps.max_frame}};
+    if (std::string f = p.Features(); !f.empty()) j["peer_features"] = f;
+    json dev = json::object();
+    for (const auto& [key, value] : p.DeviceCaps()) {
+      if (const auto* n = std::get_if<uint64_t>(&value)) {
+        dev[key] = *n;
+      } else {
+        dev[key] = std::get<std::string>(value);
+      }
+    }
+    if (!dev.empty()) j["device"] = dev;
+    return j;
+  }
   if (cmd == "port.kinds") {
     // The port registry: every kind with its option table (what nicmuxd --help prints).
     auto opts = [](const std::vector<PortOption>& list) {

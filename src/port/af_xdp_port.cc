@@ -356,6 +356,16 @@ std::vector<Port::Detail> AfXdpPort::Details() const {
   return {{"xdp_mode", mode_}, {"interface", opt_.ifname}, {"interface_mtu", uint64_t{mtu_}}};
 }
 
+std::vector<Port::Detail> AfXdpPort::DeviceCaps() const {
+  return {{"interface", opt_.ifname},
+          {"xdp_mode", mode_},
+          {"interface_mtu", uint64_t{mtu_}},
+          {"umem_frame", uint64_t{kFrameBytes}},
+          {"max_frame", uint64_t{kMaxFrameBytes}},
+          // docs/af_xdp.md "Offloads": AF_XDP TX metadata (Linux 6.8) is not used.
+          {"tx_offloads", "none: whole frames, checksums completed in the port's copy"}};
+}
+
 PortKind AfXdpPortKind() {
   PortKind k;
   k.name = "af_xdp";

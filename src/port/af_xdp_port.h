@@ -87,6 +87,7 @@ class AfXdpPort final : public Port {
   uint64_t DropsFor(DropReason r) const override;
   std::string State() const override;
   std::vector<Detail> Details() const override;
+  std::vector<Detail> DeviceCaps() const override;
 
   // "zero-copy (native XDP)", "copy (native XDP)" or "copy (generic XDP)".
   const std::string& mode() const { return mode_; }

@@ -60,16 +60,43 @@ Result<void> EnsureEal() {
   return Ok();
 }
 
-constexpr uint32_t kMaxSegs = 16;  // mbufs per received chain a PacketRef names
+constexpr uint32_t kMaxSegs = 16;
+constexpr uint32_t kEthHeaderBytes = 14;  // mbufs per received chain a PacketRef names
 
 std::string OffloadNames(uint64_t bits, const char* (*name)(uint64_t)) {
   std::string s;
   for (int b = 0; b < 64; ++b) {
     if (!(bits & (uint64_t{1} << b))) continue;
     const char* n = name(uint64_t{1} << b);
-    s += (s.empty() ? "" : " ") + std::string(n ? n : "?");
+    s += (s.empty() ? "" : " ") + (n ? std::string(n) : "bit" + std::to_string(b));
   }
   return s.empty() ? "none" : s;
+}
+
+// The names of rte_eth_rss_hf bits (the rest as bit numbers).
+const char* RssName(uint64_t bit) {
+  static constexpr std::pair<uint64_t, const char*> kNames[] = {
+      {RTE_ETH_RSS_IPV4, "ipv4"},
+      {RTE_ETH_RSS_FRAG_IPV4, "ipv4_frag"},
+      {RTE_ETH_RSS_NONFRAG_IPV4_TCP, "ipv4_tcp"},
+      {RTE_ETH_RSS_NONFRAG_IPV4_UDP, "ipv4_udp"},
+      {RTE_ETH_RSS_NONFRAG_IPV4_SCTP, "ipv4_sctp"},
+      {RTE_ETH_RSS_NONFRAG_IPV4_OTHER, "ipv4_other"},
+      {RTE_ETH_RSS_IPV6, "ipv6"},
+      {RTE_ETH_RSS_FRAG_IPV6, "ipv6_frag"},
+      {RTE_ETH_RSS_NONFRAG_IPV6_TCP, "ipv6_tcp"},
+      {RTE_ETH_RSS_NONFRAG_IPV6_UDP, "ipv6_udp"},
+      {RTE_ETH_RSS_NONFRAG_IPV6_SCTP, "ipv6_sctp"},
+      {RTE_ETH_RSS_NONFRAG_IPV6_OTHER, "ipv6_other"},
+      {RTE_ETH_RSS_L2_PAYLOAD, "l2_payload"},
+      {RTE_ETH_RSS_IPV6_EX, "ipv6_ex"},
+      {RTE_ETH_RSS_IPV6_TCP_EX, "ipv6_tcp_ex"},
+      {RTE_ETH_RSS_IPV6_UDP_EX, "ipv6_udp_ex"},
+  };
+  for (const auto& [b, n] : kNames) {
+    if (b == bit) return n;
+  }
+  return nullptr;
 }
 
 class DpdkPort final : public Port {
@@ -90,8 +117,12 @@ class DpdkPort final : public Port {
   uint64_t DropsFor(DropReason r) const override;
   std::string State() const override;
   std::vector<Detail> Details() const override;
+  std::vector<Detail> DeviceCaps() const override;
 
  private:
+  // Hands p's offload request to the device in m's flags; false when the device cannot do
+  // it (then the copy completes the checksum, as for a device without offloads).
+  bool ToDevice(const PacketRef& p, rte_mbuf* m) const;
   struct Queue {
     std::array<rte_mbuf*, kBurst> rx{};  // the chains Rx returned, in order
     std::array<std::array<Segment, kMaxSegs>, kBurst> segs{};
@@ -105,6 +136,10 @@ class DpdkPort final : public Port {
   uint16_t port_id_ = 0;
   bool probed_ = false, have_port_ = false, started_ = false;
   bool multi_segs_ = false;  // the device takes mbuf chains
+  // The device's own offloads, used where it has them (opt_.offloads): partial TCP/UDP
+  // checksums, the IPv4 header checksum with TSO, and TCP segmentation.
+  bool dev_csum_ = false, dev_ip_csum_ = false, dev_tso4_ = false, dev_tso6_ = false;
+  uint16_t mtu_ = 1500;
   std::string dev_name_;
   rte_mempool* pool_ = nullptr;
   rte_eth_dev_info info_{};
@@ -134,9 +169,27 @@ Result<void> DpdkPort::Open() {
   }
   rte_eth_conf conf{};
   // Frames longer than one mbuf: chains both ways, where the device takes them.
-  conf.txmode.offloads = info_.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+  const uint64_t tx_capa = info_.tx_offload_capa, rx_capa = info_.rx_offload_capa;
+  conf.txmode.offloads = tx_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
   multi_segs_ = conf.txmode.offloads != 0;
-  conf.rxmode.offloads = info_.rx_offload_capa & RTE_ETH_RX_OFFLOAD_SCATTER;
+  conf.rxmode.offloads = rx_capa & RTE_ETH_RX_OFFLOAD_SCATTER;
+  if (opt_.offloads) {
+    constexpr uint64_t kL4 = RTE_ETH_TX_OFFLOAD_TCP_CKSUM | RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
+    dev_csum_ = (tx_capa & kL4) == kL4;
+    dev_ip_csum_ = dev_csum_ && (tx_capa & RTE_ETH_TX_OFFLOAD_IPV4_CKSUM);
+    // TSO frames are up to 64 KiB: chains of mbufs, so only with MULTI_SEGS. net_tap cuts
+    // them with DPDK's GSO library, which knows TCP over IPv4 only.
+    // net_tap (DPDK 22.11) is left out: its GSO library cuts TCP over IPv4 only, and it
+    // refuses a TSO frame whose segments, Ethernet header included, exceed the MTU, which a
+    // full-sized TCP stream's are (1448 + 66 > 1500): the switch cuts for it.
+    const bool tap = std::strcmp(info_.driver_name ? info_.driver_name : "", "net_tap") == 0;
+    dev_tso4_ = dev_csum_ && multi_segs_ && !tap && (tx_capa & RTE_ETH_TX_OFFLOAD_TCP_TSO);
+    dev_tso6_ = dev_tso4_;
+    if (dev_csum_) conf.txmode.offloads |= kL4 | (dev_ip_csum_ ? RTE_ETH_TX_OFFLOAD_IPV4_CKSUM : 0);
+    if (dev_tso4_) conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_TCP_TSO;
+    // Checksums the device verified on receive: marked valid for the next hop.
+    conf.rxmode.offloads |= rx_capa & (RTE_ETH_RX_OFFLOAD_TCP_CKSUM | RTE_ETH_RX_OFFLOAD_UDP_CKSUM);
+  }
   if (opt_.queues > 1) {
     conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
     conf.rx_adv_conf.rss_conf.rss_hf = info_.flow_type_rss_offloads & (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP);
@@ -166,16 +219,20 @@ Result<void> DpdkPort::Open() {
   if (int r = rte_eth_dev_start(port_id_); r != 0) return Error(what + ": cannot start it: " + rte_strerror(-r));
   started_ = true;
   rte_eth_promiscuous_enable(port_id_);  // a switch port takes every frame (not all PMDs can)
-  uint16_t mtu = 0;
-  rte_eth_dev_get_mtu(port_id_, &mtu);
+  if (rte_eth_dev_get_mtu(port_id_, &mtu_) != 0 || mtu_ == 0) mtu_ = RTE_ETHER_MTU;
   PortCaps c;
-  c.offloads = PortCaps::kCsumOnCopy;  // checksums completed in our copy; the device's offloads: not yet used
-  c.mtu = mtu;
+  // Partial checksums: to the device where it sums them, else completed in our copy.
+  c.offloads = PortCaps::kCsumOnCopy;
+  if (dev_csum_) c.offloads |= PortCaps::kCsum;
+  if (dev_tso4_) c.offloads |= PortCaps::kTso4;
+  if (dev_tso6_) c.offloads |= PortCaps::kTso6;
+  c.mtu = mtu_;
   // Without chains, a frame must fit one mbuf (the switch cuts GSO frames to the MTU anyway).
   if (!multi_segs_) c.max_frame = RTE_MBUF_DEFAULT_DATAROOM;
   SetCaps(c);
-  NICMUX_LOG(kInfo, "port %s: DPDK %s (port %u, driver %s), %u queue(s), %u/%u descriptors", opt_.name.c_str(),
-             dev_name_.c_str(), port_id_, info_.driver_name, opt_.queues, rxd, txd);
+  NICMUX_LOG(kInfo, "port %s: DPDK %s (port %u, driver %s), %u queue(s), %u/%u descriptors, MTU %u, offloads to the device: %s",
+             opt_.name.c_str(), dev_name_.c_str(), port_id_, info_.driver_name, opt_.queues, rxd, txd, mtu_,
+             OffloadNames(conf.txmode.offloads & ~RTE_ETH_TX_OFFLOAD_MULTI_SEGS, rte_eth_dev_tx_offload_name).c_str());
   return Ok();
 }
 
@@ -297,6 +354,57 @@ struct MbufWriter {
   }
 };
 
+bool DpdkPort::ToDevice(const PacketRef& p, rte_mbuf* m) const {
+  const Offload& o = p.offload;
+  if (!dev_csum_ || !o.needs_csum()) return false;
+  // The record passed CheckOffload: csum_start + csum_offset + 2 is within the head copy.
+  auto be16 = [&](uint32_t at) { return static_cast<uint16_t>(uint16_t(p.head[at]) << 8 | uint16_t(p.head[at + 1])); };
+  uint32_t l2 = kEthHeaderBytes;
+  uint16_t type = be16(12);
+  if (type == 0x8100 && p.head_len >= 18) {
+    l2 += 4;
+    type = be16(16);
+  }
+  uint64_t fl;
+  if (type == 0x0800) {
+    fl = RTE_MBUF_F_TX_IPV4;
+  } else if (type == 0x86dd) {
+    fl = RTE_MBUF_F_TX_IPV6;
+  } else {
+    return false;
+  }
+  // UNTRUSTED (the source's record): where the L4 header is. l3 is what lies between; its
+  // field in the mbuf has 9 bits. A source that names the wrong protocol's field gets its own
+  // frame summed wrong, as it would have with the sum done here.
+  if (o.csum_start <= l2 || o.csum_start - l2 > 511) return false;
+  if (o.csum_offset == 16) {
+    fl |= RTE_MBUF_F_TX_TCP_CKSUM;
+  } else if (o.csum_offset == 6) {
+    fl |= RTE_MBUF_F_TX_UDP_CKSUM;
+  } else {
+    return false;
+  }
+  m->l2_len = l2;
+  m->l3_len = o.csum_start - l2;
+  if (o.gso_type == GsoType::kTcp4 || o.gso_type == GsoType::kTcp6) {
+    // Checked by CheckOffload: a TCP header at csum_start, hdr_len its end. The field holds
+    // the pseudo-header's sum with the length, as Linux leaves it; rte_eth_tx_prepare
+    // rewrites it the way the PMD wants (without the length, for most TSO engines).
+    if ((o.gso_type == GsoType::kTcp4 ? !dev_tso4_ : !dev_tso6_) ||
+        (fl & RTE_MBUF_F_TX_L4_MASK) != RTE_MBUF_F_TX_TCP_CKSUM) {  // (a 2-bit field, not flags)
+      return false;
+    }
+    fl |= RTE_MBUF_F_TX_TCP_SEG;
+    if (fl & RTE_MBUF_F_TX_IPV4 && dev_ip_csum_) fl |= RTE_MBUF_F_TX_IP_CKSUM;
+    m->l4_len = o.hdr_len - o.csum_start;
+    m->tso_segsz = o.gso_size;
+  } else if (o.gso()) {
+    return false;
+  }
+  m->ol_flags |= fl;
+  return true;
+}
+
 size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   Queue& q = *q_[qi];
   rte_mbuf* m[kBurst];
@@ -304,33 +412,64 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   if (rte_pktmbuf_alloc_bulk(pool_, m, want) != 0) return 0;  // no mbufs now: backpressure
   uint32_t built = 0;
   uint32_t idx[kBurst], len[kBurst];
+  // The longest frame the device sends: its MTU, the Ethernet header and one VLAN tag. A PMD
+  // refuses longer ones in its burst, which would look like a full ring to us (and come back
+  // forever): they are dropped here.
+  const uint32_t max_len = uint32_t{mtu_} + kEthHeaderBytes + 4;
+  auto drop = [&](uint32_t k, DropReason r) {
+    rte_pktmbuf_free(m[k]);
+    q.txc.dropped.Add();
+    q.txc.drops.Add(r);
+  };
   for (uint32_t k = 0; k < want; ++k) {
     const PacketRef& p = *in[k];
     if (!multi_segs_ && p.len > RTE_MBUF_DEFAULT_DATAROOM) {  // the device takes no chains
-      rte_pktmbuf_free(m[k]);
-      q.txc.dropped.Add();
-      q.txc.drops.Add(DropReason::kTooBig);
+      drop(k, DropReason::kTooBig);
+      continue;
+    }
+    const bool to_device = ToDevice(p, m[k]);
+    const bool tso = m[k]->ol_flags & RTE_MBUF_F_TX_TCP_SEG;
+    if (tso ? uint32_t{p.offload.hdr_len} + p.offload.gso_size > max_len : p.len > max_len) {
+      drop(k, DropReason::kMtu);
       continue;
     }
     MbufWriter w{pool_, m[k], m[k]};
-    if (CopyPacketCompleting(p, w) < p.len) {  // out of mbufs for a long frame
-      rte_pktmbuf_free(m[k]);
-      q.txc.dropped.Add();
-      q.txc.drops.Add(DropReason::kTooBig);
+    if ((to_device ? CopyPacket(p, w) : CopyPacketCompleting(p, w)) < p.len) {  // out of mbufs for a long frame
+      drop(k, DropReason::kTooBig);
       continue;
     }
     idx[built] = k;
     len[built] = p.len;
     m[built++] = m[k];
   }
-  const uint16_t sent = built ? rte_eth_tx_burst(port_id_, static_cast<uint16_t>(qi), m, static_cast<uint16_t>(built)) : 0;
-  if (sent < built) rte_pktmbuf_free_bulk(m + sent, built - sent);
+  // The device's own checks and fix-ups of offload requests (pseudo-header sums, header
+  // lengths, segment counts); a frame it refuses is dropped, never retried.
+  uint32_t ready = 0;
+  for (uint32_t at = 0; at < built;) {
+    const uint16_t ok = rte_eth_tx_prepare(port_id_, static_cast<uint16_t>(qi), m + at, static_cast<uint16_t>(built - at));
+    for (uint32_t i = at; i < at + ok; ++i) {
+      idx[ready] = idx[i];
+      len[ready] = len[i];
+      m[ready++] = m[i];
+    }
+    at += ok;
+    if (at < built) {
+      NICMUX_LOG_RATELIMITED(kWarning, "port %s: the device refused a %u-byte frame's offload request: %s",
+                             name().c_str(), len[at], rte_strerror(rte_errno));
+      rte_pktmbuf_free(m[at]);
+      q.txc.dropped.Add();
+      q.txc.drops.Add(DropReason::kBadOffload);
+      ++at;
+    }
+  }
+  const uint16_t sent = ready ? rte_eth_tx_burst(port_id_, static_cast<uint16_t>(qi), m, static_cast<uint16_t>(ready)) : 0;
+  if (sent < ready) rte_pktmbuf_free_bulk(m + sent, ready - sent);
   uint64_t sent_bytes = 0;
   for (uint16_t i = 0; i < sent; ++i) sent_bytes += len[i];  // (the PMD owns the sent mbufs now)
   q.txc.packets.Add(sent);
   q.txc.bytes.Add(sent_bytes);
   // Taken: everything up to the first packet the device refused (drops count as taken).
-  return sent < built ? idx[sent] : want;
+  return sent < ready ? idx[sent] : want;
 }
 
 PortStats DpdkPort::Stats() const { return SumQueueStats(q_); }
@@ -349,12 +488,31 @@ std::vector<Port::Detail> DpdkPort::Details() const {
   return {{"device", dev_name_},
           {"driver", std::string(info_.driver_name ? info_.driver_name : "?")},
           {"dpdk_port_id", uint64_t{port_id_}},
-          {"device_rx_offloads", OffloadNames(info_.rx_offload_capa, rte_eth_dev_rx_offload_name)},
-          {"device_tx_offloads", OffloadNames(info_.tx_offload_capa, rte_eth_dev_tx_offload_name)},
           {"device_imissed", s.imissed},
           {"device_ierrors", s.ierrors},
           {"device_oerrors", s.oerrors},
           {"device_rx_nombuf", s.rx_nombuf}};
+}
+
+std::vector<Port::Detail> DpdkPort::DeviceCaps() const {
+  std::string used;
+  if (dev_csum_) used += "tcp_cksum udp_cksum";
+  if (dev_ip_csum_) used += " ipv4_cksum";
+  if (dev_tso4_) used += " tso4";
+  if (dev_tso6_) used += " tso6";
+  return {{"driver", std::string(info_.driver_name ? info_.driver_name : "?")},
+          {"rx_offloads", OffloadNames(info_.rx_offload_capa, rte_eth_dev_rx_offload_name)},
+          {"tx_offloads", OffloadNames(info_.tx_offload_capa, rte_eth_dev_tx_offload_name)},
+          {"tx_offloads_used", used.empty() ? (opt_.offloads ? "none" : "none (offloads=off)") : used},
+          {"max_rx_queues", uint64_t{info_.max_rx_queues}},
+          {"max_tx_queues", uint64_t{info_.max_tx_queues}},
+          {"max_rx_pktlen", uint64_t{info_.max_rx_pktlen}},
+          {"min_mtu", uint64_t{info_.min_mtu}},
+          {"max_mtu", uint64_t{info_.max_mtu}},
+          {"mtu", uint64_t{mtu_}},
+          {"tx_max_segments", uint64_t{info_.tx_desc_lim.nb_seg_max}},
+          {"chains", multi_segs_ ? "yes" : "no"},
+          {"rss_hash", info_.flow_type_rss_offloads ? OffloadNames(info_.flow_type_rss_offloads, RssName) : "none"}};
 }
 
 }  // namespace
@@ -390,6 +548,8 @@ PortKind DpdkPortKind() {
       {"queues", OptionType::kUInt, "N", "1", "queue pairs, 1..8 (RSS spreads what the device receives)", 1,
        Port::kMaxQueues},
       {"ring", OptionType::kUInt, "N", "1024", "descriptors per queue, 64..4096", 64, 4096},
+      {"offloads", OptionType::kOnOff, "on|off", "on",
+       "checksums and TSO done by the device where it has them (off: the switch and the port's copy do them)"},
   };
   auto devargs = [](const PortSpec& s) {
     std::string d = s.options.at("devargs");
@@ -408,6 +568,8 @@ PortKind DpdkPortKind() {
     o.queues = static_cast<uint32_t>(q);
     NICMUX_TRY_ASSIGN(ring, s.UInt("ring", 64, 4096, 1024));
     o.ring = static_cast<uint32_t>(ring);
+    NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
+    o.offloads = offloads;
     return CreateDpdkPort(o);
   };
   return k;

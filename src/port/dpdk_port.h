@@ -7,21 +7,25 @@
 // Options (--port dpdk:NAME:key=value,...): devargs=STR (required; commas inside it are
 // written as ';', on the command line and in the config), queues=N (1..8: RSS
 // spreads the device's receive over them), ring=N (descriptors per queue, 64..4096, default
-// 1024).
+// 1024), offloads=on|off (default on: the device's checksum and TSO offloads where it has them).
 //
 // Data path (worker thread; Tx under the switch's per-queue lock):
 //   Rx: rte_eth_rx_burst; each mbuf chain becomes a PacketRef over its segments (no copy
 //     before the switch's one copy); mbufs the switch left unsent are held for the next Rx.
 //   RxDone: the sent mbufs are freed.
 //   Tx: each packet is copied once into mbufs from the port's pool (chained for frames longer
-//     than one mbuf), partial checksums completed in that copy (PortCaps kCsumOnCopy), then
-//     rte_eth_tx_burst; what the device does not take is freed and left to the source.
+//     than one mbuf). Offload requests go to the device as mbuf flags where it has the offload
+//     (TCP/UDP checksum; TSO; PortCaps kCsum, kTso4/6), else the partial checksum is completed
+//     in that copy (kCsumOnCopy) and GSO frames arrive cut by the switch; rte_eth_tx_prepare,
+//     then rte_eth_tx_burst; what the device does not take is freed and left to the source.
+//     Frames above the device's MTU (+ Ethernet header and one VLAN tag) are dropped (mtu).
 // The port cannot wake a sleeping worker (no Rx interrupts are used): its worker polls.
 //
 // Counters: rx/tx packets and bytes; rx_dropped: bad_frame (a chain of more segments than a
-// PacketRef names); tx_dropped: too_big_for_buffers (no mbufs for the frame). The device's own
+// PacketRef names); tx_dropped: too_big_for_buffers (no mbufs for the frame), mtu, bad_offload
+// (refused by rte_eth_tx_prepare). The device's own
 // (rte_eth_stats: imissed, ierrors, oerrors, rx_nombuf) and its link are in `port show`, its
-// capabilities in `nicmuxctl port show` (device_rx_offloads, device_tx_offloads).
+// capabilities (rte_eth_dev_info, and which offloads are used) in `nicmuxctl port caps`.
 #pragma once
 
 #include <memory>
@@ -43,6 +47,7 @@ struct DpdkPortOptions {
   std::string devargs;
   uint32_t queues = 1;
   uint32_t ring = 1024;
+  bool offloads = true;  // the device's checksum and TSO offloads used where it has them
 };
 
 // The dpdk kind for the port registry (port/kinds.cc).

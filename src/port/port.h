@@ -104,6 +104,9 @@ struct PortCaps {
     work.flags &= static_cast<uint8_t>(~Offload::kCsumValid);
     return !Accepts(work);
   }
+  // The offload flags by name ("csum", "csum_valid", "tso4", "tso6", "ecn", "uso", "ufo",
+  // "sum_on_copy"), in that order.
+  std::vector<std::string> Names() const;
   // "csum csum_valid tso4 tso6 ecn" or "none", then ", mtu N" and ", max_frame N" where known.
   std::string ToString() const;
   uint64_t Pack() const { return uint64_t{offloads} | uint64_t{mtu} << 16 | uint64_t{max_frame} << 32; }
@@ -174,6 +177,10 @@ class Port {
   // e.g. a vhost-user port's connections and max_memory. Read by the control thread.
   using Detail = std::pair<std::string, std::variant<std::string, uint64_t>>;
   virtual std::vector<Detail> Details() const { return {}; }
+  // What the device or peer behind the port can do, beyond Caps(), for `nicmuxctl port caps`
+  // (and, later, what pvdev exposes to a guest): e.g. a dpdk port's rte_eth_dev_info offloads
+  // and which of them it uses, queue and MTU limits. Read by the control thread.
+  virtual std::vector<Detail> DeviceCaps() const { return {}; }
 
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;

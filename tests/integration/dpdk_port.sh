@@ -51,10 +51,14 @@ for size in 64 1518; do
   echo "ok: $size B: 5000 frames each way through two dpdk memif ports and testpmd, every byte verified"
 done
 ctl port show d0 >"$WORK/d0.txt"
-for k in "state: *link up" "driver: *net_memif" "device_tx_offloads:" "device_imissed: *0"; do
+for k in "state: *link up" "driver: *net_memif" "device_imissed: *0"; do
   grep -q "^$k" "$WORK/d0.txt" || fail "port show d0 lacks '$k': $(cat "$WORK/d0.txt")"
 done
-echo "ok: port show d0: $(grep -E '^(state|driver|device_tx_offloads):' "$WORK/d0.txt" | tr -s ' ' | tr '\n' ';')"
+ctl port caps d0 >"$WORK/d0caps.txt"
+for k in "tx offloads: *sum_on_copy" "  driver: *net_memif" "  tx_offloads: *MULTI_SEGS" "  tx_offloads_used: *none"; do
+  grep -q "^$k" "$WORK/d0caps.txt" || fail "port caps d0 lacks '$k': $(cat "$WORK/d0caps.txt")"
+done
+echo "ok: port show d0: $(grep -E '^(state|driver):' "$WORK/d0.txt" | tr -s ' ' | tr '\n' ';') port caps d0: $(grep -E '(tx offloads|  tx_offloads):' "$WORK/d0caps.txt" | tr -s ' ' | tr '\n' ';')"
 printf 'stop\nquit\n' >&7
 exec 7>&-
 wait_pid "$tp" 20 || { kill -9 "$tp"; wait "$tp" 2>/dev/null || true; }
