@@ -9,6 +9,8 @@
 #      frames crossing whole, no TCP checksum errors in the namespace
 #   2b. a guest <-> a network namespace behind a veth, through an af_xdp port added at run
 #      time: ping and iperf3 both ways, no TCP checksum errors in the namespace
+#   2c. the same through a dpdk port on DPDK's net_af_packet (no TSO: the switch cuts the
+#      guest's TSO frames, the port's copy sums them)
 #   3. VLANs: a, c and the TAP in VLAN 10, b in VLAN 20 (access ports): a <-> c and the
 #      namespace <-> a work, nothing crosses to b. The TAP has offloads=off here: iperf3 both
 #      ways with the switch segmenting a's TSO frames and completing checksums. (Trunk tagging is covered by the switch's unit
@@ -116,6 +118,23 @@ csum_err=$(ip netns exec "$NS2" nstat -az TcpInCsumErrors 2>/dev/null | awk '/Tc
 [ "${csum_err:-0}" -eq 0 ] || fail "the af_xdp namespace counted $csum_err TCP checksum errors"
 echo "ok: af_xdp ($(ctl --json port show up0 | python3 -c "import json,sys; print(json.load(sys.stdin)['xdp_mode'])")) <-> guest a: ping both ways, iperf3 both ways ($(grep receiver "$WORK/iperf_xdp.log" | awk '{print $7, $8}') in, $(grep receiver "$WORK/iperf_xdp_r.log" | awk '{print $7, $8}') out, guest TSO frames cut by the switch), TcpInCsumErrors ${csum_err:-0}"
 ctl port del up0 >/dev/null || fail "port del up0"
+
+# ---- 2c. the same namespace through a dpdk port on net_af_packet (docs/dpdk.md), added at run
+# time: nicmuxd starts DPDK's EAL here. The device has no TSO and no checksum offload.
+ctl port add "dpdk:dp0:devargs=net_af_packet0;iface=$XV0" >/dev/null || fail "port add dpdk net_af_packet on $XV0"
+ctl port caps dp0 >"$WORK/caps_dp0.txt"
+grep -q "^tx offloads: *sum_on_copy$" "$WORK/caps_dp0.txt" || fail "dp0 caps: $(cat "$WORK/caps_dp0.txt")"
+wait_until 30 "dp0's link" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port show dp0 | grep -q 'link up'"
+ip netns exec "$NS2" ping -c 3 -W 5 10.0.0.1 >"$WORK/ping_dpdk.log" || fail "ping namespace -> guest a through dpdk"
+gexec a 'ping -c 3 -W 5 10.0.0.8' >>"$WORK/ping_dpdk.log" || fail "ping guest a -> namespace through dpdk"
+ip netns exec "$NS2" nstat -n >/dev/null 2>&1 || true
+xdp_iperf "$WORK/iperf_dpdk.log" || fail "iperf3 namespace -> guest a through dpdk: $(cat "$WORK/iperf_dpdk.log.tries")"
+xdp_iperf "$WORK/iperf_dpdk_r.log" -R || fail "iperf3 guest a -> namespace through dpdk: $(cat "$WORK/iperf_dpdk_r.log.tries")"
+csum_err=$(ip netns exec "$NS2" nstat -az TcpInCsumErrors 2>/dev/null | awk '/TcpInCsumErrors/ {print $2}')
+[ "${csum_err:-0}" -eq 0 ] || fail "the dpdk namespace counted $csum_err TCP checksum errors"
+dp_tx=$(tx_of dp0)
+echo "ok: dpdk net_af_packet <-> guest a: ping both ways, iperf3 both ways ($(grep receiver "$WORK/iperf_dpdk.log" | awk '{print $7, $8}') in, $(grep receiver "$WORK/iperf_dpdk_r.log" | awk '{print $7, $8}') out; $dp_tx frames out of dp0, the guest's TSO frames cut by the switch), TcpInCsumErrors ${csum_err:-0}"
+ctl port del dp0 >/dev/null || fail "port del dp0"
 kill_guest a b c
 stop_nicmuxd
 cleanup_ns
