@@ -151,10 +151,18 @@ Result<void> DpdkPort::Open() {
   NICMUX_TRY(EnsureEal());
   dev_name_ = opt_.devargs.substr(0, opt_.devargs.find(','));
   if (rte_eth_dev_get_port_by_name(dev_name_.c_str(), &port_id_) == 0) {
-    return Error(what + ": device " + dev_name_ + " exists already");
-  }
-  if (int r = rte_dev_probe(opt_.devargs.c_str()); r != 0) {
-    return Error(what + ": DPDK refused the device: " + rte_strerror(-r));
+    // The EAL probed it at start (a PCI NIC named by -a in the EAL arguments, a --vdev), and
+    // no port holds it (the registry's claims): adopted as it is. On removal it is closed and
+    // unplugged like a device the port probed, so adding it again probes it by the devargs.
+    if (opt_.devargs != dev_name_) {
+      NICMUX_LOG(kWarning, "port %s: device %s was probed at the EAL's start: its options there hold, not \"%s\"",
+                 opt_.name.c_str(), dev_name_.c_str(), opt_.devargs.c_str());
+    }
+    NICMUX_LOG(kInfo, "port %s: adopting DPDK device %s (probed at the EAL's start)", opt_.name.c_str(), dev_name_.c_str());
+  } else {
+    if (int r = rte_dev_probe(opt_.devargs.c_str()); r != 0) {
+      return Error(what + ": DPDK refused the device: " + rte_strerror(-r));
+    }
   }
   probed_ = true;
   if (rte_eth_dev_get_port_by_name(dev_name_.c_str(), &port_id_) != 0) {

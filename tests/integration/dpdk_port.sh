@@ -4,19 +4,22 @@
 #   pktgen A <-> [nicmuxd] <-> dpdk port d0 (net_memif0, server) <-> testpmd memif 0 =io fwd=
 #   testpmd memif 1 <-> dpdk port d1 (net_memif1, server) <-> [nicmuxd] <-> pktgen B
 #
-#   1. 5000 verified frames each way, 64 and 1518 bytes (testpmd's memif refuses
+#   1. 5000 verified frames each way, 64 and 1518 bytes, over two queue pairs everywhere
+#      (pktgen's, the ports', testpmd's; each carries some) (testpmd's memif refuses
 #      --max-pkt-len 9100, so no jumbo frames here): exact counts, every byte checked;
 #      `port show` has the device's link, stats and offload capabilities.
 #   2. bad configuration, refused by name while the daemon serves: devargs DPDK rejects, a
 #      second port on the same device, a memif devargs key the PMD does not know.
 #   3. 100 add/remove cycles of a dpdk port (net_null) at run time: fds and RSS flat.
+#   4. a device the EAL probed at start (--vdev in the EAL arguments, as -a ADDR for a PCI NIC)
+#      is adopted by the port that names it; removed and added again, it is probed anew.
 source "$(dirname "$0")/lib.sh"
 command -v dpdk-testpmd >/dev/null || fail "dpdk-testpmd not installed (scripts/install-deps)"
 S=$WORK
 mem() { echo "net_memif$1;role=server;socket=$S/m$1.sock;socket-abstract=no"; }
 
-nicmuxd --forward xconnect --port "vhost-user:pga:socket=$S/pga.sock" --port "dpdk:d0:devargs=$(mem 0)" \
-  --port "dpdk:d1:devargs=$(mem 1)" --port "vhost-user:pgb:socket=$S/pgb.sock"
+nicmuxd --forward xconnect --port "vhost-user:pga:socket=$S/pga.sock,queues=2" --port "dpdk:d0:devargs=$(mem 0),queues=2" \
+  --port "dpdk:d1:devargs=$(mem 1),queues=2" --port "vhost-user:pgb:socket=$S/pgb.sock,queues=2"
 wait_for "$S/pgb.sock" 60
 wait_for "$S/m1.sock" 30
 rm -f "$WORK/tp.in"; mkfifo "$WORK/tp.in"
@@ -24,7 +27,7 @@ exec 7<>"$WORK/tp.in"
 start_with_input testpmd "$WORK/tp.in" stdbuf -oL dpdk-testpmd "${DPDK_EAL[@]}" --file-prefix="nmd$$" --lcores 0@0,1@1 \
   --vdev "net_memif0,role=client,socket=$S/m0.sock,socket-abstract=no" \
   --vdev "net_memif1,role=client,socket=$S/m1.sock,socket-abstract=no" \
-  -- -i --nb-cores=1 --total-num-mbufs=16384
+  -- -i --nb-cores=1 --rxq=2 --txq=2 --total-num-mbufs=16384
 tp=$LAST_PID
 printf 'set fwd io retry\nset burst tx delay 20 retry 100000\nstart\n' >&7
 wait_log "$WORK/testpmd.log" "io packet forwarding" 60 "$tp"
@@ -32,10 +35,10 @@ wait_until 30 "d0 and d1 linked to testpmd" sh -c \
   "'$BIN/nicmuxctl' --socket '$CTL' port list | grep -q '^d0 .*link up' && '$BIN/nicmuxctl' --socket '$CTL' port list | grep -q '^d1 .*link up'"
 for size in 64 1518; do
   start pg_b "$BIN/nicmux-pktgen" --socket "$S/pgb.sock" --mode bidir --verify --size "$size" --count 5000 \
-    --duration 60 --interval 0 --stream 2 --ring 1024 --rate 20000 --hold
+    --duration 60 --interval 0 --stream 2 --ring 1024 --rate 20000 --queues 2 --hold
   pb=$LAST_PID
   start pg_a "$BIN/nicmux-pktgen" --socket "$S/pga.sock" --mode bidir --verify --size "$size" --count 5000 \
-    --duration 60 --interval 0 --stream 1 --ring 1024 --rate 20000 --hold
+    --duration 60 --interval 0 --stream 1 --ring 1024 --rate 20000 --queues 2 --hold
   pa=$LAST_PID
   wait_log "$WORK/pg_a.log" connected 60 "$pa"
   wait_log "$WORK/pg_b.log" connected 60 "$pb"
@@ -62,6 +65,16 @@ echo "ok: port show d0: $(grep -E '^(state|driver):' "$WORK/d0.txt" | tr -s ' ' 
 printf 'stop\nquit\n' >&7
 exec 7>&-
 wait_pid "$tp" 20 || { kill -9 "$tp"; wait "$tp" 2>/dev/null || true; }
+# Both queue pairs carried traffic both ways (testpmd's per-stream counts at its stop).
+python3 - "$WORK/testpmd.log" <<'PY' || fail "a memif queue carried nothing: $(grep -A1 'Forward Stats for RX Port' "$WORK/testpmd.log")"
+import re, sys
+text = open(sys.argv[1]).read()
+streams = re.findall(r"Forward Stats for RX Port= *(\d+)/Queue= *(\d+).*\n\s*RX-packets: *(\d+)", text)
+got = {(int(p), int(q)): int(n) for p, q, n in streams}
+print("testpmd streams:", got)
+assert all(got.get((p, q), 0) > 0 for p in (0, 1) for q in (0, 1)), got
+PY
+echo "ok: both queue pairs of d0 and d1 carried frames each way"
 stop_nicmuxd
 
 # ---- 2 and 3: a learning switch taking dpdk ports at run time
@@ -96,4 +109,17 @@ assert fd1 <= fd0, "fds grew"
 assert rss1 - rss0 < 16 * 1024, "RSS grew by more than 16 MiB"
 PY
 echo "ok: 100 add/remove cycles of a dpdk port (net_null): fds and RSS flat"
+stop_nicmuxd
+
+# ---- 4. adopting a device probed at the EAL's start
+nicmuxd --dpdk-eal-args "--no-huge -m 256 --no-shconf --no-telemetry --no-pci --vdev net_null7" \
+  --port "vhost-user:pga:socket=$S/pga.sock" --port "dpdk:n7:devargs=net_null7"
+wait_for "$S/pga.sock" 60
+wait_until 30 "port n7" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port show n7 >/dev/null 2>&1"
+grep -q "port n7: adopting DPDK device net_null7" "$WORK/nicmuxd.log" || fail "n7 did not adopt net_null7: $(grep n7 "$WORK/nicmuxd.log")"
+ctl port show n7 | grep -q "^state: *link up" || fail "adopted n7: $(ctl port show n7)"
+ctl port del n7 >/dev/null || fail "port del n7"
+ctl port add "dpdk:n7:devargs=net_null7" >/dev/null || fail "adding net_null7 again after its removal"
+ctl port show n7 | grep -q "^state: *link up" || fail "n7 again: $(ctl port show n7)"
+echo "ok: net_null7 (probed by the EAL's --vdev) adopted by port n7; removed and added again"
 stop_nicmuxd
