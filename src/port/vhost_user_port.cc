@@ -12,6 +12,7 @@
 
 #include "base/log.h"
 #include "base/prefetch.h"
+#include "base/unix_socket.h"
 #include "packet/offload_ops.h"
 #include "port/virtio_net_edge.h"
 #include "virtio/features.h"
@@ -28,16 +29,6 @@ constexpr uint64_t kBackoffFirstMs = 100, kBackoffMaxMs = 2000;
 // each attack up to the cap (a quiet hour resets it).
 constexpr uint64_t kQuarantineFirstMs = 1000, kQuarantineMaxMs = 60000;
 constexpr uint64_t kQuarantineForgetNs = 3600ull * 1000000000;
-
-Result<sockaddr_un> UnixAddr(const std::string& path) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof a.sun_path) {
-    return Error("socket path '" + path + "' is empty or longer than " + std::to_string(sizeof a.sun_path - 1) + " bytes");
-  }
-  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  return a;
-}
 
 // Spreads a packet over several receive chains (MRG_RXBUF), remembering how much went where.
 class MergeWriter {
@@ -191,27 +182,7 @@ VhostUserPort::~VhostUserPort() {
 }
 
 Result<void> VhostUserPort::Listen() {
-  auto addr = UnixAddr(opt_.socket_path);
-  if (!addr) return addr.error();
-  struct stat st;
-  if (::lstat(opt_.socket_path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) return Error("socket path " + opt_.socket_path + " exists and is not a socket");
-    // A socket file: in use if someone accepts on it, else stale from a crash.
-    // Non-blocking: whoever listens there must not be able to hold us with a full backlog
-    // (EAGAIN says someone listens, which is "in use" too).
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (probe.valid() && (::connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0 ||
-                          errno == EAGAIN)) {
-      return Error("socket path " + opt_.socket_path + " is in use by another process");
-    }
-    ::unlink(opt_.socket_path.c_str());
-  }
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return Error::FromErrno("socket");
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) < 0) {
-    return Error::FromErrno("bind " + opt_.socket_path);
-  }
-  if (::listen(fd.get(), 4) < 0) return Error::FromErrno("listen " + opt_.socket_path);
+  NICMUX_TRY_ASSIGN(fd, ListenUnix(opt_.socket_path));
   listen_fd_ = std::move(fd);
   NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
   NICMUX_LOG(kInfo, "port %s: listening on %s", name().c_str(), opt_.socket_path.c_str());
