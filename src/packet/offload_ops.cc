@@ -238,6 +238,34 @@ const char* CheckOffload(PacketRef& p, L4Layout* l) {
   return nullptr;
 }
 
+bool RequestL4Checksum(PacketRef& p, uint32_t l3, uint32_t l3_len, bool ipv6, bool tcp) {
+  const uint32_t start = l3 + l3_len;
+  const uint32_t field = start + (tcp ? 16u : 6u);
+  // The addresses (IPv4: bytes 12..20; IPv6: 8..40) lie within the IP header, checked here.
+  if (l3 < kEth || l3_len < (ipv6 ? 40u : 20u) || field + 2 > kMaxHeadBytes || field + 2 > p.len) return false;
+  if (!ExtendHead(&p, field + 2)) return false;
+  L4Layout l;
+  l.l3 = static_cast<uint16_t>(l3);
+  l.ipv6 = ipv6;
+  const uint16_t seed = CsumFold(PseudoSum(p.head, l, tcp ? kTcp : kUdp, p.len - start));
+  std::memcpy(p.head + field, &seed, 2);
+  p.offload.flags |= Offload::kNeedsCsum;
+  p.offload.csum_start = static_cast<uint16_t>(start);
+  p.offload.csum_offset = tcp ? 16 : 6;
+  return true;
+}
+
+bool FillIpv4HeaderChecksum(PacketRef& p, uint32_t l3, uint32_t l3_len) {
+  if (l3 < kEth || l3_len < 20 || l3_len > 60 || l3_len % 4 || l3 + l3_len > kMaxHeadBytes || l3 + l3_len > p.len) {
+    return false;
+  }
+  if (!ExtendHead(&p, l3 + l3_len)) return false;
+  std::memset(p.head + l3 + 10, 0, 2);
+  const uint16_t sum = static_cast<uint16_t>(~CsumFold(CsumAdd(p.head + l3, l3_len, 0)));
+  std::memcpy(p.head + l3 + 10, &sum, 2);
+  return true;
+}
+
 uint32_t GsoSegments(const PacketRef& p, const L4Layout& l) {
   const uint32_t payload = p.len - l.hdrs;
   return payload == 0 ? 1 : (payload + p.offload.gso_size - 1) / p.offload.gso_size;

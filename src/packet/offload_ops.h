@@ -51,6 +51,20 @@ struct L4Layout {
 // field that is wrong (the packet is then dropped as bad_offload).
 const char* CheckOffload(PacketRef& p, L4Layout* l);
 
+// For a port whose peer says only where the headers are (pvdev descriptors, DPDK mbuf flags):
+// asks for p's L4 checksum the way virtio-net does (needs_csum, csum_start = l3 + l3_len,
+// csum_offset 16 for TCP or 6 for UDP), with the field seeded by the pseudo-header's sum over
+// the L4 length (the frame's bytes from csum_start, as Linux seeds it, GSO frames included),
+// whatever the peer left there. The IP header's addresses are read from p's head copy, grown
+// over the headers (ExtendHead). UNTRUSTED lengths: false, and nothing asked, when the
+// headers do not fit kMaxHeadBytes or the frame.
+bool RequestL4Checksum(PacketRef& p, uint32_t l3, uint32_t l3_len, bool ipv6, bool tcp);
+
+// Writes the IPv4 header checksum of the header at l3 (l3_len bytes, in the head copy after
+// growing it). False when the header does not fit kMaxHeadBytes or the frame, or l3_len is
+// not 20..60 and a multiple of 4.
+bool FillIpv4HeaderChecksum(PacketRef& p, uint32_t l3, uint32_t l3_len);
+
 // How many segments a checked GSO frame becomes.
 uint32_t GsoSegments(const PacketRef& p, const L4Layout& l);
 

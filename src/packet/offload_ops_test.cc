@@ -48,6 +48,60 @@ TEST(OffloadOps, CompleteChecksumEverySplit) {
   }
 }
 
+// A peer that names only where the headers are (pvdev, DPDK flags) and leaves garbage in the
+// checksum field: RequestL4Checksum seeds it from the headers, and the completed sum verifies;
+// the IPv4 header checksum is rewritten likewise. Lengths outside the frame or the head copy
+// ask for nothing.
+TEST(OffloadOps, RequestL4ChecksumFromHeaderLengths) {
+  for (bool v6 : {false, true}) {
+    for (bool udp : {false, true}) {
+      for (bool vlan : {false, true}) {
+        FrameSpec fs;
+        fs.ipv6 = v6;
+        fs.udp = udp;
+        fs.vlan = vlan;
+        fs.payload = 333;
+        Bytes f = MakeTcpUdpFrame(fs);
+        const uint32_t field = fs.L4() + (udp ? 6 : 16);
+        f[field] = std::byte{0xde};  // what a DPDK application may leave there
+        f[field + 1] = std::byte{0xad};
+        if (!v6) f[fs.L3() + 10] = std::byte{0x55};
+        SplitPacket sp(f, {20, 40});
+        PacketRef& p = sp.p;
+        ASSERT_TRUE(RequestL4Checksum(p, fs.L3(), fs.L4() - fs.L3(), v6, !udp));
+        EXPECT_EQ(p.offload.csum_start, fs.L4());
+        if (!v6) {
+          ASSERT_TRUE(FillIpv4HeaderChecksum(p, fs.L3(), 20));
+        }
+        L4Layout l;
+        ASSERT_EQ(CheckOffload(p, &l), nullptr);
+        CompleteChecksum(p);
+        Bytes out = sp.Flatten();
+        EXPECT_TRUE(ChecksumOk(out, fs)) << "v6 " << v6 << " udp " << udp << " vlan " << vlan;
+        if (!v6) {
+          EXPECT_TRUE(testing::IpHeaderOk(out, fs));
+        }
+      }
+    }
+  }
+  FrameSpec fs;
+  fs.payload = 10;
+  Bytes f = MakeTcpUdpFrame(fs);
+  SplitPacket sp(f, {});
+  EXPECT_FALSE(RequestL4Checksum(sp.p, 14, 400, false, true));  // past the head copy
+  EXPECT_FALSE(RequestL4Checksum(sp.p, 14, 10, false, true));    // shorter than an IPv4 header
+  EXPECT_FALSE(RequestL4Checksum(sp.p, 4, 20, false, true));     // inside the Ethernet header
+  EXPECT_FALSE(sp.p.offload.needs_csum());
+  EXPECT_FALSE(FillIpv4HeaderChecksum(sp.p, 14, 22));            // not a multiple of 4
+  FrameSpec tiny;
+  tiny.udp = true;
+  tiny.payload = 0;
+  Bytes t = MakeTcpUdpFrame(tiny);
+  t.resize(40);  // the UDP checksum field is past the end
+  SplitPacket st(t, {});
+  EXPECT_FALSE(RequestL4Checksum(st.p, 14, 20, false, false));
+}
+
 struct GsoCase {
   bool v6, udp, vlan;
   uint32_t options, payload, mss;
