@@ -86,7 +86,7 @@ Result<void> Daemon::Start() {
     control_ = std::move(*c);
     NICMUX_LOG(kInfo, "control socket %s", opt_.control_path.c_str());
   }
-  if (switch_) Tick();
+  Tick();
   if (opt_.stats_interval_s) stats_timer_ = loop_->After(opt_.stats_interval_s * 1000, [this] { StatsTick(); });
   started_ = true;
   NICMUX_LOG(kInfo, "nicmuxd running: %zu ports, forward %s, %u worker(s)", ports_.size(),
@@ -112,8 +112,18 @@ void Daemon::StatsTick() {
 }
 
 void Daemon::Tick() {
-  switch_->Tick();
+  if (switch_) switch_->Tick();
+  UpdateFollowers();
   tick_timer_ = loop_->After(1000, [this] { Tick(); });
+}
+
+void Daemon::UpdateFollowers() {
+  for (auto& e : ports_) {
+    const std::string f = e->port->Follows();
+    if (f.empty()) continue;
+    Entry* up = Find(f);
+    e->port->FollowedChanged(up && up != e.get() ? up->port.get() : nullptr);
+  }
 }
 
 Daemon::Entry* Daemon::Find(const std::string& name) {
@@ -168,6 +178,7 @@ std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_conf
   }
   NICMUX_LOG(kInfo, "port %s added (%s)", spec.name.c_str(), SpecToString(spec).c_str());
   ports_.push_back(std::move(e));
+  UpdateFollowers();
   return std::nullopt;
 }
 
@@ -183,6 +194,7 @@ std::optional<ControlError> Daemon::DelPort(const std::string& name) {
   auto it = std::find_if(ports_.begin(), ports_.end(), [&](auto& p) { return p.get() == e; });
   ports_.erase(it);  // the port's destructor closes its socket or device
   NICMUX_LOG(kInfo, "port %s removed", name.c_str());
+  UpdateFollowers();
   return std::nullopt;
 }
 

@@ -83,6 +83,8 @@ class Daemon {
   void StopCapture(Entry& e);
   void PumpCaptures();
   void Tick();
+  // Tells each port that follows another (Port::Follows) how that one is now.
+  void UpdateFollowers();
   void StatsTick();
 
   DaemonOptions opt_;

@@ -6,6 +6,7 @@
 #include "port/tap_port.h"
 #include "port/vhost_user_port.h"
 #include "port/virtio_user_port.h"
+#include "pv/pv_port.h"
 
 namespace nicmux {
 
@@ -17,6 +18,7 @@ const PortRegistry& PortRegistry::Builtin() {
     k.Add(TapPortKind());
     k.Add(AfXdpPortKind());
     k.Add(DpdkPortKind());
+    k.Add(PvPortKind());
     return k;
   }();
   return r;

@@ -181,6 +181,11 @@ class Port {
   // (and, later, what pvdev exposes to a guest): e.g. a dpdk port's rte_eth_dev_info offloads
   // and which of them it uses, queue and MTU limits. Read by the control thread.
   virtual std::vector<Detail> DeviceCaps() const { return {}; }
+  // A port whose capabilities follow another's (a pv device and its uplink=): that port's name,
+  // or "". The control thread calls FollowedChanged with it (nullptr while there is no such
+  // port) after every port change and once a second.
+  virtual std::string Follows() const { return {}; }
+  virtual void FollowedChanged(const Port* followed) {}
 
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;

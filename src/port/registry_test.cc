@@ -19,12 +19,12 @@ std::string CheckError(const PortRegistry& r, const std::string& text) {
 
 TEST(PortRegistry, ChecksEachRuleAndNamesWhatIsWrong) {
   const PortRegistry& r = PortRegistry::Builtin();
-  EXPECT_EQ(r.Names(), "vhost-user, virtio-user, tap, af_xdp, dpdk");
+  EXPECT_EQ(r.Names(), "vhost-user, virtio-user, tap, af_xdp, dpdk, pv");
   EXPECT_EQ(CheckError(r, "vhost-user:vm1:socket=/s,client,queues=8,max_memory=16G,offloads=off,vlan=10,mtu=9000"),
             "(accepted)");
   EXPECT_EQ(CheckError(r, "tap:t0"), "(accepted)") << "no option is required for a TAP";
   EXPECT_EQ(CheckError(r, "afxdp:up0:iface=eth0"),
-            "port up0: unknown kind 'afxdp'; known: vhost-user, virtio-user, tap, af_xdp, dpdk");
+            "port up0: unknown kind 'afxdp'; known: vhost-user, virtio-user, tap, af_xdp, dpdk, pv");
   EXPECT_EQ(CheckError(r, "tap:t0:queus=2"),
             "port t0: unknown option 'queus' for port kind tap; known: ifname, queues, address, down, up, offloads, "
             "vlan, trunk, mtu, mac_limit, allowed_macs");

@@ -1,0 +1,254 @@
+/* pvdev wire format, version 1 (docs/pv-protocol.md): the shared region between nicmuxd (the
+ * "host") and one application or guest driver (the "driver"). C, so that the guest library
+ * (src/pv/guest/) and the DPDK PMD include it as it is; nicmuxd includes it too.
+ *
+ * Everything in the region is little-endian and named by offsets from the region's start,
+ * never by pointers. Both sides are untrusted by the other: each keeps its own copy of the
+ * indexes it owns, reads the other's once per burst, and clamps what it reads.
+ *
+ * Region layout (every offset is in the header; these are the version-1 values):
+ *
+ *   0                      struct nmx_pv_header        (one page: the host writes it, once)
+ *   ctrl_offset            struct nmx_pv_ctrl          (one page: the control mailbox)
+ *   rings_offset           2 * max_queue_pairs rings:  pair q's rx ring (index 2q), then its
+ *                          tx ring (2q + 1); each NMX_PV_RING_BYTES(ring_size), page-aligned
+ *   bufs_offset            the packet buffer area, bufs_size bytes: the driver's to manage
+ *
+ * A ring, either direction: the driver posts descriptors (`posted`, free-running u32) and the
+ * host finishes them in order (`done`, free-running u32). tx: posted = frames to send, done =
+ * sent (the buffer is the driver's again). rx: posted = empty buffers, done = filled (the
+ * host wrote len, flags, rss_hash and mark into the descriptor before publishing done).
+ */
+#ifndef NICMUX_PV_ABI_H
+#define NICMUX_PV_ABI_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NMX_PV_MAGIC UINT64_C(0x5645445650584d4e) /* "NMXPVDEV" */
+#define NMX_PV_VERSION 1u
+#define NMX_PV_PAGE 4096u
+#define NMX_PV_CACHELINE 64u
+#define NMX_PV_MAX_QUEUE_PAIRS 8u
+#define NMX_PV_MIN_RING 64u
+#define NMX_PV_MAX_RING 4096u
+
+/* ---- header (offset 0) ---------------------------------------------------------------- */
+
+struct nmx_pv_header {
+  uint64_t magic;            /* NMX_PV_MAGIC */
+  uint32_t version;          /* NMX_PV_VERSION */
+  uint32_t header_size;      /* sizeof(struct nmx_pv_header) */
+  uint64_t region_size;      /* the whole region, bytes */
+  uint32_t generation;       /* new for every region the host offers (a reconnect, a restart) */
+  uint32_t max_queue_pairs;  /* 1..NMX_PV_MAX_QUEUE_PAIRS */
+  uint32_t ring_size;        /* descriptors per ring: a power of two, 64..4096 */
+  uint32_t buf_size;         /* the buffer size the host suggests (a frame of its MTU fits) */
+  uint64_t ctrl_offset;      /* struct nmx_pv_ctrl */
+  uint64_t rings_offset;     /* the first ring */
+  uint64_t ring_stride;      /* bytes from one ring to the next */
+  uint64_t bufs_offset;      /* the buffer area */
+  uint64_t bufs_size;
+  /* Written by the host later: the device's state. */
+  uint32_t status;           /* NMX_PV_STATUS_* */
+  uint32_t reserved0;
+  char broken_reason[256];   /* with NMX_PV_STATUS_BROKEN: what the host found, NUL-terminated */
+};
+
+#define NMX_PV_STATUS_OK 0u
+#define NMX_PV_STATUS_BROKEN 1u /* the driver broke the protocol: reconnect to recover */
+
+/* ---- rings ------------------------------------------------------------------------------ */
+
+/* Descriptor flags. Requests (tx, driver -> host) and results (rx, host -> driver). */
+#define NMX_PV_DESC_IPV4 0x0001u        /* the frame is IPv4 (with a checksum or TSO request) */
+#define NMX_PV_DESC_IPV6 0x0002u        /* the frame is IPv6 (with a checksum or TSO request) */
+#define NMX_PV_DESC_TCP_CKSUM 0x0004u   /* tx: compute the TCP checksum (l2/l3_len say where) */
+#define NMX_PV_DESC_UDP_CKSUM 0x0008u   /* tx: compute the UDP checksum */
+#define NMX_PV_DESC_IP_CKSUM 0x0010u    /* tx: compute the IPv4 header checksum */
+#define NMX_PV_DESC_TSO 0x0020u         /* tx: TCP segmentation, tso_segsz bytes per segment */
+#define NMX_PV_DESC_L4_GOOD 0x0100u     /* rx: the L4 checksum is known good */
+#define NMX_PV_DESC_RSS 0x0200u         /* rx: rss_hash is valid */
+#define NMX_PV_DESC_MARK 0x0400u        /* rx: a flow rule's MARK: mark is valid */
+
+struct nmx_pv_desc {
+  uint64_t offset;    /* the buffer: bytes from the region's start (within the buffer area) */
+  uint32_t len;       /* tx: frame bytes; rx posted: buffer capacity; rx done: frame bytes */
+  uint16_t flags;     /* NMX_PV_DESC_* */
+  uint16_t region;    /* 0: this region (the only one in version 1) */
+  uint8_t l2_len;     /* with a request: Ethernet header bytes (14, 18 with a VLAN tag) */
+  uint8_t l4_len;     /* with NMX_PV_DESC_TSO: the TCP header's bytes */
+  uint16_t l3_len;    /* with a request: IP header bytes (with IPv6 extension headers) */
+  uint16_t tso_segsz; /* with NMX_PV_DESC_TSO: payload bytes per segment */
+  uint16_t reserved;
+  uint32_t rss_hash;  /* rx, with NMX_PV_DESC_RSS */
+  uint32_t mark;      /* rx, with NMX_PV_DESC_MARK */
+};
+
+/* Ring flags. */
+#define NMX_PV_DRIVER_WANTS_IRQ 1u /* in driver_flags: signal the queue's irq when done moves */
+#define NMX_PV_HOST_NEEDS_KICK 1u  /* in host_flags: the host sleeps; kick after posting */
+
+struct nmx_pv_ring {
+  /* cache line 0: the driver writes */
+  uint32_t posted;
+  uint32_t driver_flags;
+  uint8_t pad0[NMX_PV_CACHELINE - 8];
+  /* cache line 1: the host writes */
+  uint32_t done;
+  uint32_t host_flags;
+  uint8_t pad1[NMX_PV_CACHELINE - 8];
+  struct nmx_pv_desc desc[]; /* ring_size of them */
+};
+
+#define NMX_PV_RING_BYTES(ring_size) \
+  ((((uint64_t)sizeof(struct nmx_pv_ring) + (uint64_t)(ring_size) * sizeof(struct nmx_pv_desc)) + NMX_PV_PAGE - 1) & \
+   ~(uint64_t)(NMX_PV_PAGE - 1))
+
+/* ---- control mailbox -------------------------------------------------------------------- */
+
+#define NMX_PV_MSG_PAYLOAD 512u
+#define NMX_PV_REASON 128u
+
+enum nmx_pv_msg_type {
+  NMX_PV_MSG_GET_INFO = 1,      /* -> struct nmx_pv_info */
+  NMX_PV_MSG_CONFIGURE = 2,     /* struct nmx_pv_configure */
+  NMX_PV_MSG_QUEUE_SETUP = 3,   /* struct nmx_pv_queue_req */
+  NMX_PV_MSG_QUEUE_RELEASE = 4, /* struct nmx_pv_queue_req */
+  NMX_PV_MSG_START = 5,
+  NMX_PV_MSG_STOP = 6,
+  NMX_PV_MSG_STATS_GET = 7,     /* -> struct nmx_pv_stats */
+  NMX_PV_MSG_STATS_RESET = 8,
+  NMX_PV_MSG_LINK_GET = 9,      /* -> struct nmx_pv_link */
+  NMX_PV_MSG_MTU_SET = 10,      /* struct nmx_pv_u32 */
+  NMX_PV_MSG_MAC_SET = 11,      /* struct nmx_pv_mac */
+  NMX_PV_MSG_PROMISC_SET = 12,  /* struct nmx_pv_u32 (0 or 1) */
+  NMX_PV_MSG_MAX_TYPE = 12,
+};
+
+struct nmx_pv_msg {
+  uint32_t seq;      /* request: the driver's number; response: the request's */
+  uint16_t type;     /* enum nmx_pv_msg_type */
+  uint16_t len;      /* payload bytes used */
+  int32_t status;    /* response: 0 or a negative errno */
+  uint32_t reserved;
+  char reason[NMX_PV_REASON]; /* response with status < 0: why, NUL-terminated */
+  uint8_t payload[NMX_PV_MSG_PAYLOAD];
+};
+
+struct nmx_pv_ctrl {
+  /* cache line 0: the driver writes */
+  uint32_t req_seq;  /* bumped (release) after the request is written: the host answers it */
+  uint32_t driver_flags;
+  uint8_t pad0[NMX_PV_CACHELINE - 8];
+  /* cache line 1: the host writes */
+  uint32_t resp_seq;  /* = req_seq of the answer in resp, stored (release) after resp */
+  uint32_t event_seq; /* bumped when the link or the capabilities changed: GET_INFO again */
+  uint8_t pad1[NMX_PV_CACHELINE - 8];
+  struct nmx_pv_msg req;
+  struct nmx_pv_msg resp;
+};
+
+/* Offload capabilities (GET_INFO, CONFIGURE). */
+#define NMX_PV_TX_IPV4_CKSUM (1ull << 0)
+#define NMX_PV_TX_TCP_CKSUM (1ull << 1)
+#define NMX_PV_TX_UDP_CKSUM (1ull << 2)
+#define NMX_PV_TX_TCP_TSO (1ull << 3)
+#define NMX_PV_RX_IPV4_CKSUM (1ull << 0)
+#define NMX_PV_RX_TCP_CKSUM (1ull << 1)
+#define NMX_PV_RX_UDP_CKSUM (1ull << 2)
+#define NMX_PV_RX_RSS_HASH (1ull << 3)
+
+struct nmx_pv_info {
+  uint32_t max_rx_queues;
+  uint32_t max_tx_queues;
+  uint32_t ring_size;
+  uint32_t buf_size;
+  uint32_t min_mtu;
+  uint32_t max_mtu;
+  uint32_t mtu;
+  uint32_t max_frame;        /* the longest frame (a TSO frame included) tx takes */
+  uint8_t mac[6];
+  uint8_t link_up;
+  uint8_t promisc;
+  uint32_t link_speed_mbps;
+  uint64_t tx_offloads;      /* NMX_PV_TX_*: what the host takes; derived from the uplink */
+  uint64_t rx_offloads;      /* NMX_PV_RX_* */
+  uint32_t generation;       /* the header's */
+  uint32_t reserved;
+  char uplink[64];           /* where the capabilities come from: "dpdk up0 (net_virtio_user)" */
+};
+
+struct nmx_pv_configure {
+  uint32_t nb_rx_queues;
+  uint32_t nb_tx_queues;
+  uint64_t tx_offloads;      /* must be within info.tx_offloads */
+  uint64_t rx_offloads;      /* must be within info.rx_offloads */
+  uint32_t mtu;              /* 0: keep */
+  uint32_t reserved;
+};
+
+#define NMX_PV_QUEUE_RX 0u
+#define NMX_PV_QUEUE_TX 1u
+struct nmx_pv_queue_req {
+  uint32_t queue;            /* the queue pair's index */
+  uint32_t dir;              /* NMX_PV_QUEUE_RX or NMX_PV_QUEUE_TX */
+};
+
+struct nmx_pv_u32 {
+  uint32_t value;
+};
+
+struct nmx_pv_mac {
+  uint8_t mac[6];
+  uint8_t pad[2];
+};
+
+struct nmx_pv_queue_stats {
+  uint64_t packets, bytes, dropped;
+};
+struct nmx_pv_stats {
+  uint32_t nb_rx_queues, nb_tx_queues;
+  struct nmx_pv_queue_stats rx[NMX_PV_MAX_QUEUE_PAIRS]; /* frames the host put in rx rings */
+  struct nmx_pv_queue_stats tx[NMX_PV_MAX_QUEUE_PAIRS]; /* frames the host took from tx rings */
+  uint64_t rx_no_buffers;    /* frames for the driver dropped: no posted rx buffer */
+};
+
+struct nmx_pv_link {
+  uint32_t up;
+  uint32_t speed_mbps;
+};
+
+/* ---- the process transport's handshake (a UNIX stream socket) ------------------------------
+ * On connect the host sends one struct nmx_pv_hello with SCM_RIGHTS fds: the region's memfd,
+ * then per doorbell a kick eventfd (driver -> host) and an irq eventfd (host -> driver):
+ * doorbell 0 is the control mailbox, doorbell 1 + q is queue pair q. The connection stays open;
+ * when it closes the host stops the device and offers a fresh region to the next connection. */
+struct nmx_pv_hello {
+  uint64_t magic;            /* NMX_PV_MAGIC */
+  uint32_t version;          /* NMX_PV_VERSION */
+  uint32_t num_doorbells;    /* 1 + max_queue_pairs */
+  uint64_t region_size;
+};
+
+#ifdef __cplusplus
+}
+#endif
+
+#if defined(__cplusplus)
+static_assert(sizeof(struct nmx_pv_desc) == 32, "pv descriptor");
+static_assert(sizeof(struct nmx_pv_ring) == 128, "pv ring header");
+static_assert(sizeof(struct nmx_pv_msg) == 16 + NMX_PV_REASON + NMX_PV_MSG_PAYLOAD, "pv message");
+static_assert(sizeof(struct nmx_pv_header) <= NMX_PV_PAGE, "pv header");
+static_assert(sizeof(struct nmx_pv_ctrl) <= NMX_PV_PAGE, "pv control page");
+static_assert(sizeof(struct nmx_pv_stats) <= NMX_PV_MSG_PAYLOAD, "pv stats");
+static_assert(sizeof(struct nmx_pv_info) <= NMX_PV_MSG_PAYLOAD, "pv info");
+#else
+_Static_assert(sizeof(struct nmx_pv_desc) == 32, "pv descriptor");
+_Static_assert(sizeof(struct nmx_pv_ring) == 128, "pv ring header");
+#endif
+
+#endif /* NICMUX_PV_ABI_H */

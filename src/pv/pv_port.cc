@@ -1,0 +1,980 @@
+#include "pv/pv_port.h"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cctype>
+#include <cstring>
+
+#include "base/event_fd.h"
+#include "base/log.h"
+#include "base/peer_io.h"
+#include "base/unix_socket.h"
+#include "packet/offload_ops.h"
+#include "pv/pv_region.h"
+
+namespace nicmux {
+namespace {
+
+constexpr uint32_t kEthHeader = 14;
+constexpr uint32_t kMinMtu = 68;
+constexpr uint64_t kTxOffloadsAlways = NMX_PV_TX_IPV4_CKSUM | NMX_PV_TX_TCP_CKSUM | NMX_PV_TX_UDP_CKSUM;
+constexpr uint64_t kRxOffloadsAlways = NMX_PV_RX_IPV4_CKSUM | NMX_PV_RX_TCP_CKSUM | NMX_PV_RX_UDP_CKSUM;
+
+template <typename T>
+T LoadAcquire(const T* p) {
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+template <typename T>
+void StoreRelease(T* p, T v) {
+  __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+std::string MacString(const uint8_t* m) {
+  char s[18];
+  std::snprintf(s, sizeof s, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
+  return s;
+}
+
+bool ParseMac(const std::string& s, uint8_t* out) {
+  unsigned v[6];
+  char tail;
+  if (std::sscanf(s.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &tail) != 6) {
+    return false;
+  }
+  for (int i = 0; i < 6; ++i) out[i] = static_cast<uint8_t>(v[i]);
+  return true;
+}
+
+class PvPort final : public Port {
+ public:
+  PvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers);
+  ~PvPort() override;
+  Result<void> Listen();
+
+  uint32_t NumQueuePairs() const override { return opt_.queues; }
+  size_t Rx(uint32_t q, Batch& out, size_t max) override;
+  void RxDone(uint32_t q, Batch& batch, size_t sent) override;
+  size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
+  size_t TxRoom(uint32_t q) override;
+  bool ArmNotify(std::vector<NotifyFd>* fds) override;
+  void DisarmNotify() override;
+  bool CanSleep() const override { return true; }
+  PortStats Stats() const override;
+  uint64_t DropsFor(DropReason r) const override;
+  std::string State() const override;
+  std::vector<Detail> Details() const override;
+  std::vector<Detail> DeviceCaps() const override;
+  std::string Follows() const override { return opt_.uplink; }
+  void FollowedChanged(const Port* uplink) override;
+
+ private:
+  struct Queue {
+    // Set by the control thread (START, STOP, a broken driver); read by the worker first.
+    std::atomic<bool> fill_on{false};   // the driver's rx ring: Tx fills it
+    std::atomic<bool> drain_on{false};  // its tx ring: Rx drains it
+    bool rx_setup = false, tx_setup = false;  // QUEUE_SETUP done (control thread)
+    // The worker's own copies of the indexes it owns.
+    uint32_t drained = 0;  // done on the tx ring
+    uint32_t filled = 0;   // done on the rx ring
+    // The last Rx: each batch entry's ring position, where it stopped, what it dropped.
+    std::array<uint32_t, kBurst> pos{};
+    uint32_t scan_end = 0;
+    std::array<uint32_t, kBurst> bad_pos{};
+    std::array<DropReason, kBurst> bad_why{};
+    uint32_t nbad = 0;
+    std::array<Segment, kBurst> segs{};
+    QueueCounters rxc, txc;
+    Counter no_buffers;  // frames Tx could not take: no posted rx buffer (the switch drops them)
+    EventFd kick, irq;   // doorbell 1 + q
+  };
+
+  // Control thread.
+  void OnAccept();
+  void Attach(UniqueFd conn);
+  void Disconnect(const std::string& why);
+  void ServeControl();
+  int32_t Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason);
+  void FillInfo(nmx_pv_info* info) const;
+  void StopQueues();
+  void SignalControl();
+  void PublishCaps();
+  uint64_t TxOffloadsOffered() const;
+
+  // Workers.
+  void Break(const std::string& why);
+  bool ToOffload(PacketRef* p, const nmx_pv_desc& d);
+  void MaybeIrq(Queue& q, nmx_pv_ring* r);
+
+  PvPortOptions opt_;
+  EventLoop* loop_;
+  Pausable* workers_;
+  UniqueFd listen_fd_, conn_;
+  EventFd ctrl_kick_, ctrl_irq_;
+  std::unique_ptr<pv::Region> region_;  // replaced only with the workers paused
+  std::vector<std::unique_ptr<Queue>> q_;
+  uint32_t generation_ = 0;
+  uint32_t answered_ = 0;  // the last request answered
+  uint32_t events_ = 0;
+  uint64_t connections_ = 0;
+  // What the driver configured (control thread writes, workers read after START).
+  uint32_t nb_rx_ = 0, nb_tx_ = 0;
+  uint64_t tx_offloads_ = 0, rx_offloads_ = 0;
+  bool configured_ = false, started_ = false;
+  std::atomic<uint32_t> mtu_;
+  std::atomic<uint64_t> mac_;  // the device's MAC, 6 bytes in the low 48 bits (frame order)
+  std::atomic<bool> promisc_{true};
+  std::atomic<bool> breaking_{false};  // claimed by the first worker to break the device
+  std::atomic<bool> broken_{false};    // set after broken_reason_ is written
+  std::string broken_reason_;
+  std::atomic<bool> broken_logged_{false};
+  // The uplink's view (control thread).
+  PortCaps uplink_caps_;
+  std::string uplink_desc_ = "none";  // "up0 (net_virtio_user)"
+  uint32_t uplink_speed_ = 0;          // Mbit/s, from its state ("link up, 10000 Mbit/s"); 0: not known
+  bool uplink_present_ = false;
+  struct Base {
+    uint64_t packets = 0, bytes = 0, dropped = 0;
+  };
+  std::array<Base, NMX_PV_MAX_QUEUE_PAIRS> rx_base_{}, tx_base_{};
+  std::array<uint64_t, NMX_PV_MAX_QUEUE_PAIRS> no_buffers_base_{};
+};
+
+uint64_t MacBits(const uint8_t* m) {
+  uint64_t v = 0;
+  std::memcpy(&v, m, 6);
+  return v;
+}
+
+PvPort::PvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers)
+    : Port(o.name), opt_(o), loop_(loop), workers_(workers), mtu_(o.mtu), mac_(MacBits(o.mac)) {
+  for (uint32_t i = 0; i < o.queues; ++i) q_.push_back(std::make_unique<Queue>());
+  PublishCaps();
+}
+
+PvPort::~PvPort() {
+  if (conn_.valid()) {
+    loop_->Unwatch(conn_.get());
+    loop_->Unwatch(ctrl_kick_.fd());
+  }
+  if (listen_fd_.valid()) {
+    loop_->Unwatch(listen_fd_.get());
+    ::unlink(opt_.socket_path.c_str());
+  }
+}
+
+Result<void> PvPort::Listen() {
+  NICMUX_TRY_ASSIGN(fd, ListenUnix(opt_.socket_path));
+  listen_fd_ = std::move(fd);
+  NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
+  NICMUX_LOG(kInfo, "port %s: pv device listening on %s", name().c_str(), opt_.socket_path.c_str());
+  return Ok();
+}
+
+void PvPort::OnAccept() {
+  UniqueFd s(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (!s.valid()) return;
+  if (conn_.valid()) {
+    NICMUX_LOG_RATELIMITED(kWarning, "port %s: a pv driver is already connected; refusing another", name().c_str());
+    return;  // s closes
+  }
+  Attach(std::move(s));
+}
+
+// A fresh region and doorbells for each connection: nothing a previous driver left (or still
+// holds mapped) reaches the new one.
+void PvPort::Attach(UniqueFd conn) {
+  pv::Layout l;
+  l.queue_pairs = opt_.queues;
+  l.ring_size = opt_.ring;
+  l.buf_size = opt_.buf_size;
+  auto region = pv::Region::Create(l, ++generation_);
+  if (!region) {
+    NICMUX_LOG(kError, "port %s: no region for the pv driver: %s", name().c_str(), region.error().message().c_str());
+    return;
+  }
+  std::vector<EventFd> fds;
+  for (uint32_t i = 0; i < 2 * (1 + opt_.queues); ++i) {
+    auto e = EventFd::Create();
+    if (!e) {
+      NICMUX_LOG(kError, "port %s: %s", name().c_str(), e.error().message().c_str());
+      return;
+    }
+    fds.push_back(std::move(*e));
+  }
+  nmx_pv_hello hello{};
+  hello.magic = NMX_PV_MAGIC;
+  hello.version = NMX_PV_VERSION;
+  hello.num_doorbells = 1 + opt_.queues;
+  hello.region_size = (*region)->size();
+  std::vector<int> send = {(*region)->fd()};
+  for (const EventFd& e : fds) send.push_back(e.fd());
+  if (auto r = SendWithFds(conn.get(), std::as_bytes(std::span(&hello, 1)), send); !r) {
+    NICMUX_LOG(kWarning, "port %s: pv hello: %s", name().c_str(), r.error().message().c_str());
+    return;
+  }
+  {
+    PauseGuard pause(*workers_);
+    region_ = std::move(*region);
+    ctrl_kick_ = std::move(fds[0]);
+    ctrl_irq_ = std::move(fds[1]);
+    for (uint32_t i = 0; i < opt_.queues; ++i) {
+      Queue& q = *q_[i];
+      q.kick = std::move(fds[2 + 2 * i]);
+      q.irq = std::move(fds[3 + 2 * i]);
+      q.rx_setup = q.tx_setup = false;
+      q.drained = q.filled = 0;
+    }
+    breaking_.store(false, std::memory_order_relaxed);
+    broken_.store(false, std::memory_order_relaxed);
+    broken_logged_.store(false, std::memory_order_relaxed);
+    broken_reason_.clear();
+  }
+  conn_ = std::move(conn);
+  answered_ = 0;
+  configured_ = started_ = false;
+  nb_rx_ = nb_tx_ = 0;
+  tx_offloads_ = rx_offloads_ = 0;
+  promisc_.store(true, std::memory_order_relaxed);
+  ++connections_;
+  auto w1 = loop_->Watch(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) {
+    // The driver sends nothing after the hello: bytes are read and ignored (bounded per
+    // wakeup); end of file or an error is the driver gone.
+    char buf[256];
+    for (int budget = 16; budget > 0; --budget) {
+      const ssize_t n = ::recv(conn_.get(), buf, sizeof buf, MSG_DONTWAIT);
+      if (n > 0) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+      Disconnect(n == 0 ? "the driver closed the connection" : std::strerror(errno));
+      return;
+    }
+    if (ev & (EPOLLHUP | EPOLLERR)) Disconnect("the connection failed");
+  });
+  auto w2 = loop_->Watch(ctrl_kick_.fd(), EPOLLIN, [this](uint32_t) { ServeControl(); });
+  if (!w1 || !w2) {
+    NICMUX_LOG(kError, "port %s: cannot watch the pv driver", name().c_str());
+    Disconnect("watch failed");
+    return;
+  }
+  NICMUX_LOG(kInfo, "port %s: pv driver connected (region %llu bytes, generation %u)", name().c_str(),
+             static_cast<unsigned long long>(region_->size()), generation_);
+}
+
+void PvPort::Disconnect(const std::string& why) {
+  if (!conn_.valid()) return;
+  loop_->Unwatch(conn_.get());
+  loop_->Unwatch(ctrl_kick_.fd());
+  {
+    PauseGuard pause(*workers_);
+    for (auto& q : q_) {
+      q->fill_on.store(false, std::memory_order_relaxed);
+      q->drain_on.store(false, std::memory_order_relaxed);
+      q->kick = EventFd();
+      q->irq = EventFd();
+    }
+    region_.reset();  // no worker holds a PacketRef into it now
+  }
+  ctrl_kick_ = EventFd();
+  ctrl_irq_ = EventFd();
+  conn_.Reset();
+  started_ = configured_ = false;
+  PeerGone();
+  NICMUX_LOG(kInfo, "port %s: pv driver disconnected (%s)", name().c_str(), why.c_str());
+}
+
+void PvPort::SignalControl() {
+  if (ctrl_irq_.valid() && SignalPeerEventFd(ctrl_irq_.fd()) == PeerIoStatus::kInterrupted) {
+    Disconnect("the driver made its control doorbell block");
+  }
+}
+
+// The mailbox: the newest request is answered once (a driver that writes several before one
+// answer gets the last answered). Read once into a private copy, checked, then handled.
+void PvPort::ServeControl() {
+  DrainPeerEventFd(ctrl_kick_.fd());
+  if (!region_) return;
+  if (broken_.load(std::memory_order_acquire) && !broken_logged_.exchange(true)) {
+    NICMUX_LOG(kError, "port %s: pv driver broke the protocol: %s; the device is stopped until it reconnects",
+               name().c_str(), broken_reason_.c_str());
+  }
+  nmx_pv_ctrl* c = region_->ctrl();
+  // UNTRUSTED: req_seq and the request are the driver's; a sequence number equal to the last
+  // one answered means nothing new.
+  const uint32_t seq = LoadAcquire(&c->req_seq);
+  if (seq == answered_) return;
+  nmx_pv_msg req;
+  std::memcpy(&req, &c->req, sizeof req);
+  nmx_pv_msg resp{};
+  resp.seq = seq;
+  resp.type = req.type;
+  std::string reason;
+  resp.status = Handle(req, resp, &reason);
+  if (resp.status < 0) {
+    const size_t n = std::min(reason.size(), sizeof resp.reason - 1);
+    std::memcpy(resp.reason, reason.data(), n);
+    NICMUX_LOG_RATELIMITED(kInfo, "port %s: pv request %u refused: %s", name().c_str(), unsigned{req.type},
+                           reason.c_str());
+  }
+  if (!region_) return;  // (a handler may not disconnect, but be sure)
+  std::memcpy(&c->resp, &resp, sizeof resp);
+  StoreRelease(&c->resp_seq, seq);
+  answered_ = seq;
+  SignalControl();
+}
+
+uint64_t PvPort::TxOffloadsOffered() const {
+  uint64_t o = kTxOffloadsAlways;
+  // TSO frames cross whole only to an uplink that takes them, and must fit one buffer.
+  if (uplink_present_ && uplink_caps_.has(PortCaps::kTso4) && uplink_caps_.has(PortCaps::kTso6) &&
+      opt_.buf_size >= kMaxGsoFrameBytes) {
+    o |= NMX_PV_TX_TCP_TSO;
+  }
+  return o;
+}
+
+void PvPort::FillInfo(nmx_pv_info* info) const {
+  info->max_rx_queues = opt_.queues;
+  info->max_tx_queues = opt_.queues;
+  info->ring_size = opt_.ring;
+  info->buf_size = opt_.buf_size;
+  info->min_mtu = kMinMtu;
+  info->max_mtu = opt_.buf_size - kEthHeader - 4;
+  info->mtu = mtu_.load(std::memory_order_relaxed);
+  info->max_frame = (TxOffloadsOffered() & NMX_PV_TX_TCP_TSO) ? kMaxGsoFrameBytes : opt_.buf_size;
+  const uint64_t mac = mac_.load(std::memory_order_relaxed);
+  std::memcpy(info->mac, &mac, 6);
+  info->link_up = 1;  // the device is on the switch
+  info->promisc = promisc_.load(std::memory_order_relaxed);
+  info->link_speed_mbps = uplink_present_ ? uplink_speed_ : 0;  // 0: not known
+  info->tx_offloads = TxOffloadsOffered();
+  info->rx_offloads = kRxOffloadsAlways;
+  info->generation = generation_;
+  std::snprintf(info->uplink, sizeof info->uplink, "%s", uplink_desc_.c_str());
+}
+
+std::string OffloadNames(uint64_t bits, bool tx) {
+  static const char* kTx[] = {"ipv4_cksum", "tcp_cksum", "udp_cksum", "tcp_tso"};
+  static const char* kRx[] = {"ipv4_cksum", "tcp_cksum", "udp_cksum", "rss_hash"};
+  std::string s;
+  for (int b = 0; b < 64; ++b) {
+    if (!(bits & (uint64_t{1} << b))) continue;
+    s += s.empty() ? "" : " ";
+    s += b < 4 ? (tx ? kTx[b] : kRx[b]) : "bit" + std::to_string(b);
+  }
+  return s.empty() ? "none" : s;
+}
+
+// One table: what each request's payload must be and who answers it.
+struct RequestRule {
+  uint16_t type;
+  const char* name;
+  uint16_t len;  // the payload's exact size
+};
+constexpr RequestRule kRules[] = {
+    {NMX_PV_MSG_GET_INFO, "GET_INFO", 0},
+    {NMX_PV_MSG_CONFIGURE, "CONFIGURE", sizeof(nmx_pv_configure)},
+    {NMX_PV_MSG_QUEUE_SETUP, "QUEUE_SETUP", sizeof(nmx_pv_queue_req)},
+    {NMX_PV_MSG_QUEUE_RELEASE, "QUEUE_RELEASE", sizeof(nmx_pv_queue_req)},
+    {NMX_PV_MSG_START, "START", 0},
+    {NMX_PV_MSG_STOP, "STOP", 0},
+    {NMX_PV_MSG_STATS_GET, "STATS_GET", 0},
+    {NMX_PV_MSG_STATS_RESET, "STATS_RESET", 0},
+    {NMX_PV_MSG_LINK_GET, "LINK_GET", 0},
+    {NMX_PV_MSG_MTU_SET, "MTU_SET", sizeof(nmx_pv_u32)},
+    {NMX_PV_MSG_MAC_SET, "MAC_SET", sizeof(nmx_pv_mac)},
+    {NMX_PV_MSG_PROMISC_SET, "PROMISC_SET", sizeof(nmx_pv_u32)},
+};
+
+int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason) {
+  const RequestRule* rule = nullptr;
+  for (const RequestRule& r : kRules) {
+    if (r.type == req.type) rule = &r;
+  }
+  if (!rule) {
+    *reason = "unknown request type " + std::to_string(req.type);
+    return -EINVAL;
+  }
+  if (req.len != rule->len) {
+    *reason = std::string(rule->name) + ": payload of " + std::to_string(req.len) + " bytes, not " + std::to_string(rule->len);
+    return -EINVAL;
+  }
+  if (broken_.load(std::memory_order_acquire)) {
+    *reason = "the device is broken (" + broken_reason_ + "): reconnect";
+    return -EIO;
+  }
+  auto payload = [&](auto* out) {
+    static_assert(sizeof *out <= NMX_PV_MSG_PAYLOAD);
+    std::memcpy(out, req.payload, sizeof *out);
+  };
+  auto answer = [&](const auto& v) {
+    static_assert(sizeof v <= NMX_PV_MSG_PAYLOAD);
+    std::memcpy(resp.payload, &v, sizeof v);
+    resp.len = sizeof v;
+  };
+  switch (req.type) {
+    case NMX_PV_MSG_GET_INFO: {
+      nmx_pv_info info{};
+      FillInfo(&info);
+      answer(info);
+      return 0;
+    }
+    case NMX_PV_MSG_CONFIGURE: {
+      nmx_pv_configure c;
+      payload(&c);
+      if (started_) {
+        *reason = "CONFIGURE: the device is started; STOP first";
+        return -EBUSY;
+      }
+      // UNTRUSTED: every field checked against what GET_INFO offers.
+      if (c.nb_rx_queues < 1 || c.nb_rx_queues > opt_.queues || c.nb_tx_queues < 1 || c.nb_tx_queues > opt_.queues) {
+        *reason = "CONFIGURE: " + std::to_string(c.nb_rx_queues) + " rx and " + std::to_string(c.nb_tx_queues) +
+                  " tx queues asked; the device has 1.." + std::to_string(opt_.queues) + " of each";
+        return -EINVAL;
+      }
+      if (const uint64_t extra = c.tx_offloads & ~TxOffloadsOffered()) {
+        *reason = "CONFIGURE: tx offload " + OffloadNames(extra, true) + " is not offered (uplink: " + uplink_desc_ + ")";
+        return -ENOTSUP;
+      }
+      if (const uint64_t extra = c.rx_offloads & ~kRxOffloadsAlways) {
+        *reason = "CONFIGURE: rx offload " + OffloadNames(extra, false) + " is not offered";
+        return -ENOTSUP;
+      }
+      if (c.mtu != 0 && (c.mtu < kMinMtu || c.mtu > opt_.buf_size - kEthHeader - 4)) {
+        *reason = "CONFIGURE: mtu " + std::to_string(c.mtu) + " is outside " + std::to_string(kMinMtu) + ".." +
+                  std::to_string(opt_.buf_size - kEthHeader - 4);
+        return -EINVAL;
+      }
+      if (c.mtu) mtu_.store(c.mtu, std::memory_order_relaxed);
+      nb_rx_ = c.nb_rx_queues;
+      nb_tx_ = c.nb_tx_queues;
+      tx_offloads_ = c.tx_offloads;
+      rx_offloads_ = c.rx_offloads;
+      configured_ = true;
+      for (auto& q : q_) q->rx_setup = q->tx_setup = false;
+      PublishCaps();
+      return 0;
+    }
+    case NMX_PV_MSG_QUEUE_SETUP:
+    case NMX_PV_MSG_QUEUE_RELEASE: {
+      nmx_pv_queue_req r;
+      payload(&r);
+      const bool setup = req.type == NMX_PV_MSG_QUEUE_SETUP;
+      const char* what = setup ? "QUEUE_SETUP" : "QUEUE_RELEASE";
+      const uint32_t nb = r.dir == NMX_PV_QUEUE_RX ? nb_rx_ : nb_tx_;
+      if (!configured_ || r.dir > NMX_PV_QUEUE_TX || r.queue >= nb) {
+        *reason = std::string(what) + ": queue " + std::to_string(r.queue) + (r.dir == NMX_PV_QUEUE_RX ? " rx" : " tx") +
+                  (configured_ ? " is not configured" : ": CONFIGURE first");
+        return -EINVAL;
+      }
+      if (started_) {
+        *reason = std::string(what) + ": the device is started; STOP first";
+        return -EBUSY;
+      }
+      Queue& q = *q_[r.queue];
+      nmx_pv_ring* ring = r.dir == NMX_PV_QUEUE_RX ? region_->rx_ring(r.queue) : region_->tx_ring(r.queue);
+      if (setup) {
+        // The ring starts empty: the driver has written posted = 0 before asking.
+        // UNTRUSTED: posted, read once.
+        if (const uint32_t posted = LoadAcquire(&ring->posted); posted != 0) {
+          *reason = "QUEUE_SETUP: the ring's posted is " + std::to_string(posted) + ", not 0";
+          return -EINVAL;
+        }
+        StoreRelease(&ring->done, 0u);
+        StoreRelease(&ring->host_flags, 0u);
+        (r.dir == NMX_PV_QUEUE_RX ? q.filled : q.drained) = 0;
+      }
+      (r.dir == NMX_PV_QUEUE_RX ? q.rx_setup : q.tx_setup) = setup;
+      return 0;
+    }
+    case NMX_PV_MSG_START: {
+      if (!configured_) {
+        *reason = "START: CONFIGURE first";
+        return -EINVAL;
+      }
+      for (uint32_t i = 0; i < nb_rx_; ++i) {
+        if (!q_[i]->rx_setup) {
+          *reason = "START: rx queue " + std::to_string(i) + " has no QUEUE_SETUP";
+          return -EINVAL;
+        }
+      }
+      for (uint32_t i = 0; i < nb_tx_; ++i) {
+        if (!q_[i]->tx_setup) {
+          *reason = "START: tx queue " + std::to_string(i) + " has no QUEUE_SETUP";
+          return -EINVAL;
+        }
+      }
+      for (uint32_t i = 0; i < opt_.queues; ++i) {
+        q_[i]->fill_on.store(i < nb_rx_, std::memory_order_release);
+        q_[i]->drain_on.store(i < nb_tx_, std::memory_order_release);
+      }
+      started_ = true;
+      return 0;
+    }
+    case NMX_PV_MSG_STOP:
+      StopQueues();
+      started_ = false;
+      return 0;
+    case NMX_PV_MSG_STATS_GET: {
+      nmx_pv_stats s{};
+      s.nb_rx_queues = nb_rx_;
+      s.nb_tx_queues = nb_tx_;
+      for (uint32_t i = 0; i < opt_.queues; ++i) {
+        const Queue& q = *q_[i];
+        // The driver's rx is what this port sent it (txc), its tx what this port took (rxc).
+        s.rx[i] = {q.txc.packets.Get() - tx_base_[i].packets, q.txc.bytes.Get() - tx_base_[i].bytes,
+                   q.txc.dropped.Get() - tx_base_[i].dropped};
+        s.tx[i] = {q.rxc.packets.Get() - rx_base_[i].packets, q.rxc.bytes.Get() - rx_base_[i].bytes,
+                   q.rxc.dropped.Get() - rx_base_[i].dropped};
+      }
+      for (uint32_t i = 0; i < opt_.queues; ++i) s.rx_no_buffers += q_[i]->no_buffers.Get() - no_buffers_base_[i];
+      answer(s);
+      return 0;
+    }
+    case NMX_PV_MSG_STATS_RESET:
+      for (uint32_t i = 0; i < opt_.queues; ++i) {
+        const Queue& q = *q_[i];
+        tx_base_[i] = {q.txc.packets.Get(), q.txc.bytes.Get(), q.txc.dropped.Get()};
+        rx_base_[i] = {q.rxc.packets.Get(), q.rxc.bytes.Get(), q.rxc.dropped.Get()};
+        no_buffers_base_[i] = q.no_buffers.Get();
+      }
+      return 0;
+    case NMX_PV_MSG_LINK_GET: {
+      nmx_pv_info info{};
+      FillInfo(&info);
+      answer(nmx_pv_link{1, info.link_speed_mbps});
+      return 0;
+    }
+    case NMX_PV_MSG_MTU_SET: {
+      nmx_pv_u32 v;
+      payload(&v);
+      if (v.value < kMinMtu || v.value > opt_.buf_size - kEthHeader - 4) {
+        *reason = "MTU_SET: " + std::to_string(v.value) + " is outside " + std::to_string(kMinMtu) + ".." +
+                  std::to_string(opt_.buf_size - kEthHeader - 4) + " (buf_size " + std::to_string(opt_.buf_size) + ")";
+        return -EINVAL;
+      }
+      mtu_.store(v.value, std::memory_order_relaxed);
+      PublishCaps();
+      return 0;
+    }
+    case NMX_PV_MSG_MAC_SET: {
+      nmx_pv_mac m;
+      payload(&m);
+      if ((m.mac[0] & 1) || MacBits(m.mac) == 0) {
+        *reason = "MAC_SET: " + MacString(m.mac) + " is multicast or zero";
+        return -EINVAL;
+      }
+      mac_.store(MacBits(m.mac), std::memory_order_relaxed);
+      return 0;
+    }
+    case NMX_PV_MSG_PROMISC_SET: {
+      nmx_pv_u32 v;
+      payload(&v);
+      if (v.value > 1) {
+        *reason = "PROMISC_SET: " + std::to_string(v.value) + " is not 0 or 1";
+        return -EINVAL;
+      }
+      promisc_.store(v.value == 1, std::memory_order_relaxed);
+      return 0;
+    }
+  }
+  *reason = "unhandled request";
+  return -EINVAL;
+}
+
+void PvPort::StopQueues() {
+  PauseGuard pause(*workers_);
+  for (auto& q : q_) {
+    q->fill_on.store(false, std::memory_order_relaxed);
+    q->drain_on.store(false, std::memory_order_relaxed);
+  }
+}
+
+void PvPort::PublishCaps() {
+  PortCaps c;
+  // Partial checksums completed in the copy into the driver's buffer; the "checksum good"
+  // mark passed on in the descriptor (NMX_PV_DESC_L4_GOOD). No TSO towards the driver.
+  c.offloads = PortCaps::kCsumOnCopy | PortCaps::kCsumValid;
+  c.mtu = static_cast<uint16_t>(std::min<uint32_t>(mtu_.load(std::memory_order_relaxed), 0xffff));
+  c.max_frame = opt_.buf_size;
+  SetCaps(c);
+}
+
+void PvPort::FollowedChanged(const Port* up) {
+  const bool present = up != nullptr;
+  const PortCaps caps = up ? up->Caps() : PortCaps{};
+  std::string desc = "none";
+  uint32_t speed = 0;
+  if (up) {
+    desc = opt_.uplink;
+    for (const auto& [k, v] : up->DeviceCaps()) {
+      if (k == "driver") desc += " (" + std::get<std::string>(v) + ")";
+    }
+    // A speed the uplink states ("link up, 10000 Mbit/s") is passed on.
+    const std::string st = up->State();
+    if (const auto at = st.find(" Mbit/s"); at != std::string::npos) {
+      size_t from = at;
+      while (from > 0 && std::isdigit(static_cast<unsigned char>(st[from - 1]))) --from;
+      if (from < at) speed = static_cast<uint32_t>(std::strtoul(st.c_str() + from, nullptr, 10));
+    }
+  }
+  if (present == uplink_present_ && caps == uplink_caps_ && desc == uplink_desc_ && speed == uplink_speed_) return;
+  uplink_present_ = present;
+  uplink_caps_ = caps;
+  uplink_desc_ = desc;
+  uplink_speed_ = speed;
+  // The driver is told: event_seq moves and the control doorbell rings; it asks GET_INFO.
+  if (region_) {
+    StoreRelease(&region_->ctrl()->event_seq, ++events_);
+    SignalControl();
+  }
+}
+
+// --- data path ----------------------------------------------------------------------------
+
+void PvPort::Break(const std::string& why) {
+  if (breaking_.exchange(true, std::memory_order_acq_rel)) return;
+  broken_reason_ = why;  // read by the control thread only after it sees broken_
+  broken_.store(true, std::memory_order_release);
+  for (auto& q : q_) {
+    q->fill_on.store(false, std::memory_order_relaxed);
+    q->drain_on.store(false, std::memory_order_relaxed);
+  }
+  region_->MarkBroken(why);
+  NICMUX_LOG_RATELIMITED(kError, "port %s: the pv driver broke the protocol: %s; the device is stopped", name().c_str(),
+                         why.c_str());
+  if (ctrl_irq_.valid()) SignalPeerEventFd(ctrl_irq_.fd());
+}
+
+bool PvPort::ToOffload(PacketRef* p, const nmx_pv_desc& d) {
+  constexpr uint16_t kRequests = NMX_PV_DESC_TCP_CKSUM | NMX_PV_DESC_UDP_CKSUM | NMX_PV_DESC_IP_CKSUM | NMX_PV_DESC_TSO;
+  const uint16_t req = d.flags & kRequests;
+  if (!req) return true;
+  // UNTRUSTED: the flags and lengths are the driver's; each request must be one it configured
+  // and must fit the frame (RequestL4Checksum, FillIpv4HeaderChecksum and, for TSO, the
+  // switch's CheckOffload check the rest).
+  const bool v4 = d.flags & NMX_PV_DESC_IPV4, v6 = d.flags & NMX_PV_DESC_IPV6;
+  if (v4 == v6) return false;
+  const bool tcp = d.flags & NMX_PV_DESC_TCP_CKSUM, udp = d.flags & NMX_PV_DESC_UDP_CKSUM;
+  if ((tcp && udp) || ((req & NMX_PV_DESC_TCP_CKSUM) && !(tx_offloads_ & NMX_PV_TX_TCP_CKSUM)) ||
+      ((req & NMX_PV_DESC_UDP_CKSUM) && !(tx_offloads_ & NMX_PV_TX_UDP_CKSUM)) ||
+      ((req & NMX_PV_DESC_IP_CKSUM) && !(tx_offloads_ & NMX_PV_TX_IPV4_CKSUM)) ||
+      ((req & NMX_PV_DESC_TSO) && (!(tx_offloads_ & NMX_PV_TX_TCP_TSO) || !tcp))) {
+    return false;
+  }
+  const uint32_t l3 = d.l2_len;
+  if (req & NMX_PV_DESC_IP_CKSUM) {
+    if (!v4 || !FillIpv4HeaderChecksum(*p, l3, d.l3_len)) return false;
+  }
+  if ((tcp || udp) && !RequestL4Checksum(*p, l3, d.l3_len, v6, tcp)) return false;
+  if (req & NMX_PV_DESC_TSO) {
+    p->offload.gso_type = v6 ? GsoType::kTcp6 : GsoType::kTcp4;
+    p->offload.gso_size = d.tso_segsz;
+    p->offload.hdr_len = static_cast<uint16_t>(l3 + d.l3_len + d.l4_len);
+  }
+  return true;
+}
+
+size_t PvPort::Rx(uint32_t qi, Batch& out, size_t max) {
+  Queue& q = *q_[qi];
+  q.nbad = 0;
+  q.scan_end = q.drained;
+  if (!q.drain_on.load(std::memory_order_acquire)) return 0;
+  nmx_pv_ring* r = region_->tx_ring(qi);
+  const uint32_t ring_size = opt_.ring;
+  // UNTRUSTED: posted is the driver's. More than a ring ahead of what was finished is a lie.
+  const uint32_t posted = LoadAcquire(&r->posted);
+  const uint32_t avail = posted - q.drained;
+  if (avail > ring_size) {
+    Break("tx ring " + std::to_string(qi) + ": posted " + std::to_string(posted) + " is " + std::to_string(avail) +
+          " ahead of done " + std::to_string(q.drained) + " (ring of " + std::to_string(ring_size) + ")");
+    return 0;
+  }
+  const uint32_t n = std::min<uint32_t>({avail, static_cast<uint32_t>(max), kBurst});
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t at = q.drained + i;
+    nmx_pv_desc d;
+    std::memcpy(&d, &r->desc[at & (ring_size - 1)], sizeof d);  // copy, then check, then use
+    // UNTRUSTED: (region, offset, len) must name bytes inside the buffer area.
+    std::byte* buf = region_->Buffer(d.region, d.offset, d.len);
+    if (!buf) {
+      Break("tx ring " + std::to_string(qi) + " descriptor " + std::to_string(at) + ": region " +
+            std::to_string(d.region) + " offset " + std::to_string(d.offset) + " len " + std::to_string(d.len) +
+            " is outside the buffer area");
+      break;  // what was read before it still goes
+    }
+    q.scan_end = at + 1;
+    if (d.len < kEthHeader || d.len > kMaxGsoFrameBytes) {
+      q.bad_pos[q.nbad] = at;
+      q.bad_why[q.nbad++] = DropReason::kBadFrame;
+      continue;
+    }
+    const uint32_t k = out.size();
+    PacketRef* p = out.TryPush();
+    PacketFromFlat(p, &q.segs[k], buf, d.len);
+    if (!ToOffload(p, d)) {
+      out.Pop();
+      q.bad_pos[q.nbad] = at;
+      q.bad_why[q.nbad++] = DropReason::kBadOffload;
+      continue;
+    }
+    q.pos[k] = at;
+  }
+  return out.size();
+}
+
+void PvPort::MaybeIrq(Queue& q, nmx_pv_ring* r) {
+  // Published done first (release), then the driver's flag: a driver that sets the flag and
+  // then re-checks done cannot miss both (the fence orders our store before our load).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // UNTRUSTED: any value; only one bit is read.
+  if (LoadAcquire(&r->driver_flags) & NMX_PV_DRIVER_WANTS_IRQ) SignalPeerEventFd(q.irq.fd());
+}
+
+void PvPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
+  Queue& q = *q_[qi];
+  // In order: done moves to the first packet not sent (it is read again next time), or past
+  // everything looked at; dropped descriptors before that point are finished and counted.
+  const uint32_t done = sent < batch.size() ? q.pos[sent] : q.scan_end;
+  for (uint32_t i = 0; i < q.nbad; ++i) {
+    if (q.bad_pos[i] - q.drained < done - q.drained) {
+      q.rxc.dropped.Add();
+      q.rxc.drops.Add(q.bad_why[i]);
+    }
+  }
+  q.nbad = 0;
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
+  q.rxc.packets.Add(sent);
+  q.rxc.bytes.Add(bytes);
+  if (done == q.drained) return;
+  q.drained = done;
+  nmx_pv_ring* r = region_->tx_ring(qi);
+  StoreRelease(&r->done, done);
+  MaybeIrq(q, r);
+}
+
+size_t PvPort::TxRoom(uint32_t qi) {
+  Queue& q = *q_[qi];
+  if (!q.fill_on.load(std::memory_order_acquire)) return kBurst;  // Tx drops: never a stall
+  // UNTRUSTED: posted; a lie is caught by Tx.
+  const uint32_t avail = LoadAcquire(&region_->rx_ring(qi)->posted) - q.filled;
+  return std::min<uint32_t>(avail, kBurst);
+}
+
+size_t PvPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
+  Queue& q = *q_[qi];
+  if (!q.fill_on.load(std::memory_order_acquire)) {
+    q.txc.dropped.Add(in.size());
+    q.txc.drops.Add(DropReason::kPortDown, in.size());
+    return in.size();
+  }
+  nmx_pv_ring* r = region_->rx_ring(qi);
+  const uint32_t ring_size = opt_.ring;
+  // UNTRUSTED: posted is the driver's.
+  const uint32_t posted = LoadAcquire(&r->posted);
+  const uint32_t avail = posted - q.filled;
+  if (avail > ring_size) {
+    Break("rx ring " + std::to_string(qi) + ": posted " + std::to_string(posted) + " is " + std::to_string(avail) +
+          " ahead of done " + std::to_string(q.filled) + " (ring of " + std::to_string(ring_size) + ")");
+    q.txc.dropped.Add(in.size());
+    q.txc.drops.Add(DropReason::kPortDown, in.size());
+    return in.size();
+  }
+  const bool promisc = promisc_.load(std::memory_order_relaxed);
+  const uint64_t mac = mac_.load(std::memory_order_relaxed);
+  const uint32_t start = q.filled;
+  uint64_t bytes = 0;
+  size_t k = 0;
+  for (; k < in.size(); ++k) {
+    const PacketRef& p = *in[k];
+    if (!promisc && !(uint8_t(p.head[0]) & 1)) {  // unicast for another MAC
+      uint64_t dst = 0;
+      std::memcpy(&dst, p.head, 6);
+      if (dst != mac) {
+        q.txc.dropped.Add();
+        q.txc.drops.Add(DropReason::kNoRoute);
+        continue;
+      }
+    }
+    if (q.filled - start == avail) {  // no posted buffer left: not taken
+      q.no_buffers.Add(in.size() - k);
+      break;
+    }
+    const uint32_t at = q.filled & (ring_size - 1);
+    nmx_pv_desc d;
+    std::memcpy(&d, &r->desc[at], sizeof d);
+    // UNTRUSTED: the posted buffer must lie inside the buffer area.
+    std::byte* buf = region_->Buffer(d.region, d.offset, d.len);
+    if (!buf) {
+      Break("rx ring " + std::to_string(qi) + " descriptor " + std::to_string(q.filled) + ": region " +
+            std::to_string(d.region) + " offset " + std::to_string(d.offset) + " len " + std::to_string(d.len) +
+            " is outside the buffer area");
+      q.txc.dropped.Add(in.size() - k);
+      q.txc.drops.Add(DropReason::kPortDown, in.size() - k);
+      k = in.size();
+      break;
+    }
+    if (p.len > d.len) {  // the buffer stays posted for the next frame
+      q.txc.dropped.Add();
+      q.txc.drops.Add(DropReason::kTooBig);
+      continue;
+    }
+    CopyPacketCompletingTo(p, buf);
+    // The host writes only the result fields; the offset stays the driver's.
+    nmx_pv_desc* out = &r->desc[at];
+    out->len = p.len;
+    // A checksum completed here or verified by the source is good.
+    out->flags = (p.offload.csum_valid() || p.offload.needs_csum()) ? NMX_PV_DESC_L4_GOOD : 0;
+    out->rss_hash = 0;
+    out->mark = 0;
+    ++q.filled;
+    bytes += p.len;
+  }
+  const uint32_t filled = q.filled - start;
+  q.txc.packets.Add(filled);
+  q.txc.bytes.Add(bytes);
+  if (filled) {
+    StoreRelease(&r->done, q.filled);
+    MaybeIrq(q, r);
+  }
+  return k;
+}
+
+bool PvPort::ArmNotify(std::vector<NotifyFd>* fds) {
+  bool work = false;
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    Queue& q = *q_[i];
+    if (!q.drain_on.load(std::memory_order_acquire)) continue;
+    nmx_pv_ring* r = region_->tx_ring(i);
+    StoreRelease(&r->host_flags, NMX_PV_HOST_NEEDS_KICK);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // UNTRUSTED: only compared.
+    if (LoadAcquire(&r->posted) != q.drained) work = true;
+    fds->push_back({q.kick.fd(), true});
+  }
+  return work;
+}
+
+void PvPort::DisarmNotify() {
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    Queue& q = *q_[i];
+    if (!q.drain_on.load(std::memory_order_acquire)) continue;
+    StoreRelease(&region_->tx_ring(i)->host_flags, 0u);
+  }
+}
+
+PortStats PvPort::Stats() const {
+  PortStats s = SumQueueStats(q_);
+  s.connected = conn_.valid();
+  return s;
+}
+
+uint64_t PvPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); }
+
+std::string PvPort::State() const {
+  if (!conn_.valid()) return "waiting";
+  if (broken_.load(std::memory_order_acquire)) return "broken";
+  return started_ ? "running" : "connected";
+}
+
+std::vector<Port::Detail> PvPort::Details() const {
+  const uint64_t mac = mac_.load(std::memory_order_relaxed);
+  uint8_t m[8] = {};
+  std::memcpy(m, &mac, 6);
+  std::vector<Detail> d = {{"socket", opt_.socket_path},
+                           {"mac", MacString(m)},
+                           {"connections", connections_},
+                           {"generation", uint64_t{generation_}},
+                           {"uplink", uplink_desc_}};
+  uint64_t nb = 0;
+  for (const auto& q : q_) nb += q->no_buffers.Get();
+  d.push_back({"rx_no_buffers", nb});
+  if (conn_.valid()) {
+    d.push_back({"configured_queues", std::to_string(nb_rx_) + " rx, " + std::to_string(nb_tx_) + " tx"});
+    d.push_back({"driver_tx_offloads", OffloadNames(tx_offloads_, true)});
+  }
+  if (broken_.load(std::memory_order_acquire)) d.push_back({"broken", broken_reason_});
+  return d;
+}
+
+std::vector<Port::Detail> PvPort::DeviceCaps() const {
+  return {{"tx_offloads", OffloadNames(TxOffloadsOffered(), true)},
+          {"rx_offloads", OffloadNames(kRxOffloadsAlways, false)},
+          {"ring_size", uint64_t{opt_.ring}},
+          {"buf_size", uint64_t{opt_.buf_size}},
+          {"max_mtu", uint64_t{opt_.buf_size - kEthHeader - 4}},
+          {"uplink", uplink_desc_}};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers) {
+  pv::Layout l;
+  l.queue_pairs = o.queues;
+  l.ring_size = o.ring;
+  l.buf_size = o.buf_size;
+  if (auto r = pv::CheckLayout(l); !r) return r.error().Wrap("port " + o.name);
+  if (o.mtu < kMinMtu || o.mtu > o.buf_size - kEthHeader - 4) {
+    return Error("port " + o.name + ": mtu " + std::to_string(o.mtu) + " does not fit buf_size " + std::to_string(o.buf_size));
+  }
+  auto p = std::make_unique<PvPort>(o, loop, workers);
+  if (auto r = p->Listen(); !r) return r.error().Wrap("port " + o.name);
+  return std::unique_ptr<Port>(std::move(p));
+}
+
+PortKind PvPortKind() {
+  PortKind k;
+  k.name = "pv";
+  k.summary =
+      "a pvdev device (docs/pv-protocol.md) for a DPDK application or a program using nicmux's pv library: "
+      "nicmuxd serves PATH; the application gets a shared region with batched rings and asks the device's "
+      "capabilities (those of its uplink=) through a mailbox in it.";
+  k.max_queues = NMX_PV_MAX_QUEUE_PAIRS;
+  k.options = {
+      {"socket", OptionType::kString, "PATH", "", "the UNIX socket the application connects to", 0, 0, true},
+      {"queues", OptionType::kUInt, "N", "1", "queue pairs, 1..8", 1, NMX_PV_MAX_QUEUE_PAIRS},
+      {"ring", OptionType::kUInt, "N", "1024", "descriptors per ring, a power of two 64..4096", NMX_PV_MIN_RING,
+       NMX_PV_MAX_RING},
+      {"buf_size", OptionType::kUInt, "N", "2048",
+       "the buffer size the application is told (frames up to it cross; a multiple of 64, 256..66560; TSO is offered "
+       "only with 66560, which holds a 64 KiB frame)",
+       pv::kMinBufSize, pv::kMaxBufSize},
+      {"mac", OptionType::kString, "xx:xx:xx:xx:xx:xx", "from the name", "the device's MAC address"},
+      {"uplink", OptionType::kString, "PORT", "",
+       "the port whose capabilities the device reports (TSO offered when it takes TSO whole)"},
+  };
+  k.claims = [](const PortSpec& s) { return "socket " + s.options.at("socket"); };
+  k.create = [](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
+    PvPortOptions o;
+    o.name = s.name;
+    o.socket_path = s.options.at("socket");
+    NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, NMX_PV_MAX_QUEUE_PAIRS, 1));
+    o.queues = static_cast<uint32_t>(q);
+    NICMUX_TRY_ASSIGN(ring, s.UInt("ring", NMX_PV_MIN_RING, NMX_PV_MAX_RING, 1024));
+    o.ring = static_cast<uint32_t>(ring);
+    NICMUX_TRY_ASSIGN(bs, s.UInt("buf_size", pv::kMinBufSize, pv::kMaxBufSize, 2048));
+    o.buf_size = static_cast<uint32_t>(bs);
+    o.mtu = c.mtu ? c.mtu : 1500;
+    if (auto it = s.options.find("mac"); it != s.options.end()) {
+      if (!ParseMac(it->second, o.mac) || (o.mac[0] & 1)) {
+        return Error("port " + s.name + ": mac=" + it->second + " is not a unicast xx:xx:xx:xx:xx:xx address");
+      }
+    } else {
+      // A locally administered address from the port's name (stable across restarts).
+      uint32_t h = 2166136261u;
+      for (char ch : s.name) h = (h ^ static_cast<uint8_t>(ch)) * 16777619u;
+      const uint8_t m[6] = {0x02, 0x6e, uint8_t(h >> 24), uint8_t(h >> 16), uint8_t(h >> 8), uint8_t(h)};
+      std::memcpy(o.mac, m, 6);
+    }
+    if (auto it = s.options.find("uplink"); it != s.options.end()) o.uplink = it->second;
+    return CreatePvPort(o, c.loop, c.workers);
+  };
+  return k;
+}
+
+}  // namespace nicmux

@@ -1,0 +1,55 @@
+// PvPort: a pvdev device (docs/pv-protocol.md) as a switch port — the host side of the shared
+// region of src/pv/pv_abi.h, served over a UNIX socket (the process transport): one driver at
+// a time (an application with src/pv/guest/'s library or the DPDK PMD) gets a fresh sealed
+// region and its doorbells, asks the device's capabilities through the control mailbox and
+// moves frames over the rings.
+//
+// Options (--port pv:NAME:key=value,...): socket=PATH (required), queues=N (1..8), ring=N
+// (descriptors per ring, a power of two 64..4096, default 1024), buf_size=N (the buffer size
+// the driver is told, 256..65536, default 2048), mtu (every kind's), mac=xx:..:xx (the
+// device's address; default: a local one from the port's name), uplink=PORT (the port whose
+// capabilities the device reports: TSO offered when that port takes TSO).
+//
+// Threads. The control thread (the daemon's EventLoop) accepts the driver, answers the
+// mailbox (a kick on doorbell 0) and swaps regions with the workers paused. Workers run the
+// data path: Rx drains pair q's tx ring, Tx fills its rx ring, each keeping its own copy of
+// the indexes it owns and reading the driver's once per burst (clamped: a driver that posts
+// more than a ring holds, or names a buffer outside the buffer area, breaks the device).
+//
+// Counters (the switch's view): rx = frames from the driver's tx rings, tx = frames put in its
+// rx rings. rx_dropped: bad_frame (shorter than an Ethernet header or longer than a frame can
+// be), bad_offload (a request the driver did not configure or that does not fit the frame);
+// tx_dropped: too_big_for_buffers, port_down (the queue not started), no_route (a unicast
+// frame for another MAC while promiscuous mode is off). A broken driver: the device stops,
+// the header says why (status, broken_reason), the log names the field; reconnecting clears
+// it.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "base/event_loop.h"
+#include "base/pausable.h"
+#include "base/result.h"
+#include "port/port.h"
+#include "port/registry.h"
+
+namespace nicmux {
+
+struct PvPortOptions {
+  std::string name;
+  std::string socket_path;
+  uint32_t queues = 1;
+  uint32_t ring = 1024;
+  uint32_t buf_size = 2048;
+  uint32_t mtu = 1500;
+  uint8_t mac[6] = {};
+  std::string uplink;  // empty: none
+};
+
+// The pv kind for the port registry (port/kinds.cc).
+PortKind PvPortKind();
+
+Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers);
+
+}  // namespace nicmux

@@ -1,0 +1,68 @@
+#include "pv/pv_region.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace nicmux::pv {
+
+Result<void> CheckLayout(const Layout& l) {
+  if (l.queue_pairs < 1 || l.queue_pairs > NMX_PV_MAX_QUEUE_PAIRS) {
+    return Error("queues=" + std::to_string(l.queue_pairs) + " is outside 1.." + std::to_string(NMX_PV_MAX_QUEUE_PAIRS));
+  }
+  if (l.ring_size < NMX_PV_MIN_RING || l.ring_size > NMX_PV_MAX_RING || (l.ring_size & (l.ring_size - 1))) {
+    return Error("ring=" + std::to_string(l.ring_size) + " is not a power of two in " + std::to_string(NMX_PV_MIN_RING) +
+                 ".." + std::to_string(NMX_PV_MAX_RING));
+  }
+  if (l.buf_size < kMinBufSize || l.buf_size > kMaxBufSize || l.buf_size % 64) {
+    return Error("buf_size=" + std::to_string(l.buf_size) + " is not a multiple of 64 in " + std::to_string(kMinBufSize) +
+                 ".." + std::to_string(kMaxBufSize));
+  }
+  return Ok();
+}
+
+Result<std::unique_ptr<Region>> Region::Create(const Layout& l, uint32_t generation) {
+  NICMUX_TRY(CheckLayout(l));
+  const uint64_t stride = NMX_PV_RING_BYTES(l.ring_size);
+  const uint64_t bufs_offset = kRingsOffset + uint64_t{2} * l.queue_pairs * stride;
+  const uint64_t bufs_size = l.BufsBytes();
+  const uint64_t size = bufs_offset + bufs_size;
+  UniqueFd fd(::memfd_create("nicmux-pv", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd.valid()) return Error::FromErrno("memfd_create");
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) < 0) return Error::FromErrno("ftruncate pv region");
+  // The driver gets this fd: sealed, it can neither shrink the file under our mapping (a
+  // SIGBUS in a worker) nor grow it, nor remove the seals.
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+    return Error::FromErrno("sealing the pv region");
+  }
+  NICMUX_TRY_ASSIGN(map, MappedRegion::MapFd(fd.get(), 0, size));
+  std::unique_ptr<Region> r(new Region(std::move(fd), std::move(map), l, stride, bufs_offset, bufs_size));
+  nmx_pv_header* h = r->header();
+  h->magic = NMX_PV_MAGIC;
+  h->version = NMX_PV_VERSION;
+  h->header_size = sizeof(nmx_pv_header);
+  h->region_size = size;
+  h->generation = generation;
+  h->max_queue_pairs = l.queue_pairs;
+  h->ring_size = l.ring_size;
+  h->buf_size = l.buf_size;
+  h->ctrl_offset = kCtrlOffset;
+  h->rings_offset = kRingsOffset;
+  h->ring_stride = stride;
+  h->bufs_offset = bufs_offset;
+  h->bufs_size = bufs_size;
+  h->status = NMX_PV_STATUS_OK;
+  return r;
+}
+
+void Region::MarkBroken(const std::string& reason) const {
+  nmx_pv_header* h = header();
+  const size_t n = std::min(reason.size(), sizeof h->broken_reason - 1);
+  std::memcpy(h->broken_reason, reason.data(), n);
+  h->broken_reason[n] = '\0';
+  __atomic_store_n(&h->status, NMX_PV_STATUS_BROKEN, __ATOMIC_RELEASE);
+}
+
+}  // namespace nicmux::pv

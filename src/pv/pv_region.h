@@ -1,0 +1,85 @@
+// PvRegion: the host's side of one pvdev shared region (src/pv/pv_abi.h, docs/pv-protocol.md):
+// a sealed memfd (the driver can neither shrink nor grow it, so no access of ours can fault),
+// mapped once, laid out and its header written at creation. The one place an untrusted
+// descriptor's (region, offset, length) becomes host memory is Buffer().
+//
+// Invariants after Create(): the header, the control page, every ring and the buffer area lie
+// inside the mapping and do not overlap; ring_size is a power of two in 64..4096; the header
+// is never read back (the host keeps its own copy of every value it wrote there).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "base/mmap.h"
+#include "base/result.h"
+#include "base/unique_fd.h"
+#include "pv/pv_abi.h"
+
+namespace nicmux::pv {
+
+// Buffer sizes: a 64 KiB TSO frame with its headers fits the largest (65553 bytes).
+inline constexpr uint32_t kMinBufSize = 256, kMaxBufSize = 66560;
+
+struct Layout {
+  uint32_t queue_pairs = 1;  // 1..NMX_PV_MAX_QUEUE_PAIRS
+  uint32_t ring_size = 1024; // a power of two, NMX_PV_MIN_RING..NMX_PV_MAX_RING
+  uint32_t buf_size = 2048;  // the buffer size suggested to the driver
+  // Buffer area: room for every ring full (rx and tx of each pair) at buf_size, the default.
+  uint64_t BufsBytes() const { return uint64_t{2} * queue_pairs * ring_size * buf_size; }
+};
+
+class Region {
+ public:
+  // A new region (memfd "nicmux-pv"), sealed at its size; generation is written to the header.
+  static Result<std::unique_ptr<Region>> Create(const Layout& layout, uint32_t generation);
+
+  int fd() const { return fd_.get(); }
+  uint64_t size() const { return map_.size(); }
+  const Layout& layout() const { return layout_; }
+  uint32_t ring_mask() const { return layout_.ring_size - 1; }
+
+  nmx_pv_header* header() const { return reinterpret_cast<nmx_pv_header*>(map_.data()); }
+  nmx_pv_ctrl* ctrl() const { return reinterpret_cast<nmx_pv_ctrl*>(map_.data() + kCtrlOffset); }
+  // Pair q's rings: the one the host fills (rx) and the one it drains (tx).
+  nmx_pv_ring* rx_ring(uint32_t q) const { return ring(2 * q); }
+  nmx_pv_ring* tx_ring(uint32_t q) const { return ring(2 * q + 1); }
+
+  // UNTRUSTED (a descriptor's fields): the len bytes at offset of region `region`, or nullptr
+  // when region is not 0 or [offset, offset + len) is not inside the buffer area (u64
+  // arithmetic: no sum can wrap).
+  std::byte* Buffer(uint16_t region, uint64_t offset, uint32_t len) const {
+    if (region != 0 || offset < bufs_offset_ || offset - bufs_offset_ > bufs_size_ ||
+        uint64_t{len} > bufs_size_ - (offset - bufs_offset_)) {
+      return nullptr;
+    }
+    return map_.data() + offset;
+  }
+
+  // Marks the device broken in the header, for the driver to see (status, reason).
+  void MarkBroken(const std::string& reason) const;
+
+  static constexpr uint64_t kCtrlOffset = NMX_PV_PAGE;
+  static constexpr uint64_t kRingsOffset = 2 * NMX_PV_PAGE;
+
+ private:
+  Region(UniqueFd fd, MappedRegion map, const Layout& l, uint64_t stride, uint64_t bufs_offset, uint64_t bufs_size)
+      : fd_(std::move(fd)), map_(std::move(map)), layout_(l), stride_(stride), bufs_offset_(bufs_offset),
+        bufs_size_(bufs_size) {}
+  nmx_pv_ring* ring(uint32_t i) const {
+    return reinterpret_cast<nmx_pv_ring*>(map_.data() + kRingsOffset + uint64_t{i} * stride_);
+  }
+
+  UniqueFd fd_;
+  MappedRegion map_;
+  Layout layout_;
+  uint64_t stride_;
+  uint64_t bufs_offset_, bufs_size_;
+};
+
+// Checks a layout's numbers (from a port's options): an error naming the one out of range.
+Result<void> CheckLayout(const Layout& l);
+
+}  // namespace nicmux::pv
