@@ -1,0 +1,1025 @@
+/* nicmux_pv: the driver side of a pvdev. See nicmux_pv.h for the API and its contract, and
+ * src/pv/pv_abi.h for the wire format this follows.
+ *
+ * Invariants kept here (per ring; u32 arithmetic, so every comparison survives the wrap):
+ *   tx: reclaimed <= posted <= reclaimed + ring_size (as distances from reclaimed). Slot s of the
+ *       ring always carries tx buffer s: a free slot is a free buffer, no free list.
+ *   rx: released <= consumed <= seen <= posted = released + ring_size. Slot s always carries rx
+ *       buffer s; the caller holds [released, consumed), the library has [consumed, seen)
+ *       filled and not yet handed out, the host has [seen, posted).
+ * Shared memory is only touched through `dev->base + offset` with offsets checked at open
+ * (the header is copied once and only the copy is used), slot indexes masked with ring_size - 1,
+ * and buffer offsets computed from the library's own partition of the buffer area.
+ *
+ * Every read of host-written memory carries an UNTRUSTED comment naming the check that bounds
+ * it. Atomics are the GCC/Clang __atomic builtins on the ABI's plain u32 fields.
+ */
+#define _GNU_SOURCE
+#include "pv/guest/nicmux_pv.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "pvdev regions are little-endian; this library does not swap"
+#endif
+
+_Static_assert(sizeof(struct nmx_pv_header) <= NMX_PV_PAGE, "pv header");
+_Static_assert(sizeof(struct nmx_pv_msg) == 16 + NMX_PV_REASON + NMX_PV_MSG_PAYLOAD, "pv message");
+_Static_assert(sizeof(struct nmx_pv_info) <= NMX_PV_MSG_PAYLOAD, "pv info");
+_Static_assert(sizeof(struct nmx_pv_stats) <= NMX_PV_MSG_PAYLOAD, "pv stats");
+_Static_assert(sizeof(struct nmx_pv_hello) == 24, "pv hello");
+
+#define PV_MAX_DOORBELLS (1u + NMX_PV_MAX_QUEUE_PAIRS)
+#define PV_MAX_FDS (1u + 2u * PV_MAX_DOORBELLS)
+/* Room for more fds than a hello may carry, so that a host sending too many is told so instead
+ * of having the surplus silently dropped by the kernel. */
+#define PV_FD_ROOM 64u
+/* Sanity bounds on what the host offers (the checks against the region do the real work). */
+#define PV_MAX_REGION (UINT64_C(1) << 40)
+#define PV_MIN_BUF 64u
+#define PV_MAX_BUF (1u << 24)
+/* A control call's wait is cut in slices so that a lost irq costs at most this much. */
+#define PV_CTRL_SLICE_MS 10
+
+#define PV_TX_REQUEST_FLAGS                                                              \
+  (NMX_PV_DESC_IPV4 | NMX_PV_DESC_IPV6 | NMX_PV_DESC_TCP_CKSUM | NMX_PV_DESC_UDP_CKSUM | \
+   NMX_PV_DESC_IP_CKSUM | NMX_PV_DESC_TSO)
+#define PV_RX_RESULT_FLAGS \
+  (NMX_PV_DESC_IPV4 | NMX_PV_DESC_IPV6 | NMX_PV_DESC_L4_GOOD | NMX_PV_DESC_RSS | NMX_PV_DESC_MARK)
+
+/* One owner thread each: own cache lines, so rx and tx threads of a pair do not share one. */
+struct pv_txq {
+  _Alignas(64) struct nmx_pv_ring* ring;
+  uint64_t buf0; /* region offset of tx buffer 0 of this queue */
+  uint32_t posted, reclaimed;
+  int ready;
+  uint64_t dropped, kicks; /* single writer; relaxed atomics for readers elsewhere */
+};
+
+struct pv_rxq {
+  _Alignas(64) struct nmx_pv_ring* ring;
+  uint64_t buf0;
+  uint32_t posted, seen, consumed, released;
+  int ready;
+  uint64_t kicks, len_clamped;
+};
+
+enum { PV_OK = 0, PV_BREAKING = 1, PV_BROKEN = 2 };
+
+struct nmx_pv_dev {
+  int sock;
+  int memfd;
+  int kick[PV_MAX_DOORBELLS];
+  int irq[PV_MAX_DOORBELLS];
+  uint32_t num_doorbells;
+  uint8_t* base;
+  uint64_t region_size;
+  struct nmx_pv_header hdr; /* the checked private copy: the only one used after open */
+  uint32_t nqp, ring_size, mask, buf_size;
+  struct nmx_pv_header* shdr; /* shared: only status and broken_reason are read later */
+  struct nmx_pv_ctrl* ctrl;
+  uint32_t seq;
+  int timeout_ms;
+  char err[512];
+  int broken; /* PV_OK / PV_BREAKING / PV_BROKEN, atomic: the data path breaks, anyone reads */
+  char broken_reason[160];
+  struct pv_rxq rxq[NMX_PV_MAX_QUEUE_PAIRS];
+  struct pv_txq txq[NMX_PV_MAX_QUEUE_PAIRS];
+};
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static void fmt(char* buf, size_t len, const char* f, ...) __attribute__((format(printf, 3, 4)));
+static void fmt(char* buf, size_t len, const char* f, ...) {
+  if (buf == NULL || len == 0) return;
+  va_list ap;
+  va_start(ap, f);
+  vsnprintf(buf, len, f, ap);
+  va_end(ap);
+}
+
+/* Copies a string the host wrote (src, at most srclen bytes, maybe unterminated) into dst:
+ * NUL-terminated, non-printable bytes replaced, so that it is safe to print. */
+static void copy_host_text(char* dst, size_t dstlen, const char* src, size_t srclen) {
+  if (dst == NULL || dstlen == 0) return;
+  size_t i = 0;
+  for (; i + 1 < dstlen && i < srclen; ++i) {
+    const unsigned char c = (unsigned char)src[i];
+    if (c == 0) break;
+    dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+  }
+  dst[i] = 0;
+}
+
+static void close_fd(int* fd) {
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+}
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Adds 1 to an eventfd. A full counter (EAGAIN) is as good as signalled. */
+static void kick_fd(int fd) {
+  const uint64_t one = 1;
+  ssize_t r;
+  do {
+    r = write(fd, &one, sizeof one);
+  } while (r < 0 && errno == EINTR);
+}
+
+static void drain_fd(int fd) {
+  uint64_t v;
+  ssize_t r;
+  do {
+    r = read(fd, &v, sizeof v); /* the irq fds are O_NONBLOCK (open) */
+  } while (r < 0 && errno == EINTR);
+}
+
+static int is_broken(const struct nmx_pv_dev* dev) {
+  return __atomic_load_n(&dev->broken, __ATOMIC_ACQUIRE) != PV_OK;
+}
+
+/* Called from a data-path thread when the host broke the protocol: the first caller records
+ * why; from then on every burst returns 0. */
+static void mark_broken(struct nmx_pv_dev* dev, const char* f, ...) __attribute__((format(printf, 2, 3)));
+static void mark_broken(struct nmx_pv_dev* dev, const char* f, ...) {
+  int expected = PV_OK;
+  if (!__atomic_compare_exchange_n(&dev->broken, &expected, PV_BREAKING, 0, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    return;
+  }
+  va_list ap;
+  va_start(ap, f);
+  vsnprintf(dev->broken_reason, sizeof dev->broken_reason, f, ap);
+  va_end(ap);
+  __atomic_store_n(&dev->broken, PV_BROKEN, __ATOMIC_RELEASE);
+}
+
+static struct nmx_pv_ring* ring_at(const struct nmx_pv_dev* dev, uint32_t index) {
+  return (struct nmx_pv_ring*)(dev->base + dev->hdr.rings_offset + (uint64_t)index * dev->hdr.ring_stride);
+}
+
+static uint64_t counter_get(const uint64_t* c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
+static void counter_add(uint64_t* c, uint64_t n) {
+  __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+/* ---- opening ------------------------------------------------------------------------------- */
+
+static struct nmx_pv_dev* dev_alloc(void) {
+  void* p = NULL;
+  if (posix_memalign(&p, 64, sizeof(struct nmx_pv_dev)) != 0) return NULL;
+  struct nmx_pv_dev* dev = (struct nmx_pv_dev*)p;
+  memset(dev, 0, sizeof *dev);
+  dev->sock = dev->memfd = -1;
+  for (uint32_t d = 0; d < PV_MAX_DOORBELLS; ++d) dev->kick[d] = dev->irq[d] = -1;
+  dev->base = MAP_FAILED;
+  dev->timeout_ms = NMX_PV_DEFAULT_TIMEOUT_MS;
+  return dev;
+}
+
+void nmx_pv_close(struct nmx_pv_dev* dev) {
+  if (dev == NULL) return;
+  if (dev->base != MAP_FAILED) munmap(dev->base, dev->region_size);
+  close_fd(&dev->memfd);
+  for (uint32_t d = 0; d < PV_MAX_DOORBELLS; ++d) {
+    close_fd(&dev->kick[d]);
+    close_fd(&dev->irq[d]);
+  }
+  close_fd(&dev->sock);
+  free(dev);
+}
+
+static int wait_readable(int fd, int timeout_ms) {
+  struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+  for (;;) {
+    const int r = poll(&p, 1, timeout_ms);
+    if (r >= 0) return r;
+    if (errno != EINTR) return -1;
+  }
+}
+
+/* Receives the hello and its fds. On success the fds are in fds[0..*nfds). On failure every fd
+ * received is closed. */
+static int recv_hello(struct nmx_pv_dev* dev, struct nmx_pv_hello* hello, int* fds, uint32_t* nfds,
+                      char* err, size_t errlen) {
+  *nfds = 0;
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * PV_FD_ROOM)];
+    struct cmsghdr align;
+  } cbuf;
+  size_t got = 0;
+  int truncated = 0;
+  while (got < sizeof *hello) {
+    const int r = wait_readable(dev->sock, dev->timeout_ms);
+    if (r <= 0) {
+      fmt(err, errlen, "hello: %s after %zu of %zu bytes", r == 0 ? "timed out" : strerror(errno), got,
+          sizeof *hello);
+      goto fail;
+    }
+    struct iovec iov = {.iov_base = (char*)hello + got, .iov_len = sizeof *hello - got};
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.buf;
+    mh.msg_controllen = sizeof cbuf.buf;
+    const ssize_t n = recvmsg(dev->sock, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      fmt(err, errlen, "hello: %s after %zu of %zu bytes",
+          n == 0 ? "the host closed the connection" : strerror(errno), got, sizeof *hello);
+      goto fail;
+    }
+    if (mh.msg_flags & MSG_CTRUNC) truncated = 1;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const int* in = (const int*)CMSG_DATA(c);
+      for (size_t i = 0; i < k; ++i) {
+        int fd;
+        memcpy(&fd, in + i, sizeof fd);
+        if (*nfds < PV_FD_ROOM) {
+          fds[(*nfds)++] = fd;
+        } else {
+          close(fd);
+          truncated = 1;
+        }
+      }
+    }
+    got += (size_t)n;
+  }
+  if (truncated) {
+    fmt(err, errlen, "hello: the host sent more fds than fit (%u or more; a hello has at most %u)", *nfds,
+        PV_MAX_FDS);
+    goto fail;
+  }
+  return 0;
+fail:
+  for (uint32_t i = 0; i < *nfds; ++i) close(fds[i]);
+  *nfds = 0;
+  return -1;
+}
+
+/* What /proc says the fd is ("anon_inode:[eventfd]"); 0 when it cannot tell (no /proc). */
+static int fd_kind(int fd, char* out, size_t outlen) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  const ssize_t n = readlink(path, out, outlen - 1);
+  if (n < 0) return 0;
+  out[n] = 0;
+  return 1;
+}
+
+/* Range [off, off + len) inside the region, without computing a sum that could wrap. */
+static int in_region(uint64_t off, uint64_t len, uint64_t region) {
+  return off <= region && len <= region - off;
+}
+
+static int overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
+  return a < b + blen && b < a + alen; /* callers checked both ranges in the region: no wrap */
+}
+
+static int check_header(struct nmx_pv_dev* dev, const struct nmx_pv_hello* hello, char* err, size_t errlen) {
+  /* UNTRUSTED: the whole header; copied once into dev->hdr and every field checked below before
+   * any is used. */
+  memcpy(&dev->hdr, dev->base, sizeof dev->hdr);
+  const struct nmx_pv_header* h = &dev->hdr;
+  const uint64_t region = dev->region_size;
+  if (h->magic != NMX_PV_MAGIC) {
+    fmt(err, errlen, "header.magic 0x%016llx is not NMX_PV_MAGIC", (unsigned long long)h->magic);
+    return -1;
+  }
+  if (h->version != NMX_PV_VERSION) {
+    fmt(err, errlen, "header.version %u: this library speaks version %u", h->version, NMX_PV_VERSION);
+    return -1;
+  }
+  if (h->header_size != sizeof(struct nmx_pv_header)) {
+    fmt(err, errlen, "header.header_size %u, expected %zu", h->header_size, sizeof(struct nmx_pv_header));
+    return -1;
+  }
+  if (h->region_size != region) {
+    fmt(err, errlen, "header.region_size %llu differs from the hello's and the memfd's %llu",
+        (unsigned long long)h->region_size, (unsigned long long)region);
+    return -1;
+  }
+  if (h->max_queue_pairs < 1 || h->max_queue_pairs > NMX_PV_MAX_QUEUE_PAIRS) {
+    fmt(err, errlen, "header.max_queue_pairs %u is not in 1..%u", h->max_queue_pairs, NMX_PV_MAX_QUEUE_PAIRS);
+    return -1;
+  }
+  if (hello->num_doorbells != 1 + h->max_queue_pairs) {
+    fmt(err, errlen, "hello.num_doorbells %u does not match header.max_queue_pairs %u (1 + max_queue_pairs)",
+        hello->num_doorbells, h->max_queue_pairs);
+    return -1;
+  }
+  if (h->ring_size < NMX_PV_MIN_RING || h->ring_size > NMX_PV_MAX_RING || (h->ring_size & (h->ring_size - 1))) {
+    fmt(err, errlen, "header.ring_size %u is not a power of two in %u..%u", h->ring_size, NMX_PV_MIN_RING,
+        NMX_PV_MAX_RING);
+    return -1;
+  }
+  if (h->buf_size < PV_MIN_BUF || h->buf_size > PV_MAX_BUF) {
+    fmt(err, errlen, "header.buf_size %u is not in %u..%u", h->buf_size, PV_MIN_BUF, PV_MAX_BUF);
+    return -1;
+  }
+  /* The mailbox and the rings hold atomics and per-side cache lines: cache-line aligned. */
+  if (h->ctrl_offset % NMX_PV_CACHELINE || !in_region(h->ctrl_offset, sizeof(struct nmx_pv_ctrl), region)) {
+    fmt(err, errlen, "header.ctrl_offset %llu: the mailbox (%zu bytes) is not cache-line aligned inside the "
+        "region (%llu bytes)", (unsigned long long)h->ctrl_offset, sizeof(struct nmx_pv_ctrl),
+        (unsigned long long)region);
+    return -1;
+  }
+  const uint64_t ring_bytes = NMX_PV_RING_BYTES(h->ring_size);
+  if (h->ring_stride < ring_bytes || h->ring_stride > region || h->ring_stride % NMX_PV_CACHELINE) {
+    fmt(err, errlen, "header.ring_stride %llu: a ring of %u descriptors needs %llu bytes, cache-line aligned, "
+        "inside the region", (unsigned long long)h->ring_stride, h->ring_size, (unsigned long long)ring_bytes);
+    return -1;
+  }
+  /* ring_stride <= region <= 2^40 and at most 15 strides: no wrap. */
+  const uint64_t rings_len = (uint64_t)(2 * h->max_queue_pairs - 1) * h->ring_stride + ring_bytes;
+  if (h->rings_offset % NMX_PV_CACHELINE || !in_region(h->rings_offset, rings_len, region)) {
+    fmt(err, errlen, "header.rings_offset %llu: %u rings (%llu bytes) are not cache-line aligned inside the "
+        "region (%llu bytes)", (unsigned long long)h->rings_offset, 2 * h->max_queue_pairs,
+        (unsigned long long)rings_len, (unsigned long long)region);
+    return -1;
+  }
+  if (!in_region(h->bufs_offset, h->bufs_size, region)) {
+    fmt(err, errlen, "header.bufs_offset %llu + bufs_size %llu is outside the region (%llu bytes)",
+        (unsigned long long)h->bufs_offset, (unsigned long long)h->bufs_size, (unsigned long long)region);
+    return -1;
+  }
+  /* <= 8 * 2 * 4096 * 2^24 = 2^40: no wrap. */
+  const uint64_t need = (uint64_t)h->max_queue_pairs * 2u * h->ring_size * h->buf_size;
+  if (h->bufs_size < need) {
+    fmt(err, errlen, "header.bufs_size %llu is too small: %u queue pairs x 2 rings x %u buffers x %u bytes "
+        "(header.buf_size) need %llu", (unsigned long long)h->bufs_size, h->max_queue_pairs, h->ring_size,
+        h->buf_size, (unsigned long long)need);
+    return -1;
+  }
+  struct {
+    const char* name;
+    uint64_t off, len;
+  } parts[4] = {{"header", 0, sizeof(struct nmx_pv_header)},
+                {"ctrl (header.ctrl_offset)", h->ctrl_offset, sizeof(struct nmx_pv_ctrl)},
+                {"rings (header.rings_offset)", h->rings_offset, rings_len},
+                {"buffers (header.bufs_offset)", h->bufs_offset, h->bufs_size}};
+  for (int i = 0; i < 4; ++i) {
+    for (int j = i + 1; j < 4; ++j) {
+      if (overlap(parts[i].off, parts[i].len, parts[j].off, parts[j].len)) {
+        fmt(err, errlen, "the %s [%llu, +%llu) overlaps the %s [%llu, +%llu)", parts[j].name,
+            (unsigned long long)parts[j].off, (unsigned long long)parts[j].len, parts[i].name,
+            (unsigned long long)parts[i].off, (unsigned long long)parts[i].len);
+        return -1;
+      }
+    }
+  }
+  if (h->status != NMX_PV_STATUS_OK) {
+    char why[sizeof h->broken_reason];
+    copy_host_text(why, sizeof why, h->broken_reason, sizeof h->broken_reason);
+    fmt(err, errlen, "header.status %u: the host offers a broken device (%s)", h->status, why);
+    return -1;
+  }
+  return 0;
+}
+
+struct nmx_pv_dev* nmx_pv_open(const char* socket_path, char* err, size_t errlen) {
+  fmt(err, errlen, "%s", "");
+  if (socket_path == NULL) {
+    fmt(err, errlen, "no socket path");
+    return NULL;
+  }
+  struct sockaddr_un a;
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  const size_t len = strlen(socket_path);
+  if (len == 0 || len >= sizeof a.sun_path) {
+    fmt(err, errlen, "socket path '%s': %zu bytes, expected 1..%zu", socket_path, len, sizeof a.sun_path - 1);
+    return NULL;
+  }
+  memcpy(a.sun_path, socket_path, len);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    fmt(err, errlen, "socket: %s", strerror(errno));
+    return NULL;
+  }
+  int r;
+  do {
+    r = connect(fd, (const struct sockaddr*)&a, sizeof a);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    fmt(err, errlen, "connect %s: %s", socket_path, strerror(errno));
+    close(fd);
+    return NULL;
+  }
+  return nmx_pv_open_fd(fd, err, errlen);
+}
+
+struct nmx_pv_dev* nmx_pv_open_fd(int fd, char* err, size_t errlen) {
+  fmt(err, errlen, "%s", "");
+  struct nmx_pv_dev* dev = dev_alloc();
+  if (dev == NULL) {
+    fmt(err, errlen, "out of memory");
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  dev->sock = fd;
+  if (fd < 0) {
+    fmt(err, errlen, "bad socket fd %d", fd);
+    goto fail;
+  }
+  struct nmx_pv_hello hello;
+  int fds[PV_FD_ROOM];
+  uint32_t nfds = 0;
+  if (recv_hello(dev, &hello, fds, &nfds, err, errlen) < 0) goto fail;
+  /* UNTRUSTED: the hello; every field checked here before use; the fds are owned by dev from
+   * here on, so every exit closes them. */
+  if (nfds > 0) dev->memfd = fds[0];
+  for (uint32_t d = 0; d < PV_MAX_DOORBELLS; ++d) {
+    if (1 + 2 * d < nfds) dev->kick[d] = fds[1 + 2 * d];
+    if (2 + 2 * d < nfds) dev->irq[d] = fds[2 + 2 * d];
+  }
+  for (uint32_t i = PV_MAX_FDS; i < nfds; ++i) close(fds[i]);
+  if (hello.magic != NMX_PV_MAGIC) {
+    fmt(err, errlen, "hello.magic 0x%016llx is not NMX_PV_MAGIC", (unsigned long long)hello.magic);
+    goto fail;
+  }
+  if (hello.version != NMX_PV_VERSION) {
+    fmt(err, errlen, "hello.version %u: this library speaks version %u", hello.version, NMX_PV_VERSION);
+    goto fail;
+  }
+  if (hello.num_doorbells < 2 || hello.num_doorbells > PV_MAX_DOORBELLS) {
+    fmt(err, errlen, "hello.num_doorbells %u is not in 2..%u", hello.num_doorbells, PV_MAX_DOORBELLS);
+    goto fail;
+  }
+  dev->num_doorbells = hello.num_doorbells;
+  if (nfds != 1 + 2 * hello.num_doorbells) {
+    fmt(err, errlen, "hello: %u fds, expected %u (a memfd, then a kick and an irq eventfd for each of "
+        "hello.num_doorbells %u)", nfds, 1 + 2 * hello.num_doorbells, hello.num_doorbells);
+    goto fail;
+  }
+  if (hello.region_size < 2 * NMX_PV_PAGE || hello.region_size > PV_MAX_REGION) {
+    fmt(err, errlen, "hello.region_size %llu is not in %u..%llu", (unsigned long long)hello.region_size,
+        2 * NMX_PV_PAGE, (unsigned long long)PV_MAX_REGION);
+    goto fail;
+  }
+  struct stat st;
+  if (fstat(dev->memfd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    fmt(err, errlen, "hello: the region fd is not a memfd (fstat: %s)", strerror(errno));
+    goto fail;
+  }
+  /* A host that could shrink the file under our mapping could make any access SIGBUS. */
+  const int seals = fcntl(dev->memfd, F_GET_SEALS);
+  if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+    fmt(err, errlen, "hello: the region memfd is not sealed against shrinking (F_SEAL_SHRINK)%s",
+        seals < 0 ? "; not a memfd with sealing" : "");
+    goto fail;
+  }
+  if ((uint64_t)st.st_size != hello.region_size) {
+    fmt(err, errlen, "hello.region_size %llu differs from the memfd's size %llu",
+        (unsigned long long)hello.region_size, (unsigned long long)st.st_size);
+    goto fail;
+  }
+  for (uint32_t d = 0; d < hello.num_doorbells; ++d) {
+    for (int k = 0; k < 2; ++k) {
+      const int efd = k == 0 ? dev->kick[d] : dev->irq[d];
+      char kind[64];
+      if (fd_kind(efd, kind, sizeof kind) && strcmp(kind, "anon_inode:[eventfd]") != 0) {
+        fmt(err, errlen, "hello: doorbell %u's %s fd is not an eventfd (%s)", d, k == 0 ? "kick" : "irq", kind);
+        goto fail;
+      }
+    }
+    /* We only read the irqs after poll() says so; non-blocking all the same, so that no read
+     * can hang (the host only writes them, where O_NONBLOCK changes nothing but a full
+     * counter's EAGAIN). */
+    const int fl = fcntl(dev->irq[d], F_GETFL);
+    if (fl < 0 || fcntl(dev->irq[d], F_SETFL, fl | O_NONBLOCK) < 0) {
+      fmt(err, errlen, "doorbell %u's irq fd: fcntl: %s", d, strerror(errno));
+      goto fail;
+    }
+  }
+  dev->region_size = hello.region_size;
+  void* base = mmap(NULL, (size_t)dev->region_size, PROT_READ | PROT_WRITE, MAP_SHARED, dev->memfd, 0);
+  if (base == MAP_FAILED) {
+    fmt(err, errlen, "mmap of the %llu-byte region: %s", (unsigned long long)dev->region_size, strerror(errno));
+    goto fail;
+  }
+  dev->base = (uint8_t*)base;
+  if (check_header(dev, &hello, err, errlen) < 0) goto fail;
+  dev->nqp = dev->hdr.max_queue_pairs;
+  dev->ring_size = dev->hdr.ring_size;
+  dev->mask = dev->ring_size - 1;
+  dev->buf_size = dev->hdr.buf_size;
+  dev->shdr = (struct nmx_pv_header*)dev->base;
+  dev->ctrl = (struct nmx_pv_ctrl*)(dev->base + dev->hdr.ctrl_offset);
+  /* The buffer area: per pair q, ring_size rx buffers then ring_size tx buffers. */
+  const uint64_t per_ring = (uint64_t)dev->ring_size * dev->buf_size;
+  for (uint32_t q = 0; q < dev->nqp; ++q) {
+    dev->rxq[q].ring = ring_at(dev, 2 * q);
+    dev->rxq[q].buf0 = dev->hdr.bufs_offset + (2 * q) * per_ring;
+    dev->txq[q].ring = ring_at(dev, 2 * q + 1);
+    dev->txq[q].buf0 = dev->hdr.bufs_offset + (2 * q + 1) * per_ring;
+  }
+  /* A fresh region's mailbox starts at 0; continue from whatever the driver side holds. */
+  dev->seq = __atomic_load_n(&dev->ctrl->req_seq, __ATOMIC_RELAXED);
+  return dev;
+fail:
+  nmx_pv_close(dev);
+  return NULL;
+}
+
+uint32_t nmx_pv_max_queue_pairs(const struct nmx_pv_dev* dev) { return dev->nqp; }
+uint32_t nmx_pv_ring_size(const struct nmx_pv_dev* dev) { return dev->ring_size; }
+uint32_t nmx_pv_buf_size(const struct nmx_pv_dev* dev) { return dev->buf_size; }
+uint32_t nmx_pv_generation(const struct nmx_pv_dev* dev) { return dev->hdr.generation; }
+
+void nmx_pv_set_timeout(struct nmx_pv_dev* dev, int timeout_ms) {
+  if (timeout_ms > 0) dev->timeout_ms = timeout_ms;
+}
+
+/* ---- control ------------------------------------------------------------------------------- */
+
+static const char* msg_name(uint16_t type) {
+  static const char* const names[] = {"?",          "GET_INFO",    "CONFIGURE",   "QUEUE_SETUP", "QUEUE_RELEASE",
+                                      "START",      "STOP",        "STATS_GET",   "STATS_RESET", "LINK_GET",
+                                      "MTU_SET",    "MAC_SET",     "PROMISC_SET"};
+  return type <= NMX_PV_MSG_MAX_TYPE ? names[type] : "?";
+}
+
+const char* nmx_pv_strerror(const struct nmx_pv_dev* dev) { return dev->err; }
+
+/* One request/response through the mailbox. out (out_len bytes) receives the response's
+ * payload, which must hold at least out_len bytes. */
+static int ctrl_call(struct nmx_pv_dev* dev, uint16_t type, const void* req, uint16_t req_len, void* out,
+                     uint16_t out_len) {
+  struct nmx_pv_ctrl* c = dev->ctrl;
+  const char* name = msg_name(type);
+  uint32_t seq = dev->seq + 1;
+  if (seq == 0) seq = 1; /* 0 is what a fresh mailbox says was answered */
+  dev->seq = seq;
+  /* The request, then (release) its number, then the kick. */
+  struct nmx_pv_msg* m = &c->req;
+  memset(m, 0, sizeof *m);
+  m->seq = seq;
+  m->type = type;
+  m->len = req_len;
+  if (req_len) memcpy(m->payload, req, req_len);
+  __atomic_store_n(&c->req_seq, seq, __ATOMIC_RELEASE);
+  kick_fd(dev->kick[0]);
+
+  const uint64_t deadline = now_ms() + (uint64_t)dev->timeout_ms;
+  for (;;) {
+    /* UNTRUSTED: resp_seq: only compared with our seq. */
+    if (__atomic_load_n(&c->resp_seq, __ATOMIC_ACQUIRE) == seq) break;
+    const uint64_t t = now_ms();
+    if (t >= deadline) {
+      char why[sizeof dev->shdr->broken_reason + 64] = "";
+      if (nmx_pv_status(dev, why + 2, sizeof why - 3)) memcpy(why, "; ", 2);
+      fmt(dev->err, sizeof dev->err, "%s (seq %u): no answer from the host within %d ms%s", name, seq,
+          dev->timeout_ms, why[0] ? why : "");
+      return -ETIMEDOUT;
+    }
+    const uint64_t left = deadline - t;
+    struct pollfd p[2] = {{.fd = dev->irq[0], .events = POLLIN, .revents = 0},
+                          {.fd = dev->sock, .events = POLLRDHUP, .revents = 0}};
+    const int r = poll(p, 2, left < PV_CTRL_SLICE_MS ? (int)left : PV_CTRL_SLICE_MS);
+    if (r < 0 && errno != EINTR) {
+      fmt(dev->err, sizeof dev->err, "%s: poll: %s", name, strerror(errno));
+      return -errno;
+    }
+    if (r > 0 && (p[0].revents & POLLIN)) drain_fd(dev->irq[0]);
+    if (r > 0 && (p[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) &&
+        __atomic_load_n(&c->resp_seq, __ATOMIC_ACQUIRE) != seq) {
+      fmt(dev->err, sizeof dev->err, "%s (seq %u): the host closed the connection", name, seq);
+      return -ENOTCONN;
+    }
+  }
+  /* UNTRUSTED: the response; copied once, seq/status/len checked below, reason copied bounded
+   * and made printable, the payload copied at most out_len bytes. */
+  struct nmx_pv_msg resp;
+  memcpy(&resp, &c->resp, sizeof resp);
+  if (resp.seq != seq) {
+    fmt(dev->err, sizeof dev->err, "%s: the host's resp_seq says %u but resp.seq is %u", name, seq, resp.seq);
+    return -EPROTO;
+  }
+  if (resp.status > 0 || resp.status < -4095) {
+    fmt(dev->err, sizeof dev->err, "%s: the host answered status %d (not 0 or a negative errno)", name,
+        resp.status);
+    return -EPROTO;
+  }
+  if (resp.status < 0) {
+    char reason[NMX_PV_REASON];
+    copy_host_text(reason, sizeof reason, resp.reason, sizeof resp.reason);
+    fmt(dev->err, sizeof dev->err, "%s refused by the host: %s (%s)", name, reason[0] ? reason : "no reason given",
+        strerror(-resp.status));
+    return resp.status;
+  }
+  if (resp.len > NMX_PV_MSG_PAYLOAD || resp.len < out_len) {
+    fmt(dev->err, sizeof dev->err, "%s: the host's answer has %u payload bytes, expected %u..%u", name, resp.len,
+        out_len, NMX_PV_MSG_PAYLOAD);
+    return -EPROTO;
+  }
+  if (out_len) memcpy(out, resp.payload, out_len);
+  dev->err[0] = 0;
+  return 0;
+}
+
+static int bad_arg(struct nmx_pv_dev* dev, const char* f, ...) __attribute__((format(printf, 2, 3)));
+static int bad_arg(struct nmx_pv_dev* dev, const char* f, ...) {
+  va_list ap;
+  va_start(ap, f);
+  vsnprintf(dev->err, sizeof dev->err, f, ap);
+  va_end(ap);
+  return -EINVAL;
+}
+
+int nmx_pv_get_info(struct nmx_pv_dev* dev, struct nmx_pv_info* info) {
+  struct nmx_pv_info i;
+  const int rc = ctrl_call(dev, NMX_PV_MSG_GET_INFO, NULL, 0, &i, sizeof i);
+  if (rc < 0) return rc;
+  /* UNTRUSTED: the info; the fields the library relies on are checked, the text sanitized. */
+  const char* bad = NULL;
+  if (i.max_rx_queues < 1 || i.max_rx_queues > dev->nqp) bad = "max_rx_queues";
+  else if (i.max_tx_queues < 1 || i.max_tx_queues > dev->nqp) bad = "max_tx_queues";
+  else if (i.ring_size != dev->ring_size) bad = "ring_size";
+  else if (i.buf_size != dev->buf_size) bad = "buf_size";
+  if (bad) {
+    fmt(dev->err, sizeof dev->err, "GET_INFO: info.%s (rx %u tx %u queues, ring %u, buf %u) does not fit the "
+        "region (%u queue pairs, ring %u, buf %u)", bad, i.max_rx_queues, i.max_tx_queues, i.ring_size,
+        i.buf_size, dev->nqp, dev->ring_size, dev->buf_size);
+    return -EPROTO;
+  }
+  char up[sizeof i.uplink];
+  copy_host_text(up, sizeof up, i.uplink, sizeof i.uplink);
+  memcpy(i.uplink, up, sizeof up);
+  i.link_up = i.link_up ? 1 : 0;
+  i.promisc = i.promisc ? 1 : 0;
+  *info = i;
+  return 0;
+}
+
+int nmx_pv_configure(struct nmx_pv_dev* dev, const struct nmx_pv_configure* conf) {
+  const int rc = ctrl_call(dev, NMX_PV_MSG_CONFIGURE, conf, sizeof *conf, NULL, 0);
+  if (rc < 0) return rc;
+  /* A configured device has no queue set up (the host forgets them too). */
+  for (uint32_t q = 0; q < dev->nqp; ++q) {
+    dev->rxq[q].ready = 0;
+    dev->txq[q].ready = 0;
+  }
+  return 0;
+}
+
+static int check_queue(struct nmx_pv_dev* dev, const char* what, uint32_t q, uint32_t dir) {
+  if (q >= dev->nqp) return bad_arg(dev, "%s: queue %u, the device has %u queue pairs", what, q, dev->nqp);
+  if (dir != NMX_PV_QUEUE_RX && dir != NMX_PV_QUEUE_TX) return bad_arg(dev, "%s: direction %u", what, dir);
+  return 0;
+}
+
+int nmx_pv_queue_setup(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir) {
+  int rc = check_queue(dev, "QUEUE_SETUP", q, dir);
+  if (rc < 0) return rc;
+  const int rx = dir == NMX_PV_QUEUE_RX;
+  if (rx ? dev->rxq[q].ready : dev->txq[q].ready) {
+    fmt(dev->err, sizeof dev->err, "QUEUE_SETUP: %s queue %u is set up; release it first", rx ? "rx" : "tx", q);
+    return -EBUSY;
+  }
+  struct nmx_pv_ring* r = ring_at(dev, 2 * q + dir);
+  /* Ordered before the host sees the request by req_seq's release. */
+  __atomic_store_n(&r->posted, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&r->driver_flags, 0, __ATOMIC_RELAXED);
+  const struct nmx_pv_queue_req req = {.queue = q, .dir = dir};
+  rc = ctrl_call(dev, NMX_PV_MSG_QUEUE_SETUP, &req, sizeof req, NULL, 0);
+  if (rc < 0) return rc;
+  /* UNTRUSTED: done: the ring's start; any value is a consistent start (nothing is posted). */
+  const uint32_t start = __atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
+  if (!rx) {
+    struct pv_txq* t = &dev->txq[q];
+    t->posted = t->reclaimed = start;
+    __atomic_store_n(&r->posted, start, __ATOMIC_RELEASE);
+    t->ready = 1;
+    return 0;
+  }
+  struct pv_rxq* x = &dev->rxq[q];
+  x->seen = x->consumed = x->released = start;
+  for (uint32_t i = 0; i < dev->ring_size; ++i) {
+    const uint32_t slot = (start + i) & dev->mask;
+    struct nmx_pv_desc d;
+    memset(&d, 0, sizeof d);
+    d.offset = x->buf0 + (uint64_t)slot * dev->buf_size;
+    d.len = dev->buf_size;
+    memcpy(&r->desc[slot], &d, sizeof d);
+  }
+  x->posted = start + dev->ring_size;
+  __atomic_store_n(&r->posted, x->posted, __ATOMIC_RELEASE);
+  __atomic_thread_fence(__ATOMIC_SEQ_CST); /* see nmx_pv_tx_burst */
+  /* UNTRUSTED: host_flags: only its NEEDS_KICK bit is tested (a wrong bit costs a kick). */
+  if (__atomic_load_n(&r->host_flags, __ATOMIC_ACQUIRE) & NMX_PV_HOST_NEEDS_KICK) {
+    kick_fd(dev->kick[1 + q]);
+    counter_add(&x->kicks, 1);
+  }
+  x->ready = 1;
+  return 0;
+}
+
+int nmx_pv_queue_release(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir) {
+  int rc = check_queue(dev, "QUEUE_RELEASE", q, dir);
+  if (rc < 0) return rc;
+  const struct nmx_pv_queue_req req = {.queue = q, .dir = dir};
+  rc = ctrl_call(dev, NMX_PV_MSG_QUEUE_RELEASE, &req, sizeof req, NULL, 0);
+  if (rc < 0) return rc;
+  __atomic_store_n(&ring_at(dev, 2 * q + dir)->driver_flags, 0, __ATOMIC_RELAXED);
+  if (dir == NMX_PV_QUEUE_RX) {
+    dev->rxq[q].ready = 0;
+  } else {
+    dev->txq[q].ready = 0;
+  }
+  return 0;
+}
+
+int nmx_pv_start(struct nmx_pv_dev* dev) { return ctrl_call(dev, NMX_PV_MSG_START, NULL, 0, NULL, 0); }
+int nmx_pv_stop(struct nmx_pv_dev* dev) { return ctrl_call(dev, NMX_PV_MSG_STOP, NULL, 0, NULL, 0); }
+
+int nmx_pv_stats_get(struct nmx_pv_dev* dev, struct nmx_pv_stats* stats) {
+  struct nmx_pv_stats s;
+  const int rc = ctrl_call(dev, NMX_PV_MSG_STATS_GET, NULL, 0, &s, sizeof s);
+  if (rc < 0) return rc;
+  /* UNTRUSTED: the counts are only reported; the queue counts bound loops of callers. */
+  if (s.nb_rx_queues > NMX_PV_MAX_QUEUE_PAIRS) s.nb_rx_queues = NMX_PV_MAX_QUEUE_PAIRS;
+  if (s.nb_tx_queues > NMX_PV_MAX_QUEUE_PAIRS) s.nb_tx_queues = NMX_PV_MAX_QUEUE_PAIRS;
+  *stats = s;
+  return 0;
+}
+
+int nmx_pv_stats_reset(struct nmx_pv_dev* dev) { return ctrl_call(dev, NMX_PV_MSG_STATS_RESET, NULL, 0, NULL, 0); }
+
+int nmx_pv_link_get(struct nmx_pv_dev* dev, struct nmx_pv_link* link) {
+  struct nmx_pv_link l;
+  const int rc = ctrl_call(dev, NMX_PV_MSG_LINK_GET, NULL, 0, &l, sizeof l);
+  if (rc < 0) return rc;
+  /* UNTRUSTED: reported only; up normalized to 0/1. */
+  l.up = l.up ? 1 : 0;
+  *link = l;
+  return 0;
+}
+
+int nmx_pv_mtu_set(struct nmx_pv_dev* dev, uint32_t mtu) {
+  const struct nmx_pv_u32 v = {.value = mtu};
+  return ctrl_call(dev, NMX_PV_MSG_MTU_SET, &v, sizeof v, NULL, 0);
+}
+
+int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]) {
+  struct nmx_pv_mac m;
+  memset(&m, 0, sizeof m);
+  memcpy(m.mac, mac, 6);
+  return ctrl_call(dev, NMX_PV_MSG_MAC_SET, &m, sizeof m, NULL, 0);
+}
+
+int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on) {
+  const struct nmx_pv_u32 v = {.value = on ? 1u : 0u};
+  return ctrl_call(dev, NMX_PV_MSG_PROMISC_SET, &v, sizeof v, NULL, 0);
+}
+
+int nmx_pv_events(const struct nmx_pv_dev* dev) {
+  /* UNTRUSTED: only compared for change by callers. */
+  return (int)__atomic_load_n(&dev->ctrl->event_seq, __ATOMIC_ACQUIRE);
+}
+
+int nmx_pv_status(const struct nmx_pv_dev* dev, char* reason, size_t n) {
+  if (reason && n) reason[0] = 0;
+  const int local = __atomic_load_n(&dev->broken, __ATOMIC_ACQUIRE);
+  if (local != PV_OK) {
+    if (local == PV_BROKEN) {
+      fmt(reason, n, "%s", dev->broken_reason);
+    } else {
+      fmt(reason, n, "the library found the host breaking the protocol");
+    }
+    return NMX_PV_STATUS_BROKEN;
+  }
+  /* UNTRUSTED: status (any value other than OK is broken) and broken_reason (copied bounded,
+   * printable). */
+  const uint32_t status = __atomic_load_n(&dev->shdr->status, __ATOMIC_ACQUIRE);
+  if (status == NMX_PV_STATUS_OK) return NMX_PV_STATUS_OK;
+  char why[sizeof dev->shdr->broken_reason];
+  copy_host_text(why, sizeof why, dev->shdr->broken_reason, sizeof why);
+  if (status == NMX_PV_STATUS_BROKEN) {
+    fmt(reason, n, "the host marked the device broken: %s", why[0] ? why : "no reason given");
+  } else {
+    fmt(reason, n, "the host's header.status is %u (unknown): %s", status, why);
+  }
+  return NMX_PV_STATUS_BROKEN;
+}
+
+/* ---- data path ----------------------------------------------------------------------------- */
+
+/* Publishes a ring's new posted index and kicks the host if it sleeps.
+ *
+ * Why the fence and the order: the host, before sleeping, sets NEEDS_KICK in host_flags, issues
+ * a full fence, and reads posted once more (sleeping only if nothing new was posted). We store
+ * posted, issue a full fence, then read host_flags. Each side stores, fences, then loads the
+ * other's word (the store-buffering / Dekker pattern), so at least one of them sees the
+ * other's store: either the host sees the new posted and does not sleep, or we see NEEDS_KICK
+ * and kick. Without the fence the load of host_flags could be satisfied before our store of
+ * posted is visible (a store-load reordering that x86 does too); both would then miss each
+ * other and the frames would sit in the ring until something else woke the host. */
+static int publish(struct nmx_pv_ring* r, uint32_t posted, int kick) {
+  __atomic_store_n(&r->posted, posted, __ATOMIC_RELEASE);
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  /* UNTRUSTED: host_flags: only its NEEDS_KICK bit is tested (a wrong bit costs a kick, or the
+   * host's own sleep). */
+  if (__atomic_load_n(&r->host_flags, __ATOMIC_ACQUIRE) & NMX_PV_HOST_NEEDS_KICK) {
+    kick_fd(kick);
+    return 1;
+  }
+  return 0;
+}
+
+uint16_t nmx_pv_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_pkt* pkts, uint16_t n) {
+  if (q >= dev->nqp) return 0;
+  struct pv_txq* t = &dev->txq[q];
+  if (!t->ready || is_broken(dev)) return 0;
+  struct nmx_pv_ring* r = t->ring;
+  /* UNTRUSTED: done: accepted only if it moved forward by at most what is outstanding
+   * (done - reclaimed <= posted - reclaimed, u32); anything else (beyond posted, backwards)
+   * breaks the device. */
+  const uint32_t done = __atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
+  if ((uint32_t)(done - t->reclaimed) > (uint32_t)(t->posted - t->reclaimed)) {
+    mark_broken(dev, "tx queue %u: the host's done %u is beyond posted %u (last done %u)", q, done, t->posted,
+                t->reclaimed);
+    return 0;
+  }
+  t->reclaimed = done;
+  uint32_t room = dev->ring_size - (t->posted - t->reclaimed);
+  uint32_t pos = t->posted;
+  uint64_t dropped = 0;
+  uint16_t i = 0;
+  for (; i < n; ++i) {
+    const struct nmx_pv_pkt* p = &pkts[i];
+    if (p->len == 0 || p->len > dev->buf_size || p->data == NULL) {
+      ++dropped;
+      continue;
+    }
+    if (room == 0) break;
+    const uint32_t slot = pos & dev->mask;
+    const uint64_t off = t->buf0 + (uint64_t)slot * dev->buf_size;
+    memcpy(dev->base + off, p->data, p->len);
+    struct nmx_pv_desc d;
+    memset(&d, 0, sizeof d);
+    d.offset = off;
+    d.len = p->len;
+    d.flags = (uint16_t)(p->flags & PV_TX_REQUEST_FLAGS);
+    d.l2_len = p->l2_len;
+    d.l4_len = p->l4_len;
+    d.l3_len = p->l3_len;
+    d.tso_segsz = p->tso_segsz;
+    memcpy(&r->desc[slot], &d, sizeof d);
+    ++pos;
+    --room;
+  }
+  if (dropped) counter_add(&t->dropped, dropped);
+  if (pos != t->posted) {
+    t->posted = pos;
+    if (publish(r, pos, dev->kick[1 + q])) counter_add(&t->kicks, 1);
+  }
+  return i;
+}
+
+uint16_t nmx_pv_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* pkts, uint16_t n) {
+  if (q >= dev->nqp) return 0;
+  struct pv_rxq* x = &dev->rxq[q];
+  if (!x->ready || is_broken(dev)) return 0;
+  struct nmx_pv_ring* r = x->ring;
+  /* UNTRUSTED: done: accepted only if done - seen <= posted - seen (u32): the host filled at most
+   * what was posted; beyond, or backwards, breaks the device. */
+  const uint32_t done = __atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
+  if ((uint32_t)(done - x->seen) > (uint32_t)(x->posted - x->seen)) {
+    mark_broken(dev, "rx queue %u: the host's done %u is beyond posted %u (last done %u)", q, done, x->posted,
+                x->seen);
+    return 0;
+  }
+  x->seen = done;
+  uint32_t k = x->seen - x->consumed;
+  if (k > n) k = n;
+  uint64_t clamped = 0;
+  for (uint32_t i = 0; i < k; ++i) {
+    const uint32_t slot = (x->consumed + i) & dev->mask;
+    /* UNTRUSTED: the descriptor the host filled; copied once. offset is ignored (slot s holds
+     * rx buffer s, by our own record); len clamped to the buffer's capacity; flags masked to
+     * the rx results; rss_hash and mark are opaque values. */
+    struct nmx_pv_desc d;
+    memcpy(&d, &r->desc[slot], sizeof d);
+    uint32_t len = d.len;
+    if (len > dev->buf_size) {
+      len = dev->buf_size;
+      ++clamped;
+    }
+    struct nmx_pv_pkt* p = &pkts[i];
+    memset(p, 0, sizeof *p);
+    p->data = dev->base + x->buf0 + (uint64_t)slot * dev->buf_size;
+    p->len = len;
+    p->flags = (uint16_t)(d.flags & PV_RX_RESULT_FLAGS);
+    p->rss_hash = d.rss_hash;
+    p->mark = d.mark;
+  }
+  if (clamped) counter_add(&x->len_clamped, clamped);
+  x->consumed += k;
+  return (uint16_t)k;
+}
+
+void nmx_pv_rx_done(struct nmx_pv_dev* dev, uint32_t q, uint16_t n) {
+  if (q >= dev->nqp) return;
+  struct pv_rxq* x = &dev->rxq[q];
+  if (!x->ready || is_broken(dev)) return;
+  uint32_t k = x->consumed - x->released;
+  if (k > n) k = n;
+  if (k == 0) return;
+  struct nmx_pv_ring* r = x->ring;
+  /* posted == released + ring_size: the slot posted next is the one released next, and slot s
+   * carries buffer s. */
+  for (uint32_t i = 0; i < k; ++i) {
+    const uint32_t slot = (x->posted + i) & dev->mask;
+    struct nmx_pv_desc d;
+    memset(&d, 0, sizeof d);
+    d.offset = x->buf0 + (uint64_t)slot * dev->buf_size;
+    d.len = dev->buf_size;
+    memcpy(&r->desc[slot], &d, sizeof d);
+  }
+  x->released += k;
+  x->posted += k;
+  if (publish(r, x->posted, dev->kick[1 + q])) counter_add(&x->kicks, 1);
+}
+
+/* Work on pair q: frames filled that the caller has not received, or tx buffers finished while
+ * some are outstanding. */
+static int pair_has_work(struct nmx_pv_dev* dev, uint32_t q) {
+  struct pv_rxq* x = &dev->rxq[q];
+  struct pv_txq* t = &dev->txq[q];
+  /* UNTRUSTED: done (both rings): only compared for change here; the bursts check it. */
+  if (x->ready && (x->consumed != x->seen || __atomic_load_n(&x->ring->done, __ATOMIC_ACQUIRE) != x->seen)) {
+    return 1;
+  }
+  if (t->ready && t->posted != t->reclaimed && __atomic_load_n(&t->ring->done, __ATOMIC_ACQUIRE) != t->reclaimed) {
+    return 1;
+  }
+  return 0;
+}
+
+int nmx_pv_irq_fd(const struct nmx_pv_dev* dev, uint32_t q) { return q < dev->nqp ? dev->irq[1 + q] : -1; }
+
+int nmx_pv_irq_arm(struct nmx_pv_dev* dev, uint32_t q) {
+  if (q >= dev->nqp || (!dev->rxq[q].ready && !dev->txq[q].ready)) return -EINVAL;
+  if (is_broken(dev)) return -EIO;
+  if (dev->rxq[q].ready) __atomic_store_n(&dev->rxq[q].ring->driver_flags, NMX_PV_DRIVER_WANTS_IRQ, __ATOMIC_RELAXED);
+  if (dev->txq[q].ready) __atomic_store_n(&dev->txq[q].ring->driver_flags, NMX_PV_DRIVER_WANTS_IRQ, __ATOMIC_RELAXED);
+  /* The mirror of publish(): the host publishes done, fences, then reads driver_flags; we set
+   * the flag, fence, then read done. Either it sees our request and signals, or we see its
+   * work and do not sleep. */
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  return pair_has_work(dev, q);
+}
+
+void nmx_pv_irq_disarm(struct nmx_pv_dev* dev, uint32_t q) {
+  if (q >= dev->nqp) return;
+  if (dev->rxq[q].ready) __atomic_store_n(&dev->rxq[q].ring->driver_flags, 0, __ATOMIC_RELAXED);
+  if (dev->txq[q].ready) __atomic_store_n(&dev->txq[q].ring->driver_flags, 0, __ATOMIC_RELAXED);
+  drain_fd(dev->irq[1 + q]);
+}
+
+int nmx_pv_wait(struct nmx_pv_dev* dev, uint32_t q, int timeout_ms) {
+  int rc = nmx_pv_irq_arm(dev, q);
+  if (rc != 0) {
+    if (rc > 0) nmx_pv_irq_disarm(dev, q);
+    return rc;
+  }
+  struct pollfd p[2] = {{.fd = dev->irq[1 + q], .events = POLLIN, .revents = 0},
+                        {.fd = dev->sock, .events = POLLRDHUP, .revents = 0}};
+  const int r = poll(p, 2, timeout_ms < 0 ? -1 : timeout_ms);
+  const int err = errno;
+  nmx_pv_irq_disarm(dev, q);
+  if (r < 0) return err == EINTR ? 1 : -err;
+  if (r > 0 && (p[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) return -ENOTCONN;
+  if (r > 0) return 1;
+  return pair_has_work(dev, q);
+}
+
+int nmx_pv_queue_counters_get(const struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_queue_counters* c) {
+  if (q >= dev->nqp) return -EINVAL;
+  c->tx_dropped = counter_get(&dev->txq[q].dropped);
+  c->tx_kicks = counter_get(&dev->txq[q].kicks);
+  c->rx_kicks = counter_get(&dev->rxq[q].kicks);
+  c->rx_len_clamped = counter_get(&dev->rxq[q].len_clamped);
+  return 0;
+}

@@ -1,0 +1,170 @@
+/* nicmux_pv: the driver side of a pvdev (src/pv/pv_abi.h), as a small C11 library without DPDK.
+ *
+ * A pvdev is a para-virtual NIC served by nicmuxd's `pv` port: nicmuxd (the "host") offers a
+ * shared-memory region over a UNIX stream socket; the region holds a control mailbox and one
+ * rx and one tx ring per queue pair; each ring names packet buffers by offset in the region's
+ * buffer area, which this library partitions itself. Doorbells are eventfds: a kick (driver ->
+ * host) and an irq (host -> driver) for the mailbox (doorbell 0) and each queue pair q
+ * (doorbell 1 + q).
+ *
+ * Trust: the host is untrusted like the driver is to the host. open() checks every field of the
+ * hello and the header and keeps a private copy of the header; the data path reads the host's
+ * `done` indexes once per burst and clamps them against what was posted (a lie marks the device
+ * broken locally: every burst then returns 0), takes buffer offsets only from its own records
+ * (never from a descriptor the host wrote) and clamps received lengths to the buffer. Nothing
+ * the host writes can make the library read or write outside the region, or abort.
+ *
+ * Threads: control calls (everything but the data path) from one thread at a time. The data
+ * path is lock-free with one owner per queue: nmx_pv_rx_burst/nmx_pv_rx_done from the thread
+ * that owns rx queue q, nmx_pv_tx_burst from the one that owns tx queue q, nmx_pv_wait and the
+ * irq functions from a thread that owns both queues of pair q. Queue q may not be used by the
+ * data path while nmx_pv_queue_setup/nmx_pv_queue_release run on it; other queues may.
+ *
+ * Ring indexes: `posted` and `done` are free-running u32 and wrap past 2^32. When QUEUE_SETUP
+ * for a ring succeeds the library takes the ring's `done` as it finds it as the start (the host
+ * may reset it to 0 or keep it; before the request the library writes posted = 0 and clears
+ * driver_flags) and publishes posted = done (+ ring_size on rx: every rx buffer is posted).
+ *
+ * Return values: 0 or a negative errno; nmx_pv_strerror() has the last control error's text
+ * (the host's reason when it refused). Linux only (memfd, eventfd, SCM_RIGHTS), little-endian.
+ */
+#ifndef NICMUX_PV_GUEST_NICMUX_PV_H
+#define NICMUX_PV_GUEST_NICMUX_PV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pv/pv_abi.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct nmx_pv_dev;
+
+/* Default wait for the hello and for each control answer. */
+#define NMX_PV_DEFAULT_TIMEOUT_MS 5000
+
+/* ---- opening ---------------------------------------------------------------------------- */
+
+/* Connects to the host's UNIX stream socket at socket_path, receives the hello with its fds
+ * (the region's memfd, sealed against shrinking, then a kick and an irq eventfd per doorbell),
+ * maps the region and checks it. NULL on any failure, with a message naming the field or call in err (errlen bytes,
+ * NUL-terminated; err may be NULL). The connection stays open until nmx_pv_close(). */
+struct nmx_pv_dev* nmx_pv_open(const char* socket_path, char* err, size_t errlen);
+
+/* The same over an already connected stream socket (a socketpair, an inherited fd). Takes
+ * ownership of fd: it is closed on failure and by nmx_pv_close(). */
+struct nmx_pv_dev* nmx_pv_open_fd(int fd, char* err, size_t errlen);
+
+/* Unmaps the region and closes every fd. The host stops the device when the socket closes.
+ * NULL is ignored. */
+void nmx_pv_close(struct nmx_pv_dev* dev);
+
+/* What open() found in the (checked) header. */
+uint32_t nmx_pv_max_queue_pairs(const struct nmx_pv_dev* dev);
+uint32_t nmx_pv_ring_size(const struct nmx_pv_dev* dev);
+uint32_t nmx_pv_buf_size(const struct nmx_pv_dev* dev); /* every buffer's capacity */
+uint32_t nmx_pv_generation(const struct nmx_pv_dev* dev);
+
+/* The wait for each control answer, milliseconds (> 0; default NMX_PV_DEFAULT_TIMEOUT_MS). */
+void nmx_pv_set_timeout(struct nmx_pv_dev* dev, int timeout_ms);
+
+/* ---- control calls (one thread at a time) ------------------------------------------------- */
+
+/* The last error's text: a refused or failed control call (the host's reason with -E... when
+ * it refused), or a bad argument. "" when there was none. */
+const char* nmx_pv_strerror(const struct nmx_pv_dev* dev);
+
+/* GET_INFO. Checked: max_rx_queues and max_tx_queues 1..nmx_pv_max_queue_pairs(), ring_size
+ * and buf_size those of the header, uplink NUL-terminated (non-printable bytes become '?'). */
+int nmx_pv_get_info(struct nmx_pv_dev* dev, struct nmx_pv_info* info);
+/* CONFIGURE. Afterwards no queue is set up (the host forgets them: set them up again). (The
+ * function hides pv_abi.h's struct of the same name in C++: write `struct nmx_pv_configure`.) */
+int nmx_pv_configure(struct nmx_pv_dev* dev, const struct nmx_pv_configure* conf);
+/* QUEUE_SETUP of queue pair q's rx or tx ring (dir NMX_PV_QUEUE_RX or NMX_PV_QUEUE_TX), with
+ * the device stopped. After an rx setup every rx buffer of the queue is posted. -EBUSY for a
+ * queue that is set up: release it first (its ring may be live; the library never resets a
+ * live ring's index). */
+int nmx_pv_queue_setup(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir);
+/* QUEUE_RELEASE. The data path returns 0 on the queue afterwards; rx buffers the caller holds
+ * stay readable until close (they are reposted by the next setup). */
+int nmx_pv_queue_release(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir);
+int nmx_pv_start(struct nmx_pv_dev* dev);
+int nmx_pv_stop(struct nmx_pv_dev* dev);
+/* STATS_GET; nb_rx_queues and nb_tx_queues are clamped to NMX_PV_MAX_QUEUE_PAIRS. */
+int nmx_pv_stats_get(struct nmx_pv_dev* dev, struct nmx_pv_stats* stats);
+int nmx_pv_stats_reset(struct nmx_pv_dev* dev);
+int nmx_pv_link_get(struct nmx_pv_dev* dev, struct nmx_pv_link* link);
+int nmx_pv_mtu_set(struct nmx_pv_dev* dev, uint32_t mtu);
+int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]);
+int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on);
+
+/* The mailbox's event_seq: it changes when the link or the capabilities changed (GET_INFO
+ * again). Compare for inequality only: it wraps. */
+int nmx_pv_events(const struct nmx_pv_dev* dev);
+
+/* NMX_PV_STATUS_OK (0), or NMX_PV_STATUS_BROKEN (1) when the host marked the device broken
+ * (reason: its broken_reason) or the library did (reason: what the host did wrong: a ring
+ * index beyond what was posted, ...). reason (n bytes, may be NULL) is always NUL-terminated.
+ * Any thread. */
+int nmx_pv_status(const struct nmx_pv_dev* dev, char* reason, size_t n);
+
+/* ---- data path ---------------------------------------------------------------------------- */
+
+/* One packet. tx: data/len are the frame (copied by nmx_pv_tx_burst), flags are
+ * NMX_PV_DESC_* requests (IPV4, IPV6, TCP_CKSUM, UDP_CKSUM, IP_CKSUM, TSO; other bits are
+ * ignored) with l2_len, l3_len, l4_len and tso_segsz as pv_abi.h describes them. rx: data points
+ * into the region (the caller's until nmx_pv_rx_done), flags are NMX_PV_DESC_* results
+ * (L4_GOOD, RSS, MARK, IPV4, IPV6), rss_hash and mark valid with RSS and MARK. */
+struct nmx_pv_pkt {
+  void* data;
+  uint32_t len;
+  uint16_t flags;
+  uint8_t l2_len, l4_len;
+  uint16_t l3_len, tso_segsz;
+  uint32_t rss_hash, mark;
+};
+
+/* Reclaims finished tx buffers, then copies up to n frames into free tx buffers of queue q and
+ * publishes them; kicks the host if it sleeps. Returns how many of pkts were taken: sent, or
+ * dropped because empty or longer than nmx_pv_buf_size() (counted in tx_dropped). Fewer than n
+ * when the ring is full; 0 when q is not set up or the device is broken. */
+uint16_t nmx_pv_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_pkt* pkts, uint16_t n);
+
+/* Up to n received frames of queue q. Their buffers stay the caller's, in order, until
+ * nmx_pv_rx_done gives them back; a caller holding every buffer receives nothing more. */
+uint16_t nmx_pv_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* pkts, uint16_t n);
+
+/* Gives back the first n of the buffers rx_burst handed out (oldest first) as empty buffers and
+ * kicks the host if it sleeps. n beyond what the caller holds is clamped. */
+void nmx_pv_rx_done(struct nmx_pv_dev* dev, uint32_t q, uint16_t n);
+
+/* Sleeps until queue pair q has work (a received frame, or a tx buffer finished while some are
+ * outstanding) or timeout_ms passes (-1: no limit). > 0: work or woken; 0: timeout; < 0: an
+ * error (the pair is not set up, the device is broken). */
+int nmx_pv_wait(struct nmx_pv_dev* dev, uint32_t q, int timeout_ms);
+
+/* nmx_pv_wait in pieces, for one thread sleeping on several pairs (poll() on several irq fds):
+ * arm asks the host for irqs on pair q (NMX_PV_DRIVER_WANTS_IRQ on both its rings) and then
+ * checks for work: > 0 means work is already there (do not sleep; disarm), 0 means sleep on
+ * nmx_pv_irq_fd(q) (POLLIN). disarm clears the requests and drains the fd. */
+int nmx_pv_irq_fd(const struct nmx_pv_dev* dev, uint32_t q);
+int nmx_pv_irq_arm(struct nmx_pv_dev* dev, uint32_t q);
+void nmx_pv_irq_disarm(struct nmx_pv_dev* dev, uint32_t q);
+
+/* The library's own counters of queue pair q (each written by the queue's thread; read from
+ * any). */
+struct nmx_pv_queue_counters {
+  uint64_t tx_dropped;     /* frames tx_burst took but could not send: empty, or > buf_size */
+  uint64_t tx_kicks;       /* kicks after posting tx (the host slept) */
+  uint64_t rx_kicks;       /* kicks after reposting rx buffers */
+  uint64_t rx_len_clamped; /* received lengths beyond the buffer (a host bug), clamped */
+};
+int nmx_pv_queue_counters_get(const struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_queue_counters* c);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NICMUX_PV_GUEST_NICMUX_PV_H */
