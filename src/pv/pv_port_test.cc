@@ -20,6 +20,7 @@
 #include "packet/offload_ops.h"
 #include "pv/pv_abi.h"
 #include "tests/support/frames.h"
+#include "tests/support/pv_driver.h"
 
 namespace nicmux {
 namespace {
@@ -32,121 +33,7 @@ std::string TempSocket() {
   return std::string(dir) + "/pv.sock";
 }
 
-// A driver on the raw ABI.
-struct Driver {
-  explicit Driver(EventLoop* l) : loop(l) {}
-  EventLoop* loop;
-  UniqueFd sock, memfd;
-  std::vector<UniqueFd> bells;  // kick, irq per doorbell
-  std::byte* base = nullptr;
-  size_t size = 0;
-  uint32_t seq = 0;
-
-  ~Driver() {
-    if (base) ::munmap(base, size);
-  }
-  nmx_pv_header* h() const { return reinterpret_cast<nmx_pv_header*>(base); }
-  nmx_pv_ctrl* c() const { return reinterpret_cast<nmx_pv_ctrl*>(base + h()->ctrl_offset); }
-  nmx_pv_ring* ring(uint32_t i) const { return reinterpret_cast<nmx_pv_ring*>(base + h()->rings_offset + i * h()->ring_stride); }
-  nmx_pv_ring* rx(uint32_t q) const { return ring(2 * q); }
-  nmx_pv_ring* tx(uint32_t q) const { return ring(2 * q + 1); }
-  uint64_t buf(uint32_t i) const { return h()->bufs_offset + uint64_t{i} * h()->buf_size; }
-
-  void Connect(const std::string& path) {
-    auto addr = UnixAddr(path);
-    ASSERT_TRUE(addr.has_value());
-    sock = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    ASSERT_EQ(::connect(sock.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr), 0);
-    nmx_pv_hello hello{};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
-    for (int i = 0; i < 100; ++i) {
-      loop->RunOnce(10);
-      iovec iov{&hello, sizeof hello};
-      msghdr mh{};
-      mh.msg_iov = &iov;
-      mh.msg_iovlen = 1;
-      mh.msg_control = control;
-      mh.msg_controllen = sizeof control;
-      const ssize_t n = ::recvmsg(sock.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-      if (n < 0 && errno == EAGAIN) continue;
-      ASSERT_EQ(n, static_cast<ssize_t>(sizeof hello));
-      cmsghdr* cm = CMSG_FIRSTHDR(&mh);
-      ASSERT_NE(cm, nullptr);
-      const size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      std::vector<int> fds(nfds);
-      std::memcpy(fds.data(), CMSG_DATA(cm), nfds * sizeof(int));
-      ASSERT_EQ(nfds, 1 + 2 * size_t{hello.num_doorbells});
-      memfd = UniqueFd(fds[0]);
-      for (size_t k = 1; k < nfds; ++k) bells.emplace_back(fds[k]);
-      break;
-    }
-    ASSERT_TRUE(memfd.valid()) << "no hello";
-    ASSERT_EQ(hello.magic, NMX_PV_MAGIC);
-    size = hello.region_size;
-    void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
-    ASSERT_NE(m, MAP_FAILED);
-    base = static_cast<std::byte*>(m);
-  }
-
-  void Kick(uint32_t doorbell) {
-    uint64_t one = 1;
-    ASSERT_EQ(::write(bells[2 * doorbell].get(), &one, 8), 8);
-  }
-
-  nmx_pv_msg Call(uint16_t type, const void* payload = nullptr, uint16_t len = 0) {
-    nmx_pv_ctrl* ctl = c();
-    ctl->req.type = type;
-    ctl->req.len = len;
-    ctl->req.seq = ++seq;
-    if (len) std::memcpy(ctl->req.payload, payload, len);
-    __atomic_store_n(&ctl->req_seq, seq, __ATOMIC_RELEASE);
-    Kick(0);
-    for (int i = 0; i < 200 && __atomic_load_n(&ctl->resp_seq, __ATOMIC_ACQUIRE) != seq; ++i) loop->RunOnce(5);
-    EXPECT_EQ(__atomic_load_n(&ctl->resp_seq, __ATOMIC_ACQUIRE), seq) << "no answer to request " << type;
-    return ctl->resp;
-  }
-  template <typename T>
-  nmx_pv_msg Call(uint16_t type, const T& payload) {
-    return Call(type, &payload, sizeof payload);
-  }
-
-  // CONFIGURE, QUEUE_SETUP of every queue, START.
-  void Start(uint32_t queues = 1, uint64_t tx_offloads = 0) {
-    nmx_pv_configure cfg{};
-    cfg.nb_rx_queues = cfg.nb_tx_queues = queues;
-    cfg.tx_offloads = tx_offloads;
-    ASSERT_EQ(Call(NMX_PV_MSG_CONFIGURE, cfg).status, 0);
-    for (uint32_t q = 0; q < queues; ++q) {
-      for (uint32_t dir : {NMX_PV_QUEUE_RX, NMX_PV_QUEUE_TX}) {
-        nmx_pv_msg r = Call(NMX_PV_MSG_QUEUE_SETUP, nmx_pv_queue_req{q, dir});
-        ASSERT_EQ(r.status, 0) << r.reason;
-      }
-    }
-    nmx_pv_msg r = Call(NMX_PV_MSG_START);
-    ASSERT_EQ(r.status, 0) << r.reason;
-  }
-
-  // Posts a frame on pair q's tx ring, in buffer slot `slot`.
-  void PostTx(uint32_t q, uint32_t slot, const Bytes& f, uint16_t flags = 0) {
-    nmx_pv_ring* r = tx(q);
-    const uint32_t at = r->posted & (h()->ring_size - 1);
-    std::memcpy(base + buf(slot), f.data(), f.size());
-    r->desc[at] = {};
-    r->desc[at].offset = buf(slot);
-    r->desc[at].len = static_cast<uint32_t>(f.size());
-    r->desc[at].flags = flags;
-    __atomic_store_n(&r->posted, r->posted + 1, __ATOMIC_RELEASE);
-  }
-  // Posts an empty buffer on pair q's rx ring.
-  void PostRx(uint32_t q, uint32_t slot, uint32_t cap) {
-    nmx_pv_ring* r = rx(q);
-    const uint32_t at = r->posted & (h()->ring_size - 1);
-    r->desc[at] = {};
-    r->desc[at].offset = buf(slot);
-    r->desc[at].len = cap;
-    __atomic_store_n(&r->posted, r->posted + 1, __ATOMIC_RELEASE);
-  }
-};
+using Driver = testing::RawPvDriver;
 
 Bytes Frame(uint32_t len, uint8_t seed) {
   Bytes f(len);
@@ -184,7 +71,7 @@ class PvPortTest : public ::testing::Test {
 
 TEST_F(PvPortTest, HandshakeAndInfo) {
   Driver d(loop_.get());
-  d.Connect(path_);
+  ASSERT_EQ(d.Connect(path_), "");
   EXPECT_EQ(d.h()->version, NMX_PV_VERSION);
   EXPECT_EQ(d.h()->max_queue_pairs, 1u);
   EXPECT_EQ(d.h()->ring_size, 1024u);
@@ -206,7 +93,7 @@ TEST_F(PvPortTest, HandshakeAndInfo) {
 
 TEST_F(PvPortTest, ControlRefusalsNameTheReason) {
   Driver d(loop_.get());
-  d.Connect(path_);
+  ASSERT_EQ(d.Connect(path_), "");
   nmx_pv_msg r = d.Call(NMX_PV_MSG_START);
   EXPECT_EQ(r.status, -EINVAL);
   EXPECT_NE(std::string(r.reason).find("CONFIGURE first"), std::string::npos) << r.reason;
@@ -239,14 +126,14 @@ TEST_F(PvPortTest, ControlRefusalsNameTheReason) {
   EXPECT_NE(std::string(r.reason).find("posted is 5"), std::string::npos) << r.reason;
   // The device still works after all of it.
   d.tx(0)->posted = 0;
-  d.Start();
+  ASSERT_EQ(d.Start(), "");
   EXPECT_EQ(port_->State(), "running");
 }
 
 TEST_F(PvPortTest, FramesBothWaysInOrderWithHoldBack) {
   Driver d(loop_.get());
-  d.Connect(path_);
-  d.Start();
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(), "");
   for (uint8_t i = 0; i < 3; ++i) d.PostTx(0, i, Frame(60 + i, i));
   Batch b;
   ASSERT_EQ(port_->Rx(0, b, kBurst), 3u);
@@ -286,8 +173,8 @@ TEST_F(PvPortTest, FramesBothWaysInOrderWithHoldBack) {
 
 TEST_F(PvPortTest, ChecksumRequestsAndResults) {
   Driver d(loop_.get());
-  d.Connect(path_);
-  d.Start(1, NMX_PV_TX_TCP_CKSUM | NMX_PV_TX_IPV4_CKSUM);
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(1, NMX_PV_TX_TCP_CKSUM | NMX_PV_TX_IPV4_CKSUM), "");
   testing::FrameSpec fs;
   fs.payload = 500;
   Bytes f = testing::MakeTcpUdpFrame(fs);
@@ -317,8 +204,8 @@ TEST_F(PvPortTest, ChecksumRequestsAndResults) {
 
 TEST_F(PvPortTest, ShortFramesDroppedAndConsumed) {
   Driver d(loop_.get());
-  d.Connect(path_);
-  d.Start();
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(), "");
   d.PostTx(0, 0, Frame(10, 0));
   d.PostTx(0, 1, Frame(60, 1));
   Batch b;
@@ -368,10 +255,10 @@ TEST_F(PvPortTest, HostileDriverBreaksTheDevice) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     Driver d(loop_.get());
-    d.Connect(path_);
+    ASSERT_EQ(d.Connect(path_), "");
     EXPECT_GT(d.h()->generation, generation);
     generation = d.h()->generation;
-    d.Start();
+    ASSERT_EQ(d.Start(), "");
     c.lie(d);
     Batch b;
     EXPECT_EQ(port_->Rx(0, b, kBurst), 0u);
@@ -391,8 +278,8 @@ TEST_F(PvPortTest, HostileDriverBreaksTheDevice) {
   }
   // The rx ring lies too.
   Driver d(loop_.get());
-  d.Connect(path_);
-  d.Start();
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(), "");
   __atomic_store_n(&d.rx(0)->posted, 2000u, __ATOMIC_RELEASE);
   Bytes f = Frame(60, 0);
   testing::SplitPacket sp(f, {});
@@ -404,7 +291,7 @@ TEST_F(PvPortTest, HostileDriverBreaksTheDevice) {
 
 TEST_F(PvPortTest, OneDriverAtATime) {
   Driver a(loop_.get());
-  a.Connect(path_);
+  ASSERT_EQ(a.Connect(path_), "");
   auto addr = UnixAddr(path_);
   UniqueFd b(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   ASSERT_EQ(::connect(b.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr), 0);
@@ -444,7 +331,7 @@ TEST_F(PvPortTest, CapabilitiesFollowTheUplink) {
   o.uplink = "up0";
   Make(o);
   Driver d(loop_.get());
-  d.Connect(path_);
+  ASSERT_EQ(d.Connect(path_), "");
   auto info = [&] {
     nmx_pv_info i;
     nmx_pv_msg r = d.Call(NMX_PV_MSG_GET_INFO);
