@@ -793,6 +793,15 @@ int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on) {
   return ctrl_call(dev, NMX_PV_MSG_PROMISC_SET, &v, sizeof v, NULL, 0);
 }
 
+int nmx_pv_connected(const struct nmx_pv_dev* dev) {
+  struct pollfd p = {.fd = dev->sock, .events = POLLRDHUP, .revents = 0};
+  int r;
+  do {
+    r = poll(&p, 1, 0);
+  } while (r < 0 && errno == EINTR);
+  return !(r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)));
+}
+
 int nmx_pv_events(const struct nmx_pv_dev* dev) {
   /* UNTRUSTED: only compared for change by callers. */
   return (int)__atomic_load_n(&dev->ctrl->event_seq, __ATOMIC_ACQUIRE);
@@ -847,22 +856,38 @@ static int publish(struct nmx_pv_ring* r, uint32_t posted, int kick) {
   return 0;
 }
 
+/* Takes back the tx buffers the host finished; the free slots, or -1 when the host lied (the
+ * device is then broken). */
+static int tx_reclaim(struct nmx_pv_dev* dev, uint32_t q, struct pv_txq* t) {
+  /* UNTRUSTED: done: accepted only if it moved forward by at most what is outstanding
+   * (done - reclaimed <= posted - reclaimed, u32); anything else (beyond posted, backwards)
+   * breaks the device. */
+  const uint32_t done = __atomic_load_n(&t->ring->done, __ATOMIC_ACQUIRE);
+  if ((uint32_t)(done - t->reclaimed) > (uint32_t)(t->posted - t->reclaimed)) {
+    mark_broken(dev, "tx queue %u: the host's done %u is beyond posted %u (last done %u)", q, done, t->posted,
+                t->reclaimed);
+    return -1;
+  }
+  t->reclaimed = done;
+  return (int)(dev->ring_size - (t->posted - t->reclaimed));
+}
+
+uint32_t nmx_pv_tx_free(struct nmx_pv_dev* dev, uint32_t q) {
+  if (q >= dev->nqp) return 0;
+  struct pv_txq* t = &dev->txq[q];
+  if (!t->ready || is_broken(dev)) return 0;
+  const int room = tx_reclaim(dev, q, t);
+  return room < 0 ? 0 : (uint32_t)room;
+}
+
 uint16_t nmx_pv_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_pkt* pkts, uint16_t n) {
   if (q >= dev->nqp) return 0;
   struct pv_txq* t = &dev->txq[q];
   if (!t->ready || is_broken(dev)) return 0;
   struct nmx_pv_ring* r = t->ring;
-  /* UNTRUSTED: done: accepted only if it moved forward by at most what is outstanding
-   * (done - reclaimed <= posted - reclaimed, u32); anything else (beyond posted, backwards)
-   * breaks the device. */
-  const uint32_t done = __atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
-  if ((uint32_t)(done - t->reclaimed) > (uint32_t)(t->posted - t->reclaimed)) {
-    mark_broken(dev, "tx queue %u: the host's done %u is beyond posted %u (last done %u)", q, done, t->posted,
-                t->reclaimed);
-    return 0;
-  }
-  t->reclaimed = done;
-  uint32_t room = dev->ring_size - (t->posted - t->reclaimed);
+  const int free_slots = tx_reclaim(dev, q, t);
+  if (free_slots < 0) return 0;
+  uint32_t room = (uint32_t)free_slots;
   uint32_t pos = t->posted;
   uint64_t dropped = 0;
   uint16_t i = 0;

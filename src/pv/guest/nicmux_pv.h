@@ -100,6 +100,10 @@ int nmx_pv_mtu_set(struct nmx_pv_dev* dev, uint32_t mtu);
 int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]);
 int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on);
 
+/* 1 while the host keeps the connection open, 0 once it closed it (the device is gone: open a
+ * new one). Any thread. */
+int nmx_pv_connected(const struct nmx_pv_dev* dev);
+
 /* The mailbox's event_seq: it changes when the link or the capabilities changed (GET_INFO
  * again). Compare for inequality only: it wraps. */
 int nmx_pv_events(const struct nmx_pv_dev* dev);
@@ -131,6 +135,10 @@ struct nmx_pv_pkt {
  * dropped because empty or longer than nmx_pv_buf_size() (counted in tx_dropped). Fewer than n
  * when the ring is full; 0 when q is not set up or the device is broken. */
 uint16_t nmx_pv_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_pkt* pkts, uint16_t n);
+
+/* Free slots of tx queue q after taking back what the host finished: a tx_burst of up to this
+ * many frames takes them all. 0 when q is not set up or the device is broken. */
+uint32_t nmx_pv_tx_free(struct nmx_pv_dev* dev, uint32_t q);
 
 /* Up to n received frames of queue q. Their buffers stay the caller's, in order, until
  * nmx_pv_rx_done gives them back; a caller holding every buffer receives nothing more. */

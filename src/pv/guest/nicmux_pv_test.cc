@@ -820,7 +820,9 @@ TEST(PvGuestControl, HostHangsUp) {
   FakeHost h;
   Dev d = OpenOk(h);
   ASSERT_TRUE(d);
+  EXPECT_EQ(nmx_pv_connected(d.get()), 1);
   h.Hangup();  // nobody answers either
+  EXPECT_EQ(nmx_pv_connected(d.get()), 0);
   const auto t0 = Clock::now();
   EXPECT_EQ(nmx_pv_start(d.get()), -ENOTCONN);
   EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1));
@@ -907,6 +909,23 @@ TEST(PvGuestTx, FullRingThenReclaim) {
   for (auto& g : got) offs.push_back(g.desc.offset);
   std::sort(offs.begin(), offs.end());
   EXPECT_EQ(std::unique(offs.begin(), offs.end()), offs.end());
+}
+
+TEST(PvGuestTx, FreeSlotsFollowTheHost) {
+  FakeHost h;
+  Dev d = Ready(h);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(nmx_pv_tx_free(d.get(), 0), 64u);
+  EXPECT_EQ(nmx_pv_tx_free(d.get(), 1), 0u);  // no such queue
+  auto f = Pattern(100, 9);
+  std::vector<nmx_pv_pkt> pkts(40, TxPkt(f));
+  ASSERT_EQ(nmx_pv_tx_burst(d.get(), 0, pkts.data(), 40), 40);
+  EXPECT_EQ(nmx_pv_tx_free(d.get(), 0), 24u);
+  h.DrainTx(0, 30);
+  EXPECT_EQ(nmx_pv_tx_free(d.get(), 0), 54u);
+  Store(&h.tx(0)->done, Load(&h.tx(0)->done) + 11);  // one beyond posted
+  EXPECT_EQ(nmx_pv_tx_free(d.get(), 0), 0u);
+  EXPECT_EQ(nmx_pv_status(d.get(), nullptr, 0), NMX_PV_STATUS_BROKEN);
 }
 
 TEST(PvGuestTx, TooLongOrEmptyFramesAreDroppedAndCounted) {
