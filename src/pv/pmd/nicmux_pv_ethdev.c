@@ -1,0 +1,776 @@
+/* net_nicmux_pv: a DPDK 22.11 poll-mode driver for a pvdev (docs/pv-protocol.md), over the
+ * driver-side library src/pv/guest/nicmux_pv.h. Loaded into an unmodified DPDK application:
+ *
+ *   dpdk-testpmd -d librte_net_nicmux_pv.so --vdev net_nicmux_pv0,socket=/run/p0.sock -- -i
+ *
+ * (nicmuxd serving `--port pv:p0:socket=/run/p0.sock`). Everything the application asks of the
+ * device goes to nicmuxd through the library's control calls, and what the device can do is
+ * what nicmuxd announces (GET_INFO): queues, ring size, MTU range, MAC, link, tx and rx
+ * offloads. A request nicmuxd refuses fails with nicmuxd's reason in the log and its errno.
+ *
+ * Data path: one copy each way, done by us or the library.
+ *   rx: the library hands out frames in the region's rx buffers; each is copied into an mbuf of
+ *       the queue's mempool (chained across mbufs when it is longer than one mbuf's data room
+ *       and the application enabled SCATTER; otherwise dropped and counted in ierrors), then the
+ *       buffers go back to nicmuxd at once (nmx_pv_rx_done): nothing is held between bursts.
+ *   tx: the library copies each frame into a tx buffer of the region; a chained mbuf is first
+ *       made flat in the queue's scratch buffer. The mbufs the library took are freed.
+ * Zero-copy (nicmuxd writing into the application's mbufs: registered memory, region != 0) is
+ * not in protocol version 1.
+ *
+ * Threads: ethdev's rules are the library's: control ops from one thread, each queue's burst
+ * function from the one lcore that polls it. Counters the data path writes are single-writer
+ * and read with relaxed atomics; stats_reset only moves baselines, so no two threads write one
+ * word.
+ *
+ * Primary process only (the region and the doorbells are this process's fds).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <bus_vdev_driver.h>
+#include <ethdev_driver.h>
+#include <ethdev_vdev.h>
+#include <rte_ether.h>
+#include <rte_kvargs.h>
+#include <rte_log.h>
+#include <rte_malloc.h>
+#include <rte_mbuf.h>
+
+#include "pv/guest/nicmux_pv.h"
+
+#define PV_ARG_SOCKET "socket"
+#define PV_BURST 32 /* frames per library call */
+
+RTE_LOG_REGISTER(nicmux_pv_logtype, pmd.net.nicmux_pv, NOTICE);
+#define PV_LOG(level, fmt, ...) \
+  rte_log(RTE_LOG_##level, nicmux_pv_logtype, "net_nicmux_pv: " fmt "\n", ##__VA_ARGS__)
+
+static const char* const pv_valid_args[] = {PV_ARG_SOCKET, NULL};
+
+/* A counter with one writer (the queue's lcore) and readers elsewhere. */
+static inline uint64_t ctr_get(const uint64_t* c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
+static inline void ctr_add(uint64_t* c, uint64_t n) {
+  __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+struct pv_rx_queue {
+  struct nmx_pv_dev* pv;
+  uint16_t qid;
+  uint16_t port_id;
+  int scatter;           /* chain frames longer than one mbuf */
+  uint32_t room;         /* each mbuf's data room after its headroom */
+  struct rte_mempool* mp;
+  int pv_ready;          /* nmx_pv_queue_setup done since the last CONFIGURE */
+  /* Written by the data path only. */
+  uint64_t nombuf;       /* frames dropped: no mbuf */
+  uint64_t too_long;     /* frames dropped: longer than an mbuf without SCATTER */
+  uint64_t dropped_bytes;
+};
+
+struct pv_tx_queue {
+  struct nmx_pv_dev* pv;
+  uint16_t qid;
+  uint16_t requests;     /* NMX_PV_DESC_* requests of the offloads configured */
+  uint32_t buf_size;     /* the longest frame a tx buffer holds */
+  uint8_t* flat;         /* buf_size bytes: a chained mbuf made flat */
+  int pv_ready;
+  uint64_t too_long;     /* chains longer than buf_size, dropped (written by the data path) */
+};
+
+struct pv_internals {
+  struct nmx_pv_dev* pv;
+  char socket[256];
+  struct nmx_pv_info info; /* the last GET_INFO */
+  int events;              /* nmx_pv_events() when info was read */
+  /* stats_reset's baselines of the counters that cannot be reset. */
+  uint64_t base_rx_nombuf[NMX_PV_MAX_QUEUE_PAIRS], base_rx_too_long[NMX_PV_MAX_QUEUE_PAIRS],
+      base_rx_dropped_bytes[NMX_PV_MAX_QUEUE_PAIRS], base_tx_dropped[NMX_PV_MAX_QUEUE_PAIRS],
+      base_tx_too_long[NMX_PV_MAX_QUEUE_PAIRS];
+};
+
+static struct pv_internals* priv(struct rte_eth_dev* dev) { return dev->data->dev_private; }
+
+/* GET_INFO into the cache. */
+static int pv_read_info(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  /* Read the event number first: a change after it makes the next check read again. */
+  const int ev = nmx_pv_events(in->pv);
+  struct nmx_pv_info info;
+  const int rc = nmx_pv_get_info(in->pv, &info);
+  if (rc < 0) {
+    PV_LOG(ERR, "port %u: GET_INFO failed: %s", dev->data->port_id, nmx_pv_strerror(in->pv));
+    return rc;
+  }
+  in->info = info;
+  in->events = ev;
+  return 0;
+}
+
+/* The cached info, read again when nicmuxd announced a change (event_seq: the uplink came,
+ * went or renegotiated, so the offloads or the link speed may differ). */
+static int pv_fresh_info(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  if (nmx_pv_events(in->pv) == in->events) return 0;
+  PV_LOG(INFO, "port %u: nicmuxd announced a link or capability change; reading the device info again",
+         dev->data->port_id);
+  return pv_read_info(dev);
+}
+
+/* ---- offload maps --------------------------------------------------------------------------- */
+
+static const struct {
+  uint64_t pv, eth;
+} pv_tx_map[] = {
+    {NMX_PV_TX_IPV4_CKSUM, RTE_ETH_TX_OFFLOAD_IPV4_CKSUM},
+    {NMX_PV_TX_TCP_CKSUM, RTE_ETH_TX_OFFLOAD_TCP_CKSUM},
+    {NMX_PV_TX_UDP_CKSUM, RTE_ETH_TX_OFFLOAD_UDP_CKSUM},
+    {NMX_PV_TX_TCP_TSO, RTE_ETH_TX_OFFLOAD_TCP_TSO},
+},
+  pv_rx_map[] = {
+      {NMX_PV_RX_IPV4_CKSUM, RTE_ETH_RX_OFFLOAD_IPV4_CKSUM},
+      {NMX_PV_RX_TCP_CKSUM, RTE_ETH_RX_OFFLOAD_TCP_CKSUM},
+      {NMX_PV_RX_UDP_CKSUM, RTE_ETH_RX_OFFLOAD_UDP_CKSUM},
+      {NMX_PV_RX_RSS_HASH, RTE_ETH_RX_OFFLOAD_RSS_HASH},
+};
+
+/* The PMD's own: chains on tx (made flat here) and on rx (built here). nicmuxd never sees them. */
+#define PV_TX_LOCAL RTE_ETH_TX_OFFLOAD_MULTI_SEGS
+#define PV_RX_LOCAL RTE_ETH_RX_OFFLOAD_SCATTER
+
+static uint64_t pv_tx_to_eth(uint64_t pv) {
+  uint64_t e = 0;
+  for (size_t i = 0; i < RTE_DIM(pv_tx_map); ++i)
+    if (pv & pv_tx_map[i].pv) e |= pv_tx_map[i].eth;
+  return e;
+}
+static uint64_t pv_rx_to_eth(uint64_t pv) {
+  uint64_t e = 0;
+  for (size_t i = 0; i < RTE_DIM(pv_rx_map); ++i)
+    if (pv & pv_rx_map[i].pv) e |= pv_rx_map[i].eth;
+  return e;
+}
+/* ethdev has already refused offloads outside dev_infos_get's capabilities, so an unmapped bit
+ * cannot reach here; it is passed on as a bit nicmuxd will name rather than dropped. */
+static uint64_t pv_tx_from_eth(uint64_t eth) {
+  uint64_t p = 0;
+  for (size_t i = 0; i < RTE_DIM(pv_tx_map); ++i)
+    if (eth & pv_tx_map[i].eth) p |= pv_tx_map[i].pv;
+  return p;
+}
+static uint64_t pv_rx_from_eth(uint64_t eth) {
+  uint64_t p = 0;
+  for (size_t i = 0; i < RTE_DIM(pv_rx_map); ++i)
+    if (eth & pv_rx_map[i].eth) p |= pv_rx_map[i].pv;
+  return p;
+}
+
+/* The descriptor requests the configured tx offloads allow. */
+static uint16_t pv_tx_requests(uint64_t eth) {
+  uint16_t r = 0;
+  if (eth & RTE_ETH_TX_OFFLOAD_IPV4_CKSUM) r |= NMX_PV_DESC_IP_CKSUM;
+  if (eth & RTE_ETH_TX_OFFLOAD_TCP_CKSUM) r |= NMX_PV_DESC_TCP_CKSUM;
+  if (eth & RTE_ETH_TX_OFFLOAD_UDP_CKSUM) r |= NMX_PV_DESC_UDP_CKSUM;
+  if (eth & RTE_ETH_TX_OFFLOAD_TCP_TSO) r |= NMX_PV_DESC_TSO;
+  return r;
+}
+
+/* ---- data path ------------------------------------------------------------------------------ */
+
+/* One received frame into a new mbuf (a chain with SCATTER); NULL when dropped (counted). */
+static struct rte_mbuf* pv_rx_copy(struct pv_rx_queue* q, const struct nmx_pv_pkt* p) {
+  if (p->len > q->room && !q->scatter) {
+    ctr_add(&q->too_long, 1);
+    ctr_add(&q->dropped_bytes, p->len);
+    return NULL;
+  }
+  struct rte_mbuf* head = rte_pktmbuf_alloc(q->mp);
+  if (head == NULL) goto nombuf;
+  const uint8_t* src = p->data;
+  uint32_t left = p->len;
+  struct rte_mbuf* m = head;
+  for (;;) {
+    const uint32_t n = left < q->room ? left : q->room;
+    rte_memcpy(rte_pktmbuf_mtod(m, void*), src, n);
+    m->data_len = (uint16_t)n;
+    src += n;
+    left -= n;
+    if (left == 0) break;
+    struct rte_mbuf* next = rte_pktmbuf_alloc(q->mp);
+    if (next == NULL) {
+      rte_pktmbuf_free(head);
+      goto nombuf;
+    }
+    m->next = next;
+    head->nb_segs++;
+    m = next;
+  }
+  head->pkt_len = p->len;
+  head->port = q->port_id;
+  /* Results nicmuxd wrote: L4_GOOD means the L4 checksum is right (the sender's was verified,
+   * or nicmuxd completed it). Nothing is said of the IPv4 header's: UNKNOWN (no flag). */
+  if (p->flags & NMX_PV_DESC_L4_GOOD) head->ol_flags |= RTE_MBUF_F_RX_L4_CKSUM_GOOD;
+  if (p->flags & NMX_PV_DESC_RSS) {
+    head->ol_flags |= RTE_MBUF_F_RX_RSS_HASH;
+    head->hash.rss = p->rss_hash;
+  }
+  if (p->flags & NMX_PV_DESC_MARK) {
+    head->ol_flags |= RTE_MBUF_F_RX_FDIR | RTE_MBUF_F_RX_FDIR_ID;
+    head->hash.fdir.hi = p->mark;
+  }
+  return head;
+nombuf:
+  ctr_add(&q->nombuf, 1);
+  ctr_add(&q->dropped_bytes, p->len);
+  return NULL;
+}
+
+static uint16_t pv_rx_burst(void* queue, struct rte_mbuf** bufs, uint16_t nb) {
+  struct pv_rx_queue* q = queue;
+  struct nmx_pv_pkt pkts[PV_BURST];
+  uint16_t got = 0;
+  while (got < nb) {
+    const uint16_t want = (uint16_t)RTE_MIN(nb - got, PV_BURST);
+    const uint16_t n = nmx_pv_rx_burst(q->pv, q->qid, pkts, want);
+    if (n == 0) break;
+    for (uint16_t i = 0; i < n; ++i) {
+      struct rte_mbuf* m = pv_rx_copy(q, &pkts[i]);
+      if (m) bufs[got++] = m;
+    }
+    /* Copied: the buffers go back now (a frame we dropped is gone as on a NIC out of mbufs). */
+    nmx_pv_rx_done(q->pv, q->qid, n);
+    if (n < want) break;
+  }
+  return got;
+}
+
+/* An mbuf's tx requests as descriptor fields. Only offloads the application configured are
+ * passed (a NIC ignores requests for offloads it was not asked to do; nicmuxd would drop the
+ * frame as bad_offload). RTE_MBUF_F_TX_L4_MASK is a 2-bit field: compared with ==. */
+static void pv_tx_fill(const struct pv_tx_queue* q, const struct rte_mbuf* m, struct nmx_pv_pkt* p) {
+  const uint64_t f = m->ol_flags;
+  uint16_t r = 0;
+  if (f & RTE_MBUF_F_TX_TCP_SEG) {
+    r |= NMX_PV_DESC_TSO | NMX_PV_DESC_TCP_CKSUM; /* TCP_SEG implies the TCP checksum */
+  } else {
+    const uint64_t l4 = f & RTE_MBUF_F_TX_L4_MASK;
+    if (l4 == RTE_MBUF_F_TX_TCP_CKSUM) r |= NMX_PV_DESC_TCP_CKSUM;
+    else if (l4 == RTE_MBUF_F_TX_UDP_CKSUM) r |= NMX_PV_DESC_UDP_CKSUM;
+  }
+  if (f & RTE_MBUF_F_TX_IP_CKSUM) r |= NMX_PV_DESC_IP_CKSUM;
+  /* TSO needs the TCP checksum as well: configured TSO without TCP_CKSUM still sums. */
+  uint16_t allowed = q->requests;
+  if (allowed & NMX_PV_DESC_TSO) allowed |= NMX_PV_DESC_TCP_CKSUM;
+  r &= allowed;
+  if (r != 0) {
+    /* The IP version is required with any request (DPDK's rule too). IP_CKSUM alone says IPv4. */
+    if (f & RTE_MBUF_F_TX_IPV4) r |= NMX_PV_DESC_IPV4;
+    else if (f & RTE_MBUF_F_TX_IPV6) r |= NMX_PV_DESC_IPV6;
+    else if (r == NMX_PV_DESC_IP_CKSUM) r |= NMX_PV_DESC_IPV4;
+    else r = 0; /* no way to know: sent as it is */
+  }
+  p->flags = r;
+  p->l2_len = (uint8_t)m->l2_len;
+  p->l3_len = (uint16_t)m->l3_len;
+  p->l4_len = (uint8_t)m->l4_len;
+  p->tso_segsz = (r & NMX_PV_DESC_TSO) ? m->tso_segsz : 0;
+}
+
+static uint16_t pv_tx_burst(void* queue, struct rte_mbuf** bufs, uint16_t nb) {
+  struct pv_tx_queue* q = queue;
+  struct nmx_pv_pkt pkts[PV_BURST];
+  uint16_t sent = 0;
+  while (sent < nb) {
+    /* A run of flat mbufs: the library copies them straight from the mbufs. */
+    uint16_t k = 0;
+    while (k < PV_BURST && sent + k < nb && bufs[sent + k]->nb_segs == 1) {
+      struct rte_mbuf* m = bufs[sent + k];
+      memset(&pkts[k], 0, sizeof pkts[k]);
+      pkts[k].data = rte_pktmbuf_mtod(m, void*);
+      pkts[k].len = m->data_len;
+      pv_tx_fill(q, m, &pkts[k]);
+      ++k;
+    }
+    if (k > 0) {
+      /* Taken = sent, or dropped by the library (empty, longer than a buffer: its tx_dropped). */
+      const uint16_t took = nmx_pv_tx_burst(q->pv, q->qid, pkts, k);
+      rte_pktmbuf_free_bulk(&bufs[sent], took);
+      sent += took;
+      if (took < k) break; /* the ring is full */
+      continue;
+    }
+    /* A chain: made flat in the scratch buffer, then one frame. */
+    struct rte_mbuf* m = bufs[sent];
+    if (m->pkt_len > q->buf_size) {
+      ctr_add(&q->too_long, 1);
+      rte_pktmbuf_free(m);
+      ++sent;
+      continue;
+    }
+    if (nmx_pv_tx_free(q->pv, q->qid) == 0) break;
+    memset(&pkts[0], 0, sizeof pkts[0]);
+    pkts[0].data = (void*)(uintptr_t)rte_pktmbuf_read(m, 0, m->pkt_len, q->flat);
+    pkts[0].len = m->pkt_len;
+    pv_tx_fill(q, m, &pkts[0]);
+    if (nmx_pv_tx_burst(q->pv, q->qid, pkts, 1) == 0) break;
+    rte_pktmbuf_free(m);
+    ++sent;
+  }
+  return sent;
+}
+
+/* ---- control ops ---------------------------------------------------------------------------- */
+
+/* Logs a refused or failed control call with the library's text (nicmuxd's reason when it
+ * refused) and returns its errno. */
+static int pv_fail(struct rte_eth_dev* dev, const char* what, int rc) {
+  struct pv_internals* in = priv(dev);
+  PV_LOG(ERR, "port %u: %s: %s", dev->data->port_id, what, in->pv ? nmx_pv_strerror(in->pv) : "device closed");
+  return rc;
+}
+
+static int pv_dev_infos_get(struct rte_eth_dev* dev, struct rte_eth_dev_info* di) {
+  struct pv_internals* in = priv(dev);
+  const int rc = pv_fresh_info(dev);
+  if (rc < 0) return rc;
+  const struct nmx_pv_info* info = &in->info;
+  di->max_rx_queues = (uint16_t)info->max_rx_queues;
+  di->max_tx_queues = (uint16_t)info->max_tx_queues;
+  di->max_mac_addrs = 1;
+  di->min_mtu = (uint16_t)info->min_mtu;
+  di->max_mtu = (uint16_t)RTE_MIN(info->max_mtu, (uint32_t)UINT16_MAX);
+  /* The longest frame an rx buffer holds; nicmuxd's max_mtu is buf_size - 18, so ethdev's
+   * overhead (max_rx_pktlen - max_mtu) is the Ethernet header and FCS. */
+  di->max_rx_pktlen = info->max_mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN;
+  di->min_rx_bufsize = RTE_ETHER_MIN_LEN;
+  /* Each ring holds ring_size descriptors whatever the application asks; a smaller request
+   * gets the whole ring (the library posts every rx buffer). */
+  di->rx_desc_lim.nb_max = (uint16_t)info->ring_size;
+  di->rx_desc_lim.nb_min = (uint16_t)RTE_MIN(NMX_PV_MIN_RING, info->ring_size);
+  di->rx_desc_lim.nb_align = 1;
+  di->tx_desc_lim = di->rx_desc_lim;
+  di->tx_desc_lim.nb_seg_max = UINT16_MAX;
+  di->tx_desc_lim.nb_mtu_seg_max = UINT16_MAX;
+  di->default_rxportconf.ring_size = (uint16_t)info->ring_size;
+  di->default_txportconf.ring_size = (uint16_t)info->ring_size;
+  di->default_rxportconf.burst_size = PV_BURST;
+  di->default_txportconf.burst_size = PV_BURST;
+  di->default_rxportconf.nb_queues = 1;
+  di->default_txportconf.nb_queues = 1;
+  di->tx_offload_capa = pv_tx_to_eth(info->tx_offloads) | PV_TX_LOCAL;
+  di->rx_offload_capa = pv_rx_to_eth(info->rx_offloads) | PV_RX_LOCAL;
+  di->tx_queue_offload_capa = 0; /* per port: nicmuxd configures the device as a whole */
+  di->rx_queue_offload_capa = 0;
+  di->speed_capa = RTE_ETH_LINK_SPEED_FIXED;
+  return 0;
+}
+
+static int pv_dev_configure(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  const struct rte_eth_conf* c = &dev->data->dev_conf;
+  if (in->pv == NULL) return -ENODEV;
+  struct nmx_pv_configure conf;
+  memset(&conf, 0, sizeof conf);
+  conf.nb_rx_queues = dev->data->nb_rx_queues;
+  conf.nb_tx_queues = dev->data->nb_tx_queues;
+  conf.tx_offloads = pv_tx_from_eth(c->txmode.offloads & ~(uint64_t)PV_TX_LOCAL);
+  conf.rx_offloads = pv_rx_from_eth(c->rxmode.offloads & ~(uint64_t)PV_RX_LOCAL);
+  /* A TSO frame carries a TCP checksum request too (pv_tx_fill), which nicmuxd accepts only
+   * when TCP_CKSUM is configured: DPDK's TCP_TSO implies it. */
+  if (conf.tx_offloads & NMX_PV_TX_TCP_TSO) conf.tx_offloads |= NMX_PV_TX_TCP_CKSUM;
+  conf.mtu = dev->data->mtu; /* ethdev set it from rxmode.mtu (1500 by default) and checked it */
+  if (c->rxmode.mq_mode != RTE_ETH_MQ_RX_NONE && c->rxmode.mq_mode != RTE_ETH_MQ_RX_RSS) {
+    PV_LOG(ERR, "port %u: rx mq_mode %d is not supported", dev->data->port_id, c->rxmode.mq_mode);
+    return -ENOTSUP;
+  }
+  const int rc = nmx_pv_configure(in->pv, &conf);
+  if (rc < 0) {
+    /* nicmuxd's reason, e.g. "CONFIGURE refused by the host: CONFIGURE: tx offload tcp_tso is
+     * not offered (uplink: none) (Operation not supported)". The capabilities may have changed
+     * since the application read them: the next dev_infos_get reads them again. */
+    in->events = ~nmx_pv_events(in->pv);
+    return pv_fail(dev, "configure refused", rc);
+  }
+  /* nicmuxd forgets every queue on CONFIGURE: they are set up again (queue setup or start). */
+  for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) {
+    struct pv_rx_queue* q = dev->data->rx_queues[i];
+    if (q) q->pv_ready = 0;
+  }
+  for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) {
+    struct pv_tx_queue* q = dev->data->tx_queues[i];
+    if (q) q->pv_ready = 0;
+  }
+  return 0;
+}
+
+static int pv_rxq_setup_pv(struct rte_eth_dev* dev, struct pv_rx_queue* q) {
+  struct pv_internals* in = priv(dev);
+  const int rc = nmx_pv_queue_setup(in->pv, q->qid, NMX_PV_QUEUE_RX);
+  if (rc < 0) return pv_fail(dev, "rx queue setup", rc);
+  q->pv_ready = 1;
+  return 0;
+}
+static int pv_txq_setup_pv(struct rte_eth_dev* dev, struct pv_tx_queue* q) {
+  struct pv_internals* in = priv(dev);
+  const int rc = nmx_pv_queue_setup(in->pv, q->qid, NMX_PV_QUEUE_TX);
+  if (rc < 0) return pv_fail(dev, "tx queue setup", rc);
+  q->pv_ready = 1;
+  return 0;
+}
+
+static void pv_rx_queue_release(struct rte_eth_dev* dev, uint16_t qid) {
+  struct pv_internals* in = priv(dev);
+  struct pv_rx_queue* q = dev->data->rx_queues[qid];
+  if (q == NULL) return;
+  /* nicmuxd may have forgotten it already (CONFIGURE); its refusal then changes nothing. */
+  if (q->pv_ready && in->pv && nmx_pv_queue_release(in->pv, qid, NMX_PV_QUEUE_RX) < 0)
+    PV_LOG(DEBUG, "port %u: rx queue %u release: %s", dev->data->port_id, qid, nmx_pv_strerror(in->pv));
+  rte_free(q);
+  dev->data->rx_queues[qid] = NULL;
+}
+
+static void pv_tx_queue_release(struct rte_eth_dev* dev, uint16_t qid) {
+  struct pv_internals* in = priv(dev);
+  struct pv_tx_queue* q = dev->data->tx_queues[qid];
+  if (q == NULL) return;
+  if (q->pv_ready && in->pv && nmx_pv_queue_release(in->pv, qid, NMX_PV_QUEUE_TX) < 0)
+    PV_LOG(DEBUG, "port %u: tx queue %u release: %s", dev->data->port_id, qid, nmx_pv_strerror(in->pv));
+  rte_free(q->flat);
+  rte_free(q);
+  dev->data->tx_queues[qid] = NULL;
+}
+
+static int pv_rx_queue_setup(struct rte_eth_dev* dev, uint16_t qid, uint16_t nb_desc, unsigned int socket_id,
+                             const struct rte_eth_rxconf* conf, struct rte_mempool* mp) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  if (nb_desc < in->info.ring_size)
+    PV_LOG(DEBUG, "port %u: rx queue %u: %u descriptors asked, the ring has %u", dev->data->port_id, qid, nb_desc,
+           in->info.ring_size);
+  const uint32_t room = rte_pktmbuf_data_room_size(mp);
+  if (room <= RTE_PKTMBUF_HEADROOM) {
+    PV_LOG(ERR, "port %u: rx queue %u: the mempool's mbufs have no data room past the headroom",
+           dev->data->port_id, qid);
+    return -EINVAL;
+  }
+  struct pv_rx_queue* q = rte_zmalloc_socket("nicmux_pv_rxq", sizeof *q, RTE_CACHE_LINE_SIZE, (int)socket_id);
+  if (q == NULL) return -ENOMEM;
+  q->pv = in->pv;
+  q->qid = qid;
+  q->port_id = dev->data->port_id;
+  q->mp = mp;
+  q->room = room - RTE_PKTMBUF_HEADROOM;
+  q->scatter = ((dev->data->dev_conf.rxmode.offloads | conf->offloads) & RTE_ETH_RX_OFFLOAD_SCATTER) != 0;
+  /* ethdev released a previous queue qid before calling us. */
+  const int rc = pv_rxq_setup_pv(dev, q);
+  if (rc < 0) {
+    rte_free(q);
+    return rc;
+  }
+  dev->data->rx_queues[qid] = q;
+  return 0;
+}
+
+static int pv_tx_queue_setup(struct rte_eth_dev* dev, uint16_t qid, uint16_t nb_desc, unsigned int socket_id,
+                             const struct rte_eth_txconf* conf) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  (void)nb_desc;
+  struct pv_tx_queue* q = rte_zmalloc_socket("nicmux_pv_txq", sizeof *q, RTE_CACHE_LINE_SIZE, (int)socket_id);
+  if (q == NULL) return -ENOMEM;
+  q->pv = in->pv;
+  q->qid = qid;
+  q->buf_size = nmx_pv_buf_size(in->pv);
+  q->requests = pv_tx_requests(dev->data->dev_conf.txmode.offloads | conf->offloads);
+  q->flat = rte_malloc_socket("nicmux_pv_flat", q->buf_size, RTE_CACHE_LINE_SIZE, (int)socket_id);
+  if (q->flat == NULL) {
+    rte_free(q);
+    return -ENOMEM;
+  }
+  const int rc = pv_txq_setup_pv(dev, q);
+  if (rc < 0) {
+    rte_free(q->flat);
+    rte_free(q);
+    return rc;
+  }
+  dev->data->tx_queues[qid] = q;
+  return 0;
+}
+
+/* The link as nicmuxd reports it, and down while the port is stopped or nicmuxd is gone. */
+static int pv_link_update(struct rte_eth_dev* dev, int wait_to_complete) {
+  struct pv_internals* in = priv(dev);
+  (void)wait_to_complete; /* the answer is immediate */
+  struct rte_eth_link link;
+  memset(&link, 0, sizeof link);
+  link.link_duplex = RTE_ETH_LINK_FULL_DUPLEX;
+  link.link_autoneg = RTE_ETH_LINK_FIXED;
+  link.link_speed = RTE_ETH_SPEED_NUM_UNKNOWN;
+  if (in->pv && nmx_pv_connected(in->pv)) {
+    (void)pv_fresh_info(dev); /* a capability change is noticed here at the latest */
+    struct nmx_pv_link l;
+    if (nmx_pv_link_get(in->pv, &l) == 0) {
+      link.link_status = (l.up && dev->data->dev_started) ? RTE_ETH_LINK_UP : RTE_ETH_LINK_DOWN;
+      if (l.speed_mbps) link.link_speed = l.speed_mbps;
+    } else {
+      PV_LOG(DEBUG, "port %u: LINK_GET: %s", dev->data->port_id, nmx_pv_strerror(in->pv));
+    }
+  }
+  return rte_eth_linkstatus_set(dev, &link);
+}
+
+static int pv_dev_start(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  if (!nmx_pv_connected(in->pv)) {
+    PV_LOG(ERR, "port %u: nicmuxd closed the connection (%s): the device is gone", dev->data->port_id, in->socket);
+    return -ENOTCONN;
+  }
+  int rc;
+  /* Queues set up before a reconfigure are set up again at nicmuxd (it forgot them). */
+  for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) {
+    struct pv_rx_queue* q = dev->data->rx_queues[i];
+    if (q && !q->pv_ready && (rc = pv_rxq_setup_pv(dev, q)) < 0) return rc;
+  }
+  for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) {
+    struct pv_tx_queue* q = dev->data->tx_queues[i];
+    if (q && !q->pv_ready && (rc = pv_txq_setup_pv(dev, q)) < 0) return rc;
+  }
+  rc = nmx_pv_start(in->pv);
+  if (rc < 0) return pv_fail(dev, "start refused", rc);
+  for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) dev->data->rx_queue_state[i] = RTE_ETH_QUEUE_STATE_STARTED;
+  for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) dev->data->tx_queue_state[i] = RTE_ETH_QUEUE_STATE_STARTED;
+  dev->data->dev_started = 1; /* for link_update; ethdev sets it too */
+  pv_link_update(dev, 0);
+  return 0;
+}
+
+static int pv_dev_stop(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  dev->data->dev_started = 0;
+  for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) dev->data->rx_queue_state[i] = RTE_ETH_QUEUE_STATE_STOPPED;
+  for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) dev->data->tx_queue_state[i] = RTE_ETH_QUEUE_STATE_STOPPED;
+  struct rte_eth_link down;
+  memset(&down, 0, sizeof down);
+  down.link_speed = RTE_ETH_SPEED_NUM_UNKNOWN;
+  down.link_duplex = RTE_ETH_LINK_FULL_DUPLEX;
+  rte_eth_linkstatus_set(dev, &down);
+  if (in->pv == NULL || !nmx_pv_connected(in->pv)) return 0; /* nothing is running at nicmuxd */
+  const int rc = nmx_pv_stop(in->pv);
+  return rc < 0 ? pv_fail(dev, "stop", rc) : 0;
+}
+
+static int pv_dev_close(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (rte_eal_process_type() != RTE_PROC_PRIMARY) return 0;
+  for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) pv_rx_queue_release(dev, i);
+  for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) pv_tx_queue_release(dev, i);
+  /* Closing the connection stops the device at nicmuxd and frees its region. */
+  nmx_pv_close(in->pv);
+  in->pv = NULL;
+  /* mac_addrs (rte_zmalloc'd) and dev_private are freed by rte_eth_dev_release_port. */
+  return 0;
+}
+
+static int pv_stats_get(struct rte_eth_dev* dev, struct rte_eth_stats* st) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  struct nmx_pv_stats s;
+  const int rc = nmx_pv_stats_get(in->pv, &s);
+  if (rc < 0) return pv_fail(dev, "stats", rc);
+  /* nicmuxd's view: rx = frames it put in our rx rings, tx = frames it took from the tx rings.
+   * Frames this PMD dropped after receiving them (no mbuf, too long) are not the
+   * application's: subtracted from ipackets and counted in rx_nombuf / ierrors. */
+  uint64_t nombuf = 0, too_long = 0;
+  for (uint32_t i = 0; i < s.nb_rx_queues && i < NMX_PV_MAX_QUEUE_PAIRS; ++i) {
+    const struct pv_rx_queue* q = i < dev->data->nb_rx_queues ? dev->data->rx_queues[i] : NULL;
+    uint64_t dp = 0, db = 0;
+    if (q) {
+      const uint64_t a = ctr_get(&q->nombuf) - in->base_rx_nombuf[i], b = ctr_get(&q->too_long) - in->base_rx_too_long[i];
+      nombuf += a;
+      too_long += b;
+      dp = a + b;
+      db = ctr_get(&q->dropped_bytes) - in->base_rx_dropped_bytes[i];
+    }
+    const uint64_t pk = s.rx[i].packets > dp ? s.rx[i].packets - dp : 0;
+    const uint64_t by = s.rx[i].bytes > db ? s.rx[i].bytes - db : 0;
+    st->ipackets += pk;
+    st->ibytes += by;
+    if (i < RTE_ETHDEV_QUEUE_STAT_CNTRS) {
+      st->q_ipackets[i] = pk;
+      st->q_ibytes[i] = by;
+    }
+  }
+  uint64_t oerr = 0;
+  for (uint32_t i = 0; i < s.nb_tx_queues && i < NMX_PV_MAX_QUEUE_PAIRS; ++i) {
+    st->opackets += s.tx[i].packets;
+    st->obytes += s.tx[i].bytes;
+    if (i < RTE_ETHDEV_QUEUE_STAT_CNTRS) {
+      st->q_opackets[i] = s.tx[i].packets;
+      st->q_obytes[i] = s.tx[i].bytes;
+    }
+    const struct pv_tx_queue* q = i < dev->data->nb_tx_queues ? dev->data->tx_queues[i] : NULL;
+    struct nmx_pv_queue_counters c;
+    if (nmx_pv_queue_counters_get(in->pv, i, &c) == 0) oerr += c.tx_dropped - in->base_tx_dropped[i];
+    if (q) oerr += ctr_get(&q->too_long) - in->base_tx_too_long[i];
+  }
+  st->imissed = s.rx_no_buffers; /* nicmuxd had a frame and no posted rx buffer */
+  st->ierrors = too_long;
+  st->rx_nombuf = nombuf;
+  st->oerrors = oerr;
+  return 0;
+}
+
+static int pv_stats_reset(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  const int rc = nmx_pv_stats_reset(in->pv);
+  if (rc < 0) return pv_fail(dev, "stats reset", rc);
+  for (uint32_t i = 0; i < NMX_PV_MAX_QUEUE_PAIRS; ++i) {
+    const struct pv_rx_queue* rq = i < dev->data->nb_rx_queues ? dev->data->rx_queues[i] : NULL;
+    const struct pv_tx_queue* tq = i < dev->data->nb_tx_queues ? dev->data->tx_queues[i] : NULL;
+    in->base_rx_nombuf[i] = rq ? ctr_get(&rq->nombuf) : 0;
+    in->base_rx_too_long[i] = rq ? ctr_get(&rq->too_long) : 0;
+    in->base_rx_dropped_bytes[i] = rq ? ctr_get(&rq->dropped_bytes) : 0;
+    in->base_tx_too_long[i] = tq ? ctr_get(&tq->too_long) : 0;
+    struct nmx_pv_queue_counters c;
+    in->base_tx_dropped[i] = nmx_pv_queue_counters_get(in->pv, i, &c) == 0 ? c.tx_dropped : 0;
+  }
+  return 0;
+}
+
+static int pv_mtu_set(struct rte_eth_dev* dev, uint16_t mtu) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  const int rc = nmx_pv_mtu_set(in->pv, mtu);
+  return rc < 0 ? pv_fail(dev, "mtu set refused", rc) : 0;
+}
+
+static int pv_mac_addr_set(struct rte_eth_dev* dev, struct rte_ether_addr* addr) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  const int rc = nmx_pv_mac_set(in->pv, addr->addr_bytes);
+  return rc < 0 ? pv_fail(dev, "mac set refused", rc) : 0; /* ethdev copies it into mac_addrs */
+}
+
+static int pv_promisc(struct rte_eth_dev* dev, int on) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return -ENODEV;
+  const int rc = nmx_pv_promisc_set(in->pv, on);
+  return rc < 0 ? pv_fail(dev, on ? "promiscuous enable refused" : "promiscuous disable refused", rc) : 0;
+}
+static int pv_promiscuous_enable(struct rte_eth_dev* dev) { return pv_promisc(dev, 1); }
+static int pv_promiscuous_disable(struct rte_eth_dev* dev) { return pv_promisc(dev, 0); }
+
+static const struct eth_dev_ops pv_ops = {
+    .dev_configure = pv_dev_configure,
+    .dev_start = pv_dev_start,
+    .dev_stop = pv_dev_stop,
+    .dev_close = pv_dev_close,
+    .dev_infos_get = pv_dev_infos_get,
+    .link_update = pv_link_update,
+    .stats_get = pv_stats_get,
+    .stats_reset = pv_stats_reset,
+    .mtu_set = pv_mtu_set,
+    .mac_addr_set = pv_mac_addr_set,
+    .promiscuous_enable = pv_promiscuous_enable,
+    .promiscuous_disable = pv_promiscuous_disable,
+    .rx_queue_setup = pv_rx_queue_setup,
+    .tx_queue_setup = pv_tx_queue_setup,
+    .rx_queue_release = pv_rx_queue_release,
+    .tx_queue_release = pv_tx_queue_release,
+};
+
+/* ---- probe and remove ----------------------------------------------------------------------- */
+
+static int pv_arg_socket(const char* key, const char* value, void* opaque) {
+  char* out = opaque;
+  (void)key;
+  if (value == NULL || value[0] == 0 || strlen(value) >= 256) return -EINVAL;
+  snprintf(out, 256, "%s", value);
+  return 0;
+}
+
+static int pv_probe(struct rte_vdev_device* vdev) {
+  const char* name = rte_vdev_device_name(vdev);
+  const char* params = rte_vdev_device_args(vdev);
+  if (rte_eal_process_type() != RTE_PROC_PRIMARY) {
+    PV_LOG(ERR, "%s: secondary processes are not supported (the device's fds are the primary's)", name);
+    return -ENOTSUP;
+  }
+  char socket[256] = "";
+  struct rte_kvargs* kv = rte_kvargs_parse(params ? params : "", pv_valid_args);
+  if (kv == NULL) {
+    PV_LOG(ERR, "%s: cannot parse devargs '%s' (known: " PV_ARG_SOCKET "=PATH)", name, params ? params : "");
+    return -EINVAL;
+  }
+  int rc = rte_kvargs_count(kv, PV_ARG_SOCKET) == 1 ? rte_kvargs_process(kv, PV_ARG_SOCKET, pv_arg_socket, socket) : -EINVAL;
+  rte_kvargs_free(kv);
+  if (rc < 0 || socket[0] == 0) {
+    PV_LOG(ERR, "%s: needs exactly one " PV_ARG_SOCKET "=PATH (nicmuxd's pv port socket, under 256 bytes)", name);
+    return -EINVAL;
+  }
+
+  char err[256] = "";
+  struct nmx_pv_dev* pv = nmx_pv_open(socket, err, sizeof err);
+  if (pv == NULL) {
+    PV_LOG(ERR, "%s: cannot open the pv device at %s: %s", name, socket, err);
+    return -ENODEV;
+  }
+  if (vdev->device.numa_node == SOCKET_ID_ANY) vdev->device.numa_node = (int)rte_socket_id();
+  struct rte_eth_dev* dev = rte_eth_vdev_allocate(vdev, sizeof(struct pv_internals));
+  if (dev == NULL) {
+    nmx_pv_close(pv);
+    return -ENOMEM;
+  }
+  struct pv_internals* in = priv(dev);
+  in->pv = pv;
+  snprintf(in->socket, sizeof in->socket, "%s", socket);
+  dev->dev_ops = &pv_ops;
+  if ((rc = pv_read_info(dev)) < 0) goto fail;
+  dev->data->mac_addrs = rte_zmalloc_socket("nicmux_pv_mac", RTE_ETHER_ADDR_LEN, 0, vdev->device.numa_node);
+  if (dev->data->mac_addrs == NULL) {
+    rc = -ENOMEM;
+    goto fail;
+  }
+  memcpy(dev->data->mac_addrs->addr_bytes, in->info.mac, RTE_ETHER_ADDR_LEN);
+  dev->data->mtu = (uint16_t)in->info.mtu;
+  dev->data->promiscuous = in->info.promisc;
+  dev->data->all_multicast = 1; /* nicmuxd filters unicast only */
+  dev->data->dev_flags |= RTE_ETH_DEV_AUTOFILL_QUEUE_XSTATS;
+  dev->data->dev_link.link_status = RTE_ETH_LINK_DOWN;
+  dev->data->dev_link.link_speed = RTE_ETH_SPEED_NUM_UNKNOWN;
+  dev->data->dev_link.link_duplex = RTE_ETH_LINK_FULL_DUPLEX;
+  dev->rx_pkt_burst = pv_rx_burst;
+  dev->tx_pkt_burst = pv_tx_burst;
+  rte_eth_dev_probing_finish(dev);
+  PV_LOG(INFO, "%s: port %u on %s: %u queue pairs, ring %u, buffers of %u bytes, mtu %u (%u..%u), uplink %s",
+         name, dev->data->port_id, socket, in->info.max_rx_queues, in->info.ring_size, in->info.buf_size,
+         in->info.mtu, in->info.min_mtu, in->info.max_mtu, in->info.uplink);
+  return 0;
+fail:
+  nmx_pv_close(in->pv);
+  in->pv = NULL;
+  rte_eth_dev_release_port(dev);
+  return rc;
+}
+
+static int pv_remove(struct rte_vdev_device* vdev) {
+  struct rte_eth_dev* dev = rte_eth_dev_allocated(rte_vdev_device_name(vdev));
+  if (dev == NULL) return 0; /* closed already (rte_eth_dev_close releases the port) */
+  pv_dev_close(dev);
+  return rte_eth_dev_release_port(dev);
+}
+
+static struct rte_vdev_driver pv_vdev_driver = {
+    .probe = pv_probe,
+    .remove = pv_remove,
+};
+
+RTE_PMD_REGISTER_VDEV(net_nicmux_pv, pv_vdev_driver);
+RTE_PMD_REGISTER_PARAM_STRING(net_nicmux_pv, PV_ARG_SOCKET "=<path>");
