@@ -175,6 +175,7 @@ struct nmx_pv_info {
   uint8_t link_up;
   uint8_t promisc;
   uint32_t link_speed_mbps;
+  uint32_t reserved1;        /* (explicit: the next field is 8-byte aligned) */
   uint64_t tx_offloads;      /* NMX_PV_TX_*: what the host takes; derived from the uplink */
   uint64_t rx_offloads;      /* NMX_PV_RX_* */
   uint32_t generation;       /* the header's */

@@ -17,6 +17,7 @@
 #include "base/unix_socket.h"
 #include "packet/offload_ops.h"
 #include "pv/pv_region.h"
+#include "virtio/ring_access.h"
 
 namespace nicmux {
 namespace {
@@ -508,9 +509,14 @@ int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* rea
           return -EINVAL;
         }
       }
-      for (uint32_t i = 0; i < opt_.queues; ++i) {
-        q_[i]->fill_on.store(i < nb_rx_, std::memory_order_release);
-        q_[i]->drain_on.store(i < nb_tx_, std::memory_order_release);
+      {
+        // Paused: a worker asleep on the fds of the queues it had armed wakes, and arms the new
+        // queues' kick fds before it sleeps again.
+        PauseGuard pause(*workers_);
+        for (uint32_t i = 0; i < opt_.queues; ++i) {
+          q_[i]->fill_on.store(i < nb_rx_, std::memory_order_release);
+          q_[i]->drain_on.store(i < nb_tx_, std::memory_order_release);
+        }
       }
       started_ = true;
       return 0;
@@ -730,7 +736,7 @@ size_t PvPort::Rx(uint32_t qi, Batch& out, size_t max) {
 void PvPort::MaybeIrq(Queue& q, nmx_pv_ring* r) {
   // Published done first (release), then the driver's flag: a driver that sets the flag and
   // then re-checks done cannot miss both (the fence orders our store before our load).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  virtio::FullFence();
   // UNTRUSTED: any value; only one bit is read.
   if (LoadAcquire(&r->driver_flags) & NMX_PV_DRIVER_WANTS_IRQ) SignalPeerEventFd(q.irq.fd());
 }
@@ -852,7 +858,7 @@ bool PvPort::ArmNotify(std::vector<NotifyFd>* fds) {
     if (!q.drain_on.load(std::memory_order_acquire)) continue;
     nmx_pv_ring* r = region_->tx_ring(i);
     StoreRelease(&r->host_flags, NMX_PV_HOST_NEEDS_KICK);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    virtio::FullFence();
     // UNTRUSTED: only compared.
     if (LoadAcquire(&r->posted) != q.drained) work = true;
     fds->push_back({q.kick.fd(), true});
