@@ -89,6 +89,7 @@ class PvPort final : public Port {
     std::array<uint32_t, kBurst> bad_pos{};
     std::array<DropReason, kBurst> bad_why{};
     uint32_t nbad = 0;
+    bool ran = false;  // the last Rx found the queue on (RxDone has work)
     std::array<Segment, kBurst> segs{};
     QueueCounters rxc, txc;
     Counter no_buffers;  // frames Tx could not take: no posted rx buffer (the switch drops them)
@@ -688,8 +689,11 @@ bool PvPort::ToOffload(PacketRef* p, const nmx_pv_desc& d) {
 size_t PvPort::Rx(uint32_t qi, Batch& out, size_t max) {
   Queue& q = *q_[qi];
   q.nbad = 0;
-  q.scan_end = q.drained;
+  q.ran = false;
+  // Off, drained belongs to the control thread (QUEUE_SETUP resets it): not read here.
   if (!q.drain_on.load(std::memory_order_acquire)) return 0;
+  q.ran = true;
+  q.scan_end = q.drained;
   nmx_pv_ring* r = region_->tx_ring(qi);
   const uint32_t ring_size = opt_.ring;
   // UNTRUSTED: posted is the driver's. More than a ring ahead of what was finished is a lie.
@@ -743,6 +747,7 @@ void PvPort::MaybeIrq(Queue& q, nmx_pv_ring* r) {
 
 void PvPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
   Queue& q = *q_[qi];
+  if (!q.ran) return;  // Rx found the queue off: nothing was read
   // In order: done moves to the first packet not sent (it is read again next time), or past
   // everything looked at; dropped descriptors before that point are finished and counted.
   const uint32_t done = sent < batch.size() ? q.pos[sent] : q.scan_end;
