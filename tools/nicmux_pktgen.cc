@@ -472,7 +472,13 @@ int Run(const Options& o) {
       }
     }
     // Done?
-    if (o.count && rx_side && st.rx >= o.count && backlog.empty()) break;
+    if (o.count && rx_side && st.rx >= o.count && backlog.empty()) {
+      // A reflector waits until the backend has taken what it queued last: closing the
+      // connection first lost up to a ring of reflected frames.
+      bool drained = true;
+      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) drained &= fe.txq(k).num_free() == o.ring;
+      if (drained || !reflect) break;
+    }
     if (o.count && send && tx_done) {
       // Sent everything: wait for the backend to take it (and, bidir, the peer's frames).
       bool drained = true;
