@@ -26,6 +26,10 @@ constexpr uint32_t kEthHeader = 14;
 constexpr uint32_t kMinMtu = 68;
 constexpr uint64_t kTxOffloadsAlways = NMX_PV_TX_IPV4_CKSUM | NMX_PV_TX_TCP_CKSUM | NMX_PV_TX_UDP_CKSUM;
 constexpr uint64_t kRxOffloadsAlways = NMX_PV_RX_IPV4_CKSUM | NMX_PV_RX_TCP_CKSUM | NMX_PV_RX_UDP_CKSUM;
+// After a driver made one of its eventfds block a thread of ours: new drivers are refused for
+// this long, doubling per repeat (forgotten after an hour), as for vhost-user frontends.
+constexpr uint64_t kQuarantineFirstMs = 1000, kQuarantineMaxMs = 60000;
+constexpr uint64_t kQuarantineForgetNs = 3600ull * 1000000000;
 
 template <typename T>
 T LoadAcquire(const T* p) {
@@ -107,11 +111,15 @@ class PvPort final : public Port {
   void SignalControl();
   void PublishCaps();
   uint64_t TxOffloadsOffered() const;
+  bool InQuarantine() const;
+
+  // Any thread.
+  bool SignalDriver(int fd);
 
   // Workers.
   void Break(const std::string& why);
   bool ToOffload(PacketRef* p, const nmx_pv_desc& d);
-  void MaybeIrq(Queue& q, nmx_pv_ring* r);
+  void MaybeIrq(uint32_t qi, Queue& q, nmx_pv_ring* r);
 
   PvPortOptions opt_;
   EventLoop* loop_;
@@ -135,6 +143,11 @@ class PvPort final : public Port {
   std::atomic<bool> broken_{false};    // set after broken_reason_ is written
   std::string broken_reason_;
   std::atomic<bool> broken_logged_{false};
+  // A write to one of this driver's eventfds blocked and the peer-I/O watchdog broke it off:
+  // nothing is signalled to it again, and its hanging up starts a quarantine (control thread).
+  std::atomic<bool> peer_blocked_{false};
+  uint64_t hostile_disconnects_ = 0;
+  uint64_t quarantine_ms_ = 0, quarantine_until_ns_ = 0;  // monotonic
   // The uplink's view (control thread).
   PortCaps uplink_caps_;
   std::string uplink_desc_ = "none";  // "up0 (net_virtio_user)"
@@ -183,6 +196,12 @@ void PvPort::OnAccept() {
   if (!s.valid()) return;
   if (conn_.valid()) {
     NICMUX_LOG_RATELIMITED(kWarning, "port %s: a pv driver is already connected; refusing another", name().c_str());
+    return;  // s closes
+  }
+  if (InQuarantine()) {
+    NICMUX_LOG_RATELIMITED(kWarning, "port %s: refusing pv drivers for %llu ms more after the last one attacked it",
+                           name().c_str(),
+                           static_cast<unsigned long long>((quarantine_until_ns_ - MonotonicNowNs()) / 1000000));
     return;  // s closes
   }
   Attach(std::move(s));
@@ -234,6 +253,7 @@ void PvPort::Attach(UniqueFd conn) {
     }
     breaking_.store(false, std::memory_order_relaxed);
     broken_.store(false, std::memory_order_relaxed);
+    peer_blocked_.store(false, std::memory_order_relaxed);
     broken_logged_.store(false, std::memory_order_relaxed);
     broken_reason_.clear();
   }
@@ -287,12 +307,36 @@ void PvPort::Disconnect(const std::string& why) {
   started_ = configured_ = false;
   PeerGone();
   NICMUX_LOG(kInfo, "port %s: pv driver disconnected (%s)", name().c_str(), why.c_str());
+  // UNTRUSTED: a driver that held a thread of ours through an eventfd would reconnect and do it
+  // again at once (each time a worker, and every port on it, held 20 to 40 ms): the next
+  // drivers wait.
+  if (peer_blocked_.load(std::memory_order_relaxed)) {
+    ++hostile_disconnects_;
+    const uint64_t now = MonotonicNowNs();
+    if (now - quarantine_until_ns_ > kQuarantineForgetNs) quarantine_ms_ = 0;
+    quarantine_ms_ = quarantine_ms_ == 0 ? kQuarantineFirstMs : std::min(quarantine_ms_ * 2, kQuarantineMaxMs);
+    quarantine_until_ns_ = now + quarantine_ms_ * 1000000;
+    NICMUX_LOG(kError, "port %s: the pv driver made an eventfd block the daemon; new drivers refused for %llu ms",
+               name().c_str(), static_cast<unsigned long long>(quarantine_ms_));
+  }
+}
+
+bool PvPort::InQuarantine() const { return MonotonicNowNs() < quarantine_until_ns_; }
+
+// UNTRUSTED: the driver shares each eventfd's file description: it can clear O_NONBLOCK and
+// fill the counter so that our write blocks, which the peer-I/O watchdog breaks off after 20 to
+// 40 ms (base/peer_io.h). The first time that happens, no eventfd of this driver is written
+// again (false from then on): it holds a thread of ours once per connection, not at every
+// burst.
+bool PvPort::SignalDriver(int fd) {
+  if (peer_blocked_.load(std::memory_order_relaxed)) return false;
+  if (SignalPeerEventFd(fd) != PeerIoStatus::kInterrupted) return true;
+  peer_blocked_.store(true, std::memory_order_relaxed);
+  return false;
 }
 
 void PvPort::SignalControl() {
-  if (ctrl_irq_.valid() && SignalPeerEventFd(ctrl_irq_.fd()) == PeerIoStatus::kInterrupted) {
-    Disconnect("the driver made its control doorbell block");
-  }
+  if (ctrl_irq_.valid() && !SignalDriver(ctrl_irq_.fd())) Disconnect("the driver made an eventfd of its block");
 }
 
 // The mailbox: the newest request is answered once (a driver that writes several before one
@@ -510,10 +554,22 @@ int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* rea
           return -EINVAL;
         }
       }
+      // UNTRUSTED (a driver repeating START): started, the queues are on; turning them on
+      // again would pause every worker for nothing, and would turn on again the queues of a
+      // device a worker broke meanwhile (a broken device running: its lie is never consumed,
+      // and Break runs once, so the worker finds work forever and never sleeps).
+      if (started_) return 0;
       {
         // Paused: a worker asleep on the fds of the queues it had armed wakes, and arms the new
         // queues' kick fds before it sleeps again.
         PauseGuard pause(*workers_);
+        // UNTRUSTED: a worker that broke the device while we waited for it to pause must not
+        // have its queues turned on behind it. (Stopped, no queue runs and none can break: this
+        // holds as long as START is what turns queues on.)
+        if (broken_.load(std::memory_order_acquire)) {
+          *reason = "START: the device is broken (" + broken_reason_ + "): reconnect";
+          return -EIO;
+        }
         for (uint32_t i = 0; i < opt_.queues; ++i) {
           q_[i]->fill_on.store(i < nb_rx_, std::memory_order_release);
           q_[i]->drain_on.store(i < nb_tx_, std::memory_order_release);
@@ -523,6 +579,9 @@ int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* rea
       return 0;
     }
     case NMX_PV_MSG_STOP:
+      // UNTRUSTED (a driver repeating STOP, which needs no CONFIGURE): stopped, the queues are
+      // off already; pausing every worker again would only take their time from other ports.
+      if (!started_) return 0;
       StopQueues();
       started_ = false;
       return 0;
@@ -654,7 +713,7 @@ void PvPort::Break(const std::string& why) {
   region_->MarkBroken(why);
   NICMUX_LOG_RATELIMITED(kError, "port %s: the pv driver broke the protocol: %s; the device is stopped", name().c_str(),
                          why.c_str());
-  if (ctrl_irq_.valid()) SignalPeerEventFd(ctrl_irq_.fd());
+  if (ctrl_irq_.valid()) SignalDriver(ctrl_irq_.fd());
 }
 
 bool PvPort::ToOffload(PacketRef* p, const nmx_pv_desc& d) {
@@ -737,12 +796,19 @@ size_t PvPort::Rx(uint32_t qi, Batch& out, size_t max) {
   return out.size();
 }
 
-void PvPort::MaybeIrq(Queue& q, nmx_pv_ring* r) {
+void PvPort::MaybeIrq(uint32_t qi, Queue& q, nmx_pv_ring* r) {
   // Published done first (release), then the driver's flag: a driver that sets the flag and
   // then re-checks done cannot miss both (the fence orders our store before our load).
   virtio::FullFence();
   // UNTRUSTED: any value; only one bit is read.
-  if (LoadAcquire(&r->driver_flags) & NMX_PV_DRIVER_WANTS_IRQ) SignalPeerEventFd(q.irq.fd());
+  if (!(LoadAcquire(&r->driver_flags) & NMX_PV_DRIVER_WANTS_IRQ)) return;
+  // UNTRUSTED: the irq eventfd may have been made to block (SignalDriver): the write that the
+  // watchdog broke off held this worker (and, in Tx, the TxLock of every worker sending here);
+  // the device is broken so that nothing of it runs again.
+  if (!SignalDriver(q.irq.fd())) {
+    Break("doorbell " + std::to_string(1 + qi) + ": the irq eventfd was made to block the host (blocking mode, " +
+          "full counter)");
+  }
 }
 
 void PvPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
@@ -766,7 +832,7 @@ void PvPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
   q.drained = done;
   nmx_pv_ring* r = region_->tx_ring(qi);
   StoreRelease(&r->done, done);
-  MaybeIrq(q, r);
+  MaybeIrq(qi, q, r);
 }
 
 size_t PvPort::TxRoom(uint32_t qi) {
@@ -851,7 +917,7 @@ size_t PvPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   q.txc.bytes.Add(bytes);
   if (filled) {
     StoreRelease(&r->done, q.filled);
-    MaybeIrq(q, r);
+    MaybeIrq(qi, q, r);
   }
   return k;
 }
@@ -888,7 +954,11 @@ PortStats PvPort::Stats() const {
 uint64_t PvPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); }
 
 std::string PvPort::State() const {
-  if (!conn_.valid()) return "waiting";
+  if (!conn_.valid()) {
+    if (!InQuarantine()) return "waiting";
+    return "quarantined (" + std::to_string((quarantine_until_ns_ - MonotonicNowNs()) / 1000000) + " ms left, " +
+           std::to_string(hostile_disconnects_) + " hostile disconnects)";
+  }
   if (broken_.load(std::memory_order_acquire)) return "broken";
   return started_ ? "running" : "connected";
 }
@@ -905,6 +975,7 @@ std::vector<Port::Detail> PvPort::Details() const {
   uint64_t nb = 0;
   for (const auto& q : q_) nb += q->no_buffers.Get();
   d.push_back({"rx_no_buffers", nb});
+  if (hostile_disconnects_) d.push_back({"hostile_disconnects", hostile_disconnects_});
   if (conn_.valid()) {
     d.push_back({"configured_queues", std::to_string(nb_rx_) + " rx, " + std::to_string(nb_tx_) + " tx"});
     d.push_back({"driver_tx_offloads", OffloadNames(tx_offloads_, true)});

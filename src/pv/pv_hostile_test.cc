@@ -1,0 +1,275 @@
+// The pv port against a hostile driver that goes beyond lying in the rings (pv_port_test.cc):
+// it plays with the eventfds it shares with nicmuxd, and with the control requests that pause
+// the workers, and races the control thread against a worker's burst.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <string>
+#include <thread>
+
+#include "base/event_loop.h"
+#include "base/pausable.h"
+#include "base/peer_io.h"
+#include "pv/pv_abi.h"
+#include "pv/pv_port.h"
+#include "tests/support/frames.h"
+#include "tests/support/pv_driver.h"
+
+namespace nicmux {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::Bytes;
+using Driver = testing::RawPvDriver;
+
+// The workers, played by the test: counts pauses, and can run one "worker round" inside the
+// next pause (a worker finishing its burst while the control thread waits for it to pause).
+class TestWorkers final : public Pausable {
+ public:
+  void Pause() override {
+    ++pauses;
+    if (during_next_pause) {
+      auto f = std::move(during_next_pause);
+      during_next_pause = nullptr;
+      f();
+    }
+  }
+  void Resume() override {}
+  int pauses = 0;
+  std::function<void()> during_next_pause;
+};
+
+Bytes Frame(uint32_t len) {
+  Bytes f(len);
+  const uint8_t hdr[14] = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x88, 0xb5};
+  std::memcpy(f.data(), hdr, 14);
+  return f;
+}
+
+// What a hostile driver does to an eventfd it shares: blocking mode (the flag lives in the
+// shared file description) and a counter one short of full, so that the host's next write
+// blocks.
+void MakeBlockingAndFull(int fd) {
+  const int fl = ::fcntl(fd, F_GETFL);
+  ASSERT_EQ(::fcntl(fd, F_SETFL, fl | O_NONBLOCK), 0);
+  uint64_t v;
+  while (::read(fd, &v, sizeof v) == sizeof v) {
+  }
+  ASSERT_EQ(::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK), 0);
+  const uint64_t full = 0xfffffffffffffffe;
+  ASSERT_EQ(::write(fd, &full, sizeof full), static_cast<ssize_t>(sizeof full));
+}
+
+size_t OpenFds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+class HostilePvDriver : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto l = EventLoop::Create();
+    ASSERT_TRUE(l.has_value());
+    loop_ = std::move(*l);
+    char dir[] = "/tmp/nmxpvhXXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    path_ = std::string(dir) + "/pv.sock";
+    Make();
+  }
+  void Make() {
+    port_.reset();
+    PvPortOptions o;
+    o.name = "pv0";
+    o.socket_path = path_;
+    o.ring = 64;
+    o.mac[0] = 2;
+    o.mac[5] = 9;
+    auto p = CreatePvPort(o, loop_.get(), &workers_);
+    ASSERT_TRUE(p.has_value()) << p.error().message();
+    port_ = std::move(*p);
+  }
+  bool WaitFor(const std::function<bool()>& f) {
+    for (int i = 0; i < 200 && !f(); ++i) loop_->RunOnce(10);
+    return f();
+  }
+  // One round of the worker on pair 0: drain the tx ring, take nothing.
+  void WorkerRound() {
+    Batch b;
+    port_->Rx(0, b, kBurst);
+    port_->RxDone(0, b, b.size());
+  }
+
+  std::unique_ptr<EventLoop> loop_;
+  TestWorkers workers_;
+  std::string path_;
+  std::unique_ptr<Port> port_;
+};
+
+// A driver that makes an irq eventfd block (blocking mode, full counter) held the worker that
+// signals it for 20 to 40 ms (the peer-I/O watchdog's), at every burst, for as long as it
+// liked: the status was not looked at. Tx signals while holding the destination queue's
+// TxLock, so every worker sending to the device spun behind it. Now the first such write costs
+// the driver its device (broken, nothing signalled again), and hanging up costs it a
+// quarantine: reconnecting to repeat is refused for 1 s, then longer.
+TEST_F(HostilePvDriver, IrqEventfdMadeBlockingCostsItsDeviceNotTheWorker) {
+  for (const bool rx_ring : {true, false}) {
+    SCOPED_TRACE(rx_ring ? "rx ring (the host's Tx)" : "tx ring (the host's RxDone)");
+    Make();
+    Driver d(loop_.get());
+    ASSERT_EQ(d.Connect(path_), "");
+    ASSERT_EQ(d.Start(), "");
+    for (uint32_t i = 0; i < 8; ++i) d.PostRx(0, 64 + i, 2048);
+    (rx_ring ? d.rx(0) : d.tx(0))->driver_flags = NMX_PV_DRIVER_WANTS_IRQ;
+    MakeBlockingAndFull(d.bells[3].get());  // doorbell 1 (pair 0): [2] kick, [3] irq
+    const Bytes f = Frame(60);
+    testing::SplitPacket sp(f, {});
+    const PacketRef* one[1] = {&sp.p};
+    // One burst that signals, on a thread of its own so that a regression fails, not hangs.
+    auto burst = [&] {
+      if (rx_ring) {
+        port_->Tx(0, {one, 1});
+      } else {
+        d.PostTx(0, 0, f);
+        WorkerRound();
+      }
+    };
+    const uint64_t interrupts = PeerIoInterrupts();
+    auto first = std::async(std::launch::async, burst);
+    const bool returned = first.wait_for(10s) == std::future_status::ready;
+    if (!returned) {
+      uint64_t v;
+      ASSERT_EQ(::read(d.bells[3].get(), &v, sizeof v),
+                static_cast<ssize_t>(sizeof v));  // release it
+    }
+    ASSERT_TRUE(returned) << "the worker's irq write blocked";
+    EXPECT_GT(PeerIoInterrupts(), interrupts);
+    // The device is broken, naming the doorbell; the next bursts cost the worker nothing.
+    EXPECT_EQ(d.h()->status, NMX_PV_STATUS_BROKEN);
+    EXPECT_NE(std::string(d.h()->broken_reason).find("irq"), std::string::npos)
+        << d.h()->broken_reason;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5; ++i) burst();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 60ms) << "the worker was held again";
+    // Hanging up: the port refuses drivers for a while.
+    d.sock.Reset();
+    EXPECT_TRUE(WaitFor([&] { return port_->State().rfind("quarantined", 0) == 0; }))
+        << port_->State();
+    Driver again(loop_.get());
+    EXPECT_NE(again.Connect(path_), "");
+  }
+  // The quarantine ends (1 s the first time).
+  std::this_thread::sleep_for(1100ms);
+  loop_->RunOnce(0);
+  EXPECT_EQ(port_->State(), "waiting");
+  Driver d(loop_.get());
+  EXPECT_EQ(d.Connect(path_), "");
+  EXPECT_EQ(d.Start(), "");
+}
+
+// The control doorbell made blocking: the control thread was held 20 to 40 ms and the driver
+// disconnected, but it could reconnect and repeat at once. Now it is quarantined too.
+TEST_F(HostilePvDriver, ControlIrqMadeBlockingIsQuarantined) {
+  Driver d(loop_.get());
+  ASSERT_EQ(d.Connect(path_), "");
+  MakeBlockingAndFull(d.bells[1].get());  // doorbell 0: [0] kick, [1] irq
+  nmx_pv_ctrl* c = d.c();
+  c->req.type = NMX_PV_MSG_GET_INFO;
+  c->req.len = 0;
+  __atomic_store_n(&c->req_seq, 1u, __ATOMIC_RELEASE);
+  d.Kick(0);
+  auto serve = std::async(std::launch::async,
+                          [&] { WaitFor([&] { return port_->State() != "connected"; }); });
+  const bool returned = serve.wait_for(10s) == std::future_status::ready;
+  if (!returned) {
+    uint64_t v;
+    ASSERT_EQ(::read(d.bells[1].get(), &v, sizeof v), static_cast<ssize_t>(sizeof v));
+  }
+  ASSERT_TRUE(returned) << "the control thread's irq write blocked";
+  EXPECT_EQ(port_->State().rfind("quarantined", 0), 0u) << port_->State();
+  Driver again(loop_.get());
+  EXPECT_NE(again.Connect(path_), "");
+}
+
+// START while started paused the workers again and set the queues on again; a worker that
+// broke the device while finishing its round (the pause waits for exactly that) had its
+// queues turned back on behind it: a broken device running, whose lie (posted far ahead) is
+// never consumed and never breaks it again (Break runs once), so ArmNotify reports work
+// forever and the worker never sleeps.
+TEST_F(HostilePvDriver, StartDuringABreakLeavesTheQueuesOff) {
+  Driver d(loop_.get());
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(), "");
+  __atomic_store_n(&d.tx(0)->posted, 5000u, __ATOMIC_RELEASE);
+  bool ran = false;
+  workers_.during_next_pause = [&] {
+    ran = true;
+    WorkerRound();
+  };
+  d.Call(NMX_PV_MSG_START);
+  if (!ran) {  // no pause: the round happens after
+    workers_.during_next_pause = nullptr;
+    WorkerRound();
+  }
+  EXPECT_EQ(d.h()->status, NMX_PV_STATUS_BROKEN);
+  EXPECT_EQ(port_->State(), "broken");
+  std::vector<NotifyFd> fds;
+  EXPECT_FALSE(port_->ArmNotify(&fds))
+      << "a broken device's queue reports work forever: the worker spins";
+  port_->DisarmNotify();
+  Batch b;
+  EXPECT_EQ(port_->Rx(0, b, kBurst), 0u);
+}
+
+// Each START and STOP paused every worker (the control thread waits for each to finish its
+// round), even when it changed nothing: a driver repeating STOP on a stopped device (no
+// CONFIGURE needed) made every worker pause once per request, taking their time from every
+// other port. Requests that change nothing pause nothing now.
+TEST_F(HostilePvDriver, RepeatedStartOrStopDoesNotPauseTheWorkers) {
+  Driver d(loop_.get());
+  ASSERT_EQ(d.Connect(path_), "");
+  const int before = workers_.pauses;
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(d.Call(NMX_PV_MSG_STOP).status, 0);
+  EXPECT_EQ(workers_.pauses, before) << "STOP of a stopped device paused the workers";
+  ASSERT_EQ(d.Start(), "");
+  const int started = workers_.pauses;
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(d.Call(NMX_PV_MSG_START).status, 0);
+  EXPECT_EQ(workers_.pauses, started) << "START of a started device paused the workers";
+  // A real change still pauses, and works.
+  EXPECT_EQ(d.Call(NMX_PV_MSG_STOP).status, 0);
+  EXPECT_EQ(workers_.pauses, started + 1);
+  EXPECT_EQ(port_->State(), "connected");
+  EXPECT_EQ(d.Call(NMX_PV_MSG_START).status, 0);
+  EXPECT_EQ(port_->State(), "running");
+}
+
+// Connections leave nothing behind in nicmuxd: its fds (memfd, eventfds, socket) are closed
+// whether the driver hangs up cleanly, broken, or right after the hello.
+TEST_F(HostilePvDriver, ReconnectsLeakNoFds) {
+  auto cycle = [&](int how) {
+    Driver d(loop_.get());
+    ASSERT_EQ(d.Connect(path_), "");
+    if (how == 1) {
+      ASSERT_EQ(d.Start(), "");
+      __atomic_store_n(&d.tx(0)->posted, 5000u, __ATOMIC_RELEASE);
+      WorkerRound();
+      ASSERT_EQ(port_->State(), "broken");
+    }
+    d.sock.Reset();
+    ASSERT_TRUE(WaitFor([&] { return port_->State() == "waiting"; }));
+  };
+  for (int how = 0; how < 2; ++how) cycle(how);  // whatever is allocated once
+  const size_t fds = OpenFds();
+  for (int i = 0; i < 30; ++i) cycle(i % 2);
+  EXPECT_EQ(OpenFds(), fds);
+}
+
+}  // namespace
+}  // namespace nicmux
