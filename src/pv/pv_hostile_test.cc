@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -269,6 +270,66 @@ TEST_F(HostilePvDriver, ReconnectsLeakNoFds) {
   const size_t fds = OpenFds();
   for (int i = 0; i < 30; ++i) cycle(i % 2);
   EXPECT_EQ(OpenFds(), fds);
+}
+
+// What nicmuxd logs while f runs (stderr, where LogMessage writes).
+std::string CaptureLog(const std::function<void()>& f) {
+  char path[] = "/tmp/nmxpvlogXXXXXX";
+  const int fd = ::mkstemp(path);
+  EXPECT_GE(fd, 0);
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  ::dup2(fd, 2);
+  f();
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  ::lseek(fd, 0, SEEK_SET);
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  ::unlink(path);
+  return out;
+}
+
+size_t Count(const std::string& log, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Everything a driver can make nicmuxd log goes through a limiter of its port: a driver that
+// reconnects in a loop wrote two lines per connection (connected, disconnected) as fast as the
+// control thread accepted; and the per-call-site limiters the port's other messages shared
+// let one driver's flood of refused requests silence another port's first one.
+TEST_F(HostilePvDriver, ADriverCannotFloodTheLogOrSilenceAnotherPort) {
+  const std::string log = CaptureLog([&] {
+    for (int i = 0; i < 40; ++i) {
+      Driver d(loop_.get());
+      ASSERT_EQ(d.Connect(path_), "");
+      d.sock.Reset();
+      ASSERT_TRUE(WaitFor([&] { return port_->State() == "waiting"; }));
+    }
+    Driver d(loop_.get());
+    ASSERT_EQ(d.Connect(path_), "");
+    for (int i = 0; i < 40; ++i) d.Call(99);  // refused: unknown type
+    // Another port, another driver: its first refusal is logged.
+    PvPortOptions o;
+    o.name = "pv1";
+    o.socket_path = path_ + "1";
+    o.mac[0] = 2;
+    auto other = CreatePvPort(o, loop_.get(), &workers_);
+    ASSERT_TRUE(other.has_value());
+    Driver e(loop_.get());
+    ASSERT_EQ(e.Connect(o.socket_path), "");
+    e.Call(98);
+  });
+  EXPECT_LE(Count(log, "port pv0: pv driver connected"), 12u);
+  EXPECT_LE(Count(log, "port pv0: pv driver disconnected"), 12u);
+  EXPECT_LE(Count(log, "port pv0: pv request 99 refused"), 12u);
+  EXPECT_EQ(Count(log, "port pv1: pv request 98 refused"), 1u);
 }
 
 }  // namespace

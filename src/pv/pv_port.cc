@@ -111,7 +111,7 @@ class PvPort final : public Port {
   void SignalControl();
   void PublishCaps();
   uint64_t TxOffloadsOffered() const;
-  bool InQuarantine() const;
+  uint64_t QuarantineLeftMs() const;  // 0: not in quarantine
 
   // Any thread.
   bool SignalDriver(int fd);
@@ -148,6 +148,10 @@ class PvPort final : public Port {
   std::atomic<bool> peer_blocked_{false};
   uint64_t hostile_disconnects_ = 0;
   uint64_t quarantine_ms_ = 0, quarantine_until_ns_ = 0;  // monotonic
+  // UNTRUSTED: everything a driver can make us log goes through this port's own limiters: a
+  // driver reconnecting in a loop cannot flood the log, nor silence another port's messages
+  // (a call site's limiter is shared by every pv port).
+  LogRateLimiter log_conn_, log_error_, log_request_;
   // The uplink's view (control thread).
   PortCaps uplink_caps_;
   std::string uplink_desc_ = "none";  // "up0 (net_virtio_user)"
@@ -195,13 +199,14 @@ void PvPort::OnAccept() {
   UniqueFd s(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (!s.valid()) return;
   if (conn_.valid()) {
-    NICMUX_LOG_RATELIMITED(kWarning, "port %s: a pv driver is already connected; refusing another", name().c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_conn_, kWarning, "port %s: a pv driver is already connected; refusing another",
+                              name().c_str());
     return;  // s closes
   }
-  if (InQuarantine()) {
-    NICMUX_LOG_RATELIMITED(kWarning, "port %s: refusing pv drivers for %llu ms more after the last one attacked it",
-                           name().c_str(),
-                           static_cast<unsigned long long>((quarantine_until_ns_ - MonotonicNowNs()) / 1000000));
+  if (const uint64_t left = QuarantineLeftMs()) {
+    NICMUX_LOG_RATELIMITED_BY(log_conn_, kWarning,
+                              "port %s: refusing pv drivers for %llu ms more after the last one attacked it",
+                              name().c_str(), static_cast<unsigned long long>(left));
     return;  // s closes
   }
   Attach(std::move(s));
@@ -216,14 +221,15 @@ void PvPort::Attach(UniqueFd conn) {
   l.buf_size = opt_.buf_size;
   auto region = pv::Region::Create(l, ++generation_);
   if (!region) {
-    NICMUX_LOG(kError, "port %s: no region for the pv driver: %s", name().c_str(), region.error().message().c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: no region for the pv driver: %s", name().c_str(),
+                              region.error().message().c_str());
     return;
   }
   std::vector<EventFd> fds;
   for (uint32_t i = 0; i < 2 * (1 + opt_.queues); ++i) {
     auto e = EventFd::Create();
     if (!e) {
-      NICMUX_LOG(kError, "port %s: %s", name().c_str(), e.error().message().c_str());
+      NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: %s", name().c_str(), e.error().message().c_str());
       return;
     }
     fds.push_back(std::move(*e));
@@ -236,7 +242,8 @@ void PvPort::Attach(UniqueFd conn) {
   std::vector<int> send = {(*region)->fd()};
   for (const EventFd& e : fds) send.push_back(e.fd());
   if (auto r = SendWithFds(conn.get(), std::as_bytes(std::span(&hello, 1)), send); !r) {
-    NICMUX_LOG(kWarning, "port %s: pv hello: %s", name().c_str(), r.error().message().c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_conn_, kWarning, "port %s: pv hello: %s", name().c_str(),
+                              r.error().message().c_str());
     return;
   }
   {
@@ -279,12 +286,12 @@ void PvPort::Attach(UniqueFd conn) {
   });
   auto w2 = loop_->Watch(ctrl_kick_.fd(), EPOLLIN, [this](uint32_t) { ServeControl(); });
   if (!w1 || !w2) {
-    NICMUX_LOG(kError, "port %s: cannot watch the pv driver", name().c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: cannot watch the pv driver", name().c_str());
     Disconnect("watch failed");
     return;
   }
-  NICMUX_LOG(kInfo, "port %s: pv driver connected (region %llu bytes, generation %u)", name().c_str(),
-             static_cast<unsigned long long>(region_->size()), generation_);
+  NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: pv driver connected (region %llu bytes, generation %u)",
+                            name().c_str(), static_cast<unsigned long long>(region_->size()), generation_);
 }
 
 void PvPort::Disconnect(const std::string& why) {
@@ -306,7 +313,7 @@ void PvPort::Disconnect(const std::string& why) {
   conn_.Reset();
   started_ = configured_ = false;
   PeerGone();
-  NICMUX_LOG(kInfo, "port %s: pv driver disconnected (%s)", name().c_str(), why.c_str());
+  NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: pv driver disconnected (%s)", name().c_str(), why.c_str());
   // UNTRUSTED: a driver that held a thread of ours through an eventfd would reconnect and do it
   // again at once (each time a worker, and every port on it, held 20 to 40 ms): the next
   // drivers wait.
@@ -316,12 +323,16 @@ void PvPort::Disconnect(const std::string& why) {
     if (now - quarantine_until_ns_ > kQuarantineForgetNs) quarantine_ms_ = 0;
     quarantine_ms_ = quarantine_ms_ == 0 ? kQuarantineFirstMs : std::min(quarantine_ms_ * 2, kQuarantineMaxMs);
     quarantine_until_ns_ = now + quarantine_ms_ * 1000000;
-    NICMUX_LOG(kError, "port %s: the pv driver made an eventfd block the daemon; new drivers refused for %llu ms",
-               name().c_str(), static_cast<unsigned long long>(quarantine_ms_));
+    NICMUX_LOG_RATELIMITED_BY(log_error_, kError,
+                              "port %s: the pv driver made an eventfd block us; new drivers refused for %llu ms",
+                              name().c_str(), static_cast<unsigned long long>(quarantine_ms_));
   }
 }
 
-bool PvPort::InQuarantine() const { return MonotonicNowNs() < quarantine_until_ns_; }
+uint64_t PvPort::QuarantineLeftMs() const {
+  const uint64_t now = MonotonicNowNs();
+  return now < quarantine_until_ns_ ? (quarantine_until_ns_ - now) / 1000000 + 1 : 0;
+}
 
 // UNTRUSTED: the driver shares each eventfd's file description: it can clear O_NONBLOCK and
 // fill the counter so that our write blocks, which the peer-I/O watchdog breaks off after 20 to
@@ -345,8 +356,9 @@ void PvPort::ServeControl() {
   DrainPeerEventFd(ctrl_kick_.fd());
   if (!region_) return;
   if (broken_.load(std::memory_order_acquire) && !broken_logged_.exchange(true)) {
-    NICMUX_LOG(kError, "port %s: pv driver broke the protocol: %s; the device is stopped until it reconnects",
-               name().c_str(), broken_reason_.c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_error_, kError,
+                              "port %s: pv driver broke the protocol: %s; the device is stopped until it reconnects",
+                              name().c_str(), broken_reason_.c_str());
   }
   nmx_pv_ctrl* c = region_->ctrl();
   // UNTRUSTED: req_seq and the request are the driver's; a sequence number equal to the last
@@ -363,8 +375,8 @@ void PvPort::ServeControl() {
   if (resp.status < 0) {
     const size_t n = std::min(reason.size(), sizeof resp.reason - 1);
     std::memcpy(resp.reason, reason.data(), n);
-    NICMUX_LOG_RATELIMITED(kInfo, "port %s: pv request %u refused: %s", name().c_str(), unsigned{req.type},
-                           reason.c_str());
+    NICMUX_LOG_RATELIMITED_BY(log_request_, kInfo, "port %s: pv request %u refused: %s", name().c_str(),
+                              unsigned{req.type}, reason.c_str());
   }
   if (!region_) return;  // (a handler may not disconnect, but be sure)
   std::memcpy(&c->resp, &resp, sizeof resp);
@@ -711,8 +723,8 @@ void PvPort::Break(const std::string& why) {
     q->drain_on.store(false, std::memory_order_relaxed);
   }
   region_->MarkBroken(why);
-  NICMUX_LOG_RATELIMITED(kError, "port %s: the pv driver broke the protocol: %s; the device is stopped", name().c_str(),
-                         why.c_str());
+  NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: the pv driver broke the protocol: %s; the device is stopped",
+                            name().c_str(), why.c_str());
   if (ctrl_irq_.valid()) SignalDriver(ctrl_irq_.fd());
 }
 
@@ -955,9 +967,10 @@ uint64_t PvPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); }
 
 std::string PvPort::State() const {
   if (!conn_.valid()) {
-    if (!InQuarantine()) return "waiting";
-    return "quarantined (" + std::to_string((quarantine_until_ns_ - MonotonicNowNs()) / 1000000) + " ms left, " +
-           std::to_string(hostile_disconnects_) + " hostile disconnects)";
+    const uint64_t left = QuarantineLeftMs();
+    if (left == 0) return "waiting";
+    return "quarantined (" + std::to_string(left) + " ms left, " + std::to_string(hostile_disconnects_) +
+           " hostile disconnects)";
   }
   if (broken_.load(std::memory_order_acquire)) return "broken";
   return started_ ? "running" : "connected";
