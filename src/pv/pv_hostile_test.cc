@@ -272,6 +272,39 @@ TEST_F(HostilePvDriver, ReconnectsLeakNoFds) {
   EXPECT_EQ(OpenFds(), fds);
 }
 
+// A new connection gets a fresh device: nothing a previous driver set or did reaches it. The
+// MAC and MTU a driver set stayed for the next one (GET_INFO's, and the frames it receives with
+// promiscuous mode off), and STATS_GET showed the next driver what the previous one moved.
+TEST_F(HostilePvDriver, NothingOfAPreviousDriverReachesTheNext) {
+  {
+    Driver a(loop_.get());
+    ASSERT_EQ(a.Connect(path_), "");
+    ASSERT_EQ(a.Start(), "");
+    ASSERT_EQ(a.Call(NMX_PV_MSG_MAC_SET, nmx_pv_mac{{2, 0x66, 0x66, 0x66, 0x66, 0x66}, {}}).status, 0);
+    ASSERT_EQ(a.Call(NMX_PV_MSG_MTU_SET, nmx_pv_u32{1000}).status, 0);
+    for (uint32_t i = 0; i < 3; ++i) a.PostTx(0, i, Frame(100));
+    WorkerRound();
+    a.sock.Reset();
+    ASSERT_TRUE(WaitFor([&] { return port_->State() == "waiting"; }));
+  }
+  Driver b(loop_.get());
+  ASSERT_EQ(b.Connect(path_), "");
+  nmx_pv_info info;
+  nmx_pv_msg r = b.Call(NMX_PV_MSG_GET_INFO);
+  ASSERT_EQ(r.status, 0);
+  std::memcpy(&info, r.payload, sizeof info);
+  EXPECT_EQ(info.mac[1], 0) << "the previous driver's MAC";
+  EXPECT_EQ(info.mac[5], 9);
+  EXPECT_EQ(info.mtu, 1500u) << "the previous driver's MTU";
+  EXPECT_EQ(port_->Caps().mtu, 1500);
+  r = b.Call(NMX_PV_MSG_STATS_GET);
+  ASSERT_EQ(r.status, 0);
+  nmx_pv_stats st;
+  std::memcpy(&st, r.payload, sizeof st);
+  EXPECT_EQ(st.tx[0].packets, 0u) << "the previous driver's frames";
+  EXPECT_EQ(st.tx[0].bytes, 0u);
+}
+
 // What nicmuxd logs while f runs (stderr, where LogMessage writes).
 std::string CaptureLog(const std::function<void()>& f) {
   char path[] = "/tmp/nmxpvlogXXXXXX";

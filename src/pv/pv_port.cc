@@ -108,6 +108,7 @@ class PvPort final : public Port {
   int32_t Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason);
   void FillInfo(nmx_pv_info* info) const;
   void StopQueues();
+  void ResetStats();
   void SignalControl();
   void PublishCaps();
   uint64_t TxOffloadsOffered() const;
@@ -270,6 +271,12 @@ void PvPort::Attach(UniqueFd conn) {
   nb_rx_ = nb_tx_ = 0;
   tx_offloads_ = rx_offloads_ = 0;
   promisc_.store(true, std::memory_order_relaxed);
+  // UNTRUSTED (the previous driver's): the MAC and MTU it set and the counters of what it moved
+  // are not the new driver's (GET_INFO, the frames it receives, STATS_GET).
+  mac_.store(MacBits(opt_.mac), std::memory_order_relaxed);
+  mtu_.store(opt_.mtu, std::memory_order_relaxed);
+  PublishCaps();
+  ResetStats();
   ++connections_;
   auto w1 = loop_->Watch(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) {
     // The driver sends nothing after the hello: bytes are read and ignored (bounded per
@@ -614,12 +621,7 @@ int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* rea
       return 0;
     }
     case NMX_PV_MSG_STATS_RESET:
-      for (uint32_t i = 0; i < opt_.queues; ++i) {
-        const Queue& q = *q_[i];
-        tx_base_[i] = {q.txc.packets.Get(), q.txc.bytes.Get(), q.txc.dropped.Get()};
-        rx_base_[i] = {q.rxc.packets.Get(), q.rxc.bytes.Get(), q.rxc.dropped.Get()};
-        no_buffers_base_[i] = q.no_buffers.Get();
-      }
+      ResetStats();
       return 0;
     case NMX_PV_MSG_LINK_GET: {
       nmx_pv_info info{};
@@ -662,6 +664,16 @@ int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* rea
   }
   *reason = "unhandled request";
   return -EINVAL;
+}
+
+// The driver's counters (STATS_GET) start again from here; the port's own go on.
+void PvPort::ResetStats() {
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    const Queue& q = *q_[i];
+    tx_base_[i] = {q.txc.packets.Get(), q.txc.bytes.Get(), q.txc.dropped.Get()};
+    rx_base_[i] = {q.rxc.packets.Get(), q.rxc.bytes.Get(), q.rxc.dropped.Get()};
+    no_buffers_base_[i] = q.no_buffers.Get();
+  }
 }
 
 void PvPort::StopQueues() {
