@@ -20,7 +20,9 @@
 #include "base/peer_io.h"
 #include "pv/pv_abi.h"
 #include "pv/pv_port.h"
+#include "switch/l2_switch.h"
 #include "tests/support/frames.h"
+#include "tests/support/mem_port.h"
 #include "tests/support/pv_driver.h"
 
 namespace nicmux {
@@ -303,6 +305,124 @@ TEST_F(HostilePvDriver, NothingOfAPreviousDriverReachesTheNext) {
   std::memcpy(&st, r.payload, sizeof st);
   EXPECT_EQ(st.tx[0].packets, 0u) << "the previous driver's frames";
   EXPECT_EQ(st.tx[0].bytes, 0u);
+}
+
+// Offload requests from a hostile driver, through the switch to a TSO uplink and to a port that
+// takes no offload (the switch completes checksums and cuts segments for it): lengths that do
+// not fit, both IP versions, a checksum on a 14-byte frame, TSO with a segment size of 0, 1 and
+// 64 (the smallest taken: at most 1024 segments), the wrong IP version. Every lie is dropped
+// and counted (bad_offload) by the port or by the switch; nothing is read outside a frame
+// (ASan), what crosses has valid checksums.
+TEST_F(HostilePvDriver, OffloadLiesThroughTheSwitch) {
+  port_.reset();
+  PvPortOptions o;
+  o.name = "pv0";
+  o.socket_path = path_;
+  o.ring = 64;
+  o.buf_size = 66560;
+  o.mac[0] = 2;
+  o.uplink = "up0";
+  auto made = CreatePvPort(o, loop_.get(), &workers_);
+  ASSERT_TRUE(made.has_value());
+  port_ = std::move(*made);
+  testing::MemPort up("up0"), plain("m1");
+  PortCaps tso;
+  tso.offloads = PortCaps::kCsum | PortCaps::kTso4 | PortCaps::kTso6;
+  up.set_caps(tso);
+  port_->FollowedChanged(&up);
+  L2Switch sw(SwitchOptions{});
+  const uint16_t pv_id = *sw.AddPort(port_.get(), {});
+  ASSERT_TRUE(sw.AddPort(&up, {}).has_value());
+  ASSERT_TRUE(sw.AddPort(&plain, {}).has_value());
+  Driver d(loop_.get());
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(1, NMX_PV_TX_TCP_TSO | NMX_PV_TX_TCP_CKSUM | NMX_PV_TX_UDP_CKSUM | NMX_PV_TX_IPV4_CKSUM), "");
+  constexpr uint16_t v4 = NMX_PV_DESC_IPV4, v6 = NMX_PV_DESC_IPV6, tcp = NMX_PV_DESC_TCP_CKSUM,
+                     udp = NMX_PV_DESC_UDP_CKSUM, ip = NMX_PV_DESC_IP_CKSUM, tsoreq = NMX_PV_DESC_TSO;
+  uint32_t slot = 0;
+  auto post = [&](const Bytes& f, uint16_t flags, uint8_t l2, uint16_t l3, uint8_t l4, uint16_t segsz) {
+    const uint32_t at = d.tx(0)->posted & 63;
+    d.PostTx(0, slot++, f, flags);
+    d.tx(0)->desc[at].l2_len = l2;
+    d.tx(0)->desc[at].l3_len = l3;
+    d.tx(0)->desc[at].l4_len = l4;
+    d.tx(0)->desc[at].tso_segsz = segsz;
+  };
+  testing::FrameSpec small;
+  small.payload = 3000;
+  const Bytes f3k = testing::MakeTcpUdpFrame(small);
+  testing::FrameSpec big;
+  big.payload = 64000;
+  const Bytes f64k = testing::MakeTcpUdpFrame(big);
+  testing::FrameSpec jumbo;  // the largest IPv4 datagram, untagged: 65549 bytes
+  jumbo.payload = 65535 + 14 - jumbo.Hdrs();
+  const Bytes fmax = testing::MakeTcpUdpFrame(jumbo);
+  const Bytes f14 = Frame(14);
+  // Dropped by the port (the request or its lengths).
+  post(f3k, v4 | v6 | tcp, 14, 20, 0, 0);             // both IP versions
+  post(f14, v4 | tcp, 14, 20, 0, 0);                  // a checksum on a bare Ethernet header
+  post(f3k, v4 | tcp, 255, 65535, 0, 0);              // lengths past the head copy
+  post(f3k, v4 | ip, 14, 61, 0, 0);                   // an IPv4 header of 61 bytes
+  post(f3k, v4 | udp | tsoreq, 14, 20, 20, 1448);     // TSO without TCP
+  post(f3k, v4 | tcp, 0, 20, 0, 0);                   // no L2 header
+  // Dropped by the switch (CheckOffload).
+  post(f3k, v4 | tcp | tsoreq, 14, 20, 20, 0);        // segments of 0 bytes
+  post(f3k, v4 | tcp | tsoreq, 14, 20, 20, 1);        // segments of 1 byte
+  post(f3k, v6 | tcp | tsoreq, 14, 40, 20, 1448);     // IPv6 TSO on an IPv4 frame
+  post(f3k, v4 | tcp | tsoreq, 14, 24, 20, 1448);     // the checksum not at the real L4 header
+  // Cross.
+  post(f64k, v4 | tcp | tsoreq | ip, 14, 20, 20, 64);  // 1000 segments for m1
+  post(f3k, v4 | tcp | tsoreq, 14, 20, 255, 1448);      // l4_len is only a hint
+  post(fmax, v4 | tcp, 14, 20, 0, 0);                   // a 64 KiB datagram, checksum asked
+  post(f3k, v4, 0, 0, 0, 0);                            // no request: lengths ignored
+  for (int i = 0; i < 4; ++i) sw.worker(0)->Poll();
+  EXPECT_EQ(d.tx(0)->done, 14u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kBadOffload), 6u);
+  EXPECT_EQ(sw.DropsFor(pv_id, DropReason::kBadOffload), 4u);
+  ASSERT_EQ(up.sent().size(), 4u);  // whole, TSO included
+  ASSERT_EQ(plain.sent().size(), 1000u + 3u + 1u + 1u);
+  testing::FrameSpec seg = big;
+  for (size_t i = 0; i < plain.sent().size(); ++i) {
+    const Bytes& f = plain.sent()[i];
+    if (f.size() == f3k.size() && i + 1 == plain.sent().size()) continue;  // the frame without a request
+    ASSERT_TRUE(testing::ChecksumOk(f, seg)) << "frame " << i << " of " << f.size() << " bytes";
+    ASSERT_TRUE(testing::IpHeaderOk(f, seg)) << "frame " << i;
+  }
+}
+
+// The edges of the buffer area: an empty buffer right at its end (the address one past the
+// mapping) is never written (too small for any frame); one byte more breaks the device. A tx
+// frame of 0 bytes is dropped; one that ends exactly at the area's end is taken.
+TEST_F(HostilePvDriver, TheEdgesOfTheBufferArea) {
+  Driver d(loop_.get());
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(), "");
+  const uint64_t end = d.h()->bufs_offset + d.h()->bufs_size;
+  ASSERT_EQ(end, d.size);
+  const Bytes f = Frame(60);
+  testing::SplitPacket sp(f, {});
+  const PacketRef* one[1] = {&sp.p};
+  d.PostRx(0, 0, 0);
+  d.rx(0)->desc[0].offset = end;
+  EXPECT_EQ(port_->Tx(0, {one, 1}), 1u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kTooBig), 1u);
+  EXPECT_EQ(d.h()->status, NMX_PV_STATUS_OK);
+  // The tx side: 0 bytes, then 60 bytes ending at the area's end.
+  d.PostTx(0, 0, f);
+  d.tx(0)->desc[0].len = 0;
+  d.PostTx(0, 1, f);
+  d.tx(0)->desc[1].offset = end - 60;
+  Batch b;
+  ASSERT_EQ(port_->Rx(0, b, kBurst), 1u);
+  EXPECT_EQ(b[0].len, 60u);
+  port_->RxDone(0, b, 1);
+  EXPECT_EQ(d.tx(0)->done, 2u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kBadFrame), 1u);
+  // One byte past the end.
+  d.rx(0)->desc[0].len = 1;
+  EXPECT_EQ(port_->Tx(0, {one, 1}), 1u);
+  EXPECT_EQ(d.h()->status, NMX_PV_STATUS_BROKEN);
+  EXPECT_NE(std::string(d.h()->broken_reason).find("outside the buffer area"), std::string::npos);
 }
 
 // What nicmuxd logs while f runs (stderr, where LogMessage writes).
