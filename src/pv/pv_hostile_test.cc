@@ -425,6 +425,46 @@ TEST_F(HostilePvDriver, TheEdgesOfTheBufferArea) {
   EXPECT_NE(std::string(d.h()->broken_reason).find("outside the buffer area"), std::string::npos);
 }
 
+// The region's file: the driver can neither shrink nor grow it (the host's mapping would fault
+// or the host would map what the driver chose), nor add or remove seals. Punching holes is
+// allowed (F_SEAL_WRITE cannot be had with the host's writable mapping): the pages read back as
+// zeros, the host's next access maps a fresh page, nothing faults.
+TEST_F(HostilePvDriver, TheRegionFileCannotBeResized) {
+  Driver d(loop_.get());
+  ASSERT_EQ(d.Connect(path_), "");
+  ASSERT_EQ(d.Start(), "");
+  const int fd = d.memfd.get();
+  EXPECT_NE(::ftruncate(fd, 4096), 0);
+  EXPECT_NE(::ftruncate(fd, static_cast<off_t>(d.size) * 2), 0);
+  EXPECT_NE(::fallocate(fd, 0, static_cast<off_t>(d.size), 4096), 0);
+  char c = 1;
+  EXPECT_NE(::pwrite(fd, &c, 1, static_cast<off_t>(d.size)), 1);
+  EXPECT_NE(::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE), 0);
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  // Holes everywhere, then every host access.
+  d.PostTx(0, 0, Frame(60));
+  d.PostRx(0, 1, 2048);
+  const nmx_pv_header h = *d.h();
+  ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(d.size)), 0);
+  EXPECT_EQ(d.h()->magic, 0u);
+  *d.h() = h;  // (this test's driver finds the rings through the header)
+  EXPECT_EQ(d.tx(0)->posted, 0u);
+  Batch b;
+  EXPECT_EQ(port_->Rx(0, b, kBurst), 0u);
+  port_->RxDone(0, b, 0);
+  const Bytes f = Frame(60);
+  testing::SplitPacket sp(f, {});
+  const PacketRef* one[1] = {&sp.p};
+  EXPECT_EQ(port_->TxRoom(0), 0u);
+  EXPECT_EQ(port_->Tx(0, {one, 1}), 0u);  // no buffer posted any more
+  std::vector<NotifyFd> fds;
+  EXPECT_FALSE(port_->ArmNotify(&fds));
+  port_->DisarmNotify();
+  EXPECT_EQ(d.Call(NMX_PV_MSG_GET_INFO).status, 0);
+  EXPECT_EQ(port_->State(), "running");
+}
+
 // What nicmuxd logs while f runs (stderr, where LogMessage writes).
 std::string CaptureLog(const std::function<void()>& f) {
   char path[] = "/tmp/nmxpvlogXXXXXX";
