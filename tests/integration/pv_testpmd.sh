@@ -43,6 +43,14 @@ cmake --build "$BUILD" --target rte_net_nicmux_pv >"$WORK/pmd-build.log" 2>&1 ||
     fail "building rte_net_nicmux_pv: $(tail -n 20 "$WORK/pmd-build.log")"
 }
 [ -f "$PMD" ] || fail "$PMD was not built"
+# DPDK loads a -d plugin only from a directory that no one else may write to, nor any of its
+# parents: a build under /tmp (world-writable) is refused ("Cannot init plugins"). A private
+# copy under /run (root's, 755) is loaded instead, wherever the build is.
+PMD_DIR=$(mktemp -d /run/nicmux-pmd.XXXXXX)
+rm_pmd_dir() { rm -rf "$PMD_DIR"; }
+CLEANUP_HOOKS+=(rm_pmd_dir)
+cp "$PMD" "$PMD_DIR/" || fail "copying $PMD to $PMD_DIR"
+PMD=$PMD_DIR/$(basename "$PMD")
 command -v dpdk-testpmd >/dev/null || fail "dpdk-testpmd not installed (scripts/install-deps)"
 PRELOAD=${NICMUX_PV_PMD_PRELOAD:-}
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 # testpmd's own allocations are not ours to judge
