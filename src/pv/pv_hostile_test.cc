@@ -3,11 +3,13 @@
 // the workers, and races the control thread against a worker's burst.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -463,6 +465,49 @@ TEST_F(HostilePvDriver, TheRegionFileCannotBeResized) {
   port_->DisarmNotify();
   EXPECT_EQ(d.Call(NMX_PV_MSG_GET_INFO).status, 0);
   EXPECT_EQ(port_->State(), "running");
+}
+
+// nicmuxd's mapping of the current region (the test's driver maps it too, at `driver`).
+std::byte* HostMapping(const std::byte* driver) {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) return nullptr;
+  char line[512];
+  std::byte* found = nullptr;
+  while (std::fgets(line, sizeof line, f)) {
+    if (!std::strstr(line, "nicmux-pv")) continue;
+    const auto start = reinterpret_cast<std::byte*>(std::strtoull(line, nullptr, 16));
+    if (start != driver) found = start;
+  }
+  std::fclose(f);
+  return found;
+}
+
+// The region can fault under nicmuxd after all: a page the driver punched out is allocated
+// again at the host's next access, and where that allocation fails the access gets SIGBUS, not
+// an error (shmem gives -ENOSPC when the commit charge is refused, vm.overcommit_memory=2: a
+// driver that has used up the commit limit itself, then punches holes in its rings). SIGBUS
+// killed the daemon and every port. The region is now a peer mapping (base/peer_mapping.h): the
+// fault is recovered, the driver loses its connection and the port is quarantined. Played here
+// by mapping a one-page file over nicmuxd's mapping of the region (the same SIGBUS; the commit
+// limit cannot be set from a test), in a child process: before the fix the fault killed it.
+TEST_F(HostilePvDriver, ARegionFaultCostsTheDriverItsConnectionNotTheDaemon) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        Driver d(loop_.get());
+        if (d.Connect(path_) != "" || d.Start() != "") std::_Exit(2);
+        std::byte* host = HostMapping(d.base);
+        if (!host) std::_Exit(3);
+        const int small = ::memfd_create("short", MFD_CLOEXEC);
+        if (small < 0 || ::ftruncate(small, 4096) != 0) std::_Exit(4);
+        if (::mmap(host, d.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, small, 0) != host) std::_Exit(5);
+        Batch b;
+        port_->Rx(0, b, kBurst);  // reads the tx ring, past the file's one page: SIGBUS
+        port_->RxDone(0, b, b.size());
+        if (!WaitFor([&] { return port_->State().rfind("quarantined", 0) == 0; })) std::_Exit(6);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 // What nicmuxd logs while f runs (stderr, where LogMessage writes).

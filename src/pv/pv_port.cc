@@ -102,8 +102,9 @@ class PvPort final : public Port {
 
   // Control thread.
   void OnAccept();
+  void OnFault();
   void Attach(UniqueFd conn);
-  void Disconnect(const std::string& why);
+  void Disconnect(const std::string& why, bool hostile = false);
   void ServeControl();
   int32_t Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason);
   void FillInfo(nmx_pv_info* info) const;
@@ -127,6 +128,7 @@ class PvPort final : public Port {
   Pausable* workers_;
   UniqueFd listen_fd_, conn_;
   EventFd ctrl_kick_, ctrl_irq_;
+  EventFd fault_;  // ours: signalled when an access to the region faulted (pv::Region)
   std::unique_ptr<pv::Region> region_;  // replaced only with the workers paused
   std::vector<std::unique_ptr<Queue>> q_;
   uint32_t generation_ = 0;
@@ -182,6 +184,7 @@ PvPort::~PvPort() {
     loop_->Unwatch(conn_.get());
     loop_->Unwatch(ctrl_kick_.fd());
   }
+  if (fault_.valid()) loop_->Unwatch(fault_.fd());
   if (listen_fd_.valid()) {
     loop_->Unwatch(listen_fd_.get());
     ::unlink(opt_.socket_path.c_str());
@@ -189,6 +192,9 @@ PvPort::~PvPort() {
 }
 
 Result<void> PvPort::Listen() {
+  NICMUX_TRY_ASSIGN(fault, EventFd::Create());
+  fault_ = std::move(fault);
+  NICMUX_TRY(loop_->Watch(fault_.fd(), EPOLLIN, [this](uint32_t) { OnFault(); }));
   NICMUX_TRY_ASSIGN(fd, ListenUnix(opt_.socket_path));
   listen_fd_ = std::move(fd);
   NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
@@ -220,7 +226,7 @@ void PvPort::Attach(UniqueFd conn) {
   l.queue_pairs = opt_.queues;
   l.ring_size = opt_.ring;
   l.buf_size = opt_.buf_size;
-  auto region = pv::Region::Create(l, ++generation_);
+  auto region = pv::Region::Create(l, ++generation_, fault_.fd());
   if (!region) {
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: no region for the pv driver: %s", name().c_str(),
                               region.error().message().c_str());
@@ -301,7 +307,15 @@ void PvPort::Attach(UniqueFd conn) {
                             name().c_str(), static_cast<unsigned long long>(region_->size()), generation_);
 }
 
-void PvPort::Disconnect(const std::string& why) {
+// A notice of the SIGBUS recovery (pv::Region): the driver's region faulted under us.
+void PvPort::OnFault() {
+  fault_.Drain();
+  if (region_ && region_->poisoned()) {
+    Disconnect("its region faulted under nicmuxd (a page it punched out could not be allocated again)", true);
+  }
+}
+
+void PvPort::Disconnect(const std::string& why, bool hostile) {
   if (!conn_.valid()) return;
   loop_->Unwatch(conn_.get());
   loop_->Unwatch(ctrl_kick_.fd());
@@ -321,18 +335,19 @@ void PvPort::Disconnect(const std::string& why) {
   started_ = configured_ = false;
   PeerGone();
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: pv driver disconnected (%s)", name().c_str(), why.c_str());
-  // UNTRUSTED: a driver that held a thread of ours through an eventfd would reconnect and do it
-  // again at once (each time a worker, and every port on it, held 20 to 40 ms): the next
-  // drivers wait.
-  if (peer_blocked_.load(std::memory_order_relaxed)) {
+  // UNTRUSTED: a driver that held a thread of ours through an eventfd, or made its region fault
+  // under us, would reconnect and do it again at once (each time a worker, and every port on
+  // it, held 20 to 40 ms): the next drivers wait.
+  if (hostile || peer_blocked_.load(std::memory_order_relaxed)) {
     ++hostile_disconnects_;
     const uint64_t now = MonotonicNowNs();
     if (now - quarantine_until_ns_ > kQuarantineForgetNs) quarantine_ms_ = 0;
     quarantine_ms_ = quarantine_ms_ == 0 ? kQuarantineFirstMs : std::min(quarantine_ms_ * 2, kQuarantineMaxMs);
     quarantine_until_ns_ = now + quarantine_ms_ * 1000000;
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError,
-                              "port %s: the pv driver made an eventfd block us; new drivers refused for %llu ms",
-                              name().c_str(), static_cast<unsigned long long>(quarantine_ms_));
+                              "port %s: the pv driver attacked nicmuxd (%s); new drivers refused for %llu ms",
+                              name().c_str(), hostile ? why.c_str() : "it made an eventfd block a thread of ours",
+                              static_cast<unsigned long long>(quarantine_ms_));
   }
 }
 

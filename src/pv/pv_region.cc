@@ -23,7 +23,7 @@ Result<void> CheckLayout(const Layout& l) {
   return Ok();
 }
 
-Result<std::unique_ptr<Region>> Region::Create(const Layout& l, uint32_t generation) {
+Result<std::unique_ptr<Region>> Region::Create(const Layout& l, uint32_t generation, int fault_fd) {
   NICMUX_TRY(CheckLayout(l));
   const uint64_t stride = NMX_PV_RING_BYTES(l.ring_size);
   const uint64_t bufs_offset = kRingsOffset + uint64_t{2} * l.queue_pairs * stride;
@@ -37,7 +37,8 @@ Result<std::unique_ptr<Region>> Region::Create(const Layout& l, uint32_t generat
   if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
     return Error::FromErrno("sealing the pv region");
   }
-  NICMUX_TRY_ASSIGN(map, MappedRegion::MapFd(fd.get(), 0, size));
+  // UNTRUSTED: a peer mapping: a SIGBUS in it is recovered (the header's comment).
+  NICMUX_TRY_ASSIGN(map, MappedRegion::MapPeerFd(fd.get(), 0, size, fault_fd));
   std::unique_ptr<Region> r(new Region(std::move(fd), std::move(map), l, stride, bufs_offset, bufs_size));
   nmx_pv_header* h = r->header();
   h->magic = NMX_PV_MAGIC;

@@ -1,7 +1,13 @@
 // PvRegion: the host's side of one pvdev shared region (src/pv/pv_abi.h, docs/pv-protocol.md):
-// a sealed memfd (the driver can neither shrink nor grow it, so no access of ours can fault),
-// mapped once, laid out and its header written at creation. The one place an untrusted
-// descriptor's (region, offset, length) becomes host memory is Buffer().
+// a sealed memfd (the driver can neither shrink nor grow it), mapped once, laid out and its
+// header written at creation. The one place an untrusted descriptor's (region, offset, length)
+// becomes host memory is Buffer().
+//
+// UNTRUSTED (the file): the seals do not stop the driver from punching holes in it, and a page
+// punched out is allocated again at our next access, which gets SIGBUS where that allocation
+// fails (shmem's -ENOSPC when the commit charge is refused, vm.overcommit_memory=2). So the
+// mapping is a peer mapping (base/peer_mapping.h): a fault there is recovered (the mapping
+// becomes zeros), poisoned() turns true and the fault_fd given to Create is signalled.
 //
 // Invariants after Create(): the header, the control page, every ring and the buffer area lie
 // inside the mapping and do not overlap; ring_size is a power of two in 64..4096; the header
@@ -33,13 +39,16 @@ struct Layout {
 
 class Region {
  public:
-  // A new region (memfd "nicmux-pv"), sealed at its size; generation is written to the header.
-  static Result<std::unique_ptr<Region>> Create(const Layout& layout, uint32_t generation);
+  // A new region (memfd "nicmux-pv"), sealed at its size; generation is written to the header;
+  // fault_fd (an eventfd of the owner's, or -1) is signalled when an access of ours faults.
+  static Result<std::unique_ptr<Region>> Create(const Layout& layout, uint32_t generation, int fault_fd = -1);
 
   int fd() const { return fd_.get(); }
   uint64_t size() const { return map_.size(); }
   const Layout& layout() const { return layout_; }
   uint32_t ring_mask() const { return layout_.ring_size - 1; }
+  // An access of ours faulted: the mapping holds zeros now, not the driver's memory.
+  bool poisoned() const { return map_.poisoned(); }
 
   nmx_pv_header* header() const { return reinterpret_cast<nmx_pv_header*>(map_.data()); }
   nmx_pv_ctrl* ctrl() const { return reinterpret_cast<nmx_pv_ctrl*>(map_.data() + kCtrlOffset); }
