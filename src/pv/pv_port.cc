@@ -26,8 +26,9 @@ constexpr uint32_t kEthHeader = 14;
 constexpr uint32_t kMinMtu = 68;
 constexpr uint64_t kTxOffloadsAlways = NMX_PV_TX_IPV4_CKSUM | NMX_PV_TX_TCP_CKSUM | NMX_PV_TX_UDP_CKSUM;
 constexpr uint64_t kRxOffloadsAlways = NMX_PV_RX_IPV4_CKSUM | NMX_PV_RX_TCP_CKSUM | NMX_PV_RX_UDP_CKSUM;
-// After a driver made one of its eventfds block a thread of ours: new drivers are refused for
-// this long, doubling per repeat (forgotten after an hour), as for vhost-user frontends.
+// After a driver made one of its eventfds block a thread of ours, or its region fault under us:
+// new drivers are refused for this long, doubling per repeat (forgotten after an hour), as for
+// vhost-user frontends.
 constexpr uint64_t kQuarantineFirstMs = 1000, kQuarantineMaxMs = 60000;
 constexpr uint64_t kQuarantineForgetNs = 3600ull * 1000000000;
 
@@ -369,7 +370,7 @@ bool PvPort::SignalDriver(int fd) {
 }
 
 void PvPort::SignalControl() {
-  if (ctrl_irq_.valid() && !SignalDriver(ctrl_irq_.fd())) Disconnect("the driver made an eventfd of its block");
+  if (ctrl_irq_.valid() && !SignalDriver(ctrl_irq_.fd())) Disconnect("the driver made its control irq eventfd block");
 }
 
 // The mailbox: the newest request is answered once (a driver that writes several before one
