@@ -22,10 +22,15 @@ constexpr size_t kMaxThreads = 256;
 
 // One per thread that has made a watched call. seq is odd while the thread is inside a watched
 // section; the watchdog compares it across ticks.
+// state: kFree, then kClaimed (one thread filling it in), then kLive (the watchdog reads it).
 struct Slot {
-  std::atomic<bool> used{false};
+  static constexpr uint8_t kFree = 0, kClaimed = 1, kLive = 2;
+  std::atomic<uint8_t> state{kFree};
   std::atomic<uint64_t> seq{0};
-  pthread_t thread{};
+  // Written while kClaimed, read by the watchdog after it saw kLive. Atomic because the
+  // watchdog may still read it after the slot changed hands (the old thread ended, a new one
+  // claimed it between the watchdog's two loads): then one spurious signal, one EINTR.
+  std::atomic<pthread_t> thread{};
 };
 Slot g_slots[kMaxThreads];
 std::atomic<uint64_t> g_interrupts{0};
@@ -39,7 +44,7 @@ void Watchdog() {
     std::this_thread::sleep_for(std::chrono::milliseconds(kPeerIoTickMs));
     for (size_t i = 0; i < kMaxThreads; ++i) {
       Slot& s = g_slots[i];
-      if (!s.used.load(std::memory_order_acquire)) {
+      if (s.state.load(std::memory_order_acquire) != Slot::kLive) {
         last[i] = 0;
         continue;
       }
@@ -48,7 +53,7 @@ void Watchdog() {
         // In the same section as a tick ago. Signal again on every tick it stays there (the
         // first signal may have come just before the syscall began to wait).
         g_interrupts.fetch_add(1, std::memory_order_relaxed);
-        pthread_kill(s.thread, kInterruptSignal);
+        pthread_kill(s.thread.load(std::memory_order_relaxed), kInterruptSignal);
       }
       last[i] = seq;
     }
@@ -72,21 +77,23 @@ struct ThreadSlot {
   ThreadSlot() {
     Start();
     for (Slot& s : g_slots) {
-      bool expected = false;
-      if (s.used.load(std::memory_order_relaxed)) continue;
-      s.thread = pthread_self();
+      // Claim first, then fill in, then publish: two threads starting at once must not both
+      // write one slot (the loser used to overwrite the winner's thread id, and the watchdog
+      // then interrupted the wrong thread).
+      uint8_t expected = Slot::kFree;
+      if (!s.state.compare_exchange_strong(expected, Slot::kClaimed, std::memory_order_acquire)) continue;
+      s.thread.store(pthread_self(), std::memory_order_relaxed);
       s.seq.store(0, std::memory_order_relaxed);
-      if (s.used.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
-        slot = &s;
-        return;
-      }
+      s.state.store(Slot::kLive, std::memory_order_release);
+      slot = &s;
+      return;
     }
     // More than kMaxThreads threads signalling peers: unwatched (never the case in nicmuxd,
     // whose workers are few); logged once.
     NICMUX_LOG_RATELIMITED(kError, "peer I/O: more than %zu threads, calls unwatched", kMaxThreads);
   }
   ~ThreadSlot() {
-    if (slot != nullptr) slot->used.store(false, std::memory_order_release);
+    if (slot != nullptr) slot->state.store(Slot::kFree, std::memory_order_release);
   }
 };
 thread_local ThreadSlot t_slot;
