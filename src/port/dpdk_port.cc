@@ -417,6 +417,15 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   Queue& q = *q_[qi];
   rte_mbuf* m[kBurst];
   const uint32_t want = static_cast<uint32_t>(std::min<size_t>(in.size(), kBurst));
+  // A device whose link is down (a memif without its peer) takes nothing: dropped here, not
+  // copied into mbufs and refused by the burst, which looked like a full ring and kept the
+  // source retrying (and copying) until the link came back.
+  rte_eth_link link{};
+  if (rte_eth_link_get_nowait(port_id_, &link) == 0 && !link.link_status) {
+    q.txc.dropped.Add(want);
+    q.txc.drops.Add(DropReason::kPortDown, want);
+    return want;
+  }
   if (rte_pktmbuf_alloc_bulk(pool_, m, want) != 0) return 0;  // no mbufs now: backpressure
   uint32_t built = 0;
   uint32_t idx[kBurst], len[kBurst];

@@ -18,12 +18,13 @@
 //     (TCP/UDP checksum; TSO; PortCaps kCsum, kTso4/6), else the partial checksum is completed
 //     in that copy (kCsumOnCopy) and GSO frames arrive cut by the switch; rte_eth_tx_prepare,
 //     then rte_eth_tx_burst; what the device does not take is freed and left to the source.
-//     Frames above the device's MTU (+ Ethernet header and one VLAN tag) are dropped (mtu).
+//     Frames above the device's MTU (+ Ethernet header and one VLAN tag) are dropped (mtu);
+//     everything while the device's link is down (port_down).
 // The port cannot wake a sleeping worker (no Rx interrupts are used): its worker polls.
 //
 // Counters: rx/tx packets and bytes; rx_dropped: bad_frame (a chain of more segments than a
 // PacketRef names); tx_dropped: too_big_for_buffers (no mbufs for the frame), mtu, bad_offload
-// (refused by rte_eth_tx_prepare). The device's own
+// (refused by rte_eth_tx_prepare), port_down (the link is down). The device's own
 // (rte_eth_stats: imissed, ierrors, oerrors, rx_nombuf) and its link are in `port show`, its
 // capabilities (rte_eth_dev_info, and which offloads are used) in `nicmuxctl port caps`.
 #pragma once

@@ -8,7 +8,8 @@
 #      (pktgen's, the ports', testpmd's; each carries some) (testpmd's memif refuses
 #      --max-pkt-len 9100, so no jumbo frames here): exact counts, every byte checked;
 #      `port show` has the device's link, stats and offload capabilities.
-#   2. bad configuration, refused by name while the daemon serves: devargs DPDK rejects, a
+#   2. frames to a dpdk port whose link is down are dropped (port_down), not held; bad
+#      configuration, refused by name while the daemon serves: devargs DPDK rejects, a
 #      second port on the same device, a memif devargs key the PMD does not know.
 #   3. 100 add/remove cycles of a dpdk port (net_null) at run time: fds and RSS flat.
 #   4. a device the EAL probed at start (--vdev in the EAL arguments, as -a ADDR for a PCI NIC)
@@ -82,6 +83,15 @@ nicmuxd --port "vhost-user:pga:socket=$S/pga.sock"
 wait_for "$S/pga.sock" 30
 expect_refused "dpdk:x1:devargs=net_nosuch0" "DPDK refused the device"
 ctl port add "dpdk:d0:devargs=$(mem 0)" >/dev/null || fail "port add d0"
+# d0's memif has no peer: its link is down, and what the switch floods to it is dropped
+# (port_down), never held: the sender finishes.
+start pg_down "$BIN/nicmux-pktgen" --socket "$S/pga.sock" --mode tx --size 1518 --count 2000 --duration 30 --interval 0 \
+  --mac 02:00:00:00:00:0a --peer-mac 02:00:00:00:00:0b
+wait_pid "$LAST_PID" 60 || fail "pktgen towards a down dpdk port: $(tail -2 "$WORK/pg_down.log")"
+expect_summary "$WORK/pg_down.log" tx_packets 2000
+down=$(ctl --json port show d0 | python3 -c "import json,sys; print(json.load(sys.stdin)['drops'].get('port_down', 0))")
+[ "$down" -eq 2000 ] || fail "d0 (link down) dropped $down frames as port_down, not 2000"
+echo "ok: 2000 frames flooded to a dpdk port whose link is down: dropped port_down, the sender not held"
 expect_refused "dpdk:x2:devargs=$(mem 0)" "DPDK device net_memif0 is in use by port d0"
 expect_refused "dpdk:x3:devargs=net_memif2;bogus=1" "port x3: devargs net_memif2,bogus=1: "
 ctl port show pga >/dev/null || fail "the daemon stopped serving"
