@@ -14,6 +14,11 @@
  *                          tx ring (2q + 1); each NMX_PV_RING_BYTES(ring_size), page-aligned
  *   bufs_offset            the packet buffer area, bufs_size bytes: the driver's to manage
  *
+ * Registered memory (NMX_PV_FEATURE_MEM_REGIONS): the driver may also hand the host files of its
+ * own memory (a DPDK application's mbuf memory) on the socket, each as a region id 1..
+ * NMX_PV_MAX_MEM_REGIONS; a descriptor whose `region` is k names bytes at `offset` of region k,
+ * so the host copies straight from and into the driver's buffers (struct nmx_pv_sock_req).
+ *
  * A ring, either direction: the driver posts descriptors (`posted`, free-running u32) and the
  * host finishes them in order (`done`, free-running u32). tx: posted = frames to send, done =
  * sent (the buffer is the driver's again). rx: posted = empty buffers, done = filled (the
@@ -35,6 +40,10 @@ extern "C" {
 #define NMX_PV_MAX_QUEUE_PAIRS 8u
 #define NMX_PV_MIN_RING 64u
 #define NMX_PV_MAX_RING 4096u
+#define NMX_PV_MAX_MEM_REGIONS 64u /* registered memory: region ids 1..64 */
+
+/* Features the host offers (header.features). */
+#define NMX_PV_FEATURE_MEM_REGIONS (1ull << 0) /* MEM_ADD / MEM_DEL on the socket */
 
 /* ---- header (offset 0) ---------------------------------------------------------------- */
 
@@ -52,6 +61,9 @@ struct nmx_pv_header {
   uint64_t ring_stride;      /* bytes from one ring to the next */
   uint64_t bufs_offset;      /* the buffer area */
   uint64_t bufs_size;
+  uint64_t features;         /* NMX_PV_FEATURE_*: what the host offers (unknown bits: ignore) */
+  uint64_t max_mem_bytes;    /* with FEATURE_MEM_REGIONS: the most bytes all registered regions
+                                of this device may hold together (the port's max_memory=) */
   /* Written by the host later: the device's state. */
   uint32_t status;           /* NMX_PV_STATUS_* */
   uint32_t reserved0;
@@ -75,10 +87,12 @@ struct nmx_pv_header {
 #define NMX_PV_DESC_MARK 0x0400u        /* rx: a flow rule's MARK: mark is valid */
 
 struct nmx_pv_desc {
-  uint64_t offset;    /* the buffer: bytes from the region's start (within the buffer area) */
+  uint64_t offset;    /* the buffer: bytes from its region's start (region 0: within the buffer
+                         area; region k: within registered region k) */
   uint32_t len;       /* tx: frame bytes; rx posted: buffer capacity; rx done: frame bytes */
   uint16_t flags;     /* NMX_PV_DESC_* */
-  uint16_t region;    /* 0: this region (the only one in version 1) */
+  uint16_t region;    /* 0: this region's buffer area; 1..NMX_PV_MAX_MEM_REGIONS: the driver's
+                         registered memory (MEM_ADD) */
   uint8_t l2_len;     /* with a request: Ethernet header bytes (14, 18 with a VLAN tag) */
   uint8_t l4_len;     /* with NMX_PV_DESC_TSO: the TCP header's bytes */
   uint16_t l3_len;    /* with a request: IP header bytes (with IPv6 extension headers) */
@@ -235,6 +249,50 @@ struct nmx_pv_hello {
   uint64_t region_size;
 };
 
+/* After the hello, with NMX_PV_FEATURE_MEM_REGIONS: the driver registers memory of its own on the
+ * socket, one struct nmx_pv_sock_req at a time (exactly its size; MEM_ADD with one fd as
+ * SCM_RIGHTS on its bytes), and waits for the host's struct nmx_pv_sock_resp with the same seq
+ * before the next. Both only while the device is stopped (never STARTed, or after STOP);
+ * otherwise refused with -EBUSY and nothing changes. A region may not be deleted while
+ * descriptors posted in a ring still name it: the host finds them when the device runs again
+ * and the device breaks.
+ *
+ *   MEM_ADD {id, fd_offset, size, addr} + fd: maps [fd_offset, fd_offset + size) of the fd as
+ *     region `id`. Refused: id outside 1..NMX_PV_MAX_MEM_REGIONS (-EINVAL) or in use (-EEXIST);
+ *     not exactly one fd, not a regular file (memfd, hugetlbfs, tmpfs), size 0, fd_offset or size
+ *     not a multiple of the file's page size, or the range past the file's end (-EINVAL); all
+ *     regions together over header.max_mem_bytes (-ENOSPC); the device broken (-EIO); mmap
+ *     failing (its errno). addr (the driver's virtual address of the region) is for logs only.
+ *   MEM_DEL {id}: unmaps region id (-ENOENT when none).
+ *
+ * The file stays the driver's: if it shrinks (or a page of it cannot be allocated again) under
+ * the host's access, that access is recovered (it reads zeros), the device is broken with the
+ * region named in broken_reason, and the driver's hanging up then quarantines the port. A
+ * driver that sends requests without reading the answers is disconnected when its socket's
+ * buffer is full. */
+enum nmx_pv_sock_type {
+  NMX_PV_SOCK_MEM_ADD = 1,
+  NMX_PV_SOCK_MEM_DEL = 2,
+};
+
+struct nmx_pv_sock_req {     /* driver -> host */
+  uint32_t type;             /* enum nmx_pv_sock_type */
+  uint32_t seq;              /* the driver's number, echoed in the answer */
+  uint32_t id;               /* the region: 1..NMX_PV_MAX_MEM_REGIONS */
+  uint32_t reserved;
+  uint64_t fd_offset;        /* MEM_ADD: where the region starts in the file */
+  uint64_t size;             /* MEM_ADD: its bytes */
+  uint64_t addr;             /* MEM_ADD: the driver's address of it (information only) */
+};
+
+struct nmx_pv_sock_resp {    /* host -> driver */
+  uint32_t type;             /* the request's */
+  uint32_t seq;              /* the request's */
+  uint32_t id;               /* the request's */
+  int32_t status;            /* 0 or a negative errno */
+  char reason[NMX_PV_REASON]; /* with status < 0: why, NUL-terminated */
+};
+
 #ifdef __cplusplus
 }
 #endif
@@ -247,9 +305,16 @@ static_assert(sizeof(struct nmx_pv_header) <= NMX_PV_PAGE, "pv header");
 static_assert(sizeof(struct nmx_pv_ctrl) <= NMX_PV_PAGE, "pv control page");
 static_assert(sizeof(struct nmx_pv_stats) <= NMX_PV_MSG_PAYLOAD, "pv stats");
 static_assert(sizeof(struct nmx_pv_info) <= NMX_PV_MSG_PAYLOAD, "pv info");
+static_assert(sizeof(struct nmx_pv_header) == 360, "pv header");
+static_assert(sizeof(struct nmx_pv_hello) == 24, "pv hello");
+static_assert(sizeof(struct nmx_pv_sock_req) == 40, "pv socket request");
+static_assert(sizeof(struct nmx_pv_sock_resp) == 16 + NMX_PV_REASON, "pv socket answer");
 #else
 _Static_assert(sizeof(struct nmx_pv_desc) == 32, "pv descriptor");
 _Static_assert(sizeof(struct nmx_pv_ring) == 128, "pv ring header");
+_Static_assert(sizeof(struct nmx_pv_header) == 360, "pv header");
+_Static_assert(sizeof(struct nmx_pv_sock_req) == 40, "pv socket request");
+_Static_assert(sizeof(struct nmx_pv_sock_resp) == 16 + NMX_PV_REASON, "pv socket answer");
 #endif
 
 #endif /* NICMUX_PV_ABI_H */

@@ -2,6 +2,7 @@
 
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "base/peer_io.h"
 #include "base/unix_socket.h"
 #include "packet/offload_ops.h"
+#include "port/port_spec.h"
 #include "pv/pv_region.h"
 #include "virtio/ring_access.h"
 
@@ -104,6 +106,9 @@ class PvPort final : public Port {
   // Control thread.
   void OnAccept();
   void OnFault();
+  void OnConnReadable(uint32_t events);
+  void ServeSockRequest();
+  int32_t HandleMem(const nmx_pv_sock_req& m, std::vector<UniqueFd>& fds, std::string* reason);
   void Attach(UniqueFd conn);
   void Disconnect(const std::string& why, bool hostile = false);
   void ServeControl();
@@ -119,8 +124,9 @@ class PvPort final : public Port {
   // Any thread.
   bool SignalDriver(int fd);
 
-  // Workers.
+  // Workers (and the control thread, for a fault in registered memory).
   void Break(const std::string& why);
+  std::string BadBuffer(const nmx_pv_desc& d) const;
   bool ToOffload(PacketRef* p, const nmx_pv_desc& d);
   void MaybeIrq(uint32_t qi, Queue& q, nmx_pv_ring* r);
 
@@ -150,12 +156,20 @@ class PvPort final : public Port {
   // A write to one of this driver's eventfds blocked and the peer-I/O watchdog broke it off:
   // nothing is signalled to it again, and its hanging up starts a quarantine (control thread).
   std::atomic<bool> peer_blocked_{false};
+  // Registered memory faulted under us (a file the driver shrank): the device is broken, and
+  // its hanging up starts a quarantine (control thread).
+  bool mem_faulted_ = false;
+  // The socket's requests (MEM_ADD, MEM_DEL): the bytes of the one being read, and the fds that
+  // came with them (control thread).
+  std::array<std::byte, sizeof(nmx_pv_sock_req)> sock_msg_{};
+  size_t sock_got_ = 0;
+  std::vector<UniqueFd> sock_fds_;
   uint64_t hostile_disconnects_ = 0;
   uint64_t quarantine_ms_ = 0, quarantine_until_ns_ = 0;  // monotonic
   // UNTRUSTED: everything a driver can make us log goes through this port's own limiters: a
   // driver reconnecting in a loop cannot flood the log, nor silence another port's messages
   // (a call site's limiter is shared by every pv port).
-  LogRateLimiter log_conn_, log_error_, log_request_;
+  LogRateLimiter log_conn_, log_error_, log_request_, log_mem_;
   // The uplink's view (control thread).
   PortCaps uplink_caps_;
   std::string uplink_desc_ = "none";  // "up0 (net_virtio_user)"
@@ -227,6 +241,7 @@ void PvPort::Attach(UniqueFd conn) {
   l.queue_pairs = opt_.queues;
   l.ring_size = opt_.ring;
   l.buf_size = opt_.buf_size;
+  l.max_mem_bytes = opt_.max_memory;
   auto region = pv::Region::Create(l, ++generation_, fault_.fd());
   if (!region) {
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: no region for the pv driver: %s", name().c_str(),
@@ -275,6 +290,9 @@ void PvPort::Attach(UniqueFd conn) {
   conn_ = std::move(conn);
   answered_ = 0;
   configured_ = started_ = false;
+  mem_faulted_ = false;
+  sock_got_ = 0;
+  sock_fds_.clear();
   nb_rx_ = nb_tx_ = 0;
   tx_offloads_ = rx_offloads_ = 0;
   promisc_.store(true, std::memory_order_relaxed);
@@ -285,19 +303,7 @@ void PvPort::Attach(UniqueFd conn) {
   PublishCaps();
   ResetStats();
   ++connections_;
-  auto w1 = loop_->Watch(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) {
-    // The driver sends nothing after the hello: bytes are read and ignored (bounded per
-    // wakeup); end of file or an error is the driver gone.
-    char buf[256];
-    for (int budget = 16; budget > 0; --budget) {
-      const ssize_t n = ::recv(conn_.get(), buf, sizeof buf, MSG_DONTWAIT);
-      if (n > 0) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
-      Disconnect(n == 0 ? "the driver closed the connection" : std::strerror(errno));
-      return;
-    }
-    if (ev & (EPOLLHUP | EPOLLERR)) Disconnect("the connection failed");
-  });
+  auto w1 = loop_->Watch(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) { OnConnReadable(ev); });
   auto w2 = loop_->Watch(ctrl_kick_.fd(), EPOLLIN, [this](uint32_t) { ServeControl(); });
   if (!w1 || !w2) {
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: cannot watch the pv driver", name().c_str());
@@ -311,15 +317,185 @@ void PvPort::Attach(UniqueFd conn) {
 // A notice of the SIGBUS recovery (pv::Region): the driver's region faulted under us.
 void PvPort::OnFault() {
   fault_.Drain();
-  if (region_ && region_->poisoned()) {
+  if (!region_) return;
+  if (region_->poisoned()) {
     Disconnect("its region faulted under nicmuxd (a page it punched out could not be allocated again)", true);
+    return;
   }
+  // UNTRUSTED (the driver's own files): registered memory that shrank under a worker's copy.
+  // The copy was recovered (it read zeros or wrote nowhere); the device is broken, and hanging
+  // up quarantines the port.
+  if (const uint32_t id = region_->PoisonedMemory()) {
+    mem_faulted_ = true;
+    Break("registered region " + std::to_string(id) +
+          " faulted under nicmuxd (its file shrank, or a page of it could not be allocated)");
+  }
+}
+
+// The socket after the hello: the driver's memory requests (MEM_ADD, MEM_DEL), each exactly a
+// struct nmx_pv_sock_req, MEM_ADD's fd on its bytes. At most 16 reads per wakeup (the loop
+// comes back for the rest); end of file or an error is the driver gone.
+void PvPort::OnConnReadable(uint32_t ev) {
+  for (int budget = 16; budget > 0 && conn_.valid(); --budget) {
+    iovec iov{sock_msg_.data() + sock_got_, sock_msg_.size() - sock_got_};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(conn_.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    // UNTRUSTED: any number of fds of any kind: taken into our own UniqueFds at once (closed
+    // when not wanted); at most 4 per message kept, the rest closed (more than fit the control
+    // buffer were closed by the kernel: MSG_CTRUNC). A message with the wrong count is refused.
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        UniqueFd owned(fd);
+        if (sock_fds_.size() < 4) sock_fds_.push_back(std::move(owned));
+      }
+    }
+    if ((mh.msg_flags & MSG_CTRUNC) && sock_fds_.size() < 5) sock_fds_.emplace_back();  // "more than 4"
+    if (n <= 0) {
+      Disconnect(n == 0 ? "the driver closed the connection" : std::strerror(errno));
+      return;
+    }
+    sock_got_ += static_cast<size_t>(n);
+    if (sock_got_ == sock_msg_.size()) {
+      ServeSockRequest();
+      sock_got_ = 0;
+      sock_fds_.clear();
+    }
+  }
+  if (conn_.valid() && (ev & (EPOLLHUP | EPOLLERR))) Disconnect("the connection failed");
+}
+
+void PvPort::ServeSockRequest() {
+  nmx_pv_sock_req m;
+  std::memcpy(&m, sock_msg_.data(), sizeof m);  // copy, then check, then use
+  nmx_pv_sock_resp r{};
+  r.type = m.type;
+  r.seq = m.seq;
+  r.id = m.id;
+  std::string reason;
+  r.status = HandleMem(m, sock_fds_, &reason);
+  if (r.status < 0) {
+    const size_t k = std::min(reason.size(), sizeof r.reason - 1);
+    std::memcpy(r.reason, reason.data(), k);
+    NICMUX_LOG_RATELIMITED_BY(log_request_, kInfo, "port %s: pv memory request refused: %s", name().c_str(),
+                              reason.c_str());
+  }
+  if (!conn_.valid()) return;
+  // UNTRUSTED: a driver that does not read its answers fills its socket: never waited for (the
+  // socket is non-blocking); a partial answer would put the stream out of step.
+  const ssize_t n = ::send(conn_.get(), &r, sizeof r, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n != static_cast<ssize_t>(sizeof r)) {
+    Disconnect(n < 0 && errno != EAGAIN ? std::strerror(errno)
+                                        : "the driver does not read the answers to its memory requests");
+  }
+}
+
+int32_t PvPort::HandleMem(const nmx_pv_sock_req& m, std::vector<UniqueFd>& fds, std::string* reason) {
+  const bool add = m.type == NMX_PV_SOCK_MEM_ADD;
+  const char* what = add ? "MEM_ADD" : "MEM_DEL";
+  // UNTRUSTED: every field of m, and the fds, checked before use.
+  if (m.type != NMX_PV_SOCK_MEM_ADD && m.type != NMX_PV_SOCK_MEM_DEL) {
+    *reason = "unknown socket request type " + std::to_string(m.type);
+    return -EINVAL;
+  }
+  if (fds.size() != (add ? 1u : 0u)) {
+    *reason = std::string(what) + ": " + (fds.size() > 4 ? std::string("more than 4") : std::to_string(fds.size())) +
+              " fds with the request, not " + (add ? "1" : "0");
+    return -EINVAL;
+  }
+  if (!region_) return -ENOTCONN;
+  if (broken_.load(std::memory_order_acquire)) {
+    *reason = std::string(what) + ": the device is broken (" + broken_reason_ + "): reconnect";
+    return -EIO;
+  }
+  // Stopped: no worker translates a descriptor of this device, so the table changes under
+  // nobody (START, which turns the queues on, pauses the workers after it: they see it).
+  if (started_) {
+    *reason = std::string(what) + ": the device is started; STOP first";
+    return -EBUSY;
+  }
+  if (m.id < 1 || m.id > NMX_PV_MAX_MEM_REGIONS) {
+    *reason = std::string(what) + ": region id " + std::to_string(m.id) + " is outside 1.." +
+              std::to_string(NMX_PV_MAX_MEM_REGIONS);
+    return -EINVAL;
+  }
+  if (!add) {
+    if (!region_->HasMemory(m.id)) {
+      *reason = "MEM_DEL: region " + std::to_string(m.id) + " is not registered";
+      return -ENOENT;
+    }
+    // A fault whose notice is still on its way counts all the same.
+    if (region_->PoisonedMemory() == m.id) {
+      mem_faulted_ = true;
+      Break("registered region " + std::to_string(m.id) + " faulted under nicmuxd (its file shrank)");
+      *reason = "MEM_DEL: region " + std::to_string(m.id) + " faulted under nicmuxd: the device is broken";
+      return -EIO;
+    }
+    region_->TakeMemory(m.id);  // unmapped here
+    return 0;
+  }
+  if (region_->HasMemory(m.id)) {
+    *reason = "MEM_ADD: region " + std::to_string(m.id) + " is registered already";
+    return -EEXIST;
+  }
+  if (m.size == 0) {
+    *reason = "MEM_ADD: region " + std::to_string(m.id) + " of 0 bytes";
+    return -EINVAL;
+  }
+  if (m.size > opt_.max_memory - region_->MemoryBytes()) {
+    *reason = "MEM_ADD: region " + std::to_string(m.id) + " of " + std::to_string(m.size) + " bytes over max_memory=" +
+              SizeToString(opt_.max_memory) + " (" + std::to_string(region_->MemoryBytes()) + " bytes registered)";
+    return -ENOSPC;
+  }
+  struct stat st;
+  if (::fstat(fds[0].get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    *reason = "MEM_ADD: region " + std::to_string(m.id) + ": the fd is not a regular file (a memfd, hugetlbfs or tmpfs)";
+    return -EINVAL;
+  }
+  // The file's page: hugetlbfs reports its huge page size here; mmap and munmap need it.
+  const uint64_t page = st.st_blksize >= 4096 && !(st.st_blksize & (st.st_blksize - 1)) ? st.st_blksize : 4096;
+  if (m.fd_offset % page || m.size % page) {
+    *reason = "MEM_ADD: region " + std::to_string(m.id) + ": offset " + std::to_string(m.fd_offset) + " and size " +
+              std::to_string(m.size) + " must be multiples of the file's page size " + std::to_string(page);
+    return -EINVAL;
+  }
+  const uint64_t file = static_cast<uint64_t>(st.st_size);
+  if (m.fd_offset > file || m.size > file - m.fd_offset) {
+    *reason = "MEM_ADD: region " + std::to_string(m.id) + ": bytes " + std::to_string(m.fd_offset) + " + " +
+              std::to_string(m.size) + " are past the end of the file (" + std::to_string(file) + " bytes)";
+    return -EINVAL;
+  }
+  // UNTRUSTED (the file): a peer mapping: if the driver shrinks the file later, our access
+  // faults and is recovered (OnFault).
+  auto map = MappedRegion::MapPeerFd(fds[0].get(), m.fd_offset, m.size, fault_.fd());
+  if (!map) {
+    *reason = "MEM_ADD: region " + std::to_string(m.id) + ": " + map.error().message();
+    return -(map.error().sys_errno() ? map.error().sys_errno() : EINVAL);
+  }
+  region_->SetMemory(m.id, std::move(*map));
+  NICMUX_LOG_RATELIMITED_BY(log_mem_, kInfo,
+                            "port %s: pv driver registered region %u: %llu bytes at its 0x%llx (%u regions, %llu bytes)",
+                            name().c_str(), m.id, static_cast<unsigned long long>(m.size),
+                            static_cast<unsigned long long>(m.addr), region_->MemoryCount(),
+                            static_cast<unsigned long long>(region_->MemoryBytes()));
+  return 0;
 }
 
 void PvPort::Disconnect(const std::string& why, bool hostile) {
   if (!conn_.valid()) return;
   loop_->Unwatch(conn_.get());
   loop_->Unwatch(ctrl_kick_.fd());
+  // A fault in registered memory whose notice has not been served yet counts too.
+  const bool mem_fault = mem_faulted_ || (region_ && region_->PoisonedMemory() != 0);
   {
     PauseGuard pause(*workers_);
     for (auto& q : q_) {
@@ -333,13 +509,14 @@ void PvPort::Disconnect(const std::string& why, bool hostile) {
   ctrl_kick_ = EventFd();
   ctrl_irq_ = EventFd();
   conn_.Reset();
+  sock_fds_.clear();
   started_ = configured_ = false;
   PeerGone();
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: pv driver disconnected (%s)", name().c_str(), why.c_str());
   // UNTRUSTED: a driver that held a thread of ours through an eventfd, or made its region fault
   // under us, would reconnect and do it again at once (each time a worker, and every port on
   // it, held 20 to 40 ms): the next drivers wait.
-  if (hostile || peer_blocked_.load(std::memory_order_relaxed)) {
+  if (hostile || mem_fault || peer_blocked_.load(std::memory_order_relaxed)) {
     ++hostile_disconnects_;
     const uint64_t now = MonotonicNowNs();
     if (now - quarantine_until_ns_ > kQuarantineForgetNs) quarantine_ms_ = 0;
@@ -347,7 +524,10 @@ void PvPort::Disconnect(const std::string& why, bool hostile) {
     quarantine_until_ns_ = now + quarantine_ms_ * 1000000;
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError,
                               "port %s: the pv driver attacked nicmuxd (%s); new drivers refused for %llu ms",
-                              name().c_str(), hostile ? why.c_str() : "it made an eventfd block a thread of ours",
+                              name().c_str(),
+                              hostile     ? why.c_str()
+                              : mem_fault ? "memory it registered faulted under a thread of ours"
+                                          : "it made an eventfd block a thread of ours",
                               static_cast<unsigned long long>(quarantine_ms_));
   }
 }
@@ -756,6 +936,17 @@ void PvPort::Break(const std::string& why) {
   if (ctrl_irq_.valid()) SignalDriver(ctrl_irq_.fd());
 }
 
+// Why Buffer() refused a descriptor, for broken_reason (the copy's fields; the region's table
+// is only read for a valid id).
+std::string PvPort::BadBuffer(const nmx_pv_desc& d) const {
+  std::string s = "region " + std::to_string(d.region) + " offset " + std::to_string(d.offset) + " len " +
+                  std::to_string(d.len);
+  if (d.region == 0) return s + " is outside the buffer area";
+  if (d.region > NMX_PV_MAX_MEM_REGIONS || !region_->HasMemory(d.region)) return s + " names no registered region";
+  return s + " is outside registered region " + std::to_string(d.region) + " (" +
+         std::to_string(region_->MemorySize(d.region)) + " bytes)";
+}
+
 bool PvPort::ToOffload(PacketRef* p, const nmx_pv_desc& d) {
   constexpr uint16_t kRequests = NMX_PV_DESC_TCP_CKSUM | NMX_PV_DESC_UDP_CKSUM | NMX_PV_DESC_IP_CKSUM | NMX_PV_DESC_TSO;
   const uint16_t req = d.flags & kRequests;
@@ -808,12 +999,11 @@ size_t PvPort::Rx(uint32_t qi, Batch& out, size_t max) {
     const uint32_t at = q.drained + i;
     nmx_pv_desc d;
     std::memcpy(&d, &r->desc[at & (ring_size - 1)], sizeof d);  // copy, then check, then use
-    // UNTRUSTED: (region, offset, len) must name bytes inside the buffer area.
+    // UNTRUSTED: (region, offset, len) must name bytes inside the buffer area (region 0) or a
+    // registered region (Buffer: the one translation).
     std::byte* buf = region_->Buffer(d.region, d.offset, d.len);
     if (!buf) {
-      Break("tx ring " + std::to_string(qi) + " descriptor " + std::to_string(at) + ": region " +
-            std::to_string(d.region) + " offset " + std::to_string(d.offset) + " len " + std::to_string(d.len) +
-            " is outside the buffer area");
+      Break("tx ring " + std::to_string(qi) + " descriptor " + std::to_string(at) + ": " + BadBuffer(d));
       break;  // what was read before it still goes
     }
     q.scan_end = at + 1;
@@ -925,12 +1115,10 @@ size_t PvPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
     const uint32_t at = q.filled & (ring_size - 1);
     nmx_pv_desc d;
     std::memcpy(&d, &r->desc[at], sizeof d);
-    // UNTRUSTED: the posted buffer must lie inside the buffer area.
+    // UNTRUSTED: the posted buffer must lie inside the buffer area or a registered region.
     std::byte* buf = region_->Buffer(d.region, d.offset, d.len);
     if (!buf) {
-      Break("rx ring " + std::to_string(qi) + " descriptor " + std::to_string(q.filled) + ": region " +
-            std::to_string(d.region) + " offset " + std::to_string(d.offset) + " len " + std::to_string(d.len) +
-            " is outside the buffer area");
+      Break("rx ring " + std::to_string(qi) + " descriptor " + std::to_string(q.filled) + ": " + BadBuffer(d));
       q.txc.dropped.Add(in.size() - k);
       q.txc.drops.Add(DropReason::kPortDown, in.size() - k);
       k = in.size();
@@ -1019,6 +1207,10 @@ std::vector<Port::Detail> PvPort::Details() const {
   if (hostile_disconnects_) d.push_back({"hostile_disconnects", hostile_disconnects_});
   if (conn_.valid()) {
     d.push_back({"configured_queues", std::to_string(nb_rx_) + " rx, " + std::to_string(nb_tx_) + " tx"});
+    if (region_) {
+      d.push_back({"registered_memory", std::to_string(region_->MemoryCount()) + " regions, " +
+                                            SizeToString(region_->MemoryBytes())});
+    }
     d.push_back({"driver_tx_offloads", OffloadNames(tx_offloads_, true)});
   }
   if (broken_.load(std::memory_order_acquire)) d.push_back({"broken", broken_reason_});
@@ -1031,6 +1223,7 @@ std::vector<Port::Detail> PvPort::DeviceCaps() const {
           {"ring_size", uint64_t{opt_.ring}},
           {"buf_size", uint64_t{opt_.buf_size}},
           {"max_mtu", uint64_t{opt_.buf_size - kEthHeader - 4}},
+          {"max_memory", SizeToString(opt_.max_memory)},
           {"uplink", uplink_desc_}};
 }
 
@@ -1042,6 +1235,10 @@ Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* lo
   l.ring_size = o.ring;
   l.buf_size = o.buf_size;
   if (auto r = pv::CheckLayout(l); !r) return r.error().Wrap("port " + o.name);
+  if (o.max_memory < kPvMinMaxMemory || o.max_memory > kPvMaxMaxMemory) {
+    return Error("port " + o.name + ": max_memory=" + std::to_string(o.max_memory) + " is outside " +
+                 std::to_string(kPvMinMaxMemory) + ".." + std::to_string(kPvMaxMaxMemory) + " bytes");
+  }
   if (o.mtu < kMinMtu || o.mtu > o.buf_size - kEthHeader - 4) {
     return Error("port " + o.name + ": mtu " + std::to_string(o.mtu) + " does not fit buf_size " + std::to_string(o.buf_size));
   }
@@ -1070,6 +1267,11 @@ PortKind PvPortKind() {
       {"mac", OptionType::kString, "xx:xx:xx:xx:xx:xx", "from the name", "the device's MAC address"},
       {"uplink", OptionType::kString, "PORT", "",
        "the port whose capabilities the device reports (TSO offered when it takes TSO whole)"},
+      {"max_memory", OptionType::kSize, "SIZE", "64G",
+       "the most memory of its own the application may register (MEM_ADD: nicmuxd then copies straight "
+       "from and into its buffers), all regions together, bytes or with a K, M, G or T suffix (1024-based), "
+       "1M..4T. Pages nicmuxd touches first are charged to nicmuxd's memory cgroup",
+       kPvMinMaxMemory, kPvMaxMaxMemory},
   };
   k.claims = [](const PortSpec& s) { return "socket " + s.options.at("socket"); };
   k.create = [](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
@@ -1095,6 +1297,8 @@ PortKind PvPortKind() {
       std::memcpy(o.mac, m, 6);
     }
     if (auto it = s.options.find("uplink"); it != s.options.end()) o.uplink = it->second;
+    NICMUX_TRY_ASSIGN(mm, s.Size("max_memory", kPvMinMaxMemory, kPvMaxMaxMemory, kPvDefaultMaxMemory));
+    o.max_memory = mm;
     return CreatePvPort(o, c.loop, c.workers);
   };
   return k;

@@ -8,10 +8,13 @@
 // (descriptors per ring, a power of two 64..4096, default 1024), buf_size=N (the buffer size
 // the driver is told, 256..65536, default 2048), mtu (every kind's), mac=xx:..:xx (the
 // device's address; default: a local one from the port's name), uplink=PORT (the port whose
-// capabilities the device reports: TSO offered when that port takes TSO).
+// capabilities the device reports: TSO offered when that port takes TSO), max_memory=SIZE (the
+// most memory of its own a driver may register, all regions together; default 64G).
 //
 // Threads. The control thread (the daemon's EventLoop) accepts the driver, answers the
-// mailbox (a kick on doorbell 0) and swaps regions with the workers paused. Workers run the
+// mailbox (a kick on doorbell 0) and the memory requests on the socket (MEM_ADD, MEM_DEL: only
+// while the device is stopped, so no worker translates its descriptors meanwhile), and swaps
+// regions with the workers paused. Workers run the
 // data path: Rx drains pair q's tx ring, Tx fills its rx ring, each keeping its own copy of
 // the indexes it owns and reading the driver's once per burst (clamped: a driver that posts
 // more than a ring holds, or names a buffer outside the buffer area, breaks the device).
@@ -36,6 +39,9 @@
 
 namespace nicmux {
 
+inline constexpr uint64_t kPvDefaultMaxMemory = 64ull << 30;
+inline constexpr uint64_t kPvMinMaxMemory = 1ull << 20, kPvMaxMaxMemory = 4ull << 40;
+
 struct PvPortOptions {
   std::string name;
   std::string socket_path;
@@ -45,6 +51,7 @@ struct PvPortOptions {
   uint32_t mtu = 1500;
   uint8_t mac[6] = {};
   std::string uplink;  // empty: none
+  uint64_t max_memory = kPvDefaultMaxMemory;  // registered memory, all regions together
 };
 
 // The pv kind for the port registry (port/kinds.cc).

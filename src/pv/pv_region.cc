@@ -54,8 +54,32 @@ Result<std::unique_ptr<Region>> Region::Create(const Layout& l, uint32_t generat
   h->ring_stride = stride;
   h->bufs_offset = bufs_offset;
   h->bufs_size = bufs_size;
+  h->features = l.max_mem_bytes ? NMX_PV_FEATURE_MEM_REGIONS : 0;
+  h->max_mem_bytes = l.max_mem_bytes;
   h->status = NMX_PV_STATUS_OK;
   return r;
+}
+
+void Region::SetMemory(uint32_t id, MappedRegion map) {
+  mem_[id] = {map.data(), map.size()};
+  ++mem_count_;
+  mem_bytes_ += map.size();
+  mem_maps_[id] = std::move(map);
+}
+
+MappedRegion Region::TakeMemory(uint32_t id) {
+  if (mem_[id].base == nullptr) return {};
+  mem_[id] = {};
+  --mem_count_;
+  mem_bytes_ -= mem_maps_[id].size();
+  return std::move(mem_maps_[id]);
+}
+
+uint32_t Region::PoisonedMemory() const {
+  for (uint32_t id = 1; id <= NMX_PV_MAX_MEM_REGIONS; ++id) {
+    if (mem_[id].base != nullptr && mem_maps_[id].poisoned()) return id;
+  }
+  return 0;
 }
 
 void Region::MarkBroken(const std::string& reason) const {

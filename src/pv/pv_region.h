@@ -9,11 +9,18 @@
 // mapping is a peer mapping (base/peer_mapping.h): a fault there is recovered (the mapping
 // becomes zeros), poisoned() turns true and the fault_fd given to Create is signalled.
 //
+// Registered memory (MEM_ADD, docs/pv-protocol.md): files of the driver's own memory, mapped as
+// peer mappings too and kept here with the region, so that they go when it goes. A descriptor
+// naming region k (1..NMX_PV_MAX_MEM_REGIONS) is translated by the same Buffer().
+//
 // Invariants after Create(): the header, the control page, every ring and the buffer area lie
 // inside the mapping and do not overlap; ring_size is a power of two in 64..4096; the header
-// is never read back (the host keeps its own copy of every value it wrote there).
+// is never read back (the host keeps its own copy of every value it wrote there). Registered
+// memory changes only while no worker can translate a descriptor of this device (the owner's
+// rule: while the device is stopped).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -33,6 +40,7 @@ struct Layout {
   uint32_t queue_pairs = 1;  // 1..NMX_PV_MAX_QUEUE_PAIRS
   uint32_t ring_size = 1024; // a power of two, NMX_PV_MIN_RING..NMX_PV_MAX_RING
   uint32_t buf_size = 2048;  // the buffer size suggested to the driver
+  uint64_t max_mem_bytes = 0;  // registered memory allowed (header.max_mem_bytes); 0: not offered
   // Buffer area: room for every ring full (rx and tx of each pair) at buf_size, the default.
   uint64_t BufsBytes() const { return uint64_t{2} * queue_pairs * ring_size * buf_size; }
 };
@@ -57,15 +65,35 @@ class Region {
   nmx_pv_ring* tx_ring(uint32_t q) const { return ring(2 * q + 1); }
 
   // UNTRUSTED (a descriptor's fields): the len bytes at offset of region `region`, or nullptr
-  // when region is not 0 or [offset, offset + len) is not inside the buffer area (u64
+  // when [offset, offset + len) is not inside the buffer area (region 0) or inside registered
+  // region `region` (1..NMX_PV_MAX_MEM_REGIONS, registered), or region is anything else (u64
   // arithmetic: no sum can wrap).
   std::byte* Buffer(uint16_t region, uint64_t offset, uint32_t len) const {
-    if (region != 0 || offset < bufs_offset_ || offset - bufs_offset_ > bufs_size_ ||
-        uint64_t{len} > bufs_size_ - (offset - bufs_offset_)) {
-      return nullptr;
+    if (region == 0) {
+      if (offset < bufs_offset_ || offset - bufs_offset_ > bufs_size_ ||
+          uint64_t{len} > bufs_size_ - (offset - bufs_offset_)) {
+        return nullptr;
+      }
+      return map_.data() + offset;
     }
-    return map_.data() + offset;
+    if (region > NMX_PV_MAX_MEM_REGIONS) return nullptr;  // bounds the table's index
+    const Mem& m = mem_[region];
+    // A slot not registered has size 0 and no base: nothing fits it.
+    if (m.base == nullptr || offset > m.size || uint64_t{len} > m.size - offset) return nullptr;
+    return m.base + offset;
   }
+
+  // Registered memory. Set and Take only while no worker translates this device's descriptors.
+  // id: 1..NMX_PV_MAX_MEM_REGIONS (checked by the caller).
+  bool HasMemory(uint32_t id) const { return mem_[id].base != nullptr; }
+  uint64_t MemorySize(uint32_t id) const { return mem_[id].size; }
+  void SetMemory(uint32_t id, MappedRegion map);
+  MappedRegion TakeMemory(uint32_t id);
+  // The first registered region whose mapping faulted (a peer mapping, see the file's comment),
+  // or 0.
+  uint32_t PoisonedMemory() const;
+  uint32_t MemoryCount() const { return mem_count_; }
+  uint64_t MemoryBytes() const { return mem_bytes_; }
 
   // Marks the device broken in the header, for the driver to see (status, reason).
   void MarkBroken(const std::string& reason) const;
@@ -86,6 +114,16 @@ class Region {
   Layout layout_;
   uint64_t stride_;
   uint64_t bufs_offset_, bufs_size_;
+  // Registered memory: the translation table the data path reads (index 0 unused), and the
+  // mappings behind it.
+  struct Mem {
+    std::byte* base = nullptr;
+    uint64_t size = 0;
+  };
+  std::array<Mem, NMX_PV_MAX_MEM_REGIONS + 1> mem_{};
+  std::array<MappedRegion, NMX_PV_MAX_MEM_REGIONS + 1> mem_maps_{};
+  uint32_t mem_count_ = 0;
+  uint64_t mem_bytes_ = 0;
 };
 
 // Checks a layout's numbers (from a port's options): an error naming the one out of range.

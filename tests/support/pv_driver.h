@@ -122,6 +122,69 @@ class RawPvDriver {
     return r.status == 0 ? "" : r.reason;
   }
 
+  // ---- the socket's memory requests (MEM_ADD, MEM_DEL) --------------------------------------
+  // Sends req with fds (any number) in one sendmsg, or its first `first` bytes with the fds and
+  // the rest in a second send. false when the socket did not take it (full).
+  bool SockSend(const nmx_pv_sock_req& req, const std::vector<int>& fds = {}, size_t first = sizeof(nmx_pv_sock_req)) {
+    const auto* bytes = reinterpret_cast<const char*>(&req);
+    iovec iov{const_cast<char*>(bytes), first};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    std::vector<char> control(CMSG_SPACE(sizeof(int) * (fds.empty() ? 1 : fds.size())));
+    if (!fds.empty()) {
+      mh.msg_control = control.data();
+      mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+      cmsghdr* c = CMSG_FIRSTHDR(&mh);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    }
+    if (::sendmsg(sock.get(), &mh, MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(first)) return false;
+    if (first < sizeof req) {
+      loop->RunOnce(0);  // the host reads the first piece alone
+      const size_t rest = sizeof req - first;
+      if (::send(sock.get(), bytes + first, rest, MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(rest)) {
+        return false;
+      }
+    }
+    return true;
+  }
+  // The next answer on the socket (turning the loop until it comes); status 1 when none came.
+  nmx_pv_sock_resp SockAnswer() {
+    nmx_pv_sock_resp r{};
+    size_t got = 0;
+    for (int i = 0; i < 200 && got < sizeof r; ++i) {
+      loop->RunOnce(i ? 5 : 0);
+      const ssize_t n = ::recv(sock.get(), reinterpret_cast<char*>(&r) + got, sizeof r - got, MSG_DONTWAIT);
+      if (n > 0) got += static_cast<size_t>(n);
+      if (n == 0) break;
+    }
+    if (got < sizeof r) r.status = 1;
+    return r;
+  }
+  nmx_pv_sock_resp MemAdd(uint32_t id, int fd, uint64_t fd_offset, uint64_t size, uint64_t addr = 0) {
+    nmx_pv_sock_req req{};
+    req.type = NMX_PV_SOCK_MEM_ADD;
+    req.seq = ++sock_seq;
+    req.id = id;
+    req.fd_offset = fd_offset;
+    req.size = size;
+    req.addr = addr;
+    if (!SockSend(req, {fd})) return {};
+    return SockAnswer();
+  }
+  nmx_pv_sock_resp MemDel(uint32_t id) {
+    nmx_pv_sock_req req{};
+    req.type = NMX_PV_SOCK_MEM_DEL;
+    req.seq = ++sock_seq;
+    req.id = id;
+    if (!SockSend(req)) return {};
+    return SockAnswer();
+  }
+  uint32_t sock_seq = 0;
+
   // Posts a frame on pair q's tx ring, in buffer slot `slot`.
   void PostTx(uint32_t q, uint32_t slot, const void* frame, uint32_t len, uint16_t flags = 0) {
     nmx_pv_ring* r = tx(q);
@@ -136,6 +199,28 @@ class RawPvDriver {
   template <typename Bytes>
   void PostTx(uint32_t q, uint32_t slot, const Bytes& frame, uint16_t flags = 0) {
     PostTx(q, slot, frame.data(), static_cast<uint32_t>(frame.size()), flags);
+  }
+  // A descriptor naming any (region, offset, len) on pair q's tx ring (the frame is wherever the
+  // caller put it).
+  void PostTxAt(uint32_t q, uint16_t region, uint64_t offset, uint32_t len, uint16_t flags = 0) {
+    nmx_pv_ring* r = tx(q);
+    const uint32_t at = r->posted & (h()->ring_size - 1);
+    r->desc[at] = {};
+    r->desc[at].offset = offset;
+    r->desc[at].len = len;
+    r->desc[at].flags = flags;
+    r->desc[at].region = region;
+    __atomic_store_n(&r->posted, r->posted + 1, __ATOMIC_RELEASE);
+  }
+  // An empty buffer of cap bytes at (region, offset) on pair q's rx ring.
+  void PostRxAt(uint32_t q, uint16_t region, uint64_t offset, uint32_t cap) {
+    nmx_pv_ring* r = rx(q);
+    const uint32_t at = r->posted & (h()->ring_size - 1);
+    r->desc[at] = {};
+    r->desc[at].offset = offset;
+    r->desc[at].len = cap;
+    r->desc[at].region = region;
+    __atomic_store_n(&r->posted, r->posted + 1, __ATOMIC_RELEASE);
   }
   // Posts an empty buffer of cap bytes on pair q's rx ring.
   void PostRx(uint32_t q, uint32_t slot, uint32_t cap) {
