@@ -2,11 +2,17 @@
  * src/pv/pv_abi.h for the wire format this follows.
  *
  * Invariants kept here (per ring; u32 arithmetic, so every comparison survives the wrap):
- *   tx: reclaimed <= posted <= reclaimed + ring_size (as distances from reclaimed). Slot s of the
- *       ring always carries tx buffer s: a free slot is a free buffer, no free list.
+ *   tx: reclaimed <= seen <= posted <= reclaimed + ring_size (as distances from reclaimed); seen
+ *       is the host's done as last checked. Copy queues: reclaimed = seen, and slot s of the ring
+ *       always carries tx buffer s: a free slot is a free buffer, no free list. Zero-copy
+ *       queues: slot s carries the caller's buffer and cookie[s] (NULL for a frame copied into
+ *       tx buffer s); [reclaimed, seen) are done and wait for nmx_pv_zc_tx_reclaim to hand their
+ *       cookies back (a NULL prefix is freed at once).
  *   rx: released <= consumed <= seen <= posted = released + ring_size. Slot s always carries rx
  *       buffer s; the caller holds [released, consumed), the library has [consumed, seen)
- *       filled and not yet handed out, the host has [seen, posted).
+ *       filled and not yet handed out, the host has [seen, posted). Zero-copy queues: slot s
+ *       carries the caller's buffer recorded in slot[s] (offset, length, cookie); released =
+ *       consumed (a buffer handed out is the caller's) and posted <= consumed + ring_size.
  * Shared memory is only touched through `dev->base + offset` with offsets checked at open
  * (the header is copied once and only the copy is used), slot indexes masked with ring_size - 1,
  * and buffer offsets computed from the library's own partition of the buffer area.
@@ -63,9 +69,20 @@ _Static_assert(sizeof(struct nmx_pv_hello) == 24, "pv hello");
 struct pv_txq {
   _Alignas(64) struct nmx_pv_ring* ring;
   uint64_t buf0; /* region offset of tx buffer 0 of this queue */
-  uint32_t posted, reclaimed;
+  uint32_t posted, reclaimed, seen;
   int ready;
+  int zc;        /* set up with NMX_PV_QUEUE_ZEROCOPY */
+  void** cookie; /* zero copy: ring_size cookies (allocated at the first such setup) */
   uint64_t dropped, kicks; /* single writer; relaxed atomics for readers elsewhere */
+};
+
+/* A zero-copy rx slot: the caller's buffer as the library posted it (never read back from the
+ * ring, where the host writes). */
+struct pv_rx_slot {
+  void* cookie;
+  uint64_t offset;
+  uint32_t cap;
+  uint16_t region;
 };
 
 struct pv_rxq {
@@ -73,7 +90,16 @@ struct pv_rxq {
   uint64_t buf0;
   uint32_t posted, seen, consumed, released;
   int ready;
+  int zc;
+  struct pv_rx_slot* slot; /* zero copy: ring_size of them */
   uint64_t kicks, len_clamped;
+};
+
+/* A registered region (nmx_pv_mem_add): what the caller said, for its own lookups. */
+struct pv_mem {
+  const uint8_t* addr; /* the caller's address of it, or NULL */
+  uint64_t size;
+  int used;
 };
 
 enum { PV_OK = 0, PV_BREAKING = 1, PV_BROKEN = 2 };
@@ -97,6 +123,10 @@ struct nmx_pv_dev {
   char broken_reason[160];
   struct pv_rxq rxq[NMX_PV_MAX_QUEUE_PAIRS];
   struct pv_txq txq[NMX_PV_MAX_QUEUE_PAIRS];
+  struct pv_mem mem[NMX_PV_MAX_MEM_REGIONS + 1]; /* index 0 unused */
+  uint32_t sock_seq;                            /* the last memory request's */
+  uint8_t sock_in[sizeof(struct nmx_pv_sock_resp)]; /* an answer being read */
+  size_t sock_got;
 };
 
 /* ---- small helpers ------------------------------------------------------------------------- */
@@ -209,6 +239,10 @@ static struct nmx_pv_dev* dev_alloc(void) {
 
 void nmx_pv_close(struct nmx_pv_dev* dev) {
   if (dev == NULL) return;
+  for (uint32_t q = 0; q < NMX_PV_MAX_QUEUE_PAIRS; ++q) {
+    free(dev->txq[q].cookie);
+    free(dev->rxq[q].slot);
+  }
   if (dev->base != MAP_FAILED) munmap(dev->base, dev->region_size);
   close_fd(&dev->memfd);
   for (uint32_t d = 0; d < PV_MAX_DOORBELLS; ++d) {
@@ -561,6 +595,10 @@ uint32_t nmx_pv_max_queue_pairs(const struct nmx_pv_dev* dev) { return dev->nqp;
 uint32_t nmx_pv_ring_size(const struct nmx_pv_dev* dev) { return dev->ring_size; }
 uint32_t nmx_pv_buf_size(const struct nmx_pv_dev* dev) { return dev->buf_size; }
 uint32_t nmx_pv_generation(const struct nmx_pv_dev* dev) { return dev->hdr.generation; }
+uint64_t nmx_pv_features(const struct nmx_pv_dev* dev) { return dev->hdr.features; }
+uint64_t nmx_pv_max_mem_bytes(const struct nmx_pv_dev* dev) {
+  return (dev->hdr.features & NMX_PV_FEATURE_MEM_REGIONS) ? dev->hdr.max_mem_bytes : 0;
+}
 
 void nmx_pv_set_timeout(struct nmx_pv_dev* dev, int timeout_ms) {
   if (timeout_ms > 0) dev->timeout_ms = timeout_ms;
@@ -705,13 +743,52 @@ static int check_queue(struct nmx_pv_dev* dev, const char* what, uint32_t q, uin
   return 0;
 }
 
-int nmx_pv_queue_setup(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir) {
+/* Cookies of the caller's a zero-copy queue still holds (tx: not reclaimed; rx: posted). */
+static uint32_t zc_held(const struct nmx_pv_dev* dev, uint32_t q, uint32_t dir) {
+  uint32_t n = 0;
+  if (dir == NMX_PV_QUEUE_TX) {
+    const struct pv_txq* t = &dev->txq[q];
+    if (t->cookie == NULL) return 0;
+    for (uint32_t i = t->reclaimed; i != t->posted; ++i) n += t->cookie[i & dev->mask] != NULL;
+  } else {
+    const struct pv_rxq* x = &dev->rxq[q];
+    if (x->slot == NULL) return 0;
+    for (uint32_t i = x->consumed; i != x->posted; ++i) n += x->slot[i & dev->mask].cookie != NULL;
+  }
+  return n;
+}
+
+int nmx_pv_queue_setup(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir) { return nmx_pv_queue_setup_ex(dev, q, dir, 0); }
+
+int nmx_pv_queue_setup_ex(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir, uint32_t flags) {
   int rc = check_queue(dev, "QUEUE_SETUP", q, dir);
   if (rc < 0) return rc;
   const int rx = dir == NMX_PV_QUEUE_RX;
+  if (flags & ~NMX_PV_QUEUE_ZEROCOPY) return bad_arg(dev, "QUEUE_SETUP: unknown flags 0x%x", flags);
+  const int zc = (flags & NMX_PV_QUEUE_ZEROCOPY) != 0;
   if (rx ? dev->rxq[q].ready : dev->txq[q].ready) {
     fmt(dev->err, sizeof dev->err, "QUEUE_SETUP: %s queue %u is set up; release it first", rx ? "rx" : "tx", q);
     return -EBUSY;
+  }
+  const uint32_t held = zc_held(dev, q, dir);
+  if (held) {
+    fmt(dev->err, sizeof dev->err, "QUEUE_SETUP: %s queue %u still holds %u buffers of the caller's: "
+        "nmx_pv_queue_take_back first", rx ? "rx" : "tx", q, held);
+    return -EBUSY;
+  }
+  if (zc && rx && dev->rxq[q].slot == NULL) {
+    dev->rxq[q].slot = calloc(dev->ring_size, sizeof *dev->rxq[q].slot);
+    if (dev->rxq[q].slot == NULL) {
+      fmt(dev->err, sizeof dev->err, "QUEUE_SETUP: out of memory");
+      return -ENOMEM;
+    }
+  }
+  if (zc && !rx && dev->txq[q].cookie == NULL) {
+    dev->txq[q].cookie = calloc(dev->ring_size, sizeof *dev->txq[q].cookie);
+    if (dev->txq[q].cookie == NULL) {
+      fmt(dev->err, sizeof dev->err, "QUEUE_SETUP: out of memory");
+      return -ENOMEM;
+    }
   }
   struct nmx_pv_ring* r = ring_at(dev, 2 * q + dir);
   /* Ordered before the host sees the request by req_seq's release. */
@@ -724,13 +801,24 @@ int nmx_pv_queue_setup(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir) {
   const uint32_t start = __atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
   if (!rx) {
     struct pv_txq* t = &dev->txq[q];
-    t->posted = t->reclaimed = start;
+    t->posted = t->reclaimed = t->seen = start;
+    t->zc = zc;
+    if (t->cookie) memset(t->cookie, 0, dev->ring_size * sizeof *t->cookie);
     __atomic_store_n(&r->posted, start, __ATOMIC_RELEASE);
     t->ready = 1;
     return 0;
   }
   struct pv_rxq* x = &dev->rxq[q];
   x->seen = x->consumed = x->released = start;
+  x->zc = zc;
+  if (zc) {
+    /* Empty: the caller posts its buffers (nmx_pv_zc_rx_post). */
+    memset(x->slot, 0, dev->ring_size * sizeof *x->slot);
+    x->posted = start;
+    __atomic_store_n(&r->posted, start, __ATOMIC_RELEASE);
+    x->ready = 1;
+    return 0;
+  }
   for (uint32_t i = 0; i < dev->ring_size; ++i) {
     const uint32_t slot = (start + i) & dev->mask;
     struct nmx_pv_desc d;
@@ -764,6 +852,48 @@ int nmx_pv_queue_release(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir) {
     dev->txq[q].ready = 0;
   }
   return 0;
+}
+
+int nmx_pv_queue_take_back(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir, void** cookies, uint32_t n) {
+  const int rc = check_queue(dev, "take back", q, dir);
+  if (rc < 0) return rc;
+  const int rx = dir == NMX_PV_QUEUE_RX;
+  /* A set-up queue's buffers are the host's, unless the device is gone or broken: then nothing
+   * will use them any more (the queue is then off here too). */
+  if (rx ? dev->rxq[q].ready : dev->txq[q].ready) {
+    if (nmx_pv_connected(dev) && nmx_pv_status(dev, NULL, 0) == NMX_PV_STATUS_OK) {
+      fmt(dev->err, sizeof dev->err, "take back: %s queue %u is set up; release it first", rx ? "rx" : "tx", q);
+      return -EBUSY;
+    }
+    if (rx) {
+      dev->rxq[q].ready = 0;
+    } else {
+      dev->txq[q].ready = 0;
+    }
+  }
+  uint32_t k = 0;
+  if (!rx) {
+    struct pv_txq* t = &dev->txq[q];
+    if (t->cookie == NULL) return 0;
+    for (; t->reclaimed != t->posted; ++t->reclaimed) {
+      void** c = &t->cookie[t->reclaimed & dev->mask];
+      if (*c == NULL) continue;
+      if (k == n) break;
+      cookies[k++] = *c;
+      *c = NULL;
+    }
+    return (int)k;
+  }
+  struct pv_rxq* x = &dev->rxq[q];
+  if (x->slot == NULL) return 0;
+  for (; x->consumed != x->posted; ++x->consumed) {
+    struct pv_rx_slot* sl = &x->slot[x->consumed & dev->mask];
+    if (sl->cookie == NULL) continue;
+    if (k == n) break;
+    cookies[k++] = sl->cookie;
+    sl->cookie = NULL;
+  }
+  return (int)k;
 }
 
 int nmx_pv_start(struct nmx_pv_dev* dev) { return ctrl_call(dev, NMX_PV_MSG_START, NULL, 0, NULL, 0); }
@@ -807,6 +937,164 @@ int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]) {
 int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on) {
   const struct nmx_pv_u32 v = {.value = on ? 1u : 0u};
   return ctrl_call(dev, NMX_PV_MSG_PROMISC_SET, &v, sizeof v, NULL, 0);
+}
+
+/* ---- registered memory --------------------------------------------------------------------- */
+
+/* One memory request on the socket and its answer (the one with our seq: answers to requests
+ * that timed out earlier are skipped). fd (>= 0) goes with the request. */
+static int sock_call(struct nmx_pv_dev* dev, struct nmx_pv_sock_req* req, int fd) {
+  const char* name = req->type == NMX_PV_SOCK_MEM_ADD ? "MEM_ADD" : "MEM_DEL";
+  uint32_t seq = dev->sock_seq + 1;
+  if (seq == 0) seq = 1;
+  dev->sock_seq = seq;
+  req->seq = seq;
+  struct iovec iov = {.iov_base = req, .iov_len = sizeof *req};
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } cbuf;
+  memset(&cbuf, 0, sizeof cbuf);
+  if (fd >= 0) {
+    mh.msg_control = cbuf.buf;
+    mh.msg_controllen = sizeof cbuf.buf;
+    struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  ssize_t w;
+  do {
+    w = sendmsg(dev->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (w < 0 && errno == EINTR);
+  if (w != (ssize_t)sizeof *req) {
+    const int e = w < 0 ? errno : EIO;
+    fmt(dev->err, sizeof dev->err, "%s: sending the request: %s", name,
+        w < 0 ? strerror(e) : "sent in part (the stream is out of step)");
+    return -e;
+  }
+  const uint64_t deadline = now_ms() + (uint64_t)dev->timeout_ms;
+  struct nmx_pv_sock_resp resp;
+  for (;;) {
+    /* UNTRUSTED: the host's bytes: collected into whole answers; recv() takes no fds (any the
+     * host sends are closed by the kernel). */
+    const ssize_t n = recv(dev->sock, dev->sock_in + dev->sock_got, sizeof dev->sock_in - dev->sock_got, MSG_DONTWAIT);
+    if (n > 0) {
+      dev->sock_got += (size_t)n;
+      if (dev->sock_got < sizeof dev->sock_in) continue;
+      dev->sock_got = 0;
+      memcpy(&resp, dev->sock_in, sizeof resp);
+      if (resp.seq == seq) break;
+      continue; /* an answer to a request that timed out */
+    }
+    if (n == 0) {
+      fmt(dev->err, sizeof dev->err, "%s (seq %u): the host closed the connection", name, seq);
+      return -ENOTCONN;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      const int e = errno;
+      fmt(dev->err, sizeof dev->err, "%s: recv: %s", name, strerror(e));
+      return -e;
+    }
+    const uint64_t t = now_ms();
+    if (t >= deadline) {
+      fmt(dev->err, sizeof dev->err, "%s (seq %u): no answer from the host within %d ms", name, seq, dev->timeout_ms);
+      return -ETIMEDOUT;
+    }
+    struct pollfd p = {.fd = dev->sock, .events = POLLIN | POLLRDHUP, .revents = 0};
+    const uint64_t left = deadline - t;
+    (void)poll(&p, 1, left < PV_CTRL_SLICE_MS ? (int)left : PV_CTRL_SLICE_MS);
+  }
+  /* UNTRUSTED: the answer: type and id must be the request's, status 0 or a negative errno,
+   * the reason copied bounded and printable. */
+  if (resp.type != req->type || resp.id != req->id) {
+    fmt(dev->err, sizeof dev->err, "%s: the host answered type %u for region %u (asked: type %u, region %u)", name,
+        resp.type, resp.id, req->type, req->id);
+    return -EPROTO;
+  }
+  if (resp.status > 0 || resp.status < -4095) {
+    fmt(dev->err, sizeof dev->err, "%s: the host answered status %d (not 0 or a negative errno)", name, resp.status);
+    return -EPROTO;
+  }
+  if (resp.status < 0) {
+    char reason[NMX_PV_REASON];
+    copy_host_text(reason, sizeof reason, resp.reason, sizeof resp.reason);
+    fmt(dev->err, sizeof dev->err, "%s refused by the host: %s (%s)", name, reason[0] ? reason : "no reason given",
+        strerror(-resp.status));
+    return resp.status;
+  }
+  dev->err[0] = 0;
+  return 0;
+}
+
+int nmx_pv_mem_add(struct nmx_pv_dev* dev, int fd, uint64_t offset, uint64_t size, const void* addr) {
+  if (!(dev->hdr.features & NMX_PV_FEATURE_MEM_REGIONS)) {
+    fmt(dev->err, sizeof dev->err, "MEM_ADD: the host does not offer registered memory (header.features 0x%llx)",
+        (unsigned long long)dev->hdr.features);
+    return -ENOTSUP;
+  }
+  if (fd < 0 || size == 0) return bad_arg(dev, "MEM_ADD: fd %d, size %llu", fd, (unsigned long long)size);
+  uint32_t id = 1;
+  while (id <= NMX_PV_MAX_MEM_REGIONS && dev->mem[id].used) ++id;
+  if (id > NMX_PV_MAX_MEM_REGIONS) {
+    fmt(dev->err, sizeof dev->err, "MEM_ADD: all %u region ids are registered", NMX_PV_MAX_MEM_REGIONS);
+    return -ENOSPC;
+  }
+  struct nmx_pv_sock_req req;
+  memset(&req, 0, sizeof req);
+  req.type = NMX_PV_SOCK_MEM_ADD;
+  req.id = id;
+  req.fd_offset = offset;
+  req.size = size;
+  req.addr = (uint64_t)(uintptr_t)addr;
+  const int rc = sock_call(dev, &req, fd);
+  if (rc < 0) return rc;
+  dev->mem[id].addr = addr;
+  dev->mem[id].size = size;
+  dev->mem[id].used = 1;
+  return (int)id;
+}
+
+int nmx_pv_mem_del(struct nmx_pv_dev* dev, int id) {
+  if (id < 1 || id > (int)NMX_PV_MAX_MEM_REGIONS || !dev->mem[id].used) {
+    fmt(dev->err, sizeof dev->err, "MEM_DEL: region %d is not registered", id);
+    return -ENOENT;
+  }
+  struct nmx_pv_sock_req req;
+  memset(&req, 0, sizeof req);
+  req.type = NMX_PV_SOCK_MEM_DEL;
+  req.id = (uint32_t)id;
+  const int rc = sock_call(dev, &req, -1);
+  if (rc < 0) return rc;
+  memset(&dev->mem[id], 0, sizeof dev->mem[id]);
+  return 0;
+}
+
+int nmx_pv_mem_find(const struct nmx_pv_dev* dev, const void* p, uint64_t len, uint16_t* region, uint64_t* offset) {
+  const uintptr_t a = (uintptr_t)p;
+  for (uint32_t id = 1; id <= NMX_PV_MAX_MEM_REGIONS; ++id) {
+    const struct pv_mem* m = &dev->mem[id];
+    if (!m->used || m->addr == NULL) continue;
+    const uintptr_t base = (uintptr_t)m->addr;
+    if (a < base || a - base > m->size || len > m->size - (a - base)) continue;
+    *region = (uint16_t)id;
+    *offset = a - base;
+    return 0;
+  }
+  return -ENOENT;
+}
+
+/* [offset, offset + len) inside registered region `region` (the caller's record). */
+static int mem_ok(const struct nmx_pv_dev* dev, uint16_t region, uint64_t offset, uint32_t len) {
+  if (region < 1 || region > NMX_PV_MAX_MEM_REGIONS) return 0;
+  const struct pv_mem* m = &dev->mem[region];
+  return m->used && len > 0 && offset <= m->size && len <= m->size - offset;
 }
 
 int nmx_pv_connected(const struct nmx_pv_dev* dev) {
@@ -876,15 +1164,21 @@ static int publish(struct nmx_pv_ring* r, uint32_t posted, int kick) {
  * device is then broken). */
 static int tx_reclaim(struct nmx_pv_dev* dev, uint32_t q, struct pv_txq* t) {
   /* UNTRUSTED: done: accepted only if it moved forward by at most what is outstanding
-   * (done - reclaimed <= posted - reclaimed, u32); anything else (beyond posted, backwards)
-   * breaks the device. */
+   * (done - seen <= posted - seen, u32); anything else (beyond posted, backwards) breaks the
+   * device. */
   const uint32_t done = __atomic_load_n(&t->ring->done, __ATOMIC_ACQUIRE);
-  if ((uint32_t)(done - t->reclaimed) > (uint32_t)(t->posted - t->reclaimed)) {
+  if ((uint32_t)(done - t->seen) > (uint32_t)(t->posted - t->seen)) {
     mark_broken(dev, "tx queue %u: the host's done %u is beyond posted %u (last done %u)", q, done, t->posted,
-                t->reclaimed);
+                t->seen);
     return -1;
   }
-  t->reclaimed = done;
+  t->seen = done;
+  if (!t->zc) {
+    t->reclaimed = done;
+  } else {
+    /* Copied frames have no cookie to hand back: their slots are free at once. */
+    while (t->reclaimed != t->seen && t->cookie[t->reclaimed & dev->mask] == NULL) ++t->reclaimed;
+  }
   return (int)(dev->ring_size - (t->posted - t->reclaimed));
 }
 
@@ -917,6 +1211,7 @@ uint16_t nmx_pv_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv
     const uint32_t slot = pos & dev->mask;
     const uint64_t off = t->buf0 + (uint64_t)slot * dev->buf_size;
     memcpy(dev->base + off, p->data, p->len);
+    if (t->zc) t->cookie[slot] = NULL;
     struct nmx_pv_desc d;
     memset(&d, 0, sizeof d);
     d.offset = off;
@@ -938,20 +1233,26 @@ uint16_t nmx_pv_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv
   return i;
 }
 
-uint16_t nmx_pv_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* pkts, uint16_t n) {
-  if (q >= dev->nqp) return 0;
-  struct pv_rxq* x = &dev->rxq[q];
-  if (!x->ready || is_broken(dev)) return 0;
-  struct nmx_pv_ring* r = x->ring;
+/* Checks the host's done of rx queue q and takes it as seen: 0, or -1 when it lied (broken). */
+static int rx_seen(struct nmx_pv_dev* dev, uint32_t q, struct pv_rxq* x) {
   /* UNTRUSTED: done: accepted only if done - seen <= posted - seen (u32): the host filled at most
    * what was posted; beyond, or backwards, breaks the device. */
-  const uint32_t done = __atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
+  const uint32_t done = __atomic_load_n(&x->ring->done, __ATOMIC_ACQUIRE);
   if ((uint32_t)(done - x->seen) > (uint32_t)(x->posted - x->seen)) {
     mark_broken(dev, "rx queue %u: the host's done %u is beyond posted %u (last done %u)", q, done, x->posted,
                 x->seen);
-    return 0;
+    return -1;
   }
   x->seen = done;
+  return 0;
+}
+
+uint16_t nmx_pv_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* pkts, uint16_t n) {
+  if (q >= dev->nqp) return 0;
+  struct pv_rxq* x = &dev->rxq[q];
+  if (!x->ready || x->zc || is_broken(dev)) return 0;
+  struct nmx_pv_ring* r = x->ring;
+  if (rx_seen(dev, q, x) < 0) return 0;
   uint32_t k = x->seen - x->consumed;
   if (k > n) k = n;
   uint64_t clamped = 0;
@@ -983,7 +1284,7 @@ uint16_t nmx_pv_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* 
 void nmx_pv_rx_done(struct nmx_pv_dev* dev, uint32_t q, uint16_t n) {
   if (q >= dev->nqp) return;
   struct pv_rxq* x = &dev->rxq[q];
-  if (!x->ready || is_broken(dev)) return;
+  if (!x->ready || x->zc || is_broken(dev)) return;
   uint32_t k = x->consumed - x->released;
   if (k > n) k = n;
   if (k == 0) return;
@@ -1003,6 +1304,130 @@ void nmx_pv_rx_done(struct nmx_pv_dev* dev, uint32_t q, uint16_t n) {
   if (publish(r, x->posted, dev->kick[1 + q])) counter_add(&x->kicks, 1);
 }
 
+/* ---- zero-copy data path ------------------------------------------------------------------- */
+
+uint16_t nmx_pv_zc_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_buf* bufs, uint16_t n) {
+  if (q >= dev->nqp) return 0;
+  struct pv_txq* t = &dev->txq[q];
+  if (!t->ready || !t->zc || is_broken(dev)) return 0;
+  struct nmx_pv_ring* r = t->ring;
+  const int free_slots = tx_reclaim(dev, q, t);
+  if (free_slots < 0) return 0;
+  uint32_t room = (uint32_t)free_slots;
+  uint32_t pos = t->posted;
+  uint16_t i = 0;
+  for (; i < n && room > 0; ++i) {
+    const struct nmx_pv_buf* b = &bufs[i];
+    /* The caller's buffer: only inside what it registered (the host would break the device). */
+    if (!mem_ok(dev, b->region, b->offset, b->len)) break;
+    const uint32_t slot = pos & dev->mask;
+    struct nmx_pv_desc d;
+    memset(&d, 0, sizeof d);
+    d.offset = b->offset;
+    d.len = b->len;
+    d.region = b->region;
+    d.flags = (uint16_t)(b->flags & PV_TX_REQUEST_FLAGS);
+    d.l2_len = b->l2_len;
+    d.l4_len = b->l4_len;
+    d.l3_len = b->l3_len;
+    d.tso_segsz = b->tso_segsz;
+    memcpy(&r->desc[slot], &d, sizeof d);
+    t->cookie[slot] = b->cookie;
+    ++pos;
+    --room;
+  }
+  if (pos != t->posted) {
+    t->posted = pos;
+    if (publish(r, pos, dev->kick[1 + q])) counter_add(&t->kicks, 1);
+  }
+  return i;
+}
+
+uint16_t nmx_pv_zc_tx_reclaim(struct nmx_pv_dev* dev, uint32_t q, void** cookies, uint16_t n) {
+  if (q >= dev->nqp) return 0;
+  struct pv_txq* t = &dev->txq[q];
+  if (!t->ready || !t->zc || is_broken(dev)) return 0;
+  if (tx_reclaim(dev, q, t) < 0) return 0;
+  uint16_t k = 0;
+  for (; t->reclaimed != t->seen; ++t->reclaimed) {
+    void** c = &t->cookie[t->reclaimed & dev->mask];
+    if (*c == NULL) continue;
+    if (k == n) break;
+    cookies[k++] = *c;
+    *c = NULL;
+  }
+  return k;
+}
+
+uint32_t nmx_pv_zc_rx_room(struct nmx_pv_dev* dev, uint32_t q) {
+  if (q >= dev->nqp) return 0;
+  const struct pv_rxq* x = &dev->rxq[q];
+  if (!x->ready || !x->zc || is_broken(dev)) return 0;
+  return dev->ring_size - (x->posted - x->consumed);
+}
+
+uint16_t nmx_pv_zc_rx_post(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_buf* bufs, uint16_t n) {
+  if (q >= dev->nqp) return 0;
+  struct pv_rxq* x = &dev->rxq[q];
+  if (!x->ready || !x->zc || is_broken(dev)) return 0;
+  struct nmx_pv_ring* r = x->ring;
+  uint32_t room = dev->ring_size - (x->posted - x->consumed);
+  uint16_t i = 0;
+  for (; i < n && room > 0; ++i, --room) {
+    const struct nmx_pv_buf* b = &bufs[i];
+    if (!mem_ok(dev, b->region, b->offset, b->len)) break;
+    const uint32_t slot = x->posted & dev->mask;
+    struct nmx_pv_desc d;
+    memset(&d, 0, sizeof d);
+    d.offset = b->offset;
+    d.len = b->len;
+    d.region = b->region;
+    memcpy(&r->desc[slot], &d, sizeof d);
+    x->slot[slot] = (struct pv_rx_slot){.cookie = b->cookie, .offset = b->offset, .cap = b->len, .region = b->region};
+    ++x->posted;
+  }
+  if (i > 0 && publish(r, x->posted, dev->kick[1 + q])) counter_add(&x->kicks, 1);
+  return i;
+}
+
+uint16_t nmx_pv_zc_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* pkts, uint16_t n) {
+  if (q >= dev->nqp) return 0;
+  struct pv_rxq* x = &dev->rxq[q];
+  if (!x->ready || !x->zc || is_broken(dev)) return 0;
+  if (rx_seen(dev, q, x) < 0) return 0;
+  uint32_t k = x->seen - x->consumed;
+  if (k > n) k = n;
+  uint64_t clamped = 0;
+  for (uint32_t i = 0; i < k; ++i) {
+    const uint32_t slot = (x->consumed + i) & dev->mask;
+    struct pv_rx_slot* sl = &x->slot[slot];
+    /* UNTRUSTED: the descriptor the host filled; copied once. offset and region are ignored (the
+     * buffer is the one our own record says); len clamped to what was posted; flags masked to
+     * the rx results; rss_hash and mark are opaque values. */
+    struct nmx_pv_desc d;
+    memcpy(&d, &x->ring->desc[slot], sizeof d);
+    uint32_t len = d.len;
+    if (len > sl->cap) {
+      len = sl->cap;
+      ++clamped;
+    }
+    const struct pv_mem* m = &dev->mem[sl->region];
+    struct nmx_pv_pkt* p = &pkts[i];
+    memset(p, 0, sizeof *p);
+    p->data = (m->used && m->addr != NULL) ? (void*)(uintptr_t)(m->addr + sl->offset) : NULL;
+    p->len = len;
+    p->flags = (uint16_t)(d.flags & PV_RX_RESULT_FLAGS);
+    p->rss_hash = d.rss_hash;
+    p->mark = d.mark;
+    p->cookie = sl->cookie;
+    sl->cookie = NULL;
+  }
+  if (clamped) counter_add(&x->len_clamped, clamped);
+  x->consumed += k;
+  x->released = x->consumed;
+  return (uint16_t)k;
+}
+
 /* Work on pair q: frames filled that the caller has not received, or tx buffers finished while
  * some are outstanding. */
 static int pair_has_work(struct nmx_pv_dev* dev, uint32_t q) {
@@ -1012,9 +1437,8 @@ static int pair_has_work(struct nmx_pv_dev* dev, uint32_t q) {
   if (x->ready && (x->consumed != x->seen || __atomic_load_n(&x->ring->done, __ATOMIC_ACQUIRE) != x->seen)) {
     return 1;
   }
-  if (t->ready && t->posted != t->reclaimed && __atomic_load_n(&t->ring->done, __ATOMIC_ACQUIRE) != t->reclaimed) {
-    return 1;
-  }
+  if (t->ready && t->posted != t->seen && __atomic_load_n(&t->ring->done, __ATOMIC_ACQUIRE) != t->seen) return 1;
+  if (t->ready && t->zc && t->reclaimed != t->seen) return 1; /* cookies to hand back */
   return 0;
 }
 

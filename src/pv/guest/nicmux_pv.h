@@ -25,6 +25,10 @@
  * may reset it to 0 or keep it; before the request the library writes posted = 0 and clears
  * driver_flags) and publishes posted = done (+ ring_size on rx: every rx buffer is posted).
  *
+ * Zero copy: with the host's NMX_PV_FEATURE_MEM_REGIONS the caller can register files of its own
+ * memory (nmx_pv_mem_add) and set queues up with NMX_PV_QUEUE_ZEROCOPY: descriptors then carry
+ * the caller's buffers with a cookie each, as a DPDK PMD's sw ring carries an mbuf per slot.
+ *
  * Return values: 0 or a negative errno; nmx_pv_strerror() has the last control error's text
  * (the host's reason when it refused). Linux only (memfd, eventfd, SCM_RIGHTS), little-endian.
  */
@@ -70,6 +74,10 @@ uint32_t nmx_pv_generation(const struct nmx_pv_dev* dev);
 /* The wait for each control answer, milliseconds (> 0; default NMX_PV_DEFAULT_TIMEOUT_MS). */
 void nmx_pv_set_timeout(struct nmx_pv_dev* dev, int timeout_ms);
 
+/* NMX_PV_FEATURE_* the host offers (header.features), and its bound on registered memory. */
+uint64_t nmx_pv_features(const struct nmx_pv_dev* dev);
+uint64_t nmx_pv_max_mem_bytes(const struct nmx_pv_dev* dev);
+
 /* ---- control calls (one thread at a time) ------------------------------------------------- */
 
 /* The last error's text: a refused or failed control call (the host's reason with -E... when
@@ -88,8 +96,24 @@ int nmx_pv_configure(struct nmx_pv_dev* dev, const struct nmx_pv_configure* conf
  * live ring's index). */
 int nmx_pv_queue_setup(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir);
 /* QUEUE_RELEASE. The data path returns 0 on the queue afterwards; rx buffers the caller holds
- * stay readable until close (they are reposted by the next setup). */
+ * stay readable until close (they are reposted by the next setup). A zero-copy queue's buffers
+ * still posted are the caller's again: nmx_pv_queue_take_back. */
 int nmx_pv_queue_release(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir);
+
+/* nmx_pv_queue_setup with flags: NMX_PV_QUEUE_ZEROCOPY makes the queue carry the caller's
+ * buffers in registered memory, each with a cookie (the caller's sw ring, e.g. an mbuf per
+ * slot): an rx queue posts nothing at setup (nmx_pv_zc_rx_post does; nmx_pv_rx_burst returns
+ * 0 on it); a tx queue takes nmx_pv_zc_tx_burst's buffers and gives their cookies back when the
+ * host is done (nmx_pv_zc_tx_reclaim), and nmx_pv_tx_burst's copies alongside. -EBUSY while
+ * the queue still holds buffers of a previous zero-copy setup (take them back first). */
+#define NMX_PV_QUEUE_ZEROCOPY 1u
+int nmx_pv_queue_setup_ex(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir, uint32_t flags);
+
+/* After QUEUE_RELEASE or CONFIGURE (the queue not set up): up to n cookies of the buffers the
+ * zero-copy queue still held (rx: posted, filled or not; tx: not yet reclaimed), oldest first;
+ * each is given back once. Returns how many; 0 when none is left. -EBUSY while the queue is set
+ * up. */
+int nmx_pv_queue_take_back(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir, void** cookies, uint32_t n);
 int nmx_pv_start(struct nmx_pv_dev* dev);
 int nmx_pv_stop(struct nmx_pv_dev* dev);
 /* STATS_GET; nb_rx_queues and nb_tx_queues are clamped to NMX_PV_MAX_QUEUE_PAIRS. */
@@ -99,6 +123,27 @@ int nmx_pv_link_get(struct nmx_pv_dev* dev, struct nmx_pv_link* link);
 int nmx_pv_mtu_set(struct nmx_pv_dev* dev, uint32_t mtu);
 int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]);
 int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on);
+
+/* ---- registered memory (zero copy; needs NMX_PV_FEATURE_MEM_REGIONS) ----------------------
+ *
+ * The caller's own memory, given to the host as files: descriptors then name buffers in it as
+ * (region, offset), and the host copies frames straight from and into them (one copy per
+ * frame instead of two). Control calls: only while the device is stopped (never started, or
+ * after nmx_pv_stop), and with no data-path call running. */
+
+/* Registers [offset, offset + size) of fd (a memfd, hugetlbfs or tmpfs file of the caller's,
+ * mapped MAP_SHARED by the caller at addr, or addr NULL) with the host. Returns the region id
+ * (1..NMX_PV_MAX_MEM_REGIONS), or -ENOTSUP (the host does not offer it), -ENOSPC (every id
+ * taken), -EINVAL (size 0, fd < 0), the host's refusal (nmx_pv_strerror: its reason: past the
+ * file's end, not a multiple of the file's page size, over max_mem_bytes, ...), -ETIMEDOUT,
+ * -ENOTCONN. The fd stays the caller's (the host has its own). */
+int nmx_pv_mem_add(struct nmx_pv_dev* dev, int fd, uint64_t offset, uint64_t size, const void* addr);
+/* Unregisters region id. No buffer posted in a ring may name it any more (the host would break
+ * the device); nmx_pv_queue_take_back gives them back first. */
+int nmx_pv_mem_del(struct nmx_pv_dev* dev, int id);
+/* The registered region holding [p, p + len) (registered with its addr), and p's offset in it:
+ * 0, or -ENOENT. Any thread (no mem_add or mem_del running). */
+int nmx_pv_mem_find(const struct nmx_pv_dev* dev, const void* p, uint64_t len, uint16_t* region, uint64_t* offset);
 
 /* 1 while the host keeps the connection open, 0 once it closed it (the device is gone: open a
  * new one). Any thread. */
@@ -118,9 +163,11 @@ int nmx_pv_status(const struct nmx_pv_dev* dev, char* reason, size_t n);
 
 /* One packet. tx: data/len are the frame (copied by nmx_pv_tx_burst), flags are
  * NMX_PV_DESC_* requests (IPV4, IPV6, TCP_CKSUM, UDP_CKSUM, IP_CKSUM, TSO; other bits are
- * ignored) with l2_len, l3_len, l4_len and tso_segsz as pv_abi.h describes them. rx: data points
- * into the region (the caller's until nmx_pv_rx_done), flags are NMX_PV_DESC_* results
- * (L4_GOOD, RSS, MARK, IPV4, IPV6), rss_hash and mark valid with RSS and MARK. */
+ * ignored) with l2_len, l3_len, l4_len and tso_segsz as pv_abi.h describes them; cookie is
+ * ignored. rx: data points into the region (the caller's until nmx_pv_rx_done), flags are
+ * NMX_PV_DESC_* results (L4_GOOD, RSS, MARK, IPV4, IPV6), rss_hash and mark valid with RSS and
+ * MARK; cookie is NULL. From nmx_pv_zc_rx_burst: data points into the caller's registered
+ * memory (NULL when it was registered with addr NULL) and cookie is the posted buffer's. */
 struct nmx_pv_pkt {
   void* data;
   uint32_t len;
@@ -128,6 +175,7 @@ struct nmx_pv_pkt {
   uint8_t l2_len, l4_len;
   uint16_t l3_len, tso_segsz;
   uint32_t rss_hash, mark;
+  void* cookie;
 };
 
 /* Reclaims finished tx buffers, then copies up to n frames into free tx buffers of queue q and
@@ -147,6 +195,47 @@ uint16_t nmx_pv_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* 
 /* Gives back the first n of the buffers rx_burst handed out (oldest first) as empty buffers and
  * kicks the host if it sleeps. n beyond what the caller holds is clamped. */
 void nmx_pv_rx_done(struct nmx_pv_dev* dev, uint32_t q, uint16_t n);
+
+/* ---- zero-copy data path (queues set up with NMX_PV_QUEUE_ZEROCOPY) ------------------------ */
+
+/* A buffer in registered memory. tx: the frame (len bytes), its requests (flags, l2_len, l3_len,
+ * l4_len, tso_segsz as in nmx_pv_pkt). rx: an empty buffer of len bytes (the other fields
+ * ignored). cookie: the caller's, returned with the buffer. */
+struct nmx_pv_buf {
+  uint64_t offset; /* bytes from the registered region's start */
+  uint32_t len;
+  uint16_t region; /* an id from nmx_pv_mem_add */
+  uint16_t flags;
+  uint8_t l2_len, l4_len;
+  uint16_t l3_len, tso_segsz;
+  void* cookie;
+};
+
+/* Posts up to n frames of the caller's on tx queue q (no copy: the host reads them from the
+ * caller's memory until it is done with them) and kicks the host if it sleeps. Returns how
+ * many were taken: fewer than n when the ring is full, or at a buffer not inside a registered
+ * region or of length 0 (that one and the rest are not taken). Their cookies come back from
+ * nmx_pv_zc_tx_reclaim. 0 on a queue not set up for zero copy, or a broken device. */
+uint16_t nmx_pv_zc_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_buf* bufs, uint16_t n);
+
+/* Up to n cookies of tx queue q's frames the host is done with, in posting order (frames
+ * nmx_pv_tx_burst copied have none: their slots are freed without a cookie). Returns how
+ * many. */
+uint16_t nmx_pv_zc_tx_reclaim(struct nmx_pv_dev* dev, uint32_t q, void** cookies, uint16_t n);
+
+/* Empty ring slots of zero-copy rx queue q (what nmx_pv_zc_rx_post takes at most). */
+uint32_t nmx_pv_zc_rx_room(struct nmx_pv_dev* dev, uint32_t q);
+
+/* Posts up to n empty buffers of the caller's on rx queue q and kicks the host if it sleeps.
+ * Returns how many were taken (fewer when the ring is full, or at a buffer not inside a
+ * registered region or of length 0: that one and the rest are not taken). */
+uint16_t nmx_pv_zc_rx_post(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv_buf* bufs, uint16_t n);
+
+/* Up to n filled buffers of rx queue q, in posting order: pkts[i].cookie is the posted
+ * buffer's, len its frame's bytes (clamped to the buffer's length: never more than posted),
+ * data its address (from the region's addr), the results in flags, rss_hash, mark. The
+ * buffers are the caller's again; their slots take new ones (nmx_pv_zc_rx_post). */
+uint16_t nmx_pv_zc_rx_burst(struct nmx_pv_dev* dev, uint32_t q, struct nmx_pv_pkt* pkts, uint16_t n);
 
 /* Sleeps until queue pair q has work (a received frame, or a tx buffer finished while some are
  * outstanding) or timeout_ms passes (-1: no limit). > 0: work or woken; 0: timeout; < 0: an
