@@ -23,6 +23,12 @@
 #      pktgen B (no offloads): 90 verified segments per frame, checksums right;
 #   6. a socket nobody serves: the device's probe fails naming it; testpmd's quit closes both
 #      devices (nicmuxd sees each driver leave).
+# Steps 1 to 6 run twice, each time in a new testpmd (its EAL memory: --no-huge, a memfd):
+#   copy:      zerocopy=0: the PMD copies each frame (1024-byte mbufs: rx chains, tx made flat);
+#   zero copy: the default: the PMD registers the EAL's memory with nicmuxd (MEM_ADD) and nicmuxd
+#              copies straight from and into testpmd's mbufs (the default 2048-byte ones, which
+#              hold a 1518-byte frame): the same exact counts, bytes and checksums, and the TSO
+#              requests of step 5 posted from the mbufs themselves.
 # The PMD runs under the build's sanitizers (the dev preset: ASan + UBSan, their runtimes
 # preloaded into testpmd).
 source "$(dirname "$0")/lib.sh"
@@ -71,14 +77,28 @@ grep -aq "net_nicmux_pv7: cannot open the pv device at $S/nobody.sock: connect $
 grep -aq "No probed ethernet devices" "$WORK/tp-nobody.log" || fail "testpmd has a port on a socket nobody serves"
 echo "ok: $(grep -a -m1 'cannot open the pv device' "$WORK/tp-nobody.log")"
 
+# session MODE: steps 1 to 6 in a new testpmd; MODE is copy or zerocopy; SESSION counts them.
+SESSION=0
+session() {
+local mode=$1
+SESSION=$((SESSION + 1))
+local devargs mbufs
+if [ "$mode" = copy ]; then
+  devargs=",zerocopy=0"
+  mbufs=(--mbuf-size=1024)
+else
+  devargs=""
+  mbufs=()
+fi
 rm -f "$WORK/tp.in"; mkfifo "$WORK/tp.in"
 exec 7<>"$WORK/tp.in"
-start_with_input testpmd "$WORK/tp.in" env LD_PRELOAD="$PRELOAD" stdbuf -oL dpdk-testpmd "${DPDK_EAL[@]}" \
-  --file-prefix="npv$$" --lcores 0@0,1@1 -d "$PMD" \
-  --vdev "net_nicmux_pv0,socket=$S/p0.sock" --vdev "net_nicmux_pv1,socket=$S/p1.sock" \
-  -- -i --nb-cores=1 --total-num-mbufs=16384 --mbuf-size=1024 --enable-scatter
+start_with_input "testpmd-$mode" "$WORK/tp.in" env LD_PRELOAD="$PRELOAD" stdbuf -oL dpdk-testpmd "${DPDK_EAL[@]}" \
+  --file-prefix="npv$$$mode" --lcores 0@0,1@1 -d "$PMD" \
+  --vdev "net_nicmux_pv0,socket=$S/p0.sock$devargs" --vdev "net_nicmux_pv1,socket=$S/p1.sock$devargs" \
+  -- -i --nb-cores=1 --total-num-mbufs=16384 "${mbufs[@]}" --enable-scatter
 tp=$LAST_PID
-TPLOG=$WORK/testpmd.log
+TPLOG=$WORK/testpmd-$mode.log
+echo "== $mode: testpmd with net_nicmux_pv0 and net_nicmux_pv1${devargs:+ ($devargs)}"
 
 # tp MARKER CMD...: sends the commands to testpmd, then `show port summary all` as a sentinel;
 # waits for the sentinel and MARKER in what testpmd printed since; that output is in $WORK/tp.out.
@@ -100,12 +120,30 @@ tp() {
 expect_tp() { grep -aqE -- "$1" "$WORK/tp.out" || fail "testpmd's output lacks '$1': $(cat "$WORK/tp.out")"; }
 
 wait_log "$TPLOG" "testpmd> " 60 "$tp"
-grep -q "port p0: pv driver connected" "$WORK/nicmuxd.log" || fail "p0 saw no driver: $(grep p0 "$WORK/nicmuxd.log")"
-grep -q "port p1: pv driver connected" "$WORK/nicmuxd.log" || fail "p1 saw no driver: $(grep p1 "$WORK/nicmuxd.log")"
+[ "$(grep -c "port p0: pv driver connected" "$WORK/nicmuxd.log")" = "$SESSION" ] || fail "p0 saw no driver: $(grep p0 "$WORK/nicmuxd.log")"
+[ "$(grep -c "port p1: pv driver connected" "$WORK/nicmuxd.log")" = "$SESSION" ] || fail "p1 saw no driver: $(grep p1 "$WORK/nicmuxd.log")"
+# The mode each device runs in, as the PMD logged it at its start; nicmuxd's view of it.
+if [ "$mode" = copy ]; then
+  for port in 0 1; do
+    grep -aq "net_nicmux_pv: port $port: copy mode: zerocopy=0" "$TPLOG" || fail "port $port is not in copy mode: $(grep -a net_nicmux_pv "$TPLOG")"
+  done
+  ctl port show p0 | grep -qE "registered_memory: +0 regions, 0$" || fail "p0 has registered memory: $(ctl port show p0)"
+else
+  # The EAL's memory (--no-huge -m 512: one memfd) is registered; both directions zero copy.
+  for port in 0 1; do
+    grep -aq "net_nicmux_pv: port $port: zero copy: 1 regions (512 MB) registered with nicmuxd, 1 rx and 1 tx queues" "$TPLOG" ||
+      fail "port $port is not zero copy: $(grep -a net_nicmux_pv "$TPLOG")"
+  done
+  for p in p0 p1; do
+    ctl port show $p | grep -qE "registered_memory: +1 regions, 512M$" || fail "$p: $(ctl port show $p)"
+  done
+  grep -q "port p1: pv driver registered region 1: 536870912 bytes" "$WORK/nicmuxd.log" || fail "nicmuxd logged no registration"
+fi
+echo "ok: $mode: $(grep -a -m1 'net_nicmux_pv: port 0: ' "$TPLOG")"
 
 # ---- 1. the capabilities nicmuxd announced
 tp "Infos for port 1" 'show port info 0' 'show port info 1'
-for k in "Driver name: net_nicmux_pv" "Devargs: socket=$S/p0.sock" "Link status: up" "MTU: 1500" \
+for k in "Driver name: net_nicmux_pv" "Devargs: socket=$S/p0.sock$devargs" "Link status: up" "MTU: 1500" \
   "Max possible RX queues: 1" "Max possible number of RXDs per queue: 1024" \
   "Maximum configurable length of RX packet: 2048" "Max possible number of RXDs per queue: 256" \
   "Maximum configurable length of RX packet: 66560"; do
@@ -117,15 +155,20 @@ expect_tp "^  Per Port  : IPV4_CKSUM UDP_CKSUM TCP_CKSUM MULTI_SEGS *\$"
 expect_tp "^  Per Port  : IPV4_CKSUM UDP_CKSUM TCP_CKSUM SCATTER *\$"
 grep -aq "TCP_TSO" "$WORK/tp.out" && fail "TCP_TSO offered without an uplink taking TSO: $(cat "$WORK/tp.out")"
 tx0=$(grep -a -A2 "Tx Offloading Capabilities of port 0" "$WORK/tp.out" | grep -a "Per Port" | tr -s ' ')
-# 1518-byte frames cannot fit one of testpmd's mbufs (1024 bytes, 128 of headroom): with
+# Copy: 1518-byte frames cannot fit one of testpmd's mbufs (1024 bytes, 128 of headroom): with
 # SCATTER on, the PMD must chain them (without, it would drop them and the counts below fail).
-grep -aq "create a new mbuf pool <mb_pool_0>: n=16384, size=1024" "$TPLOG" || fail "testpmd's mbufs are not 1024 bytes"
+# Zero copy: the default mbufs (2176 bytes) hold a frame of the MTU, as zero copy needs.
+if [ "$mode" = copy ]; then
+  grep -aq "create a new mbuf pool <mb_pool_0>: n=16384, size=1024" "$TPLOG" || fail "testpmd's mbufs are not 1024 bytes"
+else
+  grep -aq "create a new mbuf pool <mb_pool_0>: n=16384, size=2176" "$TPLOG" || fail "testpmd's mbufs are not 2176 bytes"
+fi
 tp "Rx Offloading Configuration of port 0" 'show port 0 rx_offload configuration'
 expect_tp "^  Port : SCATTER *\$"
 tp "device max MTU" 'port config mtu 0 60' 'port config mtu 0 9000'
 expect_tp "MTU \(60\) < device min MTU \(68\) for port_id 0"
 expect_tp "MTU \(9000\) > device max MTU \(2030\) for port_id 0"
-echo "ok: testpmd shows nicmuxd's capabilities: MTU 68..2030, frames up to 2048 (66560 on p1), rings of 1024 (256), tx offloads:$tx0"
+echo "ok: $mode: testpmd shows nicmuxd's capabilities: MTU 68..2030, frames up to 2048 (66560 on p1), rings of 1024 (256), tx offloads:$tx0"
 
 # ---- 2. io forwarding, both ways, exact
 # io with retry: a tx ring that is full for a moment (nicmuxd's worker shares 2 CPUs with
@@ -150,7 +193,7 @@ for size in 64 1518; do
     expect_summary "$l" rx_lost 0
     expect_summary "$l" rx_reordered 0
   done
-  echo "ok: $size B: 5000 frames each way through pv p0 -> testpmd -> pv p1 and back, every byte verified: $(grep '^summary' "$WORK/pg_a.log" | grep -o 'tx_packets=[0-9]* rx_packets=[0-9]* rx_bad=[0-9]* rx_lost=[0-9]*')"
+  echo "ok: $mode: $size B: 5000 frames each way through pv p0 -> testpmd -> pv p1 and back, every byte verified: $(grep '^summary' "$WORK/pg_a.log" | grep -o 'tx_packets=[0-9]* rx_packets=[0-9]* rx_bad=[0-9]* rx_lost=[0-9]*')"
 done
 tp "Forward statistics for port 1|Done" 'stop'
 # testpmd's port stats are nicmuxd's STATS_GET through the PMD: every frame, every byte.
@@ -167,13 +210,13 @@ for port in (0, 1):
     assert got == {"RX-packets": 10000, "RX-missed": 0, "RX-bytes": want_bytes, "RX-errors": 0, "RX-nombuf": 0,
                    "TX-packets": 10000, "TX-errors": 0, "TX-bytes": want_bytes}, got
 PY
-echo "ok: testpmd's port stats (nicmuxd's counts through the PMD) exact on both ports"
+echo "ok: $mode: testpmd's port stats (nicmuxd's counts through the PMD) exact on both ports"
 
 # ---- 3. an offload the device does not offer
 tp "Fail to configure port 1|Port 1 can not be set|rte_eth_dev_configure" 'port stop 1' 'port config 1 tx_offload tcp_tso on' 'port start 1'
 expect_tp "requested Tx offloads 0x[0-9a-f]* doesn't match Tx offloads capabilities"
 expect_tp "Fail to configure port 1"
-echo "ok: tcp_tso refused on p1 (not offered): $(grep -a "doesn't match" "$WORK/tp.out" | head -n 1) / $(grep -a 'Fail to configure' "$WORK/tp.out" | head -n 1)"
+echo "ok: $mode: tcp_tso refused on p1 (not offered): $(grep -a "doesn't match" "$WORK/tp.out" | head -n 1) / $(grep -a 'Fail to configure' "$WORK/tp.out" | head -n 1)"
 tp "Port 1: " 'port config 1 tx_offload tcp_tso off' 'port start 1'
 expect_tp "^Port 1: [0-9A-F:]+"
 
@@ -185,7 +228,7 @@ wait_log "$WORK/pg_a.log" connected 60 "$pa"
 wait_until 30 "tcp_tso offered on p1" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port caps p1 | grep -q tcp_tso"
 tp "Tx Offloading Capabilities of port 1" 'show port 1 tx_offload capabilities'
 expect_tp "^  Per Port  : IPV4_CKSUM UDP_CKSUM TCP_CKSUM TCP_TSO MULTI_SEGS *\$"
-echo "ok: p1 offers TCP_TSO once its uplink takes TSO; testpmd sees it (event_seq -> GET_INFO): $(grep -a 'Per Port' "$WORK/tp.out" | tr -s ' ')"
+echo "ok: $mode: p1 offers TCP_TSO once its uplink takes TSO; testpmd sees it (event_seq -> GET_INFO): $(grep -a 'Per Port' "$WORK/tp.out" | tr -s ' ')"
 
 # ---- 5. TSO and checksum requests from testpmd's csum engine
 tp "csum packet forwarding" 'port stop all' 'csum set tcp hw 1' 'csum set ip sw 1' 'tso set 1000 1' \
@@ -210,7 +253,7 @@ tx1=$(grep -a -A6 "NIC statistics for port 1" "$WORK/tp.out" | grep -ao "TX-pack
 [ "$tx1" = $((10000 + N * 45)) ] || fail "testpmd port 1 sent $tx1 frames, not $((10000 + N * 45))"
 ctl port show p1 >"$WORK/p1.txt"
 grep -qE "bad_offload" "$WORK/p1.txt" && ! grep -qE "bad_offload: *0" "$WORK/p1.txt" && fail "p1 dropped TSO requests as bad_offload: $(cat "$WORK/p1.txt")"
-echo "ok: $N TSO frames of 65000 B -> $((N * 45)) segments into testpmd -> $((N * 45)) TSO requests (MSS 1000, TCP checksum) out of testpmd -> $((N * 90)) segments at pktgen B, every byte and checksum verified"
+echo "ok: $mode: $N TSO frames of 65000 B -> $((N * 45)) segments into testpmd -> $((N * 45)) TSO requests (MSS 1000, TCP checksum) out of testpmd -> $((N * 90)) segments at pktgen B, every byte and checksum verified"
 
 # ---- 6. quit: testpmd closes both devices
 printf 'quit\n' >&7
@@ -218,6 +261,10 @@ exec 7>&-
 wait_pid "$tp" 30 || fail "testpmd exited with an error: $(tail -n 20 "$TPLOG")"
 grep -aq "ERROR: AddressSanitizer\|runtime error:" "$TPLOG" && fail "a sanitizer report in testpmd: $(grep -a -A20 'ERROR: AddressSanitizer\|runtime error:' "$TPLOG")"
 wait_until 10 "p0 and p1 to see their drivers leave" sh -c \
-  "[ \$(grep -c 'pv driver disconnected (the driver closed the connection)' '$WORK/nicmuxd.log') -ge 2 ]"
-echo "ok: testpmd quit cleanly (no sanitizer report) and nicmuxd saw both drivers close"
+  "[ \$(grep -c 'pv driver disconnected (the driver closed the connection)' '$WORK/nicmuxd.log') -ge $((2 * SESSION)) ]"
+echo "ok: $mode: testpmd quit cleanly (no sanitizer report) and nicmuxd saw both drivers close"
+}
+
+session copy
+session zerocopy
 stop_nicmuxd

@@ -8,15 +8,25 @@
  * what nicmuxd announces (GET_INFO): queues, ring size, MTU range, MAC, link, tx and rx
  * offloads. A request nicmuxd refuses fails with nicmuxd's reason in the log and its errno.
  *
- * Data path: one copy each way, done by us or the library.
- *   rx: the library hands out frames in the region's rx buffers; each is copied into an mbuf of
- *       the queue's mempool (chained across mbufs when it is longer than one mbuf's data room
- *       and the application enabled SCATTER; otherwise dropped and counted in ierrors), then the
- *       buffers go back to nicmuxd at once (nmx_pv_rx_done): nothing is held between bursts.
- *   tx: the library copies each frame into a tx buffer of the region; a chained mbuf is first
- *       made flat in the queue's scratch buffer. The mbufs the library took are freed.
- * Zero-copy (nicmuxd writing into the application's mbufs: registered memory, region != 0) is
- * not in protocol version 1.
+ * Data path: zero copy where the EAL's memory has file descriptors, else one copy each way.
+ *   Zero copy (devarg zerocopy=1, the default): at the first queue setup each memseg list
+ *       whose pages are one file (--in-memory --single-file-segments with hugepages, or
+ *       --no-huge: a memfd) is registered with nicmuxd (MEM_ADD), and nicmuxd copies straight
+ *       from and into the application's mbufs: the only copy of a frame is nicmuxd's.
+ *       rx: empty mbufs of the queue's mempool are posted as the ring's buffers (the library
+ *       keeps each as the slot's cookie) and handed up filled (data_len = pkt_len = the frame's
+ *       length, clamped to the mbuf), the ring refilled from the mempool. Used when the whole
+ *       mempool lies in registered memory and its mbufs hold a frame of the device's MTU.
+ *       tx: a flat mbuf in registered memory is posted as it is and freed when nicmuxd's done
+ *       passes it (the library hands the mbuf back as the slot's cookie).
+ *   Copy (zerocopy=0, memory without fds, or what zero copy cannot take):
+ *       rx: the library hands out frames in the region's rx buffers; each is copied into an mbuf
+ *       of the queue's mempool (chained across mbufs when it is longer than one mbuf's data
+ *       room and the application enabled SCATTER; otherwise dropped and counted in ierrors),
+ *       then the buffers go back to nicmuxd at once (nmx_pv_rx_done).
+ *       tx: the library copies each frame into a tx buffer of the region; a chained mbuf is
+ *       first made flat in the queue's scratch buffer. The mbufs the library took are freed.
+ *   Which mode each queue uses is logged at dev_start when it changes.
  *
  * Threads: ethdev's rules are the library's: control ops from one thread, each queue's burst
  * function from the one lcore that polls it. Counters the data path writes are single-writer
@@ -39,17 +49,25 @@
 #include <rte_log.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
+#include <rte_memory.h>
+#include <rte_mempool.h>
+#include <rte_errno.h>
+#include <rte_fbarray.h>
 
 #include "pv/guest/nicmux_pv.h"
 
 #define PV_ARG_SOCKET "socket"
+#define PV_ARG_ZEROCOPY "zerocopy"
 #define PV_BURST 32 /* frames per library call */
+#define PV_REFILL 32 /* zero copy rx: post mbufs once this many slots are empty */
+/* ethdev's overhead of a frame over the MTU (max_rx_pktlen - max_mtu): Ethernet header, FCS. */
+#define PV_FRAME_OVERHEAD (RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN)
 
 RTE_LOG_REGISTER(nicmux_pv_logtype, pmd.net.nicmux_pv, NOTICE);
 #define PV_LOG(level, fmt, ...) \
   rte_log(RTE_LOG_##level, nicmux_pv_logtype, "net_nicmux_pv: " fmt "\n", ##__VA_ARGS__)
 
-static const char* const pv_valid_args[] = {PV_ARG_SOCKET, NULL};
+static const char* const pv_valid_args[] = {PV_ARG_SOCKET, PV_ARG_ZEROCOPY, NULL};
 
 /* A counter with one writer (the queue's lcore) and readers elsewhere. */
 static inline uint64_t ctr_get(const uint64_t* c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
@@ -57,37 +75,80 @@ static inline void ctr_add(uint64_t* c, uint64_t n) {
   __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
 }
 
+/* The memory registered with nicmuxd: the application's addresses of each region. Written at
+ * the first queue setup (the device stopped), read by the data path. */
+struct pv_region {
+  uintptr_t va;
+  uint64_t len;
+  uint16_t id;
+};
+struct pv_mem_table {
+  uint32_t n;
+  struct pv_region r[NMX_PV_MAX_MEM_REGIONS];
+};
+
+/* The registered region holding [va, va + len) (the last hit first): 1 with its id and va's
+ * offset in it, else 0. */
+static inline int pv_mem_lookup(const struct pv_mem_table* t, uintptr_t va, uint64_t len, uint32_t* hint,
+                                uint16_t* id, uint64_t* off) {
+  uint32_t i = *hint;
+  if (i >= t->n || va < t->r[i].va || va - t->r[i].va > t->r[i].len || len > t->r[i].len - (va - t->r[i].va)) {
+    for (i = 0; i < t->n; ++i) {
+      const struct pv_region* r = &t->r[i];
+      if (va >= r->va && va - r->va <= r->len && len <= r->len - (va - r->va)) break;
+    }
+    if (i == t->n) return 0;
+    *hint = i;
+  }
+  *id = t->r[i].id;
+  *off = va - t->r[i].va;
+  return 1;
+}
+
 struct pv_rx_queue {
   struct nmx_pv_dev* pv;
+  const struct pv_mem_table* mem; /* the device's registered memory */
   uint16_t qid;
   uint16_t port_id;
   int scatter;           /* chain frames longer than one mbuf */
   uint32_t room;         /* each mbuf's data room after its headroom */
   struct rte_mempool* mp;
   int pv_ready;          /* nmx_pv_queue_setup done since the last CONFIGURE */
+  int zc;                /* zero copy: the ring's buffers are mbufs of mp */
+  uint32_t mem_hint;
   /* Written by the data path only. */
   uint64_t nombuf;       /* frames dropped: no mbuf */
   uint64_t too_long;     /* frames dropped: longer than an mbuf without SCATTER */
   uint64_t dropped_bytes;
+  uint64_t alloc_failed; /* zero copy: refills that found the mempool empty */
 };
 
 struct pv_tx_queue {
   struct nmx_pv_dev* pv;
+  const struct pv_mem_table* mem;
   uint16_t qid;
   uint16_t requests;     /* NMX_PV_DESC_* requests of the offloads configured */
   uint32_t buf_size;     /* the longest frame a tx buffer holds */
   uint8_t* flat;         /* buf_size bytes: a chained mbuf made flat */
   int pv_ready;
+  int zc;                /* zero copy: flat mbufs in registered memory are posted as they are */
+  uint32_t mem_hint;
   uint64_t too_long;     /* chains longer than buf_size, dropped (written by the data path) */
 };
 
 struct pv_internals {
   struct nmx_pv_dev* pv;
   char socket[256];
+  int zerocopy;            /* devarg zerocopy= (default 1) */
+  int mem_tried;           /* registration done (once per device) */
+  struct pv_mem_table mem; /* what was registered */
+  char copy_why[200];      /* why there is no registered memory ("" when there is) */
+  char mode_logged[256];   /* the mode line last logged */
   struct nmx_pv_info info; /* the last GET_INFO */
   int events;              /* nmx_pv_events() when info was read */
   /* stats_reset's baselines of the counters that cannot be reset. */
   uint64_t base_rx_nombuf[NMX_PV_MAX_QUEUE_PAIRS], base_rx_too_long[NMX_PV_MAX_QUEUE_PAIRS],
+      base_rx_alloc_failed[NMX_PV_MAX_QUEUE_PAIRS],
       base_rx_dropped_bytes[NMX_PV_MAX_QUEUE_PAIRS], base_tx_dropped[NMX_PV_MAX_QUEUE_PAIRS],
       base_tx_too_long[NMX_PV_MAX_QUEUE_PAIRS];
 };
@@ -182,6 +243,21 @@ static uint16_t pv_tx_requests(uint64_t eth) {
 
 /* ---- data path ------------------------------------------------------------------------------ */
 
+/* The results nicmuxd wrote into the descriptor, as mbuf flags. L4_GOOD means the L4 checksum
+ * is right (the sender's was verified, or nicmuxd completed it). Nothing is said of the IPv4
+ * header's: UNKNOWN (no flag). */
+static inline void pv_rx_results(struct rte_mbuf* m, const struct nmx_pv_pkt* p) {
+  if (p->flags & NMX_PV_DESC_L4_GOOD) m->ol_flags |= RTE_MBUF_F_RX_L4_CKSUM_GOOD;
+  if (p->flags & NMX_PV_DESC_RSS) {
+    m->ol_flags |= RTE_MBUF_F_RX_RSS_HASH;
+    m->hash.rss = p->rss_hash;
+  }
+  if (p->flags & NMX_PV_DESC_MARK) {
+    m->ol_flags |= RTE_MBUF_F_RX_FDIR | RTE_MBUF_F_RX_FDIR_ID;
+    m->hash.fdir.hi = p->mark;
+  }
+}
+
 /* One received frame into a new mbuf (a chain with SCATTER); NULL when dropped (counted). */
 static struct rte_mbuf* pv_rx_copy(struct pv_rx_queue* q, const struct nmx_pv_pkt* p) {
   if (p->len > q->room && !q->scatter) {
@@ -212,17 +288,7 @@ static struct rte_mbuf* pv_rx_copy(struct pv_rx_queue* q, const struct nmx_pv_pk
   }
   head->pkt_len = p->len;
   head->port = q->port_id;
-  /* Results nicmuxd wrote: L4_GOOD means the L4 checksum is right (the sender's was verified,
-   * or nicmuxd completed it). Nothing is said of the IPv4 header's: UNKNOWN (no flag). */
-  if (p->flags & NMX_PV_DESC_L4_GOOD) head->ol_flags |= RTE_MBUF_F_RX_L4_CKSUM_GOOD;
-  if (p->flags & NMX_PV_DESC_RSS) {
-    head->ol_flags |= RTE_MBUF_F_RX_RSS_HASH;
-    head->hash.rss = p->rss_hash;
-  }
-  if (p->flags & NMX_PV_DESC_MARK) {
-    head->ol_flags |= RTE_MBUF_F_RX_FDIR | RTE_MBUF_F_RX_FDIR_ID;
-    head->hash.fdir.hi = p->mark;
-  }
+  pv_rx_results(head, p);
   return head;
 nombuf:
   ctr_add(&q->nombuf, 1);
@@ -230,8 +296,64 @@ nombuf:
   return NULL;
 }
 
+/* Zero copy: posts empty mbufs of the queue's mempool in the ring's empty slots (all of them
+ * with `all`, else once PV_REFILL are empty). */
+static void pv_rx_refill(struct pv_rx_queue* q, int all) {
+  uint32_t empty = nmx_pv_zc_rx_room(q->pv, q->qid);
+  if (empty < (all ? 1u : PV_REFILL)) return;
+  while (empty > 0) {
+    struct rte_mbuf* m[2 * PV_BURST];
+    struct nmx_pv_buf b[2 * PV_BURST];
+    const uint16_t k = (uint16_t)RTE_MIN(empty, 2u * PV_BURST);
+    if (rte_pktmbuf_alloc_bulk(q->mp, m, k) != 0) {
+      ctr_add(&q->alloc_failed, 1); /* the host counts the frames that found no buffer */
+      return;
+    }
+    uint16_t n = 0;
+    for (; n < k; ++n) {
+      /* After rte_pktmbuf_alloc: data_off is the headroom, one segment. */
+      const uintptr_t va = (uintptr_t)m[n]->buf_addr + m[n]->data_off;
+      const uint32_t cap = (uint32_t)m[n]->buf_len - m[n]->data_off;
+      uint64_t off;
+      uint16_t id;
+      if (!pv_mem_lookup(q->mem, va, cap, &q->mem_hint, &id, &off)) break; /* cannot be: the pool was checked */
+      memset(&b[n], 0, sizeof b[n]);
+      b[n].offset = off;
+      b[n].len = cap;
+      b[n].region = id;
+      b[n].cookie = m[n];
+    }
+    const uint16_t took = nmx_pv_zc_rx_post(q->pv, q->qid, b, n);
+    if (took < k) rte_pktmbuf_free_bulk(&m[took], k - took);
+    if (took < k) return;
+    empty -= k;
+  }
+}
+
+static uint16_t pv_rx_burst_zc(struct pv_rx_queue* q, struct rte_mbuf** bufs, uint16_t nb) {
+  struct nmx_pv_pkt pkts[PV_BURST];
+  uint16_t got = 0;
+  while (got < nb) {
+    const uint16_t want = (uint16_t)RTE_MIN(nb - got, PV_BURST);
+    const uint16_t n = nmx_pv_zc_rx_burst(q->pv, q->qid, pkts, want);
+    for (uint16_t i = 0; i < n; ++i) {
+      struct rte_mbuf* m = pkts[i].cookie;
+      /* The library clamped the length to what was posted: the mbuf's room (<= UINT16_MAX). */
+      m->data_len = (uint16_t)pkts[i].len;
+      m->pkt_len = pkts[i].len;
+      m->port = q->port_id;
+      pv_rx_results(m, &pkts[i]);
+      bufs[got++] = m;
+    }
+    if (n < want) break;
+  }
+  pv_rx_refill(q, 0);
+  return got;
+}
+
 static uint16_t pv_rx_burst(void* queue, struct rte_mbuf** bufs, uint16_t nb) {
   struct pv_rx_queue* q = queue;
+  if (q->zc) return pv_rx_burst_zc(q, bufs, nb);
   struct nmx_pv_pkt pkts[PV_BURST];
   uint16_t got = 0;
   while (got < nb) {
@@ -281,14 +403,68 @@ static void pv_tx_fill(const struct pv_tx_queue* q, const struct rte_mbuf* m, st
   p->tso_segsz = (r & NMX_PV_DESC_TSO) ? m->tso_segsz : 0;
 }
 
+/* Zero copy: frees the mbufs nicmuxd is done with. */
+static void pv_tx_reclaim(struct pv_tx_queue* q) {
+  void* done[2 * PV_BURST];
+  uint16_t n;
+  do {
+    n = nmx_pv_zc_tx_reclaim(q->pv, q->qid, done, RTE_DIM(done));
+    if (n) rte_pktmbuf_free_bulk((struct rte_mbuf**)done, n);
+  } while (n == RTE_DIM(done));
+}
+
+/* Zero copy: posts the run of flat mbufs in registered memory at bufs (up to nb); returns how
+ * many were taken, *stop set when the ring is full. */
+static uint16_t pv_tx_zc_run(struct pv_tx_queue* q, struct rte_mbuf** bufs, uint16_t nb, int* stop) {
+  struct nmx_pv_buf zb[PV_BURST];
+  uint16_t k = 0;
+  while (k < PV_BURST && k < nb) {
+    struct rte_mbuf* m = bufs[k];
+    uint16_t id;
+    uint64_t off;
+    if (m->nb_segs != 1 || m->data_len == 0 ||
+        !pv_mem_lookup(q->mem, rte_pktmbuf_mtod(m, uintptr_t), m->data_len, &q->mem_hint, &id, &off)) {
+      break;
+    }
+    struct nmx_pv_pkt p;
+    memset(&p, 0, sizeof p);
+    pv_tx_fill(q, m, &p);
+    memset(&zb[k], 0, sizeof zb[k]);
+    zb[k].offset = off;
+    zb[k].len = m->data_len;
+    zb[k].region = id;
+    zb[k].flags = p.flags;
+    zb[k].l2_len = p.l2_len;
+    zb[k].l3_len = p.l3_len;
+    zb[k].l4_len = p.l4_len;
+    zb[k].tso_segsz = p.tso_segsz;
+    zb[k].cookie = m;
+    ++k;
+  }
+  if (k == 0) return 0;
+  const uint16_t took = nmx_pv_zc_tx_burst(q->pv, q->qid, zb, k);
+  if (took < k) *stop = 1;
+  return took;
+}
+
 static uint16_t pv_tx_burst(void* queue, struct rte_mbuf** bufs, uint16_t nb) {
   struct pv_tx_queue* q = queue;
   struct nmx_pv_pkt pkts[PV_BURST];
   uint16_t sent = 0;
+  if (q->zc) pv_tx_reclaim(q);
   while (sent < nb) {
-    /* A run of flat mbufs: the library copies them straight from the mbufs. */
+    if (q->zc) {
+      int stop = 0;
+      const uint16_t took = pv_tx_zc_run(q, &bufs[sent], (uint16_t)(nb - sent), &stop);
+      sent += took;
+      if (stop) break;
+      if (took > 0) continue;
+      /* bufs[sent] is not for zero copy (a chain, empty, outside registered memory): copied. */
+    }
+    /* A run of flat mbufs: the library copies them straight from the mbufs (zero copy: one). */
     uint16_t k = 0;
-    while (k < PV_BURST && sent + k < nb && bufs[sent + k]->nb_segs == 1) {
+    const uint16_t run = q->zc ? 1 : PV_BURST;
+    while (k < run && sent + k < nb && bufs[sent + k]->nb_segs == 1) {
       struct rte_mbuf* m = bufs[sent + k];
       memset(&pkts[k], 0, sizeof pkts[k]);
       pkts[k].data = rte_pktmbuf_mtod(m, void*);
@@ -370,6 +546,139 @@ static int pv_dev_infos_get(struct rte_eth_dev* dev, struct rte_eth_dev_info* di
   return 0;
 }
 
+/* Zero copy: frees the mbufs a queue the library no longer runs still held (none in copy
+ * mode). */
+static void pv_take_back(struct pv_internals* in, uint16_t qid, uint32_t dir) {
+  void* cookies[2 * PV_BURST];
+  int n;
+  if (in->pv == NULL) return;
+  while ((n = nmx_pv_queue_take_back(in->pv, qid, dir, cookies, RTE_DIM(cookies))) > 0) {
+    rte_pktmbuf_free_bulk((struct rte_mbuf**)cookies, (unsigned)n);
+  }
+}
+
+/* The memseg lists whose pages are one file: each a region to register. */
+struct pv_mem_walk {
+  struct {
+    int fd;
+    uint64_t offset, len;
+    uintptr_t va;
+  } found[NMX_PV_MAX_MEM_REGIONS];
+  uint32_t n;
+  char why[160]; /* why the first list left out was */
+};
+
+static int pv_msl_walk(const struct rte_memseg_list* msl, void* arg) {
+  struct pv_mem_walk* w = arg;
+  if (msl->external || msl->memseg_arr.count == 0) return 0;
+  /* The pages in use, first to last (a region may hold holes: nicmuxd only touches what
+   * descriptors name, and they name mbufs). */
+  struct rte_fbarray* arr = (struct rte_fbarray*)(uintptr_t)&msl->memseg_arr;
+  const int first = rte_fbarray_find_next_used(arr, 0);
+  const int last = rte_fbarray_find_prev_used(arr, arr->len - 1);
+  if (first < 0 || last < first) return 0;
+  const struct rte_memseg* a = rte_fbarray_get(arr, (unsigned)first);
+  const struct rte_memseg* b = rte_fbarray_get(arr, (unsigned)last);
+  size_t off_a, off_b;
+  const int fd = rte_memseg_get_fd_thread_unsafe(a);
+  if (fd < 0 || rte_memseg_get_fd_offset_thread_unsafe(a, &off_a) < 0) {
+    if (!w->why[0]) {
+      snprintf(w->why, sizeof w->why, "the EAL's memory has no file descriptors (%s): run with --in-memory "
+               "--single-file-segments, or --no-huge", rte_strerror(rte_errno));
+    }
+    return 0;
+  }
+  const uintptr_t va = (uintptr_t)a->addr;
+  const uint64_t len = (uintptr_t)b->addr + b->len - va;
+  /* One file for the whole range, laid out as the addresses are (single-file segments). */
+  if (rte_memseg_get_fd_thread_unsafe(b) != fd || rte_memseg_get_fd_offset_thread_unsafe(b, &off_b) < 0 ||
+      off_b - off_a != (uintptr_t)b->addr - va) {
+    if (!w->why[0]) {
+      snprintf(w->why, sizeof w->why, "the EAL's pages are one file each (run with --single-file-segments)");
+    }
+    return 0;
+  }
+  if (w->n == RTE_DIM(w->found)) return 0;
+  w->found[w->n].fd = fd;
+  w->found[w->n].offset = off_a;
+  w->found[w->n].len = len;
+  w->found[w->n].va = va;
+  ++w->n;
+  return 0;
+}
+
+/* Registers the EAL's memory with nicmuxd, once per device, before its first queue is set up
+ * (the device is stopped then). What cannot be registered leaves the device in copy mode, with
+ * the reason kept for the log. */
+static void pv_mem_register(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (in->mem_tried || in->pv == NULL) return;
+  in->mem_tried = 1;
+  if (!in->zerocopy) {
+    snprintf(in->copy_why, sizeof in->copy_why, "zerocopy=0");
+    return;
+  }
+  if (!(nmx_pv_features(in->pv) & NMX_PV_FEATURE_MEM_REGIONS)) {
+    snprintf(in->copy_why, sizeof in->copy_why, "nicmuxd does not offer registered memory");
+    return;
+  }
+  struct pv_mem_walk w;
+  memset(&w, 0, sizeof w);
+  rte_memseg_list_walk(pv_msl_walk, &w);
+  for (uint32_t i = 0; i < w.n; ++i) {
+    const int id = nmx_pv_mem_add(in->pv, w.found[i].fd, w.found[i].offset, w.found[i].len, (void*)w.found[i].va);
+    if (id < 0) {
+      PV_LOG(WARNING, "port %u: registering %" PRIu64 " MB of memory at %p: %s", dev->data->port_id,
+             w.found[i].len >> 20, (void*)w.found[i].va, nmx_pv_strerror(in->pv));
+      if (!w.why[0]) snprintf(w.why, sizeof w.why, "nicmuxd refused the memory: %s", nmx_pv_strerror(in->pv));
+      continue;
+    }
+    struct pv_region* r = &in->mem.r[in->mem.n++];
+    r->va = w.found[i].va;
+    r->len = w.found[i].len;
+    r->id = (uint16_t)id;
+  }
+  if (in->mem.n == 0) snprintf(in->copy_why, sizeof in->copy_why, "%s", w.why[0] ? w.why : "no memory to register");
+}
+
+static int pv_rxq_want_zc(struct rte_eth_dev* dev, const struct pv_rx_queue* q, char* why, size_t n);
+
+/* Logs each queue's mode when it differs from what was logged last. */
+static void pv_log_mode(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  char line[256];
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < in->mem.n; ++i) bytes += in->mem.r[i].len;
+  unsigned rx_zc = 0, rx_copy = 0, tx_zc = 0, tx_copy = 0;
+  char why[160] = "";
+  for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) {
+    const struct pv_rx_queue* q = dev->data->rx_queues[i];
+    if (q == NULL) continue;
+    if (q->zc) {
+      ++rx_zc;
+    } else {
+      ++rx_copy;
+      if (!why[0]) pv_rxq_want_zc(dev, q, why, sizeof why);
+    }
+  }
+  for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) {
+    const struct pv_tx_queue* q = dev->data->tx_queues[i];
+    if (q) q->zc ? ++tx_zc : ++tx_copy;
+  }
+  if (rx_copy == 0 && tx_copy == 0) {
+    snprintf(line, sizeof line, "zero copy: %u regions (%" PRIu64 " MB) registered with nicmuxd, %u rx and %u tx queues",
+             in->mem.n, bytes >> 20, rx_zc, tx_zc);
+  } else if (rx_zc == 0 && tx_zc == 0) {
+    snprintf(line, sizeof line, "copy mode: %s", why[0] ? why : in->copy_why);
+  } else {
+    snprintf(line, sizeof line, "zero copy on %u rx and %u tx queues, copy on %u rx and %u tx queues: %s", rx_zc,
+             tx_zc, rx_copy, tx_copy, why);
+  }
+  if (strcmp(line, in->mode_logged) == 0) return;
+  snprintf(in->mode_logged, sizeof in->mode_logged, "%s", line);
+  PV_LOG(NOTICE, "port %u: %s", dev->data->port_id, line);
+}
+
 static int pv_dev_configure(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
   const struct rte_eth_conf* c = &dev->data->dev_conf;
@@ -397,28 +706,71 @@ static int pv_dev_configure(struct rte_eth_dev* dev) {
     return pv_fail(dev, "configure refused", rc);
   }
   /* nicmuxd forgets every queue on CONFIGURE: they are set up again (queue setup or start). */
+  /* Zero copy: the mbufs the forgotten queues held are ours again. */
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) {
     struct pv_rx_queue* q = dev->data->rx_queues[i];
     if (q) q->pv_ready = 0;
+    if (q) pv_take_back(in, i, NMX_PV_QUEUE_RX);
   }
   for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) {
     struct pv_tx_queue* q = dev->data->tx_queues[i];
     if (q) q->pv_ready = 0;
+    if (q) pv_take_back(in, i, NMX_PV_QUEUE_TX);
   }
   return 0;
 }
 
+/* Zero copy rx for queue q? 1, or 0 with why. */
+struct pv_pool_check {
+  const struct pv_mem_table* mem;
+  int outside;
+};
+static void pv_pool_chunk(struct rte_mempool* mp, void* opaque, struct rte_mempool_memhdr* memhdr, unsigned idx) {
+  struct pv_pool_check* c = opaque;
+  uint32_t hint = 0;
+  uint16_t id;
+  uint64_t off;
+  (void)mp;
+  (void)idx;
+  if (!pv_mem_lookup(c->mem, (uintptr_t)memhdr->addr, memhdr->len, &hint, &id, &off)) c->outside = 1;
+}
+static int pv_rxq_want_zc(struct rte_eth_dev* dev, const struct pv_rx_queue* q, char* why, size_t n) {
+  struct pv_internals* in = priv(dev);
+  if (in->mem.n == 0) {
+    snprintf(why, n, "%s", in->copy_why);
+    return 0;
+  }
+  const uint32_t frame = (uint32_t)dev->data->mtu + PV_FRAME_OVERHEAD;
+  if (q->room < frame) {
+    snprintf(why, n, "its mbufs hold %u bytes, less than a frame of MTU %u (%u)", q->room, dev->data->mtu, frame);
+    return 0;
+  }
+  struct pv_pool_check c = {.mem = &in->mem, .outside = 0};
+  rte_mempool_mem_iter(q->mp, pv_pool_chunk, &c);
+  if (c.outside) {
+    snprintf(why, n, "mempool %s lies outside the registered memory", q->mp->name);
+    return 0;
+  }
+  return 1;
+}
+
 static int pv_rxq_setup_pv(struct rte_eth_dev* dev, struct pv_rx_queue* q) {
   struct pv_internals* in = priv(dev);
-  const int rc = nmx_pv_queue_setup(in->pv, q->qid, NMX_PV_QUEUE_RX);
+  char why[160];
+  const int zc = pv_rxq_want_zc(dev, q, why, sizeof why);
+  const int rc = nmx_pv_queue_setup_ex(in->pv, q->qid, NMX_PV_QUEUE_RX, zc ? NMX_PV_QUEUE_ZEROCOPY : 0);
   if (rc < 0) return pv_fail(dev, "rx queue setup", rc);
+  q->zc = zc;
   q->pv_ready = 1;
+  if (zc) pv_rx_refill(q, 1); /* every slot an mbuf (as far as the mempool has them) */
   return 0;
 }
 static int pv_txq_setup_pv(struct rte_eth_dev* dev, struct pv_tx_queue* q) {
   struct pv_internals* in = priv(dev);
-  const int rc = nmx_pv_queue_setup(in->pv, q->qid, NMX_PV_QUEUE_TX);
+  const int zc = in->mem.n > 0;
+  const int rc = nmx_pv_queue_setup_ex(in->pv, q->qid, NMX_PV_QUEUE_TX, zc ? NMX_PV_QUEUE_ZEROCOPY : 0);
   if (rc < 0) return pv_fail(dev, "tx queue setup", rc);
+  q->zc = zc;
   q->pv_ready = 1;
   return 0;
 }
@@ -430,6 +782,7 @@ static void pv_rx_queue_release(struct rte_eth_dev* dev, uint16_t qid) {
   /* nicmuxd may have forgotten it already (CONFIGURE); its refusal then changes nothing. */
   if (q->pv_ready && in->pv && nmx_pv_queue_release(in->pv, qid, NMX_PV_QUEUE_RX) < 0)
     PV_LOG(DEBUG, "port %u: rx queue %u release: %s", dev->data->port_id, qid, nmx_pv_strerror(in->pv));
+  pv_take_back(in, qid, NMX_PV_QUEUE_RX);
   rte_free(q);
   dev->data->rx_queues[qid] = NULL;
 }
@@ -440,6 +793,7 @@ static void pv_tx_queue_release(struct rte_eth_dev* dev, uint16_t qid) {
   if (q == NULL) return;
   if (q->pv_ready && in->pv && nmx_pv_queue_release(in->pv, qid, NMX_PV_QUEUE_TX) < 0)
     PV_LOG(DEBUG, "port %u: tx queue %u release: %s", dev->data->port_id, qid, nmx_pv_strerror(in->pv));
+  pv_take_back(in, qid, NMX_PV_QUEUE_TX);
   rte_free(q->flat);
   rte_free(q);
   dev->data->tx_queues[qid] = NULL;
@@ -458,9 +812,11 @@ static int pv_rx_queue_setup(struct rte_eth_dev* dev, uint16_t qid, uint16_t nb_
            dev->data->port_id, qid);
     return -EINVAL;
   }
+  pv_mem_register(dev);
   struct pv_rx_queue* q = rte_zmalloc_socket("nicmux_pv_rxq", sizeof *q, RTE_CACHE_LINE_SIZE, (int)socket_id);
   if (q == NULL) return -ENOMEM;
   q->pv = in->pv;
+  q->mem = &in->mem;
   q->qid = qid;
   q->port_id = dev->data->port_id;
   q->mp = mp;
@@ -481,9 +837,11 @@ static int pv_tx_queue_setup(struct rte_eth_dev* dev, uint16_t qid, uint16_t nb_
   struct pv_internals* in = priv(dev);
   if (in->pv == NULL) return -ENODEV;
   (void)nb_desc;
+  pv_mem_register(dev);
   struct pv_tx_queue* q = rte_zmalloc_socket("nicmux_pv_txq", sizeof *q, RTE_CACHE_LINE_SIZE, (int)socket_id);
   if (q == NULL) return -ENOMEM;
   q->pv = in->pv;
+  q->mem = &in->mem;
   q->qid = qid;
   q->buf_size = nmx_pv_buf_size(in->pv);
   q->requests = pv_tx_requests(dev->data->dev_conf.txmode.offloads | conf->offloads);
@@ -532,6 +890,16 @@ static int pv_dev_start(struct rte_eth_dev* dev) {
     return -ENOTCONN;
   }
   int rc;
+  pv_mem_register(dev);
+  /* An rx queue whose mode no longer fits (the MTU grew past its mbufs) is set up again. */
+  for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) {
+    struct pv_rx_queue* q = dev->data->rx_queues[i];
+    char why[160];
+    if (q == NULL || !q->pv_ready || q->zc == pv_rxq_want_zc(dev, q, why, sizeof why)) continue;
+    if ((rc = nmx_pv_queue_release(in->pv, i, NMX_PV_QUEUE_RX)) < 0) return pv_fail(dev, "rx queue release", rc);
+    q->pv_ready = 0;
+    pv_take_back(in, i, NMX_PV_QUEUE_RX);
+  }
   /* Queues set up before a reconfigure are set up again at nicmuxd (it forgot them). */
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) {
     struct pv_rx_queue* q = dev->data->rx_queues[i];
@@ -541,6 +909,7 @@ static int pv_dev_start(struct rte_eth_dev* dev) {
     struct pv_tx_queue* q = dev->data->tx_queues[i];
     if (q && !q->pv_ready && (rc = pv_txq_setup_pv(dev, q)) < 0) return rc;
   }
+  pv_log_mode(dev);
   rc = nmx_pv_start(in->pv);
   if (rc < 0) return pv_fail(dev, "start refused", rc);
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) dev->data->rx_queue_state[i] = RTE_ETH_QUEUE_STATE_STARTED;
@@ -591,6 +960,9 @@ static int pv_stats_get(struct rte_eth_dev* dev, struct rte_eth_stats* st) {
     const struct pv_rx_queue* q = i < dev->data->nb_rx_queues ? dev->data->rx_queues[i] : NULL;
     uint64_t dp = 0, db = 0;
     if (q) {
+      /* Zero copy: refills that found the mempool empty (no frame is dropped here: nicmuxd
+       * counts those that found no buffer, imissed). */
+      nombuf += ctr_get(&q->alloc_failed) - in->base_rx_alloc_failed[i];
       const uint64_t a = ctr_get(&q->nombuf) - in->base_rx_nombuf[i], b = ctr_get(&q->too_long) - in->base_rx_too_long[i];
       nombuf += a;
       too_long += b;
@@ -635,6 +1007,7 @@ static int pv_stats_reset(struct rte_eth_dev* dev) {
     const struct pv_rx_queue* rq = i < dev->data->nb_rx_queues ? dev->data->rx_queues[i] : NULL;
     const struct pv_tx_queue* tq = i < dev->data->nb_tx_queues ? dev->data->tx_queues[i] : NULL;
     in->base_rx_nombuf[i] = rq ? ctr_get(&rq->nombuf) : 0;
+    in->base_rx_alloc_failed[i] = rq ? ctr_get(&rq->alloc_failed) : 0;
     in->base_rx_too_long[i] = rq ? ctr_get(&rq->too_long) : 0;
     in->base_rx_dropped_bytes[i] = rq ? ctr_get(&rq->dropped_bytes) : 0;
     in->base_tx_too_long[i] = tq ? ctr_get(&tq->too_long) : 0;
@@ -647,6 +1020,16 @@ static int pv_stats_reset(struct rte_eth_dev* dev) {
 static int pv_mtu_set(struct rte_eth_dev* dev, uint16_t mtu) {
   struct pv_internals* in = priv(dev);
   if (in->pv == NULL) return -ENODEV;
+  /* Zero-copy rx buffers are the mbufs: while started, a frame of the new MTU must fit them
+   * (stopped, dev_start sets such a queue up again in copy mode). */
+  for (uint16_t i = 0; dev->data->dev_started && i < dev->data->nb_rx_queues; ++i) {
+    const struct pv_rx_queue* q = dev->data->rx_queues[i];
+    if (q && q->zc && q->room < (uint32_t)mtu + PV_FRAME_OVERHEAD) {
+      PV_LOG(ERR, "port %u: MTU %u: rx queue %u's zero-copy mbufs hold %u bytes: stop the port first",
+             dev->data->port_id, mtu, i, q->room);
+      return -EBUSY;
+    }
+  }
   const int rc = nmx_pv_mtu_set(in->pv, mtu);
   return rc < 0 ? pv_fail(dev, "mtu set refused", rc) : 0;
 }
@@ -696,6 +1079,14 @@ static int pv_arg_socket(const char* key, const char* value, void* opaque) {
   return 0;
 }
 
+static int pv_arg_bool(const char* key, const char* value, void* opaque) {
+  int* out = opaque;
+  (void)key;
+  if (value == NULL || (strcmp(value, "0") != 0 && strcmp(value, "1") != 0)) return -EINVAL;
+  *out = value[0] == '1';
+  return 0;
+}
+
 static int pv_probe(struct rte_vdev_device* vdev) {
   const char* name = rte_vdev_device_name(vdev);
   const char* params = rte_vdev_device_args(vdev);
@@ -704,15 +1095,24 @@ static int pv_probe(struct rte_vdev_device* vdev) {
     return -ENOTSUP;
   }
   char socket[256] = "";
+  int zerocopy = 1;
   struct rte_kvargs* kv = rte_kvargs_parse(params ? params : "", pv_valid_args);
   if (kv == NULL) {
-    PV_LOG(ERR, "%s: cannot parse devargs '%s' (known: " PV_ARG_SOCKET "=PATH)", name, params ? params : "");
+    PV_LOG(ERR, "%s: cannot parse devargs '%s' (known: " PV_ARG_SOCKET "=PATH, " PV_ARG_ZEROCOPY "=0|1)", name,
+           params ? params : "");
     return -EINVAL;
   }
   int rc = rte_kvargs_count(kv, PV_ARG_SOCKET) == 1 ? rte_kvargs_process(kv, PV_ARG_SOCKET, pv_arg_socket, socket) : -EINVAL;
+  const int zrc = rte_kvargs_count(kv, PV_ARG_ZEROCOPY) <= 1
+                      ? rte_kvargs_process(kv, PV_ARG_ZEROCOPY, pv_arg_bool, &zerocopy)
+                      : -EINVAL;
   rte_kvargs_free(kv);
   if (rc < 0 || socket[0] == 0) {
     PV_LOG(ERR, "%s: needs exactly one " PV_ARG_SOCKET "=PATH (nicmuxd's pv port socket, under 256 bytes)", name);
+    return -EINVAL;
+  }
+  if (zrc < 0) {
+    PV_LOG(ERR, "%s: " PV_ARG_ZEROCOPY "= takes 0 or 1", name);
     return -EINVAL;
   }
 
@@ -730,6 +1130,7 @@ static int pv_probe(struct rte_vdev_device* vdev) {
   }
   struct pv_internals* in = priv(dev);
   in->pv = pv;
+  in->zerocopy = zerocopy;
   snprintf(in->socket, sizeof in->socket, "%s", socket);
   dev->dev_ops = &pv_ops;
   if ((rc = pv_read_info(dev)) < 0) goto fail;
@@ -773,4 +1174,4 @@ static struct rte_vdev_driver pv_vdev_driver = {
 };
 
 RTE_PMD_REGISTER_VDEV(net_nicmux_pv, pv_vdev_driver);
-RTE_PMD_REGISTER_PARAM_STRING(net_nicmux_pv, PV_ARG_SOCKET "=<path>");
+RTE_PMD_REGISTER_PARAM_STRING(net_nicmux_pv, PV_ARG_SOCKET "=<path> " PV_ARG_ZEROCOPY "=<0|1>");
