@@ -115,6 +115,7 @@ struct pv_rx_queue {
   struct rte_mempool* mp;
   int pv_ready;          /* nmx_pv_queue_setup done since the last CONFIGURE */
   int zc;                /* zero copy: the ring's buffers are mbufs of mp */
+  uint32_t unused;       /* zero copy: ring slots left empty (ring_size - the nb_desc asked) */
   uint32_t mem_hint;
   /* Written by the data path only. */
   uint64_t nombuf;       /* frames dropped: no mbuf */
@@ -142,7 +143,7 @@ struct pv_internals {
   int zerocopy;            /* devarg zerocopy= (default 1) */
   int mem_tried;           /* registration done (once per device) */
   struct pv_mem_table mem; /* what was registered */
-  char copy_why[200];      /* why there is no registered memory ("" when there is) */
+  char copy_why[160];      /* why there is no registered memory ("" when there is) */
   char mode_logged[256];   /* the mode line last logged */
   struct nmx_pv_info info; /* the last GET_INFO */
   int events;              /* nmx_pv_events() when info was read */
@@ -296,10 +297,11 @@ nombuf:
   return NULL;
 }
 
-/* Zero copy: posts empty mbufs of the queue's mempool in the ring's empty slots (all of them
- * with `all`, else once PV_REFILL are empty). */
+/* Zero copy: posts empty mbufs of the queue's mempool in the ring's empty slots, as many as
+ * the application's nb_desc allows (all of them with `all`, else once PV_REFILL are empty). */
 static void pv_rx_refill(struct pv_rx_queue* q, int all) {
-  uint32_t empty = nmx_pv_zc_rx_room(q->pv, q->qid);
+  const uint32_t room = nmx_pv_zc_rx_room(q->pv, q->qid);
+  uint32_t empty = room > q->unused ? room - q->unused : 0;
   if (empty < (all ? 1u : PV_REFILL)) return;
   while (empty > 0) {
     struct rte_mbuf* m[2 * PV_BURST];
@@ -525,7 +527,8 @@ static int pv_dev_infos_get(struct rte_eth_dev* dev, struct rte_eth_dev_info* di
   di->max_rx_pktlen = info->max_mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN;
   di->min_rx_bufsize = RTE_ETHER_MIN_LEN;
   /* Each ring holds ring_size descriptors whatever the application asks; a smaller request
-   * gets the whole ring (the library posts every rx buffer). */
+   * gets the whole ring in copy mode (the library posts every rx buffer of the region), and
+   * nb_desc mbufs posted in zero copy. */
   di->rx_desc_lim.nb_max = (uint16_t)info->ring_size;
   di->rx_desc_lim.nb_min = (uint16_t)RTE_MIN(NMX_PV_MIN_RING, info->ring_size);
   di->rx_desc_lim.nb_align = 1;
@@ -821,6 +824,8 @@ static int pv_rx_queue_setup(struct rte_eth_dev* dev, uint16_t qid, uint16_t nb_
   q->port_id = dev->data->port_id;
   q->mp = mp;
   q->room = room - RTE_PKTMBUF_HEADROOM;
+  /* Zero copy holds nb_desc mbufs in the ring (copy mode posts the device's own buffers). */
+  q->unused = in->info.ring_size - RTE_MIN((uint32_t)nb_desc, in->info.ring_size);
   q->scatter = ((dev->data->dev_conf.rxmode.offloads | conf->offloads) & RTE_ETH_RX_OFFLOAD_SCATTER) != 0;
   /* ethdev released a previous queue qid before calling us. */
   const int rc = pv_rxq_setup_pv(dev, q);
