@@ -1,13 +1,18 @@
 // libFuzzer target: the host side of pvdev (the pv port: its rings and its control mailbox)
 // against a driver that writes anything anywhere it may write. A fresh connection (and region)
-// per input; each step of the input:
-//   [0] % 8: 0 a control request (type, len, payload bytes: any)    1 the tx ring's posted
+// per input; with bit 2 of the first byte the driver registers 64 KiB of its own memory (a
+// memfd) as region 1 first. Each step of the input:
+//   [0] % 9: 0 a control request (type, len, payload bytes: any)    1 the tx ring's posted
 //   moves by a signed byte    2 a tx descriptor gets 32 input bytes    3 the rx ring's posted
 //   moves    4 an rx descriptor gets 32 bytes    5 Rx then RxDone of a prefix    6 Tx of frames
 //   of input-chosen lengths (with or without a partial checksum)    7 arm and disarm notify
-// The port must never crash, touch memory outside the region's buffer area for a frame (ASan
-// would see a read past the mapping; each PacketRef is also checked against it), or take more
-// than a burst; every lie ends in a drop or a broken device.
+//   8 a memory request on the socket (MEM_ADD of the memfd or MEM_DEL; type, id, offset, size
+//   from the input)
+// The port must never crash, touch memory outside the region's buffer area or the driver's
+// registered memory for a frame (ASan would see a read past the mapping; each PacketRef is also
+// checked against them), or take more than a burst; every lie ends in a drop or a broken
+// device.
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -57,6 +62,24 @@ Harness& Get() {
   return *h;
 }
 
+// Whether [p, p + len) lies inside one of nicmuxd's mappings of the driver's memfd ("nmxfz-mem",
+// not the driver's own mapping at `driver`).
+bool InHostMemory(const std::byte* p, size_t len, const std::byte* driver) {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) return false;
+  char line[512];
+  bool in = false;
+  while (!in && std::fgets(line, sizeof line, f)) {
+    if (!std::strstr(line, "nmxfz-mem")) continue;
+    char* dash = nullptr;
+    const auto start = reinterpret_cast<std::byte*>(std::strtoull(line, &dash, 16));
+    const auto end = reinterpret_cast<std::byte*>(std::strtoull(dash + 1, nullptr, 16));
+    if (start != driver && p >= start && p + len <= end) in = true;
+  }
+  std::fclose(f);
+  return in;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -67,13 +90,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!d.Connect(h.path).empty()) std::abort();
     const std::byte* lo = d.base + d.h()->bufs_offset;
     const std::byte* hi = lo + d.h()->bufs_size;
+    // The driver's own memory: 64 KiB, registered as region 1 with bit 2.
+    constexpr size_t kMem = 65536;
+    UniqueFd mem(::memfd_create("nmxfz-mem", MFD_CLOEXEC));
+    if (!mem.valid() || ::ftruncate(mem.get(), kMem) != 0) std::abort();
+    void* mp = ::mmap(nullptr, kMem, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);
+    if (mp == MAP_FAILED) std::abort();
+    auto* mbase = static_cast<std::byte*>(mp);
+    for (size_t i = 0; i < kMem; ++i) mbase[i] = std::byte(i);
+    const bool registered = size && (data[0] & 4) && d.MemAdd(1, mem.get(), 0, kMem).status == 0;
     if (size && (data[0] & 1)) d.Start(1, data[0] & 2 ? NMX_PV_TX_TCP_CKSUM | NMX_PV_TX_IPV4_CKSUM : 0);
     size_t pos = size ? 1 : 0;
     auto byte = [&]() -> uint8_t { return pos < size ? data[pos++] : 0; };
     std::vector<std::byte> frame(300);
     for (size_t i = 0; i < frame.size(); ++i) frame[i] = std::byte(i);
     for (int steps = 0; pos < size && steps < 200; ++steps) {
-      switch (byte() % 8) {
+      switch (byte() % 9) {
         case 0: {
           const uint16_t type = byte() % 16;
           const uint16_t len = byte();
@@ -99,6 +131,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           // Half the time a plausible buffer, so the frame paths run too.
           if (slot & 1) d.tx(0)->desc[slot].offset = d.buf(slot) + (d.tx(0)->desc[slot].offset & 63);
           if (slot & 2) d.tx(0)->desc[slot].region = 0;
+          // In registered memory, near its end half the time.
+          if (registered && (slot & 5) == 4) {
+            d.tx(0)->desc[slot].region = 1;
+            d.tx(0)->desc[slot].offset = (slot & 8 ? kMem - 300 : 0) + (d.tx(0)->desc[slot].offset & 511);
+          }
           break;
         }
         case 3:
@@ -111,6 +148,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           }
           if (slot & 1) d.rx(0)->desc[slot].offset = d.buf(64 + slot);
           if (slot & 2) d.rx(0)->desc[slot].region = 0;
+          if (registered && (slot & 5) == 4) {
+            d.rx(0)->desc[slot].region = 1;
+            d.rx(0)->desc[slot].offset = (slot & 8 ? kMem - 300 : 0) + (d.rx(0)->desc[slot].offset & 511);
+          }
           break;
         }
         case 5: {
@@ -120,7 +161,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           for (uint32_t i = 0; i < b.size(); ++i) {
             const PacketRef& p = b[i];
             for (uint16_t s = 0; s < p.nsegs; ++s) {
-              if (p.segs[s].data < lo || p.segs[s].data + p.segs[s].len > hi) std::abort();
+              const bool area = p.segs[s].data >= lo && p.segs[s].data + p.segs[s].len <= hi;
+              if (!area && !InHostMemory(p.segs[s].data, p.segs[s].len, mbase)) std::abort();
             }
             std::vector<std::byte> out(p.len);
             CopyPacketTo(p, out.data());
@@ -154,8 +196,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           h.port->DisarmNotify();
           break;
         }
+        case 8: {
+          nmx_pv_sock_req req{};
+          const uint8_t how = byte();
+          req.type = how & 1 ? uint32_t{NMX_PV_SOCK_MEM_DEL} : how & 2 ? uint32_t{NMX_PV_SOCK_MEM_ADD} : uint32_t{how};
+          req.seq = ++d.sock_seq;
+          req.id = byte() % 70;
+          req.fd_offset = uint64_t{byte()} << (byte() % 64);
+          req.size = uint64_t{byte()} << (byte() % 64);
+          std::vector<int> fds;
+          if (how & 4) fds.push_back(mem.get());
+          if (how & 8) fds.push_back(mem.get());
+          if (d.SockSend(req, fds, how & 16 ? 5 : sizeof req)) d.SockAnswer();
+          break;
+        }
       }
     }
+    ::munmap(mbase, kMem);
   }  // the driver hangs up: the port waits for the next
   for (int i = 0; i < 100 && h.port->State() != "waiting"; ++i) h.loop->RunOnce(1);
   if (h.port->State() != "waiting") std::abort();
