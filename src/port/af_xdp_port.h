@@ -84,6 +84,7 @@ class AfXdpPort final : public Port {
   void DisarmNotify() override {}
   bool CanSleep() const override { return true; }
   PortStats Stats() const override;
+  PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;
   std::string State() const override;
   std::vector<Detail> Details() const override;

@@ -114,6 +114,7 @@ class DpdkPort final : public Port {
   void DisarmNotify() override {}
   bool CanSleep() const override { return false; }  // no Rx interrupts: the worker polls
   PortStats Stats() const override;
+  PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;
   std::string State() const override;
   std::vector<Detail> Details() const override;

@@ -52,6 +52,20 @@ PortStats SumQueueStats(const Queues& qs) {
   }
   return st;
 }
+// Queue pair q's counters alone (zeros past the end), for Port::QueueStats.
+template <typename Queues>
+PortStats QueueStatsAt(const Queues& qs, uint32_t q) {
+  PortStats st;
+  if (q >= qs.size()) return st;
+  const auto& c = qs[q];
+  st.rx_packets = c->rxc.packets.Get();
+  st.rx_bytes = c->rxc.bytes.Get();
+  st.rx_dropped = c->rxc.dropped.Get();
+  st.tx_packets = c->txc.packets.Get();
+  st.tx_bytes = c->txc.bytes.Get();
+  st.tx_dropped = c->txc.dropped.Get();
+  return st;
+}
 template <typename Queues>
 uint64_t SumQueueDrops(const Queues& qs, DropReason r) {
   uint64_t n = 0;
@@ -162,6 +176,9 @@ class Port {
   virtual bool CanSleep() const = 0;
 
   virtual PortStats Stats() const = 0;
+  // Queue pair q's counters alone (`connected` unused), for per-queue metrics; any thread. A
+  // kind without per-queue counters reports everything as queue 0.
+  virtual PortStats QueueStats(uint32_t q) const { return q == 0 ? Stats() : PortStats{}; }
   // Drops of this port by reason (its rings' and its own), summed over queues.
   virtual uint64_t DropsFor(DropReason r) const = 0;
   // "connected", "waiting" (for a peer), "up", "down": for the control plane.

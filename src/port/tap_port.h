@@ -93,6 +93,7 @@ class TapPort final : public Port {
   void DisarmNotify() override {}
   bool CanSleep() const override { return true; }
   PortStats Stats() const override;
+  PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;
   // "up" while the interface exists and is IFF_UP, else "down" (one ioctl: control plane only).
   std::string State() const override;

@@ -73,6 +73,17 @@ class VhostUserPort final : public Port {
   void DisarmNotify() override;
   bool CanSleep() const override;
   PortStats Stats() const override;
+  PortStats QueueStats(uint32_t q) const override {
+    PortStats s;
+    if (q >= vhost::kMaxQueuePairs) return s;
+    s.rx_packets = rxc_[q].packets.Get();
+    s.rx_bytes = rxc_[q].bytes.Get();
+    s.rx_dropped = rxc_[q].dropped.Get();
+    s.tx_packets = txc_[q].packets.Get();
+    s.tx_bytes = txc_[q].bytes.Get();
+    s.tx_dropped = txc_[q].dropped.Get();
+    return s;
+  }
 
   bool connected() const { return channel_ != nullptr; }
   // Connections closed because the frontend attacked the daemon (blocked a signalling write,

@@ -53,6 +53,17 @@ class VirtioUserPort final : public Port {
   void DisarmNotify() override;
   bool CanSleep() const override { return true; }
   PortStats Stats() const override;
+  PortStats QueueStats(uint32_t q) const override {
+    PortStats s;
+    if (q >= rxc_.size()) return s;
+    s.rx_packets = rxc_[q].packets.Get();
+    s.rx_bytes = rxc_[q].bytes.Get();
+    s.rx_dropped = rxc_[q].dropped.Get();
+    s.tx_packets = txc_[q].packets.Get();
+    s.tx_bytes = txc_[q].bytes.Get();
+    s.tx_dropped = txc_[q].dropped.Get();
+    return s;
+  }
   uint64_t DropsFor(DropReason r) const override;
   // "connected", or why the port no longer kicks its backend.
   std::string State() const override;

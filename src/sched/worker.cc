@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include "base/log.h"
 #include "base/peer_io.h"
@@ -30,6 +31,7 @@ Worker::~Worker() { Stop(); }
 Result<void> Worker::Start() {
   NICMUX_CHECK(!started_);
   thread_ = std::thread([this] { Loop(); });
+  has_cpu_clock_.store(pthread_getcpuclockid(thread_.native_handle(), &cpu_clock_) == 0);
   if (cpu_ >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -45,10 +47,18 @@ Result<void> Worker::Start() {
 
 void Worker::Stop() {
   if (!thread_.joinable()) return;
+  has_cpu_clock_.store(false);
   stop_.store(true);
   wake_.Signal();
   thread_.join();
   started_ = false;
+}
+
+uint64_t Worker::cpu_ns() const {
+  // The clock of a running thread; read on the control thread, which also stops the worker.
+  timespec ts;
+  if (!has_cpu_clock_.load() || ::clock_gettime(cpu_clock_, &ts) != 0) return 0;
+  return uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec);
 }
 
 void Worker::Pause() {
@@ -98,7 +108,9 @@ void Worker::Sleep() {
     pfds.push_back({wake_.fd(), POLLIN, 0});
     for (const NotifyFd& f : fds) pfds.push_back({f.fd, POLLIN, 0});
     sleeps_.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t t0 = MonotonicNowNs();
     int n = ::poll(pfds.data(), pfds.size(), can_sleep ? kMaxSleepMs : kPollingQueueSleepMs);
+    sleep_ns_.fetch_add(MonotonicNowNs() - t0, std::memory_order_relaxed);
     if (n > 0) {
       // Drain the eventfds that woke us. Kick fds are the frontends': one could drain its own
       // between our poll() and our read(), or make it blocking, so the read must not block

@@ -9,6 +9,8 @@
 // Resume(). The hot loop checks one atomic flag per round and takes no lock.
 #pragma once
 
+#include <time.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -42,8 +44,15 @@ class Worker final : public Pausable {
   void Pause() override;
   void Resume() override;
 
+  const std::string& name() const { return name_; }
+  int cpu() const { return cpu_; }
+  // Counters for the control thread (metrics): packets moved, times it went to sleep (each
+  // ends in a wake-up), nanoseconds spent asleep in poll(2), and the thread's CPU time so far
+  // (CLOCK_THREAD_CPUTIME of the worker: busy polling counts as busy).
   uint64_t packets() const { return packets_.load(std::memory_order_relaxed); }
   uint64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
+  uint64_t sleep_ns() const { return sleep_ns_.load(std::memory_order_relaxed); }
+  uint64_t cpu_ns() const;
 
  private:
   void Loop();
@@ -67,6 +76,9 @@ class Worker final : public Pausable {
 
   std::atomic<uint64_t> packets_{0};
   std::atomic<uint64_t> sleeps_{0};
+  std::atomic<uint64_t> sleep_ns_{0};
+  clockid_t cpu_clock_{};
+  std::atomic<bool> has_cpu_clock_{false};
 };
 
 // All workers of the daemon as one Pausable: a port that any worker may send to (every port, in
