@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "control/config.h"
 #include "control/daemon.h"
+#include "control/metrics.h"
 #include "port/dpdk_port.h"
 #include "port/registry.h"
 
@@ -40,6 +41,8 @@ options:
   --cpu LIST           pin worker i to the i-th CPU of LIST (e.g. 1 or 2,3; one per worker)
   --control PATH       the control socket for nicmuxctl (default /run/nicmux/nicmuxd.sock;
                        "none": no control socket)
+  --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics (127.0.0.1:9469,
+                       [::1]:9469, or :9469 for every address; docs/metrics.md). Default: off
   --poll-us N          keep polling N microseconds after the last packet before sleeping
                        (default 100; 0..1000000). Larger: lower latency for sparse traffic
                        (waking a sleeping worker costs tens of microseconds), but a busy
@@ -66,8 +69,8 @@ examples:
 
 signals: SIGTERM/SIGINT: clean shutdown (sockets and TAP devices removed); SIGHUP: reload
 --config; counters are logged at exit.
-exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line or config file, 1 when a port
-or the control socket cannot be set up.
+exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line or config file, 1 when a port,
+the control socket or the metrics address cannot be set up.
 )";
 
 [[noreturn]] void Usage(const std::string& error) {
@@ -97,7 +100,7 @@ bool ApplyLogLevel(const std::string& v) {
 DaemonOptions ParseArgs(int argc, char** argv) {
   DaemonOptions o;
   // Flags are collected first, then laid over the config file's settings.
-  std::optional<std::string> forward, control, log_level, config, eal_args;
+  std::optional<std::string> forward, control, log_level, config, eal_args, metrics;
   std::optional<uint64_t> workers, aging, table, stats, poll;
   std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
@@ -117,7 +120,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       std::fputs(kUsageTail, stdout);
       std::exit(0);
     } else if (a == "--version") {
-      std::puts("nicmuxd 0.2.0");
+      std::puts("nicmuxd " NICMUX_VERSION);
       std::exit(0);
     } else if (a == "--port") {
       auto s = ParsePortSpec(value());
@@ -147,6 +150,9 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       cpus = list;
     } else if (a == "--control") {
       control = value();
+    } else if (a == "--metrics") {
+      metrics = value();
+      if (auto m = ParseMetricsAddress(*metrics); !m) Usage(m.error().message());
     } else if (a == "--poll-us") {
       poll = number(0, 1000000);
     } else if (a == "--mac-aging") {
@@ -174,6 +180,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     const DaemonSettings& d = c->daemon;
     if (d.forward && !forward) forward = d.forward;
     if (d.control && !control) control = d.control;
+    if (d.metrics && !metrics) metrics = d.metrics;
     if (d.log_level && !log_level && !ApplyLogLevel(*d.log_level)) Usage(*config + ": log_level " + *d.log_level);
     if (d.workers && !workers) workers = d.workers;
     if (d.cpus && !cpus) cpus = d.cpus;
@@ -184,6 +191,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   }
   if (forward) o.forward = *forward;
   if (control) o.control_path = *control;
+  if (metrics) o.metrics_address = *metrics;
   if (workers) o.workers = static_cast<uint32_t>(*workers);
   if (cpus) o.cpus = *cpus;
   if (stats) o.stats_interval_s = *stats;

@@ -3,6 +3,8 @@
 // exceptions in src/); its source regions give every error a line.
 #include "control/config.h"
 
+#include "control/metrics.h"
+
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,6 +78,15 @@ class DaemonParser {
               "must be a socket path of 1.." + std::to_string(kMaxSocketPathBytes) + " bytes");
         }
         out_->control = s->get();
+      } else if (k == "metrics") {
+        const auto* s = node.as_string();
+        if (s == nullptr) return Bad(node, k, "must be a string, ADDR:PORT (\"127.0.0.1:9469\") or \"\"");
+        if (!s->get().empty()) {
+          if (auto a = ParseMetricsAddress(s->get()); !a) {
+            return At(source_, node.source(), "[daemon] 'metrics': " + a.error().message());
+          }
+        }
+        out_->metrics = s->get();
       } else if (k == "workers") {
         auto v = Int(node, k, 1, 64);
         if (!v) return v.error();

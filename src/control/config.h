@@ -15,6 +15,8 @@
 //   mac_aging = 300               # seconds, 1..86400
 //   poll_us = 100                 # busy-poll after the last packet, 0..1000000
 //   mac_table_size = 8192         # entries, 16..1048576
+//   metrics = "127.0.0.1:9469"    # Prometheus endpoint ADDR:PORT, [IPV6]:PORT or :PORT
+//                                 #   (docs/metrics.md); absent or "": none
 //
 //   [[port]]                      # one table per port, kept in file order
 //   name = "vm1"                  # required, 1-32 of [A-Za-z0-9._-] (IsValidPortName), unique
@@ -51,7 +53,7 @@ namespace nicmux {
 
 // [daemon]. std::nullopt: the key is not in the file. Values present are in range.
 struct DaemonSettings {
-  std::optional<std::string> forward, control, log_level;
+  std::optional<std::string> forward, control, log_level, metrics;
   std::optional<uint32_t> workers;
   std::optional<uint32_t> poll_us;
   std::optional<std::vector<int>> cpus;

@@ -30,6 +30,7 @@ stats_interval = 10
 mac_aging = 120
 poll_us = 2000
 mac_table_size = 4096
+metrics = "[::1]:9469"
 
 [[port]]
 name = "vm1"
@@ -73,6 +74,7 @@ TEST(Config, FullFile) {
   EXPECT_EQ(d.mac_aging_s, 120u);
   EXPECT_EQ(d.poll_us, 2000u);
   EXPECT_EQ(d.mac_table_size, 4096u);
+  EXPECT_EQ(d.metrics, "[::1]:9469");
 
   ASSERT_EQ(c->ports.size(), 3u);
   const PortSpec& vm1 = c->ports[0];
@@ -367,6 +369,11 @@ TEST(Config, DaemonErrors) {
       {"[daemon]\ncontrol = \"/run/a\\u0000b\"\n",
        "nicmuxd.toml:2: [daemon] 'control' must be a socket path of 1..107 bytes"},
       {"daemon = 1\n", "nicmuxd.toml:1: 'daemon' must be a table ([daemon])"},
+      {"[daemon]\nmetrics = 9469\n",
+       "nicmuxd.toml:2: [daemon] 'metrics' must be a string, ADDR:PORT (\"127.0.0.1:9469\") or \"\""},
+      {"[daemon]\nmetrics = \"localhost:9469\"\n",
+       "nicmuxd.toml:2: [daemon] 'metrics': metrics address \"localhost:9469\": \"localhost\" is not an IPv4 "
+       "address (names are not resolved)"},
   });
   // 108 bytes do not fit sockaddr_un::sun_path with its NUL.
   std::string long_path = "[daemon]\ncontrol = \"/" + std::string(107, 'x') + "\"\n";

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "control/metrics.h"
 #include "port/registry.h"
 
 namespace nicmux {
@@ -85,6 +86,11 @@ Result<void> Daemon::Start() {
     if (!c) return c.error();
     control_ = std::move(*c);
     NICMUX_LOG(kInfo, "control socket %s", opt_.control_path.c_str());
+  }
+  if (!opt_.metrics_address.empty()) {
+    auto m = MetricsServer::Create(opt_.metrics_address, loop_, [this] { return MetricsPage(); });
+    if (!m) return m.error();
+    metrics_ = std::move(*m);
   }
   Tick();
   if (opt_.stats_interval_s) stats_timer_ = loop_->After(opt_.stats_interval_s * 1000, [this] { StatsTick(); });
@@ -247,6 +253,7 @@ void Daemon::Reload() {
   if (ds.workers && *ds.workers != opt_.workers) restart += " workers";
   if (ds.cpus && *ds.cpus != opt_.cpus) restart += " cpus";
   if (ds.control && *ds.control != opt_.control_path) restart += " control";
+  if (ds.metrics && *ds.metrics != opt_.metrics_address) restart += " metrics";
   if (ds.mac_table_size && *ds.mac_table_size != opt_.mac_table_size) restart += " mac_table_size";
   if (!restart.empty()) NICMUX_LOG(kWarning, "reload: changed settings need a restart, not applied:%s", restart.c_str());
   if (c->daemon.log_level) {
@@ -301,6 +308,96 @@ json Daemon::PortJson(const Entry& e) const {
     }
   }
   return j;
+}
+
+std::string Daemon::MetricsPage() const {
+  MetricsText m;
+  using L = MetricsText::Labels;
+  m.Family("nicmux_build_info", "gauge", "nicmuxd's version (the value is always 1)");
+  m.Sample({{"version", NICMUX_VERSION}}, uint64_t{1});
+  m.Gauge("nicmux_ports", "ports configured", static_cast<double>(ports_.size()));
+
+  // Per port: state, then per-queue counters, then drops by reason (the port's own and the
+  // switch's for frames that came from it, as `nicmuxctl port show` adds them).
+  m.Family("nicmux_port_up", "gauge", "1 when the port's peer is there (connected or up), else 0");
+  for (const auto& e : ports_) {
+    const std::string st = e->port->State();
+    m.Sample({{"port", e->spec.name}, {"kind", e->spec.kind}, {"state", st}},
+             uint64_t{st == "connected" || st == "up"});
+  }
+  m.Family("nicmux_port_queues", "gauge", "queue pairs the port has");
+  for (const auto& e : ports_) m.Sample({{"port", e->spec.name}}, uint64_t{e->port->NumQueuePairs()});
+  struct Col {
+    const char* name;
+    const char* help;
+    uint64_t PortStats::*field;
+  };
+  static constexpr Col kCols[] = {
+      {"nicmux_port_rx_packets_total", "packets received from the port's peer into the switch", &PortStats::rx_packets},
+      {"nicmux_port_rx_bytes_total", "bytes received from the port's peer into the switch", &PortStats::rx_bytes},
+      {"nicmux_port_tx_packets_total", "packets the port delivered to its peer", &PortStats::tx_packets},
+      {"nicmux_port_tx_bytes_total", "bytes the port delivered to its peer", &PortStats::tx_bytes},
+      {"nicmux_port_rx_dropped_total", "packets from the peer the port dropped (bad frames, lies)", &PortStats::rx_dropped},
+      {"nicmux_port_tx_dropped_total", "packets for the peer the port dropped (no buffers, too big, down)", &PortStats::tx_dropped},
+  };
+  std::vector<std::vector<PortStats>> qs(ports_.size());
+  for (size_t i = 0; i < ports_.size(); ++i) {
+    const Port& p = *ports_[i]->port;
+    for (uint32_t q = 0; q < p.NumQueuePairs(); ++q) qs[i].push_back(p.QueueStats(q));
+  }
+  for (const Col& c : kCols) {
+    m.Family(c.name, "counter", c.help);
+    for (size_t i = 0; i < ports_.size(); ++i) {
+      for (size_t q = 0; q < qs[i].size(); ++q) {
+        const std::string qn = std::to_string(q);
+        m.Sample({{"port", ports_[i]->spec.name}, {"queue", qn}}, qs[i][q].*c.field);
+      }
+    }
+  }
+  m.Family("nicmux_port_drops_total", "counter",
+           "packets dropped at or because of the port, by reason (docs/counters.md); the switch's drops "
+           "of frames from the port included");
+  for (const auto& e : ports_) {
+    for (size_t r = 0; r < kNumDropReasons; ++r) {
+      uint64_t n = e->port->DropsFor(static_cast<DropReason>(r));
+      if (switch_ && e->switch_id >= 0) n += switch_->DropsFor(static_cast<uint16_t>(e->switch_id), static_cast<DropReason>(r));
+      m.Sample({{"port", e->spec.name}, {"reason", kDropReasonInfo[r].name}}, n);
+    }
+  }
+  if (switch_) {
+    m.Family("nicmux_port_flooded_total", "counter", "frames from the port flooded (unknown or broadcast destination)");
+    for (const auto& e : ports_) {
+      if (e->switch_id >= 0) m.Sample({{"port", e->spec.name}}, switch_->Flooded(static_cast<uint16_t>(e->switch_id)));
+    }
+    uint32_t size, cap;
+    uint64_t moves;
+    {
+      std::lock_guard lock(switch_->macs().lock());
+      size = switch_->macs().size();
+      cap = switch_->macs().max_entries();
+      moves = switch_->macs().moves();
+    }
+    m.Gauge("nicmux_mac_table_entries", "MAC addresses learned", size);
+    m.Gauge("nicmux_mac_table_capacity", "MAC table size (--mac-table-size)", cap);
+    m.Family("nicmux_mac_moves_total", "counter", "learned MACs seen moving to another port");
+    m.Sample(L{}, moves);
+  }
+
+  // Workers: CPU time (busy polling included), time asleep, wake-ups, packets moved. Per-packet
+  // cost over a window: rate(nicmux_worker_cpu_seconds_total[1m]) / rate(nicmux_worker_packets_total[1m]).
+  m.Family("nicmux_worker_packets_total", "counter", "packets the worker moved (received from a port and forwarded)");
+  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, w->packets());
+  m.Family("nicmux_worker_cpu_seconds_total", "counter", "CPU time of the worker thread (busy polling counts)");
+  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, static_cast<double>(w->cpu_ns()) / 1e9);
+  m.Family("nicmux_worker_sleep_seconds_total", "counter", "time the worker slept waiting for a notification");
+  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, static_cast<double>(w->sleep_ns()) / 1e9);
+  m.Family("nicmux_worker_wakeups_total", "counter", "times the worker went to sleep and was woken (kick, timeout, pause)");
+  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, w->sleeps());
+  m.Family("nicmux_worker_cpu", "gauge", "the CPU the worker is pinned to (-1: not pinned)");
+  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, static_cast<double>(w->cpu()));
+  m.Family("nicmux_metrics_scrapes_total", "counter", "requests for /metrics served, this one included");
+  m.Sample(L{}, metrics_ ? metrics_->scrapes() : uint64_t{0});
+  return m.Take();
 }
 
 void Daemon::LogStats() const {

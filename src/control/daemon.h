@@ -21,6 +21,7 @@
 #include "base/event_loop.h"
 #include "control/config.h"
 #include "control/control_server.h"
+#include "control/metrics.h"
 #include "port/port_spec.h"
 #include "port/port.h"
 #include "sched/worker.h"
@@ -34,6 +35,7 @@ struct DaemonOptions {
   uint32_t workers = 1;
   std::vector<int> cpus;  // empty: not pinned; else one per worker
   std::string control_path = "/run/nicmux/nicmuxd.sock";  // "" or "none": no control socket
+  std::string metrics_address;                            // "": no Prometheus endpoint
   uint64_t stats_interval_s = 0;
   uint32_t mac_aging_s = 300;
   uint32_t poll_us = Worker::kDefaultIdlePollUs;
@@ -86,6 +88,8 @@ class Daemon {
   // Tells each port that follows another (Port::Follows) how that one is now.
   void UpdateFollowers();
   void StatsTick();
+  // The Prometheus page (docs/metrics.md), rendered on the control thread for each scrape.
+  std::string MetricsPage() const;
 
   DaemonOptions opt_;
   EventLoop* loop_;
@@ -95,6 +99,7 @@ class Daemon {
   std::vector<std::unique_ptr<Xconnect>> xconnects_;
   std::vector<std::unique_ptr<Entry>> ports_;
   std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<MetricsServer> metrics_;
   bool started_ = false;
   EventLoop::TimerId tick_timer_ = 0, stats_timer_ = 0, capture_timer_ = 0;
 };
