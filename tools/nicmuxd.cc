@@ -18,6 +18,7 @@
 #include "control/config.h"
 #include "control/daemon.h"
 #include "control/metrics.h"
+#include "base/unix_socket.h"
 #include "port/dpdk_port.h"
 #include "port/registry.h"
 
@@ -43,6 +44,12 @@ options:
                        "none": no control socket)
   --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics (127.0.0.1:9469,
                        [::1]:9469, or :9469 for every address; docs/metrics.md). Default: off
+  --socket-group GROUP every socket nicmuxd serves (vhost-user, pv) gets this group (a name or
+                       number) and mode 0660: QEMU under libvirt runs as libvirt-qemu
+                       (docs/libvirt.md). A missing socket directory is made 02770 with the
+                       group. Per port: socket_group=. Default: the umask's mode, nicmuxd's group
+  --socket-mode MODE   their mode, octal (default 0660 with --socket-group)
+  --control-group GROUP the control socket's group: its members may use nicmuxctl
   --poll-us N          keep polling N microseconds after the last packet before sleeping
                        (default 100; 0..1000000). Larger: lower latency for sparse traffic
                        (waking a sleeping worker costs tens of microseconds), but a busy
@@ -100,7 +107,8 @@ bool ApplyLogLevel(const std::string& v) {
 DaemonOptions ParseArgs(int argc, char** argv) {
   DaemonOptions o;
   // Flags are collected first, then laid over the config file's settings.
-  std::optional<std::string> forward, control, log_level, config, eal_args, metrics;
+  std::optional<std::string> forward, control, log_level, config, eal_args, metrics, socket_group, socket_mode,
+      control_group;
   std::optional<uint64_t> workers, aging, table, stats, poll;
   std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
@@ -153,6 +161,13 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     } else if (a == "--metrics") {
       metrics = value();
       if (auto m = ParseMetricsAddress(*metrics); !m) Usage(m.error().message());
+    } else if (a == "--socket-group") {
+      socket_group = value();
+    } else if (a == "--socket-mode") {
+      socket_mode = value();
+    } else if (a == "--control-group") {
+      control_group = value();
+      if (auto g = ParseSocketAccess(*control_group, ""); !g) Usage("--control-group: " + g.error().message());
     } else if (a == "--poll-us") {
       poll = number(0, 1000000);
     } else if (a == "--mac-aging") {
@@ -181,6 +196,9 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     if (d.forward && !forward) forward = d.forward;
     if (d.control && !control) control = d.control;
     if (d.metrics && !metrics) metrics = d.metrics;
+    if (d.socket_group && !socket_group) socket_group = d.socket_group;
+    if (d.socket_mode && !socket_mode) socket_mode = d.socket_mode;
+    if (d.control_group && !control_group) control_group = d.control_group;
     if (d.log_level && !log_level && !ApplyLogLevel(*d.log_level)) Usage(*config + ": log_level " + *d.log_level);
     if (d.workers && !workers) workers = d.workers;
     if (d.cpus && !cpus) cpus = d.cpus;
@@ -192,6 +210,12 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (forward) o.forward = *forward;
   if (control) o.control_path = *control;
   if (metrics) o.metrics_address = *metrics;
+  if (control_group) o.control_group = *control_group;
+  if (socket_group || socket_mode) {
+    auto sa = ParseSocketAccess(socket_group.value_or(""), socket_mode.value_or(""));
+    if (!sa) Usage(sa.error().message());
+    SetDefaultSocketAccess(*sa);
+  }
   if (workers) o.workers = static_cast<uint32_t>(*workers);
   if (cpus) o.cpus = *cpus;
   if (stats) o.stats_interval_s = *stats;

@@ -1,14 +1,138 @@
 #include "base/unix_socket.h"
 
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
+#include "base/log.h"
+
 namespace nicmux {
+
+namespace {
+
+SocketAccess g_default_access;
+
+std::string Octal(mode_t m) {
+  char b[16];
+  std::snprintf(b, sizeof b, "%04o", static_cast<unsigned>(m & 07777));
+  return b;
+}
+
+std::string GroupName(gid_t g) {
+  std::vector<char> buf(4096);
+  group gr{};
+  group* out = nullptr;
+  if (::getgrgid_r(g, &gr, buf.data(), buf.size(), &out) == 0 && out != nullptr) return out->gr_name;
+  return std::to_string(g);
+}
+
+std::string Parent(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+// Only the last component: a missing /run/nicmux is normal after boot, a missing /run is a
+// mistake.
+Result<void> MakeSocketDir(const std::string& path, const SocketAccess& a) {
+  const std::string dir = Parent(path);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return Error("socket directory " + dir + " is not a directory");
+    return Ok();
+  }
+  if (errno != ENOENT) return Error::FromErrno("socket directory " + dir);
+  const mode_t mode = a.group ? 02770 : 0755;
+  if (::mkdir(dir.c_str(), mode) < 0 && errno != EEXIST) return Error::FromErrno("making socket directory " + dir);
+  if (a.group && ::chown(dir.c_str(), static_cast<uid_t>(-1), *a.group) < 0) {
+    return Error::FromErrno("socket directory " + dir + ": giving it group " + a.group_name);
+  }
+  if (::chmod(dir.c_str(), mode) < 0) return Error::FromErrno("socket directory " + dir + ": chmod " + Octal(mode));
+  NICMUX_LOG(kInfo, "made socket directory %s (%s%s)", dir.c_str(), Octal(mode).c_str(),
+             a.group ? (", group " + a.group_name).c_str() : "");
+  return Ok();
+}
+
+Result<SocketAccess> ParseSocketAccess(const std::string& group, const std::string& mode) {
+  SocketAccess a;
+  if (!group.empty()) {
+    unsigned gid = 0;
+    auto [end, ec] = std::from_chars(group.data(), group.data() + group.size(), gid);
+    if (ec == std::errc() && end == group.data() + group.size()) {
+      a.group = static_cast<gid_t>(gid);
+    } else {
+      std::vector<char> buf(16384);
+      struct group gr {};
+      struct group* out = nullptr;
+      const int e = ::getgrnam_r(group.c_str(), &gr, buf.data(), buf.size(), &out);
+      if (e != 0 || out == nullptr) {
+        return Error("no group '" + group + "' on this host (getent group " + group +
+                     " finds none; with libvirt the group is usually libvirt-qemu, or kvm)");
+      }
+      a.group = out->gr_gid;
+    }
+    a.group_name = group;
+  }
+  if (!mode.empty()) {
+    unsigned m = 0;
+    auto [end, ec] = std::from_chars(mode.data(), mode.data() + mode.size(), m, 8);
+    if (ec != std::errc() || end != mode.data() + mode.size() || m > 0777 || mode.size() > 4) {
+      return Error("socket mode '" + mode + "' is not an octal mode 0000..0777 (e.g. 0660)");
+    }
+    if ((m & 0600) != 0600) return Error("socket mode '" + mode + "' takes nicmuxd's own access away (owner needs rw: 06x0)");
+    a.mode = static_cast<mode_t>(m);
+  } else if (a.group) {
+    a.mode = 0660;
+  }
+  return a;
+}
+
+void SetDefaultSocketAccess(const SocketAccess& a) { g_default_access = a; }
+const SocketAccess& DefaultSocketAccess() { return g_default_access; }
+
+std::string SocketReachProblem(const std::string& path, const SocketAccess& a, const std::string& who) {
+  if (!a.group) return {};
+  std::string blocked;
+  std::string dir = Parent(path);
+  for (;;) {
+    struct stat st;
+    if (::stat(dir.c_str(), &st) == 0) {
+      const bool ok = (st.st_mode & S_IXOTH) || (st.st_gid == *a.group && (st.st_mode & S_IXGRP));
+      if (!ok) {
+        blocked = dir + " (" + Octal(st.st_mode) + ", group " + GroupName(st.st_gid) + ")";
+        break;
+      }
+    }
+    if (dir == "/" || dir == ".") break;
+    dir = Parent(dir);
+  }
+  if (blocked.empty()) return {};
+  return "socket " + path + ": a process of group " + a.group_name + " (" + who + ") cannot reach it: " +
+         blocked + " lets neither that group nor others through; chgrp " + a.group_name + " and chmod g+x it, " +
+         "chmod o+x it, or put the socket in a directory nicmuxd makes (a missing last directory is made " +
+         "02770 with the group)";
+}
+
+Result<void> ApplySocketAccess(const std::string& path, const SocketAccess& a) {
+  if (a.group && ::chown(path.c_str(), static_cast<uid_t>(-1), *a.group) < 0) {
+    const int e = errno;
+    return Error("socket " + path + ": cannot give it group " + a.group_name + " (" + std::strerror(e) +
+                     "): nicmuxd must run as root or as a member of " + a.group_name,
+                 e);
+  }
+  if (a.mode && ::chmod(path.c_str(), *a.mode) < 0) {
+    return Error::FromErrno("socket " + path + ": chmod " + Octal(*a.mode));
+  }
+  return Ok();
+}
 
 Result<sockaddr_un> UnixAddr(const std::string& path) {
   sockaddr_un a{};
@@ -20,9 +144,11 @@ Result<sockaddr_un> UnixAddr(const std::string& path) {
   return a;
 }
 
-Result<UniqueFd> ListenUnix(const std::string& path, int backlog) {
+Result<UniqueFd> ListenUnix(const std::string& path, int backlog, const SocketAccess* access) {
+  const SocketAccess& a = access ? *access : DefaultSocketAccess();
   auto addr = UnixAddr(path);
   if (!addr) return addr.error();
+  NICMUX_TRY(MakeSocketDir(path, a));
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return Error("socket path " + path + " exists and is not a socket");
@@ -40,6 +166,14 @@ Result<UniqueFd> ListenUnix(const std::string& path, int backlog) {
   if (!fd.valid()) return Error::FromErrno("socket");
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) < 0) {
     return Error::FromErrno("bind " + path);
+  }
+  // Until the chmod the file has the umask's mode; it does not listen yet, so nobody gets in.
+  if (!a.empty()) {
+    if (auto r = ApplySocketAccess(path, a); !r) {
+      ::unlink(path.c_str());
+      return r.error();
+    }
+    if (std::string why = SocketReachProblem(path, a); !why.empty()) NICMUX_LOG(kWarning, "%s", why.c_str());
   }
   if (::listen(fd.get(), backlog) < 0) return Error::FromErrno("listen " + path);
   return fd;

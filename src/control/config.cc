@@ -3,6 +3,7 @@
 // exceptions in src/); its source regions give every error a line.
 #include "control/config.h"
 
+#include "base/unix_socket.h"
 #include "control/metrics.h"
 
 #include <fcntl.h>
@@ -87,6 +88,17 @@ class DaemonParser {
           }
         }
         out_->metrics = s->get();
+      } else if (k == "socket_group" || k == "socket_mode" || k == "control_group") {
+        const auto* s = node.as_string();
+        if (s == nullptr) return Bad(node, k, "must be a string");
+        // Checked here so that the file names the line; applied by nicmuxd.
+        const bool mode = k == "socket_mode";
+        if (!s->get().empty()) {
+          if (auto a = ParseSocketAccess(mode ? "" : s->get(), mode ? s->get() : ""); !a) {
+            return At(source_, node.source(), "[daemon] " + Quoted(k) + ": " + a.error().message());
+          }
+        }
+        (k == "socket_group" ? out_->socket_group : mode ? out_->socket_mode : out_->control_group) = s->get();
       } else if (k == "workers") {
         auto v = Int(node, k, 1, 64);
         if (!v) return v.error();

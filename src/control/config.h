@@ -17,6 +17,9 @@
 //   mac_table_size = 8192         # entries, 16..1048576
 //   metrics = "127.0.0.1:9469"    # Prometheus endpoint ADDR:PORT, [IPV6]:PORT or :PORT
 //                                 #   (docs/metrics.md); absent or "": none
+//   socket_group = "libvirt-qemu" # group of the sockets nicmuxd serves (mode 0660 with it)
+//   socket_mode = "0660"          # their mode, octal
+//   control_group = "nicmux"      # group of the control socket
 //
 //   [[port]]                      # one table per port, kept in file order
 //   name = "vm1"                  # required, 1-32 of [A-Za-z0-9._-] (IsValidPortName), unique
@@ -53,7 +56,7 @@ namespace nicmux {
 
 // [daemon]. std::nullopt: the key is not in the file. Values present are in range.
 struct DaemonSettings {
-  std::optional<std::string> forward, control, log_level, metrics;
+  std::optional<std::string> forward, control, log_level, metrics, socket_group, socket_mode, control_group;
   std::optional<uint32_t> workers;
   std::optional<uint32_t> poll_us;
   std::optional<std::vector<int>> cpus;

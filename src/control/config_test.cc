@@ -31,6 +31,9 @@ mac_aging = 120
 poll_us = 2000
 mac_table_size = 4096
 metrics = "[::1]:9469"
+socket_group = "nogroup"
+socket_mode = "0640"
+control_group = "65534"
 
 [[port]]
 name = "vm1"
@@ -75,6 +78,9 @@ TEST(Config, FullFile) {
   EXPECT_EQ(d.poll_us, 2000u);
   EXPECT_EQ(d.mac_table_size, 4096u);
   EXPECT_EQ(d.metrics, "[::1]:9469");
+  EXPECT_EQ(d.socket_group, "nogroup");
+  EXPECT_EQ(d.socket_mode, "0640");
+  EXPECT_EQ(d.control_group, "65534");
 
   ASSERT_EQ(c->ports.size(), 3u);
   const PortSpec& vm1 = c->ports[0];
@@ -245,7 +251,7 @@ TEST(VhostUserPortOptions, MaxMemory) {
   ASSERT_FALSE(other);
   EXPECT_EQ(other.error().message(),
             "port vm1: unknown option 'max_mem' for port kind vhost-user; known: socket, client, queues, max_memory, "
-            "offloads, vlan, trunk, mtu, mac_limit, allowed_macs");
+            "socket_group, socket_mode, offloads, vlan, trunk, mtu, mac_limit, allowed_macs");
   // Only vhost-user ports take it.
   auto tap = PortRegistry::Builtin().Check(*ParsePortSpec("tap:t0:max_memory=1G"));
   ASSERT_FALSE(tap);
@@ -369,6 +375,12 @@ TEST(Config, DaemonErrors) {
       {"[daemon]\ncontrol = \"/run/a\\u0000b\"\n",
        "nicmuxd.toml:2: [daemon] 'control' must be a socket path of 1..107 bytes"},
       {"daemon = 1\n", "nicmuxd.toml:1: 'daemon' must be a table ([daemon])"},
+      {"[daemon]\nsocket_group = \"libvirt-qmeu\"\n",
+       "nicmuxd.toml:2: [daemon] 'socket_group': no group 'libvirt-qmeu' on this host (getent group libvirt-qmeu "
+       "finds none; with libvirt the group is usually libvirt-qemu, or kvm)"},
+      {"[daemon]\nsocket_mode = \"0999\"\n",
+       "nicmuxd.toml:2: [daemon] 'socket_mode': socket mode '0999' is not an octal mode 0000..0777 (e.g. 0660)"},
+      {"[daemon]\ncontrol_group = 7\n", "nicmuxd.toml:2: [daemon] 'control_group' must be a string"},
       {"[daemon]\nmetrics = 9469\n",
        "nicmuxd.toml:2: [daemon] 'metrics' must be a string, ADDR:PORT (\"127.0.0.1:9469\") or \"\""},
       {"[daemon]\nmetrics = \"localhost:9469\"\n",

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/unix_socket.h"
 #include "control/metrics.h"
 #include "port/registry.h"
 
@@ -78,6 +79,13 @@ Result<void> Daemon::Start() {
   }
   for (auto& w : workers_) NICMUX_TRY(w->Start());
   if (!opt_.control_path.empty() && opt_.control_path != "none") {
+    std::optional<SocketAccess> control_access;
+    if (!opt_.control_group.empty()) {
+      auto a = ParseSocketAccess(opt_.control_group, "0660");
+      if (!a) return Error("control socket " + opt_.control_path + ": " + a.error().message());
+      control_access = *a;
+      NICMUX_TRY(MakeSocketDir(opt_.control_path, *a));  // the group's, before ControlServer makes one 0750
+    }
     auto c = ControlServer::Create(opt_.control_path, loop_,
                                    [this](const std::string& cmd, const json& args,
                                           const std::shared_ptr<ControlClient>& client) {
@@ -85,6 +93,13 @@ Result<void> Daemon::Start() {
                                    });
     if (!c) return c.error();
     control_ = std::move(*c);
+    if (control_access) {
+      NICMUX_TRY(ApplySocketAccess(opt_.control_path, *control_access));
+      if (std::string why = SocketReachProblem(opt_.control_path, *control_access, "nicmuxctl users");
+          !why.empty()) {
+        NICMUX_LOG(kWarning, "%s", why.c_str());
+      }
+    }
     NICMUX_LOG(kInfo, "control socket %s", opt_.control_path.c_str());
   }
   if (!opt_.metrics_address.empty()) {
@@ -254,6 +269,12 @@ void Daemon::Reload() {
   if (ds.cpus && *ds.cpus != opt_.cpus) restart += " cpus";
   if (ds.control && *ds.control != opt_.control_path) restart += " control";
   if (ds.metrics && *ds.metrics != opt_.metrics_address) restart += " metrics";
+  if (ds.control_group && *ds.control_group != opt_.control_group) restart += " control_group";
+  if (ds.socket_group || ds.socket_mode) {
+    // New ports made by this reload get the new ownership; existing sockets keep theirs.
+    auto a = ParseSocketAccess(ds.socket_group.value_or(""), ds.socket_mode.value_or(""));
+    if (a) SetDefaultSocketAccess(*a);
+  }
   if (ds.mac_table_size && *ds.mac_table_size != opt_.mac_table_size) restart += " mac_table_size";
   if (!restart.empty()) NICMUX_LOG(kWarning, "reload: changed settings need a restart, not applied:%s", restart.c_str());
   if (c->daemon.log_level) {

@@ -98,6 +98,17 @@ Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uin
   o.max_memory = m;
   NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
   o.offloads = offloads;
+  const std::string group = s.Has("socket_group") ? s.options.at("socket_group") : "";
+  const std::string mode = s.Has("socket_mode") ? s.options.at("socket_mode") : "";
+  if (!group.empty() || !mode.empty()) {
+    if (o.client) {
+      return Error("port " + s.name + ": socket_group/socket_mode need nicmuxd to make the socket; with client, " +
+                   "QEMU (server=on) makes it");
+    }
+    auto a = ParseSocketAccess(group, mode);
+    if (!a) return Error("port " + s.name + ": " + a.error().message());
+    o.access = *a;
+  }
   return o;
 }
 
@@ -118,6 +129,10 @@ PortKind VhostUserPortKind() {
        "a frontend declaring more is refused. Guest pages nicmuxd reads first are charged to nicmuxd's memory "
        "cgroup: set it to the guest's memory (e.g. 16G) to bound what one guest can make nicmuxd's charge",
        vhost::kMinMaxMemoryBytes, vhost::kMaxMemoryBytes},
+      {"socket_group", OptionType::kString, "GROUP", "",
+       "the socket's group (a name or number), mode 0660 unless socket_mode says otherwise: QEMU under "
+       "libvirt runs as libvirt-qemu (docs/libvirt.md). Default: nicmuxd's --socket-group"},
+      {"socket_mode", OptionType::kString, "MODE", "", "the socket's mode, octal (0660). Default: nicmuxd's --socket-mode"},
       {"offloads", OptionType::kOnOff, "on|off", "on",
        "offer checksum offload and TSO (IPv4, IPv6, ECN) both ways: a guest's 64 KiB TCP frames cross the "
        "switch whole to peers that take them and are segmented by the switch for the others "
@@ -182,7 +197,7 @@ VhostUserPort::~VhostUserPort() {
 }
 
 Result<void> VhostUserPort::Listen() {
-  NICMUX_TRY_ASSIGN(fd, ListenUnix(opt_.socket_path));
+  NICMUX_TRY_ASSIGN(fd, ListenUnix(opt_.socket_path, 4, opt_.access ? &*opt_.access : nullptr));
   listen_fd_ = std::move(fd);
   NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
   NICMUX_LOG(kInfo, "port %s: listening on %s", name().c_str(), opt_.socket_path.c_str());

@@ -24,6 +24,10 @@
 // reasons (desc_outside_memory, avail_idx_jump, ...).
 #pragma once
 
+#include <optional>
+
+#include "base/unix_socket.h"
+
 #include <array>
 #include <atomic>
 #include <memory>
@@ -48,6 +52,9 @@ struct VhostUserPortOptions {
   // Offer checksum and TSO offloads (docs/offloads.md): CSUM, GUEST_CSUM, HOST_/GUEST_TSO4,
   // TSO6 and ECN. Off: the guest computes every checksum and sends MTU-sized frames.
   bool offloads = true;
+  // socket_group=, socket_mode=: the socket file's group and mode (empty: nicmuxd's
+  // --socket-group/--socket-mode, base/unix_socket.h). Only when nicmuxd listens.
+  std::optional<SocketAccess> access = std::nullopt;
 };
 
 // Reads a spec that PortRegistry::Check passed; mtu is the port's mtu= (offered to the guest).
