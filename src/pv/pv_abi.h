@@ -72,6 +72,22 @@ struct nmx_pv_header {
 
 #define NMX_PV_STATUS_OK 0u
 #define NMX_PV_STATUS_BROKEN 1u /* the driver broke the protocol: reconnect to recover */
+#define NMX_PV_STATUS_GONE 2u   /* the VM transport: nicmuxd no longer serves this region (its
+                                   connection to QEMU closed, the port was deleted, nicmuxd
+                                   stopped); broken_reason says which. Nothing answers any more */
+
+/* The VM transport (docs/pv-protocol.md): QEMU's ivshmem-doorbell device with nicmuxd as its
+ * ivshmem server. BAR2 is the region (its size a power of two: the region is padded, and
+ * header.region_size is BAR2's size); doorbell v of the host is interrupt vector v of peer
+ * NMX_PV_IVSHMEM_HOST_PEER: the guest kicks it by writing (HOST_PEER << 16 | v) to BAR0's
+ * Doorbell register; the guest is peer NMX_PV_IVSHMEM_GUEST_PEER and its vector v is doorbell
+ * v's irq. The device needs vectors >= 1 + queue pairs. */
+#define NMX_PV_IVSHMEM_HOST_PEER 0u
+#define NMX_PV_IVSHMEM_GUEST_PEER 1u
+#define NMX_PV_IVSHMEM_VENDOR 0x1af4u
+#define NMX_PV_IVSHMEM_DEVICE 0x1110u
+#define NMX_PV_IVSHMEM_REG_DOORBELL 12u /* BAR0: write-only, (peer << 16) | vector */
+#define NMX_PV_IVSHMEM_REG_IVPOSITION 8u /* BAR0: read-only, the guest's own peer id */
 
 /* ---- rings ------------------------------------------------------------------------------ */
 

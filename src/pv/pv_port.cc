@@ -1,5 +1,6 @@
 #include "pv/pv_port.h"
 
+#include <endian.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -111,6 +112,9 @@ class PvPort final : public Port {
   void ServeSockRequest();
   int32_t HandleMem(const nmx_pv_sock_req& m, std::vector<UniqueFd>& fds, std::string* reason);
   void Attach(UniqueFd conn);
+  Result<void> SendHello(int sock, const pv::Region& region, const std::vector<EventFd>& fds) const;
+  Result<void> SendIvshmemSetup(int sock, const pv::Region& region, const std::vector<EventFd>& fds) const;
+  void OnIvshmemReadable(uint32_t events);
   void Disconnect(const std::string& why, bool hostile = false);
   void ServeControl();
   int32_t Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason);
@@ -196,6 +200,12 @@ PvPort::PvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers)
 }
 
 PvPort::~PvPort() {
+  // (The port is destroyed after the daemon removed it from the switch with the workers paused:
+  // no worker reaches it.)
+  if (conn_.valid() && opt_.ivshmem && region_ && !region_->poisoned()) {
+    region_->MarkGone("nicmuxd stopped serving port " + name() +
+                      " (deleted, or nicmuxd stopped): plug the device again (device_del, device_add) or restart the VM");
+  }
   if (conn_.valid()) {
     loop_->Unwatch(conn_.get());
     loop_->Unwatch(ctrl_kick_.fd());
@@ -242,7 +252,10 @@ void PvPort::Attach(UniqueFd conn) {
   l.queue_pairs = opt_.queues;
   l.ring_size = opt_.ring;
   l.buf_size = opt_.buf_size;
-  l.max_mem_bytes = opt_.max_memory;
+  // The VM transport has no channel for the driver's fds (registered memory), and QEMU maps
+  // the whole file as a PCI BAR, whose size is a power of two.
+  l.max_mem_bytes = opt_.ivshmem ? 0 : opt_.max_memory;
+  l.pow2_size = opt_.ivshmem;
   auto region = pv::Region::Create(l, ++generation_, fault_.fd());
   if (!region) {
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: no region for the pv driver: %s", name().c_str(),
@@ -258,16 +271,9 @@ void PvPort::Attach(UniqueFd conn) {
     }
     fds.push_back(std::move(*e));
   }
-  nmx_pv_hello hello{};
-  hello.magic = NMX_PV_MAGIC;
-  hello.version = NMX_PV_VERSION;
-  hello.num_doorbells = 1 + opt_.queues;
-  hello.region_size = (*region)->size();
-  std::vector<int> send = {(*region)->fd()};
-  for (const EventFd& e : fds) send.push_back(e.fd());
-  if (auto r = SendWithFds(conn.get(), std::as_bytes(std::span(&hello, 1)), send); !r) {
-    NICMUX_LOG_RATELIMITED_BY(log_conn_, kWarning, "port %s: pv hello: %s", name().c_str(),
-                              r.error().message().c_str());
+  if (auto r = opt_.ivshmem ? SendIvshmemSetup(conn.get(), **region, fds) : SendHello(conn.get(), **region, fds); !r) {
+    NICMUX_LOG_RATELIMITED_BY(log_conn_, kWarning, "port %s: pv %s: %s", name().c_str(),
+                              opt_.ivshmem ? "ivshmem setup" : "hello", r.error().message().c_str());
     return;
   }
   {
@@ -304,7 +310,13 @@ void PvPort::Attach(UniqueFd conn) {
   PublishCaps();
   ResetStats();
   ++connections_;
-  auto w1 = loop_->Watch(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) { OnConnReadable(ev); });
+  auto w1 = loop_->Watch(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) {
+    if (opt_.ivshmem) {
+      OnIvshmemReadable(ev);
+    } else {
+      OnConnReadable(ev);
+    }
+  });
   auto w2 = loop_->Watch(ctrl_kick_.fd(), EPOLLIN, [this](uint32_t) { ServeControl(); });
   if (!w1 || !w2) {
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: cannot watch the pv driver", name().c_str());
@@ -313,6 +325,42 @@ void PvPort::Attach(UniqueFd conn) {
   }
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: pv driver connected (region %llu bytes, generation %u)",
                             name().c_str(), static_cast<unsigned long long>(region_->size()), generation_);
+}
+
+// The process transport's hello: the region's memfd, then a kick and an irq per doorbell.
+Result<void> PvPort::SendHello(int sock, const pv::Region& region, const std::vector<EventFd>& fds) const {
+  nmx_pv_hello hello{};
+  hello.magic = NMX_PV_MAGIC;
+  hello.version = NMX_PV_VERSION;
+  hello.num_doorbells = 1 + opt_.queues;
+  hello.region_size = region.size();
+  std::vector<int> send = {region.fd()};
+  for (const EventFd& e : fds) send.push_back(e.fd());
+  return SendWithFds(sock, std::as_bytes(std::span(&hello, 1)), send);
+}
+
+// The VM transport: the ivshmem server's messages (QEMU's docs/specs/ivshmem-spec.rst), each a
+// little-endian int64 with at most one fd, in ivshmem-server's order: the protocol version (0),
+// the guest's peer id, the region (-1 with its fd: QEMU's realize reads up to here and maps it
+// as BAR2), then per vector v our peer's eventfd v (the kick of doorbell v: the guest's
+// doorbell write HOST_PEER << 16 | v signals it) and the guest's own eventfd v (the irq of
+// doorbell v). QEMU takes at most its `vectors=` eventfds per peer and logs the rest. Every
+// message is one sendmsg of 8 bytes, so a reader taking 8 bytes at a time (QEMU) gets its fd
+// with it. A few hundred bytes in all: a fresh socket takes them without blocking.
+Result<void> PvPort::SendIvshmemSetup(int sock, const pv::Region& region, const std::vector<EventFd>& fds) const {
+  auto msg = [&](int64_t v, int fd) -> Result<void> {
+    const int64_t le = static_cast<int64_t>(htole64(static_cast<uint64_t>(v)));
+    std::span<const int> f;
+    if (fd >= 0) f = std::span<const int>(&fd, 1);
+    return SendWithFds(sock, std::as_bytes(std::span(&le, 1)), f);
+  };
+  NICMUX_TRY(msg(0, -1));
+  NICMUX_TRY(msg(NMX_PV_IVSHMEM_GUEST_PEER, -1));
+  NICMUX_TRY(msg(-1, region.fd()));
+  const uint32_t doorbells = 1 + opt_.queues;
+  for (uint32_t d = 0; d < doorbells; ++d) NICMUX_TRY(msg(NMX_PV_IVSHMEM_HOST_PEER, fds[2 * d].fd()));
+  for (uint32_t d = 0; d < doorbells; ++d) NICMUX_TRY(msg(NMX_PV_IVSHMEM_GUEST_PEER, fds[2 * d + 1].fd()));
+  return Ok();
 }
 
 // A notice of the SIGBUS recovery (pv::Region): the driver's region faulted under us.
@@ -373,6 +421,41 @@ void PvPort::OnConnReadable(uint32_t ev) {
     }
   }
   if (conn_.valid() && (ev & (EPOLLHUP | EPOLLERR))) Disconnect("the connection failed");
+}
+
+// The VM transport's socket after the setup: the ivshmem protocol has no client messages.
+// UNTRUSTED: whatever arrives (bytes, fds) is read once, its fds closed at once, and closes the
+// connection: QEMU never writes here, so a writer is not QEMU.
+void PvPort::OnIvshmemReadable(uint32_t ev) {
+  std::array<std::byte, 64> junk;
+  iovec iov{junk.data(), junk.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  const ssize_t n = ::recvmsg(conn_.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); n >= 0 && c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);  // bounded by the control buffer
+    for (size_t i = 0; i < k; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      UniqueFd owned(fd);  // closed here
+    }
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+    if (ev & (EPOLLHUP | EPOLLERR)) Disconnect("the ivshmem connection failed");
+    return;
+  }
+  if (n == 0) {
+    Disconnect("QEMU closed the ivshmem connection");
+  } else if (n < 0) {
+    Disconnect(std::string("the ivshmem connection: ") + std::strerror(errno));
+  } else {
+    Disconnect("the ivshmem client sent " + std::to_string(n) + " bytes (the protocol has no client messages)");
+  }
 }
 
 void PvPort::ServeSockRequest() {
@@ -499,6 +582,12 @@ void PvPort::Disconnect(const std::string& why, bool hostile) {
   const bool mem_fault = mem_faulted_ || (region_ && region_->PoisonedMemory() != 0);
   {
     PauseGuard pause(*workers_);
+    // The VM transport: QEMU keeps the region mapped as the guest's BAR2 (and cannot take a new
+    // one from us): the guest learns here that nothing serves it any more (no worker writes
+    // the header meanwhile: they are paused).
+    if (opt_.ivshmem && region_ && !region_->poisoned()) {
+      region_->MarkGone("nicmuxd closed the ivshmem connection: " + why);
+    }
     for (auto& q : q_) {
       q->fill_on.store(false, std::memory_order_relaxed);
       q->drain_on.store(false, std::memory_order_relaxed);
@@ -1198,6 +1287,7 @@ std::vector<Port::Detail> PvPort::Details() const {
   uint8_t m[8] = {};
   std::memcpy(m, &mac, 6);
   std::vector<Detail> d = {{"socket", opt_.socket_path},
+                           {"transport", std::string(opt_.ivshmem ? "ivshmem" : "socket")},
                            {"mac", MacString(m)},
                            {"connections", connections_},
                            {"generation", uint64_t{generation_}},
@@ -1224,7 +1314,8 @@ std::vector<Port::Detail> PvPort::DeviceCaps() const {
           {"ring_size", uint64_t{opt_.ring}},
           {"buf_size", uint64_t{opt_.buf_size}},
           {"max_mtu", uint64_t{opt_.buf_size - kEthHeader - 4}},
-          {"max_memory", SizeToString(opt_.max_memory)},
+          {"max_memory", opt_.ivshmem ? std::string("none (transport=ivshmem)") : SizeToString(opt_.max_memory)},
+          {"transport", std::string(opt_.ivshmem ? "ivshmem" : "socket")},
           {"uplink", uplink_desc_}};
 }
 
@@ -1257,7 +1348,14 @@ PortKind PvPortKind() {
       "capabilities (those of its uplink=) through a mailbox in it.";
   k.max_queues = NMX_PV_MAX_QUEUE_PAIRS;
   k.options = {
-      {"socket", OptionType::kString, "PATH", "", "the UNIX socket the application connects to", 0, 0, true},
+      {"socket", OptionType::kString, "PATH", "",
+       "the UNIX socket the application connects to (transport=ivshmem: QEMU's ivshmem-doorbell chardev)", 0, 0,
+       true},
+      {"transport", OptionType::kString, "socket|ivshmem", "socket",
+       "socket: a process maps the region it gets on PATH (nicmux_pv.h, the PMD); ivshmem: nicmuxd is the ivshmem "
+       "server of one QEMU VM (-chardev socket,path=PATH,id=C -device ivshmem-doorbell,chardev=C,vectors=1+queues), "
+       "the guest maps BAR2 (the region, padded to a power of two) and rings BAR0's doorbell; no registered memory. "
+       "A restarted nicmuxd cannot re-offer the region to a running VM: plug the device again"},
       {"queues", OptionType::kUInt, "N", "1", "queue pairs, 1..8", 1, NMX_PV_MAX_QUEUE_PAIRS},
       {"ring", OptionType::kUInt, "N", "1024", "descriptors per ring, a power of two 64..4096", NMX_PV_MIN_RING,
        NMX_PV_MAX_RING},
@@ -1298,6 +1396,12 @@ PortKind PvPortKind() {
       std::memcpy(o.mac, m, 6);
     }
     if (auto it = s.options.find("uplink"); it != s.options.end()) o.uplink = it->second;
+    if (auto it = s.options.find("transport"); it != s.options.end()) {
+      if (it->second != "socket" && it->second != "ivshmem") {
+        return Error("port " + s.name + ": transport=" + it->second + " is not socket or ivshmem");
+      }
+      o.ivshmem = it->second == "ivshmem";
+    }
     NICMUX_TRY_ASSIGN(mm, s.Size("max_memory", kPvMinMaxMemory, kPvMaxMaxMemory, kPvDefaultMaxMemory));
     o.max_memory = mm;
     return CreatePvPort(o, c.loop, c.workers);

@@ -4,7 +4,8 @@
 // region and its doorbells, asks the device's capabilities through the control mailbox and
 // moves frames over the rings.
 //
-// Options (--port pv:NAME:key=value,...): socket=PATH (required), queues=N (1..8), ring=N
+// Options (--port pv:NAME:key=value,...): socket=PATH (required), transport=socket|ivshmem (below),
+// queues=N (1..8), ring=N
 // (descriptors per ring, a power of two 64..4096, default 1024), buf_size=N (the buffer size
 // the driver is told, 256..65536, default 2048), mtu (every kind's), mac=xx:..:xx (the
 // device's address; default: a local one from the port's name), uplink=PORT (the port whose
@@ -26,6 +27,13 @@
 // frame for another MAC while promiscuous mode is off). A broken driver: the device stops,
 // the header says why (status, broken_reason), the log names the field; reconnecting clears
 // it.
+//
+// transport=ivshmem (the VM transport): socket_path is an ivshmem server socket for QEMU's
+// `-device ivshmem-doorbell,chardev=...`: on connect nicmuxd sends the protocol version, the
+// guest's peer id, the region (padded to a power of two: BAR2), then its own peer's eventfds
+// (the guest's doorbell writes kick them) and the guest's (nicmuxd's irqs). The client sends
+// nothing in this protocol: any byte or fd from it closes the connection. Closing marks the
+// region NMX_PV_STATUS_GONE (QEMU keeps it mapped, and cannot take a new one on reconnect).
 #pragma once
 
 #include <memory>
@@ -52,6 +60,10 @@ struct PvPortOptions {
   uint8_t mac[6] = {};
   std::string uplink;  // empty: none
   uint64_t max_memory = kPvDefaultMaxMemory;  // registered memory, all regions together
+  // transport=ivshmem: socket_path is served as an ivshmem server for one QEMU
+  // ivshmem-doorbell device (docs/pv-protocol.md, "The VM transport") instead of the process
+  // transport's hello; no registered memory there.
+  bool ivshmem = false;
 };
 
 // The pv kind for the port registry (port/kinds.cc).

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cstring>
 
 namespace nicmux::pv {
@@ -28,7 +29,8 @@ Result<std::unique_ptr<Region>> Region::Create(const Layout& l, uint32_t generat
   const uint64_t stride = NMX_PV_RING_BYTES(l.ring_size);
   const uint64_t bufs_offset = kRingsOffset + uint64_t{2} * l.queue_pairs * stride;
   const uint64_t bufs_size = l.BufsBytes();
-  const uint64_t size = bufs_offset + bufs_size;
+  const uint64_t used = bufs_offset + bufs_size;
+  const uint64_t size = l.pow2_size ? std::bit_ceil(used) : used;
   UniqueFd fd(::memfd_create("nicmux-pv", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd.valid()) return Error::FromErrno("memfd_create");
   if (::ftruncate(fd.get(), static_cast<off_t>(size)) < 0) return Error::FromErrno("ftruncate pv region");
@@ -82,12 +84,12 @@ uint32_t Region::PoisonedMemory() const {
   return 0;
 }
 
-void Region::MarkBroken(const std::string& reason) const {
+void Region::MarkStatus(uint32_t status, const std::string& reason) const {
   nmx_pv_header* h = header();
   const size_t n = std::min(reason.size(), sizeof h->broken_reason - 1);
   std::memcpy(h->broken_reason, reason.data(), n);
   h->broken_reason[n] = '\0';
-  __atomic_store_n(&h->status, NMX_PV_STATUS_BROKEN, __ATOMIC_RELEASE);
+  __atomic_store_n(&h->status, status, __ATOMIC_RELEASE);
 }
 
 }  // namespace nicmux::pv

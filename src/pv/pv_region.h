@@ -41,6 +41,10 @@ struct Layout {
   uint32_t ring_size = 1024; // a power of two, NMX_PV_MIN_RING..NMX_PV_MAX_RING
   uint32_t buf_size = 2048;  // the buffer size suggested to the driver
   uint64_t max_mem_bytes = 0;  // registered memory allowed (header.max_mem_bytes); 0: not offered
+  // The VM transport: the region (the memfd, and header.region_size) is padded to a power of
+  // two, because QEMU's ivshmem maps the whole file as BAR2 and a PCI BAR's size is one. The
+  // padding follows the buffer area and is never touched by the host.
+  bool pow2_size = false;
   // Buffer area: room for every ring full (rx and tx of each pair) at buf_size, the default.
   uint64_t BufsBytes() const { return uint64_t{2} * queue_pairs * ring_size * buf_size; }
 };
@@ -96,7 +100,10 @@ class Region {
   uint64_t MemoryBytes() const { return mem_bytes_; }
 
   // Marks the device broken in the header, for the driver to see (status, reason).
-  void MarkBroken(const std::string& reason) const;
+  void MarkBroken(const std::string& reason) const { MarkStatus(NMX_PV_STATUS_BROKEN, reason); }
+  // The VM transport: nicmuxd no longer serves this region (QEMU keeps it mapped as BAR2).
+  void MarkGone(const std::string& reason) const { MarkStatus(NMX_PV_STATUS_GONE, reason); }
+  void MarkStatus(uint32_t status, const std::string& reason) const;
 
   static constexpr uint64_t kCtrlOffset = NMX_PV_PAGE;
   static constexpr uint64_t kRingsOffset = 2 * NMX_PV_PAGE;
