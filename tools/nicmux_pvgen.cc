@@ -34,6 +34,7 @@ namespace nicmux {
 namespace {
 
 constexpr const char* kUsage = R"(usage: nicmux-pvgen --socket PATH --mode MODE [options]
+       nicmux-pvgen --pci BDF|auto --mode MODE [options]      (in a QEMU guest)
 
 Opens a pvdev (a nicmuxd pv port's socket) with nicmux's pv driver library, prints what the
 device offers (GET_INFO: queues, MTU, offloads, uplink), configures it, sets its queues up,
@@ -49,7 +50,11 @@ modes:
             round trip (spins while one is outstanding): the summary gets rtt_p50_us, rtt_p99_us, rtt_p999_us, rtt_max_us
 
 options:
-  --socket PATH      the pv port's socket (required)
+  --socket PATH      the pv port's socket (this or --pci)
+  --pci BDF|auto     in a QEMU guest: the ivshmem-doorbell device of a pv port with
+                     transport=ivshmem, through sysfs (root): its PCI address (0000:00:04.0),
+                     or auto: the first ivshmem device holding a pvdev. Polling only (no
+                     interrupts): idle waits are 10 ms sleeps
   --size BYTES       frame size without FCS, 60..65000 (default 64); at most the device's
                      buffer size (the port's buf_size) and its max_frame
   --rate PPS         packets per second to send (default: as fast as possible)
@@ -96,6 +101,7 @@ constexpr uint16_t kBurst = 32;
 
 struct Options {
   std::string socket;
+  std::string pci;  // --pci: a BDF, or "auto"
   std::string mode;
   uint32_t size = 64;
   uint64_t rate = 0;
@@ -175,6 +181,8 @@ Options Parse(int argc, char** argv) {
       std::exit(0);
     } else if (a == "--socket") {
       o.socket = val();
+    } else if (a == "--pci") {
+      o.pci = val();
     } else if (a == "--mode") {
       o.mode = val();
       if (o.mode != "tx" && o.mode != "rx" && o.mode != "reflect" && o.mode != "bidir" && o.mode != "ping") {
@@ -227,7 +235,7 @@ Options Parse(int argc, char** argv) {
       Usage("unknown argument '" + a + "'");
     }
   }
-  if (o.socket.empty()) Usage("--socket is required");
+  if (o.socket.empty() == o.pci.empty()) Usage("one of --socket and --pci is required");
   if (o.mode.empty()) Usage("--mode is required");
   if (o.static_payload && !o.tso) Usage("--static-payload needs --tso");
   return o;
@@ -279,8 +287,11 @@ int Fail(nmx_pv_dev* dev, const char* what, int rc) {
 
 int Run(Options& o) {
   char err[512];
-  std::unique_ptr<nmx_pv_dev, DevCloser> owner(nmx_pv_open(o.socket.c_str(), err, sizeof err));
+  std::unique_ptr<nmx_pv_dev, DevCloser> owner(
+      o.pci.empty() ? nmx_pv_open(o.socket.c_str(), err, sizeof err)
+                    : nmx_pv_open_pci(o.pci == "auto" ? nullptr : o.pci.c_str(), err, sizeof err));
   nmx_pv_dev* dev = owner.get();
+  if (o.socket.empty()) o.socket = "pci " + o.pci;  // what the messages below call the device
   if (!dev) {
     std::fprintf(stderr, "nicmux-pvgen: %s: %s\n", o.socket.c_str(), err);
     return 1;
@@ -529,7 +540,9 @@ int Run(Options& o) {
     }
     if ((round & 1023) == 0) {
       if (!nmx_pv_connected(dev)) {
-        std::fprintf(stderr, "nicmux-pvgen: the host closed the connection\n");
+        char why[320];
+        nmx_pv_status(dev, why, sizeof why);  // the VM transport: nicmuxd's reason in the header
+        std::fprintf(stderr, "nicmux-pvgen: the host closed the connection%s%s\n", why[0] ? ": " : "", why);
         failed = true;
         break;
       }

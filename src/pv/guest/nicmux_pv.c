@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include "pv/guest/nicmux_pv.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -105,11 +106,15 @@ struct pv_mem {
 enum { PV_OK = 0, PV_BREAKING = 1, PV_BROKEN = 2 };
 
 struct nmx_pv_dev {
-  int sock;
+  int sock; /* -1 over PCI (the VM transport) */
   int memfd;
   int kick[PV_MAX_DOORBELLS];
   int irq[PV_MAX_DOORBELLS];
   uint32_t num_doorbells;
+  /* The VM transport: BAR0 mapped (the ivshmem registers), its Doorbell register. */
+  uint8_t* bar0;
+  size_t bar0_len;
+  volatile uint32_t* doorbell;
   uint8_t* base;
   uint64_t region_size;
   struct nmx_pv_header hdr; /* the checked private copy: the only one used after open */
@@ -181,6 +186,23 @@ static void drain_fd(int fd) {
   } while (r < 0 && errno == EINTR);
 }
 
+/* Rings doorbell d of the host: its kick eventfd, or over PCI the ivshmem Doorbell register
+ * (QEMU signals the host peer's eventfd d). */
+static void ring_doorbell(const struct nmx_pv_dev* dev, uint32_t d) {
+  if (dev->doorbell != NULL) {
+    *dev->doorbell = (NMX_PV_IVSHMEM_HOST_PEER << 16) | d;
+  } else {
+    kick_fd(dev->kick[d]);
+  }
+}
+
+/* The VM transport has no socket whose hangup says the host is gone: nicmuxd writes
+ * NMX_PV_STATUS_GONE into the header instead (it cannot when it crashed: then nothing answers). */
+static int host_gone(const struct nmx_pv_dev* dev) {
+  /* UNTRUSTED: status: only compared. */
+  return dev->shdr != NULL && __atomic_load_n(&dev->shdr->status, __ATOMIC_ACQUIRE) == NMX_PV_STATUS_GONE;
+}
+
 static int is_broken(const struct nmx_pv_dev* dev) {
   return __atomic_load_n(&dev->broken, __ATOMIC_ACQUIRE) != PV_OK;
 }
@@ -233,6 +255,7 @@ static struct nmx_pv_dev* dev_alloc(void) {
   dev->sock = dev->memfd = -1;
   for (uint32_t d = 0; d < PV_MAX_DOORBELLS; ++d) dev->kick[d] = dev->irq[d] = -1;
   dev->base = MAP_FAILED;
+  dev->bar0 = MAP_FAILED;
   dev->timeout_ms = NMX_PV_DEFAULT_TIMEOUT_MS;
   return dev;
 }
@@ -244,6 +267,7 @@ void nmx_pv_close(struct nmx_pv_dev* dev) {
     free(dev->rxq[q].slot);
   }
   if (dev->base != MAP_FAILED) munmap(dev->base, dev->region_size);
+  if (dev->bar0 != MAP_FAILED) munmap(dev->bar0, dev->bar0_len);
   close_fd(&dev->memfd);
   for (uint32_t d = 0; d < PV_MAX_DOORBELLS; ++d) {
     close_fd(&dev->kick[d]);
@@ -438,11 +462,18 @@ static int check_header(struct nmx_pv_dev* dev, const struct nmx_pv_hello* hello
   if (h->status != NMX_PV_STATUS_OK) {
     char why[sizeof h->broken_reason];
     copy_host_text(why, sizeof why, h->broken_reason, sizeof h->broken_reason);
-    fmt(err, errlen, "header.status %u: the host offers a broken device (%s)", h->status, why);
+    if (h->status == NMX_PV_STATUS_GONE) {
+      /* The VM transport: a region nicmuxd served once and no longer does (QEMU keeps it). */
+      fmt(err, errlen, "header.status %u: the host no longer serves this region (%s)", h->status, why);
+    } else {
+      fmt(err, errlen, "header.status %u: the host offers a broken device (%s)", h->status, why);
+    }
     return -1;
   }
   return 0;
 }
+
+static void finish_open(struct nmx_pv_dev* dev);
 
 struct nmx_pv_dev* nmx_pv_open(const char* socket_path, char* err, size_t errlen) {
   fmt(err, errlen, "%s", "");
@@ -567,6 +598,15 @@ struct nmx_pv_dev* nmx_pv_open_fd(int fd, char* err, size_t errlen) {
   }
   dev->base = (uint8_t*)base;
   if (check_header(dev, &hello, err, errlen) < 0) goto fail;
+  finish_open(dev);
+  return dev;
+fail:
+  nmx_pv_close(dev);
+  return NULL;
+}
+
+/* After the header checked out: the partition of the buffer area and the mailbox's start. */
+static void finish_open(struct nmx_pv_dev* dev) {
   dev->nqp = dev->hdr.max_queue_pairs;
   dev->ring_size = dev->hdr.ring_size;
   dev->mask = dev->ring_size - 1;
@@ -585,10 +625,167 @@ struct nmx_pv_dev* nmx_pv_open_fd(int fd, char* err, size_t errlen) {
    * UNTRUSTED: req_seq lies in memory the host can write too; any value is only a starting
    * number (an answer counts only when resp_seq and resp.seq both equal the new number). */
   dev->seq = __atomic_load_n(&dev->ctrl->req_seq, __ATOMIC_RELAXED);
+}
+
+/* ---- the VM transport: QEMU's ivshmem-doorbell through sysfs --------------------------------- */
+
+#define PV_SYSFS_PCI "/sys/bus/pci/devices"
+
+static int read_hex_file(const char* dir, const char* name, unsigned long* out) {
+  char path[512];
+  fmt(path, sizeof path, "%s/%s", dir, name);
+  FILE* f = fopen(path, "re");
+  if (f == NULL) return -1;
+  const int ok = fscanf(f, "%lx", out) == 1;
+  fclose(f);
+  return ok ? 0 : -1;
+}
+
+/* Opens resource file `name` of the device at dir and maps it whole (at least `min` bytes,
+ * at most `max`); the fd in *fd, the size in *len. */
+static uint8_t* map_resource(const char* dir, const char* name, uint64_t min, uint64_t max, int* fd, size_t* len,
+                             char* err, size_t errlen) {
+  char path[512];
+  fmt(path, sizeof path, "%s/%s", dir, name);
+  *fd = open(path, O_RDWR | O_CLOEXEC);
+  if (*fd < 0) {
+    fmt(err, errlen, "%s: %s", path, strerror(errno));
+    return MAP_FAILED;
+  }
+  struct stat st;
+  if (fstat(*fd, &st) < 0 || (uint64_t)st.st_size < min || (uint64_t)st.st_size > max) {
+    fmt(err, errlen, "%s: %lld bytes, expected %llu..%llu", path, (long long)st.st_size, (unsigned long long)min,
+        (unsigned long long)max);
+    return MAP_FAILED;
+  }
+  *len = (size_t)st.st_size;
+  void* m = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+  if (m == MAP_FAILED) fmt(err, errlen, "mmap %s (%zu bytes): %s", path, *len, strerror(errno));
+  return (uint8_t*)m;
+}
+
+static struct nmx_pv_dev* open_pci_dir(const char* dir, const char* bdf, char* err, size_t errlen) {
+  unsigned long vendor = 0, device = 0;
+  if (read_hex_file(dir, "vendor", &vendor) < 0 || read_hex_file(dir, "device", &device) < 0) {
+    fmt(err, errlen, "PCI device %s: cannot read its vendor and device ids in %s", bdf, dir);
+    return NULL;
+  }
+  if (vendor != NMX_PV_IVSHMEM_VENDOR || device != NMX_PV_IVSHMEM_DEVICE) {
+    fmt(err, errlen, "PCI device %s is %04lx:%04lx, not QEMU's ivshmem (%04x:%04x)", bdf, vendor, device,
+        NMX_PV_IVSHMEM_VENDOR, NMX_PV_IVSHMEM_DEVICE);
+    return NULL;
+  }
+  /* No kernel driver enabled the device's memory decoding: ask sysfs (root; harmless when it is
+   * on already, and a failure shows as a region without the magic below). */
+  char path[512];
+  fmt(path, sizeof path, "%s/enable", dir);
+  const int efd = open(path, O_WRONLY | O_CLOEXEC);
+  if (efd >= 0) {
+    if (write(efd, "1", 1) < 0) { /* already enabled, or not allowed: the magic decides */
+    }
+    close(efd);
+  }
+  struct nmx_pv_dev* dev = dev_alloc();
+  if (dev == NULL) {
+    fmt(err, errlen, "out of memory");
+    return NULL;
+  }
+  size_t len = 0;
+  /* BAR2: the region. QEMU maps nicmuxd's memfd there; its size is the BAR's. */
+  dev->base = map_resource(dir, "resource2", 2 * NMX_PV_PAGE, PV_MAX_REGION, &dev->memfd, &len, err, errlen);
+  if (dev->base == MAP_FAILED) goto fail;
+  dev->region_size = len;
+  /* UNTRUSTED: the magic: only compared, to tell a pvdev from another ivshmem user. */
+  uint64_t magic;
+  memcpy(&magic, dev->base, sizeof magic);
+  if (magic != NMX_PV_MAGIC) {
+    fmt(err, errlen, "PCI device %s: BAR2 does not start with the pvdev magic (magic 0x%016llx: not a nicmuxd pv "
+        "port with transport=ivshmem, or the device's memory is not enabled)", bdf, (unsigned long long)magic);
+    goto fail;
+  }
+  /* BAR0: the registers (256 bytes; the Doorbell at 12). */
+  int bar0_fd = -1;
+  dev->bar0 = map_resource(dir, "resource0", NMX_PV_IVSHMEM_REG_DOORBELL + 4, 1u << 20, &bar0_fd, &dev->bar0_len, err,
+                           errlen);
+  if (bar0_fd >= 0) close(bar0_fd); /* the mapping stays */
+  if (dev->bar0 == MAP_FAILED) goto fail;
+  /* UNTRUSTED: max_queue_pairs, read once here for the doorbell count; check_header then checks
+   * its own copy against it (a host changing it meanwhile is refused). */
+  const uint32_t nqp = __atomic_load_n(&((const struct nmx_pv_header*)dev->base)->max_queue_pairs, __ATOMIC_RELAXED);
+  if (nqp < 1 || nqp > NMX_PV_MAX_QUEUE_PAIRS) {
+    fmt(err, errlen, "header.max_queue_pairs %u is not in 1..%u", nqp, NMX_PV_MAX_QUEUE_PAIRS);
+    goto fail;
+  }
+  struct nmx_pv_hello hello;
+  memset(&hello, 0, sizeof hello);
+  hello.magic = NMX_PV_MAGIC;
+  hello.version = NMX_PV_VERSION;
+  hello.num_doorbells = 1 + nqp;
+  hello.region_size = dev->region_size;
+  dev->num_doorbells = hello.num_doorbells;
+  if (check_header(dev, &hello, err, errlen) < 0) goto fail;
+  dev->doorbell = (volatile uint32_t*)(dev->bar0 + NMX_PV_IVSHMEM_REG_DOORBELL);
+  finish_open(dev);
+  /* No socket, so no registered memory, whatever the header says. */
+  dev->hdr.features &= ~NMX_PV_FEATURE_MEM_REGIONS;
+  /* Nothing tells nicmuxd that an earlier user of the device in this VM went away (no socket
+   * closes): an open takes the device over. STOP (the earlier user's queues are forgotten at the
+   * next CONFIGURE) and STATS_RESET; its MAC, MTU and promiscuous mode stay as it left them.
+   * This is also the first round trip: a host that does not answer fails the open. */
+  if (nmx_pv_stop(dev) < 0 || nmx_pv_stats_reset(dev) < 0) {
+    fmt(err, errlen, "PCI device %s: %s", bdf, dev->err);
+    goto fail;
+  }
   return dev;
 fail:
   nmx_pv_close(dev);
   return NULL;
+}
+
+static int pci_entry(const struct dirent* e) { return e->d_name[0] != '.'; }
+
+struct nmx_pv_dev* nmx_pv_open_pci(const char* bdf, char* err, size_t errlen) {
+  fmt(err, errlen, "%s", "");
+  char dir[512];
+  if (bdf != NULL && bdf[0] != 0) {
+    if (strchr(bdf, '/') != NULL || strlen(bdf) > 64) {
+      fmt(err, errlen, "PCI address '%s': expected DDDD:BB:DD.F", bdf);
+      return NULL;
+    }
+    fmt(dir, sizeof dir, "%s/%s", PV_SYSFS_PCI, bdf);
+    return open_pci_dir(dir, bdf, err, errlen);
+  }
+  struct dirent** list = NULL;
+  const int n = scandir(PV_SYSFS_PCI, &list, pci_entry, alphasort);
+  if (n < 0) {
+    fmt(err, errlen, "%s: %s", PV_SYSFS_PCI, strerror(errno));
+    return NULL;
+  }
+  struct nmx_pv_dev* dev = NULL;
+  int ivshmem = 0;
+  char last[512] = "";
+  for (int i = 0; i < n; ++i) {
+    if (dev == NULL) {
+      unsigned long vendor = 0, device = 0;
+      fmt(dir, sizeof dir, "%s/%s", PV_SYSFS_PCI, list[i]->d_name);
+      if (read_hex_file(dir, "vendor", &vendor) == 0 && read_hex_file(dir, "device", &device) == 0 &&
+          vendor == NMX_PV_IVSHMEM_VENDOR && device == NMX_PV_IVSHMEM_DEVICE) {
+        ++ivshmem;
+        dev = open_pci_dir(dir, list[i]->d_name, last, sizeof last);
+      }
+    }
+    free(list[i]);
+  }
+  free(list);
+  if (dev == NULL) {
+    if (ivshmem == 0) {
+      fmt(err, errlen, "no ivshmem PCI device (%04x:%04x) in %s", NMX_PV_IVSHMEM_VENDOR, NMX_PV_IVSHMEM_DEVICE,
+          PV_SYSFS_PCI);
+    } else {
+      fmt(err, errlen, "%d ivshmem device(s), none a pvdev; the last: %s", ivshmem, last);
+    }
+  }
+  return dev;
 }
 
 uint32_t nmx_pv_max_queue_pairs(const struct nmx_pv_dev* dev) { return dev->nqp; }
@@ -632,7 +829,7 @@ static int ctrl_call(struct nmx_pv_dev* dev, uint16_t type, const void* req, uin
   m->len = req_len;
   if (req_len) memcpy(m->payload, req, req_len);
   __atomic_store_n(&c->req_seq, seq, __ATOMIC_RELEASE);
-  kick_fd(dev->kick[0]);
+  ring_doorbell(dev, 0);
 
   const uint64_t deadline = now_ms() + (uint64_t)dev->timeout_ms;
   for (;;) {
@@ -659,6 +856,12 @@ static int ctrl_call(struct nmx_pv_dev* dev, uint16_t type, const void* req, uin
     if (r > 0 && (p[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) &&
         __atomic_load_n(&c->resp_seq, __ATOMIC_ACQUIRE) != seq) {
       fmt(dev->err, sizeof dev->err, "%s (seq %u): the host closed the connection", name, seq);
+      return -ENOTCONN;
+    }
+    if (host_gone(dev) && __atomic_load_n(&c->resp_seq, __ATOMIC_ACQUIRE) != seq) {
+      char why[sizeof dev->shdr->broken_reason];
+      copy_host_text(why, sizeof why, dev->shdr->broken_reason, sizeof why);
+      fmt(dev->err, sizeof dev->err, "%s (seq %u): the host no longer serves the device: %s", name, seq, why);
       return -ENOTCONN;
     }
   }
@@ -832,7 +1035,7 @@ int nmx_pv_queue_setup_ex(struct nmx_pv_dev* dev, uint32_t q, uint32_t dir, uint
   full_fence(); /* see publish() */
   /* UNTRUSTED: host_flags: only its NEEDS_KICK bit is tested (a wrong bit costs a kick). */
   if (__atomic_load_n(&r->host_flags, __ATOMIC_ACQUIRE) & NMX_PV_HOST_NEEDS_KICK) {
-    kick_fd(dev->kick[1 + q]);
+    ring_doorbell(dev, 1 + q);
     counter_add(&x->kicks, 1);
   }
   x->ready = 1;
@@ -1098,6 +1301,8 @@ static int mem_ok(const struct nmx_pv_dev* dev, uint16_t region, uint64_t offset
 }
 
 int nmx_pv_connected(const struct nmx_pv_dev* dev) {
+  if (host_gone(dev)) return 0;
+  if (dev->sock < 0) return 1; /* the VM transport: only the header can say */
   struct pollfd p = {.fd = dev->sock, .events = POLLRDHUP, .revents = 0};
   int r;
   do {
@@ -1130,6 +1335,9 @@ int nmx_pv_status(const struct nmx_pv_dev* dev, char* reason, size_t n) {
   copy_host_text(why, sizeof why, dev->shdr->broken_reason, sizeof why);
   if (status == NMX_PV_STATUS_BROKEN) {
     fmt(reason, n, "the host marked the device broken: %s", why[0] ? why : "no reason given");
+  } else if (status == NMX_PV_STATUS_GONE) {
+    fmt(reason, n, "the host no longer serves the device: %s", why[0] ? why : "no reason given");
+    return NMX_PV_STATUS_GONE;
   } else {
     fmt(reason, n, "the host's header.status is %u (unknown): %s", status, why);
   }
@@ -1148,13 +1356,13 @@ int nmx_pv_status(const struct nmx_pv_dev* dev, char* reason, size_t n) {
  * and kick. Without the fence the load of host_flags could be satisfied before our store of
  * posted is visible (a store-load reordering that x86 does too); both would then miss each
  * other and the frames would sit in the ring until something else woke the host. */
-static int publish(struct nmx_pv_ring* r, uint32_t posted, int kick) {
+static int publish(const struct nmx_pv_dev* dev, struct nmx_pv_ring* r, uint32_t posted, uint32_t doorbell) {
   __atomic_store_n(&r->posted, posted, __ATOMIC_RELEASE);
   full_fence();
   /* UNTRUSTED: host_flags: only its NEEDS_KICK bit is tested (a wrong bit costs a kick, or the
    * host's own sleep). */
   if (__atomic_load_n(&r->host_flags, __ATOMIC_ACQUIRE) & NMX_PV_HOST_NEEDS_KICK) {
-    kick_fd(kick);
+    ring_doorbell(dev, doorbell);
     return 1;
   }
   return 0;
@@ -1228,7 +1436,7 @@ uint16_t nmx_pv_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_pv
   if (dropped) counter_add(&t->dropped, dropped);
   if (pos != t->posted) {
     t->posted = pos;
-    if (publish(r, pos, dev->kick[1 + q])) counter_add(&t->kicks, 1);
+    if (publish(dev, r, pos, 1 + q)) counter_add(&t->kicks, 1);
   }
   return i;
 }
@@ -1301,7 +1509,7 @@ void nmx_pv_rx_done(struct nmx_pv_dev* dev, uint32_t q, uint16_t n) {
   }
   x->released += k;
   x->posted += k;
-  if (publish(r, x->posted, dev->kick[1 + q])) counter_add(&x->kicks, 1);
+  if (publish(dev, r, x->posted, 1 + q)) counter_add(&x->kicks, 1);
 }
 
 /* ---- zero-copy data path ------------------------------------------------------------------- */
@@ -1338,7 +1546,7 @@ uint16_t nmx_pv_zc_tx_burst(struct nmx_pv_dev* dev, uint32_t q, const struct nmx
   }
   if (pos != t->posted) {
     t->posted = pos;
-    if (publish(r, pos, dev->kick[1 + q])) counter_add(&t->kicks, 1);
+    if (publish(dev, r, pos, 1 + q)) counter_add(&t->kicks, 1);
   }
   return i;
 }
@@ -1386,7 +1594,7 @@ uint16_t nmx_pv_zc_rx_post(struct nmx_pv_dev* dev, uint32_t q, const struct nmx_
     x->slot[slot] = (struct pv_rx_slot){.cookie = b->cookie, .offset = b->offset, .cap = b->len, .region = b->region};
     ++x->posted;
   }
-  if (i > 0 && publish(r, x->posted, dev->kick[1 + q])) counter_add(&x->kicks, 1);
+  if (i > 0 && publish(dev, r, x->posted, 1 + q)) counter_add(&x->kicks, 1);
   return i;
 }
 
@@ -1447,6 +1655,9 @@ int nmx_pv_irq_fd(const struct nmx_pv_dev* dev, uint32_t q) { return q < dev->nq
 int nmx_pv_irq_arm(struct nmx_pv_dev* dev, uint32_t q) {
   if (q >= dev->nqp || (!dev->rxq[q].ready && !dev->txq[q].ready)) return -EINVAL;
   if (is_broken(dev)) return -EIO;
+  /* The VM transport polls: no irq can reach it, so none is asked for (each would cost nicmuxd an
+   * eventfd write and QEMU an interrupt nobody takes). */
+  if (dev->doorbell != NULL) return pair_has_work(dev, q);
   if (dev->rxq[q].ready) __atomic_store_n(&dev->rxq[q].ring->driver_flags, NMX_PV_DRIVER_WANTS_IRQ, __ATOMIC_RELAXED);
   if (dev->txq[q].ready) __atomic_store_n(&dev->txq[q].ring->driver_flags, NMX_PV_DRIVER_WANTS_IRQ, __ATOMIC_RELAXED);
   /* The mirror of publish(): the host publishes done, fences, then reads driver_flags; we set
@@ -1468,6 +1679,22 @@ int nmx_pv_wait(struct nmx_pv_dev* dev, uint32_t q, int timeout_ms) {
   if (rc != 0) {
     if (rc > 0) nmx_pv_irq_disarm(dev, q);
     return rc;
+  }
+  if (dev->doorbell != NULL) {
+    /* The VM transport, polling only (no interrupt without a kernel driver): the pair is looked
+     * at every millisecond until the timeout. */
+    const uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+      if (pair_has_work(dev, q)) break;
+      if (host_gone(dev)) {
+        nmx_pv_irq_disarm(dev, q);
+        return -ENOTCONN;
+      }
+      if (now_ms() >= deadline) break;
+      poll(NULL, 0, 1);
+    }
+    nmx_pv_irq_disarm(dev, q);
+    return pair_has_work(dev, q);
   }
   struct pollfd p[2] = {{.fd = dev->irq[1 + q], .events = POLLIN, .revents = 0},
                         {.fd = dev->sock, .events = POLLRDHUP, .revents = 0}};

@@ -61,6 +61,21 @@ struct nmx_pv_dev* nmx_pv_open(const char* socket_path, char* err, size_t errlen
  * ownership of fd: it is closed on failure and by nmx_pv_close(). */
 struct nmx_pv_dev* nmx_pv_open_fd(int fd, char* err, size_t errlen);
 
+/* The VM transport: a QEMU ivshmem-doorbell device served by a nicmuxd pv port with
+ * transport=ivshmem, through sysfs (root; no kernel driver, no vfio): bdf "0000:00:04.0", or NULL
+ * or "" for the first ivshmem device (1af4:1110) whose BAR2 starts with the pvdev magic. Maps
+ * /sys/bus/pci/devices/BDF/resource2 (the region: every header field checked as for open) and
+ * resource0 (the registers: kicks are writes of (NMX_PV_IVSHMEM_HOST_PEER << 16 | doorbell) to
+ * its Doorbell). Polling only: no irq fds (nmx_pv_irq_fd returns -1, nmx_pv_wait polls the
+ * rings every millisecond, a control call looks every 10 ms), no registered memory. Nothing
+ * tells nicmuxd that an earlier user of the device went away, so the open takes the device over:
+ * STOP and STATS_RESET (MAC, MTU and promiscuous mode stay as that user left them); a host that
+ * does not answer them fails the open. nicmuxd
+ * going away shows as NMX_PV_STATUS_GONE in nmx_pv_status (nmx_pv_connected 0): the device
+ * must then be plugged again (a restarted nicmuxd cannot give a running VM a new region), or,
+ * when nicmuxd crashed, as control calls timing out. */
+struct nmx_pv_dev* nmx_pv_open_pci(const char* bdf, char* err, size_t errlen);
+
 /* Unmaps the region and closes every fd. The host stops the device when the socket closes.
  * NULL is ignored. */
 void nmx_pv_close(struct nmx_pv_dev* dev);
