@@ -19,6 +19,16 @@
 # (i.e. this script or init.sh changed), or with --force.  A build holds an
 # flock on DIR/.lock and replaces the files atomically, so concurrent callers
 # are safe.  Prints the cache directory on stdout.
+#
+# --with FILE (repeatable): files of the build tree the image should carry in
+# /bin as well (a static nicmux-pvgen for the pv VM test).  They are not part
+# of the base image: a second gzip'ed cpio holding them is appended to it (the
+# kernel unpacks concatenated archives in order), in DIR/with-HASH/ (vmlinuz, a
+# hard link; initramfs.gz; guest.env), HASH covering the base image's stamp and
+# bytes and each file's name and bytes: a changed file or base makes a new one,
+# an unchanged one is reused.  The directory appears by an atomic rename; the
+# oldest beyond the 4 newest are removed.  With --with that directory is
+# printed instead of DIR.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -27,9 +37,11 @@ INIT_SRC=$HERE/init.sh
 
 usage() {
     cat <<EOF
-usage: $PROG [--dir DIR] [--force] [--check]
+usage: $PROG [--dir DIR] [--force] [--check] [--with FILE]...
   Builds (if needed) the nicmux test guest and prints its cache directory.
   --dir DIR   cache directory (default \$NICMUX_GUEST_DIR or /var/cache/nicmux-guest)
+  --with FILE also put FILE (a static binary) in the guest's /bin: prints
+              DIR/with-HASH, the base image plus a layer with the files
   --force     rebuild even if the cache is up to date
   --check     only check: exit 0 if the cache is up to date, 1 if not
   -h, --help  this text
@@ -40,10 +52,11 @@ die() { echo "$PROG: error: $*" >&2; exit 1; }
 log() { echo "$PROG: $*" >&2; }
 
 dir=${NICMUX_GUEST_DIR:-/var/cache/nicmux-guest}
-force=0 check=0
+force=0 check=0 with=()
 while [ $# -gt 0 ]; do
     case $1 in
         --dir) dir=$2; shift 2 ;;
+        --with) [ -f "$2" ] || die "--with $2: no such file"; with+=("$(realpath "$2")"); shift 2 ;;
         --force) force=1; shift ;;
         --check) check=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -59,13 +72,45 @@ up_to_date() {
         [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ]
 }
 
+# finish: prints the directory to use (DIR, or with --with DIR/with-HASH, made
+# if missing) and exits.
+finish() {
+    if [ ${#with[@]} -eq 0 ]; then
+        echo "$dir"
+        exit 0
+    fi
+    local h f out tmp
+    h=$({ cat "$dir/stamp"; sha256sum <"$dir/initramfs.gz"
+          for f in "${with[@]}"; do echo "${f##*/}"; sha256sum <"$f"; done; } | sha256sum | cut -c1-16)
+    out=$dir/with-$h
+    if [ ! -s "$out/initramfs.gz" ]; then
+        tmp=$(mktemp -d "$dir/.with.XXXXXX")
+        chmod 755 "$tmp"
+        mkdir -p "$tmp/layer/bin"
+        for f in "${with[@]}"; do cp -L "$f" "$tmp/layer/bin/${f##*/}"; done
+        (cd "$tmp/layer" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) |
+            gzip -1 >"$tmp/layer.gz"
+        cat "$dir/initramfs.gz" "$tmp/layer.gz" >"$tmp/initramfs.gz"
+        ln -f "$dir/vmlinuz" "$tmp/vmlinuz" 2>/dev/null || cp "$dir/vmlinuz" "$tmp/vmlinuz"
+        sed -e "s|^GUEST_KERNEL=.*|GUEST_KERNEL=$out/vmlinuz|" -e "s|^GUEST_INITRD=.*|GUEST_INITRD=$out/initramfs.gz|" \
+            "$dir/guest.env" >"$tmp/guest.env"
+        echo "GUEST_WITH=\"${with[*]##*/}\"" >>"$tmp/guest.env"
+        rm -rf "$tmp/layer" "$tmp/layer.gz"
+        # a concurrent caller may have made it meanwhile: then ours goes
+        mv -T "$tmp" "$out" 2>/dev/null || rm -rf "$tmp"
+        # shellcheck disable=SC2012  # names are ours: with-HEX
+        ls -dt "$dir"/with-* 2>/dev/null | tail -n +5 | while read -r f; do rm -rf "$f"; done
+    fi
+    echo "$out"
+    exit 0
+}
+
 if [ "$check" = 1 ]; then
     up_to_date
     exit
 fi
 if [ "$force" = 0 ] && up_to_date; then
-    echo "$dir"
-    exit 0
+    finish
 fi
 
 # ---------------------------------------------------------------- host packages
@@ -95,8 +140,8 @@ exec {lock_fd}>"$dir/.lock"
 flock -w 1200 "$lock_fd" || die "timeout waiting for the build lock $dir/.lock"
 # someone else may have built it while we waited
 if [ "$force" = 0 ] && up_to_date; then
-    echo "$dir"
-    exit 0
+    flock -u "$lock_fd"
+    finish
 fi
 
 ensure_packages "${packages[@]}"
@@ -225,4 +270,4 @@ for f in vmlinuz initramfs.gz guest.env; do
 done
 echo "$stamp" >"$dir/stamp.tmp" && mv -f "$dir/stamp.tmp" "$dir/stamp"
 log "built $kpkg $kpkg_version ($kver), initramfs $(stat -c %s "$dir/initramfs.gz") bytes, modules: ${modlist[*]##*/}"
-echo "$dir"
+finish

@@ -49,6 +49,8 @@ Guest:
   --verbose-kernel    kernel messages on the console (default: quiet)
   --smp N             vCPUs (default 1)
   --mem MB            guest RAM, a shared memfd (default 256)
+  --with FILE         also put FILE (a static binary) in the guest's /bin
+                      (build-guest.sh --with; repeatable)
 
 vhost-user:
   --socket-mode M     client: QEMU connects to SOCKET, the backend listens
@@ -104,7 +106,7 @@ shift 2
 ip="" mac="" mtu="" queues=1 run="" mode=run append="" quiet=quiet smp=1 mem=256
 socket_mode=client reconnect="" device_opts=""
 log="" console_socket="" console_stdio=auto pidfile="" background=0 timeout_s=900
-accel=auto dry_run=0 extra=()
+accel=auto dry_run=0 extra=() with=()
 while [ $# -gt 0 ]; do
     case $1 in
         --ip) ip=$2; shift 2 ;;
@@ -128,6 +130,7 @@ while [ $# -gt 0 ]; do
         --background) background=1; shift ;;
         --timeout) timeout_s=$2; shift 2 ;;
         --accel) accel=$2; shift 2 ;;
+        --with) with+=(--with "$2"); shift 2 ;;
         --dry-run) dry_run=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; extra=("$@"); break ;;
@@ -167,7 +170,7 @@ fi
 if [ "$dry_run" = 1 ] && ! "$HERE/build-guest.sh" --check; then
     gdir=${NICMUX_GUEST_DIR:-/var/cache/nicmux-guest}
 else
-    gdir=$("$HERE/build-guest.sh")
+    gdir=$("$HERE/build-guest.sh" "${with[@]}")
 fi
 kernel=$gdir/vmlinuz initrd=$gdir/initramfs.gz
 
