@@ -336,7 +336,7 @@ TEST_F(PvIvshmemTest, PortGoneMarksTheRegion) {
   ASSERT_EQ(c.Setup(2), "");
   port_.reset();
   EXPECT_EQ(c.d.h()->status, NMX_PV_STATUS_GONE);
-  EXPECT_NE(std::string(c.d.h()->broken_reason).find("plug the device again"), std::string::npos);
+  EXPECT_NE(std::string(c.d.h()->broken_reason).find("restart the VM"), std::string::npos);
 }
 
 // A hostile guest through the region is the process transport's case (pv_hostile_test.cc);

@@ -204,7 +204,7 @@ PvPort::~PvPort() {
   // no worker reaches it.)
   if (conn_.valid() && opt_.ivshmem && region_ && !region_->poisoned()) {
     region_->MarkGone("nicmuxd stopped serving port " + name() +
-                      " (deleted, or nicmuxd stopped): plug the device again (device_del, device_add) or restart the VM");
+                      " (deleted, or nicmuxd stopped): restart the VM once nicmuxd serves it again");
   }
   if (conn_.valid()) {
     loop_->Unwatch(conn_.get());
@@ -1355,7 +1355,7 @@ PortKind PvPortKind() {
        "socket: a process maps the region it gets on PATH (nicmux_pv.h, the PMD); ivshmem: nicmuxd is the ivshmem "
        "server of one QEMU VM (-chardev socket,path=PATH,id=C -device ivshmem-doorbell,chardev=C,vectors=1+queues), "
        "the guest maps BAR2 (the region, padded to a power of two) and rings BAR0's doorbell; no registered memory. "
-       "A restarted nicmuxd cannot re-offer the region to a running VM: plug the device again"},
+       "A restarted nicmuxd cannot re-offer the region to a running VM: restart the VM"},
       {"queues", OptionType::kUInt, "N", "1", "queue pairs, 1..8", 1, NMX_PV_MAX_QUEUE_PAIRS},
       {"ring", OptionType::kUInt, "N", "1024", "descriptors per ring, a power of two 64..4096", NMX_PV_MIN_RING,
        NMX_PV_MAX_RING},

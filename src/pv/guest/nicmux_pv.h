@@ -71,9 +71,9 @@ struct nmx_pv_dev* nmx_pv_open_fd(int fd, char* err, size_t errlen);
  * tells nicmuxd that an earlier user of the device went away, so the open takes the device over:
  * STOP and STATS_RESET (MAC, MTU and promiscuous mode stay as that user left them); a host that
  * does not answer them fails the open. nicmuxd
- * going away shows as NMX_PV_STATUS_GONE in nmx_pv_status (nmx_pv_connected 0): the device
- * must then be plugged again (a restarted nicmuxd cannot give a running VM a new region), or,
- * when nicmuxd crashed, as control calls timing out. */
+ * going away shows as NMX_PV_STATUS_GONE in nmx_pv_status (nmx_pv_connected 0), or, when
+ * nicmuxd crashed, as control calls timing out: a restarted nicmuxd cannot give a running VM a
+ * new region, the VM must be restarted (docs/pv-protocol.md). */
 struct nmx_pv_dev* nmx_pv_open_pci(const char* bdf, char* err, size_t errlen);
 
 /* Unmaps the region and closes every fd. The host stops the device when the socket closes.
