@@ -43,7 +43,9 @@ namespace nicmux {
   X(kMtu, "mtu", "frame larger than the destination port's MTU")                                \
   X(kBadSource, "bad_source", "source MAC is multicast or zero")                                \
   X(kMacNotAllowed, "mac_not_allowed", "source MAC not in the ingress port's allowed_macs")   \
-  X(kBadOffload, "bad_offload", "offload request inconsistent with the frame's headers")
+  X(kBadOffload, "bad_offload", "offload request inconsistent with the frame's headers")          \
+  X(kHdrMismatch, "hdr_mismatch",                                                                 \
+    "frame shifted by 2 bytes: the frontend uses another virtio-net header length than negotiated")
 
 enum class DropReason : uint8_t {
 #define NICMUX_DROP_ENUM(e, name, desc) e,

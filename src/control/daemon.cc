@@ -376,7 +376,7 @@ std::string Daemon::MetricsPage() const {
     }
   }
   m.Family("nicmux_port_drops_total", "counter",
-           "packets dropped at or because of the port, by reason (docs/counters.md); the switch's drops "
+           "packets dropped at or because of the port, by reason (src/base/drop_reason.h); the switch's drops "
            "of frames from the port included");
   for (const auto& e : ports_) {
     for (size_t r = 0; r < kNumDropReasons; ++r) {

@@ -381,6 +381,26 @@ void VhostUserPort::CheckBroken(DeviceQueue& dq) {
   if (!peer_blocked_.load(std::memory_order_relaxed) && !dq.SignalError()) NotePeerBlocked();
 }
 
+// The reconnect trap: QEMU 7.2 reconnecting while the guest's driver is up acks only
+// PROTOCOL_FEATURES, so nicmuxd takes a 10-byte header while the guest writes 12 (or the other
+// way round), and every frame arrives 2 bytes off. Checked only when the EtherType is not one of
+// the usual ones: 2 bytes later (our header too short: the guest's num_buffers, 0, came first)
+// or 2 bytes earlier (too long) it is.
+bool VhostUserPort::HeaderShifted(const PacketRef& p, uint32_t hdr) {
+  auto known = [](const std::byte* b) {
+    const uint16_t t = static_cast<uint16_t>((uint16_t(b[0]) << 8) | uint16_t(b[1]));
+    return t < 0x0600 ? false
+                      : t == 0x0800 || t == 0x86dd || t == 0x0806 || t == 0x8100 || t == 0x88a8 || t == 0x88cc ||
+                            t == 0x888e || t == 0x8847 || t == 0x8848 || t == 0x8863 || t == 0x8864 || t == 0x8035 ||
+                            t == 0x88e5 || t == 0x88f7;
+  };
+  // UNTRUSTED: the guest's frame; only its first 16 bytes (in head) are compared.
+  if (p.head_len < 16 || known(p.head + 12)) return false;
+  if (hdr == 10) return p.head[0] == std::byte{0} && p.head[1] == std::byte{0} && known(p.head + 14);
+  if (hdr == 12) return known(p.head + 10);
+  return false;
+}
+
 size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
   RxState& st = rx_[q];
   st.n = 0;
@@ -407,6 +427,18 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
       out.Pop();
       rxc_[q].dropped.Add();
       rxc_[q].drops.Add(DropReason::kBadFrame);
+      continue;
+    }
+    if (HeaderShifted(*p, hdr)) [[unlikely]] {
+      out.Pop();
+      rxc_[q].dropped.Add();
+      rxc_[q].drops.Add(DropReason::kHdrMismatch);
+      NICMUX_LOG_RATELIMITED_BY(log_hdr_, kWarning,
+                                "port %s: frames from the guest are shifted by 2 bytes: the frontend's virtio-net "
+                                "header is %u bytes, not the %u negotiated (QEMU lost the guest's features across "
+                                "a reconnect while nicmuxd was down; docs/vhost-user.md \"The reconnect trap\"). "
+                                "Dropped and counted as hdr_mismatch; restart the guest's network (or the VM)",
+                                name().c_str(), hdr == 10 ? 12u : 10u, hdr);
       continue;
     }
     st.chain_of[got++] = static_cast<uint8_t>(i);

@@ -72,6 +72,8 @@ class VhostUserPort final : public Port {
   ~VhostUserPort() override;
 
   uint32_t NumQueuePairs() const override { return opt_.queue_pairs; }
+  // A frame from the guest that sits 2 bytes off: its virtio-net header is not hdr bytes long.
+  static bool HeaderShifted(const PacketRef& p, uint32_t hdr);
   size_t Rx(uint32_t q, Batch& out, size_t max) override;
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
@@ -157,7 +159,7 @@ class VhostUserPort final : public Port {
   // A peer can make these lines at will (connect, disconnect, protocol errors): one limiter
   // per port and kind, so one noisy frontend silences neither another port's lines nor its
   // own other kind.
-  LogRateLimiter log_conn_, log_error_, log_refused_;
+  LogRateLimiter log_conn_, log_error_, log_refused_, log_hdr_;
 
   // Per queue pair, the guest transmit chains behind the current batch (worker only).
   struct RxState {

@@ -13,6 +13,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -282,6 +283,47 @@ TEST(PeerMapping, AFaultOutsidePeerMappingsStillKills) {
         (void)p[0];
       },
       "");
+}
+
+// The reconnect trap (docs/vhost-user.md): a frontend whose virtio-net header is 2 bytes longer
+// or shorter than negotiated sends every frame 2 bytes off; those are told from ordinary frames.
+TEST(HeaderShifted, FramesTwoBytesOffAreToldFromOrdinaryOnes) {
+  auto frame = [](uint16_t type) {
+    std::vector<std::byte> f(64, std::byte{0x11});
+    const uint8_t mac[12] = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x52, 0x54, 0x00, 0xab, 0xcd, 0xef};
+    for (int i = 0; i < 12; ++i) f[i] = std::byte{mac[i]};
+    f[12] = std::byte(type >> 8);
+    f[13] = std::byte(type & 0xff);
+    return f;
+  };
+  auto shifted = [](uint32_t hdr, std::vector<std::byte> f) {
+    std::vector<std::byte> buf = std::move(f);
+    PacketRef p;
+    Segment seg;
+    PacketFromFlat(&p, &seg, buf.data(), static_cast<uint32_t>(buf.size()));
+    return VhostUserPort::HeaderShifted(p, hdr);
+  };
+  for (uint16_t t : {0x0800, 0x86dd, 0x0806, 0x8100, 0x88cc, 0x002e /* 802.3 length */}) {
+    for (uint32_t hdr : {10u, 12u}) EXPECT_FALSE(shifted(hdr, frame(t))) << std::hex << t << " hdr " << hdr;
+  }
+  // The guest writes 12 bytes, nicmuxd reads 10: num_buffers (0) comes first.
+  for (uint16_t t : {0x0800, 0x86dd, 0x0806}) {
+    auto f = frame(t);
+    f.insert(f.begin(), 2, std::byte{0});
+    EXPECT_TRUE(shifted(10, f)) << std::hex << t;
+    EXPECT_FALSE(shifted(12, f)) << std::hex << t;
+  }
+  // The guest writes 10, nicmuxd reads 12: the destination MAC's first 2 bytes are gone.
+  for (uint16_t t : {0x0800, 0x86dd, 0x0806}) {
+    auto f = frame(t);
+    f.erase(f.begin(), f.begin() + 2);
+    EXPECT_TRUE(shifted(12, f)) << std::hex << t;
+    EXPECT_FALSE(shifted(10, f)) << std::hex << t;
+  }
+  // Too short to tell: never.
+  auto tiny = frame(0x0800);
+  tiny.resize(15);
+  EXPECT_FALSE(shifted(10, tiny));
 }
 
 }  // namespace
