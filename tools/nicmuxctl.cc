@@ -45,6 +45,9 @@ commands:
                                     port add vhost-user:vm3:socket=/run/nicmux/vm3.sock
   port del NAME                   remove a port
   port kinds                      the port kinds the daemon has, with every option
+  port flows NAME                 the flow rules a pv device's application made: each
+                                  rule, its hits and where it runs ("software");
+                                  also: pv flows NAME
   port caps NAME                  what the port takes on transmit (offloads the switch
                                   leaves to it), its limits, and what its device can do
   fdb show                        the MAC table: MAC, VLAN, port, age
@@ -519,6 +522,24 @@ void PortCapsCmd(Connection& c, const Options& o) {
   }
 }
 
+void PortFlows(Connection& c, const Options& o) {
+  json r = c.CallOrFail("port.flows", {{"name", o.words[2]}});
+  if (o.json) return PrintJson(r);
+  if (!r.is_object() || !r.contains("flows") || !r["flows"].is_array()) {
+    Fail(kExitFailed, "malformed port.flows result from nicmuxd");
+  }
+  const json& f = r["flows"];
+  std::printf("port %s (%s): %zu flow rules\n", Str(r, "name", "").c_str(), Str(r, "kind", "").c_str(), f.size());
+  if (f.empty()) return;
+  std::printf("%6s %8s %12s %-9s %s\n", "id", "priority", "hits", "runs", "rule");
+  for (const json& e : f) {
+    if (!e.is_object()) continue;
+    std::printf("%6llu %8llu %12llu %-9s %s\n", static_cast<unsigned long long>(U64(e, "id")),
+                static_cast<unsigned long long>(U64(e, "priority")), static_cast<unsigned long long>(U64(e, "hits")),
+                Str(e, "runs", "").c_str(), Str(e, "rule", "").c_str());
+  }
+}
+
 void PortDel(Connection& c, const Options& o) {
   json r = c.CallOrFail("port.del", {{"name", o.words[2]}});
   if (o.json) return PrintJson(r);
@@ -898,9 +919,16 @@ int Run(int argc, char** argv) {
     } else if (sub == "caps") {
       words(3, 3, "port caps NAME");
       simple = PortCapsCmd;
+    } else if (sub == "flows") {
+      words(3, 3, "port flows NAME");
+      simple = PortFlows;
     } else {
-      UsageError("port wants list, show NAME, add SPEC, del NAME, kinds or caps NAME");
+      UsageError("port wants list, show NAME, add SPEC, del NAME, kinds, caps NAME or flows NAME");
     }
+  } else if (w[0] == "pv") {
+    if ((w.size() > 1 ? w[1] : "") != "flows") UsageError("pv wants flows NAME");
+    words(3, 3, "pv flows NAME");
+    simple = PortFlows;
   } else if (w[0] == "fdb") {
     std::string sub = w.size() > 1 ? w[1] : "";
     if (sub == "show") {

@@ -45,7 +45,8 @@ namespace nicmux {
   X(kMacNotAllowed, "mac_not_allowed", "source MAC not in the ingress port's allowed_macs")   \
   X(kBadOffload, "bad_offload", "offload request inconsistent with the frame's headers")          \
   X(kHdrMismatch, "hdr_mismatch",                                                                 \
-    "frame shifted by 2 bytes: the frontend uses another virtio-net header length than negotiated")
+    "frame shifted by 2 bytes: the frontend uses another virtio-net header length than negotiated") \
+  X(kFlowDrop, "flow_drop", "a flow rule of the destination device (a pv port) said drop")
 
 enum class DropReason : uint8_t {
 #define NICMUX_DROP_ENUM(e, name, desc) e,

@@ -510,6 +510,26 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     if (!dev.empty()) j["device"] = dev;
     return j;
   }
+  if (cmd == "port.flows") {
+    // The flow rules a port applies (a pv device's), with their hits and where each runs.
+    auto name = str_arg("name", true);
+    if (auto* e = std::get_if<ControlError>(&name)) return *e;
+    Entry* e = Find(std::get<std::string>(name));
+    if (!e) return ControlError::NotFound("no port named " + std::get<std::string>(name));
+    json rules = json::array();
+    for (const auto& row : e->port->FlowRules()) {
+      json r = json::object();
+      for (const auto& [key, value] : row) {
+        if (const auto* n = std::get_if<uint64_t>(&value)) {
+          r[key] = *n;
+        } else {
+          r[key] = std::get<std::string>(value);
+        }
+      }
+      rules.push_back(r);
+    }
+    return json{{"name", e->spec.name}, {"kind", e->spec.kind}, {"flows", rules}};
+  }
   if (cmd == "port.kinds") {
     // The port registry: every kind with its option table (what nicmuxd --help prints).
     auto opts = [](const std::vector<PortOption>& list) {

@@ -198,6 +198,10 @@ class Port {
   // (and, later, what pvdev exposes to a guest): e.g. a dpdk port's rte_eth_dev_info offloads
   // and which of them it uses, queue and MTU limits. Read by the control thread.
   virtual std::vector<Detail> DeviceCaps() const { return {}; }
+  // Flow rules the port applies to what it delivers (a pv device's FLOW_CREATE), one row per
+  // rule as (key, value): id, priority, rule, hits, where it runs. For `nicmuxctl port flows`.
+  // Read by the control thread.
+  virtual std::vector<std::vector<Detail>> FlowRules() const { return {}; }
   // A port whose capabilities follow another's (a pv device and its uplink=): that port's name,
   // or "". The control thread calls FollowedChanged with it (nullptr while there is no such
   // port) after every port change and once a second.

@@ -44,6 +44,7 @@ extern "C" {
 
 /* Features the host offers (header.features). */
 #define NMX_PV_FEATURE_MEM_REGIONS (1ull << 0) /* MEM_ADD / MEM_DEL on the socket */
+#define NMX_PV_FEATURE_FLOWS (1ull << 8)       /* FLOW_* requests (GET_INFO says what matches) */
 
 /* ---- header (offset 0) ---------------------------------------------------------------- */
 
@@ -156,7 +157,11 @@ enum nmx_pv_msg_type {
   NMX_PV_MSG_MTU_SET = 10,      /* struct nmx_pv_u32 */
   NMX_PV_MSG_MAC_SET = 11,      /* struct nmx_pv_mac */
   NMX_PV_MSG_PROMISC_SET = 12,  /* struct nmx_pv_u32 (0 or 1) */
-  NMX_PV_MSG_MAX_TYPE = 12,
+  NMX_PV_MSG_FLOW_VALIDATE = 13, /* struct nmx_pv_flow_rule: would CREATE take it? */
+  NMX_PV_MSG_FLOW_CREATE = 14,  /* struct nmx_pv_flow_rule -> struct nmx_pv_flow_id */
+  NMX_PV_MSG_FLOW_DESTROY = 15, /* struct nmx_pv_flow_id */
+  NMX_PV_MSG_FLOW_FLUSH = 16,   /* every rule of the device */
+  NMX_PV_MSG_MAX_TYPE = 16,
 };
 
 struct nmx_pv_msg {
@@ -211,6 +216,15 @@ struct nmx_pv_info {
   uint32_t generation;       /* the header's */
   uint32_t reserved;
   char uplink[64];           /* where the capabilities come from: "dpdk up0 (net_virtio_user)" */
+  /* Flow rules (NMX_PV_FEATURE_FLOWS): what nicmuxd matches and does, from its own code. */
+  uint32_t flow_items;       /* NMX_PV_FLOW_ITEM_* a pattern may hold (0: no flow rules) */
+  uint32_t flow_actions;     /* NMX_PV_FLOW_ACTION_* */
+  uint32_t max_flows;        /* rules per device (the port's flows=) */
+  uint32_t flow_rss_queues;  /* the longest RSS action queue list */
+  uint64_t flow_rss_types;   /* NMX_PV_RSS_* the RSS action hashes on */
+  struct nmx_pv_flow_fields_mask {
+    uint8_t bytes[64];       /* a struct nmx_pv_flow_fields: 0xff where a mask may have bits */
+  } flow_fields;
 };
 
 struct nmx_pv_configure {
@@ -231,6 +245,76 @@ struct nmx_pv_queue_req {
 
 struct nmx_pv_u32 {
   uint32_t value;
+};
+
+/* ---- flow rules (FLOW_VALIDATE / CREATE / DESTROY / FLUSH) ----------------------------------
+ * The rte_flow model, flattened: a pattern is the items present (in the order eth, vlan, ipv4
+ * or ipv6, tcp or udp) and one spec and one mask over every field those items carry; a frame
+ * matches when it has each item's protocol (an item without mask bits matches any of it) and
+ * (field & mask) == (spec & mask). Rules apply to the frames nicmuxd puts in the device's rx
+ * rings, in priority order (lower first; equal priorities in creation order); the first match
+ * decides: the rx queue (QUEUE, RSS over a list of queues) or DROP, and MARK writes `mark` into
+ * the descriptor (NMX_PV_DESC_MARK). No rule matching: the ring the switch chose. */
+#define NMX_PV_FLOW_ITEM_ETH 0x01u  /* eth_dst, eth_src, eth_type (the outer EtherType) */
+#define NMX_PV_FLOW_ITEM_VLAN 0x02u /* the frame carries one 802.1Q/802.1ad tag: vlan_tci,
+                                       vlan_inner_type */
+#define NMX_PV_FLOW_ITEM_IPV4 0x04u /* ip_src/ip_dst (first 4 bytes), ip_proto, ip_tos */
+#define NMX_PV_FLOW_ITEM_IPV6 0x08u /* ip_src, ip_dst, ip_proto (next header), ip_tos (class) */
+#define NMX_PV_FLOW_ITEM_TCP 0x10u  /* l4_src, l4_dst (needs IPV4 or IPV6) */
+#define NMX_PV_FLOW_ITEM_UDP 0x20u  /* l4_src, l4_dst (needs IPV4 or IPV6) */
+
+#define NMX_PV_FLOW_ACTION_QUEUE 0x01u /* to rx queue `queue` */
+#define NMX_PV_FLOW_ACTION_DROP 0x02u  /* dropped (counted: nicmuxd's flow_drop) */
+#define NMX_PV_FLOW_ACTION_MARK 0x04u  /* `mark` in the descriptor (with a fate or alone) */
+#define NMX_PV_FLOW_ACTION_RSS 0x08u   /* to rss_queues[hash % rss_queue_num], hash in the
+                                          descriptor (NMX_PV_DESC_RSS) */
+
+/* RSS types: what the hash covers for each kind of frame (a frame of a kind not listed: not
+ * hashed, the list's first queue). The hash is Toeplitz over (src ip, dst ip[, src port, dst
+ * port]) as on the wire, with the rule's 40-byte key (or the host's default). */
+#define NMX_PV_RSS_IPV4 (1ull << 0)
+#define NMX_PV_RSS_IPV4_TCP (1ull << 1)
+#define NMX_PV_RSS_IPV4_UDP (1ull << 2)
+#define NMX_PV_RSS_IPV6 (1ull << 3)
+#define NMX_PV_RSS_IPV6_TCP (1ull << 4)
+#define NMX_PV_RSS_IPV6_UDP (1ull << 5)
+
+#define NMX_PV_FLOW_RSS_MAX_QUEUES 16u
+#define NMX_PV_FLOW_RSS_KEY 40u
+
+struct nmx_pv_flow_fields { /* every field as on the wire (network byte order) */
+  uint8_t eth_dst[6];
+  uint8_t eth_src[6];
+  uint16_t eth_type;        /* the frame's EtherType after the MACs (0x8100 when tagged) */
+  uint16_t vlan_tci;
+  uint16_t vlan_inner_type;
+  uint8_t ip_proto;
+  uint8_t ip_tos;
+  uint16_t l4_src;
+  uint16_t l4_dst;
+  uint8_t ip_src[16];       /* IPv4: bytes 0..3, the rest 0 */
+  uint8_t ip_dst[16];
+  uint64_t reserved;        /* 0 */
+};
+
+struct nmx_pv_flow_rule {
+  uint32_t priority;        /* 0 first */
+  uint32_t items;           /* NMX_PV_FLOW_ITEM_* */
+  uint32_t actions;         /* NMX_PV_FLOW_ACTION_*: at most one of QUEUE, DROP, RSS */
+  uint32_t queue;           /* QUEUE: < the configured rx queues */
+  uint32_t mark;            /* MARK */
+  uint32_t rss_queue_num;   /* RSS: 1..NMX_PV_FLOW_RSS_MAX_QUEUES */
+  uint64_t rss_types;       /* RSS: NMX_PV_RSS_*, within GET_INFO's (0: all of those) */
+  uint16_t rss_queues[NMX_PV_FLOW_RSS_MAX_QUEUES]; /* RSS: each < the configured rx queues */
+  uint32_t rss_key_len;     /* RSS: 0 (the host's key) or NMX_PV_FLOW_RSS_KEY */
+  uint32_t reserved;        /* 0 */
+  uint8_t rss_key[NMX_PV_FLOW_RSS_KEY];
+  struct nmx_pv_flow_fields spec, mask;
+};
+
+struct nmx_pv_flow_id {
+  uint32_t id;              /* the host's number for a rule (CREATE answers it) */
+  uint32_t reserved;
 };
 
 struct nmx_pv_mac {
@@ -321,6 +405,9 @@ static_assert(sizeof(struct nmx_pv_header) <= NMX_PV_PAGE, "pv header");
 static_assert(sizeof(struct nmx_pv_ctrl) <= NMX_PV_PAGE, "pv control page");
 static_assert(sizeof(struct nmx_pv_stats) <= NMX_PV_MSG_PAYLOAD, "pv stats");
 static_assert(sizeof(struct nmx_pv_info) <= NMX_PV_MSG_PAYLOAD, "pv info");
+static_assert(sizeof(struct nmx_pv_flow_fields) == 64, "pv flow fields");
+static_assert(sizeof(struct nmx_pv_flow_rule) <= NMX_PV_MSG_PAYLOAD, "pv flow rule");
+static_assert(sizeof(struct nmx_pv_flow_rule) == 240, "pv flow rule");
 static_assert(sizeof(struct nmx_pv_header) == 360, "pv header");
 static_assert(sizeof(struct nmx_pv_hello) == 24, "pv hello");
 static_assert(sizeof(struct nmx_pv_sock_req) == 40, "pv socket request");
@@ -329,6 +416,8 @@ static_assert(sizeof(struct nmx_pv_sock_resp) == 16 + NMX_PV_REASON, "pv socket 
 _Static_assert(sizeof(struct nmx_pv_desc) == 32, "pv descriptor");
 _Static_assert(sizeof(struct nmx_pv_ring) == 128, "pv ring header");
 _Static_assert(sizeof(struct nmx_pv_header) == 360, "pv header");
+_Static_assert(sizeof(struct nmx_pv_flow_fields) == 64, "pv flow fields");
+_Static_assert(sizeof(struct nmx_pv_flow_rule) == 240, "pv flow rule");
 _Static_assert(sizeof(struct nmx_pv_sock_req) == 40, "pv socket request");
 _Static_assert(sizeof(struct nmx_pv_sock_resp) == 16 + NMX_PV_REASON, "pv socket answer");
 #endif

@@ -19,6 +19,7 @@
 #include "base/unix_socket.h"
 #include "packet/offload_ops.h"
 #include "port/port_spec.h"
+#include "pv/pv_flow.h"
 #include "pv/pv_region.h"
 #include "virtio/ring_access.h"
 
@@ -80,6 +81,7 @@ class PvPort final : public Port {
   std::string State() const override;
   std::vector<Detail> Details() const override;
   std::vector<Detail> DeviceCaps() const override;
+  std::vector<std::vector<Detail>> FlowRules() const override;
   std::string Follows() const override { return opt_.uplink; }
   void FollowedChanged(const Port* uplink) override;
 
@@ -103,6 +105,14 @@ class PvPort final : public Port {
     QueueCounters rxc, txc;
     Counter no_buffers;  // frames Tx could not take: no posted rx buffer (the switch drops them)
     EventFd kick, irq;   // doorbell 1 + q
+    // With flow rules a frame may go to any rx ring, from whichever worker sends to this port:
+    // the ring's fill side is taken under this lock then (never two at a time).
+    TxLock fill_lock;
+  };
+  struct Steer {  // a flow rule's verdict for one frame of a burst
+    const PacketRef* p;
+    bool mark, rss;
+    uint32_t mark_value, hash;
   };
 
   // Control thread.
@@ -118,6 +128,8 @@ class PvPort final : public Port {
   void Disconnect(const std::string& why, bool hostile = false);
   void ServeControl();
   int32_t Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason);
+  int32_t HandleFlow(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason);
+  void ClearFlows();
   void FillInfo(nmx_pv_info* info) const;
   void StopQueues();
   void ResetStats();
@@ -134,6 +146,8 @@ class PvPort final : public Port {
   std::string BadBuffer(const nmx_pv_desc& d) const;
   bool ToOffload(PacketRef* p, const nmx_pv_desc& d);
   void MaybeIrq(uint32_t qi, Queue& q, nmx_pv_ring* r);
+  size_t TxFlows(uint32_t qi, std::span<const PacketRef* const> in);
+  void FillSteered(uint32_t ti, const Steer* s, size_t n);
 
   PvPortOptions opt_;
   EventLoop* loop_;
@@ -185,6 +199,9 @@ class PvPort final : public Port {
   };
   std::array<Base, NMX_PV_MAX_QUEUE_PAIRS> rx_base_{}, tx_base_{};
   std::array<uint64_t, NMX_PV_MAX_QUEUE_PAIRS> no_buffers_base_{};
+  // The driver's flow rules: changed by the control thread with the workers paused, read by
+  // the workers in Tx (empty: Tx is the plain path).
+  pv::FlowTable flows_;
 };
 
 uint64_t MacBits(const uint8_t* m) {
@@ -256,6 +273,7 @@ void PvPort::Attach(UniqueFd conn) {
   // the whole file as a PCI BAR, whose size is a power of two.
   l.max_mem_bytes = opt_.ivshmem ? 0 : opt_.max_memory;
   l.pow2_size = opt_.ivshmem;
+  l.flows = opt_.max_flows > 0;
   auto region = pv::Region::Create(l, ++generation_, fault_.fd());
   if (!region) {
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: no region for the pv driver: %s", name().c_str(),
@@ -293,6 +311,7 @@ void PvPort::Attach(UniqueFd conn) {
     peer_blocked_.store(false, std::memory_order_relaxed);
     broken_logged_.store(false, std::memory_order_relaxed);
     broken_reason_.clear();
+    flows_.Clear();  // the previous driver's rules are not the new one's
   }
   conn_ = std::move(conn);
   answered_ = 0;
@@ -595,6 +614,7 @@ void PvPort::Disconnect(const std::string& why, bool hostile) {
       q->irq = EventFd();
     }
     region_.reset();  // no worker holds a PacketRef into it now
+    flows_.Clear();
   }
   ctrl_kick_ = EventFd();
   ctrl_irq_ = EventFd();
@@ -706,6 +726,7 @@ void PvPort::FillInfo(nmx_pv_info* info) const {
   info->rx_offloads = kRxOffloadsAlways;
   info->generation = generation_;
   std::snprintf(info->uplink, sizeof info->uplink, "%s", uplink_desc_.c_str());
+  if (opt_.max_flows) pv::FillFlowInfo(info, opt_.max_flows);
 }
 
 std::string OffloadNames(uint64_t bits, bool tx) {
@@ -739,6 +760,10 @@ constexpr RequestRule kRules[] = {
     {NMX_PV_MSG_MTU_SET, "MTU_SET", sizeof(nmx_pv_u32)},
     {NMX_PV_MSG_MAC_SET, "MAC_SET", sizeof(nmx_pv_mac)},
     {NMX_PV_MSG_PROMISC_SET, "PROMISC_SET", sizeof(nmx_pv_u32)},
+    {NMX_PV_MSG_FLOW_VALIDATE, "FLOW_VALIDATE", sizeof(nmx_pv_flow_rule)},
+    {NMX_PV_MSG_FLOW_CREATE, "FLOW_CREATE", sizeof(nmx_pv_flow_rule)},
+    {NMX_PV_MSG_FLOW_DESTROY, "FLOW_DESTROY", sizeof(nmx_pv_flow_id)},
+    {NMX_PV_MSG_FLOW_FLUSH, "FLOW_FLUSH", 0},
 };
 
 int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason) {
@@ -806,6 +831,9 @@ int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* rea
       tx_offloads_ = c.tx_offloads;
       rx_offloads_ = c.rx_offloads;
       configured_ = true;
+      // The rules named queues of the old configuration (rte_flow: rules do not survive a
+      // reconfiguration).
+      ClearFlows();
       for (auto& q : q_) q->rx_setup = q->tx_setup = false;
       PublishCaps();
       return 0;
@@ -947,9 +975,86 @@ int32_t PvPort::Handle(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* rea
       promisc_.store(v.value == 1, std::memory_order_relaxed);
       return 0;
     }
+    case NMX_PV_MSG_FLOW_VALIDATE:
+    case NMX_PV_MSG_FLOW_CREATE:
+    case NMX_PV_MSG_FLOW_DESTROY:
+    case NMX_PV_MSG_FLOW_FLUSH:
+      return HandleFlow(req, resp, reason);
   }
   *reason = "unhandled request";
   return -EINVAL;
+}
+
+// FLOW_*: the rules checked by pv::CheckFlowRule against the configuration, at most
+// max_flows of them; the table changes with the workers paused (they read it in Tx).
+int32_t PvPort::HandleFlow(const nmx_pv_msg& req, nmx_pv_msg& resp, std::string* reason) {
+  const RequestRule* rule = nullptr;
+  for (const RequestRule& r : kRules) {
+    if (r.type == req.type) rule = &r;
+  }
+  const std::string what = rule ? rule->name : "FLOW";
+  if (opt_.max_flows == 0) {
+    *reason = what + ": flow rules are off on this port (flows=0)";
+    return -ENOTSUP;
+  }
+  if (req.type == NMX_PV_MSG_FLOW_FLUSH) {
+    ClearFlows();
+    return 0;
+  }
+  if (req.type == NMX_PV_MSG_FLOW_DESTROY) {
+    nmx_pv_flow_id id;
+    std::memcpy(&id, req.payload, sizeof id);
+    // UNTRUSTED: any id; only compared with the table's.
+    if (id.reserved != 0) {
+      *reason = what + ": reserved must be 0";
+      return -EINVAL;
+    }
+    bool found = false;
+    for (const auto& r : flows_.rules()) found |= r->id == id.id;
+    if (!found) {
+      *reason = what + ": no rule " + std::to_string(id.id);
+      return -ENOENT;
+    }
+    PauseGuard pause(*workers_);
+    flows_.Remove(id.id);
+    return 0;
+  }
+  nmx_pv_flow_rule r;
+  std::memcpy(&r, req.payload, sizeof r);  // copy, then check, then use
+  if (!configured_) {
+    *reason = what + ": CONFIGURE first (a rule names rx queues)";
+    return -EINVAL;
+  }
+  // UNTRUSTED: every field of r, bounded by CheckFlowRule (queues < nb_rx_, known bits, the
+  // RSS list's length).
+  if (std::string why = pv::CheckFlowRule(r, nb_rx_); !why.empty()) {
+    *reason = what + ": " + why.substr(why.find(": ") + 2);
+    return why.find("not offered") != std::string::npos ? -ENOTSUP : -EINVAL;
+  }
+  // UNTRUSTED: the number of rules is bounded by flows= (each is tried per frame).
+  if (flows_.size() >= opt_.max_flows) {
+    *reason = what + ": the device has its " + std::to_string(opt_.max_flows) + " rules (flows=" +
+              std::to_string(opt_.max_flows) + ")";
+    return -ENOSPC;
+  }
+  if (req.type == NMX_PV_MSG_FLOW_VALIDATE) return 0;
+  uint32_t id;
+  {
+    PauseGuard pause(*workers_);
+    id = flows_.Add(r);
+  }
+  nmx_pv_flow_id out{id, 0};
+  std::memcpy(resp.payload, &out, sizeof out);
+  resp.len = sizeof out;
+  NICMUX_LOG_RATELIMITED_BY(log_request_, kInfo, "port %s: flow rule %u: %s", name().c_str(), id,
+                            pv::DescribeFlowRule(r).c_str());
+  return 0;
+}
+
+void PvPort::ClearFlows() {
+  if (flows_.empty()) return;
+  PauseGuard pause(*workers_);
+  flows_.Clear();
 }
 
 // The driver's counters (STATS_GET) start again from here; the port's own go on.
@@ -1156,6 +1261,9 @@ void PvPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
 }
 
 size_t PvPort::TxRoom(uint32_t qi) {
+  // With flow rules a frame's ring is known only in Tx, which then takes every frame (one
+  // whose ring is full is dropped, as a NIC's queue would).
+  if (!flows_.empty()) return kBurst;
   Queue& q = *q_[qi];
   if (!q.fill_on.load(std::memory_order_acquire)) return kBurst;  // Tx drops: never a stall
   // UNTRUSTED: posted; a lie is caught by Tx.
@@ -1164,6 +1272,7 @@ size_t PvPort::TxRoom(uint32_t qi) {
 }
 
 size_t PvPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
+  if (!flows_.empty()) return TxFlows(qi, in);  // no rules: one test, the plain path below
   Queue& q = *q_[qi];
   if (!q.fill_on.load(std::memory_order_acquire)) {
     q.txc.dropped.Add(in.size());
@@ -1240,6 +1349,124 @@ size_t PvPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   return k;
 }
 
+// Tx with flow rules: each frame's rule picks its ring (or drops it, or marks it); frames for
+// one ring are filled in order under that ring's fill_lock, one ring at a time. Every frame is
+// taken: one whose ring has no buffer left is dropped (queue_full, and rx_no_buffers).
+size_t PvPort::TxFlows(uint32_t qi, std::span<const PacketRef* const> in) {
+  const uint32_t nq = opt_.queues;
+  for (size_t from = 0; from < in.size(); from += kBurst) {
+    const size_t n = std::min<size_t>(kBurst, in.size() - from);
+    std::array<std::array<Steer, kBurst>, NMX_PV_MAX_QUEUE_PAIRS> to;
+    std::array<uint32_t, NMX_PV_MAX_QUEUE_PAIRS> cnt{};
+    uint32_t dropped = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const PacketRef* p = in[from + i];
+      const pv::FlowVerdict v = flows_.Classify(*p);
+      if (v.drop) {
+        ++dropped;
+        continue;
+      }
+      // A rule's queue was checked against the configuration when it was made; CONFIGURE
+      // clears the rules. Bounded again here, as the ring index it becomes.
+      const uint32_t t = v.queue >= 0 ? static_cast<uint32_t>(v.queue) : qi;
+      if (t >= nq) {
+        ++dropped;
+        continue;
+      }
+      to[t][cnt[t]++] = {p, v.mark, v.rss, v.mark_value, v.hash};
+    }
+    if (dropped) {
+      q_[qi]->txc.dropped.Add(dropped);
+      q_[qi]->txc.drops.Add(DropReason::kFlowDrop, dropped);
+    }
+    for (uint32_t t = 0; t < nq; ++t) {
+      if (!cnt[t]) continue;
+      Queue& q = *q_[t];
+      q.fill_lock.lock();
+      FillSteered(t, to[t].data(), cnt[t]);
+      q.fill_lock.unlock();
+    }
+  }
+  return in.size();
+}
+
+void PvPort::FillSteered(uint32_t ti, const Steer* s, size_t n) {
+  Queue& q = *q_[ti];
+  if (!q.fill_on.load(std::memory_order_acquire) || broken_.load(std::memory_order_acquire)) {
+    q.txc.dropped.Add(n);
+    q.txc.drops.Add(DropReason::kPortDown, n);
+    return;
+  }
+  nmx_pv_ring* r = region_->rx_ring(ti);
+  const uint32_t ring_size = opt_.ring;
+  // UNTRUSTED: posted is the driver's.
+  const uint32_t posted = LoadAcquire(&r->posted);
+  const uint32_t avail = posted - q.filled;
+  if (avail > ring_size) {
+    Break("rx ring " + std::to_string(ti) + ": posted " + std::to_string(posted) + " is " + std::to_string(avail) +
+          " ahead of done " + std::to_string(q.filled) + " (ring of " + std::to_string(ring_size) + ")");
+    q.txc.dropped.Add(n);
+    q.txc.drops.Add(DropReason::kPortDown, n);
+    return;
+  }
+  const bool promisc = promisc_.load(std::memory_order_relaxed);
+  const uint64_t mac = mac_.load(std::memory_order_relaxed);
+  const uint32_t start = q.filled;
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const PacketRef& p = *s[k].p;
+    if (!promisc && !(uint8_t(p.head[0]) & 1)) {  // unicast for another MAC
+      uint64_t dst = 0;
+      std::memcpy(&dst, p.head, 6);
+      if (dst != mac) {
+        q.txc.dropped.Add();
+        q.txc.drops.Add(DropReason::kNoRoute);
+        continue;
+      }
+    }
+    if (q.filled - start == avail) {  // no posted buffer left: dropped (a NIC's full queue)
+      q.no_buffers.Add(n - k);
+      q.txc.dropped.Add(n - k);
+      q.txc.drops.Add(DropReason::kQueueFull, n - k);
+      break;
+    }
+    const uint32_t at = q.filled & (ring_size - 1);
+    nmx_pv_desc d;
+    std::memcpy(&d, &r->desc[at], sizeof d);
+    // UNTRUSTED: the posted buffer must lie inside the buffer area or a registered region.
+    std::byte* buf = region_->Buffer(d.region, d.offset, d.len);
+    if (!buf) {
+      Break("rx ring " + std::to_string(ti) + " descriptor " + std::to_string(q.filled) + ": " + BadBuffer(d));
+      q.txc.dropped.Add(n - k);
+      q.txc.drops.Add(DropReason::kPortDown, n - k);
+      break;
+    }
+    if (p.len > d.len) {  // the buffer stays posted for the next frame
+      q.txc.dropped.Add();
+      q.txc.drops.Add(DropReason::kTooBig);
+      continue;
+    }
+    CopyPacketCompletingTo(p, buf);
+    nmx_pv_desc* out = &r->desc[at];
+    out->len = p.len;
+    uint16_t flags = (p.offload.csum_valid() || p.offload.needs_csum()) ? NMX_PV_DESC_L4_GOOD : 0;
+    if (s[k].mark) flags |= NMX_PV_DESC_MARK;
+    if (s[k].rss) flags |= NMX_PV_DESC_RSS;
+    out->flags = flags;
+    out->rss_hash = s[k].rss ? s[k].hash : 0;
+    out->mark = s[k].mark ? s[k].mark_value : 0;
+    ++q.filled;
+    bytes += p.len;
+  }
+  const uint32_t filled = q.filled - start;
+  q.txc.packets.Add(filled);
+  q.txc.bytes.Add(bytes);
+  if (filled) {
+    StoreRelease(&r->done, q.filled);
+    MaybeIrq(ti, q, r);
+  }
+}
+
 bool PvPort::ArmNotify(std::vector<NotifyFd>* fds) {
   bool work = false;
   for (uint32_t i = 0; i < opt_.queues; ++i) {
@@ -1303,6 +1530,7 @@ std::vector<Port::Detail> PvPort::Details() const {
                                             SizeToString(region_->MemoryBytes())});
     }
     d.push_back({"driver_tx_offloads", OffloadNames(tx_offloads_, true)});
+    if (opt_.max_flows) d.push_back({"flow_rules", uint64_t{flows_.size()}});
   }
   if (broken_.load(std::memory_order_acquire)) d.push_back({"broken", broken_reason_});
   return d;
@@ -1316,7 +1544,23 @@ std::vector<Port::Detail> PvPort::DeviceCaps() const {
           {"max_mtu", uint64_t{opt_.buf_size - kEthHeader - 4}},
           {"max_memory", opt_.ivshmem ? std::string("none (transport=ivshmem)") : SizeToString(opt_.max_memory)},
           {"transport", std::string(opt_.ivshmem ? "ivshmem" : "socket")},
+          {"flow_rules", opt_.max_flows ? "eth vlan ipv4 ipv6 tcp udp -> queue drop mark rss, at most " +
+                                              std::to_string(opt_.max_flows) + " (software)"
+                                        : std::string("none (flows=0)")},
           {"uplink", uplink_desc_}};
+}
+
+std::vector<std::vector<Port::Detail>> PvPort::FlowRules() const {
+  std::vector<std::vector<Detail>> out;
+  for (const auto& r : flows_.rules()) {
+    out.push_back({{"id", uint64_t{r->id}},
+                   {"priority", uint64_t{r->wire.priority}},
+                   {"rule", pv::DescribeFlowRule(r->wire)},
+                   {"hits", r->hits.load(std::memory_order_relaxed)},
+                   // Pushed down to an uplink's rte_flow is a later step: every rule runs here.
+                   {"runs", std::string("software")}});
+  }
+  return out;
 }
 
 }  // namespace
@@ -1330,6 +1574,10 @@ Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* lo
   if (o.max_memory < kPvMinMaxMemory || o.max_memory > kPvMaxMaxMemory) {
     return Error("port " + o.name + ": max_memory=" + std::to_string(o.max_memory) + " is outside " +
                  std::to_string(kPvMinMaxMemory) + ".." + std::to_string(kPvMaxMaxMemory) + " bytes");
+  }
+  if (o.max_flows > pv::kMaxMaxFlows) {
+    return Error("port " + o.name + ": flows=" + std::to_string(o.max_flows) + " is over " +
+                 std::to_string(pv::kMaxMaxFlows));
   }
   if (o.mtu < kMinMtu || o.mtu > o.buf_size - kEthHeader - 4) {
     return Error("port " + o.name + ": mtu " + std::to_string(o.mtu) + " does not fit buf_size " + std::to_string(o.buf_size));
@@ -1371,6 +1619,10 @@ PortKind PvPortKind() {
        "from and into its buffers), all regions together, bytes or with a K, M, G or T suffix (1024-based), "
        "1M..4T. Pages nicmuxd touches first are charged to nicmuxd's memory cgroup",
        kPvMinMaxMemory, kPvMaxMaxMemory},
+      {"flows", OptionType::kUInt, "N", "256",
+       "flow rules the application may create (FLOW_CREATE: match eth/vlan/ipv4/ipv6/tcp/udp, steer to a queue, "
+       "RSS over queues, drop, mark), 0..4096; each is tried per frame delivered to the device; 0: none offered",
+       0, pv::kMaxMaxFlows},
   };
   k.claims = [](const PortSpec& s) { return "socket " + s.options.at("socket"); };
   k.create = [](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
@@ -1404,6 +1656,8 @@ PortKind PvPortKind() {
     }
     NICMUX_TRY_ASSIGN(mm, s.Size("max_memory", kPvMinMaxMemory, kPvMaxMaxMemory, kPvDefaultMaxMemory));
     o.max_memory = mm;
+    NICMUX_TRY_ASSIGN(mf, s.UInt("flows", 0, pv::kMaxMaxFlows, pv::kDefaultMaxFlows));
+    o.max_flows = static_cast<uint32_t>(mf);
     return CreatePvPort(o, c.loop, c.workers);
   };
   return k;

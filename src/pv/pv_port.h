@@ -10,7 +10,8 @@
 // the driver is told, 256..65536, default 2048), mtu (every kind's), mac=xx:..:xx (the
 // device's address; default: a local one from the port's name), uplink=PORT (the port whose
 // capabilities the device reports: TSO offered when that port takes TSO), max_memory=SIZE (the
-// most memory of its own a driver may register, all regions together; default 64G).
+// most memory of its own a driver may register, all regions together; default 64G), flows=N
+// (flow rules per device, 0..4096, default 256; 0: none offered).
 //
 // Threads. The control thread (the daemon's EventLoop) accepts the driver, answers the
 // mailbox (a kick on doorbell 0) and the memory requests on the socket (MEM_ADD, MEM_DEL: only
@@ -24,7 +25,8 @@
 // rx rings. rx_dropped: bad_frame (shorter than an Ethernet header or longer than a frame can
 // be), bad_offload (a request the driver did not configure or that does not fit the frame);
 // tx_dropped: too_big_for_buffers, port_down (the queue not started), no_route (a unicast
-// frame for another MAC while promiscuous mode is off). A broken driver: the device stops,
+// frame for another MAC while promiscuous mode is off), flow_drop (a DROP rule), queue_full (with
+// flow rules: the chosen ring had no buffer). A broken driver: the device stops,
 // the header says why (status, broken_reason), the log names the field; reconnecting clears
 // it.
 //
@@ -64,6 +66,7 @@ struct PvPortOptions {
   // ivshmem-doorbell device (docs/pv-protocol.md, "The VM transport") instead of the process
   // transport's hello; no registered memory there.
   bool ivshmem = false;
+  uint32_t max_flows = 256;  // flow rules per device (FLOW_CREATE); 0: no flow rules
 };
 
 // The pv kind for the port registry (port/kinds.cc).

@@ -56,7 +56,7 @@ Result<std::unique_ptr<Region>> Region::Create(const Layout& l, uint32_t generat
   h->ring_stride = stride;
   h->bufs_offset = bufs_offset;
   h->bufs_size = bufs_size;
-  h->features = l.max_mem_bytes ? NMX_PV_FEATURE_MEM_REGIONS : 0;
+  h->features = (l.max_mem_bytes ? NMX_PV_FEATURE_MEM_REGIONS : 0) | (l.flows ? NMX_PV_FEATURE_FLOWS : 0);
   h->max_mem_bytes = l.max_mem_bytes;
   h->status = NMX_PV_STATUS_OK;
   return r;

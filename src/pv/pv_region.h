@@ -45,6 +45,7 @@ struct Layout {
   // two, because QEMU's ivshmem maps the whole file as BAR2 and a PCI BAR's size is one. The
   // padding follows the buffer area and is never touched by the host.
   bool pow2_size = false;
+  bool flows = false;          // flow rules offered (NMX_PV_FEATURE_FLOWS)
   // Buffer area: room for every ring full (rx and tx of each pair) at buf_size, the default.
   uint64_t BufsBytes() const { return uint64_t{2} * queue_pairs * ring_size * buf_size; }
 };

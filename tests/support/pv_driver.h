@@ -100,6 +100,17 @@ class RawPvDriver {
     for (int i = 0; i < 200 && __atomic_load_n(&ctl->resp_seq, __ATOMIC_ACQUIRE) != seq; ++i) loop->RunOnce(i ? 5 : 0);
     return ctl->resp;
   }
+  // A request whose len says anything (the payload area keeps what it holds).
+  nmx_pv_msg CallWithLen(uint16_t type, uint16_t len) {
+    nmx_pv_ctrl* ctl = c();
+    ctl->req.type = type;
+    ctl->req.len = len;
+    ctl->req.seq = ++seq;
+    __atomic_store_n(&ctl->req_seq, seq, __ATOMIC_RELEASE);
+    Kick(0);
+    for (int i = 0; i < 200 && __atomic_load_n(&ctl->resp_seq, __ATOMIC_ACQUIRE) != seq; ++i) loop->RunOnce(i ? 5 : 0);
+    return ctl->resp;
+  }
   template <typename T>
   nmx_pv_msg Call(uint16_t type, const T& payload) {
     return Call(type, &payload, sizeof payload);
@@ -107,7 +118,7 @@ class RawPvDriver {
 
   // CONFIGURE, QUEUE_SETUP of every queue both ways, START; "" or the host's reason.
   std::string Start(uint32_t queues = 1, uint64_t tx_offloads = 0) {
-    nmx_pv_configure cfg{};
+    struct nmx_pv_configure cfg{};
     cfg.nb_rx_queues = cfg.nb_tx_queues = queues;
     cfg.tx_offloads = tx_offloads;
     nmx_pv_msg r = Call(NMX_PV_MSG_CONFIGURE, cfg);

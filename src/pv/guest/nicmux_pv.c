@@ -806,7 +806,9 @@ void nmx_pv_set_timeout(struct nmx_pv_dev* dev, int timeout_ms) {
 static const char* msg_name(uint16_t type) {
   static const char* const names[] = {"?",          "GET_INFO",    "CONFIGURE",   "QUEUE_SETUP", "QUEUE_RELEASE",
                                       "START",      "STOP",        "STATS_GET",   "STATS_RESET", "LINK_GET",
-                                      "MTU_SET",    "MAC_SET",     "PROMISC_SET"};
+                                      "MTU_SET",    "MAC_SET",     "PROMISC_SET", "FLOW_VALIDATE", "FLOW_CREATE",
+                                      "FLOW_DESTROY", "FLOW_FLUSH"};
+  _Static_assert(sizeof names / sizeof names[0] == NMX_PV_MSG_MAX_TYPE + 1, "a name per request type");
   return type <= NMX_PV_MSG_MAX_TYPE ? names[type] : "?";
 }
 
@@ -906,7 +908,12 @@ static int bad_arg(struct nmx_pv_dev* dev, const char* f, ...) {
 
 int nmx_pv_get_info(struct nmx_pv_dev* dev, struct nmx_pv_info* info) {
   struct nmx_pv_info i;
-  const int rc = ctrl_call(dev, NMX_PV_MSG_GET_INFO, NULL, 0, &i, sizeof i);
+  memset(&i, 0, sizeof i);
+  /* A host without flow rules may answer the info as it was before them (without the flow
+   * fields at its end); with NMX_PV_FEATURE_FLOWS the whole of it. */
+  const uint16_t want = (dev->hdr.features & NMX_PV_FEATURE_FLOWS) ? (uint16_t)sizeof i
+                                                                    : (uint16_t)offsetof(struct nmx_pv_info, flow_items);
+  const int rc = ctrl_call(dev, NMX_PV_MSG_GET_INFO, NULL, 0, &i, want);
   if (rc < 0) return rc;
   /* UNTRUSTED: the info; the fields the library relies on are checked, the text sanitized. */
   const char* bad = NULL;
@@ -925,6 +932,19 @@ int nmx_pv_get_info(struct nmx_pv_dev* dev, struct nmx_pv_info* info) {
   memcpy(i.uplink, up, sizeof up);
   i.link_up = i.link_up ? 1 : 0;
   i.promisc = i.promisc ? 1 : 0;
+  /* UNTRUSTED: the flow capabilities: only with the header's NMX_PV_FEATURE_FLOWS, only bits
+   * this library knows, the RSS list no longer than the wire holds. */
+  if (!(dev->hdr.features & NMX_PV_FEATURE_FLOWS)) {
+    i.flow_items = i.flow_actions = i.max_flows = i.flow_rss_queues = 0;
+    i.flow_rss_types = 0;
+    memset(&i.flow_fields, 0, sizeof i.flow_fields);
+  }
+  i.flow_items &= NMX_PV_FLOW_ITEM_ETH | NMX_PV_FLOW_ITEM_VLAN | NMX_PV_FLOW_ITEM_IPV4 | NMX_PV_FLOW_ITEM_IPV6 |
+                  NMX_PV_FLOW_ITEM_TCP | NMX_PV_FLOW_ITEM_UDP;
+  i.flow_actions &= NMX_PV_FLOW_ACTION_QUEUE | NMX_PV_FLOW_ACTION_DROP | NMX_PV_FLOW_ACTION_MARK | NMX_PV_FLOW_ACTION_RSS;
+  i.flow_rss_types &= NMX_PV_RSS_IPV4 | NMX_PV_RSS_IPV4_TCP | NMX_PV_RSS_IPV4_UDP | NMX_PV_RSS_IPV6 |
+                      NMX_PV_RSS_IPV6_TCP | NMX_PV_RSS_IPV6_UDP;
+  if (i.flow_rss_queues > NMX_PV_FLOW_RSS_MAX_QUEUES) i.flow_rss_queues = NMX_PV_FLOW_RSS_MAX_QUEUES;
   *info = i;
   return 0;
 }
@@ -1140,6 +1160,45 @@ int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]) {
 int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on) {
   const struct nmx_pv_u32 v = {.value = on ? 1u : 0u};
   return ctrl_call(dev, NMX_PV_MSG_PROMISC_SET, &v, sizeof v, NULL, 0);
+}
+
+/* ---- flow rules --------------------------------------------------------------------------- */
+
+static int flows_offered(struct nmx_pv_dev* dev, const char* what) {
+  if (dev->hdr.features & NMX_PV_FEATURE_FLOWS) return 0;
+  fmt(dev->err, sizeof dev->err, "%s: the host offers no flow rules (header.features 0x%llx)", what,
+      (unsigned long long)dev->hdr.features);
+  return -ENOTSUP;
+}
+
+int nmx_pv_flow_validate(struct nmx_pv_dev* dev, const struct nmx_pv_flow_rule* rule) {
+  const int rc = flows_offered(dev, "FLOW_VALIDATE");
+  if (rc < 0) return rc;
+  return ctrl_call(dev, NMX_PV_MSG_FLOW_VALIDATE, rule, sizeof *rule, NULL, 0);
+}
+
+int nmx_pv_flow_create(struct nmx_pv_dev* dev, const struct nmx_pv_flow_rule* rule, uint32_t* id) {
+  int rc = flows_offered(dev, "FLOW_CREATE");
+  if (rc < 0) return rc;
+  struct nmx_pv_flow_id out;
+  rc = ctrl_call(dev, NMX_PV_MSG_FLOW_CREATE, rule, sizeof *rule, &out, sizeof out);
+  if (rc < 0) return rc;
+  /* UNTRUSTED: the id is the host's name for the rule, only ever sent back to it. */
+  *id = out.id;
+  return 0;
+}
+
+int nmx_pv_flow_destroy(struct nmx_pv_dev* dev, uint32_t id) {
+  const int rc = flows_offered(dev, "FLOW_DESTROY");
+  if (rc < 0) return rc;
+  const struct nmx_pv_flow_id in = {.id = id, .reserved = 0};
+  return ctrl_call(dev, NMX_PV_MSG_FLOW_DESTROY, &in, sizeof in, NULL, 0);
+}
+
+int nmx_pv_flow_flush(struct nmx_pv_dev* dev) {
+  const int rc = flows_offered(dev, "FLOW_FLUSH");
+  if (rc < 0) return rc;
+  return ctrl_call(dev, NMX_PV_MSG_FLOW_FLUSH, NULL, 0, NULL, 0);
 }
 
 /* ---- registered memory --------------------------------------------------------------------- */

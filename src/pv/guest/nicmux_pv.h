@@ -139,6 +139,20 @@ int nmx_pv_mtu_set(struct nmx_pv_dev* dev, uint32_t mtu);
 int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]);
 int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on);
 
+/* ---- flow rules (needs NMX_PV_FEATURE_FLOWS) ---------------------------------------------------
+ *
+ * Rules over the frames the host puts in the device's rx rings (struct nmx_pv_flow_rule in
+ * pv_abi.h: eth/vlan/ipv4/ipv6/tcp/udp spec and mask; queue, rss, drop, mark). GET_INFO's
+ * flow_items, flow_actions, flow_fields, flow_rss_types and max_flows say what the host takes
+ * (zero without the feature); the host checks every rule again and refuses with its reason
+ * (nmx_pv_strerror). After nmx_pv_configure (which drops every rule). -ENOTSUP without the
+ * feature. */
+int nmx_pv_flow_validate(struct nmx_pv_dev* dev, const struct nmx_pv_flow_rule* rule);
+/* The host's id for the new rule in *id (for nmx_pv_flow_destroy). */
+int nmx_pv_flow_create(struct nmx_pv_dev* dev, const struct nmx_pv_flow_rule* rule, uint32_t* id);
+int nmx_pv_flow_destroy(struct nmx_pv_dev* dev, uint32_t id);
+int nmx_pv_flow_flush(struct nmx_pv_dev* dev);
+
 /* ---- registered memory (zero copy; needs NMX_PV_FEATURE_MEM_REGIONS) ----------------------
  *
  * The caller's own memory, given to the host as files: descriptors then name buffers in it as
