@@ -66,6 +66,9 @@ options:
                      partial checksum, to be cut into MSS-byte segments (negotiates CSUM and
                      HOST_TSO4; the backend must offer them). Sequence numbers count payload
                      bytes, the payload is a pattern of them: any receiver verifies segments
+  --udp PORT         with --mode tx: IPv4/UDP frames of --size bytes (at least 42), 10.0.0.1
+                     port 10000 + (sequence % 256) -> 10.0.0.2 port PORT (for a receiver's flow
+                     rules; the pktgen header under them is overwritten: not verifiable)
   --static-payload   with --tso: write each transmit buffer's payload once, then only its
                      headers (a throughput run: the sender is not bound by writing 64 KiB per
                      frame; receivers must not --verify the payload)
@@ -114,6 +117,7 @@ struct Options {
   bool busy_poll = false;
   bool yield = false;
   uint32_t tso = 0;  // MSS; 0: pktgen frames
+  uint32_t udp = 0;  // --udp PORT: IPv4/UDP frames to PORT (0: pktgen frames)
   bool static_payload = false;
   bool offloads = false;
   uint8_t mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
@@ -182,6 +186,8 @@ Options Parse(int argc, char** argv) {
       o.duration_given = true;
     } else if (a == "--tso") {
       o.tso = static_cast<uint32_t>(Num(a, val(), 64, 9000));
+    } else if (a == "--udp") {
+      o.udp = static_cast<uint32_t>(Num(a, val(), 1, 65535));
     } else if (a == "--static-payload") {
       o.static_payload = true;
     } else if (a == "--offloads") {
@@ -228,6 +234,9 @@ Options Parse(int argc, char** argv) {
   }
   if (o.socket.empty()) Usage("--socket is required");
   if (o.mode.empty()) Usage("--mode is required");
+  if (o.udp && (o.mode != "tx" || o.tso || o.size < 42)) {
+    Usage("--udp: only with --mode tx, without --tso, and --size of at least 42");
+  }
   return o;
 }
 
@@ -450,6 +459,19 @@ int Run(const Options& o) {
             seq[k] += o.size - kTcpHdrs;
           } else {
             BuildFrame(b + hdr, o.size, (o.stream << 4) | k, seq[k]++);
+            if (o.udp) {
+              // IPv4/UDP over the pktgen header: 10.0.0.1:(10000 + seq % 256) -> 10.0.0.2:udp.
+              auto* f = reinterpret_cast<uint8_t*>(b + hdr);
+              static const uint8_t ip[20] = {0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2};
+              Put16(f + 12, 0x0800);
+              std::memcpy(f + 14, ip, sizeof ip);
+              Put16(f + 16, static_cast<uint16_t>(o.size - 14));
+              Put16(f + 24, static_cast<uint16_t>(~Sum16(f + 14, 20)));
+              Put16(f + 34, static_cast<uint16_t>(10000 + seq[k] % 256));
+              Put16(f + 36, static_cast<uint16_t>(o.udp));
+              Put16(f + 38, static_cast<uint16_t>(o.size - 34));
+              Put16(f + 40, 0);  // no checksum (IPv4 allows it)
+            }
           }
           if (ping) {
             const uint64_t t_ns = MonotonicNowNs();

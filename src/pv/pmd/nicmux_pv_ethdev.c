@@ -37,6 +37,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +54,9 @@
 #include <rte_mempool.h>
 #include <rte_errno.h>
 #include <rte_fbarray.h>
+#include <rte_flow.h>
+#include <rte_flow_driver.h>
+#include <sys/queue.h>
 
 #include "pv/guest/nicmux_pv.h"
 
@@ -137,7 +141,16 @@ struct pv_tx_queue {
   uint64_t too_long;     /* chains longer than buf_size, dropped (written by the data path) */
 };
 
+/* A flow rule nicmuxd made (FLOW_CREATE): its id there. */
+struct rte_flow {
+  TAILQ_ENTRY(rte_flow) next;
+  uint32_t id;
+};
+TAILQ_HEAD(pv_flow_list, rte_flow);
+
 struct pv_internals {
+  struct pv_flow_list flows; /* what nicmuxd holds for this device */
+  char flow_err[256];        /* the last rte_flow error's text (rte_flow_error.message) */
   struct nmx_pv_dev* pv;
   char socket[256];
   int zerocopy;            /* devarg zerocopy= (default 1) */
@@ -155,6 +168,7 @@ struct pv_internals {
 };
 
 static struct pv_internals* priv(struct rte_eth_dev* dev) { return dev->data->dev_private; }
+static void pv_flow_forget(struct pv_internals* in);
 
 /* GET_INFO into the cache. */
 static int pv_read_info(struct rte_eth_dev* dev) {
@@ -546,6 +560,8 @@ static int pv_dev_infos_get(struct rte_eth_dev* dev, struct rte_eth_dev_info* di
   di->tx_queue_offload_capa = 0; /* per port: nicmuxd configures the device as a whole */
   di->rx_queue_offload_capa = 0;
   di->speed_capa = RTE_ETH_LINK_SPEED_FIXED;
+  /* Flow rules (nicmuxd's) survive stop and start; CONFIGURE drops them. */
+  if (info->flow_items) di->dev_capa |= RTE_ETH_DEV_CAPA_FLOW_RULE_KEEP;
   return 0;
 }
 
@@ -708,7 +724,9 @@ static int pv_dev_configure(struct rte_eth_dev* dev) {
     in->events = ~nmx_pv_events(in->pv);
     return pv_fail(dev, "configure refused", rc);
   }
-  /* nicmuxd forgets every queue on CONFIGURE: they are set up again (queue setup or start). */
+  /* nicmuxd forgets every queue and every flow rule on CONFIGURE: queues are set up again
+   * (queue setup or start); the application makes its rules again. */
+  pv_flow_forget(in);
   /* Zero copy: the mbufs the forgotten queues held are ours again. */
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) {
     struct pv_rx_queue* q = dev->data->rx_queues[i];
@@ -947,6 +965,7 @@ static int pv_dev_close(struct rte_eth_dev* dev) {
   /* Closing the connection stops the device at nicmuxd and frees its region. */
   nmx_pv_close(in->pv);
   in->pv = NULL;
+  pv_flow_forget(in); /* nicmuxd dropped the rules with the connection */
   /* mac_addrs (rte_zmalloc'd) and dev_private are freed by rte_eth_dev_release_port. */
   return 0;
 }
@@ -1055,7 +1074,425 @@ static int pv_promisc(struct rte_eth_dev* dev, int on) {
 static int pv_promiscuous_enable(struct rte_eth_dev* dev) { return pv_promisc(dev, 1); }
 static int pv_promiscuous_disable(struct rte_eth_dev* dev) { return pv_promisc(dev, 0); }
 
+/* ---- rte_flow ------------------------------------------------------------------------------- *
+ * Rules go to nicmuxd (FLOW_VALIDATE/CREATE/DESTROY/FLUSH), which applies them in software to
+ * the frames it puts in this device's rx rings. The translation takes what the wire can say
+ * (struct nmx_pv_flow_rule: eth/vlan/ipv4/ipv6/tcp/udp, queue/drop/mark/rss) and refuses the
+ * rest with a reason; then what nicmuxd announced in GET_INFO (flow_items, flow_actions,
+ * flow_fields, flow_rss_types, flow_rss_queues) bounds it, so that what the application is told
+ * is what nicmuxd does; nicmuxd checks every rule again and its refusal comes back as the error's
+ * message. */
+
+static int pv_flow_fail(struct pv_internals* in, struct rte_flow_error* e, int code, enum rte_flow_error_type type,
+                        const void* cause, const char* f, ...) __attribute__((format(printf, 6, 7)));
+static int pv_flow_fail(struct pv_internals* in, struct rte_flow_error* e, int code, enum rte_flow_error_type type,
+                        const void* cause, const char* f, ...) {
+  va_list ap;
+  va_start(ap, f);
+  vsnprintf(in->flow_err, sizeof in->flow_err, f, ap);
+  va_end(ap);
+  return rte_flow_error_set(e, code, type, cause, in->flow_err);
+}
+
+static int pv_mask_zero(const void* p, size_t n) {
+  const uint8_t* b = p;
+  for (size_t i = 0; i < n; ++i)
+    if (b[i]) return 0;
+  return 1;
+}
+
+static const char* pv_item_name(enum rte_flow_item_type t) {
+  switch (t) {
+    case RTE_FLOW_ITEM_TYPE_ETH: return "eth";
+    case RTE_FLOW_ITEM_TYPE_VLAN: return "vlan";
+    case RTE_FLOW_ITEM_TYPE_IPV4: return "ipv4";
+    case RTE_FLOW_ITEM_TYPE_IPV6: return "ipv6";
+    case RTE_FLOW_ITEM_TYPE_TCP: return "tcp";
+    case RTE_FLOW_ITEM_TYPE_UDP: return "udp";
+    case RTE_FLOW_ITEM_TYPE_SCTP: return "sctp";
+    case RTE_FLOW_ITEM_TYPE_ICMP: return "icmp";
+    case RTE_FLOW_ITEM_TYPE_VXLAN: return "vxlan";
+    case RTE_FLOW_ITEM_TYPE_GRE: return "gre";
+    case RTE_FLOW_ITEM_TYPE_RAW: return "raw";
+    case RTE_FLOW_ITEM_TYPE_ANY: return "any";
+    default: return "(another)";
+  }
+}
+
+/* RTE_ETH_RSS_* -> NMX_PV_RSS_*; bits with no counterpart in *rest. */
+static uint64_t pv_rss_types(uint64_t eth, uint64_t* rest) {
+  static const struct {
+    uint64_t eth, pv;
+  } map[] = {
+      {RTE_ETH_RSS_IPV4, NMX_PV_RSS_IPV4},
+      {RTE_ETH_RSS_FRAG_IPV4, NMX_PV_RSS_IPV4},
+      {RTE_ETH_RSS_NONFRAG_IPV4_OTHER, NMX_PV_RSS_IPV4},
+      {RTE_ETH_RSS_NONFRAG_IPV4_TCP, NMX_PV_RSS_IPV4_TCP},
+      {RTE_ETH_RSS_NONFRAG_IPV4_UDP, NMX_PV_RSS_IPV4_UDP},
+      {RTE_ETH_RSS_IPV6, NMX_PV_RSS_IPV6},
+      {RTE_ETH_RSS_FRAG_IPV6, NMX_PV_RSS_IPV6},
+      {RTE_ETH_RSS_NONFRAG_IPV6_OTHER, NMX_PV_RSS_IPV6},
+      {RTE_ETH_RSS_IPV6_EX, NMX_PV_RSS_IPV6},
+      {RTE_ETH_RSS_NONFRAG_IPV6_TCP, NMX_PV_RSS_IPV6_TCP},
+      {RTE_ETH_RSS_IPV6_TCP_EX, NMX_PV_RSS_IPV6_TCP},
+      {RTE_ETH_RSS_NONFRAG_IPV6_UDP, NMX_PV_RSS_IPV6_UDP},
+      {RTE_ETH_RSS_IPV6_UDP_EX, NMX_PV_RSS_IPV6_UDP},
+  };
+  uint64_t pv = 0, seen = 0;
+  for (size_t i = 0; i < RTE_DIM(map); ++i) {
+    if (eth & map[i].eth) {
+      pv |= map[i].pv;
+      seen |= map[i].eth;
+    }
+  }
+  *rest = eth & ~seen;
+  return pv;
+}
+
+/* attr/pattern/actions -> r; 0 or a negative errno with the error set. */
+static int pv_flow_translate(struct rte_eth_dev* dev, const struct rte_flow_attr* attr,
+                             const struct rte_flow_item items[], const struct rte_flow_action actions[],
+                             struct nmx_pv_flow_rule* r, struct rte_flow_error* e) {
+  struct pv_internals* in = priv(dev);
+  const uint16_t port = dev->data->port_id;
+  memset(r, 0, sizeof *r);
+  if (in->pv == NULL) return pv_flow_fail(in, e, ENODEV, RTE_FLOW_ERROR_TYPE_UNSPECIFIED, NULL, "device closed");
+  int rc = pv_fresh_info(dev);
+  if (rc < 0) return pv_flow_fail(in, e, -rc, RTE_FLOW_ERROR_TYPE_UNSPECIFIED, NULL, "GET_INFO failed");
+  const struct nmx_pv_info* info = &in->info;
+  if (!(nmx_pv_features(in->pv) & NMX_PV_FEATURE_FLOWS) || info->flow_items == 0) {
+    return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_UNSPECIFIED, NULL,
+                        "port %u: nicmuxd offers no flow rules on this device (its pv port has flows=0)", port);
+  }
+  if (attr == NULL) return pv_flow_fail(in, e, EINVAL, RTE_FLOW_ERROR_TYPE_ATTR, NULL, "no attributes");
+  if (!attr->ingress || attr->egress || attr->transfer) {
+    return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ATTR, attr,
+                        "only ingress rules (nicmuxd applies them to the frames it delivers to the device)");
+  }
+  if (attr->group) return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ATTR_GROUP, attr, "only group 0");
+  r->priority = attr->priority;
+
+  /* The pattern: eth, vlan, ipv4|ipv6, tcp|udp, in that order, each at most once. */
+  int stage = 0;
+  for (const struct rte_flow_item* it = items; it && it->type != RTE_FLOW_ITEM_TYPE_END; ++it) {
+    if (it->type == RTE_FLOW_ITEM_TYPE_VOID) continue;
+    uint32_t bit = 0;
+    int at = 0;
+    switch (it->type) {
+      case RTE_FLOW_ITEM_TYPE_ETH: bit = NMX_PV_FLOW_ITEM_ETH, at = 1; break;
+      case RTE_FLOW_ITEM_TYPE_VLAN: bit = NMX_PV_FLOW_ITEM_VLAN, at = 2; break;
+      case RTE_FLOW_ITEM_TYPE_IPV4: bit = NMX_PV_FLOW_ITEM_IPV4, at = 3; break;
+      case RTE_FLOW_ITEM_TYPE_IPV6: bit = NMX_PV_FLOW_ITEM_IPV6, at = 3; break;
+      case RTE_FLOW_ITEM_TYPE_TCP: bit = NMX_PV_FLOW_ITEM_TCP, at = 4; break;
+      case RTE_FLOW_ITEM_TYPE_UDP: bit = NMX_PV_FLOW_ITEM_UDP, at = 4; break;
+      default:
+        return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM, it,
+                            "item %s (type %d) is not offered: nicmuxd matches eth, vlan, ipv4, ipv6, tcp, udp",
+                            pv_item_name(it->type), (int)it->type);
+    }
+    const char* name = pv_item_name(it->type);
+    if (!(info->flow_items & bit)) {
+      return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM, it, "item %s is not offered by nicmuxd", name);
+    }
+    if (at <= stage) {
+      return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM, it,
+                          "item %s out of place: a pattern is eth / vlan / ipv4 or ipv6 / tcp or udp, each once", name);
+    }
+    stage = at;
+    r->items |= bit;
+    if (it->last) {
+      return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_LAST, it, "item %s: ranges (last) are not offered",
+                          name);
+    }
+    if (it->spec == NULL) continue; /* any frame of the protocol */
+    struct nmx_pv_flow_fields* sp = &r->spec;
+    struct nmx_pv_flow_fields* mk = &r->mask;
+    int rest = 0; /* mask bits on fields the wire cannot carry */
+    switch (it->type) {
+      case RTE_FLOW_ITEM_TYPE_ETH: {
+        const struct rte_flow_item_eth* s = it->spec;
+        struct rte_flow_item_eth m = it->mask ? *(const struct rte_flow_item_eth*)it->mask : rte_flow_item_eth_mask;
+        memcpy(sp->eth_dst, s->hdr.dst_addr.addr_bytes, 6);
+        memcpy(sp->eth_src, s->hdr.src_addr.addr_bytes, 6);
+        sp->eth_type = s->hdr.ether_type;
+        memcpy(mk->eth_dst, m.hdr.dst_addr.addr_bytes, 6);
+        memcpy(mk->eth_src, m.hdr.src_addr.addr_bytes, 6);
+        mk->eth_type = m.hdr.ether_type;
+        memset(&m.hdr, 0, sizeof m.hdr);
+        rest = !pv_mask_zero(&m, sizeof m) ? 1 : 0; /* has_vlan */
+        if (rest) {
+          return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_MASK, it,
+                              "item eth: has_vlan is not offered (a vlan item asks for a tag)");
+        }
+        break;
+      }
+      case RTE_FLOW_ITEM_TYPE_VLAN: {
+        const struct rte_flow_item_vlan* s = it->spec;
+        struct rte_flow_item_vlan m = it->mask ? *(const struct rte_flow_item_vlan*)it->mask : rte_flow_item_vlan_mask;
+        sp->vlan_tci = s->hdr.vlan_tci;
+        sp->vlan_inner_type = s->hdr.eth_proto;
+        mk->vlan_tci = m.hdr.vlan_tci;
+        mk->vlan_inner_type = m.hdr.eth_proto;
+        memset(&m.hdr, 0, sizeof m.hdr);
+        if (!pv_mask_zero(&m, sizeof m)) {
+          return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_MASK, it,
+                              "item vlan: has_more_vlan is not offered (nicmuxd matches tci and inner_type)");
+        }
+        break;
+      }
+      case RTE_FLOW_ITEM_TYPE_IPV4: {
+        const struct rte_flow_item_ipv4* s = it->spec;
+        struct rte_flow_item_ipv4 m = it->mask ? *(const struct rte_flow_item_ipv4*)it->mask : rte_flow_item_ipv4_mask;
+        memcpy(sp->ip_src, &s->hdr.src_addr, 4);
+        memcpy(sp->ip_dst, &s->hdr.dst_addr, 4);
+        sp->ip_proto = s->hdr.next_proto_id;
+        sp->ip_tos = s->hdr.type_of_service;
+        memcpy(mk->ip_src, &m.hdr.src_addr, 4);
+        memcpy(mk->ip_dst, &m.hdr.dst_addr, 4);
+        mk->ip_proto = m.hdr.next_proto_id;
+        mk->ip_tos = m.hdr.type_of_service;
+        m.hdr.src_addr = m.hdr.dst_addr = 0;
+        m.hdr.next_proto_id = m.hdr.type_of_service = 0;
+        if (!pv_mask_zero(&m, sizeof m)) {
+          return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_MASK, it,
+                              "item ipv4: nicmuxd matches src, dst, proto and tos only (the mask has bits elsewhere)");
+        }
+        break;
+      }
+      case RTE_FLOW_ITEM_TYPE_IPV6: {
+        const struct rte_flow_item_ipv6* s = it->spec;
+        struct rte_flow_item_ipv6 m = it->mask ? *(const struct rte_flow_item_ipv6*)it->mask : rte_flow_item_ipv6_mask;
+        memcpy(sp->ip_src, s->hdr.src_addr, 16);
+        memcpy(sp->ip_dst, s->hdr.dst_addr, 16);
+        sp->ip_proto = s->hdr.proto;
+        sp->ip_tos = (uint8_t)(rte_be_to_cpu_32(s->hdr.vtc_flow) >> 20);
+        memcpy(mk->ip_src, m.hdr.src_addr, 16);
+        memcpy(mk->ip_dst, m.hdr.dst_addr, 16);
+        mk->ip_proto = m.hdr.proto;
+        const uint32_t vtc = rte_be_to_cpu_32(m.hdr.vtc_flow);
+        mk->ip_tos = (uint8_t)(vtc >> 20);
+        memset(m.hdr.src_addr, 0, 16);
+        memset(m.hdr.dst_addr, 0, 16);
+        m.hdr.proto = 0;
+        m.hdr.vtc_flow = rte_cpu_to_be_32(vtc & ~0x0ff00000u);
+        if (!pv_mask_zero(&m, sizeof m)) {
+          return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_MASK, it,
+                              "item ipv6: nicmuxd matches src, dst, proto and tc only (the mask has bits elsewhere)");
+        }
+        break;
+      }
+      case RTE_FLOW_ITEM_TYPE_TCP: {
+        const struct rte_flow_item_tcp* s = it->spec;
+        struct rte_flow_item_tcp m = it->mask ? *(const struct rte_flow_item_tcp*)it->mask : rte_flow_item_tcp_mask;
+        sp->l4_src = s->hdr.src_port;
+        sp->l4_dst = s->hdr.dst_port;
+        mk->l4_src = m.hdr.src_port;
+        mk->l4_dst = m.hdr.dst_port;
+        m.hdr.src_port = m.hdr.dst_port = 0;
+        if (!pv_mask_zero(&m, sizeof m)) {
+          return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_MASK, it,
+                              "item tcp: nicmuxd matches src and dst ports only (flags, seq, ... are not offered)");
+        }
+        break;
+      }
+      case RTE_FLOW_ITEM_TYPE_UDP: {
+        const struct rte_flow_item_udp* s = it->spec;
+        struct rte_flow_item_udp m = it->mask ? *(const struct rte_flow_item_udp*)it->mask : rte_flow_item_udp_mask;
+        sp->l4_src = s->hdr.src_port;
+        sp->l4_dst = s->hdr.dst_port;
+        mk->l4_src = m.hdr.src_port;
+        mk->l4_dst = m.hdr.dst_port;
+        m.hdr.src_port = m.hdr.dst_port = 0;
+        if (!pv_mask_zero(&m, sizeof m)) {
+          return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_MASK, it,
+                              "item udp: nicmuxd matches src and dst ports only");
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  /* What nicmuxd matches (GET_INFO's flow_fields): no mask bit outside it. */
+  const uint8_t* mb = (const uint8_t*)&r->mask;
+  for (size_t i = 0; i < sizeof r->mask; ++i) {
+    if (mb[i] & ~info->flow_fields.bytes[i]) {
+      return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM_MASK, NULL,
+                          "nicmuxd does not match byte %zu of the flow fields (GET_INFO flow_fields)", i);
+    }
+  }
+  if ((r->items & (NMX_PV_FLOW_ITEM_TCP | NMX_PV_FLOW_ITEM_UDP)) &&
+      !(r->items & (NMX_PV_FLOW_ITEM_IPV4 | NMX_PV_FLOW_ITEM_IPV6))) {
+    return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ITEM, NULL, "a tcp or udp item needs an ipv4 or ipv6 item");
+  }
+
+  /* The actions. */
+  for (const struct rte_flow_action* a = actions; a && a->type != RTE_FLOW_ACTION_TYPE_END; ++a) {
+    uint32_t bit;
+    const char* name;
+    switch (a->type) {
+      case RTE_FLOW_ACTION_TYPE_VOID: continue;
+      case RTE_FLOW_ACTION_TYPE_QUEUE: bit = NMX_PV_FLOW_ACTION_QUEUE, name = "queue"; break;
+      case RTE_FLOW_ACTION_TYPE_DROP: bit = NMX_PV_FLOW_ACTION_DROP, name = "drop"; break;
+      case RTE_FLOW_ACTION_TYPE_MARK: bit = NMX_PV_FLOW_ACTION_MARK, name = "mark"; break;
+      case RTE_FLOW_ACTION_TYPE_RSS: bit = NMX_PV_FLOW_ACTION_RSS, name = "rss"; break;
+      default:
+        return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION, a,
+                            "action type %d is not offered: nicmuxd does queue, drop, mark, rss", (int)a->type);
+    }
+    if (!(info->flow_actions & bit)) {
+      return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION, a, "action %s is not offered by nicmuxd", name);
+    }
+    if (r->actions & bit) {
+      return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION, a, "action %s twice", name);
+    }
+    r->actions |= bit;
+    if (a->conf == NULL && bit != NMX_PV_FLOW_ACTION_DROP) {
+      return pv_flow_fail(in, e, EINVAL, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a, "action %s without its conf", name);
+    }
+    if (bit == NMX_PV_FLOW_ACTION_QUEUE) {
+      const struct rte_flow_action_queue* q = a->conf;
+      if (q->index >= dev->data->nb_rx_queues) {
+        return pv_flow_fail(in, e, EINVAL, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a,
+                            "action queue %u: the port has %u rx queues", q->index, dev->data->nb_rx_queues);
+      }
+      r->queue = q->index;
+    } else if (bit == NMX_PV_FLOW_ACTION_MARK) {
+      r->mark = ((const struct rte_flow_action_mark*)a->conf)->id;
+    } else if (bit == NMX_PV_FLOW_ACTION_RSS) {
+      const struct rte_flow_action_rss* rss = a->conf;
+      if (rss->func != RTE_ETH_HASH_FUNCTION_DEFAULT && rss->func != RTE_ETH_HASH_FUNCTION_TOEPLITZ) {
+        return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a, "action rss: only the Toeplitz hash");
+      }
+      if (rss->level > 1) {
+        return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a,
+                            "action rss: level %u (inner headers) is not offered", rss->level);
+      }
+      uint64_t rest;
+      r->rss_types = pv_rss_types(rss->types, &rest);
+      if (rest || (r->rss_types & ~info->flow_rss_types)) {
+        return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a,
+                            "action rss: types 0x%" PRIx64 " are not offered (nicmuxd hashes ipv4, ipv6 and their "
+                            "tcp and udp on addresses and ports)", rss->types);
+      }
+      if (rss->key_len != 0 && rss->key_len != NMX_PV_FLOW_RSS_KEY) {
+        return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a,
+                            "action rss: a key of %u bytes (0 or %u)", rss->key_len, NMX_PV_FLOW_RSS_KEY);
+      }
+      if (rss->key_len) {
+        if (rss->key == NULL) {
+          return pv_flow_fail(in, e, EINVAL, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a, "action rss: key_len without a key");
+        }
+        memcpy(r->rss_key, rss->key, NMX_PV_FLOW_RSS_KEY);
+        r->rss_key_len = NMX_PV_FLOW_RSS_KEY;
+      }
+      const uint32_t most = RTE_MIN(info->flow_rss_queues, NMX_PV_FLOW_RSS_MAX_QUEUES);
+      if (rss->queue_num < 1 || rss->queue_num > most || rss->queue == NULL) {
+        return pv_flow_fail(in, e, ENOTSUP, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a,
+                            "action rss: %u queues (nicmuxd takes 1..%u)", rss->queue_num, most);
+      }
+      for (uint32_t i = 0; i < rss->queue_num; ++i) {
+        if (rss->queue[i] >= dev->data->nb_rx_queues) {
+          return pv_flow_fail(in, e, EINVAL, RTE_FLOW_ERROR_TYPE_ACTION_CONF, a,
+                              "action rss: queue %u: the port has %u rx queues", rss->queue[i],
+                              dev->data->nb_rx_queues);
+        }
+        r->rss_queues[i] = rss->queue[i];
+      }
+      r->rss_queue_num = rss->queue_num;
+    }
+  }
+  if (r->actions == 0) return pv_flow_fail(in, e, EINVAL, RTE_FLOW_ERROR_TYPE_ACTION_NUM, NULL, "no action");
+  return 0;
+}
+
+/* nicmuxd's refusal as the error: its reason, its errno. */
+static int pv_flow_host_fail(struct rte_eth_dev* dev, struct rte_flow_error* e, int rc) {
+  struct pv_internals* in = priv(dev);
+  PV_LOG(ERR, "port %u: flow rule refused: %s", dev->data->port_id, nmx_pv_strerror(in->pv));
+  return pv_flow_fail(in, e, -rc, RTE_FLOW_ERROR_TYPE_UNSPECIFIED, NULL, "%s", nmx_pv_strerror(in->pv));
+}
+
+static int pv_flow_validate(struct rte_eth_dev* dev, const struct rte_flow_attr* attr,
+                            const struct rte_flow_item items[], const struct rte_flow_action actions[],
+                            struct rte_flow_error* e) {
+  struct nmx_pv_flow_rule r;
+  const int rc = pv_flow_translate(dev, attr, items, actions, &r, e);
+  if (rc < 0) return rc;
+  const int hr = nmx_pv_flow_validate(priv(dev)->pv, &r);
+  return hr < 0 ? pv_flow_host_fail(dev, e, hr) : 0;
+}
+
+static struct rte_flow* pv_flow_create(struct rte_eth_dev* dev, const struct rte_flow_attr* attr,
+                                       const struct rte_flow_item items[], const struct rte_flow_action actions[],
+                                       struct rte_flow_error* e) {
+  struct pv_internals* in = priv(dev);
+  struct nmx_pv_flow_rule r;
+  if (pv_flow_translate(dev, attr, items, actions, &r, e) < 0) return NULL;
+  struct rte_flow* f = rte_zmalloc("nicmux_pv_flow", sizeof *f, 0);
+  if (f == NULL) {
+    pv_flow_fail(in, e, ENOMEM, RTE_FLOW_ERROR_TYPE_UNSPECIFIED, NULL, "no memory for the rule");
+    return NULL;
+  }
+  const int rc = nmx_pv_flow_create(in->pv, &r, &f->id);
+  if (rc < 0) {
+    rte_free(f);
+    pv_flow_host_fail(dev, e, rc);
+    return NULL;
+  }
+  TAILQ_INSERT_TAIL(&in->flows, f, next);
+  return f;
+}
+
+static int pv_flow_destroy(struct rte_eth_dev* dev, struct rte_flow* f, struct rte_flow_error* e) {
+  struct pv_internals* in = priv(dev);
+  struct rte_flow* x;
+  TAILQ_FOREACH(x, &in->flows, next)
+    if (x == f) break;
+  if (x == NULL) return pv_flow_fail(in, e, EINVAL, RTE_FLOW_ERROR_TYPE_HANDLE, f, "not a rule of this port");
+  const int rc = in->pv ? nmx_pv_flow_destroy(in->pv, f->id) : -ENODEV;
+  /* -ENOENT: nicmuxd has forgotten it already (a reconfiguration): gone either way. */
+  if (rc < 0 && rc != -ENOENT) return pv_flow_host_fail(dev, e, rc);
+  TAILQ_REMOVE(&in->flows, f, next);
+  rte_free(f);
+  return 0;
+}
+
+/* The local records only (nicmuxd forgot the rules itself: CONFIGURE, close). */
+static void pv_flow_forget(struct pv_internals* in) {
+  struct rte_flow* f;
+  while ((f = TAILQ_FIRST(&in->flows)) != NULL) {
+    TAILQ_REMOVE(&in->flows, f, next);
+    rte_free(f);
+  }
+}
+
+static int pv_flow_flush(struct rte_eth_dev* dev, struct rte_flow_error* e) {
+  struct pv_internals* in = priv(dev);
+  if (in->pv == NULL) return pv_flow_fail(in, e, ENODEV, RTE_FLOW_ERROR_TYPE_UNSPECIFIED, NULL, "device closed");
+  if (nmx_pv_features(in->pv) & NMX_PV_FEATURE_FLOWS) {
+    const int rc = nmx_pv_flow_flush(in->pv);
+    if (rc < 0) return pv_flow_host_fail(dev, e, rc);
+  }
+  pv_flow_forget(in);
+  return 0;
+}
+
+static const struct rte_flow_ops pv_flow_ops = {
+    .validate = pv_flow_validate,
+    .create = pv_flow_create,
+    .destroy = pv_flow_destroy,
+    .flush = pv_flow_flush,
+};
+
+static int pv_flow_ops_get(struct rte_eth_dev* dev, const struct rte_flow_ops** ops) {
+  (void)dev;
+  *ops = &pv_flow_ops;
+  return 0;
+}
+
 static const struct eth_dev_ops pv_ops = {
+    .flow_ops_get = pv_flow_ops_get,
     .dev_configure = pv_dev_configure,
     .dev_start = pv_dev_start,
     .dev_stop = pv_dev_stop,
@@ -1136,6 +1573,7 @@ static int pv_probe(struct rte_vdev_device* vdev) {
   struct pv_internals* in = priv(dev);
   in->pv = pv;
   in->zerocopy = zerocopy;
+  TAILQ_INIT(&in->flows);
   snprintf(in->socket, sizeof in->socket, "%s", socket);
   dev->dev_ops = &pv_ops;
   if ((rc = pv_read_info(dev)) < 0) goto fail;
