@@ -46,8 +46,9 @@ options:
                        [::1]:9469, or :9469 for every address; docs/metrics.md). Default: off
   --socket-group GROUP every socket nicmuxd serves (vhost-user, pv) gets this group (a name or
                        number) and mode 0660: QEMU under libvirt runs as libvirt-qemu
-                       (docs/libvirt.md). A missing socket directory is made 02770 with the
-                       group. Per port: socket_group=. Default: the umask's mode, nicmuxd's group
+                       (docs/config.md "Socket ownership"). A missing socket directory is
+                       made 0755. Per port: socket_group=. Default: the umask's mode and
+                       nicmuxd's group
   --socket-mode MODE   their mode, octal (default 0660 with --socket-group)
   --control-group GROUP the control socket's group: its members may use nicmuxctl
   --poll-us N          keep polling N microseconds after the last packet before sleeping
@@ -183,6 +184,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       Usage("unknown argument '" + a + "'");
     }
   }
+  const bool cli_socket_access = socket_group || socket_mode;
   if (config) {
     auto c = LoadConfig(*config);
     if (!c) {
@@ -211,6 +213,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (control) o.control_path = *control;
   if (metrics) o.metrics_address = *metrics;
   if (control_group) o.control_group = *control_group;
+  o.socket_access_from_cli = cli_socket_access;
   if (socket_group || socket_mode) {
     auto sa = ParseSocketAccess(socket_group.value_or(""), socket_mode.value_or(""));
     if (!sa) Usage(sa.error().message());

@@ -47,17 +47,28 @@ Result<void> MakeSocketDir(const std::string& path, const SocketAccess& a) {
   struct stat st;
   if (::stat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) return Error("socket directory " + dir + " is not a directory");
+    // Whoever may write it may replace a socket in it (and the frontend's memory goes to them
+    // at its next connect): say so, unless it is sticky (/tmp) or nicmuxd's own.
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+      NICMUX_LOG_RATELIMITED(kWarning,
+                             "socket directory %s is writable by %s (%s): they can replace nicmuxd's sockets; "
+                             "chmod go-w it",
+                             dir.c_str(), (st.st_mode & S_IWOTH) ? "everyone" : ("group " + GroupName(st.st_gid)).c_str(),
+                             Octal(st.st_mode).c_str());
+    }
     return Ok();
   }
   if (errno != ENOENT) return Error::FromErrno("socket directory " + dir);
-  const mode_t mode = a.group ? 02770 : 0755;
-  if (::mkdir(dir.c_str(), mode) < 0 && errno != EEXIST) return Error::FromErrno("making socket directory " + dir);
-  if (a.group && ::chown(dir.c_str(), static_cast<uid_t>(-1), *a.group) < 0) {
-    return Error::FromErrno("socket directory " + dir + ": giving it group " + a.group_name);
+  // nicmuxd's, searchable by all, writable by nobody else: the sockets' own group and mode say
+  // who may connect (a group-writable directory would let one VM's QEMU replace another's
+  // socket). Only a directory we made here is chmod'ed.
+  (void)a;
+  if (::mkdir(dir.c_str(), 0755) < 0) {
+    if (errno == EEXIST) return MakeSocketDir(path, SocketAccess{});  // made meanwhile: checked as found
+    return Error::FromErrno("making socket directory " + dir);
   }
-  if (::chmod(dir.c_str(), mode) < 0) return Error::FromErrno("socket directory " + dir + ": chmod " + Octal(mode));
-  NICMUX_LOG(kInfo, "made socket directory %s (%s%s)", dir.c_str(), Octal(mode).c_str(),
-             a.group ? (", group " + a.group_name).c_str() : "");
+  if (::chmod(dir.c_str(), 0755) < 0) return Error::FromErrno("socket directory " + dir + ": chmod 0755");
+  NICMUX_LOG(kInfo, "made socket directory %s (0755)", dir.c_str());
   return Ok();
 }
 
@@ -67,13 +78,20 @@ Result<SocketAccess> ParseSocketAccess(const std::string& group, const std::stri
     unsigned gid = 0;
     auto [end, ec] = std::from_chars(group.data(), group.data() + group.size(), gid);
     if (ec == std::errc() && end == group.data() + group.size()) {
+      if (static_cast<gid_t>(gid) == static_cast<gid_t>(-1)) return Error("group " + group + " is not a group id");
       a.group = static_cast<gid_t>(gid);
     } else {
       std::vector<char> buf(16384);
       struct group gr {};
       struct group* out = nullptr;
-      const int e = ::getgrnam_r(group.c_str(), &gr, buf.data(), buf.size(), &out);
-      if (e != 0 || out == nullptr) {
+      int e;
+      while ((e = ::getgrnam_r(group.c_str(), &gr, buf.data(), buf.size(), &out)) == ERANGE && buf.size() < (1u << 24)) {
+        buf.resize(buf.size() * 4);  // a large (directory-service) group
+      }
+      if (e != 0 && e != ENOENT) {
+        return Error("looking up group '" + group + "': " + std::strerror(e));
+      }
+      if (out == nullptr) {
         return Error("no group '" + group + "' on this host (getent group " + group +
                      " finds none; with libvirt the group is usually libvirt-qemu, or kvm)");
       }
@@ -91,6 +109,10 @@ Result<SocketAccess> ParseSocketAccess(const std::string& group, const std::stri
     a.mode = static_cast<mode_t>(m);
   } else if (a.group) {
     a.mode = 0660;
+  }
+  if (a.group && (*a.mode & 0060) != 0060) {
+    return Error("socket mode " + Octal(*a.mode) + " gives group " + a.group_name +
+                 " no read and write: it could not connect (use 0660)");
   }
   return a;
 }
@@ -117,15 +139,19 @@ std::string SocketReachProblem(const std::string& path, const SocketAccess& a, c
   if (blocked.empty()) return {};
   return "socket " + path + ": a process of group " + a.group_name + " (" + who + ") cannot reach it: " +
          blocked + " lets neither that group nor others through; chgrp " + a.group_name + " and chmod g+x it, " +
-         "chmod o+x it, or put the socket in a directory nicmuxd makes (a missing last directory is made " +
-         "02770 with the group)";
+         "or chmod o+x it (nicmuxd makes a missing last directory 0755)";
 }
 
 Result<void> ApplySocketAccess(const std::string& path, const SocketAccess& a) {
-  if (a.group && ::chown(path.c_str(), static_cast<uid_t>(-1), *a.group) < 0) {
+  // Never through a symlink: only the socket file itself (lstat, lchown; chmod after checking
+  // it is a socket, in a directory nobody else may write).
+  struct stat st;
+  if (::lstat(path.c_str(), &st) < 0) return Error::FromErrno("socket " + path);
+  if (!S_ISSOCK(st.st_mode)) return Error("socket " + path + " is no longer a socket (replaced by someone)");
+  if (a.group && ::lchown(path.c_str(), static_cast<uid_t>(-1), *a.group) < 0) {
     const int e = errno;
-    return Error("socket " + path + ": cannot give it group " + a.group_name + " (" + std::strerror(e) +
-                     "): nicmuxd must run as root or as a member of " + a.group_name,
+    return Error("socket " + path + ": cannot give it group " + a.group_name + " (" + std::strerror(e) + ")" +
+                     (e == EPERM ? ": nicmuxd must run as root or as a member of " + a.group_name : ""),
                  e);
   }
   if (a.mode && ::chmod(path.c_str(), *a.mode) < 0) {
@@ -156,10 +182,12 @@ Result<UniqueFd> ListenUnix(const std::string& path, int backlog, const SocketAc
     // Non-blocking: whoever listens there must not be able to hold us with a full backlog
     // (EAGAIN says someone listens, which is "in use" too).
     UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (probe.valid() && (::connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0 ||
-                          errno == EAGAIN)) {
+    if (!probe.valid()) return Error::FromErrno("socket");
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof *addr) == 0 || errno == EAGAIN) {
       return Error("socket path " + path + " is in use by another process");
     }
+    // Only a refused connection says nobody listens; anything else (EACCES) leaves it alone.
+    if (errno != ECONNREFUSED) return Error::FromErrno("checking socket path " + path);
     ::unlink(path.c_str());
   }
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -175,7 +203,11 @@ Result<UniqueFd> ListenUnix(const std::string& path, int backlog, const SocketAc
     }
     if (std::string why = SocketReachProblem(path, a); !why.empty()) NICMUX_LOG(kWarning, "%s", why.c_str());
   }
-  if (::listen(fd.get(), backlog) < 0) return Error::FromErrno("listen " + path);
+  if (::listen(fd.get(), backlog) < 0) {
+    Error e = Error::FromErrno("listen " + path);
+    ::unlink(path.c_str());
+    return e;
+  }
   return fd;
 }
 

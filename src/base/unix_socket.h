@@ -41,10 +41,10 @@ const SocketAccess& DefaultSocketAccess();
 // runs as another user, which only the group (or "other") lets in.
 // who: the process that would connect, for the message.
 std::string SocketReachProblem(const std::string& path, const SocketAccess& a,
-                               const std::string& who = "QEMU under libvirt (libvirt-qemu)");
+                               const std::string& who = "QEMU under libvirt, user libvirt-qemu");
 
-// Makes path's parent directory if it is missing (the last component only), 02770 with a's
-// group when it has one, else 0755; an error naming the directory.
+// Makes path's parent directory if it is missing (the last component only), 0755: nicmuxd's,
+// writable by nobody else whatever a says; warns about an existing one others may write.
 Result<void> MakeSocketDir(const std::string& path, const SocketAccess& a);
 
 // Applies a to the socket file at path (chgrp, chmod); errors name the path and what to change.
@@ -52,9 +52,9 @@ Result<void> ApplySocketAccess(const std::string& path, const SocketAccess& a);
 
 // A non-blocking listening socket at path. A socket file already there is "in use" when
 // someone accepts on it (or its backlog is full), else stale from a crash and replaced; any
-// other kind of file is refused. A missing parent directory (the last component only) is made,
-// with access's group and setgid (mode 02770) when it has a group, else 0755. access (the
-// default: DefaultSocketAccess()) is applied to the socket before it listens.
+// other kind of file is refused. A missing parent directory (the last component only) is made
+// (MakeSocketDir). access (the default: DefaultSocketAccess()) is applied to the socket before
+// it listens.
 Result<UniqueFd> ListenUnix(const std::string& path, int backlog = 4, const SocketAccess* access = nullptr);
 
 // Sends bytes with fds (SCM_RIGHTS) in one sendmsg, without blocking: an error when the

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -57,10 +58,10 @@ TEST(SocketAccessParse, GroupsByNameOrNumberModesInOctalAndWhatIsWrong) {
   ASSERT_TRUE(byname.has_value());
   EXPECT_EQ(byname->group, kNogroup);
   EXPECT_EQ(byname->mode, mode_t{0660});  // the default with a group
-  auto bynum = ParseSocketAccess("65534", "0640");
+  auto bynum = ParseSocketAccess("65534", "0664");
   ASSERT_TRUE(bynum.has_value());
   EXPECT_EQ(bynum->group, kNogroup);
-  EXPECT_EQ(bynum->mode, mode_t{0640});
+  EXPECT_EQ(bynum->mode, mode_t{0664});
   auto mode_only = ParseSocketAccess("", "666");
   ASSERT_TRUE(mode_only.has_value());
   EXPECT_FALSE(mode_only->group);
@@ -72,9 +73,13 @@ TEST(SocketAccessParse, GroupsByNameOrNumberModesInOctalAndWhatIsWrong) {
     auto r = ParseSocketAccess("", bad);
     EXPECT_FALSE(r.has_value()) << bad;
   }
+  EXPECT_FALSE(ParseSocketAccess("4294967295", "").has_value());  // (gid_t)-1: chown would ignore it
+  auto no_rw = ParseSocketAccess("nogroup", "0600");                // the group could not connect
+  ASSERT_FALSE(no_rw.has_value());
+  EXPECT_NE(no_rw.error().message().find("gives group nogroup no read and write"), std::string::npos);
 }
 
-TEST_F(SocketAccessTest, TheGroupGetsInOthersDoNotAndAMissingDirectoryIsMadeForTheGroup) {
+TEST_F(SocketAccessTest, TheGroupGetsInOthersDoNotAndAMissingDirectoryIsMadeWritableByNoOneElse) {
   const std::string path = dir_ + "/sub/vm1.sock";  // sub does not exist yet
   auto a = ParseSocketAccess("nogroup", "");
   ASSERT_TRUE(a.has_value());
@@ -82,14 +87,14 @@ TEST_F(SocketAccessTest, TheGroupGetsInOthersDoNotAndAMissingDirectoryIsMadeForT
   ASSERT_TRUE(fd.has_value()) << fd.error().message();
   struct stat st;
   ASSERT_EQ(::stat((dir_ + "/sub").c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, mode_t{02770});
-  EXPECT_EQ(st.st_gid, kNogroup);
+  // Searchable by all, writable by nicmuxd only: one VM's QEMU cannot replace another's socket.
+  EXPECT_EQ(st.st_mode & 07777, mode_t{0755});
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, mode_t{0660});
   EXPECT_EQ(st.st_gid, kNogroup);
   EXPECT_EQ(SocketReachProblem(path, *a), "");
   EXPECT_EQ(ConnectAs(path, kNogroup), 0);
-  EXPECT_EQ(ConnectAs(path, 107), EACCES);  // another group: the directory keeps it out
+  EXPECT_EQ(ConnectAs(path, 107), EACCES);  // another group: the socket's mode keeps it out
 }
 
 TEST_F(SocketAccessTest, WithoutAnAccessTheSocketKeepsTheUmasksModeAndAStrangerIsRefused) {
@@ -124,6 +129,7 @@ TEST_F(SocketAccessTest, TheDefaultAppliesToEverySocketWithoutItsOwn) {
   auto a = ParseSocketAccess("nogroup", "0666");
   ASSERT_TRUE(a.has_value());
   SetDefaultSocketAccess(*a);
+
   auto fd = ListenUnix(dir_ + "/d.sock");
   SetDefaultSocketAccess(SocketAccess{});
   ASSERT_TRUE(fd.has_value()) << fd.error().message();
@@ -131,6 +137,26 @@ TEST_F(SocketAccessTest, TheDefaultAppliesToEverySocketWithoutItsOwn) {
   ASSERT_EQ(::stat((dir_ + "/d.sock").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, mode_t{0666});
   EXPECT_EQ(st.st_gid, kNogroup);
+}
+
+TEST_F(SocketAccessTest, ASocketSwappedForASymlinkIsNeverFollowed) {
+  // What a writer of the directory could do between bind and chmod: the file it points at keeps
+  // its group and mode, and the error says the socket was replaced.
+  const std::string victim = dir_ + "/victim";
+  std::FILE* f = std::fopen(victim.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  ::chmod(victim.c_str(), 0600);
+  ASSERT_EQ(::symlink(victim.c_str(), (dir_ + "/s.sock").c_str()), 0);
+  auto a = ParseSocketAccess("nogroup", "0666");
+  ASSERT_TRUE(a.has_value());
+  auto r = ApplySocketAccess(dir_ + "/s.sock", *a);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message().find("no longer a socket"), std::string::npos) << r.error().message();
+  struct stat st;
+  ASSERT_EQ(::stat(victim.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, mode_t{0600});
+  EXPECT_EQ(st.st_gid, gid_t{0});
 }
 
 }  // namespace

@@ -32,7 +32,7 @@ poll_us = 2000
 mac_table_size = 4096
 metrics = "[::1]:9469"
 socket_group = "nogroup"
-socket_mode = "0640"
+socket_mode = "0660"
 control_group = "65534"
 
 [[port]]
@@ -79,7 +79,7 @@ TEST(Config, FullFile) {
   EXPECT_EQ(d.mac_table_size, 4096u);
   EXPECT_EQ(d.metrics, "[::1]:9469");
   EXPECT_EQ(d.socket_group, "nogroup");
-  EXPECT_EQ(d.socket_mode, "0640");
+  EXPECT_EQ(d.socket_mode, "0660");
   EXPECT_EQ(d.control_group, "65534");
 
   ASSERT_EQ(c->ports.size(), 3u);

@@ -244,6 +244,16 @@ void Daemon::Reload() {
     NICMUX_LOG(kError, "reload: ports can change at run time only with --forward switch");
     return;
   }
+  // Socket ownership first: the ports this reload makes get the file's (unless the command
+  // line set it, which wins as at start). Sockets already made keep theirs.
+  if (!opt_.socket_access_from_cli) {
+    auto a = ParseSocketAccess(c->daemon.socket_group.value_or(""), c->daemon.socket_mode.value_or(""));
+    if (a) {
+      SetDefaultSocketAccess(*a);
+    } else {
+      NICMUX_LOG(kError, "reload: %s; new sockets keep the previous ownership", a.error().message().c_str());
+    }
+  }
   PortDiff d = DiffPorts(old_ports, c->ports);
   for (const PortSpec& s : d.removed) DelPort(s.name);
   for (const PortSpec& s : d.changed) {
@@ -270,11 +280,6 @@ void Daemon::Reload() {
   if (ds.control && *ds.control != opt_.control_path) restart += " control";
   if (ds.metrics && *ds.metrics != opt_.metrics_address) restart += " metrics";
   if (ds.control_group && *ds.control_group != opt_.control_group) restart += " control_group";
-  if (ds.socket_group || ds.socket_mode) {
-    // New ports made by this reload get the new ownership; existing sockets keep theirs.
-    auto a = ParseSocketAccess(ds.socket_group.value_or(""), ds.socket_mode.value_or(""));
-    if (a) SetDefaultSocketAccess(*a);
-  }
   if (ds.mac_table_size && *ds.mac_table_size != opt_.mac_table_size) restart += " mac_table_size";
   if (!restart.empty()) NICMUX_LOG(kWarning, "reload: changed settings need a restart, not applied:%s", restart.c_str());
   if (c->daemon.log_level) {
@@ -340,11 +345,18 @@ std::string Daemon::MetricsPage() const {
 
   // Per port: state, then per-queue counters, then drops by reason (the port's own and the
   // switch's for frames that came from it, as `nicmuxctl port show` adds them).
-  m.Family("nicmux_port_up", "gauge", "1 when the port's peer is there (connected or up), else 0");
+  m.Family("nicmux_port_up", "gauge", "1 when the port's peer or device is there (Port::Stats().connected), else 0");
   for (const auto& e : ports_) {
-    const std::string st = e->port->State();
-    m.Sample({{"port", e->spec.name}, {"kind", e->spec.kind}, {"state", st}},
-             uint64_t{st == "connected" || st == "up"});
+    m.Sample({{"port", e->spec.name}, {"kind", e->spec.kind}}, uint64_t{e->port->Stats().connected});
+  }
+  // The state's first word only ("quarantined (1234 ms left...)" -> quarantined, "link up, 10000
+  // Mbit/s" -> up): a small fixed set, so a series does not split at every scrape.
+  m.Family("nicmux_port_state", "gauge", "the port's state (nicmuxctl port list's, first word); the value is 1");
+  for (const auto& e : ports_) {
+    std::string st = e->port->State();
+    if (st.rfind("link ", 0) == 0) st.erase(0, 5);
+    st = st.substr(0, st.find_first_of(" ,("));
+    m.Sample({{"port", e->spec.name}, {"state", st.empty() ? "unknown" : st}}, uint64_t{1});
   }
   m.Family("nicmux_port_queues", "gauge", "queue pairs the port has");
   for (const auto& e : ports_) m.Sample({{"port", e->spec.name}}, uint64_t{e->port->NumQueuePairs()});

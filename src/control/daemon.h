@@ -37,6 +37,7 @@ struct DaemonOptions {
   std::string control_path = "/run/nicmux/nicmuxd.sock";  // "" or "none": no control socket
   std::string metrics_address;                            // "": no Prometheus endpoint
   std::string control_group;                              // "": the control socket keeps nicmuxd's group
+  bool socket_access_from_cli = false;  // --socket-group/--socket-mode given: a reload keeps them
   uint64_t stats_interval_s = 0;
   uint32_t mac_aging_s = 300;
   uint32_t poll_us = Worker::kDefaultIdlePollUs;
