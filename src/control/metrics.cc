@@ -42,6 +42,8 @@ std::string FormatDouble(double v) {
 
 // How long the listener rests after accept() ran out of fds before trying again.
 constexpr uint64_t kAcceptRetryMs = 100;
+// Connections taken per wake-up of the listener.
+constexpr size_t kAcceptsPerEvent = 32;
 
 }  // namespace
 
@@ -170,8 +172,14 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Create(std::string_view ad
                                                              Render render, uint64_t timeout_ms) {
   auto parsed = ParseMetricsAddress(address);
   if (!parsed) return parsed.error();
-  const MetricsAddress& a = *parsed;
+  MetricsAddress a = *parsed;
   const std::string where = "metrics address " + std::string(address);
+  // ":PORT": every address, IPv6 and IPv4 on one socket where the host has IPv6.
+  const bool any = a.host.empty();
+  if (any) {
+    UniqueFd probe(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    a.v6 = probe.valid();
+  }
   sockaddr_storage ss{};
   socklen_t len;
   if (a.v6) {
@@ -191,8 +199,9 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Create(std::string_view ad
   }
   UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return Error::FromErrno(where + ": socket");
-  const int one = 1;
+  const int one = 1, zero = 0;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (a.v6 && any) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&ss), len) < 0) {
     const int e = errno;
     if (e == EADDRINUSE) return Error(where + ": in use (another nicmuxd, or another exporter on that port)", e);
@@ -230,24 +239,44 @@ MetricsServer::~MetricsServer() {
 }
 
 void MetricsServer::OnAccept() {
+  size_t accepted = 0;
   for (;;) {
+    if (accepted++ == kAcceptsPerEvent) return;  // the rest next round: the loop has other work
     UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!fd) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      const int e = errno;
+      if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
         // Out of fds: rest, or the level-triggered listener would spin the loop.
-        NICMUX_LOG_RATELIMITED(kWarning, "metrics: accept on %s: %s", bound_.c_str(), std::strerror(errno));
+        NICMUX_LOG_RATELIMITED(kWarning, "metrics: accept on %s: %s", bound_.c_str(), std::strerror(e));
         loop_->Unwatch(listen_fd_.get());
         retry_timer_ = loop_->After(kAcceptRetryMs, [this] {
           retry_timer_ = 0;
-          (void)loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); });
+          if (auto r = loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }); !r) {
+            NICMUX_LOG(kError, "metrics: %s stops serving: %s", bound_.c_str(), r.error().message().c_str());
+          }
         });
       }
       return;  // EAGAIN, or a connection that went away before we took it
     }
-    if (conns_.size() >= kMaxMetricsClients) continue;  // closed at once: scrapers retry
+    if (conns_.size() >= kMaxMetricsClients) {
+      // Full: the oldest connection still sending its request head makes room (16 silent
+      // connections must not lock Prometheus out); if every one is being answered, the new
+      // one is closed at once and the scraper retries.
+      int oldest = -1;
+      uint64_t oldest_seq = UINT64_MAX;
+      for (const auto& [cfd, cc] : conns_) {
+        if (!cc->answered && cc->seq < oldest_seq) {
+          oldest = cfd;
+          oldest_seq = cc->seq;
+        }
+      }
+      if (oldest < 0) continue;
+      Close(oldest);
+    }
     const int raw = fd.get();
     auto c = std::make_unique<Conn>();
     c->fd = std::move(fd);
+    c->seq = next_seq_++;
     if (!loop_->Watch(raw, EPOLLIN | EPOLLRDHUP, [this, raw](uint32_t ev) { OnEvents(raw, ev); })) continue;
     c->deadline = loop_->After(timeout_ms_, [this, raw] {
       auto it = conns_.find(raw);
@@ -339,7 +368,9 @@ void MetricsServer::Respond(Conn& c, int status, std::string_view reason, std::s
           "\r\nConnection: close\r\n" + (status == 405 ? "Allow: GET, HEAD\r\n" : "") + "\r\n";
   if (!head_only) c.out += body;
   c.off = 0;
-  if (Flush(c)) (void)loop_->Modify(c.fd.get(), EPOLLOUT | EPOLLRDHUP);
+  // EPOLLOUT only: a client that half-closed (EPOLLRDHUP, level-triggered) and reads nothing
+  // would otherwise wake the loop without end; HUP and ERR come anyway and send() fails then.
+  if (Flush(c)) (void)loop_->Modify(c.fd.get(), EPOLLOUT);
 }
 
 bool MetricsServer::Flush(Conn& c) {

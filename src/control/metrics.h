@@ -4,7 +4,8 @@
 // the page is rendered from counters the workers publish with relaxed atomics.
 //
 // Everything a client sends is hostile: the request head is bounded (kMaxMetricsRequestBytes),
-// connections are bounded (kMaxMetricsClients; one more is closed at once) and each has a
+// connections are bounded (kMaxMetricsClients; one more evicts the oldest that has not sent its
+// whole request, or is closed at once when all are being answered) and each has a
 // deadline (kMetricsClientTimeoutMs) to send its request and read the answer; a client that
 // does not read never blocks the loop (non-blocking writes, EPOLLOUT).
 //
@@ -91,6 +92,7 @@ class MetricsServer {
     std::string out;  // the answer; out[off..] is unsent
     size_t off = 0;
     bool answered = false;
+    uint64_t seq = 0;  // accept order
     EventLoop::TimerId deadline = 0;
   };
 
@@ -113,6 +115,7 @@ class MetricsServer {
   uint64_t timeout_ms_;
   uint64_t scrapes_ = 0;
   EventLoop::TimerId retry_timer_ = 0;
+  uint64_t next_seq_ = 0;
 };
 
 }  // namespace nicmux

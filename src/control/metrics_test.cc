@@ -119,12 +119,14 @@ TEST_F(MetricsServerTest, ConnectionsAreBoundedAndASilentClientIsClosedAtItsDead
   for (size_t i = 0; i < kMaxMetricsClients; ++i) idle.push_back(Connect());
   for (int i = 0; i < 20; ++i) loop_->RunOnce(5);
   EXPECT_EQ(server_->num_clients(), kMaxMetricsClients);
-  // One more: closed at once, without an answer.
+  // One more: the oldest silent one makes room, and the newcomer (a scraper) is served.
   UniqueFd extra = Connect();
-  EXPECT_EQ(ReadAll(extra, 1000), "");
+  Send(extra, "GET /metrics HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(ReadAll(extra, 2000).substr(0, 15), "HTTP/1.1 200 OK");
+  EXPECT_EQ(ReadAll(idle[0], 1000), "");
   EXPECT_TRUE(eof_);
-  // The silent ones are closed at their deadline; then a scrape is served again.
-  EXPECT_EQ(ReadAll(idle[0], 3000), "");
+  // The other silent ones are closed at their deadline; then a scrape is served again.
+  EXPECT_EQ(ReadAll(idle[1], 3000), "");
   EXPECT_TRUE(eof_);
   for (int i = 0; i < 20; ++i) loop_->RunOnce(5);
   EXPECT_EQ(server_->num_clients(), 0u);
@@ -144,6 +146,28 @@ TEST_F(MetricsServerTest, ABigPageReachesASlowReaderWithoutBlockingTheLoop) {
   const std::string r = ReadAll(fd, 10000);
   ASSERT_TRUE(eof_);
   EXPECT_EQ(r.size() - (r.find("\r\n\r\n") + 4), page_.size());
+}
+
+TEST_F(MetricsServerTest, AHalfClosedClientThatReadsNothingDoesNotSpinTheLoop) {
+  page_.assign(8 << 20, 'x');  // more than the socket buffers take
+  Start(/*timeout_ms=*/1500);
+  UniqueFd fd = Connect();
+  int small = 4096;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  Send(fd, "GET /metrics HTTP/1.1\r\n\r\n");
+  ::shutdown(fd.get(), SHUT_WR);
+  // The loop sleeps between events: a few hundred rounds at most in 0.5 s, not a busy spin.
+  int rounds = 0;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  while (std::chrono::steady_clock::now() < end) {
+    loop_->RunOnce(50);
+    ++rounds;
+  }
+  EXPECT_LT(rounds, 200);
+  EXPECT_EQ(server_->num_clients(), 1u);
+  // It is closed at its deadline.
+  for (int i = 0; i < 60 && server_->num_clients() > 0; ++i) loop_->RunOnce(50);
+  EXPECT_EQ(server_->num_clients(), 0u);
 }
 
 TEST_F(MetricsServerTest, AClientThatHangsUpEarlyLeavesNothingBehind) {
