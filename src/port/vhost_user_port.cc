@@ -382,23 +382,21 @@ void VhostUserPort::CheckBroken(DeviceQueue& dq) {
 }
 
 // The reconnect trap: QEMU 7.2 reconnecting while the guest's driver is up acks only
-// PROTOCOL_FEATURES, so nicmuxd takes a 10-byte header while the guest writes 12 (or the other
-// way round), and every frame arrives 2 bytes off. Checked only when the EtherType is not one of
-// the usual ones: 2 bytes later (our header too short: the guest's num_buffers, 0, came first)
-// or 2 bytes earlier (too long) it is.
+// PROTOCOL_FEATURES, so nicmuxd takes a 10-byte header while the guest writes 12, and every
+// frame arrives 2 bytes late: the guest's num_buffers (0 on transmit) comes first. Evidence
+// required, so that no real frame is taken for one: those two zero bytes, no usual EtherType
+// where it belongs, and 2 bytes later IPv4 with version 4, IPv6 with version 6, or ARP over
+// Ethernet. (The other way round, 12 taken for 10, leaves nothing as telling: not guessed.)
 bool VhostUserPort::HeaderShifted(const PacketRef& p, uint32_t hdr) {
-  auto known = [](const std::byte* b) {
-    const uint16_t t = static_cast<uint16_t>((uint16_t(b[0]) << 8) | uint16_t(b[1]));
-    return t < 0x0600 ? false
-                      : t == 0x0800 || t == 0x86dd || t == 0x0806 || t == 0x8100 || t == 0x88a8 || t == 0x88cc ||
-                            t == 0x888e || t == 0x8847 || t == 0x8848 || t == 0x8863 || t == 0x8864 || t == 0x8035 ||
-                            t == 0x88e5 || t == 0x88f7;
-  };
-  // UNTRUSTED: the guest's frame; only its first 16 bytes (in head) are compared.
-  if (p.head_len < 16 || known(p.head + 12)) return false;
-  if (hdr == 10) return p.head[0] == std::byte{0} && p.head[1] == std::byte{0} && known(p.head + 14);
-  if (hdr == 12) return known(p.head + 10);
-  return false;
+  // UNTRUSTED: the guest's frame; only its first 18 bytes (in head) are compared.
+  if (hdr != 10 || p.head_len < 18 || p.head[0] != std::byte{0} || p.head[1] != std::byte{0}) return false;
+  auto type_at = [&](uint32_t at) { return static_cast<uint16_t>((uint16_t(p.head[at]) << 8) | uint16_t(p.head[at + 1])); };
+  const uint16_t here = type_at(12);
+  if (here == 0x0800 || here == 0x86dd || here == 0x0806 || here == 0x8100 || here == 0x88a8) return false;
+  const uint16_t later = type_at(14);
+  const uint8_t next = static_cast<uint8_t>(p.head[16]);
+  return (later == 0x0800 && (next >> 4) == 4) || (later == 0x86dd && (next >> 4) == 6) ||
+         (later == 0x0806 && type_at(16) == 0x0001);
 }
 
 size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
