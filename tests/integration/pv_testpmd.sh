@@ -22,7 +22,9 @@
 #      them for p0), testpmd sends each as a TSO request, nicmuxd cuts those at 1000 bytes for
 #      pktgen B (no offloads): 90 verified segments per frame, checksums right;
 #   6. a socket nobody serves: the device's probe fails naming it; testpmd's quit closes both
-#      devices (nicmuxd sees each driver leave).
+#      devices (nicmuxd sees each driver leave);
+#   7. (once, after both sessions) link state change events: nicmuxd stops under a running
+#      testpmd, which gets RTE_ETH_EVENT_INTR_LSC and shows the link down.
 # Steps 1 to 6 run twice, each time in a new testpmd (its EAL memory: --no-huge, a memfd):
 #   copy:      zerocopy=0: the PMD copies each frame (1024-byte mbufs: rx chains, tx made flat);
 #   zero copy: the default: the PMD registers the EAL's memory with nicmuxd (MEM_ADD) and nicmuxd
@@ -267,4 +269,29 @@ echo "ok: $mode: testpmd quit cleanly (no sanitizer report) and nicmuxd saw both
 
 session copy
 session zerocopy
+
+# ---- 7. link state change events: testpmd asks for them (intr_conf.lsc, its default when the
+# device offers RTE_ETH_DEV_INTR_LSC); nicmuxd stopping takes the link down and testpmd hears of
+# it (the PMD's alarm sees the socket close and the region marked gone) without asking.
+rm -f "$WORK/tp.in"; mkfifo "$WORK/tp.in"
+exec 7<>"$WORK/tp.in"
+start_with_input "testpmd-lsc" "$WORK/tp.in" env LD_PRELOAD="$PRELOAD" stdbuf -oL dpdk-testpmd "${DPDK_EAL[@]}" \
+  --file-prefix="npv$$lsc" --lcores 0@0,1@1 -d "$PMD" --vdev "net_nicmux_pv0,socket=$S/p0.sock" \
+  -- -i --nb-cores=1 --total-num-mbufs=8192
+tp=$LAST_PID
+TPLOG=$WORK/testpmd-lsc.log
+wait_log "$TPLOG" "testpmd> " 60 "$tp"
+tp "Infos for port 0" 'show port info 0'
+expect_tp "^Link status: up\$"
+grep -aq "Port 0: link state change event" "$TPLOG" && fail "an LSC event before anything changed: $(grep -a 'event' "$TPLOG")"
 stop_nicmuxd
+wait_until 10 "testpmd's link state change event" grep -aq "Port 0: link state change event" "$TPLOG"
+tp "Infos for port 0" 'show port info 0'
+expect_tp "^Link status: down\$"
+grep -aq "net_nicmux_pv: port 0: link down, .*(nicmuxd is gone)" "$TPLOG" || fail "the PMD did not log why: $(grep -a nicmux_pv "$TPLOG" | tail -n 3)"
+printf 'quit\n' >&7
+exec 7>&-
+wait_pid "$tp" 30 || fail "testpmd exited with an error after nicmuxd left: $(tail -n 20 "$TPLOG")"
+grep -aq "ERROR: AddressSanitizer\|runtime error:" "$TPLOG" && fail "a sanitizer report in testpmd: $(grep -a -A20 'ERROR: AddressSanitizer\|runtime error:' "$TPLOG")"
+echo "ok: nicmuxd stopped under a running testpmd: link state change event, link down: $(grep -a 'link down' "$TPLOG" | head -n 1)"
+

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +122,9 @@ struct nmx_pv_dev {
   uint32_t nqp, ring_size, mask, buf_size;
   struct nmx_pv_header* shdr; /* shared: only status and broken_reason are read later */
   struct nmx_pv_ctrl* ctrl;
+  /* Mailbox calls one at a time: an application may ask from two threads (a DPDK PMD's link
+   * check on the interrupt thread while the main thread reads stats). */
+  pthread_mutex_t ctrl_mu;
   uint32_t seq;
   int timeout_ms;
   char err[512];
@@ -257,6 +261,7 @@ static struct nmx_pv_dev* dev_alloc(void) {
   dev->base = MAP_FAILED;
   dev->bar0 = MAP_FAILED;
   dev->timeout_ms = NMX_PV_DEFAULT_TIMEOUT_MS;
+  pthread_mutex_init(&dev->ctrl_mu, NULL);
   return dev;
 }
 
@@ -274,6 +279,7 @@ void nmx_pv_close(struct nmx_pv_dev* dev) {
     close_fd(&dev->irq[d]);
   }
   close_fd(&dev->sock);
+  pthread_mutex_destroy(&dev->ctrl_mu);
   free(dev);
 }
 
@@ -816,8 +822,8 @@ const char* nmx_pv_strerror(const struct nmx_pv_dev* dev) { return dev->err; }
 
 /* One request/response through the mailbox. out (out_len bytes) receives the response's
  * payload, which must hold at least out_len bytes. */
-static int ctrl_call(struct nmx_pv_dev* dev, uint16_t type, const void* req, uint16_t req_len, void* out,
-                     uint16_t out_len) {
+static int ctrl_call_locked(struct nmx_pv_dev* dev, uint16_t type, const void* req, uint16_t req_len, void* out,
+                            uint16_t out_len) {
   struct nmx_pv_ctrl* c = dev->ctrl;
   const char* name = msg_name(type);
   uint32_t seq = dev->seq + 1;
@@ -895,6 +901,15 @@ static int ctrl_call(struct nmx_pv_dev* dev, uint16_t type, const void* req, uin
   if (out_len) memcpy(out, resp.payload, out_len);
   dev->err[0] = 0;
   return 0;
+}
+
+/* One mailbox call: the request, the wait for its answer, the answer (serialized, ctrl_mu). */
+static int ctrl_call(struct nmx_pv_dev* dev, uint16_t type, const void* req, uint16_t req_len, void* out,
+                     uint16_t out_len) {
+  pthread_mutex_lock(&dev->ctrl_mu);
+  const int rc = ctrl_call_locked(dev, type, req, req_len, out, out_len);
+  pthread_mutex_unlock(&dev->ctrl_mu);
+  return rc;
 }
 
 static int bad_arg(struct nmx_pv_dev* dev, const char* f, ...) __attribute__((format(printf, 2, 3)));

@@ -14,7 +14,10 @@
  * (never from a descriptor the host wrote) and clamps received lengths to the buffer. Nothing
  * the host writes can make the library read or write outside the region, or abort.
  *
- * Threads: control calls (everything but the data path) from one thread at a time. The data
+ * Threads: control calls (everything but the data path) from one thread at a time, except that
+ * nmx_pv_link_get, nmx_pv_stats_get and nmx_pv_get_info may also come from a second thread
+ * while another control call runs (the mailbox takes one call at a time; a DPDK PMD checks the
+ * link from its interrupt thread); nmx_pv_strerror then tells the last call's error. The data
  * path is lock-free with one owner per queue: nmx_pv_rx_burst/nmx_pv_rx_done from the thread
  * that owns rx queue q, nmx_pv_tx_burst from the one that owns tx queue q, nmx_pv_wait and the
  * irq functions from a thread that owns both queues of pair q. Queue q may not be used by the

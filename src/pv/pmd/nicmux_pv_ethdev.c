@@ -45,6 +45,7 @@
 #include <bus_vdev_driver.h>
 #include <ethdev_driver.h>
 #include <ethdev_vdev.h>
+#include <rte_alarm.h>
 #include <rte_ether.h>
 #include <rte_kvargs.h>
 #include <rte_log.h>
@@ -160,6 +161,11 @@ struct pv_internals {
   char mode_logged[256];   /* the mode line last logged */
   struct nmx_pv_info info; /* the last GET_INFO */
   int events;              /* nmx_pv_events() when info was read */
+  /* Link state change events (intr_conf.lsc): the alarm's on/off switch (atomic: the
+   * application's thread sets it, the EAL's interrupt thread reads it), and what the alarm saw
+   * last (its thread only). */
+  int lsc_on;
+  int lsc_events, lsc_connected;
   /* stats_reset's baselines of the counters that cannot be reset. */
   uint64_t base_rx_nombuf[NMX_PV_MAX_QUEUE_PAIRS], base_rx_too_long[NMX_PV_MAX_QUEUE_PAIRS],
       base_rx_alloc_failed[NMX_PV_MAX_QUEUE_PAIRS],
@@ -883,26 +889,86 @@ static int pv_tx_queue_setup(struct rte_eth_dev* dev, uint16_t qid, uint16_t nb_
   return 0;
 }
 
-/* The link as nicmuxd reports it, and down while the port is stopped or nicmuxd is gone. */
-static int pv_link_update(struct rte_eth_dev* dev, int wait_to_complete) {
+/* The link as nicmuxd reports it (LINK_GET), and down while the port is stopped or nicmuxd is
+ * gone. Also from the EAL's interrupt thread (the LSC alarm): LINK_GET is serialized by the
+ * library, and nothing here writes the device's private state. */
+static void pv_link_now(struct rte_eth_dev* dev, struct rte_eth_link* link) {
   struct pv_internals* in = priv(dev);
-  (void)wait_to_complete; /* the answer is immediate */
-  struct rte_eth_link link;
-  memset(&link, 0, sizeof link);
-  link.link_duplex = RTE_ETH_LINK_FULL_DUPLEX;
-  link.link_autoneg = RTE_ETH_LINK_FIXED;
-  link.link_speed = RTE_ETH_SPEED_NUM_UNKNOWN;
+  memset(link, 0, sizeof *link);
+  link->link_duplex = RTE_ETH_LINK_FULL_DUPLEX;
+  link->link_autoneg = RTE_ETH_LINK_FIXED;
+  link->link_speed = RTE_ETH_SPEED_NUM_UNKNOWN;
   if (in->pv && nmx_pv_connected(in->pv)) {
-    (void)pv_fresh_info(dev); /* a capability change is noticed here at the latest */
     struct nmx_pv_link l;
     if (nmx_pv_link_get(in->pv, &l) == 0) {
-      link.link_status = (l.up && dev->data->dev_started) ? RTE_ETH_LINK_UP : RTE_ETH_LINK_DOWN;
-      if (l.speed_mbps) link.link_speed = l.speed_mbps;
+      link->link_status = (l.up && dev->data->dev_started) ? RTE_ETH_LINK_UP : RTE_ETH_LINK_DOWN;
+      if (l.speed_mbps) link->link_speed = l.speed_mbps;
     } else {
       PV_LOG(DEBUG, "port %u: LINK_GET: %s", dev->data->port_id, nmx_pv_strerror(in->pv));
     }
   }
+}
+
+static int pv_link_update(struct rte_eth_dev* dev, int wait_to_complete) {
+  struct pv_internals* in = priv(dev);
+  (void)wait_to_complete; /* the answer is immediate */
+  if (in->pv && nmx_pv_connected(in->pv)) (void)pv_fresh_info(dev); /* a capability change is noticed here at the latest */
+  struct rte_eth_link link;
+  pv_link_now(dev, &link);
   return rte_eth_linkstatus_set(dev, &link);
+}
+
+/* Link state change events. nicmuxd announces a change of the link or the capabilities by
+ * moving the mailbox's event_seq (and ringing the control doorbell, which the library's
+ * control calls wait on), and leaves by closing the socket or marking the region gone. The
+ * PMD looks at both every PV_LSC_PERIOD_US on an EAL alarm (two memory reads and a poll(2) of
+ * the socket, no message) and, when something moved, asks LINK_GET: a link that changed
+ * (status or speed) is stored and RTE_ETH_EVENT_INTR_LSC raised. With lsc on, ethdev's
+ * rte_eth_link_get answers from what is stored, so the alarm also keeps the speed current.
+ * An alarm rather than the control doorbell's eventfd: the library's control calls drain that
+ * fd while they wait, and the VM transport (polling) has none. */
+#define PV_LSC_PERIOD_US 100000
+
+static void pv_lsc_alarm(void* arg) {
+  struct rte_eth_dev* dev = arg;
+  struct pv_internals* in = priv(dev);
+  if (!__atomic_load_n(&in->lsc_on, __ATOMIC_ACQUIRE) || in->pv == NULL) return;
+  const int ev = nmx_pv_events(in->pv);
+  const int conn = nmx_pv_connected(in->pv);
+  if (ev != in->lsc_events || conn != in->lsc_connected) {
+    in->lsc_events = ev;
+    in->lsc_connected = conn;
+    struct rte_eth_link link;
+    pv_link_now(dev, &link);
+    if (rte_eth_linkstatus_set(dev, &link) == 0) { /* 0: it changed */
+      PV_LOG(NOTICE, "port %u: link %s, %u Mbit/s%s", dev->data->port_id, link.link_status ? "up" : "down",
+             link.link_speed, conn ? "" : " (nicmuxd is gone)");
+      rte_eth_dev_callback_process(dev, RTE_ETH_EVENT_INTR_LSC, NULL);
+    }
+  }
+  const int rc = rte_eal_alarm_set(PV_LSC_PERIOD_US, pv_lsc_alarm, dev);
+  if (rc < 0) PV_LOG(ERR, "port %u: no more link state change events: rte_eal_alarm_set: %s", dev->data->port_id, strerror(-rc));
+}
+
+static void pv_lsc_start(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (!dev->data->dev_conf.intr_conf.lsc || in->pv == NULL || __atomic_load_n(&in->lsc_on, __ATOMIC_ACQUIRE)) return;
+  in->lsc_events = nmx_pv_events(in->pv);
+  in->lsc_connected = nmx_pv_connected(in->pv);
+  __atomic_store_n(&in->lsc_on, 1, __ATOMIC_RELEASE);
+  const int rc = rte_eal_alarm_set(PV_LSC_PERIOD_US, pv_lsc_alarm, dev);
+  if (rc < 0) {
+    __atomic_store_n(&in->lsc_on, 0, __ATOMIC_RELEASE);
+    PV_LOG(ERR, "port %u: no link state change events: rte_eal_alarm_set: %s", dev->data->port_id, strerror(-rc));
+  }
+}
+
+/* Returns once no alarm runs or is pending (rte_eal_alarm_cancel waits for a running one, and
+ * removes the one it set again on its way out). */
+static void pv_lsc_stop(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  __atomic_store_n(&in->lsc_on, 0, __ATOMIC_RELEASE);
+  rte_eal_alarm_cancel(pv_lsc_alarm, dev);
 }
 
 static int pv_dev_start(struct rte_eth_dev* dev) {
@@ -939,11 +1005,13 @@ static int pv_dev_start(struct rte_eth_dev* dev) {
   for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) dev->data->tx_queue_state[i] = RTE_ETH_QUEUE_STATE_STARTED;
   dev->data->dev_started = 1; /* for link_update; ethdev sets it too */
   pv_link_update(dev, 0);
+  pv_lsc_start(dev);
   return 0;
 }
 
 static int pv_dev_stop(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
+  pv_lsc_stop(dev);
   dev->data->dev_started = 0;
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) dev->data->rx_queue_state[i] = RTE_ETH_QUEUE_STATE_STOPPED;
   for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) dev->data->tx_queue_state[i] = RTE_ETH_QUEUE_STATE_STOPPED;
@@ -960,6 +1028,7 @@ static int pv_dev_stop(struct rte_eth_dev* dev) {
 static int pv_dev_close(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
   if (rte_eal_process_type() != RTE_PROC_PRIMARY) return 0;
+  pv_lsc_stop(dev); /* before the device goes: the alarm reads it */
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) pv_rx_queue_release(dev, i);
   for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) pv_tx_queue_release(dev, i);
   /* Closing the connection stops the device at nicmuxd and frees its region. */
@@ -1586,7 +1655,8 @@ static int pv_probe(struct rte_vdev_device* vdev) {
   dev->data->mtu = (uint16_t)in->info.mtu;
   dev->data->promiscuous = in->info.promisc;
   dev->data->all_multicast = 1; /* nicmuxd filters unicast only */
-  dev->data->dev_flags |= RTE_ETH_DEV_AUTOFILL_QUEUE_XSTATS;
+  /* LSC: link state change events when the application asks (intr_conf.lsc; pv_lsc_alarm). */
+  dev->data->dev_flags |= RTE_ETH_DEV_AUTOFILL_QUEUE_XSTATS | RTE_ETH_DEV_INTR_LSC;
   dev->data->dev_link.link_status = RTE_ETH_LINK_DOWN;
   dev->data->dev_link.link_speed = RTE_ETH_SPEED_NUM_UNKNOWN;
   dev->data->dev_link.link_duplex = RTE_ETH_LINK_FULL_DUPLEX;
