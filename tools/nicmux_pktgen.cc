@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "tools/gen_common.h"
 #include "tools/pktgen_frames.h"
 #include "vhost/frontend.h"
 #include "virtio/net_hdr.h"
@@ -94,60 +95,19 @@ exit status: 0 when the run completed (and, with --verify, every frame checked o
 none was lost); 1 otherwise; 2 for a bad command line.
 )";
 
-struct Options {
+// The options pktgen has beyond GenOptions (tools/gen_common.h).
+struct Options : GenOptions {
   std::string socket;
   bool server = false;
-  std::string mode;
-  uint32_t size = 64;
-  uint64_t rate = 0;
-  uint64_t count = 0;
-  double duration = 10;
-  bool duration_given = false;
-  bool verify = false;
   uint32_t queues = 1;
   bool packed = false;
   bool mrg = true;
   uint32_t ring = 256;
-  uint32_t stream = 0;
-  double interval = 1;
-  double delay = 0;
-  bool hold = false;
-  bool announce = false;
-  std::string rtt_file;
-  bool busy_poll = false;
-  bool yield = false;
-  uint32_t tso = 0;  // MSS; 0: pktgen frames
   uint32_t udp = 0;  // --udp PORT: IPv4/UDP frames to PORT (0: pktgen frames)
-  bool static_payload = false;
   bool offloads = false;
-  uint8_t mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x01};
-  uint8_t peer_mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
 };
 
-bool ParseMac(const std::string& t, uint8_t* out) {
-  unsigned b[6];
-  char tail;
-  if (std::sscanf(t.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6) {
-    return false;
-  }
-  for (int i = 0; i < 6; ++i) out[i] = static_cast<uint8_t>(b[i]);
-  return true;
-}
-
-[[noreturn]] void Usage(const std::string& e) {
-  std::fprintf(stderr, "nicmux-pktgen: %s\n(see nicmux-pktgen --help)\n", e.c_str());
-  std::exit(2);
-}
-
-uint64_t Num(const std::string& opt, const std::string& v, uint64_t lo, uint64_t hi) {
-  char* end;
-  errno = 0;
-  unsigned long long n = std::strtoull(v.c_str(), &end, 10);
-  if (v.empty() || *end || errno || n < lo || n > hi) {
-    Usage(opt + " " + v + ": expected a number in " + std::to_string(lo) + ".." + std::to_string(hi));
-  }
-  return n;
-}
+const GenCli kCli("nicmux-pktgen");
 
 Options Parse(int argc, char** argv) {
   Options o;
@@ -155,95 +115,42 @@ Options Parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&]() -> std::string {
-      if (i + 1 >= argc) Usage(a + " needs a value");
+      if (i + 1 >= argc) kCli.Usage(a + " needs a value");
       return argv[++i];
     };
     if (a == "-h" || a == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
+    } else if (ParseGenOption(kCli, a, val, o)) {
     } else if (a == "--socket") {
       o.socket = val();
     } else if (a == "--client") {
       o.server = false;
     } else if (a == "--server") {
       o.server = true;
-    } else if (a == "--mode") {
-      o.mode = val();
-      if (o.mode != "tx" && o.mode != "rx" && o.mode != "reflect" && o.mode != "bidir" && o.mode != "ping") {
-        Usage("--mode " + o.mode + ": use tx, rx, reflect, bidir or ping");
-      }
-    } else if (a == "--size") {
-      o.size = static_cast<uint32_t>(Num(a, val(), 60, 65000));
-    } else if (a == "--rate") {
-      o.rate = Num(a, val(), 1, 1'000'000'000);
-    } else if (a == "--count") {
-      o.count = Num(a, val(), 1, UINT64_MAX / 2);
-    } else if (a == "--duration") {
-      std::string v = val();
-      char* end;
-      o.duration = std::strtod(v.c_str(), &end);
-      if (*end || !(o.duration > 0) || o.duration > 86400) Usage("--duration " + v + ": seconds, > 0");
-      o.duration_given = true;
-    } else if (a == "--tso") {
-      o.tso = static_cast<uint32_t>(Num(a, val(), 64, 9000));
     } else if (a == "--udp") {
-      o.udp = static_cast<uint32_t>(Num(a, val(), 1, 65535));
-    } else if (a == "--static-payload") {
-      o.static_payload = true;
+      o.udp = static_cast<uint32_t>(kCli.Num(a, val(), 1, 65535));
     } else if (a == "--offloads") {
       o.offloads = true;
-    } else if (a == "--yield") {
-      o.yield = true;
-    } else if (a == "--hold") {
-      o.hold = true;
-    } else if (a == "--announce") {
-      o.announce = true;
-    } else if (a == "--busy-poll") {
-      o.busy_poll = true;
-    } else if (a == "--rtt-file") {
-      o.rtt_file = val();
-    } else if (a == "--verify") {
-      o.verify = true;
     } else if (a == "--queues") {
-      o.queues = static_cast<uint32_t>(Num(a, val(), 1, 8));
+      o.queues = static_cast<uint32_t>(kCli.Num(a, val(), 1, 8));
     } else if (a == "--packed") {
       o.packed = true;
     } else if (a == "--no-mrg") {
       o.mrg = false;
     } else if (a == "--ring") {
-      o.ring = static_cast<uint32_t>(Num(a, val(), 8, 32768));
-    } else if (a == "--mac" || a == "--peer-mac") {
-      std::string v = val();
-      if (!ParseMac(v, a == "--mac" ? o.mac : o.peer_mac)) Usage(a + " " + v + ": expected xx:xx:xx:xx:xx:xx");
-      if (a == "--mac" && (o.mac[0] & 1)) Usage("--mac " + v + ": a multicast address cannot be a source");
-    } else if (a == "--stream") {
-      o.stream = static_cast<uint32_t>(Num(a, val(), 0, (1u << 28) - 1));
-    } else if (a == "--delay") {
-      std::string v = val();
-      char* end;
-      o.delay = std::strtod(v.c_str(), &end);
-      if (*end || o.delay < 0 || o.delay > 3600) Usage("--delay " + v + ": seconds, >= 0");
-    } else if (a == "--interval") {
-      std::string v = val();
-      char* end;
-      o.interval = std::strtod(v.c_str(), &end);
-      if (*end || o.interval < 0) Usage("--interval " + v + ": seconds, >= 0");
+      o.ring = static_cast<uint32_t>(kCli.Num(a, val(), 8, 32768));
     } else {
-      Usage("unknown argument '" + a + "'");
+      kCli.Usage("unknown argument '" + a + "'");
     }
   }
-  if (o.socket.empty()) Usage("--socket is required");
-  if (o.mode.empty()) Usage("--mode is required");
+  if (o.socket.empty()) kCli.Usage("--socket is required");
+  if (o.mode.empty()) kCli.Usage("--mode is required");
   if (o.udp && (o.mode != "tx" || o.tso || o.size < 42)) {
-    Usage("--udp: only with --mode tx, without --tso, and --size of at least 42");
+    kCli.Usage("--udp: only with --mode tx, without --tso, and --size of at least 42");
   }
   return o;
 }
-
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop.store(true); }
-std::atomic<bool> g_go{false};  // --hold: SIGUSR1 came
-void OnGo(int) { g_go.store(true); }
 
 int Run(const Options& o) {
   vhost::FrontendConfig fc;
@@ -271,11 +178,9 @@ int Run(const Options& o) {
     std::fprintf(stderr, "nicmux-pktgen: --tso: the backend does not offer CSUM and HOST_TSO4\n");
     return 1;
   }
-  const bool ping = o.mode == "ping";
-  const bool send = o.mode == "tx" || o.mode == "bidir" || ping;
+  const bool ping = o.ping(), send = o.sends(), reflect = o.reflect();
+  const bool tx_only = o.tx_only(), rx_side = o.rx_side();
   std::vector<uint32_t> rtt_ns;  // ping: one round trip per reflected frame
-  const bool reflect = o.mode == "reflect";
-  const bool tx_only = o.mode == "tx", bidir = o.mode == "bidir", rx_side = o.mode == "rx" || reflect;
   std::fprintf(stdout, "pktgen: connected to %s, %u queue pair(s), %s ring, mrg_rxbuf %s, mode %s, size %u\n",
                o.socket.c_str(), fe.queue_pairs(), o.packed ? "packed" : "split", o.mrg ? "on" : "off",
                o.mode.c_str(), o.size);
@@ -296,25 +201,23 @@ int Run(const Options& o) {
   }
 
   Stats st;
-  Verifier ver;
+  RxAccount rx_account(o, &st, &rtt_ns);
   // Per queue: a frame being collected from several receive buffers (MRG_RXBUF).
   struct Reassembly {
     std::vector<uint8_t> buf;
     uint32_t left = 0, len = 0;
     bool partial = false;  // the frame's header says NEEDS_CSUM
   };
-  TcpVerifier tcp_ver;
   std::vector<Reassembly> reasm_q(fe.queue_pairs());
   for (auto& r : reasm_q) r.buf.resize(65536 + 64);  // any frame a peer may send
   // One sequence per transmit queue: a frame carries stream id << 4 | queue, and order is kept
   // per queue only (as on any multi-queue NIC).
   std::vector<uint64_t> seq(fe.queue_pairs(), 0);
-  const uint64_t t0 = MonotonicNowNs();
+  const uint64_t t0 = GenNowNs();
   const double limit_s = o.duration + o.delay;
-  uint64_t next_report = t0 + static_cast<uint64_t>(o.interval * 1e9);
-  Stats last{};
-  uint64_t last_t = t0;
-  uint32_t idle = 0, stalled = 0;
+  Progress progress(o, t0);
+  Backoff backoff;
+  uint32_t idle = 0;
   // Reflect: frames waiting for a transmit buffer.
   std::vector<std::vector<uint8_t>> backlog;
   bool tx_done = !send;
@@ -329,7 +232,7 @@ int Run(const Options& o) {
   uint64_t round = 0;
   auto elapsed = [&] { return (now_ns - t0) / 1e9; };
   while (!g_stop.load(std::memory_order_relaxed)) {
-    if ((round++ & 31) == 0) now_ns = MonotonicNowNs();
+    if ((round++ & 31) == 0) now_ns = GenNowNs();
     const double t = elapsed();
     if (t >= limit_s) break;
     if (!released && g_go.load(std::memory_order_relaxed)) {
@@ -372,37 +275,7 @@ int Run(const Options& o) {
         virtio::DriverBuffer rb{fe.BufferAddr(rq, rq.NextId()), fc.buf_bytes, true};
         rq.Add({&rb, 1});
         if (--frag_left > 0) continue;
-        // TCP mode: a TSO frame or a segment of one.
-        if (frag_len >= kTcpHdrs && reasm[12] == 0x08 && reasm[13] == 0x00 && reasm[23] == 6) {
-          ++st.rx;
-          st.rx_bytes += frag_len;
-          if (o.verify) {
-            if (!tcp_ver.Check(reasm.data(), frag_len, reasm_q[k].partial, &st)) ++st.bad;
-          } else {
-            st.tcp_payload += frag_len - kTcpHdrs;
-          }
-          continue;
-        }
-        // Not a pktgen frame (another ethertype: ARP, IPv6 neighbour discovery from a host
-        // on the same switch): counted apart, neither received nor bad.
-        if (frag_len < 14 || reasm[12] != 0x88 || reasm[13] != 0xb5) {
-          ++st.other;
-          continue;
-        }
-        ++st.rx;
-        st.rx_bytes += frag_len;
-        if (ping) {
-          // The send time travels in the frame (after the pktgen header).
-          if (frag_len >= kMinFrame + 8) {
-            uint64_t sent_ns;
-            std::memcpy(&sent_ns, reasm.data() + kMinFrame, 8);
-            const uint64_t now = MonotonicNowNs();
-            if (now >= sent_ns && now - sent_ns < (1ull << 32)) rtt_ns.push_back(static_cast<uint32_t>(now - sent_ns));
-          }
-          continue;
-        }
-        if (o.verify && !ver.Check(reasm.data(), frag_len, &st)) ++st.bad;
-        if (reflect) {
+        if (rx_account.Take(reasm.data(), frag_len, reasm_q[k].partial)) {  // reflect it
           std::vector<uint8_t> fr(reasm.begin(), reasm.begin() + frag_len);
           if (frag_len >= 12) {
             std::swap_ranges(fr.begin(), fr.begin() + 6, fr.begin() + 6);
@@ -431,11 +304,7 @@ int Run(const Options& o) {
           ++added;
         }
       } else if (send && !tx_done && released && t >= send_from) {
-        uint64_t allowed = 32;
-        if (o.rate) {
-          double due = o.rate * (t - send_from);
-          allowed = due > st.tx ? std::min<uint64_t>(32, static_cast<uint64_t>(due - st.tx) + 1) : 0;
-        }
+        const uint64_t allowed = PacedAllowance(o, t, send_from, st.tx, 32);
         while (added < allowed && tq.num_free() > 0) {
           if (o.count && st.tx >= o.count) {
             tx_done = true;
@@ -474,7 +343,7 @@ int Run(const Options& o) {
             }
           }
           if (ping) {
-            const uint64_t t_ns = MonotonicNowNs();
+            const uint64_t t_ns = GenNowNs();
             std::memcpy(b + hdr + kMinFrame, &t_ns, 8);
           }
           virtio::DriverBuffer tb{fe.BufferAddr(tq, id), hdr + o.size, false};
@@ -507,43 +376,17 @@ int Run(const Options& o) {
       for (uint32_t k = 0; k < fe.queue_pairs(); ++k) drained &= fe.txq(k).num_free() == o.ring;
       if (drained && (tx_only || st.rx >= o.count)) break;
     }
-    const uint64_t now = now_ns;
-    if (o.interval > 0 && now >= next_report) {
-      double dt = (now - last_t) / 1e9;
-      std::printf("t=%.1fs tx %.3f Mpps %.2f Gbit/s, rx %.3f Mpps %.2f Gbit/s, bad %" PRIu64 " lost %" PRIu64 "\n",
-                  (now - t0) / 1e9, (st.tx - last.tx) / dt / 1e6, (st.tx_bytes - last.tx_bytes) * 8 / dt / 1e9,
-                  (st.rx - last.rx) / dt / 1e6, (st.rx_bytes - last.rx_bytes) * 8 / dt / 1e9, st.bad, st.lost);
-      std::fflush(stdout);
-      last = st;
-      last_t = now;
-      next_report = now + static_cast<uint64_t>(o.interval * 1e9);
-      if (!fe.Alive()) {
-        std::fprintf(stderr, "pktgen: the backend closed the connection\n");
-        break;
-      }
+    // The connection is looked at with each progress line (none with --interval 0).
+    if (progress.Maybe(now_ns, st) && !fe.Alive()) {
+      std::fprintf(stderr, "pktgen: the backend closed the connection\n");
+      break;
     }
     // Held senders are idle: they sleep on receive notifications until SIGUSR1.
     const bool sending = (send && !tx_done && released) || !backlog.empty();
-    // Two endpoints sharing one CPU: give the other the CPU after every round, so neither
-    // backend-side ring overflows while its reader waits for a scheduler time slice.
-    if (o.yield) sched_yield();
     // ping spins while a round trip is outstanding (a sleep would be measured); between
     // round trips it sleeps like the others, so a reflector on the same CPU gets to run.
     const bool spin = ping && st.tx > st.rx;
-    if (!work && o.rate && send && !tx_done && released && !spin) {
-      // Paced and nothing due: give the CPU away until the next packet is (at most 200 us).
-      const double next_due = send_from + (st.tx + 1.0) / o.rate;
-      const double wait = next_due - elapsed();
-      if (wait > 0) usleep(static_cast<useconds_t>(std::min(wait, 200e-6) * 1e6));
-    }
-    // Blocked (ring full, nothing received): on a machine where the backend and the peer
-    // share our CPUs, spinning only delays them; back off for a few microseconds.
-    if (!work && sending && !spin && ++stalled > 64) {
-      stalled = 0;
-      usleep(20);
-    } else if (work) {
-      stalled = 0;
-    }
+    backoff.AfterRound(o, work, sending, spin, elapsed(), send_from, st.tx);
     if (work || sending || spin || o.busy_poll) {
       idle = 0;
     } else if (++idle > 4096) {
@@ -571,35 +414,11 @@ int Run(const Options& o) {
       }
     }
   }
-  now_ns = MonotonicNowNs();
+  now_ns = GenNowNs();
   const double secs = elapsed();
-  bool ok = true;
-  if (o.verify && (st.bad || st.lost)) ok = false;
-  if (o.count) {
-    if (send && st.tx < o.count) ok = false;
-    if ((rx_side || bidir) && st.rx < o.count) ok = false;
-  }
+  bool ok = GenVerdict(o, st);
   PrintSummary(o.mode.c_str(), o.size, fe.queue_pairs(), o.packed ? "packed" : "split", secs, st, o.verify, ok);
-  if (ping) {
-    std::vector<uint32_t> sorted = rtt_ns;
-    std::sort(sorted.begin(), sorted.end());
-    auto pct = [&](double q) {
-      if (sorted.empty()) return 0.0;
-      size_t i = static_cast<size_t>(q * (sorted.size() - 1) + 0.5);
-      return sorted[std::min(i, sorted.size() - 1)] / 1e3;
-    };
-    std::printf("rtt samples=%zu rtt_p50_us=%.2f rtt_p99_us=%.2f rtt_p999_us=%.2f rtt_max_us=%.2f\n", sorted.size(),
-                pct(0.5), pct(0.99), pct(0.999), sorted.empty() ? 0.0 : sorted.back() / 1e3);
-    if (!o.rtt_file.empty()) {
-      if (FILE* f = std::fopen(o.rtt_file.c_str(), "w")) {
-        for (uint32_t v : rtt_ns) std::fprintf(f, "%u\n", v);
-        std::fclose(f);
-      } else {
-        std::fprintf(stderr, "pktgen: cannot write %s: %s\n", o.rtt_file.c_str(), std::strerror(errno));
-        ok = false;
-      }
-    }
-  }
+  if (ping && !ReportRtt("pktgen", o, rtt_ns)) ok = false;
   std::fflush(stdout);
   return ok ? 0 : 1;
 }
@@ -611,9 +430,6 @@ int main(int argc, char** argv) {
   nicmux::Options o = nicmux::Parse(argc, argv);
   std::memcpy(nicmux::g_src_mac, o.mac, 6);
   std::memcpy(nicmux::g_dst_mac, o.peer_mac, 6);
-  signal(SIGINT, nicmux::OnSignal);
-  signal(SIGTERM, nicmux::OnSignal);
-  signal(SIGPIPE, SIG_IGN);
-  signal(SIGUSR1, nicmux::OnGo);  // before "connected" is printed: a test may send it then
+  nicmux::InstallGenSignals();
   return nicmux::Run(o);
 }

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "pv/guest/nicmux_pv.h"
+#include "tools/gen_common.h"
 #include "tools/pktgen_frames.h"
 
 namespace nicmux {
@@ -99,73 +100,18 @@ command line.
 
 constexpr uint16_t kBurst = 32;
 
-struct Options {
+// The options pvgen has beyond GenOptions (tools/gen_common.h). --mac: the device's MAC is
+// set to it (MAC_SET); without it pvgen sends from the device's own.
+struct Options : GenOptions {
   std::string socket;
   std::string pci;  // --pci: a BDF, or "auto"
-  std::string mode;
-  uint32_t size = 64;
-  uint64_t rate = 0;
-  uint64_t count = 0;
-  double duration = 10;
-  bool verify = false;
   uint32_t queues = 1;
-  uint32_t stream = 0;
-  double interval = 1;
-  double delay = 0;
-  bool hold = false;
-  bool announce = false;
-  std::string rtt_file;
-  bool busy_poll = false;
-  bool yield = false;
-  uint32_t tso = 0;  // MSS; 0: pktgen frames
-  bool static_payload = false;
   uint32_t mtu = 0;
   bool promisc_off = false;
   int timeout_ms = NMX_PV_DEFAULT_TIMEOUT_MS;
-  bool mac_given = false;
-  uint8_t mac[6] = {};
-  uint8_t peer_mac[6] = {0x02, 0x6e, 0x6d, 0x78, 0x00, 0x02};
 };
 
-bool ParseMac(const std::string& t, uint8_t* out) {
-  unsigned b[6];
-  char tail;
-  if (std::sscanf(t.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6) {
-    return false;
-  }
-  for (int i = 0; i < 6; ++i) out[i] = static_cast<uint8_t>(b[i]);
-  return true;
-}
-
-std::string MacString(const uint8_t* m) {
-  char s[18];
-  std::snprintf(s, sizeof s, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
-  return s;
-}
-
-[[noreturn]] void Usage(const std::string& e) {
-  std::fprintf(stderr, "nicmux-pvgen: %s\n(see nicmux-pvgen --help)\n", e.c_str());
-  std::exit(2);
-}
-
-uint64_t Num(const std::string& opt, const std::string& v, uint64_t lo, uint64_t hi) {
-  char* end;
-  errno = 0;
-  unsigned long long n = std::strtoull(v.c_str(), &end, 10);
-  if (v.empty() || *end || errno || n < lo || n > hi) {
-    Usage(opt + " " + v + ": expected a number in " + std::to_string(lo) + ".." + std::to_string(hi));
-  }
-  return n;
-}
-
-double Seconds(const std::string& opt, const std::string& v, double lo, double hi, bool lo_open) {
-  char* end;
-  const double d = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end || !(lo_open ? d > lo : d >= lo) || d > hi) {
-    Usage(opt + " " + v + ": seconds, " + (lo_open ? "> " : ">= ") + std::to_string(static_cast<int>(lo)));
-  }
-  return d;
-}
+const GenCli kCli("nicmux-pvgen");
 
 Options Parse(int argc, char** argv) {
   Options o;
@@ -173,78 +119,33 @@ Options Parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&]() -> std::string {
-      if (i + 1 >= argc) Usage(a + " needs a value");
+      if (i + 1 >= argc) kCli.Usage(a + " needs a value");
       return argv[++i];
     };
     if (a == "-h" || a == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
+    } else if (ParseGenOption(kCli, a, val, o)) {
     } else if (a == "--socket") {
       o.socket = val();
     } else if (a == "--pci") {
       o.pci = val();
-    } else if (a == "--mode") {
-      o.mode = val();
-      if (o.mode != "tx" && o.mode != "rx" && o.mode != "reflect" && o.mode != "bidir" && o.mode != "ping") {
-        Usage("--mode " + o.mode + ": use tx, rx, reflect, bidir or ping");
-      }
-    } else if (a == "--size") {
-      o.size = static_cast<uint32_t>(Num(a, val(), 60, 65000));
-    } else if (a == "--rate") {
-      o.rate = Num(a, val(), 1, 1'000'000'000);
-    } else if (a == "--count") {
-      o.count = Num(a, val(), 1, UINT64_MAX / 2);
-    } else if (a == "--duration") {
-      o.duration = Seconds(a, val(), 0, 86400, true);
-    } else if (a == "--tso") {
-      o.tso = static_cast<uint32_t>(Num(a, val(), 64, 9000));
-    } else if (a == "--static-payload") {
-      o.static_payload = true;
     } else if (a == "--mtu") {
-      o.mtu = static_cast<uint32_t>(Num(a, val(), 68, 65535));
+      o.mtu = static_cast<uint32_t>(kCli.Num(a, val(), 68, 65535));
     } else if (a == "--no-promisc") {
       o.promisc_off = true;
-    } else if (a == "--yield") {
-      o.yield = true;
-    } else if (a == "--hold") {
-      o.hold = true;
-    } else if (a == "--announce") {
-      o.announce = true;
-    } else if (a == "--busy-poll") {
-      o.busy_poll = true;
-    } else if (a == "--rtt-file") {
-      o.rtt_file = val();
-    } else if (a == "--verify") {
-      o.verify = true;
     } else if (a == "--queues") {
-      o.queues = static_cast<uint32_t>(Num(a, val(), 1, NMX_PV_MAX_QUEUE_PAIRS));
-    } else if (a == "--mac" || a == "--peer-mac") {
-      std::string v = val();
-      if (!ParseMac(v, a == "--mac" ? o.mac : o.peer_mac)) Usage(a + " " + v + ": expected xx:xx:xx:xx:xx:xx");
-      if (a == "--mac" && (o.mac[0] & 1)) Usage("--mac " + v + ": a multicast address cannot be a source");
-      if (a == "--mac") o.mac_given = true;
-    } else if (a == "--stream") {
-      o.stream = static_cast<uint32_t>(Num(a, val(), 0, (1u << 28) - 1));
-    } else if (a == "--delay") {
-      o.delay = Seconds(a, val(), 0, 3600, false);
-    } else if (a == "--interval") {
-      o.interval = Seconds(a, val(), 0, 86400, false);
+      o.queues = static_cast<uint32_t>(kCli.Num(a, val(), 1, NMX_PV_MAX_QUEUE_PAIRS));
     } else if (a == "--timeout") {
-      o.timeout_ms = static_cast<int>(Num(a, val(), 1, 600000));
+      o.timeout_ms = static_cast<int>(kCli.Num(a, val(), 1, 600000));
     } else {
-      Usage("unknown argument '" + a + "'");
+      kCli.Usage("unknown argument '" + a + "'");
     }
   }
-  if (o.socket.empty() == o.pci.empty()) Usage("one of --socket and --pci is required");
-  if (o.mode.empty()) Usage("--mode is required");
-  if (o.static_payload && !o.tso) Usage("--static-payload needs --tso");
+  if (o.socket.empty() == o.pci.empty()) kCli.Usage("one of --socket and --pci is required");
+  if (o.mode.empty()) kCli.Usage("--mode is required");
+  if (o.static_payload && !o.tso) kCli.Usage("--static-payload needs --tso");
   return o;
-}
-
-uint64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 std::string OffloadNames(uint64_t bits, bool tx) {
@@ -270,11 +171,6 @@ void PrintInfo(const char* what, const nmx_pv_info& i) {
               OffloadNames(i.rx_offloads, false).c_str(), i.uplink[0] ? i.uplink : "none");
   std::fflush(stdout);
 }
-
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop.store(true); }
-std::atomic<bool> g_go{false};  // --hold: SIGUSR1 came
-void OnGo(int) { g_go.store(true); }
 
 struct DevCloser {
   void operator()(nmx_pv_dev* d) const { nmx_pv_close(d); }
@@ -355,10 +251,8 @@ int Run(Options& o) {
   std::memcpy(g_dst_mac, o.peer_mac, 6);
   const uint32_t ring = nmx_pv_ring_size(dev);
 
-  const bool ping = o.mode == "ping";
-  const bool send = o.mode == "tx" || o.mode == "bidir" || ping;
-  const bool reflect = o.mode == "reflect";
-  const bool tx_only = o.mode == "tx", bidir = o.mode == "bidir", rx_side = o.mode == "rx" || reflect;
+  const bool ping = o.ping(), send = o.sends(), reflect = o.reflect();
+  const bool tx_only = o.tx_only(), rx_side = o.rx_side();
   std::vector<uint32_t> rtt_ns;
   std::printf("pvgen: connected to %s, %u queue pair(s), ring %u, buf_size %u, mac %s, mode %s, size %u\n",
               o.socket.c_str(), o.queues, ring, nmx_pv_buf_size(dev), MacString(o.mac).c_str(), o.mode.c_str(),
@@ -377,20 +271,18 @@ int Run(Options& o) {
   }
 
   Stats st;
-  Verifier ver;
-  TcpVerifier tcp_ver;
+  RxAccount rx_account(o, &st, &rtt_ns);
   // Per transmit queue: its sequence, kBurst staging frames, and (--static-payload) which of
   // them hold a payload already.
   std::vector<uint64_t> seq(o.queues, 0);
   std::vector<std::vector<uint8_t>> stage(o.queues, std::vector<uint8_t>(size_t{kBurst} * o.size));
   std::vector<std::vector<bool>> staged(o.queues, std::vector<bool>(kBurst, false));
   nmx_pv_pkt rx[kBurst], tx[kBurst];
-  const uint64_t t0 = NowNs();
+  const uint64_t t0 = GenNowNs();
   const double limit_s = o.duration + o.delay;
-  uint64_t next_report = t0 + static_cast<uint64_t>(o.interval * 1e9);
-  Stats last{};
-  uint64_t last_t = t0;
-  uint32_t idle = 0, stalled = 0;
+  Progress progress(o, t0);
+  Backoff backoff;
+  uint32_t idle = 0;
   bool tx_done = !send;
   bool released = !o.hold;
   double send_from = o.delay;
@@ -401,7 +293,7 @@ int Run(Options& o) {
   uint64_t round = 0;
   auto elapsed = [&] { return (now_ns - t0) / 1e9; };
   while (!g_stop.load(std::memory_order_relaxed)) {
-    if ((round++ & 31) == 0) now_ns = NowNs();
+    if ((round++ & 31) == 0) now_ns = GenNowNs();
     const double t = elapsed();
     if (t >= limit_s) break;
     if (!released && g_go.load(std::memory_order_relaxed)) {
@@ -419,35 +311,8 @@ int Run(Options& o) {
       for (uint16_t i = 0; i < n; ++i) {
         uint8_t* f = static_cast<uint8_t*>(rx[i].data);
         const uint32_t len = rx[i].len;
-        // TCP mode: a TSO frame or a segment of one (pv delivers no partial checksums).
-        if (len >= kTcpHdrs && f[12] == 0x08 && f[13] == 0x00 && f[23] == 6) {
-          ++st.rx;
-          st.rx_bytes += len;
-          if (o.verify) {
-            if (!tcp_ver.Check(f, len, false, &st)) ++st.bad;
-          } else {
-            st.tcp_payload += len - kTcpHdrs;
-          }
-          continue;
-        }
-        // Not a pktgen frame (ARP, IPv6 neighbour discovery, an announce): counted apart.
-        if (len < 14 || f[12] != 0x88 || f[13] != 0xb5) {
-          ++st.other;
-          continue;
-        }
-        ++st.rx;
-        st.rx_bytes += len;
-        if (ping) {
-          if (len >= kMinFrame + 8) {
-            uint64_t sent_ns;
-            std::memcpy(&sent_ns, f + kMinFrame, 8);
-            const uint64_t now = NowNs();
-            if (now >= sent_ns && now - sent_ns < (1ull << 32)) rtt_ns.push_back(static_cast<uint32_t>(now - sent_ns));
-          }
-          continue;
-        }
-        if (o.verify && !ver.Check(f, len, &st)) ++st.bad;
-        if (reflect) {
+        // (pv delivers no partial checksums.)
+        if (rx_account.Take(f, len, false)) {  // reflect it
           // The buffer is ours until rx_done: swap the MACs in place and send it from there.
           uint8_t m[6];
           std::memcpy(m, f, 6);
@@ -470,11 +335,7 @@ int Run(Options& o) {
       }
       // Transmit.
       if (send && !tx_done && released && t >= send_from) {
-        uint64_t allowed = kBurst;
-        if (o.rate) {
-          double due = o.rate * (t - send_from);
-          allowed = due > st.tx ? std::min<uint64_t>(kBurst, static_cast<uint64_t>(due - st.tx) + 1) : 0;
-        }
+        uint64_t allowed = PacedAllowance(o, t, send_from, st.tx, kBurst);
         allowed = std::min<uint64_t>(allowed, nmx_pv_tx_free(dev, k));
         uint16_t m = 0;
         while (m < allowed) {
@@ -500,7 +361,7 @@ int Run(Options& o) {
             BuildFrame(reinterpret_cast<std::byte*>(b), o.size, (o.stream << 4) | k, seq[k]++);
           }
           if (ping) {
-            const uint64_t t_ns = NowNs();
+            const uint64_t t_ns = GenNowNs();
             std::memcpy(b + kMinFrame, &t_ns, 8);
           }
           ++m;
@@ -527,17 +388,7 @@ int Run(Options& o) {
     };
     if (o.count && rx_side && st.rx >= o.count && (!reflect || drained())) break;
     if (o.count && send && tx_done && drained() && (tx_only || st.rx >= o.count)) break;
-    const uint64_t now = now_ns;
-    if (o.interval > 0 && now >= next_report) {
-      double dt = (now - last_t) / 1e9;
-      std::printf("t=%.1fs tx %.3f Mpps %.2f Gbit/s, rx %.3f Mpps %.2f Gbit/s, bad %" PRIu64 " lost %" PRIu64 "\n",
-                  (now - t0) / 1e9, (st.tx - last.tx) / dt / 1e6, (st.tx_bytes - last.tx_bytes) * 8 / dt / 1e9,
-                  (st.rx - last.rx) / dt / 1e6, (st.rx_bytes - last.rx_bytes) * 8 / dt / 1e9, st.bad, st.lost);
-      std::fflush(stdout);
-      last = st;
-      last_t = now;
-      next_report = now + static_cast<uint64_t>(o.interval * 1e9);
-    }
+    progress.Maybe(now_ns, st);
     if ((round & 1023) == 0) {
       if (!nmx_pv_connected(dev)) {
         char why[320];
@@ -553,21 +404,8 @@ int Run(Options& o) {
       }
     }
     const bool sending = send && !tx_done && released;
-    if (o.yield) sched_yield();
-    const bool spin = ping && st.tx > st.rx;
-    if (!work && o.rate && sending && !spin) {
-      // Paced and nothing due: give the CPU away until the next packet is (at most 200 us).
-      const double next_due = send_from + (st.tx + 1.0) / o.rate;
-      const double wait = next_due - elapsed();
-      if (wait > 0) usleep(static_cast<useconds_t>(std::min(wait, 200e-6) * 1e6));
-    }
-    // Blocked (ring full, nothing received): back off for a few microseconds.
-    if (!work && sending && !spin && ++stalled > 64) {
-      stalled = 0;
-      usleep(20);
-    } else if (work) {
-      stalled = 0;
-    }
+    const bool spin = ping && st.tx > st.rx;  // a round trip outstanding: a sleep would be measured
+    backoff.AfterRound(o, work, sending, spin, elapsed(), send_from, st.tx);
     if (work || sending || spin || o.busy_poll) {
       idle = 0;
     } else if (++idle > 4096) {
@@ -583,7 +421,7 @@ int Run(Options& o) {
       for (uint32_t k = 0; k < o.queues; ++k) nmx_pv_irq_disarm(dev, k);
     }
   }
-  now_ns = NowNs();
+  now_ns = GenNowNs();
   const double secs = elapsed();
   // Stopped early (time limit, a signal): give the host up to a second to take what is posted.
   for (int i = 0; i < 1000 && !failed && nmx_pv_connected(dev); ++i) {
@@ -619,32 +457,9 @@ int Run(Options& o) {
               " rx_len_clamped=%" PRIu64 "\n",
               lib.tx_dropped, lib.tx_kicks, lib.rx_kicks, lib.rx_len_clamped);
   bool ok = !failed && lib.tx_dropped == 0;
-  if (o.verify && (st.bad || st.lost)) ok = false;
-  if (o.count) {
-    if (send && st.tx < o.count) ok = false;
-    if ((rx_side || bidir) && st.rx < o.count) ok = false;
-  }
+  if (!GenVerdict(o, st)) ok = false;
   PrintSummary(o.mode.c_str(), o.size, o.queues, "pv", secs, st, o.verify, ok);
-  if (ping) {
-    std::vector<uint32_t> sorted = rtt_ns;
-    std::sort(sorted.begin(), sorted.end());
-    auto pct = [&](double q) {
-      if (sorted.empty()) return 0.0;
-      size_t i = static_cast<size_t>(q * (sorted.size() - 1) + 0.5);
-      return sorted[std::min(i, sorted.size() - 1)] / 1e3;
-    };
-    std::printf("rtt samples=%zu rtt_p50_us=%.2f rtt_p99_us=%.2f rtt_p999_us=%.2f rtt_max_us=%.2f\n", sorted.size(),
-                pct(0.5), pct(0.99), pct(0.999), sorted.empty() ? 0.0 : sorted.back() / 1e3);
-    if (!o.rtt_file.empty()) {
-      if (FILE* f = std::fopen(o.rtt_file.c_str(), "w")) {
-        for (uint32_t v : rtt_ns) std::fprintf(f, "%u\n", v);
-        std::fclose(f);
-      } else {
-        std::fprintf(stderr, "nicmux-pvgen: cannot write %s: %s\n", o.rtt_file.c_str(), std::strerror(errno));
-        ok = false;
-      }
-    }
-  }
+  if (ping && !ReportRtt("nicmux-pvgen", o, rtt_ns)) ok = false;
   std::fflush(stdout);
   return ok ? 0 : 1;
 }
@@ -654,9 +469,6 @@ int Run(Options& o) {
 
 int main(int argc, char** argv) {
   nicmux::Options o = nicmux::Parse(argc, argv);
-  signal(SIGINT, nicmux::OnSignal);
-  signal(SIGTERM, nicmux::OnSignal);
-  signal(SIGPIPE, SIG_IGN);
-  signal(SIGUSR1, nicmux::OnGo);  // before "connected" is printed: a test may send it then
+  nicmux::InstallGenSignals();
   return nicmux::Run(o);
 }
