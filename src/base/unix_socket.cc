@@ -1,6 +1,7 @@
 #include "base/unix_socket.h"
 
 #include <grp.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -158,6 +159,27 @@ Result<void> ApplySocketAccess(const std::string& path, const SocketAccess& a) {
     return Error::FromErrno("socket " + path + ": chmod " + Octal(*a.mode));
   }
   return Ok();
+}
+
+std::string SocketOwnerOnlyNote(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) < 0 || !S_ISSOCK(st.st_mode)) return {};
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) return {};
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* out = nullptr;
+  const std::string owner = ::getpwuid_r(st.st_uid, &pw, buf.data(), buf.size(), &out) == 0 && out != nullptr
+                                ? std::string(out->pw_name)
+                                : std::to_string(st.st_uid);
+  std::string note = "only user " + owner + " may connect (" + Octal(st.st_mode) + " " + owner + ":" +
+                     GroupName(st.st_gid) + ")";
+  out = nullptr;
+  if (::getpwnam_r("libvirt-qemu", &pw, buf.data(), buf.size(), &out) == 0 && out != nullptr) {
+    return note + "; QEMU run by libvirt (user libvirt-qemu) gets \"Permission denied\", which only libvirt's "
+                  "/var/log/libvirt/qemu/DOMAIN.log shows: --socket-group libvirt-qemu (or socket_group= on the port)";
+  }
+  return note + "; a frontend of another user gets \"Permission denied\": --socket-group GROUP (or socket_group= "
+                "on the port)";
 }
 
 Result<sockaddr_un> UnixAddr(const std::string& path) {

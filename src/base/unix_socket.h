@@ -43,6 +43,12 @@ const SocketAccess& DefaultSocketAccess();
 std::string SocketReachProblem(const std::string& path, const SocketAccess& a,
                                const std::string& who = "QEMU under libvirt, user libvirt-qemu");
 
+// When only the socket's owner may connect to path (its mode gives neither group nor others
+// write): who is locked out and what to change, as a clause for the "listening on" line; ""
+// otherwise. A frontend refused this way (QEMU under libvirt, user libvirt-qemu: "Permission
+// denied") never reaches nicmuxd, so this line is the only place nicmuxd can say so.
+std::string SocketOwnerOnlyNote(const std::string& path);
+
 // Makes path's parent directory if it is missing (the last component only), 0755: nicmuxd's,
 // writable by nobody else whatever a says; warns about an existing one others may write.
 Result<void> MakeSocketDir(const std::string& path, const SocketAccess& a);

@@ -4,6 +4,7 @@
 #include "base/unix_socket.h"
 
 #include <grp.h>
+#include <pwd.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -105,6 +106,28 @@ TEST_F(SocketAccessTest, WithoutAnAccessTheSocketKeepsTheUmasksModeAndAStrangerI
   ASSERT_TRUE(fd.has_value()) << fd.error().message();
   // srwxr-xr-x root root: QEMU as another user gets "Permission denied" (issue 18).
   EXPECT_EQ(ConnectAs(path, kNogroup), EACCES);
+  // nicmuxd never sees that refusal: its "listening on" line says who is locked out and what to
+  // change instead.
+  const std::string note = SocketOwnerOnlyNote(path);
+  EXPECT_NE(note.find("only user root may connect (0755 root:"), std::string::npos) << note;
+  EXPECT_NE(note.find("Permission denied"), std::string::npos) << note;
+  EXPECT_NE(note.find("--socket-group"), std::string::npos) << note;
+  if (::getpwnam("libvirt-qemu") != nullptr) {
+    EXPECT_NE(note.find("user libvirt-qemu"), std::string::npos) << note;
+    EXPECT_NE(note.find("/var/log/libvirt/qemu/"), std::string::npos) << note;
+  }
+  // With a group that may write it, or a mode that lets others write, there is nothing to say.
+  auto a = ParseSocketAccess("nogroup", "");
+  ASSERT_TRUE(a.has_value());
+  ASSERT_TRUE(ApplySocketAccess(path, *a).has_value());
+  EXPECT_EQ(SocketOwnerOnlyNote(path), "");
+  auto everyone = ParseSocketAccess("", "0666");
+  ASSERT_TRUE(everyone.has_value());
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  EXPECT_NE(SocketOwnerOnlyNote(path), "");
+  ASSERT_TRUE(ApplySocketAccess(path, *everyone).has_value());
+  EXPECT_EQ(SocketOwnerOnlyNote(path), "");
+  EXPECT_EQ(SocketOwnerOnlyNote(dir_ + "/missing.sock"), "");
 }
 
 TEST_F(SocketAccessTest, ADirectoryTheGroupCannotSearchIsNamedWithWhatToChange) {

@@ -200,7 +200,9 @@ Result<void> VhostUserPort::Listen() {
   NICMUX_TRY_ASSIGN(fd, ListenUnix(opt_.socket_path, 4, opt_.access ? &*opt_.access : nullptr));
   listen_fd_ = std::move(fd);
   NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
-  NICMUX_LOG(kInfo, "port %s: listening on %s", name().c_str(), opt_.socket_path.c_str());
+  const std::string note = SocketOwnerOnlyNote(opt_.socket_path);
+  NICMUX_LOG(kInfo, "port %s: listening on %s%s%s", name().c_str(), opt_.socket_path.c_str(), note.empty() ? "" : "; ",
+             note.c_str());
   return Ok();
 }
 
