@@ -339,7 +339,14 @@ Result<void> BackendSession::SetVringFd(const RequestInfo& info, Message& msg) {
   DeviceQueue& q = queues_[*i];
   switch (info.request) {
     case Request::kSetVringKick: {
-      if (!mem_) return Error("queue " + std::to_string(*i) + ": kick before any memory table");
+      // QEMU sends no memory table when no region of guest RAM has a file to pass (RAM not
+      // shared), and goes on: say what to change, it is the usual cause.
+      if (!mem_) {
+        return Error("queue " + std::to_string(*i) +
+                     ": kick before any memory table (QEMU sends none when guest memory is not shared: "
+                     "-object memory-backend-memfd,share=on, or libvirt's <memoryBacking><source type='memfd'/>"
+                     "<access mode='shared'/>)");
+      }
       {
         PauseGuard pause(*worker_);
         q.kick = std::move(fd);
