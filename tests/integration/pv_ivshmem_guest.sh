@@ -6,6 +6,10 @@
 # verified traffic with nicmux-pktgen on a vhost-user port of the same nicmuxd.
 #   1. both ways at once, 64-byte frames: exact counts, every byte verified by the other tool;
 #   2. the same with 1518-byte frames;
+#   2b. Debian's unmodified dpdk-testpmd in the guest (in the image with its libraries) drives
+#      the same device through the PMD's PCI driver (net_nicmux_pv_pci: the device bound to
+#      uio_pci_generic, the EAL maps BAR2 and BAR0) in macswap mode: pktgen's verified frames
+#      come back, exact counts; testpmd's port info shows what nicmuxd announced;
 #   3. nicmuxd restarted under a running pvgen: the guest sees NMX_PV_STATUS_GONE with nicmuxd's
 #      reason and pvgen exits 1; after the restart the old BAR2 (QEMU 7.2 cannot take a new
 #      region on the device) still says so to a new open. Plugging the device again over QMP
@@ -15,6 +19,12 @@ source "$(dirname "$0")/lib.sh"
 
 STATIC=$BIN/nicmux-pvgen-static
 [ -x "$STATIC" ] || fail "no $STATIC (the build's nicmux_pvgen_static target makes it)"
+PMDG=${NICMUX_PV_PMD_GUEST:?NICMUX_PV_PMD_GUEST must name librte_net_nicmux_pv-guest.so of this build}
+[ -f "$PMDG" ] || fail "no $PMDG (the build's rte_net_nicmux_pv_guest target makes it; it needs scripts/dpdk-driver-sdk)"
+command -v dpdk-testpmd >/dev/null || fail "dpdk-testpmd not installed (scripts/install-deps)"
+# testpmd does not link the mempool driver; the EAL's plugin directory is not in the image.
+MPRING=$(realpath $(ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_mempool_ring.so.* 2>/dev/null | head -n 1) 2>/dev/null)  # the name build-guest.sh gives it
+[ -n "$MPRING" ] || fail "no librte_mempool_ring.so in DPDK's plugin directory"
 guest_image
 
 IV=$WORK/iv.sock VU=$WORK/vu.sock GN=$WORK/gn.sock
@@ -36,7 +46,8 @@ wait_for "$GN" 30
 # The guest: serve mode (commands over its console, guest-exec.py); the ivshmem-doorbell device
 # with vectors = 1 + queue pairs (doorbell 0 is the mailbox), the chardev without reconnect=
 # (QEMU 7.2's ivshmem then spins in its realize: docs/pv-protocol.md).
-"$G/run-guest.sh" g "$GN" --accel tcg --with "$STATIC" --serve 'true' --append nicmux.carrier=1 \
+"$G/run-guest.sh" g "$GN" --accel tcg --mem 512 --with "$STATIC" --with "$(command -v dpdk-testpmd)" --with "$MPRING" \
+  --with "$PMDG" --serve 'true' --append nicmux.carrier=1 \
   --background --timeout 300 --console-socket "$WORK/g.con" --log "$CON" --pidfile "$WORK/g.pid" \
   -- -chardev "socket,id=iv,path=$IV" -device ivshmem-doorbell,chardev=iv,vectors=2,id=ivd >"$WORK/g.qpid" || fail "the guest did not start"
 PIDS+=("$(cat "$WORK/g.qpid")")
@@ -100,6 +111,48 @@ for size_count in 64:3000 1518:1500; do
   echo "ok: QEMU guest over ivshmem <-> vhost-user pktgen, $size-byte frames: $count each way, every byte verified"
 done
 ctl port show iv | grep -q '^transport: *ivshmem$' || fail "port show iv: $(ctl port show iv)"
+
+# 2b. testpmd with the PMD's PCI driver in the guest, macswap: pktgen's frames come back to it.
+# The device is bound to uio_pci_generic (the EAL maps its BARs through sysfs; uio wants IOVA as
+# PA, so the EAL's memory is 64 hugepages of the guest's); two lcores on the
+# guest's one vCPU (the main one sleeps between stats lines); SIGINT ends it with its stats.
+TP_CMD='set -e
+bdf=""
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ] && bdf=${d##*/}
+done
+[ -n "$bdf" ] || { echo "no ivshmem device"; exit 3; }
+echo 1af4 1110 >/sys/bus/pci/drivers/uio_pci_generic/new_id 2>/dev/null || true
+[ -e "/sys/bus/pci/drivers/uio_pci_generic/$bdf" ] || { echo "$bdf is not bound to uio_pci_generic"; exit 3; }
+mkdir -p /var/run /dev/hugepages
+chmod 0755 /  # the initramfs root is world-writable; the EAL loads -d plugins only from safe paths
+# Hugepages: a device bound to uio needs IOVA as PA, which --no-huge memory cannot give.
+grep -q " /dev/hugepages " /proc/mounts || mount -t hugetlbfs nodev /dev/hugepages
+echo 64 >/proc/sys/vm/nr_hugepages
+echo "testpmd on $bdf"
+timeout -s INT 90 dpdk-testpmd -m 96 --no-shconf --no-telemetry --lcores 0@0,1@0 \
+  -d /bin/'"${MPRING##*/}"' -d /bin/'"${PMDG##*/}"' -a "$bdf" -- --total-num-mbufs=2048 --forward-mode=macswap \
+  --nb-cores=1 --stats-period 2 </dev/null 2>&1 || true'
+start pktgen "$BIN/nicmux-pktgen" --socket "$VU" --mac "$PGMAC" --peer-mac "$PVMAC" --duration 150 --interval 0 \
+  --mode bidir --verify --size 256 --count 2000 --stream 3 --rate 500 --hold
+pg=$LAST_PID
+wait_log "$WORK/pktgen.log" connected 60 "$pg"
+"$G/guest-exec.py" --timeout 150 "$WORK/g.con" "$TP_CMD" >"$WORK/testpmd.out" 2>&1 &
+gx=$!
+PIDS+=("$gx")
+# (guest-exec.py prints the output when the command ends; the console shows it as it comes.)
+wait_until 90 "testpmd forwarding in the guest" grep -aq "Port statistics" "$CON"
+release "$pg"
+wait_pid "$pg" 150 || fail "2b: pktgen failed: $(tail -n 3 "$WORK/pktgen.log"); testpmd: $(tail -n 20 "$WORK/testpmd.out")"
+expect_summary "$WORK/pktgen.log" tx_packets 2000
+expect_summary "$WORK/pktgen.log" rx_packets 2000
+expect_summary "$WORK/pktgen.log" rx_bad 0
+expect_summary "$WORK/pktgen.log" rx_lost 0
+wait_pid "$gx" 120 || true
+tr -d '\r' <"$WORK/testpmd.out" >"$WORK/testpmd.log"
+grep -aq "net_nicmux_pv: .*: port 0 on 0000:" "$WORK/testpmd.log" ||
+  grep -aq "Port 0: ${PVMAC^^}" "$WORK/testpmd.log" || fail "2b: testpmd has no pv port: $(head -n 40 "$WORK/testpmd.log")"
+echo "ok: dpdk-testpmd in the guest over net_nicmux_pv_pci (uio_pci_generic), macswap: 2000 frames of 256 B back to pktgen, every byte verified"
 
 # 3. nicmuxd restarts under a running pvgen.
 n=$((n + 1))

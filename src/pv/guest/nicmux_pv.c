@@ -116,6 +116,7 @@ struct nmx_pv_dev {
   uint8_t* bar0;
   size_t bar0_len;
   volatile uint32_t* doorbell;
+  int bars_borrowed; /* base and bar0 are the caller's mappings (nmx_pv_open_bars): never unmapped */
   uint8_t* base;
   uint64_t region_size;
   struct nmx_pv_header hdr; /* the checked private copy: the only one used after open */
@@ -271,8 +272,8 @@ void nmx_pv_close(struct nmx_pv_dev* dev) {
     free(dev->txq[q].cookie);
     free(dev->rxq[q].slot);
   }
-  if (dev->base != MAP_FAILED) munmap(dev->base, dev->region_size);
-  if (dev->bar0 != MAP_FAILED) munmap(dev->bar0, dev->bar0_len);
+  if (!dev->bars_borrowed && dev->base != MAP_FAILED) munmap(dev->base, dev->region_size);
+  if (!dev->bars_borrowed && dev->bar0 != MAP_FAILED) munmap(dev->bar0, dev->bar0_len);
   close_fd(&dev->memfd);
   for (uint32_t d = 0; d < PV_MAX_DOORBELLS; ++d) {
     close_fd(&dev->kick[d]);
@@ -670,6 +671,9 @@ static uint8_t* map_resource(const char* dir, const char* name, uint64_t min, ui
   return (uint8_t*)m;
 }
 
+static int has_magic(const struct nmx_pv_dev* dev, const char* name, char* err, size_t errlen);
+static int open_over_bars(struct nmx_pv_dev* dev, const char* bdf, char* err, size_t errlen);
+
 static struct nmx_pv_dev* open_pci_dir(const char* dir, const char* bdf, char* err, size_t errlen) {
   unsigned long vendor = 0, device = 0;
   if (read_hex_file(dir, "vendor", &vendor) < 0 || read_hex_file(dir, "device", &device) < 0) {
@@ -701,26 +705,40 @@ static struct nmx_pv_dev* open_pci_dir(const char* dir, const char* bdf, char* e
   dev->base = map_resource(dir, "resource2", 2 * NMX_PV_PAGE, PV_MAX_REGION, &dev->memfd, &len, err, errlen);
   if (dev->base == MAP_FAILED) goto fail;
   dev->region_size = len;
-  /* UNTRUSTED: the magic: only compared, to tell a pvdev from another ivshmem user. */
-  uint64_t magic;
-  memcpy(&magic, dev->base, sizeof magic);
-  if (magic != NMX_PV_MAGIC) {
-    fmt(err, errlen, "PCI device %s: BAR2 does not start with the pvdev magic (magic 0x%016llx: not a nicmuxd pv "
-        "port with transport=ivshmem, or the device's memory is not enabled)", bdf, (unsigned long long)magic);
-    goto fail;
-  }
+  if (!has_magic(dev, bdf, err, errlen)) goto fail;
   /* BAR0: the registers (256 bytes; the Doorbell at 12). */
   int bar0_fd = -1;
   dev->bar0 = map_resource(dir, "resource0", NMX_PV_IVSHMEM_REG_DOORBELL + 4, 1u << 20, &bar0_fd, &dev->bar0_len, err,
                            errlen);
   if (bar0_fd >= 0) close(bar0_fd); /* the mapping stays */
   if (dev->bar0 == MAP_FAILED) goto fail;
+  if (open_over_bars(dev, bdf, err, errlen) < 0) goto fail;
+  return dev;
+fail:
+  nmx_pv_close(dev);
+  return NULL;
+}
+
+/* BAR2 (dev->base, region_size bytes) starts with the pvdev magic. */
+static int has_magic(const struct nmx_pv_dev* dev, const char* name, char* err, size_t errlen) {
+  /* UNTRUSTED: the magic: only compared, to tell a pvdev from another ivshmem user. */
+  uint64_t magic;
+  memcpy(&magic, dev->base, sizeof magic);
+  if (magic == NMX_PV_MAGIC) return 1;
+  fmt(err, errlen, "PCI device %s: BAR2 does not start with the pvdev magic (magic 0x%016llx: not a nicmuxd pv "
+      "port with transport=ivshmem, or the device's memory is not enabled)", name, (unsigned long long)magic);
+  return 0;
+}
+
+/* The VM transport's open, once BAR2 (base, region_size) and BAR0 (bar0, bar0_len) are mapped:
+ * the header checked, the doorbell found, the device taken over. 0, or -1 (err says why). */
+static int open_over_bars(struct nmx_pv_dev* dev, const char* bdf, char* err, size_t errlen) {
   /* UNTRUSTED: max_queue_pairs, read once here for the doorbell count; check_header then checks
    * its own copy against it (a host changing it meanwhile is refused). */
   const uint32_t nqp = __atomic_load_n(&((const struct nmx_pv_header*)dev->base)->max_queue_pairs, __ATOMIC_RELAXED);
   if (nqp < 1 || nqp > NMX_PV_MAX_QUEUE_PAIRS) {
     fmt(err, errlen, "header.max_queue_pairs %u is not in 1..%u", nqp, NMX_PV_MAX_QUEUE_PAIRS);
-    goto fail;
+    return -1;
   }
   struct nmx_pv_hello hello;
   memset(&hello, 0, sizeof hello);
@@ -729,7 +747,7 @@ static struct nmx_pv_dev* open_pci_dir(const char* dir, const char* bdf, char* e
   hello.num_doorbells = 1 + nqp;
   hello.region_size = dev->region_size;
   dev->num_doorbells = hello.num_doorbells;
-  if (check_header(dev, &hello, err, errlen) < 0) goto fail;
+  if (check_header(dev, &hello, err, errlen) < 0) return -1;
   dev->doorbell = (volatile uint32_t*)(dev->bar0 + NMX_PV_IVSHMEM_REG_DOORBELL);
   finish_open(dev);
   /* No socket, so no registered memory, whatever the header says. */
@@ -740,12 +758,41 @@ static struct nmx_pv_dev* open_pci_dir(const char* dir, const char* bdf, char* e
    * This is also the first round trip: a host that does not answer fails the open. */
   if (nmx_pv_stop(dev) < 0 || nmx_pv_stats_reset(dev) < 0) {
     fmt(err, errlen, "PCI device %s: %s", bdf, dev->err);
-    goto fail;
+    return -1;
+  }
+  return 0;
+}
+
+struct nmx_pv_dev* nmx_pv_open_bars(void* bar2, uint64_t bar2_len, void* bar0, uint64_t bar0_len, const char* name,
+                                    char* err, size_t errlen) {
+  fmt(err, errlen, "%s", "");
+  if (name == NULL) name = "?";
+  if (bar2 == NULL || bar0 == NULL) {
+    fmt(err, errlen, "PCI device %s: BAR%d is not mapped (bind the device to vfio-pci or uio_pci_generic)", name,
+        bar2 == NULL ? 2 : 0);
+    return NULL;
+  }
+  if (bar2_len < 2 * NMX_PV_PAGE || bar2_len > PV_MAX_REGION || bar0_len < NMX_PV_IVSHMEM_REG_DOORBELL + 4) {
+    fmt(err, errlen, "PCI device %s: BAR2 of %llu bytes (%u..%llu) or BAR0 of %llu (at least %u): not an ivshmem "
+        "device serving a pvdev", name, (unsigned long long)bar2_len, 2 * NMX_PV_PAGE,
+        (unsigned long long)PV_MAX_REGION, (unsigned long long)bar0_len, NMX_PV_IVSHMEM_REG_DOORBELL + 4);
+    return NULL;
+  }
+  struct nmx_pv_dev* dev = dev_alloc();
+  if (dev == NULL) {
+    fmt(err, errlen, "out of memory");
+    return NULL;
+  }
+  dev->bars_borrowed = 1;
+  dev->base = bar2;
+  dev->region_size = bar2_len;
+  dev->bar0 = bar0;
+  dev->bar0_len = (size_t)bar0_len;
+  if (!has_magic(dev, name, err, errlen) || open_over_bars(dev, name, err, errlen) < 0) {
+    nmx_pv_close(dev);
+    return NULL;
   }
   return dev;
-fail:
-  nmx_pv_close(dev);
-  return NULL;
 }
 
 static int pci_entry(const struct dirent* e) { return e->d_name[0] != '.'; }

@@ -79,6 +79,14 @@ struct nmx_pv_dev* nmx_pv_open_fd(int fd, char* err, size_t errlen);
  * new region, the VM must be restarted (docs/pv-protocol.md). */
 struct nmx_pv_dev* nmx_pv_open_pci(const char* bdf, char* err, size_t errlen);
 
+/* The VM transport over BARs the caller mapped itself (a DPDK PCI driver: the rte_pci_device's
+ * mem_resource[2] and [0], with the device bound to vfio-pci or uio_pci_generic): BAR2 is the
+ * region, BAR0 the ivshmem registers. The same checks and takeover as nmx_pv_open_pci; the
+ * library never unmaps them (nmx_pv_close leaves them to the caller). name is for messages
+ * (the PCI address). NULL with err set when BAR2 is not a pvdev's. */
+struct nmx_pv_dev* nmx_pv_open_bars(void* bar2, uint64_t bar2_len, void* bar0, uint64_t bar0_len, const char* name,
+                                    char* err, size_t errlen);
+
 /* Unmaps the region and closes every fd. The host stops the device when the socket closes.
  * NULL is ignored. */
 void nmx_pv_close(struct nmx_pv_dev* dev);

@@ -42,8 +42,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <bus_pci_driver.h>
 #include <bus_vdev_driver.h>
 #include <ethdev_driver.h>
+#include <ethdev_pci.h>
 #include <ethdev_vdev.h>
 #include <rte_alarm.h>
 #include <rte_ether.h>
@@ -1598,6 +1600,9 @@ static int pv_arg_bool(const char* key, const char* value, void* opaque) {
   return 0;
 }
 
+static int pv_eth_setup(struct rte_eth_dev* dev, struct nmx_pv_dev* pv, const char* name, const char* where,
+                        int zerocopy);
+
 static int pv_probe(struct rte_vdev_device* vdev) {
   const char* name = rte_vdev_device_name(vdev);
   const char* params = rte_vdev_device_args(vdev);
@@ -1639,14 +1644,23 @@ static int pv_probe(struct rte_vdev_device* vdev) {
     nmx_pv_close(pv);
     return -ENOMEM;
   }
+  return pv_eth_setup(dev, pv, name, socket, zerocopy);
+}
+
+/* A new ethdev (allocated, private data zeroed) over the opened device pv: its ops, info, MAC
+ * and flags, then probing finished. `where` names the device in messages: the socket, or the
+ * PCI address. On failure the device is closed and the port released. */
+static int pv_eth_setup(struct rte_eth_dev* dev, struct nmx_pv_dev* pv, const char* name, const char* where,
+                        int zerocopy) {
+  int rc;
   struct pv_internals* in = priv(dev);
   in->pv = pv;
   in->zerocopy = zerocopy;
   TAILQ_INIT(&in->flows);
-  snprintf(in->socket, sizeof in->socket, "%s", socket);
+  snprintf(in->socket, sizeof in->socket, "%s", where);
   dev->dev_ops = &pv_ops;
   if ((rc = pv_read_info(dev)) < 0) goto fail;
-  dev->data->mac_addrs = rte_zmalloc_socket("nicmux_pv_mac", RTE_ETHER_ADDR_LEN, 0, vdev->device.numa_node);
+  dev->data->mac_addrs = rte_zmalloc_socket("nicmux_pv_mac", RTE_ETHER_ADDR_LEN, 0, dev->device->numa_node);
   if (dev->data->mac_addrs == NULL) {
     rc = -ENOMEM;
     goto fail;
@@ -1664,7 +1678,7 @@ static int pv_probe(struct rte_vdev_device* vdev) {
   dev->tx_pkt_burst = pv_tx_burst;
   rte_eth_dev_probing_finish(dev);
   PV_LOG(INFO, "%s: port %u on %s: %u queue pairs, ring %u, buffers of %u bytes, mtu %u (%u..%u), uplink %s",
-         name, dev->data->port_id, socket, in->info.max_rx_queues, in->info.ring_size, in->info.buf_size,
+         name, dev->data->port_id, where, in->info.max_rx_queues, in->info.ring_size, in->info.buf_size,
          in->info.mtu, in->info.min_mtu, in->info.max_mtu, in->info.uplink);
   return 0;
 fail:
@@ -1688,3 +1702,67 @@ static struct rte_vdev_driver pv_vdev_driver = {
 
 RTE_PMD_REGISTER_VDEV(net_nicmux_pv, pv_vdev_driver);
 RTE_PMD_REGISTER_PARAM_STRING(net_nicmux_pv, PV_ARG_SOCKET "=<path> " PV_ARG_ZEROCOPY "=<0|1>");
+
+/* ---- the VM transport: the PCI driver ------------------------------------------------------ */
+
+/* In a QEMU guest, the pvdev is an ivshmem-doorbell device (1af4:1110) whose BAR2 is the region
+ * nicmuxd serves and BAR0 its registers (the Doorbell). The EAL maps both when the device is
+ * bound to vfio-pci (no-IOMMU mode is enough: nothing is DMA'd, frames live in the region) or
+ * uio_pci_generic. An ivshmem device that is not a pvdev (BAR2 without the magic) is left
+ * alone: probe returns 1, "not mine". Copy mode only: registered memory needs the process
+ * transport's socket. Interrupts are not used (the device's MSI-X vectors would need vfio and
+ * an eventfd per vector): the application polls, and the control calls poll the mailbox. */
+static const struct rte_pci_id pv_pci_ids[] = {
+    {RTE_PCI_DEVICE(NMX_PV_IVSHMEM_VENDOR, NMX_PV_IVSHMEM_DEVICE)},
+    {.vendor_id = 0},
+};
+
+static int pv_pci_probe(struct rte_pci_driver* drv, struct rte_pci_device* pci) {
+  (void)drv;
+  char name[RTE_DEV_NAME_MAX_LEN];
+  rte_pci_device_name(&pci->addr, name, sizeof name);
+  if (rte_eal_process_type() != RTE_PROC_PRIMARY) {
+    PV_LOG(ERR, "%s: secondary processes are not supported", name);
+    return -ENOTSUP;
+  }
+  char err[256] = "";
+  /* UNTRUSTED: the BARs' contents (the host's region): the library checks the header, clamps
+   * everything it reads there, and never trusts an offset; the lengths are the EAL's. */
+  struct nmx_pv_dev* pv = nmx_pv_open_bars(pci->mem_resource[2].addr, pci->mem_resource[2].len,
+                                           pci->mem_resource[0].addr, pci->mem_resource[0].len, name, err, sizeof err);
+  if (pv == NULL) {
+    if (pci->mem_resource[2].addr != NULL && pci->mem_resource[2].len >= sizeof(uint64_t) &&
+        *(const volatile uint64_t*)pci->mem_resource[2].addr != NMX_PV_MAGIC) {
+      PV_LOG(INFO, "%s: an ivshmem device, but not a pvdev: %s", name, err);
+      return 1; /* another ivshmem user's: not for this driver */
+    }
+    PV_LOG(ERR, "%s: cannot open the pv device: %s", name, err);
+    return -ENODEV;
+  }
+  struct rte_eth_dev* dev = rte_eth_dev_pci_allocate(pci, sizeof(struct pv_internals));
+  if (dev == NULL) {
+    nmx_pv_close(pv);
+    return -ENOMEM;
+  }
+  return pv_eth_setup(dev, pv, name, name, 0);
+}
+
+static int pv_pci_remove(struct rte_pci_device* pci) {
+  char name[RTE_DEV_NAME_MAX_LEN];
+  rte_pci_device_name(&pci->addr, name, sizeof name);
+  struct rte_eth_dev* dev = rte_eth_dev_allocated(name);
+  if (dev == NULL) return 0; /* closed already */
+  pv_dev_close(dev);
+  return rte_eth_dev_release_port(dev);
+}
+
+static struct rte_pci_driver pv_pci_driver = {
+    .id_table = pv_pci_ids,
+    .drv_flags = RTE_PCI_DRV_NEED_MAPPING,
+    .probe = pv_pci_probe,
+    .remove = pv_pci_remove,
+};
+
+RTE_PMD_REGISTER_PCI(net_nicmux_pv_pci, pv_pci_driver);
+RTE_PMD_REGISTER_PCI_TABLE(net_nicmux_pv_pci, pv_pci_ids);
+RTE_PMD_REGISTER_KMOD_DEP(net_nicmux_pv_pci, "* vfio-pci | uio_pci_generic");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-guest.sh - builds and caches the Linux guest used by nicmux's
 # integration tests: a Debian cloud kernel and a busybox initramfs with the
-# virtio-net modules, iperf3, ethtool, ping and ip, whose /init (init.sh)
+# virtio-net modules (and uio_pci_generic, for a DPDK PCI driver), iperf3, ethtool, ping and ip, whose /init (init.sh)
 # configures the NIC from the kernel command line and runs one command.
 #
 # Everything comes from Debian packages: the host tools are installed with
@@ -21,7 +21,9 @@
 # are safe.  Prints the cache directory on stdout.
 #
 # --with FILE (repeatable): files of the build tree the image should carry in
-# /bin as well (a static nicmux-pvgen for the pv VM test).  They are not part
+# /bin as well (a static nicmux-pvgen for the pv VM test; a dynamically linked
+# file, such as dpdk-testpmd or a PMD, brings the libraries ldd reports, at
+# their own paths).  They are not part
 # of the base image: a second gzip'ed cpio holding them is appended to it (the
 # kernel unpacks concatenated archives in order), in DIR/with-HASH/ (vmlinuz, a
 # hard link; initramfs.gz; guest.env), HASH covering the base image's stamp and
@@ -40,7 +42,8 @@ usage() {
 usage: $PROG [--dir DIR] [--force] [--check] [--with FILE]...
   Builds (if needed) the nicmux test guest and prints its cache directory.
   --dir DIR   cache directory (default \$NICMUX_GUEST_DIR or /var/cache/nicmux-guest)
-  --with FILE also put FILE (a static binary) in the guest's /bin: prints
+  --with FILE also put FILE in the guest's /bin (and, if it is dynamically
+              linked, the libraries it needs at their paths): prints
               DIR/with-HASH, the base image plus a layer with the files
   --force     rebuild even if the cache is up to date
   --check     only check: exit 0 if the cache is up to date, 1 if not
@@ -79,7 +82,7 @@ finish() {
         echo "$dir"
         exit 0
     fi
-    local h f out tmp
+    local h f out tmp lib
     h=$({ cat "$dir/stamp"; sha256sum <"$dir/initramfs.gz"
           for f in "${with[@]}"; do echo "${f##*/}"; sha256sum <"$f"; done; } | sha256sum | cut -c1-16)
     out=$dir/with-$h
@@ -87,7 +90,14 @@ finish() {
         tmp=$(mktemp -d "$dir/.with.XXXXXX")
         chmod 755 "$tmp"
         mkdir -p "$tmp/layer/bin"
-        for f in "${with[@]}"; do cp -L "$f" "$tmp/layer/bin/${f##*/}"; done
+        for f in "${with[@]}"; do
+            cp -L "$f" "$tmp/layer/bin/${f##*/}"
+            # A dynamically linked file brings the libraries ldd reports, at their paths.
+            for lib in $(ldd "$f" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+                mkdir -p "$tmp/layer$(dirname "$lib")"
+                [ -e "$tmp/layer$lib" ] || cp -L "$lib" "$tmp/layer$lib"
+            done
+        done
         (cd "$tmp/layer" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) |
             gzip -1 >"$tmp/layer.gz"
         cat "$dir/initramfs.gz" "$tmp/layer.gz" >"$tmp/initramfs.gz"
@@ -216,7 +226,7 @@ copy_with_libs "$(command -v ethtool)"
 # virtio-net modules, dependencies first.  modprobe --show-depends prints
 # "insmod PATH" for modules and "builtin NAME" for built-in ones.
 modlist=()
-for m in virtio_pci virtio_net; do
+for m in virtio_pci virtio_net uio_pci_generic; do
     deps=$(modprobe -d "$work/kernel" -S "$kver" --show-depends "$m") ||
         die "module $m: not found in $kpkg (CONFIG_${m^^} is $(grep "^CONFIG_${m^^}=" "$kconfig" || echo unset))"
     while read -r kind path; do
