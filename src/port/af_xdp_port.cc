@@ -7,6 +7,7 @@
 #include <linux/if_xdp.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +16,8 @@
 
 #include "base/log.h"
 #include "packet/offload_ops.h"
+#include "port/af_xdp_tx_metadata.h"
+#include "port/xsk_uapi.h"
 
 namespace nicmux {
 namespace {
@@ -67,6 +70,94 @@ std::string AttachedProgram(int ifindex, uint32_t* id_out) {
 
 }  // namespace
 
+AfXdpPort::Queue::~Queue() {
+  for (const Map& m : maps) {
+    if (m.addr) ::munmap(m.addr, m.len);
+  }
+  // Closing the socket unbinds it, deregisters its UMEM and takes it out of the XSKMAP.
+}
+
+namespace {
+
+// Maps one of the socket's rings (n entries of `elem` bytes) and points r at it. Ring is
+// xsk_ring_prod or xsk_ring_cons (the same layout); a producer ring starts all free.
+template <typename Ring>
+Result<void> MapRing(int fd, uint64_t pgoff, const xdp_ring_offset& off, uint32_t n, size_t elem, bool producer,
+                     Ring* r, void** addr, size_t* len) {
+  *len = off.desc + n * elem;
+  void* m = ::mmap(nullptr, *len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, static_cast<off_t>(pgoff));
+  if (m == MAP_FAILED) return Error::FromErrno("mmap");
+  *addr = m;
+  auto* base = static_cast<std::byte*>(m);
+  r->producer = reinterpret_cast<uint32_t*>(base + off.producer);
+  r->consumer = reinterpret_cast<uint32_t*>(base + off.consumer);
+  r->flags = reinterpret_cast<uint32_t*>(base + off.flags);
+  r->ring = base + off.desc;
+  r->mask = n - 1;
+  r->size = n;
+  r->cached_prod = *r->producer;
+  // (libxdp's convention, which its inline accessors expect: a producer's cached_cons runs
+  // `size` ahead of the real consumer.)
+  r->cached_cons = *r->consumer + (producer ? n : 0);
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> AfXdpPort::OpenQueue(Queue& q, uint32_t i, bool zero_copy, uint32_t meta_len, int* umem_errno) {
+  const std::string what = "port " + opt_.name + ": interface " + opt_.ifname + ": queue " + std::to_string(i);
+  q.sock = UniqueFd(::socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0));
+  if (q.sock.get() < 0) return Error::FromErrno(what + ": cannot create an AF_XDP socket");
+  q.fd = q.sock.get();
+  const uint64_t per_queue = uint64_t{2} * opt_.ring * kFrameBytes;
+  xsk::UmemReg mr = {};
+  mr.addr = reinterpret_cast<uintptr_t>(umem_area_.data() + q.base);
+  mr.len = per_queue;
+  mr.chunk_size = kFrameBytes;
+  mr.headroom = 0;
+  *umem_errno = 0;
+  if (meta_len) {
+    mr.flags = xsk::kUmemTxMetadataLen;
+    mr.tx_metadata_len = meta_len;
+    if (::setsockopt(q.fd, SOL_XDP, XDP_UMEM_REG, &mr, sizeof mr) != 0) {
+      *umem_errno = errno;  // a kernel without TX metadata: register without it
+      mr.flags = 0;
+      mr.tx_metadata_len = 0;
+    }
+  }
+  if ((!meta_len || *umem_errno) && ::setsockopt(q.fd, SOL_XDP, XDP_UMEM_REG, &mr, sizeof mr) != 0) {
+    return Error::FromErrno(what + ": cannot register the UMEM");
+  }
+  const int n = static_cast<int>(opt_.ring);
+  for (int opt : {XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING}) {
+    if (::setsockopt(q.fd, SOL_XDP, opt, &n, sizeof n) != 0) return Error::FromErrno(what + ": cannot size its rings");
+  }
+  xdp_mmap_offsets off = {};
+  socklen_t olen = sizeof off;
+  if (::getsockopt(q.fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &olen) != 0) return Error::FromErrno(what + ": XDP_MMAP_OFFSETS");
+  if (olen != sizeof off) return Error(what + ": XDP_MMAP_OFFSETS without ring flags (a kernel before 5.4)");
+  NICMUX_TRY(MapRing(q.fd, XDP_UMEM_PGOFF_FILL_RING, off.fr, opt_.ring, sizeof(uint64_t), true, &q.fill, &q.maps[0].addr,
+                     &q.maps[0].len));
+  NICMUX_TRY(MapRing(q.fd, XDP_UMEM_PGOFF_COMPLETION_RING, off.cr, opt_.ring, sizeof(uint64_t), false, &q.comp,
+                     &q.maps[1].addr, &q.maps[1].len));
+  NICMUX_TRY(MapRing(q.fd, XDP_PGOFF_RX_RING, off.rx, opt_.ring, sizeof(xdp_desc), false, &q.rx, &q.maps[2].addr,
+                     &q.maps[2].len));
+  NICMUX_TRY(MapRing(q.fd, XDP_PGOFF_TX_RING, off.tx, opt_.ring, sizeof(xdp_desc), true, &q.tx, &q.maps[3].addr,
+                     &q.maps[3].len));
+  sockaddr_xdp sa = {};
+  sa.sxdp_family = AF_XDP;
+  sa.sxdp_flags = static_cast<uint16_t>((zero_copy ? XDP_ZEROCOPY : XDP_COPY) | XDP_USE_NEED_WAKEUP);
+  sa.sxdp_ifindex = static_cast<uint32_t>(ifindex_);
+  sa.sxdp_queue_id = i;
+  if (::bind(q.fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    const int e = errno;
+    return Error(what + ": cannot bind an AF_XDP socket (" + (zero_copy ? "zero-copy" : "copy") + " mode): " + Errno(e) +
+                     (e == EINVAL ? " (has the interface that many queues?)" : ""),
+                 e);
+  }
+  return Ok();
+}
+
 Result<std::unique_ptr<AfXdpPort>> AfXdpPort::Create(const AfXdpPortOptions& o) {
   std::unique_ptr<AfXdpPort> p(new AfXdpPort(o));
   NICMUX_TRY(p->Open());
@@ -77,6 +168,9 @@ Result<void> AfXdpPort::Open() {
   const std::string what = "port " + opt_.name + ": interface " + opt_.ifname;
   if (opt_.mode != "auto" && opt_.mode != "zero-copy" && opt_.mode != "native" && opt_.mode != "generic") {
     return Error("port " + opt_.name + ": mode=" + opt_.mode + ": expected auto, zero-copy, native or generic");
+  }
+  if (opt_.tx_csum != "auto" && opt_.tx_csum != "off") {
+    return Error("port " + opt_.name + ": tx_csum=" + opt_.tx_csum + ": expected auto or off");
   }
   // Everything that can be checked without touching the interface first.
   ifindex_ = static_cast<int>(if_nametoindex(opt_.ifname.c_str()));
@@ -134,47 +228,41 @@ Result<void> AfXdpPort::Open() {
     if (err == 0) attach_flags_ = XDP_FLAGS_SKB_MODE;
   }
   if (attach_flags_ == 0) return Error(what + ": cannot attach the XDP program: " + Errno(err));
+  // What the interface says of itself (read-only; the evidence for TX metadata, and shown).
+  const Result<NetdevXdpInfo> netdev = QueryNetdev(static_cast<uint32_t>(ifindex_));
+  xdp_features_ = netdev ? XdpFeatureNames(netdev->xdp_features) : "unknown (" + netdev.error().message() + ")";
+  xsk_features_ = netdev ? (netdev->has_xsk_features ? XskFeatureNames(netdev->xsk_features) : "unknown (not reported)")
+                         : "unknown (" + netdev.error().message() + ")";
+  const uint32_t meta_len = opt_.tx_csum == "off" ? 0 : kTxMetadataLen;
+  int umem_errno = 0;
   bool zero_copy = attach_flags_ == XDP_FLAGS_DRV_MODE && opt_.mode != "native";
   for (uint32_t i = 0; i < opt_.queues; ++i) {
     auto q = std::make_unique<Queue>();
     q->base = i * per_queue;
-    xsk_umem_config uc = {};
-    uc.fill_size = opt_.ring;
-    uc.comp_size = opt_.ring;
-    uc.frame_size = kFrameBytes;
-    uc.frame_headroom = 0;
-    int r = xsk_umem__create(&q->umem, umem_area_.data() + q->base, per_queue, &q->fill, &q->comp, &uc);
-    if (r != 0) return Error(what + ": queue " + std::to_string(i) + ": cannot register the UMEM: " + Errno(r));
-    while (true) {
-      xsk_socket_config sc = {};
-      sc.rx_size = opt_.ring;
-      sc.tx_size = opt_.ring;
-      sc.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD;
-      sc.bind_flags = static_cast<uint16_t>((zero_copy ? XDP_ZEROCOPY : XDP_COPY) | XDP_USE_NEED_WAKEUP);
-      r = xsk_socket__create(&q->xsk, opt_.ifname.c_str(), i, q->umem, &q->rx, &q->tx, &sc);
-      if (r == 0) break;
-      if (zero_copy && opt_.mode == "auto") {  // the driver has no zero-copy: copy mode
-        zero_copy = false;
-        continue;
-      }
-      q_.push_back(std::move(q));  // the destructor frees its UMEM
-      return Error(what + ": queue " + std::to_string(i) + ": cannot bind an AF_XDP socket (" +
-                   (zero_copy ? "zero-copy" : "copy") + " mode): " + Errno(r) +
-                   (r == -EINVAL ? " (has the interface that many queues?)" : ""));
+    int qerr = 0;
+    auto opened = OpenQueue(*q, i, zero_copy, meta_len, &qerr);
+    if (!opened && zero_copy && opt_.mode == "auto") {  // the driver has no zero-copy: copy mode
+      zero_copy = false;
+      q = std::make_unique<Queue>();
+      q->base = i * per_queue;
+      opened = OpenQueue(*q, i, zero_copy, meta_len, &qerr);
     }
-    q->fd = xsk_socket__fd(q->xsk);
+    if (!opened) return opened.error();
+    if (i == 0) {
+      umem_errno = qerr;
+      tx_headroom_ = meta_len && !qerr ? meta_len : 0;
+    } else if ((meta_len && !qerr ? meta_len : 0) != tx_headroom_) {
+      return Error(what + ": queue " + std::to_string(i) + ": its UMEM took XDP_UMEM_TX_METADATA_LEN differently from queue 0's");
+    }
     const uint32_t key = i;
     if (bpf_map_update_elem(map_fd_.get(), &key, &q->fd, 0) != 0) {
       const int e = errno;
-      q_.push_back(std::move(q));
       return Error(what + ": queue " + std::to_string(i) + ": cannot add the socket to the XSKMAP: " + Errno(e));
     }
     // The first `ring` frames receive (into the fill ring), the next `ring` send.
-    std::vector<uint64_t> fill(opt_.ring);
-    for (uint32_t f = 0; f < opt_.ring; ++f) fill[f] = uint64_t{f} * kFrameBytes;
     uint32_t idx = 0;
     NICMUX_CHECK(xsk_ring_prod__reserve(&q->fill, opt_.ring, &idx) == opt_.ring);
-    for (uint32_t f = 0; f < opt_.ring; ++f) *xsk_ring_prod__fill_addr(&q->fill, idx + f) = fill[f];
+    for (uint32_t f = 0; f < opt_.ring; ++f) *xsk_ring_prod__fill_addr(&q->fill, idx + f) = uint64_t{f} * kFrameBytes;
     xsk_ring_prod__submit(&q->fill, opt_.ring);
     q->free_tx.reserve(opt_.ring);
     for (uint32_t f = 0; f < opt_.ring; ++f) q->free_tx.push_back(uint64_t{opt_.ring + f} * kFrameBytes);
@@ -182,21 +270,34 @@ Result<void> AfXdpPort::Open() {
   }
   mode_ = std::string(zero_copy ? "zero-copy" : "copy") +
           (attach_flags_ == XDP_FLAGS_DRV_MODE ? " (native XDP)" : " (generic XDP)");
+  // Checksums through TX metadata, where the kernel and the device in this mode honour them.
+  const Result<bool> hw_csum = zero_copy || !meta_len || umem_errno ? Result<bool>(false) : TxChecksumIpGeneric(opt_.ifname);
+  TxCsumInputs in;
+  in.ifname = opt_.ifname;
+  in.option_off = opt_.tx_csum == "off";
+  in.umem_errno = umem_errno;
+  in.zero_copy = zero_copy;
+  in.netdev = &netdev;
+  in.hw_csum = &hw_csum;
+  const TxCsumDecision d = DecideTxChecksum(in);
+  tx_csum_meta_ = d.use;
+  tx_metadata_ = d.detail;
+  tx_metadata_path_ = d.path;
   PortCaps c;
-  c.offloads = PortCaps::kCsumOnCopy;  // AF_XDP takes whole, summed frames; Tx sums in its copy
+  // AF_XDP takes whole frames; Tx sums a partial checksum in its copy, or hands it to the
+  // kernel as TX metadata (kCsum: the switch passes partial checksums through).
+  c.offloads = PortCaps::kCsumOnCopy | (tx_csum_meta_ ? PortCaps::kCsum : 0);
   c.mtu = static_cast<uint16_t>(mtu_);
   c.max_frame = kMaxFrameBytes;
   SetCaps(c);
-  NICMUX_LOG(kInfo, "port %s: AF_XDP on %s, %u queue(s), %s, ring %u", opt_.name.c_str(), opt_.ifname.c_str(),
-             opt_.queues, mode_.c_str(), opt_.ring);
+  NICMUX_LOG(kInfo, "port %s: AF_XDP on %s, %u queue(s), %s, ring %u, tx_metadata: %s%s", opt_.name.c_str(),
+             opt_.ifname.c_str(), opt_.queues, mode_.c_str(), opt_.ring, tx_metadata_.c_str(),
+             tx_csum_meta_ ? (" (" + tx_metadata_path_ + ")").c_str() : "");
   return Ok();
 }
 
 AfXdpPort::~AfXdpPort() {
-  for (auto& q : q_) {
-    if (q->xsk) xsk_socket__delete(q->xsk);
-    if (q->umem) xsk_umem__delete(q->umem);
-  }
+  q_.clear();  // the sockets first, then the program
   if (attach_flags_ != 0) {
     // Only if the program there is still ours.
     LIBBPF_OPTS(bpf_xdp_attach_opts, o, .old_prog_fd = prog_fd_.get());
@@ -315,10 +416,21 @@ size_t AfXdpPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
     if (used == slots) break;  // no frame or TX slot: the source keeps the rest
     const uint64_t addr = q.free_tx.back();
     q.free_tx.pop_back();
-    CopyPacketCompletingTo(p, Frame(q, addr));
+    // The frame's data after the TX metadata area (when the UMEM has one, every descriptor
+    // must leave it: the kernel refuses one whose addr is less than tx_metadata_len into its
+    // frame, with or without kTxMetadata).
+    std::byte* data = Frame(q, addr) + tx_headroom_;
+    uint32_t options = 0;
+    if (tx_csum_meta_ && WriteTxChecksumRequest(p.offload, p.len, p.head_len, data - kTxMetadataLen)) {
+      CopyPacketTo(p, data);  // the field keeps its pseudo-header seed: the kernel or the device sums
+      options = xsk::kTxMetadata;
+    } else {
+      CopyPacketCompletingTo(p, data);
+    }
     xdp_desc* d = xsk_ring_prod__tx_desc(&q.tx, idx + used++);
-    d->addr = addr;
+    d->addr = addr + tx_headroom_;
     d->len = p.len;
+    d->options = options;
     bytes += p.len;
     ++sent;
   }
@@ -353,7 +465,10 @@ uint64_t AfXdpPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); 
 std::string AfXdpPort::State() const { return "up, " + mode_; }
 
 std::vector<Port::Detail> AfXdpPort::Details() const {
-  return {{"xdp_mode", mode_}, {"interface", opt_.ifname}, {"interface_mtu", uint64_t{mtu_}}};
+  return {{"xdp_mode", mode_},
+          {"interface", opt_.ifname},
+          {"interface_mtu", uint64_t{mtu_}},
+          {"tx_metadata", tx_metadata_}};
 }
 
 std::vector<Port::Detail> AfXdpPort::DeviceCaps() const {
@@ -362,8 +477,13 @@ std::vector<Port::Detail> AfXdpPort::DeviceCaps() const {
           {"interface_mtu", uint64_t{mtu_}},
           {"umem_frame", uint64_t{kFrameBytes}},
           {"max_frame", uint64_t{kMaxFrameBytes}},
-          // docs/af_xdp.md "Offloads": AF_XDP TX metadata (Linux 6.8) is not used.
-          {"tx_offloads", "none: whole frames, checksums completed in the port's copy"}};
+          // docs/af_xdp.md "Offloads".
+          {"tx_metadata", tx_metadata_},
+          {"tx_offloads", tx_csum_meta_ ? "checksum through AF_XDP TX metadata (" + tx_metadata_path_ + "); no TSO"
+                                        : std::string("none: whole frames, checksums completed in the port's copy")},
+          {"tx_metadata_len", uint64_t{tx_headroom_}},
+          {"xdp_features", xdp_features_},
+          {"xsk_features", xsk_features_}};
 }
 
 PortKind AfXdpPortKind() {
@@ -381,6 +501,10 @@ PortKind AfXdpPortKind() {
       {"mode", OptionType::kString, "MODE", "auto",
        "auto (zero-copy, else native XDP with copies, else generic XDP), zero-copy, native or generic"},
       {"ring", OptionType::kUInt, "N", "2048", "descriptors per AF_XDP ring, a power of two, 64..8192", 64, 8192},
+      {"tx_csum", OptionType::kString, "auto|off", "auto",
+       "auto: partial checksums go to the kernel as AF_XDP TX metadata where it and the interface, in the "
+       "mode the port got, are found to honour them (port caps NAME: tx_metadata); off: the port always "
+       "completes them in its copy"},
   };
   // The interface by its index where it exists (an altname is the same interface).
   k.claims = [](const PortSpec& s) {
@@ -395,6 +519,7 @@ PortKind AfXdpPortKind() {
     NICMUX_TRY_ASSIGN(q, s.UInt("queues", 1, Port::kMaxQueues, 1));
     o.queues = static_cast<uint32_t>(q);
     if (s.Has("mode")) o.mode = s.options.at("mode");
+    if (s.Has("tx_csum")) o.tx_csum = s.options.at("tx_csum");
     NICMUX_TRY_ASSIGN(ring, s.UInt("ring", 64, 8192, 2048));
     if ((ring & (ring - 1)) != 0) return Error("port " + s.name + ": ring=" + std::to_string(ring) + " is not a power of two");
     o.ring = static_cast<uint32_t>(ring);

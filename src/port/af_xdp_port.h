@@ -6,7 +6,8 @@
 // Options (--port af_xdp:NAME:key=value,...): iface=IF (required), queues=N (1..8: the
 // interface's queues 0..N-1), mode=auto|zero-copy|native|generic (default auto: zero-copy,
 // else native XDP with copies, else generic XDP), ring=N (descriptors per ring, a power of two,
-// 64..8192, default 2048).
+// 64..8192, default 2048), tx_csum=auto|off (partial checksums through AF_XDP TX metadata where
+// detection finds the kernel and device honour them; off: always completed in the port's copy).
 //
 // Before it touches the interface the port checks that it exists, that its MTU fits a UMEM
 // frame (kFrameBytes) and that it may load an XDP program; an XDP program of someone else's on
@@ -17,7 +18,15 @@
 //
 // UMEM: one anonymous mapping per port; queue q owns 2 * ring frames of kFrameBytes in it,
 // registered as that queue's UMEM with its own fill and completion rings: `ring` frames for
-// receiving (in the fill ring, or held by the switch), `ring` for sending.
+// receiving (in the fill ring, or held by the switch), `ring` for sending. The sockets, UMEM
+// registrations and ring mappings are made here, not by libxdp (1.3.1 cannot register a TX
+// metadata area); libxdp's inline ring accessors (xdp/xsk.h) work the rings.
+//
+// TX metadata (docs/af_xdp.md "Offloads", port/af_xdp_tx_metadata.h): with tx_csum=auto the
+// UMEM is registered with XDP_UMEM_TX_METADATA_LEN and kTxMetadataLen bytes before every
+// frame's data; when detection says the interface, in the mode the port got, honours a
+// checksum request, the caps gain kCsum and Tx writes the request for each frame with a partial
+// checksum instead of summing it.
 //
 // Data path (worker thread; Tx under the switch's per-queue lock):
 //   Rx: frames the switch left unsent last time first, then the RX ring's descriptors, each a
@@ -25,9 +34,10 @@
 //   RxDone: the frames sent go back to the fill ring (kicking the kernel when it asks,
 //     need_wakeup); the others are held for the next Rx, in order.
 //   Tx: frames whose sends completed come back from the completion ring; each packet is
-//     copied into a free frame (a partial checksum completed in that copy: PortCaps
-//     kCsumOnCopy; AF_XDP takes no offloads, GSO frames are cut by the switch) and put on the
-//     TX ring; a sendto() kicks the kernel when it asks (need_wakeup; always in copy mode).
+//     copied into a free frame and put on the TX ring; a partial checksum goes to the kernel as
+//     TX metadata (kCsum, where detected) or is completed in that copy (PortCaps kCsumOnCopy);
+//     GSO frames are cut by the switch. A sendto() kicks the kernel when it asks (need_wakeup;
+//     always in copy mode).
 //
 // Counters (per queue): rx/tx packets and bytes; rx_dropped: bad_frame (a descriptor outside
 // the queue's UMEM or of length 0); tx_dropped: too_big_for_buffers (a frame longer than a
@@ -57,6 +67,7 @@ struct AfXdpPortOptions {
   uint32_t queues = 1;
   std::string mode = "auto";  // auto, zero-copy, native, generic
   uint32_t ring = 2048;
+  std::string tx_csum = "auto";  // auto, off
 };
 
 // The af_xdp kind for the port registry (port/kinds.cc).
@@ -95,13 +106,18 @@ class AfXdpPort final : public Port {
 
  private:
   struct Queue {
+    ~Queue();
     xsk_ring_prod fill{};
     xsk_ring_cons comp{};
     xsk_ring_cons rx{};
     xsk_ring_prod tx{};
-    xsk_umem* umem = nullptr;
-    xsk_socket* xsk = nullptr;
-    int fd = -1;
+    // The socket (its own UMEM registered on it) and its four ring mappings.
+    UniqueFd sock;
+    int fd = -1;  // sock.get()
+    struct Map {
+      void* addr = nullptr;
+      size_t len = 0;
+    } maps[4];
     uint64_t base = 0;  // the queue's first byte in the UMEM mapping
     std::vector<uint64_t> free_tx;  // frame addresses (relative to base) free for sending
     // The frames of the packets Rx returned, in order, and those RxDone held back.
@@ -121,6 +137,10 @@ class AfXdpPort final : public Port {
 
   explicit AfXdpPort(const AfXdpPortOptions& o) : Port(o.name), opt_(o) {}
   Result<void> Open();
+  // Makes queue i's socket: UMEM registration (with the TX metadata area when meta_len > 0),
+  // rings, bind. *umem_errno: the registration's errno with the metadata flag (then it is
+  // registered without), 0 when it took it.
+  Result<void> OpenQueue(Queue& q, uint32_t i, bool zero_copy, uint32_t meta_len, int* umem_errno);
   void Reclaim(Queue& q);
   void Refill(Queue& q, const uint64_t* addrs, uint32_t n);
   std::byte* Frame(const Queue& q, uint64_t addr) { return umem_area_.data() + q.base + addr; }
@@ -130,6 +150,13 @@ class AfXdpPort final : public Port {
   uint32_t mtu_ = 0;
   uint32_t attach_flags_ = 0;  // XDP_FLAGS_DRV_MODE or XDP_FLAGS_SKB_MODE once attached, else 0
   std::string mode_;
+  // TX metadata: the bytes before every TX frame's data (0 or kTxMetadataLen: what the UMEM
+  // was registered with), whether partial checksums go as requests, and what detection found.
+  uint32_t tx_headroom_ = 0;
+  bool tx_csum_meta_ = false;
+  std::string tx_metadata_;       // "checksum" or "none (why)"
+  std::string tx_metadata_path_;  // with checksum: where the sum is made
+  std::string xdp_features_, xsk_features_;  // from the netdev family, or "unknown (why)"
   UniqueFd map_fd_, prog_fd_;
   MappedRegion umem_area_;
   std::vector<std::unique_ptr<Queue>> q_;
