@@ -302,6 +302,9 @@ TxCsumDecision DecideTxChecksum(const TxCsumInputs& in) {
 
 bool WriteTxChecksumRequest(const Offload& o, uint32_t len, uint32_t head_len, std::byte* meta) {
   if (!o.needs_csum()) return false;
+  // UNTRUSTED: the offsets are the sending peer's (CheckOffload bounded them in the switch; a
+  // record that did not pass it may still reach here): the field must lie within the frame
+  // and the checked head, or the kernel would refuse the descriptor and stop the queue.
   const uint32_t end = uint32_t{o.csum_start} + o.csum_offset + 2u;
   if (end > len || end > head_len) return false;
   xsk::TxMetadata m{};
