@@ -185,14 +185,14 @@ print(f"   tx_metadata: {meta}; caps {caps['tx_offloads']}; xdp_features {dev['x
 PY
   grep -q "port up1: AF_XDP on $V0.*tx_metadata: $expect_meta" "$WORK/nicmuxd.log" || fail "$label: tx_metadata not logged"
   [ -n "$before" ] && eval "$before"
+  local before_c
+  before_c=$(tcp_counters)
+  start tcpdump ip netns exec "$NS" tcpdump -i "$V1" -nn -vv -l -c "$SEGS" "tcp and dst port 5201"
+  local tp=$LAST_PID
+  wait_log "$WORK/tcpdump.log" "listening on" 30 "$tp"
   start pg "$BIN/nicmux-pktgen" --socket "$WORK/pg.sock" --mac 02:00:00:00:00:01 --peer-mac "$V1MAC" \
     --mode tx --tso 1448 --size 65000 --count "$FRAMES" --rate 100 --duration 60 --interval 0 --announce --delay 1
   local pp=$LAST_PID
-  start tcpdump ip netns exec "$NS" tcpdump -i "$V1" -nn -vv -l -c "$SEGS" "tcp and dst port 5201"
-  local tp=$LAST_PID
-  sleep 1  # tcpdump attached (pktgen waits --delay 1 after connecting)
-  local before_c
-  before_c=$(tcp_counters)
   wait_pid "$pp" 90 || fail "$label: pktgen: $(tail -3 "$WORK/pg.log")"
   wait_pid "$tp" 30 || fail "$label: tcpdump saw $(grep -c cksum "$WORK/tcpdump.log") of $SEGS segments"
   local ok seed insegs errs rsts
