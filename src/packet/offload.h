@@ -1,6 +1,6 @@
 // Offload: what a packet asks of the next hop, or tells it, about checksums and segmentation,
 // in no port's terms (docs/offloads.md). Each port translates its own metadata into it at its
-// edge (the virtio-net header of vhost-user, virtio-user and TAP; later AF_XDP TX metadata,
+// edge (the virtio-net header of vhost-user, virtio-user and TAP; AF_XDP TX metadata,
 // DPDK mbuf flags, pvdev descriptors) and back; the switch and everything between the ports
 // sees only this record.
 //
