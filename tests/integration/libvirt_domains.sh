@@ -18,6 +18,7 @@
 # Uses the running libvirtd if there is one, else starts its own (and virtlogd if none runs) with
 # a private configuration and socket, and stops what it started. Nothing in /etc/libvirt changes.
 source "$(dirname "$0")/lib.sh"
+ok() { echo "ok (${SECONDS}s): $*"; }
 guest_image
 GDIR=$("$G/build-guest.sh")
 for c in virsh libvirtd virtlogd qemu-system-x86_64; do
@@ -67,7 +68,7 @@ lv_cleanup() {
 CLEANUP_HOOKS+=(lv_cleanup)
 sock_listening() { python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "$1" 2>/dev/null; }
 if timeout 10 virsh -q -c qemu:///system version >/dev/null 2>&1; then
-  echo "ok: using the running libvirtd (qemu:///system)"
+  ok "using the running libvirtd (qemu:///system)"
 else
   install -d -m 0700 "$LV_DIR"
   # The QEMU driver hands a domain's output to virtlogd (qemu.conf's stdio_handler "logd"):
@@ -91,7 +92,7 @@ EOF
   URI="qemu:///system?socket=$LV_DIR/libvirt-sock"
   lv_up() { vsh version >/dev/null 2>&1; }
   wait_until 60 "answer from our libvirtd" lv_up
-  echo "ok: started libvirtd $(virsh -v) (socket $LV_DIR/libvirt-sock)${VL_PID:+ and virtlogd}"
+  ok "started libvirtd $(virsh -v) (socket $LV_DIR/libvirt-sock)${VL_PID:+ and virtlogd}"
 fi
 
 # domain_xml NAME ROLE SOCKET MAC IP [QUEUES]: a guest serving iperf3 with its console agent on
@@ -191,7 +192,7 @@ pair_works() {
   gexec b 'ping -c 3 -W 5 10.0.0.1' >"$WORK/ping_ba_$1.log" || fail "ping b -> a ($1): $(cat "$WORK/ping_ba_$1.log")"
   fdb_has "$MAC_A" a || fail "MAC $MAC_A (guest a) is not learned on port a ($1): $(ctl fdb show)"
   fdb_has "$MAC_B" b || fail "MAC $MAC_B (guest b) is not learned on port b ($1): $(ctl fdb show)"
-  echo "ok: $1: ports a and b connected, ping both ways ($(grep -o 'round-trip.*' "$WORK/ping_ab_$1.log")), $MAC_A on a and $MAC_B on b in the MAC table"
+  ok "$1: ports a and b connected, ping both ways ($(grep -o 'round-trip.*' "$WORK/ping_ab_$1.log")), $MAC_A on a and $MAC_B on b in the MAC table"
 }
 rebind_a() {  # rebind_a WHAT: guest a's virtio_net driver let go of its device (unbind) or takes it again (bind)
   if [ "$1" = unbind ]; then
@@ -224,7 +225,7 @@ vsh destroy "$TAG-a" >/dev/null 2>&1 || true   # (it may be gone already)
 rc=0
 wait_pid "$cpid" 60 || rc=$?
 [ "$rc" -ne 0 ] || fail "virsh create succeeded although QEMU could not connect"
-echo "ok: without --socket-group: nicmuxd said '$(grep -o 'only user root may connect ([^)]*)' "$WORK/nicmuxd.log" | head -n 1)'; $(qemu_log a): '${denied#*: }'; virsh create ended by destroying the domain"
+ok "without --socket-group: nicmuxd said '$(grep -o 'only user root may connect ([^)]*)' "$WORK/nicmuxd.log" | head -n 1)'; $(qemu_log a): '${denied#*: }'; virsh create ended by destroying the domain"
 
 # ---- b. with --socket-group: both guests, multi-queue
 NMX_ARGS=(--socket-group "$QGROUP" "${NMX_ARGS[@]}")
@@ -237,7 +238,7 @@ lv_create a server "$SOCKS/a.sock" "$MAC_A" 10.0.0.1/24
 lv_create b server "$SOCKS/b.sock" "$MAC_B" 10.0.0.2/24 2
 wait_agent a
 wait_agent b
-echo "ok: both domains created and booted in $(($(date +%s) - t0)) s (sockets $perm)"
+ok "both domains created and booted in $(($(date +%s) - t0)) s (sockets $perm)"
 pair_works server
 grep -aq 'NICMUX-READY name=b .*queues=2' "$WORK/b.console.log" || fail "guest b does not have 2 queue pairs: $(grep -a READY "$WORK/b.console.log")"
 # Each of guest b's transmit queues in turn (XPS: the guest's only CPU mapped to one queue, no CPU
@@ -252,7 +253,7 @@ for q in 0 1; do
 done
 gexec b 'echo 1 > /sys/class/net/eth0/queues/tx-0/xps_cpus; echo 1 > /sys/class/net/eth0/queues/tx-1/xps_cpus; iperf3 -c 10.0.0.1 -t 2 -P 4' \
   >"$WORK/iperf_mq.log" || fail "iperf3 b -> a: $(cat "$WORK/iperf_mq.log")"
-echo "ok: multi-queue (<driver queues='2'/>): pings from each of guest b's 2 transmit queues arrive on that queue of port b; iperf3 -P 4 b -> a $(grep 'SUM.*receiver' "$WORK/iperf_mq.log" | awk '{print $6, $7}'); port b receive queues 0 / 1: $(q_rx 0) / $(q_rx 1) packets"
+ok "multi-queue (<driver queues='2'/>): pings from each of guest b's 2 transmit queues arrive on that queue of port b; iperf3 -P 4 b -> a $(grep 'SUM.*receiver' "$WORK/iperf_mq.log" | awk '{print $6, $7}'); port b receive queues 0 / 1: $(q_rx 0) / $(q_rx 1) packets"
 
 # ---- c. nicmuxd restarted under running domains: QEMU reconnects
 restart_nicmuxd "${NMX_ARGS[@]}"
@@ -272,7 +273,7 @@ gexec a 'ping -c 2 -W 2 10.0.0.2' >"$WORK/ping_trap.log" 2>&1 || true
 feat=$(port_json a "['features']")
 hm=$(drops_of a hdr_mismatch)
 if [ "$feat" = protocol_features ] && [ "$hm" -gt 0 ] && grep -q 'shifted by 2 bytes' "$WORK/nicmuxd.log"; then
-  echo "ok: reconnect trap reproduced: QEMU acked only '$feat', $hm frames dropped as hdr_mismatch, nicmuxd logged it"
+  ok "reconnect trap reproduced: QEMU acked only '$feat', $hm frames dropped as hdr_mismatch, nicmuxd logged it"
 else
   fail "the reconnect trap did not show as expected: features '$feat', hdr_mismatch $hm, ping: $(tail -n 2 "$WORK/ping_trap.log")"
 fi
@@ -282,7 +283,7 @@ rebind_a bind
 full_features() { [ "$(port_json a "['features']")" != protocol_features ]; }
 wait_until 30 "full features on port a after the driver reload" full_features
 gexec a 'ping -c 3 -W 5 10.0.0.2' >"$WORK/ping_mended.log" || fail "ping a -> b after reloading the driver: $(cat "$WORK/ping_mended.log")"
-echo "ok: reloading guest a's driver with nicmuxd up mends it: features '$(port_json a "['features']")', ping works"
+ok "reloading guest a's driver with nicmuxd up mends it: features '$(port_json a "['features']")', ping works"
 
 # ---- e. a destroyed and re-created domain gets its port back
 lv_destroy a
@@ -304,7 +305,7 @@ lv_create a client "$QSOCKS/a.sock" "$MAC_A" 10.0.0.1/24
 lv_create b client "$QSOCKS/b.sock" "$MAC_B" 10.0.0.2/24
 wait_agent a
 wait_agent b
-echo "ok: both domains created and booted in $(($(date +%s) - t0)) s (QEMU's sockets: $(stat -c '%A %U:%G' "$QSOCKS/a.sock"))"
+ok "both domains created and booted in $(($(date +%s) - t0)) s (QEMU's sockets: $(stat -c '%A %U:%G' "$QSOCKS/a.sock"))"
 pair_works client
 lv_destroy a
 wait_until 30 "port a to see its domain go" not_connected a
@@ -314,4 +315,4 @@ pair_works "client, domain a re-created"
 lv_destroy a
 lv_destroy b
 stop_nicmuxd
-echo "ok: libvirt domains in both socket roles"
+ok "libvirt domains in both socket roles"
