@@ -26,8 +26,10 @@ for c in virsh libvirtd virtlogd qemu-system-x86_64; do
 done
 id libvirt-qemu >/dev/null 2>&1 || fail "no user libvirt-qemu (the package libvirt-daemon-system makes it)"
 # QEMU under Debian's libvirt runs as user libvirt-qemu, group libvirt-qemu (qemu.conf's defaults),
-# with kvm as a supplementary group.
-QGROUP=libvirt-qemu
+# with kvm as a supplementary group; a host's qemu.conf may say otherwise.
+conf_value() { sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\"\\(.*\\)\".*/\\1/p" /etc/libvirt/qemu.conf 2>/dev/null | tail -n 1; }
+QUSER=$(conf_value user) QGROUP=$(conf_value group)
+QUSER=${QUSER:-libvirt-qemu} QGROUP=${QGROUP:-libvirt-qemu}
 TAG=nmx$$
 MAC_A=02:6e:78:1b:00:0a MAC_B=02:6e:78:1b:00:0b
 
@@ -37,7 +39,7 @@ MAC_A=02:6e:78:1b:00:0a MAC_B=02:6e:78:1b:00:0b
 # shared image cache as it is.
 chmod 0711 "$WORK"
 SOCKS=$WORK/sock QSOCKS=$WORK/qemu IMG=$WORK/img
-install -d -o libvirt-qemu -g "$QGROUP" -m 0700 "$QSOCKS"
+install -d -o "$QUSER" -g "$QGROUP" -m 0700 "$QSOCKS"
 install -d -m 0755 "$IMG"
 cp "$GDIR/vmlinuz" "$GDIR/initramfs.gz" "$IMG/"
 
@@ -206,26 +208,30 @@ rebind_a() {  # rebind_a WHAT: guest a's virtio_net driver let go of its device 
 # ================= 1. nicmuxd serves the sockets, QEMU connects with <reconnect>
 NMX_ARGS=(--metrics 127.0.0.1:0 --port "vhost-user:a:socket=$SOCKS/a.sock" --port "vhost-user:b:socket=$SOCKS/b.sock,queues=2")
 
-# ---- a. without --socket-group
+# ---- a. without --socket-group (unless this host's qemu.conf runs QEMU as root)
 nicmuxd "${NMX_ARGS[@]}"
 wait_log "$WORK/nicmuxd.log" "nicmuxd running" 30 "$NICMUXD_PID"
-grep -q "listening on $SOCKS/a.sock; only user root may connect.*user libvirt-qemu.*--socket-group libvirt-qemu" "$WORK/nicmuxd.log" ||
-  fail "nicmuxd does not say that QEMU (libvirt-qemu) cannot connect to $SOCKS/a.sock: $(grep listening "$WORK/nicmuxd.log")"
-DOMAINS+=("$TAG-a")
-domain_xml a server "$SOCKS/a.sock" "$MAC_A" 10.0.0.1/24 >"$WORK/a.xml"
-# With <reconnect> QEMU retries for ever and `virsh create` waits with it: in the background,
-# bounded; the reason is in the domain's QEMU log.
-start create_denied timeout 120 virsh -q -c "$URI" create "$WORK/a.xml"
-cpid=$LAST_PID
-wait_log "$(qemu_log a)" "Permission denied" 60
-denied=$(grep -m1 'Permission denied' "$(qemu_log a)")
-[[ $denied == *"$SOCKS/a.sock"* ]] || fail "QEMU's error does not name the socket: $denied"
-kill -0 "$cpid" 2>/dev/null || fail "virsh create returned by itself: $(cat "$WORK/create_denied.log")"
-vsh destroy "$TAG-a" >/dev/null 2>&1 || true   # (it may be gone already)
-rc=0
-wait_pid "$cpid" 60 || rc=$?
-[ "$rc" -ne 0 ] || fail "virsh create succeeded although QEMU could not connect"
-ok "without --socket-group: nicmuxd said '$(grep -o 'only user root may connect ([^)]*)' "$WORK/nicmuxd.log" | head -n 1)'; $(qemu_log a): '${denied#*: }'; virsh create ended by destroying the domain"
+if [ "$QUSER" = root ] || [ "$QUSER" = +0 ]; then
+  echo "note: qemu.conf runs QEMU as root here: nothing to refuse, the check without --socket-group is skipped"
+else
+  grep -q "listening on $SOCKS/a.sock; only user root may connect.*user libvirt-qemu.*--socket-group libvirt-qemu" "$WORK/nicmuxd.log" ||
+    fail "nicmuxd does not say that QEMU (libvirt-qemu) cannot connect to $SOCKS/a.sock: $(grep listening "$WORK/nicmuxd.log")"
+  DOMAINS+=("$TAG-a")
+  domain_xml a server "$SOCKS/a.sock" "$MAC_A" 10.0.0.1/24 >"$WORK/a.xml"
+  # With <reconnect> QEMU retries for ever and `virsh create` waits with it: in the background,
+  # bounded; the reason is in the domain's QEMU log.
+  start create_denied timeout 120 virsh -q -c "$URI" create "$WORK/a.xml"
+  cpid=$LAST_PID
+  wait_log "$(qemu_log a)" "Permission denied" 60
+  denied=$(grep -m1 'Permission denied' "$(qemu_log a)")
+  [[ $denied == *"$SOCKS/a.sock"* ]] || fail "QEMU's error does not name the socket: $denied"
+  kill -0 "$cpid" 2>/dev/null || fail "virsh create returned by itself: $(cat "$WORK/create_denied.log")"
+  vsh destroy "$TAG-a" >/dev/null 2>&1 || true   # (it may be gone already)
+  rc=0
+  wait_pid "$cpid" 60 || rc=$?
+  [ "$rc" -ne 0 ] || fail "virsh create succeeded although QEMU could not connect"
+  ok "without --socket-group: nicmuxd said '$(grep -o 'only user root may connect ([^)]*)' "$WORK/nicmuxd.log" | head -n 1)'; $(qemu_log a): '${denied#*: }'; virsh create ended by destroying the domain"
+fi
 
 # ---- b. with --socket-group: both guests, multi-queue
 NMX_ARGS=(--socket-group "$QGROUP" "${NMX_ARGS[@]}")
@@ -251,9 +257,7 @@ for q in 0 1; do
   after=$(q_rx "$q")
   [ "$((${after:-0} - ${before:-0}))" -ge 5 ] || fail "5 pings on guest b's queue $q: port b's queue $q received $((${after:-0} - ${before:-0})) packets"
 done
-gexec b 'echo 1 > /sys/class/net/eth0/queues/tx-0/xps_cpus; echo 1 > /sys/class/net/eth0/queues/tx-1/xps_cpus; iperf3 -c 10.0.0.1 -t 2 -P 4' \
-  >"$WORK/iperf_mq.log" || fail "iperf3 b -> a: $(cat "$WORK/iperf_mq.log")"
-ok "multi-queue (<driver queues='2'/>): pings from each of guest b's 2 transmit queues arrive on that queue of port b; iperf3 -P 4 b -> a $(grep 'SUM.*receiver' "$WORK/iperf_mq.log" | awk '{print $6, $7}'); port b receive queues 0 / 1: $(q_rx 0) / $(q_rx 1) packets"
+ok "multi-queue (<driver queues='2'/>): pings from each of guest b's 2 transmit queues arrive on that queue of port b (receive queues 0 / 1: $(q_rx 0) / $(q_rx 1) packets)"
 
 # ---- c. nicmuxd restarted under running domains: QEMU reconnects
 restart_nicmuxd "${NMX_ARGS[@]}"
