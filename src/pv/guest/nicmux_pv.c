@@ -1207,6 +1207,25 @@ int nmx_pv_link_get(struct nmx_pv_dev* dev, struct nmx_pv_link* link) {
   return 0;
 }
 
+int nmx_pv_link_poll(struct nmx_pv_dev* dev, struct nmx_pv_link* link, int timeout_ms) {
+  if (pthread_mutex_trylock(&dev->ctrl_mu) != 0) return -EBUSY;
+  /* Another thread's error text and timeout stay as they were. */
+  char saved[sizeof dev->err];
+  memcpy(saved, dev->err, sizeof saved);
+  const int saved_timeout = dev->timeout_ms;
+  if (timeout_ms > 0) dev->timeout_ms = timeout_ms;
+  struct nmx_pv_link l;
+  const int rc = ctrl_call_locked(dev, NMX_PV_MSG_LINK_GET, NULL, 0, &l, sizeof l);
+  dev->timeout_ms = saved_timeout;
+  memcpy(dev->err, saved, sizeof saved);
+  pthread_mutex_unlock(&dev->ctrl_mu);
+  if (rc < 0) return rc;
+  /* UNTRUSTED: reported only; up normalized to 0/1. */
+  l.up = l.up ? 1 : 0;
+  *link = l;
+  return 0;
+}
+
 int nmx_pv_mtu_set(struct nmx_pv_dev* dev, uint32_t mtu) {
   const struct nmx_pv_u32 v = {.value = mtu};
   return ctrl_call(dev, NMX_PV_MSG_MTU_SET, &v, sizeof v, NULL, 0);

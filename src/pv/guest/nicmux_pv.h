@@ -146,6 +146,10 @@ int nmx_pv_stop(struct nmx_pv_dev* dev);
 int nmx_pv_stats_get(struct nmx_pv_dev* dev, struct nmx_pv_stats* stats);
 int nmx_pv_stats_reset(struct nmx_pv_dev* dev);
 int nmx_pv_link_get(struct nmx_pv_dev* dev, struct nmx_pv_link* link);
+/* LINK_GET for a watcher on another thread (a PMD's link check): -EBUSY at once when another
+ * control call runs, at most timeout_ms waiting for the answer (> 0; else the device's
+ * timeout), and nmx_pv_strerror's text left as it was. 0 or -errno. */
+int nmx_pv_link_poll(struct nmx_pv_dev* dev, struct nmx_pv_link* link, int timeout_ms);
 int nmx_pv_mtu_set(struct nmx_pv_dev* dev, uint32_t mtu);
 int nmx_pv_mac_set(struct nmx_pv_dev* dev, const uint8_t mac[6]);
 int nmx_pv_promisc_set(struct nmx_pv_dev* dev, int on);

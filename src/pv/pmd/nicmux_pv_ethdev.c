@@ -157,6 +157,7 @@ struct pv_internals {
   struct nmx_pv_dev* pv;
   char socket[256];
   int zerocopy;            /* devarg zerocopy= (default 1) */
+  int pci;                 /* the VM transport (net_nicmux_pv_pci) */
   int mem_tried;           /* registration done (once per device) */
   struct pv_mem_table mem; /* what was registered */
   char copy_why[160];      /* why there is no registered memory ("" when there is) */
@@ -641,6 +642,10 @@ static void pv_mem_register(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
   if (in->mem_tried || in->pv == NULL) return;
   in->mem_tried = 1;
+  if (in->pci) {
+    snprintf(in->copy_why, sizeof in->copy_why, "the VM transport (PCI) has no registered memory");
+    return;
+  }
   if (!in->zerocopy) {
     snprintf(in->copy_why, sizeof in->copy_why, "zerocopy=0");
     return;
@@ -892,23 +897,27 @@ static int pv_tx_queue_setup(struct rte_eth_dev* dev, uint16_t qid, uint16_t nb_
 }
 
 /* The link as nicmuxd reports it (LINK_GET), and down while the port is stopped or nicmuxd is
- * gone. Also from the EAL's interrupt thread (the LSC alarm): LINK_GET is serialized by the
- * library, and nothing here writes the device's private state. */
-static void pv_link_now(struct rte_eth_dev* dev, struct rte_eth_link* link) {
+ * gone; 0, or -errno when nicmuxd is there but LINK_GET failed (link then says down). From the
+ * LSC alarm (`watch`: the EAL's interrupt thread) LINK_GET is nmx_pv_link_poll: it never waits
+ * behind another thread's control call (-EBUSY), waits PV_LSC_TIMEOUT_MS at most, and leaves
+ * the error text alone. Nothing here writes the device's private state. */
+#define PV_LSC_TIMEOUT_MS 100
+static int pv_link_now(struct rte_eth_dev* dev, struct rte_eth_link* link, int watch) {
   struct pv_internals* in = priv(dev);
   memset(link, 0, sizeof *link);
   link->link_duplex = RTE_ETH_LINK_FULL_DUPLEX;
   link->link_autoneg = RTE_ETH_LINK_FIXED;
   link->link_speed = RTE_ETH_SPEED_NUM_UNKNOWN;
-  if (in->pv && nmx_pv_connected(in->pv)) {
-    struct nmx_pv_link l;
-    if (nmx_pv_link_get(in->pv, &l) == 0) {
-      link->link_status = (l.up && dev->data->dev_started) ? RTE_ETH_LINK_UP : RTE_ETH_LINK_DOWN;
-      if (l.speed_mbps) link->link_speed = l.speed_mbps;
-    } else {
-      PV_LOG(DEBUG, "port %u: LINK_GET: %s", dev->data->port_id, nmx_pv_strerror(in->pv));
-    }
+  if (in->pv == NULL || !nmx_pv_connected(in->pv)) return 0;
+  struct nmx_pv_link l;
+  const int rc = watch ? nmx_pv_link_poll(in->pv, &l, PV_LSC_TIMEOUT_MS) : nmx_pv_link_get(in->pv, &l);
+  if (rc < 0) {
+    if (!watch) PV_LOG(DEBUG, "port %u: LINK_GET: %s", dev->data->port_id, nmx_pv_strerror(in->pv));
+    return rc;
   }
+  link->link_status = (l.up && dev->data->dev_started) ? RTE_ETH_LINK_UP : RTE_ETH_LINK_DOWN;
+  if (l.speed_mbps) link->link_speed = l.speed_mbps;
+  return 0;
 }
 
 static int pv_link_update(struct rte_eth_dev* dev, int wait_to_complete) {
@@ -916,7 +925,7 @@ static int pv_link_update(struct rte_eth_dev* dev, int wait_to_complete) {
   (void)wait_to_complete; /* the answer is immediate */
   if (in->pv && nmx_pv_connected(in->pv)) (void)pv_fresh_info(dev); /* a capability change is noticed here at the latest */
   struct rte_eth_link link;
-  pv_link_now(dev, &link);
+  (void)pv_link_now(dev, &link, 0);
   return rte_eth_linkstatus_set(dev, &link);
 }
 
@@ -925,53 +934,82 @@ static int pv_link_update(struct rte_eth_dev* dev, int wait_to_complete) {
  * control calls wait on), and leaves by closing the socket or marking the region gone. The
  * PMD looks at both every PV_LSC_PERIOD_US on an EAL alarm (two memory reads and a poll(2) of
  * the socket, no message) and, when something moved, asks LINK_GET: a link that changed
- * (status or speed) is stored and RTE_ETH_EVENT_INTR_LSC raised. With lsc on, ethdev's
- * rte_eth_link_get answers from what is stored, so the alarm also keeps the speed current.
- * An alarm rather than the control doorbell's eventfd: the library's control calls drain that
- * fd while they wait, and the VM transport (polling) has none. */
+ * (status, speed or duplex) is stored and RTE_ETH_EVENT_INTR_LSC raised. With lsc on,
+ * ethdev's rte_eth_link_get answers from what is stored, so the alarm also keeps the speed
+ * current. A LINK_GET that fails (another thread's control call runs, no answer within
+ * PV_LSC_TIMEOUT_MS) changes nothing and is asked again at the next tick. An alarm rather than
+ * the control doorbell's eventfd: the library's control calls drain that fd while they wait,
+ * and the VM transport (polling) has none.
+ *
+ * The application's LSC callback runs on this thread: it may stop and close the port (the
+ * alarm touches nothing of the device after the callbacks), but it must not wait for a lock
+ * that the application holds around rte_eth_dev_stop or close (those wait for a running
+ * alarm: the usual DPDK rule for interrupt-thread callbacks). */
 #define PV_LSC_PERIOD_US 100000
 
 static void pv_lsc_alarm(void* arg) {
   struct rte_eth_dev* dev = arg;
   struct pv_internals* in = priv(dev);
   if (!__atomic_load_n(&in->lsc_on, __ATOMIC_ACQUIRE) || in->pv == NULL) return;
+  const uint16_t port = dev->data->port_id;
   const int ev = nmx_pv_events(in->pv);
   const int conn = nmx_pv_connected(in->pv);
-  if (ev != in->lsc_events || conn != in->lsc_connected) {
+  int changed = 0;
+  struct rte_eth_link link;
+  if ((ev != in->lsc_events || conn != in->lsc_connected) && pv_link_now(dev, &link, 1) == 0) {
     in->lsc_events = ev;
     in->lsc_connected = conn;
-    struct rte_eth_link link;
-    pv_link_now(dev, &link);
-    if (rte_eth_linkstatus_set(dev, &link) == 0) { /* 0: it changed */
-      PV_LOG(NOTICE, "port %u: link %s, %u Mbit/s%s", dev->data->port_id, link.link_status ? "up" : "down",
-             link.link_speed, conn ? "" : " (nicmuxd is gone)");
-      rte_eth_dev_callback_process(dev, RTE_ETH_EVENT_INTR_LSC, NULL);
-    }
+    struct rte_eth_link old;
+    rte_eth_linkstatus_get(dev, &old);
+    /* rte_eth_linkstatus_set says "changed" for the status only: speed and duplex count too. */
+    changed = old.link_status != link.link_status || old.link_speed != link.link_speed ||
+              old.link_duplex != link.link_duplex;
+    rte_eth_linkstatus_set(dev, &link);
   }
+  /* The next tick is set before the callbacks run: one that stops or closes the port cancels
+   * it from here (a cancel inside an alarm removes the pending ones), and nothing below reads
+   * the device. */
   const int rc = rte_eal_alarm_set(PV_LSC_PERIOD_US, pv_lsc_alarm, dev);
-  if (rc < 0) PV_LOG(ERR, "port %u: no more link state change events: rte_eal_alarm_set: %s", dev->data->port_id, strerror(-rc));
+  if (rc < 0) PV_LOG(ERR, "port %u: no more link state change events: rte_eal_alarm_set: %s", port, strerror(-rc));
+  if (changed) {
+    PV_LOG(NOTICE, "port %u: link %s, %u Mbit/s%s", port, link.link_status ? "up" : "down", link.link_speed,
+           conn ? "" : " (nicmuxd is gone)");
+    rte_eth_dev_callback_process(dev, RTE_ETH_EVENT_INTR_LSC, NULL);
+  }
 }
 
-static void pv_lsc_start(struct rte_eth_dev* dev) {
+/* Called before the link is first read at dev_start: whatever moves after this is seen. */
+static void pv_lsc_snapshot(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
-  if (!dev->data->dev_conf.intr_conf.lsc || in->pv == NULL || __atomic_load_n(&in->lsc_on, __ATOMIC_ACQUIRE)) return;
+  if (in->pv == NULL) return;
   in->lsc_events = nmx_pv_events(in->pv);
   in->lsc_connected = nmx_pv_connected(in->pv);
+}
+
+/* dev_start fails when it cannot arm the alarm: with lsc on, ethdev would answer the stored
+ * link for ever. */
+static int pv_lsc_start(struct rte_eth_dev* dev) {
+  struct pv_internals* in = priv(dev);
+  if (!dev->data->dev_conf.intr_conf.lsc || in->pv == NULL || __atomic_load_n(&in->lsc_on, __ATOMIC_ACQUIRE)) return 0;
   __atomic_store_n(&in->lsc_on, 1, __ATOMIC_RELEASE);
   const int rc = rte_eal_alarm_set(PV_LSC_PERIOD_US, pv_lsc_alarm, dev);
   if (rc < 0) {
     __atomic_store_n(&in->lsc_on, 0, __ATOMIC_RELEASE);
     PV_LOG(ERR, "port %u: no link state change events: rte_eal_alarm_set: %s", dev->data->port_id, strerror(-rc));
   }
+  return rc;
 }
 
-/* Returns once no alarm runs or is pending (rte_eal_alarm_cancel waits for a running one, and
- * removes the one it set again on its way out). */
+/* From another thread: returns once no alarm runs or is pending (rte_eal_alarm_cancel waits
+ * for a running one, and removes the tick it set). From the application's LSC callback (on the
+ * alarm's thread): removes the pending tick; the running alarm reads nothing after it. */
 static void pv_lsc_stop(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
   __atomic_store_n(&in->lsc_on, 0, __ATOMIC_RELEASE);
   rte_eal_alarm_cancel(pv_lsc_alarm, dev);
 }
+
+static int pv_dev_stop(struct rte_eth_dev* dev);
 
 static int pv_dev_start(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
@@ -1006,8 +1044,12 @@ static int pv_dev_start(struct rte_eth_dev* dev) {
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) dev->data->rx_queue_state[i] = RTE_ETH_QUEUE_STATE_STARTED;
   for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) dev->data->tx_queue_state[i] = RTE_ETH_QUEUE_STATE_STARTED;
   dev->data->dev_started = 1; /* for link_update; ethdev sets it too */
+  pv_lsc_snapshot(dev);
   pv_link_update(dev, 0);
-  pv_lsc_start(dev);
+  if ((rc = pv_lsc_start(dev)) < 0) {
+    pv_dev_stop(dev);
+    return rc;
+  }
   return 0;
 }
 
@@ -1031,6 +1073,9 @@ static int pv_dev_close(struct rte_eth_dev* dev) {
   struct pv_internals* in = priv(dev);
   if (rte_eal_process_type() != RTE_PROC_PRIMARY) return 0;
   pv_lsc_stop(dev); /* before the device goes: the alarm reads it */
+  /* Over PCI no socket closes to tell nicmuxd: a device removed while started (rte_dev_remove,
+   * the EAL's cleanup) is stopped first, so nicmuxd stops filling its rings. */
+  if (dev->data->dev_started) pv_dev_stop(dev);
   for (uint16_t i = 0; i < dev->data->nb_rx_queues; ++i) pv_rx_queue_release(dev, i);
   for (uint16_t i = 0; i < dev->data->nb_tx_queues; ++i) pv_tx_queue_release(dev, i);
   /* Closing the connection stops the device at nicmuxd and frees its region. */
@@ -1744,14 +1789,15 @@ static int pv_pci_probe(struct rte_pci_driver* drv, struct rte_pci_device* pci) 
     nmx_pv_close(pv);
     return -ENOMEM;
   }
+  priv(dev)->pci = 1;
   return pv_eth_setup(dev, pv, name, name, 0);
 }
 
 static int pv_pci_remove(struct rte_pci_device* pci) {
-  char name[RTE_DEV_NAME_MAX_LEN];
-  rte_pci_device_name(&pci->addr, name, sizeof name);
-  struct rte_eth_dev* dev = rte_eth_dev_allocated(name);
-  if (dev == NULL) return 0; /* closed already */
+  /* The port's name is the device's (rte_eth_dev_pci_allocate), which may be the devargs'
+   * spelling of the address (-a 00:04.0), not rte_pci_device_name's. */
+  struct rte_eth_dev* dev = rte_eth_dev_allocated(pci->device.name);
+  if (dev == NULL) return 0; /* closed already (rte_eth_dev_close releases the port) */
   pv_dev_close(dev);
   return rte_eth_dev_release_port(dev);
 }

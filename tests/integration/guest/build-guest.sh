@@ -93,6 +93,7 @@ finish() {
         for f in "${with[@]}"; do
             cp -L "$f" "$tmp/layer/bin/${f##*/}"
             # A dynamically linked file brings the libraries ldd reports, at their paths.
+            ! ldd "$f" 2>/dev/null | grep -q "not found" || die "--with $f: a library it needs is missing: $(ldd "$f" | grep "not found" | head -n 3 | tr -s ' \t\n' ' ')"
             for lib in $(ldd "$f" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
                 mkdir -p "$tmp/layer$(dirname "$lib")"
                 [ -e "$tmp/layer$lib" ] || cp -L "$lib" "$tmp/layer$lib"
