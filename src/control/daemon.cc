@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
+#include <variant>
 
 #include "base/log.h"
 #include "base/unix_socket.h"
@@ -395,6 +397,22 @@ std::string Daemon::MetricsPage() const {
       uint64_t n = e->port->DropsFor(static_cast<DropReason>(r));
       if (switch_ && e->switch_id >= 0) n += switch_->DropsFor(static_cast<uint16_t>(e->switch_id), static_cast<DropReason>(r));
       m.Sample({{"port", e->spec.name}, {"reason", kDropReasonInfo[r].name}}, n);
+    }
+  }
+  // Zero copy towards a device (dpdk ports with zerocopy_min, docs/dpdk.md): frames sent from
+  // the source's memory and frames copied. Only for ports that report them.
+  for (const auto& [family, key, help] :
+       {std::tuple{"nicmux_port_tx_zerocopy_total", "tx_zerocopy", "frames the port sent zero copy (from the guest's memory)"},
+        std::tuple{"nicmux_port_tx_copied_total", "tx_copied", "frames the port copied while zero copy is on"}}) {
+    bool any = false;
+    for (const auto& e : ports_) {
+      if (e->spec.kind != "dpdk") continue;
+      for (const auto& [k, v] : e->port->Details()) {
+        if (k != key || !std::holds_alternative<uint64_t>(v)) continue;
+        if (!any) m.Family(family, "counter", help);
+        any = true;
+        m.Sample({{"port", e->spec.name}}, std::get<uint64_t>(v));
+      }
     }
   }
   if (switch_) {

@@ -272,6 +272,7 @@ uint32_t GsoSegments(const PacketRef& p, const L4Layout& l) {
 }
 
 void CompleteChecksum(PacketRef& p) {
+  p.holder = nullptr;  // the frame is changed: copied, never held (packet/hold.h)
   Offload& o = p.offload;
   NICMUX_DCHECK(o.needs_csum() && uint32_t{o.csum_start} + o.csum_offset + 2u <= p.head_len);
   CsumStream cs;
@@ -316,6 +317,7 @@ uint32_t Segmenter::Cut(const PacketRef& p, const L4Layout& l, std::span<PacketR
     q.seg = static_cast<uint16_t>(seg);
     q.seg_off = off;
     q.offload = {};
+    q.holder = nullptr;  // a segment the switch made: copied, never held
     std::byte* qh = q.head;
     const uint32_t l4_len = q.len - l.l4;
     if (l.ipv6) {

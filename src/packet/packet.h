@@ -14,6 +14,7 @@
 #include <span>
 
 #include "base/check.h"
+#include "packet/hold.h"
 #include "packet/offload.h"
 #include "packet/segment.h"
 
@@ -37,6 +38,10 @@ struct PacketRef {
   uint32_t head_len = 0;   // min(len, kHeadBytes) as received; ExtendHead may grow it (offloads),
                            // the switch may add or remove a tag
   Offload offload;         // checksum and segmentation requests, translated by the source port
+  // The source can keep the frame's memory past RxDone for a destination that takes a hold
+  // instead of copying (packet/hold.h); nullptr: it cannot, or the switch changes the frame.
+  PacketHolder* holder = nullptr;
+  uint32_t hold_cookie = 0;  // the source's own, for holder
   alignas(16) std::byte head[kHeadRoomBytes];
 
   std::span<const std::byte> headers() const { return {head, head_len}; }
@@ -45,7 +50,13 @@ struct PacketRef {
 // Up to kBurst packets; TryPush() refuses the 33rd instead of writing past the end.
 class Batch {
  public:
-  PacketRef* TryPush() { return count_ < kBurst ? &pkts_[count_++] : nullptr; }
+  // A slot's holder is cleared: a source that offers holds sets it again.
+  PacketRef* TryPush() {
+    if (count_ == kBurst) return nullptr;
+    PacketRef* p = &pkts_[count_++];
+    p->holder = nullptr;
+    return p;
+  }
   void Pop() {
     NICMUX_DCHECK(count_ > 0);
     --count_;
@@ -73,6 +84,7 @@ inline void PacketFromFlat(PacketRef* p, Segment* seg, std::byte* data, uint32_t
   p->len = len;
   p->head_len = len < kHeadBytes ? len : kHeadBytes;
   p->offload = {};
+  p->holder = nullptr;
   if (p->head_len == kHeadBytes) {
     std::memcpy(p->head, data, kHeadBytes);  // fixed size: inlined
   } else if (p->head_len > 0) {

@@ -13,6 +13,10 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -99,6 +103,61 @@ const char* RssName(uint64_t bit) {
   return nullptr;
 }
 
+// Zero copy towards the device (docs/dpdk.md "Zero copy"): a frame sent as a head mbuf with
+// the switch's private copy of its first bytes, and external-buffer mbufs pointing at the rest
+// in the source's memory, held (packet/hold.h) until the PMD frees them. One record per such
+// frame: its hold and the external buffers' shared info, whose free callback releases the
+// hold. Records come from the transmit queue's pool: taken by Tx (under the queue's TxLock),
+// given back by the callback on whatever thread the PMD frees the mbufs (a lock-free stack
+// the Tx side empties at once).
+struct ZcPool;
+struct ZcRecord {
+  rte_mbuf_ext_shared_info shinfo;
+  PacketHolder* holder = nullptr;
+  uint32_t ticket = 0;
+  bool cancelled = false;  // not sent after all (Tx's own thread): unheld, nothing to release
+  ZcRecord* next = nullptr;
+  ZcPool* pool = nullptr;
+};
+struct ZcPool {
+  std::unique_ptr<ZcRecord[]> recs;
+  uint32_t n = 0;
+  ZcRecord* free = nullptr;                   // Tx's
+  std::atomic<ZcRecord*> returned{nullptr};  // pushed by ZcFree, taken whole by Tx
+  ZcRecord* Take() {
+    if (free == nullptr) free = returned.exchange(nullptr, std::memory_order_acquire);
+    ZcRecord* r = free;
+    if (r) free = r->next;
+    return r;
+  }
+  void Give(ZcRecord* r) {  // Tx's own, for a record it did not use
+    r->next = free;
+    free = r;
+  }
+  // Records not back (with Tx and the callbacks quiet: the port going away).
+  uint32_t Outstanding() const {
+    uint32_t k = 0;
+    for (const ZcRecord* r = free; r; r = r->next) ++k;
+    for (const ZcRecord* r = returned.load(std::memory_order_acquire); r; r = r->next) ++k;
+    return n - k;
+  }
+};
+
+// The external buffers' free callback: the PMD is done with the frame's bytes (any thread).
+void ZcFree(void*, void* opaque) {
+  auto* r = static_cast<ZcRecord*>(opaque);
+  if (!r->cancelled) r->holder->Release(r->ticket);
+  ZcPool* pool = r->pool;
+  ZcRecord* head = pool->returned.load(std::memory_order_relaxed);
+  do {
+    r->next = head;
+  } while (!pool->returned.compare_exchange_weak(head, r, std::memory_order_release, std::memory_order_relaxed));
+}
+
+// External mbufs one zero-copy frame may use (pieces of the source's segments after the head,
+// each at most 64 KiB - 1 for an mbuf's 16-bit lengths).
+constexpr uint32_t kMaxZcPieces = 8;
+
 class DpdkPort final : public Port {
  public:
   explicit DpdkPort(const DpdkPortOptions& o) : Port(o.name), opt_(o) {}
@@ -121,9 +180,27 @@ class DpdkPort final : public Port {
   std::vector<Detail> DeviceCaps() const override;
 
  private:
+  // Frames sent zero copy (or copied, while zero copy is on), over all queues.
+  uint64_t zc_frames(bool zero_copy) const {
+    uint64_t n = 0;
+    for (const auto& q : q_) n += zero_copy ? q->tx_zerocopy.Get() : q->tx_copied.Get();
+    return n;
+  }
   // Hands p's offload request to the device in m's flags; false when the device cannot do
   // it (then the copy completes the checksum, as for a device without offloads).
   bool ToDevice(const PacketRef& p, rte_mbuf* m) const;
+  struct Queue;
+  // Builds m (a fresh mbuf) as p's head and external mbufs over the rest of p, held; nullptr
+  // (m untouched) when it cannot (no record, no mbufs, the source refuses a hold): copy then.
+  ZcRecord* AttachZeroCopy(Queue& q, const PacketRef& p, rte_mbuf* m);
+  // Frees m, a chain Tx built and did not send: a zero-copy one is unheld first.
+  static void FreeUnsent(rte_mbuf* m, ZcRecord* r) {
+    if (r) {
+      r->cancelled = true;
+      r->holder->Unhold(r->ticket);
+    }
+    rte_pktmbuf_free(m);
+  }
   struct Queue {
     std::array<rte_mbuf*, kBurst> rx{};  // the chains Rx returned, in order
     std::array<std::array<Segment, kMaxSegs>, kBurst> segs{};
@@ -131,6 +208,8 @@ class DpdkPort final : public Port {
     std::array<rte_mbuf*, kBurst> held{};  // not sent: returned first by the next Rx
     uint32_t nheld = 0;
     QueueCounters rxc, txc;
+    ZcPool zc;                      // (empty without zero copy)
+    Counter tx_zerocopy, tx_copied;  // frames sent each way (TxLock's holder)
   };
 
   DpdkPortOptions opt_;
@@ -143,6 +222,11 @@ class DpdkPort final : public Port {
   uint16_t mtu_ = 1500;
   std::string dev_name_;
   rte_mempool* pool_ = nullptr;
+  rte_mempool* attach_pool_ = nullptr;  // data-less mbufs for external buffers (zero copy)
+  // Zero copy: frames of at least zc_min_ bytes (0: off; also off where the device takes no
+  // chains or sits on a bus that needs DMA mappings of the source's memory).
+  uint32_t zc_min_ = 0;
+  std::string zc_state_ = "off";
   rte_eth_dev_info info_{};
   std::vector<std::unique_ptr<Queue>> q_;
 };
@@ -215,6 +299,26 @@ Result<void> DpdkPort::Open() {
   pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), nmbufs, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
                                   static_cast<int>(rte_eth_dev_socket_id(port_id_)) < 0 ? SOCKET_ID_ANY : rte_eth_dev_socket_id(port_id_));
   if (!pool_) return Error(what + ": no mbuf pool of " + std::to_string(nmbufs) + ": " + rte_strerror(rte_errno));
+  // Zero copy towards the device, where asked and possible: the frame goes as a chain (the
+  // head from the switch's copy, the rest in the source's memory), so only with MULTI_SEGS;
+  // and only for virtual devices (the vdev bus): a NIC would DMA from guest memory that is
+  // not mapped for it (rte_extmem_register, rte_dev_dma_map: not done).
+  const rte_bus* bus = info_.device ? rte_dev_bus(info_.device) : nullptr;
+  const std::string bus_name = bus ? rte_bus_name(bus) : "?";
+  if (opt_.zerocopy_min == 0) {
+    zc_state_ = "off";
+  } else if (!multi_segs_) {
+    zc_state_ = "off (the device takes no mbuf chains)";
+  } else if (bus_name != "vdev") {
+    zc_state_ = "off (a " + bus_name + " device would need the guest memory DMA-mapped)";
+  } else {
+    const uint32_t nattach = opt_.queues * (uint32_t{txd} + 4 * kBurst) * 2 + 256;
+    const std::string attach_name = "nmxa_" + std::to_string(port_id_) + "_" + std::to_string(getpid() % 100000);
+    attach_pool_ = rte_pktmbuf_pool_create(attach_name.c_str(), nattach, 0, 0, 0, SOCKET_ID_ANY);
+    if (!attach_pool_) return Error(what + ": no mbuf pool of " + std::to_string(nattach) + " for zero copy: " + rte_strerror(rte_errno));
+    zc_min_ = opt_.zerocopy_min;
+    zc_state_ = "frames of " + std::to_string(zc_min_) + " bytes and more";
+  }
   for (uint32_t i = 0; i < opt_.queues; ++i) {
     const int sock = rte_eth_dev_socket_id(port_id_);
     if (int r = rte_eth_rx_queue_setup(port_id_, static_cast<uint16_t>(i), rxd, sock < 0 ? SOCKET_ID_ANY : sock, nullptr, pool_); r != 0) {
@@ -224,6 +328,16 @@ Result<void> DpdkPort::Open() {
       return Error(what + ": transmit queue " + std::to_string(i) + ": " + rte_strerror(-r));
     }
     q_.push_back(std::make_unique<Queue>());
+    if (zc_min_) {
+      // One record per frame the transmit ring can hold, and the bursts on their way.
+      ZcPool& z = q_.back()->zc;
+      z.n = uint32_t{txd} + 4 * kBurst;
+      z.recs.reset(new ZcRecord[z.n]);
+      for (uint32_t k = 0; k < z.n; ++k) {
+        z.recs[k].pool = &z;
+        z.Give(&z.recs[k]);
+      }
+    }
   }
   if (int r = rte_eth_dev_start(port_id_); r != 0) return Error(what + ": cannot start it: " + rte_strerror(-r));
   started_ = true;
@@ -239,9 +353,10 @@ Result<void> DpdkPort::Open() {
   // Without chains, a frame must fit one mbuf (the switch cuts GSO frames to the MTU anyway).
   if (!multi_segs_) c.max_frame = RTE_MBUF_DEFAULT_DATAROOM;
   SetCaps(c);
-  NICMUX_LOG(kInfo, "port %s: DPDK %s (port %u, driver %s), %u queue(s), %u/%u descriptors, MTU %u, offloads to the device: %s",
+  NICMUX_LOG(kInfo, "port %s: DPDK %s (port %u, driver %s), %u queue(s), %u/%u descriptors, MTU %u, offloads to the device: %s, zero copy: %s",
              opt_.name.c_str(), dev_name_.c_str(), port_id_, info_.driver_name, opt_.queues, rxd, txd, mtu_,
-             OffloadNames(conf.txmode.offloads & ~RTE_ETH_TX_OFFLOAD_MULTI_SEGS, rte_eth_dev_tx_offload_name).c_str());
+             OffloadNames(conf.txmode.offloads & ~RTE_ETH_TX_OFFLOAD_MULTI_SEGS, rte_eth_dev_tx_offload_name).c_str(),
+             zc_state_.c_str());
   return Ok();
 }
 
@@ -249,6 +364,12 @@ DpdkPort::~DpdkPort() {
   for (auto& q : q_) {
     if (q->nheld) rte_pktmbuf_free_bulk(q->held.data(), q->nheld);
     if (q->n) rte_pktmbuf_free_bulk(q->rx.data(), q->n);
+  }
+  // Mbufs the device still has are freed by it now (a NIC's completed ones by the cleanup,
+  // the rest by stop and close): each zero-copy frame's callback releases its hold then,
+  // and the source completes the guest's chain (or, gone, unmaps its memory).
+  if (started_ && zc_min_) {
+    for (uint32_t i = 0; i < q_.size(); ++i) rte_eth_tx_done_cleanup(port_id_, static_cast<uint16_t>(i), 0);
   }
   if (started_) rte_eth_dev_stop(port_id_);
   if (have_port_) rte_eth_dev_close(port_id_);  // (only the port this one found: never port 0 by default)
@@ -260,6 +381,17 @@ DpdkPort::~DpdkPort() {
     }
   }
   if (pool_) rte_mempool_free(pool_);
+  // A PMD that kept a zero-copy frame's mbufs past its close would call back into the
+  // records (and the attach pool) later: those are left allocated, never freed under it.
+  uint32_t out = 0;
+  for (auto& q : q_) out += q->zc.n ? q->zc.Outstanding() : 0;
+  if (out != 0) {
+    NICMUX_LOG(kWarning, "port %s: the device kept %u zero-copy frame(s) past its close: their records stay allocated",
+               name().c_str(), out);
+    for (auto& q : q_) (void)q.release();
+    return;
+  }
+  if (attach_pool_) rte_mempool_free(attach_pool_);
 }
 
 size_t DpdkPort::Rx(uint32_t qi, Batch& out, size_t max) {
@@ -414,6 +546,79 @@ bool DpdkPort::ToDevice(const PacketRef& p, rte_mbuf* m) const {
   return true;
 }
 
+ZcRecord* DpdkPort::AttachZeroCopy(Queue& q, const PacketRef& p, rte_mbuf* m) {
+  // The bytes after the head, as the source names them, in pieces an mbuf can describe.
+  struct Piece {
+    std::byte* data;
+    uint16_t len;
+  };
+  Piece pieces[kMaxZcPieces];
+  uint32_t np = 0;
+  uint32_t seg = p.seg, off = p.seg_off;
+  size_t left = p.len - p.head_len;
+  if (left == 0) return nullptr;
+  while (left > 0) {
+    if (seg >= p.nsegs) return nullptr;  // (the segments end first: not a frame to hold)
+    const Segment& sg = p.segs[seg];
+    if (off >= sg.len) {
+      ++seg;
+      off = 0;
+      continue;
+    }
+    size_t k = std::min<size_t>(left, sg.len - off);
+    while (k > 0) {
+      if (np == kMaxZcPieces) return nullptr;
+      const uint16_t c = static_cast<uint16_t>(std::min<size_t>(k, UINT16_MAX));
+      pieces[np++] = {sg.data + off, c};
+      off += c;
+      k -= c;
+      left -= c;
+    }
+  }
+  if (info_.tx_desc_lim.nb_seg_max != 0 && np + 1 > info_.tx_desc_lim.nb_seg_max) return nullptr;
+  ZcRecord* r = q.zc.Take();
+  if (r == nullptr) return nullptr;
+  rte_mbuf* ext[kMaxZcPieces];
+  if (rte_pktmbuf_alloc_bulk(attach_pool_, ext, np) != 0) {
+    q.zc.Give(r);
+    return nullptr;
+  }
+  const uint32_t ticket = p.holder->Hold(p);
+  if (ticket == PacketHolder::kNoHold) {  // the source's bound reached: copied
+    rte_pktmbuf_free_bulk(ext, np);
+    q.zc.Give(r);
+    return nullptr;
+  }
+  r->holder = p.holder;
+  r->ticket = ticket;
+  r->cancelled = false;
+  r->shinfo.free_cb = ZcFree;
+  r->shinfo.fcb_opaque = r;
+  rte_mbuf_ext_refcnt_set(&r->shinfo, static_cast<uint16_t>(np));
+  // The head from the switch's private copy: the headers it classified (MACs, VLAN, what the
+  // offload record names) are what the device sends, whatever the guest writes meanwhile.
+  std::memcpy(rte_pktmbuf_mtod(m, std::byte*), p.head, p.head_len);
+  m->data_len = static_cast<uint16_t>(p.head_len);
+  m->pkt_len = p.len;
+  m->nb_segs = static_cast<uint16_t>(1 + np);
+  const bool iova_va = rte_eal_iova_mode() == RTE_IOVA_VA;
+  rte_mbuf* last = m;
+  for (uint32_t i = 0; i < np; ++i) {
+    // UNTRUSTED: the rest is read by the device straight from the source's memory: pieces of
+    // segments the source checked (a guest's chain: translated inside one region of its
+    // memory table), which the hold keeps mapped until the device frees the mbuf. A guest
+    // that rewrites its buffer meanwhile changes only the payload of its own frame (its
+    // headers went from the copy above); the host never reads outside the guest's memory.
+    rte_mbuf* e = ext[i];
+    rte_pktmbuf_attach_extbuf(e, pieces[i].data, iova_va ? reinterpret_cast<rte_iova_t>(pieces[i].data) : RTE_BAD_IOVA,
+                              pieces[i].len, &r->shinfo);
+    e->data_len = pieces[i].len;
+    last->next = e;
+    last = e;
+  }
+  return r;
+}
+
 size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   Queue& q = *q_[qi];
   rte_mbuf* m[kBurst];
@@ -430,6 +635,7 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   if (rte_pktmbuf_alloc_bulk(pool_, m, want) != 0) return 0;  // no mbufs now: backpressure
   uint32_t built = 0;
   uint32_t idx[kBurst], len[kBurst];
+  ZcRecord* zc[kBurst];  // the zero-copy frames' records (nullptr: copied)
   // The longest frame the device sends: its MTU, the Ethernet header and one VLAN tag. A PMD
   // refuses longer ones in its burst, which would look like a full ring to us (and come back
   // forever): they are dropped here.
@@ -451,11 +657,20 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
       drop(k, DropReason::kMtu);
       continue;
     }
-    MbufWriter w{pool_, m[k], m[k]};
-    if ((to_device ? CopyPacket(p, w) : CopyPacketCompleting(p, w)) < p.len) {  // out of mbufs for a long frame
-      drop(k, DropReason::kTooBig);
-      continue;
+    // Zero copy: a frame the switch sends whole and unchanged (its source offers a hold), long
+    // enough, with nothing for this copy to complete.
+    ZcRecord* r = nullptr;
+    if (zc_min_ && p.holder && p.len >= zc_min_ && (to_device || !p.offload.needs_csum())) {
+      r = AttachZeroCopy(q, p, m[k]);
     }
+    if (r == nullptr) {
+      MbufWriter w{pool_, m[k], m[k]};
+      if ((to_device ? CopyPacket(p, w) : CopyPacketCompleting(p, w)) < p.len) {  // out of mbufs for a long frame
+        drop(k, DropReason::kTooBig);
+        continue;
+      }
+    }
+    zc[built] = r;
     idx[built] = k;
     len[built] = p.len;
     m[built++] = m[k];
@@ -468,24 +683,36 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
     for (uint32_t i = at; i < at + ok; ++i) {
       idx[ready] = idx[i];
       len[ready] = len[i];
+      zc[ready] = zc[i];
       m[ready++] = m[i];
     }
     at += ok;
     if (at < built) {
       NICMUX_LOG_RATELIMITED(kWarning, "port %s: the device refused a %u-byte frame's offload request: %s",
                              name().c_str(), len[at], rte_strerror(rte_errno));
-      rte_pktmbuf_free(m[at]);
+      FreeUnsent(m[at], zc[at]);
       q.txc.dropped.Add();
       q.txc.drops.Add(DropReason::kBadOffload);
       ++at;
     }
   }
+  // (Counted before the burst: the PMD may free a zero-copy frame, and its record with the
+  // hold, inside it.)
+  uint32_t zc_ready = 0;
+  for (uint32_t i = 0; i < ready; ++i) zc_ready += zc[i] != nullptr;
   const uint16_t sent = ready ? rte_eth_tx_burst(port_id_, static_cast<uint16_t>(qi), m, static_cast<uint16_t>(ready)) : 0;
-  if (sent < ready) rte_pktmbuf_free_bulk(m + sent, ready - sent);
+  for (uint32_t i = sent; i < ready; ++i) {
+    zc_ready -= zc[i] != nullptr;
+    FreeUnsent(m[i], zc[i]);
+  }
   uint64_t sent_bytes = 0;
   for (uint16_t i = 0; i < sent; ++i) sent_bytes += len[i];  // (the PMD owns the sent mbufs now)
   q.txc.packets.Add(sent);
   q.txc.bytes.Add(sent_bytes);
+  if (zc_min_) {
+    q.tx_zerocopy.Add(zc_ready);
+    q.tx_copied.Add(sent - zc_ready);
+  }
   // Taken: everything up to the first packet the device refused (drops count as taken).
   return sent < ready ? idx[sent] : want;
 }
@@ -509,7 +736,10 @@ std::vector<Port::Detail> DpdkPort::Details() const {
           {"device_imissed", s.imissed},
           {"device_ierrors", s.ierrors},
           {"device_oerrors", s.oerrors},
-          {"device_rx_nombuf", s.rx_nombuf}};
+          {"device_rx_nombuf", s.rx_nombuf},
+          {"zerocopy", zc_state_},
+          {"tx_zerocopy", zc_frames(true)},
+          {"tx_copied", zc_frames(false)}};
 }
 
 std::vector<Port::Detail> DpdkPort::DeviceCaps() const {
@@ -551,6 +781,19 @@ Result<std::unique_ptr<Port>> CreateDpdkPort(const DpdkPortOptions& o) {
   return std::unique_ptr<Port>(std::move(p));
 }
 
+Result<uint32_t> ParseZeroCopyMin(const std::string& v) {
+  if (v == "off" || v == "0") return 0u;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long n = std::strtoul(v.c_str(), &end, 10);
+  if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0])) || *end != '\0' || errno != 0 || n < kMinZeroCopyBytes ||
+      n > 65535) {
+    return Error("zerocopy_min=" + v + ": expected off, 0, or a frame size in bytes, " + std::to_string(kMinZeroCopyBytes) +
+                 "..65535");
+  }
+  return static_cast<uint32_t>(n);
+}
+
 PortKind DpdkPortKind() {
   PortKind k;
   k.name = "dpdk";
@@ -568,6 +811,10 @@ PortKind DpdkPortKind() {
       {"ring", OptionType::kUInt, "N", "1024", "descriptors per queue, 64..4096", 64, 4096},
       {"offloads", OptionType::kOnOff, "on|off", "on",
        "checksums and TSO done by the device where it has them (off: the switch and the port's copy do them)"},
+      {"zerocopy_min", OptionType::kString, "BYTES|off", kDefaultZeroCopyMin,
+       "zero copy towards the device: a guest's frames of at least BYTES (128..65535) are handed to it from "
+       "the guest's memory, the guest's buffer held until the device frees it (docs/dpdk.md \"Zero copy\"; "
+       "virtual devices with chains only); off or 0: every frame copied into the port's mbufs"},
   };
   auto devargs = [](const PortSpec& s) {
     std::string d = s.options.at("devargs");
@@ -588,6 +835,8 @@ PortKind DpdkPortKind() {
     o.ring = static_cast<uint32_t>(ring);
     NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
     o.offloads = offloads;
+    NICMUX_TRY_ASSIGN(zc, ParseZeroCopyMin(s.Has("zerocopy_min") ? s.options.at("zerocopy_min") : kDefaultZeroCopyMin));
+    o.zerocopy_min = zc;
     return CreateDpdkPort(o);
   };
   return k;

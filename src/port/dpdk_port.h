@@ -49,7 +49,16 @@ struct DpdkPortOptions {
   uint32_t queues = 1;
   uint32_t ring = 1024;
   bool offloads = true;  // the device's checksum and TSO offloads used where it has them
+  // Zero copy towards the device for frames of at least this many bytes (0: off).
+  uint32_t zerocopy_min = 0;
 };
+
+// zerocopy_min='s default ("off": on net_memif it does not pay, docs/dpdk.md "Zero copy") and
+// its smallest value (a frame must have bytes past the head the switch copies anyway).
+inline constexpr const char* kDefaultZeroCopyMin = "off";
+inline constexpr uint32_t kMinZeroCopyBytes = 128;
+// "off", "0" or a size in kMinZeroCopyBytes..65535.
+Result<uint32_t> ParseZeroCopyMin(const std::string& v);
 
 // The dpdk kind for the port registry (port/kinds.cc).
 PortKind DpdkPortKind();

@@ -154,6 +154,8 @@ VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pau
   NICMUX_CHECK(e.has_value());
   fault_ = std::move(*e);
   session_.SetFaultFd(fault_.fd());
+  for (uint32_t q = 0; q < opt_.queue_pairs; ++q) holds_[q] = HoldTable::Create();
+  session_.SetStopHook([this](uint32_t i) { CompleteHeld(i); });
 }
 
 Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPortOptions& o,
@@ -188,11 +190,16 @@ VhostUserPort::~VhostUserPort() {
   if (reconnect_timer_) loop_->Cancel(reconnect_timer_);
   if (channel_) loop_->Unwatch(channel_->fd());
   channel_.reset();
-  session_.Reset();
+  session_.Reset();  // (held chains completed early: CompleteHeld)
   if (listen_fd_.valid()) {
     loop_->Unwatch(listen_fd_.get());
     listen_fd_.Reset();
     ::unlink(opt_.socket_path.c_str());
+  }
+  // Holds still outstanding keep their table, and the guest memory they point into, until the
+  // device releases them (packet/hold.h): nothing is unmapped under a device reading it.
+  for (HoldTable*& t : holds_) {
+    if (t) std::exchange(t, nullptr)->Abandon();
   }
 }
 
@@ -401,11 +408,56 @@ bool VhostUserPort::HeaderShifted(const PacketRef& p, uint32_t hdr) {
          (later == 0x0806 && type_at(16) == 0x0001);
 }
 
+// Worker side (and the control thread's StopLocked, the worker paused): the transmitq's
+// completions that holds released (packet/hold.h), queued as used entries; published by the
+// next Flush. Out of order: never with IN_ORDER, where no hold is given.
+void VhostUserPort::DrainHeld(uint32_t q, DeviceQueue& dq) {
+  HoldTable& t = *holds_[q];
+  if (t.outstanding() == 0) return;
+  if (dq.packed) {
+    t.Drain([&](uint16_t id) { dq.packed_ring.Push(id, 0); });
+  } else {
+    t.Drain([&](uint16_t id) { dq.split.Push(id, 0); });
+  }
+}
+
+// A queue stops (GET_VRING_BASE, a memory table change, a disconnect, the port removed), the
+// worker paused: its ring's state must be whole for the frontend (and for restarting on a new
+// table), so the chains still held are completed now, early: the device may not have sent
+// them yet, and a guest that reuses such a buffer at once changes its own frame on the wire.
+// Their memory stays mapped (the hold keeps its snapshot) until the device releases them.
+void VhostUserPort::CompleteHeld(uint32_t i) {
+  if (i % 2 == 0 || i / 2 >= opt_.queue_pairs) return;
+  HoldTable& t = *holds_[i / 2];
+  DeviceQueue& dq = session_.queue(i);
+  bool early = false;
+  if (t.outstanding() != 0) {
+    const uint32_t n = dq.packed ? t.CompleteEarly([&](uint16_t id) { dq.packed_ring.Push(id, 0); })
+                                 : t.CompleteEarly([&](uint16_t id) { dq.split.Push(id, 0); });
+    early = n != 0;
+    if (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) Notify(dq);
+    if (early) {
+      NICMUX_LOG_RATELIMITED(kInfo, "port %s: queue %u stopped with %u frame(s) held by a device: completed early",
+                             name().c_str(), i, n);
+    }
+  }
+  t.set_limit(0);
+  t.set_keepalive(nullptr);  // no hold keeps the memory of a stopped queue but those taken
+}
+
 size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
   RxState& st = rx_[q];
   st.n = 0;
   DeviceQueue& dq = session_.queue(2 * q + 1);  // the guest's transmitq
   if (!dq.running) return 0;
+  DrainHeld(q, dq);
+  // Holds (zero copy towards a device, packet/hold.h): at most half the transmitq's chains
+  // at once, so the guest always has buffers left to send with; none with IN_ORDER (chains
+  // must come back in order) .
+  HoldTable* holds = holds_[q];
+  if (holds->keepalive() != session_.memory().get()) holds->set_keepalive(session_.memory());
+  const bool may_hold = !virtio::Has(session_.features(), virtio::kFInOrder);
+  holds->set_limit(may_hold ? (dq.packed ? dq.packed_ring.size() : dq.split.size()) / 2 : 0);
   max = std::min<size_t>({max, kBurst, kBurst - out.size()});
   st.n = dq.packed ? dq.packed_ring.PopBurst(st.chains, static_cast<uint32_t>(max))
                    : dq.split.PopBurst(st.chains, static_cast<uint32_t>(max));
@@ -441,6 +493,10 @@ size_t VhostUserPort::Rx(uint32_t q, Batch& out, size_t max) {
                                 name().c_str(), hdr == 10 ? 12u : 10u, hdr);
       continue;
     }
+    if (may_hold) {
+      p->holder = holds;
+      p->hold_cookie = HoldTable::Cookie(st.chains[i].id, i);
+    }
     st.chain_of[got++] = static_cast<uint8_t>(i);
   }
   return got;
@@ -464,10 +520,18 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   for (size_t k = 0; k < sent; ++k) bytes += batch[static_cast<uint32_t>(k)].len;
   rxc_[q].packets.Add(sent);
   rxc_[q].bytes.Add(bytes);
+  // Chains a destination holds are completed when it releases them (DrainHeld), not now.
+  // Only sent packets are held.
+  const uint32_t held = holds_[q]->TakeBatchHeld();
+  NICMUX_DCHECK(done_chains >= 32 || (held >> done_chains) == 0);
   auto finish = [&](auto& ring) {
     // Transmit completions carry no length: with IN_ORDER one used descriptor can cover them
     // all (packed rings), and the driver reads one descriptor instead of 32.
-    if (!ring.PushInOrderBatch({st.chains, done_chains})) {
+    if (held != 0) {
+      for (uint32_t i = 0; i < done_chains; ++i) {
+        if (!(held >> i & 1)) ring.Push(st.chains[i].id, 0);
+      }
+    } else if (!ring.PushInOrderBatch({st.chains, done_chains})) {
       for (uint32_t i = 0; i < done_chains; ++i) ring.Push(st.chains[i].id, 0);
     }
     if (done_chains < st.n && !ring.Rewind({st.chains + done_chains, st.n - done_chains})) {
@@ -653,6 +717,8 @@ void VhostUserPort::SendRarp(uint32_t q) {
 
 bool VhostUserPort::ArmNotify(std::vector<NotifyFd>* fds) {
   bool pending = false;
+  // Releases to complete are work (CanSleep is false while holds are outstanding anyway).
+  for (uint32_t q = 0; q < opt_.queue_pairs; ++q) pending |= holds_[q]->release_pending();
   for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
     DeviceQueue& dq = session_.queue(i);
     if (!dq.running) continue;
@@ -677,6 +743,10 @@ void VhostUserPort::DisarmNotify() {
 }
 
 bool VhostUserPort::CanSleep() const {
+  // A device's release wakes no one: while frames are held the worker polls for them.
+  for (uint32_t q = 0; q < opt_.queue_pairs; ++q) {
+    if (holds_[q]->outstanding() != 0) return false;
+  }
   for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
     const DeviceQueue& dq = const_cast<vhost::BackendSession&>(session_).queue(i);
     if (dq.running && dq.kick_fd() < 0) return false;
@@ -714,8 +784,10 @@ void VhostUserPort::UpdateCaps() {
 }
 
 std::vector<Port::Detail> VhostUserPort::Details() const {
+  uint64_t early = 0;
+  for (uint32_t q = 0; q < opt_.queue_pairs; ++q) early += holds_[q]->early();
   return {{"connections", connections_}, {"max_memory", SizeToString(opt_.max_memory)},
-          {"max_memory_bytes", opt_.max_memory}};
+          {"max_memory_bytes", opt_.max_memory}, {"held_completed_early", early}};
 }
 
 std::string VhostUserPort::Features() const {

@@ -36,6 +36,7 @@
 #include "base/event_loop.h"
 #include "base/log.h"
 #include "base/pausable.h"
+#include "packet/hold.h"
 #include "port/port.h"
 #include "port/registry.h"
 #include "vhost/backend_session.h"
@@ -138,6 +139,8 @@ class VhostUserPort final : public Port {
   void OnFault();
   bool InQuarantine();
 
+  void DrainHeld(uint32_t q, vhost::DeviceQueue& dq);
+  void CompleteHeld(uint32_t queue);
   template <typename Ring>
   size_t TxRing(uint32_t q, vhost::DeviceQueue& dq, Ring& ring, std::span<const PacketRef* const> in);
   void SendRarp(uint32_t q);
@@ -177,6 +180,9 @@ class VhostUserPort final : public Port {
   std::array<TxState, vhost::kMaxQueuePairs> tx_;
 
   std::array<QueueCounters, vhost::kMaxQueuePairs> rxc_, txc_;
+  // Per queue pair, the guest's transmit chains devices hold (zero copy, packet/hold.h):
+  // owned with the tables' own reference counting (abandoned, never deleted, by the port).
+  std::array<HoldTable*, vhost::kMaxQueuePairs> holds_{};
 };
 
 }  // namespace nicmux

@@ -342,7 +342,9 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
       *why = DropReason::kVlan;
       return false;
     }
-    // Untag the private head; the bytes after it are unchanged in the source.
+    // Untag the private head; the bytes after it are unchanged in the source. The frame is
+    // no longer the source's bytes: copied, never held (packet/hold.h).
+    p.holder = nullptr;
     std::memmove(p.head + 12, p.head + 16, p.head_len - 16);
     p.head_len -= kVlanTagBytes;
     p.len -= kVlanTagBytes;
@@ -415,6 +417,7 @@ namespace {
 // t = p with an 802.1Q tag for vid inserted after the MACs (t's head rebuilt; p's untouched).
 void TagInto(const PacketRef& p, uint16_t vid, PacketRef& t) {
   t.segs = p.segs;
+  t.holder = nullptr;  // a tag pushed: copied, never held
   t.nsegs = p.nsegs;
   t.seg = p.seg;
   t.seg_off = p.seg_off;
@@ -633,6 +636,8 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
       plan.unlearned[i] = unlearned;
       plan.vid[i] = vid;
       plan.counts |= !ok || unlearned || dst == kFlood;
+      // A frame for several ports is copied to each (copy once per destination), never held.
+      if (dst == kFlood) batch_[i].holder = nullptr;
     }
   }
 

@@ -545,6 +545,7 @@ Result<void> BackendSession::StartLocked(uint32_t i) {
 void BackendSession::StopLocked(uint32_t i) {
   DeviceQueue& q = queues_[i];
   if (!q.running) return;
+  if (stop_hook_) stop_hook_(i);
   q.base = q.packed ? q.packed_ring.avail_state() : q.split.last_avail_idx();
   q.running = false;
   ++generation_;

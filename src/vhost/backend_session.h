@@ -21,6 +21,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -129,6 +130,9 @@ class BackendSession {
   // An eventfd of the owner's, signalled when a memory region of this session faults because
   // the frontend shrank its file (base/peer_mapping.h); check memory()->Poisoned() then.
   void SetFaultFd(int fd) { fault_fd_ = fd; }
+  // Called with queue i's index when a running queue stops (the worker paused, its ring still
+  // mapped): the owner completes what it still has in flight (held chains, packet/hold.h).
+  void SetStopHook(std::function<void(uint32_t)> hook) { stop_hook_ = std::move(hook); }
 
   // The frontend negotiated CSUM or HOST_TSO*: the virtio-net headers of its transmitted
   // frames carry offload requests (read them); otherwise they mean nothing (§5.1.6.2).
@@ -168,6 +172,7 @@ class BackendSession {
   BackendConfig config_;
   Pausable* worker_;
   int fault_fd_ = -1;
+  std::function<void(uint32_t)> stop_hook_;
   uint64_t offered_features_ = 0;
   bool peer_sends_offloads_ = false;
   uint64_t offered_protocol_features_ = 0;
