@@ -191,6 +191,7 @@ VhostUserPort::~VhostUserPort() {
   if (channel_) loop_->Unwatch(channel_->fd());
   channel_.reset();
   session_.Reset();  // (held chains completed early: CompleteHeld)
+  session_.SetStopHook(nullptr);
   if (listen_fd_.valid()) {
     loop_->Unwatch(listen_fd_.get());
     listen_fd_.Reset();
@@ -427,7 +428,7 @@ void VhostUserPort::DrainHeld(uint32_t q, DeviceQueue& dq) {
 // them yet, and a guest that reuses such a buffer at once changes its own frame on the wire.
 // Their memory stays mapped (the hold keeps its snapshot) until the device releases them.
 void VhostUserPort::CompleteHeld(uint32_t i) {
-  if (i % 2 == 0 || i / 2 >= opt_.queue_pairs) return;
+  if (i % 2 == 0 || i / 2 >= opt_.queue_pairs || holds_[i / 2] == nullptr) return;
   HoldTable& t = *holds_[i / 2];
   DeviceQueue& dq = session_.queue(i);
   bool early = false;

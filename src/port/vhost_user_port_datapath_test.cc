@@ -608,6 +608,158 @@ TEST_P(DataPath, ACutAcrossAChainTheRingCompletedDropsTheRestCountedOnce) {
   EXPECT_TRUE(PopUsed(txq()).empty());
 }
 
+// ------------------------------------------------------------------------------- holds
+
+uint64_t DetailOf(const Port& p, const std::string& key) {
+  for (const auto& [k, v] : p.Details()) {
+    if (k == key) return std::get<uint64_t>(v);
+  }
+  ADD_FAILURE() << "no detail " << key;
+  return 0;
+}
+
+// Zero copy (packet/hold.h), as a dpdk port's Tx takes it: a destination holds two of four
+// frames. RxDone completes the other two; a release from another thread completes its chain
+// at the next Rx; a SET_MEM_TABLE with a hold outstanding completes that chain early and keeps
+// the old mapping readable until the release, which then completes nothing.
+TEST_P(DataPath, HeldChainsCompleteOnReleaseAndEarlyAtAMemoryTableChange) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  std::vector<Bytes> frames;
+  std::vector<uint16_t> ids;
+  for (uint32_t i = 0; i < 4; ++i) {
+    frames.push_back(MakeFrame(50 + i, 600));
+    ids.push_back(AddTx(frames.back()));
+  }
+  txq().Publish();
+  uint32_t t1, t3;
+  PacketHolder* holder;
+  const std::byte* rest3;  // frame 3's bytes after the head, in the guest's memory
+  {
+    std::lock_guard worker(worker_.mutex());
+    Batch b;
+    ASSERT_EQ(port_->Rx(0, b, kBurst), 4u);
+    for (uint32_t i = 0; i < 4; ++i) ASSERT_EQ(b[i].holder, b[0].holder) << i;
+    holder = b[0].holder;
+    ASSERT_NE(holder, nullptr);
+    t1 = holder->Hold(b[1]);
+    t3 = holder->Hold(b[3]);
+    ASSERT_NE(t1, PacketHolder::kNoHold);
+    ASSERT_NE(t3, PacketHolder::kNoHold);
+    ASSERT_EQ(b[3].seg, 0);
+    rest3 = b[3].segs[0].data + b[3].seg_off;
+    port_->RxDone(0, b, 4);
+  }
+  auto used = PopUsed(txq());
+  ASSERT_EQ(used.size(), 2u);
+  EXPECT_EQ(std::set<uint16_t>({used[0].id, used[1].id}), std::set<uint16_t>({ids[0], ids[2]}));
+  std::thread([&] { holder->Release(t1); }).join();
+  {
+    std::lock_guard worker(worker_.mutex());
+    Batch e;
+    EXPECT_EQ(port_->Rx(0, e, kBurst), 0u);
+    port_->RxDone(0, e, 0);
+  }
+  used = PopUsed(txq());
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].id, ids[1]);
+
+  // A new memory table while frame 3 is held: its chain is completed early (the ring must be
+  // whole to restart), its memory stays mapped.
+  ASSERT_TRUE(f_->SendMemTableAgain());
+  for (int i = 0; i < 20000 && DetailOf(*port_, "held_completed_early") == 0; ++i) std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(DetailOf(*port_, "held_completed_early"), 1u);
+  used = PopUsed(txq());
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].id, ids[3]);
+  // (The old mapping: unmapped, this read would fault.)
+  EXPECT_EQ(Bytes(rest3, rest3 + (600 - kHeadBytes)), Bytes(frames[3].begin() + kHeadBytes, frames[3].end()));
+  std::thread([&] { holder->Release(t3); }).join();
+  {
+    std::lock_guard worker(worker_.mutex());
+    Batch e;
+    EXPECT_EQ(port_->Rx(0, e, kBurst), 0u);
+    port_->RxDone(0, e, 0);
+  }
+  EXPECT_TRUE(PopUsed(txq()).empty());  // completed once, early
+  // The ring goes on: a frame sent now arrives and completes as usual.
+  const uint16_t id = AddTx(frames[0]);
+  txq().Publish();
+  {
+    std::lock_guard worker(worker_.mutex());
+    Batch b;
+    ASSERT_EQ(port_->Rx(0, b, kBurst), 1u);
+    EXPECT_EQ(Copy(b[0]), frames[0]);
+    port_->RxDone(0, b, 1);
+  }
+  used = PopUsed(txq());
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].id, id);
+}
+
+// At most half the transmit ring is held at once; past that the destination must copy.
+TEST_P(DataPath, HoldsAreBoundedToHalfTheTransmitRing) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  std::vector<uint32_t> tickets;
+  PacketHolder* holder = nullptr;
+  uint32_t refused = 0;
+  for (uint32_t round = 0; round < 2; ++round) {
+    for (uint32_t i = 0; i < kBurst; ++i) AddTx(MakeFrame(i, 200));
+    txq().Publish();
+    std::lock_guard worker(worker_.mutex());
+    Batch b;
+    ASSERT_EQ(port_->Rx(0, b, kBurst), kBurst);
+    for (uint32_t i = 0; i < kBurst; ++i) {
+      holder = b[i].holder;
+      const uint32_t t = holder->Hold(b[i]);
+      if (t == PacketHolder::kNoHold) {
+        ++refused;
+      } else {
+        tickets.push_back(t);
+      }
+    }
+    port_->RxDone(0, b, kBurst);
+  }
+  EXPECT_EQ(tickets.size(), kQueueSize / 2);
+  EXPECT_EQ(refused, 2 * kBurst - kQueueSize / 2);
+  EXPECT_EQ(PopUsed(txq()).size(), refused);
+  for (uint32_t t : tickets) holder->Release(t);
+  {
+    std::lock_guard worker(worker_.mutex());
+    Batch e;
+    port_->Rx(0, e, kBurst);
+    port_->RxDone(0, e, 0);
+  }
+  EXPECT_EQ(PopUsed(txq()).size(), kQueueSize / 2);
+}
+
+// The guest's port removed while a device holds a frame: the frame's memory stays mapped
+// until the release (from another thread), which the table, outliving its port, takes.
+TEST_P(DataPath, APortRemovedWithAHoldKeepsTheMemoryUntilTheRelease) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  const Bytes frame = MakeFrame(7, 1500);
+  AddTx(frame);
+  txq().Publish();
+  uint32_t t;
+  PacketHolder* holder;
+  const std::byte* rest;
+  {
+    std::lock_guard worker(worker_.mutex());
+    Batch b;
+    ASSERT_EQ(port_->Rx(0, b, kBurst), 1u);
+    holder = b[0].holder;
+    t = holder->Hold(b[0]);
+    ASSERT_NE(t, PacketHolder::kNoHold);
+    rest = b[0].segs[b[0].seg].data + b[0].seg_off;
+    port_->RxDone(0, b, 1);
+  }
+  stop_.store(true);
+  thread_.join();
+  f_.reset();      // the frontend goes: its memory is unmapped on its side
+  port_.reset();   // and the port: the session unmaps, but the hold keeps its snapshot
+  EXPECT_EQ(Bytes(rest, rest + (1500 - kHeadBytes)), Bytes(frame.begin() + kHeadBytes, frame.end()));
+  std::thread([&] { holder->Release(t); }).join();  // deletes the table, unmaps
+}
+
 INSTANTIATE_TEST_SUITE_P(Rings, DataPath, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "packed" : "split"; });
 

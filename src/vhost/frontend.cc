@@ -144,6 +144,15 @@ GuestAddr Frontend::Alloc(uint64_t bytes, uint64_t align) {
   return a;
 }
 
+Result<void> Frontend::SendMemTableAgain() {
+  struct {
+    MemoryHeader h;
+    MemoryRegion r;
+  } table{{1, 0}, {0, map_.size(), reinterpret_cast<uint64_t>(map_.data()), 0}};
+  int fd = memfd_.get();
+  return Send(Request::kSetMemTable, std::as_bytes(std::span(&table, 1)), {&fd, 1});
+}
+
 Result<void> Frontend::Setup() {
   auto offered = GetU64(Request::kGetFeatures);
   if (!offered) return offered.error();

@@ -102,6 +102,9 @@ class Frontend {
   }
   // True while the backend keeps the connection open.
   bool Alive();
+  // SET_MEM_TABLE again with the same memory (as QEMU sends one after a memory change): the
+  // backend maps it anew and restarts its queues on it.
+  Result<void> SendMemTableAgain();
 
  private:
   explicit Frontend(const FrontendConfig& c) : config_(c) {}
