@@ -53,7 +53,7 @@ class UplinkZc(run.UplinkNicmux):
         import subprocess
         out = subprocess.run([os.path.join(run.BIN, "nicmuxctl"), "--socket", os.path.join(self.dir, "ctl"), "--json",
                               "port", "show", "m0"], capture_output=True, text=True, check=True).stdout
-        d = json.loads(out)["details"]
+        d = json.loads(out)
         return int(d.get("tx_zerocopy", 0)), int(d.get("tx_copied", 0))
 
 
@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
-    out = a.out or os.path.join(HERE, "results", "zerocopy-" + time.strftime("%Y%m%d-%H%M%S"))
+    out = a.out or os.path.join(HERE, "results", "zerocopy-" + time.strftime("%Y-%m-%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="nicmux-abzc.")
     rows = []
