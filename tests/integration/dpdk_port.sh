@@ -74,7 +74,7 @@ done
 echo "ok: port show d0: $(grep -E '^(state|driver):' "$WORK/d0.txt" | tr -s ' ' | tr '\n' ';') port caps d0: $(grep -E '(tx offloads|  tx_offloads):' "$WORK/d0caps.txt" | tr -s ' ' | tr '\n' ';')"
 printf 'stop\nquit\n' >&7
 exec 7>&-
-wait_pid "$tp" 20 || { kill -9 "$tp"; wait "$tp" 2>/dev/null || true; }
+wait_pid "$tp" 20 || { kill -9 "$tp" 2>/dev/null || true; wait "$tp" 2>/dev/null || true; }
 # Both queue pairs carried traffic both ways (testpmd's per-stream counts at its stop).
 python3 - "$WORK/testpmd.log" <<'PY' || fail "a memif queue carried nothing: $(grep -A1 'Forward Stats for RX Port' "$WORK/testpmd.log")"
 import re, sys
@@ -192,7 +192,7 @@ for rings in split packed; do
   done
   printf 'stop\nquit\n' >&7
   exec 7>&-
-  wait_pid "$tp" 20 || { kill -9 "$tp"; wait "$tp" 2>/dev/null || true; }
+  wait_pid "$tp" 20 || { kill -9 "$tp" 2>/dev/null || true; wait "$tp" 2>/dev/null || true; }
   stop_nicmuxd
 done
 
@@ -222,7 +222,11 @@ pr=$LAST_PID
 z0=0
 wait_until 20 "frames sent zero copy to d0" sh -c "[ \$('$BIN/nicmuxctl' --socket '$CTL' --json port show d0 | python3 -c \"import json,sys; print(json.load(sys.stdin)['tx_zerocopy'])\") -gt $((z0 + 5000)) ]"
 ctl port del pga >/dev/null || fail "port del pga while its frames flow to d0"
-wait_pid "$pr" 30 || true  # (its backend went away: pktgen's own verdict does not matter here)
+# Its backend went away: pktgen (which looks at its connection only with progress lines, none
+# with --interval 0) would send into a full ring until --duration; it is ended, its verdict
+# does not matter here.
+kill -TERM "$pr" 2>/dev/null || true
+wait_pid "$pr" 10 || true
 ctl port show d0 | grep -q "^state: *link up" || fail "d0 after pga's removal: $(ctl port show d0)"
 ctl port add "vhost-user:pga:socket=$S/pga.sock" >/dev/null || fail "port add pga again"
 wait_for "$S/pga.sock" 30
@@ -236,7 +240,10 @@ ctl port show pga | grep -q "^state: *connected" || fail "pga after d0's removal
 kill -0 "$pr" 2>/dev/null || fail "pktgen stopped when d0 was removed: $(tail -2 "$WORK/pg_r2.log")"
 wait_pid "$pr" 40 || fail "pktgen after d0's removal: $(tail -2 "$WORK/pg_r2.log")"
 echo "ok: the guest's port removed while its frames went zero copy to d0, added again; then d0 removed while they flowed: the daemon serves on"
+# testpmd's memif client may have crashed when d0, its server, went away under traffic (DPDK
+# 22.11's memif unmaps the regions in its interrupt thread while the lcore still reads them:
+# seen once here as a segfault); the peer's fate is not under test, only nicmuxd's.
 printf 'stop\nquit\n' >&7
 exec 7>&-
-wait_pid "$tp" 20 || { kill -9 "$tp"; wait "$tp" 2>/dev/null || true; }
+wait_pid "$tp" 20 || { kill -9 "$tp" 2>/dev/null || true; wait "$tp" 2>/dev/null || true; }
 stop_nicmuxd
