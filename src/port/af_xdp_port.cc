@@ -388,7 +388,13 @@ void AfXdpPort::RxDone(uint32_t qi, Batch& batch, size_t sent) {
 void AfXdpPort::Reclaim(Queue& q) {
   uint32_t idx = 0;
   const uint32_t done = xsk_ring_cons__peek(&q.comp, opt_.ring, &idx);
-  for (uint32_t i = 0; i < done; ++i) q.free_tx.push_back(*xsk_ring_cons__comp_addr(&q.comp, idx + i) & ~uint64_t{kFrameBytes - 1});
+  // The kernel's completions, bounded anyway (as Rx bounds its descriptors): a frame of the
+  // queue's send half, and never more free frames than the half has.
+  const uint64_t lo = uint64_t{opt_.ring} * kFrameBytes, hi = 2 * lo;
+  for (uint32_t i = 0; i < done; ++i) {
+    const uint64_t frame = *xsk_ring_cons__comp_addr(&q.comp, idx + i) & ~uint64_t{kFrameBytes - 1};
+    if (frame >= lo && frame < hi && q.free_tx.size() < opt_.ring) q.free_tx.push_back(frame);
+  }
   xsk_ring_cons__release(&q.comp, done);
 }
 
