@@ -82,7 +82,8 @@ Result<void> ForEachMessage(std::span<const std::byte> buf, uint32_t seq, Fn fn)
       if (body.size() < sizeof err) return Error("netlink: a truncated error message");
       std::memcpy(&err, body.data(), sizeof err);
       if (err == 0) continue;  // an ack
-      const int e = err < 0 ? -err : err;
+      // (INT32_MIN has no negation: any such value is a protocol error.)
+      const int e = err == INT32_MIN ? EPROTO : err < 0 ? -err : err;
       return Error::FromErrno("netlink", e);
     }
     if (h.nlmsg_type == NLMSG_DONE || h.nlmsg_type == NLMSG_NOOP) continue;
