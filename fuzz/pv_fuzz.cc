@@ -223,8 +223,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         case 7: {
           std::vector<NotifyFd> fds;
-          h.port->ArmNotify(&fds);
-          h.port->DisarmNotify();
+          h.port->ArmAllNotify(&fds);
+          h.port->DisarmAllNotify();
           break;
         }
         case 8: {

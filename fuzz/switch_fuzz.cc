@@ -53,7 +53,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     size_t left = 0;
     for (auto& p : ports) left += p->pending();
     if (left == 0) break;
-    sw.worker(0)->Poll();
+    sw.worker(0)->ForwardAll();
     sw.Tick();
   }
   for (int p = 0; p < 4; ++p) {

@@ -52,6 +52,9 @@ commands:
                                   leaves to it), its limits, and what its device can do
   fdb show                        the MAC table: MAC, VLAN, port, age
   fdb flush [PORT]                forget learned MACs (all, or those of PORT)
+  sched show                      per worker over the last second: CPU %, time asleep,
+                                  wake-ups, packets/s, ns of CPU per packet, and the
+                                  queues it polls with their packets/s (* = pinned)
   stats [PORT] [--watch] [--interval S]
                                   packets/s, Mbit/s and drops per port, measured over S
                                   seconds (default 1); --watch refreshes every S seconds
@@ -546,6 +549,34 @@ void PortDel(Connection& c, const Options& o) {
   std::printf("removed port %s\n", o.words[2].c_str());
 }
 
+void SchedShow(Connection& c, const Options& o) {
+  json r = c.CallOrFail("sched.show", nullptr);
+  if (o.json) return PrintJson(r);
+  std::vector<std::vector<std::string>> rows;
+  auto pct = [](const json& v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f", v.is_number() ? v.get<double>() : 0.0);
+    return std::string(b);
+  };
+  for (const json& w : Array(r, "workers")) {
+    std::string queues;
+    for (const json& q : Array(w, "queues")) {
+      if (!queues.empty()) queues += " ";
+      queues += Str(q, "port") + "/" + Str(q, "queue") + (q.value("pinned", false) ? "*" : "") + "(" +
+                Str(q, "packets_per_s") + ")";
+    }
+    if (queues.empty()) queues = "-";
+    const int64_t cpu = w.value("cpu", -1);
+    rows.push_back({Str(w, "worker"), cpu < 0 ? "-" : std::to_string(cpu), w.value("busy_poll", false) ? "busy" : "adaptive",
+                    pct(w["cpu_pct"]), pct(w["sleep_pct"]), Str(w, "wakeups_per_s"), Str(w, "packets_per_s"),
+                    Str(w, "ns_per_packet"), queues});
+  }
+  PrintTable({"WORKER", "CPU", "POLLING", "CPU %", "ASLEEP %", "WAKEUPS/s", "PKTS/s", "NS/PKT", "QUEUES (PORT/Q(PKTS/s))"},
+             {false, true, false, true, true, true, true, true, false}, rows);
+  std::printf("%s rebalance(s), %s queue move(s) by load\n", Str(r, "rebalances").c_str(),
+              Str(r, "queues_moved").c_str());
+}
+
 void FdbShow(Connection& c, const Options& o) {
   json r = c.CallOrFail("fdb.show", nullptr);
   if (o.json) return PrintJson(r);
@@ -929,6 +960,10 @@ int Run(int argc, char** argv) {
     if ((w.size() > 1 ? w[1] : "") != "flows") UsageError("pv wants flows NAME");
     words(3, 3, "pv flows NAME");
     simple = PortFlows;
+  } else if (w[0] == "sched") {
+    if ((w.size() > 1 ? w[1] : "") != "show") UsageError("sched wants show");
+    words(2, 2, "sched show");
+    simple = SchedShow;
   } else if (w[0] == "fdb") {
     std::string sub = w.size() > 1 ? w[1] : "";
     if (sub == "show") {

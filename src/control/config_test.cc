@@ -251,13 +251,13 @@ TEST(VhostUserPortOptions, MaxMemory) {
   ASSERT_FALSE(other);
   EXPECT_EQ(other.error().message(),
             "port vm1: unknown option 'max_mem' for port kind vhost-user; known: socket, client, queues, max_memory, "
-            "socket_group, socket_mode, offloads, vlan, trunk, mtu, mac_limit, allowed_macs");
+            "socket_group, socket_mode, offloads, vlan, trunk, mtu, mac_limit, allowed_macs, queue_affinity");
   // Only vhost-user ports take it.
   auto tap = PortRegistry::Builtin().Check(*ParsePortSpec("tap:t0:max_memory=1G"));
   ASSERT_FALSE(tap);
   EXPECT_EQ(tap.error().message(),
             "port t0: unknown option 'max_memory' for port kind tap; known: ifname, queues, address, down, up, "
-            "offloads, vlan, trunk, mtu, mac_limit, allowed_macs");
+            "offloads, vlan, trunk, mtu, mac_limit, allowed_macs, queue_affinity");
   EXPECT_EQ(SizeToString(uint64_t{16} << 30), "16G");
   EXPECT_EQ(SizeToString(uint64_t{4} << 40), "4T");
   EXPECT_EQ(SizeToString(1536), "1536");

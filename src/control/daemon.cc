@@ -46,18 +46,21 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& o, EventLoop
 
 Result<void> Daemon::Start() {
   const bool sw = opt_.forward == "switch";
-  for (uint32_t i = 0; i < opt_.workers; ++i) {
-    const int cpu = i < opt_.cpus.size() ? opt_.cpus[i] : -1;
-    workers_.push_back(std::make_unique<Worker>("worker" + std::to_string(i), cpu, opt_.poll_us));
-    group_.Add(workers_.back().get());
-  }
+  SchedulerOptions sched;
+  sched.workers = opt_.workers;
+  sched.cpus = opt_.cpus;
+  sched.idle_poll_us = opt_.busy_poll ? Worker::kBusyPoll : opt_.poll_us;
+  sched_ = std::make_unique<Scheduler>(sched);
   if (sw) {
     SwitchOptions so;
     so.workers = opt_.workers;
     so.mac_aging_s = opt_.mac_aging_s;
     so.mac_table_size = opt_.mac_table_size;
     switch_ = std::make_unique<L2Switch>(so);
-    for (uint32_t i = 0; i < opt_.workers; ++i) workers_[i]->Add(switch_->worker(i));
+    for (uint32_t i = 0; i < opt_.workers; ++i) sched_->SetForwarder(i, switch_->worker(i));
+  } else {
+    xconnect_ = std::make_unique<Xconnect>(opt_.workers);
+    for (uint32_t i = 0; i < opt_.workers; ++i) sched_->SetForwarder(i, xconnect_->worker(i));
   }
   std::vector<PortSpec> all = opt_.config_ports;
   all.insert(all.end(), opt_.ports.begin(), opt_.ports.end());
@@ -74,12 +77,18 @@ Result<void> Daemon::Start() {
       return Error("--forward xconnect pairs ports; " + std::to_string(ports_.size()) + " ports given");
     }
     for (size_t i = 0; i + 1 < ports_.size(); i += 2) {
-      xconnects_.push_back(std::make_unique<Xconnect>(ports_[i]->port.get(), ports_[i + 1]->port.get()));
-      workers_[(i / 2) % workers_.size()]->Add(xconnects_.back().get());
-      NICMUX_LOG(kInfo, "xconnect %s <-> %s", ports_[i]->spec.name.c_str(), ports_[i + 1]->spec.name.c_str());
+      Entry& a = *ports_[i];
+      Entry& b = *ports_[i + 1];
+      const uint16_t id = xconnect_->AddPair(a.port.get(), b.port.get());
+      for (Entry* e : {&a, &b}) {
+        NICMUX_TRY_ASSIGN(pins, PinsOf(e->spec, *e->port));
+        sched_->AddPort(e->port.get(), e == &a ? id : static_cast<uint16_t>(id + 1), pins);
+        e->pause->set_port(e->port.get());
+      }
+      NICMUX_LOG(kInfo, "xconnect %s <-> %s", a.spec.name.c_str(), b.spec.name.c_str());
     }
   }
-  for (auto& w : workers_) NICMUX_TRY(w->Start());
+  NICMUX_TRY(sched_->Start());
   if (!opt_.control_path.empty() && opt_.control_path != "none") {
     std::optional<SocketAccess> control_access;
     if (!opt_.control_group.empty()) {
@@ -120,12 +129,11 @@ Result<void> Daemon::Start() {
 Daemon::~Daemon() {
   for (auto& e : ports_) StopCapture(*e);
   control_.reset();
-  for (auto& w : workers_) w->Stop();
+  sched_->Stop();
   LogStats();
   if (tick_timer_) loop_->Cancel(tick_timer_);
   if (stats_timer_) loop_->Cancel(stats_timer_);
   if (capture_timer_) loop_->Cancel(capture_timer_);
-  xconnects_.clear();
   ports_.clear();  // closes connections, unmaps guest memory, removes sockets and TAP devices
 }
 
@@ -136,6 +144,7 @@ void Daemon::StatsTick() {
 
 void Daemon::Tick() {
   if (switch_) switch_->Tick();
+  sched_->Tick();
   UpdateFollowers();
   tick_timer_ = loop_->After(1000, [this] { Tick(); });
 }
@@ -156,7 +165,13 @@ Daemon::Entry* Daemon::Find(const std::string& name) {
   return nullptr;
 }
 
-Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConfig* cfg, std::string* code) {
+Result<std::vector<int>> Daemon::PinsOf(const PortSpec& s, const Port& port) const {
+  if (!s.Has("queue_affinity")) return std::vector<int>{};
+  return ParseQueueAffinity(s.name, s.options.at("queue_affinity"), port.NumQueuePairs(), opt_.workers);
+}
+
+Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConfig* cfg, std::string* code,
+                                               Pausable* pause) {
   *code = kCodeInvalid;
   for (const char* k : {"vlan", "trunk", "mac_limit", "allowed_macs"}) {
     if (s.Has(k) && !switch_) return Error("port " + s.name + ": " + k + "= needs --forward switch");
@@ -176,7 +191,7 @@ Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConf
     }
   }
   *code = kCodeFailed;
-  return kind->create(s, PortContext{loop_, &group_, cfg->mtu});
+  return kind->create(s, PortContext{loop_, pause, cfg->mtu});
 }
 
 std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_config) {
@@ -187,17 +202,24 @@ std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_conf
   }
   SwitchPortConfig cfg;
   std::string code;
-  auto p = MakePort(spec, &cfg, &code);
-  if (!p) return ControlError{code, p.error().message()};
   auto e = std::make_unique<Entry>();
+  e->pause = sched_->MakePortPause();
+  auto p = MakePort(spec, &cfg, &code, e->pause.get());
+  if (!p) return ControlError{code, p.error().message()};
   e->spec = spec;
   e->port = std::move(*p);
   e->from_config = from_config;
+  auto pins = PinsOf(spec, *e->port);
+  if (!pins) return ControlError::Invalid(pins.error().message());
   if (switch_) {
-    PauseGuard pause(group_);
-    auto id = switch_->AddPort(e->port.get(), cfg);
-    if (!id) return ControlError::Failed(id.error());
-    e->switch_id = *id;
+    {
+      PauseGuard pause(*sched_);
+      auto id = switch_->AddPort(e->port.get(), cfg);
+      if (!id) return ControlError::Failed(id.error());
+      e->switch_id = *id;
+    }
+    sched_->AddPort(e->port.get(), static_cast<uint16_t>(e->switch_id), *pins);
+    e->pause->set_port(e->port.get());
   }
   NICMUX_LOG(kInfo, "port %s added (%s)", spec.name.c_str(), SpecToString(spec).c_str());
   ports_.push_back(std::move(e));
@@ -210,10 +232,12 @@ std::optional<ControlError> Daemon::DelPort(const std::string& name) {
   if (!e) return ControlError::NotFound("no port named " + name);
   if (!switch_) return ControlError::Invalid("ports can be removed at run time only with --forward switch");
   StopCapture(*e);
+  sched_->RemovePort(e->port.get());
   {
-    PauseGuard pause(group_);
+    PauseGuard pause(*sched_);
     switch_->RemovePort(static_cast<uint16_t>(e->switch_id));
   }
+  e->pause->set_port(nullptr);  // no worker polls it or sends to it any more
   auto it = std::find_if(ports_.begin(), ports_.end(), [&](auto& p) { return p.get() == e; });
   ports_.erase(it);  // the port's destructor closes its socket or device
   NICMUX_LOG(kInfo, "port %s removed", name.c_str());
@@ -437,15 +461,24 @@ std::string Daemon::MetricsPage() const {
   // Workers: CPU time (busy polling included), time asleep, wake-ups, packets moved. Per-packet
   // cost over a window: rate(nicmux_worker_cpu_seconds_total[1m]) / rate(nicmux_worker_packets_total[1m]).
   m.Family("nicmux_worker_packets_total", "counter", "packets the worker moved (received from a port and forwarded)");
-  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, w->packets());
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, sched_->worker(i).packets());
   m.Family("nicmux_worker_cpu_seconds_total", "counter", "CPU time of the worker thread (busy polling counts)");
-  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, static_cast<double>(w->cpu_ns()) / 1e9);
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, static_cast<double>(sched_->worker(i).cpu_ns()) / 1e9);
   m.Family("nicmux_worker_sleep_seconds_total", "counter", "time the worker slept waiting for a notification");
-  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, static_cast<double>(w->sleep_ns()) / 1e9);
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, static_cast<double>(sched_->worker(i).sleep_ns()) / 1e9);
   m.Family("nicmux_worker_wakeups_total", "counter", "times the worker went to sleep and was woken (kick, timeout, pause)");
-  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, w->sleeps());
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, sched_->worker(i).sleeps());
+  m.Family("nicmux_worker_kick_wakeups_total", "counter",
+           "wake-ups by a notification of the worker's own queues (not a timeout or a pause)");
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, sched_->worker(i).kick_wakeups());
+  m.Family("nicmux_worker_queues", "gauge", "source queues the worker polls");
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) {
+    m.Sample({{"worker", sched_->worker(i).name()}}, static_cast<double>(sched_->worker(i).queues().size()));
+  }
+  m.Family("nicmux_sched_rebalances_total", "counter", "times the scheduler moved queues between workers by load");
+  m.Sample(L{}, sched_->rebalances());
   m.Family("nicmux_worker_cpu", "gauge", "the CPU the worker is pinned to (-1: not pinned)");
-  for (const auto& w : workers_) m.Sample({{"worker", w->name()}}, static_cast<double>(w->cpu()));
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, static_cast<double>(sched_->worker(i).cpu()));
   m.Family("nicmux_metrics_scrapes_total", "counter", "requests for /metrics served, this one included");
   m.Sample(L{}, metrics_ ? metrics_->scrapes() : uint64_t{0});
   return m.Take();
@@ -646,6 +679,31 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     return json{{"flushed", n}};
   }
   if (cmd == "capture") return StartCapture(args, client);
+  if (cmd == "sched.show") {
+    json workers = json::array();
+    for (const Scheduler::WorkerView& v : sched_->Show()) {
+      const Worker& w = sched_->worker(static_cast<uint32_t>(workers.size()));
+      json qs = json::array();
+      for (const Scheduler::QueueView& q : v.queues) {
+        qs.push_back({{"port", q.port}, {"queue", q.q}, {"pinned", q.pinned}, {"packets_per_s", q.load}});
+      }
+      workers.push_back({{"worker", v.name},
+                         {"cpu", v.cpu},
+                         {"busy_poll", v.busy_poll},
+                         {"packets_per_s", v.load},
+                         {"cpu_pct", v.cpu_pct},
+                         {"sleep_pct", v.sleep_pct},
+                         {"wakeups_per_s", v.wakeups},
+                         {"ns_per_packet", v.ns_per_packet},
+                         {"packets", w.packets()},
+                         {"cpu_ns", w.cpu_ns()},
+                         {"sleep_ns", w.sleep_ns()},
+                         {"wakeups", w.sleeps()},
+                         {"kick_wakeups", w.kick_wakeups()},
+                         {"queues", qs}});
+    }
+    return json{{"workers", workers}, {"rebalances", sched_->rebalances()}, {"queues_moved", sched_->queues_moved()}};
+  }
   return ControlError::BadRequest("unknown command '" + cmd + "'");
 }
 
@@ -680,7 +738,7 @@ ControlServer::HandlerResult Daemon::StartCapture(const json& args, const std::s
 void Daemon::StopCapture(Entry& e) {
   if (!e.capture) return;
   {
-    PauseGuard pause(group_);  // no worker is inside Capture::Add after this
+    PauseGuard pause(*sched_);  // no worker is inside Capture::Add after this
     switch_->SetCapture(static_cast<uint16_t>(e.switch_id), nullptr);
   }
   auto clients = std::move(e.capture_clients);

@@ -24,7 +24,7 @@
 #include "control/metrics.h"
 #include "port/port_spec.h"
 #include "port/port.h"
-#include "sched/worker.h"
+#include "sched/scheduler.h"
 #include "switch/l2_switch.h"
 #include "switch/xconnect.h"
 
@@ -41,6 +41,7 @@ struct DaemonOptions {
   uint64_t stats_interval_s = 0;
   uint32_t mac_aging_s = 300;
   uint32_t poll_us = Worker::kDefaultIdlePollUs;
+  bool busy_poll = false;  // workers never sleep
   uint32_t mac_table_size = 8192;
   std::vector<PortSpec> ports;         // from the command line
   std::string config_path;             // "" if none
@@ -66,6 +67,8 @@ class Daemon {
 
  private:
   struct Entry {
+    // First: it outlives the port (whose destructor may still pause).
+    std::unique_ptr<Scheduler::PortPause> pause;
     PortSpec spec;
     std::unique_ptr<Port> port;
     int switch_id = -1;
@@ -77,7 +80,10 @@ class Daemon {
 
   Daemon(const DaemonOptions& o, EventLoop* loop);
   Result<void> Start();
-  Result<std::unique_ptr<Port>> MakePort(const PortSpec& spec, SwitchPortConfig* cfg, std::string* code);
+  Result<std::unique_ptr<Port>> MakePort(const PortSpec& spec, SwitchPortConfig* cfg, std::string* code,
+                                         Pausable* pause);
+  // The port's queue_affinity= as a worker per queue pair (-1: any).
+  Result<std::vector<int>> PinsOf(const PortSpec& spec, const Port& port) const;
   Entry* Find(const std::string& name);
   nlohmann::json PortJson(const Entry& e) const;
   ControlServer::HandlerResult Handle(const std::string& cmd, const nlohmann::json& args,
@@ -95,10 +101,9 @@ class Daemon {
 
   DaemonOptions opt_;
   EventLoop* loop_;
-  std::vector<std::unique_ptr<Worker>> workers_;
-  WorkerGroup group_;
+  std::unique_ptr<Scheduler> sched_;
   std::unique_ptr<L2Switch> switch_;
-  std::vector<std::unique_ptr<Xconnect>> xconnects_;
+  std::unique_ptr<Xconnect> xconnect_;
   std::vector<std::unique_ptr<Entry>> ports_;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;

@@ -452,16 +452,12 @@ size_t AfXdpPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   return k;
 }
 
-bool AfXdpPort::ArmNotify(std::vector<NotifyFd>* fds) {
-  bool pending = false;
-  for (auto& q : q_) {
-    fds->push_back({q->fd, false});
-    // Read-only: every worker calls this for every port, while the owner may be in Rx.
-    const uint32_t prod = __atomic_load_n(q->rx.producer, __ATOMIC_ACQUIRE);
-    const uint32_t cons = __atomic_load_n(q->rx.consumer, __ATOMIC_RELAXED);
-    pending |= prod != cons || q->nheld_seen.load(std::memory_order_relaxed) > 0;
-  }
-  return pending;
+bool AfXdpPort::ArmNotify(uint32_t qi, std::vector<NotifyFd>* fds) {
+  auto& q = q_[qi];
+  fds->push_back({q->fd, false});
+  const uint32_t prod = __atomic_load_n(q->rx.producer, __ATOMIC_ACQUIRE);
+  const uint32_t cons = __atomic_load_n(q->rx.consumer, __ATOMIC_RELAXED);
+  return prod != cons || q->nheld_seen.load(std::memory_order_relaxed) > 0;
 }
 
 PortStats AfXdpPort::Stats() const { return SumQueueStats(q_); }

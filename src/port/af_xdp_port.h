@@ -91,9 +91,9 @@ class AfXdpPort final : public Port {
   // kBurst, as TAP: Tx stops where frames or TX slots run out. (Reading the rings here would
   // race with another worker's Tx: the switch calls TxRoom without the queue's lock.)
   size_t TxRoom(uint32_t) override { return kBurst; }
-  bool ArmNotify(std::vector<NotifyFd>* fds) override;
-  void DisarmNotify() override {}
-  bool CanSleep() const override { return true; }
+  bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
+  void DisarmNotify(uint32_t) override {}
+  bool CanSleep(uint32_t) const override { return true; }
   PortStats Stats() const override;
   PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;

@@ -169,9 +169,9 @@ class DpdkPort final : public Port {
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
   size_t TxRoom(uint32_t) override { return kBurst; }
-  bool ArmNotify(std::vector<NotifyFd>*) override { return true; }
-  void DisarmNotify() override {}
-  bool CanSleep() const override { return false; }  // no Rx interrupts: the worker polls
+  bool ArmNotify(uint32_t, std::vector<NotifyFd>*) override { return true; }
+  void DisarmNotify(uint32_t) override {}
+  bool CanSleep(uint32_t) const override { return false; }  // no Rx interrupts: the worker polls
   PortStats Stats() const override;
   PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;

@@ -168,12 +168,29 @@ class Port {
   // An upper bound of what Tx(q) could take now (0 when it has no buffers).
   virtual size_t TxRoom(uint32_t q) = 0;
 
-  // Idle support: before the worker sleeps it arms notifications and collects the fds to wait
-  // on; true when work arrived meanwhile (then it must not sleep). After waking, Disarm.
-  virtual bool ArmNotify(std::vector<NotifyFd>* fds) = 0;
-  virtual void DisarmNotify() = 0;
-  // False when some queue cannot notify (a polling-mode peer): the worker must keep polling.
-  virtual bool CanSleep() const = 0;
+  // Idle support, per queue pair, by the worker that polls queue q (its Rx side): before it
+  // sleeps it arms q's notifications and collects the fds to wait on; true when work arrived
+  // meanwhile (then it must not sleep). After waking, Disarm. A worker arms only its own
+  // queues, so a kick wakes only the worker that polls the queue.
+  virtual bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) = 0;
+  virtual void DisarmNotify(uint32_t q) = 0;
+  // False when queue q cannot notify (a polling-mode peer): its worker must keep polling.
+  virtual bool CanSleep(uint32_t q) const = 0;
+  // A worker that holds a source for this port's queue q (Tx had no room) arms what tells it
+  // that q has room again (a guest's kick after it refilled its receive buffers), under
+  // tx_lock(q) when the queue is shared; true when it has room already. Kinds whose room
+  // comes back without a notification keep the default (the worker then wakes by timeout).
+  virtual bool ArmTxRoom(uint32_t q, std::vector<NotifyFd>* fds) { return false; }
+  virtual void DisarmTxRoom(uint32_t q) {}
+  // Every queue at once (tests, and a single worker that polls everything).
+  bool ArmAllNotify(std::vector<NotifyFd>* fds) {
+    bool pending = false;
+    for (uint32_t q = 0; q < NumQueuePairs(); ++q) pending |= ArmNotify(q, fds);
+    return pending;
+  }
+  void DisarmAllNotify() {
+    for (uint32_t q = 0; q < NumQueuePairs(); ++q) DisarmNotify(q);
+  }
 
   virtual PortStats Stats() const = 0;
   // Queue pair q's counters alone (`connected` unused), for per-queue metrics; any thread. A
@@ -210,6 +227,20 @@ class Port {
 
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;
+  // The transmit side as other workers see it while the port changes its queues (its
+  // Pausable pauses only the workers that poll the port, and closes it to the rest): a sender
+  // that holds tx_lock(q) and finds it closed must not touch the queue (no TxRoom, no Tx,
+  // no ArmTxRoom): it treats the port as having no room.
+  bool tx_closed() const { return tx_closed_.load(std::memory_order_acquire); }
+  // Control thread. Close returns once no sender is inside the port (each lock taken once).
+  void CloseTx() {
+    tx_closed_.store(true, std::memory_order_relaxed);
+    for (TxLock& l : tx_locks_) {
+      l.lock();
+      l.unlock();
+    }
+  }
+  void OpenTx() { tx_closed_.store(false, std::memory_order_release); }
 
   // How many times the port's peer went away (a vhost-user frontend disconnected, a TAP
   // interface vanished): what was learned behind the port before is stale then. The switch's
@@ -227,6 +258,7 @@ class Port {
  private:
   std::string name_;
   TxLock tx_locks_[kMaxQueues];
+  std::atomic<bool> tx_closed_{false};
   std::atomic<uint64_t> link_generation_{0};
   std::atomic<uint64_t> caps_{0};
 };

@@ -34,6 +34,9 @@ const std::vector<PortOption>& PortRegistry::SwitchOptions() {
        "(switch mode)", 1, 1048576},
       {"allowed_macs", OptionType::kString, "M1/M2/...", "any",
        "port security: frames from other source MACs are dropped (up to 64, xx:xx:xx:xx:xx:xx; switch mode)"},
+      {"queue_affinity", OptionType::kString, "Q:W/Q:W/...", "",
+       "pins queue pair Q of the port to worker W (0..--workers-1): the scheduler never moves it; "
+       "queues not listed are placed and rebalanced by load (docs/scheduler.md)"},
   };
   return kOptions;
 }

@@ -27,7 +27,7 @@ TEST(PortRegistry, ChecksEachRuleAndNamesWhatIsWrong) {
             "port up0: unknown kind 'afxdp'; known: vhost-user, virtio-user, tap, af_xdp, dpdk, pv");
   EXPECT_EQ(CheckError(r, "tap:t0:queus=2"),
             "port t0: unknown option 'queus' for port kind tap; known: ifname, queues, address, down, up, offloads, "
-            "vlan, trunk, mtu, mac_limit, allowed_macs");
+            "vlan, trunk, mtu, mac_limit, allowed_macs, queue_affinity");
   EXPECT_EQ(CheckError(r, "vhost-user:vm1:socket=/s,client=yes"), "port vm1: 'client' takes no value");
   EXPECT_EQ(CheckError(r, "vhost-user:vm1:socket"), "port vm1: socket=PATH needs a value");
   EXPECT_EQ(CheckError(r, "vhost-user:vm1:client"), "port vm1: socket=PATH is required for port kind vhost-user");

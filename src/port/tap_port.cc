@@ -336,14 +336,11 @@ size_t TapPort::Tx(uint32_t q, std::span<const PacketRef* const> in) {
   return k;
 }
 
-bool TapPort::ArmNotify(std::vector<NotifyFd>* fds) {
-  bool pending = false;
-  for (const auto& s : q_) {
-    // A TAP fd is not an eventfd: POLLIN is the frame itself, Rx reads it.
-    if (!s->gone.load(std::memory_order_relaxed)) fds->push_back({s->fd.get(), false});
-    pending |= s->kept.load(std::memory_order_relaxed) > 0;
-  }
-  return pending;
+bool TapPort::ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) {
+  const auto& s = q_[q];
+  // A TAP fd is not an eventfd: POLLIN is the frame itself, Rx reads it.
+  if (!s->gone.load(std::memory_order_relaxed)) fds->push_back({s->fd.get(), false});
+  return s->kept.load(std::memory_order_relaxed) > 0;
 }
 
 std::string TapPort::State() const {

@@ -89,9 +89,9 @@ class TapPort final : public Port {
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
   size_t TxRoom(uint32_t q) override { return kBurst; }
-  bool ArmNotify(std::vector<NotifyFd>* fds) override;
-  void DisarmNotify() override {}
-  bool CanSleep() const override { return true; }
+  bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
+  void DisarmNotify(uint32_t) override {}
+  bool CanSleep(uint32_t) const override { return true; }
   PortStats Stats() const override;
   PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;

@@ -183,11 +183,11 @@ Frame Bytes(const PacketRef& p) {
 // Waits up to timeout_ms for readable queue fds of the port.
 void WaitReadable(TapPort& port, int timeout_ms) {
   std::vector<NotifyFd> fds;
-  port.ArmNotify(&fds);
+  port.ArmAllNotify(&fds);
   std::vector<pollfd> pfds;
   for (const NotifyFd& f : fds) pfds.push_back({f.fd, POLLIN, 0});
   ::poll(pfds.data(), pfds.size(), timeout_ms);
-  port.DisarmNotify();
+  port.DisarmAllNotify();
 }
 
 // Receives frames from every queue (all sent) until `want` matches one, which is returned.
@@ -277,7 +277,7 @@ TEST_F(TapPortTest, CreatesTheConfiguredInterface) {
   EXPECT_EQ(ntohl(reinterpret_cast<sockaddr_in*>(&ifr.ifr_netmask)->sin_addr.s_addr), 0xffffff00u);
   ::close(sock);
   std::vector<NotifyFd> fds;
-  EXPECT_FALSE(port_->ArmNotify(&fds));
+  EXPECT_FALSE(port_->ArmAllNotify(&fds));
   ASSERT_EQ(fds.size(), 1u);
   EXPECT_EQ(fds[0].fd, port_->fd(0));
   EXPECT_FALSE(fds[0].eventfd);
@@ -360,7 +360,7 @@ TEST_F(TapPortTest, FramesNotSentAreReceivedAgain) {
     port_->RxDone(0, b, 0);
     std::vector<NotifyFd> fds;
     if (n > 0) {
-      EXPECT_TRUE(port_->ArmNotify(&fds));  // kept frames: do not sleep
+      EXPECT_TRUE(port_->ArmAllNotify(&fds));  // kept frames: do not sleep
     }
     WaitReadable(*port_, 100);
   }
@@ -386,7 +386,7 @@ TEST_F(TapPortTest, FramesNotSentAreReceivedAgain) {
   port_->RxDone(0, b, n);
   EXPECT_EQ(port_->Stats().rx_packets, rx_before + 1 + n);
   std::vector<NotifyFd> fds;
-  EXPECT_FALSE(port_->ArmNotify(&fds));
+  EXPECT_FALSE(port_->ArmAllNotify(&fds));
 }
 
 TEST_F(TapPortTest, TxErrorsAreCountedDrops) {
@@ -416,7 +416,7 @@ TEST_F(TapPortTest, InterfaceDeletedUnderThePort) {
   EXPECT_EQ(port_->State(), "down");
   EXPECT_FALSE(port_->Stats().connected);
   std::vector<NotifyFd> fds;
-  EXPECT_FALSE(port_->ArmNotify(&fds));
+  EXPECT_FALSE(port_->ArmAllNotify(&fds));
   EXPECT_TRUE(fds.empty());  // its fd would poll POLLERR forever
 }
 
@@ -432,7 +432,7 @@ TEST(TapPort, MultiQueue) {
   TapPort& port = **p;
   EXPECT_EQ(port.NumQueuePairs(), 2u);
   std::vector<NotifyFd> fds;
-  EXPECT_FALSE(port.ArmNotify(&fds));
+  EXPECT_FALSE(port.ArmAllNotify(&fds));
   ASSERT_EQ(fds.size(), 2u);
   EXPECT_NE(fds[0].fd, fds[1].fd);
   EXPECT_FALSE(fds[0].eventfd || fds[1].eventfd);

@@ -716,43 +716,51 @@ void VhostUserPort::SendRarp(uint32_t q) {
   }
 }
 
-bool VhostUserPort::ArmNotify(std::vector<NotifyFd>* fds) {
-  bool pending = false;
+bool VhostUserPort::ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) {
   // Releases to complete are work (CanSleep is false while holds are outstanding anyway).
-  for (uint32_t q = 0; q < opt_.queue_pairs; ++q) pending |= holds_[q]->release_pending();
-  for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
-    DeviceQueue& dq = session_.queue(i);
-    if (!dq.running) continue;
-    bool more = dq.packed ? dq.packed_ring.EnableKicks() : dq.split.EnableKicks();
-    // Free receive buffers are not work; a transmit chain is.
-    if (i % 2 == 1 && more) pending = true;
-    if (dq.kick_fd() >= 0) fds->push_back({dq.kick_fd(), true});
-  }
+  bool pending = holds_[q]->release_pending();
+  // The guest's transmitq is queue 2q+1: a chain there is work.
+  DeviceQueue& dq = session_.queue(2 * q + 1);
+  if (!dq.running) return pending;
+  pending |= dq.packed ? dq.packed_ring.EnableKicks() : dq.split.EnableKicks();
+  if (dq.kick_fd() >= 0) fds->push_back({dq.kick_fd(), true});
   return pending;
 }
 
-void VhostUserPort::DisarmNotify() {
-  for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
-    DeviceQueue& dq = session_.queue(i);
-    if (!dq.running) continue;
-    if (dq.packed) {
-      dq.packed_ring.DisableKicks();
-    } else {
-      dq.split.DisableKicks();
-    }
+void VhostUserPort::DisarmNotify(uint32_t q) {
+  DeviceQueue& dq = session_.queue(2 * q + 1);
+  if (!dq.running) return;
+  if (dq.packed) {
+    dq.packed_ring.DisableKicks();
+  } else {
+    dq.split.DisableKicks();
   }
 }
 
-bool VhostUserPort::CanSleep() const {
+bool VhostUserPort::ArmTxRoom(uint32_t q, std::vector<NotifyFd>* fds) {
+  // The guest's receiveq (2q): it kicks when it adds receive buffers, if asked to.
+  DeviceQueue& dq = session_.queue(2 * q);
+  if (!dq.running) return false;
+  const bool more = dq.packed ? dq.packed_ring.EnableKicks() : dq.split.EnableKicks();
+  if (dq.kick_fd() >= 0) fds->push_back({dq.kick_fd(), true});
+  return more;
+}
+
+void VhostUserPort::DisarmTxRoom(uint32_t q) {
+  DeviceQueue& dq = session_.queue(2 * q);
+  if (!dq.running) return;
+  if (dq.packed) {
+    dq.packed_ring.DisableKicks();
+  } else {
+    dq.split.DisableKicks();
+  }
+}
+
+bool VhostUserPort::CanSleep(uint32_t q) const {
   // A device's release wakes no one: while frames are held the worker polls for them.
-  for (uint32_t q = 0; q < opt_.queue_pairs; ++q) {
-    if (holds_[q]->outstanding() != 0) return false;
-  }
-  for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
-    const DeviceQueue& dq = const_cast<vhost::BackendSession&>(session_).queue(i);
-    if (dq.running && dq.kick_fd() < 0) return false;
-  }
-  return true;
+  if (holds_[q]->outstanding() != 0) return false;
+  const DeviceQueue& dq = const_cast<vhost::BackendSession&>(session_).queue(2 * q + 1);
+  return !dq.running || dq.kick_fd() >= 0;
 }
 
 uint64_t VhostUserPort::DropsFor(DropReason r) const {

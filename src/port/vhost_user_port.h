@@ -79,9 +79,11 @@ class VhostUserPort final : public Port {
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
   size_t TxRoom(uint32_t q) override;
-  bool ArmNotify(std::vector<NotifyFd>* fds) override;
-  void DisarmNotify() override;
-  bool CanSleep() const override;
+  bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
+  void DisarmNotify(uint32_t q) override;
+  bool CanSleep(uint32_t q) const override;
+  bool ArmTxRoom(uint32_t q, std::vector<NotifyFd>* fds) override;
+  void DisarmTxRoom(uint32_t q) override;
   PortStats Stats() const override;
   PortStats QueueStats(uint32_t q) const override {
     PortStats s;

@@ -162,21 +162,16 @@ size_t VirtioUserPort::Tx(uint32_t q, std::span<const PacketRef* const> in) {
   return k;
 }
 
-bool VirtioUserPort::ArmNotify(std::vector<NotifyFd>* fds) {
-  bool pending = false;
-  for (uint32_t q = 0; q < fe_->queue_pairs(); ++q) {
-    vhost::FrontendQueue& rq = fe_->rxq(q);
-    pending |= rq.packed ? rq.packed_ring.EnableCalls() : rq.split.EnableCalls();
-    fds->push_back({rq.call.fd(), true});
-  }
+bool VirtioUserPort::ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) {
+  vhost::FrontendQueue& rq = fe_->rxq(q);
+  const bool pending = rq.packed ? rq.packed_ring.EnableCalls() : rq.split.EnableCalls();
+  fds->push_back({rq.call.fd(), true});
   return pending;
 }
 
-void VirtioUserPort::DisarmNotify() {
-  for (uint32_t q = 0; q < fe_->queue_pairs(); ++q) {
-    vhost::FrontendQueue& rq = fe_->rxq(q);
-    rq.packed ? rq.packed_ring.DisableCalls() : rq.split.DisableCalls();
-  }
+void VirtioUserPort::DisarmNotify(uint32_t q) {
+  vhost::FrontendQueue& rq = fe_->rxq(q);
+  rq.packed ? rq.packed_ring.DisableCalls() : rq.split.DisableCalls();
 }
 
 PortStats VirtioUserPort::Stats() const {

@@ -226,9 +226,9 @@ TEST_F(HostilePvDriver, StartDuringABreakLeavesTheQueuesOff) {
   EXPECT_EQ(d.h()->status, NMX_PV_STATUS_BROKEN);
   EXPECT_EQ(port_->State(), "broken");
   std::vector<NotifyFd> fds;
-  EXPECT_FALSE(port_->ArmNotify(&fds))
+  EXPECT_FALSE(port_->ArmAllNotify(&fds))
       << "a broken device's queue reports work forever: the worker spins";
-  port_->DisarmNotify();
+  port_->DisarmAllNotify();
   Batch b;
   EXPECT_EQ(port_->Rx(0, b, kBurst), 0u);
 }
@@ -377,7 +377,7 @@ TEST_F(HostilePvDriver, OffloadLiesThroughTheSwitch) {
   post(f3k, v4 | tcp | tsoreq, 14, 20, 255, 1448);      // l4_len is only a hint
   post(fmax, v4 | tcp, 14, 20, 0, 0);                   // a 64 KiB datagram, checksum asked
   post(f3k, v4, 0, 0, 0, 0);                            // no request: lengths ignored
-  for (int i = 0; i < 4; ++i) sw.worker(0)->Poll();
+  for (int i = 0; i < 4; ++i) sw.worker(0)->ForwardAll();
   EXPECT_EQ(d.tx(0)->done, 14u);
   EXPECT_EQ(port_->DropsFor(DropReason::kBadOffload), 6u);
   EXPECT_EQ(sw.DropsFor(pv_id, DropReason::kBadOffload), 4u);
@@ -461,8 +461,8 @@ TEST_F(HostilePvDriver, TheRegionFileCannotBeResized) {
   EXPECT_EQ(port_->TxRoom(0), 0u);
   EXPECT_EQ(port_->Tx(0, {one, 1}), 0u);  // no buffer posted any more
   std::vector<NotifyFd> fds;
-  EXPECT_FALSE(port_->ArmNotify(&fds));
-  port_->DisarmNotify();
+  EXPECT_FALSE(port_->ArmAllNotify(&fds));
+  port_->DisarmAllNotify();
   EXPECT_EQ(d.Call(NMX_PV_MSG_GET_INFO).status, 0);
   EXPECT_EQ(port_->State(), "running");
 }

@@ -72,9 +72,9 @@ class PvPort final : public Port {
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
   size_t TxRoom(uint32_t q) override;
-  bool ArmNotify(std::vector<NotifyFd>* fds) override;
-  void DisarmNotify() override;
-  bool CanSleep() const override { return true; }
+  bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
+  void DisarmNotify(uint32_t q) override;
+  bool CanSleep(uint32_t) const override { return true; }
   PortStats Stats() const override;
   PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;
@@ -1467,27 +1467,21 @@ void PvPort::FillSteered(uint32_t ti, const Steer* s, size_t n) {
   }
 }
 
-bool PvPort::ArmNotify(std::vector<NotifyFd>* fds) {
-  bool work = false;
-  for (uint32_t i = 0; i < opt_.queues; ++i) {
-    Queue& q = *q_[i];
-    if (!q.drain_on.load(std::memory_order_acquire)) continue;
-    nmx_pv_ring* r = region_->tx_ring(i);
-    StoreRelease(&r->host_flags, NMX_PV_HOST_NEEDS_KICK);
-    virtio::FullFence();
-    // UNTRUSTED: only compared.
-    if (LoadAcquire(&r->posted) != q.drained) work = true;
-    fds->push_back({q.kick.fd(), true});
-  }
-  return work;
+bool PvPort::ArmNotify(uint32_t i, std::vector<NotifyFd>* fds) {
+  Queue& q = *q_[i];
+  if (!q.drain_on.load(std::memory_order_acquire)) return false;
+  nmx_pv_ring* r = region_->tx_ring(i);
+  StoreRelease(&r->host_flags, NMX_PV_HOST_NEEDS_KICK);
+  virtio::FullFence();
+  fds->push_back({q.kick.fd(), true});
+  // UNTRUSTED: only compared.
+  return LoadAcquire(&r->posted) != q.drained;
 }
 
-void PvPort::DisarmNotify() {
-  for (uint32_t i = 0; i < opt_.queues; ++i) {
-    Queue& q = *q_[i];
-    if (!q.drain_on.load(std::memory_order_acquire)) continue;
-    StoreRelease(&region_->tx_ring(i)->host_flags, 0u);
-  }
+void PvPort::DisarmNotify(uint32_t i) {
+  Queue& q = *q_[i];
+  if (!q.drain_on.load(std::memory_order_acquire)) return;
+  StoreRelease(&region_->tx_ring(i)->host_flags, 0u);
 }
 
 PortStats PvPort::Stats() const {

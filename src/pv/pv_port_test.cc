@@ -315,9 +315,9 @@ class TsoPort final : public Port {
   void RxDone(uint32_t, Batch&, size_t) override {}
   size_t Tx(uint32_t, std::span<const PacketRef* const> in) override { return in.size(); }
   size_t TxRoom(uint32_t) override { return kBurst; }
-  bool ArmNotify(std::vector<NotifyFd>*) override { return false; }
-  void DisarmNotify() override {}
-  bool CanSleep() const override { return true; }
+  bool ArmNotify(uint32_t, std::vector<NotifyFd>*) override { return false; }
+  void DisarmNotify(uint32_t) override {}
+  bool CanSleep(uint32_t) const override { return true; }
   PortStats Stats() const override { return {}; }
   uint64_t DropsFor(DropReason) const override { return 0; }
   std::string State() const override { return "link up, 25000 Mbit/s"; }

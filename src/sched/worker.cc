@@ -20,7 +20,9 @@ constexpr int kPollingQueueSleepMs = 1;
 }  // namespace
 
 Worker::Worker(std::string name, int cpu, uint32_t idle_poll_us)
-    : name_(std::move(name)), cpu_(cpu), idle_poll_ns_(uint64_t{idle_poll_us} * 1000) {
+    : name_(std::move(name)),
+      cpu_(cpu),
+      idle_poll_ns_(idle_poll_us == kBusyPoll ? kBusyPollNs : uint64_t{idle_poll_us} * 1000) {
   auto e = EventFd::Create();
   NICMUX_CHECK(e.has_value());
   wake_ = std::move(*e);
@@ -30,6 +32,7 @@ Worker::~Worker() { Stop(); }
 
 Result<void> Worker::Start() {
   NICMUX_CHECK(!started_);
+  NICMUX_CHECK(fwd_ != nullptr);
   thread_ = std::thread([this] { Loop(); });
   has_cpu_clock_.store(pthread_getcpuclockid(thread_.native_handle(), &cpu_clock_) == 0);
   if (cpu_ >= 0) {
@@ -95,34 +98,41 @@ void Worker::MaybePause() {
 }
 
 void Worker::Sleep() {
-  std::vector<NotifyFd> fds;
+  fds_.clear();
   bool pending = false;
   bool can_sleep = true;
-  for (Forwarder* f : forwarders_) {
-    can_sleep &= f->CanSleep();
-    pending |= f->ArmNotify(&fds);
+  for (const Polled& p : queues_) {
+    can_sleep &= p.src.port->CanSleep(p.src.q);
+    pending |= p.src.port->ArmNotify(p.src.q, &fds_);
   }
+  pending |= fwd_->ArmHeld(&fds_);
   if (!pending) {
-    std::vector<pollfd> pfds;
-    pfds.reserve(fds.size() + 1);
-    pfds.push_back({wake_.fd(), POLLIN, 0});
-    for (const NotifyFd& f : fds) pfds.push_back({f.fd, POLLIN, 0});
+    pfds_.clear();
+    pfds_.push_back({wake_.fd(), POLLIN, 0});
+    for (const NotifyFd& f : fds_) pfds_.push_back({f.fd, POLLIN, 0});
     sleeps_.fetch_add(1, std::memory_order_relaxed);
     const uint64_t t0 = MonotonicNowNs();
-    int n = ::poll(pfds.data(), pfds.size(), can_sleep ? kMaxSleepMs : kPollingQueueSleepMs);
+    // With no queue and no hold there is nothing to miss: sleep until woken.
+    const int timeout = fds_.empty() && queues_.empty() ? -1 : can_sleep ? kMaxSleepMs : kPollingQueueSleepMs;
+    int n = ::poll(pfds_.data(), pfds_.size(), timeout);
     sleep_ns_.fetch_add(MonotonicNowNs() - t0, std::memory_order_relaxed);
     if (n > 0) {
       // Drain the eventfds that woke us. Kick fds are the frontends': one could drain its own
       // between our poll() and our read(), or make it blocking, so the read must not block
       // whatever the fd's flags say (base/peer_io.h). Other fds (TAP) stay readable: their
       // data is the work.
-      for (size_t i = 0; i < pfds.size(); ++i) {
-        const bool is_eventfd = i == 0 || fds[i - 1].eventfd;
-        if (is_eventfd && (pfds[i].revents & POLLIN)) DrainPeerEventFd(pfds[i].fd);
+      bool kicked = false;
+      for (size_t i = 0; i < pfds_.size(); ++i) {
+        if (!(pfds_[i].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+        kicked |= i != 0;
+        const bool is_eventfd = i == 0 || fds_[i - 1].eventfd;
+        if (is_eventfd && (pfds_[i].revents & POLLIN)) DrainPeerEventFd(pfds_[i].fd);
       }
+      if (kicked) kick_wakeups_.fetch_add(1, std::memory_order_relaxed);
     }
   }
-  for (Forwarder* f : forwarders_) f->DisarmNotify();
+  for (const Polled& p : queues_) p.src.port->DisarmNotify(p.src.q);
+  fwd_->DisarmHeld();
 }
 
 void Worker::Loop() {
@@ -133,12 +143,21 @@ void Worker::Loop() {
   while (!stop_.load(std::memory_order_relaxed)) {
     MaybePause();
     uint64_t moved = 0;
-    for (Forwarder* f : forwarders_) moved += f->Poll().packets;
+    // One bounded burst per queue per round, in turn: a flooding queue cannot starve the
+    // others on this worker.
+    for (const Polled& p : queues_) {
+      const WorkDone d = fwd_->Forward(p.src.id, p.src.q);
+      if (d.packets != 0) {
+        p.packets->Add(d.packets);
+        moved += d.packets;
+      }
+    }
     if (moved) {
       packets_.fetch_add(moved, std::memory_order_relaxed);
       idle = 0;
       continue;
     }
+    if (idle_poll_ns_ == kBusyPollNs) continue;
     if (idle++ == 0) {
       if (idle_poll_ns_ != 0) {
         idle_since = MonotonicNowNs();

@@ -1,14 +1,19 @@
-// Worker: a thread that polls its forwarders. While there is traffic it busy-polls; after a
-// short idle spell (idle_poll_us) it arms the ports' notifications and sleeps in poll(2) on their kick fds
-// (so idle guests cost no CPU), waking on a kick, a pause request or a timeout (100 ms; 1 ms
-// while some running queue has no kick fd and must be polled). Kick fds are drained without
-// blocking whatever their owner did to them (base/peer_io.h).
+// Worker: a thread that polls the source queues the scheduler gives it (Scheduler,
+// sched/scheduler.h), one bounded burst per queue per round, round robin, through its
+// forwarding context. While there is traffic it busy-polls; after a short idle spell
+// (idle_poll_us, adapted: see Loop) it arms its own queues' notifications (and those of the
+// destinations it holds sources for) and sleeps in poll(2) on their fds, so idle guests cost
+// no CPU and a kick wakes only the worker that polls the queue; it wakes on a kick, a pause
+// request or a timeout (100 ms; 1 ms while one of its running queues has no kick fd and must be
+// polled). Kick fds are drained without blocking whatever their owner did to them
+// (base/peer_io.h).
 //
-// It is the Pausable of its ports: the control thread's Pause() returns once the worker sits
-// between bursts (no chain in flight, every used entry flushed); the worker waits until
-// Resume(). The hot loop checks one atomic flag per round and takes no lock.
+// It is Pausable: the control thread's Pause() returns once the worker sits between bursts (no
+// chain in flight, every used entry flushed); the worker waits until Resume(). The hot loop
+// checks one atomic flag per round and takes no lock.
 #pragma once
 
+#include <poll.h>
 #include <time.h>
 
 #include <atomic>
@@ -19,7 +24,9 @@
 #include <vector>
 
 #include "base/event_fd.h"
+#include "base/counter.h"
 #include "base/pausable.h"
+#include "base/result.h"
 #include "switch/forwarder.h"
 
 namespace nicmux {
@@ -30,14 +37,25 @@ class Worker final : public Pausable {
   // Longer: lower latency for sparse traffic (a sleeping worker pays a wake-up, ~40 us in a
   // VM), at the price of a busy CPU while packets come more often than this.
   static constexpr uint32_t kDefaultIdlePollUs = 100;
+  // idle_poll_us this large: the worker never sleeps (busy_poll).
+  static constexpr uint32_t kBusyPoll = UINT32_MAX;
 
   // cpu < 0: no pinning. idle_poll_us: see kDefaultIdlePollUs; 0 sleeps at the first empty
-  // round.
+  // round; kBusyPoll never sleeps.
   explicit Worker(std::string name, int cpu = -1, uint32_t idle_poll_us = kDefaultIdlePollUs);
   ~Worker() override;
 
-  // Forwarders are added before Start() or under Pause().
-  void Add(Forwarder* f) { forwarders_.push_back(f); }
+  // A queue the worker polls, with the counter its packets are added to (owned by the
+  // scheduler, read by the control thread for load accounting).
+  struct Polled {
+    SourceQueue src;
+    Counter* packets = nullptr;
+  };
+  // The forwarding context, before Start().
+  void SetForwarder(Forwarder* f) { fwd_ = f; }
+  // The queues it polls: before Start() or while this worker is paused (control thread).
+  void SetQueues(std::vector<Polled> qs) { queues_ = std::move(qs); }
+  const std::vector<Polled>& queues() const { return queues_; }  // control thread
   Result<void> Start();
   void Stop();
 
@@ -46,15 +64,20 @@ class Worker final : public Pausable {
 
   const std::string& name() const { return name_; }
   int cpu() const { return cpu_; }
+  bool busy_poll() const { return idle_poll_ns_ == kBusyPollNs; }
   // Counters for the control thread (metrics): packets moved, times it went to sleep (each
-  // ends in a wake-up), nanoseconds spent asleep in poll(2), and the thread's CPU time so far
-  // (CLOCK_THREAD_CPUTIME of the worker: busy polling counts as busy).
+  // ends in a wake-up), of those the wake-ups by a notification of its own queues (a kick, a
+  // readable fd; not a timeout or a pause), nanoseconds spent asleep in poll(2), and the
+  // thread's CPU time so far (CLOCK_THREAD_CPUTIME of the worker: busy polling counts as
+  // busy).
   uint64_t packets() const { return packets_.load(std::memory_order_relaxed); }
   uint64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
+  uint64_t kick_wakeups() const { return kick_wakeups_.load(std::memory_order_relaxed); }
   uint64_t sleep_ns() const { return sleep_ns_.load(std::memory_order_relaxed); }
   uint64_t cpu_ns() const;
 
  private:
+  static constexpr uint64_t kBusyPollNs = UINT64_MAX;
   void Loop();
   void MaybePause();
   void Sleep();
@@ -62,7 +85,10 @@ class Worker final : public Pausable {
   std::string name_;
   int cpu_;
   uint64_t idle_poll_ns_;
-  std::vector<Forwarder*> forwarders_;
+  Forwarder* fwd_ = nullptr;
+  std::vector<Polled> queues_;
+  std::vector<NotifyFd> fds_;    // Sleep's, kept to avoid an allocation per sleep
+  std::vector<pollfd> pfds_;
   std::thread thread_;
   EventFd wake_;
   std::atomic<bool> stop_{false};
@@ -76,26 +102,10 @@ class Worker final : public Pausable {
 
   std::atomic<uint64_t> packets_{0};
   std::atomic<uint64_t> sleeps_{0};
+  std::atomic<uint64_t> kick_wakeups_{0};
   std::atomic<uint64_t> sleep_ns_{0};
   clockid_t cpu_clock_{};
   std::atomic<bool> has_cpu_clock_{false};
-};
-
-// All workers of the daemon as one Pausable: a port that any worker may send to (every port, in
-// switch mode) pauses them all around a queue change. Pause order is fixed and Resume reverses
-// it, so two control-plane callers cannot deadlock (there is one control thread anyway).
-class WorkerGroup final : public Pausable {
- public:
-  void Add(Worker* w) { workers_.push_back(w); }
-  void Pause() override {
-    for (Worker* w : workers_) w->Pause();
-  }
-  void Resume() override {
-    for (auto it = workers_.rbegin(); it != workers_.rend(); ++it) (*it)->Resume();
-  }
-
- private:
-  std::vector<Worker*> workers_;
 };
 
 }  // namespace nicmux

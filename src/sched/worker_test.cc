@@ -5,6 +5,8 @@
 // a generous bound: the machine may be busy.
 #include "sched/worker.h"
 
+#include "sched/test_fakes.h"
+
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -20,32 +22,15 @@ namespace {
 
 using namespace std::chrono_literals;
 
-class FakeForwarder final : public Forwarder {
- public:
-  WorkDone Poll() override {
-    in_poll.store(true);
-    polls.fetch_add(1);
-    WorkDone w;
-    if (pending.load() > 0) {
-      pending.fetch_sub(1);
-      w.packets = 1;
-    }
-    in_poll.store(false);
-    return w;
+// A worker polling one fake queue.
+struct OneQueue {
+  FakeForwarder f;
+  FakePort port;
+  Counter packets;
+  void Give(Worker& w) {
+    w.SetForwarder(&f);
+    w.SetQueues({{SourceQueue{&port, 0, 0}, &packets}});
   }
-  bool ArmNotify(std::vector<NotifyFd>* fds) override {
-    arms.fetch_add(1);
-    if (kick_fd >= 0) fds->push_back({kick_fd, true});
-    return false;
-  }
-  void DisarmNotify() override {}
-  bool CanSleep() const override { return can_sleep; }
-
-  std::atomic<bool> in_poll{false};
-  std::atomic<uint64_t> polls{0}, arms{0};
-  std::atomic<int> pending{0};
-  int kick_fd = -1;
-  bool can_sleep = true;
 };
 
 template <typename F>
@@ -59,10 +44,11 @@ bool WaitFor(F done, std::chrono::milliseconds limit = 20s) {
 }
 
 TEST(Worker, PauseReturnsBetweenPollsAndNothingIsPolledUntilResume) {
-  FakeForwarder f;
+  OneQueue one;
+  FakeForwarder& f = one.f;
   f.pending.store(1 << 30);  // always busy: the worker never sleeps
   Worker w("w", -1, 100);
-  w.Add(&f);
+  one.Give(w);
   ASSERT_TRUE(w.Start());
   ASSERT_TRUE(WaitFor([&] { return f.polls.load() > 1000; }));
   for (int i = 0; i < 50; ++i) {
@@ -90,10 +76,11 @@ TEST(Worker, PauseReturnsBetweenPollsAndNothingIsPolledUntilResume) {
 // so a frontend sending pausing requests back to back kept every worker paused. Now every
 // pause/resume cycle lets the worker run at least one round.
 TEST(Worker, BackToBackPausesLetTheWorkerRunARoundEachTime) {
-  FakeForwarder f;
+  OneQueue one;
+  FakeForwarder& f = one.f;
   f.pending.store(1 << 30);  // busy: a round is a Poll
   Worker w("w", -1, 100);
-  w.Add(&f);
+  one.Give(w);
   ASSERT_TRUE(w.Start());
   ASSERT_TRUE(WaitFor([&] { return f.polls.load() > 0; }));
   constexpr uint64_t kCycles = 2000;
@@ -109,40 +96,44 @@ TEST(Worker, BackToBackPausesLetTheWorkerRunARoundEachTime) {
 }
 
 TEST(Worker, IdleWorkerSleepsOnTheKickFdAndAKickWakesIt) {
-  FakeForwarder f;
-  f.kick_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  ASSERT_GE(f.kick_fd, 0);
+  OneQueue one;
+  FakeForwarder& f = one.f;
+  FakePort& p = one.port;
+  p.kick_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  ASSERT_GE(p.kick_fd, 0);
   Worker w("w", -1, 0);  // sleep at the first empty round
-  w.Add(&f);
+  one.Give(w);
   ASSERT_TRUE(w.Start());
   ASSERT_TRUE(WaitFor([&] { return w.sleeps() >= 1; }));
   for (int i = 0; i < 20; ++i) {
     // Asleep: no polls for a while (the longest sleep is 100 ms; a kick-less wake is rare).
     const uint64_t sleeps = w.sleeps();
     f.pending.store(1);
-    const uint64_t one = 1;
-    ASSERT_EQ(::write(f.kick_fd, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+    const uint64_t one_kick = 1;
+    ASSERT_EQ(::write(p.kick_fd, &one_kick, sizeof one_kick), static_cast<ssize_t>(sizeof one_kick));
     ASSERT_TRUE(WaitFor([&] { return f.pending.load() == 0; })) << "the kick did not wake the worker";
     // The kick is drained (else poll() would return at once and the worker would spin), and
     // the worker goes back to sleep.
     ASSERT_TRUE(WaitFor([&] {
-      pollfd p{f.kick_fd, POLLIN, 0};
-      return ::poll(&p, 1, 0) == 0;
+      pollfd pf{p.kick_fd, POLLIN, 0};
+      return ::poll(&pf, 1, 0) == 0;
     })) << "kick left pending";
     ASSERT_TRUE(WaitFor([&] { return w.sleeps() > sleeps; }));
   }
+  EXPECT_GE(w.kick_wakeups(), 20u);
   w.Stop();
-  ::close(f.kick_fd);
+  ::close(p.kick_fd);
 }
 
 TEST(Worker, AQueueWithoutKickFdDoesNotKeepTheWorkerAwake) {
   // A frontend asked for polling (SET_VRING_KICK with no fd): the port cannot sleep on it.
   // Before, the worker then never slept (100 % CPU, every port on it included); now it sleeps
   // 1 ms at a time and polls in between.
-  FakeForwarder f;
-  f.can_sleep = false;
+  OneQueue one;
+  FakeForwarder& f = one.f;
+  one.port.can_sleep = false;
   Worker w("w", -1, 0);
-  w.Add(&f);
+  one.Give(w);
   ASSERT_TRUE(w.Start());
   ASSERT_TRUE(WaitFor([&] { return w.sleeps() >= 50; })) << "the worker does not sleep";
   // Every wake polls a round and sleeps again: polls stay in step with sleeps.

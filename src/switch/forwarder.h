@@ -1,6 +1,10 @@
-// Forwarder: one unit of forwarding work a worker polls — a cross-connect today, the L2
-// switch later. Poll() moves at most a burst per queue and says how much it moved; the idle
-// calls let the worker sleep on the ports' notifications when there is nothing to do.
+// Forwarder: one worker's forwarding context — the L2 switch's (SwitchWorker) or the
+// cross-connects' (XconnectWorker). The scheduler (src/sched/) decides which source queues a
+// worker polls and calls Forward for each of them; the forwarder knows nothing about workers:
+// it moves one bounded burst from the queue it is given and says how much it moved.
+//
+// A source queue is (port id, queue pair) in the forwarder's own port table (L2Switch ids,
+// Xconnect ids); its Port* comes with it for the scheduler's per-queue notifications.
 #pragma once
 
 #include <cstdint>
@@ -15,13 +19,24 @@ struct WorkDone {
   uint64_t bytes = 0;
 };
 
+// A queue the scheduler hands to a worker.
+struct SourceQueue {
+  Port* port = nullptr;
+  uint16_t id = 0;  // the port's id in the forwarder's table
+  uint16_t q = 0;   // queue pair
+  bool operator==(const SourceQueue&) const = default;
+};
+
 class Forwarder {
  public:
   virtual ~Forwarder() = default;
-  virtual WorkDone Poll() = 0;
-  virtual bool ArmNotify(std::vector<NotifyFd>* fds) = 0;
-  virtual void DisarmNotify() = 0;
-  virtual bool CanSleep() const = 0;
+  // At most one burst (kBurst) from source queue q of port id. The caller owns the queue
+  // (one worker at a time).
+  virtual WorkDone Forward(uint16_t id, uint32_t q) = 0;
+  // Before the worker sleeps: arms what tells it that a destination it holds sources for has
+  // room again (Port::ArmTxRoom); true when one has room already. After waking, DisarmHeld.
+  virtual bool ArmHeld(std::vector<NotifyFd>* fds) { return false; }
+  virtual void DisarmHeld() {}
 };
 
 }  // namespace nicmux

@@ -136,7 +136,7 @@ L2Switch::L2Switch(const SwitchOptions& o)
     : clock_ns_(o.clock_ns), macs_(o.mac_table_size, o.mac_aging_s), start_ns_(NowNs()) {
   static_assert(SwitchWorker::Hold{}.credit_ns == kMaxStallNs, "a destination starts with a whole hold credit");
   NICMUX_CHECK(o.workers >= 1 && o.workers <= 64);
-  for (uint32_t i = 0; i < o.workers; ++i) workers_.push_back(std::make_unique<SwitchWorker>(this, i));
+  for (uint32_t i = 0; i < o.workers; ++i) workers_.push_back(std::make_unique<SwitchWorker>(this, o.workers > 1));
 }
 
 L2Switch::~L2Switch() = default;
@@ -240,8 +240,8 @@ uint32_t L2Switch::MacsOf(uint16_t id) {
 
 // --------------------------------------------------------------------------- SwitchWorker
 
-SwitchWorker::SwitchWorker(L2Switch* sw, uint32_t index)
-    : sw_(sw), index_(index), counters_(std::make_unique<std::array<PortCounters, 256>>()) {}
+SwitchWorker::SwitchWorker(L2Switch* sw, bool shared)
+    : sw_(sw), shared_(shared), counters_(std::make_unique<std::array<PortCounters, 256>>()) {}
 
 // Hold credit (the header's "Backpressure"): spent while holding, refilled at
 // 1/kHoldRefillDiv of the time otherwise, at most kMaxStallNs.
@@ -279,41 +279,65 @@ void SwitchWorker::Settle(Hold& h, uint64_t now_ns) const {
   h.at_ns = now_ns;
 }
 
-WorkDone SwitchWorker::Poll() {
+WorkDone SwitchWorker::ForwardAll() {
   WorkDone w;
-  const uint32_t nw = sw_->num_workers();
   for (uint16_t id = 0; id < sw_->num_ids_; ++id) {
     Port* p = sw_->ports_[id].port;
     if (p == nullptr) continue;
-    const uint32_t nq = p->NumQueuePairs();
-    for (uint32_t q = 0; q < nq; ++q) {
-      if ((id + q) % nw == index_) Forward(id, q, &w);
+    for (uint32_t q = 0; q < p->NumQueuePairs(); ++q) {
+      const WorkDone d = Forward(id, q);
+      w.packets += d.packets;
+      w.bytes += d.bytes;
     }
   }
   return w;
 }
 
-bool SwitchWorker::ArmNotify(std::vector<NotifyFd>* fds) {
-  // Every port: a worker may sleep on kicks of queues it does not poll, which only costs a
-  // spurious wake-up; it must not miss its own.
-  bool pending = false;
-  for (uint16_t id = 0; id < sw_->num_ids_; ++id) {
-    if (Port* p = sw_->ports_[id].port) pending |= p->ArmNotify(fds);
-  }
-  return pending;
+size_t SwitchWorker::RoomOf(Port* dp, uint32_t dq) {
+  if (!shared_) return dp->TxRoom(dq);
+  std::lock_guard lock(dp->tx_lock(dq));
+  return dp->tx_closed() ? 0 : dp->TxRoom(dq);
 }
 
-void SwitchWorker::DisarmNotify() {
-  for (uint16_t id = 0; id < sw_->num_ids_; ++id) {
-    if (Port* p = sw_->ports_[id].port) p->DisarmNotify();
-  }
+size_t SwitchWorker::SendTo(Port* dp, uint32_t dq, std::span<const PacketRef* const> out) {
+  if (!shared_) return dp->Tx(dq, out);
+  std::lock_guard lock(dp->tx_lock(dq));
+  // Closed: the port changes its queues (its own Pausable); nothing is taken.
+  return dp->tx_closed() ? 0 : dp->Tx(dq, out);
 }
 
-bool SwitchWorker::CanSleep() const {
-  for (uint16_t id = 0; id < sw_->num_ids_; ++id) {
-    if (Port* p = sw_->ports_[id].port; p && !p->CanSleep()) return false;
+bool SwitchWorker::ArmHeld(std::vector<NotifyFd>* fds) {
+  // The destinations this worker holds sources for: a guest that adds receive buffers wakes
+  // the worker that waits for them (its own queues' kicks are armed by the worker).
+  bool room = false;
+  armed_.clear();
+  for (uint16_t d = 0; d < sw_->num_ids_; ++d) {
+    Port* dp = sw_->ports_[d].port;
+    if (dp == nullptr || !hold_[d].holding) continue;
+    for (uint32_t dq = 0; dq < dp->NumQueuePairs(); ++dq) {
+      if (shared_) {
+        std::lock_guard lock(dp->tx_lock(dq));
+        if (dp->tx_closed()) continue;
+        room |= dp->ArmTxRoom(dq, fds);
+      } else {
+        room |= dp->ArmTxRoom(dq, fds);
+      }
+      armed_.push_back({dp, d, static_cast<uint16_t>(dq)});
+    }
   }
-  return true;
+  return room;
+}
+
+void SwitchWorker::DisarmHeld() {
+  for (const SourceQueue& a : armed_) {
+    if (shared_) {
+      std::lock_guard lock(a.port->tx_lock(a.q));
+      if (!a.port->tx_closed()) a.port->DisarmTxRoom(a.q);
+    } else {
+      a.port->DisarmTxRoom(a.q);
+    }
+  }
+  armed_.clear();
 }
 
 // Pass 1 for one packet: its VLAN (the head normalized to untagged), source learned, and a
@@ -483,7 +507,6 @@ size_t SwitchWorker::SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp,
   const bool sum_here = !dp->Caps().Accepts(seg_out_[0].offload);
   const PacketRef* out[kBurst];
   size_t sent = 0;
-  const bool shared = sw_->num_workers() > 1;
   for (uint32_t at = 0; at < n;) {
     const uint32_t m = std::min<uint32_t>(kBurst, n - at);
     for (uint32_t k = 0; k < m; ++k) {
@@ -491,13 +514,7 @@ size_t SwitchWorker::SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp,
       if (tag) TagInPlace(seg_out_[at + k], vid);
       out[k] = &seg_out_[at + k];
     }
-    size_t took;
-    if (shared) {
-      std::lock_guard lock(dp->tx_lock(dq));
-      took = dp->Tx(dq, {out, m});
-    } else {
-      took = dp->Tx(dq, {out, m});
-    }
+    const size_t took = SendTo(dp, dq, {out, m});
     if (capture) {
       for (size_t k = 0; k < took; ++k) capture->Add(*out[k], true);
     }
@@ -549,7 +566,7 @@ uint32_t SwitchWorker::Cut(uint32_t q, uint32_t n) {
   for (uint32_t k = 0; k < plan.num_ids; ++k) {
     const uint16_t d = plan.ids[k];
     Port* dp = sw_->ports_[d].port;
-    const size_t room = dp->TxRoom(q % dp->NumQueuePairs());
+    const size_t room = RoomOf(dp, q % dp->NumQueuePairs());
     may_hold[k] = false;
     if (room >= plan.count[d]) {
       must = std::max<uint32_t>(must, plan.group[d][plan.count[d] - 1] + 1u);
@@ -602,7 +619,8 @@ void SwitchWorker::CountDecided(PortCounters& cnt, uint32_t cut) {
   }
 }
 
-void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
+WorkDone SwitchWorker::Forward(uint16_t src, uint32_t q) {
+  WorkDone w;
   Port* sp = sw_->ports_[src].port;
   batch_.Clear();
   // Read before the burst: a frame of a peer that went away must not be learned as the new one's.
@@ -610,7 +628,7 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
   const size_t n = sp->Rx(q, batch_, kBurst);
   if (n == 0) {
     sp->RxDone(q, batch_, 0);
-    return;
+    return w;
   }
   auto& cnt = (*counters_)[src];
   if (Capture* c = sw_->capture_[src].load(std::memory_order_acquire)) {
@@ -656,7 +674,6 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     FillGroups(src, n, nids);
   }
 
-  const uint32_t nw = sw_->num_workers();
   const uint32_t cut = Cut(q, static_cast<uint32_t>(n));
   CountDecided(cnt, cut);
 
@@ -674,13 +691,7 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
     const PortCaps caps = dp->Caps();
     auto flush = [&] {
       if (m == 0) return;
-      size_t sent;
-      if (nw > 1) {
-        std::lock_guard lock(dp->tx_lock(dq));
-        sent = dp->Tx(dq, {out, m});
-      } else {
-        sent = dp->Tx(dq, {out, m});
-      }
+      const size_t sent = SendTo(dp, dq, {out, m});
       if (sent < m) cnt.drops.Add(DropReason::kQueueFull, m - sent);
       if (capture) {
         for (size_t k = 0; k < sent; ++k) capture->Add(*out[k], true);
@@ -714,9 +725,10 @@ void SwitchWorker::Forward(uint16_t src, uint32_t q, WorkDone* w) {
 
   uint64_t bytes = 0;
   for (uint32_t i = 0; i < cut; ++i) bytes += batch_[i].len;
-  w->packets += cut;
-  w->bytes += bytes;
+  w.packets = cut;
+  w.bytes = bytes;
   sp->RxDone(q, batch_, cut);
+  return w;
 }
 
 }  // namespace nicmux

@@ -28,7 +28,7 @@
 // does not fit is dropped. A trickle refill earns little, so a dribbling guest cannot delay
 // anyone for more than 50 ms at a time, and for 50 ms per 256 packets it takes.
 //
-// Threads: workers each poll their share of source queues (port id + queue) % workers; a packet
+// Threads: workers each poll the source queues the scheduler gives them (src/sched/); a packet
 // from source queue q goes to destination queue q % (its queues), so a guest's flows spread over
 // its receive queues as the sender spread them. With more than one worker a destination queue
 // may be reached by several, and is sent to under its TxLock (uncontended: ~20 ns a batch).
@@ -138,14 +138,18 @@ struct ForwardPlan {
   }
 };
 
-// One worker's view of the switch: a Forwarder over the source queues assigned to it.
+// One worker's forwarding context in the switch (its batch, plan, hold accounts and
+// counters): a Forwarder for whatever source queues the scheduler gives that worker.
 class SwitchWorker final : public Forwarder {
  public:
-  SwitchWorker(L2Switch* sw, uint32_t index);
-  WorkDone Poll() override;
-  bool ArmNotify(std::vector<NotifyFd>* fds) override;
-  void DisarmNotify() override;
-  bool CanSleep() const override;
+  // shared: the switch has more than one worker.
+  SwitchWorker(L2Switch* sw, bool shared);
+  WorkDone Forward(uint16_t id, uint32_t q) override;
+  bool ArmHeld(std::vector<NotifyFd>* fds) override;
+  void DisarmHeld() override;
+  // One burst from every source queue of every port, in order (tests, fuzz targets: one
+  // thread that polls everything).
+  WorkDone ForwardAll();
 
  private:
   friend class L2Switch;
@@ -158,7 +162,10 @@ class SwitchWorker final : public Forwarder {
     uint16_t epoch = 0;  // the source port's link generation (low bits) for MacTable::Learn
   };
   struct PortCounters;
-  void Forward(uint16_t src, uint32_t q, WorkDone* w);
+  // A destination queue's TxRoom / Tx, under its TxLock when the switch has more than one
+  // worker; a port closed for a change (Port::tx_closed) has no room and takes nothing.
+  size_t RoomOf(Port* dp, uint32_t dq);
+  size_t SendTo(Port* dp, uint32_t dq, std::span<const PacketRef* const> out);
   void FillGroups(uint16_t src, uint32_t n, uint16_t nids);
   bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, DropReason* why, bool* unlearned,
                 uint32_t now_s, BatchMemo& memo, L4Layout* l4);
@@ -170,8 +177,9 @@ class SwitchWorker final : public Forwarder {
                        Capture* capture);
 
   L2Switch* sw_;
-  uint32_t index_;
+  bool shared_;  // more than one worker: destination queues are sent to under their TxLock
   Batch batch_;
+  std::vector<SourceQueue> armed_;  // destination queues ArmHeld armed
   ForwardPlan plan_;
   // Head copies with the VLAN tag put back, made on first use per batch.
   PacketRef tagged_[kBurst];

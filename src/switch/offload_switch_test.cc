@@ -26,7 +26,7 @@ struct Net {
     }
   }
   void Run() {
-    for (int r = 0; r < 4; ++r) sw.worker(0)->Poll();
+    for (int r = 0; r < 4; ++r) sw.worker(0)->ForwardAll();
   }
   MemPort& port(int i) { return *ports[i]; }
   L2Switch sw;
@@ -225,12 +225,13 @@ TEST(XconnectOffload, ChecksSegmentsAndPassesThrough) {
   for (bool tso : {false, true}) {
     MemPort a("a"), b("b");
     if (tso) b.set_caps(kTsoCaps);
-    Xconnect x(&a, &b);
+    Xconnect x(1);
+    x.AddPair(&a, &b);
     a.Inject(MakeTcpUdpFrame(small));
     a.Inject(f, bad);
     a.Inject(f, Tso(fs, 1448));
     a.Inject(MakeTcpUdpFrame(small));
-    for (int r = 0; r < 4; ++r) x.Poll();
+    for (int r = 0; r < 4; ++r) x.worker(0)->ForwardAll();
     EXPECT_EQ(a.pending(), 0u) << "every frame settled";
     const size_t segs = tso ? 1 : (fs.payload + 1447) / 1448;
     ASSERT_EQ(b.sent().size(), 2 + segs) << "the bad record dropped, the TSO frame " << (tso ? "whole" : "cut");

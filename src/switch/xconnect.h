@@ -6,6 +6,9 @@
 #pragma once
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <span>
 #include <vector>
 
 #include "base/log.h"
@@ -15,32 +18,65 @@
 
 namespace nicmux {
 
-class Xconnect final : public Forwarder {
- public:
-  Xconnect(Port* a, Port* b) : a_(a), b_(b) {}
+class Xconnect;
 
-  WorkDone Poll() override {
-    WorkDone w;
-    const uint32_t qa = a_->NumQueuePairs(), qb = b_->NumQueuePairs();
-    for (uint32_t q = 0; q < qa; ++q) Move(a_, q, b_, q % qb, &w);
-    for (uint32_t q = 0; q < qb; ++q) Move(b_, q, a_, q % qa, &w);
-    return w;
+// One worker's context for the cross-connects: a Forwarder over the source queues the
+// scheduler gives it.
+class XconnectWorker final : public Forwarder {
+ public:
+  // shared: more than one worker (a destination queue is sent to under its TxLock).
+  XconnectWorker(const Xconnect* x, bool shared) : x_(x), shared_(shared) {}
+  WorkDone Forward(uint16_t id, uint32_t q) override;
+  // One burst from every source queue (tests: one thread polls everything).
+  WorkDone ForwardAll();
+  // The destination queues that had no room since the last sleep: their guests' buffer
+  // refills wake this worker.
+  bool ArmHeld(std::vector<NotifyFd>* fds) override {
+    bool room = false;
+    for (const SourceQueue& b : blocked_) {
+      if (shared_) {
+        std::lock_guard lock(b.port->tx_lock(b.q));
+        if (b.port->tx_closed()) continue;
+        room |= b.port->ArmTxRoom(b.q, fds);
+      } else {
+        room |= b.port->ArmTxRoom(b.q, fds);
+      }
+      armed_.push_back(b);
+    }
+    blocked_.clear();
+    return room;
   }
-  bool ArmNotify(std::vector<NotifyFd>* fds) override {
-    bool pending = a_->ArmNotify(fds);
-    pending |= b_->ArmNotify(fds);
-    return pending;
+  void DisarmHeld() override {
+    for (const SourceQueue& a : armed_) {
+      if (shared_) {
+        std::lock_guard lock(a.port->tx_lock(a.q));
+        if (!a.port->tx_closed()) a.port->DisarmTxRoom(a.q);
+      } else {
+        a.port->DisarmTxRoom(a.q);
+      }
+    }
+    armed_.clear();
   }
-  void DisarmNotify() override {
-    a_->DisarmNotify();
-    b_->DisarmNotify();
-  }
-  bool CanSleep() const override { return a_->CanSleep() && b_->CanSleep(); }
 
  private:
+  size_t RoomOf(Port* dst, uint32_t dq) {
+    if (!shared_) return dst->TxRoom(dq);
+    std::lock_guard lock(dst->tx_lock(dq));
+    return dst->tx_closed() ? 0 : dst->TxRoom(dq);
+  }
+  size_t SendTo(Port* dst, uint32_t dq, std::span<const PacketRef* const> out) {
+    if (!shared_) return dst->Tx(dq, out);
+    std::lock_guard lock(dst->tx_lock(dq));
+    return dst->tx_closed() ? 0 : dst->Tx(dq, out);
+  }
+
   void Move(Port* src, uint32_t sq, Port* dst, uint32_t dq, WorkDone* w) {
-    const size_t room = dst->TxRoom(dq);
-    if (room == 0) return;
+    const size_t room = RoomOf(dst, dq);
+    if (room == 0) {
+      const SourceQueue b{dst, 0, static_cast<uint16_t>(dq)};
+      if (std::find(blocked_.begin(), blocked_.end(), b) == blocked_.end()) blocked_.push_back(b);
+      return;
+    }
     batch_.Clear();
     if (src->Rx(sq, batch_, room) == 0) {
       src->RxDone(sq, batch_, 0);
@@ -53,7 +89,7 @@ class Xconnect final : public Forwarder {
     if (plain) {
       const PacketRef* ptrs[kBurst];
       for (uint32_t k = 0; k < n; ++k) ptrs[k] = &batch_[k];
-      sent = dst->Tx(dq, {ptrs, n});
+      sent = SendTo(dst, dq, {ptrs, n});
     } else {
       sent = MoveWithOffloads(src, dst, dq);
     }
@@ -78,7 +114,7 @@ class Xconnect final : public Forwarder {
     constexpr uint32_t kAll = ~0u;
     auto flush = [&]() -> uint32_t {
       if (m == 0) return kAll;
-      const size_t took = dst->Tx(dq, {ptrs, m});
+      const size_t took = SendTo(dst, dq, {ptrs, m});
       const uint32_t r = took < m ? idx[took] : kAll;
       m = 0;
       return r;
@@ -107,7 +143,7 @@ class Xconnect final : public Forwarder {
                 if (sum_here) CompleteChecksum(seg_out_[at + j]);
                 segs[j] = &seg_out_[at + j];
               }
-              const size_t took = dst->Tx(dq, {segs, c});
+              const size_t took = SendTo(dst, dq, {segs, c});
               at += static_cast<uint32_t>(took);
               if (took < c) break;
             }
@@ -123,11 +159,54 @@ class Xconnect final : public Forwarder {
     return n;
   }
 
-  Port* a_;
-  Port* b_;
+  const Xconnect* x_;
+  bool shared_;
+  std::vector<SourceQueue> blocked_, armed_;
   Batch batch_;
   Segmenter segmenter_;
   std::vector<PacketRef> seg_out_;  // kMaxGsoSegments, made at the first GSO frame to cut
 };
+
+// The cross-connects' table: pairs of ports, ids 2k and 2k+1 for pair k, fixed at start.
+class Xconnect {
+ public:
+  explicit Xconnect(uint32_t workers) {
+    for (uint32_t i = 0; i < workers; ++i) workers_.push_back(std::make_unique<XconnectWorker>(this, workers > 1));
+  }
+  // Before any worker runs. Returns a's id (b's is one more).
+  uint16_t AddPair(Port* a, Port* b) {
+    ports_.push_back(a);
+    ports_.push_back(b);
+    return static_cast<uint16_t>(ports_.size() - 2);
+  }
+  uint16_t num_ids() const { return static_cast<uint16_t>(ports_.size()); }
+  Port* port(uint16_t id) const { return ports_[id]; }
+  Port* peer(uint16_t id) const { return ports_[id ^ 1u]; }
+  XconnectWorker* worker(uint32_t i) { return workers_[i].get(); }
+
+ private:
+  std::vector<Port*> ports_;
+  std::vector<std::unique_ptr<XconnectWorker>> workers_;
+};
+
+inline WorkDone XconnectWorker::Forward(uint16_t id, uint32_t q) {
+  WorkDone w;
+  Port* src = x_->port(id);
+  Port* dst = x_->peer(id);
+  Move(src, q, dst, q % dst->NumQueuePairs(), &w);
+  return w;
+}
+
+inline WorkDone XconnectWorker::ForwardAll() {
+  WorkDone w;
+  for (uint16_t id = 0; id < x_->num_ids(); ++id) {
+    for (uint32_t q = 0; q < x_->port(id)->NumQueuePairs(); ++q) {
+      const WorkDone d = Forward(id, q);
+      w.packets += d.packets;
+      w.bytes += d.bytes;
+    }
+  }
+  return w;
+}
 
 }  // namespace nicmux

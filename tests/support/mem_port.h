@@ -103,9 +103,9 @@ class MemPort final : public Port {
     return k;
   }
   size_t TxRoom(uint32_t) override { return std::min<size_t>(room_, kBurst); }
-  bool ArmNotify(std::vector<NotifyFd>*) override { return !in_.empty(); }
-  void DisarmNotify() override {}
-  bool CanSleep() const override { return true; }
+  bool ArmNotify(uint32_t, std::vector<NotifyFd>*) override { return !in_.empty(); }
+  void DisarmNotify(uint32_t) override {}
+  bool CanSleep(uint32_t) const override { return true; }
   PortStats Stats() const override {
     PortStats s;
     s.rx_packets = rx_packets_;

@@ -1,0 +1,86 @@
+#include "sched/queue_assignment.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace nicmux {
+
+void QueueAssignment::PlaceNew(std::vector<QueueLoad>& qs, uint32_t workers) {
+  std::vector<uint32_t> count(workers, 0);
+  std::vector<uint64_t> load(workers, 0);
+  for (const QueueLoad& q : qs) {
+    if (q.worker >= 0 && static_cast<uint32_t>(q.worker) < workers) {
+      ++count[q.worker];
+      load[q.worker] += q.load;
+    }
+  }
+  for (QueueLoad& q : qs) {
+    if (q.worker >= 0 && static_cast<uint32_t>(q.worker) < workers) continue;
+    uint32_t best = 0;
+    if (q.pin >= 0 && static_cast<uint32_t>(q.pin) < workers) {
+      best = static_cast<uint32_t>(q.pin);
+    } else {
+      for (uint32_t w = 1; w < workers; ++w) {
+        if (count[w] < count[best] || (count[w] == count[best] && load[w] < load[best])) best = w;
+      }
+    }
+    q.worker = static_cast<int>(best);
+    ++count[best];
+    load[best] += q.load;
+  }
+}
+
+std::vector<int> QueueAssignment::Balanced(const std::vector<QueueLoad>& qs, uint32_t workers) {
+  std::vector<int> out(qs.size(), 0);
+  std::vector<uint64_t> load(workers, 0);
+  std::vector<uint32_t> count(workers, 0);
+  std::vector<size_t> free;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    if (qs[i].pin >= 0 && static_cast<uint32_t>(qs[i].pin) < workers) {
+      out[i] = qs[i].pin;
+      load[qs[i].pin] += qs[i].load;
+      ++count[qs[i].pin];
+    } else {
+      free.push_back(i);
+    }
+  }
+  // Heaviest first; equal loads keep their order (stable), so idle queues spread evenly.
+  std::stable_sort(free.begin(), free.end(), [&](size_t a, size_t b) { return qs[a].load > qs[b].load; });
+  for (size_t i : free) {
+    uint32_t best = 0;
+    for (uint32_t w = 1; w < workers; ++w) {
+      if (load[w] < load[best] || (load[w] == load[best] && count[w] < count[best])) best = w;
+    }
+    // Where loads tie, a queue stays where it is (no move for nothing).
+    if (qs[i].worker >= 0 && static_cast<uint32_t>(qs[i].worker) < workers && load[qs[i].worker] == load[best] &&
+        count[qs[i].worker] <= count[best]) {
+      best = static_cast<uint32_t>(qs[i].worker);
+    }
+    out[i] = static_cast<int>(best);
+    load[best] += qs[i].load;
+    ++count[best];
+  }
+  return out;
+}
+
+std::vector<uint64_t> QueueAssignment::WorkerLoads(const std::vector<QueueLoad>& qs, const std::vector<int>& placement,
+                                                   uint32_t workers) {
+  std::vector<uint64_t> load(workers, 0);
+  for (size_t i = 0; i < qs.size(); ++i) {
+    if (placement[i] >= 0 && static_cast<uint32_t>(placement[i]) < workers) load[placement[i]] += qs[i].load;
+  }
+  return load;
+}
+
+std::vector<int> QueueAssignment::Current(const std::vector<QueueLoad>& qs) {
+  std::vector<int> out;
+  out.reserve(qs.size());
+  for (const QueueLoad& q : qs) out.push_back(q.worker);
+  return out;
+}
+
+uint64_t QueueAssignment::Max(const std::vector<uint64_t>& v) {
+  return v.empty() ? 0 : *std::max_element(v.begin(), v.end());
+}
+
+}  // namespace nicmux

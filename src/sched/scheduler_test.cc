@@ -1,0 +1,190 @@
+// The scheduler: placement (QueueAssignment), queue_affinity parsing, a port's own pause
+// stopping only its pollers, wake-up isolation between workers, and rebalancing by load. The
+// worker threads are real; the forwarders and ports are the doubles of test_fakes.h.
+#include "sched/scheduler.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "sched/test_fakes.h"
+
+namespace nicmux {
+namespace {
+
+using namespace std::chrono_literals;
+
+template <typename F>
+bool WaitFor(F done, std::chrono::milliseconds limit = 20s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return done();
+}
+
+TEST(QueueAssignment, NewQueuesGoRoundRobinAndPinsAreKept) {
+  std::vector<QueueLoad> qs(5);
+  qs[3].pin = 0;
+  QueueAssignment::PlaceNew(qs, 2);
+  EXPECT_EQ(QueueAssignment::Current(qs), (std::vector<int>{0, 1, 0, 0, 1}));
+  // Queues already placed stay; a new one goes to the worker with fewer.
+  qs.push_back({});
+  qs.push_back({});
+  QueueAssignment::PlaceNew(qs, 2);
+  EXPECT_EQ(qs[5].worker, 1);
+  EXPECT_EQ(qs[6].worker, 0);
+}
+
+TEST(QueueAssignment, BalancedSplitsTheHeavyQueuesAndNeverMovesPinnedOnes) {
+  // Two heavy queues and three idle ones, all on worker 0.
+  std::vector<QueueLoad> qs = {{1000, -1, 0}, {0, -1, 0}, {900, -1, 0}, {0, -1, 0}, {0, -1, 1}};
+  const std::vector<int> b = QueueAssignment::Balanced(qs, 2);
+  EXPECT_NE(b[0], b[2]);
+  EXPECT_EQ(QueueAssignment::Max(QueueAssignment::WorkerLoads(qs, b, 2)), 1000u);
+  // Pinned: both heavy ones stay on worker 0 whatever the load.
+  qs[0].pin = 0;
+  qs[2].pin = 0;
+  const std::vector<int> p = QueueAssignment::Balanced(qs, 2);
+  EXPECT_EQ(p[0], 0);
+  EXPECT_EQ(p[2], 0);
+  // Already balanced: nothing moves.
+  std::vector<QueueLoad> even = {{500, -1, 0}, {500, -1, 1}, {0, -1, 0}, {0, -1, 1}};
+  EXPECT_EQ(QueueAssignment::Balanced(even, 2), QueueAssignment::Current(even));
+}
+
+TEST(QueueAffinity, ParsesAndNamesWhatIsWrong) {
+  auto ok = ParseQueueAffinity("vm1", "0:1/2:0", 3, 2);
+  ASSERT_TRUE(ok) << ok.error().message();
+  EXPECT_EQ(*ok, (std::vector<int>{1, -1, 0}));
+  auto msg = [](const char* text) {
+    auto r = ParseQueueAffinity("vm1", text, 2, 2);
+    return r ? std::string("ok") : r.error().message();
+  };
+  EXPECT_EQ(msg("0:2"), "port vm1: queue_affinity: '0:2': there are 2 worker(s), 0..1 (--workers)");
+  EXPECT_EQ(msg("2:0"), "port vm1: queue_affinity: '2:0': the port has 2 queue pair(s), 0..1");
+  EXPECT_EQ(msg("0:1/0:0"), "port vm1: queue_affinity: '0:0': queue 0 is pinned twice");
+  EXPECT_EQ(msg("x"), "port vm1: queue_affinity: 'x' is not QUEUE:WORKER");
+  EXPECT_EQ(msg("0:1/"), "port vm1: queue_affinity: '' is not QUEUE:WORKER");
+}
+
+struct TwoWorkerSched {
+  explicit TwoWorkerSched(uint32_t idle_poll_us = 0, uint32_t rebalance_ticks = 0) {
+    SchedulerOptions o;
+    o.workers = 2;
+    o.idle_poll_us = idle_poll_us;
+    o.rebalance_ticks = rebalance_ticks;
+    o.rebalance_min_load = 1000;
+    s = std::make_unique<Scheduler>(o);
+    s->SetForwarder(0, &f[0]);
+    s->SetForwarder(1, &f[1]);
+  }
+  ~TwoWorkerSched() { s->Stop(); }
+  FakeForwarder f[2];
+  std::unique_ptr<Scheduler> s;
+};
+
+TEST(Scheduler, APortsOwnPauseStopsOnlyItsPollersAndClosesItsTransmitSide) {
+  TwoWorkerSched t(100);
+  FakePort a("a"), b("b");
+  t.f[0].pending.store(1 << 30);  // both busy
+  t.f[1].pending.store(1 << 30);
+  t.s->AddPort(&a, 0, {});
+  t.s->AddPort(&b, 1, {});
+  ASSERT_EQ(t.s->worker(0).queues().size(), 1u);
+  ASSERT_EQ(t.s->worker(0).queues()[0].src.port, &a);
+  ASSERT_TRUE(t.s->Start());
+  auto pause = t.s->MakePortPause();
+  pause->set_port(&a);
+  ASSERT_TRUE(WaitFor([&] { return t.f[0].polls.load() > 100 && t.f[1].polls.load() > 100; }));
+  pause->Pause();
+  EXPECT_TRUE(a.tx_closed());
+  EXPECT_FALSE(b.tx_closed());
+  const uint64_t p0 = t.f[0].polls.load(), p1 = t.f[1].polls.load();
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(t.f[0].polls.load(), p0) << "a's poller runs during a's pause";
+  EXPECT_GT(t.f[1].polls.load(), p1) << "b's poller stopped for a's pause";
+  pause->Resume();
+  EXPECT_FALSE(a.tx_closed());
+  ASSERT_TRUE(WaitFor([&] { return t.f[0].polls.load() > p0; }));
+  // Un-named (its port removed): pauses no one.
+  pause->set_port(nullptr);
+  pause->Pause();
+  const uint64_t q0 = t.f[0].polls.load();
+  ASSERT_TRUE(WaitFor([&] { return t.f[0].polls.load() > q0; }));
+  pause->Resume();
+}
+
+TEST(Scheduler, AKickWakesOnlyTheWorkerThatPollsTheQueue) {
+  TwoWorkerSched t(0);  // sleep at the first empty round
+  FakePort a("a"), b("b");
+  a.kick_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  b.kick_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  t.s->AddPort(&a, 0, {});
+  t.s->AddPort(&b, 1, {});
+  ASSERT_TRUE(t.s->Start());
+  ASSERT_TRUE(WaitFor([&] { return t.s->worker(0).sleeps() > 0 && t.s->worker(1).sleeps() > 0; }));
+  const uint64_t b_kicks = t.s->worker(1).kick_wakeups();
+  for (int i = 0; i < 50; ++i) {
+    const uint64_t before = t.s->worker(0).kick_wakeups();
+    t.f[0].pending.store(1);
+    const uint64_t one = 1;
+    ASSERT_EQ(::write(a.kick_fd, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+    ASSERT_TRUE(WaitFor([&] { return t.f[0].pending.load() == 0; })) << "the kick did not wake a's worker";
+    ASSERT_TRUE(WaitFor([&] { return t.s->worker(0).kick_wakeups() > before; }));
+  }
+  EXPECT_GE(t.s->worker(0).kick_wakeups(), 50u);
+  EXPECT_EQ(t.s->worker(1).kick_wakeups(), b_kicks) << "a's kicks woke b's worker";
+  t.s->Stop();
+  ::close(a.kick_fd);
+  ::close(b.kick_fd);
+}
+
+TEST(Scheduler, TwoHeavyQueuesOnOneWorkerEndUpOnTwo) {
+  TwoWorkerSched t(100, /*rebalance_ticks=*/3);
+  // Port ids 0..4; 2 and 4 are heavy. Placement (fewest queues first): 0->w0, 1->w1, 2->w0,
+  // 3->w1, 4->w0: both heavy queues on worker 0.
+  FakePort p[5] = {FakePort("p0"), FakePort("p1"), FakePort("heavy2"), FakePort("p3"), FakePort("heavy4")};
+  for (auto& f : t.f) {
+    f.busy_id = 2;
+    f.busy_id2 = 4;
+  }
+  for (uint16_t i = 0; i < 5; ++i) t.s->AddPort(&p[i], i, {});
+  auto where = [&](const Port* port) {
+    for (uint32_t w = 0; w < 2; ++w) {
+      for (const auto& q : t.s->worker(w).queues()) {
+        if (q.src.port == port) return static_cast<int>(w);
+      }
+    }
+    return -1;
+  };
+  ASSERT_EQ(where(&p[2]), 0);
+  ASSERT_EQ(where(&p[4]), 0);
+  ASSERT_TRUE(t.s->Start());
+  // Ticks every 50 ms: three in a row with the imbalance move one of them.
+  bool moved = false;
+  for (int i = 0; i < 200 && !moved; ++i) {
+    std::this_thread::sleep_for(50ms);
+    moved = t.s->Tick();
+  }
+  ASSERT_TRUE(moved) << "no rebalancing within 10 s";
+  EXPECT_NE(where(&p[2]), where(&p[4]));
+  EXPECT_EQ(t.s->rebalances(), 1u);
+  // Balanced now: the next ticks move nothing more (hysteresis, no ping-pong).
+  for (int i = 0; i < 6; ++i) {
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(t.s->Tick());
+  }
+  const auto view = t.s->Show();
+  ASSERT_EQ(view.size(), 2u);
+  EXPECT_GT(view[0].load, 0u);
+  EXPECT_GT(view[1].load, 0u);
+}
+
+}  // namespace
+}  // namespace nicmux

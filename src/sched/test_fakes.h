@@ -1,0 +1,64 @@
+// Test doubles for the scheduler's tests: a forwarder that counts its calls and moves what it
+// is told to, and a one-queue port that offers a kick fd (or cannot sleep).
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "port/port.h"
+#include "switch/forwarder.h"
+
+namespace nicmux {
+
+class FakeForwarder final : public Forwarder {
+ public:
+  // busy_id >= 0: that port id always has a burst (a heavy queue); pending: packets for any.
+  WorkDone Forward(uint16_t id, uint32_t) override {
+    if (static_cast<int>(id) == busy_id || static_cast<int>(id) == busy_id2) {
+      polls.fetch_add(1);
+      return WorkDone{kBurst, kBurst * 64};
+    }
+    in_poll.store(true);
+    polls.fetch_add(1);
+    WorkDone w;
+    if (pending.load() > 0) {
+      pending.fetch_sub(1);
+      w.packets = 1;
+    }
+    in_poll.store(false);
+    return w;
+  }
+
+  std::atomic<bool> in_poll{false};
+  std::atomic<uint64_t> polls{0};
+  std::atomic<int> pending{0};
+  int busy_id = -1, busy_id2 = -1;
+};
+
+// A one-queue port as far as sleeping goes: its kick fd and whether it can sleep.
+class FakePort final : public Port {
+ public:
+  explicit FakePort(std::string name = "fake") : Port(std::move(name)) {}
+  uint32_t NumQueuePairs() const override { return 1; }
+  size_t Rx(uint32_t, Batch&, size_t) override { return 0; }
+  void RxDone(uint32_t, Batch&, size_t) override {}
+  size_t Tx(uint32_t, std::span<const PacketRef* const> in) override { return in.size(); }
+  size_t TxRoom(uint32_t) override { return kBurst; }
+  bool ArmNotify(uint32_t, std::vector<NotifyFd>* fds) override {
+    arms.fetch_add(1);
+    if (kick_fd >= 0) fds->push_back({kick_fd, true});
+    return false;
+  }
+  void DisarmNotify(uint32_t) override {}
+  bool CanSleep(uint32_t) const override { return can_sleep; }
+  PortStats Stats() const override { return {}; }
+  uint64_t DropsFor(DropReason) const override { return 0; }
+  std::string State() const override { return "up"; }
+
+  std::atomic<uint64_t> arms{0};
+  int kick_fd = -1;
+  bool can_sleep = true;
+};
+
+}  // namespace nicmux
