@@ -55,6 +55,8 @@ options:
                        (default 100; 0..1000000). Larger: lower latency for sparse traffic
                        (waking a sleeping worker costs tens of microseconds), but a busy
                        CPU whenever packets come at least that often.
+  --busy-poll          workers never sleep: the lowest latency, a whole CPU per worker even
+                       when idle (default: adaptive, sleep after --poll-us; docs/scheduler.md)
   --mac-aging S        seconds a learned MAC lives without traffic (default 300)
   --mac-table-size N   MAC table entries, 16..1048576 (default 8192)
   --stats-interval S   log per-port counters every S seconds (default 0: only at exit)
@@ -111,6 +113,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   std::optional<std::string> forward, control, log_level, config, eal_args, metrics, socket_group, socket_mode,
       control_group;
   std::optional<uint64_t> workers, aging, table, stats, poll;
+  std::optional<bool> busy_poll;
   std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -171,6 +174,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       if (auto g = ParseSocketAccess(*control_group, ""); !g) Usage("--control-group: " + g.error().message());
     } else if (a == "--poll-us") {
       poll = number(0, 1000000);
+    } else if (a == "--busy-poll") {
+      busy_poll = true;
     } else if (a == "--mac-aging") {
       aging = number(1, 86400);
     } else if (a == "--mac-table-size") {
@@ -207,6 +212,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     if (d.stats_interval_s && !stats) stats = d.stats_interval_s;
     if (d.mac_aging_s && !aging) aging = d.mac_aging_s;
     if (d.poll_us && !poll) poll = d.poll_us;
+    if (d.busy_poll && !busy_poll) busy_poll = d.busy_poll;
     if (d.mac_table_size && !table) table = d.mac_table_size;
   }
   if (forward) o.forward = *forward;
@@ -224,6 +230,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (stats) o.stats_interval_s = *stats;
   if (aging) o.mac_aging_s = static_cast<uint32_t>(*aging);
   if (poll) o.poll_us = static_cast<uint32_t>(*poll);
+  if (busy_poll) o.busy_poll = *busy_poll;
   if (table) o.mac_table_size = static_cast<uint32_t>(*table);
   if (!o.cpus.empty() && o.cpus.size() != o.workers) {
     Usage("--cpu lists " + std::to_string(o.cpus.size()) + " CPUs for " + std::to_string(o.workers) + " worker(s)");
