@@ -444,14 +444,8 @@ std::string Daemon::MetricsPage() const {
     for (const auto& e : ports_) {
       if (e->switch_id >= 0) m.Sample({{"port", e->spec.name}}, switch_->Flooded(static_cast<uint16_t>(e->switch_id)));
     }
-    uint32_t size, cap;
-    uint64_t moves;
-    {
-      std::lock_guard lock(switch_->macs().lock());
-      size = switch_->macs().size();
-      cap = switch_->macs().max_entries();
-      moves = switch_->macs().moves();
-    }
+    const uint32_t size = switch_->macs().size(), cap = switch_->macs().max_entries();
+    const uint64_t moves = switch_->macs().moves();
     m.Gauge("nicmux_mac_table_entries", "MAC addresses learned", size);
     m.Gauge("nicmux_mac_table_capacity", "MAC table size (--mac-table-size)", cap);
     m.Family("nicmux_mac_moves_total", "counter", "learned MACs seen moving to another port");
@@ -640,14 +634,8 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
   }
   if (cmd == "fdb.show") {
     if (!switch_) return ControlError::Invalid("no MAC table: --forward xconnect");
-    std::vector<MacTable::Entry> entries;
-    uint32_t size, cap;
-    {
-      std::lock_guard lock(switch_->macs().lock());
-      entries = switch_->macs().Dump(switch_->now_s());
-      size = switch_->macs().size();
-      cap = switch_->macs().max_entries();
-    }
+    const std::vector<MacTable::Entry> entries = switch_->macs().Dump(switch_->now_s());
+    const uint32_t size = switch_->macs().size(), cap = switch_->macs().max_entries();
     std::map<int, std::string> names;
     for (auto& e : ports_) names[e->switch_id] = e->spec.name;
     json list = json::array();
@@ -670,10 +658,8 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     if (!want.empty()) {
       Entry* e = Find(want);
       if (!e) return ControlError::NotFound("no port named " + want);
-      std::lock_guard lock(switch_->macs().lock());
       n = switch_->macs().FlushPort(static_cast<uint16_t>(e->switch_id));
     } else {
-      std::lock_guard lock(switch_->macs().lock());
       n = switch_->macs().Flush();
     }
     return json{{"flushed", n}};

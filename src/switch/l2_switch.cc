@@ -154,10 +154,7 @@ Result<uint16_t> L2Switch::AddPort(Port* port, const SwitchPortConfig& config) {
       (*w->counters_)[id].unlearned.Reset();
       w->hold_[id] = SwitchWorker::Hold{};
     }
-    {
-      std::lock_guard lock(macs_.lock());
-      macs_.set_port_limit(id, config.mac_limit);
-    }
+    macs_.set_port_limit(id, config.mac_limit);
     if (id >= num_ids_) num_ids_ = static_cast<uint16_t>(id + 1);
     return id;
   }
@@ -168,18 +165,14 @@ void L2Switch::RemovePort(uint16_t id) {
   NICMUX_CHECK(id < kMaxPorts && ports_[id].port != nullptr);
   ports_[id] = Slot{};
   capture_[id].store(nullptr, std::memory_order_relaxed);
-  {
-    std::lock_guard lock(macs_.lock());
-    macs_.FlushPort(id);
-    macs_.set_port_limit(id, macs_.max_entries());
-  }
+  macs_.FlushPort(id);
+  macs_.set_port_limit(id, macs_.max_entries());
   while (num_ids_ > 0 && ports_[num_ids_ - 1].port == nullptr) --num_ids_;
 }
 
 void L2Switch::SetPortConfig(uint16_t id, const SwitchPortConfig& config) {
   NICMUX_CHECK(id < kMaxPorts && ports_[id].port != nullptr);
   ports_[id].config = config;
-  std::lock_guard lock(macs_.lock());
   macs_.FlushPort(id);  // what it learned may belong to VLANs it no longer has
   macs_.set_port_limit(id, config.mac_limit);
 }
@@ -187,10 +180,7 @@ void L2Switch::SetPortConfig(uint16_t id, const SwitchPortConfig& config) {
 void L2Switch::Tick() {
   const uint32_t now = static_cast<uint32_t>((NowNs() - start_ns_) / 1'000'000'000) + 1;
   now_s_.store(now, std::memory_order_relaxed);
-  {
-    std::lock_guard lock(macs_.lock());
-    macs_.Age(now);
-  }
+  macs_.Age(now);
   // A port whose peer went away (and maybe came back) since the last tick: the stations behind
   // it are gone, and traffic to them would be sent into a dead port until aging. Forgotten,
   // they are flooded to (and learned again wherever they show up). What a new peer announced
@@ -201,17 +191,12 @@ void L2Switch::Tick() {
     const uint64_t g = p->link_generation();
     if (g == link_generation_[id]) continue;
     link_generation_[id] = g;
-    size_t n;
-    {
-      std::lock_guard lock(macs_.lock());
-      n = macs_.FlushPortBefore(id, static_cast<uint16_t>(g));
-    }
+    const size_t n = macs_.FlushPortBefore(id, static_cast<uint16_t>(g));
     if (n) NICMUX_LOG(kInfo, "port %s: its peer went away; %zu MAC address(es) forgotten", p->name().c_str(), n);
   }
 }
 
 void L2Switch::set_mac_aging_s(uint32_t s) {
-  std::lock_guard lock(macs_.lock());
   macs_.set_aging_s(s);
 }
 
@@ -234,7 +219,6 @@ uint64_t L2Switch::Unlearned(uint16_t id) const {
 }
 
 uint32_t L2Switch::MacsOf(uint16_t id) {
-  std::lock_guard lock(macs_.lock());
   return macs_.port_size(id);
 }
 
@@ -398,8 +382,10 @@ bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* 
     *why = DropReason::kBadSource;
     return false;
   }
-  // A batch is mostly one flow: learn and look up once per distinct (VLAN, MAC) in a row. The
-  // table's lock is held for the whole pass, so only our own learning can change an answer.
+  // A batch is mostly one flow: learn and look up once per distinct (VLAN, MAC) in a row. No
+  // lock is held: another worker's learning or the control thread's aging may change the table
+  // meanwhile, and the rest of the batch goes by the answer this one had (as if it had come a
+  // moment earlier). A known station on its port is learned and looked up without locking.
   MacTable& t = sw_->macs_;
   const uint64_t skey = uint64_t{vid} << 48 | smac;
   if (skey != memo.learned) {
@@ -635,12 +621,11 @@ WorkDone SwitchWorker::Forward(uint16_t src, uint32_t q) {
     for (uint32_t i = 0; i < n; ++i) c->Add(batch_[i], false);
   }
 
-  // Pass 1: decide every packet, under the MAC table lock once for the batch.
+  // Pass 1: decide every packet. The MAC table takes no lock for known stations (MacTable).
   const uint32_t now_s = sw_->now_s();
   ForwardPlan& plan = plan_;
   plan.counts = false;
   {
-    std::lock_guard lock(sw_->macs_.lock());
     BatchMemo memo;
     memo.epoch = epoch;
     for (uint32_t i = 0; i < n; ++i) {

@@ -32,7 +32,10 @@
 // from source queue q goes to destination queue q % (its queues), so a guest's flows spread over
 // its receive queues as the sender spread them. With more than one worker a destination queue
 // may be reached by several, and is sent to under its TxLock (uncontended: ~20 ns a batch).
-// Ports are added and removed by the control thread with every
+// The MAC table is shared by all workers and takes no lock for known stations: lookups and the
+// learning of a station on the port it is already on read it lock-free (MacTable's seqlock);
+// only a new station, a move, an epoch change and the control thread's aging and flushes take
+// its writer mutex. Ports are added and removed by the control thread with every
 // worker paused (the hot loop takes no lock for the port table).
 #pragma once
 
@@ -256,7 +259,7 @@ class L2Switch {
   uint64_t Flooded(uint16_t id) const;
   // Frames from port `id` whose new source MAC was not learned (the port's mac_limit).
   uint64_t Unlearned(uint16_t id) const;
-  // Entries the MAC table holds for port `id` (takes the table's lock).
+  // Entries the MAC table holds for port `id`.
   uint32_t MacsOf(uint16_t id);
 
  private:
