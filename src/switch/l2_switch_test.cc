@@ -693,6 +693,115 @@ TEST(MacTable, PerPortLimit) {
   EXPECT_EQ(t.port_size(2), 0u);
 }
 
+// Two workers learn and look up in one table at once, without a lock, while a third thread
+// ages it (its clock moving every fourth round, so refreshes race the sweeps), flushes a
+// port's old epochs, a whole port, or everything, and dumps it. Private and shared MACs, moves
+// between ports, a port at its limit, a table kept near full. A lookup only ever answers -1 or
+// a port its MAC was learned on (each learn records its port before it calls Learn), and the
+// table left behind is consistent. Run under TSan too (scripts/test: TwoWorkers).
+TEST(MacTableTwoWorkers, LookupsOnlyAnswerPortsTheMacWasLearnedOn) {
+  constexpr uint32_t kMaxEntries = 128;  // 256 slots: long probe runs, shifts on every erase
+  constexpr int kMacs = 160, kPorts = 64, kLimitedPort = 63, kIters = 200000;
+  MacTable t(kMaxEntries, 2);
+  t.set_port_limit(kLimitedPort, 4);
+  auto mac = [](int m) { return MacAddr{0x020000000000} + uint64_t(m) * 0x10001; };
+  auto vid = [](int m) { return static_cast<uint16_t>((m / 7) % 2); };
+  // MAC m: worker 0's alone (m % 3 == 0), worker 1's (== 1), or both workers' (== 2); learned
+  // on one of two ports it shares with few other MACs (so a wrong answer is likely to be seen
+  // as one), or on the limited port.
+  auto pick_port = [](int m, uint64_t r) {
+    const uint16_t ports[3] = {uint16_t(m % 32), uint16_t(32 + m % 31), uint16_t(kLimitedPort)};
+    return ports[r % 8 == 0 ? 2 : r % 2];
+  };
+  std::array<std::atomic<uint64_t>, kMacs> learned_on{};  // bit p: learned on port p
+  std::array<std::atomic<uint16_t>, kPorts> epoch{};
+  std::atomic<uint32_t> now{1};
+  std::atomic<int> running{2};
+  std::atomic<uint64_t> wrong{0}, hits{0}, misses{0};
+  std::array<std::atomic<uint64_t>, 5> results{};
+
+  auto worker = [&](int w) {
+    std::mt19937_64 rng(100 + w);
+    for (int it = 0; it < kIters; ++it) {
+      int m = int(rng() % kMacs);
+      if (m % 3 == 1 - w) m = (m + 1) % kMacs;  // not the other worker's own
+      const uint16_t port = pick_port(m, rng());
+      learned_on[m].fetch_or(1ull << port);
+      const auto r = t.Learn(mac(m), vid(m), port, now.load(), epoch[port].load());
+      results[static_cast<int>(r)].fetch_add(1, std::memory_order_relaxed);
+      for (int k = 0; k < 3; ++k) {
+        const int d = int(rng() % kMacs);
+        const int p = t.Lookup(mac(d), vid(d), now.load());
+        if (p < 0) {
+          misses.fetch_add(1, std::memory_order_relaxed);
+        } else if (p >= kPorts || !(learned_on[d].load() & (1ull << p))) {
+          wrong.fetch_add(1);
+        } else {
+          hits.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+    }
+    running.fetch_sub(1);
+  };
+  std::thread w0(worker, 0), w1(worker, 1);
+  std::mt19937_64 rng(7);
+  uint64_t rounds = 0;
+  while (running.load() > 0) {
+    ++rounds;
+    if (rounds % 4 == 0) now.fetch_add(1);
+    t.Age(now.load());
+    const uint16_t p = uint16_t(rng() % kPorts);
+    switch (rng() % 16) {
+      case 0: t.FlushPort(p); break;
+      case 1: t.Flush(); break;
+      case 2:
+      case 3: {
+        const uint16_t e = static_cast<uint16_t>(epoch[p].load() + 1);
+        epoch[p].store(e);
+        t.FlushPortBefore(p, e);
+        break;
+      }
+      default: break;
+    }
+    for (const MacTable::Entry& e : t.Dump(now.load())) {
+      const int m = int((e.mac - 0x020000000000) / 0x10001);
+      if (m < 0 || m >= kMacs || e.vid != vid(m) || e.port >= kPorts || !(learned_on[m].load() & (1ull << e.port))) {
+        wrong.fetch_add(1);
+      }
+    }
+  }
+  w0.join();
+  w1.join();
+  EXPECT_EQ(wrong.load(), 0u);
+  EXPECT_GT(hits.load(), 0u);
+  EXPECT_GT(misses.load(), 0u);
+  EXPECT_GT(results[int(MacTable::LearnResult::kKnown)].load(), 0u);
+  EXPECT_GT(results[int(MacTable::LearnResult::kNew)].load(), 0u);
+  EXPECT_GT(results[int(MacTable::LearnResult::kMoved)].load(), 0u);
+  EXPECT_GT(results[int(MacTable::LearnResult::kPortFull)].load(), 0u);
+  EXPECT_GT(rounds, 1u);
+
+  // Consistent: every entry found where it is, once; per-port sizes count the entries.
+  t.set_aging_s(~0u);
+  const auto all = t.Dump(now.load());
+  EXPECT_EQ(all.size(), t.size());
+  EXPECT_LE(t.size(), kMaxEntries);
+  EXPECT_LE(t.port_size(kLimitedPort), 4u);
+  std::array<uint32_t, MacTable::kMaxPorts> per_port{};
+  std::map<std::pair<uint64_t, uint16_t>, int> seen;
+  for (const MacTable::Entry& e : all) {
+    ++per_port[e.port];
+    EXPECT_EQ(++seen[std::make_pair(e.mac, e.vid)], 1) << std::hex << e.mac;
+    EXPECT_EQ(t.Lookup(e.mac, e.vid, now.load()), e.port) << std::hex << e.mac;
+  }
+  for (uint16_t p = 0; p < MacTable::kMaxPorts; ++p) EXPECT_EQ(t.port_size(p), per_port[p]) << "port " << p;
+  // And it still works as a table.
+  t.Flush();
+  EXPECT_EQ(t.size(), 0u);
+  EXPECT_EQ(t.Learn(kA, 0, 1, now.load()), MacTable::LearnResult::kNew);
+  EXPECT_EQ(t.Lookup(kA, 0, now.load()), 1);
+}
+
 TEST(MacTable, MatchesAModelUnderChurn) {
   MacTable t(512, 1000);
   std::map<std::pair<uint64_t, uint16_t>, uint16_t> model;
