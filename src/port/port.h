@@ -176,12 +176,8 @@ class Port {
   virtual void DisarmNotify(uint32_t q) = 0;
   // False when queue q cannot notify (a polling-mode peer): its worker must keep polling.
   virtual bool CanSleep(uint32_t q) const = 0;
-  // A worker that holds a source for this port's queue q (Tx had no room) arms what tells it
-  // that q has room again (a guest's kick after it refilled its receive buffers), under
-  // tx_lock(q) when the queue is shared; true when it has room already. Kinds whose room
-  // comes back without a notification keep the default (the worker then wakes by timeout).
-  virtual bool ArmTxRoom(uint32_t q, std::vector<NotifyFd>* fds) { return false; }
-  virtual void DisarmTxRoom(uint32_t q) {}
+  // (A destination's room needs no notification: a source held for it keeps its chains in its
+  // own ring, so its worker's ArmNotify reports work and the worker polls, not sleeps.)
   // Every queue at once (tests, and a single worker that polls everything).
   bool ArmAllNotify(std::vector<NotifyFd>* fds) {
     bool pending = false;
@@ -229,8 +225,8 @@ class Port {
   static constexpr uint32_t kMaxQueues = 8;
   // The transmit side as other workers see it while the port changes its queues (its
   // Pausable pauses only the workers that poll the port, and closes it to the rest): a sender
-  // that holds tx_lock(q) and finds it closed must not touch the queue (no TxRoom, no Tx,
-  // no ArmTxRoom): it treats the port as having no room.
+  // that holds tx_lock(q) and finds it closed must not touch the queue (no TxRoom, no Tx):
+  // it treats the port as having no room.
   bool tx_closed() const { return tx_closed_.load(std::memory_order_acquire); }
   // Control thread. Close returns once no sender is inside the port (each lock taken once).
   void CloseTx() {

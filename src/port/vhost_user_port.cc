@@ -737,25 +737,6 @@ void VhostUserPort::DisarmNotify(uint32_t q) {
   }
 }
 
-bool VhostUserPort::ArmTxRoom(uint32_t q, std::vector<NotifyFd>* fds) {
-  // The guest's receiveq (2q): it kicks when it adds receive buffers, if asked to.
-  DeviceQueue& dq = session_.queue(2 * q);
-  if (!dq.running) return false;
-  const bool more = dq.packed ? dq.packed_ring.EnableKicks() : dq.split.EnableKicks();
-  if (dq.kick_fd() >= 0) fds->push_back({dq.kick_fd(), true});
-  return more;
-}
-
-void VhostUserPort::DisarmTxRoom(uint32_t q) {
-  DeviceQueue& dq = session_.queue(2 * q);
-  if (!dq.running) return;
-  if (dq.packed) {
-    dq.packed_ring.DisableKicks();
-  } else {
-    dq.split.DisableKicks();
-  }
-}
-
 bool VhostUserPort::CanSleep(uint32_t q) const {
   // A device's release wakes no one: while frames are held the worker polls for them.
   if (holds_[q]->outstanding() != 0) return false;

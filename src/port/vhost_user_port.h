@@ -82,8 +82,6 @@ class VhostUserPort final : public Port {
   bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
   void DisarmNotify(uint32_t q) override;
   bool CanSleep(uint32_t q) const override;
-  bool ArmTxRoom(uint32_t q, std::vector<NotifyFd>* fds) override;
-  void DisarmTxRoom(uint32_t q) override;
   PortStats Stats() const override;
   PortStats QueueStats(uint32_t q) const override {
     PortStats s;

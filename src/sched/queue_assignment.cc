@@ -36,13 +36,19 @@ std::vector<int> QueueAssignment::Balanced(const std::vector<QueueLoad>& qs, uin
   std::vector<uint32_t> count(workers, 0);
   std::vector<size_t> free;
   for (size_t i = 0; i < qs.size(); ++i) {
+    const bool placed = qs[i].worker >= 0 && static_cast<uint32_t>(qs[i].worker) < workers;
     if (qs[i].pin >= 0 && static_cast<uint32_t>(qs[i].pin) < workers) {
       out[i] = qs[i].pin;
-      load[qs[i].pin] += qs[i].load;
-      ++count[qs[i].pin];
+    } else if (qs[i].load == 0 && placed) {
+      // An idle queue stays: moving it gains nothing (it would pile onto the least-loaded
+      // worker and overload it when it wakes up) and costs two workers a pause.
+      out[i] = qs[i].worker;
     } else {
       free.push_back(i);
+      continue;
     }
+    load[out[i]] += qs[i].load;
+    ++count[out[i]];
   }
   // Heaviest first; equal loads keep their order (stable), so idle queues spread evenly.
   std::stable_sort(free.begin(), free.end(), [&](size_t a, size_t b) { return qs[a].load > qs[b].load; });

@@ -5,8 +5,9 @@
 // - A new queue goes to the worker with the fewest queues (ties: the least load, then the
 //   lowest index): with nothing measured yet this is round robin, and a port's queues spread
 //   over the workers.
-// - Rebalancing (Balanced): the unpinned queues, heaviest first, each onto the worker with the
-//   least load so far (greedy longest-processing-time), the pinned loads counted first. The
+// - Rebalancing (Balanced): the unpinned busy queues, heaviest first, each onto the worker with
+//   the least load so far (greedy longest-processing-time), the pinned loads counted first;
+//   idle queues stay where they are. The
 //   scheduler applies it only when it lowers the busiest worker's load by a margin, and only
 //   when that margin persisted (sched/scheduler.h: hysteresis).
 #pragma once

@@ -47,6 +47,10 @@ TEST(QueueAssignment, BalancedSplitsTheHeavyQueuesAndNeverMovesPinnedOnes) {
   const std::vector<int> b = QueueAssignment::Balanced(qs, 2);
   EXPECT_NE(b[0], b[2]);
   EXPECT_EQ(QueueAssignment::Max(QueueAssignment::WorkerLoads(qs, b, 2)), 1000u);
+  // The idle queues stay where they were (review: they used to pile onto one worker).
+  EXPECT_EQ(b[1], 0);
+  EXPECT_EQ(b[3], 0);
+  EXPECT_EQ(b[4], 1);
   // Pinned: both heavy ones stay on worker 0 whatever the load.
   qs[0].pin = 0;
   qs[2].pin = 0;

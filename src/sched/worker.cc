@@ -105,7 +105,6 @@ void Worker::Sleep() {
     can_sleep &= p.src.port->CanSleep(p.src.q);
     pending |= p.src.port->ArmNotify(p.src.q, &fds_);
   }
-  pending |= fwd_->ArmHeld(&fds_);
   if (!pending) {
     pfds_.clear();
     pfds_.push_back({wake_.fd(), POLLIN, 0});
@@ -132,7 +131,6 @@ void Worker::Sleep() {
     }
   }
   for (const Polled& p : queues_) p.src.port->DisarmNotify(p.src.q);
-  fwd_->DisarmHeld();
 }
 
 void Worker::Loop() {

@@ -33,10 +33,6 @@ class Forwarder {
   // At most one burst (kBurst) from source queue q of port id. The caller owns the queue
   // (one worker at a time).
   virtual WorkDone Forward(uint16_t id, uint32_t q) = 0;
-  // Before the worker sleeps: arms what tells it that a destination it holds sources for has
-  // room again (Port::ArmTxRoom); true when one has room already. After waking, DisarmHeld.
-  virtual bool ArmHeld(std::vector<NotifyFd>* fds) { return false; }
-  virtual void DisarmHeld() {}
 };
 
 }  // namespace nicmux

@@ -290,40 +290,6 @@ size_t SwitchWorker::SendTo(Port* dp, uint32_t dq, std::span<const PacketRef* co
   return dp->tx_closed() ? 0 : dp->Tx(dq, out);
 }
 
-bool SwitchWorker::ArmHeld(std::vector<NotifyFd>* fds) {
-  // The destinations this worker holds sources for: a guest that adds receive buffers wakes
-  // the worker that waits for them (its own queues' kicks are armed by the worker).
-  bool room = false;
-  armed_.clear();
-  for (uint16_t d = 0; d < sw_->num_ids_; ++d) {
-    Port* dp = sw_->ports_[d].port;
-    if (dp == nullptr || !hold_[d].holding) continue;
-    for (uint32_t dq = 0; dq < dp->NumQueuePairs(); ++dq) {
-      if (shared_) {
-        std::lock_guard lock(dp->tx_lock(dq));
-        if (dp->tx_closed()) continue;
-        room |= dp->ArmTxRoom(dq, fds);
-      } else {
-        room |= dp->ArmTxRoom(dq, fds);
-      }
-      armed_.push_back({dp, d, static_cast<uint16_t>(dq)});
-    }
-  }
-  return room;
-}
-
-void SwitchWorker::DisarmHeld() {
-  for (const SourceQueue& a : armed_) {
-    if (shared_) {
-      std::lock_guard lock(a.port->tx_lock(a.q));
-      if (!a.port->tx_closed()) a.port->DisarmTxRoom(a.q);
-    } else {
-      a.port->DisarmTxRoom(a.q);
-    }
-  }
-  armed_.clear();
-}
-
 // Pass 1 for one packet: its VLAN (the head normalized to untagged), source learned, and a
 // destination. False: drop, for the reason in *why (counted by the caller once the batch's cut
 // is known). *unlearned: its source MAC was not learned, the port being at its mac_limit.

@@ -148,8 +148,6 @@ class SwitchWorker final : public Forwarder {
   // shared: the switch has more than one worker.
   SwitchWorker(L2Switch* sw, bool shared);
   WorkDone Forward(uint16_t id, uint32_t q) override;
-  bool ArmHeld(std::vector<NotifyFd>* fds) override;
-  void DisarmHeld() override;
   // One burst from every source queue of every port, in order (tests, fuzz targets: one
   // thread that polls everything).
   WorkDone ForwardAll();
@@ -182,7 +180,6 @@ class SwitchWorker final : public Forwarder {
   L2Switch* sw_;
   bool shared_;  // more than one worker: destination queues are sent to under their TxLock
   Batch batch_;
-  std::vector<SourceQueue> armed_;  // destination queues ArmHeld armed
   ForwardPlan plan_;
   // Head copies with the VLAN tag put back, made on first use per batch.
   PacketRef tagged_[kBurst];

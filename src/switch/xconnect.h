@@ -29,34 +29,6 @@ class XconnectWorker final : public Forwarder {
   WorkDone Forward(uint16_t id, uint32_t q) override;
   // One burst from every source queue (tests: one thread polls everything).
   WorkDone ForwardAll();
-  // The destination queues that had no room since the last sleep: their guests' buffer
-  // refills wake this worker.
-  bool ArmHeld(std::vector<NotifyFd>* fds) override {
-    bool room = false;
-    for (const SourceQueue& b : blocked_) {
-      if (shared_) {
-        std::lock_guard lock(b.port->tx_lock(b.q));
-        if (b.port->tx_closed()) continue;
-        room |= b.port->ArmTxRoom(b.q, fds);
-      } else {
-        room |= b.port->ArmTxRoom(b.q, fds);
-      }
-      armed_.push_back(b);
-    }
-    blocked_.clear();
-    return room;
-  }
-  void DisarmHeld() override {
-    for (const SourceQueue& a : armed_) {
-      if (shared_) {
-        std::lock_guard lock(a.port->tx_lock(a.q));
-        if (!a.port->tx_closed()) a.port->DisarmTxRoom(a.q);
-      } else {
-        a.port->DisarmTxRoom(a.q);
-      }
-    }
-    armed_.clear();
-  }
 
  private:
   size_t RoomOf(Port* dst, uint32_t dq) {
@@ -72,11 +44,9 @@ class XconnectWorker final : public Forwarder {
 
   void Move(Port* src, uint32_t sq, Port* dst, uint32_t dq, WorkDone* w) {
     const size_t room = RoomOf(dst, dq);
-    if (room == 0) {
-      const SourceQueue b{dst, 0, static_cast<uint16_t>(dq)};
-      if (std::find(blocked_.begin(), blocked_.end(), b) == blocked_.end()) blocked_.push_back(b);
-      return;
-    }
+    // No room: the source's chains stay in its ring, so its worker does not sleep (its
+    // ArmNotify sees them) and polls until the destination has room.
+    if (room == 0) return;
     batch_.Clear();
     if (src->Rx(sq, batch_, room) == 0) {
       src->RxDone(sq, batch_, 0);
@@ -161,7 +131,6 @@ class XconnectWorker final : public Forwarder {
 
   const Xconnect* x_;
   bool shared_;
-  std::vector<SourceQueue> blocked_, armed_;
   Batch batch_;
   Segmenter segmenter_;
   std::vector<PacketRef> seg_out_;  // kMaxGsoSegments, made at the first GSO frame to cut

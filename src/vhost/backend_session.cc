@@ -94,13 +94,15 @@ void BackendSession::Reset() {
   net_hdr_len_ = 12;
   mrg_rxbuf_ = false;
   peer_sends_offloads_ = false;
-  rarp_.reset();
+  rarp_.store(0, std::memory_order_relaxed);
 }
 
 std::optional<std::array<uint8_t, 6>> BackendSession::TakeRarp() {
-  auto r = rarp_;
-  rarp_.reset();
-  return r;
+  const uint64_t v = rarp_.exchange(0, std::memory_order_acquire);
+  if (v == 0) return std::nullopt;
+  std::array<uint8_t, 6> mac;
+  for (int i = 0; i < 6; ++i) mac[i] = static_cast<uint8_t>(v >> (40 - 8 * i));
+  return mac;
 }
 
 Result<void> BackendSession::Handle(Message& msg, Channel& ch) {
@@ -298,8 +300,9 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
     case Request::kSendRarp: {
       std::array<uint8_t, 6> mac;
       std::memcpy(mac.data(), msg.payload.data(), 6);
-      PauseGuard pause(*worker_);  // the worker takes it on its next burst
-      rarp_ = mac;
+      uint64_t v = kRarpSet;
+      for (int i = 0; i < 6; ++i) v |= uint64_t{mac[i]} << (40 - 8 * i);
+      rarp_.store(v, std::memory_order_release);  // the datapath takes it on its next burst
       return Ok();
     }
     case Request::kNetSetMtu: {

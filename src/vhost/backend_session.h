@@ -20,6 +20,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -146,9 +147,10 @@ class BackendSession {
   // The worker's view; only read while the worker runs (not paused) or with it paused.
   DeviceQueue& queue(uint32_t i) { return queues_[i]; }
   const std::shared_ptr<const GuestMemory>& memory() const { return mem_; }
-  // Pending SEND_RARP: the MAC to announce, taken by the datapath.
+  // Pending SEND_RARP: the MAC to announce, taken by the datapath (any thread: one atomic word,
+  // so a guest's SEND_RARP pauses no worker).
   std::optional<std::array<uint8_t, 6>> TakeRarp();
-  bool has_rarp() const { return rarp_.has_value(); }
+  bool has_rarp() const { return rarp_.load(std::memory_order_relaxed) != 0; }
   uint64_t generation() const { return generation_; }
 
   // Bytes of virtio_net_hdr in front of every packet with the negotiated features.
@@ -188,7 +190,8 @@ class BackendSession {
   // pair on the same connection, and each adds (and later removes) the same regions.
   std::map<std::tuple<uint64_t, uint64_t, uint64_t>, uint32_t> region_refs_;
   std::array<DeviceQueue, kMaxQueues> queues_;
-  std::optional<std::array<uint8_t, 6>> rarp_;
+  std::atomic<uint64_t> rarp_{0};  // kRarpSet | the MAC (first octet most significant); 0: none
+  static constexpr uint64_t kRarpSet = 1ull << 63;
   uint64_t generation_ = 0;  // bumped whenever a queue starts or stops
 };
 
