@@ -52,8 +52,9 @@ commands:
                                   leaves to it), its limits, and what its device can do
   fdb show                        the MAC table: MAC, VLAN, port, age
   fdb flush [PORT]                forget learned MACs (all, or those of PORT)
-  sched show                      per worker over the last second: CPU %, time asleep,
-                                  wake-ups, packets/s, ns of CPU per packet, and the
+  sched show                      per worker over the last second: its polling (busy, or
+                                  adaptive with the idle window it uses now), CPU %, time
+                                  asleep, wake-ups, packets/s, ns of CPU per packet, and the
                                   queues it polls with their packets/s (* = pinned)
   stats [PORT] [--watch] [--interval S]
                                   packets/s, Mbit/s and drops per port, measured over S
@@ -567,7 +568,10 @@ void SchedShow(Connection& c, const Options& o) {
     }
     if (queues.empty()) queues = "-";
     const int64_t cpu = w.value("cpu", -1);
-    rows.push_back({Str(w, "worker"), cpu < 0 ? "-" : std::to_string(cpu), w.value("busy_poll", false) ? "busy" : "adaptive",
+    const double win = w.value("window_us", 0.0);
+    char polling[48];
+    std::snprintf(polling, sizeof polling, "adaptive %.0f us", win);
+    rows.push_back({Str(w, "worker"), cpu < 0 ? "-" : std::to_string(cpu), w.value("busy_poll", false) ? "busy" : polling,
                     pct(w["cpu_pct"]), pct(w["sleep_pct"]), Str(w, "wakeups_per_s"), Str(w, "packets_per_s"),
                     Str(w, "ns_per_packet"), queues});
   }

@@ -51,10 +51,13 @@ options:
                        nicmuxd's group
   --socket-mode MODE   their mode, octal (default 0660 with --socket-group)
   --control-group GROUP the control socket's group: its members may use nicmuxctl
-  --poll-us N          keep polling N microseconds after the last packet before sleeping
-                       (default 100; 0..1000000). Larger: lower latency for sparse traffic
-                       (waking a sleeping worker costs tens of microseconds), but a busy
-                       CPU whenever packets come at least that often.
+  --poll-us N          the longest a worker keeps polling after the last packet before it
+                       sleeps (default 100; 0..1000000; 0: sleep at once). Within it the
+                       window adapts to the traffic: long enough to catch a reply that
+                       follows a request, none for lone packets (docs/scheduler.md).
+  --poll-fixed         always poll the whole --poll-us before sleeping (no adapting): more
+                       CPU on sparse traffic, for a latency that does not depend on what
+                       the window learned
   --busy-poll          workers never sleep: the lowest latency, a whole CPU per worker even
                        when idle (default: adaptive, sleep after --poll-us; docs/scheduler.md)
   --mac-aging S        seconds a learned MAC lives without traffic (default 300)
@@ -113,7 +116,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   std::optional<std::string> forward, control, log_level, config, eal_args, metrics, socket_group, socket_mode,
       control_group;
   std::optional<uint64_t> workers, aging, table, stats, poll;
-  std::optional<bool> busy_poll;
+  std::optional<bool> busy_poll, poll_fixed;
   std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -176,6 +179,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       poll = number(0, 1000000);
     } else if (a == "--busy-poll") {
       busy_poll = true;
+    } else if (a == "--poll-fixed") {
+      poll_fixed = true;
     } else if (a == "--mac-aging") {
       aging = number(1, 86400);
     } else if (a == "--mac-table-size") {
@@ -213,6 +218,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     if (d.mac_aging_s && !aging) aging = d.mac_aging_s;
     if (d.poll_us && !poll) poll = d.poll_us;
     if (d.busy_poll && !busy_poll) busy_poll = d.busy_poll;
+    if (d.poll_fixed && !poll_fixed) poll_fixed = d.poll_fixed;
     if (d.mac_table_size && !table) table = d.mac_table_size;
   }
   if (forward) o.forward = *forward;
@@ -231,6 +237,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (aging) o.mac_aging_s = static_cast<uint32_t>(*aging);
   if (poll) o.poll_us = static_cast<uint32_t>(*poll);
   if (busy_poll) o.busy_poll = *busy_poll;
+  if (poll_fixed) o.poll_fixed = *poll_fixed;
   if (table) o.mac_table_size = static_cast<uint32_t>(*table);
   if (!o.cpus.empty() && o.cpus.size() != o.workers) {
     Usage("--cpu lists " + std::to_string(o.cpus.size()) + " CPUs for " + std::to_string(o.workers) + " worker(s)");

@@ -115,10 +115,10 @@ class DaemonParser {
         auto v = Int(node, k, 0, 1000000);
         if (!v) return v.error();
         out_->poll_us = static_cast<uint32_t>(*v);
-      } else if (k == "busy_poll") {
+      } else if (k == "busy_poll" || k == "poll_fixed") {
         const auto* b = node.as_boolean();
         if (b == nullptr) return Bad(node, k, "must be true or false");
-        out_->busy_poll = b->get();
+        (k == "busy_poll" ? out_->busy_poll : out_->poll_fixed) = b->get();
       } else if (k == "mac_table_size") {
         auto v = Int(node, k, 16, 1048576);
         if (!v) return v.error();

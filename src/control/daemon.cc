@@ -50,6 +50,7 @@ Result<void> Daemon::Start() {
   sched.workers = opt_.workers;
   sched.cpus = opt_.cpus;
   sched.idle_poll_us = opt_.busy_poll ? Worker::kBusyPoll : opt_.poll_us;
+  sched.fixed_window = opt_.poll_fixed;
   sched_ = std::make_unique<Scheduler>(sched);
   if (sw) {
     SwitchOptions so;
@@ -676,6 +677,7 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
       workers.push_back({{"worker", v.name},
                          {"cpu", v.cpu},
                          {"busy_poll", v.busy_poll},
+                         {"window_us", w.busy_poll() ? -1.0 : static_cast<double>(w.window_ns()) / 1000},
                          {"packets_per_s", v.load},
                          {"cpu_pct", v.cpu_pct},
                          {"sleep_pct", v.sleep_pct},

@@ -41,7 +41,8 @@ struct DaemonOptions {
   uint64_t stats_interval_s = 0;
   uint32_t mac_aging_s = 300;
   uint32_t poll_us = Worker::kDefaultIdlePollUs;
-  bool busy_poll = false;  // workers never sleep
+  bool busy_poll = false;   // workers never sleep
+  bool poll_fixed = false;  // the idle window is always poll_us (no adapting)
   uint32_t mac_table_size = 8192;
   std::vector<PortSpec> ports;         // from the command line
   std::string config_path;             // "" if none

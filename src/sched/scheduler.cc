@@ -44,7 +44,7 @@ Scheduler::Scheduler(const SchedulerOptions& o) : opt_(o) {
   NICMUX_CHECK(o.workers >= 1);
   for (uint32_t i = 0; i < o.workers; ++i) {
     const int cpu = i < o.cpus.size() ? o.cpus[i] : -1;
-    workers_.push_back(std::make_unique<Worker>("worker" + std::to_string(i), cpu, o.idle_poll_us));
+    workers_.push_back(std::make_unique<Worker>("worker" + std::to_string(i), cpu, o.idle_poll_us, o.fixed_window));
   }
 }
 

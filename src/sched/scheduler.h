@@ -34,6 +34,7 @@ struct SchedulerOptions {
   uint32_t workers = 1;
   std::vector<int> cpus;  // empty: not pinned; else one per worker
   uint32_t idle_poll_us = Worker::kDefaultIdlePollUs;  // Worker::kBusyPoll: never sleep
+  bool fixed_window = false;                           // always poll idle_poll_us (no adapting)
   // Rebalancing: the busiest worker's load must drop by at least this share (percent)...
   uint32_t rebalance_pct = 25;
   // ...it must carry at least this many packets per interval (below: nothing to gain)...

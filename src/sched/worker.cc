@@ -19,10 +19,11 @@ constexpr int kMaxSleepMs = 100;
 constexpr int kPollingQueueSleepMs = 1;
 }  // namespace
 
-Worker::Worker(std::string name, int cpu, uint32_t idle_poll_us)
+Worker::Worker(std::string name, int cpu, uint32_t idle_poll_us, bool fixed_window)
     : name_(std::move(name)),
       cpu_(cpu),
-      idle_poll_ns_(idle_poll_us == kBusyPoll ? kBusyPollNs : uint64_t{idle_poll_us} * 1000) {
+      idle_poll_ns_(idle_poll_us == kBusyPoll ? kBusyPollNs : uint64_t{idle_poll_us} * 1000),
+      fixed_window_(fixed_window) {
   auto e = EventFd::Create();
   NICMUX_CHECK(e.has_value());
   wake_ = std::move(*e);
@@ -133,11 +134,44 @@ void Worker::Sleep() {
   for (const Polled& p : queues_) p.src.port->DisarmNotify(p.src.q);
 }
 
+void Worker::NoteSpell(uint64_t polled_ns, bool hit) {
+  // Each candidate window w (idle_poll / 16 .. idle_poll) is scored on what this idle spell
+  // showed: a packet came after polled_ns (hit) — polling for any w beyond it would have caught
+  // it, worth kBonus idle windows (a wake-up saved, and its latency) less the time spent; a
+  // shorter w would have polled in vain — or none came within polled_ns (the spell ended in a
+  // sleep): every w up to it would have polled in vain; longer ones learn nothing. Decayed sums;
+  // the window is the best candidate, or none (sleep at once) when none scores above 0. The
+  // bonus sets the balance: a reply that comes 30 us after its request scores, the lone packets
+  // of an independent trickle (gaps spread like a Poisson process's) do not.
+  const double bonus = kBonus * static_cast<double>(idle_poll_ns_);
+  const double t = static_cast<double>(polled_ns);
+  uint64_t best = 0;
+  double best_score = 0;
+  for (uint32_t k = 0; k < kWindows; ++k) {
+    const uint64_t wn = idle_poll_ns_ >> (kWindows - 1 - k);
+    const double w = static_cast<double>(wn);
+    if (hit) {
+      score_[k] += ((w > t ? bonus - t : -w) - score_[k]) / 16;
+    } else if (wn <= polled_ns) {
+      score_[k] += (-w - score_[k]) / 16;
+    }
+    if (score_[k] > best_score) {
+      best_score = score_[k];
+      best = wn;
+    }
+  }
+  window_ns_.store(best, std::memory_order_relaxed);
+}
+
 void Worker::Loop() {
-  // Empty rounds since the last packet; the clock is read when an idle spell starts and then
-  // every 64 empty rounds, never while packets flow.
+  // Empty rounds since the last packet; the clock is read when an idle spell starts, every
+  // 64 empty rounds after (8 while the window is short), and when a packet ends it — never
+  // while packets flow.
   uint32_t idle = 0;
   uint64_t idle_since = 0;
+  uint64_t spell_window = 0;  // this idle spell's window
+  uint32_t spells = 0;
+  const bool adaptive = idle_poll_ns_ != 0 && idle_poll_ns_ != kBusyPollNs && !fixed_window_;
   while (!stop_.load(std::memory_order_relaxed)) {
     MaybePause();
     uint64_t moved = 0;
@@ -152,18 +186,22 @@ void Worker::Loop() {
     }
     if (moved) {
       packets_.fetch_add(moved, std::memory_order_relaxed);
+      // Caught while polling: the spell's exact length is what polling bought.
+      if (idle != 0 && adaptive) NoteSpell(MonotonicNowNs() - idle_since, true);
       idle = 0;
       continue;
     }
     if (idle_poll_ns_ == kBusyPollNs) continue;
     if (idle++ == 0) {
-      if (idle_poll_ns_ != 0) {
-        idle_since = MonotonicNowNs();
-        continue;
-      }
-    } else if (idle % 64 != 0 || MonotonicNowNs() - idle_since < idle_poll_ns_) {
+      idle_since = MonotonicNowNs();
+      // The window learned, except one spell in 64 that polls the whole idle_poll: what
+      // longer windows would catch is learned only by polling that long.
+      spell_window = !adaptive ? idle_poll_ns_ : ++spells % 64 == 0 ? idle_poll_ns_ : window_ns_.load(std::memory_order_relaxed);
+      if (spell_window != 0) continue;
+    } else if (idle % (spell_window < 20'000 ? 8 : 64) != 0 || MonotonicNowNs() - idle_since < spell_window) {
       continue;
     }
+    if (adaptive && spell_window != 0) NoteSpell(spell_window, false);
     idle = 0;
     if (pause_req_.load(std::memory_order_acquire)) continue;
     Sleep();

@@ -1,9 +1,11 @@
 // Worker: a thread that polls the source queues the scheduler gives it (Scheduler,
 // sched/scheduler.h), one bounded burst per queue per round, round robin, through its
-// forwarding context. While there is traffic it busy-polls; after a short idle spell
-// (idle_poll_us, adapted: see Loop) it arms its own queues' notifications (and those of the
-// destinations it holds sources for) and sleeps in poll(2) on their fds, so idle guests cost
-// no CPU and a kick wakes only the worker that polls the queue; it wakes on a kick, a pause
+// forwarding context. While there is traffic it busy-polls; after an idle spell (the window:
+// adaptive, up to idle_poll_us, see NoteSpell) it arms its own queues' notifications and sleeps
+// in poll(2) on their fds, so idle guests cost no CPU and a kick wakes only the worker that
+// polls the queue. The window follows the gaps between bursts: a reply that comes 30 us after
+// the request is worth polling for, a lone packet of an independent trickle is not (it costs
+// a wake-up either way, and polling only burns the CPU meanwhile). It wakes on a kick, a pause
 // request or a timeout (100 ms; 1 ms while one of its running queues has no kick fd and must be
 // polled). Kick fds are drained without blocking whatever their owner did to them
 // (base/peer_io.h).
@@ -42,7 +44,9 @@ class Worker final : public Pausable {
 
   // cpu < 0: no pinning. idle_poll_us: see kDefaultIdlePollUs; 0 sleeps at the first empty
   // round; kBusyPoll never sleeps.
-  explicit Worker(std::string name, int cpu = -1, uint32_t idle_poll_us = kDefaultIdlePollUs);
+  // fixed_window: always poll idle_poll_us before sleeping (no adaptation; --poll-fixed).
+  explicit Worker(std::string name, int cpu = -1, uint32_t idle_poll_us = kDefaultIdlePollUs,
+                  bool fixed_window = false);
   ~Worker() override;
 
   // A queue the worker polls, with the counter its packets are added to (owned by the
@@ -74,6 +78,12 @@ class Worker final : public Pausable {
   uint64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
   uint64_t kick_wakeups() const { return kick_wakeups_.load(std::memory_order_relaxed); }
   uint64_t sleep_ns() const { return sleep_ns_.load(std::memory_order_relaxed); }
+  // The adaptive idle-poll window it uses now (ns; 0: sleeps at the first empty round).
+  uint64_t window_ns() const {
+    return busy_poll()                         ? UINT64_MAX
+           : idle_poll_ns_ == 0 || fixed_window_ ? idle_poll_ns_
+                                                 : window_ns_.load(std::memory_order_relaxed);
+  }
   uint64_t cpu_ns() const;
 
  private:
@@ -81,10 +91,17 @@ class Worker final : public Pausable {
   void Loop();
   void MaybePause();
   void Sleep();
+  // Adaptive polling: the idle-poll window chosen from what idle spells showed (NoteSpell).
+  void NoteSpell(uint64_t polled_ns, bool hit);
+  static constexpr uint32_t kWindows = 5;  // idle_poll / 16, / 8, / 4, / 2, / 1
+  static constexpr double kBonus = 1.5;    // a packet caught is worth this many idle_polls
 
   std::string name_;
   int cpu_;
   uint64_t idle_poll_ns_;
+  bool fixed_window_;
+  double score_[kWindows] = {};
+  std::atomic<uint64_t> window_ns_{0};  // the idle-poll window now (read by the control thread)
   Forwarder* fwd_ = nullptr;
   std::vector<Polled> queues_;
   std::vector<NotifyFd> fds_;    // Sleep's, kept to avoid an allocation per sleep
