@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cinttypes>
+#include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -87,6 +88,7 @@ struct GenOptions {
   std::string mode;  // tx, rx, reflect, bidir, ping
   uint32_t size = 64;
   uint64_t rate = 0;   // frames per second (0: as fast as the ring takes them)
+  bool poisson = false;  // with rate: one frame at a time, exponential gaps (mean 1/rate)
   uint64_t count = 0;  // 0: until --duration
   double duration = 10;
   bool duration_given = false;
@@ -125,6 +127,8 @@ inline bool ParseGenOption(const GenCli& cli, const std::string& a, const std::f
     o.size = static_cast<uint32_t>(cli.Num(a, val(), 60, 65000));
   } else if (a == "--rate") {
     o.rate = cli.Num(a, val(), 1, 1'000'000'000);
+  } else if (a == "--poisson") {
+    o.poisson = true;
   } else if (a == "--count") {
     o.count = cli.Num(a, val(), 1, UINT64_MAX / 2);
   } else if (a == "--duration") {
@@ -231,13 +235,42 @@ class RxAccount {
 
 // ---- sending ---------------------------------------------------------------------------------
 
-// Frames a sender may post now, at most `burst`: all of them unpaced, else what the rate has
-// made due since send_from (t: seconds since the start) beyond the `sent` so far.
-inline uint64_t PacedAllowance(const GenOptions& o, double t, double send_from, uint64_t sent, uint64_t burst) {
-  if (!o.rate) return burst;
-  const double due = o.rate * (t - send_from);
-  return due > sent ? std::min<uint64_t>(burst, static_cast<uint64_t>(due - sent) + 1) : 0;
-}
+// When frames are due. Evenly: frame k (from 0) after send_from + k / rate. --poisson: one at a
+// time, each after a gap drawn from an exponential distribution of mean 1 / rate (a Poisson
+// process: single-frame bursts at random gaps, the way independent senders' frames come).
+class Pacer {
+ public:
+  explicit Pacer(const GenOptions& o) : o_(o), rng_(0x9E3779B97F4A7C15ull ^ (uint64_t{o.stream} << 1 | 1)) {}
+  // Frames a sender may post now (t: seconds since the start), at most `burst`.
+  uint64_t Allowance(double t, double send_from, uint64_t sent, uint64_t burst) {
+    if (!o_.rate) return burst;
+    if (!o_.poisson) {
+      const double due = o_.rate * (t - send_from);
+      return due > sent ? std::min<uint64_t>(burst, static_cast<uint64_t>(due - sent) + 1) : 0;
+    }
+    return t >= NextDue(send_from, sent) ? 1 : 0;
+  }
+  // When the next frame is due (seconds since the start).
+  double NextDue(double send_from, uint64_t sent) {
+    if (!o_.poisson) return send_from + (sent + 1.0) / o_.rate;
+    while (gaps_ <= sent) {
+      // xorshift64*, then a uniform in (0, 1]
+      rng_ ^= rng_ >> 12;
+      rng_ ^= rng_ << 25;
+      rng_ ^= rng_ >> 27;
+      const double u = static_cast<double>((rng_ * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+      at_ += -std::log(1.0 - u) / static_cast<double>(o_.rate);
+      ++gaps_;
+    }
+    return send_from + at_;
+  }
+
+ private:
+  const GenOptions& o_;
+  uint64_t rng_;
+  uint64_t gaps_ = 0;  // gaps drawn: frame gaps_-1 is due at send_from + at_
+  double at_ = 0;
+};
 
 // ---- the loop's bookkeeping ------------------------------------------------------------------
 
@@ -272,11 +305,12 @@ class Progress {
 // them. spin: ping with a round trip outstanding (a sleep would be measured).
 class Backoff {
  public:
+  explicit Backoff(Pacer* pacer) : pacer_(pacer) {}
   void AfterRound(const GenOptions& o, bool work, bool sending, bool spin, double elapsed_s, double send_from,
                   uint64_t sent) {
     if (o.yield) sched_yield();  // two endpoints on one CPU: let the other run every round
     if (!work && o.rate && o.sends() && sending && !spin) {
-      const double wait = send_from + (sent + 1.0) / o.rate - elapsed_s;
+      const double wait = pacer_->NextDue(send_from, sent) - elapsed_s;
       if (wait > 0) usleep(static_cast<useconds_t>(std::min(wait, 200e-6) * 1e6));
     }
     if (!work && sending && !spin && ++stalled_ > 64) {
@@ -288,6 +322,7 @@ class Backoff {
   }
 
  private:
+  Pacer* pacer_;
   uint32_t stalled_ = 0;
 };
 

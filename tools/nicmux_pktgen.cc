@@ -49,6 +49,8 @@ options:
   --server           listen on PATH and wait for the backend (a nicmuxd port with `client`)
   --size BYTES       frame size without FCS, 60..65000 (default 64)
   --rate PPS         packets per second to send (default: as fast as possible)
+  --poisson          with --rate: one packet at a time, at random gaps (exponential, mean
+                     1/PPS: a Poisson process, like many independent senders)
   --count N          stop after sending N packets (tx, bidir) or receiving N (rx, reflect)
   --duration S       stop after S seconds (default 10; with --count: the time limit)
   --verify           check every received frame's header, length and every payload byte,
@@ -146,6 +148,7 @@ Options Parse(int argc, char** argv) {
   }
   if (o.socket.empty()) kCli.Usage("--socket is required");
   if (o.mode.empty()) kCli.Usage("--mode is required");
+  if (o.poisson && !o.rate) kCli.Usage("--poisson needs --rate");
   if (o.udp && (o.mode != "tx" || o.tso || o.size < 42)) {
     kCli.Usage("--udp: only with --mode tx, without --tso, and --size of at least 42");
   }
@@ -216,7 +219,8 @@ int Run(const Options& o) {
   const uint64_t t0 = GenNowNs();
   const double limit_s = o.duration + o.delay;
   Progress progress(o, t0);
-  Backoff backoff;
+  Pacer pacer(o);
+  Backoff backoff(&pacer);
   uint32_t idle = 0;
   // Reflect: frames waiting for a transmit buffer.
   std::vector<std::vector<uint8_t>> backlog;
@@ -304,7 +308,7 @@ int Run(const Options& o) {
           ++added;
         }
       } else if (send && !tx_done && released && t >= send_from) {
-        const uint64_t allowed = PacedAllowance(o, t, send_from, st.tx, 32);
+        const uint64_t allowed = pacer.Allowance(t, send_from, st.tx, 32);
         while (added < allowed && tq.num_free() > 0) {
           if (o.count && st.tx >= o.count) {
             tx_done = true;

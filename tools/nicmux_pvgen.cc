@@ -59,6 +59,8 @@ options:
   --size BYTES       frame size without FCS, 60..65000 (default 64); at most the device's
                      buffer size (the port's buf_size) and its max_frame
   --rate PPS         packets per second to send (default: as fast as possible)
+  --poisson          with --rate: one packet at a time, at random gaps (exponential, mean
+                     1/PPS: a Poisson process, like many independent senders)
   --count N          stop after sending N packets (tx, bidir) or receiving N (rx, reflect)
   --duration S       stop after S seconds (default 10; with --count: the time limit)
   --verify           check every received frame's header, length and every payload byte,
@@ -144,6 +146,7 @@ Options Parse(int argc, char** argv) {
   }
   if (o.socket.empty() == o.pci.empty()) kCli.Usage("one of --socket and --pci is required");
   if (o.mode.empty()) kCli.Usage("--mode is required");
+  if (o.poisson && !o.rate) kCli.Usage("--poisson needs --rate");
   if (o.static_payload && !o.tso) kCli.Usage("--static-payload needs --tso");
   return o;
 }
@@ -281,7 +284,8 @@ int Run(Options& o) {
   const uint64_t t0 = GenNowNs();
   const double limit_s = o.duration + o.delay;
   Progress progress(o, t0);
-  Backoff backoff;
+  Pacer pacer(o);
+  Backoff backoff(&pacer);
   uint32_t idle = 0;
   bool tx_done = !send;
   bool released = !o.hold;
@@ -335,7 +339,7 @@ int Run(Options& o) {
       }
       // Transmit.
       if (send && !tx_done && released && t >= send_from) {
-        uint64_t allowed = PacedAllowance(o, t, send_from, st.tx, kBurst);
+        uint64_t allowed = pacer.Allowance(t, send_from, st.tx, kBurst);
         allowed = std::min<uint64_t>(allowed, nmx_pv_tx_free(dev, k));
         uint16_t m = 0;
         while (m < allowed) {
