@@ -561,11 +561,21 @@ void SchedShow(Connection& c, const Options& o) {
   };
   for (const json& w : Array(r, "workers")) {
     std::string queues;
-    for (const json& q : Array(w, "queues")) {
+    const json& qs = Array(w, "queues");
+    // Busiest first; a long list is cut (--json has them all).
+    std::vector<const json*> order;
+    for (const json& q : qs) order.push_back(&q);
+    std::stable_sort(order.begin(), order.end(), [](const json* a, const json* b) {
+      return a->value("packets_per_s", uint64_t{0}) > b->value("packets_per_s", uint64_t{0});
+    });
+    constexpr size_t kShown = 12;
+    for (size_t i = 0; i < order.size() && i < kShown; ++i) {
+      const json& q = *order[i];
       if (!queues.empty()) queues += " ";
       queues += Str(q, "port") + "/" + Str(q, "queue") + (q.value("pinned", false) ? "*" : "") + "(" +
                 Str(q, "packets_per_s") + ")";
     }
+    if (order.size() > kShown) queues += " ... (" + std::to_string(order.size()) + " in all)";
     if (queues.empty()) queues = "-";
     const int64_t cpu = w.value("cpu", -1);
     const double win = w.value("window_us", 0.0);

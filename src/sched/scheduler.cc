@@ -179,7 +179,9 @@ bool Scheduler::Tick() {
     const uint64_t cpu = wk.cpu_ns(), slept = wk.sleep_ns(), sleeps = wk.sleeps(), packets = wk.packets();
     if (dt != 0) {
       in.cpu_pct = 100.0 * static_cast<double>(cpu - std::min(cpu, in.cpu_ns)) / static_cast<double>(dt);
-      in.sleep_pct = 100.0 * static_cast<double>(slept - std::min(slept, in.sleep_ns)) / static_cast<double>(dt);
+      // (A sleep is counted when it ends: one that began in the previous interval can push this
+      // past 100.)
+      in.sleep_pct = std::min(100.0, 100.0 * static_cast<double>(slept - std::min(slept, in.sleep_ns)) / static_cast<double>(dt));
       in.wakeups = sleeps - in.sleeps;
       const uint64_t moved = packets - in.packets;
       in.ns_per_packet = moved ? (cpu - std::min(cpu, in.cpu_ns)) / moved : 0;
