@@ -88,8 +88,7 @@ class AfXdpPort final : public Port {
   size_t Rx(uint32_t q, Batch& out, size_t max) override;
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
-  // kBurst, as TAP: Tx stops where frames or TX slots run out. (Reading the rings here would
-  // race with another worker's Tx: the switch calls TxRoom without the queue's lock.)
+  // kBurst, as TAP: Tx stops where frames or TX slots run out (which Tx checks itself).
   size_t TxRoom(uint32_t) override { return kBurst; }
   bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
   void DisarmNotify(uint32_t) override {}

@@ -226,6 +226,7 @@ class DpdkPort final : public Port {
   // Zero copy: frames of at least zc_min_ bytes (0: off; also off where the device takes no
   // chains or sits on a bus that needs DMA mappings of the source's memory).
   uint32_t zc_min_ = 0;
+  bool zc_iova_va_ = false;  // the EAL's IOVA mode (fixed once it is up): external buffers' IOVA
   std::string zc_state_ = "off";
   rte_eth_dev_info info_{};
   std::vector<std::unique_ptr<Queue>> q_;
@@ -317,6 +318,7 @@ Result<void> DpdkPort::Open() {
     attach_pool_ = rte_pktmbuf_pool_create(attach_name.c_str(), nattach, 0, 0, 0, SOCKET_ID_ANY);
     if (!attach_pool_) return Error(what + ": no mbuf pool of " + std::to_string(nattach) + " for zero copy: " + rte_strerror(rte_errno));
     zc_min_ = opt_.zerocopy_min;
+    zc_iova_va_ = rte_eal_iova_mode() == RTE_IOVA_VA;
     zc_state_ = "frames of " + std::to_string(zc_min_) + " bytes and more";
   }
   for (uint32_t i = 0; i < opt_.queues; ++i) {
@@ -601,7 +603,6 @@ ZcRecord* DpdkPort::AttachZeroCopy(Queue& q, const PacketRef& p, rte_mbuf* m) {
   m->data_len = static_cast<uint16_t>(p.head_len);
   m->pkt_len = p.len;
   m->nb_segs = static_cast<uint16_t>(1 + np);
-  const bool iova_va = rte_eal_iova_mode() == RTE_IOVA_VA;
   rte_mbuf* last = m;
   for (uint32_t i = 0; i < np; ++i) {
     // UNTRUSTED: the rest is read by the device straight from the source's memory: pieces of
@@ -610,7 +611,7 @@ ZcRecord* DpdkPort::AttachZeroCopy(Queue& q, const PacketRef& p, rte_mbuf* m) {
     // that rewrites its buffer meanwhile changes only the payload of its own frame (its
     // headers went from the copy above); the host never reads outside the guest's memory.
     rte_mbuf* e = ext[i];
-    rte_pktmbuf_attach_extbuf(e, pieces[i].data, iova_va ? reinterpret_cast<rte_iova_t>(pieces[i].data) : RTE_BAD_IOVA,
+    rte_pktmbuf_attach_extbuf(e, pieces[i].data, zc_iova_va_ ? reinterpret_cast<rte_iova_t>(pieces[i].data) : RTE_BAD_IOVA,
                               pieces[i].len, &r->shinfo);
     e->data_len = pieces[i].len;
     last->next = e;

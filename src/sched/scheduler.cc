@@ -128,15 +128,15 @@ void Scheduler::PortPause::Pause() {
   for (uint32_t w : paused_) s_->workers_[w]->Pause();
   // The other workers may still send to it: they find it closed (under its TxLocks) until
   // Resume. With one worker there is no other.
-  closed_ = port_ != nullptr && paused_.size() < s_->workers_.size();
-  if (closed_) port_->CloseTx();
+  closed_ = port_ != nullptr && paused_.size() < s_->workers_.size() ? port_ : nullptr;
+  if (closed_) closed_->CloseTx();
 }
 
 void Scheduler::PortPause::Resume() {
   NICMUX_CHECK(depth_ > 0);
   if (--depth_ > 0) return;
-  if (closed_) port_->OpenTx();
-  closed_ = false;
+  if (closed_) closed_->OpenTx();
+  closed_ = nullptr;
   for (auto it = paused_.rbegin(); it != paused_.rend(); ++it) s_->workers_[*it]->Resume();
   paused_.clear();
 }

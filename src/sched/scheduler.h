@@ -85,7 +85,7 @@ class Scheduler final : public Pausable {
     Port* port_ = nullptr;
     int depth_ = 0;
     std::vector<uint32_t> paused_;  // the workers this pause holds
-    bool closed_ = false;           // it closed the port's transmit side
+    Port* closed_ = nullptr;        // the port whose transmit side it closed
   };
   std::unique_ptr<PortPause> MakePortPause() { return std::make_unique<PortPause>(this); }
 

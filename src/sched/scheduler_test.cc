@@ -18,16 +18,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-template <typename F>
-bool WaitFor(F done, std::chrono::milliseconds limit = 20s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (done()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return done();
-}
-
 TEST(QueueAssignment, NewQueuesGoRoundRobinAndPinsAreKept) {
   std::vector<QueueLoad> qs(5);
   qs[3].pin = 0;

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -10,6 +12,17 @@
 #include "switch/forwarder.h"
 
 namespace nicmux {
+
+// Waits for an event with a generous bound (the machine may be busy): true once done().
+template <typename F>
+bool WaitFor(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return done();
+}
 
 class FakeForwarder final : public Forwarder {
  public:

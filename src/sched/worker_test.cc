@@ -33,16 +33,6 @@ struct OneQueue {
   }
 };
 
-template <typename F>
-bool WaitFor(F done, std::chrono::milliseconds limit = 20s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (done()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return done();
-}
-
 TEST(Worker, PauseReturnsBetweenPollsAndNothingIsPolledUntilResume) {
   OneQueue one;
   FakeForwarder& f = one.f;

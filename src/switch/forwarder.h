@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
+#include <span>
 #include <vector>
 
 #include "port/port.h"
@@ -26,6 +28,20 @@ struct SourceQueue {
   uint16_t q = 0;   // queue pair
   bool operator==(const SourceQueue&) const = default;
 };
+
+// A destination queue's TxRoom / Tx as every forwarder does them: under its TxLock when more
+// than one worker may send to it (shared), and, locked, nothing at all while the port is
+// closed for a change of its own (Port::tx_closed): no room, nothing taken.
+inline size_t TxRoomOf(Port* dst, uint32_t dq, bool shared) {
+  if (!shared) return dst->TxRoom(dq);
+  std::lock_guard lock(dst->tx_lock(dq));
+  return dst->tx_closed() ? 0 : dst->TxRoom(dq);
+}
+inline size_t SendTo(Port* dst, uint32_t dq, std::span<const PacketRef* const> out, bool shared) {
+  if (!shared) return dst->Tx(dq, out);
+  std::lock_guard lock(dst->tx_lock(dq));
+  return dst->tx_closed() ? 0 : dst->Tx(dq, out);
+}
 
 class Forwarder {
  public:

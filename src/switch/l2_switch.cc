@@ -277,19 +277,6 @@ WorkDone SwitchWorker::ForwardAll() {
   return w;
 }
 
-size_t SwitchWorker::RoomOf(Port* dp, uint32_t dq) {
-  if (!shared_) return dp->TxRoom(dq);
-  std::lock_guard lock(dp->tx_lock(dq));
-  return dp->tx_closed() ? 0 : dp->TxRoom(dq);
-}
-
-size_t SwitchWorker::SendTo(Port* dp, uint32_t dq, std::span<const PacketRef* const> out) {
-  if (!shared_) return dp->Tx(dq, out);
-  std::lock_guard lock(dp->tx_lock(dq));
-  // Closed: the port changes its queues (its own Pausable); nothing is taken.
-  return dp->tx_closed() ? 0 : dp->Tx(dq, out);
-}
-
 // Pass 1 for one packet: its VLAN (the head normalized to untagged), source learned, and a
 // destination. False: drop, for the reason in *why (counted by the caller once the batch's cut
 // is known). *unlearned: its source MAC was not learned, the port being at its mac_limit.
@@ -466,7 +453,7 @@ size_t SwitchWorker::SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp,
       if (tag) TagInPlace(seg_out_[at + k], vid);
       out[k] = &seg_out_[at + k];
     }
-    const size_t took = SendTo(dp, dq, {out, m});
+    const size_t took = SendTo(dp, dq, {out, m}, shared_);
     if (capture) {
       for (size_t k = 0; k < took; ++k) capture->Add(*out[k], true);
     }
@@ -518,7 +505,7 @@ uint32_t SwitchWorker::Cut(uint32_t q, uint32_t n) {
   for (uint32_t k = 0; k < plan.num_ids; ++k) {
     const uint16_t d = plan.ids[k];
     Port* dp = sw_->ports_[d].port;
-    const size_t room = RoomOf(dp, q % dp->NumQueuePairs());
+    const size_t room = TxRoomOf(dp, q % dp->NumQueuePairs(), shared_);
     may_hold[k] = false;
     if (room >= plan.count[d]) {
       must = std::max<uint32_t>(must, plan.group[d][plan.count[d] - 1] + 1u);
@@ -642,7 +629,7 @@ WorkDone SwitchWorker::Forward(uint16_t src, uint32_t q) {
     const PortCaps caps = dp->Caps();
     auto flush = [&] {
       if (m == 0) return;
-      const size_t sent = SendTo(dp, dq, {out, m});
+      const size_t sent = SendTo(dp, dq, {out, m}, shared_);
       if (sent < m) cnt.drops.Add(DropReason::kQueueFull, m - sent);
       if (capture) {
         for (size_t k = 0; k < sent; ++k) capture->Add(*out[k], true);

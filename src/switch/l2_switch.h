@@ -163,10 +163,6 @@ class SwitchWorker final : public Forwarder {
     uint16_t epoch = 0;  // the source port's link generation (low bits) for MacTable::Learn
   };
   struct PortCounters;
-  // A destination queue's TxRoom / Tx, under its TxLock when the switch has more than one
-  // worker; a port closed for a change (Port::tx_closed) has no room and takes nothing.
-  size_t RoomOf(Port* dp, uint32_t dq);
-  size_t SendTo(Port* dp, uint32_t dq, std::span<const PacketRef* const> out);
   void FillGroups(uint16_t src, uint32_t n, uint16_t nids);
   bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, DropReason* why, bool* unlearned,
                 uint32_t now_s, BatchMemo& memo, L4Layout* l4);

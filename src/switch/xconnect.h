@@ -31,19 +31,9 @@ class XconnectWorker final : public Forwarder {
   WorkDone ForwardAll();
 
  private:
-  size_t RoomOf(Port* dst, uint32_t dq) {
-    if (!shared_) return dst->TxRoom(dq);
-    std::lock_guard lock(dst->tx_lock(dq));
-    return dst->tx_closed() ? 0 : dst->TxRoom(dq);
-  }
-  size_t SendTo(Port* dst, uint32_t dq, std::span<const PacketRef* const> out) {
-    if (!shared_) return dst->Tx(dq, out);
-    std::lock_guard lock(dst->tx_lock(dq));
-    return dst->tx_closed() ? 0 : dst->Tx(dq, out);
-  }
 
   void Move(Port* src, uint32_t sq, Port* dst, uint32_t dq, WorkDone* w) {
-    const size_t room = RoomOf(dst, dq);
+    const size_t room = TxRoomOf(dst, dq, shared_);
     // No room: the source's chains stay in its ring, so its worker does not sleep (its
     // ArmNotify sees them) and polls until the destination has room.
     if (room == 0) return;
@@ -59,7 +49,7 @@ class XconnectWorker final : public Forwarder {
     if (plain) {
       const PacketRef* ptrs[kBurst];
       for (uint32_t k = 0; k < n; ++k) ptrs[k] = &batch_[k];
-      sent = SendTo(dst, dq, {ptrs, n});
+      sent = SendTo(dst, dq, {ptrs, n}, shared_);
     } else {
       sent = MoveWithOffloads(src, dst, dq);
     }
@@ -84,7 +74,7 @@ class XconnectWorker final : public Forwarder {
     constexpr uint32_t kAll = ~0u;
     auto flush = [&]() -> uint32_t {
       if (m == 0) return kAll;
-      const size_t took = SendTo(dst, dq, {ptrs, m});
+      const size_t took = SendTo(dst, dq, {ptrs, m}, shared_);
       const uint32_t r = took < m ? idx[took] : kAll;
       m = 0;
       return r;
@@ -113,7 +103,7 @@ class XconnectWorker final : public Forwarder {
                 if (sum_here) CompleteChecksum(seg_out_[at + j]);
                 segs[j] = &seg_out_[at + j];
               }
-              const size_t took = SendTo(dst, dq, {segs, c});
+              const size_t took = SendTo(dst, dq, {segs, c}, shared_);
               at += static_cast<uint32_t>(took);
               if (took < c) break;
             }
