@@ -188,6 +188,22 @@ class Port {
     for (uint32_t q = 0; q < NumQueuePairs(); ++q) DisarmNotify(q);
   }
 
+  // Interrupt moderation (docs/switch.md "Interrupt moderation"): a port may defer a signal
+  // its peer asked for (a vhost-user call) after Tx or RxDone, to give one signal for several
+  // batches. Such a port says so (defers_signals) and the forwarder notes the queue it sent to
+  // or received from (SignalDebts, switch/forwarder.h); whoever noted it then calls the
+  // matching Flush*Signal no later than the deadline it returns, and with force before it
+  // sleeps or pauses, so no completed packet stays unsignalled while its worker is away.
+  // Both signal what is due (force: all that is deferred) and return the next deadline
+  // (MonotonicNowNs) of what stays deferred, 0 when nothing does.
+  bool defers_signals() const { return defers_signals_; }
+  // What Tx(q) deferred (the peer's receive queue): called like Tx, under tx_lock(q) when
+  // shared and never while the port is closed (TxRoomOf/SendTo's rules).
+  virtual uint64_t FlushTxSignal(uint32_t q, uint64_t now_ns, bool force) { return 0; }
+  // What RxDone(q) deferred (completions of the peer's transmit queue): the worker that polls
+  // queue q.
+  virtual uint64_t FlushRxSignal(uint32_t q, uint64_t now_ns, bool force) { return 0; }
+
   virtual PortStats Stats() const = 0;
   // Queue pair q's counters alone (`connected` unused), for per-queue metrics; any thread. A
   // kind without per-queue counters reports everything as queue 0.
@@ -250,6 +266,8 @@ class Port {
   void PeerGone() { link_generation_.fetch_add(1, std::memory_order_release); }
   // Publishes what Tx accepts from now on (any thread).
   void SetCaps(const PortCaps& c) { caps_.store(c.Pack(), std::memory_order_release); }
+  // Set once at construction by a port configured to defer signals.
+  void set_defers_signals(bool on) { defers_signals_ = on; }
 
  private:
   std::string name_;
@@ -257,6 +275,7 @@ class Port {
   std::atomic<bool> tx_closed_{false};
   std::atomic<uint64_t> link_generation_{0};
   std::atomic<uint64_t> caps_{0};
+  bool defers_signals_ = false;
 };
 
 }  // namespace nicmux

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "base/log.h"
 #include "port/port.h"
 #include "switch/forwarder.h"
 
@@ -26,10 +27,13 @@ bool WaitFor(F done, std::chrono::milliseconds limit = std::chrono::seconds(20))
 
 class FakeForwarder final : public Forwarder {
  public:
+  FakeForwarder() : Forwarder(false) {}
   // busy_id >= 0: that port id always has a burst (a heavy queue); pending: packets for any.
+  // defer_to: a port the packets are "sent" to, which defers its signal (FakePort::Defer).
   WorkDone Forward(uint16_t id, uint32_t) override {
     if (static_cast<int>(id) == busy_id || static_cast<int>(id) == busy_id2) {
       polls.fetch_add(1);
+      Sent();
       return WorkDone{kBurst, kBurst * 64};
     }
     in_poll.store(true);
@@ -38,11 +42,14 @@ class FakeForwarder final : public Forwarder {
     if (pending.load() > 0) {
       pending.fetch_sub(1);
       w.packets = 1;
+      Sent();
     }
     in_poll.store(false);
     return w;
   }
 
+  void Sent();
+  class FakePort* defer_to = nullptr;
   std::atomic<bool> in_poll{false};
   std::atomic<uint64_t> polls{0};
   std::atomic<int> pending{0};
@@ -69,9 +76,38 @@ class FakePort final : public Port {
   uint64_t DropsFor(DropReason) const override { return 0; }
   std::string State() const override { return "up"; }
 
+  // Interrupt moderation: a Tx defers its signal `defer_ns` (the first one; later Tx leave
+  // the deadline), given by FlushTxSignal when due or forced.
+  void Defer(uint64_t ns) {
+    set_defers_signals(true);
+    defer_ns = ns;
+  }
+  void Deferring(uint64_t now_ns) {
+    uint64_t zero = 0;
+    deadline.compare_exchange_strong(zero, now_ns + defer_ns);
+  }
+  uint64_t FlushTxSignal(uint32_t, uint64_t now_ns, bool force) override {
+    const uint64_t d = deadline.load();
+    if (d == 0) return 0;
+    if (!force && now_ns < d) return d;
+    deadline.store(0);
+    signals.fetch_add(1);
+    if (force) forced.fetch_add(1);
+    return 0;
+  }
+
   std::atomic<uint64_t> arms{0};
   int kick_fd = -1;
   bool can_sleep = true;
+  uint64_t defer_ns = 0;
+  std::atomic<uint64_t> deadline{0};
+  std::atomic<uint64_t> signals{0}, forced{0};
 };
+
+inline void FakeForwarder::Sent() {
+  if (defer_to == nullptr) return;
+  defer_to->Deferring(MonotonicNowNs());
+  debts_.NoteTx(defer_to, 0);
+}
 
 }  // namespace nicmux

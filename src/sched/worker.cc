@@ -88,8 +88,15 @@ void Worker::Resume() {
   cv_.notify_all();
 }
 
+void Worker::FlushSignals(bool force) {
+  if (fwd_ == nullptr || fwd_->debts().empty()) return;
+  fwd_->debts().Flush(MonotonicNowNs(), force);
+}
+
 void Worker::MaybePause() {
   if (!pause_req_.load(std::memory_order_acquire)) return;
+  // Nothing deferred waits on a paused worker (interrupt moderation, SignalDebts).
+  FlushSignals(true);
   std::unique_lock lock(mu_);
   paused_ = true;
   cv_.notify_all();
@@ -99,9 +106,13 @@ void Worker::MaybePause() {
 }
 
 void Worker::Sleep() {
+  // Every signal deferred for moderation is given before sleeping: a guest waiting for one
+  // must not wait for this worker's next packet. One that could not be (its port closed for a
+  // change) keeps the sleep short.
+  FlushSignals(true);
   fds_.clear();
   bool pending = false;
-  bool can_sleep = true;
+  bool can_sleep = fwd_ == nullptr || fwd_->debts().empty();
   for (const Polled& p : queues_) {
     can_sleep &= p.src.port->CanSleep(p.src.q);
     pending |= p.src.port->ArmNotify(p.src.q, &fds_);
@@ -113,7 +124,7 @@ void Worker::Sleep() {
     sleeps_.fetch_add(1, std::memory_order_relaxed);
     const uint64_t t0 = MonotonicNowNs();
     // With no queue and no hold there is nothing to miss: sleep until woken.
-    const int timeout = fds_.empty() && queues_.empty() ? -1 : can_sleep ? kMaxSleepMs : kPollingQueueSleepMs;
+    const int timeout = fds_.empty() && queues_.empty() && can_sleep ? -1 : can_sleep ? kMaxSleepMs : kPollingQueueSleepMs;
     int n = ::poll(pfds_.data(), pfds_.size(), timeout);
     sleep_ns_.fetch_add(MonotonicNowNs() - t0, std::memory_order_relaxed);
     if (n > 0) {
@@ -184,6 +195,9 @@ void Worker::Loop() {
         moved += d.packets;
       }
     }
+    // Deferred signals (interrupt moderation) whose time has come; a clock read per round
+    // only while some are deferred.
+    if (!fwd_->debts().empty()) [[unlikely]] fwd_->debts().Flush(MonotonicNowNs(), false);
     if (moved) {
       packets_.fetch_add(moved, std::memory_order_relaxed);
       // Caught while polling: the spell's exact length is what polling bought.
@@ -206,6 +220,7 @@ void Worker::Loop() {
     if (pause_req_.load(std::memory_order_acquire)) continue;
     Sleep();
   }
+  FlushSignals(true);
 }
 
 }  // namespace nicmux

@@ -91,6 +91,8 @@ class Worker final : public Pausable {
   void Loop();
   void MaybePause();
   void Sleep();
+  // The signals its forwarder deferred (SignalDebts): those due, or all (force).
+  void FlushSignals(bool force);
   // Adaptive polling: the idle-poll window chosen from what idle spells showed (NoteSpell).
   void NoteSpell(uint64_t polled_ns, bool hit);
   static constexpr uint32_t kWindows = 5;  // idle_poll / 16, / 8, / 4, / 2, / 1

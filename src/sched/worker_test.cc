@@ -137,5 +137,56 @@ TEST(Worker, AQueueWithoutKickFdDoesNotKeepTheWorkerAwake) {
   w.Stop();
 }
 
+
+// Interrupt moderation (SignalDebts): a signal a port deferred is given when its deadline
+// comes while the worker is busy, and at once when the worker goes to sleep or pauses,
+// whatever its deadline.
+TEST(Worker, DeferredSignalsAreGivenWhenDueWhileBusy) {
+  OneQueue one;
+  FakePort dst("dst");
+  dst.Defer(1'000'000);  // 1 ms
+  one.f.defer_to = &dst;
+  one.f.busy_id = 0;  // never idle: only the deadline can give them
+  Worker w("w", -1, 100);
+  one.Give(w);
+  ASSERT_TRUE(w.Start());
+  ASSERT_TRUE(WaitFor([&] { return dst.signals.load() >= 5; }));
+  w.Stop();
+  EXPECT_EQ(w.sleeps(), 0u);
+  EXPECT_LE(dst.forced.load(), 1u);  // at Stop at most
+}
+
+TEST(Worker, DeferredSignalsAreGivenBeforeSleeping) {
+  OneQueue one;
+  FakePort dst("dst");
+  dst.Defer(3600'000'000'000ull);  // an hour: only the flush before sleeping can give it
+  one.f.defer_to = &dst;
+  Worker w("w", -1, 100);
+  one.Give(w);
+  ASSERT_TRUE(w.Start());
+  one.f.pending.store(1);
+  ASSERT_TRUE(WaitFor([&] { return dst.signals.load() == 1 && w.sleeps() >= 1; }));
+  EXPECT_EQ(dst.forced.load(), 1u);
+  EXPECT_EQ(dst.deadline.load(), 0u);
+  w.Stop();
+}
+
+TEST(Worker, DeferredSignalsAreGivenBeforePausing) {
+  OneQueue one;
+  FakePort dst("dst");
+  dst.Defer(3600'000'000'000ull);
+  one.f.defer_to = &dst;
+  one.f.busy_id = 0;  // never sleeps
+  Worker w("w", -1, 100);
+  one.Give(w);
+  ASSERT_TRUE(w.Start());
+  ASSERT_TRUE(WaitFor([&] { return dst.deadline.load() != 0; }));
+  w.Pause();
+  EXPECT_EQ(dst.deadline.load(), 0u);  // nothing deferred waits on a paused worker
+  EXPECT_GE(dst.forced.load(), 1u);
+  w.Resume();
+  w.Stop();
+}
+
 }  // namespace
 }  // namespace nicmux

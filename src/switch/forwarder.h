@@ -7,6 +7,7 @@
 // Xconnect ids); its Port* comes with it for the scheduler's per-queue notifications.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <mutex>
 #include <span>
@@ -29,18 +30,87 @@ struct SourceQueue {
   bool operator==(const SourceQueue&) const = default;
 };
 
+// Signals a port deferred (interrupt moderation, Port::defers_signals) on queues this worker
+// sent to or received from: noted after each Tx / RxDone into such a port, flushed by the
+// worker each round once a deadline is due (Flush) and all at once before it sleeps or pauses
+// (force). One worker's; `shared` as for SendTo (the Tx side's flush takes the TxLock then).
+// A debt stays until the port says nothing is deferred there any more; one to a port closed
+// for a change waits for it to open again (the change itself signals what it stops:
+// VhostUserPort's stop hook).
+class SignalDebts {
+ public:
+  explicit SignalDebts(bool shared) : shared_(shared) {}
+  void NoteTx(Port* p, uint32_t q) { Note(p, q, true); }
+  void NoteRx(Port* p, uint32_t q) { Note(p, q, false); }
+  bool empty() const { return debts_.empty(); }
+  // Flushes what is due (force: everything that is deferred).
+  void Flush(uint64_t now_ns, bool force) {
+    if (!force && !recheck_ && now_ns < next_ns_) return;
+    recheck_ = false;
+    next_ns_ = UINT64_MAX;
+    for (size_t i = 0; i < debts_.size();) {
+      const Debt& d = debts_[i];
+      uint64_t next;
+      if (!d.tx) {
+        next = d.port->FlushRxSignal(d.q, now_ns, force);
+      } else if (!shared_) {
+        next = d.port->FlushTxSignal(d.q, now_ns, force);
+      } else {
+        std::lock_guard lock(d.port->tx_lock(d.q));
+        // Closed: the port is changing its queues; the debt waits (checked again next round).
+        next = d.port->tx_closed() ? now_ns : d.port->FlushTxSignal(d.q, now_ns, force);
+      }
+      if (next == 0) {
+        debts_[i] = debts_.back();
+        debts_.pop_back();
+        continue;
+      }
+      next_ns_ = std::min(next_ns_, next);
+      ++i;
+    }
+  }
+  size_t size() const { return debts_.size(); }
+
+ private:
+  struct Debt {
+    Port* port;
+    uint32_t q;
+    bool tx;
+  };
+  void Note(Port* p, uint32_t q, bool tx) {
+    // A new deferral may be due before what was known: look again next round.
+    recheck_ = true;
+    for (const Debt& d : debts_) {
+      if (d.port == p && d.q == q && d.tx == tx) return;
+    }
+    debts_.push_back({p, q, tx});
+  }
+  bool shared_;
+  bool recheck_ = false;
+  uint64_t next_ns_ = UINT64_MAX;
+  std::vector<Debt> debts_;
+};
+
 // A destination queue's TxRoom / Tx as every forwarder does them: under its TxLock when more
 // than one worker may send to it (shared), and, locked, nothing at all while the port is
-// closed for a change of its own (Port::tx_closed): no room, nothing taken.
+// closed for a change of its own (Port::tx_closed): no room, nothing taken. A port that
+// defers signals is noted in `debts`.
 inline size_t TxRoomOf(Port* dst, uint32_t dq, bool shared) {
   if (!shared) return dst->TxRoom(dq);
   std::lock_guard lock(dst->tx_lock(dq));
   return dst->tx_closed() ? 0 : dst->TxRoom(dq);
 }
-inline size_t SendTo(Port* dst, uint32_t dq, std::span<const PacketRef* const> out, bool shared) {
-  if (!shared) return dst->Tx(dq, out);
-  std::lock_guard lock(dst->tx_lock(dq));
-  return dst->tx_closed() ? 0 : dst->Tx(dq, out);
+inline size_t SendTo(Port* dst, uint32_t dq, std::span<const PacketRef* const> out, bool shared,
+                     SignalDebts& debts) {
+  size_t took;
+  if (!shared) {
+    took = dst->Tx(dq, out);
+  } else {
+    std::lock_guard lock(dst->tx_lock(dq));
+    took = dst->tx_closed() ? 0 : dst->Tx(dq, out);
+  }
+  if (dst->defers_signals()) [[unlikely]] debts.NoteTx(dst, dq);
+  return took;
 }
 
 class Forwarder {
@@ -49,6 +119,13 @@ class Forwarder {
   // At most one burst (kBurst) from source queue q of port id. The caller owns the queue
   // (one worker at a time).
   virtual WorkDone Forward(uint16_t id, uint32_t q) = 0;
+  // Signals deferred by the ports this worker sent to or received from (the Worker flushes
+  // them: each round when due, all before it sleeps or pauses).
+  SignalDebts& debts() { return debts_; }
+
+ protected:
+  explicit Forwarder(bool shared) : debts_(shared) {}
+  SignalDebts debts_;
 };
 
 }  // namespace nicmux

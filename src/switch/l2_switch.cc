@@ -225,7 +225,7 @@ uint32_t L2Switch::MacsOf(uint16_t id) {
 // --------------------------------------------------------------------------- SwitchWorker
 
 SwitchWorker::SwitchWorker(L2Switch* sw, bool shared)
-    : sw_(sw), shared_(shared), counters_(std::make_unique<std::array<PortCounters, 256>>()) {}
+    : Forwarder(shared), sw_(sw), shared_(shared), counters_(std::make_unique<std::array<PortCounters, 256>>()) {}
 
 // Hold credit (the header's "Backpressure"): spent while holding, refilled at
 // 1/kHoldRefillDiv of the time otherwise, at most kMaxStallNs.
@@ -453,7 +453,7 @@ size_t SwitchWorker::SendSegmented(uint32_t i, uint16_t vid, bool tag, Port* dp,
       if (tag) TagInPlace(seg_out_[at + k], vid);
       out[k] = &seg_out_[at + k];
     }
-    const size_t took = SendTo(dp, dq, {out, m}, shared_);
+    const size_t took = SendTo(dp, dq, {out, m}, shared_, debts_);
     if (capture) {
       for (size_t k = 0; k < took; ++k) capture->Add(*out[k], true);
     }
@@ -566,7 +566,8 @@ WorkDone SwitchWorker::Forward(uint16_t src, uint32_t q) {
   const auto epoch = static_cast<uint16_t>(sp->link_generation());
   const size_t n = sp->Rx(q, batch_, kBurst);
   if (n == 0) {
-    sp->RxDone(q, batch_, 0);
+    sp->RxDone(q, batch_, 0);  // (bad chains only: their completions may be deferred too)
+    if (sp->defers_signals()) [[unlikely]] debts_.NoteRx(sp, q);
     return w;
   }
   auto& cnt = (*counters_)[src];
@@ -629,7 +630,7 @@ WorkDone SwitchWorker::Forward(uint16_t src, uint32_t q) {
     const PortCaps caps = dp->Caps();
     auto flush = [&] {
       if (m == 0) return;
-      const size_t sent = SendTo(dp, dq, {out, m}, shared_);
+      const size_t sent = SendTo(dp, dq, {out, m}, shared_, debts_);
       if (sent < m) cnt.drops.Add(DropReason::kQueueFull, m - sent);
       if (capture) {
         for (size_t k = 0; k < sent; ++k) capture->Add(*out[k], true);
@@ -666,6 +667,7 @@ WorkDone SwitchWorker::Forward(uint16_t src, uint32_t q) {
   w.packets = cut;
   w.bytes = bytes;
   sp->RxDone(q, batch_, cut);
+  if (sp->defers_signals()) [[unlikely]] debts_.NoteRx(sp, q);
   return w;
 }
 

@@ -25,7 +25,7 @@ class Xconnect;
 class XconnectWorker final : public Forwarder {
  public:
   // shared: more than one worker (a destination queue is sent to under its TxLock).
-  XconnectWorker(const Xconnect* x, bool shared) : x_(x), shared_(shared) {}
+  XconnectWorker(const Xconnect* x, bool shared) : Forwarder(shared), x_(x), shared_(shared) {}
   WorkDone Forward(uint16_t id, uint32_t q) override;
   // One burst from every source queue (tests: one thread polls everything).
   WorkDone ForwardAll();
@@ -39,7 +39,8 @@ class XconnectWorker final : public Forwarder {
     if (room == 0) return;
     batch_.Clear();
     if (src->Rx(sq, batch_, room) == 0) {
-      src->RxDone(sq, batch_, 0);
+      src->RxDone(sq, batch_, 0);  // (bad chains only: their completions may be deferred too)
+      if (src->defers_signals()) [[unlikely]] debts_.NoteRx(src, sq);
       return;
     }
     const uint32_t n = batch_.size();
@@ -49,13 +50,14 @@ class XconnectWorker final : public Forwarder {
     if (plain) {
       const PacketRef* ptrs[kBurst];
       for (uint32_t k = 0; k < n; ++k) ptrs[k] = &batch_[k];
-      sent = SendTo(dst, dq, {ptrs, n}, shared_);
+      sent = SendTo(dst, dq, {ptrs, n}, shared_, debts_);
     } else {
       sent = MoveWithOffloads(src, dst, dq);
     }
     for (size_t k = 0; k < sent; ++k) w->bytes += batch_[static_cast<uint32_t>(k)].len;
     w->packets += sent;
     src->RxDone(sq, batch_, sent);
+    if (src->defers_signals()) [[unlikely]] debts_.NoteRx(src, sq);
   }
 
   // A burst with offload requests (docs/offloads.md), packet by packet as the switch does: a
@@ -74,7 +76,7 @@ class XconnectWorker final : public Forwarder {
     constexpr uint32_t kAll = ~0u;
     auto flush = [&]() -> uint32_t {
       if (m == 0) return kAll;
-      const size_t took = SendTo(dst, dq, {ptrs, m}, shared_);
+      const size_t took = SendTo(dst, dq, {ptrs, m}, shared_, debts_);
       const uint32_t r = took < m ? idx[took] : kAll;
       m = 0;
       return r;
@@ -103,7 +105,7 @@ class XconnectWorker final : public Forwarder {
                 if (sum_here) CompleteChecksum(seg_out_[at + j]);
                 segs[j] = &seg_out_[at + j];
               }
-              const size_t took = SendTo(dst, dq, {segs, c}, shared_);
+              const size_t took = SendTo(dst, dq, {segs, c}, shared_, debts_);
               at += static_cast<uint32_t>(took);
               if (took < c) break;
             }
