@@ -181,6 +181,36 @@ TEST(VhostUserPortOptions, Offloads) {
 
 // A vhost-user port's max_memory=SIZE (the guest memory one frontend may map), from a spec or
 // a file: suffixes, the default, the range and the exact errors.
+// Interrupt moderation options (docs/vhost-user.md): defaults off, ranges, and a frame bound
+// needs a time bound.
+TEST(VhostUserPortOptions, InterruptModeration) {
+  auto opts = [](const std::string& extra) {
+    auto s = ParsePortSpec("vhost-user:vm1:socket=/s" + extra);
+    NICMUX_CHECK_MSG(s.has_value(), extra.c_str());
+    return VhostUserPortOptionsFromSpec(*s, 0);
+  };
+  auto d = opts("");
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->rx_moderation.usecs, 0u);
+  EXPECT_EQ(d->rx_moderation.frames, 0u);
+  EXPECT_EQ(d->tx_moderation.usecs, 0u);
+  auto m = opts(",rx_usecs=50,rx_frames=32,tx_usecs=10000");
+  ASSERT_TRUE(m) << m.error().message();
+  EXPECT_EQ(m->rx_moderation.usecs, 50u);
+  EXPECT_EQ(m->rx_moderation.frames, 32u);
+  EXPECT_EQ(m->tx_moderation.usecs, 10000u);
+  EXPECT_EQ(m->tx_moderation.frames, 0u);
+  auto err = [&](const std::string& extra) {
+    auto o = opts(extra);
+    return o ? std::string("accepted") : o.error().message();
+  };
+  EXPECT_EQ(err(",rx_frames=32"), "port vm1: rx_frames=32 needs rx_usecs=N too (the time bound for a lone frame)");
+  EXPECT_EQ(err(",tx_frames=1"), "port vm1: tx_frames=1 needs tx_usecs=N too (the time bound for a lone frame)");
+  EXPECT_NE(err(",rx_usecs=10001").find("rx_usecs"), std::string::npos);
+  EXPECT_NE(err(",tx_frames=4097,tx_usecs=1").find("tx_frames"), std::string::npos);
+  EXPECT_NE(err(",rx_usecs=-1").find("rx_usecs"), std::string::npos);
+}
+
 TEST(VhostUserPortOptions, MaxMemory) {
   auto opts = [](const std::string& text) {
     auto s = ParsePortSpec(text);
@@ -251,7 +281,8 @@ TEST(VhostUserPortOptions, MaxMemory) {
   ASSERT_FALSE(other);
   EXPECT_EQ(other.error().message(),
             "port vm1: unknown option 'max_mem' for port kind vhost-user; known: socket, client, queues, max_memory, "
-            "socket_group, socket_mode, offloads, vlan, trunk, mtu, mac_limit, allowed_macs, queue_affinity");
+            "socket_group, socket_mode, offloads, rx_usecs, rx_frames, tx_usecs, tx_frames, vlan, trunk, mtu, "
+            "mac_limit, allowed_macs, queue_affinity");
   // Only vhost-user ports take it.
   auto tap = PortRegistry::Builtin().Check(*ParsePortSpec("tap:t0:max_memory=1G"));
   ASSERT_FALSE(tap);

@@ -425,13 +425,20 @@ std::string Daemon::MetricsPage() const {
     }
   }
   // Zero copy towards a device (dpdk ports with zerocopy_min, docs/dpdk.md): frames sent from
-  // the source's memory and frames copied. Only for ports that report them.
+  // the source's memory and frames copied. Interrupts a vhost-user port gave its guest, and
+  // the requests moderation merged (rx_usecs, tx_usecs: docs/vhost-user.md). Only for ports
+  // that report them (Port::Details).
   for (const auto& [family, key, help] :
        {std::tuple{"nicmux_port_tx_zerocopy_total", "tx_zerocopy", "frames the port sent zero copy (from the guest's memory)"},
-        std::tuple{"nicmux_port_tx_copied_total", "tx_copied", "frames the port copied while zero copy is on"}}) {
+        std::tuple{"nicmux_port_tx_copied_total", "tx_copied", "frames the port copied while zero copy is on"},
+        std::tuple{"nicmux_port_rx_interrupts_total", "rx_interrupts",
+                   "interrupts (vhost-user calls) the port gave its guest's receive queues"},
+        std::tuple{"nicmux_port_tx_interrupts_total", "tx_interrupts",
+                   "interrupts the port gave its guest's transmit queues (completions)"},
+        std::tuple{"nicmux_port_interrupts_coalesced_total", "interrupts_coalesced",
+                   "interrupts the guest asked for that moderation merged into a later one"}}) {
     bool any = false;
     for (const auto& e : ports_) {
-      if (e->spec.kind != "dpdk") continue;
       for (const auto& [k, v] : e->port->Details()) {
         if (k != key || !std::holds_alternative<uint64_t>(v)) continue;
         if (!any) m.Family(family, "counter", help);

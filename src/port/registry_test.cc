@@ -53,7 +53,7 @@ TEST(PortRegistry, QueueLimitsComeFromTheKind) {
 TEST(PortRegistry, HelpIsMadeFromTheTables) {
   const PortRegistry& r = PortRegistry::Builtin();
   const std::string h = r.Help(92);
-  EXPECT_NE(h.find("  vhost-user:NAME:socket=PATH[,client][,queues=N][,max_memory=SIZE][,socket_group=GROUP][,socket_mode=MODE][,offloads=on|off]\n"),
+  EXPECT_NE(h.find("  vhost-user:NAME:socket=PATH[,client][,queues=N][,max_memory=SIZE][,socket_group=GROUP][,socket_mode=MODE][,offloads=on|off][,rx_usecs=N][,rx_frames=N][,tx_usecs=N][,tx_frames=N]\n"),
             std::string::npos)
       << h;
   EXPECT_NE(h.find("  tap:NAME[:ifname=IF][,queues=N]"), std::string::npos) << h;

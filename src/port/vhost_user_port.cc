@@ -25,6 +25,9 @@ using vhost::DeviceQueue;
 namespace {
 
 constexpr uint64_t kBackoffFirstMs = 100, kBackoffMaxMs = 2000;
+// Interrupt moderation's bounds (rx_usecs, rx_frames, ...): 10 ms is longer than any guest
+// wants to wait for a frame; 4096 frames is more than the largest ring.
+constexpr uint64_t kMaxModerationUs = 10000, kMaxModerationFrames = 4096;
 // After a frontend attacked the daemon, the port refuses new ones for this long, doubling with
 // each attack up to the cap (a quiet hour resets it).
 constexpr uint64_t kQuarantineFirstMs = 1000, kQuarantineMaxMs = 60000;
@@ -98,6 +101,18 @@ Result<VhostUserPortOptions> VhostUserPortOptionsFromSpec(const PortSpec& s, uin
   o.max_memory = m;
   NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
   o.offloads = offloads;
+  for (const char* dir : {"rx", "tx"}) {
+    const std::string d = dir;
+    NICMUX_TRY_ASSIGN(us, s.UInt(d + "_usecs", 0, kMaxModerationUs, 0));
+    NICMUX_TRY_ASSIGN(fr, s.UInt(d + "_frames", 0, kMaxModerationFrames, 0));
+    if (fr != 0 && us == 0) {
+      return Error("port " + s.name + ": " + d + "_frames=" + std::to_string(fr) + " needs " + d +
+                   "_usecs=N too (the time bound for a lone frame)");
+    }
+    auto& m = d == "rx" ? o.rx_moderation : o.tx_moderation;
+    m.usecs = static_cast<uint32_t>(us);
+    m.frames = static_cast<uint32_t>(fr);
+  }
   const std::string group = s.Has("socket_group") ? s.options.at("socket_group") : "";
   const std::string mode = s.Has("socket_mode") ? s.options.at("socket_mode") : "";
   if (!group.empty() || !mode.empty()) {
@@ -137,6 +152,16 @@ PortKind VhostUserPortKind() {
        "offer checksum offload and TSO (IPv4, IPv6, ECN) both ways: a guest's 64 KiB TCP frames cross the "
        "switch whole to peers that take them and are segmented by the switch for the others "
        "(docs/offloads.md). The port's mtu= is also offered to the guest (VIRTIO_NET_F_MTU)"},
+      {"rx_usecs", OptionType::kUInt, "N", "0",
+       "interrupt moderation of the guest's receive queues (ethtool -C's rx-usecs, docs/vhost-user.md): an "
+       "interrupt the guest asked for waits up to N us (0..10000) for more frames to cover. 0: one per batch",
+       0, kMaxModerationUs},
+      {"rx_frames", OptionType::kUInt, "N", "0",
+       "with rx_usecs: the interrupt goes at once when N frames (1..4096) wait for it. 0: time alone", 0,
+       kMaxModerationFrames},
+      {"tx_usecs", OptionType::kUInt, "N", "0",
+       "as rx_usecs, for the completions of what the guest sends (its transmit queues)", 0, kMaxModerationUs},
+      {"tx_frames", OptionType::kUInt, "N", "0", "as rx_frames, with tx_usecs", 0, kMaxModerationFrames},
   };
   k.claims = [](const PortSpec& s) { return "socket " + s.options.at("socket"); };
   k.create = [](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
@@ -155,7 +180,8 @@ VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pau
   fault_ = std::move(*e);
   session_.SetFaultFd(fault_.fd());
   for (uint32_t q = 0; q < opt_.queue_pairs; ++q) holds_[q] = HoldTable::Create();
-  session_.SetStopHook([this](uint32_t i) { CompleteHeld(i); });
+  session_.SetStopHook([this](uint32_t i) { StopQueue(i); });
+  set_defers_signals(o.rx_moderation.usecs != 0 || o.tx_moderation.usecs != 0);
 }
 
 Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPortOptions& o,
@@ -190,7 +216,7 @@ VhostUserPort::~VhostUserPort() {
   if (reconnect_timer_) loop_->Cancel(reconnect_timer_);
   if (channel_) loop_->Unwatch(channel_->fd());
   channel_.reset();
-  session_.Reset();  // (held chains completed early: CompleteHeld)
+  session_.Reset();  // (held chains completed early, deferred signals given: StopQueue)
   session_.SetStopHook(nullptr);
   if (listen_fd_.valid()) {
     loop_->Unwatch(listen_fd_.get());
@@ -341,6 +367,74 @@ void VhostUserPort::Notify(DeviceQueue& dq) {
   if (!dq.Call()) NotePeerBlocked();
 }
 
+// Interrupt moderation. The driver's own suppression decides whether a signal is owed at all
+// (Flush's answer: EVENT_IDX's used_event crossed, or NO_INTERRUPT clear); moderation decides
+// only when an owed signal is written: at once without it; with it, when `frames` chains wait
+// or `usecs` after it was first owed — whichever comes first — by the next Tx or RxDone of
+// the ring, or by the worker that noted the debt (Flush*Signal, forwarder.h's SignalDebts),
+// which also gives every deferred signal before it sleeps or pauses. An owed signal is never
+// dropped: later Flushes that owe none (the driver's used_event behind) leave it pending.
+void VhostUserPort::Signal(DeviceQueue& dq, uint32_t i, bool want, uint32_t frames, bool now) {
+  const VhostUserPortOptions::Moderation& m = ModerationOf(i);
+  Deferred& d = deferred_[i];
+  if (m.usecs == 0 || now) {
+    if (!want && !d.pending) return;
+    d = Deferred{};
+    interrupts_[i].Add();
+    Notify(dq);
+    return;
+  }
+  if (!want && !d.pending) return;
+  const uint64_t t = MonotonicNowNs();
+  if (d.pending) {
+    if (want) coalesced_[i].Add();
+  } else {
+    d.pending = true;
+    d.since_ns = t;
+  }
+  d.frames += frames;
+  if ((m.frames != 0 && d.frames >= m.frames) || t - d.since_ns >= uint64_t{m.usecs} * 1000) {
+    d = Deferred{};
+    interrupts_[i].Add();
+    Notify(dq);
+  }
+}
+
+uint64_t VhostUserPort::FlushDeferred(uint32_t i, uint64_t now_ns, bool force) {
+  Deferred& d = deferred_[i];
+  if (!d.pending) return 0;
+  DeviceQueue& dq = session_.queue(i);
+  if (!dq.running) {
+    d = Deferred{};  // (StopQueue gave it)
+    return 0;
+  }
+  const uint64_t due = d.since_ns + uint64_t{ModerationOf(i).usecs} * 1000;
+  if (!force && now_ns < due) return due;
+  d = Deferred{};
+  interrupts_[i].Add();
+  Notify(dq);
+  return 0;
+}
+
+uint64_t VhostUserPort::FlushTxSignal(uint32_t q, uint64_t now_ns, bool force) {
+  return q < opt_.queue_pairs ? FlushDeferred(2 * q, now_ns, force) : 0;
+}
+
+uint64_t VhostUserPort::FlushRxSignal(uint32_t q, uint64_t now_ns, bool force) {
+  return q < opt_.queue_pairs ? FlushDeferred(2 * q + 1, now_ns, force) : 0;
+}
+
+void VhostUserPort::StopQueue(uint32_t i) {
+  CompleteHeld(i);
+  if (i < vhost::kMaxQueues && deferred_[i].pending) {
+    // The guest may go on with this ring (a memory table change restarts it): what it was
+    // owed is given now.
+    deferred_[i] = Deferred{};
+    interrupts_[i].Add();
+    Notify(session_.queue(i));
+  }
+}
+
 std::string VhostUserPort::State() const {
   if (connected()) return "connected";
   const uint64_t now = MonotonicNowNs();
@@ -436,7 +530,7 @@ void VhostUserPort::CompleteHeld(uint32_t i) {
     const uint32_t n = dq.packed ? t.CompleteEarly([&](uint16_t id) { dq.packed_ring.Push(id, 0); })
                                  : t.CompleteEarly([&](uint16_t id) { dq.split.Push(id, 0); });
     early = n != 0;
-    if (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) Notify(dq);
+    Signal(dq, i, dq.packed ? dq.packed_ring.Flush() : dq.split.Flush(), n, /*now=*/true);
     if (early) {
       NICMUX_LOG_RATELIMITED(kInfo, "port %s: queue %u stopped with %u frame(s) held by a device: completed early",
                              name().c_str(), i, n);
@@ -507,9 +601,11 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   RxState& st = rx_[q];
   DeviceQueue& dq = session_.queue(2 * q + 1);
   if (st.n == 0) {
-    // Bad chains the ring completed on its own still need publishing.
+    // Bad chains the ring completed on its own still need publishing, and an owed signal
+    // giving at once (the forwarder notes no moderation debt for an empty burst); an empty
+    // poll leaves what is deferred alone.
     if (!dq.running) return;
-    if (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) Notify(dq);
+    if (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) Signal(dq, 2 * q + 1, true, 0, /*now=*/true);
     CheckBroken(dq);
     return;
   }
@@ -541,7 +637,7 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
       rxc_[q].drops.Add(DropReason::kQueueFull, st.n - done_chains);
       rxc_[q].dropped.Add(st.n - done_chains);  // the source side lost them
     }
-    if (ring.Flush()) Notify(dq);
+    Signal(dq, 2 * q + 1, ring.Flush(), done_chains);
   };
   if (dq.packed) {
     finish(dq.packed_ring);
@@ -675,7 +771,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   }
   c.packets.Add(sent);
   c.bytes.Add(bytes);
-  if (ring.Flush()) Notify(dq);
+  Signal(dq, 2 * q, ring.Flush(), static_cast<uint32_t>(sent));
   CheckBroken(dq);
   return k;
 }
@@ -777,7 +873,9 @@ std::vector<Port::Detail> VhostUserPort::Details() const {
   uint64_t early = 0;
   for (uint32_t q = 0; q < opt_.queue_pairs; ++q) early += holds_[q]->early();
   return {{"connections", connections_}, {"max_memory", SizeToString(opt_.max_memory)},
-          {"max_memory_bytes", opt_.max_memory}, {"held_completed_early", early}};
+          {"max_memory_bytes", opt_.max_memory}, {"held_completed_early", early},
+          {"rx_interrupts", rx_interrupts()}, {"tx_interrupts", tx_interrupts()},
+          {"interrupts_coalesced", interrupts_coalesced()}};
 }
 
 std::string VhostUserPort::Features() const {

@@ -12,6 +12,11 @@
 //                 SET_MEM_TABLE or ADD_MEM_REG past it is a protocol error (the connection
 //                 is closed). Pages of it nicmuxd reads first are charged to nicmuxd's
 //                 memory cgroup, so this bounds what one guest can make nicmuxd's charge.
+//   rx_usecs=N, rx_frames=N, tx_usecs=N, tx_frames=N  interrupt moderation, as ethtool -C
+//                 names it from the guest's side (rx: its receive queue, the frames nicmuxd
+//                 delivers; tx: the completions of what it sent): a signal the guest asked
+//                 for waits up to N us, or until N frames wait with it (0: no frame bound),
+//                 so one interrupt covers several batches. Default 0: one signal per batch.
 //
 // Data path (worker thread): Rx pops the guest's transmit chains and makes PacketRefs over
 // them (no copy); Tx copies packets into the guest's receive chains (MRG_RXBUF: as many
@@ -53,6 +58,14 @@ struct VhostUserPortOptions {
   // Offer checksum and TSO offloads (docs/offloads.md): CSUM, GUEST_CSUM, HOST_/GUEST_TSO4,
   // TSO6 and ECN. Off: the guest computes every checksum and sends MTU-sized frames.
   bool offloads = true;
+  // Interrupt moderation per direction (the header's rx_usecs/rx_frames, tx_usecs/tx_frames):
+  // usecs 0 signals per batch; frames 0 bounds by time alone.
+  struct Moderation {
+    uint32_t usecs = 0;
+    uint32_t frames = 0;
+  };
+  Moderation rx_moderation{};  // the guest's receive queue (Tx)
+  Moderation tx_moderation{};  // the guest's transmit completions (RxDone)
   // socket_group=, socket_mode=: the socket file's group and mode (empty: nicmuxd's
   // --socket-group/--socket-mode, base/unix_socket.h). Only when nicmuxd listens.
   std::optional<SocketAccess> access = std::nullopt;
@@ -82,6 +95,13 @@ class VhostUserPort final : public Port {
   bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
   void DisarmNotify(uint32_t q) override;
   bool CanSleep(uint32_t q) const override;
+  uint64_t FlushTxSignal(uint32_t q, uint64_t now_ns, bool force) override;
+  uint64_t FlushRxSignal(uint32_t q, uint64_t now_ns, bool force) override;
+  // Interrupts (calls) written for the guest's receive queues and transmit queues, and the
+  // signal requests that moderation merged into a later interrupt.
+  uint64_t rx_interrupts() const { return SumOf(interrupts_, 0); }
+  uint64_t tx_interrupts() const { return SumOf(interrupts_, 1); }
+  uint64_t interrupts_coalesced() const { return SumOf(coalesced_, 0) + SumOf(coalesced_, 1); }
   PortStats Stats() const override;
   PortStats QueueStats(uint32_t q) const override {
     PortStats s;
@@ -131,6 +151,18 @@ class VhostUserPort final : public Port {
   void NotePeerBlocked();
   // Worker side: the driver's interrupt (call), unless an earlier peer write was broken off.
   void Notify(vhost::DeviceQueue& dq);
+  // After a Flush of ring i (`want`: the driver asked for a signal, EVENT_IDX or not
+  // NO_INTERRUPT) that published `frames` chains: the signal now, or deferred by the ring's
+  // moderation (then Flush*Signal gives it). `now`: no deferring (a bad chain's completion, a
+  // stopping queue).
+  void Signal(vhost::DeviceQueue& dq, uint32_t i, bool want, uint32_t frames, bool now = false);
+  uint64_t FlushDeferred(uint32_t i, uint64_t now_ns, bool force);
+  const VhostUserPortOptions::Moderation& ModerationOf(uint32_t i) const {
+    return i % 2 == 0 ? opt_.rx_moderation : opt_.tx_moderation;
+  }
+  // A queue stops (the session's stop hook, the worker paused): what it held is completed and
+  // what it deferred signalled.
+  void StopQueue(uint32_t i);
   // Worker side: a ring that broke is reported to the frontend once (its error eventfd).
   void CheckBroken(vhost::DeviceQueue& dq);
   // Control thread: fault_ fired (a blocked write, or the frontend's memory faulted,
@@ -180,6 +212,22 @@ class VhostUserPort final : public Port {
   std::array<TxState, vhost::kMaxQueuePairs> tx_;
 
   std::array<QueueCounters, vhost::kMaxQueuePairs> rxc_, txc_;
+  // Per ring (session queue index), the signal moderation deferred: ring 2q by Tx's senders
+  // (under tx_lock(q)), ring 2q+1 by q's poller; both by the control thread while the queue
+  // stops (StopQueue: its worker paused, the port closed to the others).
+  struct Deferred {
+    bool pending = false;
+    uint32_t frames = 0;    // chains published since the signal was first asked for
+    uint64_t since_ns = 0;  // when it was
+  };
+  std::array<Deferred, vhost::kMaxQueues> deferred_{};
+  // Per ring, like deferred_ (one writer each): interrupts given, owed ones merged.
+  std::array<Counter, vhost::kMaxQueues> interrupts_, coalesced_;
+  uint64_t SumOf(const std::array<Counter, vhost::kMaxQueues>& c, uint32_t parity) const {
+    uint64_t n = 0;
+    for (uint32_t i = parity; i < vhost::kMaxQueues; i += 2) n += c[i].Get();
+    return n;
+  }
   // Per queue pair, the guest's transmit chains devices hold (zero copy, packet/hold.h):
   // owned with the tables' own reference counting (abandoned, never deleted, by the port).
   std::array<HoldTable*, vhost::kMaxQueuePairs> holds_{};

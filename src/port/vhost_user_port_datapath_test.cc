@@ -111,7 +111,12 @@ class DataPath : public ::testing::TestWithParam<bool> {
     auto l = EventLoop::Create();
     ASSERT_TRUE(l);
     loop_ = std::move(*l);
-    auto p = VhostUserPort::Create({"p", dir_ + "/p.sock", false, 1, 0}, loop_.get(), &worker_);
+    VhostUserPortOptions o;
+    o.name = "p";
+    o.socket_path = dir_ + "/p.sock";
+    o.rx_moderation = rx_moderation_;
+    o.tx_moderation = tx_moderation_;
+    auto p = VhostUserPort::Create(o, loop_.get(), &worker_);
     ASSERT_TRUE(p) << p.error().message();
     port_ = std::move(*p);
     thread_ = std::thread([this] {
@@ -236,6 +241,8 @@ class DataPath : public ::testing::TestWithParam<bool> {
 
   static constexpr uint32_t kQueueSize = 64;
   std::string dir_;
+  // Interrupt moderation of the port SetUp makes (ModeratedDataPath sets it first).
+  VhostUserPortOptions::Moderation rx_moderation_, tx_moderation_;
   TestWorker worker_;
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<VhostUserPort> port_;
@@ -761,6 +768,130 @@ TEST_P(DataPath, APortRemovedWithAHoldKeepsTheMemoryUntilTheRelease) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Rings, DataPath, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "packed" : "split"; });
+
+// Interrupt moderation (rx_usecs/rx_frames, tx_usecs/tx_frames): the port's signals against a
+// driver that asks for them (EnableCalls: EVENT_IDX's used_event at its next entry, or the
+// NO_INTERRUPT flag clear) and one that does not.
+class ModeratedDataPath : public DataPath {
+ protected:
+  void SetUp() override {
+    rx_moderation_ = {kUs, 8};
+    tx_moderation_ = {kUs, 0};
+    DataPath::SetUp();
+  }
+  static constexpr uint32_t kUs = 10000;  // long enough never to run out during a test step
+  // Interrupts the guest got on queue q since the last look (its call eventfd's counter).
+  static uint64_t Calls(vhost::FrontendQueue& q) {
+    uint64_t v = 0;
+    return ::read(q.call.fd(), &v, sizeof v) == sizeof v ? v : 0;
+  }
+  void AskForCalls(vhost::FrontendQueue& q) {
+    EXPECT_FALSE(q.packed ? q.packed_ring.EnableCalls() : q.split.EnableCalls());
+  }
+  void RefuseCalls(vhost::FrontendQueue& q) { q.packed ? q.packed_ring.DisableCalls() : q.split.DisableCalls(); }
+  // n frames into the guest's receive queue, all taken.
+  void Send(uint32_t n) {
+    std::vector<std::unique_ptr<HostPacket>> pkts;
+    std::vector<const PacketRef*> ptrs;
+    for (uint32_t i = 0; i < n; ++i) {
+      pkts.push_back(std::make_unique<HostPacket>(MakeFrame(i, 64)));
+      ptrs.push_back(&pkts.back()->ref);
+    }
+    ASSERT_EQ(port_->Tx(0, ptrs), n);
+  }
+};
+
+TEST_P(ModeratedDataPath, ReceiveSignalsWaitForFramesOrTimeAndAreNeverDropped) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  ASSERT_TRUE(port_->defers_signals());  // (every receive buffer is posted: 32 frames fit)
+  std::unique_lock worker(worker_.mutex());
+  Calls(rxq());
+  AskForCalls(rxq());
+  // One frame: the signal it is owed waits (for more frames, up to kUs).
+  ASSERT_NO_FATAL_FAILURE(Send(1));
+  EXPECT_EQ(Calls(rxq()), 0u);
+  const uint64_t t0 = MonotonicNowNs();
+  const uint64_t due = port_->FlushTxSignal(0, t0, false);
+  EXPECT_GT(due, t0);
+  EXPECT_LE(due, t0 + uint64_t{kUs} * 1000);
+  // Frames the driver asked nothing for (used_event behind them) still count towards rx_frames:
+  // the eighth sends the one interrupt.
+  ASSERT_NO_FATAL_FAILURE(Send(6));
+  EXPECT_EQ(Calls(rxq()), 0u);
+  ASSERT_NO_FATAL_FAILURE(Send(1));
+  EXPECT_EQ(Calls(rxq()), 1u);
+  EXPECT_EQ(port_->rx_interrupts(), 1u);
+  EXPECT_EQ(port_->FlushTxSignal(0, MonotonicNowNs(), true), 0u);  // nothing left deferred
+  EXPECT_EQ(Calls(rxq()), 0u);
+  EXPECT_EQ(PopUsed(rxq()).size(), 8u);
+
+  // Time: the deadline passed, the flush gives it.
+  AskForCalls(rxq());
+  ASSERT_NO_FATAL_FAILURE(Send(1));
+  EXPECT_EQ(Calls(rxq()), 0u);
+  EXPECT_NE(port_->FlushTxSignal(0, MonotonicNowNs(), false), 0u);
+  EXPECT_EQ(Calls(rxq()), 0u);
+  EXPECT_EQ(port_->FlushTxSignal(0, MonotonicNowNs() + uint64_t{kUs} * 1000, false), 0u);
+  EXPECT_EQ(Calls(rxq()), 1u);
+  EXPECT_EQ(PopUsed(rxq()).size(), 1u);
+
+  // A driver that asks for none gets none, however long it waits (EVENT_IDX / NO_INTERRUPT).
+  RefuseCalls(rxq());
+  ASSERT_NO_FATAL_FAILURE(Send(20));
+  EXPECT_EQ(port_->FlushTxSignal(0, MonotonicNowNs(), true), 0u);
+  EXPECT_EQ(Calls(rxq()), 0u);
+  EXPECT_EQ(PopUsed(rxq()).size(), 20u);
+
+  // Force (the worker goes to sleep or pauses): given at once.
+  AskForCalls(rxq());
+  ASSERT_NO_FATAL_FAILURE(Send(2));
+  EXPECT_EQ(Calls(rxq()), 0u);
+  EXPECT_EQ(port_->FlushTxSignal(0, MonotonicNowNs(), true), 0u);
+  EXPECT_EQ(Calls(rxq()), 1u);
+  EXPECT_EQ(port_->rx_interrupts(), 3u);
+  EXPECT_EQ(PopUsed(rxq()).size(), 2u);
+
+  // A deferred signal when the queue stops (here the frontend goes; a memory table change
+  // stops and restarts the queues the same way): the stop gives it, it is not lost.
+  AskForCalls(rxq());
+  ASSERT_NO_FATAL_FAILURE(Send(1));
+  EXPECT_EQ(Calls(rxq()), 0u);
+  UniqueFd call(::dup(rxq().call.fd()));  // the same eventfd, kept past the frontend
+  ASSERT_TRUE(call.valid());
+  worker.unlock();  // the control thread pauses the "worker" to stop the queues
+  f_.reset();
+  for (int i = 0; i < 20000 && port_->connected(); ++i) std::this_thread::sleep_for(1ms);
+  ASSERT_FALSE(port_->connected());
+  uint64_t v = 0;
+  EXPECT_EQ(::read(call.get(), &v, sizeof v), static_cast<ssize_t>(sizeof v));
+  EXPECT_EQ(v, 1u);
+  EXPECT_EQ(port_->rx_interrupts(), 4u);
+}
+
+TEST_P(ModeratedDataPath, TransmitCompletionsAreSignalledByTime) {
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  std::lock_guard worker(worker_.mutex());
+  Calls(txq());
+  AskForCalls(txq());
+  for (uint32_t i = 0; i < 4; ++i) AddTx(MakeFrame(i, 80));
+  txq().Publish();
+  Batch b;
+  ASSERT_EQ(port_->Rx(0, b, kBurst), 4u);
+  port_->RxDone(0, b, 4);
+  EXPECT_EQ(Calls(txq()), 0u);  // tx_frames = 0: time alone
+  EXPECT_EQ(PopUsed(txq()).size(), 4u);  // the completions are published, only the signal waits
+  // An empty poll leaves it deferred.
+  b.Clear();
+  ASSERT_EQ(port_->Rx(0, b, kBurst), 0u);
+  port_->RxDone(0, b, 0);
+  EXPECT_EQ(Calls(txq()), 0u);
+  EXPECT_EQ(port_->FlushRxSignal(0, MonotonicNowNs() + uint64_t{kUs} * 1000, false), 0u);
+  EXPECT_EQ(Calls(txq()), 1u);
+  EXPECT_EQ(port_->tx_interrupts(), 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Rings, ModeratedDataPath, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "packed" : "split"; });
 
 }  // namespace
