@@ -428,6 +428,8 @@ std::string Daemon::MetricsPage() const {
   // the source's memory and frames copied. Interrupts a vhost-user port gave its guest, and
   // the requests moderation merged (rx_usecs, tx_usecs: docs/vhost-user.md). Only for ports
   // that report them (Port::Details).
+  std::vector<std::vector<Port::Detail>> details;  // each port's, built once per scrape
+  for (const auto& e : ports_) details.push_back(e->port->Details());
   for (const auto& [family, key, help] :
        {std::tuple{"nicmux_port_tx_zerocopy_total", "tx_zerocopy", "frames the port sent zero copy (from the guest's memory)"},
         std::tuple{"nicmux_port_tx_copied_total", "tx_copied", "frames the port copied while zero copy is on"},
@@ -438,8 +440,9 @@ std::string Daemon::MetricsPage() const {
         std::tuple{"nicmux_port_interrupts_coalesced_total", "interrupts_coalesced",
                    "interrupts the guest asked for that moderation merged into a later one"}}) {
     bool any = false;
-    for (const auto& e : ports_) {
-      for (const auto& [k, v] : e->port->Details()) {
+    for (size_t pi = 0; pi < ports_.size(); ++pi) {
+      const auto& e = ports_[pi];
+      for (const auto& [k, v] : details[pi]) {
         if (k != key || !std::holds_alternative<uint64_t>(v)) continue;
         if (!any) m.Family(family, "counter", help);
         any = true;

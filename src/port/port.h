@@ -8,6 +8,7 @@
 //                                 //   given back to be received again, or dropped and counted
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <span>
@@ -197,6 +198,12 @@ class Port {
   // Both signal what is due (force: all that is deferred) and return the next deadline
   // (MonotonicNowNs) of what stays deferred, 0 when nothing does.
   bool defers_signals() const { return defers_signals_; }
+  // The deadline of the signal deferred on queue pair q (tx: by Tx, the peer's receive queue;
+  // else by RxDone), 0 when none: read by the forwarder right after that call, on its thread
+  // (and under the same lock), to note a debt only where something was deferred.
+  uint64_t signal_due(uint32_t q, bool tx) const {
+    return signal_due_[2 * (q % kMaxQueues) + (tx ? 0 : 1)].load(std::memory_order_relaxed);
+  }
   // What Tx(q) deferred (the peer's receive queue): called like Tx, under tx_lock(q) when
   // shared and never while the port is closed (TxRoomOf/SendTo's rules).
   virtual uint64_t FlushTxSignal(uint32_t q, uint64_t now_ns, bool force) { return 0; }
@@ -268,6 +275,10 @@ class Port {
   void SetCaps(const PortCaps& c) { caps_.store(c.Pack(), std::memory_order_release); }
   // Set once at construction by a port configured to defer signals.
   void set_defers_signals(bool on) { defers_signals_ = on; }
+  // By the writer of queue pair q's deferral (signal_due): when it defers, and 0 when it gives.
+  void set_signal_due(uint32_t q, bool tx, uint64_t ns) {
+    signal_due_[2 * (q % kMaxQueues) + (tx ? 0 : 1)].store(ns, std::memory_order_relaxed);
+  }
 
  private:
   std::string name_;
@@ -276,6 +287,7 @@ class Port {
   std::atomic<uint64_t> link_generation_{0};
   std::atomic<uint64_t> caps_{0};
   bool defers_signals_ = false;
+  std::array<std::atomic<uint64_t>, 2 * kMaxQueues> signal_due_{};
 };
 
 }  // namespace nicmux

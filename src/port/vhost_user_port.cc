@@ -341,7 +341,9 @@ void VhostUserPort::Disconnect(const std::string& why) {
   if (!channel_) return;
   loop_->Unwatch(channel_->fd());
   channel_.reset();
+  disconnecting_ = true;
   session_.Reset();
+  disconnecting_ = false;
   UpdateCaps();
   PeerGone();  // the switch forgets the MACs learned behind this port (Port::link_generation)
   // The worker is done with the old queues and the old memory is unmapped: notices still
@@ -377,27 +379,28 @@ void VhostUserPort::Notify(DeviceQueue& dq) {
 void VhostUserPort::Signal(DeviceQueue& dq, uint32_t i, bool want, uint32_t frames, bool now) {
   const VhostUserPortOptions::Moderation& m = ModerationOf(i);
   Deferred& d = deferred_[i];
+  if (!want && !d.pending) return;
   if (m.usecs == 0 || now) {
-    if (!want && !d.pending) return;
-    d = Deferred{};
-    interrupts_[i].Add();
-    Notify(dq);
+    Give(dq, i);
     return;
   }
-  if (!want && !d.pending) return;
   const uint64_t t = MonotonicNowNs();
   if (d.pending) {
     if (want) coalesced_[i].Add();
   } else {
     d.pending = true;
     d.since_ns = t;
+    set_signal_due(i / 2, i % 2 == 0, t + uint64_t{m.usecs} * 1000);
   }
   d.frames += frames;
-  if ((m.frames != 0 && d.frames >= m.frames) || t - d.since_ns >= uint64_t{m.usecs} * 1000) {
-    d = Deferred{};
-    interrupts_[i].Add();
-    Notify(dq);
-  }
+  if ((m.frames != 0 && d.frames >= m.frames) || t - d.since_ns >= uint64_t{m.usecs} * 1000) Give(dq, i);
+}
+
+void VhostUserPort::Give(DeviceQueue& dq, uint32_t i) {
+  if (deferred_[i].pending) set_signal_due(i / 2, i % 2 == 0, 0);
+  deferred_[i] = Deferred{};
+  interrupts_[i].Add();
+  Notify(dq);
 }
 
 uint64_t VhostUserPort::FlushDeferred(uint32_t i, uint64_t now_ns, bool force) {
@@ -405,14 +408,13 @@ uint64_t VhostUserPort::FlushDeferred(uint32_t i, uint64_t now_ns, bool force) {
   if (!d.pending) return 0;
   DeviceQueue& dq = session_.queue(i);
   if (!dq.running) {
-    d = Deferred{};  // (StopQueue gave it)
+    deferred_[i] = Deferred{};  // (StopQueue gave it)
+    set_signal_due(i / 2, i % 2 == 0, 0);
     return 0;
   }
   const uint64_t due = d.since_ns + uint64_t{ModerationOf(i).usecs} * 1000;
   if (!force && now_ns < due) return due;
-  d = Deferred{};
-  interrupts_[i].Add();
-  Notify(dq);
+  Give(dq, i);
   return 0;
 }
 
@@ -426,13 +428,16 @@ uint64_t VhostUserPort::FlushRxSignal(uint32_t q, uint64_t now_ns, bool force) {
 
 void VhostUserPort::StopQueue(uint32_t i) {
   CompleteHeld(i);
-  if (i < vhost::kMaxQueues && deferred_[i].pending) {
-    // The guest may go on with this ring (a memory table change restarts it): what it was
-    // owed is given now.
+  if (i >= vhost::kMaxQueues || !deferred_[i].pending) return;
+  if (disconnecting_) {
+    // The frontend is gone: its call fd gets nothing (a write to it could only block).
     deferred_[i] = Deferred{};
-    interrupts_[i].Add();
-    Notify(session_.queue(i));
+    set_signal_due(i / 2, i % 2 == 0, 0);
+    return;
   }
+  // The guest goes on with this ring (a memory table change restarts it): what it was owed is
+  // given now.
+  Give(session_.queue(i), i);
 }
 
 std::string VhostUserPort::State() const {
@@ -530,7 +535,8 @@ void VhostUserPort::CompleteHeld(uint32_t i) {
     const uint32_t n = dq.packed ? t.CompleteEarly([&](uint16_t id) { dq.packed_ring.Push(id, 0); })
                                  : t.CompleteEarly([&](uint16_t id) { dq.split.Push(id, 0); });
     early = n != 0;
-    Signal(dq, i, dq.packed ? dq.packed_ring.Flush() : dq.split.Flush(), n, /*now=*/true);
+    const bool want = dq.packed ? dq.packed_ring.Flush() : dq.split.Flush();
+    if (!disconnecting_) Signal(dq, i, want, n, /*now=*/true);  // (a frontend that is gone gets none)
     if (early) {
       NICMUX_LOG_RATELIMITED(kInfo, "port %s: queue %u stopped with %u frame(s) held by a device: completed early",
                              name().c_str(), i, n);
@@ -651,7 +657,11 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
 size_t VhostUserPort::TxRoom(uint32_t q) {
   DeviceQueue& dq = session_.queue(2 * q);
   if (!dq.running) return kBurst;  // Tx drops and counts: a down port must not stall others
-  return dq.packed ? dq.packed_ring.Available(kBurst) : dq.split.Available(kBurst);
+  const size_t room = dq.packed ? dq.packed_ring.Available(kBurst) : dq.split.Available(kBurst);
+  // No buffers left: a signal moderation holds back goes now (as in TxRing), or the guest,
+  // waiting for it to refill the ring, would stall everything sent to it until the deadline.
+  if (room == 0 && deferred_[2 * q].pending) [[unlikely]] Give(dq, 2 * q);
+  return room;
 }
 
 template <typename Ring>
@@ -771,7 +781,9 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   }
   c.packets.Add(sent);
   c.bytes.Add(bytes);
-  Signal(dq, 2 * q, ring.Flush(), static_cast<uint32_t>(sent));
+  // A ring that ran out of buffers gets its signal at once: the guest refills it only after
+  // one, and meanwhile everything for it would be dropped.
+  Signal(dq, 2 * q, ring.Flush(), static_cast<uint32_t>(sent), /*now=*/ring_empty);
   CheckBroken(dq);
   return k;
 }

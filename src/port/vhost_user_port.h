@@ -156,6 +156,8 @@ class VhostUserPort final : public Port {
   // moderation (then Flush*Signal gives it). `now`: no deferring (a bad chain's completion, a
   // stopping queue).
   void Signal(vhost::DeviceQueue& dq, uint32_t i, bool want, uint32_t frames, bool now = false);
+  // The signal of ring i now, and its deferral (if any) settled.
+  void Give(vhost::DeviceQueue& dq, uint32_t i);
   uint64_t FlushDeferred(uint32_t i, uint64_t now_ns, bool force);
   const VhostUserPortOptions::Moderation& ModerationOf(uint32_t i) const {
     return i % 2 == 0 ? opt_.rx_moderation : opt_.tx_moderation;
@@ -221,6 +223,7 @@ class VhostUserPort final : public Port {
     uint64_t since_ns = 0;  // when it was
   };
   std::array<Deferred, vhost::kMaxQueues> deferred_{};
+  bool disconnecting_ = false;  // control thread: Disconnect's session reset (no signals then)
   // Per ring, like deferred_ (one writer each): interrupts given, owed ones merged.
   std::array<Counter, vhost::kMaxQueues> interrupts_, coalesced_;
   uint64_t SumOf(const std::array<Counter, vhost::kMaxQueues>& c, uint32_t parity) const {

@@ -27,7 +27,8 @@ bool WaitFor(F done, std::chrono::milliseconds limit = std::chrono::seconds(20))
 
 class FakeForwarder final : public Forwarder {
  public:
-  FakeForwarder() : Forwarder(false) {}
+  // shared: as with more than one worker (a Tx debt is flushed under the port's TxLock).
+  explicit FakeForwarder(bool shared = false) : Forwarder(shared) {}
   // busy_id >= 0: that port id always has a burst (a heavy queue); pending: packets for any.
   // defer_to: a port the packets are "sent" to, which defers its signal (FakePort::Defer).
   WorkDone Forward(uint16_t id, uint32_t) override {
@@ -84,12 +85,13 @@ class FakePort final : public Port {
   }
   void Deferring(uint64_t now_ns) {
     uint64_t zero = 0;
-    deadline.compare_exchange_strong(zero, now_ns + defer_ns);
+    if (deadline.compare_exchange_strong(zero, now_ns + defer_ns)) set_signal_due(0, true, now_ns + defer_ns);
   }
   uint64_t FlushTxSignal(uint32_t, uint64_t now_ns, bool force) override {
     const uint64_t d = deadline.load();
     if (d == 0) return 0;
     if (!force && now_ns < d) return d;
+    set_signal_due(0, true, 0);
     deadline.store(0);
     signals.fetch_add(1);
     if (force) forced.fetch_add(1);

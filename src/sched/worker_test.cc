@@ -188,5 +188,28 @@ TEST(Worker, DeferredSignalsAreGivenBeforePausing) {
   w.Stop();
 }
 
+
+// A debt to a port closed for a change (shared: more than one worker) waits, with the worker
+// asleep a millisecond at a time, and is given once the port opens again.
+TEST(Worker, ADeferredSignalToAClosedPortWaitsForItToOpen) {
+  FakeForwarder f(/*shared=*/true);
+  FakePort src("src"), dst("dst");
+  Counter packets;
+  dst.Defer(3600'000'000'000ull);
+  dst.CloseTx();
+  f.defer_to = &dst;
+  Worker w("w", -1, 100);
+  w.SetForwarder(&f);
+  w.SetQueues({{SourceQueue{&src, 0, 0}, &packets}});
+  ASSERT_TRUE(w.Start());
+  f.pending.store(1);
+  ASSERT_TRUE(WaitFor([&] { return w.sleeps() >= 3; }));
+  EXPECT_EQ(dst.signals.load(), 0u);  // closed: not touched
+  EXPECT_NE(dst.deadline.load(), 0u);
+  dst.OpenTx();
+  ASSERT_TRUE(WaitFor([&] { return dst.signals.load() == 1; }));
+  w.Stop();
+}
+
 }  // namespace
 }  // namespace nicmux

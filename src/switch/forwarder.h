@@ -40,13 +40,14 @@ struct SourceQueue {
 class SignalDebts {
  public:
   explicit SignalDebts(bool shared) : shared_(shared) {}
-  void NoteTx(Port* p, uint32_t q) { Note(p, q, true); }
-  void NoteRx(Port* p, uint32_t q) { Note(p, q, false); }
+  // After a Tx into queue q of p / an RxDone of p's queue q, on the same thread (and under
+  // the same lock): a debt when the port deferred a signal there (Port::signal_due).
+  void NoteTx(Port* p, uint32_t q) { Note(p, q, true, p->signal_due(q, true)); }
+  void NoteRx(Port* p, uint32_t q) { Note(p, q, false, p->signal_due(q, false)); }
   bool empty() const { return debts_.empty(); }
   // Flushes what is due (force: everything that is deferred).
   void Flush(uint64_t now_ns, bool force) {
-    if (!force && !recheck_ && now_ns < next_ns_) return;
-    recheck_ = false;
+    if (!force && now_ns < next_ns_) return;
     next_ns_ = UINT64_MAX;
     for (size_t i = 0; i < debts_.size();) {
       const Debt& d = debts_[i];
@@ -57,8 +58,8 @@ class SignalDebts {
         next = d.port->FlushTxSignal(d.q, now_ns, force);
       } else {
         std::lock_guard lock(d.port->tx_lock(d.q));
-        // Closed: the port is changing its queues; the debt waits (checked again next round).
-        next = d.port->tx_closed() ? now_ns : d.port->FlushTxSignal(d.q, now_ns, force);
+        // Closed: the port is changing its queues; the debt waits (looked at again in 50 us).
+        next = d.port->tx_closed() ? now_ns + 50'000 : d.port->FlushTxSignal(d.q, now_ns, force);
       }
       if (next == 0) {
         debts_[i] = debts_.back();
@@ -77,16 +78,15 @@ class SignalDebts {
     uint32_t q;
     bool tx;
   };
-  void Note(Port* p, uint32_t q, bool tx) {
-    // A new deferral may be due before what was known: look again next round.
-    recheck_ = true;
+  void Note(Port* p, uint32_t q, bool tx, uint64_t due) {
+    if (due == 0) return;
+    next_ns_ = std::min(next_ns_, due);
     for (const Debt& d : debts_) {
       if (d.port == p && d.q == q && d.tx == tx) return;
     }
     debts_.push_back({p, q, tx});
   }
   bool shared_;
-  bool recheck_ = false;
   uint64_t next_ns_ = UINT64_MAX;
   std::vector<Debt> debts_;
 };
@@ -102,13 +102,14 @@ inline size_t TxRoomOf(Port* dst, uint32_t dq, bool shared) {
 }
 inline size_t SendTo(Port* dst, uint32_t dq, std::span<const PacketRef* const> out, bool shared,
                      SignalDebts& debts) {
-  size_t took;
   if (!shared) {
-    took = dst->Tx(dq, out);
-  } else {
-    std::lock_guard lock(dst->tx_lock(dq));
-    took = dst->tx_closed() ? 0 : dst->Tx(dq, out);
+    const size_t took = dst->Tx(dq, out);
+    if (dst->defers_signals()) [[unlikely]] debts.NoteTx(dst, dq);
+    return took;
   }
+  std::lock_guard lock(dst->tx_lock(dq));
+  if (dst->tx_closed()) return 0;
+  const size_t took = dst->Tx(dq, out);
   if (dst->defers_signals()) [[unlikely]] debts.NoteTx(dst, dq);
   return took;
 }

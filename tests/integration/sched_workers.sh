@@ -10,7 +10,7 @@
 #      reported, and every frame arrives
 #   6. wake-up: 100000 single-frame bursts at random (exponential) gaps, 20000/s on average,
 #      into a worker that sleeps whenever it can: every one arrives, verified, none stuck
-#   7. interrupt moderation (rx_usecs/tx_usecs of 5 ms on both ports): a 1 kpps ping and its
+#   7. interrupt moderation (rx_usecs/tx_usecs of 5 ms on both ports): nothing is held: a 1 kpps ping and its
 #      reflector, which sleeps on its receive interrupts between pings: every ping comes back
 #      and the median round trip stays far below the 5 ms (a deferred signal is given when the
 #      worker goes to sleep, not at its deadline); the interrupts given are counted
