@@ -52,10 +52,11 @@ commands:
                                   leaves to it), its limits, and what its device can do
   fdb show                        the MAC table: MAC, VLAN, port, age
   fdb flush [PORT]                forget learned MACs (all, or those of PORT)
-  sched show                      per worker over the last second: its polling (busy, or
-                                  adaptive with the idle window it uses now), CPU %, time
-                                  asleep, wake-ups, packets/s, ns of CPU per packet, and the
-                                  queues it polls with their packets/s (* = pinned)
+  sched show                      per worker over the last second: its CPU and NUMA node, its
+                                  polling (busy, or adaptive with the idle window it uses
+                                  now), CPU %, time asleep, wake-ups, packets/s, ns of CPU per
+                                  packet, and the queues it polls with their packets/s
+                                  (* = pinned, @nN = its port's memory is on node N)
   stats [PORT] [--watch] [--interval S]
                                   packets/s, Mbit/s and drops per port, measured over S
                                   seconds (default 1); --watch refreshes every S seconds
@@ -572,8 +573,9 @@ void SchedShow(Connection& c, const Options& o) {
     for (size_t i = 0; i < order.size() && i < kShown; ++i) {
       const json& q = *order[i];
       if (!queues.empty()) queues += " ";
-      queues += Str(q, "port") + "/" + Str(q, "queue") + (q.value("pinned", false) ? "*" : "") + "(" +
-                Str(q, "packets_per_s") + ")";
+      const int64_t qnode = q.value("node", int64_t{-1});
+      queues += Str(q, "port") + "/" + Str(q, "queue") + (q.value("pinned", false) ? "*" : "") +
+                (qnode >= 0 ? "@n" + std::to_string(qnode) : "") + "(" + Str(q, "packets_per_s") + ")";
     }
     if (order.size() > kShown) queues += " ... (" + std::to_string(order.size()) + " in all)";
     if (queues.empty()) queues = "-";
@@ -581,14 +583,18 @@ void SchedShow(Connection& c, const Options& o) {
     const double win = w.value("window_us", 0.0);
     char polling[48];
     std::snprintf(polling, sizeof polling, "adaptive %.0f us", win);
-    rows.push_back({Str(w, "worker"), cpu < 0 ? "-" : std::to_string(cpu), w.value("busy_poll", false) ? "busy" : polling,
+    const int64_t node = w.value("node", int64_t{-1});
+    rows.push_back({Str(w, "worker"), cpu < 0 ? "-" : std::to_string(cpu), node < 0 ? "-" : std::to_string(node),
+                    w.value("busy_poll", false) ? "busy" : polling,
                     pct(w["cpu_pct"]), pct(w["sleep_pct"]), Str(w, "wakeups_per_s"), Str(w, "packets_per_s"),
                     Str(w, "ns_per_packet"), queues});
   }
-  PrintTable({"WORKER", "CPU", "POLLING", "CPU %", "ASLEEP %", "WAKEUPS/s", "PKTS/s", "NS/PKT", "QUEUES (PORT/Q(PKTS/s))"},
-             {false, true, false, true, true, true, true, true, false}, rows);
-  std::printf("%s rebalance(s), %s queue move(s) by load\n", Str(r, "rebalances").c_str(),
-              Str(r, "queues_moved").c_str());
+  PrintTable({"WORKER", "CPU", "NODE", "POLLING", "CPU %", "ASLEEP %", "WAKEUPS/s", "PKTS/s", "NS/PKT",
+              "QUEUES (PORT/Q@NODE(PKTS/s))"},
+             {false, true, true, false, true, true, true, true, true, false}, rows);
+  std::printf("%s rebalance(s), %s queue move(s) by load, %s by NUMA node", Str(r, "rebalances").c_str(),
+              Str(r, "queues_moved").c_str(), Has(r, "numa_moves") ? Str(r, "numa_moves").c_str() : "0");
+  std::printf("\n");
 }
 
 void FdbShow(Connection& c, const Options& o) {

@@ -51,6 +51,7 @@ Result<void> Daemon::Start() {
   sched.cpus = opt_.cpus;
   sched.idle_poll_us = opt_.busy_poll ? Worker::kBusyPoll : opt_.poll_us;
   sched.fixed_window = opt_.poll_fixed;
+  sched.topology = NumaTopology::FromSysfs();
   sched_ = std::make_unique<Scheduler>(sched);
   if (sw) {
     SwitchOptions so;
@@ -682,10 +683,11 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
       const Worker& w = sched_->worker(static_cast<uint32_t>(workers.size()));
       json qs = json::array();
       for (const Scheduler::QueueView& q : v.queues) {
-        qs.push_back({{"port", q.port}, {"queue", q.q}, {"pinned", q.pinned}, {"packets_per_s", q.load}});
+        qs.push_back({{"port", q.port}, {"queue", q.q}, {"pinned", q.pinned}, {"packets_per_s", q.load}, {"node", q.node}});
       }
       workers.push_back({{"worker", v.name},
                          {"cpu", v.cpu},
+                         {"node", v.node},
                          {"busy_poll", v.busy_poll},
                          {"window_us", w.busy_poll() ? -1.0 : static_cast<double>(w.window_ns()) / 1000},
                          {"packets_per_s", v.load},
@@ -700,7 +702,10 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
                          {"kick_wakeups", w.kick_wakeups()},
                          {"queues", qs}});
     }
-    return json{{"workers", workers}, {"rebalances", sched_->rebalances()}, {"queues_moved", sched_->queues_moved()}};
+    return json{{"workers", workers},
+                {"rebalances", sched_->rebalances()},
+                {"queues_moved", sched_->queues_moved()},
+                {"numa_moves", sched_->numa_moves()}};
   }
   return ControlError::BadRequest("unknown command '" + cmd + "'");
 }

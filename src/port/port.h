@@ -243,6 +243,10 @@ class Port {
   // port) after every port change and once a second.
   virtual std::string Follows() const { return {}; }
   virtual void FollowedChanged(const Port* followed) {}
+  // The NUMA node of the memory the port's packets live in (a guest's RAM for vhost-user), so
+  // that the scheduler can give its queues to workers on that node (docs/scheduler.md "NUMA");
+  // -1: unknown, or no node to prefer. Control thread; the scheduler reads it once a second.
+  virtual int numa_node() const { return -1; }
 
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/numa.h"
 #include "base/prefetch.h"
 #include "base/unix_socket.h"
 #include "packet/offload_ops.h"
@@ -888,6 +889,26 @@ std::vector<Port::Detail> VhostUserPort::Details() const {
           {"max_memory_bytes", opt_.max_memory}, {"held_completed_early", early},
           {"rx_interrupts", rx_interrupts()}, {"tx_interrupts", tx_interrupts()},
           {"interrupts_coalesced", interrupts_coalesced()}};
+}
+
+int VhostUserPort::numa_node() const {
+  const std::shared_ptr<const GuestMemory>& mem = session_.memory();
+  if (!mem) {
+    probed_mem_.reset();
+    node_ = -1;
+    return -1;
+  }
+  const bool same = !probed_mem_.owner_before(mem) && !mem.owner_before(probed_mem_);
+  if (same && node_ >= 0) return node_;
+  // UNTRUSTED: the regions are the frontend's (each mapped by GuestMemory, all together within
+  // max_memory). No byte of them is read: MajorityNode looks up at most 64 pages in all
+  // without faulting any in, so a guest can make it answer a wrong node (then its own queues
+  // are polled from the wrong node) but cannot make nicmuxd touch or allocate its memory.
+  std::vector<MemoryRange> ranges;
+  for (const GuestRegion& r : mem->regions()) ranges.push_back({r.host, r.size});
+  node_ = MajorityNode(ranges);
+  probed_mem_ = mem;
+  return node_;
 }
 
 std::string VhostUserPort::Features() const {

@@ -132,6 +132,10 @@ class VhostUserPort final : public Port {
   std::string State() const override;
   // The virtio features the frontend negotiated ("" before it has).
   std::string Features() const override;
+  // The node holding most of the guest's memory (base/numa.h MajorityNode: a few pages per
+  // region looked up, none faulted in); -1 before a memory table, or while none of the probed
+  // pages is there yet (probed again at the next call). A new table is probed afresh.
+  int numa_node() const override;
 
  private:
   void UpdateCaps();
@@ -234,6 +238,9 @@ class VhostUserPort final : public Port {
   // Per queue pair, the guest's transmit chains devices hold (zero copy, packet/hold.h):
   // owned with the tables' own reference counting (abandoned, never deleted, by the port).
   std::array<HoldTable*, vhost::kMaxQueuePairs> holds_{};
+  // numa_node(): the memory table it probed last (weak: compared, never used) and the answer.
+  mutable std::weak_ptr<const GuestMemory> probed_mem_;
+  mutable int node_ = -1;
 };
 
 }  // namespace nicmux

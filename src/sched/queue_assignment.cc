@@ -5,7 +5,16 @@
 
 namespace nicmux {
 
-void QueueAssignment::PlaceNew(std::vector<QueueLoad>& qs, uint32_t workers) {
+bool QueueAssignment::Eligible(uint32_t w, int node, uint32_t workers, const Nodes& worker_nodes) {
+  if (node < 0 || worker_nodes.size() < workers) return true;
+  if (worker_nodes[w] == node) return true;
+  for (uint32_t v = 0; v < workers; ++v) {
+    if (worker_nodes[v] == node) return false;  // there is one on its node, and w is not
+  }
+  return true;
+}
+
+void QueueAssignment::PlaceNew(std::vector<QueueLoad>& qs, uint32_t workers, const Nodes& worker_nodes) {
   std::vector<uint32_t> count(workers, 0);
   std::vector<uint64_t> load(workers, 0);
   for (const QueueLoad& q : qs) {
@@ -16,12 +25,13 @@ void QueueAssignment::PlaceNew(std::vector<QueueLoad>& qs, uint32_t workers) {
   }
   for (QueueLoad& q : qs) {
     if (q.worker >= 0 && static_cast<uint32_t>(q.worker) < workers) continue;
-    uint32_t best = 0;
+    uint32_t best = workers;
     if (q.pin >= 0 && static_cast<uint32_t>(q.pin) < workers) {
       best = static_cast<uint32_t>(q.pin);
     } else {
-      for (uint32_t w = 1; w < workers; ++w) {
-        if (count[w] < count[best] || (count[w] == count[best] && load[w] < load[best])) best = w;
+      for (uint32_t w = 0; w < workers; ++w) {
+        if (!Eligible(w, q.node, workers, worker_nodes)) continue;
+        if (best == workers || count[w] < count[best] || (count[w] == count[best] && load[w] < load[best])) best = w;
       }
     }
     q.worker = static_cast<int>(best);
@@ -30,7 +40,8 @@ void QueueAssignment::PlaceNew(std::vector<QueueLoad>& qs, uint32_t workers) {
   }
 }
 
-std::vector<int> QueueAssignment::Balanced(const std::vector<QueueLoad>& qs, uint32_t workers) {
+std::vector<int> QueueAssignment::Balanced(const std::vector<QueueLoad>& qs, uint32_t workers,
+                                           const Nodes& worker_nodes) {
   std::vector<int> out(qs.size(), 0);
   std::vector<uint64_t> load(workers, 0);
   std::vector<uint32_t> count(workers, 0);
@@ -53,13 +64,15 @@ std::vector<int> QueueAssignment::Balanced(const std::vector<QueueLoad>& qs, uin
   // Heaviest first; equal loads keep their order (stable), so idle queues spread evenly.
   std::stable_sort(free.begin(), free.end(), [&](size_t a, size_t b) { return qs[a].load > qs[b].load; });
   for (size_t i : free) {
-    uint32_t best = 0;
-    for (uint32_t w = 1; w < workers; ++w) {
-      if (load[w] < load[best] || (load[w] == load[best] && count[w] < count[best])) best = w;
+    uint32_t best = workers;
+    for (uint32_t w = 0; w < workers; ++w) {
+      if (!Eligible(w, qs[i].node, workers, worker_nodes)) continue;
+      if (best == workers || load[w] < load[best] || (load[w] == load[best] && count[w] < count[best])) best = w;
     }
     // Where loads tie, a queue stays where it is (no move for nothing).
-    if (qs[i].worker >= 0 && static_cast<uint32_t>(qs[i].worker) < workers && load[qs[i].worker] == load[best] &&
-        count[qs[i].worker] <= count[best]) {
+    if (qs[i].worker >= 0 && static_cast<uint32_t>(qs[i].worker) < workers &&
+        Eligible(static_cast<uint32_t>(qs[i].worker), qs[i].node, workers, worker_nodes) &&
+        load[qs[i].worker] == load[best] && count[qs[i].worker] <= count[best]) {
       best = static_cast<uint32_t>(qs[i].worker);
     }
     out[i] = static_cast<int>(best);

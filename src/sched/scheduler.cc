@@ -42,9 +42,15 @@ Result<std::vector<int>> ParseQueueAffinity(const std::string& port, const std::
 
 Scheduler::Scheduler(const SchedulerOptions& o) : opt_(o) {
   NICMUX_CHECK(o.workers >= 1);
+  // With one node there is nothing to prefer: no worker has a node for placement.
+  const bool numa = o.topology.nodes() > 1;
   for (uint32_t i = 0; i < o.workers; ++i) {
     const int cpu = i < o.cpus.size() ? o.cpus[i] : -1;
-    workers_.push_back(std::make_unique<Worker>("worker" + std::to_string(i), cpu, o.idle_poll_us, o.fixed_window));
+    auto w = std::make_unique<Worker>("worker" + std::to_string(i), cpu, o.idle_poll_us, o.fixed_window);
+    const int node = numa ? o.topology.NodeOfCpu(cpu) : -1;
+    worker_nodes_.push_back(node);
+    w->SetNode(node);
+    workers_.push_back(std::move(w));
   }
 }
 
@@ -87,20 +93,28 @@ void Scheduler::Publish(uint32_t w) {
   workers_[w]->SetQueues(std::move(qs));
 }
 
-void Scheduler::AddPort(Port* port, uint16_t id, const std::vector<int>& pins) {
+std::vector<QueueLoad> Scheduler::Loads() const {
   std::vector<QueueLoad> qs;
-  for (const auto& r : recs_) qs.push_back({r->load, r->pin, r->worker});
+  qs.reserve(recs_.size());
+  for (const auto& r : recs_) qs.push_back({r->load, r->pin, r->worker, r->node});
+  return qs;
+}
+
+void Scheduler::AddPort(Port* port, uint16_t id, const std::vector<int>& pins) {
+  std::vector<QueueLoad> qs = Loads();
   const size_t first = qs.size();
+  const int node = port->numa_node();
   for (uint32_t q = 0; q < port->NumQueuePairs(); ++q) {
     const int pin = q < pins.size() ? pins[q] : -1;
     NICMUX_CHECK(pin < static_cast<int>(workers_.size()));
-    qs.push_back({0, pin, -1});
+    qs.push_back({0, pin, -1, node});
     auto r = std::make_unique<Record>();
     r->src = {port, id, static_cast<uint16_t>(q)};
     r->pin = pin;
+    r->node = node;
     recs_.push_back(std::move(r));
   }
-  QueueAssignment::PlaceNew(qs, num_workers());
+  QueueAssignment::PlaceNew(qs, num_workers(), worker_nodes_);
   std::vector<uint32_t> touched;
   for (size_t i = first; i < qs.size(); ++i) {
     recs_[i]->worker = qs[i].worker;
@@ -141,7 +155,7 @@ void Scheduler::PortPause::Resume() {
   paused_.clear();
 }
 
-void Scheduler::Apply(const std::vector<int>& placement) {
+uint64_t Scheduler::Apply(const std::vector<int>& placement, const char* why) {
   // Each moving queue: its old and new worker paused, the lists of both republished.
   std::vector<uint32_t> touched;
   for (size_t i = 0; i < recs_.size(); ++i) {
@@ -151,21 +165,56 @@ void Scheduler::Apply(const std::vector<int>& placement) {
   }
   std::sort(touched.begin(), touched.end());
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
-  if (touched.empty()) return;
+  if (touched.empty()) return 0;
   for (uint32_t w : touched) workers_[w]->Pause();
   uint64_t moved = 0;
   for (size_t i = 0; i < recs_.size(); ++i) {
     if (placement[i] == recs_[i]->worker) continue;
-    NICMUX_LOG(kInfo, "scheduler: port %s queue %u moves from worker%d to worker%d (%lu packets/interval)",
-               recs_[i]->src.port->name().c_str(), recs_[i]->src.q, recs_[i]->worker, placement[i],
-               static_cast<unsigned long>(recs_[i]->load));
+    NICMUX_LOG(kInfo, "scheduler: port %s queue %u moves from worker%d to worker%d (%s; %lu packets/interval, node %d)",
+               recs_[i]->src.port->name().c_str(), recs_[i]->src.q, recs_[i]->worker, placement[i], why,
+               static_cast<unsigned long>(recs_[i]->load), recs_[i]->node);
     recs_[i]->worker = placement[i];
     ++moved;
   }
   for (uint32_t w : touched) Publish(w);
   for (auto it = touched.rbegin(); it != touched.rend(); ++it) workers_[*it]->Resume();
-  moved_ += moved;
-  ++rebalances_;
+  return moved;
+}
+
+bool Scheduler::FollowNodes() {
+  std::vector<QueueLoad> qs = Loads();
+  std::vector<std::pair<const Port*, int>> read;  // each port asked once
+  bool move = false;
+  for (size_t i = 0; i < recs_.size(); ++i) {
+    Record& r = *recs_[i];
+    int node = -2;
+    for (const auto& [p, n] : read) {
+      if (p == r.src.port) node = n;
+    }
+    if (node == -2) {
+      node = r.src.port->numa_node();
+      read.emplace_back(r.src.port, node);
+    }
+    if (node == r.node) continue;
+    // Debug: the frontend decides when (each new memory table, each reconnect); what moves is
+    // logged by Apply.
+    if (r.src.q == 0) {
+      NICMUX_LOG(kDebug, "scheduler: port %s: its memory is on NUMA node %d now (was %d)",
+                 r.src.port->name().c_str(), node, r.node);
+    }
+    r.node = qs[i].node = node;
+    // Pinned, unknown, already on a worker of the node, or no worker on it: it stays.
+    if (r.pin >= 0 || node < 0 ||
+        QueueAssignment::Eligible(static_cast<uint32_t>(r.worker), node, num_workers(), worker_nodes_)) {
+      continue;
+    }
+    qs[i].worker = -1;
+    move = true;
+  }
+  if (!move) return false;
+  QueueAssignment::PlaceNew(qs, num_workers(), worker_nodes_);
+  numa_moved_ += Apply(QueueAssignment::Current(qs), "its port's NUMA node");
+  return true;
 }
 
 bool Scheduler::Tick() {
@@ -191,17 +240,17 @@ bool Scheduler::Tick() {
     in.sleeps = sleeps;
     in.packets = packets;
   }
-  std::vector<QueueLoad> qs;
-  qs.reserve(recs_.size());
   for (auto& r : recs_) {
     const uint64_t now = r->packets.Get();
     r->load = now - r->seen;
     r->seen = now;
-    qs.push_back({r->load, r->pin, r->worker});
   }
+  std::vector<QueueLoad> qs = Loads();
+  const std::vector<uint64_t> loads = QueueAssignment::WorkerLoads(qs, QueueAssignment::Current(qs), num_workers());
+  if (FollowNodes()) return true;
   if (opt_.rebalance_ticks == 0 || workers_.size() < 2) return false;
-  const uint64_t busiest = QueueAssignment::Max(QueueAssignment::WorkerLoads(qs, QueueAssignment::Current(qs), num_workers()));
-  const std::vector<int> better = QueueAssignment::Balanced(qs, num_workers());
+  const uint64_t busiest = QueueAssignment::Max(loads);
+  const std::vector<int> better = QueueAssignment::Balanced(qs, num_workers(), worker_nodes_);
   const uint64_t after = QueueAssignment::Max(QueueAssignment::WorkerLoads(qs, better, num_workers()));
   const bool worth = busiest >= opt_.rebalance_min_load && after * 100 <= busiest * (100 - opt_.rebalance_pct);
   imbalanced_ticks_ = worth ? imbalanced_ticks_ + 1 : 0;
@@ -209,7 +258,8 @@ bool Scheduler::Tick() {
   imbalanced_ticks_ = 0;
   NICMUX_LOG(kInfo, "scheduler: rebalancing, the busiest worker's load %lu -> %lu packets/interval",
              static_cast<unsigned long>(busiest), static_cast<unsigned long>(after));
-  Apply(better);
+  moved_ += Apply(better, "load");
+  ++rebalances_;
   return true;
 }
 
@@ -219,6 +269,7 @@ std::vector<Scheduler::WorkerView> Scheduler::Show() const {
     WorkerView v;
     v.name = workers_[w]->name();
     v.cpu = workers_[w]->cpu();
+    v.node = opt_.topology.NodeOfCpu(v.cpu);
     v.busy_poll = workers_[w]->busy_poll();
     if (w < interval_.size()) {
       v.cpu_pct = interval_[w].cpu_pct;
@@ -228,7 +279,7 @@ std::vector<Scheduler::WorkerView> Scheduler::Show() const {
     }
     for (const auto& r : recs_) {
       if (r->worker != static_cast<int>(w)) continue;
-      v.queues.push_back({r->src.port->name(), r->src.q, r->pin >= 0, r->load});
+      v.queues.push_back({r->src.port->name(), r->src.q, r->pin >= 0, r->load, r->node});
       v.load += r->load;
     }
     out.push_back(std::move(v));

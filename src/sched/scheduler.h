@@ -10,6 +10,11 @@
 //   and both held for rebalance_ticks ticks in a row, the queues that move are moved: each
 //   move pauses only its two workers, between bursts (nothing in flight, nothing lost: a
 //   chain not yet received stays in its ring).
+// - NUMA: a worker pinned to a CPU is on that CPU's node (SchedulerOptions::topology); a
+//   port's queues go to workers on the node of its memory (Port::numa_node, read every Tick)
+//   when there are any, and are re-placed on the next Tick when that node changes (a guest's
+//   new memory table). Pins still win. Each worker keeps its forwarder's buffers on its node
+//   (Forwarder::PreferNode).
 // - Pausing: Pause()/Resume() pause every worker (a forwarder's port table changes);
 //   PortPause pauses only the workers that poll one port's queues and closes the port's
 //   transmit side to the others (Port::CloseTx) — a port's own changes (a guest's new memory
@@ -23,6 +28,7 @@
 #include <vector>
 
 #include "base/counter.h"
+#include "base/numa.h"
 #include "base/pausable.h"
 #include "base/result.h"
 #include "sched/queue_assignment.h"
@@ -35,6 +41,8 @@ struct SchedulerOptions {
   std::vector<int> cpus;  // empty: not pinned; else one per worker
   uint32_t idle_poll_us = Worker::kDefaultIdlePollUs;  // Worker::kBusyPoll: never sleep
   bool fixed_window = false;                           // always poll idle_poll_us (no adapting)
+  // The CPUs' NUMA nodes (the daemon: NumaTopology::FromSysfs()).
+  NumaTopology topology;
   // Rebalancing: the busiest worker's load must drop by at least this share (percent)...
   uint32_t rebalance_pct = 25;
   // ...it must carry at least this many packets per interval (below: nothing to gain)...
@@ -94,6 +102,8 @@ class Scheduler final : public Pausable {
   bool Tick();
   uint64_t rebalances() const { return rebalances_; }
   uint64_t queues_moved() const { return moved_; }
+  // Queues moved to a worker on their port's new NUMA node.
+  uint64_t numa_moves() const { return numa_moved_; }
 
   // For `nicmuxctl sched show` and the metrics.
   struct QueueView {
@@ -101,10 +111,12 @@ class Scheduler final : public Pausable {
     uint32_t q = 0;
     bool pinned = false;
     uint64_t load = 0;  // packets in the last interval
+    int node = -1;      // its port's NUMA node as of the last Tick (-1: unknown)
   };
   struct WorkerView {
     std::string name;
     int cpu = -1;
+    int node = -1;  // its CPU's NUMA node (-1: not pinned)
     bool busy_poll = false;
     std::vector<QueueView> queues;
     uint64_t load = 0;  // packets in the last interval, its queues' sum
@@ -121,6 +133,7 @@ class Scheduler final : public Pausable {
     SourceQueue src;
     int pin = -1;
     int worker = -1;
+    int node = -1;    // its port's NUMA node, as last read
     Counter packets;  // the worker adds, Tick reads
     uint64_t seen = 0;  // packets at the last Tick
     uint64_t load = 0;  // packets in the last interval
@@ -130,7 +143,13 @@ class Scheduler final : public Pausable {
   // Gives worker w its list from recs_ (the caller has paused it, or it is not started).
   void Publish(uint32_t w);
   // Moves queues to the placement (one per record), pausing only the workers concerned.
-  void Apply(const std::vector<int>& placement);
+  // Returns how many moved.
+  uint64_t Apply(const std::vector<int>& placement, const char* why);
+  // The placement's view of the records.
+  std::vector<QueueLoad> Loads() const;
+  // Reads each port's NUMA node; moves the queues whose node changed to a worker on it (when
+  // there is one). True when queues moved.
+  bool FollowNodes();
 
   // Per worker, its counters at the last Tick and the interval's figures (WorkerView).
   struct Interval {
@@ -146,7 +165,8 @@ class Scheduler final : public Pausable {
   std::vector<std::unique_ptr<Record>> recs_;
   bool started_ = false;
   uint32_t imbalanced_ticks_ = 0;
-  uint64_t rebalances_ = 0, moved_ = 0;
+  uint64_t rebalances_ = 0, moved_ = 0, numa_moved_ = 0;
+  std::vector<int> worker_nodes_;  // per worker, its CPU's node (-1: not pinned)
 };
 
 }  // namespace nicmux

@@ -1,6 +1,8 @@
 // The scheduler: placement (QueueAssignment), queue_affinity parsing, a port's own pause
-// stopping only its pollers, wake-up isolation between workers, and rebalancing by load. The
-// worker threads are real; the forwarders and ports are the doubles of test_fakes.h.
+// stopping only its pollers, wake-up isolation between workers, rebalancing by load, and NUMA
+// placement. The worker threads are real; the forwarders
+// and ports are the doubles of test_fakes.h. This machine has one NUMA node: the NUMA tests
+// inject a two-node topology (the probes themselves: base/numa_test.cc).
 #include "sched/scheduler.h"
 
 #include <sys/eventfd.h>
@@ -178,6 +180,138 @@ TEST(Scheduler, TwoHeavyQueuesOnOneWorkerEndUpOnTwo) {
   ASSERT_EQ(view.size(), 2u);
   EXPECT_GT(view[0].load, 0u);
   EXPECT_GT(view[1].load, 0u);
+}
+
+TEST(QueueAssignment, QueuesGoToWorkersOnTheirNodeAndPinsStillWin) {
+  // Workers 0 and 2 on node 0, 1 and 3 on node 1.
+  const QueueAssignment::Nodes nodes = {0, 1, 0, 1};
+  std::vector<QueueLoad> qs = {{0, -1, -1, 1}, {0, -1, -1, 1}, {0, -1, -1, 1}, {0, -1, -1, 0},
+                               {0, 0, -1, 1},   // pinned to worker 0 (node 0): the pin wins
+                               {0, -1, -1, -1},  // unknown: any worker
+                               {0, -1, -1, 7}};  // no worker on node 7: any worker
+  QueueAssignment::PlaceNew(qs, 4, nodes);
+  EXPECT_EQ(qs[0].worker, 1);
+  EXPECT_EQ(qs[1].worker, 3);
+  EXPECT_EQ(qs[2].worker, 1);  // node 1's workers only, fewest queues first
+  EXPECT_EQ(qs[3].worker, 0);
+  EXPECT_EQ(qs[4].worker, 0);
+  EXPECT_EQ(qs[5].worker, 2);  // the worker with the fewest queues, whatever its node
+  EXPECT_EQ(qs[6].worker, 2);
+  // Balancing keeps to the nodes: three heavy node-1 queues spread over workers 1 and 3 only,
+  // though 0 and 2 idle.
+  qs[0].load = 1000;
+  qs[1].load = 1000;
+  qs[2].load = 1000;
+  const std::vector<int> b = QueueAssignment::Balanced(qs, 4, nodes);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(b[i] == 1 || b[i] == 3) << i << " on worker " << b[i];
+  EXPECT_EQ(b[4], 0);
+  // Without nodes (one node, or no worker pinned): as before.
+  std::vector<QueueLoad> plain = {{0, -1, -1, 1}, {0, -1, -1, 1}};
+  QueueAssignment::PlaceNew(plain, 2);
+  EXPECT_EQ(QueueAssignment::Current(plain), (std::vector<int>{0, 1}));
+}
+
+// Two workers pinned to CPUs 0 and 1, which an injected topology puts on nodes 0 and 1. The
+// workers are not started (placement and Tick need no threads; nothing is pinned for real).
+struct TwoNodeSched {
+  TwoNodeSched() {
+    SchedulerOptions o;
+    o.workers = 2;
+    o.cpus = {0, 1};
+    o.idle_poll_us = 0;
+    o.rebalance_ticks = 0;
+    o.topology = NumaTopology({0, 1});
+    s = std::make_unique<Scheduler>(o);
+    s->SetForwarder(0, &f[0]);
+    s->SetForwarder(1, &f[1]);
+  }
+  int WorkerOf(const Port* port) const {
+    for (uint32_t w = 0; w < 2; ++w) {
+      for (const auto& q : s->worker(w).queues()) {
+        if (q.src.port == port) return static_cast<int>(w);
+      }
+    }
+    return -1;
+  }
+  FakeForwarder f[2];
+  std::unique_ptr<Scheduler> s;
+};
+
+TEST(Scheduler, QueuesFollowTheirPortsNumaNode) {
+  TwoNodeSched t;
+  EXPECT_EQ(t.s->worker(0).node(), 0);
+  EXPECT_EQ(t.s->worker(1).node(), 1);
+  FakePort a("a"), b("b"), c("c"), d("d"), e("e");
+  a.node = 1;
+  b.node = 1;
+  c.node = 0;
+  d.node = 1;
+  t.s->AddPort(&a, 0, {});
+  t.s->AddPort(&b, 1, {});
+  t.s->AddPort(&c, 2, {});
+  t.s->AddPort(&d, 3, {0});  // queue_affinity=0:0 on node 0: the pin wins
+  EXPECT_EQ(t.WorkerOf(&a), 1);
+  EXPECT_EQ(t.WorkerOf(&b), 1);  // not round robin: node 1 has one worker
+  EXPECT_EQ(t.WorkerOf(&c), 0);
+  EXPECT_EQ(t.WorkerOf(&d), 0);
+  t.s->AddPort(&e, 4, {});  // unknown node (a guest not connected yet): fewest queues
+  EXPECT_EQ(t.WorkerOf(&e), 0);
+
+  // The guest's new memory table is on node 1: its queue moves at the next Tick.
+  e.node = 1;
+  EXPECT_TRUE(t.s->Tick());
+  EXPECT_EQ(t.WorkerOf(&e), 1);
+  EXPECT_EQ(t.s->numa_moves(), 1u);
+  EXPECT_EQ(t.s->rebalances(), 0u);  // not a move by load
+  // a moves to node 0; d, pinned, stays on worker 0 whatever its node.
+  a.node = 0;
+  d.node = 0;
+  EXPECT_TRUE(t.s->Tick());
+  EXPECT_EQ(t.WorkerOf(&a), 0);
+  d.node = 1;
+  EXPECT_FALSE(t.s->Tick());
+  EXPECT_EQ(t.WorkerOf(&d), 0);
+  // A node without a worker (or unknown again): the queue stays where it is.
+  b.node = 5;
+  EXPECT_FALSE(t.s->Tick());
+  EXPECT_EQ(t.WorkerOf(&b), 1);
+  c.node = -1;
+  EXPECT_FALSE(t.s->Tick());
+  EXPECT_EQ(t.WorkerOf(&c), 0);
+  EXPECT_EQ(t.s->numa_moves(), 2u);
+
+  // sched show: each worker's node and each queue's.
+  const auto view = t.s->Show();
+  ASSERT_EQ(view.size(), 2u);
+  EXPECT_EQ(view[0].node, 0);
+  EXPECT_EQ(view[1].node, 1);
+  for (const auto& q : view[1].queues) {
+    if (q.port == "e") {
+      EXPECT_EQ(q.node, 1);
+    } else if (q.port == "b") {
+      EXPECT_EQ(q.node, 5);
+    }
+  }
+}
+
+TEST(Scheduler, OneNodeMeansNoPreference) {
+  // One node (this machine's case): a pinned worker is on node 0, but a port reporting node 0
+  // does not make the unpinned worker second choice.
+  SchedulerOptions o;
+  o.workers = 2;
+  o.cpus = {0, -1};
+  o.rebalance_ticks = 0;
+  o.topology = NumaTopology({0, 0});
+  Scheduler s(o);
+  EXPECT_EQ(s.worker(0).node(), -1);  // nothing to place: PreferNode is not called
+  FakePort a("a"), b("b");
+  a.node = 0;
+  b.node = 0;
+  s.AddPort(&a, 0, {});
+  s.AddPort(&b, 1, {});
+  EXPECT_EQ(s.worker(0).queues().size(), 1u);
+  EXPECT_EQ(s.worker(1).queues().size(), 1u);
+  EXPECT_EQ(s.Show()[0].node, 0);
 }
 
 }  // namespace

@@ -57,7 +57,8 @@ class FakeForwarder final : public Forwarder {
   int busy_id = -1, busy_id2 = -1;
 };
 
-// A one-queue port as far as sleeping goes: its kick fd and whether it can sleep.
+// A one-queue port as far as sleeping goes: its kick fd and whether it can sleep; and the NUMA
+// node it reports.
 class FakePort final : public Port {
  public:
   explicit FakePort(std::string name = "fake") : Port(std::move(name)) {}
@@ -76,6 +77,7 @@ class FakePort final : public Port {
   PortStats Stats() const override { return {}; }
   uint64_t DropsFor(DropReason) const override { return 0; }
   std::string State() const override { return "up"; }
+  int numa_node() const override { return node; }
 
   // Interrupt moderation: a Tx defers its signal `defer_ns` (the first one; later Tx leave
   // the deadline), given by FlushTxSignal when due or forced.
@@ -104,6 +106,7 @@ class FakePort final : public Port {
   uint64_t defer_ns = 0;
   std::atomic<uint64_t> deadline{0};
   std::atomic<uint64_t> signals{0}, forced{0};
+  int node = -1;
 };
 
 inline void FakeForwarder::Sent() {

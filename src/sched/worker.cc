@@ -34,17 +34,29 @@ Worker::~Worker() { Stop(); }
 Result<void> Worker::Start() {
   NICMUX_CHECK(!started_);
   NICMUX_CHECK(fwd_ != nullptr);
-  thread_ = std::thread([this] { Loop(); });
-  has_cpu_clock_.store(pthread_getcpuclockid(thread_.native_handle(), &cpu_clock_) == 0);
-  if (cpu_ >= 0) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu_, &set);
-    if (int e = pthread_setaffinity_np(thread_.native_handle(), sizeof set, &set); e != 0) {
-      Stop();
-      return Error::FromErrno("pinning worker " + name_ + " to cpu " + std::to_string(cpu_), e);
+  // The thread pins itself first, so that what it touches from then on (its forwarder's
+  // buffers, PreferNode) is on its CPU's node, and tells Start how that went.
+  pin_result_.store(-1);
+  thread_ = std::thread([this] {
+    int e = 0;
+    if (cpu_ >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(cpu_, &set);
+      e = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
     }
+    pin_result_.store(e);
+    pin_result_.notify_one();
+    if (e != 0) return;
+    if (node_ >= 0) fwd_->PreferNode(node_);
+    Loop();
+  });
+  pin_result_.wait(-1);
+  if (const int e = pin_result_.load(); e != 0) {
+    thread_.join();
+    return Error::FromErrno("pinning worker " + name_ + " to cpu " + std::to_string(cpu_), e);
   }
+  has_cpu_clock_.store(pthread_getcpuclockid(thread_.native_handle(), &cpu_clock_) == 0);
   started_ = true;
   return Ok();
 }

@@ -10,6 +10,9 @@
 // polled). Kick fds are drained without blocking whatever their owner did to them
 // (base/peer_io.h).
 //
+// Pinned to a CPU, the thread pins itself before it touches anything, and asks its forwarder
+// to keep its buffers on the CPU's NUMA node (SetNode).
+//
 // It is Pausable: the control thread's Pause() returns once the worker sits between bursts (no
 // chain in flight, every used entry flushed); the worker waits until Resume(). The hot loop
 // checks one atomic flag per round and takes no lock.
@@ -57,6 +60,10 @@ class Worker final : public Pausable {
   };
   // The forwarding context, before Start().
   void SetForwarder(Forwarder* f) { fwd_ = f; }
+  // The NUMA node of its CPU (-1: unknown, or nothing to place), before Start(): the thread
+  // calls Forwarder::PreferNode(node) once pinned.
+  void SetNode(int node) { node_ = node; }
+  int node() const { return node_; }
   // The queues it polls: before Start() or while this worker is paused (control thread).
   void SetQueues(std::vector<Polled> qs) { queues_ = std::move(qs); }
   const std::vector<Polled>& queues() const { return queues_; }  // control thread
@@ -100,8 +107,10 @@ class Worker final : public Pausable {
 
   std::string name_;
   int cpu_;
+  int node_ = -1;
   uint64_t idle_poll_ns_;
   bool fixed_window_;
+  std::atomic<int> pin_result_{-1};  // the thread's pinning: -1 pending, else 0 or an errno
   double score_[kWindows] = {};
   std::atomic<uint64_t> window_ns_{0};  // the idle-poll window now (read by the control thread)
   Forwarder* fwd_ = nullptr;

@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "base/numa.h"
 #include "port/port.h"
 
 namespace nicmux {
@@ -123,6 +124,10 @@ class Forwarder {
   // Signals deferred by the ports this worker sent to or received from (the Worker flushes
   // them: each round when due, all before it sleeps or pauses).
   SignalDebts& debts() { return debts_; }
+
+  // The worker's thread, pinned to a CPU of NUMA node `node`, before its first Forward: the
+  // forwarder keeps its own per-worker buffers on that node (docs/scheduler.md "NUMA").
+  virtual void PreferNode(int node) {}
 
  protected:
   explicit Forwarder(bool shared) : debts_(shared) {}

@@ -225,7 +225,12 @@ uint32_t L2Switch::MacsOf(uint16_t id) {
 // --------------------------------------------------------------------------- SwitchWorker
 
 SwitchWorker::SwitchWorker(L2Switch* sw, bool shared)
-    : Forwarder(shared), sw_(sw), shared_(shared), counters_(std::make_unique<std::array<PortCounters, 256>>()) {}
+    : Forwarder(shared), sw_(sw), shared_(shared), counters_(std::make_unique<CounterTable>()) {}
+
+void SwitchWorker::PreferNode(int node) {
+  nicmux::PreferNode(this, sizeof *this, node);
+  nicmux::PreferNode(counters_.get(), sizeof *counters_, node);
+}
 
 // Hold credit (the header's "Backpressure"): spent while holding, refilled at
 // 1/kHoldRefillDiv of the time otherwise, at most kMaxStallNs.

@@ -142,12 +142,16 @@ struct ForwardPlan {
 };
 
 // One worker's forwarding context in the switch (its batch, plan, hold accounts and
-// counters): a Forwarder for whatever source queues the scheduler gives that worker.
-class SwitchWorker final : public Forwarder {
+// counters): a Forwarder for whatever source queues the scheduler gives that worker. Page
+// aligned, like its counter table, so that PreferNode can keep both on the worker's NUMA node
+// without moving anyone else's data.
+class alignas(kNumaPageBytes) SwitchWorker final : public Forwarder {
  public:
   // shared: the switch has more than one worker.
   SwitchWorker(L2Switch* sw, bool shared);
   WorkDone Forward(uint16_t id, uint32_t q) override;
+  // The object itself (batch, plan, head copies, hold accounts) and the counter table.
+  void PreferNode(int node) override;
   // One burst from every source queue of every port, in order (tests, fuzz targets: one
   // thread that polls everything).
   WorkDone ForwardAll();
@@ -202,7 +206,8 @@ class SwitchWorker final : public Forwarder {
     Counter flooded;
     Counter unlearned;  // frames whose new source MAC was not learned: the port's mac_limit
   };
-  std::unique_ptr<std::array<PortCounters, 256>> counters_;
+  struct alignas(kNumaPageBytes) CounterTable : std::array<PortCounters, 256> {};
+  std::unique_ptr<CounterTable> counters_;
 };
 
 class L2Switch {

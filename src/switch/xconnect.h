@@ -21,12 +21,14 @@ namespace nicmux {
 class Xconnect;
 
 // One worker's context for the cross-connects: a Forwarder over the source queues the
-// scheduler gives it.
-class XconnectWorker final : public Forwarder {
+// scheduler gives it. Page aligned, so that PreferNode can keep it on the worker's NUMA node.
+class alignas(kNumaPageBytes) XconnectWorker final : public Forwarder {
  public:
   // shared: more than one worker (a destination queue is sent to under its TxLock).
   XconnectWorker(const Xconnect* x, bool shared) : Forwarder(shared), x_(x), shared_(shared) {}
   WorkDone Forward(uint16_t id, uint32_t q) override;
+  // Its batch and segment table.
+  void PreferNode(int node) override { nicmux::PreferNode(this, sizeof *this, node); }
   // One burst from every source queue (tests: one thread polls everything).
   WorkDone ForwardAll();
 
