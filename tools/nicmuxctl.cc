@@ -594,6 +594,11 @@ void SchedShow(Connection& c, const Options& o) {
              {false, true, true, false, true, true, true, true, true, false}, rows);
   std::printf("%s rebalance(s), %s queue move(s) by load, %s by NUMA node", Str(r, "rebalances").c_str(),
               Str(r, "queues_moved").c_str(), Has(r, "numa_moves") ? Str(r, "numa_moves").c_str() : "0");
+  const uint64_t cap = Has(r, "max_busy_workers") ? U64(r, "max_busy_workers") : 0;
+  if (cap != 0) {
+    std::printf("; at most %s busy-polling worker(s), %s change(s)", std::to_string(cap).c_str(),
+                Has(r, "busy_swaps") ? Str(r, "busy_swaps").c_str() : "0");
+  }
   std::printf("\n");
 }
 

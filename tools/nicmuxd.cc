@@ -60,6 +60,9 @@ options:
                        the window learned
   --busy-poll          workers never sleep: the lowest latency, a whole CPU per worker even
                        when idle (default: adaptive, sleep after --poll-us; docs/scheduler.md)
+  --max-busy-workers N with --busy-poll: at most N workers busy-poll at a time, the busiest
+                       (re-decided every second, with hysteresis); the others poll
+                       adaptively within --poll-us. 0..64, default 0: no cap
   --mac-aging S        seconds a learned MAC lives without traffic (default 300)
   --mac-table-size N   MAC table entries, 16..1048576 (default 8192)
   --stats-interval S   log per-port counters every S seconds (default 0: only at exit)
@@ -115,7 +118,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   // Flags are collected first, then laid over the config file's settings.
   std::optional<std::string> forward, control, log_level, config, eal_args, metrics, socket_group, socket_mode,
       control_group;
-  std::optional<uint64_t> workers, aging, table, stats, poll;
+  std::optional<uint64_t> workers, aging, table, stats, poll, max_busy;
   std::optional<bool> busy_poll, poll_fixed;
   std::optional<std::vector<int>> cpus;
   for (int i = 1; i < argc; ++i) {
@@ -179,6 +182,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       poll = number(0, 1000000);
     } else if (a == "--busy-poll") {
       busy_poll = true;
+    } else if (a == "--max-busy-workers") {
+      max_busy = number(0, 64);
     } else if (a == "--poll-fixed") {
       poll_fixed = true;
     } else if (a == "--mac-aging") {
@@ -218,6 +223,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     if (d.mac_aging_s && !aging) aging = d.mac_aging_s;
     if (d.poll_us && !poll) poll = d.poll_us;
     if (d.busy_poll && !busy_poll) busy_poll = d.busy_poll;
+    if (d.max_busy_workers && !max_busy) max_busy = d.max_busy_workers;
     if (d.poll_fixed && !poll_fixed) poll_fixed = d.poll_fixed;
     if (d.mac_table_size && !table) table = d.mac_table_size;
   }
@@ -237,6 +243,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (aging) o.mac_aging_s = static_cast<uint32_t>(*aging);
   if (poll) o.poll_us = static_cast<uint32_t>(*poll);
   if (busy_poll) o.busy_poll = *busy_poll;
+  if (max_busy) o.max_busy_workers = static_cast<uint32_t>(*max_busy);
   if (poll_fixed) o.poll_fixed = *poll_fixed;
   if (table) o.mac_table_size = static_cast<uint32_t>(*table);
   if (!o.cpus.empty() && o.cpus.size() != o.workers) {

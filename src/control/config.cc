@@ -115,6 +115,10 @@ class DaemonParser {
         auto v = Int(node, k, 0, 1000000);
         if (!v) return v.error();
         out_->poll_us = static_cast<uint32_t>(*v);
+      } else if (k == "max_busy_workers") {
+        auto v = Int(node, k, 0, 64);
+        if (!v) return v.error();
+        out_->max_busy_workers = static_cast<uint32_t>(*v);
       } else if (k == "busy_poll" || k == "poll_fixed") {
         const auto* b = node.as_boolean();
         if (b == nullptr) return Bad(node, k, "must be true or false");

@@ -15,6 +15,8 @@
 //   mac_aging = 300               # seconds, 1..86400
 //   poll_us = 100                 # busy-poll after the last packet, 0..1000000
 //   busy_poll = false             # true: workers never sleep (lowest latency, a core each)
+//   max_busy_workers = 0          # with busy_poll: at most this many busy-poll (the busiest),
+//                                 #   0..64, 0: no cap
 //   poll_fixed = false            # true: always poll poll_us before sleeping (no adapting)
 //   mac_table_size = 8192         # entries, 16..1048576
 //   metrics = "127.0.0.1:9469"    # Prometheus endpoint ADDR:PORT, [IPV6]:PORT or :PORT
@@ -60,7 +62,7 @@ namespace nicmux {
 struct DaemonSettings {
   std::optional<std::string> forward, control, log_level, metrics, socket_group, socket_mode, control_group;
   std::optional<uint32_t> workers;
-  std::optional<uint32_t> poll_us;
+  std::optional<uint32_t> poll_us, max_busy_workers;
   std::optional<bool> busy_poll, poll_fixed;
   std::optional<std::vector<int>> cpus;
   std::optional<uint64_t> stats_interval_s, mac_aging_s;

@@ -29,6 +29,7 @@ log_level = "debug"
 stats_interval = 10
 mac_aging = 120
 poll_us = 2000
+max_busy_workers = 1
 mac_table_size = 4096
 metrics = "[::1]:9469"
 socket_group = "nogroup"
@@ -76,6 +77,7 @@ TEST(Config, FullFile) {
   EXPECT_EQ(d.stats_interval_s, 10u);
   EXPECT_EQ(d.mac_aging_s, 120u);
   EXPECT_EQ(d.poll_us, 2000u);
+  EXPECT_EQ(d.max_busy_workers, 1u);
   EXPECT_EQ(d.mac_table_size, 4096u);
   EXPECT_EQ(d.metrics, "[::1]:9469");
   EXPECT_EQ(d.socket_group, "nogroup");
@@ -378,6 +380,10 @@ TEST(Config, DaemonErrors) {
        "nicmuxd.toml:3: [daemon] 'stats_interval' must be an integer in 0..86400"},
       {"[daemon]\npoll_us = -1\n",
        "nicmuxd.toml:2: [daemon] 'poll_us' must be an integer in 0..1000000"},
+      {"[daemon]\nmax_busy_workers = 65\n",
+       "nicmuxd.toml:2: [daemon] 'max_busy_workers' must be an integer in 0..64"},
+      {"[daemon]\nmax_busy_workers = true\n",
+       "nicmuxd.toml:2: [daemon] 'max_busy_workers' must be an integer in 0..64"},
       {"[daemon]\nmac_aging = 0\n",
        "nicmuxd.toml:2: [daemon] 'mac_aging' must be an integer in 1..86400"},
       {"[daemon]\nmac_table_size = 15\n",

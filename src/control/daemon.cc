@@ -49,7 +49,9 @@ Result<void> Daemon::Start() {
   SchedulerOptions sched;
   sched.workers = opt_.workers;
   sched.cpus = opt_.cpus;
-  sched.idle_poll_us = opt_.busy_poll ? Worker::kBusyPoll : opt_.poll_us;
+  sched.idle_poll_us = opt_.poll_us;
+  sched.busy_poll = opt_.busy_poll;
+  sched.max_busy_workers = opt_.max_busy_workers;
   sched.fixed_window = opt_.poll_fixed;
   sched.topology = NumaTopology::FromSysfs();
   sched_ = std::make_unique<Scheduler>(sched);
@@ -305,6 +307,7 @@ void Daemon::Reload() {
   if (ds.forward && *ds.forward != opt_.forward) restart += " forward";
   if (ds.workers && *ds.workers != opt_.workers) restart += " workers";
   if (ds.cpus && *ds.cpus != opt_.cpus) restart += " cpus";
+  if (ds.max_busy_workers && *ds.max_busy_workers != opt_.max_busy_workers) restart += " max_busy_workers";
   if (ds.control && *ds.control != opt_.control_path) restart += " control";
   if (ds.metrics && *ds.metrics != opt_.metrics_address) restart += " metrics";
   if (ds.control_group && *ds.control_group != opt_.control_group) restart += " control_group";
@@ -705,7 +708,9 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     return json{{"workers", workers},
                 {"rebalances", sched_->rebalances()},
                 {"queues_moved", sched_->queues_moved()},
-                {"numa_moves", sched_->numa_moves()}};
+                {"numa_moves", sched_->numa_moves()},
+                {"busy_swaps", sched_->busy_swaps()},
+                {"max_busy_workers", sched_->max_busy_workers()}};
   }
   return ControlError::BadRequest("unknown command '" + cmd + "'");
 }

@@ -42,6 +42,7 @@ struct DaemonOptions {
   uint32_t mac_aging_s = 300;
   uint32_t poll_us = Worker::kDefaultIdlePollUs;
   bool busy_poll = false;   // workers never sleep
+  uint32_t max_busy_workers = 0;  // with busy_poll: at most this many busy-poll (the busiest); 0: all
   bool poll_fixed = false;  // the idle window is always poll_us (no adapting)
   uint32_t mac_table_size = 8192;
   std::vector<PortSpec> ports;         // from the command line

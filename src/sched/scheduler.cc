@@ -42,14 +42,19 @@ Result<std::vector<int>> ParseQueueAffinity(const std::string& port, const std::
 
 Scheduler::Scheduler(const SchedulerOptions& o) : opt_(o) {
   NICMUX_CHECK(o.workers >= 1);
+  opt_.busy_poll = o.busy_poll || o.idle_poll_us == Worker::kBusyPoll;
+  const uint32_t idle_poll_us = o.idle_poll_us == Worker::kBusyPoll ? Worker::kDefaultIdlePollUs : o.idle_poll_us;
   // With one node there is nothing to prefer: no worker has a node for placement.
   const bool numa = o.topology.nodes() > 1;
   for (uint32_t i = 0; i < o.workers; ++i) {
     const int cpu = i < o.cpus.size() ? o.cpus[i] : -1;
-    auto w = std::make_unique<Worker>("worker" + std::to_string(i), cpu, o.idle_poll_us, o.fixed_window);
+    auto w = std::make_unique<Worker>("worker" + std::to_string(i), cpu, idle_poll_us, o.fixed_window);
     const int node = numa ? o.topology.NodeOfCpu(cpu) : -1;
     worker_nodes_.push_back(node);
     w->SetNode(node);
+    // Until loads are measured, the first max_busy_workers busy-poll.
+    busy_.push_back(opt_.busy_poll && (o.max_busy_workers == 0 || i < o.max_busy_workers));
+    w->SetBusyPoll(busy_.back());
     workers_.push_back(std::move(w));
   }
 }
@@ -217,6 +222,38 @@ bool Scheduler::FollowNodes() {
   return true;
 }
 
+void Scheduler::CapBusy(const std::vector<uint64_t>& load) {
+  const uint32_t n = num_workers(), cap = opt_.max_busy_workers;
+  if (!opt_.busy_poll || cap == 0 || cap >= n) return;
+  // The busiest `cap`, a busy-polling worker's load counted with the margin another must beat.
+  std::vector<uint64_t> score(n);
+  for (uint32_t w = 0; w < n; ++w) {
+    score[w] = busy_[w] ? load[w] + load[w] * opt_.busy_swap_pct / 100 + opt_.busy_swap_min_load : load[w];
+  }
+  std::vector<uint32_t> order(n);
+  for (uint32_t w = 0; w < n; ++w) order[w] = w;
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return score[a] > score[b]; });
+  std::vector<bool> want(n, false);
+  for (uint32_t i = 0; i < cap; ++i) want[order[i]] = true;
+  if (want == busy_) {
+    busy_change_ticks_ = 0;
+    return;
+  }
+  if (++busy_change_ticks_ < std::max<uint32_t>(1, opt_.busy_swap_ticks)) return;
+  busy_change_ticks_ = 0;
+  // Off first, then on: never more than the cap at once.
+  for (int on = 0; on < 2; ++on) {
+    for (uint32_t w = 0; w < n; ++w) {
+      if (want[w] == busy_[w] || want[w] != static_cast<bool>(on)) continue;
+      NICMUX_LOG(kInfo, "scheduler: worker%u %s (max_busy_workers=%u; %lu packets/interval)", w,
+                 on ? "busy-polls now" : "polls adaptively now", cap, static_cast<unsigned long>(load[w]));
+      workers_[w]->SetBusyPoll(on != 0);
+    }
+  }
+  busy_ = want;
+  ++busy_swaps_;
+}
+
 bool Scheduler::Tick() {
   const uint64_t now_ns = MonotonicNowNs();
   const uint64_t dt = last_tick_ns_ != 0 && now_ns > last_tick_ns_ ? now_ns - last_tick_ns_ : 0;
@@ -247,6 +284,7 @@ bool Scheduler::Tick() {
   }
   std::vector<QueueLoad> qs = Loads();
   const std::vector<uint64_t> loads = QueueAssignment::WorkerLoads(qs, QueueAssignment::Current(qs), num_workers());
+  CapBusy(loads);
   if (FollowNodes()) return true;
   if (opt_.rebalance_ticks == 0 || workers_.size() < 2) return false;
   const uint64_t busiest = QueueAssignment::Max(loads);

@@ -15,6 +15,8 @@
 //   when there are any, and are re-placed on the next Tick when that node changes (a guest's
 //   new memory table). Pins still win. Each worker keeps its forwarder's buffers on its node
 //   (Forwarder::PreferNode).
+// - Busy polling: with busy_poll, at most max_busy_workers workers busy-poll at a time — the
+//   busiest, re-decided every Tick with hysteresis — and the others poll adaptively.
 // - Pausing: Pause()/Resume() pause every worker (a forwarder's port table changes);
 //   PortPause pauses only the workers that poll one port's queues and closes the port's
 //   transmit side to the others (Port::CloseTx) — a port's own changes (a guest's new memory
@@ -39,8 +41,19 @@ namespace nicmux {
 struct SchedulerOptions {
   uint32_t workers = 1;
   std::vector<int> cpus;  // empty: not pinned; else one per worker
-  uint32_t idle_poll_us = Worker::kDefaultIdlePollUs;  // Worker::kBusyPoll: never sleep
+  uint32_t idle_poll_us = Worker::kDefaultIdlePollUs;  // Worker::kBusyPoll: busy_poll, within the default
   bool fixed_window = false;                           // always poll idle_poll_us (no adapting)
+  // Workers never sleep (--busy-poll)...
+  bool busy_poll = false;
+  // ...at most this many at a time (the busiest; the others poll adaptively within
+  // idle_poll_us). 0: no cap.
+  uint32_t max_busy_workers = 0;
+  // A worker that does not busy-poll takes over from one that does when its load is above the
+  // other's by busy_swap_pct percent plus busy_swap_min_load packets, for busy_swap_ticks ticks
+  // in a row (hysteresis: two workers with about the same load do not swap back and forth).
+  uint32_t busy_swap_pct = 25;
+  uint64_t busy_swap_min_load = 1000;
+  uint32_t busy_swap_ticks = 3;
   // The CPUs' NUMA nodes (the daemon: NumaTopology::FromSysfs()).
   NumaTopology topology;
   // Rebalancing: the busiest worker's load must drop by at least this share (percent)...
@@ -104,6 +117,9 @@ class Scheduler final : public Pausable {
   uint64_t queues_moved() const { return moved_; }
   // Queues moved to a worker on their port's new NUMA node.
   uint64_t numa_moves() const { return numa_moved_; }
+  // Times the set of busy-polling workers changed (max_busy_workers).
+  uint64_t busy_swaps() const { return busy_swaps_; }
+  uint32_t max_busy_workers() const { return opt_.max_busy_workers; }
 
   // For `nicmuxctl sched show` and the metrics.
   struct QueueView {
@@ -150,6 +166,8 @@ class Scheduler final : public Pausable {
   // Reads each port's NUMA node; moves the queues whose node changed to a worker on it (when
   // there is one). True when queues moved.
   bool FollowNodes();
+  // max_busy_workers: the busiest workers busy-poll (with hysteresis).
+  void CapBusy(const std::vector<uint64_t>& worker_loads);
 
   // Per worker, its counters at the last Tick and the interval's figures (WorkerView).
   struct Interval {
@@ -167,6 +185,9 @@ class Scheduler final : public Pausable {
   uint32_t imbalanced_ticks_ = 0;
   uint64_t rebalances_ = 0, moved_ = 0, numa_moved_ = 0;
   std::vector<int> worker_nodes_;  // per worker, its CPU's node (-1: not pinned)
+  std::vector<bool> busy_;         // per worker, whether it busy-polls (max_busy_workers)
+  uint32_t busy_change_ticks_ = 0;
+  uint64_t busy_swaps_ = 0;
 };
 
 }  // namespace nicmux

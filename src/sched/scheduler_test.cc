@@ -1,6 +1,6 @@
 // The scheduler: placement (QueueAssignment), queue_affinity parsing, a port's own pause
-// stopping only its pollers, wake-up isolation between workers, rebalancing by load, and NUMA
-// placement. The worker threads are real; the forwarders
+// stopping only its pollers, wake-up isolation between workers, rebalancing by load, NUMA
+// placement, and the cap on busy-polling workers. The worker threads are real; the forwarders
 // and ports are the doubles of test_fakes.h. This machine has one NUMA node: the NUMA tests
 // inject a two-node topology (the probes themselves: base/numa_test.cc).
 #include "sched/scheduler.h"
@@ -312,6 +312,59 @@ TEST(Scheduler, OneNodeMeansNoPreference) {
   EXPECT_EQ(s.worker(0).queues().size(), 1u);
   EXPECT_EQ(s.worker(1).queues().size(), 1u);
   EXPECT_EQ(s.Show()[0].node, 0);
+}
+
+TEST(Scheduler, AtMostMaxBusyWorkersBusyPollTheBusiestOnes) {
+  SchedulerOptions o;
+  o.workers = 3;
+  o.busy_poll = true;
+  o.max_busy_workers = 1;
+  o.idle_poll_us = 0;  // the others sleep at once
+  o.rebalance_ticks = 0;
+  o.busy_swap_ticks = 2;
+  Scheduler s(o);
+  FakeForwarder f[3];
+  f[2].busy_id = 2;  // worker 2's queue (port id 2) always has a burst
+  for (uint32_t i = 0; i < 3; ++i) s.SetForwarder(i, &f[i]);
+  FakePort p[3] = {FakePort("p0"), FakePort("p1"), FakePort("p2")};
+  for (uint16_t i = 0; i < 3; ++i) s.AddPort(&p[i], i, {});
+  ASSERT_EQ(s.worker(2).queues()[0].src.port, &p[2]);
+  // Before any load is measured the first worker busy-polls: it never sleeps, the others do.
+  EXPECT_TRUE(s.worker(0).busy_poll());
+  EXPECT_FALSE(s.worker(1).busy_poll());
+  EXPECT_FALSE(s.worker(2).busy_poll());
+  ASSERT_TRUE(s.Start());
+  ASSERT_TRUE(WaitFor([&] { return s.worker(1).sleeps() >= 3; }));
+  EXPECT_EQ(s.worker(0).sleeps(), 0u);
+  // Ticks: the loaded worker 2 takes over after busy_swap_ticks, worker 0 polls adaptively.
+  ASSERT_TRUE(WaitFor([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s.Tick();
+    return s.worker(2).busy_poll();
+  }));
+  EXPECT_FALSE(s.worker(0).busy_poll());
+  EXPECT_FALSE(s.worker(1).busy_poll());
+  EXPECT_EQ(s.busy_swaps(), 1u);
+  // The unloaded ones sleep now, worker 0 included.
+  const uint64_t s0 = s.worker(0).sleeps(), s1 = s.worker(1).sleeps();
+  EXPECT_TRUE(WaitFor([&] { return s.worker(0).sleeps() >= s0 + 3 && s.worker(1).sleeps() >= s1 + 3; }));
+  // No flapping: the busy one keeps it while it carries the load.
+  for (int i = 0; i < 5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s.Tick();
+  }
+  EXPECT_TRUE(s.worker(2).busy_poll());
+  EXPECT_EQ(s.busy_swaps(), 1u);
+  const auto view = s.Show();
+  EXPECT_FALSE(view[0].busy_poll);
+  EXPECT_TRUE(view[2].busy_poll);
+  // Switched back on at run time, a sleeping worker is woken and polls without sleeping.
+  s.worker(1).SetBusyPoll(true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // it leaves its last sleep
+  const uint64_t busy_sleeps = s.worker(1).sleeps();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(s.worker(1).sleeps(), busy_sleeps);
+  s.Stop();
 }
 
 }  // namespace

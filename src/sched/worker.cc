@@ -22,8 +22,9 @@ constexpr int kPollingQueueSleepMs = 1;
 Worker::Worker(std::string name, int cpu, uint32_t idle_poll_us, bool fixed_window)
     : name_(std::move(name)),
       cpu_(cpu),
-      idle_poll_ns_(idle_poll_us == kBusyPoll ? kBusyPollNs : uint64_t{idle_poll_us} * 1000),
-      fixed_window_(fixed_window) {
+      idle_poll_ns_(uint64_t{idle_poll_us == kBusyPoll ? kDefaultIdlePollUs : idle_poll_us} * 1000),
+      fixed_window_(fixed_window),
+      busy_(idle_poll_us == kBusyPoll) {
   auto e = EventFd::Create();
   NICMUX_CHECK(e.has_value());
   wake_ = std::move(*e);
@@ -194,9 +195,10 @@ void Worker::Loop() {
   uint64_t idle_since = 0;
   uint64_t spell_window = 0;  // this idle spell's window
   uint32_t spells = 0;
-  const bool adaptive = idle_poll_ns_ != 0 && idle_poll_ns_ != kBusyPollNs && !fixed_window_;
+  const bool adaptive = idle_poll_ns_ != 0 && !fixed_window_;
   while (!stop_.load(std::memory_order_relaxed)) {
     MaybePause();
+    const bool busy = busy_.load(std::memory_order_relaxed);
     uint64_t moved = 0;
     // One bounded burst per queue per round, in turn: a flooding queue cannot starve the
     // others on this worker.
@@ -217,7 +219,10 @@ void Worker::Loop() {
       idle = 0;
       continue;
     }
-    if (idle_poll_ns_ == kBusyPollNs) continue;
+    if (busy) {
+      idle = 0;  // an idle spell starts afresh when busy polling is switched off
+      continue;
+    }
     if (idle++ == 0) {
       idle_since = MonotonicNowNs();
       // The window learned, except one spell in 64 that polls the whole idle_poll: what

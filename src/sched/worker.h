@@ -10,6 +10,8 @@
 // polled). Kick fds are drained without blocking whatever their owner did to them
 // (base/peer_io.h).
 //
+// Busy polling (never sleeping) can be switched on and off while it runs (SetBusyPoll: the
+// scheduler's cap on busy workers, max_busy_workers); the loop reads the mode once per round.
 // Pinned to a CPU, the thread pins itself before it touches anything, and asks its forwarder
 // to keep its buffers on the CPU's NUMA node (SetNode).
 //
@@ -42,11 +44,12 @@ class Worker final : public Pausable {
   // Longer: lower latency for sparse traffic (a sleeping worker pays a wake-up, ~40 us in a
   // VM), at the price of a busy CPU while packets come more often than this.
   static constexpr uint32_t kDefaultIdlePollUs = 100;
-  // idle_poll_us this large: the worker never sleeps (busy_poll).
+  // idle_poll_us this large: the worker starts busy-polling (SetBusyPoll(true)) and polls
+  // adaptively within kDefaultIdlePollUs when that is switched off.
   static constexpr uint32_t kBusyPoll = UINT32_MAX;
 
   // cpu < 0: no pinning. idle_poll_us: see kDefaultIdlePollUs; 0 sleeps at the first empty
-  // round; kBusyPoll never sleeps.
+  // round; kBusyPoll: see there.
   // fixed_window: always poll idle_poll_us before sleeping (no adaptation; --poll-fixed).
   explicit Worker(std::string name, int cpu = -1, uint32_t idle_poll_us = kDefaultIdlePollUs,
                   bool fixed_window = false);
@@ -64,6 +67,12 @@ class Worker final : public Pausable {
   // calls Forwarder::PreferNode(node) once pinned.
   void SetNode(int node) { node_ = node; }
   int node() const { return node_; }
+  // Busy polling on (never sleep) or off (sleep after the idle window): any time, from the
+  // control thread; a sleeping worker is woken to start polling. The loop takes it at its
+  // next round.
+  void SetBusyPoll(bool on) {
+    if (busy_.exchange(on, std::memory_order_relaxed) != on && on) wake_.Signal();
+  }
   // The queues it polls: before Start() or while this worker is paused (control thread).
   void SetQueues(std::vector<Polled> qs) { queues_ = std::move(qs); }
   const std::vector<Polled>& queues() const { return queues_; }  // control thread
@@ -75,7 +84,7 @@ class Worker final : public Pausable {
 
   const std::string& name() const { return name_; }
   int cpu() const { return cpu_; }
-  bool busy_poll() const { return idle_poll_ns_ == kBusyPollNs; }
+  bool busy_poll() const { return busy_.load(std::memory_order_relaxed); }
   // Counters for the control thread (metrics): packets moved, times it went to sleep (each
   // ends in a wake-up), of those the wake-ups by a notification of its own queues (a kick, a
   // readable fd; not a timeout or a pause), nanoseconds spent asleep in poll(2), and the
@@ -94,7 +103,6 @@ class Worker final : public Pausable {
   uint64_t cpu_ns() const;
 
  private:
-  static constexpr uint64_t kBusyPollNs = UINT64_MAX;
   void Loop();
   void MaybePause();
   void Sleep();
@@ -108,8 +116,9 @@ class Worker final : public Pausable {
   std::string name_;
   int cpu_;
   int node_ = -1;
-  uint64_t idle_poll_ns_;
+  uint64_t idle_poll_ns_;  // the longest idle window (when not busy-polling)
   bool fixed_window_;
+  std::atomic<bool> busy_{false};  // busy polling: never sleep
   std::atomic<int> pin_result_{-1};  // the thread's pinning: -1 pending, else 0 or an errno
   double score_[kWindows] = {};
   std::atomic<uint64_t> window_ns_{0};  // the idle-poll window now (read by the control thread)
