@@ -95,8 +95,8 @@ class FakePort final : public Port {
     if (!force && now_ns < d) return d;
     set_signal_due(0, true, 0);
     deadline.store(0);
+    if (force) forced.fetch_add(1);  // (before signals: a test that sees the signal sees how)
     signals.fetch_add(1);
-    if (force) forced.fetch_add(1);
     return 0;
   }
 
