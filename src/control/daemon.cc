@@ -52,6 +52,10 @@ Result<void> Daemon::Start() {
   sched.idle_poll_us = opt_.poll_us;
   sched.busy_poll = opt_.busy_poll;
   sched.max_busy_workers = opt_.max_busy_workers;
+  if (opt_.max_busy_workers != 0 && !opt_.busy_poll) {
+    NICMUX_LOG(kWarning, "max_busy_workers=%u has no effect without busy_poll (--busy-poll): every worker polls adaptively",
+               opt_.max_busy_workers);
+  }
   sched.fixed_window = opt_.poll_fixed;
   sched.topology = NumaTopology::FromSysfs();
   sched_ = std::make_unique<Scheduler>(sched);

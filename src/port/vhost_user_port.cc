@@ -900,13 +900,28 @@ int VhostUserPort::numa_node() const {
   }
   const bool same = !probed_mem_.owner_before(mem) && !mem.owner_before(probed_mem_);
   if (same && node_ >= 0) return node_;
-  // UNTRUSTED: the regions are the frontend's (each mapped by GuestMemory, all together within
-  // max_memory). No byte of them is read: MajorityNode looks up at most 64 pages in all
-  // without faulting any in, so a guest can make it answer a wrong node (then its own queues
-  // are polled from the wrong node) but cannot make nicmuxd touch or allocate its memory.
+  // UNTRUSTED: the pages are the frontend's (mapped by GuestMemory within max_memory). No byte
+  // is read: MajorityNode looks up at most 64 pages without faulting any in, so a guest can
+  // make it answer a wrong node (then its own queues are polled from the wrong node) but
+  // cannot make nicmuxd touch or allocate its memory. The lookup sees only pages mapped in
+  // nicmuxd's own page tables, so first the running queues' descriptor tables (which the
+  // worker reads all the time, and which the guest's driver allocated on its node); only
+  // without them (no queue running yet) the regions, of which nicmuxd may have touched little.
   std::vector<MemoryRange> ranges;
-  for (const GuestRegion& r : mem->regions()) ranges.push_back({r.host, r.size});
-  node_ = MajorityNode(ranges);
+  auto& s = const_cast<vhost::BackendSession&>(session_);
+  for (uint32_t i = 0; i < 2 * opt_.queue_pairs; ++i) {
+    const DeviceQueue& dq = s.queue(i);
+    if (!dq.running) continue;
+    const void* at = dq.packed ? dq.packed_ring.desc_area() : dq.split.desc_area();
+    const size_t bytes = dq.packed ? dq.packed_ring.desc_bytes() : dq.split.desc_bytes();
+    if (at != nullptr && bytes != 0) ranges.push_back({at, bytes});
+  }
+  node_ = ranges.empty() ? -1 : MajorityNode(ranges);
+  if (node_ < 0) {
+    ranges.clear();
+    for (const GuestRegion& r : mem->regions()) ranges.push_back({r.host, r.size});
+    node_ = MajorityNode(ranges);
+  }
   probed_mem_ = mem;
   return node_;
 }

@@ -57,6 +57,11 @@ Scheduler::Scheduler(const SchedulerOptions& o) : opt_(o) {
     w->SetBusyPoll(busy_.back());
     workers_.push_back(std::move(w));
   }
+  std::vector<int> nodes;
+  for (int n : worker_nodes_) {
+    if (n >= 0 && std::find(nodes.begin(), nodes.end(), n) == nodes.end()) nodes.push_back(n);
+  }
+  multi_node_ = nodes.size() > 1;
 }
 
 Scheduler::~Scheduler() { Stop(); }
@@ -187,6 +192,8 @@ uint64_t Scheduler::Apply(const std::vector<int>& placement, const char* why) {
 }
 
 bool Scheduler::FollowNodes() {
+  // One node (or no pinned worker): nothing to follow, and no port is asked.
+  if (!multi_node_) return false;
   std::vector<QueueLoad> qs = Loads();
   std::vector<std::pair<const Port*, int>> read;  // each port asked once
   bool move = false;
@@ -200,7 +207,18 @@ bool Scheduler::FollowNodes() {
       node = r.src.port->numa_node();
       read.emplace_back(r.src.port, node);
     }
-    if (node == r.node) continue;
+    if (node == r.node) {
+      r.node_ticks = 0;
+      continue;
+    }
+    // A new node must hold node_hold_ticks ticks in a row before the queue follows it: a
+    // frontend that changes memory tables every second cannot make workers pause each time.
+    if (node != r.seen_node) {
+      r.seen_node = node;
+      r.node_ticks = 0;
+    }
+    if (++r.node_ticks < std::max<uint32_t>(1, opt_.node_hold_ticks)) continue;
+    r.node_ticks = 0;
     // Debug: the frontend decides when (each new memory table, each reconnect); what moves is
     // logged by Apply.
     if (r.src.q == 0) {
@@ -237,10 +255,17 @@ void Scheduler::CapBusy(const std::vector<uint64_t>& load) {
   for (uint32_t i = 0; i < cap; ++i) want[order[i]] = true;
   if (want == busy_) {
     busy_change_ticks_ = 0;
+    busy_want_.clear();
     return;
+  }
+  // The same set wanted busy_swap_ticks ticks in a row, not any change.
+  if (want != busy_want_) {
+    busy_want_ = want;
+    busy_change_ticks_ = 0;
   }
   if (++busy_change_ticks_ < std::max<uint32_t>(1, opt_.busy_swap_ticks)) return;
   busy_change_ticks_ = 0;
+  busy_want_.clear();
   // Off first, then on: never more than the cap at once.
   for (int on = 0; on < 2; ++on) {
     for (uint32_t w = 0; w < n; ++w) {

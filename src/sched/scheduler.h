@@ -62,6 +62,8 @@ struct SchedulerOptions {
   uint64_t rebalance_min_load = 10000;
   // ...and both for this many ticks in a row (hysteresis). 0: never rebalance.
   uint32_t rebalance_ticks = 3;
+  // A port's new NUMA node is followed once read this many ticks in a row.
+  uint32_t node_hold_ticks = 3;
 };
 
 // A port's queue_affinity=Q:W/Q:W/... as a worker per queue pair (-1: not pinned): Q below
@@ -119,7 +121,11 @@ class Scheduler final : public Pausable {
   uint64_t numa_moves() const { return numa_moved_; }
   // Times the set of busy-polling workers changed (max_busy_workers).
   uint64_t busy_swaps() const { return busy_swaps_; }
-  uint32_t max_busy_workers() const { return opt_.max_busy_workers; }
+  // The cap in force: 0 when there is none (none set, busy polling off, or not fewer than the
+  // workers).
+  uint32_t max_busy_workers() const {
+    return opt_.busy_poll && opt_.max_busy_workers < workers_.size() ? opt_.max_busy_workers : 0;
+  }
 
   // For `nicmuxctl sched show` and the metrics.
   struct QueueView {
@@ -149,7 +155,9 @@ class Scheduler final : public Pausable {
     SourceQueue src;
     int pin = -1;
     int worker = -1;
-    int node = -1;    // its port's NUMA node, as last read
+    int node = -1;    // its port's NUMA node, as last acted on
+    int seen_node = -1;        // a different node read, not yet held long enough
+    uint32_t node_ticks = 0;   // ticks seen_node has been read in a row
     Counter packets;  // the worker adds, Tick reads
     uint64_t seen = 0;  // packets at the last Tick
     uint64_t load = 0;  // packets in the last interval
@@ -187,6 +195,8 @@ class Scheduler final : public Pausable {
   std::vector<int> worker_nodes_;  // per worker, its CPU's node (-1: not pinned)
   std::vector<bool> busy_;         // per worker, whether it busy-polls (max_busy_workers)
   uint32_t busy_change_ticks_ = 0;
+  std::vector<bool> busy_want_;  // the set wanted for busy_change_ticks_ ticks in a row
+  bool multi_node_ = false;      // the workers are on two NUMA nodes or more (FollowNodes)
   uint64_t busy_swaps_ = 0;
 };
 

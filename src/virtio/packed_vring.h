@@ -53,6 +53,10 @@ class PackedVring {
     return static_cast<uint16_t>(used_pos_ | (used_wrap_ ? 0x8000 : 0));
   }
   uint32_t size() const { return size_; }
+  // The descriptor table's host address and bytes (nullptr before Init): guest memory this
+  // process has touched, for a NUMA probe.
+  const void* desc_area() const { return desc_; }
+  size_t desc_bytes() const { return size_t{size_} * sizeof(VirtqPackedDesc); }
   uint64_t chains_popped() const { return popped_.Get(); }
 
  private:

@@ -65,6 +65,10 @@ class SplitVring {
   const DropCounters& drops() const { return drops_; }
   uint16_t last_avail_idx() const { return last_avail_; }  // vhost-user GET_VRING_BASE
   uint32_t size() const { return size_; }
+  // The descriptor table's host address and bytes (nullptr before Init): guest memory this
+  // process has touched, for a NUMA probe.
+  const void* desc_area() const { return desc_; }
+  size_t desc_bytes() const { return size_t{size_} * sizeof(VirtqDesc); }
   uint64_t chains_popped() const { return popped_.Get(); }
 
  private:
