@@ -397,9 +397,13 @@ void VhostUserPort::Signal(DeviceQueue& dq, uint32_t i, bool want, uint32_t fram
   if ((m.frames != 0 && d.frames >= m.frames) || t - d.since_ns >= uint64_t{m.usecs} * 1000) Give(dq, i);
 }
 
-void VhostUserPort::Give(DeviceQueue& dq, uint32_t i) {
+void VhostUserPort::Settle(uint32_t i) {
   if (deferred_[i].pending) set_signal_due(i / 2, i % 2 == 0, 0);
   deferred_[i] = Deferred{};
+}
+
+void VhostUserPort::Give(DeviceQueue& dq, uint32_t i) {
+  Settle(i);
   interrupts_[i].Add();
   Notify(dq);
 }
@@ -409,8 +413,7 @@ uint64_t VhostUserPort::FlushDeferred(uint32_t i, uint64_t now_ns, bool force) {
   if (!d.pending) return 0;
   DeviceQueue& dq = session_.queue(i);
   if (!dq.running) {
-    deferred_[i] = Deferred{};  // (StopQueue gave it)
-    set_signal_due(i / 2, i % 2 == 0, 0);
+    Settle(i);  // (StopQueue gave it)
     return 0;
   }
   const uint64_t due = d.since_ns + uint64_t{ModerationOf(i).usecs} * 1000;
@@ -431,9 +434,7 @@ void VhostUserPort::StopQueue(uint32_t i) {
   CompleteHeld(i);
   if (i >= vhost::kMaxQueues || !deferred_[i].pending) return;
   if (disconnecting_) {
-    // The frontend is gone: its call fd gets nothing (a write to it could only block).
-    deferred_[i] = Deferred{};
-    set_signal_due(i / 2, i % 2 == 0, 0);
+    Settle(i);  // the frontend is gone: its call fd gets nothing (a write could only block)
     return;
   }
   // The guest goes on with this ring (a memory table change restarts it): what it was owed is
@@ -608,9 +609,9 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   RxState& st = rx_[q];
   DeviceQueue& dq = session_.queue(2 * q + 1);
   if (st.n == 0) {
-    // Bad chains the ring completed on its own still need publishing, and an owed signal
-    // giving at once (the forwarder notes no moderation debt for an empty burst); an empty
-    // poll leaves what is deferred alone.
+    // Bad chains the ring completed on its own still need publishing, and a signal they are
+    // owed goes at once (they are rare, and not worth a deadline); an empty poll leaves what
+    // is deferred alone.
     if (!dq.running) return;
     if (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) Signal(dq, 2 * q + 1, true, 0, /*now=*/true);
     CheckBroken(dq);

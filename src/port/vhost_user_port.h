@@ -160,6 +160,8 @@ class VhostUserPort final : public Port {
   // moderation (then Flush*Signal gives it). `now`: no deferring (a bad chain's completion, a
   // stopping queue).
   void Signal(vhost::DeviceQueue& dq, uint32_t i, bool want, uint32_t frames, bool now = false);
+  // Ring i's deferral (if any) forgotten, signal_due cleared.
+  void Settle(uint32_t i);
   // The signal of ring i now, and its deferral (if any) settled.
   void Give(vhost::DeviceQueue& dq, uint32_t i);
   uint64_t FlushDeferred(uint32_t i, uint64_t now_ns, bool force);
