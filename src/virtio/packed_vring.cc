@@ -30,6 +30,7 @@ Result<void> PackedVring::Init(const VringConfig& config, const PackedRingAreas&
   descs_of_id_.assign(size_, 0);
   in_flight_.assign(size_, 0);
   broken_ = false;
+  kicks_on_ = true;
   return Ok();
 }
 
@@ -299,6 +300,7 @@ bool PackedVring::Flush() {
 
 bool PackedVring::EnableKicks() {
   if (broken_) return false;
+  kicks_on_ = true;
   if (event_idx_) {
     StoreRelaxed(device_event_->off_wrap,
                  static_cast<uint16_t>(avail_pos_ | (avail_wrap_ ? 0x8000 : 0)));
@@ -310,6 +312,9 @@ bool PackedVring::EnableKicks() {
   return IsAvail(LoadAcquire(desc_[avail_pos_].flags), avail_wrap_);
 }
 
-void PackedVring::DisableKicks() { StoreRelaxed(device_event_->flags, kRingEventFlagsDisable); }
+void PackedVring::DisableKicks() {
+  kicks_on_ = false;
+  StoreRelaxed(device_event_->flags, kRingEventFlagsDisable);
+}
 
 }  // namespace nicmux::virtio

@@ -43,6 +43,13 @@ class PackedVring {
   bool Flush();
   bool EnableKicks();
   void DisableKicks();
+  // DisableKicks() unless this ring has already asked for no kicks since Init or the last
+  // EnableKicks(): a poller calls it on every round at the cost of a branch. A ring starts
+  // with kicks on (the driver's view of the ring memory is unknown), and a driver that is
+  // never told otherwise kicks, a system call, for every burst it adds.
+  void QuietKicks() {
+    if (kicks_on_) DisableKicks();
+  }
 
   bool broken() const { return broken_; }
   const DropCounters& drops() const { return drops_; }
@@ -87,6 +94,7 @@ class PackedVring {
   bool in_order_ = false;
   ChainPolicy policy_ = ChainPolicy::kAny;
   bool broken_ = true;  // until Init
+  bool kicks_on_ = true;  // see QuietKicks
 
   uint16_t avail_pos_ = 0;
   bool avail_wrap_ = true;

@@ -31,6 +31,7 @@ Result<void> SplitVring::Init(const VringConfig& config, const SplitRingAreas& a
   used_idx_ = used;
   pending_ = 0;
   broken_ = false;
+  kicks_on_ = true;
   return Ok();
 }
 
@@ -194,6 +195,7 @@ bool SplitVring::Flush() {
 
 bool SplitVring::EnableKicks() {
   if (broken_) return false;
+  kicks_on_ = true;
   if (event_idx_) {
     StoreRelaxed(AvailEvent(used_, size_), last_avail_);
   } else {
@@ -206,6 +208,7 @@ bool SplitVring::EnableKicks() {
 }
 
 void SplitVring::DisableKicks() {
+  kicks_on_ = false;
   // With EVENT_IDX the driver kicks only when crossing avail_event, which we leave behind.
   if (!event_idx_) StoreRelaxed(used_->flags, kUsedFNoNotify);
 }

@@ -60,6 +60,13 @@ class SplitVring {
   // if chains became available meanwhile, so a poller must not go to sleep.
   bool EnableKicks();
   void DisableKicks();
+  // DisableKicks() unless this ring has already asked for no kicks since Init or the last
+  // EnableKicks(): a poller calls it on every round at the cost of a branch. A ring starts
+  // with kicks on (the driver's view of the ring memory is unknown), and a driver that is
+  // never told otherwise kicks, a system call, for every burst it adds.
+  void QuietKicks() {
+    if (kicks_on_) DisableKicks();
+  }
 
   bool broken() const { return broken_; }
   const DropCounters& drops() const { return drops_; }
@@ -86,6 +93,7 @@ class SplitVring {
   bool indirect_ = false;
   ChainPolicy policy_ = ChainPolicy::kAny;
   bool broken_ = true;  // until Init
+  bool kicks_on_ = true;  // see QuietKicks
 
   uint16_t last_avail_ = 0;   // next avail ring entry we read
   uint16_t avail_shadow_ = 0; // the driver's avail idx when we last loaded it
