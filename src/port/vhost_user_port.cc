@@ -700,6 +700,18 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
     };
     Planned plan[kBurst];
     uint32_t nplan = 0, used = 0;
+    // chains[used, popped) are taken from the ring and not yet given to a packet. They are
+    // taken a burst at a time, one per packet still to plan (PopBurst takes a packed table's
+    // one-buffer chains four per cache line), so normally none is left over.
+    uint32_t popped = 0;
+    // Gives chains[used, popped) back; if that is impossible (a bad chain came between), they
+    // are completed empty, which a driver treats as a dropped frame.
+    auto give_back = [&] {
+      if (popped > used && !ring.Rewind({chains + used, popped - used})) {
+        for (uint32_t i = used; i < popped; ++i) ring.Push(chains[i].id, 0);
+      }
+      popped = used;
+    };
     for (; k < in.size() && nplan < kBurst; ++k) {
       const PacketRef& p = *in[k];
       const uint64_t need = hdr_len + uint64_t{p.len};
@@ -712,18 +724,19 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
           out_of_slots = true;
           break;
         }
-        if (ring.Pop(&chains[used + n]) != virtio::PopStatus::kOk) {
-          ring_empty = true;
-          break;
+        if (used + n == popped) {
+          const size_t want = std::min<size_t>({kMaxRxBuffers - popped, kBurst - nplan, in.size() - k});
+          const uint32_t got = ring.PopBurst(&chains[popped], static_cast<uint32_t>(want));
+          if (got == 0) {
+            ring_empty = true;
+            break;
+          }
+          popped += got;
         }
         room += chains[used + n++].writable_bytes;
       }
       if (room < need) {
-        // Give the buffers back; if that is impossible (a bad chain came between), complete
-        // them empty, which a driver treats as a dropped frame.
-        if (!ring.Rewind({chains + used, n})) {
-          for (uint32_t i = 0; i < n; ++i) ring.Push(chains[used + i].id, 0);
-        }
+        give_back();  // this packet's chains and any taken after them
         if (ring_empty || out_of_slots) break;  // this packet is tried again (or kept)
         c.drops.Add(DropReason::kTooBig);
         c.dropped.Add();
@@ -739,6 +752,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
       plan[nplan++] = {static_cast<uint32_t>(k), used, n};
       used += n;
     }
+    give_back();  // none: each packet takes at least one of the chains asked for it
     for (uint32_t j = 0; j < nplan; ++j) {
       const PacketRef& p = *in[plan[j].pkt];
       virtio::DescChain* pc = chains + plan[j].first;

@@ -225,9 +225,72 @@ bool PackedVring::Rewind(std::span<const DescChain> chains) {
   return true;
 }
 
+bool PackedVring::PopBatch(DescChain* chains) {
+  constexpr uint32_t kB = kPopBatch;
+  // The group lies inside the ring (no wrap in the middle) and its four slots are free: the
+  // bound Pop() keeps, that chains in flight never cover more than the ring (issue 17).
+  if (broken_ || avail_pos_ + kB > size_ || in_flight_descs_ + kB > size_) return false;
+  const VirtqPackedDesc* group = &desc_[avail_pos_];
+  const bool wrap = avail_wrap_;
+  uint16_t flags[kB];
+  // §2.8.21.1: each chain's (here: each descriptor's) flags are written last by the driver;
+  // the acquire loads order the reads of their bodies below after them.
+  for (uint32_t i = 0; i < kB; ++i) flags[i] = LoadAcquire(group[i].flags);
+  bool plain = true;
+  for (uint32_t i = 0; i < kB; ++i) {
+    plain &= IsAvail(flags[i], wrap) && !(flags[i] & (kDescFNext | kDescFIndirect));
+  }
+  // A driver that has made only some of the four available, or a chained or indirect one
+  // among them: Pop() takes them one by one (and judges what is unusual).
+  if (!plain) return false;
+  VirtqPackedDesc d[kB];
+  std::memcpy(d, group, sizeof d);  // available, so the driver no longer writes them
+  uint16_t id[kB];
+  for (uint32_t i = 0; i < kB; ++i) {
+    // UNTRUSTED: ids index our tables: below the size, not in flight, and (four at once)
+    // not equal to each other; any doubt goes to Pop(), which breaks the queue for it.
+    id[i] = d[i].id.get();
+    if (id[i] >= size_ || in_flight_[id[i]]) return false;
+  }
+  if (id[0] == id[1] || id[0] == id[2] || id[0] == id[3] || id[1] == id[2] || id[1] == id[3] ||
+      id[2] == id[3]) {
+    return false;
+  }
+  // UNTRUSTED: each buffer checked as Pop()'s one-descriptor path checks it (policy, length,
+  // translation); a failure leaves the chain to Pop()'s walk.
+  for (uint32_t i = 0; i < kB; ++i) {
+    if (!ChainBuilder::SingleSegment(*mem_, policy_, d[i].addr.get(), d[i].len.get(),
+                                     (flags[i] & kDescFWrite) != 0, &chains[i])) {
+      return false;
+    }
+  }
+  for (uint32_t i = 0; i < kB; ++i) {
+    DescChain& c = chains[i];
+    c.id = id[i];
+    c.num_descs = 1;
+    c.ring_pos = static_cast<uint16_t>(avail_pos_ + i);
+    c.ring_wrap = wrap;
+    c.bad_seq = bad_seq_;
+    in_flight_[id[i]] = 1;
+    descs_of_id_[id[i]] = 1;
+  }
+  in_flight_descs_ += kB;
+  Advance(&avail_pos_, &avail_wrap_, kB);
+  popped_.Add(kB);
+  batched_.Add(kB);
+  return true;
+}
+
 uint32_t PackedVring::PopBurst(DescChain* chains, uint32_t n) {
   uint32_t got = 0;
-  while (got < n && Pop(&chains[got]) == PopStatus::kOk) ++got;
+  while (got < n) {
+    if (n - got >= kPopBatch && avail_pos_ % kPopBatch == 0 && PopBatch(&chains[got])) {
+      got += kPopBatch;
+      continue;
+    }
+    if (Pop(&chains[got]) != PopStatus::kOk) break;
+    ++got;
+  }
   return got;
 }
 
