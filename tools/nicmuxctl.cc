@@ -586,12 +586,13 @@ void SchedShow(Connection& c, const Options& o) {
     const int64_t node = w.value("node", int64_t{-1});
     rows.push_back({Str(w, "worker"), cpu < 0 ? "-" : std::to_string(cpu), node < 0 ? "-" : std::to_string(node),
                     w.value("busy_poll", false) ? "busy" : polling,
-                    pct(w["cpu_pct"]), pct(w["sleep_pct"]), Str(w, "wakeups_per_s"), Str(w, "packets_per_s"),
-                    Str(w, "ns_per_packet"), queues});
+                    pct(w["cpu_pct"]), pct(w["sleep_pct"]), Has(w, "busy_pct") ? pct(w["busy_pct"]) : "-",
+                    Str(w, "wakeups_per_s"), Str(w, "packets_per_s"), Str(w, "ns_per_packet"),
+                    Has(w, "cycles_per_packet") ? Str(w, "cycles_per_packet") : "-", queues});
   }
-  PrintTable({"WORKER", "CPU", "NODE", "POLLING", "CPU %", "ASLEEP %", "WAKEUPS/s", "PKTS/s", "NS/PKT",
-              "QUEUES (PORT/Q@NODE(PKTS/s))"},
-             {false, true, true, false, true, true, true, true, true, false}, rows);
+  PrintTable({"WORKER", "CPU", "NODE", "POLLING", "CPU %", "ASLEEP %", "BUSY %", "WAKEUPS/s", "PKTS/s", "NS/PKT",
+              "CYC/PKT", "QUEUES (PORT/Q@NODE(PKTS/s))"},
+             {false, true, true, false, true, true, true, true, true, true, true, false}, rows);
   std::printf("%s rebalance(s), %s queue move(s) by load, %s by NUMA node", Str(r, "rebalances").c_str(),
               Str(r, "queues_moved").c_str(), Has(r, "numa_moves") ? Str(r, "numa_moves").c_str() : "0");
   const uint64_t cap = Has(r, "max_busy_workers") ? U64(r, "max_busy_workers") : 0;

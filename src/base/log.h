@@ -40,6 +40,16 @@ class LogRateLimiter {
 };
 
 uint64_t MonotonicNowNs();
+// A cheap cycle count for measuring short spans on one thread (the TSC on x86, whose rate is
+// constant on every CPU this runs on; elsewhere MonotonicNowNs). Rates come from comparing
+// two readings of it with MonotonicNowNs over a long span (Scheduler::Tick).
+inline uint64_t CycleCount() {
+#if defined(__x86_64__)
+  return __builtin_ia32_rdtsc();
+#else
+  return MonotonicNowNs();
+#endif
+}
 
 }  // namespace nicmux
 

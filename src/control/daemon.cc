@@ -484,6 +484,15 @@ std::string Daemon::MetricsPage() const {
   m.Family("nicmux_worker_kick_wakeups_total", "counter",
            "wake-ups by a notification of the worker's own queues (not a timeout or a pause)");
   for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, sched_->worker(i).kick_wakeups());
+  // The worker's own cost, apart from idle polling: rate(nicmux_worker_busy_cycles_total[1m]) /
+  // rate(nicmux_worker_packets_total[1m]) is its cycles per packet (docs/metrics.md).
+  m.Family("nicmux_worker_rounds_total", "counter", "polling rounds (one burst per queue each)");
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, sched_->worker(i).rounds());
+  m.Family("nicmux_worker_busy_rounds_total", "counter", "polling rounds that moved packets");
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, sched_->worker(i).busy_rounds());
+  m.Family("nicmux_worker_busy_cycles_total", "counter",
+           "cycles (x86: TSC) spent in rounds that moved packets");
+  for (uint32_t i = 0; i < sched_->num_workers(); ++i) m.Sample({{"worker", sched_->worker(i).name()}}, sched_->worker(i).busy_cycles());
   m.Family("nicmux_worker_queues", "gauge", "source queues the worker polls");
   for (uint32_t i = 0; i < sched_->num_workers(); ++i) {
     m.Sample({{"worker", sched_->worker(i).name()}}, static_cast<double>(sched_->worker(i).queues().size()));
@@ -702,6 +711,12 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
                          {"sleep_pct", v.sleep_pct},
                          {"wakeups_per_s", v.wakeups},
                          {"ns_per_packet", v.ns_per_packet},
+                         {"busy_pct", v.busy_pct},
+                         {"busy_rounds_pct", v.busy_rounds_pct},
+                         {"cycles_per_packet", v.cycles_per_packet},
+                         {"rounds", w.rounds()},
+                         {"busy_rounds", w.busy_rounds()},
+                         {"busy_cycles", w.busy_cycles()},
                          {"packets", w.packets()},
                          {"cpu_ns", w.cpu_ns()},
                          {"sleep_ns", w.sleep_ns()},

@@ -281,13 +281,17 @@ void Scheduler::CapBusy(const std::vector<uint64_t>& load) {
 
 bool Scheduler::Tick() {
   const uint64_t now_ns = MonotonicNowNs();
+  const uint64_t now_cycles = CycleCount();
   const uint64_t dt = last_tick_ns_ != 0 && now_ns > last_tick_ns_ ? now_ns - last_tick_ns_ : 0;
+  const uint64_t dcycles = last_tick_cycles_ != 0 && now_cycles > last_tick_cycles_ ? now_cycles - last_tick_cycles_ : 0;
   last_tick_ns_ = now_ns;
+  last_tick_cycles_ = now_cycles;
   interval_.resize(workers_.size());
   for (uint32_t w = 0; w < num_workers(); ++w) {
     Interval& in = interval_[w];
     const Worker& wk = *workers_[w];
     const uint64_t cpu = wk.cpu_ns(), slept = wk.sleep_ns(), sleeps = wk.sleeps(), packets = wk.packets();
+    const uint64_t rounds = wk.rounds(), busy_rounds = wk.busy_rounds(), busy_cycles = wk.busy_cycles();
     if (dt != 0) {
       in.cpu_pct = 100.0 * static_cast<double>(cpu - std::min(cpu, in.cpu_ns)) / static_cast<double>(dt);
       // (A sleep is counted when it ends: one that began in the previous interval can push this
@@ -296,7 +300,15 @@ bool Scheduler::Tick() {
       in.wakeups = sleeps - in.sleeps;
       const uint64_t moved = packets - in.packets;
       in.ns_per_packet = moved ? (cpu - std::min(cpu, in.cpu_ns)) / moved : 0;
+      const uint64_t busy = busy_cycles - std::min(busy_cycles, in.busy_cycles);
+      in.busy_pct = dcycles ? std::min(100.0, 100.0 * static_cast<double>(busy) / static_cast<double>(dcycles)) : 0;
+      const uint64_t nr = rounds - std::min(rounds, in.rounds);
+      in.busy_rounds_pct = nr ? 100.0 * static_cast<double>(busy_rounds - std::min(busy_rounds, in.busy_rounds)) / static_cast<double>(nr) : 0;
+      in.cycles_per_packet = moved ? busy / moved : 0;
     }
+    in.rounds = rounds;
+    in.busy_rounds = busy_rounds;
+    in.busy_cycles = busy_cycles;
     in.cpu_ns = cpu;
     in.sleep_ns = slept;
     in.sleeps = sleeps;
@@ -339,6 +351,9 @@ std::vector<Scheduler::WorkerView> Scheduler::Show() const {
       v.sleep_pct = interval_[w].sleep_pct;
       v.wakeups = interval_[w].wakeups;
       v.ns_per_packet = interval_[w].ns_per_packet;
+      v.busy_pct = interval_[w].busy_pct;
+      v.busy_rounds_pct = interval_[w].busy_rounds_pct;
+      v.cycles_per_packet = interval_[w].cycles_per_packet;
     }
     for (const auto& r : recs_) {
       if (r->worker != static_cast<int>(w)) continue;

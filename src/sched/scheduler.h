@@ -147,6 +147,10 @@ class Scheduler final : public Pausable {
     double cpu_pct = 0, sleep_pct = 0;
     uint64_t wakeups = 0;
     uint64_t ns_per_packet = 0;
+    // Over the last interval: the share of time in rounds that moved packets, the share of
+    // rounds that did, and the cycles (CycleCount) of those rounds per packet moved.
+    double busy_pct = 0, busy_rounds_pct = 0;
+    uint64_t cycles_per_packet = 0;
   };
   std::vector<WorkerView> Show() const;
 
@@ -180,14 +184,16 @@ class Scheduler final : public Pausable {
   // Per worker, its counters at the last Tick and the interval's figures (WorkerView).
   struct Interval {
     uint64_t cpu_ns = 0, sleep_ns = 0, sleeps = 0, packets = 0;  // at the last Tick
-    double cpu_pct = 0, sleep_pct = 0;
-    uint64_t wakeups = 0, ns_per_packet = 0;
+    uint64_t rounds = 0, busy_rounds = 0, busy_cycles = 0;        // at the last Tick
+    double cpu_pct = 0, sleep_pct = 0, busy_pct = 0, busy_rounds_pct = 0;
+    uint64_t wakeups = 0, ns_per_packet = 0, cycles_per_packet = 0;
   };
 
   SchedulerOptions opt_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<Interval> interval_;
   uint64_t last_tick_ns_ = 0;
+  uint64_t last_tick_cycles_ = 0;  // CycleCount at the last Tick
   std::vector<std::unique_ptr<Record>> recs_;
   bool started_ = false;
   uint32_t imbalanced_ticks_ = 0;

@@ -180,6 +180,14 @@ TEST(Scheduler, TwoHeavyQueuesOnOneWorkerEndUpOnTwo) {
   ASSERT_EQ(view.size(), 2u);
   EXPECT_GT(view[0].load, 0u);
   EXPECT_GT(view[1].load, 0u);
+  // Each worker has a queue that always has a burst: its rounds move packets, and what they
+  // cost per packet is known.
+  for (const auto& v : view) {
+    EXPECT_GT(v.busy_pct, 0.0) << v.name;
+    EXPECT_LE(v.busy_pct, 100.0) << v.name;
+    EXPECT_GT(v.busy_rounds_pct, 0.0) << v.name;
+    EXPECT_GT(v.cycles_per_packet, 0u) << v.name;
+  }
 }
 
 TEST(QueueAssignment, QueuesGoToWorkersOnTheirNodeAndPinsStillWin) {

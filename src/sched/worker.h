@@ -94,6 +94,12 @@ class Worker final : public Pausable {
   uint64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
   uint64_t kick_wakeups() const { return kick_wakeups_.load(std::memory_order_relaxed); }
   uint64_t sleep_ns() const { return sleep_ns_.load(std::memory_order_relaxed); }
+  // Rounds polled (one burst per queue each), the rounds that moved packets, and the cycles
+  // spent in those (CycleCount units: the TSC on x86): the worker's own cost per packet even
+  // when the frontend is what saturates, as OVS's pmd-stats-show "processing cycles".
+  uint64_t rounds() const { return rounds_.load(std::memory_order_relaxed); }
+  uint64_t busy_rounds() const { return busy_rounds_.load(std::memory_order_relaxed); }
+  uint64_t busy_cycles() const { return busy_cycles_.load(std::memory_order_relaxed); }
   // The adaptive idle-poll window it uses now (ns; 0: sleeps at the first empty round).
   uint64_t window_ns() const {
     return busy_poll()                         ? UINT64_MAX
@@ -141,6 +147,9 @@ class Worker final : public Pausable {
   std::atomic<uint64_t> sleeps_{0};
   std::atomic<uint64_t> kick_wakeups_{0};
   std::atomic<uint64_t> sleep_ns_{0};
+  std::atomic<uint64_t> rounds_{0};
+  std::atomic<uint64_t> busy_rounds_{0};
+  std::atomic<uint64_t> busy_cycles_{0};
   clockid_t cpu_clock_{};
   std::atomic<bool> has_cpu_clock_{false};
 };

@@ -85,6 +85,27 @@ TEST(Worker, BackToBackPausesLetTheWorkerRunARoundEachTime) {
   w.Stop();
 }
 
+// The worker's own cost (sched show's BUSY % and CYC/PKT): every round is counted, the rounds
+// that moved packets apart, and only those rounds' cycles.
+TEST(Worker, CountsRoundsAndTheCyclesOfRoundsThatMovedPackets) {
+  OneQueue one;
+  FakeForwarder& f = one.f;
+  Worker w("w", -1, 1000, /*fixed_window=*/true);  // polls 1 ms after the last packet: empty rounds counted
+  one.Give(w);
+  ASSERT_TRUE(w.Start());
+  ASSERT_TRUE(WaitFor([&] { return w.rounds() > 100; }));
+  EXPECT_EQ(w.busy_rounds(), 0u);
+  EXPECT_EQ(w.busy_cycles(), 0u);
+  f.pending.store(500);  // one packet per round, 500 rounds
+  ASSERT_TRUE(WaitFor([&] { return w.packets() == 500; }));
+  w.Pause();  // the counters are published before the next round starts
+  EXPECT_EQ(w.busy_rounds(), 500u);
+  EXPECT_GT(w.busy_cycles(), 0u);
+  EXPECT_GT(w.rounds(), w.busy_rounds());
+  w.Resume();
+  w.Stop();
+}
+
 TEST(Worker, IdleWorkerSleepsOnTheKickFdAndAKickWakesIt) {
   OneQueue one;
   FakeForwarder& f = one.f;
