@@ -736,8 +736,14 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
         room += chains[used + n++].writable_bytes;
       }
       if (room < need) {
-        give_back();  // this packet's chains and any taken after them
-        if (ring_empty || out_of_slots) break;  // this packet is tried again (or kept)
+        if (ring_empty || out_of_slots) {
+          give_back();  // this packet's chains: it is tried again (or kept)
+          break;
+        }
+        // Too big for what it may take: dropped. The chains it was shown stay taken, for the
+        // packets after it (chains[used] is where the next one starts). Giving them back here
+        // instead (Rewind) made every dropped packet take the rest of the burst again, and past
+        // a bad chain the ring completed meanwhile it cannot: the whole burst was completed empty.
         c.drops.Add(DropReason::kTooBig);
         c.dropped.Add();
         continue;
@@ -752,7 +758,9 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
       plan[nplan++] = {static_cast<uint32_t>(k), used, n};
       used += n;
     }
-    give_back();  // none: each packet takes at least one of the chains asked for it
+    // Chains left after the last packets were dropped as too big (otherwise none: each packet
+    // takes at least one of the chains asked for it).
+    give_back();
     for (uint32_t j = 0; j < nplan; ++j) {
       const PacketRef& p = *in[plan[j].pkt];
       virtio::DescChain* pc = chains + plan[j].first;

@@ -438,6 +438,50 @@ TEST_P(DataPath, WithoutMergeAFrameLargerThanABufferIsDroppedAndTheBufferKept) {
   EXPECT_EQ(s.tx_packets, kQueueSize + 1);
 }
 
+// A frame too big for the buffers it may take is dropped, and the buffers it was shown stay
+// for the frames after it. Receive chains are taken a burst at a time (PopBurst); a frame
+// dropped as too big must not give them back to the ring (Rewind): past a bad chain the ring
+// completed meanwhile that is impossible, and every buffer taken was then completed empty
+// (the frames after the big one lost with them), and where it is possible each dropped frame
+// made the port take the rest of the burst again (a burst of big frames, quadratic work).
+TEST_P(DataPath, AFrameTooBigLeavesItsBuffersToTheFramesAfterItPastABadChain) {
+  ASSERT_NO_FATAL_FAILURE(Connect(/*mrg_rxbuf=*/false, /*buf_bytes=*/256));
+  ASSERT_NO_FATAL_FAILURE(UseUpReceiveBuffers());
+  // The guest posts a good buffer, a readable one (bad in a receiveq: completed empty), and
+  // two good ones.
+  vhost::FrontendQueue& q = rxq();
+  uint16_t ids[4];
+  for (uint32_t i = 0; i < 4; ++i) {
+    ids[i] = q.NextId();
+    virtio::DriverBuffer d{f_->BufferAddr(q, ids[i]), f_->config().buf_bytes, /*writable=*/i != 1};
+    ASSERT_TRUE(q.Add({&d, 1}));
+  }
+  q.Publish();
+  HostPacket big(MakeFrame(1, 1000));
+  HostPacket a(MakeFrame(2, 60)), b(MakeFrame(3, 60));
+  const PacketRef* ptrs[] = {&big.ref, &a.ref, &b.ref};
+  std::lock_guard worker(worker_.mutex());
+  ASSERT_EQ(port_->Tx(0, ptrs), 3u);
+  auto used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 3u);
+  EXPECT_EQ(used[0].id, ids[1]);  // the bad chain, completed as it was taken
+  EXPECT_EQ(used[0].len, 0u);
+  EXPECT_EQ(used[1].id, ids[0]);
+  EXPECT_EQ(FrameIn(used[1]), a.bytes);
+  EXPECT_EQ(used[2].id, ids[2]);
+  EXPECT_EQ(FrameIn(used[2]), b.bytes);
+  EXPECT_EQ(port_->DropsFor(DropReason::kTooBig), 1u);
+  EXPECT_EQ(port_->DropsFor(DropReason::kWritableExpected), 1u);
+  // The last good buffer was given back: the next frame goes into it.
+  HostPacket c(MakeFrame(4, 60));
+  const PacketRef* one[] = {&c.ref};
+  ASSERT_EQ(port_->Tx(0, one), 1u);
+  used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].id, ids[3]);
+  EXPECT_EQ(FrameIn(used[0]), c.bytes);
+}
+
 // ------------------------------------------------------------------------------- Rx
 
 // RxDone(q, batch, sent) with sent < batch: the chains of packets [0, sent) are completed,
