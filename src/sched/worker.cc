@@ -196,8 +196,6 @@ void Worker::Loop() {
   uint64_t spell_window = 0;  // this idle spell's window
   uint32_t spells = 0;
   const bool adaptive = idle_poll_ns_ != 0 && !fixed_window_;
-  // Published with relaxed stores (one writer), read by the control thread.
-  auto bump = [](std::atomic<uint64_t>& a, uint64_t n) { a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); };
   while (!stop_.load(std::memory_order_relaxed)) {
     MaybePause();
     const bool busy = busy_.load(std::memory_order_relaxed);
@@ -215,10 +213,10 @@ void Worker::Loop() {
     // Deferred signals (interrupt moderation) whose time has come; a clock read per round
     // only while some are deferred.
     if (!fwd_->debts().empty()) [[unlikely]] fwd_->debts().Flush(MonotonicNowNs(), false);
-    bump(rounds_, 1);
+    rounds_.Add();
     if (moved) {
-      bump(busy_cycles_, CycleCount() - round_start);
-      bump(busy_rounds_, 1);
+      busy_cycles_.Add(CycleCount() - round_start);
+      busy_rounds_.Add();
       packets_.fetch_add(moved, std::memory_order_relaxed);
       // Caught while polling: the spell's exact length is what polling bought.
       if (idle != 0 && adaptive) NoteSpell(MonotonicNowNs() - idle_since, true);

@@ -97,9 +97,9 @@ class Worker final : public Pausable {
   // Rounds polled (one burst per queue each), the rounds that moved packets, and the cycles
   // spent in those (CycleCount units: the TSC on x86): the worker's own cost per packet even
   // when the frontend is what saturates, as OVS's pmd-stats-show "processing cycles".
-  uint64_t rounds() const { return rounds_.load(std::memory_order_relaxed); }
-  uint64_t busy_rounds() const { return busy_rounds_.load(std::memory_order_relaxed); }
-  uint64_t busy_cycles() const { return busy_cycles_.load(std::memory_order_relaxed); }
+  uint64_t rounds() const { return rounds_.Get(); }
+  uint64_t busy_rounds() const { return busy_rounds_.Get(); }
+  uint64_t busy_cycles() const { return busy_cycles_.Get(); }
   // The adaptive idle-poll window it uses now (ns; 0: sleeps at the first empty round).
   uint64_t window_ns() const {
     return busy_poll()                         ? UINT64_MAX
@@ -147,9 +147,7 @@ class Worker final : public Pausable {
   std::atomic<uint64_t> sleeps_{0};
   std::atomic<uint64_t> kick_wakeups_{0};
   std::atomic<uint64_t> sleep_ns_{0};
-  std::atomic<uint64_t> rounds_{0};
-  std::atomic<uint64_t> busy_rounds_{0};
-  std::atomic<uint64_t> busy_cycles_{0};
+  Counter rounds_, busy_rounds_, busy_cycles_;  // one writer: the worker
   clockid_t cpu_clock_{};
   std::atomic<bool> has_cpu_clock_{false};
 };

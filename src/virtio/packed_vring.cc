@@ -90,16 +90,7 @@ PopStatus PackedVring::Pop(DescChain* chain) {
       if (id < size_ && !in_flight_[id] && in_flight_descs_ < size_ &&
           ChainBuilder::SingleSegment(*mem_, policy_, d.addr.get(), d.len.get(), (flags & kDescFWrite) != 0,
                                       chain)) {
-        chain->id = id;
-        chain->num_descs = 1;
-        chain->ring_pos = avail_pos_;
-        chain->ring_wrap = avail_wrap_;
-        chain->bad_seq = bad_seq_;
-        in_flight_[id] = 1;
-        descs_of_id_[id] = 1;
-        ++in_flight_descs_;
-        Advance(&avail_pos_, &avail_wrap_, 1);
-        popped_.Add();
+        TakeOne(chain, id);
         return PopStatus::kOk;
       }
     }
@@ -225,6 +216,19 @@ bool PackedVring::Rewind(std::span<const DescChain> chains) {
   return true;
 }
 
+void PackedVring::TakeOne(DescChain* chain, uint16_t id) {
+  chain->id = id;
+  chain->num_descs = 1;
+  chain->ring_pos = avail_pos_;
+  chain->ring_wrap = avail_wrap_;
+  chain->bad_seq = bad_seq_;
+  in_flight_[id] = 1;
+  descs_of_id_[id] = 1;
+  ++in_flight_descs_;
+  Advance(&avail_pos_, &avail_wrap_, 1);
+  popped_.Add();
+}
+
 bool PackedVring::PopBatch(DescChain* chains) {
   constexpr uint32_t kB = kPopBatch;
   // The group lies inside the ring (no wrap in the middle) and its four slots are free: the
@@ -264,19 +268,7 @@ bool PackedVring::PopBatch(DescChain* chains) {
       return false;
     }
   }
-  for (uint32_t i = 0; i < kB; ++i) {
-    DescChain& c = chains[i];
-    c.id = id[i];
-    c.num_descs = 1;
-    c.ring_pos = static_cast<uint16_t>(avail_pos_ + i);
-    c.ring_wrap = wrap;
-    c.bad_seq = bad_seq_;
-    in_flight_[id[i]] = 1;
-    descs_of_id_[id[i]] = 1;
-  }
-  in_flight_descs_ += kB;
-  Advance(&avail_pos_, &avail_wrap_, kB);
-  popped_.Add(kB);
+  for (uint32_t i = 0; i < kB; ++i) TakeOne(&chains[i], id[i]);
   batched_.Add(kB);
   return true;
 }

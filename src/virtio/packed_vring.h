@@ -89,6 +89,9 @@ class PackedVring {
   // The batch path of PopBurst: kPopBatch chains into chains[0..kPopBatch) when every check
   // holds, else false with nothing changed (chains[] may be scribbled on) and Pop() decides.
   bool PopBatch(DescChain* chains);
+  // Commits a checked one-descriptor chain at the device's position: its ring fields, the id
+  // in flight, the position one slot on.
+  void TakeOne(DescChain* chain, uint16_t id);
   std::optional<DropReason> WalkIndirect(const VirtqPackedDesc& d, ChainBuilder& builder, uint32_t budget);
   void MarkBroken(DropReason why);
 
