@@ -1,6 +1,9 @@
 // NICMUX_CHECK / NICMUX_DCHECK: our own invariants (DESIGN.md "Errors, three kinds", kind 3).
 // A failed check is a bug in nicmux, never in a peer: it aborts in every build with the place
 // and the condition. Never use these on guest- or peer-controlled values.
+// NICMUX_DCHECK is compiled out where NDEBUG is defined (the release preset; the dev, TSan and
+// fuzz builds keep it): only for invariants in per-packet loops whose failure could not make a
+// memory access go out of bounds. A check that bounds a read or write is a NICMUX_CHECK.
 #pragma once
 
 namespace nicmux {

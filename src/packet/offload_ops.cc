@@ -274,7 +274,7 @@ uint32_t GsoSegments(const PacketRef& p, const L4Layout& l) {
 void CompleteChecksum(PacketRef& p) {
   p.holder = nullptr;  // the frame is changed: copied, never held (packet/hold.h)
   Offload& o = p.offload;
-  NICMUX_DCHECK(o.needs_csum() && uint32_t{o.csum_start} + o.csum_offset + 2u <= p.head_len);
+  NICMUX_CHECK(o.needs_csum() && uint32_t{o.csum_start} + o.csum_offset + 2u <= p.head_len);
   CsumStream cs;
   cs.Add(p.head + o.csum_start, p.head_len - o.csum_start);
   uint32_t seg = p.seg, off = p.seg_off;

@@ -97,7 +97,7 @@ inline void PacketFromFlat(PacketRef* p, Segment* seg, std::byte* data, uint32_t
 // Grows p's private head copy to min(want, len) bytes (want <= kMaxHeadBytes), taking them from
 // the source's segments and moving where the rest starts. False when the segments end first.
 inline bool ExtendHead(PacketRef* p, uint32_t want) {
-  NICMUX_DCHECK(want <= kMaxHeadBytes);
+  NICMUX_CHECK(want <= kMaxHeadBytes);
   if (want > p->len) want = p->len;
   while (p->head_len < want) {
     if (p->seg >= p->nsegs) return false;

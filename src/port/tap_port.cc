@@ -275,7 +275,7 @@ void TapPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
 }
 
 int TapPort::WritePacket(Queue& s, const PacketRef& p) {
-  NICMUX_DCHECK(p.head_len <= p.len && p.head_len <= kHeadRoomBytes);
+  NICMUX_CHECK(p.head_len <= p.len && p.head_len <= kHeadRoomBytes);
   if (p.len > kMaxFrameBytes) return EMSGSIZE;
   // The record as the switch left it (nothing this port does not accept, caps), but the
   // checksum-valid mark only where the port takes it: the kernel would skip verifying.

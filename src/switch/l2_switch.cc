@@ -403,7 +403,7 @@ void TagInto(const PacketRef& p, uint16_t vid, PacketRef& t) {
 
 // The same in place (a segment the switch made: its head has the room).
 void TagInPlace(PacketRef& q, uint16_t vid) {
-  NICMUX_DCHECK(q.head_len + kVlanTagBytes <= kHeadRoomBytes);
+  NICMUX_CHECK(q.head_len + kVlanTagBytes <= kHeadRoomBytes);
   std::memmove(q.head + 16, q.head + 12, q.head_len - 12);
   q.head[12] = std::byte{0x81};
   q.head[13] = std::byte{0x00};

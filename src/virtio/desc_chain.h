@@ -180,7 +180,7 @@ class ChainWriter {
 
   // Overwrites n bytes already written, at offset `at` from the first byte written.
   void Patch(size_t at, const void* src, size_t n) {
-    NICMUX_DCHECK(at + n <= written_);
+    NICMUX_CHECK(at + n <= written_);
     PatchChain(segs_, at, static_cast<const std::byte*>(src), n);
   }
 

@@ -178,7 +178,24 @@ uint32_t PackedVring::Available(uint32_t limit) {
   // at most kAvailableMaxSlots: a ring of long chains costs each caller a bounded walk.
   const uint32_t free_slots = size_ - in_flight_descs_;
   const uint32_t max_slots = std::min(free_slots, kAvailableMaxSlots);
+  constexpr uint16_t kMask = kDescFAvail | kDescFUsed | kDescFNext;
   for (uint32_t i = 0; i < max_slots && chains < limit; ++i) {
+    // Four one-slot chains in a cache line of the table, one compare each (as PopBatch); any
+    // other case goes slot by slot below.
+    if (in_chain == 0 && slot % kPopBatch == 0 && slot + kPopBatch <= size_ && i + kPopBatch <= max_slots &&
+        limit - chains >= kPopBatch) {
+      const uint16_t want = wrap ? kDescFAvail : kDescFUsed;
+      uint32_t odd = 0;
+      for (uint32_t j = 0; j < kPopBatch; ++j) {
+        odd |= static_cast<uint32_t>((LoadAcquire(desc_[slot + j].flags) & kMask) ^ want);
+      }
+      if (odd == 0) {
+        chains += kPopBatch;
+        Advance(&slot, &wrap, kPopBatch);
+        i += kPopBatch - 1;
+        continue;
+      }
+    }
     const uint16_t flags = LoadAcquire(desc_[slot].flags);
     if (!IsAvail(flags, wrap)) {
       // A chain whose head is available and whose continuation is not is malformed (the
@@ -231,44 +248,70 @@ void PackedVring::TakeOne(DescChain* chain, uint16_t id) {
 
 bool PackedVring::PopBatch(DescChain* chains) {
   constexpr uint32_t kB = kPopBatch;
+  // Members the loops use, in locals: the stores into chains[] could alias them otherwise,
+  // and every iteration would load them again.
+  const uint32_t size = size_;
+  const uint16_t pos = avail_pos_;
+  const bool wrap = avail_wrap_;
   // The group lies inside the ring (no wrap in the middle) and its four slots are free: the
   // bound Pop() keeps, that chains in flight never cover more than the ring (issue 17).
-  if (broken_ || avail_pos_ + kB > size_ || in_flight_descs_ + kB > size_) return false;
-  const VirtqPackedDesc* group = &desc_[avail_pos_];
-  const bool wrap = avail_wrap_;
-  uint16_t flags[kB];
+  if (broken_ || pos + kB > size || in_flight_descs_ + kB > size) return false;
+  const VirtqPackedDesc* group = &desc_[pos];
   // §2.8.21.1: each chain's (here: each descriptor's) flags are written last by the driver;
   // the acquire loads order the reads of their bodies below after them.
+  uint16_t flags[kB];
+#pragma GCC unroll 4
   for (uint32_t i = 0; i < kB; ++i) flags[i] = LoadAcquire(group[i].flags);
-  bool plain = true;
-  for (uint32_t i = 0; i < kB; ++i) {
-    plain &= IsAvail(flags[i], wrap) && !(flags[i] & (kDescFNext | kDescFIndirect));
-  }
-  // A driver that has made only some of the four available, or a chained or indirect one
-  // among them: Pop() takes them one by one (and judges what is unusual).
-  if (!plain) return false;
+  // One compare per descriptor for IsAvail (AVAIL == our wrap counter, USED != it) and for
+  // neither NEXT nor INDIRECT. A driver that has made only some of the four available, or a
+  // chained or indirect one among them: Pop() takes them one by one (and judges the unusual).
+  constexpr uint16_t kMask = kDescFAvail | kDescFUsed | kDescFNext | kDescFIndirect;
+  const uint16_t want = wrap ? kDescFAvail : kDescFUsed;
+  uint32_t odd = 0;
+#pragma GCC unroll 4
+  for (uint32_t i = 0; i < kB; ++i) odd |= static_cast<uint32_t>((flags[i] & kMask) ^ want);
+  if (odd != 0) return false;
   VirtqPackedDesc d[kB];
   std::memcpy(d, group, sizeof d);  // available, so the driver no longer writes them
-  uint16_t id[kB];
-  for (uint32_t i = 0; i < kB; ++i) {
-    // UNTRUSTED: ids index our tables: below the size, not in flight, and (four at once)
-    // not equal to each other; any doubt goes to Pop(), which breaks the queue for it.
-    id[i] = d[i].id.get();
-    if (id[i] >= size_ || in_flight_[id[i]]) return false;
-  }
-  if (id[0] == id[1] || id[0] == id[2] || id[0] == id[3] || id[1] == id[2] || id[1] == id[3] ||
-      id[2] == id[3]) {
-    return false;
-  }
   // UNTRUSTED: each buffer checked as Pop()'s one-descriptor path checks it (policy, length,
   // translation); a failure leaves the chain to Pop()'s walk.
+  const GuestMemory& mem = *mem_;
+  const ChainPolicy policy = policy_;
+#pragma GCC unroll 4
   for (uint32_t i = 0; i < kB; ++i) {
-    if (!ChainBuilder::SingleSegment(*mem_, policy_, d[i].addr.get(), d[i].len.get(),
-                                     (flags[i] & kDescFWrite) != 0, &chains[i])) {
+    if (!ChainBuilder::SingleSegment(mem, policy, d[i].addr.get(), d[i].len.get(), (flags[i] & kDescFWrite) != 0,
+                                     &chains[i])) {
       return false;
     }
   }
-  for (uint32_t i = 0; i < kB; ++i) TakeOne(&chains[i], id[i]);
+  // UNTRUSTED: ids index our tables: below the size and not in flight. Each is marked in
+  // flight as it passes, so a second equal id in the group finds its twin marked; any doubt
+  // undoes the marks and goes to Pop(), which breaks the queue for it.
+  uint8_t* const in_flight = in_flight_.data();
+  uint16_t* const descs_of_id = descs_of_id_.data();
+  uint16_t id[kB];
+#pragma GCC unroll 4
+  for (uint32_t i = 0; i < kB; ++i) {
+    id[i] = d[i].id.get();
+    if (id[i] >= size || in_flight[id[i]]) {
+      while (i-- > 0) in_flight[id[i]] = 0;
+      return false;
+    }
+    in_flight[id[i]] = 1;
+    descs_of_id[id[i]] = 1;
+  }
+  const uint64_t bad_seq = bad_seq_;
+#pragma GCC unroll 4
+  for (uint32_t i = 0; i < kB; ++i) {
+    chains[i].id = id[i];
+    chains[i].num_descs = 1;
+    chains[i].ring_pos = static_cast<uint16_t>(pos + i);  // inside the ring: no wrap
+    chains[i].ring_wrap = wrap;
+    chains[i].bad_seq = bad_seq;
+  }
+  in_flight_descs_ += kB;
+  Advance(&avail_pos_, &avail_wrap_, kB);
+  popped_.Add(kB);
   batched_.Add(kB);
   return true;
 }
@@ -284,25 +327,6 @@ uint32_t PackedVring::PopBurst(DescChain* chains, uint32_t n) {
     ++got;
   }
   return got;
-}
-
-void PackedVring::Push(uint16_t id, uint32_t len) {
-  NICMUX_CHECK(id < size_ && in_flight_[id]);
-  in_flight_[id] = 0;
-  in_flight_descs_ -= descs_of_id_[id];
-  VirtqPackedDesc& d = desc_[used_pos_];
-  d.id = Le16::Of(id);
-  d.len = Le32::Of(len);
-  // A used descriptor has AVAIL == USED == the device's used wrap counter (§2.8.1).
-  const uint16_t flags = used_wrap_ ? (kDescFAvail | kDescFUsed) : 0;
-  if (pending_ == 0) {
-    first_slot_ = used_pos_;
-    first_flags_ = flags;
-  } else {
-    StoreRelease(d.flags, flags);
-  }
-  ++pending_;
-  Advance(&used_pos_, &used_wrap_, descs_of_id_[id]);
 }
 
 bool PackedVring::PushInOrderBatch(std::span<const DescChain> chains) {

@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/check.h"
 #include "base/counter.h"
+#include "virtio/ring_access.h"
 #include "virtio/vring.h"
 
 namespace nicmux::virtio {
@@ -38,6 +40,7 @@ class PackedVring {
   uint32_t Available(uint32_t limit);
   // As SplitVring::Rewind.
   bool Rewind(std::span<const DescChain> chains);
+  // Inline (below): one call per received packet.
   void Push(uint16_t id, uint32_t len);
   // VIRTIO_F_IN_ORDER (§2.8.23): completes chains (in pop order, length 0, nothing pending)
   // with one used descriptor that carries the last buffer id; the driver walks its own ring
@@ -131,5 +134,24 @@ class PackedVring {
   Counter popped_;
   Counter batched_;
 };
+
+inline void PackedVring::Push(uint16_t id, uint32_t len) {
+  NICMUX_CHECK(id < size_ && in_flight_[id]);
+  in_flight_[id] = 0;
+  in_flight_descs_ -= descs_of_id_[id];
+  VirtqPackedDesc& d = desc_[used_pos_];
+  d.id = Le16::Of(id);
+  d.len = Le32::Of(len);
+  // A used descriptor has AVAIL == USED == the device's used wrap counter (§2.8.1).
+  const uint16_t flags = used_wrap_ ? (kDescFAvail | kDescFUsed) : 0;
+  if (pending_ == 0) {
+    first_slot_ = used_pos_;
+    first_flags_ = flags;
+  } else {
+    StoreRelease(d.flags, flags);
+  }
+  ++pending_;
+  Advance(&used_pos_, &used_wrap_, descs_of_id_[id]);
+}
 
 }  // namespace nicmux::virtio
