@@ -92,6 +92,29 @@ class GuestMemory {
     }
     return Find(addr.value, len, access, /*by_uva=*/false);
   }
+  // TranslateFast for N ranges of one access at once, all in the region that answered last
+  // (a burst's buffers mostly share one): out[i] for each, or false when any range is not in
+  // it (out[] is then meaningless; the caller translates them one by one).
+  template <size_t N>
+  bool TranslateGroupFast(const uint64_t (&addr)[N], const uint32_t (&len)[N], Access access,
+                          std::byte* (&out)[N]) const {
+    const uint32_t hint = last_hit_.load(std::memory_order_relaxed);
+    if (hint >= regions_.size()) return false;
+    const GuestRegion& r = regions_[hint];
+    if (access == Access::kWrite && !r.writable) return false;
+    const uint64_t base = r.gpa, size = r.size;
+    std::byte* const host = r.host;
+    bool inside = true;
+#pragma GCC unroll 8
+    for (size_t i = 0; i < N; ++i) {
+      // UNTRUSTED: addr and len are a guest's. An address below the region makes off wrap
+      // past size; off < size and len <= size - off: the range inside, without addr + len.
+      const uint64_t off = addr[i] - base;
+      inside &= off < size && len[i] <= size - off;
+      out[i] = host + off;
+    }
+    return inside;
+  }
   std::byte* TranslateUvaFast(uint64_t uva, uint64_t len, Access access) const {
     return Find(uva, len, access, /*by_uva=*/true);
   }

@@ -54,8 +54,7 @@ virtio::VirtioNetHdrV1 VirtioFromOffload(const Offload& o) {
   return h;
 }
 
-bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p,
-                     bool read_hdr) {
+bool PacketFromChainWalk(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p, bool read_hdr) {
   if (c.readable_bytes < net_hdr_len) return false;
   p->segs = c.segs;
   p->nsegs = c.num_readable;

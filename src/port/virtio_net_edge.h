@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "packet/offload.h"
 #include "packet/packet.h"
@@ -25,7 +26,36 @@ virtio::VirtioNetHdrV1 VirtioFromOffload(const Offload& o);
 // header's offload fields; false where no offload was negotiated (the header then means nothing,
 // §5.1.6.2, and its bytes are not even read: they sit in a cache line of their own that the
 // other core has just written).
-bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p,
-                     bool read_hdr = true);
+// Inline: the common case (header and a whole head in the first segment) once per received
+// packet; anything else goes to PacketFromChainWalk.
+inline bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p,
+                            bool read_hdr = true);
+bool PacketFromChainWalk(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p, bool read_hdr);
+
+inline bool PacketFromChain(const virtio::DescChain& c, uint32_t net_hdr_len, PacketRef* p, bool read_hdr) {
+  const Segment& s0 = c.segs[0];
+  // UNTRUSTED: lengths are the ring's checked segments; the fixed-size copy reads kHeadBytes
+  // inside the first segment only when the segment holds them past the header.
+  if (net_hdr_len != sizeof(virtio::VirtioNetHdrV1) || c.num_readable == 0 ||
+      s0.len < net_hdr_len + uint64_t{kHeadBytes} || c.readable_bytes < net_hdr_len) [[unlikely]] {
+    return PacketFromChainWalk(c, net_hdr_len, p, read_hdr);
+  }
+  p->segs = c.segs;
+  p->nsegs = c.num_readable;
+  p->len = static_cast<uint32_t>(c.readable_bytes - net_hdr_len);
+  p->head_len = kHeadBytes;  // len >= kHeadBytes: the first segment alone holds that much
+  if (read_hdr) {
+    virtio::VirtioNetHdrV1 h;
+    std::memcpy(&h, s0.data, sizeof h);
+    p->offload = OffloadFromVirtio(h);
+  } else {
+    p->offload = {};
+  }
+  std::memcpy(p->head, s0.data + net_hdr_len, kHeadBytes);  // fixed size: inlined moves
+  const uint32_t used = net_hdr_len + kHeadBytes;
+  p->seg = used == s0.len ? 1 : 0;
+  p->seg_off = used == s0.len ? 0 : used;
+  return true;
+}
 
 }  // namespace nicmux

@@ -285,7 +285,7 @@ WorkDone SwitchWorker::ForwardAll() {
 // Pass 1 for one packet: its VLAN (the head normalized to untagged), source learned, and a
 // destination. False: drop, for the reason in *why (counted by the caller once the batch's cut
 // is known). *unlearned: its source MAC was not learned, the port being at its mac_limit.
-bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* dst, DropReason* why,
+inline bool SwitchWorker::Classify(uint16_t src, PacketRef& p, uint16_t* vid_out, int* dst, DropReason* why,
                             bool* unlearned, uint32_t now_s, BatchMemo& memo, L4Layout* l4) {
   // UNTRUSTED: every byte of the head is the guest's; lengths are checked before each read.
   if (p.len < kEthHeaderBytes || p.head_len < kEthHeaderBytes) {

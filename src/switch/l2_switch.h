@@ -168,8 +168,9 @@ class alignas(kNumaPageBytes) SwitchWorker final : public Forwarder {
   };
   struct PortCounters;
   void FillGroups(uint16_t src, uint32_t n, uint16_t nids);
-  bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, DropReason* why, bool* unlearned,
-                uint32_t now_s, BatchMemo& memo, L4Layout* l4);
+  // Inlined into Forward's loop (once per packet; its out-parameters stay in registers).
+  [[gnu::always_inline]] bool Classify(uint16_t src, PacketRef& p, uint16_t* vid, int* dst, DropReason* why,
+                                       bool* unlearned, uint32_t now_s, BatchMemo& memo, L4Layout* l4);
   uint32_t Cut(uint32_t q, uint32_t n);
   void CountDecided(PortCounters& cnt, uint32_t cut);
   const PacketRef* Tagged(uint32_t i, uint16_t vid);

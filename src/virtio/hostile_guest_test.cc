@@ -679,6 +679,40 @@ TEST_F(PackedBatch, ReadableAndWritableBuffersInAQueueThatTakesBothAreOneBatch) 
   EXPECT_EQ(c[2].writable_bytes, 8u);
 }
 
+TEST_F(PackedBatch, BuffersInTwoRegionsAreOneBatchEachTranslatedInItsOwn) {
+  // A guest with memory below and above 4 GiB: the group's buffers alternate between the two
+  // regions, so the last region's one check does not cover them; each is translated alone.
+  const uint64_t hi = kRegion1 + 4096;
+  for (uint16_t s = 0; s < 4; ++s) Put(s, s % 2 ? hi + 64 * s : good_buf_.value + 8 * s, 8, s, 0);
+  DescChain c[4];
+  ASSERT_EQ(rp_.device.PopBurst(c, 4), 4u);
+  EXPECT_EQ(batched(), 4u);
+  for (uint16_t s = 0; s < 4; ++s) {
+    const uint64_t a = s % 2 ? hi + 64 * s : good_buf_.value + 8 * s;
+    EXPECT_EQ(c[s].segs[0].data, g_.Host(GuestAddr{a}, 8)) << s;
+    EXPECT_EQ(c[s].readable_bytes, 8u);
+  }
+  // And a group wholly in the other region: the one-region check takes it.
+  for (uint16_t s = 4; s < 8; ++s) Put(s, hi + 64 * s, 8, s, 0);
+  ASSERT_EQ(rp_.device.PopBurst(c, 4), 4u);
+  EXPECT_EQ(batched(), 8u);
+  for (uint16_t s = 4; s < 8; ++s) EXPECT_EQ(c[s - 4].segs[0].data, g_.Host(GuestAddr{hi + 64 * s}, 8));
+}
+
+TEST_F(PackedBatch, ABufferReachingPastItsRegionInAGroupIsCompletedEmpty) {
+  // Inside the last region's start but past its end: the group check refuses it, the
+  // one-by-one path judges it (completed empty), the others are delivered.
+  for (uint16_t s = 0; s < 4; ++s) {
+    Put(s, s == 1 ? kRegion0 + kRegion0Size - 4 : good_buf_.value, 8, s, 0);
+  }
+  DescChain c[4];
+  ASSERT_EQ(rp_.device.PopBurst(c, 4), 3u);
+  EXPECT_EQ(c[0].id, 0);
+  EXPECT_EQ(c[1].id, 2);
+  EXPECT_EQ(c[2].id, 3);
+  EXPECT_FALSE(rp_.device.broken());
+}
+
 TEST_F(PackedBatch, TheWrapCounterFlipsBetweenLaps) {
   // Three laps of the 8-slot ring, two groups per lap; the second lap's descriptors are
   // available with the wrap counter 0 (AVAIL clear, USED set).
