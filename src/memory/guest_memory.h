@@ -110,8 +110,9 @@ class GuestMemory {
       // UNTRUSTED: addr and len are a guest's. An address below the region makes off wrap
       // past size; off < size and len <= size - off: the range inside, without addr + len.
       const uint64_t off = addr[i] - base;
-      inside &= off < size && len[i] <= size - off;
-      out[i] = host + off;
+      const bool in = off < size && len[i] <= size - off;
+      inside &= in;
+      out[i] = host + (in ? off : 0);  // never a pointer past the mapping, even unused
     }
     return inside;
   }
