@@ -60,30 +60,10 @@ bool PacketFromChainWalk(const virtio::DescChain& c, uint32_t net_hdr_len, Packe
   p->nsegs = c.num_readable;
   p->len = static_cast<uint32_t>(c.readable_bytes - net_hdr_len);
   p->head_len = std::min<uint32_t>(p->len, kHeadBytes);
-  // Common case: header and head in the first segment.
-  const Segment& s0 = c.segs[0];
-  if (net_hdr_len == sizeof(virtio::VirtioNetHdrV1) && s0.len >= net_hdr_len + p->head_len) {
-    if (read_hdr) {
-      virtio::VirtioNetHdrV1 h;
-      std::memcpy(&h, s0.data, sizeof h);
-      p->offload = OffloadFromVirtio(h);
-    } else {
-      p->offload = {};
-    }
-    if (s0.len >= net_hdr_len + kHeadBytes) {
-      // The segment holds a whole head (so the frame is at least kHeadBytes long): a
-      // fixed-size copy, inlined moves instead of a call.
-      std::memcpy(p->head, s0.data + net_hdr_len, kHeadBytes);
-    } else {
-      std::memcpy(p->head, s0.data + net_hdr_len, p->head_len);
-    }
-    const uint32_t used = net_hdr_len + p->head_len;
-    p->seg = used == s0.len ? 1 : 0;
-    p->seg_off = used == s0.len ? 0 : used;
-    return true;
-  }
+  // The common case (header and a whole head in the first segment) is PacketFromChain's,
+  // inline. Here: walk the header and the head once, segment by segment; remember where the
+  // rest starts.
   p->offload = {};
-  // Walk the header and the head once, segment by segment; remember where the rest starts.
   uint32_t seg = 0, off = 0;
   auto take = [&](std::byte* dst, uint32_t n) {
     while (n > 0) {
