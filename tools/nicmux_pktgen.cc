@@ -54,7 +54,9 @@ options:
   --count N          stop after sending N packets (tx, bidir) or receiving N (rx, reflect)
   --duration S       stop after S seconds (default 10; with --count: the time limit)
   --verify           check every received frame's header, length and every payload byte,
-                     and sequence numbers per stream (lost / reordered counts)
+                     and sequence numbers per stream (lost / reordered counts: a frame
+                     delivered twice counts as reordered), and time the longest gap between
+                     receive rounds that brought frames (rx_max_gap_us)
   --queues N         queue pairs (default 1); packets are spread over them
   --packed           use packed virtqueues (default split)
   --no-mrg           do not negotiate VIRTIO_NET_F_MRG_RXBUF
@@ -290,6 +292,7 @@ int Run(const Options& o) {
       if (got) {
         rq.Kick();
         work = true;
+        if (o.verify) st.NoteRx(GenNowNs());
       }
       // Transmit.
       uint32_t added = 0;

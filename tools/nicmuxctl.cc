@@ -61,6 +61,12 @@ commands:
                                   packets/s, Mbit/s and drops per port, measured over S
                                   seconds (default 1); --watch refreshes every S seconds
                                   until Ctrl-C
+  upgrade [PATH]                  live upgrade: nicmuxd starts PATH (default: the binary at
+                                  its own path, as the file is now) with its arguments and
+                                  hands it every port, socket and MAC; guests keep their
+                                  connections (docs/upgrade.md). Prints the new pid and how
+                                  long forwarding paused; on failure the old nicmuxd goes on
+                                  serving and the error says why
   capture PORT -w FILE [-c COUNT] [--duration S]
                                   write PORT's packets (both directions) to FILE as pcap
                                   ("-w -": standard output, e.g. | tcpdump -r -); stops
@@ -640,6 +646,46 @@ void FdbFlush(Connection& c, const Options& o) {
               o.words.size() > 2 ? (" of port " + o.words[2]).c_str() : "");
 }
 
+// upgrade: one request ({"started"}), then one {"end"} line with the outcome; the old
+// nicmuxd writes it just before it exits, or goes on serving after a failure.
+int Upgrade(Connection& c, const Options& o) {
+  json args = json::object();
+  if (o.words.size() > 1) args["binary"] = o.words[1];
+  json r = c.CallOrFail("upgrade", args);
+  if (!o.json) {
+    std::printf("upgrading: started %s (pid %lld)\n", Has(r, "binary") && r["binary"].is_string() ? r["binary"].get<std::string>().c_str() : "?",
+                Has(r, "pid") && r["pid"].is_number_integer() ? static_cast<long long>(r["pid"].get<int64_t>()) : -1LL);
+    std::fflush(stdout);
+  }
+  std::string line, error;
+  // The new binary has 10 s to say hello and 5 s to take over.
+  switch (c.ReadLine(20'000, &line, &error)) {
+    case Connection::Read::kLine:
+      break;
+    case Connection::Read::kTimeout:
+      Fail(kExitFailed, "no outcome from nicmuxd within 20 s: see its log");
+    case Connection::Read::kInterrupted:
+      Fail(kExitInterrupted, "interrupted (the upgrade goes on; see nicmuxd's log)");
+    case Connection::Read::kEof:
+      Fail(kExitFailed, "nicmuxd closed the connection without saying how the upgrade went: see its log" +
+                            (error.empty() ? std::string() : " (" + error + ")"));
+  }
+  json msg = json::parse(line, nullptr, false);
+  if (msg.is_discarded() || !Has(msg, "end") || !msg["end"].is_object()) Fail(kExitFailed, "malformed outcome: " + line);
+  const json& end = msg["end"];
+  const bool ok = end.value("ok", false);
+  if (o.json) {
+    PrintJson(end);
+  } else if (ok) {
+    std::printf("upgraded: pid %lld now serves %llu port(s) (was pid %lld); forwarding paused %llu us\n",
+                static_cast<long long>(end.value("pid", int64_t{-1})), static_cast<unsigned long long>(end.value("ports", uint64_t{0})),
+                static_cast<long long>(end.value("from_pid", int64_t{-1})),
+                static_cast<unsigned long long>(end.value("paused_us", uint64_t{0})));
+  }
+  if (!ok) Fail(kExitFailed, "upgrade failed, the running nicmuxd goes on serving: " + end.value("error", std::string("?")));
+  return kExitOk;
+}
+
 // stats: rates between two samples of the counters.
 struct Sample {
   json result;
@@ -1001,6 +1047,8 @@ int Run(int argc, char** argv) {
     } else {
       UsageError("fdb wants show or flush [PORT]");
     }
+  } else if (w[0] == "upgrade") {
+    words(1, 2, "upgrade [PATH]");
   } else if (is_stats) {
     words(1, 2, "stats [PORT] [--watch] [--interval S]");
   } else if (is_capture) {
@@ -1016,6 +1064,7 @@ int Run(int argc, char** argv) {
     simple(c, o);
     return kExitOk;
   }
+  if (w[0] == "upgrade") return Upgrade(c, o);
   return is_stats ? Stats(c, o) : Capture(c, o);
 }
 

@@ -70,6 +70,9 @@ options:
                        "--no-huge -m 256 --no-shconf --no-telemetry --no-pci"; docs/dpdk.md;
                        the config's [dpdk] eal_args)
   --log-level LEVEL    debug, info, warning or error (default info)
+  --takeover FD        internal: started by a running nicmuxd's live upgrade (`nicmuxctl
+                       upgrade`, SIGUSR2), takes its ports over the UNIX socket FD instead of
+                       making them (docs/upgrade.md)
   -h, --help           this text
   --version            the version
 
@@ -84,7 +87,9 @@ examples:
   nicmuxd --port vhost-user:vm1:socket=/tmp/vm1.sock,vlan=10 --port tap:host0:address=10.0.0.1/24,vlan=10
 
 signals: SIGTERM/SIGINT: clean shutdown (sockets and TAP devices removed); SIGHUP: reload
---config; counters are logged at exit.
+--config; SIGUSR2: live upgrade to the binary at this one's path (the file there now), with
+the same arguments: guests keep their connections (docs/upgrade.md; `nicmuxctl upgrade
+[PATH]` does the same and reports the outcome); counters are logged at exit.
 exit status: 0 after SIGTERM/SIGINT, 2 for a bad command line or config file, 1 when a port,
 the control socket or the metrics address cannot be set up.
 )";
@@ -192,6 +197,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       table = number(16, 1 << 20);
     } else if (a == "--stats-interval") {
       stats = number(0, 86400);
+    } else if (a == "--takeover") {
+      o.takeover_fd = static_cast<int>(number(3, 1 << 20));
     } else if (a == "--log-level") {
       log_level = value();
       if (!ApplyLogLevel(*log_level)) Usage("--log-level " + *log_level + ": use debug, info, warning or error");
@@ -268,12 +275,35 @@ DaemonOptions ParseArgs(int argc, char** argv) {
 
 int Main(int argc, char** argv) {
   DaemonOptions o = ParseArgs(argc, argv);
+  // For a live upgrade: the same arguments again (without an earlier --takeover), and the
+  // path this binary was started from.
+  for (int i = 0; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--takeover" && i + 1 < argc) {
+      ++i;
+      continue;
+    }
+    o.argv.push_back(argv[i]);
+  }
+  {
+    char buf[4096];
+    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n > 0) {
+      std::string exe(buf, static_cast<size_t>(n));
+      // Replaced by a package upgrade: the new file at the same path is the one to start.
+      const std::string deleted = " (deleted)";
+      if (exe.size() > deleted.size() && exe.compare(exe.size() - deleted.size(), deleted.size(), deleted) == 0) {
+        exe.resize(exe.size() - deleted.size());
+      }
+      o.exe = exe;
+    }
+  }
 
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGHUP);
+  sigaddset(&mask, SIGUSR2);
   sigprocmask(SIG_BLOCK, &mask, nullptr);  // before any thread starts, so all inherit it
   signal(SIGPIPE, SIG_IGN);
   UniqueFd sfd(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
@@ -298,6 +328,14 @@ int Main(int argc, char** argv) {
       if (si.ssi_signo == SIGHUP) {
         NICMUX_LOG(kInfo, "SIGHUP: reloading");
         (*daemon)->Reload();
+        continue;
+      }
+      if (si.ssi_signo == SIGUSR2) {
+        NICMUX_LOG(kInfo, "SIGUSR2: live upgrade");
+        // The outcome is logged either way (Daemon::Cutover, FailUpgrade).
+        if (auto e = (*daemon)->StartUpgrade("", nullptr)) {
+          NICMUX_LOG(kError, "upgrade: %s", e->message.c_str());
+        }
         continue;
       }
       NICMUX_LOG(kInfo, "%s: shutting down", strsignal(static_cast<int>(si.ssi_signo)));

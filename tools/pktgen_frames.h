@@ -100,6 +100,13 @@ struct Stats {
   uint64_t tcp_payload = 0;  // TCP mode: payload bytes received and verified
   uint64_t bad = 0, lost = 0, reordered = 0;
   uint64_t other = 0;  // frames that are not pktgen's (a switch floods broadcasts to us)
+  // With --verify: the longest time between two receive rounds that brought frames (a live
+  // upgrade's gap, docs/upgrade.md); 0 when not measured.
+  uint64_t last_rx_ns = 0, max_gap_ns = 0;
+  void NoteRx(uint64_t now_ns) {
+    if (last_rx_ns != 0 && now_ns - last_rx_ns > max_gap_ns) max_gap_ns = now_ns - last_rx_ns;
+    last_rx_ns = now_ns;
+  }
 };
 
 // Checks one received frame spread over `segs` (MRG_RXBUF may split it).
@@ -163,10 +170,10 @@ inline void PrintSummary(const char* mode, uint32_t size, uint32_t queues, const
                          const Stats& st, bool verify, bool ok) {
   std::printf("summary mode=%s size=%u queues=%u ring=%s seconds=%.3f tx_packets=%" PRIu64 " rx_packets=%" PRIu64
               " rx_bad=%" PRIu64 " rx_lost=%" PRIu64 " rx_reordered=%" PRIu64 " rx_other=%" PRIu64
-              " tx_mpps=%.3f rx_mpps=%.3f tx_gbps=%.3f rx_gbps=%.3f rx_tcp_payload_gbps=%.3f verified=%s result=%s\n",
+              " tx_mpps=%.3f rx_mpps=%.3f tx_gbps=%.3f rx_gbps=%.3f rx_tcp_payload_gbps=%.3f rx_max_gap_us=%.1f verified=%s result=%s\n",
               mode, size, queues, ring, secs, st.tx, st.rx, st.bad, st.lost, st.reordered, st.other,
               st.tx / secs / 1e6, st.rx / secs / 1e6, st.tx_bytes * 8 / secs / 1e9, st.rx_bytes * 8 / secs / 1e9,
-              st.tcp_payload * 8 / secs / 1e9, verify ? "yes" : "no", ok ? "ok" : "FAIL");
+              st.tcp_payload * 8 / secs / 1e9, st.max_gap_ns / 1e3, verify ? "yes" : "no", ok ? "ok" : "FAIL");
 }
 
 }  // namespace nicmux

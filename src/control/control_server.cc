@@ -11,6 +11,7 @@
 #include "control/control_server.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -420,6 +421,27 @@ void ControlClient::Finish(const json& last_line) {
   StartDraining();
 }
 
+void ControlClient::WriteNow(const json& line, int timeout_ms) {
+  if (closed()) return;
+  Append(DumpJsonLine(line), /*over_limit_ok=*/true);
+  const uint64_t deadline = MonotonicNowNs() + uint64_t(timeout_ms) * 1000000;
+  while (unsent_bytes() > 0) {
+    ssize_t n = ::send(fd_.get(), out_.data() + out_off_, unsent_bytes(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      out_off_ += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    const uint64_t now = MonotonicNowNs();
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && now < deadline) {
+      pollfd p{fd_.get(), POLLOUT, 0};
+      ::poll(&p, 1, static_cast<int>((deadline - now) / 1000000 + 1));
+      continue;
+    }
+    return;  // the peer is gone, or the time is up
+  }
+}
+
 void ControlClient::SetOnClose(std::function<void()> cb) {
   if (on_close_ran_) {
     cb();  // already ended: tell the caller at once
@@ -637,6 +659,29 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Create(const std::string& 
   ControlServer* s = server.get();
   NICMUX_TRY(loop->Watch(listen_fd, EPOLLIN, [s](uint32_t) { s->OnAccept(); }));
   NICMUX_LOG(kInfo, "control: listening on %s", path.c_str());
+  return server;
+}
+
+Result<std::unique_ptr<ControlServer>> ControlServer::Adopt(const std::string& path, UniqueFd fd, EventLoop* loop,
+                                                            Handler handler) {
+  int listening = 0;
+  socklen_t len = sizeof listening;
+  sockaddr_un addr{};
+  socklen_t alen = sizeof addr;
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening ||
+      ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &alen) < 0 || addr.sun_family != AF_UNIX) {
+    return Error("control: the socket handed over is not a listening UNIX socket");
+  }
+  const int listen_fd = fd.get();
+  std::unique_ptr<ControlServer> server(new ControlServer(path, loop, std::move(handler), std::move(fd)));
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    server->sock_dev_ = st.st_dev;
+    server->sock_ino_ = st.st_ino;
+  }
+  ControlServer* s = server.get();
+  NICMUX_TRY(loop->Watch(listen_fd, EPOLLIN, [s](uint32_t) { s->OnAccept(); }));
+  NICMUX_LOG(kInfo, "control: serving %s (handed over)", path.c_str());
   return server;
 }
 

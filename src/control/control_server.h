@@ -111,6 +111,11 @@ class ControlClient : public std::enable_shared_from_this<ControlClient> {
   // is written (or after kCloseLingerMs). No-op once closed().
   void Finish(const nlohmann::json& last_line);
 
+  // Writes what is queued and then line straight to the socket, waiting up to timeout_ms: the
+  // last words of a process that exits next (a live upgrade's old nicmuxd), whose loop will
+  // not run again. No-op once closed().
+  void WriteNow(const nlohmann::json& line, int timeout_ms);
+
   // True once nothing more will be delivered: the peer went away, Finish() was called, or the
   // server was destroyed.
   bool closed() const { return state_ == State::kDraining || state_ == State::kClosed; }
@@ -196,6 +201,11 @@ class ControlServer {
   // never one in use by another nicmuxd; refuses a non-socket file; the socket is mode 0660.
   static Result<std::unique_ptr<ControlServer>> Create(const std::string& path, EventLoop* loop,
                                                        Handler handler);
+  // Live upgrade (docs/upgrade.md): serves on the listening socket the old nicmuxd handed
+  // over, bound at path (the file is then this server's to remove, if it is that socket).
+  static Result<std::unique_ptr<ControlServer>> Adopt(const std::string& path, UniqueFd fd, EventLoop* loop,
+                                                      Handler handler);
+  int listen_fd() const { return listen_fd_.get(); }
   // Closes every client (running their on-close callbacks) and removes the socket file if it
   // is still the one we bound.
   ~ControlServer();

@@ -1,5 +1,10 @@
 #include "control/daemon.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +13,7 @@
 #include <variant>
 
 #include "base/log.h"
+#include "control/handover.h"
 #include "base/unix_socket.h"
 #include "control/metrics.h"
 #include "port/registry.h"
@@ -70,6 +76,16 @@ Result<void> Daemon::Start() {
     xconnect_ = std::make_unique<Xconnect>(opt_.workers);
     for (uint32_t i = 0; i < opt_.workers; ++i) sched_->SetForwarder(i, xconnect_->worker(i));
   }
+  if (opt_.takeover_fd >= 0) {
+    NICMUX_TRY(sched_->Start());
+    TakeOver();  // exits on failure
+    Tick();
+    if (opt_.stats_interval_s) stats_timer_ = loop_->After(opt_.stats_interval_s * 1000, [this] { StatsTick(); });
+    started_ = true;
+    NICMUX_LOG(kInfo, "nicmuxd running (handed over): %zu ports, forward %s, %u worker(s)", ports_.size(),
+               opt_.forward.c_str(), opt_.workers);
+    return Ok();
+  }
   std::vector<PortSpec> all = opt_.config_ports;
   all.insert(all.end(), opt_.ports.begin(), opt_.ports.end());
   for (size_t i = 0; i < all.size(); ++i) {
@@ -80,22 +96,7 @@ Result<void> Daemon::Start() {
   for (size_t i = 0; i < all.size(); ++i) {
     if (auto e = AddPort(all[i], i < opt_.config_ports.size())) return Error(e->message);
   }
-  if (!sw) {
-    if (ports_.size() % 2 != 0) {
-      return Error("--forward xconnect pairs ports; " + std::to_string(ports_.size()) + " ports given");
-    }
-    for (size_t i = 0; i + 1 < ports_.size(); i += 2) {
-      Entry& a = *ports_[i];
-      Entry& b = *ports_[i + 1];
-      const uint16_t id = xconnect_->AddPair(a.port.get(), b.port.get());
-      for (Entry* e : {&a, &b}) {
-        NICMUX_TRY_ASSIGN(pins, PinsOf(e->spec, *e->port));
-        sched_->AddPort(e->port.get(), e == &a ? id : static_cast<uint16_t>(id + 1), pins);
-        e->pause->set_port(e->port.get());
-      }
-      NICMUX_LOG(kInfo, "xconnect %s <-> %s", a.spec.name.c_str(), b.spec.name.c_str());
-    }
-  }
+  if (!sw) NICMUX_TRY(PairCrossConnects());
   NICMUX_TRY(sched_->Start());
   if (!opt_.control_path.empty() && opt_.control_path != "none") {
     std::optional<SocketAccess> control_access;
@@ -131,6 +132,24 @@ Result<void> Daemon::Start() {
   started_ = true;
   NICMUX_LOG(kInfo, "nicmuxd running: %zu ports, forward %s, %u worker(s)", ports_.size(),
              opt_.forward.c_str(), opt_.workers);
+  return Ok();
+}
+
+Result<void> Daemon::PairCrossConnects() {
+  if (ports_.size() % 2 != 0) {
+    return Error("--forward xconnect pairs ports; " + std::to_string(ports_.size()) + " ports given");
+  }
+  for (size_t i = 0; i + 1 < ports_.size(); i += 2) {
+    Entry& a = *ports_[i];
+    Entry& b = *ports_[i + 1];
+    const uint16_t id = xconnect_->AddPair(a.port.get(), b.port.get());
+    for (Entry* e : {&a, &b}) {
+      NICMUX_TRY_ASSIGN(pins, PinsOf(e->spec, *e->port));
+      sched_->AddPort(e->port.get(), e == &a ? id : static_cast<uint16_t>(id + 1), pins);
+      e->pause->set_port(e->port.get());
+    }
+    NICMUX_LOG(kInfo, "xconnect %s <-> %s", a.spec.name.c_str(), b.spec.name.c_str());
+  }
   return Ok();
 }
 
@@ -179,7 +198,7 @@ Result<std::vector<int>> Daemon::PinsOf(const PortSpec& s, const Port& port) con
 }
 
 Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConfig* cfg, std::string* code,
-                                               Pausable* pause) {
+                                               Pausable* pause, HandoverRecord* handover) {
   *code = kCodeInvalid;
   for (const char* k : {"vlan", "trunk", "mac_limit", "allowed_macs"}) {
     if (s.Has(k) && !switch_) return Error("port " + s.name + ": " + k + "= needs --forward switch");
@@ -199,10 +218,11 @@ Result<std::unique_ptr<Port>> Daemon::MakePort(const PortSpec& s, SwitchPortConf
     }
   }
   *code = kCodeFailed;
-  return kind->create(s, PortContext{loop_, pause, cfg->mtu});
+  if (handover && !kind->hands_over) return Error("port " + s.name + ": kind " + kind->name + " cannot be handed over");
+  return kind->create(s, PortContext{loop_, pause, cfg->mtu, handover});
 }
 
-std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_config) {
+std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_config, HandoverRecord* handover) {
   if (Find(spec.name)) return ControlError::Exists("a port named " + spec.name + " exists already");
   if (!switch_ && started_) {
     // Cross-connects are fixed at start; only the switch takes ports at run time.
@@ -212,7 +232,7 @@ std::optional<ControlError> Daemon::AddPort(const PortSpec& spec, bool from_conf
   std::string code;
   auto e = std::make_unique<Entry>();
   e->pause = sched_->MakePortPause();
-  auto p = MakePort(spec, &cfg, &code, e->pause.get());
+  auto p = MakePort(spec, &cfg, &code, e->pause.get(), handover);
   if (!p) return ControlError{code, p.error().message()};
   e->spec = spec;
   e->port = std::move(*p);
@@ -693,6 +713,29 @@ ControlServer::HandlerResult Daemon::Handle(const std::string& cmd, const json& 
     return json{{"flushed", n}};
   }
   if (cmd == "capture") return StartCapture(args, client);
+  if (cmd == "upgrade") {
+    auto bin = str_arg("binary", false);
+    if (auto* e = std::get_if<ControlError>(&bin)) return *e;
+    if (client && client->uid() != 0 && client->uid() != ::geteuid()) {
+      return ControlError{kCodeDenied, "upgrade starts a binary with nicmuxd's rights: only root or nicmuxd's own user (uid " +
+                                           std::to_string(client->uid()) + ")"};
+    }
+    std::weak_ptr<ControlClient> weak = client;
+    auto e = StartUpgrade(std::get<std::string>(bin), [weak](const json& outcome) {
+      auto c = weak.lock();
+      if (!c) return;
+      const json line{{"end", outcome}};
+      // Success: this process exits right after; its loop will not run to write the line.
+      if (outcome.value("ok", false)) {
+        c->WriteNow(line, 500);
+      } else {
+        c->Finish(line);
+      }
+    });
+    if (e) return *e;
+    if (client) client->BeginStream();
+    return json{{"started", true}, {"pid", upgrade_ ? upgrade_->pid : -1}, {"binary", upgrade_ ? upgrade_->binary : ""}};
+  }
   if (cmd == "sched.show") {
     json workers = json::array();
     for (const Scheduler::WorkerView& v : sched_->Show()) {
@@ -803,4 +846,379 @@ void Daemon::PumpCaptures() {
   if (any) capture_timer_ = loop_->After(20, [this] { PumpCaptures(); });
 }
 
+// ---- Live upgrade (docs/upgrade.md) ----
+
+namespace {
+
+constexpr int kHelloTimeoutMs = 10000;  // the new binary starts (EAL, workers) and says hello
+constexpr int kReadyTimeoutMs = 5000;   // it maps and checks everything, workers paused here
+constexpr int kSendTimeoutMs = 2000;
+
+uint64_t NowUs() { return MonotonicNowNs() / 1000; }
+
+}  // namespace
+
+std::optional<ControlError> Daemon::StartUpgrade(const std::string& binary_in, UpgradeDone done) {
+  if (upgrade_) return ControlError{kCodeExists, "an upgrade to " + upgrade_->binary + " is already under way"};
+  if (opt_.argv.empty()) return ControlError::Failed("upgrade: this nicmuxd does not know its command line");
+  for (auto& e : ports_) {
+    if (!e->port->CanHandOver()) {
+      return ControlError::Invalid("port " + e->spec.name + " (" + e->spec.kind +
+                                   ") cannot be handed over to a new nicmuxd yet; remove it first, or restart nicmuxd");
+    }
+  }
+  const std::string binary = binary_in.empty() ? opt_.exe : binary_in;
+  if (binary.empty() || ::access(binary.c_str(), X_OK) != 0) {
+    return ControlError::Invalid("upgrade: " + (binary.empty() ? std::string("no binary") : binary) + ": " +
+                                 std::strerror(errno));
+  }
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+    return ControlError::Failed(std::string("upgrade: socketpair: ") + std::strerror(errno));
+  }
+  UniqueFd mine(sv[0]), theirs(sv[1]);
+  // Everything the child needs is built before fork: between fork and exec only
+  // async-signal-safe calls.
+  std::vector<std::string> args = opt_.argv;
+  args[0] = binary;
+  args.push_back("--takeover");
+  args.push_back(std::to_string(theirs.get()));
+  std::vector<char*> cargv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  const int child_fd = theirs.get();
+  const pid_t pid = ::fork();
+  if (pid < 0) return ControlError::Failed(std::string("upgrade: fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    ::fcntl(child_fd, F_SETFD, 0);  // the one fd the new process inherits on purpose
+    ::execv(binary.c_str(), cargv.data());
+    _exit(127);
+  }
+  theirs.Reset();
+  Upgrade u;
+  u.pid = pid;
+  u.sock = std::move(mine);
+  u.binary = binary;
+  u.done = std::move(done);
+  const int fd = u.sock.get();
+  upgrade_ = std::move(u);
+  if (auto r = loop_->Watch(fd, EPOLLIN, [this](uint32_t) { OnUpgradeMessage(); }); !r) {
+    FailUpgrade(r.error().message());
+    return std::nullopt;
+  }
+  upgrade_->timer = loop_->After(kHelloTimeoutMs, [this] {
+    if (upgrade_) upgrade_->timer = 0;
+    FailUpgrade("the new nicmuxd did not say hello within " + std::to_string(kHelloTimeoutMs / 1000) + " s");
+  });
+  NICMUX_LOG(kInfo, "upgrade: started %s (pid %d)", binary.c_str(), static_cast<int>(pid));
+  return std::nullopt;
+}
+
+void Daemon::FailUpgrade(const std::string& why) {
+  if (!upgrade_) return;
+  Upgrade u = std::move(*upgrade_);
+  upgrade_.reset();
+  if (u.timer) loop_->Cancel(u.timer);
+  loop_->Unwatch(u.sock.get());
+  // The new process must not go on with anything it was given: it stops here, and is reaped
+  // (unless it was already: pid -1, which kill(2) would take for every process).
+  if (u.pid > 0) {
+    ::kill(u.pid, SIGKILL);
+    ::waitpid(u.pid, nullptr, 0);
+  }
+  NICMUX_LOG(kError, "upgrade to %s failed: %s; this nicmuxd (pid %d) goes on serving", u.binary.c_str(),
+             why.c_str(), static_cast<int>(::getpid()));
+  if (u.done) u.done(json{{"ok", false}, {"error", why}, {"pid", ::getpid()}});
+}
+
+void Daemon::OnUpgradeMessage() {
+  if (!upgrade_) return;
+  auto m = handover::Receive(upgrade_->sock.get(), kSendTimeoutMs);
+  if (!m) {
+    int status = 0;
+    std::string how;
+    // A process that closed the socket is exiting: give the kernel a moment to make it
+    // reapable, for its status (500 ms at most: one that closed it and lives on is killed).
+    pid_t got = 0;
+    for (int i = 0; i < 50 && (got = ::waitpid(upgrade_->pid, &status, WNOHANG)) == 0; ++i) ::usleep(10000);
+    if (got == upgrade_->pid) {
+      how = WIFEXITED(status) ? " (it exited with status " + std::to_string(WEXITSTATUS(status)) + ")"
+                              : " (it was killed by signal " + std::to_string(WTERMSIG(status)) + ")";
+      upgrade_->pid = -1;  // reaped
+    }
+    FailUpgrade(m.error().message() + how);
+    return;
+  }
+  const json& doc = m->doc;
+  if (doc.value("msg", "") == "fail") {
+    FailUpgrade("the new nicmuxd refused: " + doc.value("error", std::string("?")));
+    return;
+  }
+  if (doc.value("msg", "") != "hello") {
+    FailUpgrade("the new nicmuxd said '" + doc.value("msg", std::string("?")) + "', not hello");
+    return;
+  }
+  Cutover(doc);
+}
+
+void Daemon::Cutover(const json& hello) {
+  if (upgrade_->timer) loop_->Cancel(std::exchange(upgrade_->timer, 0));
+  loop_->Unwatch(upgrade_->sock.get());
+  const int sock = upgrade_->sock.get();
+  // UNTRUSTED (another build): its version, a number we compare.
+  const int version = hello.contains("version") && hello["version"].is_number_integer() ? hello["version"].get<int>() : -1;
+  if (version != handover::kVersion) {
+    const std::string why = "the new binary speaks handover version " + std::to_string(version) + ", this one " +
+                            std::to_string(handover::kVersion);
+    (void)handover::Send(sock, json{{"msg", "abort"}, {"error", why}}, {}, kSendTimeoutMs);
+    FailUpgrade(why);
+    return;
+  }
+  // From here to the end this thread waits for the new process: no frontend message, accept
+  // or disconnect is handled, so the only state that moves is what the workers move (ring
+  // positions), which the second step hands over.
+  std::string why;
+  // Step 1: everything, taken with the workers paused only for the export itself; the new
+  // process maps and checks it while they forward on.
+  const uint64_t t_export = NowUs();
+  std::vector<HandoverRecord> records(ports_.size());
+  json doc{{"msg", "state"}, {"version", handover::kVersion}, {"from_pid", ::getpid()}};
+  std::vector<int> fds;
+  {
+    PauseGuard pause(*sched_);
+    json ports = json::array();
+    for (size_t i = 0; i < ports_.size(); ++i) {
+      Entry& e = *ports_[i];
+      if (auto r = e.port->Export(&records[i]); !r) {
+        why = r.error().message();
+        break;
+      }
+      json values = json::object();
+      for (const auto& [k, v] : records[i].values()) values[k] = v;
+      ports.push_back({{"name", e.spec.name},
+                       {"spec", SpecToString(e.spec)},
+                       {"from_config", e.from_config},
+                       {"values", values},
+                       {"fd_base", fds.size()},
+                       {"fd_count", records[i].fds().size()}});
+      for (const UniqueFd& f : records[i].fds()) fds.push_back(f.get());
+    }
+    doc["ports"] = ports;
+  }
+  const uint64_t export_us = NowUs() - t_export;
+  if (!why.empty()) {
+    (void)handover::Send(sock, json{{"msg", "abort"}, {"error", why}}, {}, kSendTimeoutMs);
+    FailUpgrade(why);
+    return;
+  }
+  if (control_) {
+    doc["control_fd"] = fds.size();
+    doc["control_path"] = control_->path();
+    fds.push_back(control_->listen_fd());
+  }
+  if (metrics_) {
+    doc["metrics_fd"] = fds.size();
+    fds.push_back(metrics_->listen_fd());
+  }
+  if (switch_) {
+    std::map<int, std::string> names;
+    for (auto& e : ports_) names[e->switch_id] = e->spec.name;
+    json macs = json::array();
+    for (const auto& m : switch_->macs().Dump(switch_->now_s())) {
+      if (names.count(m.port)) macs.push_back({{"mac", m.mac}, {"vlan", m.vid}, {"port", names[m.port]}});
+    }
+    doc["macs"] = macs;
+  }
+  if (auto r = handover::Send(sock, doc, fds, kSendTimeoutMs); !r) return FailUpgrade(r.error().message());
+  records.clear();  // our duplicates of the fds: the new process has its own now
+  auto prepared = handover::Receive(sock, kReadyTimeoutMs);
+  if (!prepared) return FailUpgrade(prepared.error().message());
+  if (prepared->doc.value("msg", "") != "prepared") {
+    return FailUpgrade("the new nicmuxd could not take over: " + prepared->doc.value("error", std::string("?")));
+  }
+  // Step 2: the precise point. Every worker between rounds, every batch completed and
+  // published; what moved since step 1 goes over, and the new process resumes from there.
+  const uint64_t t0 = NowUs();
+  {
+    PauseGuard pause(*sched_);
+    json moved = json::array();
+    std::vector<HandoverRecord> positions(ports_.size());
+    std::vector<int> pos_fds;
+    for (size_t i = 0; i < ports_.size(); ++i) {
+      HandoverRecord& pos = positions[i];
+      if (auto r = ports_[i]->port->ExportPositions(&pos); !r) {
+        why = r.error().message();
+        break;
+      }
+      json values = json::object();
+      for (const auto& [k, v] : pos.values()) values[k] = v;
+      moved.push_back({{"name", ports_[i]->spec.name},
+                       {"values", values},
+                       {"fd_base", pos_fds.size()},
+                       {"fd_count", pos.fds().size()}});
+      for (const UniqueFd& f : pos.fds()) pos_fds.push_back(f.get());
+    }
+    if (why.empty()) {
+      if (auto r = handover::Send(sock, json{{"msg", "cutover"}, {"ports", moved}}, pos_fds, kSendTimeoutMs); !r) {
+        why = r.error().message();
+      }
+    } else {
+      (void)handover::Send(sock, json{{"msg", "abort"}, {"error", why}}, {}, kSendTimeoutMs);
+    }
+    if (why.empty()) {
+      auto reply = handover::Receive(sock, kReadyTimeoutMs);
+      if (!reply) {
+        why = reply.error().message();
+      } else if (reply->doc.value("msg", "") != "ready") {
+        why = "the new nicmuxd could not take over: " + reply->doc.value("error", std::string("?"));
+      }
+    }
+    if (why.empty()) {
+      if (auto r = handover::Send(sock, json{{"msg", "commit"}}, {}, kSendTimeoutMs); !r) {
+        why = r.error().message();
+      } else {
+        // Committed: the new process resumes where the workers stopped; this one must not run a
+        // single round more, nor answer a frontend, nor remove a socket file. It says so and
+        // exits without running a destructor (the workers stay paused).
+        const uint64_t paused_us = NowUs() - t0;
+        const pid_t pid = upgrade_->pid;
+        NICMUX_LOG(kInfo,
+                   "upgrade: handed %zu port(s) over to %s (pid %d); workers paused %llu us (and %llu us for the "
+                   "first export); exiting",
+                   ports_.size(), upgrade_->binary.c_str(), static_cast<int>(pid),
+                   static_cast<unsigned long long>(paused_us), static_cast<unsigned long long>(export_us));
+        if (upgrade_->done) {
+          upgrade_->done(json{{"ok", true},
+                              {"pid", pid},
+                              {"from_pid", ::getpid()},
+                              {"paused_us", paused_us},
+                              {"export_paused_us", export_us},
+                              {"ports", ports_.size()},
+                              {"binary", upgrade_->binary}});
+        }
+        std::fflush(nullptr);
+        _exit(0);
+      }
+    }
+  }  // the workers resume: this process goes on serving
+  FailUpgrade(why);
+}
+
+void Daemon::TakeOver() {
+  const int sock = opt_.takeover_fd;
+  auto fail = [&](const std::string& why) {
+    NICMUX_LOG(kError, "takeover failed: %s; the old nicmuxd goes on serving", why.c_str());
+    (void)handover::Send(sock, json{{"msg", "fail"}, {"error", why}}, {}, kSendTimeoutMs);
+    std::fflush(nullptr);
+    // Nothing this process made may be undone by a destructor: the sockets and devices are
+    // the old process's, which goes on with them.
+    _exit(1);
+  };
+  if (auto r = handover::Send(sock, json{{"msg", "hello"}, {"version", handover::kVersion}, {"pid", ::getpid()}}, {},
+                              kSendTimeoutMs);
+      !r) {
+    fail(r.error().message());
+  }
+  auto m = handover::Receive(sock, kHelloTimeoutMs);
+  if (!m) fail(m.error().message());
+  const json& doc = m->doc;
+  // UNTRUSTED (another build): every field's type checked before use.
+  if (doc.value("msg", "") != "state") fail("the old nicmuxd said: " + doc.value("error", doc.value("msg", std::string("?"))));
+  if (!doc.contains("version") || doc["version"] != handover::kVersion) fail("handover version mismatch");
+  const uint64_t t0 = NowUs();
+  PauseGuard pause(*sched_);  // nothing is polled before the old process commits
+  if (!doc.contains("ports") || !doc["ports"].is_array()) fail("the state has no port list");
+  std::vector<HandoverRecord> records(doc["ports"].size());
+  size_t i = 0;
+  for (const json& p : doc["ports"]) {
+    HandoverRecord& rec = records[i++];
+    if (!p.is_object() || !p.contains("spec") || !p["spec"].is_string() || !p.contains("values") ||
+        !p["values"].is_object() || !p.contains("fd_base") || !p["fd_base"].is_number_unsigned() ||
+        !p.contains("fd_count") || !p["fd_count"].is_number_unsigned()) {
+      fail("a port of the state is malformed");
+    }
+    auto spec = ParsePortSpec(p["spec"].get<std::string>());
+    if (!spec) fail(spec.error().message());
+    for (const auto& [k, v] : p["values"].items()) {
+      if (!v.is_string()) fail("port " + spec->name + ": value " + k + " is not text");
+      rec.SetText(k, v.get<std::string>());
+    }
+    const uint64_t base = p["fd_base"], count = p["fd_count"];
+    if (base > m->fds.size() || count > m->fds.size() - base) fail("port " + spec->name + ": fds out of range");
+    for (uint64_t f = base; f < base + count; ++f) rec.AddOwnedFd(std::move(m->fds[f]));
+    if (auto e = AddPort(*spec, p.value("from_config", false), &rec)) fail(e->message);
+  }
+  if (xconnect_) {
+    if (auto r = PairCrossConnects(); !r) fail(r.error().message());
+  }
+  auto take_fd = [&](const char* key) -> UniqueFd {
+    if (!doc.contains(key)) return UniqueFd();
+    if (!doc[key].is_number_unsigned() || doc[key].get<uint64_t>() >= m->fds.size()) fail(std::string(key) + " is out of range");
+    return std::move(m->fds[doc[key].get<size_t>()]);
+  };
+  if (UniqueFd c = take_fd("control_fd"); c.valid()) {
+    const std::string path = doc.value("control_path", opt_.control_path);
+    auto s = ControlServer::Adopt(path, std::move(c), loop_,
+                                  [this](const std::string& cmd, const json& args, const std::shared_ptr<ControlClient>& client) {
+                                    return Handle(cmd, args, client);
+                                  });
+    if (!s) fail(s.error().message());
+    control_ = std::move(*s);
+  }
+  if (UniqueFd f = take_fd("metrics_fd"); f.valid()) {
+    auto s = MetricsServer::Adopt(std::move(f), loop_, [this] { return MetricsPage(); });
+    if (!s) fail(s.error().message());
+    metrics_ = std::move(*s);
+  }
+  if (switch_ && doc.contains("macs") && doc["macs"].is_array()) {
+    for (const json& mac : doc["macs"]) {
+      if (!mac.is_object() || !mac.contains("mac") || !mac["mac"].is_number_unsigned() || !mac.contains("vlan") ||
+          !mac["vlan"].is_number_unsigned() || mac["vlan"].get<uint64_t>() > 4095 || !mac.contains("port") ||
+          !mac["port"].is_string()) {
+        continue;
+      }
+      Entry* e = Find(mac["port"].get<std::string>());
+      if (!e || e->switch_id < 0) continue;
+      switch_->macs().Learn(mac["mac"].get<uint64_t>() & 0xffffffffffffull, static_cast<uint16_t>(mac["vlan"].get<uint64_t>()),
+                            static_cast<uint16_t>(e->switch_id), switch_->now_s());
+    }
+  }
+  const uint64_t import_us = NowUs() - t0;
+  if (auto r = handover::Send(sock, json{{"msg", "prepared"}}, {}, kSendTimeoutMs); !r) fail(r.error().message());
+  // Step 2: what the old workers moved since (they are paused again now).
+  auto cut = handover::Receive(sock, kReadyTimeoutMs);
+  if (!cut) fail(cut.error().message());
+  if (cut->doc.value("msg", "") != "cutover" || !cut->doc.contains("ports") || !cut->doc["ports"].is_array()) {
+    fail("the old nicmuxd said: " + cut->doc.value("error", cut->doc.value("msg", std::string("?"))));
+  }
+  const uint64_t t1 = NowUs();
+  for (const json& p : cut->doc["ports"]) {
+    if (!p.is_object() || !p.contains("name") || !p["name"].is_string() || !p.contains("values") ||
+        !p["values"].is_object() || !p.contains("fd_base") || !p["fd_base"].is_number_unsigned() ||
+        !p.contains("fd_count") || !p["fd_count"].is_number_unsigned()) {
+      fail("a port of the cutover is malformed");
+    }
+    Entry* e = Find(p["name"].get<std::string>());
+    if (!e) fail("the cutover names port " + p["name"].get<std::string>() + ", which the state did not");
+    HandoverRecord pos;
+    for (const auto& [k, v] : p["values"].items()) {
+      if (!v.is_string()) fail("port " + e->spec.name + ": value " + k + " is not text");
+      pos.SetText(k, v.get<std::string>());
+    }
+    const uint64_t base = p["fd_base"], count = p["fd_count"];
+    if (base > cut->fds.size() || count > cut->fds.size() - base) fail("port " + e->spec.name + ": fds out of range");
+    for (uint64_t f = base; f < base + count; ++f) pos.AddOwnedFd(std::move(cut->fds[f]));
+    if (auto r = e->port->ImportPositions(pos); !r) fail(r.error().message());
+  }
+  if (auto r = handover::Send(sock, json{{"msg", "ready"}}, {}, kSendTimeoutMs); !r) fail(r.error().message());
+  auto commit = handover::Receive(sock, kReadyTimeoutMs);
+  if (!commit || commit->doc.value("msg", "") != "commit") {
+    fail(commit ? "the old nicmuxd did not commit" : commit.error().message());
+  }
+  ::close(sock);
+  opt_.takeover_fd = -1;
+  NICMUX_LOG(kInfo, "takeover: %zu port(s) from pid %lld; built in %llu us, positions applied in %llu us", ports_.size(),
+             static_cast<long long>(doc.value("from_pid", 0)), static_cast<unsigned long long>(import_us),
+             static_cast<unsigned long long>(NowUs() - t1));
+}
 }  // namespace nicmux

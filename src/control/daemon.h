@@ -10,6 +10,7 @@
 // other source MAC are dropped; at most 64).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -48,6 +49,13 @@ struct DaemonOptions {
   std::vector<PortSpec> ports;         // from the command line
   std::string config_path;             // "" if none
   std::vector<PortSpec> config_ports;  // from the config file
+  // Live upgrade (docs/upgrade.md). argv: this process's command line, given again to the new
+  // binary; exe: the path this binary was started from (the default new binary: whatever
+  // file is there now). takeover_fd: >= 0 in the new process (--takeover FD), the socket to
+  // the old one; the ports, sockets and MAC table then come from it, not from the options.
+  std::vector<std::string> argv;
+  std::string exe;
+  int takeover_fd = -1;
 };
 
 // The switch's view of a port spec: vlan, trunk, mtu, mac_limit, allowed_macs (the options
@@ -64,7 +72,16 @@ class Daemon {
   void LogStats() const;
 
   // Control-plane operations (also behind the control socket).
-  std::optional<ControlError> AddPort(const PortSpec& spec, bool from_config);
+  std::optional<ControlError> AddPort(const PortSpec& spec, bool from_config, HandoverRecord* handover = nullptr);
+
+  // Live upgrade (docs/upgrade.md): starts `binary` (empty: opt.exe) with this process's
+  // arguments and --takeover, and once it says hello hands it every port (with the workers
+  // paused), the control and metrics sockets and the MAC table. `done` gets the outcome once:
+  // {"ok":true,...} just before this process exits (the new one serves from then on), or
+  // {"ok":false,"error":...} with this process still serving. An error now when the upgrade
+  // cannot start (one is running, a port's kind cannot be handed over, no such binary).
+  using UpgradeDone = std::function<void(const nlohmann::json&)>;
+  std::optional<ControlError> StartUpgrade(const std::string& binary, UpgradeDone done);
   std::optional<ControlError> DelPort(const std::string& name);
 
  private:
@@ -83,7 +100,15 @@ class Daemon {
   Daemon(const DaemonOptions& o, EventLoop* loop);
   Result<void> Start();
   Result<std::unique_ptr<Port>> MakePort(const PortSpec& spec, SwitchPortConfig* cfg, std::string* code,
-                                         Pausable* pause);
+                                         Pausable* pause, HandoverRecord* handover);
+  // --forward xconnect: ports 2k and 2k+1 become a pair, their queues given to the scheduler.
+  Result<void> PairCrossConnects();
+  // The new process's side of a live upgrade; on any failure it tells the old one and exits.
+  void TakeOver();
+  // The old process's side: the new one said something (or the wait ran out).
+  void OnUpgradeMessage();
+  void Cutover(const nlohmann::json& hello);
+  void FailUpgrade(const std::string& why);
   // The port's queue_affinity= as a worker per queue pair (-1: any).
   Result<std::vector<int>> PinsOf(const PortSpec& spec, const Port& port) const;
   Entry* Find(const std::string& name);
@@ -110,6 +135,14 @@ class Daemon {
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;
   bool started_ = false;
+  struct Upgrade {
+    pid_t pid = -1;
+    UniqueFd sock;
+    EventLoop::TimerId timer = 0;
+    std::string binary;
+    UpgradeDone done;
+  };
+  std::optional<Upgrade> upgrade_;
   EventLoop::TimerId tick_timer_ = 0, stats_timer_ = 0, capture_timer_ = 0;
 };
 

@@ -209,11 +209,24 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Create(std::string_view ad
     return Error::FromErrno(where + ": bind", e);
   }
   if (::listen(fd.get(), 16) < 0) return Error::FromErrno(where + ": listen");
-  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+  return Adopt(std::move(fd), loop, std::move(render), timeout_ms);
+}
+
+Result<std::unique_ptr<MetricsServer>> MetricsServer::Adopt(UniqueFd fd, EventLoop* loop, Render render,
+                                                            uint64_t timeout_ms) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int listening = 0;
+  socklen_t ll = sizeof listening;
+  if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) < 0 ||
+      (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) < 0 || !listening) {
+    return Error("metrics: the socket handed over is not a listening TCP socket");
+  }
   char host[INET6_ADDRSTRLEN] = "";
   uint16_t port;
   std::string bound;
-  if (a.v6) {
+  if (ss.ss_family == AF_INET6) {
     auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
     ::inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
     port = ntohs(s6->sin6_port);

@@ -75,6 +75,9 @@ class MetricsServer {
   static Result<std::unique_ptr<MetricsServer>> Create(std::string_view address, EventLoop* loop,
                                                        Render render,
                                                        uint64_t timeout_ms = kMetricsClientTimeoutMs);
+  // Live upgrade (docs/upgrade.md): serves on a listening socket the old nicmuxd handed over.
+  static Result<std::unique_ptr<MetricsServer>> Adopt(UniqueFd fd, EventLoop* loop, Render render,
+                                                      uint64_t timeout_ms = kMetricsClientTimeoutMs);
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
@@ -84,6 +87,7 @@ class MetricsServer {
   uint16_t port() const { return port_; }
   size_t num_clients() const { return conns_.size(); }
   uint64_t scrapes() const { return scrapes_; }
+  int listen_fd() const { return listen_fd_.get(); }
 
  private:
   struct Conn {

@@ -18,7 +18,9 @@
 #include <vector>
 
 #include "base/counter.h"
+#include "base/result.h"
 #include "packet/packet.h"
+#include "base/handover.h"
 
 namespace nicmux {
 
@@ -247,6 +249,24 @@ class Port {
   // that the scheduler can give its queues to workers on that node (docs/scheduler.md "NUMA");
   // -1: unknown, or no node to prefer. Control thread; the scheduler reads it once a second.
   virtual int numa_node() const { return -1; }
+
+  // Live upgrade (docs/upgrade.md). Whether this kind can hand its port over to a new
+  // nicmuxd; a kind that cannot makes `nicmuxctl upgrade` refuse before anything starts.
+  virtual bool CanHandOver() const { return false; }
+  // Control thread, every worker paused (no chain in flight): fills `out` with what a new
+  // nicmuxd needs to go on exactly here, its peer unaware (the kind's create() takes it back
+  // through PortContext::handover). An error says why not; nothing changed then, and the port
+  // goes on serving when the workers resume.
+  virtual Result<void> Export(HandoverRecord* out) {
+    return Error("port " + name_ + " cannot be handed over to a new nicmuxd");
+  }
+  // The handover's second step: the old process took Export() with the workers paused, let
+  // them run on while the new one built the port from it, and pauses them again to hand over
+  // what the data path changed meanwhile (ring positions; nothing else changes, as the
+  // control thread waits for the new process throughout). ImportPositions applies that in the
+  // new process. Default: nothing moves.
+  virtual Result<void> ExportPositions(HandoverRecord* out) { return Ok(); }
+  virtual Result<void> ImportPositions(HandoverRecord& in) { return Ok(); }
 
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;

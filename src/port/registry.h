@@ -45,6 +45,10 @@ struct PortContext {
   EventLoop* loop = nullptr;     // the control thread's loop (sockets, timers)
   Pausable* workers = nullptr;   // paused around changes the workers must not see half-done
   uint32_t mtu = 0;              // the port's mtu= (0: none given), also the switch's
+  // Live upgrade: the state the old nicmuxd's port exported (Port::Export), to go on from
+  // instead of starting afresh; nullptr otherwise. A kind whose ports say CanHandOver() takes
+  // it (its fds are moved out); any other kind never sees one.
+  HandoverRecord* handover = nullptr;
 };
 
 struct PortKind {
@@ -59,6 +63,9 @@ struct PortKind {
   // What the port holds for itself and no other port may ("socket /run/vm1.sock"); empty or
   // unset: nothing.
   std::function<std::string(const PortSpec&)> claims;
+  // create() takes PortContext::handover (a live upgrade, docs/upgrade.md): its ports go on
+  // in a new nicmuxd where the old one's stopped.
+  bool hands_over = false;
   // Builds the port from a spec that Check() passed.
   std::function<Result<std::unique_ptr<Port>>(const PortSpec&, const PortContext&)> create;
 };

@@ -6,6 +6,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -120,7 +121,7 @@ struct FlatWriter {
 
 }  // namespace
 
-Result<std::unique_ptr<TapPort>> TapPort::Create(const TapPortOptions& o) {
+Result<std::unique_ptr<TapPort>> TapPort::Create(const TapPortOptions& o, HandoverRecord* handover) {
   const std::string what = "port " + o.name;
   const std::string ifname = o.ifname.empty() ? o.name : o.ifname;
   // Every option is checked before anything is created.
@@ -137,7 +138,7 @@ Result<std::unique_ptr<TapPort>> TapPort::Create(const TapPortOptions& o) {
     return Error(what + ": address \"" + o.address + "\" is not A.B.C.D/PREFIX (IPv4)");
   }
   // Never take over a device someone else made (IFF_TUN_EXCL below closes the race).
-  if (::if_nametoindex(ifname.c_str()) != 0) {
+  if (!handover && ::if_nametoindex(ifname.c_str()) != 0) {
     return Error(what + ": interface " + ifname + " exists already", EEXIST);
   }
 
@@ -148,6 +149,34 @@ Result<std::unique_ptr<TapPort>> TapPort::Create(const TapPortOptions& o) {
   auto bounce = MappedRegion::Anonymous(uint64_t{o.queues} * kMaxFrameBytes);
   if (!bounce) return bounce.error().Wrap(what + ": transmit bounce buffers");
   port->bounce_ = std::move(*bounce);
+
+  if (handover) {
+    // The old process's queue fds: the same interface, set up as this spec says (the specs
+    // are one), so nothing is configured again.
+    for (uint32_t q = 0; q < o.queues; ++q) {
+      auto s = std::make_unique<Queue>();
+      auto fd = handover->TakeFd("t.q." + std::to_string(q) + ".fd");
+      if (!fd) return fd.error().Wrap(what + ": handover");
+      // UNTRUSTED (the old process): a TAP fd of this interface, with virtio-net headers.
+      ifreq ifr{};
+      if (::ioctl(fd->get(), TUNGETIFF, &ifr) < 0 || std::string(ifr.ifr_name) != ifname ||
+          !(ifr.ifr_flags & IFF_TAP) || !(ifr.ifr_flags & IFF_VNET_HDR)) {
+        return Error(what + ": handover: queue " + std::to_string(q) + "'s fd is not a TAP fd of " + ifname);
+      }
+      s->fd = std::move(*fd);
+      for (uint32_t i = 0; i < kBurst; ++i) s->order[i] = static_cast<uint8_t>(i);
+      s->bounce = port->bounce_.data() + uint64_t{q} * kMaxFrameBytes;
+      port->q_.push_back(std::move(s));
+    }
+    if (handover->Has("t.q." + std::to_string(o.queues) + ".fd")) {
+      return Error(what + ": handover: the old port had more than " + std::to_string(o.queues) + " queue(s)");
+    }
+    if (o.offloads) {
+      port->SetCaps({PortCaps::kCsum | PortCaps::kCsumValid | PortCaps::kTso4 | PortCaps::kTso6 | PortCaps::kEcn,
+                     static_cast<uint16_t>(o.mtu), kMaxFrameBytes});
+    }
+    return port;
+  }
 
   // From here on an error closes the fds opened so far, which removes the interface.
   for (uint32_t q = 0; q < o.queues; ++q) {
@@ -189,6 +218,66 @@ Result<std::unique_ptr<TapPort>> TapPort::Create(const TapPortOptions& o) {
   NICMUX_LOG(kInfo, "port %s: interface %s, %u queue(s)%s%s", o.name.c_str(), ifname.c_str(),
              o.queues, o.address.empty() ? "" : ", address ", o.address.c_str());
   return port;
+}
+
+// --------------------------------------------------------------------------- live upgrade
+
+Result<void> TapPort::Export(HandoverRecord* out) {
+  for (uint32_t q = 0; q < q_.size(); ++q) NICMUX_TRY(out->SetFd("t.q." + std::to_string(q) + ".fd", q_[q]->fd.get()));
+  return Ok();
+}
+
+Result<void> TapPort::ExportPositions(HandoverRecord* out) {
+  for (uint32_t q = 0; q < q_.size(); ++q) {
+    Queue& s = *q_[q];
+    if (s.held == 0) continue;
+    // Frames the kernel gave us that a full destination has not taken yet: they go over in a
+    // memfd, header and frame each, oldest first.
+    const std::string k = "t.q." + std::to_string(q) + ".";
+    UniqueFd mfd(::memfd_create("nicmux-tap-held", MFD_CLOEXEC));
+    if (!mfd.valid()) return Error::FromErrno("port " + name() + ": memfd for held frames");
+    for (uint32_t i = 0; i < s.held; ++i) {
+      const uint32_t slot = s.order[i];
+      const size_t bytes = kVnetHdrBytes + s.frame_len[slot];
+      const std::byte* b = Slot(q, slot);
+      for (size_t done = 0; done < bytes;) {
+        ssize_t n = ::write(mfd.get(), b + done, bytes - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return Error::FromErrno("port " + name() + ": writing held frames");
+        done += static_cast<size_t>(n);
+      }
+      out->Set(k + "len." + std::to_string(i), s.frame_len[slot]);
+    }
+    out->Set(k + "held", s.held);
+    NICMUX_TRY(out->SetFd(k + "frames", mfd.get()));
+  }
+  return Ok();
+}
+
+Result<void> TapPort::ImportPositions(HandoverRecord& in) {
+  for (uint32_t q = 0; q < q_.size(); ++q) {
+    Queue& s = *q_[q];
+    const std::string k = "t.q." + std::to_string(q) + ".";
+    NICMUX_TRY_ASSIGN(held, in.GetOr(k + "held", 0, kBurst));
+    if (held == 0) continue;
+    NICMUX_TRY_ASSIGN(mfd, in.TakeFd(k + "frames"));
+    uint64_t off = 0;
+    for (uint32_t i = 0; i < held; ++i) {
+      // UNTRUSTED (the old process): each length fits a slot, as it did there.
+      NICMUX_TRY_ASSIGN(len, in.Get(k + "len." + std::to_string(i), kMaxFrameBytes));
+      if (len < kMinFrameBytes) return Error("port " + name() + ": handover: a held frame of " + std::to_string(len) + " bytes");
+      std::byte* b = Slot(q, i);
+      const size_t bytes = kVnetHdrBytes + len;
+      ssize_t n = ::pread(mfd.get(), b, bytes, static_cast<off_t>(off));
+      if (n != static_cast<ssize_t>(bytes)) return Error("port " + name() + ": handover: held frames cut short");
+      off += bytes;
+      s.frame_len[i] = static_cast<uint32_t>(len);
+    }
+    for (uint32_t i = 0; i < kBurst; ++i) s.order[i] = static_cast<uint8_t>(i);
+    s.held = static_cast<uint32_t>(held);
+    s.kept.store(s.held, std::memory_order_relaxed);
+  }
+  return Ok();
 }
 
 // --------------------------------------------------------------------------- data path
@@ -381,6 +470,7 @@ PortKind TapPortKind() {
   };
   auto ifname = [](const PortSpec& s) { return s.Has("ifname") ? s.options.at("ifname") : s.name; };
   k.claims = [ifname](const PortSpec& s) { return "interface " + ifname(s); };
+  k.hands_over = true;
   k.create = [ifname](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
     TapPortOptions o;
     o.name = s.name;
@@ -392,8 +482,8 @@ PortKind TapPortKind() {
     o.mtu = c.mtu;
     NICMUX_TRY_ASSIGN(offloads, s.OnOff("offloads", true));
     o.offloads = offloads;
-    NICMUX_TRY_ASSIGN(p, TapPort::Create(o));
-    NICMUX_LOG(kInfo, "port %s: TAP interface %s", s.name.c_str(), o.ifname.c_str());
+    NICMUX_TRY_ASSIGN(p, TapPort::Create(o, c.handover));
+    NICMUX_LOG(kInfo, "port %s: TAP interface %s%s", s.name.c_str(), o.ifname.c_str(), c.handover ? " (handed over)" : "");
     return std::unique_ptr<Port>(std::move(p));
   };
   return k;

@@ -81,7 +81,9 @@ class TapPort final : public Port {
   static constexpr uint32_t kMinFrameBytes = 14;  // an Ethernet header
   static constexpr uint32_t kMaxIov = 64 + 2;     // header, head, then up to 64 segments
 
-  static Result<std::unique_ptr<TapPort>> Create(const TapPortOptions& options);
+  // With `handover` (a live upgrade, docs/upgrade.md): goes on with the old nicmuxd's queue
+  // fds (the interface, its address and offloads stay as they are) instead of creating it.
+  static Result<std::unique_ptr<TapPort>> Create(const TapPortOptions& options, HandoverRecord* handover = nullptr);
   ~TapPort() override = default;  // closing the fds removes the interface
 
   uint32_t NumQueuePairs() const override { return static_cast<uint32_t>(q_.size()); }
@@ -97,6 +99,13 @@ class TapPort final : public Port {
   uint64_t DropsFor(DropReason r) const override;
   // "up" while the interface exists and is IFF_UP, else "down" (one ioctl: control plane only).
   std::string State() const override;
+
+  // Live upgrade: the queue fds (Export); the frames read from the kernel and not sent yet
+  // (held for a full destination), in a memfd (ExportPositions).
+  bool CanHandOver() const override { return true; }
+  Result<void> Export(HandoverRecord* out) override;
+  Result<void> ExportPositions(HandoverRecord* out) override;
+  Result<void> ImportPositions(HandoverRecord& in) override;
 
   const std::string& ifname() const { return ifname_; }
   // The queue's TAP fd (tests).

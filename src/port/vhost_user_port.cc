@@ -165,9 +165,10 @@ PortKind VhostUserPortKind() {
       {"tx_frames", OptionType::kUInt, "N", "0", "as rx_frames, with tx_usecs", 0, kMaxModerationFrames},
   };
   k.claims = [](const PortSpec& s) { return "socket " + s.options.at("socket"); };
+  k.hands_over = true;
   k.create = [](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
     NICMUX_TRY_ASSIGN(o, VhostUserPortOptionsFromSpec(s, c.mtu));
-    NICMUX_TRY_ASSIGN(p, VhostUserPort::Create(o, c.loop, c.workers));
+    NICMUX_TRY_ASSIGN(p, VhostUserPort::Create(o, c.loop, c.workers, c.handover));
     return std::unique_ptr<Port>(std::move(p));
   };
   return k;
@@ -186,7 +187,8 @@ VhostUserPort::VhostUserPort(const VhostUserPortOptions& o, EventLoop* loop, Pau
 }
 
 Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPortOptions& o,
-                                                             EventLoop* loop, Pausable* worker) {
+                                                             EventLoop* loop, Pausable* worker,
+                                                             HandoverRecord* handover) {
   if (o.queue_pairs < 1 || o.queue_pairs > vhost::kMaxQueuePairs) {
     return Error("port " + o.name + ": queues=" + std::to_string(o.queue_pairs) + " is outside 1.." +
                  std::to_string(vhost::kMaxQueuePairs));
@@ -203,13 +205,85 @@ Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPort
     auto r = loop->Watch(p->fault_.fd(), EPOLLIN, [port = p.get()](uint32_t) { port->OnFault(); });
     if (!r) return r.error().Wrap("port " + o.name);
   }
-  if (o.client) {
+  if (handover) {
+    auto r = p->Adopt(*handover);
+    if (!r) return r.error().Wrap("port " + o.name + ": handover");
+  } else if (o.client) {
     p->TryConnect();
   } else {
     auto r = p->Listen();
     if (!r) return r.error().Wrap("port " + o.name);
   }
   return p;
+}
+
+Result<void> VhostUserPort::Export(HandoverRecord* out) {
+  if (channel_) {
+    if (channel_->mid_message()) return Error("port " + name() + ": a vhost-user message is half received");
+    if (channel_->has_pending_output()) {
+      auto r = channel_->Flush();
+      if (!r || channel_->has_pending_output()) {
+        return Error("port " + name() + ": the frontend has not read " + std::to_string(channel_->pending_bytes()) +
+                     " bytes of replies");
+      }
+    }
+  }
+  out->Set("v.connections", connections_);
+  if (listen_fd_.valid()) NICMUX_TRY(out->SetFd("v.listen", listen_fd_.get()));
+  if (channel_) {
+    NICMUX_TRY(out->SetFd("v.conn", channel_->fd()));
+    auto r = session_.Export(out);
+    if (!r) return r.error().Wrap("port " + name());
+  }
+  return Ok();
+}
+
+Result<void> VhostUserPort::ExportPositions(HandoverRecord* out) {
+  if (!channel_) return Ok();
+  auto r = session_.ExportPositions(out);
+  if (!r) return r.error().Wrap("port " + name());
+  return Ok();
+}
+
+Result<void> VhostUserPort::ImportPositions(HandoverRecord& in) {
+  if (!channel_) return Ok();
+  auto r = session_.ImportPositions(in);
+  if (!r) return r.error().Wrap("port " + name());
+  return Ok();
+}
+
+Result<void> VhostUserPort::Adopt(HandoverRecord& h) {
+  NICMUX_TRY_ASSIGN(connections, h.GetOr("v.connections", 0));
+  if (h.Has("v.listen")) {
+    if (opt_.client) return Error("the old port listened; this one is client");
+    NICMUX_TRY_ASSIGN(fd, h.TakeFd("v.listen"));
+    // UNTRUSTED (the old process): the socket must be a listening UNIX socket.
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening) {
+      return Error("v.listen is not a listening socket");
+    }
+    listen_fd_ = std::move(fd);
+    NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
+  } else if (!opt_.client) {
+    return Error("the old port had no listening socket");
+  }
+  if (h.Has("v.conn")) {
+    NICMUX_TRY_ASSIGN(fd, h.TakeFd("v.conn"));
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM) {
+      return Error("v.conn is not a stream socket");
+    }
+    Attach(std::move(fd));
+    if (!channel_) return Error("cannot watch the connection");
+    NICMUX_TRY(session_.Import(h));
+    UpdateCaps();
+  } else if (opt_.client) {
+    TryConnect();
+  }
+  connections_ = connections;
+  return Ok();
 }
 
 VhostUserPort::~VhostUserPort() {

@@ -81,8 +81,11 @@ class VhostUserPort final : public Port {
  public:
   // Listens (server) or starts connecting (client). `worker` is the worker that will poll the
   // port; the port pauses it around every queue change.
+  // With `handover` (a live upgrade, docs/upgrade.md): goes on with the old nicmuxd's socket,
+  // connection and device state (Export's record) instead of listening or connecting afresh.
   static Result<std::unique_ptr<VhostUserPort>> Create(const VhostUserPortOptions& options,
-                                                       EventLoop* loop, Pausable* worker);
+                                                       EventLoop* loop, Pausable* worker,
+                                                       HandoverRecord* handover = nullptr);
   ~VhostUserPort() override;
 
   uint32_t NumQueuePairs() const override { return opt_.queue_pairs; }
@@ -136,12 +139,20 @@ class VhostUserPort final : public Port {
   // region looked up, none faulted in); -1 before a memory table, or while none of the probed
   // pages is there yet (probed again at the next call). A new table is probed afresh.
   int numa_node() const override;
+  // Live upgrade: the listening socket (or, with client, none), the frontend's connection and
+  // the session's device state (BackendSession::Export). Refused while a vhost-user message is
+  // half received or replies wait unsent.
+  bool CanHandOver() const override { return true; }
+  Result<void> Export(HandoverRecord* out) override;
+  Result<void> ExportPositions(HandoverRecord* out) override;
+  Result<void> ImportPositions(HandoverRecord& in) override;
 
  private:
   void UpdateCaps();
   uint64_t caps_features_ = ~0ull;  // the features UpdateCaps last saw (none yet: no feature word is all ones)
   VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);
   Result<void> Listen();
+  Result<void> Adopt(HandoverRecord& h);
   void OnAccept();
   void TryConnect();
   void Attach(UniqueFd sock);

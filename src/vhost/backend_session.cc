@@ -85,6 +85,8 @@ void BackendSession::Reset() {
     }
     mem_.reset();
     region_refs_.clear();
+    region_fds_.clear();
+    import_kicks_.clear();
   }
   features_ = 0;
   features_set_ = false;
@@ -211,6 +213,7 @@ Result<void> BackendSession::Dispatch(const RequestInfo& info, Message& msg, Cha
         }
         mem_.reset();
         region_refs_.clear();
+        region_fds_.clear();
       }
       features_set_ = false;
       features_ = 0;
@@ -414,7 +417,14 @@ Result<void> BackendSession::SetMemTable(Message& msg) {
   if (!mem) return mem.error();
   NICMUX_TRY(SwapMemory(std::move(*mem), "SET_MEM_TABLE"));
   region_refs_.clear();
-  for (const GuestRegion& r : mem_->regions()) region_refs_[std::make_tuple(r.gpa, r.size, r.uva)] = 1;
+  region_fds_.clear();
+  for (uint32_t r = 0; r < n; ++r) {
+    MemoryRegion m;
+    std::memcpy(&m, msg.payload.data() + sizeof(MemoryHeader) + r * sizeof(MemoryRegion), sizeof m);
+    const auto key = std::make_tuple(m.guest_phys_addr, m.memory_size, m.userspace_addr);
+    region_refs_[key] = 1;
+    region_fds_[key] = std::move(msg.fds[r]);
+  }
   return Ok();
 }
 
@@ -461,6 +471,7 @@ Result<void> BackendSession::AddMemReg(Message& msg) {
   if (!mem) return mem.error();
   NICMUX_TRY(SwapMemory(std::move(*mem), "ADD_MEM_REG"));
   region_refs_[key] = 1;
+  region_fds_[key] = std::move(msg.fds[0]);
   return Ok();
 }
 
@@ -478,6 +489,7 @@ Result<void> BackendSession::RemMemReg(Message& msg) {
   if (!mem) return mem.error();
   NICMUX_TRY(SwapMemory(std::move(*mem), "REM_MEM_REG"));
   if (it != region_refs_.end()) region_refs_.erase(it);
+  region_fds_.erase(key);
   return Ok();
 }
 
@@ -552,6 +564,211 @@ void BackendSession::StopLocked(uint32_t i) {
   q.base = q.packed ? q.packed_ring.avail_state() : q.split.last_avail_idx();
   q.running = false;
   ++generation_;
+}
+
+// Live upgrade (docs/upgrade.md). The keys are a format between builds: add keys, never
+// change what one means (bump control/handover.h's version for that).
+Result<void> BackendSession::Export(HandoverRecord* out) const {
+  for (uint32_t i = 0; i < kMaxQueues; ++i) {
+    const DeviceQueue& q = queues_[i];
+    if (!q.running) continue;
+    const bool broken = q.packed ? q.packed_ring.broken() : q.split.broken();
+    if (!broken && !(q.packed ? q.packed_ring.quiescent() : q.split.quiescent())) {
+      return Error("queue " + std::to_string(i) + " has chains in flight");
+    }
+  }
+  out->Set("s.protocol_features", protocol_features_);
+  out->Set("s.features", features_);
+  out->Set("s.features_set", features_set_);
+  out->Set("s.status", status_);
+  out->Set("s.mtu", mtu_);
+  out->Set("s.rarp", rarp_.load(std::memory_order_relaxed));
+  uint32_t n = 0;
+  for (const auto& [key, refs] : region_refs_) {
+    auto fd = region_fds_.find(key);
+    if (fd == region_fds_.end() || !fd->second.valid()) return Error("a memory region has no file");
+    const std::string k = "s.region." + std::to_string(n++) + ".";
+    uint64_t offset = 0;
+    bool found = false;
+    for (const GuestRegion& r : mem_ ? mem_->regions() : std::span<const GuestRegion>()) {
+      if (std::make_tuple(r.gpa, r.size, r.uva) == key) {
+        offset = r.mmap_offset;
+        found = true;
+      }
+    }
+    if (!found) return Error("a referenced memory region is not mapped");
+    out->Set(k + "gpa", std::get<0>(key));
+    out->Set(k + "size", std::get<1>(key));
+    out->Set(k + "uva", std::get<2>(key));
+    out->Set(k + "offset", offset);
+    out->Set(k + "refs", refs);
+    NICMUX_TRY(out->SetFd(k + "fd", fd->second.get()));
+  }
+  out->Set("s.regions", n);
+  for (uint32_t i = 0; i < 2 * config_.queue_pairs; ++i) {
+    const DeviceQueue& q = queues_[i];
+    const std::string k = "s.q." + std::to_string(i) + ".";
+    const bool broken = q.running && (q.packed ? q.packed_ring.broken() : q.split.broken());
+    uint32_t base = q.base;
+    if (q.running) base = q.packed ? q.packed_ring.avail_state() : q.split.last_avail_idx();
+    out->Set(k + "num", q.num);
+    out->Set(k + "base", base);
+    out->Set(k + "enabled", q.enabled);
+    if (q.addr) {
+      out->Set(k + "desc", q.addr->desc_user_addr);
+      out->Set(k + "avail", q.addr->avail_user_addr);
+      out->Set(k + "used", q.addr->used_user_addr);
+    }
+    // A broken ring stays stopped in the new process until the frontend sets it up again
+    // (a new SET_VRING_KICK), as it would here: its kick is not handed over.
+    if (q.kick_set && !broken) {
+      if (q.kick.valid()) {
+        NICMUX_TRY(out->SetFd(k + "kick", q.kick.get()));
+      } else {
+        out->Set(k + "kick_polled", 1);
+      }
+    }
+    if (q.call.valid()) NICMUX_TRY(out->SetFd(k + "call", q.call.get()));
+    if (q.err.valid()) NICMUX_TRY(out->SetFd(k + "err", q.err.get()));
+  }
+  return Ok();
+}
+
+namespace {
+
+// A message as the frontend would have sent it, for Import.
+template <typename T>
+Message Synth(Request r, const T& v, UniqueFd fd = UniqueFd()) {
+  Message m;
+  m.hdr.request = static_cast<uint32_t>(r);
+  m.hdr.flags = kVersion;
+  m.hdr.size = sizeof(T);
+  std::memcpy(m.payload.data(), &v, sizeof(T));
+  if (fd.valid()) m.fds.push_back(std::move(fd));
+  return m;
+}
+
+}  // namespace
+
+Result<void> BackendSession::Import(HandoverRecord& in) {
+  // No request below asks for a reply (no NEED_REPLY, no GET_*): the channel is never
+  // written, so it needs no socket.
+  Channel none{UniqueFd()};
+  auto handle = [&](Message m) { return Handle(m, none); };
+  NICMUX_TRY_ASSIGN(proto, in.Get("s.protocol_features"));
+  NICMUX_TRY(handle(Synth(Request::kSetProtocolFeatures, proto)));
+  NICMUX_TRY_ASSIGN(features_set, in.Get("s.features_set", 1));
+  NICMUX_TRY_ASSIGN(features, in.Get("s.features"));
+  if (features_set) NICMUX_TRY(handle(Synth(Request::kSetFeatures, features)));
+  NICMUX_TRY_ASSIGN(status, in.Get("s.status", 0xff));
+  NICMUX_TRY(handle(Synth(Request::kSetStatus, status)));
+  NICMUX_TRY_ASSIGN(mtu, in.Get("s.mtu", 65535));
+  if (mtu != 0 && mtu != config_.mtu) NICMUX_TRY(handle(Synth(Request::kNetSetMtu, mtu)));
+  NICMUX_TRY_ASSIGN(nregions, in.Get("s.regions", kMaxMemSlots));
+  for (uint64_t r = 0; r < nregions; ++r) {
+    const std::string k = "s.region." + std::to_string(r) + ".";
+    SingleMemoryRegion m{};
+    NICMUX_TRY_ASSIGN(gpa, in.Get(k + "gpa"));
+    NICMUX_TRY_ASSIGN(size, in.Get(k + "size"));
+    NICMUX_TRY_ASSIGN(uva, in.Get(k + "uva"));
+    NICMUX_TRY_ASSIGN(offset, in.Get(k + "offset"));
+    NICMUX_TRY_ASSIGN(refs, in.Get(k + "refs", kMaxRegionRefs));
+    NICMUX_TRY_ASSIGN(fd, in.TakeFd(k + "fd"));
+    m.region = {gpa, size, uva, offset};
+    // The first ADD maps the region; the others count the frontend's references to it (each
+    // ADD_MEM_REG carries the file, as the frontend's do).
+    for (uint64_t j = 1; j < refs; ++j) {
+      UniqueFd again(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+      if (!again.valid()) return Error::FromErrno("handover: dup of a region's fd");
+      NICMUX_TRY(handle(Synth(Request::kAddMemReg, m, std::move(again))));
+    }
+    NICMUX_TRY(handle(Synth(Request::kAddMemReg, m, std::move(fd))));
+  }
+  for (uint32_t i = 0; i < 2 * config_.queue_pairs; ++i) {
+    const std::string k = "s.q." + std::to_string(i) + ".";
+    if (!in.Has(k + "num")) continue;
+    NICMUX_TRY_ASSIGN(num, in.Get(k + "num", virtio::kMaxQueueSize));
+    if (num != 0) NICMUX_TRY(handle(Synth(Request::kSetVringNum, VringState{i, static_cast<uint32_t>(num)})));
+    if (in.Has(k + "desc")) {
+      VringAddr a{};
+      a.index = i;
+      NICMUX_TRY_ASSIGN(desc, in.Get(k + "desc"));
+      NICMUX_TRY_ASSIGN(avail, in.Get(k + "avail"));
+      NICMUX_TRY_ASSIGN(used, in.Get(k + "used"));
+      a.desc_user_addr = desc;
+      a.avail_user_addr = avail;
+      a.used_user_addr = used;
+      NICMUX_TRY(handle(Synth(Request::kSetVringAddr, a)));
+    }
+    NICMUX_TRY_ASSIGN(base, in.Get(k + "base", 0xffff));
+    NICMUX_TRY(handle(Synth(Request::kSetVringBase, VringState{i, static_cast<uint32_t>(base)})));
+    for (const char* fdname : {"call", "err"}) {
+      if (!in.Has(k + fdname)) continue;
+      NICMUX_TRY_ASSIGN(fd, in.TakeFd(k + fdname));
+      const Request r = fdname[0] == 'c' ? Request::kSetVringCall : Request::kSetVringErr;
+      NICMUX_TRY(handle(Synth(r, uint64_t{i}, std::move(fd))));
+    }
+    NICMUX_TRY_ASSIGN(enabled, in.Get(k + "enabled", 1));
+    if (enabled) NICMUX_TRY(handle(Synth(Request::kSetVringEnable, VringState{i, 1})));
+    if (in.Has(k + "kick")) {
+      NICMUX_TRY_ASSIGN(fd, in.TakeFd(k + "kick"));
+      import_kicks_[i] = std::move(fd);
+    } else if (in.Has(k + "kick_polled")) {
+      import_kicks_[i] = UniqueFd();
+    }
+  }
+  NICMUX_TRY_ASSIGN(rarp, in.GetOr("s.rarp", 0));
+  // UNTRUSTED: a SEND_RARP waiting to be taken: none, or the flag and a MAC.
+  if (rarp != 0 && (rarp & ~(kRarpSet | 0xffffffffffffull)) != 0) return Error("handover: s.rarp is malformed");
+  rarp_.store(rarp, std::memory_order_release);
+  return Ok();
+}
+
+Result<void> BackendSession::ExportPositions(HandoverRecord* out) const {
+  for (uint32_t i = 0; i < 2 * config_.queue_pairs; ++i) {
+    const DeviceQueue& q = queues_[i];
+    if (!q.running) continue;
+    const std::string k = "s.p." + std::to_string(i) + ".";
+    if (q.packed ? q.packed_ring.broken() : q.split.broken()) {
+      out->Set(k + "broken", 1);
+      continue;
+    }
+    if (!(q.packed ? q.packed_ring.quiescent() : q.split.quiescent())) {
+      return Error("queue " + std::to_string(i) + " has chains in flight");
+    }
+    out->Set(k + "base", q.packed ? q.packed_ring.avail_state() : q.split.last_avail_idx());
+  }
+  out->Set("s.p.rarp", rarp_.load(std::memory_order_relaxed));
+  return Ok();
+}
+
+Result<void> BackendSession::ImportPositions(HandoverRecord& in) {
+  Channel none{UniqueFd()};
+  auto handle = [&](Message m) { return Handle(m, none); };
+  for (uint32_t i = 0; i < 2 * config_.queue_pairs; ++i) {
+    const std::string k = "s.p." + std::to_string(i) + ".";
+    auto kick = import_kicks_.find(i);
+    // UNTRUSTED (the old process): positions only for queues whose kicks came in step 1.
+    if ((in.Has(k + "base") || in.Has(k + "broken")) && kick == import_kicks_.end()) {
+      return Error("queue " + std::to_string(i) + " has a position but was not set up");
+    }
+    if (kick == import_kicks_.end()) continue;
+    UniqueFd fd = std::move(kick->second);
+    import_kicks_.erase(kick);
+    if (in.Has(k + "broken")) continue;  // stopped until the frontend sets it up again
+    if (in.Has(k + "base")) {
+      NICMUX_TRY_ASSIGN(base, in.Get(k + "base", 0xffff));
+      NICMUX_TRY(handle(Synth(Request::kSetVringBase, VringState{i, static_cast<uint32_t>(base)})));
+    }
+    const bool polled = !fd.valid();
+    NICMUX_TRY(handle(Synth(Request::kSetVringKick, uint64_t{i} | (polled ? kVringNoFd : 0), std::move(fd))));
+  }
+  import_kicks_.clear();
+  NICMUX_TRY_ASSIGN(rarp, in.GetOr("s.p.rarp", 0));
+  // UNTRUSTED: a SEND_RARP waiting to be taken: none, or the flag and a MAC.
+  if (rarp != 0 && (rarp & ~(kRarpSet | 0xffffffffffffull)) != 0) return Error("handover: s.p.rarp is malformed");
+  rarp_.store(rarp, std::memory_order_release);
+  return Ok();
 }
 
 }  // namespace nicmux::vhost

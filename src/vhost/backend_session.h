@@ -35,6 +35,7 @@
 #include "base/pausable.h"
 #include "base/unique_fd.h"
 #include "memory/guest_memory.h"
+#include "base/handover.h"
 #include "vhost/channel.h"
 #include "virtio/packed_vring.h"
 #include "virtio/split_vring.h"
@@ -153,6 +154,25 @@ class BackendSession {
   bool has_rarp() const { return rarp_.load(std::memory_order_relaxed) != 0; }
   uint64_t generation() const { return generation_; }
 
+  // Live upgrade (docs/upgrade.md). Export: with the worker paused, writes the device state
+  // under "s." keys of `out` — what the frontend set (features, memory regions and their
+  // fds, per queue size, addresses, kick/call/err fds, enabled) with each running queue's
+  // base at its ring's position now. An error (a ring with a chain in flight) changes nothing.
+  Result<void> Export(HandoverRecord* out) const;
+  // Import: on a fresh session, rebuilds that state through Handle() — the same checks as
+  // the frontend's own messages (memory mapped and bounded) — taking the fds out of `in`, all
+  // but starting the queues: their kicks wait for ImportPositions (the old process's rings
+  // move on meanwhile). No reply goes to the frontend. An error names the request and the
+  // field; Reset() then.
+  Result<void> Import(HandoverRecord& in);
+  // The second step (Port::ExportPositions): with the worker paused again, each running
+  // queue's position now ("s.p.I.base"), or that its ring broke meanwhile ("s.p.I.broken").
+  // ImportPositions starts the queues from there through SET_VRING_BASE and SET_VRING_KICK
+  // (rings mapped and checked against their bases; a broken one stays stopped, as it would
+  // there, until the frontend sets it up again).
+  Result<void> ExportPositions(HandoverRecord* out) const;
+  Result<void> ImportPositions(HandoverRecord& in);
+
   // Bytes of virtio_net_hdr in front of every packet with the negotiated features.
   uint32_t net_hdr_len() const { return net_hdr_len_; }
   bool mrg_rxbuf() const { return mrg_rxbuf_; }
@@ -189,7 +209,13 @@ class BackendSession {
   // ADD_MEM_REG / REM_MEM_REG references per region: QEMU keeps one vhost device per queue
   // pair on the same connection, and each adds (and later removes) the same regions.
   std::map<std::tuple<uint64_t, uint64_t, uint64_t>, uint32_t> region_refs_;
+  // Each region's file, kept for a live upgrade's handover (the mapping keeps the memory
+  // anyway; one fd per region).
+  std::map<std::tuple<uint64_t, uint64_t, uint64_t>, UniqueFd> region_fds_;
   std::array<DeviceQueue, kMaxQueues> queues_;
+  // Between Import and ImportPositions: the kicks that start each queue (an fd, or an invalid
+  // one for a frontend that expects polling).
+  std::map<uint32_t, UniqueFd> import_kicks_;
   std::atomic<uint64_t> rarp_{0};  // kRarpSet | the MAC (first octet most significant); 0: none
   static constexpr uint64_t kRarpSet = 1ull << 63;
   uint64_t generation_ = 0;  // bumped whenever a queue starts or stops

@@ -64,6 +64,9 @@ class Channel {
   // Writes queued output while the socket takes it (call when it is writable).
   Result<void> Flush();
   bool has_pending_output() const { return !out_.empty(); }
+  // Part of a message is read (the rest is still on its way): the connection cannot change
+  // hands now (a live upgrade waits or fails).
+  bool mid_message() const { return have_ != 0; }
   size_t pending_bytes() const { return out_bytes_; }
   size_t pending_messages() const { return out_.size(); }
 

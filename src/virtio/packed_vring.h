@@ -66,6 +66,9 @@ class PackedVring {
   uint16_t used_state() const {  // the next used slot and wrap counter, for checks
     return static_cast<uint16_t>(used_pos_ | (used_wrap_ ? 0x8000 : 0));
   }
+  // Nothing in flight: every chain popped is completed and published (a live upgrade's
+  // handover point, docs/upgrade.md: the ring's whole state is then avail_state()).
+  bool quiescent() const { return pending_ == 0 && in_flight_descs_ == 0 && used_state() == avail_state(); }
   uint32_t size() const { return size_; }
   // The descriptor table's host address and bytes (nullptr before Init): guest memory this
   // process has touched, for a NUMA probe.

@@ -71,6 +71,9 @@ class SplitVring {
   bool broken() const { return broken_; }
   const DropCounters& drops() const { return drops_; }
   uint16_t last_avail_idx() const { return last_avail_; }  // vhost-user GET_VRING_BASE
+  // Nothing in flight: every chain popped is completed and published (a live upgrade's
+  // handover point, docs/upgrade.md: the ring's whole state is then last_avail_idx()).
+  bool quiescent() const { return pending_ == 0 && used_idx_ == last_avail_; }
   uint32_t size() const { return size_; }
   // The descriptor table's host address and bytes (nullptr before Init): guest memory this
   // process has touched, for a NUMA probe.
