@@ -13,6 +13,7 @@
 #include <variant>
 
 #include "base/log.h"
+#include "base/sd_notify.h"
 #include "control/handover.h"
 #include "base/unix_socket.h"
 #include "control/metrics.h"
@@ -132,6 +133,7 @@ Result<void> Daemon::Start() {
   started_ = true;
   NICMUX_LOG(kInfo, "nicmuxd running: %zu ports, forward %s, %u worker(s)", ports_.size(),
              opt_.forward.c_str(), opt_.workers);
+  SdNotify("READY=1");  // systemd's Type=notify: the ports and sockets are up
   return Ok();
 }
 
@@ -1096,6 +1098,9 @@ void Daemon::Cutover(const json& hello) {
                               {"ports", ports_.size()},
                               {"binary", upgrade_->binary}});
         }
+        // The new process resumed its workers on "commit"; it says "running" once it told
+        // systemd it is the service's main process (ours paused meanwhile: no gap added).
+        (void)handover::Receive(sock, kSendTimeoutMs);
         std::fflush(nullptr);
         _exit(0);
       }
@@ -1215,6 +1220,11 @@ void Daemon::TakeOver() {
   if (!commit || commit->doc.value("msg", "") != "commit") {
     fail(commit ? "the old nicmuxd did not commit" : commit.error().message());
   }
+  // Ours now. systemd (Type=notify, NotifyAccess=all) must follow the service to this process
+  // before the old one exits, or it would take the old one's exit for the service's and stop
+  // it; the old one waits for "running" to exit.
+  SdNotify("MAINPID=" + std::to_string(::getpid()) + "\nREADY=1");
+  (void)handover::Send(sock, json{{"msg", "running"}}, {}, kSendTimeoutMs);
   ::close(sock);
   opt_.takeover_fd = -1;
   NICMUX_LOG(kInfo, "takeover: %zu port(s) from pid %lld; built in %llu us, positions applied in %llu us", ports_.size(),

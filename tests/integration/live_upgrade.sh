@@ -25,6 +25,7 @@ upgrade() {
   paused=$(json_field "['paused_us']" <<<"$out")
   [ "$pid" != "$CUR" ] || fail "upgrade: the same pid $pid still serves"
   wait_until 10 "exit of the old nicmuxd $CUR" bash -c "! kill -0 $CUR 2>/dev/null"
+  grep -q "^MAINPID=$pid READY=1" "$WORK/notify.txt" || fail "no MAINPID=$pid on the notify socket: $(cat "$WORK/notify.txt")"
   PIDS+=("$pid")
   echo "ok: upgraded pid $CUR -> $pid, forwarding paused ${paused} us"
   CUR=$pid
@@ -32,6 +33,19 @@ upgrade() {
 connections() { ctl --json port show "$1" | json_field "['connections']"; }
 CLEANUP_HOOKS+=(del_tap)
 del_tap() { ip link del "$tap" 2>/dev/null || true; }
+
+# systemd's notify socket (packaging/nicmuxd.service: Type=notify, NotifyAccess=all): READY=1
+# from the first process, MAINPID=<pid> from each new one before the old exits.
+start notify python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+f = open(sys.argv[2], "a", buffering=1)
+while True:
+    f.write(s.recv(4096).decode().replace("\n", " ") + "\n")
+' "$WORK/notify.sock" "$WORK/notify.txt"
+wait_for "$WORK/notify.sock" 10
+export NOTIFY_SOCKET=$WORK/notify.sock
 
 # b: the endpoint listens, nicmuxd connects (QEMU's server=on).
 start pg_b "$BIN/nicmux-pktgen" --socket "$b" --server --mode bidir --verify --count "$COUNT" --rate "$RATE" \
@@ -43,6 +57,7 @@ nicmuxd --port "vhost-user:a:socket=$a,queues=2" --port "vhost-user:b:socket=$b,
   --port "tap:t0:ifname=$tap,address=10.213.0.1/24"
 CUR=$NICMUXD_PID
 wait_for "$a" 30
+wait_until 10 "READY=1 on the notify socket" grep -q "^READY=1" "$WORK/notify.txt"
 start pg_a "$BIN/nicmux-pktgen" --socket "$a" --mode bidir --verify --count "$COUNT" --rate "$RATE" \
   --queues 2 --duration 60 --interval 0 --stream 1 --mac 02:00:00:00:0a:01 --peer-mac 02:00:00:00:0b:02 \
   --announce --hold
