@@ -122,7 +122,27 @@ expect_refused() {
 
 stop_nicmuxd() {
   kill -TERM "$NICMUXD_PID"
+  if [ -n "${NICMUXD_ADOPTED:-}" ]; then
+    # Not our child (a live upgrade started it): no exit status to wait for.
+    wait_until 30 "exit of nicmuxd $NICMUXD_PID" bash -c "! kill -0 $NICMUXD_PID 2>/dev/null"
+    NICMUXD_ADOPTED=
+    return 0
+  fi
   wait_pid "$NICMUXD_PID" 30 || fail "nicmuxd exited with an error"
+}
+
+# upgrade_nicmuxd [PATH]: a live upgrade (docs/upgrade.md); NICMUXD_PID becomes the new process
+# (which logs to the same file), UPGRADE_PAUSED_US nicmuxd's pause. (Not in a $(...): it sets
+# variables.)
+upgrade_nicmuxd() {
+  local out pid
+  out=$(ctl --json upgrade "$@") || fail "nicmuxctl upgrade: $out"
+  pid=$(python3 -c "import json,sys; print(json.load(sys.stdin)['pid'])" <<<"$out")
+  wait_until 10 "exit of the old nicmuxd $NICMUXD_PID" bash -c "! kill -0 $NICMUXD_PID 2>/dev/null"
+  PIDS+=("$pid")
+  NICMUXD_PID=$pid
+  NICMUXD_ADOPTED=1
+  UPGRADE_PAUSED_US=$(python3 -c "import json,sys; print(json.load(sys.stdin)['paused_us'])" <<<"$out")
 }
 
 DPDK_EAL=(--no-huge -m 512 --no-shconf --no-pci --no-telemetry)

@@ -7,6 +7,7 @@
 #   2. a guest <-> the host kernel through a TAP port: ping from a network namespace the test
 #      creates (the TAP interface nicmuxd made, moved into it), iperf3 both ways with TSO
 #      frames crossing whole, no TCP checksum errors in the namespace
+#   2a. a live upgrade while a guest pings another every 10 ms: no reply lost, no reconnect
 #   2b. a guest <-> a network namespace behind a veth, through an af_xdp port added at run
 #      time: ping and iperf3 both ways, no TCP checksum errors in the namespace
 #   2c. the same through a dpdk port on DPDK's net_af_packet (no TSO: the switch cuts the
@@ -87,6 +88,21 @@ iperf_tap "TAP offloads on"
 tx_avg=$(avg_of host tx) rx_avg=$(avg_of host rx)
 [ "$tx_avg" -gt 1514 ] && [ "$rx_avg" -gt 1514 ] || fail "TAP port frames average tx $tx_avg, rx $rx_avg bytes: TSO frames did not cross whole"
 echo "ok: TSO frames cross the switch whole both ways (TAP port frames average tx $tx_avg, rx $rx_avg bytes)"
+
+# ---- 2a. a live upgrade while guest a pings b every 10 ms (docs/upgrade.md): no reply lost,
+# the guests' NICs never go down, and the TAP interface (in the namespace) still carries pings.
+gexec a 'ping -c 400 -i 0.01 -W 5 10.0.0.2' >"$WORK/ping_upgrade.log" &
+ping_pid=$!
+sleep 1.5
+upgrade_nicmuxd
+wait "$ping_pid" || fail "ping a -> b across the upgrade: $(tail -n 3 "$WORK/ping_upgrade.log")"
+grep -q " 0% packet loss" "$WORK/ping_upgrade.log" || fail "ping across the upgrade: $(grep loss "$WORK/ping_upgrade.log")"
+for g in a b; do
+  [ "$(ctl --json port show $g | python3 -c "import json,sys; print(json.load(sys.stdin)['connections'])")" = 1 ] ||
+    fail "guest $g's port reconnected across the upgrade"
+done
+ip netns exec "$NS" ping -c 3 -W 5 10.0.0.1 >>"$WORK/ping_tap.log" || fail "ping namespace -> guest a through TAP after the upgrade"
+echo "ok: live upgrade (nicmuxd paused $UPGRADE_PAUSED_US us): guest ping every 10 ms, $(grep -o '[0-9]* packets received' "$WORK/ping_upgrade.log") of 400, $(grep -o 'round-trip.*' "$WORK/ping_upgrade.log"); no reconnect; TAP still carries pings"
 
 # ---- 2b. guest <-> a namespace behind a veth, through an af_xdp port added at run time
 # (docs/af_xdp.md): guest a's TSO frames are cut by the switch and summed in the port's copy;
