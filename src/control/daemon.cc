@@ -347,19 +347,84 @@ void Daemon::Reload() {
              opt_.config_path.c_str(), d.added.size(), d.removed.size(), d.changed.size(), ports_.size());
 }
 
+PortStats Daemon::QueueStatsOf(const Entry& e, uint32_t q) const {
+  PortStats s = e.port->QueueStats(q);
+  if (q < e.carried_queues.size()) s += e.carried_queues[q];
+  return s;
+}
+
+PortStats Daemon::StatsOf(const Entry& e) const {
+  PortStats s = e.port->Stats();
+  for (const PortStats& c : e.carried_queues) s += c;
+  return s;
+}
+
+uint64_t Daemon::PortDropsOf(const Entry& e, DropReason r) const {
+  const size_t i = static_cast<size_t>(r);
+  return e.port->DropsFor(r) + (i < e.carried_drops.size() ? e.carried_drops[i] : 0);
+}
+
+uint64_t Daemon::SwitchDropsOf(const Entry& e, DropReason r) const {
+  const size_t i = static_cast<size_t>(r);
+  uint64_t n = i < e.carried_switch_drops.size() ? e.carried_switch_drops[i] : 0;
+  if (switch_ && e.switch_id >= 0) n += switch_->DropsFor(static_cast<uint16_t>(e.switch_id), r);
+  return n;
+}
+
+void Daemon::ExportCounters(const Entry& e, json* out) const {
+  json queues = json::array();
+  for (uint32_t q = 0; q < e.port->NumQueuePairs(); ++q) {
+    const PortStats s = QueueStatsOf(e, q);
+    queues.push_back({s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes, s.rx_dropped, s.tx_dropped});
+  }
+  json drops = json::object(), switch_drops = json::object();
+  for (size_t r = 0; r < kNumDropReasons; ++r) {
+    const std::string name(kDropReasonInfo[r].name);
+    if (uint64_t n = PortDropsOf(e, static_cast<DropReason>(r))) drops[name] = n;
+    if (uint64_t n = SwitchDropsOf(e, static_cast<DropReason>(r))) switch_drops[name] = n;
+  }
+  (*out)["counters"] = {{"queues", queues}, {"drops", drops}, {"switch_drops", switch_drops}};
+}
+
+void Daemon::ImportCounters(const json& in, Entry* e) {
+  // UNTRUSTED (another build): arrays of numbers; anything else is left out (counters are
+  // not worth failing an upgrade for).
+  if (!in.contains("counters") || !in["counters"].is_object()) return;
+  const json& c = in["counters"];
+  if (c.contains("queues") && c["queues"].is_array()) {
+    for (const json& q : c["queues"]) {
+      PortStats s;
+      if (q.is_array() && q.size() == 6 && std::all_of(q.begin(), q.end(), [](const json& v) { return v.is_number_unsigned(); })) {
+        s.rx_packets = q[0];
+        s.rx_bytes = q[1];
+        s.tx_packets = q[2];
+        s.tx_bytes = q[3];
+        s.rx_dropped = q[4];
+        s.tx_dropped = q[5];
+      }
+      if (e->carried_queues.size() < e->port->NumQueuePairs()) e->carried_queues.push_back(s);
+    }
+  }
+  for (auto [key, to] : {std::pair{"drops", &e->carried_drops}, std::pair{"switch_drops", &e->carried_switch_drops}}) {
+    to->assign(kNumDropReasons, 0);
+    if (!c.contains(key) || !c[key].is_object()) continue;
+    for (size_t r = 0; r < kNumDropReasons; ++r) {
+      const std::string name(kDropReasonInfo[r].name);
+      if (c[key].contains(name) && c[key][name].is_number_unsigned()) (*to)[r] = c[key][name];
+    }
+  }
+}
+
 json Daemon::PortJson(const Entry& e) const {
   const Port& p = *e.port;
-  PortStats s = p.Stats();
+  PortStats s = StatsOf(e);
   json drops = json::object();
   uint64_t switch_drops = 0;
   for (size_t r = 0; r < kNumDropReasons; ++r) {
-    uint64_t n = p.DropsFor(static_cast<DropReason>(r));
-    if (switch_ && e.switch_id >= 0) {
-      uint64_t k = switch_->DropsFor(static_cast<uint16_t>(e.switch_id), static_cast<DropReason>(r));
-      n += k;
-      switch_drops += k;
-    }
-    if (n) drops[std::string(kDropReasonInfo[r].name)] = n;
+    const auto reason = static_cast<DropReason>(r);
+    const uint64_t k = SwitchDropsOf(e, reason);
+    switch_drops += k;  // rx_dropped: the port's own (Stats()) and the switch's for its frames
+    if (uint64_t n = PortDropsOf(e, reason) + k) drops[std::string(kDropReasonInfo[r].name)] = n;
   }
   json j = {{"name", e.spec.name},
             {"kind", e.spec.kind},
@@ -433,7 +498,7 @@ std::string Daemon::MetricsPage() const {
   std::vector<std::vector<PortStats>> qs(ports_.size());
   for (size_t i = 0; i < ports_.size(); ++i) {
     const Port& p = *ports_[i]->port;
-    for (uint32_t q = 0; q < p.NumQueuePairs(); ++q) qs[i].push_back(p.QueueStats(q));
+    for (uint32_t q = 0; q < p.NumQueuePairs(); ++q) qs[i].push_back(QueueStatsOf(*ports_[i], q));
   }
   for (const Col& c : kCols) {
     m.Family(c.name, "counter", c.help);
@@ -449,9 +514,7 @@ std::string Daemon::MetricsPage() const {
            "of frames from the port included");
   for (const auto& e : ports_) {
     for (size_t r = 0; r < kNumDropReasons; ++r) {
-      uint64_t n = e->port->DropsFor(static_cast<DropReason>(r));
-      if (switch_ && e->switch_id >= 0) n += switch_->DropsFor(static_cast<uint16_t>(e->switch_id), static_cast<DropReason>(r));
-      m.Sample({{"port", e->spec.name}, {"reason", kDropReasonInfo[r].name}}, n);
+      m.Sample({{"port", e->spec.name}, {"reason", kDropReasonInfo[r].name}}, DropsOf(*e, static_cast<DropReason>(r)));
     }
   }
   // Zero copy towards a device (dpdk ports with zerocopy_min, docs/dpdk.md): frames sent from
@@ -1054,10 +1117,9 @@ void Daemon::Cutover(const json& hello) {
       }
       json values = json::object();
       for (const auto& [k, v] : pos.values()) values[k] = v;
-      moved.push_back({{"name", ports_[i]->spec.name},
-                       {"values", values},
-                       {"fd_base", pos_fds.size()},
-                       {"fd_count", pos.fds().size()}});
+      json port{{"name", ports_[i]->spec.name}, {"values", values}, {"fd_base", pos_fds.size()}, {"fd_count", pos.fds().size()}};
+      ExportCounters(*ports_[i], &port);  // where the workers stopped: none counted twice
+      moved.push_back(std::move(port));
       for (const UniqueFd& f : pos.fds()) pos_fds.push_back(f.get());
     }
     if (why.empty()) {
@@ -1214,6 +1276,7 @@ void Daemon::TakeOver() {
     if (base > cut->fds.size() || count > cut->fds.size() - base) fail("port " + e->spec.name + ": fds out of range");
     for (uint64_t f = base; f < base + count; ++f) pos.AddOwnedFd(std::move(cut->fds[f]));
     if (auto r = e->port->ImportPositions(pos); !r) fail(r.error().message());
+    ImportCounters(p, e);
   }
   if (auto r = handover::Send(sock, json{{"msg", "ready"}}, {}, kSendTimeoutMs); !r) fail(r.error().message());
   auto commit = handover::Receive(sock, kReadyTimeoutMs);

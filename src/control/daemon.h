@@ -92,6 +92,11 @@ class Daemon {
     std::unique_ptr<Port> port;
     int switch_id = -1;
     bool from_config = false;
+    // Counters a live upgrade carried over from the old process (docs/upgrade.md): added to
+    // the port's own wherever they are shown, so they keep growing across upgrades.
+    std::vector<PortStats> carried_queues;
+    std::vector<uint64_t> carried_drops;         // the port's, by DropReason
+    std::vector<uint64_t> carried_switch_drops;  // the switch's for frames from the port
     std::unique_ptr<Capture> capture;
     std::vector<std::shared_ptr<ControlClient>> capture_clients;
     uint64_t captured = 0, capture_limit = 0;
@@ -112,6 +117,16 @@ class Daemon {
   // The port's queue_affinity= as a worker per queue pair (-1: any).
   Result<std::vector<int>> PinsOf(const PortSpec& spec, const Port& port) const;
   Entry* Find(const std::string& name);
+  // The port's counters, with what a live upgrade carried over (Entry::carried_*): per queue
+  // pair, in all, and dropped for a reason (the switch's drops of frames from it included).
+  PortStats QueueStatsOf(const Entry& e, uint32_t q) const;
+  PortStats StatsOf(const Entry& e) const;
+  uint64_t PortDropsOf(const Entry& e, DropReason r) const;
+  uint64_t SwitchDropsOf(const Entry& e, DropReason r) const;
+  uint64_t DropsOf(const Entry& e, DropReason r) const { return PortDropsOf(e, r) + SwitchDropsOf(e, r); }
+  // The same as values of a HandoverRecord (for the handover's state) and back.
+  void ExportCounters(const Entry& e, nlohmann::json* out) const;
+  static void ImportCounters(const nlohmann::json& in, Entry* e);
   nlohmann::json PortJson(const Entry& e) const;
   ControlServer::HandlerResult Handle(const std::string& cmd, const nlohmann::json& args,
                                       const std::shared_ptr<ControlClient>& client);

@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "base/counter.h"
+#include "base/handover.h"
 #include "base/result.h"
 #include "packet/packet.h"
-#include "base/handover.h"
 
 namespace nicmux {
 
@@ -30,6 +30,16 @@ struct PortStats {
   uint64_t tx_dropped = 0;  // packets Tx could not deliver (no guest buffers, too big, ...)
   uint64_t rx_dropped = 0;  // bad frames and chains from the peer
   bool connected = false;
+  // The counters (not `connected`) added: a live upgrade carries a port's counters over.
+  PortStats& operator+=(const PortStats& o) {
+    rx_packets += o.rx_packets;
+    rx_bytes += o.rx_bytes;
+    tx_packets += o.tx_packets;
+    tx_bytes += o.tx_bytes;
+    tx_dropped += o.tx_dropped;
+    rx_dropped += o.rx_dropped;
+    return *this;
+  }
 };
 
 // Counters of one direction of one queue pair. One writer at a time: the worker that owns the

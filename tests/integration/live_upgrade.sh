@@ -115,6 +115,12 @@ for p in a b; do
   [ "$(connections $p)" = 1 ] || fail "port $p: $(connections $p) connections (the endpoint reconnected)"
 done
 echo "ok: neither endpoint reconnected"
+# The counters were carried over: the last process counts every frame since the first started.
+for p in a b; do
+  got=$(ctl --json port show $p | json_field "['rx_packets']")
+  [ "$got" -ge "$COUNT" ] || fail "port $p: rx_packets $got after the upgrades, $COUNT were received"
+done
+echo "ok: counters carried over (port a rx_packets $(ctl --json port show a | json_field "['rx_packets']"))"
 [ "$(cat "/sys/class/net/$tap/ifindex")" = "$ifindex" ] || fail "the TAP interface was made again"
 ping -c 2 -W 1 -I "$tap" 10.213.0.2 >/dev/null 2>&1 || true
 wait_until 10 "frames from the TAP interface" bash -c \
