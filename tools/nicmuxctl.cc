@@ -658,12 +658,13 @@ int Upgrade(Connection& c, const Options& o) {
     std::fflush(stdout);
   }
   std::string line, error;
-  // The new binary has 10 s to say hello and 5 s to take over.
-  switch (c.ReadLine(20'000, &line, &error)) {
+  // nicmuxd's own limits add up to 28 s at most (hello 10 s, then 5 s per step and 2 s per
+  // message): its outcome comes before this.
+  switch (c.ReadLine(35'000, &line, &error)) {
     case Connection::Read::kLine:
       break;
     case Connection::Read::kTimeout:
-      Fail(kExitFailed, "no outcome from nicmuxd within 20 s: see its log");
+      Fail(kExitFailed, "no outcome from nicmuxd within 35 s: see its log");
     case Connection::Read::kInterrupted:
       Fail(kExitInterrupted, "interrupted (the upgrade goes on; see nicmuxd's log)");
     case Connection::Read::kEof:
@@ -681,6 +682,11 @@ int Upgrade(Connection& c, const Options& o) {
                 static_cast<long long>(end.value("pid", int64_t{-1})), static_cast<unsigned long long>(end.value("ports", uint64_t{0})),
                 static_cast<long long>(end.value("from_pid", int64_t{-1})),
                 static_cast<unsigned long long>(end.value("paused_us", uint64_t{0})));
+    if (Has(end, "warnings") && end["warnings"].is_array()) {
+      for (const json& w : end["warnings"]) {
+        if (w.is_string()) std::printf("warning: %s\n", w.get<std::string>().c_str());
+      }
+    }
   }
   if (!ok) Fail(kExitFailed, "upgrade failed, the running nicmuxd goes on serving: " + end.value("error", std::string("?")));
   return kExitOk;

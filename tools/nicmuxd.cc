@@ -2,6 +2,7 @@
 // or SIGINT (its sockets removed). See --help.
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -275,6 +276,13 @@ DaemonOptions ParseArgs(int argc, char** argv) {
 
 int Main(int argc, char** argv) {
   DaemonOptions o = ParseArgs(argc, argv);
+  // Every vhost-user port holds a connection, its regions' fds (up to 64) and three eventfds
+  // per queue; a live upgrade holds each twice for a moment. The soft limit (1024 outside the
+  // systemd unit) is raised to the hard one.
+  if (rlimit rl; ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &rl);
+  }
   // For a live upgrade: the same arguments again (without an earlier --takeover), and the
   // path this binary was started from.
   for (int i = 0; i < argc; ++i) {

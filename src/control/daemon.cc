@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 #include <tuple>
 #include <variant>
 
@@ -979,6 +980,13 @@ std::optional<ControlError> Daemon::StartUpgrade(const std::string& binary_in, U
   return std::nullopt;
 }
 
+void Daemon::ReapLater(pid_t pid, int tries) {
+  // Killed: it exits at once, unless it sits in an uninterruptible wait (an exec from a hung
+  // file system); the control thread never waits for that.
+  if (::waitpid(pid, nullptr, WNOHANG) != 0 || tries == 0) return;
+  loop_->After(100, [this, pid, tries] { ReapLater(pid, tries - 1); });
+}
+
 void Daemon::FailUpgrade(const std::string& why) {
   if (!upgrade_) return;
   Upgrade u = std::move(*upgrade_);
@@ -989,7 +997,7 @@ void Daemon::FailUpgrade(const std::string& why) {
   // (unless it was already: pid -1, which kill(2) would take for every process).
   if (u.pid > 0) {
     ::kill(u.pid, SIGKILL);
-    ::waitpid(u.pid, nullptr, 0);
+    ReapLater(u.pid, 100);
   }
   NICMUX_LOG(kError, "upgrade to %s failed: %s; this nicmuxd (pid %d) goes on serving", u.binary.c_str(),
              why.c_str(), static_cast<int>(::getpid()));
@@ -997,6 +1005,16 @@ void Daemon::FailUpgrade(const std::string& why) {
 }
 
 void Daemon::OnUpgradeMessage() {
+  // A document of another build that trips an accessor fails the upgrade; this process goes
+  // on serving (any pause taken inside has been undone by then).
+  try {
+    OnUpgradeMessageSteps();
+  } catch (const std::exception& e) {
+    FailUpgrade(std::string("unexpected message from the new nicmuxd: ") + e.what());
+  }
+}
+
+void Daemon::OnUpgradeMessageSteps() {
   if (!upgrade_) return;
   auto m = handover::Receive(upgrade_->sock.get(), kSendTimeoutMs);
   if (!m) {
@@ -1015,12 +1033,12 @@ void Daemon::OnUpgradeMessage() {
     return;
   }
   const json& doc = m->doc;
-  if (doc.value("msg", "") == "fail") {
-    FailUpgrade("the new nicmuxd refused: " + doc.value("error", std::string("?")));
+  if (handover::Str(doc, "msg") == "fail") {
+    FailUpgrade("the new nicmuxd refused: " + handover::Str(doc, "error"));
     return;
   }
-  if (doc.value("msg", "") != "hello") {
-    FailUpgrade("the new nicmuxd said '" + doc.value("msg", std::string("?")) + "', not hello");
+  if (handover::Str(doc, "msg") != "hello") {
+    FailUpgrade("the new nicmuxd said '" + handover::Str(doc, "msg") + "', not hello");
     return;
   }
   Cutover(doc);
@@ -1086,11 +1104,13 @@ void Daemon::Cutover(const json& hello) {
     fds.push_back(metrics_->listen_fd());
   }
   if (switch_) {
-    std::map<int, std::string> names;
-    for (auto& e : ports_) names[e->switch_id] = e->spec.name;
+    // Compact (a full table of 2^20 stations stays far below the document's bound): the
+    // port as its index in "ports", and the age, so that stations age out on time.
+    std::map<int, size_t> index;
+    for (size_t i = 0; i < ports_.size(); ++i) index[ports_[i]->switch_id] = i;
     json macs = json::array();
     for (const auto& m : switch_->macs().Dump(switch_->now_s())) {
-      if (names.count(m.port)) macs.push_back({{"mac", m.mac}, {"vlan", m.vid}, {"port", names[m.port]}});
+      if (index.count(m.port)) macs.push_back(json::array({m.mac, m.vid, index[m.port], m.age_s}));
     }
     doc["macs"] = macs;
   }
@@ -1098,8 +1118,8 @@ void Daemon::Cutover(const json& hello) {
   records.clear();  // our duplicates of the fds: the new process has its own now
   auto prepared = handover::Receive(sock, kReadyTimeoutMs);
   if (!prepared) return FailUpgrade(prepared.error().message());
-  if (prepared->doc.value("msg", "") != "prepared") {
-    return FailUpgrade("the new nicmuxd could not take over: " + prepared->doc.value("error", std::string("?")));
+  if (handover::Str(prepared->doc, "msg") != "prepared") {
+    return FailUpgrade("the new nicmuxd could not take over: " + handover::Str(prepared->doc, "error"));
   }
   // Step 2: the precise point. Every worker between rounds, every batch completed and
   // published; what moved since step 1 goes over, and the new process resumes from there.
@@ -1129,12 +1149,17 @@ void Daemon::Cutover(const json& hello) {
     } else {
       (void)handover::Send(sock, json{{"msg", "abort"}, {"error", why}}, {}, kSendTimeoutMs);
     }
+    json warnings = json::array();
     if (why.empty()) {
       auto reply = handover::Receive(sock, kReadyTimeoutMs);
       if (!reply) {
         why = reply.error().message();
-      } else if (reply->doc.value("msg", "") != "ready") {
-        why = "the new nicmuxd could not take over: " + reply->doc.value("error", std::string("?"));
+      } else if (handover::Str(reply->doc, "msg") != "ready") {
+        why = "the new nicmuxd could not take over: " + handover::Str(reply->doc, "error");
+      } else if (reply->doc.contains("warnings") && reply->doc["warnings"].is_array()) {
+        for (const json& w : reply->doc["warnings"]) {
+          if (w.is_string()) warnings.push_back(w);
+        }
       }
     }
     if (why.empty()) {
@@ -1158,6 +1183,7 @@ void Daemon::Cutover(const json& hello) {
                               {"paused_us", paused_us},
                               {"export_paused_us", export_us},
                               {"ports", ports_.size()},
+                              {"warnings", warnings},
                               {"binary", upgrade_->binary}});
         }
         // The new process resumed its workers on "commit"; it says "running" once it told
@@ -1171,16 +1197,31 @@ void Daemon::Cutover(const json& hello) {
   FailUpgrade(why);
 }
 
+namespace {
+
+// The new process gives up: it tells the old one (which goes on serving) and exits without a
+// destructor — the sockets and devices are the old process's, which goes on with them.
+[[noreturn]] void AbandonTakeover(int sock, const std::string& why) {
+  NICMUX_LOG(kError, "takeover failed: %s; the old nicmuxd goes on serving", why.c_str());
+  (void)handover::Send(sock, json{{"msg", "fail"}, {"error", why}}, {}, kSendTimeoutMs);
+  std::fflush(nullptr);
+  _exit(1);
+}
+
+}  // namespace
+
 void Daemon::TakeOver() {
+  // A document of another build that trips an accessor is a failed takeover, not a crash.
+  try {
+    TakeOverSteps();
+  } catch (const std::exception& e) {
+    AbandonTakeover(opt_.takeover_fd, std::string("unexpected state: ") + e.what());
+  }
+}
+
+void Daemon::TakeOverSteps() {
   const int sock = opt_.takeover_fd;
-  auto fail = [&](const std::string& why) {
-    NICMUX_LOG(kError, "takeover failed: %s; the old nicmuxd goes on serving", why.c_str());
-    (void)handover::Send(sock, json{{"msg", "fail"}, {"error", why}}, {}, kSendTimeoutMs);
-    std::fflush(nullptr);
-    // Nothing this process made may be undone by a destructor: the sockets and devices are
-    // the old process's, which goes on with them.
-    _exit(1);
-  };
+  auto fail = [&](const std::string& why) { AbandonTakeover(sock, why); };
   if (auto r = handover::Send(sock, json{{"msg", "hello"}, {"version", handover::kVersion}, {"pid", ::getpid()}}, {},
                               kSendTimeoutMs);
       !r) {
@@ -1190,7 +1231,7 @@ void Daemon::TakeOver() {
   if (!m) fail(m.error().message());
   const json& doc = m->doc;
   // UNTRUSTED (another build): every field's type checked before use.
-  if (doc.value("msg", "") != "state") fail("the old nicmuxd said: " + doc.value("error", doc.value("msg", std::string("?"))));
+  if (handover::Str(doc, "msg") != "state") fail("the old nicmuxd said: " + handover::Str(doc, "msg") + " " + handover::Str(doc, "error"));
   if (!doc.contains("version") || doc["version"] != handover::kVersion) fail("handover version mismatch");
   const uint64_t t0 = NowUs();
   PauseGuard pause(*sched_);  // nothing is polled before the old process commits
@@ -1212,19 +1253,27 @@ void Daemon::TakeOver() {
     }
     const uint64_t base = p["fd_base"], count = p["fd_count"];
     if (base > m->fds.size() || count > m->fds.size() - base) fail("port " + spec->name + ": fds out of range");
-    for (uint64_t f = base; f < base + count; ++f) rec.AddOwnedFd(std::move(m->fds[f]));
-    if (auto e = AddPort(*spec, p.value("from_config", false), &rec)) fail(e->message);
+    for (uint64_t f = base; f < base + count; ++f) {
+      if (!m->fds[f].valid()) fail("port " + spec->name + ": an fd is another port's too");
+      rec.AddOwnedFd(std::move(m->fds[f]));
+    }
+    const bool from_config = p.contains("from_config") && p["from_config"].is_boolean() && p["from_config"].get<bool>();
+    if (auto e = AddPort(*spec, from_config, &rec)) fail(e->message);
   }
   if (xconnect_) {
     if (auto r = PairCrossConnects(); !r) fail(r.error().message());
   }
   auto take_fd = [&](const char* key) -> UniqueFd {
     if (!doc.contains(key)) return UniqueFd();
-    if (!doc[key].is_number_unsigned() || doc[key].get<uint64_t>() >= m->fds.size()) fail(std::string(key) + " is out of range");
+    if (!doc[key].is_number_unsigned() || doc[key].get<uint64_t>() >= m->fds.size() ||
+        !m->fds[doc[key].get<size_t>()].valid()) {
+      fail(std::string(key) + " is out of range or another's fd");
+    }
     return std::move(m->fds[doc[key].get<size_t>()]);
   };
   if (UniqueFd c = take_fd("control_fd"); c.valid()) {
-    const std::string path = doc.value("control_path", opt_.control_path);
+    std::string path = handover::Str(doc, "control_path");
+    if (path.empty()) path = opt_.control_path;
     auto s = ControlServer::Adopt(path, std::move(c), loop_,
                                   [this](const std::string& cmd, const json& args, const std::shared_ptr<ControlClient>& client) {
                                     return Handle(cmd, args, client);
@@ -1238,16 +1287,20 @@ void Daemon::TakeOver() {
     metrics_ = std::move(*s);
   }
   if (switch_ && doc.contains("macs") && doc["macs"].is_array()) {
+    // [mac, vlan, port index, age]; a station that does not fit is left out (it is learned
+    // again from its next frame).
+    const uint32_t now = switch_->now_s();
     for (const json& mac : doc["macs"]) {
-      if (!mac.is_object() || !mac.contains("mac") || !mac["mac"].is_number_unsigned() || !mac.contains("vlan") ||
-          !mac["vlan"].is_number_unsigned() || mac["vlan"].get<uint64_t>() > 4095 || !mac.contains("port") ||
-          !mac["port"].is_string()) {
+      if (!mac.is_array() || mac.size() != 4 ||
+          !std::all_of(mac.begin(), mac.end(), [](const json& v) { return v.is_number_unsigned(); }) ||
+          mac[1].get<uint64_t>() > 4095 || mac[2].get<uint64_t>() >= ports_.size()) {
         continue;
       }
-      Entry* e = Find(mac["port"].get<std::string>());
-      if (!e || e->switch_id < 0) continue;
-      switch_->macs().Learn(mac["mac"].get<uint64_t>() & 0xffffffffffffull, static_cast<uint16_t>(mac["vlan"].get<uint64_t>()),
-                            static_cast<uint16_t>(e->switch_id), switch_->now_s());
+      const Entry& e = *ports_[mac[2].get<size_t>()];
+      if (e.switch_id < 0) continue;
+      const uint64_t age = std::min<uint64_t>(mac[3].get<uint64_t>(), now > 1 ? now - 1 : 0);
+      switch_->macs().Learn(mac[0].get<uint64_t>() & 0xffffffffffffull, static_cast<uint16_t>(mac[1].get<uint64_t>()),
+                            static_cast<uint16_t>(e.switch_id), static_cast<uint32_t>(now - age));
     }
   }
   const uint64_t import_us = NowUs() - t0;
@@ -1255,10 +1308,19 @@ void Daemon::TakeOver() {
   // Step 2: what the old workers moved since (they are paused again now).
   auto cut = handover::Receive(sock, kReadyTimeoutMs);
   if (!cut) fail(cut.error().message());
-  if (cut->doc.value("msg", "") != "cutover" || !cut->doc.contains("ports") || !cut->doc["ports"].is_array()) {
-    fail("the old nicmuxd said: " + cut->doc.value("error", cut->doc.value("msg", std::string("?"))));
+  if (handover::Str(cut->doc, "msg") != "cutover" || !cut->doc.contains("ports") || !cut->doc["ports"].is_array()) {
+    fail("the old nicmuxd said: " + handover::Str(cut->doc, "msg") + " " + handover::Str(cut->doc, "error"));
   }
   const uint64_t t1 = NowUs();
+  // UNTRUSTED (another build): every port of the state exactly once, or a port would start
+  // from nowhere (its queues never started, its held frames lost) or twice.
+  std::set<std::string> positioned;
+  for (const json& p : cut->doc["ports"]) {
+    if (!p.is_object() || handover::Str(p, "name").empty() || !positioned.insert(handover::Str(p, "name")).second) {
+      fail("the cutover names a port twice, or none");
+    }
+  }
+  if (positioned.size() != ports_.size()) fail("the cutover has " + std::to_string(positioned.size()) + " ports, the state " + std::to_string(ports_.size()));
   for (const json& p : cut->doc["ports"]) {
     if (!p.is_object() || !p.contains("name") || !p["name"].is_string() || !p.contains("values") ||
         !p["values"].is_object() || !p.contains("fd_base") || !p["fd_base"].is_number_unsigned() ||
@@ -1274,15 +1336,25 @@ void Daemon::TakeOver() {
     }
     const uint64_t base = p["fd_base"], count = p["fd_count"];
     if (base > cut->fds.size() || count > cut->fds.size() - base) fail("port " + e->spec.name + ": fds out of range");
-    for (uint64_t f = base; f < base + count; ++f) pos.AddOwnedFd(std::move(cut->fds[f]));
+    for (uint64_t f = base; f < base + count; ++f) {
+      if (!cut->fds[f].valid()) fail("port " + e->spec.name + ": an fd is another port's too");
+      pos.AddOwnedFd(std::move(cut->fds[f]));
+    }
     if (auto r = e->port->ImportPositions(pos); !r) fail(r.error().message());
     ImportCounters(p, e);
   }
-  if (auto r = handover::Send(sock, json{{"msg", "ready"}}, {}, kSendTimeoutMs); !r) fail(r.error().message());
+  json warnings = json::array();
+  for (auto& e : ports_) {
+    if (std::string w = e->port->HandoverWarning(); !w.empty()) warnings.push_back(w);
+  }
+  if (auto r = handover::Send(sock, json{{"msg", "ready"}, {"warnings", warnings}}, {}, kSendTimeoutMs); !r) {
+    fail(r.error().message());
+  }
   auto commit = handover::Receive(sock, kReadyTimeoutMs);
-  if (!commit || commit->doc.value("msg", "") != "commit") {
+  if (!commit || handover::Str(commit->doc, "msg") != "commit") {
     fail(commit ? "the old nicmuxd did not commit" : commit.error().message());
   }
+  for (auto& e : ports_) e->port->HandoverCommitted();
   // Ours now. systemd (Type=notify, NotifyAccess=all) must follow the service to this process
   // before the old one exits, or it would take the old one's exit for the service's and stop
   // it; the old one waits for "running" to exit.
@@ -1291,7 +1363,8 @@ void Daemon::TakeOver() {
   ::close(sock);
   opt_.takeover_fd = -1;
   NICMUX_LOG(kInfo, "takeover: %zu port(s) from pid %lld; built in %llu us, positions applied in %llu us", ports_.size(),
-             static_cast<long long>(doc.value("from_pid", 0)), static_cast<unsigned long long>(import_us),
+             static_cast<long long>(doc.contains("from_pid") && doc["from_pid"].is_number_integer() ? doc["from_pid"].get<int64_t>() : 0),
+             static_cast<unsigned long long>(import_us),
              static_cast<unsigned long long>(NowUs() - t1));
 }
 }  // namespace nicmux

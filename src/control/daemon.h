@@ -110,10 +110,14 @@ class Daemon {
   Result<void> PairCrossConnects();
   // The new process's side of a live upgrade; on any failure it tells the old one and exits.
   void TakeOver();
+  void TakeOverSteps();
   // The old process's side: the new one said something (or the wait ran out).
   void OnUpgradeMessage();
+  void OnUpgradeMessageSteps();
   void Cutover(const nlohmann::json& hello);
   void FailUpgrade(const std::string& why);
+  // Reaps a killed child without waiting: tries every 100 ms, `tries` times.
+  void ReapLater(pid_t pid, int tries);
   // The port's queue_affinity= as a worker per queue pair (-1: any).
   Result<std::vector<int>> PinsOf(const PortSpec& spec, const Port& port) const;
   Entry* Find(const std::string& name);

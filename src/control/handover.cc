@@ -64,7 +64,15 @@ Result<void> Send(int sock, const nlohmann::json& doc, std::span<const int> fds,
     const size_t n = std::min(kFdsPerRecord, fds.size() - i);
     NICMUX_TRY(SendRecord(sock, 'F', {}, fds.subspan(i, n), deadline));
   }
-  const std::string text = doc.dump();
+  // Strict: a spec or path that is not UTF-8 (a legal file name) fails the send with an error
+  // naming it, rather than throwing, or being changed on its way.
+  std::string text;
+  try {
+    text = doc.dump();
+  } catch (const std::exception& e) {
+    return Error(std::string("handover: the state cannot be written as JSON (a name or path that is not UTF-8?): ") +
+                 e.what());
+  }
   for (size_t i = 0; i < text.size(); i += kDocBytesPerRecord) {
     const size_t n = std::min(kDocBytesPerRecord, text.size() - i);
     NICMUX_TRY(SendRecord(sock, 'D', std::span<const char>(text.data() + i, n), {}, deadline));

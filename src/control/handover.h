@@ -37,6 +37,15 @@ struct Message {
   std::vector<UniqueFd> fds;
 };
 
+// The text under key, or "" when it is missing or not text (the peer is another build: a
+// document's fields are read only through this and checked accessors, never value(), which
+// throws on a type it did not expect).
+inline std::string Str(const nlohmann::json& doc, const char* key) {
+  if (!doc.is_object()) return {};
+  auto it = doc.find(key);
+  return it != doc.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 // Sends one message, waiting up to timeout_ms for room in the socket.
 Result<void> Send(int sock, const nlohmann::json& doc, std::span<const int> fds, int timeout_ms);
 // Receives one message, waiting up to timeout_ms in all. An error when the peer closed (it

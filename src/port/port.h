@@ -277,6 +277,12 @@ class Port {
   // new process. Default: nothing moves.
   virtual Result<void> ExportPositions(HandoverRecord* out) { return Ok(); }
   virtual Result<void> ImportPositions(HandoverRecord& in) { return Ok(); }
+  // In the new process, once the old one committed: the port is this process's now (its
+  // socket file is its to remove at exit, its timers may run).
+  virtual void HandoverCommitted() {}
+  // What the handover could not keep (a peer that had to be disconnected, and why), for the
+  // upgrade's outcome; "" when nothing.
+  virtual std::string HandoverWarning() const { return {}; }
 
   TxLock& tx_lock(uint32_t q) { return tx_locks_[q % kMaxQueues]; }
   static constexpr uint32_t kMaxQueues = 8;

@@ -218,24 +218,57 @@ Result<std::unique_ptr<VhostUserPort>> VhostUserPort::Create(const VhostUserPort
 }
 
 Result<void> VhostUserPort::Export(HandoverRecord* out) {
+  // A frontend in the middle of a message, or one that does not read its replies, cannot be
+  // handed over as it is; rather than let it hold up everyone's upgrade, it is handed over
+  // disconnected (it reconnects to the new process once this one exits; if the upgrade
+  // fails, it keeps its connection here).
+  std::string drop;
   if (channel_) {
-    if (channel_->mid_message()) return Error("port " + name() + ": a vhost-user message is half received");
-    if (channel_->has_pending_output()) {
+    if (channel_->mid_message()) drop = "a vhost-user message was half received";
+    if (drop.empty() && channel_->has_pending_output()) {
       auto r = channel_->Flush();
       if (!r || channel_->has_pending_output()) {
-        return Error("port " + name() + ": the frontend has not read " + std::to_string(channel_->pending_bytes()) +
-                     " bytes of replies");
+        drop = "the frontend had not read " + std::to_string(channel_->pending_bytes()) + " bytes of replies";
       }
     }
   }
   out->Set("v.connections", connections_);
+  out->Set("v.quarantine_until_ns", quarantine_until_ns_);
+  out->Set("v.quarantine_ms", quarantine_ms_);
+  out->Set("v.hostile_disconnects", hostile_disconnects_);
   if (listen_fd_.valid()) NICMUX_TRY(out->SetFd("v.listen", listen_fd_.get()));
-  if (channel_) {
+  if (channel_ && drop.empty()) {
     NICMUX_TRY(out->SetFd("v.conn", channel_->fd()));
     auto r = session_.Export(out);
     if (!r) return r.error().Wrap("port " + name());
+  } else if (!drop.empty()) {
+    out->SetText("v.dropped", drop);
   }
   return Ok();
+}
+
+void VhostUserPort::DropHandedOverConnection(const std::string& why) {
+  NICMUX_LOG(kError, "port %s: the frontend's connection is not kept across the upgrade (%s): it must reconnect",
+             name().c_str(), why.c_str());
+  handover_warning_ = "port " + name() + ": frontend disconnected (" + why + ")";
+  if (channel_) {
+    loop_->Unwatch(channel_->fd());
+    channel_.reset();
+  }
+  disconnecting_ = true;
+  session_.Reset();
+  disconnecting_ = false;
+  UpdateCaps();
+}
+
+void VhostUserPort::HandoverCommitted() {
+  owns_socket_file_ = true;
+  // A client port without a connection tries again from now on (not before the commit: a
+  // failed upgrade must not have connected to the frontend behind the old process's back).
+  if (opt_.client && !channel_ && !reconnect_timer_) {
+    backoff_ms_ = 0;
+    reconnect_timer_ = loop_->After(kBackoffFirstMs, [this] { TryConnect(); });
+  }
 }
 
 Result<void> VhostUserPort::ExportPositions(HandoverRecord* out) {
@@ -247,13 +280,27 @@ Result<void> VhostUserPort::ExportPositions(HandoverRecord* out) {
 
 Result<void> VhostUserPort::ImportPositions(HandoverRecord& in) {
   if (!channel_) return Ok();
-  auto r = session_.ImportPositions(in);
-  if (!r) return r.error().Wrap("port " + name());
+  // UNTRUSTED (the frontend's rings, the old process's record): what does not check out costs
+  // this port its connection, not the upgrade of every port.
+  if (auto r = session_.ImportPositions(in); !r) DropHandedOverConnection(r.error().message());
+  UpdateCaps();
   return Ok();
 }
 
 Result<void> VhostUserPort::Adopt(HandoverRecord& h) {
   NICMUX_TRY_ASSIGN(connections, h.GetOr("v.connections", 0));
+  NICMUX_TRY_ASSIGN(quarantine_until, h.GetOr("v.quarantine_until_ns", 0));
+  NICMUX_TRY_ASSIGN(quarantine_ms, h.GetOr("v.quarantine_ms", 0, kQuarantineMaxMs));
+  NICMUX_TRY_ASSIGN(hostile, h.GetOr("v.hostile_disconnects", 0));
+  // The same monotonic clock in both processes: a quarantine goes on where it was.
+  quarantine_until_ns_ = quarantine_until;
+  quarantine_ms_ = quarantine_ms;
+  hostile_disconnects_ = hostile;
+  owns_socket_file_ = false;  // the old process's until the commit
+  if (h.Has("v.dropped")) {
+    NICMUX_TRY_ASSIGN(why, h.GetText("v.dropped"));
+    handover_warning_ = "port " + name() + ": frontend disconnected (" + why + ")";
+  }
   if (h.Has("v.listen")) {
     if (opt_.client) return Error("the old port listened; this one is client");
     NICMUX_TRY_ASSIGN(fd, h.TakeFd("v.listen"));
@@ -277,10 +324,11 @@ Result<void> VhostUserPort::Adopt(HandoverRecord& h) {
     }
     Attach(std::move(fd));
     if (!channel_) return Error("cannot watch the connection");
-    NICMUX_TRY(session_.Import(h));
+    // UNTRUSTED: the frontend's state as the old process had it (memory files the frontend
+    // may have shrunk since, a build that offers less): what does not check out costs this
+    // port its connection, not the upgrade of every port.
+    if (auto r = session_.Import(h); !r) DropHandedOverConnection(r.error().message());
     UpdateCaps();
-  } else if (opt_.client) {
-    TryConnect();
   }
   connections_ = connections;
   return Ok();
@@ -296,7 +344,8 @@ VhostUserPort::~VhostUserPort() {
   if (listen_fd_.valid()) {
     loop_->Unwatch(listen_fd_.get());
     listen_fd_.Reset();
-    ::unlink(opt_.socket_path.c_str());
+    // Not a socket file handed over by a process that still serves it (a failed upgrade).
+    if (owns_socket_file_) ::unlink(opt_.socket_path.c_str());
   }
   // Holds still outstanding keep their table, and the guest memory they point into, until the
   // device releases them (packet/hold.h): nothing is unmapped under a device reading it.

@@ -146,6 +146,8 @@ class VhostUserPort final : public Port {
   Result<void> Export(HandoverRecord* out) override;
   Result<void> ExportPositions(HandoverRecord* out) override;
   Result<void> ImportPositions(HandoverRecord& in) override;
+  void HandoverCommitted() override;
+  std::string HandoverWarning() const override { return handover_warning_; }
 
  private:
   void UpdateCaps();
@@ -153,6 +155,11 @@ class VhostUserPort final : public Port {
   VhostUserPort(const VhostUserPortOptions& options, EventLoop* loop, Pausable* worker);
   Result<void> Listen();
   Result<void> Adopt(HandoverRecord& h);
+  // The handover could not keep the frontend's connection (its state did not check out here,
+  // or it was mid-message there): dropped, the frontend reconnects once the old process exits.
+  void DropHandedOverConnection(const std::string& why);
+  bool owns_socket_file_ = true;  // false between a handover's Adopt and its commit
+  std::string handover_warning_;
   void OnAccept();
   void TryConnect();
   void Attach(UniqueFd sock);

@@ -97,8 +97,33 @@ PIDS+=("$new")
 echo "ok: SIGUSR2: pid $CUR -> $new ($(grep 'upgrade: handed' "$WORK/nicmuxd.log" | tail -n 1 | sed 's/.*workers paused/paused/'))"
 CUR=$new
 sleep 1
-# 5. nicmuxctl upgrade PATH.
-upgrade "$BIN/nicmuxd"
+# 5. nicmuxctl upgrade PATH, with a frontend on a third port stuck in the middle of a message:
+# it cannot be handed over as it is, and must not hold up the others: it is disconnected (it
+# sees its connection end once the old process exits) and the upgrade says so.
+ctl port add "vhost-user:c:socket=$WORK/c.sock" >/dev/null
+start halfmsg python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.send(b"\x01\x00\x00\x00\x01")  # five bytes of a 12-byte header
+print("sent", flush=True)
+s.settimeout(60)
+print("closed by nicmuxd" if s.recv(1) == b"" else "data?", flush=True)
+' "$WORK/c.sock"
+hm=$LAST_PID
+wait_log "$WORK/halfmsg.log" sent 10 "$hm"
+wait_until 10 "port c connected" bash -c "[ \"\$($BIN/nicmuxctl --socket $CTL --json port show c | python3 -c \"import json,sys; print(json.load(sys.stdin)['state'])\")\" = connected ]"
+out=$(ctl upgrade "$BIN/nicmuxd") || fail "upgrade with a half message on port c: $out"
+grep -q "warning: port c: frontend disconnected (a vhost-user message was half received)" <<<"$out" ||
+  fail "upgrade with a half message on port c: no warning: $out"
+pid=$(sed -n 's/^upgraded: pid \([0-9]*\) .*/\1/p' <<<"$out")
+wait_until 10 "exit of the old nicmuxd $CUR" bash -c "! kill -0 $CUR 2>/dev/null"
+PIDS+=("$pid")
+echo "ok: upgraded pid $CUR -> $pid with a half-sent message on port c: $(grep warning <<<"$out")"
+CUR=$pid
+wait_pid "$hm" 10 || fail "the half-message frontend: $(cat "$WORK/halfmsg.log")"
+grep -q "closed by nicmuxd" "$WORK/halfmsg.log" || fail "the half-message frontend: $(cat "$WORK/halfmsg.log")"
+ctl port del c >/dev/null
 
 wait_pid "$pa" 60 || fail "pktgen a failed"
 wait_pid "$pb" 60 || fail "pktgen b failed"
