@@ -5,11 +5,16 @@
 #include "port/tap_port.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <net/if.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,6 +25,8 @@
 #include <optional>
 #include <thread>
 #include <vector>
+
+#include "base/check.h"
 
 namespace nicmux {
 namespace {
@@ -508,6 +515,280 @@ TEST(TapPort, OptionErrors) {
   }
   // Nothing was left behind by the failed attempts.
   EXPECT_EQ(::if_nametoindex(o.ifname.c_str()), 0u);
+}
+
+
+// ---------------------------------------------------------------- live upgrade
+
+// Frames of an experimental ethertype (0x88b5) sent out of the interface by a packet socket:
+// the kernel hands them to the TAP fd's reader, the port.
+class Injector {
+ public:
+  explicit Injector(const std::string& ifname) : sock_(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0)) {
+    ifindex_ = static_cast<int>(::if_nametoindex(ifname.c_str()));
+  }
+  bool ok() const { return sock_ >= 0 && ifindex_ > 0; }
+  ~Injector() {
+    if (sock_ >= 0) ::close(sock_);
+  }
+  static Frame Make(uint32_t seq, size_t len) {
+    Frame f;
+    PutMac(f, kBroadcast);
+    PutMac(f, kPeerMac);
+    Put16(f, 0x88b5);
+    Put32(f, seq);
+    while (f.size() < len) f.push_back(static_cast<uint8_t>(f.size() * 13 + seq));
+    return f;
+  }
+  static bool Ours(const Frame& f) { return f.size() >= 18 && Get16(f, 12) == 0x88b5; }
+  bool Send(const Frame& f) {
+    sockaddr_ll a{};
+    a.sll_family = AF_PACKET;
+    a.sll_ifindex = ifindex_;
+    a.sll_halen = 6;
+    std::memcpy(a.sll_addr, f.data(), 6);
+    return ::sendto(sock_, f.data(), f.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a) ==
+           static_cast<ssize_t>(f.size());
+  }
+
+ private:
+  int sock_;
+  int ifindex_ = 0;
+};
+
+class TapHandover : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    o_.name = "tap.ho";
+    o_.ifname = UniqueIfname();
+    o_.address = IpText(1) + "/24";
+    o_.mtu = 9000;
+    auto p = TapPort::Create(o_);
+    ASSERT_TRUE(p) << p.error().message();
+    a_ = std::move(*p);
+  }
+  // A reads until `want` of the test's frames are among those it holds (RxDone with none
+  // sent: a full destination), and returns every frame it holds, in order.
+  std::vector<Frame> HoldFrames(size_t want) {
+    std::vector<Frame> held;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      Batch b;
+      const size_t n = a_->Rx(0, b, kBurst);
+      held.clear();
+      size_t ours = 0;
+      for (uint32_t i = 0; i < n; ++i) {
+        held.push_back(Bytes(b[i]));
+        ours += Injector::Ours(held.back());
+      }
+      a_->RxDone(0, b, 0);
+      if (ours >= want || n == kBurst) break;
+      WaitReadable(*a_, 100);
+    }
+    return held;
+  }
+  std::string CreateError(TapPortOptions o, HandoverRecord& r) {
+    auto p = TapPort::Create(o, &r);
+    return p ? std::string("created") : p.error().message();
+  }
+
+  TapPortOptions o_;
+  std::unique_ptr<TapPort> a_;
+};
+
+TEST_F(TapHandover, HeldFramesGoOverInOrderByteForByte) {
+  Injector inj(o_.ifname);
+  ASSERT_TRUE(inj.ok());
+  // Sizes from the least a frame may be to a 9000-byte MTU's largest.
+  const size_t sizes[] = {60, 1514, 64, 9014, 777, 18};
+  for (uint32_t i = 0; i < std::size(sizes); ++i) ASSERT_TRUE(inj.Send(Injector::Make(i, sizes[i]))) << i;
+  std::vector<Frame> held = HoldFrames(std::size(sizes));
+  std::vector<Frame> ours;
+  for (const Frame& f : held) {
+    if (Injector::Ours(f)) ours.push_back(f);
+  }
+  ASSERT_EQ(ours.size(), std::size(sizes));
+  for (uint32_t i = 0; i < ours.size(); ++i) EXPECT_EQ(ours[i], Injector::Make(i, sizes[i])) << i;
+  const uint64_t rx_before = a_->Stats().rx_packets;
+
+  HandoverRecord state, pos;
+  ASSERT_TRUE(a_->CanHandOver());
+  ASSERT_TRUE(a_->Export(&state));
+  ASSERT_TRUE(a_->ExportPositions(&pos));
+  EXPECT_EQ(*pos.Get("t.q.0.held"), held.size());
+  // B from the record, A still there (both hold the interface through their fds).
+  auto b = TapPort::Create(o_, &state);
+  ASSERT_TRUE(b) << b.error().message();
+  TapPort& port = **b;
+  auto ip = port.ImportPositions(pos);
+  ASSERT_TRUE(ip) << ip.error().message();
+  EXPECT_EQ(port.State(), "up");
+  // A goes (the old process exits): the interface stays, B's fd holds it.
+  a_.reset();
+  EXPECT_NE(::if_nametoindex(o_.ifname.c_str()), 0u);
+  EXPECT_EQ(rx_before, 0u);  // nothing was sent from A
+
+  // B's first Rx: exactly the frames A held, in order, byte for byte.
+  {
+    std::vector<NotifyFd> fds;
+    EXPECT_TRUE(port.ArmAllNotify(&fds));  // frames held: do not sleep
+    port.DisarmAllNotify();
+    Batch bt;
+    const size_t n = port.Rx(0, bt, static_cast<uint32_t>(held.size()));
+    ASSERT_EQ(n, held.size());
+    for (uint32_t i = 0; i < n; ++i) {
+      EXPECT_EQ(Bytes(bt[i]), held[i]) << "frame " << i;
+      EXPECT_EQ(bt[i].len, held[i].size());
+    }
+    // Not sent yet either: they stay held in B too, and come back first.
+    port.RxDone(0, bt, 0);
+    bt.Clear();
+    ASSERT_EQ(port.Rx(0, bt, 2), 2u);
+    EXPECT_EQ(Bytes(bt[0]), held[0]);
+    EXPECT_EQ(Bytes(bt[1]), held[1]);
+    port.RxDone(0, bt, 2);
+    EXPECT_EQ(port.Stats().rx_packets, 2u);
+  }
+  // What the kernel sends now reaches B, after the rest of the held frames.
+  ASSERT_TRUE(inj.Send(Injector::Make(100, 200)));
+  std::vector<Frame> rest;
+  auto last = WaitFor(port, [&](const Frame& f) {
+    rest.push_back(f);
+    return f == Injector::Make(100, 200);
+  });
+  ASSERT_TRUE(last.has_value());
+  ASSERT_GE(rest.size(), held.size() - 2);
+  for (size_t i = 2; i < held.size(); ++i) EXPECT_EQ(rest[i - 2], held[i]) << "frame " << i;
+  b->reset();
+  EXPECT_EQ(::if_nametoindex(o_.ifname.c_str()), 0u);
+}
+
+TEST_F(TapHandover, NothingHeldGoesOverEmpty) {
+  HandoverRecord state, pos;
+  ASSERT_TRUE(a_->Export(&state));
+  ASSERT_TRUE(a_->ExportPositions(&pos));
+  EXPECT_FALSE(pos.Has("t.q.0.held"));
+  auto b = TapPort::Create(o_, &state);
+  ASSERT_TRUE(b) << b.error().message();
+  ASSERT_TRUE((*b)->ImportPositions(pos));
+  Batch bt;
+  (*b)->Rx(0, bt, kBurst);  // whatever the kernel sent (IPv6 noise): no held frame
+  for (uint32_t i = 0; i < bt.size(); ++i) EXPECT_FALSE(Injector::Ours(Bytes(bt[i])));
+  (*b)->RxDone(0, bt, bt.size());
+}
+
+TEST_F(TapHandover, RecordsThatAreNotThisInterfaceAreRefused) {
+  const std::string not_tap = "port tap.ho: handover: queue 0's fd is not a TAP fd of " + o_.ifname;
+  {
+    HandoverRecord r;
+    UniqueFd e(::eventfd(0, EFD_CLOEXEC));
+    ASSERT_TRUE(r.SetFd("t.q.0.fd", e.get()));
+    EXPECT_EQ(CreateError(o_, r), not_tap);
+  }
+  {
+    HandoverRecord r;
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    ASSERT_TRUE(r.SetFd("t.q.0.fd", p[0]));
+    ::close(p[0]);
+    ::close(p[1]);
+    EXPECT_EQ(CreateError(o_, r), not_tap);
+  }
+  {
+    // Another interface's TAP fd.
+    TapPortOptions other;
+    other.name = "other";
+    other.ifname = UniqueIfname();
+    auto p = TapPort::Create(other);
+    ASSERT_TRUE(p) << p.error().message();
+    HandoverRecord r;
+    ASSERT_TRUE((*p)->Export(&r));
+    EXPECT_EQ(CreateError(o_, r), not_tap);
+  }
+  {
+    HandoverRecord r;
+    EXPECT_EQ(CreateError(o_, r), "port tap.ho: handover: handover: no value t.q.0.fd");
+    r.Set("t.q.0.fd", 3);
+    EXPECT_EQ(CreateError(o_, r), "port tap.ho: handover: handover: t.q.0.fd = 3 is above 0");
+  }
+  {
+    // The old port had two queues, this one has one.
+    HandoverRecord r;
+    ASSERT_TRUE(a_->Export(&r));
+    ASSERT_TRUE(r.SetFd("t.q.1.fd", a_->fd(0)));
+    EXPECT_EQ(CreateError(o_, r), "port tap.ho: handover: the old port had more than 1 queue(s)");
+  }
+  // The interface is A's still.
+  EXPECT_NE(::if_nametoindex(o_.ifname.c_str()), 0u);
+  EXPECT_EQ(a_->State(), "up");
+}
+
+TEST_F(TapHandover, HostileHeldFramesAreRefused) {
+  HandoverRecord state;
+  ASSERT_TRUE(a_->Export(&state));
+  auto b = TapPort::Create(o_, &state);
+  ASSERT_TRUE(b) << b.error().message();
+  TapPort& port = **b;
+  auto memfd_of = [](size_t bytes) {
+    UniqueFd m(::memfd_create("held", MFD_CLOEXEC));
+    NICMUX_CHECK(m.valid() && ::ftruncate(m.get(), static_cast<off_t>(bytes)) == 0);
+    return m;
+  };
+  auto error = [&](HandoverRecord& r) {
+    auto e = port.ImportPositions(r);
+    return e ? std::string("imported") : e.error().message();
+  };
+  {
+    HandoverRecord r;
+    r.Set("t.q.0.held", kBurst + 1);
+    EXPECT_EQ(error(r), "handover: t.q.0.held = 33 is above 32");
+  }
+  {
+    HandoverRecord r;
+    r.Set("t.q.0.held", 1);
+    EXPECT_EQ(error(r), "handover: no value t.q.0.frames");
+  }
+  {
+    HandoverRecord r;
+    r.Set("t.q.0.held", 1);
+    UniqueFd m = memfd_of(1 << 20);
+    ASSERT_TRUE(r.SetFd("t.q.0.frames", m.get()));
+    r.Set("t.q.0.len.0", TapPort::kMaxFrameBytes + 1);
+    EXPECT_EQ(error(r), "handover: t.q.0.len.0 = " + std::to_string(TapPort::kMaxFrameBytes + 1) + " is above " +
+                            std::to_string(TapPort::kMaxFrameBytes));
+  }
+  {
+    HandoverRecord r;
+    r.Set("t.q.0.held", 1);
+    UniqueFd m = memfd_of(1 << 20);
+    ASSERT_TRUE(r.SetFd("t.q.0.frames", m.get()));
+    r.Set("t.q.0.len.0", 13);
+    EXPECT_EQ(error(r), "port tap.ho: handover: a held frame of 13 bytes");
+  }
+  {
+    // Two frames announced, the file holds one and a half.
+    HandoverRecord r;
+    r.Set("t.q.0.held", 2);
+    UniqueFd m = memfd_of(TapPort::kVnetHdrBytes + 100 + TapPort::kVnetHdrBytes + 50);
+    ASSERT_TRUE(r.SetFd("t.q.0.frames", m.get()));
+    r.Set("t.q.0.len.0", 100);
+    r.Set("t.q.0.len.1", 100);
+    EXPECT_EQ(error(r), "port tap.ho: handover: held frames cut short");
+  }
+  {
+    // Not a file that can be read at an offset.
+    HandoverRecord r;
+    r.Set("t.q.0.held", 1);
+    UniqueFd e(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    ASSERT_TRUE(r.SetFd("t.q.0.frames", e.get()));
+    r.Set("t.q.0.len.0", 60);
+    EXPECT_EQ(error(r), "port tap.ho: handover: held frames cut short");
+  }
+  // After every refusal the port holds nothing it was not given.
+  Batch bt;
+  port.Rx(0, bt, kBurst);
+  for (uint32_t i = 0; i < bt.size(); ++i) EXPECT_FALSE(Injector::Ours(Bytes(bt[i])));
+  port.RxDone(0, bt, bt.size());
 }
 
 }  // namespace

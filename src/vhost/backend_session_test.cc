@@ -10,15 +10,19 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
 
 #include "base/fd_reaper.h"
 #include "tests/support/vhost_peer.h"
+#include "virtio/driver_vring.h"
 #include "virtio/features.h"
 
 namespace nicmux::vhost {
@@ -563,6 +567,428 @@ TEST_F(SessionWithMaxMemory, AddMemRegPastTheLimitIsRefused) {
   AddRegion(2 * kMiB, 4096);
   EXPECT_EQ(LimitedError(), "");
   EXPECT_EQ(Mapped(), kMiB + 4096);
+}
+
+
+// ------------------------------------------------------------------------ live upgrade
+// Export/Import and ExportPositions/ImportPositions (docs/upgrade.md): session A, set up by a
+// frontend over a socket with rings the test drives as the guest's driver, is handed to a
+// fresh session B; B goes on exactly where A stopped. The test thread plays both workers.
+
+ino_t InodeOf(int fd) {
+  struct stat st {};
+  return ::fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+// The guest's driver of one queue, either layout.
+struct TestDriver {
+  bool packed = false;
+  virtio::DriverSplitVring split;
+  virtio::DriverPackedVring packed_ring;
+
+  Result<void> Init(const GuestMemory& mem, const virtio::DriverRingConfig& c) {
+    return packed ? packed_ring.Init(mem, c) : split.Init(mem, c);
+  }
+  std::optional<uint16_t> Add(const virtio::DriverBuffer& b) {
+    std::span<const virtio::DriverBuffer> one(&b, 1);
+    return packed ? packed_ring.Add(one) : split.Add(one);
+  }
+  void Publish() { packed ? packed_ring.Publish() : split.Publish(); }
+  virtio::PopStatus PopUsed(virtio::UsedBuffer* u) { return packed ? packed_ring.PopUsed(u) : split.PopUsed(u); }
+};
+
+virtio::PopStatus DevicePop(DeviceQueue& q, virtio::DescChain* c) { return q.packed ? q.packed_ring.Pop(c) : q.split.Pop(c); }
+void DevicePush(DeviceQueue& q, uint16_t id, uint32_t len) { q.packed ? q.packed_ring.Push(id, len) : q.split.Push(id, len); }
+void DeviceFlush(DeviceQueue& q) { q.packed ? (void)q.packed_ring.Flush() : (void)q.split.Flush(); }
+// The ring's position: what GET_VRING_BASE would answer.
+uint32_t DevicePosition(DeviceQueue& q) { return q.packed ? q.packed_ring.avail_state() : q.split.last_avail_idx(); }
+
+class Handover : public ::testing::TestWithParam<bool> {
+ protected:
+  static constexpr uint32_t kQueueSize = 16;  // small: the rings wrap within a test
+  static constexpr uint64_t kGpa = 0x100000;
+  static constexpr uint64_t kBuffers = 0x80000;  // buffers from here, 4 KiB each
+  static constexpr uint16_t kMtu = 1400;
+  bool packed() const { return GetParam(); }
+  static uint64_t RingOffset(uint32_t q) { return 0x10000 * (q + 1); }
+
+  void SetUp() override {
+    for (uint32_t q = 0; q < 2; ++q) {
+      kick_[q].Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      call_[q].Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      err_[q].Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    }
+    SetUpA();
+  }
+
+  // A frontend's setup of A (as QEMU's, in its order): protocol features, features, status,
+  // MTU, one memory region, queues 0 and 1 with size, base, addresses, call, err, kick, enabled.
+  void SetUpA() {
+    const uint64_t proto = a_.offered_protocol_features() &
+                           (virtio::Bit(kProtoReplyAck) | virtio::Bit(kProtoNetMtu) | virtio::Bit(kProtoMq) |
+                            virtio::Bit(kProtoStatus) | virtio::Bit(kProtoRarp));
+    features_ = virtio::Bit(virtio::kFVersion1) | virtio::Bit(kFProtocolFeatures) | virtio::Bit(virtio::kNetFMtu) |
+                (packed() ? virtio::Bit(virtio::kFRingPacked) : 0);
+    features_ &= a_.offered_features();
+    peer_.Send(Request::kSetProtocolFeatures, proto);
+    peer_.Send(Request::kSetFeatures, features_);
+    peer_.Send(Request::kSetStatus, uint64_t{0x0f});
+    peer_.Send(Request::kNetSetMtu, uint64_t{kMtu});
+    struct {
+      MemoryHeader h;
+      MemoryRegion r;
+    } t{{1, 0}, {kGpa, ram_.size, ram_.uva(), 0}};
+    peer_.Send(Request::kSetMemTable, t, {ram_.fd.get()});
+    for (uint32_t q = 0; q < 2; ++q) {
+      const uint64_t o = RingOffset(q);
+      peer_.Send(Request::kSetVringNum, VringState{q, kQueueSize});
+      peer_.Send(Request::kSetVringBase, VringState{q, packed() ? 0x80008000u : 0u});
+      VringAddr a{};
+      a.index = q;
+      a.desc_user_addr = ram_.uva(o);
+      a.avail_user_addr = ram_.uva(o + 0x1000);
+      a.used_user_addr = ram_.uva(o + 0x2000);
+      peer_.Send(Request::kSetVringAddr, a);
+      peer_.Send(Request::kSetVringCall, uint64_t{q}, {call_[q].get()});
+      peer_.Send(Request::kSetVringErr, uint64_t{q}, {err_[q].get()});
+      peer_.Send(Request::kSetVringKick, uint64_t{q}, {kick_[q].get()});
+      peer_.Send(Request::kSetVringEnable, VringState{q, 1});
+    }
+    auto r = peer_.Pump(a_);
+    ASSERT_TRUE(r) << r.error().message();
+    ASSERT_TRUE(a_.queue(0).running);
+    ASSERT_TRUE(a_.queue(1).running);
+    mem_ = a_.memory();
+    for (uint32_t q = 0; q < 2; ++q) {
+      const uint64_t o = kGpa + RingOffset(q);
+      driver_[q].packed = packed();
+      virtio::DriverRingConfig c;
+      c.size = kQueueSize;
+      c.features = features_;
+      c.ring[0] = GuestAddr{o};
+      c.ring[1] = GuestAddr{o + 0x1000};
+      c.ring[2] = GuestAddr{o + 0x2000};
+      auto d = driver_[q].Init(*mem_, c);
+      ASSERT_TRUE(d) << d.error().message();
+    }
+  }
+
+  // The driver adds n one-buffer chains to queue q (readable on the transmitq 1, writable on
+  // the receiveq 0), each `Len(seq)` bytes long so that the device's pop says which one it is.
+  static uint32_t Len(uint32_t seq) { return 60 + seq; }
+  void Add(uint32_t q, uint32_t n) {
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t seq = next_seq_[q]++;
+      auto id = driver_[q].Add({GuestAddr{kGpa + kBuffers + ((q * 64 + seq % 64) << 12)}, Len(seq), q == 0});
+      ASSERT_TRUE(id) << "ring full";
+    }
+    driver_[q].Publish();
+  }
+  // Session s pops n chains of queue q, expecting the driver's next ones in order.
+  void Pop(BackendSession& s, uint32_t q, uint32_t n, std::vector<uint16_t>* ids) {
+    auto c = std::make_unique<virtio::DescChain>();
+    for (uint32_t i = 0; i < n; ++i) {
+      ASSERT_EQ(DevicePop(s.queue(q), c.get()), virtio::PopStatus::kOk) << "queue " << q << " chain " << i;
+      const uint32_t seq = popped_seq_[q]++;
+      EXPECT_EQ(q == 0 ? c->writable_bytes : c->readable_bytes, Len(seq)) << "queue " << q << " chain " << i;
+      ids->push_back(c->id);
+    }
+  }
+  void Complete(BackendSession& s, uint32_t q, const std::vector<uint16_t>& ids) {
+    for (uint16_t id : ids) DevicePush(s.queue(q), id, q == 0 ? 60 : 0);
+    DeviceFlush(s.queue(q));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      virtio::UsedBuffer u;
+      ASSERT_EQ(driver_[q].PopUsed(&u), virtio::PopStatus::kOk) << "queue " << q << " used " << i;
+      EXPECT_EQ(u.id, ids[i]);
+    }
+  }
+  // n chains through queue q of session s: added, popped, completed, seen used.
+  void Cycle(BackendSession& s, uint32_t q, uint32_t n) {
+    Add(q, n);
+    std::vector<uint16_t> ids;
+    Pop(s, q, n, &ids);
+    Complete(s, q, ids);
+  }
+  bool Empty(BackendSession& s, uint32_t q) {
+    auto c = std::make_unique<virtio::DescChain>();
+    return DevicePop(s.queue(q), c.get()) == virtio::PopStatus::kEmpty;
+  }
+
+  // A record of A as it stands (a fresh one each call: Import takes its fds).
+  HandoverRecord Export() {
+    HandoverRecord r;
+    auto e = a_.Export(&r);
+    EXPECT_TRUE(e) << e.error().message();
+    return r;
+  }
+  HandoverRecord Positions() {
+    HandoverRecord r;
+    auto e = a_.ExportPositions(&r);
+    EXPECT_TRUE(e) << e.error().message();
+    return r;
+  }
+
+  UniqueFd kick_[2], call_[2], err_[2];
+  uint64_t features_ = 0;
+  NoWorker worker_;
+  SharedRam ram_{1 << 20};
+  VhostPeer peer_;
+  BackendSession a_{BackendConfig{2, 1500}, &worker_};
+  BackendSession b_{BackendConfig{2, 1500}, &worker_};
+  std::shared_ptr<const GuestMemory> mem_;  // A's mapping, the driver's view
+  TestDriver driver_[2];
+  uint32_t next_seq_[2] = {0, 0};
+  uint32_t popped_seq_[2] = {0, 0};
+};
+
+INSTANTIATE_TEST_SUITE_P(Layouts, Handover, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "packed" : "split"; });
+
+TEST_P(Handover, RunningRingsGoOnExactlyWhereTheyStopped) {
+  Cycle(a_, 1, 10);
+  Cycle(a_, 0, 6);
+  ASSERT_NE(DevicePosition(a_.queue(1)), packed() ? 0x8000u : 0u);
+  HandoverRecord state = Export();
+  ASSERT_TRUE(b_.Import(state)) << "import";
+  // Built and checked, but not started: A goes on meanwhile.
+  EXPECT_FALSE(b_.queue(0).running);
+  EXPECT_FALSE(b_.queue(1).running);
+  EXPECT_EQ(b_.features(), a_.features());
+  EXPECT_TRUE(b_.has_features());
+  EXPECT_EQ(b_.protocol_features(), a_.protocol_features());
+  EXPECT_EQ(b_.mtu(), kMtu);
+  EXPECT_EQ(b_.mtu(), a_.mtu());
+  EXPECT_EQ(b_.status(), a_.status());
+  EXPECT_EQ(b_.status(), 0x0f);
+  EXPECT_EQ(b_.net_hdr_len(), a_.net_hdr_len());
+  ASSERT_NE(b_.memory(), nullptr);
+  EXPECT_EQ(b_.memory()->regions().size(), 1u);
+  // A moves on (past the end of the ring: a packed ring's wrap counter flips), and the driver
+  // adds two chains A does not take.
+  Cycle(a_, 1, 9);
+  Cycle(a_, 0, 3);
+  Add(1, 2);
+  HandoverRecord pos = Positions();
+  auto ip = b_.ImportPositions(pos);
+  ASSERT_TRUE(ip) << ip.error().message();
+  ASSERT_TRUE(b_.queue(0).running);
+  ASSERT_TRUE(b_.queue(1).running);
+  EXPECT_EQ(b_.queue(0).packed, packed());
+  for (uint32_t q = 0; q < 2; ++q) {
+    EXPECT_EQ(DevicePosition(b_.queue(q)), DevicePosition(a_.queue(q))) << q;
+    // The same doorbells: the frontend's eventfds, not copies.
+    EXPECT_EQ(InodeOf(b_.queue(q).kick_fd()), InodeOf(kick_[q].get())) << q;
+    EXPECT_EQ(InodeOf(b_.queue(q).call.get()), InodeOf(call_[q].get())) << q;
+    EXPECT_EQ(InodeOf(b_.queue(q).err.get()), InodeOf(err_[q].get())) << q;
+  }
+  // B takes the two chains A left, then one the driver adds now: none lost, none repeated.
+  std::vector<uint16_t> ids;
+  Pop(b_, 1, 2, &ids);
+  Add(1, 1);
+  Pop(b_, 1, 1, &ids);
+  EXPECT_TRUE(Empty(b_, 1));
+  Complete(b_, 1, ids);
+  // And on and on, around the ring again, on both queues.
+  for (int i = 0; i < 3; ++i) {
+    Cycle(b_, 1, 10);
+    Cycle(b_, 0, 10);
+  }
+  EXPECT_TRUE(Empty(b_, 0));
+  // The call reaches the frontend's eventfd.
+  uint64_t v = 0;
+  while (::read(call_[1].get(), &v, sizeof v) == 8) {
+  }
+  ASSERT_TRUE(b_.queue(1).Call());
+  EXPECT_EQ(::read(call_[1].get(), &v, sizeof v), 8);
+}
+
+TEST_P(Handover, PolledKickAndAQueueNeverStartedGoOverToo) {
+  // Queue 2 (receiveq 1): size and addresses, not enabled, no kick: handed over as it is.
+  peer_.Send(Request::kSetVringNum, VringState{2, kQueueSize});
+  ASSERT_TRUE(peer_.Pump(a_));
+  HandoverRecord state = Export();
+  ASSERT_TRUE(b_.Import(state));
+  HandoverRecord pos = Positions();
+  ASSERT_TRUE(b_.ImportPositions(pos));
+  EXPECT_TRUE(b_.queue(1).running);
+  EXPECT_FALSE(b_.queue(2).running);
+  EXPECT_EQ(b_.queue(2).num, kQueueSize);
+}
+
+TEST_P(Handover, ChainInFlightRefusesTheExport) {
+  Cycle(a_, 1, 3);
+  Add(1, 1);
+  std::vector<uint16_t> ids;
+  Pop(a_, 1, 1, &ids);
+  HandoverRecord r;
+  auto e = a_.Export(&r);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("in flight"), std::string::npos) << e.error().message();
+  EXPECT_NE(e.error().message().find("queue 1"), std::string::npos) << e.error().message();
+  EXPECT_TRUE(r.values().empty());  // nothing written
+  e = a_.ExportPositions(&r);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("in flight"), std::string::npos) << e.error().message();
+  // Pushed but not published: still in flight.
+  DevicePush(a_.queue(1), ids[0], 0);
+  HandoverRecord r2;
+  e = a_.Export(&r2);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("in flight"), std::string::npos);
+  DeviceFlush(a_.queue(1));
+  virtio::UsedBuffer u;
+  ASSERT_EQ(driver_[1].PopUsed(&u), virtio::PopStatus::kOk);
+  HandoverRecord r3;
+  EXPECT_TRUE(a_.Export(&r3));
+}
+
+TEST_P(Handover, RingBrokenBeforeThePositionsStaysStopped) {
+  Cycle(a_, 1, 5);
+  HandoverRecord state = Export();
+  ASSERT_TRUE(b_.Import(state));
+  // The driver breaks queue 1 meanwhile: split, its avail index jumps by more than the ring;
+  // packed, a descriptor with an id past the ring.
+  if (packed()) {
+    Add(1, 1);
+    const uint16_t bad_id = 0xffff;  // VirtqPackedDesc::id, at byte 12 of the descriptor
+    std::memcpy(ram_.host + RingOffset(1) + 16 * (5 % kQueueSize) + 12, &bad_id, sizeof bad_id);
+  } else {
+    auto* idx = reinterpret_cast<uint16_t*>(ram_.host + RingOffset(1) + 0x1000 + 2);
+    *idx = static_cast<uint16_t>(*idx + kQueueSize + 1);
+  }
+  auto c = std::make_unique<virtio::DescChain>();
+  ASSERT_EQ(DevicePop(a_.queue(1), c.get()), virtio::PopStatus::kBroken);
+  HandoverRecord pos = Positions();
+  EXPECT_TRUE(pos.Has("s.p.1.broken"));
+  EXPECT_FALSE(pos.Has("s.p.1.base"));
+  ASSERT_TRUE(b_.ImportPositions(pos));
+  EXPECT_FALSE(b_.queue(1).running);  // until the frontend sets it up again
+  EXPECT_TRUE(b_.queue(0).running);
+  EXPECT_EQ(b_.queue(1).kick_fd(), -1);
+  // A ring broken before the export: its kick is not handed over at all.
+  BackendSession b2{BackendConfig{2, 1500}, &worker_};
+  HandoverRecord state2 = Export();
+  EXPECT_FALSE(state2.Has("s.q.1.kick"));
+  EXPECT_TRUE(state2.Has("s.q.0.kick"));
+  ASSERT_TRUE(b2.Import(state2));
+  HandoverRecord pos2 = Positions();
+  // Positions for a queue whose kick did not come: refused.
+  auto e = b2.ImportPositions(pos2);
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().message(), "queue 1 has a position but was not set up");
+  b2.Reset();
+}
+
+TEST_P(Handover, HostileRecordsAreRefusedAndTheSessionRecovers) {
+  Cycle(a_, 1, 5);
+  Cycle(a_, 0, 2);
+  const size_t fds_before = OpenFds();
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd pipe_r(p[0]), pipe_w(p[1]);
+  const uint64_t max_packed_pos = packed() ? (0x8000 | (kQueueSize + 1)) : 0;
+
+  struct Case {
+    const char* what;
+    std::function<void(HandoverRecord&)> state;  // changes the Export record
+    std::function<void(HandoverRecord&)> pos;    // changes the positions (nullptr: Import fails)
+    std::string error;                           // a part of the error
+  };
+  auto fd_of = [&](HandoverRecord& r, int fd) {
+    r.AddOwnedFd(UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)));
+    return r.fds().size() - 1;
+  };
+  const std::vector<Case> cases = {
+      {"missing features", [](HandoverRecord& r) { r.mutable_values().erase("s.features"); }, nullptr,
+       "handover: no value s.features"},
+      {"missing region gpa", [](HandoverRecord& r) { r.mutable_values().erase("s.region.0.gpa"); }, nullptr,
+       "handover: no value s.region.0.gpa"},
+      {"missing region fd", [](HandoverRecord& r) { r.mutable_values().erase("s.region.0.fd"); }, nullptr,
+       "handover: no value s.region.0.fd"},
+      {"status not a number", [](HandoverRecord& r) { r.SetText("s.status", "up"); }, nullptr,
+       "handover: s.status = 'up' is not a number"},
+      {"too many regions", [](HandoverRecord& r) { r.Set("s.regions", kMaxMemSlots + 1); }, nullptr,
+       "handover: s.regions = 65 is above 64"},
+      {"more regions than there are", [](HandoverRecord& r) { r.Set("s.regions", 2); }, nullptr,
+       "handover: no value s.region.1.gpa"},
+      {"region refs", [](HandoverRecord& r) { r.Set("s.region.0.refs", kMaxRegionRefs + 1); }, nullptr,
+       "s.region.0.refs"},
+      {"region outside its file",
+       [&](HandoverRecord& r) { r.Set("s.region.0.size", ram_.size * 2); }, nullptr, "ADD_MEM_REG"},
+      {"region fd is a pipe", [&](HandoverRecord& r) { r.Set("s.region.0.fd", fd_of(r, pipe_r.get())); }, nullptr,
+       "is not a memfd, tmpfs or hugetlbfs file"},
+      {"region fd index out of range", [](HandoverRecord& r) { r.Set("s.region.0.fd", 1000); }, nullptr,
+       "s.region.0.fd = 1000 is above"},
+      {"call fd taken twice", [](HandoverRecord& r) { r.SetText("s.q.1.call", *r.GetText("s.q.0.call")); },
+       nullptr, "names no file descriptor"},
+      {"call fd is a pipe", [&](HandoverRecord& r) { r.Set("s.q.1.call", fd_of(r, pipe_w.get())); }, nullptr,
+       "SET_VRING_CALL: queue 1: the fd is not an eventfd"},
+      {"queue size above the most", [](HandoverRecord& r) { r.Set("s.q.1.num", 65536); }, nullptr,
+       "handover: s.q.1.num = 65536 is above 32768"},
+      {"base above 16 bits", [](HandoverRecord& r) { r.Set("s.q.1.base", 0x10000); }, nullptr,
+       "handover: s.q.1.base = 65536 is above 65535"},
+      {"ring outside memory", [&](HandoverRecord& r) { r.Set("s.q.1.desc", ram_.uva(ram_.size - 64)); },
+       [](HandoverRecord&) {}, "is not inside one memory region"},
+      {"kick is a pipe", [&](HandoverRecord& r) { r.Set("s.q.1.kick", fd_of(r, pipe_r.get())); },
+       [](HandoverRecord&) {}, "SET_VRING_KICK: queue 1: the fd is not an eventfd"},
+      {"kick is a memfd", [&](HandoverRecord& r) { r.Set("s.q.0.kick", fd_of(r, ram_.fd.get())); },
+       [](HandoverRecord&) {}, "SET_VRING_KICK: queue 0: the fd is not an eventfd"},
+      {"position above 16 bits", [](HandoverRecord&) {}, [](HandoverRecord& r) { r.Set("s.p.1.base", 0x10000); },
+       "handover: s.p.1.base = 65536 is above 65535"},
+      {"position not a number", [](HandoverRecord&) {}, [](HandoverRecord& r) { r.SetText("s.p.0.base", "-1"); },
+       "handover: s.p.0.base = '-1' is not a number"},
+      {"position for a queue not set up", [](HandoverRecord& r) { r.mutable_values().erase("s.q.1.kick"); },
+       [](HandoverRecord&) {}, "queue 1 has a position but was not set up"},
+      {"malformed rarp", [](HandoverRecord& r) { r.Set("s.rarp", 1ull << 50); }, nullptr,
+       "handover: s.rarp is malformed"},
+      {"malformed positions rarp", [](HandoverRecord&) {}, [](HandoverRecord& r) { r.Set("s.p.rarp", 1ull << 50); },
+       "handover: s.p.rarp is malformed"},
+  };
+  std::vector<Case> all = cases;
+  if (packed()) {
+    // A base past the end of the ring (position 17 of 16) does not fit a packed ring.
+    all.push_back({"base past a packed ring", [](HandoverRecord&) {},
+                   [=](HandoverRecord& r) { r.Set("s.p.1.base", max_packed_pos); }, "queue 1"});
+    all.push_back({"state base past a packed ring", [=](HandoverRecord& r) { r.Set("s.q.1.base", max_packed_pos); },
+                   [](HandoverRecord& r) { r.mutable_values().erase("s.p.1.base"); }, "queue 1"});
+  } else {
+    all.push_back({"queue size not a power of two", [](HandoverRecord& r) { r.Set("s.q.1.num", 100); }, nullptr,
+                   "SET_VRING_NUM: queue 1 size 100"});
+    // A split ring's base more than the ring ahead of its used index.
+    all.push_back({"base far ahead of a split ring", [](HandoverRecord&) {},
+                   [](HandoverRecord& r) { r.Set("s.p.1.base", 5 + kQueueSize + 1); }, "queue 1"});
+  }
+  for (const Case& c : all) {
+    SCOPED_TRACE(c.what);
+    {
+      HandoverRecord state = Export();
+      c.state(state);
+      auto r = b_.Import(state);
+      if (!c.pos) {
+        ASSERT_FALSE(r) << "imported";
+        EXPECT_NE(r.error().message().find(c.error), std::string::npos) << r.error().message();
+      } else {
+        ASSERT_TRUE(r) << r.error().message();
+        HandoverRecord pos = Positions();
+        c.pos(pos);
+        auto rp = b_.ImportPositions(pos);
+        ASSERT_FALSE(rp) << "positions imported";
+        EXPECT_NE(rp.error().message().find(c.error), std::string::npos) << rp.error().message();
+      }
+      b_.Reset();
+      EXPECT_EQ(b_.memory(), nullptr);
+    }
+    // Nothing of the record is left open (every fd taken or not closed with it or by Reset).
+    EXPECT_EQ(OpenFds(), fds_before + 2);
+  }
+  // The session is as new: a good record goes through.
+  HandoverRecord state = Export();
+  ASSERT_TRUE(b_.Import(state));
+  HandoverRecord pos = Positions();
+  ASSERT_TRUE(b_.ImportPositions(pos));
+  EXPECT_TRUE(b_.queue(1).running);
+  Cycle(b_, 1, 3);
 }
 
 }  // namespace
