@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <string>
 #include <string_view>
 
@@ -648,9 +649,31 @@ Message Synth(Request r, const T& v, UniqueFd fd = UniqueFd()) {
   return m;
 }
 
+// UNTRUSTED (the old process, another build): every key under `prefix` that names a queue
+// ("s.q.5.num") names one this session has (its spec's queue pairs): a queue the record has
+// and the session would skip is a queue of the guest that would stop without a word. Keys
+// under the prefix that name no queue (a newer build's, like "s.p.rarp") are not looked at.
+Result<void> CheckQueueKeys(const HandoverRecord& in, const std::string& prefix, uint32_t queues) {
+  for (auto it = in.values().lower_bound(prefix);
+       it != in.values().end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
+    const std::string& key = it->first;
+    const char* b = key.data() + prefix.size();
+    const char* e = key.data() + key.size();
+    if (b == e || *b < '0' || *b > '9') continue;
+    uint64_t i = 0;
+    auto [end, ec] = std::from_chars(b, e, i);
+    if (ec != std::errc() || end == e || *end != '.' || i >= queues) {
+      return Error("handover: " + key + " names a queue this port does not have (it has " + std::to_string(queues) +
+                   ")");
+    }
+  }
+  return Ok();
+}
+
 }  // namespace
 
 Result<void> BackendSession::Import(HandoverRecord& in) {
+  NICMUX_TRY(CheckQueueKeys(in, "s.q.", 2 * config_.queue_pairs));
   // No request below asks for a reply (no NEED_REPLY, no GET_*): the channel is never
   // written, so it needs no socket.
   Channel none{UniqueFd()};
@@ -743,6 +766,7 @@ Result<void> BackendSession::ExportPositions(HandoverRecord* out) const {
 }
 
 Result<void> BackendSession::ImportPositions(HandoverRecord& in) {
+  NICMUX_TRY(CheckQueueKeys(in, "s.p.", 2 * config_.queue_pairs));
   Channel none{UniqueFd()};
   auto handle = [&](Message m) { return Handle(m, none); };
   for (uint32_t i = 0; i < 2 * config_.queue_pairs; ++i) {

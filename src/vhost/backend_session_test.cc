@@ -991,5 +991,26 @@ TEST_P(Handover, HostileRecordsAreRefusedAndTheSessionRecovers) {
   Cycle(b_, 1, 3);
 }
 
+TEST_P(Handover, QueueOutsideTheConfigIsRefused) {
+  // A record of a session with more queue pairs than this one has (another spec, or a
+  // hostile record): refused, not silently cut down to the queues this one has.
+  BackendSession one_pair{BackendConfig{1, 1500}, &worker_};
+  HandoverRecord state = Export();
+  state.Set("s.q.2.num", kQueueSize);
+  state.Set("s.q.2.base", 0);
+  state.Set("s.q.2.enabled", 1);
+  auto r = one_pair.Import(state);
+  ASSERT_FALSE(r) << "imported";
+  EXPECT_NE(r.error().message().find("s.q.2"), std::string::npos) << r.error().message();
+  one_pair.Reset();
+  HandoverRecord state2 = Export();
+  ASSERT_TRUE(b_.Import(state2));
+  HandoverRecord pos = Positions();
+  pos.Set("s.p.9.base", 0);
+  auto rp = b_.ImportPositions(pos);
+  ASSERT_FALSE(rp) << "positions imported";
+  EXPECT_NE(rp.error().message().find("s.p.9"), std::string::npos) << rp.error().message();
+}
+
 }  // namespace
 }  // namespace nicmux::vhost
