@@ -17,7 +17,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <unistd.h>
 
@@ -47,6 +49,17 @@ options:
   --socket PATH      the backend's vhost-user socket (required)
   --client           connect to PATH (the default: the backend listens)
   --server           listen on PATH and wait for the backend (a nicmuxd port with `client`)
+  --rejoin           when the backend goes away (a restart), wait for the next one (--server:
+                     listen on PATH again and accept it; otherwise connect to PATH again) and
+                     set the device up anew (new memory and rings, the bases this side gives).
+                     Counters, sequence numbers and --verify state go on; transmitted frames
+                     the old backend never completed are queued again on the new rings, as
+                     QEMU restarts a ring from its used index (one it had taken and forwarded
+                     but not completed then arrives twice: counted as reordered); sending
+                     pauses while no backend is there (frames due meanwhile are not sent
+                     later: tx_unsent). Looks at the connection every millisecond; prints a
+                     "rejoin" line (reconnects, disconnected_ms, tx_unsent, tx_requeued)
+                     before the summary
   --size BYTES       frame size without FCS, 60..65000 (default 64)
   --rate PPS         packets per second to send (default: as fast as possible)
   --poisson          with --rate: one packet at a time, at random gaps (exponential, mean
@@ -103,6 +116,7 @@ none was lost); 1 otherwise; 2 for a bad command line.
 struct Options : GenOptions {
   std::string socket;
   bool server = false;
+  bool rejoin = false;
   uint32_t queues = 1;
   bool packed = false;
   bool mrg = true;
@@ -132,6 +146,8 @@ Options Parse(int argc, char** argv) {
       o.server = false;
     } else if (a == "--server") {
       o.server = true;
+    } else if (a == "--rejoin") {
+      o.rejoin = true;
     } else if (a == "--udp") {
       o.udp = static_cast<uint32_t>(kCli.Num(a, val(), 1, 65535));
     } else if (a == "--offloads") {
@@ -177,9 +193,11 @@ int Run(const Options& o) {
     std::fprintf(stderr, "nicmux-pktgen: %s\n", f.error().message().c_str());
     return 1;
   }
-  vhost::Frontend& fe = **f;
-  const uint32_t hdr = fe.net_hdr_len();
-  if (o.tso && !(virtio::Has(fe.features(), virtio::kNetFHostTso4) && virtio::Has(fe.features(), virtio::kNetFCsum))) {
+  // The device: replaced by a new one when --rejoin sets it up again with another backend.
+  std::unique_ptr<vhost::Frontend> fe_own = std::move(*f);
+  vhost::Frontend* fe = fe_own.get();
+  const uint32_t hdr = fe->net_hdr_len();
+  if (o.tso && !(virtio::Has(fe->features(), virtio::kNetFHostTso4) && virtio::Has(fe->features(), virtio::kNetFCsum))) {
     std::fprintf(stderr, "nicmux-pktgen: --tso: the backend does not offer CSUM and HOST_TSO4\n");
     return 1;
   }
@@ -187,23 +205,57 @@ int Run(const Options& o) {
   const bool tx_only = o.tx_only(), rx_side = o.rx_side();
   std::vector<uint32_t> rtt_ns;  // ping: one round trip per reflected frame
   std::fprintf(stdout, "pktgen: connected to %s, %u queue pair(s), %s ring, mrg_rxbuf %s, mode %s, size %u\n",
-               o.socket.c_str(), fe.queue_pairs(), o.packed ? "packed" : "split", o.mrg ? "on" : "off",
+               o.socket.c_str(), fe->queue_pairs(), o.packed ? "packed" : "split", o.mrg ? "on" : "off",
                o.mode.c_str(), o.size);
   std::fflush(stdout);
-  if (o.announce) {
-    vhost::FrontendQueue& tq = fe.txq(0);
+
+  // --rejoin: per transmit queue, the chains the backend has not completed yet, in the order
+  // they were added (an id's tag says which add of it an entry is: ids are reused), so that
+  // a new backend can be given them again.
+  struct TxInFlight {
+    std::vector<uint64_t> tag;  // per id: its add's number, 0 once completed
+    std::vector<uint32_t> len;  // per id: bytes (virtio header included)
+    std::deque<std::pair<uint16_t, uint64_t>> order;
+    uint64_t next = 1;
+  };
+  std::vector<TxInFlight> tx_inflight;
+  auto reset_inflight = [&] {
+    tx_inflight.assign(fe->queue_pairs(), TxInFlight{});
+    for (auto& x : tx_inflight) {
+      x.tag.assign(o.ring, 0);
+      x.len.assign(o.ring, 0);
+    }
+  };
+  if (o.rejoin) reset_inflight();
+  auto note_tx = [&](uint32_t k, uint16_t id, uint32_t len) {
+    if (!o.rejoin) return;
+    TxInFlight& x = tx_inflight[k];
+    x.tag[id] = x.next;
+    x.len[id] = len;
+    x.order.emplace_back(id, x.next++);
+  };
+  auto note_done = [&](uint32_t k, uint16_t id) {
+    if (!o.rejoin || id >= o.ring) return;
+    TxInFlight& x = tx_inflight[k];
+    x.tag[id] = 0;
+    while (!x.order.empty() && x.tag[x.order.front().first] != x.order.front().second) x.order.pop_front();
+  };
+  auto announce = [&] {
+    vhost::FrontendQueue& tq = fe->txq(0);
     const uint16_t id = tq.NextId();
-    std::byte* b = fe.Buffer(tq, id);
+    std::byte* b = fe->Buffer(tq, id);
     std::memset(b, 0, hdr + 60);
     uint8_t* f = reinterpret_cast<uint8_t*>(b + hdr);
     std::memset(f, 0xff, 6);
     std::memcpy(f + 6, g_src_mac, 6);
     f[12] = 0x88;
     f[13] = 0xb6;  // IEEE local experimental 2: a receiving pktgen counts it as rx_other
-    virtio::DriverBuffer tb{fe.BufferAddr(tq, id), hdr + 60, false};
+    virtio::DriverBuffer tb{fe->BufferAddr(tq, id), hdr + 60, false};
     tq.Add({&tb, 1});
+    note_tx(0, id, hdr + 60);
     tq.Kick();
-  }
+  };
+  if (o.announce) announce();
 
   Stats st;
   RxAccount rx_account(o, &st, &rtt_ns);
@@ -213,11 +265,11 @@ int Run(const Options& o) {
     uint32_t left = 0, len = 0;
     bool partial = false;  // the frame's header says NEEDS_CSUM
   };
-  std::vector<Reassembly> reasm_q(fe.queue_pairs());
+  std::vector<Reassembly> reasm_q(fe->queue_pairs());
   for (auto& r : reasm_q) r.buf.resize(65536 + 64);  // any frame a peer may send
   // One sequence per transmit queue: a frame carries stream id << 4 | queue, and order is kept
   // per queue only (as on any multi-queue NIC).
-  std::vector<uint64_t> seq(fe.queue_pairs(), 0);
+  std::vector<uint64_t> seq(fe->queue_pairs(), 0);
   const uint64_t t0 = GenNowNs();
   const double limit_s = o.duration + o.delay;
   Progress progress(o, t0);
@@ -237,10 +289,24 @@ int Run(const Options& o) {
   uint64_t now_ns = t0;
   uint64_t round = 0;
   auto elapsed = [&] { return (now_ns - t0) / 1e9; };
+  // --rejoin: whether the backend has gone (since gone_ns), and what the rejoins cost.
+  bool gone = false, rejoin_failed = false;
+  uint64_t gone_ns = 0, alive_checked_ns = t0, disconnected_ns = 0, tx_unsent = 0, tx_requeued = 0;
+  uint32_t reconnects = 0;
   while (!g_stop.load(std::memory_order_relaxed)) {
     if ((round++ & 31) == 0) now_ns = GenNowNs();
     const double t = elapsed();
     if (t >= limit_s) break;
+    if (o.rejoin && !gone && now_ns - alive_checked_ns >= 1'000'000) {
+      alive_checked_ns = now_ns;
+      if (!fe->Alive()) {
+        gone = true;
+        gone_ns = GenNowNs();
+        std::printf("pktgen: the backend closed the connection at t=%.3fs; waiting for the next one\n",
+                    (gone_ns - t0) / 1e9);
+        std::fflush(stdout);
+      }
+    }
     if (!released && g_go.load(std::memory_order_relaxed)) {
       released = true;
       send_from = std::max(o.delay, t);
@@ -248,12 +314,13 @@ int Run(const Options& o) {
       std::fflush(stdout);
     }
     bool work = false;
-    for (uint32_t k = 0; k < fe.queue_pairs(); ++k) {
-      vhost::FrontendQueue& tq = fe.txq(k);
-      vhost::FrontendQueue& rq = fe.rxq(k);
+    for (uint32_t k = 0; k < fe->queue_pairs(); ++k) {
+      vhost::FrontendQueue& tq = fe->txq(k);
+      vhost::FrontendQueue& rq = fe->rxq(k);
       // Reclaim transmit buffers.
       virtio::UsedBuffer u;
       while (tq.PopUsed(&u) == virtio::PopStatus::kOk) {
+        note_done(k, u.id);
       }
       // Receive.
       uint32_t got = 0;
@@ -263,7 +330,7 @@ int Run(const Options& o) {
       while (got < 64) {
         if (rq.PopUsed(&u) != virtio::PopStatus::kOk) break;
         ++got;
-        const std::byte* b = fe.Buffer(rq, u.id);
+        const std::byte* b = fe->Buffer(rq, u.id);
         uint32_t len = u.len;
         if (frag_left == 0) {
           virtio::VirtioNetHdrV1 h;
@@ -278,7 +345,7 @@ int Run(const Options& o) {
         std::memcpy(reasm.data() + frag_len, b, take);
         frag_len += take;
         // Give the buffer back at once.
-        virtio::DriverBuffer rb{fe.BufferAddr(rq, rq.NextId()), fc.buf_bytes, true};
+        virtio::DriverBuffer rb{fe->BufferAddr(rq, rq.NextId()), fc.buf_bytes, true};
         rq.Add({&rb, 1});
         if (--frag_left > 0) continue;
         if (rx_account.Take(reasm.data(), frag_len, reasm_q[k].partial)) {  // reflect it
@@ -296,15 +363,18 @@ int Run(const Options& o) {
       }
       // Transmit.
       uint32_t added = 0;
-      if (reflect) {
+      if (gone) {
+        // The backend went away: nothing more goes out until the next one is there.
+      } else if (reflect) {
         while (!backlog.empty() && tq.num_free() > 0 && added < 64) {
           const uint16_t id = tq.NextId();
-          std::byte* b = fe.Buffer(tq, id);
+          std::byte* b = fe->Buffer(tq, id);
           std::memset(b, 0, hdr);
           const auto& fr = backlog.front();
           std::memcpy(b + hdr, fr.data(), fr.size());
-          virtio::DriverBuffer tb{fe.BufferAddr(tq, id), static_cast<uint32_t>(hdr + fr.size()), false};
+          virtio::DriverBuffer tb{fe->BufferAddr(tq, id), static_cast<uint32_t>(hdr + fr.size()), false};
           tq.Add({&tb, 1});
+          note_tx(k, id, tb.len);
           ++st.tx;
           st.tx_bytes += fr.size();
           backlog.erase(backlog.begin());
@@ -318,7 +388,7 @@ int Run(const Options& o) {
             break;
           }
           const uint16_t id = tq.NextId();
-          std::byte* b = fe.Buffer(tq, id);
+          std::byte* b = fe->Buffer(tq, id);
           std::memset(b, 0, hdr);
           if (o.tso) {
             virtio::VirtioNetHdrV1 h{};
@@ -353,8 +423,9 @@ int Run(const Options& o) {
             const uint64_t t_ns = GenNowNs();
             std::memcpy(b + hdr + kMinFrame, &t_ns, 8);
           }
-          virtio::DriverBuffer tb{fe.BufferAddr(tq, id), hdr + o.size, false};
+          virtio::DriverBuffer tb{fe->BufferAddr(tq, id), hdr + o.size, false};
           tq.Add({&tb, 1});
+          note_tx(k, id, tb.len);
           ++st.tx;
           st.tx_bytes += o.size;
           ++added;
@@ -369,22 +440,88 @@ int Run(const Options& o) {
         g_stop.store(true);
       }
     }
+    if (gone && !work) {
+      // The old backend is gone and this round found nothing more it had completed: keep the
+      // transmit chains it never completed, and set a device up with the next backend.
+      std::vector<std::vector<std::vector<std::byte>>> pending(fe->queue_pairs());
+      for (uint32_t k = 0; k < fe->queue_pairs(); ++k) {
+        for (const auto& [id, tag] : tx_inflight[k].order) {
+          if (tx_inflight[k].tag[id] != tag) continue;
+          const std::byte* b = fe->Buffer(fe->txq(k), id);
+          pending[k].emplace_back(b, b + tx_inflight[k].len[id]);
+        }
+      }
+      now_ns = GenNowNs();
+      const double left = limit_s - elapsed();
+      if (left <= 0) break;
+      vhost::FrontendConfig rc = fc;
+      rc.connect_timeout_ms = static_cast<int>(std::max(1.0, std::min(left * 1000, 2e9)));
+      auto nf = vhost::Frontend::Create(rc);
+      if (!nf) {
+        std::fprintf(stderr, "pktgen: the backend closed the connection and no other set the device up: %s\n",
+                     nf.error().message().c_str());
+        rejoin_failed = true;
+        break;
+      }
+      fe_own = std::move(*nf);  // (the old device's connection and memory go with it)
+      fe = fe_own.get();
+      reset_inflight();
+      for (auto& r : reasm_q) {
+        r.left = 0;
+        r.len = 0;
+      }
+      uint64_t requeued = 0;
+      for (uint32_t k = 0; k < fe->queue_pairs(); ++k) {
+        vhost::FrontendQueue& tq = fe->txq(k);
+        for (const auto& fr : pending[k]) {
+          if (tq.num_free() == 0) break;  // (the rings have the same size: never)
+          const uint16_t id = tq.NextId();
+          std::memcpy(fe->Buffer(tq, id), fr.data(), fr.size());
+          virtio::DriverBuffer tb{fe->BufferAddr(tq, id), static_cast<uint32_t>(fr.size()), false};
+          tq.Add({&tb, 1});
+          note_tx(k, id, tb.len);
+          ++requeued;
+        }
+        if (!pending[k].empty()) tq.Kick();
+      }
+      if (o.announce) announce();
+      now_ns = GenNowNs();
+      const double gone_t = (gone_ns - t0) / 1e9, back_t = elapsed();
+      // Pacing pauses while no backend was there: frames due meanwhile are not sent later.
+      if (send && o.rate && released) {
+        const double missed = back_t - std::max(send_from, gone_t);
+        if (missed > 0) {
+          send_from += missed;
+          tx_unsent += static_cast<uint64_t>(missed * static_cast<double>(o.rate) + 0.5);
+        }
+      }
+      ++reconnects;
+      disconnected_ns += now_ns - gone_ns;
+      tx_requeued += requeued;
+      std::printf("pktgen: rejoined: connected to %s again at t=%.3fs, %.1f ms after the backend went away "
+                  "(reconnect %u); %" PRIu64 " transmitted frame(s) it had not completed queued again\n",
+                  o.socket.c_str(), back_t, (now_ns - gone_ns) / 1e6, reconnects, requeued);
+      std::fflush(stdout);
+      gone = false;
+      alive_checked_ns = now_ns;
+      continue;
+    }
     // Done?
     if (o.count && rx_side && st.rx >= o.count && backlog.empty()) {
       // A reflector waits until the backend has taken what it queued last: closing the
       // connection first lost up to a ring of reflected frames.
       bool drained = true;
-      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) drained &= fe.txq(k).num_free() == o.ring;
+      for (uint32_t k = 0; k < fe->queue_pairs(); ++k) drained &= fe->txq(k).num_free() == o.ring;
       if (drained || !reflect) break;
     }
     if (o.count && send && tx_done) {
       // Sent everything: wait for the backend to take it (and, bidir, the peer's frames).
       bool drained = true;
-      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) drained &= fe.txq(k).num_free() == o.ring;
+      for (uint32_t k = 0; k < fe->queue_pairs(); ++k) drained &= fe->txq(k).num_free() == o.ring;
       if (drained && (tx_only || st.rx >= o.count)) break;
     }
     // The connection is looked at with each progress line (none with --interval 0).
-    if (progress.Maybe(now_ns, st) && !fe.Alive()) {
+    if (progress.Maybe(now_ns, st) && !o.rejoin && !fe->Alive()) {
       std::fprintf(stderr, "pktgen: the backend closed the connection\n");
       break;
     }
@@ -400,12 +537,12 @@ int Run(const Options& o) {
       // Nothing to do: sleep until a receive notification (or 10 ms).
       idle = 0;
       std::vector<pollfd> p;
-      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) {
-        auto& rq = fe.rxq(k);
+      for (uint32_t k = 0; k < fe->queue_pairs(); ++k) {
+        auto& rq = fe->rxq(k);
         if (rq.packed ? rq.packed_ring.EnableCalls() : rq.split.EnableCalls()) continue;
         p.push_back({rq.call.fd(), POLLIN, 0});
       }
-      if (p.size() == fe.queue_pairs()) {
+      if (p.size() == fe->queue_pairs()) {
         ::poll(p.data(), p.size(), 10);
         for (auto& x : p) {
           if (x.revents & POLLIN) {
@@ -415,16 +552,20 @@ int Run(const Options& o) {
           }
         }
       }
-      for (uint32_t k = 0; k < fe.queue_pairs(); ++k) {
-        auto& rq = fe.rxq(k);
+      for (uint32_t k = 0; k < fe->queue_pairs(); ++k) {
+        auto& rq = fe->rxq(k);
         rq.packed ? rq.packed_ring.DisableCalls() : rq.split.DisableCalls();
       }
     }
   }
   now_ns = GenNowNs();
   const double secs = elapsed();
-  bool ok = GenVerdict(o, st);
-  PrintSummary(o.mode.c_str(), o.size, fe.queue_pairs(), o.packed ? "packed" : "split", secs, st, o.verify, ok);
+  bool ok = GenVerdict(o, st) && !rejoin_failed;
+  if (o.rejoin) {
+    std::printf("rejoin reconnects=%u disconnected_ms=%.1f tx_unsent=%" PRIu64 " tx_requeued=%" PRIu64 "\n",
+                reconnects, disconnected_ns / 1e6, tx_unsent, tx_requeued);
+  }
+  PrintSummary(o.mode.c_str(), o.size, fe->queue_pairs(), o.packed ? "packed" : "split", secs, st, o.verify, ok);
   if (ping && !ReportRtt("pktgen", o, rtt_ns)) ok = false;
   std::fflush(stdout);
   return ok ? 0 : 1;
