@@ -772,11 +772,13 @@ Result<void> BackendSession::ImportPositions(HandoverRecord& in) {
   for (uint32_t i = 0; i < 2 * config_.queue_pairs; ++i) {
     const std::string k = "s.p." + std::to_string(i) + ".";
     auto kick = import_kicks_.find(i);
-    // UNTRUSTED (the old process): positions only for queues whose kicks came in step 1.
-    if ((in.Has(k + "base") || in.Has(k + "broken")) && kick == import_kicks_.end()) {
-      return Error("queue " + std::to_string(i) + " has a position but was not set up");
+    // UNTRUSTED (the old process): a position only for a queue whose kick came in step 1. (A
+    // ring that was broken already then came without its kick, and is still "broken" now:
+    // nothing to start.)
+    if (kick == import_kicks_.end()) {
+      if (in.Has(k + "base")) return Error("queue " + std::to_string(i) + " has a position but was not set up");
+      continue;
     }
-    if (kick == import_kicks_.end()) continue;
     UniqueFd fd = std::move(kick->second);
     import_kicks_.erase(kick);
     if (in.Has(k + "broken")) continue;  // stopped until the frontend sets it up again

@@ -873,10 +873,22 @@ TEST_P(Handover, RingBrokenBeforeThePositionsStaysStopped) {
   EXPECT_TRUE(state2.Has("s.q.0.kick"));
   ASSERT_TRUE(b2.Import(state2));
   HandoverRecord pos2 = Positions();
-  // Positions for a queue whose kick did not come: refused.
-  auto e = b2.ImportPositions(pos2);
+  // Still broken at the positions: nothing to start, and not an error (a guest that broke
+  // one of its rings must not make every upgrade fail).
+  EXPECT_TRUE(pos2.Has("s.p.1.broken"));
+  ASSERT_TRUE(b2.ImportPositions(pos2));
+  EXPECT_FALSE(b2.queue(1).running);
+  EXPECT_TRUE(b2.queue(0).running);
+  // A base for a queue whose kick did not come: refused.
+  BackendSession b3{BackendConfig{2, 1500}, &worker_};
+  HandoverRecord state3 = Export();
+  ASSERT_TRUE(b3.Import(state3));
+  HandoverRecord pos3 = Positions();
+  pos3.Set("s.p.1.base", 0);
+  auto e = b3.ImportPositions(pos3);
   ASSERT_FALSE(e);
   EXPECT_EQ(e.error().message(), "queue 1 has a position but was not set up");
+  b3.Reset();
   b2.Reset();
 }
 
