@@ -922,6 +922,37 @@ constexpr int kSendTimeoutMs = 2000;
 
 uint64_t NowUs() { return MonotonicNowNs() / 1000; }
 
+// A port's record in a handover document: {"values", "fd_base", "fd_count"} added to `port`,
+// its fds appended to `fds` (they go with the message).
+void PutRecord(const HandoverRecord& r, json* port, std::vector<int>* fds) {
+  json values = json::object();
+  for (const auto& [k, v] : r.values()) values[k] = v;
+  (*port)["values"] = std::move(values);
+  (*port)["fd_base"] = fds->size();
+  (*port)["fd_count"] = r.fds().size();
+  for (const UniqueFd& f : r.fds()) fds->push_back(f.get());
+}
+
+// UNTRUSTED (another build): the record back, its fds taken out of the message's `fds` (each
+// at most once: an fd two ports claim is an error). Errors name `who`.
+Result<void> TakeRecord(const json& port, std::vector<UniqueFd>& fds, const std::string& who, HandoverRecord* rec) {
+  if (!port.contains("values") || !port["values"].is_object() || !port.contains("fd_base") ||
+      !port["fd_base"].is_number_unsigned() || !port.contains("fd_count") || !port["fd_count"].is_number_unsigned()) {
+    return Error(who + ": malformed");
+  }
+  for (const auto& [k, v] : port["values"].items()) {
+    if (!v.is_string()) return Error(who + ": value " + k + " is not text");
+    rec->SetText(k, v.get<std::string>());
+  }
+  const uint64_t base = port["fd_base"], count = port["fd_count"];
+  if (base > fds.size() || count > fds.size() - base) return Error(who + ": fds out of range");
+  for (uint64_t f = base; f < base + count; ++f) {
+    if (!fds[f].valid()) return Error(who + ": an fd is another port's too");
+    rec->AddOwnedFd(std::move(fds[f]));
+  }
+  return Ok();
+}
+
 }  // namespace
 
 std::optional<ControlError> Daemon::StartUpgrade(const std::string& binary_in, UpgradeDone done) {
@@ -1076,15 +1107,9 @@ void Daemon::Cutover(const json& hello) {
         why = r.error().message();
         break;
       }
-      json values = json::object();
-      for (const auto& [k, v] : records[i].values()) values[k] = v;
-      ports.push_back({{"name", e.spec.name},
-                       {"spec", SpecToString(e.spec)},
-                       {"from_config", e.from_config},
-                       {"values", values},
-                       {"fd_base", fds.size()},
-                       {"fd_count", records[i].fds().size()}});
-      for (const UniqueFd& f : records[i].fds()) fds.push_back(f.get());
+      json port{{"name", e.spec.name}, {"spec", SpecToString(e.spec)}, {"from_config", e.from_config}};
+      PutRecord(records[i], &port, &fds);
+      ports.push_back(std::move(port));
     }
     doc["ports"] = ports;
   }
@@ -1135,12 +1160,10 @@ void Daemon::Cutover(const json& hello) {
         why = r.error().message();
         break;
       }
-      json values = json::object();
-      for (const auto& [k, v] : pos.values()) values[k] = v;
-      json port{{"name", ports_[i]->spec.name}, {"values", values}, {"fd_base", pos_fds.size()}, {"fd_count", pos.fds().size()}};
+      json port{{"name", ports_[i]->spec.name}};
+      PutRecord(pos, &port, &pos_fds);
       ExportCounters(*ports_[i], &port);  // where the workers stopped: none counted twice
       moved.push_back(std::move(port));
-      for (const UniqueFd& f : pos.fds()) pos_fds.push_back(f.get());
     }
     if (why.empty()) {
       if (auto r = handover::Send(sock, json{{"msg", "cutover"}, {"ports", moved}}, pos_fds, kSendTimeoutMs); !r) {
@@ -1240,23 +1263,10 @@ void Daemon::TakeOverSteps() {
   size_t i = 0;
   for (const json& p : doc["ports"]) {
     HandoverRecord& rec = records[i++];
-    if (!p.is_object() || !p.contains("spec") || !p["spec"].is_string() || !p.contains("values") ||
-        !p["values"].is_object() || !p.contains("fd_base") || !p["fd_base"].is_number_unsigned() ||
-        !p.contains("fd_count") || !p["fd_count"].is_number_unsigned()) {
-      fail("a port of the state is malformed");
-    }
+    if (!p.is_object() || !p.contains("spec") || !p["spec"].is_string()) fail("a port of the state is malformed");
     auto spec = ParsePortSpec(p["spec"].get<std::string>());
     if (!spec) fail(spec.error().message());
-    for (const auto& [k, v] : p["values"].items()) {
-      if (!v.is_string()) fail("port " + spec->name + ": value " + k + " is not text");
-      rec.SetText(k, v.get<std::string>());
-    }
-    const uint64_t base = p["fd_base"], count = p["fd_count"];
-    if (base > m->fds.size() || count > m->fds.size() - base) fail("port " + spec->name + ": fds out of range");
-    for (uint64_t f = base; f < base + count; ++f) {
-      if (!m->fds[f].valid()) fail("port " + spec->name + ": an fd is another port's too");
-      rec.AddOwnedFd(std::move(m->fds[f]));
-    }
+    if (auto r = TakeRecord(p, m->fds, "port " + spec->name, &rec); !r) fail(r.error().message());
     const bool from_config = p.contains("from_config") && p["from_config"].is_boolean() && p["from_config"].get<bool>();
     if (auto e = AddPort(*spec, from_config, &rec)) fail(e->message);
   }
@@ -1322,24 +1332,10 @@ void Daemon::TakeOverSteps() {
   }
   if (positioned.size() != ports_.size()) fail("the cutover has " + std::to_string(positioned.size()) + " ports, the state " + std::to_string(ports_.size()));
   for (const json& p : cut->doc["ports"]) {
-    if (!p.is_object() || !p.contains("name") || !p["name"].is_string() || !p.contains("values") ||
-        !p["values"].is_object() || !p.contains("fd_base") || !p["fd_base"].is_number_unsigned() ||
-        !p.contains("fd_count") || !p["fd_count"].is_number_unsigned()) {
-      fail("a port of the cutover is malformed");
-    }
     Entry* e = Find(p["name"].get<std::string>());
     if (!e) fail("the cutover names port " + p["name"].get<std::string>() + ", which the state did not");
     HandoverRecord pos;
-    for (const auto& [k, v] : p["values"].items()) {
-      if (!v.is_string()) fail("port " + e->spec.name + ": value " + k + " is not text");
-      pos.SetText(k, v.get<std::string>());
-    }
-    const uint64_t base = p["fd_base"], count = p["fd_count"];
-    if (base > cut->fds.size() || count > cut->fds.size() - base) fail("port " + e->spec.name + ": fds out of range");
-    for (uint64_t f = base; f < base + count; ++f) {
-      if (!cut->fds[f].valid()) fail("port " + e->spec.name + ": an fd is another port's too");
-      pos.AddOwnedFd(std::move(cut->fds[f]));
-    }
+    if (auto r = TakeRecord(p, cut->fds, "port " + e->spec.name, &pos); !r) fail(r.error().message());
     if (auto r = e->port->ImportPositions(pos); !r) fail(r.error().message());
     ImportCounters(p, e);
   }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "base/log.h"
+#include "base/unix_socket.h"
 
 namespace nicmux::handover {
 
@@ -32,26 +33,11 @@ Result<void> SendRecord(int sock, char type, std::span<const char> bytes, std::s
                         uint64_t deadline_ms) {
   std::string rec(1, type);
   rec.append(bytes.data(), bytes.size());
-  iovec iov{rec.data(), rec.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kFdsPerRecord)];
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  if (!fds.empty()) {
-    mh.msg_control = control;
-    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
   for (;;) {
-    ssize_t n = ::sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n == static_cast<ssize_t>(rec.size())) return Ok();
-    if (n >= 0) return Error("handover: short send");
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return Error::FromErrno("handover: send");
+    // A SEQPACKET record goes whole or not at all: a full socket is EAGAIN, waited out here.
+    auto r = SendWithFds(sock, std::as_bytes(std::span<const char>(rec)), fds);
+    if (r) return Ok();
+    if (r.error().sys_errno() != EAGAIN && r.error().sys_errno() != EWOULDBLOCK) return r.error().Wrap("handover");
     NICMUX_TRY(WaitFor(sock, POLLOUT, deadline_ms));
   }
 }
