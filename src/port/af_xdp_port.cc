@@ -9,8 +9,10 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -102,7 +104,31 @@ Result<void> MapRing(int fd, uint64_t pgoff, const xdp_ring_offset& off, uint32_
   return Ok();
 }
 
+// Points r's cached indexes at the shared ones as they are now (libxdp's convention, as
+// MapRing): a live upgrade's new process mapped the rings while the old one still moved them.
+template <typename Ring>
+void SyncRing(Ring* r, bool producer) {
+  r->cached_prod = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+  r->cached_cons = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE) + (producer ? r->size : 0);
+}
+
 }  // namespace
+
+Result<void> AfXdpPort::MapRings(Queue& q, const std::string& what) {
+  xdp_mmap_offsets off = {};
+  socklen_t olen = sizeof off;
+  if (::getsockopt(q.fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &olen) != 0) return Error::FromErrno(what + ": XDP_MMAP_OFFSETS");
+  if (olen != sizeof off) return Error(what + ": XDP_MMAP_OFFSETS without ring flags (a kernel before 5.4)");
+  NICMUX_TRY(MapRing(q.fd, XDP_UMEM_PGOFF_FILL_RING, off.fr, opt_.ring, sizeof(uint64_t), true, &q.fill, &q.maps[0].addr,
+                     &q.maps[0].len));
+  NICMUX_TRY(MapRing(q.fd, XDP_UMEM_PGOFF_COMPLETION_RING, off.cr, opt_.ring, sizeof(uint64_t), false, &q.comp,
+                     &q.maps[1].addr, &q.maps[1].len));
+  NICMUX_TRY(MapRing(q.fd, XDP_PGOFF_RX_RING, off.rx, opt_.ring, sizeof(xdp_desc), false, &q.rx, &q.maps[2].addr,
+                     &q.maps[2].len));
+  NICMUX_TRY(MapRing(q.fd, XDP_PGOFF_TX_RING, off.tx, opt_.ring, sizeof(xdp_desc), true, &q.tx, &q.maps[3].addr,
+                     &q.maps[3].len));
+  return Ok();
+}
 
 Result<void> AfXdpPort::OpenQueue(Queue& q, uint32_t i, bool zero_copy, uint32_t meta_len, int* umem_errno) {
   const std::string what = "port " + opt_.name + ": interface " + opt_.ifname + ": queue " + std::to_string(i);
@@ -132,18 +158,7 @@ Result<void> AfXdpPort::OpenQueue(Queue& q, uint32_t i, bool zero_copy, uint32_t
   for (int opt : {XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING}) {
     if (::setsockopt(q.fd, SOL_XDP, opt, &n, sizeof n) != 0) return Error::FromErrno(what + ": cannot size its rings");
   }
-  xdp_mmap_offsets off = {};
-  socklen_t olen = sizeof off;
-  if (::getsockopt(q.fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &olen) != 0) return Error::FromErrno(what + ": XDP_MMAP_OFFSETS");
-  if (olen != sizeof off) return Error(what + ": XDP_MMAP_OFFSETS without ring flags (a kernel before 5.4)");
-  NICMUX_TRY(MapRing(q.fd, XDP_UMEM_PGOFF_FILL_RING, off.fr, opt_.ring, sizeof(uint64_t), true, &q.fill, &q.maps[0].addr,
-                     &q.maps[0].len));
-  NICMUX_TRY(MapRing(q.fd, XDP_UMEM_PGOFF_COMPLETION_RING, off.cr, opt_.ring, sizeof(uint64_t), false, &q.comp,
-                     &q.maps[1].addr, &q.maps[1].len));
-  NICMUX_TRY(MapRing(q.fd, XDP_PGOFF_RX_RING, off.rx, opt_.ring, sizeof(xdp_desc), false, &q.rx, &q.maps[2].addr,
-                     &q.maps[2].len));
-  NICMUX_TRY(MapRing(q.fd, XDP_PGOFF_TX_RING, off.tx, opt_.ring, sizeof(xdp_desc), true, &q.tx, &q.maps[3].addr,
-                     &q.maps[3].len));
+  NICMUX_TRY(MapRings(q, what));
   sockaddr_xdp sa = {};
   sa.sxdp_family = AF_XDP;
   sa.sxdp_flags = static_cast<uint16_t>((zero_copy ? XDP_ZEROCOPY : XDP_COPY) | XDP_USE_NEED_WAKEUP);
@@ -158,13 +173,20 @@ Result<void> AfXdpPort::OpenQueue(Queue& q, uint32_t i, bool zero_copy, uint32_t
   return Ok();
 }
 
-Result<std::unique_ptr<AfXdpPort>> AfXdpPort::Create(const AfXdpPortOptions& o) {
+Result<std::unique_ptr<AfXdpPort>> AfXdpPort::Create(const AfXdpPortOptions& o, HandoverRecord* handover) {
   std::unique_ptr<AfXdpPort> p(new AfXdpPort(o));
+  NICMUX_TRY(p->CheckOptions());
+  if (handover) {
+    p->owns_program_ = false;
+    auto r = p->Adopt(*handover);
+    if (!r) return r.error().Wrap("port " + o.name + ": handover");
+    return p;
+  }
   NICMUX_TRY(p->Open());
   return p;
 }
 
-Result<void> AfXdpPort::Open() {
+Result<void> AfXdpPort::CheckOptions() {
   const std::string what = "port " + opt_.name + ": interface " + opt_.ifname;
   if (opt_.mode != "auto" && opt_.mode != "zero-copy" && opt_.mode != "native" && opt_.mode != "generic") {
     return Error("port " + opt_.name + ": mode=" + opt_.mode + ": expected auto, zero-copy, native or generic");
@@ -186,6 +208,11 @@ Result<void> AfXdpPort::Open() {
     return Error(what + ": MTU " + std::to_string(mtu_) + " does not fit a " + std::to_string(kFrameBytes) +
                  "-byte UMEM frame (at most " + std::to_string(kMaxFrameBytes - 18) + ")");
   }
+  return Ok();
+}
+
+Result<void> AfXdpPort::Open() {
+  const std::string what = "port " + opt_.name + ": interface " + opt_.ifname;
   uint32_t old_id = 0;
   const std::string old = AttachedProgram(ifindex_, &old_id);
   if (!old.empty() && old != kProgName) {
@@ -205,7 +232,13 @@ Result<void> AfXdpPort::Open() {
                  (log.empty() ? "" : " (" + log + ")"));
   }
   const uint64_t per_queue = uint64_t{2} * opt_.ring * kFrameBytes;
-  NICMUX_TRY_ASSIGN(area, MappedRegion::Anonymous(per_queue * opt_.queues));
+  // The UMEM in a memfd, so that a live upgrade's new process can map the same pages.
+  umem_fd_ = UniqueFd(::memfd_create("nicmux-umem", MFD_CLOEXEC));
+  if (!umem_fd_.valid()) return Error::FromErrno("port " + opt_.name + ": memfd for the UMEM");
+  if (::ftruncate(umem_fd_.get(), static_cast<off_t>(per_queue * opt_.queues)) != 0) {
+    return Error::FromErrno("port " + opt_.name + ": sizing the UMEM (" + std::to_string(per_queue * opt_.queues) + " bytes)");
+  }
+  NICMUX_TRY_ASSIGN(area, MappedRegion::MapFd(umem_fd_.get(), 0, per_queue * opt_.queues));
   umem_area_ = std::move(area);
 
   // Now the interface: attach (native first unless told), then one socket per queue.
@@ -283,6 +316,14 @@ Result<void> AfXdpPort::Open() {
   tx_csum_meta_ = d.use;
   tx_metadata_ = d.detail;
   tx_metadata_path_ = d.path;
+  SetXdpCaps();
+  NICMUX_LOG(kInfo, "port %s: AF_XDP on %s, %u queue(s), %s, ring %u, tx_metadata: %s%s", opt_.name.c_str(),
+             opt_.ifname.c_str(), opt_.queues, mode_.c_str(), opt_.ring, tx_metadata_.c_str(),
+             tx_csum_meta_ ? (" (" + tx_metadata_path_ + ")").c_str() : "");
+  return Ok();
+}
+
+void AfXdpPort::SetXdpCaps() {
   PortCaps c;
   // AF_XDP takes whole frames; Tx sums a partial checksum in its copy, or hands it to the
   // kernel as TX metadata (kCsum: the switch passes partial checksums through).
@@ -290,15 +331,199 @@ Result<void> AfXdpPort::Open() {
   c.mtu = static_cast<uint16_t>(mtu_);
   c.max_frame = kMaxFrameBytes;
   SetCaps(c);
-  NICMUX_LOG(kInfo, "port %s: AF_XDP on %s, %u queue(s), %s, ring %u, tx_metadata: %s%s", opt_.name.c_str(),
-             opt_.ifname.c_str(), opt_.queues, mode_.c_str(), opt_.ring, tx_metadata_.c_str(),
-             tx_csum_meta_ ? (" (" + tx_metadata_path_ + ")").c_str() : "");
+}
+
+// --------------------------------------------------------------------------- live upgrade
+
+namespace {
+
+constexpr const char* kModes[] = {"zero-copy (native XDP)", "copy (native XDP)", "copy (generic XDP)"};
+
+// The free send frames of a queue as a bitmap in hex, bit i for frame ring + i (4 bits a
+// digit, lowest first): ring / 4 digits, in any order the frames were freed.
+std::string FreeBitmap(const std::vector<uint64_t>& free_tx, uint32_t ring, uint32_t frame_bytes) {
+  std::string bits(ring / 4, '0');
+  for (uint64_t a : free_tx) {
+    const uint64_t i = a / frame_bytes - ring;
+    const int nib = bits[i / 4] <= '9' ? bits[i / 4] - '0' : bits[i / 4] - 'a' + 10;
+    bits[i / 4] = "0123456789abcdef"[nib | (1 << (i % 4))];
+  }
+  return bits;
+}
+
+}  // namespace
+
+Result<void> AfXdpPort::Export(HandoverRecord* out) {
+  out->Set("x.queues", q_.size());
+  out->Set("x.ring", opt_.ring);
+  out->Set("x.attach_flags", attach_flags_);
+  out->SetText("x.mode", mode_);
+  out->Set("x.tx_headroom", tx_headroom_);
+  out->Set("x.tx_csum_meta", tx_csum_meta_ ? 1 : 0);
+  out->SetText("x.tx_metadata", tx_metadata_);
+  out->SetText("x.tx_metadata_path", tx_metadata_path_);
+  out->SetText("x.xdp_features", xdp_features_);
+  out->SetText("x.xsk_features", xsk_features_);
+  NICMUX_TRY(out->SetFd("x.umem", umem_fd_.get()));
+  NICMUX_TRY(out->SetFd("x.map", map_fd_.get()));
+  NICMUX_TRY(out->SetFd("x.prog", prog_fd_.get()));
+  for (uint32_t i = 0; i < q_.size(); ++i) NICMUX_TRY(out->SetFd("x.q." + std::to_string(i) + ".fd", q_[i]->fd));
+  return Ok();
+}
+
+Result<void> AfXdpPort::Adopt(HandoverRecord& in) {
+  const std::string what = "interface " + opt_.ifname;
+  // UNTRUSTED (the old process, maybe another build): every value as this port's spec and the
+  // interface say, every fd what it claims to be; nothing on the interface or in the rings
+  // changes here (the old process still forwards through them).
+  NICMUX_TRY_ASSIGN(queues, in.Get("x.queues", Port::kMaxQueues));
+  NICMUX_TRY_ASSIGN(ring, in.Get("x.ring", 8192));
+  if (queues != opt_.queues || ring != opt_.ring) {
+    return Error("the old port had " + std::to_string(queues) + " queue(s) of ring " + std::to_string(ring) +
+                 ", its spec here says " + std::to_string(opt_.queues) + " of " + std::to_string(opt_.ring));
+  }
+  NICMUX_TRY_ASSIGN(flags, in.Get("x.attach_flags", UINT32_MAX));
+  if (flags != XDP_FLAGS_DRV_MODE && flags != XDP_FLAGS_SKB_MODE) return Error("x.attach_flags " + std::to_string(flags));
+  NICMUX_TRY_ASSIGN(mode, in.GetText("x.mode"));
+  if (std::find(std::begin(kModes), std::end(kModes), mode) == std::end(kModes)) return Error("x.mode \"" + mode + "\"");
+  NICMUX_TRY_ASSIGN(headroom, in.Get("x.tx_headroom", kTxMetadataLen));
+  NICMUX_TRY_ASSIGN(meta, in.Get("x.tx_csum_meta", 1));
+  if (headroom != 0 && headroom != kTxMetadataLen) return Error("x.tx_headroom " + std::to_string(headroom));
+  if (meta && !headroom) return Error("x.tx_csum_meta without a TX metadata area");
+  mode_ = mode;
+  tx_headroom_ = static_cast<uint32_t>(headroom);
+  tx_csum_meta_ = meta != 0;
+  NICMUX_TRY_ASSIGN(tx_metadata, in.GetText("x.tx_metadata"));
+  NICMUX_TRY_ASSIGN(tx_metadata_path, in.GetText("x.tx_metadata_path"));
+  NICMUX_TRY_ASSIGN(xdp_features, in.GetText("x.xdp_features"));
+  NICMUX_TRY_ASSIGN(xsk_features, in.GetText("x.xsk_features"));
+  tx_metadata_ = tx_metadata;
+  tx_metadata_path_ = tx_metadata_path;
+  xdp_features_ = xdp_features;
+  xsk_features_ = xsk_features;
+
+  // The program: the one attached to the interface now, in the mode the old port attached it.
+  NICMUX_TRY_ASSIGN(prog, in.TakeFd("x.prog"));
+  bpf_prog_info pinfo = {};
+  uint32_t plen = sizeof pinfo;
+  if (bpf_obj_get_info_by_fd(prog.get(), &pinfo, &plen) != 0 || pinfo.type != BPF_PROG_TYPE_XDP) {
+    return Error("x.prog is not an XDP program");
+  }
+  uint32_t attached = 0;
+  if (bpf_xdp_query_id(ifindex_, static_cast<int>(flags), &attached) != 0 || attached != pinfo.id) {
+    return Error("the XDP program on " + opt_.ifname + " (id " + std::to_string(attached) +
+                 ") is not the one handed over (id " + std::to_string(pinfo.id) + ")");
+  }
+  NICMUX_TRY_ASSIGN(map, in.TakeFd("x.map"));
+  bpf_map_info minfo = {};
+  uint32_t mlen = sizeof minfo;
+  if (bpf_obj_get_info_by_fd(map.get(), &minfo, &mlen) != 0 || minfo.type != BPF_MAP_TYPE_XSKMAP) {
+    return Error("x.map is not an XSKMAP");
+  }
+  prog_fd_ = std::move(prog);
+  map_fd_ = std::move(map);
+  attach_flags_ = static_cast<uint32_t>(flags);
+
+  // The UMEM: the same pages, mapped here.
+  const uint64_t per_queue = uint64_t{2} * opt_.ring * kFrameBytes;
+  NICMUX_TRY_ASSIGN(umem, in.TakeFd("x.umem"));
+  struct stat st = {};
+  if (::fstat(umem.get(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != per_queue * opt_.queues) {
+    return Error("x.umem is not a memfd of " + std::to_string(per_queue * opt_.queues) + " bytes");
+  }
+  NICMUX_TRY_ASSIGN(area, MappedRegion::MapFd(umem.get(), 0, per_queue * opt_.queues));
+  umem_fd_ = std::move(umem);
+  umem_area_ = std::move(area);
+
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    const std::string qwhat = what + ": queue " + std::to_string(i);
+    auto q = std::make_unique<Queue>();
+    q->base = i * per_queue;
+    NICMUX_TRY_ASSIGN(fd, in.TakeFd("x.q." + std::to_string(i) + ".fd"));
+    int domain = 0;
+    socklen_t dlen = sizeof domain;
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0 || domain != AF_XDP) {
+      return Error(qwhat + ": x.q." + std::to_string(i) + ".fd is not an AF_XDP socket");
+    }
+    q->sock = std::move(fd);
+    q->fd = q->sock.get();
+    NICMUX_TRY(MapRings(*q, qwhat));  // indexes as of now; ImportPositions takes them again
+    q->free_tx.reserve(opt_.ring);
+    q_.push_back(std::move(q));
+  }
+  SetXdpCaps();
+  return Ok();
+}
+
+Result<void> AfXdpPort::ExportPositions(HandoverRecord* out) {
+  for (uint32_t i = 0; i < q_.size(); ++i) {
+    const Queue& q = *q_[i];
+    const std::string k = "x.q." + std::to_string(i) + ".";
+    if (q.n != 0) return Error("port " + name() + ": queue " + std::to_string(i) + ": a receive batch in flight");
+    // The frames this side owns; the rest are the kernel's (fill, RX, TX and completion rings,
+    // whose indexes are in the shared mappings the new process reads itself).
+    out->SetText(k + "free", FreeBitmap(q.free_tx, opt_.ring, kFrameBytes));
+    out->Set(k + "held", q.nheld);
+    for (uint32_t h = 0; h < q.nheld; ++h) {
+      out->Set(k + "held." + std::to_string(h) + ".addr", q.held_addr[h]);
+      out->Set(k + "held." + std::to_string(h) + ".len", q.held_len[h]);
+    }
+  }
+  return Ok();
+}
+
+Result<void> AfXdpPort::ImportPositions(HandoverRecord& in) {
+  for (uint32_t i = 0; i < q_.size(); ++i) {
+    Queue& q = *q_[i];
+    const std::string k = "x.q." + std::to_string(i) + ".";
+    const std::string what = "port " + name() + ": handover: queue " + std::to_string(i);
+    // UNTRUSTED (the old process): a bitmap of exactly the send half; held frames in the
+    // receive half, each once, each within its frame.
+    NICMUX_TRY_ASSIGN(bits, in.GetText(k + "free"));
+    if (bits.size() != opt_.ring / 4) return Error(what + ": " + k + "free is not " + std::to_string(opt_.ring / 4) + " hex digits");
+    std::vector<uint64_t> free_tx;
+    free_tx.reserve(opt_.ring);
+    for (size_t d = bits.size(); d-- > 0;) {  // highest first: the lowest frames go out first
+      const char c = bits[d];
+      const int nib = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (nib < 0) return Error(what + ": " + k + "free has '" + std::string(1, c) + "'");
+      for (int b = 3; b >= 0; --b) {
+        if (nib & (1 << b)) free_tx.push_back((uint64_t{opt_.ring} + d * 4 + static_cast<uint64_t>(b)) * kFrameBytes);
+      }
+    }
+    NICMUX_TRY_ASSIGN(held, in.Get(k + "held", kBurst));
+    std::array<uint64_t, kBurst> haddr{};
+    std::array<uint32_t, kBurst> hlen{};
+    const uint64_t rx_half = uint64_t{opt_.ring} * kFrameBytes;
+    for (uint32_t h = 0; h < held; ++h) {
+      NICMUX_TRY_ASSIGN(a, in.Get(k + "held." + std::to_string(h) + ".addr", rx_half - 1));
+      NICMUX_TRY_ASSIGN(len, in.Get(k + "held." + std::to_string(h) + ".len", kFrameBytes));
+      const uint64_t frame = a & ~uint64_t{kFrameBytes - 1};
+      if (len == 0 || (a - frame) + len > kFrameBytes) return Error(what + ": held frame " + std::to_string(h) + " out of its frame");
+      for (uint32_t e = 0; e < h; ++e) {
+        if ((haddr[e] & ~uint64_t{kFrameBytes - 1}) == frame) return Error(what + ": frame " + std::to_string(frame) + " held twice");
+      }
+      haddr[h] = a;
+      hlen[h] = static_cast<uint32_t>(len);
+    }
+    q.free_tx = std::move(free_tx);
+    q.held_addr = haddr;
+    q.held_len = hlen;
+    q.nheld = static_cast<uint32_t>(held);
+    q.nheld_seen.store(q.nheld, std::memory_order_relaxed);
+    // The rings' indexes now: the old process stopped between rounds, everything it reserved
+    // submitted and everything it peeked released.
+    SyncRing(&q.fill, true);
+    SyncRing(&q.comp, false);
+    SyncRing(&q.rx, false);
+    SyncRing(&q.tx, true);
+  }
   return Ok();
 }
 
 AfXdpPort::~AfXdpPort() {
   q_.clear();  // the sockets first, then the program
-  if (attach_flags_ != 0) {
+  if (attach_flags_ != 0 && owns_program_) {
     // Only if the program there is still ours.
     LIBBPF_OPTS(bpf_xdp_attach_opts, o, .old_prog_fd = prog_fd_.get());
     if (bpf_xdp_detach(ifindex_, attach_flags_ | XDP_FLAGS_REPLACE, &o) != 0) {
@@ -467,10 +692,31 @@ uint64_t AfXdpPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); 
 std::string AfXdpPort::State() const { return "up, " + mode_; }
 
 std::vector<Port::Detail> AfXdpPort::Details() const {
+  // The kernel's own counts for the sockets (XDP_STATISTICS, summed over the queues): frames
+  // it dropped before they reached us — the RX ring full, or no free frame in the fill ring
+  // (the switch held them for a full destination) — and descriptors it refused. A NIC cannot
+  // be pushed back: these are where a slow receiver shows. They belong to the sockets, so a
+  // live upgrade carries them on.
+  xdp_statistics sum = {};
+  for (const auto& q : q_) {
+    xdp_statistics st = {};
+    socklen_t len = sizeof st;
+    if (::getsockopt(q->fd, SOL_XDP, XDP_STATISTICS, &st, &len) != 0) continue;
+    sum.rx_dropped += st.rx_dropped;
+    sum.rx_invalid_descs += st.rx_invalid_descs;
+    sum.tx_invalid_descs += st.tx_invalid_descs;
+    sum.rx_ring_full += st.rx_ring_full;
+    sum.rx_fill_ring_empty_descs += st.rx_fill_ring_empty_descs;
+  }
   return {{"xdp_mode", mode_},
           {"interface", opt_.ifname},
           {"interface_mtu", uint64_t{mtu_}},
-          {"tx_metadata", tx_metadata_}};
+          {"tx_metadata", tx_metadata_},
+          {"kernel_rx_dropped", uint64_t{sum.rx_dropped + sum.rx_ring_full + sum.rx_invalid_descs}},
+          {"kernel_rx_ring_full", uint64_t{sum.rx_ring_full}},
+          {"kernel_rx_no_frame", uint64_t{sum.rx_dropped}},
+          {"kernel_fill_ring_empty", uint64_t{sum.rx_fill_ring_empty_descs}},
+          {"kernel_tx_invalid", uint64_t{sum.tx_invalid_descs}}};
 }
 
 std::vector<Port::Detail> AfXdpPort::DeviceCaps() const {
@@ -514,7 +760,8 @@ PortKind AfXdpPortKind() {
     const unsigned idx = if_nametoindex(n.c_str());
     return idx ? "interface " + n + " (index " + std::to_string(idx) + ")" : "interface " + n;
   };
-  k.create = [](const PortSpec& s, const PortContext&) -> Result<std::unique_ptr<Port>> {
+  k.hands_over = true;
+  k.create = [](const PortSpec& s, const PortContext& c) -> Result<std::unique_ptr<Port>> {
     AfXdpPortOptions o;
     o.name = s.name;
     o.ifname = s.options.at("iface");
@@ -525,7 +772,8 @@ PortKind AfXdpPortKind() {
     NICMUX_TRY_ASSIGN(ring, s.UInt("ring", 64, 8192, 2048));
     if ((ring & (ring - 1)) != 0) return Error("port " + s.name + ": ring=" + std::to_string(ring) + " is not a power of two");
     o.ring = static_cast<uint32_t>(ring);
-    NICMUX_TRY_ASSIGN(p, AfXdpPort::Create(o));
+    NICMUX_TRY_ASSIGN(p, AfXdpPort::Create(o, c.handover));
+    if (c.handover) NICMUX_LOG(kInfo, "port %s: AF_XDP on %s (handed over, %s)", s.name.c_str(), o.ifname.c_str(), p->mode().c_str());
     return std::unique_ptr<Port>(std::move(p));
   };
   return k;

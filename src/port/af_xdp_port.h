@@ -16,7 +16,8 @@
 // XDP_PASS), loaded without libxdp's dispatcher, so no bpffs is needed. The destructor detaches
 // it (only if it is still ours).
 //
-// UMEM: one anonymous mapping per port; queue q owns 2 * ring frames of kFrameBytes in it,
+// UMEM: one shared mapping of a memfd per port (a new nicmuxd maps the same pages in a live
+// upgrade); queue q owns 2 * ring frames of kFrameBytes in it,
 // registered as that queue's UMEM with its own fill and completion rings: `ring` frames for
 // receiving (in the fill ring, or held by the switch), `ring` for sending. The sockets, UMEM
 // registrations and ring mappings are made here, not by libxdp (1.3.1 cannot register a TX
@@ -38,6 +39,15 @@
 //     TX metadata (kCsum, where detected) or is completed in that copy (PortCaps kCsumOnCopy);
 //     GSO frames are cut by the switch. A sendto() kicks the kernel when it asks (need_wakeup;
 //     always in copy mode).
+//
+// Live upgrade (docs/upgrade.md, docs/af_xdp.md "Live upgrade"): the port hands over its
+// sockets, the UMEM memfd, the XSKMAP and the program, which stays attached throughout: the
+// interface never stops redirecting to the sockets, and the kernel goes on filling the same
+// rings while the processes change. The new process maps the UMEM and the rings again and
+// checks them (an AF_XDP socket each, the program on the interface the one handed over, sizes
+// as its spec says); at the precise point it takes the frames the old one owned (those free
+// for sending, those held for a full destination) and resumes at the rings' own indexes. It
+// detaches the program at exit only once the handover committed.
 //
 // Counters (per queue): rx/tx packets and bytes; rx_dropped: bad_frame (a descriptor outside
 // the queue's UMEM or of length 0); tx_dropped: too_big_for_buffers (a frame longer than a
@@ -81,7 +91,9 @@ class AfXdpPort final : public Port {
   static constexpr uint32_t kMaxFrameBytes = kFrameBytes - 256;
   static constexpr const char* kProgName = "nicmux_xsk";
 
-  static Result<std::unique_ptr<AfXdpPort>> Create(const AfXdpPortOptions& options);
+  // With `handover`: the old process's port, from its Export (a live upgrade).
+  static Result<std::unique_ptr<AfXdpPort>> Create(const AfXdpPortOptions& options,
+                                                   HandoverRecord* handover = nullptr);
   ~AfXdpPort() override;
 
   uint32_t NumQueuePairs() const override { return static_cast<uint32_t>(q_.size()); }
@@ -99,6 +111,11 @@ class AfXdpPort final : public Port {
   std::string State() const override;
   std::vector<Detail> Details() const override;
   std::vector<Detail> DeviceCaps() const override;
+  bool CanHandOver() const override { return true; }
+  Result<void> Export(HandoverRecord* out) override;
+  Result<void> ExportPositions(HandoverRecord* out) override;
+  Result<void> ImportPositions(HandoverRecord& in) override;
+  void HandoverCommitted() override { owns_program_ = true; }
 
   // "zero-copy (native XDP)", "copy (native XDP)" or "copy (generic XDP)".
   const std::string& mode() const { return mode_; }
@@ -135,7 +152,15 @@ class AfXdpPort final : public Port {
   };
 
   explicit AfXdpPort(const AfXdpPortOptions& o) : Port(o.name), opt_(o) {}
+  // Checks the options and finds the interface (its index and MTU): both Open and Adopt.
+  Result<void> CheckOptions();
   Result<void> Open();
+  // Builds the port from the old process's (live upgrade): nothing on the interface changes.
+  Result<void> Adopt(HandoverRecord& in);
+  // The port's caps from what Open found (or the old process did).
+  void SetXdpCaps();
+  // Maps queue q's four rings from its socket (their indexes as they are now).
+  Result<void> MapRings(Queue& q, const std::string& what);
   // Makes queue i's socket: UMEM registration (with the TX metadata area when meta_len > 0),
   // rings, bind. *umem_errno: the registration's errno with the metadata flag (then it is
   // registered without), 0 when it took it.
@@ -157,6 +182,10 @@ class AfXdpPort final : public Port {
   std::string tx_metadata_path_;  // with checksum: where the sum is made
   std::string xdp_features_, xsk_features_;  // from the netdev family, or "unknown (why)"
   UniqueFd map_fd_, prog_fd_;
+  // Whether the destructor detaches the program: not in a live upgrade's new process until the
+  // handover committed (a failed one leaves the old process serving through it).
+  bool owns_program_ = true;
+  UniqueFd umem_fd_;  // the memfd under umem_area_
   MappedRegion umem_area_;
   std::vector<std::unique_ptr<Queue>> q_;
 };
