@@ -33,6 +33,27 @@ Result<uint64_t> HandoverRecord::GetOr(const std::string& key, uint64_t def, uin
   return Get(key, max);
 }
 
+Result<std::vector<uint64_t>> HandoverRecord::GetList(const std::string& key, size_t n, uint64_t max) const {
+  NICMUX_TRY_ASSIGN(s, GetText(key));
+  std::vector<uint64_t> out;
+  out.reserve(n);
+  const char* p = s.data();
+  const char* const end = s.data() + s.size();
+  // UNTRUSTED: another build's record; exactly n numbers in range, comma-separated.
+  while (p < end && out.size() < n) {
+    uint64_t v = 0;
+    auto [q, ec] = std::from_chars(p, end, v);
+    if (ec != std::errc() || v > max) return Error("handover: " + key + ": item " + std::to_string(out.size()) + " is not a number up to " + std::to_string(max));
+    out.push_back(v);
+    p = q;
+    if (p < end && *p++ != ',') return Error("handover: " + key + ": not a comma-separated list");
+  }
+  if (out.size() != n || p != end || (!s.empty() && s.back() == ',')) {
+    return Error("handover: " + key + ": " + std::to_string(n) + " numbers expected");
+  }
+  return out;
+}
+
 Result<std::string> HandoverRecord::GetText(const std::string& key) const {
   auto it = values_.find(key);
   if (it == values_.end()) return Error("handover: no value " + key);

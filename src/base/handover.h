@@ -26,6 +26,16 @@ class HandoverRecord {
  public:
   void Set(const std::string& key, uint64_t v) { values_[key] = std::to_string(v); }
   void SetText(const std::string& key, std::string v) { values_[key] = std::move(v); }
+  // A list of numbers (comma-separated decimals).
+  template <typename T>
+  void SetList(const std::string& key, const std::vector<T>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (i) s += ',';
+      s += std::to_string(v[i]);
+    }
+    values_[key] = std::move(s);
+  }
   // Keeps a duplicate of fd (the caller keeps its own) and records its index under key.
   Result<void> SetFd(const std::string& key, int fd);
   // Records an fd already owned by the record (the receiving side).
@@ -37,6 +47,8 @@ class HandoverRecord {
   // The value, or `def` when the key is missing (a key a newer build added).
   Result<uint64_t> GetOr(const std::string& key, uint64_t def, uint64_t max = UINT64_MAX) const;
   Result<std::string> GetText(const std::string& key) const;
+  // The list under key: exactly n numbers, each in [0, max]; an error names the key.
+  Result<std::vector<uint64_t>> GetList(const std::string& key, size_t n, uint64_t max) const;
   // Takes the fd named by key out of the record (each fd can be taken once).
   Result<UniqueFd> TakeFd(const std::string& key);
 

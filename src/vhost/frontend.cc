@@ -8,9 +8,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
+#include "base/fd_reaper.h"
 #include "base/log.h"
 #include "virtio/features.h"
 #include "virtio/vring.h"
@@ -153,6 +155,31 @@ Result<void> Frontend::SendMemTableAgain() {
   return Send(Request::kSetMemTable, std::as_bytes(std::span(&table, 1)), {&fd, 1});
 }
 
+uint64_t Frontend::MemoryBytes() const {
+  // Per queue: descriptors (16 B each), avail (2 B each) and used (8 B each) rings with their
+  // headers, each area 64-byte aligned, then the buffers; plus a page of slack.
+  const uint64_t qs = config_.queue_size;
+  const uint64_t per_queue = 26ull * qs + 3 * 64 + 64 + qs * config_.buf_bytes + 4096;
+  return (per_queue * 2 * pairs_ + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+}
+
+void Frontend::Layout(uint32_t i, virtio::DriverRingConfig* dc, GuestAddr* buffers) {
+  (void)i;  // queues are laid out in order: the caller allocates 0, 1, ...
+  const uint32_t qs = config_.queue_size;
+  dc->size = qs;
+  dc->features = features_;
+  if (config_.packed) {
+    dc->ring[0] = Alloc(virtio::PackedRingLayout::DescBytes(qs), 64);
+    dc->ring[1] = Alloc(4, 64);
+    dc->ring[2] = Alloc(4, 64);
+  } else {
+    dc->ring[0] = Alloc(virtio::SplitRingLayout::DescBytes(qs), 64);
+    dc->ring[1] = Alloc(virtio::SplitRingLayout::AvailBytes(qs), 64);
+    dc->ring[2] = Alloc(virtio::SplitRingLayout::UsedBytes(qs), 64);
+  }
+  *buffers = Alloc(uint64_t{qs} * config_.buf_bytes, 64);
+}
+
 Result<void> Frontend::Setup() {
   auto offered = GetU64(Request::kGetFeatures);
   if (!offered) return offered.error();
@@ -192,10 +219,7 @@ Result<void> Frontend::Setup() {
 
   // Memory: rings and buffers of every queue in one memfd region at guest-physical 0.
   const uint32_t qs = config_.queue_size, nq = 2 * pairs_;
-  // Per queue: descriptors (16 B each), avail (2 B each) and used (8 B each) rings with their
-  // headers, each area 64-byte aligned, then the buffers; plus a page of slack.
-  uint64_t per_queue = 26ull * qs + 3 * 64 + 64 + uint64_t{qs} * config_.buf_bytes + 4096;
-  uint64_t total = (per_queue * nq + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+  const uint64_t total = MemoryBytes();
   memfd_.Reset(::memfd_create("nicmux-frontend", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!memfd_.valid()) return Error::FromErrno("memfd_create");
   if (::ftruncate(memfd_.get(), static_cast<off_t>(total)) < 0) return Error::FromErrno("ftruncate memfd");
@@ -227,20 +251,12 @@ Result<void> Frontend::Setup() {
     auto q = std::make_unique<FrontendQueue>();
     q->packed = config_.packed;
     virtio::DriverRingConfig dc;
-    dc.size = qs;
-    dc.features = features_;
+    Layout(i, &dc, &q->buffers);
     if (q->packed) {
-      dc.ring[0] = Alloc(virtio::PackedRingLayout::DescBytes(qs), 64);
-      dc.ring[1] = Alloc(4, 64);
-      dc.ring[2] = Alloc(4, 64);
       NICMUX_TRY(q->packed_ring.Init(*mem_, dc));
     } else {
-      dc.ring[0] = Alloc(virtio::SplitRingLayout::DescBytes(qs), 64);
-      dc.ring[1] = Alloc(virtio::SplitRingLayout::AvailBytes(qs), 64);
-      dc.ring[2] = Alloc(virtio::SplitRingLayout::UsedBytes(qs), 64);
       NICMUX_TRY(q->split.Init(*mem_, dc));
     }
-    q->buffers = Alloc(uint64_t{qs} * config_.buf_bytes, 64);
     q->host = map_.data() + q->buffers.value;
     auto k = EventFd::Create();
     auto c = EventFd::Create();
@@ -276,6 +292,125 @@ Result<void> Frontend::Setup() {
       NICMUX_CHECK(got && *got == id);
     }
     q.Kick();
+  }
+  return Ok();
+}
+
+// --------------------------------------------------------------------------- live upgrade
+
+Result<void> Frontend::Export(HandoverRecord* out) const {
+  if (ch_->mid_message() || ch_->has_pending_output()) {
+    return Error("a vhost-user message is half exchanged with the backend");
+  }
+  out->Set("f.features", features_);
+  out->Set("f.protocol_features", protocol_features_);
+  out->Set("f.pairs", pairs_);
+  out->Set("f.mem_bytes", map_.size());
+  NICMUX_TRY(out->SetFd("f.sock", ch_->fd()));
+  NICMUX_TRY(out->SetFd("f.mem", memfd_.get()));
+  for (uint32_t i = 0; i < queues_.size(); ++i) {
+    const FrontendQueue& q = *queues_[i];
+    const std::string k = "f.q." + std::to_string(i) + ".";
+    out->Set(k + "buffers", q.buffers.value);
+    out->Set(k + "kick_blocked", q.kick_blocked.load(std::memory_order_relaxed) ? 1 : 0);
+    NICMUX_TRY(out->SetFd(k + "kick", q.kick.fd()));
+    NICMUX_TRY(out->SetFd(k + "call", q.call.fd()));
+    NICMUX_TRY(out->SetFd(k + "err", q.err.fd()));
+  }
+  return Ok();
+}
+
+Result<std::unique_ptr<Frontend>> Frontend::Adopt(const FrontendConfig& c, HandoverRecord& in) {
+  if (c.queue_pairs < 1 || c.queue_pairs > kMaxFrontendQueuePairs) {
+    return Error("queue pairs must be 1.." + std::to_string(kMaxFrontendQueuePairs));
+  }
+  NICMUX_TRY(virtio::CheckQueueSize(c.queue_size, c.packed));
+  std::unique_ptr<Frontend> f(new Frontend(c));
+  // UNTRUSTED (the old process, maybe another build): what this spec would have negotiated,
+  // and files that are what they claim to be.
+  NICMUX_TRY_ASSIGN(features, in.Get("f.features"));
+  NICMUX_TRY_ASSIGN(proto, in.Get("f.protocol_features"));
+  NICMUX_TRY_ASSIGN(pairs, in.Get("f.pairs", kMaxFrontendQueuePairs));
+  if (!Has(features, virtio::kFVersion1) || Has(features, virtio::kFRingPacked) != c.packed ||
+      Has(features, virtio::kFRingIndirectDesc) || Has(features, virtio::kNetFMrgRxbuf) != c.mrg_rxbuf) {
+    return Error("the old frontend negotiated features 0x" + [&] {
+      char b[20];
+      std::snprintf(b, sizeof b, "%llx", static_cast<unsigned long long>(features));
+      return std::string(b);
+    }() + ", not what this spec asks for");
+  }
+  if (pairs != c.queue_pairs) {
+    return Error("the old frontend had " + std::to_string(pairs) + " queue pair(s), this spec " + std::to_string(c.queue_pairs));
+  }
+  f->features_ = features;
+  f->protocol_features_ = proto;
+  f->pairs_ = static_cast<uint32_t>(pairs);
+  NICMUX_TRY_ASSIGN(mem_bytes, in.Get("f.mem_bytes"));
+  NICMUX_TRY_ASSIGN(memfd, in.TakeFd("f.mem"));
+  struct stat st = {};
+  if (mem_bytes != f->MemoryBytes() || ::fstat(memfd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<uint64_t>(st.st_size) != mem_bytes) {
+    return Error("f.mem is not a memory file of the " + std::to_string(f->MemoryBytes()) + " bytes this spec lays out");
+  }
+  NICMUX_TRY_ASSIGN(map, MappedRegion::MapFd(memfd.get(), 0, mem_bytes));
+  f->memfd_ = std::move(memfd);
+  f->map_ = std::move(map);
+  GuestRegion region;
+  region.gpa = 0;
+  region.size = mem_bytes;
+  region.uva = reinterpret_cast<uint64_t>(f->map_.data());
+  region.host = f->map_.data();
+  NICMUX_TRY_ASSIGN(mem, GuestMemory::Create({region}));
+  f->mem_ = mem;
+  NICMUX_TRY_ASSIGN(sock, in.TakeFd("f.sock"));
+  int domain = 0, type = 0;
+  socklen_t len = sizeof domain;
+  if (::getsockopt(sock.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX ||
+      (len = sizeof type, ::getsockopt(sock.get(), SOL_SOCKET, SO_TYPE, &type, &len)) != 0 || type != SOCK_STREAM) {
+    return Error("f.sock is not a UNIX stream socket");
+  }
+  f->ch_ = std::make_unique<Channel>(std::move(sock));
+  for (uint32_t i = 0; i < 2 * f->pairs_; ++i) {
+    const std::string k = "f.q." + std::to_string(i) + ".";
+    auto q = std::make_unique<FrontendQueue>();
+    q->packed = c.packed;
+    virtio::DriverRingConfig dc;
+    f->Layout(i, &dc, &q->buffers);
+    NICMUX_TRY_ASSIGN(buffers, in.Get(k + "buffers"));
+    if (buffers != q->buffers.value) return Error(k + "buffers: another layout than this build's");
+    if (q->packed) {
+      NICMUX_TRY(q->packed_ring.Init(*f->mem_, dc, /*clear=*/false));
+    } else {
+      NICMUX_TRY(q->split.Init(*f->mem_, dc, /*clear=*/false));
+    }
+    q->host = f->map_.data() + q->buffers.value;
+    for (const char* e : {"kick", "call", "err"}) {
+      NICMUX_TRY_ASSIGN(fd, in.TakeFd(k + e));
+      if (!IsEventFd(fd.get())) return Error(k + e + " is not an eventfd");
+      EventFd ev(std::move(fd));
+      (e[0] == 'k' ? q->kick : e[0] == 'c' ? q->call : q->err) = std::move(ev);
+    }
+    NICMUX_TRY_ASSIGN(blocked, in.Get(k + "kick_blocked", 1));
+    q->kick_blocked.store(blocked != 0, std::memory_order_relaxed);
+    f->queues_.push_back(std::move(q));
+  }
+  return f;
+}
+
+Result<void> Frontend::ExportPositions(HandoverRecord* out) const {
+  for (uint32_t i = 0; i < queues_.size(); ++i) {
+    const FrontendQueue& q = *queues_[i];
+    const std::string k = "f.q." + std::to_string(i) + ".ring.";
+    NICMUX_TRY(q.packed ? q.packed_ring.Save(out, k) : q.split.Save(out, k));
+  }
+  return Ok();
+}
+
+Result<void> Frontend::ImportPositions(const HandoverRecord& in) {
+  for (uint32_t i = 0; i < queues_.size(); ++i) {
+    FrontendQueue& q = *queues_[i];
+    const std::string k = "f.q." + std::to_string(i) + ".ring.";
+    NICMUX_TRY(q.packed ? q.packed_ring.Restore(in, k) : q.split.Restore(in, k));
   }
   return Ok();
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "base/event_fd.h"
+#include "base/handover.h"
 #include "base/peer_io.h"
 #include "base/mmap.h"
 #include "base/unique_fd.h"
@@ -66,6 +67,7 @@ struct FrontendQueue {
   }
   uint32_t num_free() const { return packed ? packed_ring.num_free() : split.num_free(); }
   uint16_t NextId() const { return packed ? packed_ring.NextId() : split.NextId(); }
+  bool id_in_flight(uint16_t id) const { return packed ? packed_ring.id_in_flight(id) : split.id_in_flight(id); }
   bool broken() const { return packed ? packed_ring.broken() : split.broken(); }
   // The backend shares our kick eventfd and can make a write to it block (blocking mode and a
   // full counter; base/peer_io.h). The watchdog breaks that write off; from then on the queue
@@ -102,6 +104,16 @@ class Frontend {
   }
   // True while the backend keeps the connection open.
   bool Alive();
+  // Live upgrade (docs/upgrade.md, docs/virtio-user.md "Live upgrade"). Export (step 1): the
+  // connection, the memory file and every queue's layout and eventfds; an error when a message
+  // is half exchanged with the backend. Adopt builds the same frontend from it in another
+  // process without a word to the backend and without touching the rings (the old process
+  // still drives them); ExportPositions / ImportPositions (step 2, every chain published) carry
+  // the driver rings' shadows.
+  Result<void> Export(HandoverRecord* out) const;
+  static Result<std::unique_ptr<Frontend>> Adopt(const FrontendConfig& config, HandoverRecord& in);
+  Result<void> ExportPositions(HandoverRecord* out) const;
+  Result<void> ImportPositions(const HandoverRecord& in);
   // SET_MEM_TABLE again with the same memory (as QEMU sends one after a memory change): the
   // backend maps it anew and restarts its queues on it.
   Result<void> SendMemTableAgain();
@@ -110,6 +122,10 @@ class Frontend {
   explicit Frontend(const FrontendConfig& c) : config_(c) {}
   Result<void> Connect();
   Result<void> Setup();
+  // The memory's size and layout for config_ and pairs_ (Setup and Adopt agree on it).
+  uint64_t MemoryBytes() const;
+  // Queue i's ring areas and buffers, allocated in order from next_free_.
+  void Layout(uint32_t i, virtio::DriverRingConfig* dc, GuestAddr* buffers);
   Result<uint64_t> GetU64(Request r);
   Result<void> Send(Request r, std::span<const std::byte> payload, std::span<const int> fds = {});
   template <typename T>

@@ -20,7 +20,7 @@ Result<void> CheckIndirectArea(const GuestMemory& mem, const DriverRingConfig& c
 
 // ---------------------------------------------------------------------------- split
 
-Result<void> DriverSplitVring::Init(const GuestMemory& mem, const DriverRingConfig& c) {
+Result<void> DriverSplitVring::Init(const GuestMemory& mem, const DriverRingConfig& c, bool clear) {
   auto areas = MapSplitRing(mem, RingAddrSpace::kGuestPhysical, c.ring[0].value,
                             c.ring[1].value, c.ring[2].value, c.size);
   if (!areas) return areas.error();
@@ -34,6 +34,7 @@ Result<void> DriverSplitVring::Init(const GuestMemory& mem, const DriverRingConf
   event_idx_ = Has(c.features, kFRingEventIdx);
   indirect_area_ = c.indirect_area;
   max_indirect_ = c.max_indirect;
+  if (!clear) return Ok();  // broken_ stays true until Restore
   std::memset(static_cast<void*>(desc_), 0, SplitRingLayout::DescBytes(size_));
   std::memset(static_cast<void*>(avail_), 0, SplitRingLayout::AvailBytes(size_));
   std::memset(static_cast<void*>(used_), 0, SplitRingLayout::UsedBytes(size_));
@@ -165,7 +166,7 @@ bool DriverSplitVring::EnableCalls() {
 
 // ---------------------------------------------------------------------------- packed
 
-Result<void> DriverPackedVring::Init(const GuestMemory& mem, const DriverRingConfig& c) {
+Result<void> DriverPackedVring::Init(const GuestMemory& mem, const DriverRingConfig& c, bool clear) {
   auto areas = MapPackedRing(mem, RingAddrSpace::kGuestPhysical, c.ring[0].value,
                              c.ring[1].value, c.ring[2].value, c.size);
   if (!areas) return areas.error();
@@ -178,6 +179,7 @@ Result<void> DriverPackedVring::Init(const GuestMemory& mem, const DriverRingCon
   event_idx_ = Has(c.features, kFRingEventIdx);
   indirect_area_ = c.indirect_area;
   max_indirect_ = c.max_indirect;
+  if (!clear) return Ok();  // broken_ stays true until Restore
   std::memset(static_cast<void*>(desc_), 0, PackedRingLayout::DescBytes(size_));
   std::memset(static_cast<void*>(driver_event_), 0, sizeof(VirtqPackedEvent));
   std::memset(static_cast<void*>(device_event_), 0, sizeof(VirtqPackedEvent));
@@ -328,6 +330,161 @@ bool DriverPackedVring::EnableCalls() {
   const uint16_t flags = LoadAcquire(desc_[used_pos_].flags);
   return ids_in_flight_ != 0 && ((flags & kDescFAvail) != 0) == used_wrap_ &&
          ((flags & kDescFUsed) != 0) == used_wrap_;
+}
+
+}  // namespace nicmux::virtio
+
+namespace nicmux::virtio {
+
+// --------------------------------------------------------------------------- live upgrade
+
+Result<void> DriverSplitVring::Save(HandoverRecord* out, const std::string& p) const {
+  out->Set(p + "broken", broken_ ? 1 : 0);
+  if (broken_) return Ok();
+  if (max_indirect_ != 0) return Error(p + ": a ring with indirect tables is not handed over");
+  if (LoadRelaxed(avail_->idx) != avail_idx_) return Error(p + ": chains added but not published");
+  out->Set(p + "avail_idx", avail_idx_);
+  out->Set(p + "kicked_idx", kicked_idx_);
+  out->Set(p + "last_used", last_used_);
+  out->Set(p + "used_shadow", used_shadow_);
+  out->Set(p + "num_free", num_free_);
+  out->Set(p + "in_flight", heads_in_flight_);
+  out->Set(p + "free_head", free_head_);
+  out->SetList(p + "next", next_);
+  out->SetList(p + "chain_len", chain_len_);
+  out->SetList(p + "writable", writable_);
+  return Ok();
+}
+
+Result<void> DriverSplitVring::Restore(const HandoverRecord& in, const std::string& p) {
+  // UNTRUSTED (the old process, maybe another build): one consistent state or an error.
+  NICMUX_TRY_ASSIGN(broken, in.Get(p + "broken", 1));
+  if (broken) {
+    broken_ = true;
+    return Ok();
+  }
+  NICMUX_TRY_ASSIGN(avail, in.Get(p + "avail_idx", 0xffff));
+  NICMUX_TRY_ASSIGN(kicked, in.Get(p + "kicked_idx", 0xffff));
+  NICMUX_TRY_ASSIGN(last_used, in.Get(p + "last_used", 0xffff));
+  NICMUX_TRY_ASSIGN(used_shadow, in.Get(p + "used_shadow", 0xffff));
+  NICMUX_TRY_ASSIGN(num_free, in.Get(p + "num_free", size_));
+  NICMUX_TRY_ASSIGN(in_flight, in.Get(p + "in_flight", size_));
+  NICMUX_TRY_ASSIGN(free_head, in.Get(p + "free_head", size_));
+  NICMUX_TRY_ASSIGN(next, in.GetList(p + "next", size_, size_));
+  NICMUX_TRY_ASSIGN(chain, in.GetList(p + "chain_len", size_, size_));
+  NICMUX_TRY_ASSIGN(writable, in.GetList(p + "writable", size_, uint64_t{UINT32_MAX} * size_));
+  // Every descriptor is free (on the list from free_head) or in exactly one in-flight chain.
+  std::vector<uint8_t> seen(size_, 0);
+  uint64_t d = free_head;
+  for (uint64_t i = 0; i < num_free; ++i) {
+    if (d >= size_ || seen[d]) return Error(p + ": the free list is not a list of free descriptors");
+    seen[d] = 1;
+    d = next[d];
+  }
+  uint64_t heads = 0, covered = num_free;
+  for (uint32_t h = 0; h < size_; ++h) {
+    if (chain[h] == 0) continue;
+    ++heads;
+    d = h;
+    for (uint64_t j = 0; j < chain[h]; ++j) {
+      if (d >= size_ || seen[d]) return Error(p + ": the chain of head " + std::to_string(h) + " overlaps another");
+      seen[d] = 1;
+      if (j + 1 < chain[h]) d = next[d];
+    }
+    covered += chain[h];
+  }
+  if (covered != size_) return Error(p + ": " + std::to_string(size_ - covered) + " descriptor(s) neither free nor in a chain");
+  if (heads != in_flight || static_cast<uint16_t>(avail - last_used) != in_flight ||
+      static_cast<uint16_t>(used_shadow - last_used) > in_flight) {
+    return Error(p + ": the indexes (avail " + std::to_string(avail) + ", used " + std::to_string(last_used) +
+                 ") do not agree with " + std::to_string(heads) + " chain(s) in flight");
+  }
+  avail_idx_ = static_cast<uint16_t>(avail);
+  kicked_idx_ = static_cast<uint16_t>(kicked);
+  last_used_ = static_cast<uint16_t>(last_used);
+  used_shadow_ = static_cast<uint16_t>(used_shadow);
+  num_free_ = static_cast<uint32_t>(num_free);
+  heads_in_flight_ = static_cast<uint32_t>(in_flight);
+  free_head_ = static_cast<uint16_t>(free_head);
+  next_.assign(next.begin(), next.end());
+  chain_len_.assign(chain.begin(), chain.end());
+  writable_.assign(writable.begin(), writable.end());
+  broken_ = false;
+  return Ok();
+}
+
+Result<void> DriverPackedVring::Save(HandoverRecord* out, const std::string& p) const {
+  out->Set(p + "broken", broken_ ? 1 : 0);
+  if (broken_) return Ok();
+  if (max_indirect_ != 0) return Error(p + ": a ring with indirect tables is not handed over");
+  if (holding_) return Error(p + ": chains added but not published");
+  out->Set(p + "avail_pos", avail_pos_);
+  out->Set(p + "avail_wrap", avail_wrap_ ? 1 : 0);
+  out->Set(p + "kicked_pos", kicked_pos_);
+  out->Set(p + "added_since_kick", added_since_kick_);
+  out->Set(p + "used_pos", used_pos_);
+  out->Set(p + "used_wrap", used_wrap_ ? 1 : 0);
+  out->Set(p + "num_free", num_free_);
+  out->Set(p + "in_flight", ids_in_flight_);
+  out->Set(p + "free_ids.n", free_ids_.size());
+  out->SetList(p + "free_ids", free_ids_);
+  out->SetList(p + "slots_of_id", slots_of_id_);
+  out->SetList(p + "writable", writable_);
+  return Ok();
+}
+
+Result<void> DriverPackedVring::Restore(const HandoverRecord& in, const std::string& p) {
+  // UNTRUSTED (the old process, maybe another build): one consistent state or an error.
+  NICMUX_TRY_ASSIGN(broken, in.Get(p + "broken", 1));
+  if (broken) {
+    broken_ = true;
+    return Ok();
+  }
+  NICMUX_TRY_ASSIGN(avail_pos, in.Get(p + "avail_pos", size_ - 1));
+  NICMUX_TRY_ASSIGN(avail_wrap, in.Get(p + "avail_wrap", 1));
+  NICMUX_TRY_ASSIGN(kicked_pos, in.Get(p + "kicked_pos", size_ - 1));
+  NICMUX_TRY_ASSIGN(added, in.Get(p + "added_since_kick", UINT32_MAX));
+  NICMUX_TRY_ASSIGN(used_pos, in.Get(p + "used_pos", size_ - 1));
+  NICMUX_TRY_ASSIGN(used_wrap, in.Get(p + "used_wrap", 1));
+  NICMUX_TRY_ASSIGN(num_free, in.Get(p + "num_free", size_));
+  NICMUX_TRY_ASSIGN(in_flight, in.Get(p + "in_flight", size_));
+  NICMUX_TRY_ASSIGN(nfree, in.Get(p + "free_ids.n", size_));
+  NICMUX_TRY_ASSIGN(free_ids, in.GetList(p + "free_ids", nfree, size_ - 1));
+  NICMUX_TRY_ASSIGN(slots, in.GetList(p + "slots_of_id", size_, size_));
+  NICMUX_TRY_ASSIGN(writable, in.GetList(p + "writable", size_, uint64_t{UINT32_MAX} * size_));
+  std::vector<uint8_t> is_free(size_, 0);
+  for (uint64_t id : free_ids) {
+    if (is_free[id] || slots[id] != 0) return Error(p + ": id " + std::to_string(id) + " free twice or free and in flight");
+    is_free[id] = 1;
+  }
+  uint64_t ids = 0, used_slots = 0;
+  for (uint32_t id = 0; id < size_; ++id) {
+    if (slots[id] == 0) continue;
+    ++ids;
+    used_slots += slots[id];
+  }
+  // The slots between the used and the avail position are exactly those of the ids in flight.
+  const uint64_t distance = avail_wrap == used_wrap ? avail_pos - used_pos : avail_pos + size_ - used_pos;
+  if (ids != in_flight || ids + nfree != size_ || used_slots + num_free != size_ ||
+      (avail_wrap == used_wrap && avail_pos < used_pos) || distance != used_slots) {
+    return Error(p + ": positions (avail " + std::to_string(avail_pos) + ", used " + std::to_string(used_pos) +
+                 ") do not agree with " + std::to_string(ids) + " id(s) in flight over " + std::to_string(used_slots) +
+                 " slot(s)");
+  }
+  avail_pos_ = static_cast<uint16_t>(avail_pos);
+  avail_wrap_ = avail_wrap != 0;
+  kicked_pos_ = static_cast<uint16_t>(kicked_pos);
+  added_since_kick_ = static_cast<uint32_t>(added);
+  used_pos_ = static_cast<uint16_t>(used_pos);
+  used_wrap_ = used_wrap != 0;
+  num_free_ = static_cast<uint32_t>(num_free);
+  ids_in_flight_ = static_cast<uint32_t>(in_flight);
+  holding_ = false;
+  free_ids_.assign(free_ids.begin(), free_ids.end());
+  slots_of_id_.assign(slots.begin(), slots.end());
+  writable_.assign(writable.begin(), writable.end());
+  broken_ = false;
+  return Ok();
 }
 
 }  // namespace nicmux::virtio

@@ -382,5 +382,82 @@ TYPED_TEST(VringRoundTrip, RewindRefusedAfterABadChainWasCompleted) {
   EXPECT_EQ(again.id, c[1].id);
 }
 
+// Live upgrade: the driver's shadow saved mid-stream (chains in flight, some completed and not
+// yet popped) and restored by a second driver over the same ring memory, which goes on
+// exactly there; a state that does not hold together is refused.
+TYPED_TEST(VringRoundTrip, HandoverMidStreamGoesOnExactly) {
+  FakeGuest g;
+  RingPair<TypeParam> rp(g, {.size = 128, .max_indirect = 0});
+  std::vector<uint16_t> in_flight;  // ids added, in order
+  auto add = [&](auto& driver, uint64_t i) {
+    std::vector<DriverBuffer> b;
+    for (uint64_t k = 0; k <= i % 3; ++k) b.push_back({g.Alloc(64, 8), 64, k == 2});
+    auto id = driver.Add(b);
+    if (id) in_flight.push_back(*id);
+    return id.has_value();
+  };
+  for (uint64_t i = 0; i < 40; ++i) ASSERT_TRUE(add(rp.driver, i));
+  rp.driver.Publish();
+  DescChain c;
+  for (int i = 0; i < 25; ++i) ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+  // The device completes the first 20, in order; the driver pops 10 of them.
+  for (int i = 0; i < 20; ++i) rp.device.Push(in_flight[i], 0);
+  rp.device.Flush();
+  UsedBuffer u;
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(rp.driver.PopUsed(&u), PopStatus::kOk);
+    ASSERT_EQ(u.id, in_flight[i]);
+  }
+  HandoverRecord rec;
+  ASSERT_TRUE(rp.driver.Save(&rec, "r.").has_value());
+
+  DriverRingConfig dc;
+  dc.size = 128;
+  for (int i = 0; i < 3; ++i) dc.ring[i] = rp.ring[i];
+  typename TypeParam::Driver next;
+  ASSERT_TRUE(next.Init(g.mem(), dc, /*clear=*/false).has_value());
+  EXPECT_TRUE(next.broken());  // nothing is used before Restore
+  auto restored = next.Restore(rec, "r.");
+  ASSERT_TRUE(restored.has_value()) << restored.error().message();
+  EXPECT_EQ(next.in_flight(), 30u);
+  EXPECT_EQ(next.num_free(), rp.driver.num_free());
+  // The 10 completed ones not popped yet, then everything else, in order, each once.
+  size_t popped = 10;
+  for (; popped < 20; ++popped) {
+    ASSERT_EQ(next.PopUsed(&u), PopStatus::kOk);
+    ASSERT_EQ(u.id, in_flight[popped]);
+  }
+  EXPECT_EQ(next.PopUsed(&u), PopStatus::kEmpty);
+  for (uint64_t i = 40; add(next, i); ++i) {
+  }
+  next.Publish();
+  while (rp.device.Pop(&c) == PopStatus::kOk) {
+  }
+  for (size_t i = 20; i < in_flight.size(); ++i) rp.device.Push(in_flight[i], 0);
+  rp.device.Flush();
+  for (; popped < in_flight.size(); ++popped) {
+    ASSERT_EQ(next.PopUsed(&u), PopStatus::kOk) << popped;
+    ASSERT_EQ(u.id, in_flight[popped]);
+  }
+  EXPECT_FALSE(next.broken());
+  EXPECT_EQ(next.in_flight(), 0u);
+  EXPECT_EQ(next.num_free(), 128u);
+
+  // Refused: one more in flight than the chains say; a list cut short.
+  auto refused = [&](const std::string& key, const std::string& value) {
+    HandoverRecord bad;
+    bad.mutable_values() = rec.values();
+    bad.mutable_values()[key] = value;
+    typename TypeParam::Driver d;
+    EXPECT_TRUE(d.Init(g.mem(), dc, false).has_value());
+    auto r = d.Restore(bad, "r.");
+    EXPECT_FALSE(r.has_value()) << key << "=" << value;
+    EXPECT_TRUE(d.broken());
+  };
+  refused("r.in_flight", std::to_string(std::stoul(rec.values().at("r.in_flight")) + 1));
+  refused("r.writable", "0,0");
+  refused("r.num_free", "128");
+}
+
 }  // namespace
 }  // namespace nicmux::virtio
