@@ -100,8 +100,9 @@ struct Stats {
   uint64_t tcp_payload = 0;  // TCP mode: payload bytes received and verified
   uint64_t bad = 0, lost = 0, reordered = 0;
   uint64_t other = 0;  // frames that are not pktgen's (a switch floods broadcasts to us)
-  // With --verify: the longest time between two receive rounds that brought frames (a live
-  // upgrade's gap, docs/upgrade.md); 0 when not measured.
+  // With --verify: the longest time between two receive rounds that brought pktgen frames (a
+  // live upgrade's gap, docs/upgrade.md; the peer's announcement before --hold is released
+  // does not start the clock); 0 when not measured.
   uint64_t last_rx_ns = 0, max_gap_ns = 0;
   void NoteRx(uint64_t now_ns) {
     if (last_rx_ns != 0 && now_ns - last_rx_ns > max_gap_ns) max_gap_ns = now_ns - last_rx_ns;

@@ -54,7 +54,7 @@ mode=$(ctl --json port show xa | json_field "['xdp_mode']")
 for e in a b; do
   if [ $e = a ]; then mac=02:00:00:00:0a:01 peer=02:00:00:00:0b:02 s=1; else mac=02:00:00:00:0b:02 peer=02:00:00:00:0a:01 s=2; fi
   start "pg_$e" "$BIN/nicmux-pktgen" --socket "$WORK/$e.sock" --mode bidir --verify --count "$COUNT" --rate "$RATE" \
-    --queues 2 --duration 40 --interval 0 --stream $s --mac $mac --peer-mac $peer --announce --hold --yield
+    --queues 2 --ring 1024 --duration 30 --interval 0 --stream $s --mac $mac --peer-mac $peer --announce --hold --yield
   eval "p$e=\$LAST_PID"
 done
 wait_log "$WORK/pg_a.log" connected 60 "$pa"
@@ -90,8 +90,9 @@ sleep 1
 # 3. nicmuxd 1 once more.
 up1
 
-wait_pid "$pa" 60 || fail "pktgen a failed: $(tail -n 3 "$WORK/pg_a.log")"
-wait_pid "$pb" 60 || fail "pktgen b failed: $(tail -n 3 "$WORK/pg_b.log")"
+# (An endpoint that lost frames exits with status 1: the accounting below decides.)
+wait_pid "$pa" 60 || grep -q '^summary' "$WORK/pg_a.log" || fail "pktgen a: $(tail -n 3 "$WORK/pg_a.log")"
+wait_pid "$pb" 60 || grep -q '^summary' "$WORK/pg_b.log" || fail "pktgen b: $(tail -n 3 "$WORK/pg_b.log")"
 # a receives through xa (nicmuxd 1), b through xb (nicmuxd 2): what each lost, the kernel counted.
 ka=$(kdrops "$CTL" xa) kb=$(kdrops "$CTL2" xb)
 for e in a:$ka b:$kb; do
