@@ -66,6 +66,10 @@ class DaemonParser {
         auto v = OneOf(node, k, {"switch", "xconnect"});
         if (!v) return v.error();
         out_->forward = *v;
+      } else if (k == "seccomp") {
+        auto v = OneOf(node, k, {"on", "off", "log"});
+        if (!v) return v.error();
+        out_->seccomp = *v;
       } else if (k == "log_level") {
         auto v = OneOf(node, k, {"debug", "info", "warning", "error"});
         if (!v) return v.error();
