@@ -49,6 +49,8 @@ struct DaemonOptions {
   uint32_t mac_table_size = 8192;
   // --seccomp: applied by nicmuxd's main once the daemon is set up (docs/security.md).
   SeccompMode seccomp = SeccompMode::kOff;
+  // --user USER[:GROUP]: likewise, before the filter (base/privileges.h); "": stay as started.
+  std::string user;
   std::vector<PortSpec> ports;         // from the command line
   std::string config_path;             // "" if none
   std::vector<PortSpec> config_ports;  // from the config file

@@ -8,6 +8,13 @@
 #      everything over to a new process, which keeps the inherited filter. No call is refused:
 #      nicmuxd's log has no "Operation not permitted" and the kernel logged no seccomp record
 #      (audit type=1326) for any of its processes.
+#   2. --user nobody (with --seccomp=on): set up as root, nicmuxd then runs as nobody with only
+#      CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK (also in its bounding and ambient
+#      sets), serves a vhost-user pair (verified, lost=0), makes a TAP port with its address,
+#      upgrades to a new process with the same user, capabilities and filter, and removes its
+#      sockets at exit. Its control socket (--control-group users) refuses uid 12345 (by the
+#      file mode, and with the file opened to all by the SO_PEERCRED check: `denied`, status 7)
+#      and serves uid 12346, a member of users.
 #
 # For finding the calls the filter needs (not part of the test): SANDBOX_SECCOMP=log runs
 # section 1 with --seccomp=log and lists the calls the kernel logged instead of failing, and
@@ -134,3 +141,85 @@ if [ "$SECCOMP" = log ]; then
 fi
 [ -z "$rec" ] || fail "the kernel logged seccomp records for nicmuxd: $rec"
 echo "ok: no call refused (nicmuxd's log clean, no audit type=1326 record from $BIN/nicmuxd; pids $pids)"
+
+# ---- 2. --user: set up as root, then nobody with four capabilities
+# The sockets' directory belongs to the user (nicmuxd removes its sockets there at exit and
+# makes new ones at run time); the control socket's group is "users" (gid 100).
+UD=$WORK/user
+mkdir -m 0755 "$UD"
+chown nobody:nogroup "$UD"
+chmod 0711 "$WORK"
+UCTL=$UD/ctl
+uctl() { "$BIN/nicmuxctl" --socket "$UCTL" "$@"; }
+start nicmuxd_u "$BIN/nicmuxd" --log-level info --user nobody --control-group users --seccomp=on --control "$UCTL" \
+  --port "vhost-user:ua:socket=$UD/a.sock" --port "vhost-user:ub:socket=$UD/b.sock"
+UPID=$LAST_PID
+wait_log "$WORK/nicmuxd_u.log" "seccomp: filter installed" 30 "$UPID"
+grep -q "switched to run as nobody (uid 65534, gid 65534), capabilities CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_IPC_LOCK" \
+  "$WORK/nicmuxd_u.log" || fail "no switch to nobody in the log"
+# caps_of PID: "uid=... eff=... bnd=... amb=..." of its main thread.
+caps_of() {
+  awk '/^Uid:/ {u=$2} /^CapEff:/ {e=$2} /^CapBnd:/ {b=$2} /^CapAmb:/ {a=$2} /^NoNewPrivs:/ {n=$2}
+       END {print "uid=" u " eff=" e " bnd=" b " amb=" a " nnp=" n}' "/proc/$1/status"
+}
+want="uid=65534 eff=0000008000007000 bnd=0000008000007000 amb=0000008000007000 nnp=1"
+[ "$(caps_of "$UPID")" = "$want" ] || fail "nicmuxd as nobody: $(caps_of "$UPID"), expected $want"
+echo "ok: nicmuxd $UPID runs as nobody with CAP_NET_ADMIN CAP_NET_RAW CAP_IPC_LOCK CAP_BPF only ($(caps_of "$UPID"))"
+U_COUNT=40000
+for s in a b; do
+  peer=b; [ $s = b ] && peer=a
+  start "upg_$s" "$BIN/nicmux-pktgen" --socket "$UD/$s.sock" --mode bidir --verify --count "$U_COUNT" --rate 5000 \
+    --ring 4096 --duration 60 --interval 0 --mac "02:00:00:00:1$s:01" --peer-mac "02:00:00:00:1$peer:01" --announce --hold
+  eval "up$s=\$LAST_PID"
+done
+wait_log "$WORK/upg_a.log" connected 60 "$upa"
+wait_log "$WORK/upg_b.log" connected 60 "$upb"
+release "$upa" "$upb"
+# A TAP port made by the unprivileged process (CAP_NET_ADMIN), address and all.
+uctl port add "tap:ut:ifname=$tap,address=10.215.0.1/24" >/dev/null || fail "port add tap as nobody"
+ip -br addr show "$tap" | grep -q 10.215.0.1/24 || fail "TAP $tap has no address: $(ip -br addr show "$tap")"
+echo "ok: TAP port made by nicmuxd running as nobody: $(ip -br addr show "$tap" | awk '{print $1, $3}')"
+uctl port del ut >/dev/null || fail "port del tap as nobody"
+# A live upgrade: the new process starts as nobody with the same capabilities (ambient) and
+# under the same filter.
+out=$(uctl --json upgrade) || fail "upgrade as nobody: $out"
+unew=$(json_field "['pid']" <<<"$out")
+wait_until 10 "exit of the old nicmuxd $UPID" bash -c "! kill -0 $UPID 2>/dev/null"
+PIDS+=("$unew")
+[ "$(caps_of "$unew")" = "$want" ] || fail "the upgraded nicmuxd: $(caps_of "$unew"), expected $want"
+grep -q "running as nobody" "$WORK/nicmuxd_u.log" || fail "the upgraded process did not say it runs as nobody"
+echo "ok: upgraded as nobody: pid $UPID -> $unew, $(caps_of "$unew"), $(filtered "$unew") threads filtered"
+UPID=$unew
+wait_pid "$upa" 60 || fail "pktgen ua failed"
+wait_pid "$upb" 60 || fail "pktgen ub failed"
+for l in "$WORK/upg_a.log" "$WORK/upg_b.log"; do
+  expect_summary "$l" rx_packets "$U_COUNT"
+  expect_summary "$l" rx_lost 0
+  expect_summary "$l" rx_bad 0
+done
+echo "ok: $U_COUNT verified frames each way through nicmuxd as nobody: lost=0"
+# The control socket: a peer neither root, nor nobody, nor in "users" is refused. The file mode
+# (0660 root:users) stops it first; with the file opened to all, the daemon's SO_PEERCRED check
+# does.
+rc=0
+setpriv --reuid=12345 --regid=12345 --clear-groups "$BIN/nicmuxctl" --socket "$UCTL" port list >"$WORK/other.txt" 2>&1 || rc=$?
+[ $rc -ne 0 ] || fail "uid 12345 could use the control socket: $(cat "$WORK/other.txt")"
+echo "ok: uid 12345 refused by the file mode ($(stat -c '%a %U:%G' "$UCTL")): $(cat "$WORK/other.txt")"
+chmod 0666 "$UCTL"
+rc=0
+setpriv --reuid=12345 --regid=12345 --clear-groups "$BIN/nicmuxctl" --socket "$UCTL" port list >"$WORK/other.txt" 2>&1 || rc=$?
+[ $rc -eq 7 ] && grep -q "uid 12345 may not use" "$WORK/other.txt" ||
+  fail "uid 12345 with the socket 0666: status $rc: $(cat "$WORK/other.txt")"
+echo "ok: uid 12345 refused by the peer check (status 7): $(cat "$WORK/other.txt")"
+chmod 0660 "$UCTL"
+setpriv --reuid=12346 --regid=12346 --groups=100 "$BIN/nicmuxctl" --socket "$UCTL" port list >"$WORK/member.txt" 2>&1 ||
+  fail "uid 12346 in group users refused: $(cat "$WORK/member.txt")"
+grep -q ua "$WORK/member.txt" || fail "uid 12346: $(cat "$WORK/member.txt")"
+echo "ok: uid 12346 in the control group (users) served"
+kill -TERM "$UPID"
+wait_until 30 "exit of nicmuxd $UPID" bash -c "! kill -0 $UPID 2>/dev/null"
+[ ! -e "$UD/a.sock" ] && [ ! -e "$UCTL" ] || fail "nicmuxd as nobody left its sockets: $(ls "$UD")"
+if grep -i "not permitted\|EPERM\|LeakSanitizer" "$WORK/nicmuxd_u.log"; then fail "nicmuxd (nobody) log shows an error"; fi
+rec=$(seccomp_records)
+[ -z "$rec" ] || fail "the kernel logged seccomp records for nicmuxd: $rec"
+echo "ok: nicmuxd as nobody removed its sockets at exit; no call refused"
