@@ -18,7 +18,7 @@ namespace nicmux {
 namespace {
 
 // Every call nicmuxd makes at run time, grouped by why. Checked with `strace -f -c` attached
-// to nicmuxd in tests/integration/sandbox.sh (SANDBOX_STRACE=1: 66 distinct calls after setup,
+// to nicmuxd in tests/integration/sandbox.sh (SANDBOX_STRACE=1: 65 distinct calls after setup,
 // upgrade included) and with --seccomp=log runs of it (SANDBOX_SECCOMP=log) and of the other
 // suites (NICMUX_SECCOMP=log in lib.sh); the rest are the same operations' variants (libc
 // may pick either) and the dynamic loader's. A name this architecture lacks is skipped.
