@@ -1,6 +1,7 @@
 #include "base/seccomp.h"
 
 #include <seccomp.h>
+#include <sched.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -50,7 +51,7 @@ constexpr const char* kAllowed[] = {
     // futexes, the clock.
     "clock_gettime", "clock_getres", "gettimeofday", "time", "nanosleep", "clock_nanosleep",
     "sched_yield", "sched_setaffinity", "sched_getaffinity", "sched_getparam",
-    "sched_getscheduler", "getcpu", "futex", "futex_waitv", "clone", "clone3", "exit",
+    "sched_getscheduler", "getcpu", "futex", "futex_waitv", "exit",
     "exit_group", "gettid", "getpid", "getppid", "getpgrp", "getpriority", "setpriority",
     "prctl", "getrusage", "times", "restart_syscall",
     // Signals: SIGTERM/HUP/USR2 through a signalfd, SIGPIPE ignored; the live upgrade kills a
@@ -65,7 +66,7 @@ constexpr const char* kAllowed[] = {
     "sendmmsg", "recvmmsg", "shutdown",
     // AF_XDP: the XDP program and XSKMAP (libbpf, libxdp).
     "bpf",
-    // Live upgrade: fork (clone above), exec (above), wait for or reap the child.
+    // Live upgrade: fork (clone, below), exec (above), wait for or reap the child.
     "wait4", "waitid", "vfork", "fork",
     // Credentials: reading only (peer checks, socket groups); nothing may change them.
     "getuid", "geteuid", "getgid", "getegid", "getgroups", "getresuid", "getresgid", "capget",
@@ -73,6 +74,12 @@ constexpr const char* kAllowed[] = {
 
 // socket(): these families only.
 constexpr int kFamilies[] = {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_XDP};
+
+// clone() (threads, the upgrade's fork) only without a new namespace: a new user namespace
+// would give back capabilities inside it. clone3() passes its flags in memory a filter cannot
+// read, so it gets ENOSYS, and glibc falls back to clone().
+constexpr scmp_datum_t kCloneNewNamespaces = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC |
+                                             CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET;
 
 #if defined(__SANITIZE_ADDRESS__)
 #define NICMUX_SECCOMP_SANITIZED 1
@@ -116,6 +123,7 @@ std::vector<std::string> SeccompAllowedCalls() {
     if (seccomp_syscall_resolve_name(name) != __NR_SCMP_ERROR) out.emplace_back(name);
   }
   out.emplace_back("socket");
+  out.emplace_back("clone");
 #ifdef NICMUX_SECCOMP_SANITIZED
   for (const char* name : kSanitizerOnly) out.emplace_back(name);
 #endif
@@ -155,6 +163,14 @@ Result<void> InstallSeccomp(SeccompMode mode) {
         rc < 0) {
       return fail("socket", rc);
     }
+  }
+  if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                                SCMP_A0(SCMP_CMP_MASKED_EQ, kCloneNewNamespaces, 0));
+      rc < 0) {
+    return fail("clone", rc);
+  }
+  if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0); rc < 0) {
+    return fail("clone3", rc);
   }
 #ifdef NICMUX_SECCOMP_SANITIZED
   for (const char* name : kSanitizerOnly) {
