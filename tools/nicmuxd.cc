@@ -16,6 +16,8 @@
 
 #include "base/event_loop.h"
 #include "base/log.h"
+#include "base/privileges.h"
+#include "base/seccomp.h"
 #include "control/config.h"
 #include "control/daemon.h"
 #include "control/metrics.h"
@@ -71,6 +73,14 @@ options:
                        "--no-huge -m 256 --no-shconf --no-telemetry --no-pci"; docs/dpdk.md;
                        the config's [dpdk] eal_args)
   --log-level LEVEL    debug, info, warning or error (default info)
+  --seccomp MODE       on: once set up, allow only the system calls nicmuxd uses (a seccomp
+                       filter on every thread); any other call fails with EPERM and the
+                       kernel logs it (audit type=1326). log: allow all, log the calls the
+                       list lacks. off (default). docs/security.md
+  --user USER[:GROUP]  once set up (as root), run as USER (with its groups, or only GROUP),
+                       keeping only CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK.
+                       USER needs write access to the socket directories.
+                       docs/security.md
   --takeover FD        internal: started by a running nicmuxd's live upgrade (`nicmuxctl
                        upgrade`, SIGUSR2), takes its ports over the UNIX socket FD instead of
                        making them (docs/upgrade.md)
@@ -123,7 +133,7 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   DaemonOptions o;
   // Flags are collected first, then laid over the config file's settings.
   std::optional<std::string> forward, control, log_level, config, eal_args, metrics, socket_group, socket_mode,
-      control_group;
+      control_group, seccomp, user;
   std::optional<uint64_t> workers, aging, table, stats, poll, max_busy;
   std::optional<bool> busy_poll, poll_fixed;
   std::optional<std::vector<int>> cpus;
@@ -200,6 +210,12 @@ DaemonOptions ParseArgs(int argc, char** argv) {
       stats = number(0, 86400);
     } else if (a == "--takeover") {
       o.takeover_fd = static_cast<int>(number(3, 1 << 20));
+    } else if (a == "--seccomp" || a.rfind("--seccomp=", 0) == 0) {
+      seccomp = a == "--seccomp" ? value() : a.substr(std::strlen("--seccomp="));
+      if (auto m = ParseSeccompMode(*seccomp); !m) Usage("--seccomp: " + m.error().message());
+    } else if (a == "--user") {
+      user = value();
+      if (auto u = ParseRunAs(*user); !u) Usage("--user: " + u.error().message());
     } else if (a == "--log-level") {
       log_level = value();
       if (!ApplyLogLevel(*log_level)) Usage("--log-level " + *log_level + ": use debug, info, warning or error");
@@ -224,6 +240,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
     if (d.socket_group && !socket_group) socket_group = d.socket_group;
     if (d.socket_mode && !socket_mode) socket_mode = d.socket_mode;
     if (d.control_group && !control_group) control_group = d.control_group;
+    if (d.seccomp && !seccomp) seccomp = d.seccomp;
+    if (d.user && !user) user = d.user;
     if (d.log_level && !log_level && !ApplyLogLevel(*d.log_level)) Usage(*config + ": log_level " + *d.log_level);
     if (d.workers && !workers) workers = d.workers;
     if (d.cpus && !cpus) cpus = d.cpus;
@@ -239,6 +257,8 @@ DaemonOptions ParseArgs(int argc, char** argv) {
   if (control) o.control_path = *control;
   if (metrics) o.metrics_address = *metrics;
   if (control_group) o.control_group = *control_group;
+  if (seccomp) o.seccomp = *ParseSeccompMode(*seccomp);
+  if (user) o.user = *user;
   o.socket_access_from_cli = cli_socket_access;
   if (socket_group || socket_mode) {
     auto sa = ParseSocketAccess(socket_group.value_or(""), socket_mode.value_or(""));
@@ -330,6 +350,35 @@ int Main(int argc, char** argv) {
     return 1;
   }
   EventLoop& el = **loop;
+  // Setup is done (ports, sockets, workers): from here on an unprivileged user, and only the
+  // calls nicmuxd makes at run time.
+  if (!o.user.empty()) {
+    auto who = ParseRunAs(o.user);
+    if (!who) {
+      NICMUX_LOG(kError, "--user: %s", who.error().message().c_str());
+      return 1;
+    }
+    const bool already = ::getuid() == who->uid;
+    if (auto dr = DropPrivileges(*who); !dr) {
+      NICMUX_LOG(kError, "%s", dr.error().message().c_str());
+      return 1;
+    }
+    NICMUX_LOG(kInfo, "%s as %s (uid %u, gid %u), capabilities %s", already ? "running" : "switched to run",
+               o.user.c_str(), static_cast<unsigned>(who->uid), static_cast<unsigned>(who->gid),
+               KeptCapabilityNames().c_str());
+  }
+  // A live upgrade's new process already runs under the old one's filter.
+  if (o.seccomp != SeccompMode::kOff) {
+    if (SeccompActive()) {
+      NICMUX_LOG(kInfo, "seccomp: the filter inherited from the upgraded process stays");
+    } else if (auto sr = InstallSeccomp(o.seccomp); !sr) {
+      NICMUX_LOG(kError, "%s", sr.error().message().c_str());
+      return 1;
+    } else {
+      NICMUX_LOG(kInfo, "seccomp: filter installed (%s, %zu calls allowed)", SeccompModeName(o.seccomp),
+                 SeccompAllowedCalls().size());
+    }
+  }
   auto r = el.Watch(sfd.get(), EPOLLIN, [&](uint32_t) {
     signalfd_siginfo si;
     while (::read(sfd.get(), &si, sizeof si) == sizeof si) {

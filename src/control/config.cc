@@ -3,6 +3,8 @@
 // exceptions in src/); its source regions give every error a line.
 #include "control/config.h"
 
+#include "base/privileges.h"
+
 #include "base/unix_socket.h"
 #include "control/metrics.h"
 
@@ -66,6 +68,15 @@ class DaemonParser {
         auto v = OneOf(node, k, {"switch", "xconnect"});
         if (!v) return v.error();
         out_->forward = *v;
+      } else if (k == "seccomp") {
+        auto v = OneOf(node, k, {"on", "off", "log"});
+        if (!v) return v.error();
+        out_->seccomp = *v;
+      } else if (k == "user") {
+        const auto* s = node.as_string();
+        if (s == nullptr) return Bad(node, k, "must be a string, USER or USER:GROUP");
+        if (auto u = ParseRunAs(s->get()); !u) return At(source_, node.source(), "[daemon] 'user': " + u.error().message());
+        out_->user = s->get();
       } else if (k == "log_level") {
         auto v = OneOf(node, k, {"debug", "info", "warning", "error"});
         if (!v) return v.error();

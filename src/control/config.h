@@ -24,6 +24,8 @@
 //   socket_group = "libvirt-qemu" # group of the sockets nicmuxd serves (mode 0660 with it)
 //   socket_mode = "0660"          # their mode, octal
 //   control_group = "nicmux"      # group of the control socket
+//   seccomp = "on"                # system-call filter after setup: on, off, log (docs/security.md)
+//   user = "nicmux"               # after setup run as this USER[:GROUP] (docs/security.md)
 //
 //   [[port]]                      # one table per port, kept in file order
 //   name = "vm1"                  # required, 1-32 of [A-Za-z0-9._-] (IsValidPortName), unique
@@ -60,7 +62,8 @@ namespace nicmux {
 
 // [daemon]. std::nullopt: the key is not in the file. Values present are in range.
 struct DaemonSettings {
-  std::optional<std::string> forward, control, log_level, metrics, socket_group, socket_mode, control_group;
+  std::optional<std::string> forward, control, log_level, metrics, socket_group, socket_mode, control_group,
+      seccomp, user;
   std::optional<uint32_t> workers;
   std::optional<uint32_t> poll_us, max_busy_workers;
   std::optional<bool> busy_poll, poll_fixed;

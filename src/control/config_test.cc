@@ -35,6 +35,8 @@ metrics = "[::1]:9469"
 socket_group = "nogroup"
 socket_mode = "0660"
 control_group = "65534"
+seccomp = "log"
+user = "nobody"
 
 [[port]]
 name = "vm1"
@@ -83,6 +85,8 @@ TEST(Config, FullFile) {
   EXPECT_EQ(d.socket_group, "nogroup");
   EXPECT_EQ(d.socket_mode, "0660");
   EXPECT_EQ(d.control_group, "65534");
+  EXPECT_EQ(d.seccomp, "log");
+  EXPECT_EQ(d.user, "nobody");
 
   ASSERT_EQ(c->ports.size(), 3u);
   const PortSpec& vm1 = c->ports[0];
@@ -394,6 +398,13 @@ TEST(Config, DaemonErrors) {
        "nicmuxd.toml:2: [daemon] 'mac_aging' must be an integer in 1..86400"},
       {"[daemon]\nforward = \"bridge\"\n",
        "nicmuxd.toml:2: [daemon] 'forward' must be one of \"switch\", \"xconnect\""},
+      {"[daemon]\nuser = \"root\"\n",
+       "nicmuxd.toml:2: [daemon] 'user': user 'root' is root: --user names the unprivileged user to run as"},
+      {"[daemon]\nuser = \"nobody:no-such-group-nmx\"\n",
+       "nicmuxd.toml:2: [daemon] 'user': group 'no-such-group-nmx': no such group on this host (getent group "
+       "no-such-group-nmx)"},
+      {"[daemon]\nseccomp = \"yes\"\n",
+       "nicmuxd.toml:2: [daemon] 'seccomp' must be one of \"on\", \"off\", \"log\""},
       {"[daemon]\nlog_level = \"verbose\"\n",
        "nicmuxd.toml:2: [daemon] 'log_level' must be one of \"debug\", \"info\", \"warning\", "
        "\"error\""},

@@ -339,6 +339,8 @@ void Daemon::Reload() {
   if (ds.metrics && *ds.metrics != opt_.metrics_address) restart += " metrics";
   if (ds.control_group && *ds.control_group != opt_.control_group) restart += " control_group";
   if (ds.mac_table_size && *ds.mac_table_size != opt_.mac_table_size) restart += " mac_table_size";
+  if (ds.seccomp && *ds.seccomp != SeccompModeName(opt_.seccomp)) restart += " seccomp";
+  if (ds.user && *ds.user != opt_.user) restart += " user";
   if (!restart.empty()) NICMUX_LOG(kWarning, "reload: changed settings need a restart, not applied:%s", restart.c_str());
   if (c->daemon.log_level) {
     const std::string& v = *c->daemon.log_level;

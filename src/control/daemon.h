@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/event_loop.h"
+#include "base/seccomp.h"
 #include "control/config.h"
 #include "control/control_server.h"
 #include "control/metrics.h"
@@ -46,6 +47,10 @@ struct DaemonOptions {
   uint32_t max_busy_workers = 0;  // with busy_poll: at most this many busy-poll (the busiest); 0: all
   bool poll_fixed = false;  // the idle window is always poll_us (no adapting)
   uint32_t mac_table_size = 8192;
+  // --seccomp: applied by nicmuxd's main once the daemon is set up (docs/security.md).
+  SeccompMode seccomp = SeccompMode::kOff;
+  // --user USER[:GROUP]: likewise, before the filter (base/privileges.h); "": stay as started.
+  std::string user;
   std::vector<PortSpec> ports;         // from the command line
   std::string config_path;             // "" if none
   std::vector<PortSpec> config_ports;  // from the config file

@@ -108,8 +108,13 @@ expect_summary() {
 }
 
 # nicmuxd ARGS...: the daemon with its control socket in $WORK (CTL) unless ARGS name another.
+# NICMUX_SECCOMP=on|log: every suite's nicmuxd runs under the system-call filter
+# (docs/security.md).
 CTL=$WORK/nicmuxd.ctl
-nicmuxd() { start nicmuxd "$BIN/nicmuxd" --log-level info --control "$CTL" "$@"; NICMUXD_PID=$LAST_PID; }
+nicmuxd() {
+  start nicmuxd "$BIN/nicmuxd" --log-level info --control "$CTL" ${NICMUX_SECCOMP:+--seccomp=$NICMUX_SECCOMP} "$@"
+  NICMUXD_PID=$LAST_PID
+}
 ctl() { "$BIN/nicmuxctl" --socket "$CTL" "$@"; }
 # expect_refused SPEC PATTERN: `nicmuxctl port add SPEC` fails and its error matches PATTERN.
 expect_refused() {
