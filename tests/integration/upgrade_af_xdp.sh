@@ -17,7 +17,7 @@ a=$WORK/a.sock b=$WORK/b.sock
 V0=nmxu$$a
 V1=nmxu$$b
 CTL2=$WORK/n2.ctl
-RATE=${RATE:-10000} COUNT=${COUNT:-150000}  # 15 s each way: the upgrades happen while the frames flow
+RATE=${RATE:-2000} COUNT=${COUNT:-30000}  # 15 s each way: the upgrades happen while the frames flow (a rate the rings absorb a slow ASan upgrade at, on a busy machine)
 
 cleanup_veth() { ip link del "$V0" 2>/dev/null || true; }
 CLEANUP_HOOKS+=(cleanup_veth)
@@ -43,7 +43,7 @@ up1() {
 
 nicmuxd --port "vhost-user:a:socket=$a,queues=2" --port "af_xdp:xa:iface=$V0"
 N1=$NICMUXD_PID
-start nicmuxd2 "$BIN/nicmuxd" --log-level info --control "$CTL2" --port "vhost-user:b:socket=$b,queues=2" --port "af_xdp:xb:iface=$V1"
+start nicmuxd2 "$BIN/nicmuxd" --log-level info --control "$CTL2" ${NICMUX_SECCOMP:+--seccomp=$NICMUX_SECCOMP} --port "vhost-user:b:socket=$b,queues=2" --port "af_xdp:xb:iface=$V1"
 N2=$LAST_PID
 wait_for "$a" 30
 wait_for "$b" 30
