@@ -71,8 +71,8 @@ attacks (queue 1, the guest's transmitq, is the one attacked: the backend reads 
   addr-outside    buffers past the end of guest memory, wrapping 2^64, straddling the border
                   between the two memory regions, and a descriptor table entry of len 0
                   pointing nowhere
-  huge-len        len 0xffffffff, chains whose lengths sum past 2^32, chains of 200 empty
-                  descriptors (past the walk bound)
+  huge-len        len 0xffffffff, chains whose lengths sum past 2^32 (60 buffers of 80 MiB,
+                  each inside memory), chains of 140 empty descriptors (past the walk bound)
   indirect-bad    indirect tables of len 0, 17 (not a multiple of 16), 1 MiB (more entries
                   than any ring), INDIRECT together with NEXT, nested INDIRECT, a table outside
                   memory
@@ -133,7 +133,7 @@ static_assert(sizeof(PDesc) == 16);
 
 constexpr uint32_t kRing = 256;
 constexpr uint64_t kRegionA = 4u << 20;  // gpa 0: rings and buffers
-constexpr uint64_t kRegionB = 1u << 20;  // gpa kRegionA: buffers, a second file
+constexpr uint64_t kRegionB = 80u << 20;  // gpa kRegionA: a second file, sparse (huge-len)
 constexpr uint64_t kMemEnd = kRegionA + kRegionB;
 constexpr uint64_t kBufs = 1u << 20;     // buffers in region A start here
 constexpr uint64_t kTables = 3u << 20;   // indirect tables in region A
@@ -460,11 +460,17 @@ Counts HugeLen() {
     d[1] = {0, 0x7fffffffu, virtio::kDescFNext, 2};
     d[2] = {0, 0x7fffffffu, virtio::kDescFNext, 3};
     d[3] = {0, 0x7fffffffu, 0, 0};
-    // 200 empty descriptors in one chain: past the walk bound (128).
-    for (uint16_t i = 10; i < 210; ++i) d[i] = {Buf(i), 0, virtio::kDescFNext, static_cast<uint16_t>(i + 1)};
-    d[210] = {Buf(0), 64, 0, 0};
-    d[211] = {kRegionA - 8, 0xfffffff8u, 0, 0};  // 4 GiB from inside region A
-    return std::vector<uint16_t>{0, 1, 10, 211};
+    // 140 empty descriptors in one chain: past the walk bound (128).
+    for (uint16_t i = 10; i < 150; ++i) d[i] = {Buf(i), 0, virtio::kDescFNext, static_cast<uint16_t>(i + 1)};
+    d[150] = {Buf(0), 64, 0, 0};
+    d[151] = {kRegionA - 8, 0xfffffff8u, 0, 0};  // 4 GiB from inside region A
+    // 60 descriptors of 80 MiB each, every one inside region B: 4.7 GiB in all (and fewer
+    // segments than a chain may have).
+    for (uint16_t i = 152; i < 152 + 60; ++i) {
+      d[i] = {kRegionA, static_cast<uint32_t>(kRegionB), virtio::kDescFNext, static_cast<uint16_t>(i + 1)};
+    }
+    d[152 + 59].flags = 0;
+    return std::vector<uint16_t>{0, 1, 10, 151, 152};
   });
 }
 
