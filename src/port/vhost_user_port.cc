@@ -422,6 +422,16 @@ void VhostUserPort::OnReadable() {
   for (int budget = 64; channel_ && budget > 0; --budget) {
     auto m = channel_->Receive();
     if (!m) {
+      if (!channel_->peer_closed()) {
+        // UNTRUSTED: the channel refused what the frontend sent (a size past any payload, too
+        // many fds, fds that are neither eventfds nor memory files): a protocol error like the
+        // session's refusals, and logged as one (not as a disconnect, under the connection
+        // lines' limiter).
+        NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: %s; closing the connection", name().c_str(),
+                                  m.error().message().c_str());
+        Disconnect("protocol error");
+        return;
+      }
       Disconnect(m.error().message());
       return;
     }
