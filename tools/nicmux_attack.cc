@@ -89,6 +89,8 @@ attacks (queue 1, the guest's transmitq, is the one attacked: the backend reads 
   fd-swap         while the queues run: SET_VRING_KICK/CALL/ERR with new eventfds (our copies
                   closed right away), the kick switched to polling and back, then a pipe and
                   a regular file given as a call fd (each pausing the backend's workers)
+  pause-storm     SET_VRING_ENABLE 0/1 and SET_VRING_CALL back to back, nothing awaited: each
+                  pauses the workers that poll the port (and other ports with it)
   shrink-memfd    the memory files truncated to 0 after SET_MEM_TABLE (the ring region, or the
                   buffer region under a posted chain); the backend must not die of SIGBUS
   bad-messages    one fresh connection per malformed message: unknown request, wrong payload
@@ -96,7 +98,9 @@ attacks (queue 1, the guest's transmitq, is the one attacked: the backend reads 
                   many fds, fds on a request that takes none, SET_MEM_TABLE with 0 or 9
                   regions, overlapping, zero-size, wrapping regions, mmap offsets past the
                   file, vring indexes past the queues, sizes 0/3/65536, ring addresses outside
-                  memory, the log flag, features and protocol features never offered
+                  memory, the log flag, features and protocol features never offered;
+                  every case is played at least once whatever --duration says, and its
+                  outcome printed ("  case NAME: closed", or "kept" when answered)
   unread-replies  GET_FEATURES sent back to back and the replies never read; then the same
                   with REPLY_ACK asked on every SET_VRING_ENABLE
   conn-flood      32 connections held open at once while more connect and close in a loop
@@ -104,7 +108,8 @@ attacks (queue 1, the guest's transmitq, is the one attacked: the backend reads 
 
 const std::vector<std::string> kAttacks = {
     "desc-loop", "indirect-loop", "addr-outside", "huge-len",   "indirect-bad", "avail-jump",    "race",
-    "packed-flags", "kick-flood", "fd-swap",     "shrink-memfd", "bad-messages", "unread-replies", "conn-flood"};
+    "packed-flags", "kick-flood", "fd-swap",     "pause-storm",  "shrink-memfd", "bad-messages", "unread-replies",
+    "conn-flood"};
 
 std::string g_socket;
 double g_duration = 2.0;
@@ -751,6 +756,34 @@ Counts FdSwap() {
   return c;
 }
 
+// pause-storm: requests that start and stop a queue (SET_VRING_ENABLE 0 then 1) and replace
+// its call fd, sent back to back without waiting for anything. Each makes the backend pause
+// the workers that poll the port, which poll other ports too: the backend must let them run
+// between pauses, so the other ports keep their rate.
+Counts PauseStorm() {
+  Counts c;
+  const uint64_t deadline = NowNs() + static_cast<uint64_t>(g_duration * 1e9);
+  std::unique_ptr<Session> s;
+  while (TimeLeft(deadline)) {
+    if (!s && !(s = Open(c, false))) continue;
+    for (int i = 0; i < 64; ++i) {
+      ++c.rounds;
+      const uint32_t q = i % 2;
+      int fd = NewEventFd();
+      const bool ok = s->Send(Request::kSetVringEnable, vhost::VringState{q, 0}) &&
+                      s->Send(Request::kSetVringEnable, vhost::VringState{q, 1}) &&
+                      s->Send(Request::kSetVringCall, uint64_t{q}, {fd});
+      ::close(fd);
+      if (!ok) break;
+    }
+    if (!s->Sync()) {
+      ++c.closed;
+      s.reset();
+    }
+  }
+  return c;
+}
+
 // shrink-memfd: a memory file truncated to 0 after SET_MEM_TABLE. Round A shrinks the ring
 // region (the backend's next look at the avail index faults), round B the buffer region under
 // a posted chain (its copy faults). The backend must survive the SIGBUS (issue 17: the fault
@@ -1017,6 +1050,7 @@ Counts Run(const std::string& name) {
   if (name == "packed-flags") return PackedFlags();
   if (name == "kick-flood") return KickFlood();
   if (name == "fd-swap") return FdSwap();
+  if (name == "pause-storm") return PauseStorm();
   if (name == "shrink-memfd") return ShrinkMemfd();
   if (name == "bad-messages") return BadMessages(true);
   if (name == "unread-replies") return UnreadReplies();
