@@ -37,7 +37,10 @@ x=$WORK/x.sock y=$WORK/y.sock
 # every worker, and costs control requests the measurement does without).
 ports=()
 for a in $ATTACKS; do ports+=(--port "vhost-user:atk-$a:socket=$WORK/atk-$a.sock"); done
-nicmuxd --port "vhost-user:x:socket=$x" --port "vhost-user:y:socket=$y" "${ports[@]}"
+# --mac-aging: the receiver only announces itself once; after the default 300 s (long mode) its
+# MAC aged out, the healthy flow was flooded to every port, and the copies the attacked port
+# had no buffers for counted as the healthy sender's queue_full drops.
+nicmuxd --mac-aging 86400 --port "vhost-user:x:socket=$x" --port "vhost-user:y:socket=$y" "${ports[@]}"
 LOG=$WORK/nicmuxd.log
 wait_for "$y" 30
 fds() { ls "/proc/$NICMUXD_PID/fd" | wc -l; }
