@@ -422,6 +422,16 @@ void VhostUserPort::OnReadable() {
   for (int budget = 64; channel_ && budget > 0; --budget) {
     auto m = channel_->Receive();
     if (!m) {
+      if (!channel_->peer_closed()) {
+        // UNTRUSTED: the channel refused what the frontend sent (a size past any payload, too
+        // many fds, fds that are neither eventfds nor memory files): a protocol error like the
+        // session's refusals, and logged as one (not as a disconnect, under the connection
+        // lines' limiter).
+        NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: %s; closing the connection", name().c_str(),
+                                  m.error().message().c_str());
+        Disconnect("protocol error");
+        return;
+      }
       Disconnect(m.error().message());
       return;
     }
@@ -608,10 +618,15 @@ void VhostUserPort::OnFault() {
 
 // --------------------------------------------------------------------------- data path
 
-void VhostUserPort::CheckBroken(DeviceQueue& dq) {
+void VhostUserPort::CheckBroken(DeviceQueue& dq, uint32_t index) {
   if (dq.error_signalled) return;
   if (!(dq.packed ? dq.packed_ring.broken() : dq.split.broken())) return;
   dq.error_signalled = true;
+  // UNTRUSTED: the frontend broke its ring (once per setup: error_signalled); one limiter per
+  // port, so one guest breaking its rings in a loop cannot hide another port's line.
+  const DropReason why = dq.packed ? dq.packed_ring.broken_reason() : dq.split.broken_reason();
+  NICMUX_LOG_RATELIMITED_BY(log_broken_, kWarning, "port %s: queue %u (%s ring) broken until the frontend sets it up again: %s",
+                            name().c_str(), index, dq.packed ? "packed" : "split", DropReasonName(why).data());
   if (!peer_blocked_.load(std::memory_order_relaxed) && !dq.SignalError()) NotePeerBlocked();
 }
 
@@ -746,7 +761,7 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
     // is deferred alone.
     if (!dq.running) return;
     if (dq.packed ? dq.packed_ring.Flush() : dq.split.Flush()) Signal(dq, 2 * q + 1, true, 0, /*now=*/true);
-    CheckBroken(dq);
+    CheckBroken(dq, 2 * q + 1);
     return;
   }
   // Chains up to the first unsent packet are done (bad frames among them too); the rest go
@@ -784,7 +799,7 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   } else {
     finish(dq.split);
   }
-  CheckBroken(dq);
+  CheckBroken(dq, 2 * q + 1);
   st.n = 0;
 }
 
@@ -943,7 +958,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   // A ring that ran out of buffers gets its signal at once: the guest refills it only after
   // one, and meanwhile everything for it would be dropped.
   Signal(dq, 2 * q, ring.Flush(), static_cast<uint32_t>(sent), /*now=*/ring_empty);
-  CheckBroken(dq);
+  CheckBroken(dq, 2 * q);
   return k;
 }
 

@@ -189,8 +189,9 @@ class VhostUserPort final : public Port {
   // A queue stops (the session's stop hook, the worker paused): what it held is completed and
   // what it deferred signalled.
   void StopQueue(uint32_t i);
-  // Worker side: a ring that broke is reported to the frontend once (its error eventfd).
-  void CheckBroken(vhost::DeviceQueue& dq);
+  // Worker side: a ring that broke is reported to the frontend once (its error eventfd) and
+  // logged, naming the port, the queue and the reason (rate-limited per port).
+  void CheckBroken(vhost::DeviceQueue& dq, uint32_t index);
   // Control thread: fault_ fired (a blocked write, or the frontend's memory faulted,
   // base/peer_mapping.h): the connection is closed and the port keeps new frontends out for a
   // while (quarantine), so that reconnecting and repeating costs the other ports little.
@@ -220,7 +221,7 @@ class VhostUserPort final : public Port {
   // A peer can make these lines at will (connect, disconnect, protocol errors): one limiter
   // per port and kind, so one noisy frontend silences neither another port's lines nor its
   // own other kind.
-  LogRateLimiter log_conn_, log_error_, log_refused_, log_hdr_;
+  LogRateLimiter log_conn_, log_error_, log_refused_, log_hdr_, log_broken_;
 
   // Per queue pair, the guest transmit chains behind the current batch (worker only).
   struct RxState {

@@ -272,6 +272,33 @@ TEST_F(HostileFrontend, ABrokenRingIsReportedOnTheErrorEventfdOnce) {
   EXPECT_TRUE(port_->connected());  // the frontend's to reset; others are not affected
 }
 
+// Issue 15 (nicmux-attack avail-jump, race, packed-flags): a broken ring was logged by the
+// ring itself, without the port or queue ("split virtqueue (size 256) broken until reset"),
+// under one limiter for every port: the operator could not tell which guest broke its queue,
+// and one guest breaking its rings in a loop silenced every other port's line. The port now
+// logs it, once per break, with its name, the queue and the reason.
+TEST_F(HostileFrontend, ABrokenRingIsLoggedOnceNamingThePortAndQueue) {
+  auto f = Connect(/*packed=*/false);
+  ASSERT_TRUE(f);
+  auto& dq = const_cast<vhost::BackendSession&>(port_->session()).queue(1);
+  ASSERT_TRUE(dq.addr.has_value());
+  auto* avail = reinterpret_cast<virtio::VirtqAvailHeader*>(dq.addr->avail_user_addr);
+  virtio::StoreRelease(avail->idx, static_cast<uint16_t>(virtio::LoadAcquire(avail->idx) + 1000));
+  testing::internal::CaptureStderr();
+  for (int round = 0; round < 3; ++round) {
+    std::lock_guard worker(worker_.mutex());
+    Batch batch;
+    EXPECT_EQ(port_->Rx(0, batch, kBurst), 0u);
+    port_->RxDone(0, batch, 0);
+  }
+  const std::string out = testing::internal::GetCapturedStderr();
+  const std::string line = "port p: queue 1 (split ring) broken until the frontend sets it up again: avail_idx_jump";
+  const size_t at = out.find(line);
+  EXPECT_NE(at, std::string::npos) << out;
+  EXPECT_EQ(out.find(line, at + 1), std::string::npos) << "logged more than once: " << out;
+  EXPECT_EQ(out.find("virtqueue (size"), std::string::npos) << "the ring's nameless line is gone: " << out;
+}
+
 // A SIGBUS outside every peer mapping is not swallowed: the process dies as before.
 TEST(PeerMapping, AFaultOutsidePeerMappingsStillKills) {
   EXPECT_DEATH(

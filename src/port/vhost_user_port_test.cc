@@ -298,6 +298,25 @@ TEST_F(TwoPorts, AFrontendThatNeverReadsIsDisconnectedByName) {
             std::string::npos) << out;
 }
 
+// Issue 15 (nicmux-attack bad-messages, fd-swap): what the channel refuses (a payload size
+// past any message, fds that are neither eventfds nor memory files, too many fds) was logged
+// only as "frontend disconnected (...)" at info level, under the limiter connects share, while
+// the session's refusals are errors. Now both are errors naming the port.
+TEST_F(TwoPorts, WhatTheChannelRefusesIsLoggedAsAnError) {
+  testing::internal::CaptureStderr();
+  UniqueFd h = Connect("a");
+  const vhost::MsgHeader big{static_cast<uint32_t>(vhost::Request::kSetFeatures), vhost::kVersion, 0x7fffffff};
+  ASSERT_EQ(::send(h.get(), &big, sizeof big, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof big));
+  const bool idle = WaitIdle(0, 1);
+  stop_.store(true);
+  thread_.join();
+  const std::string out = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(idle);
+  EXPECT_NE(out.find("error port a: vhost-user SET_FEATURES: payload size 2147483647 exceeds 4096; closing the connection"),
+            std::string::npos) << out;
+  EXPECT_NE(out.find("port a: frontend disconnected (protocol error)"), std::string::npos) << out;
+}
+
 TEST_F(TwoPorts, ThousandConnectionsLogABoundedNumberOfLinesPerPort) {
   testing::internal::CaptureStderr();
   const uint64_t start = MonotonicNowNs();

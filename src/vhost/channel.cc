@@ -28,6 +28,7 @@ Result<size_t> Channel::ReadSome(std::byte* dst, size_t len) {
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return size_t{0};
     if (errno == EINTR) return size_t{0};
+    peer_closed_ = errno == ECONNRESET;
     return Error::FromErrno("vhost-user socket recvmsg");
   }
   for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
@@ -56,7 +57,10 @@ Result<size_t> Channel::ReadSome(std::byte* dst, size_t len) {
     return Error("vhost-user message carries " + std::to_string(cur_.fds.size()) +
                  " file descriptors, at most " + std::to_string(kMaxFds) + " are allowed");
   }
-  if (n == 0) return Error("vhost-user peer closed the connection");
+  if (n == 0) {
+    peer_closed_ = true;
+    return Error("vhost-user peer closed the connection");
+  }
   return static_cast<size_t>(n);
 }
 

@@ -67,6 +67,8 @@ class Channel {
   // Part of a message is read (the rest is still on its way): the connection cannot change
   // hands now (a live upgrade waits or fails).
   bool mid_message() const { return have_ != 0; }
+  // Receive's error was the peer going away (EOF, a reset), not a message refused.
+  bool peer_closed() const { return peer_closed_; }
   size_t pending_bytes() const { return out_bytes_; }
   size_t pending_messages() const { return out_.size(); }
 
@@ -81,6 +83,7 @@ class Channel {
   Result<size_t> WriteSome(std::span<const std::byte> bytes, std::span<const int> fds);
 
   UniqueFd sock_;
+  bool peer_closed_ = false;
   Message cur_;
   size_t have_ = 0;  // bytes of header + payload read so far
 

@@ -38,8 +38,7 @@ void PackedVring::MarkBroken(DropReason why) {
   broken_ = true;
   drops_.Add(why);
   drops_.Add(DropReason::kQueueBroken);
-  NICMUX_LOG_RATELIMITED(kWarning, "packed virtqueue (size %u) broken until reset: %s", size_,
-                         DropReasonName(why).data());
+  broken_reason_ = why;  // logged by the owner, which can name the port and queue
 }
 
 std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d, ChainBuilder& builder,

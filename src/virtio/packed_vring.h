@@ -59,6 +59,8 @@ class PackedVring {
   }
 
   bool broken() const { return broken_; }
+  // Why the ring broke (valid while broken() after a MarkBroken; the port logs it).
+  DropReason broken_reason() const { return broken_reason_; }
   const DropCounters& drops() const { return drops_; }
   uint16_t avail_state() const {  // vhost-user GET_VRING_BASE
     return static_cast<uint16_t>(avail_pos_ | (avail_wrap_ ? 0x8000 : 0));
@@ -111,6 +113,7 @@ class PackedVring {
   bool in_order_ = false;
   ChainPolicy policy_ = ChainPolicy::kAny;
   bool broken_ = true;  // until Init
+  DropReason broken_reason_ = DropReason::kQueueBroken;
   bool kicks_on_ = true;  // see QuietKicks
 
   uint16_t avail_pos_ = 0;

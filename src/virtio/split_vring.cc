@@ -39,8 +39,7 @@ void SplitVring::MarkBroken(DropReason why) {
   broken_ = true;
   drops_.Add(why);
   drops_.Add(DropReason::kQueueBroken);
-  NICMUX_LOG_RATELIMITED(kWarning, "split virtqueue (size %u) broken until reset: %s", size_,
-                         DropReasonName(why).data());
+  broken_reason_ = why;  // logged by the owner, which can name the port and queue
 }
 
 std::optional<DropReason> SplitVring::Walk(uint16_t head, DescChain* chain) {

@@ -69,6 +69,8 @@ class SplitVring {
   }
 
   bool broken() const { return broken_; }
+  // Why the ring broke (valid while broken() after a MarkBroken; the port logs it).
+  DropReason broken_reason() const { return broken_reason_; }
   const DropCounters& drops() const { return drops_; }
   uint16_t last_avail_idx() const { return last_avail_; }  // vhost-user GET_VRING_BASE
   // Nothing in flight: every chain popped is completed and published (a live upgrade's
@@ -100,6 +102,7 @@ class SplitVring {
   bool indirect_ = false;
   ChainPolicy policy_ = ChainPolicy::kAny;
   bool broken_ = true;  // until Init
+  DropReason broken_reason_ = DropReason::kQueueBroken;
   bool kicks_on_ = true;  // see QuietKicks
 
   uint16_t last_avail_ = 0;   // next avail ring entry we read
