@@ -12,7 +12,9 @@
 # since the attack began, other than connects and disconnects).
 # The test fails if nicmuxd dies or a sanitizer reports anything, if the healthy receiver
 # loses a frame (rx_lost=0 in its --verify summary) or its rate during an attack falls below
-# half the rate asked, if nicmuxd's fds grow (per attack: more than 2; after all: more than 4),
+# half the rate asked in long mode (a quarter in the brief mode: its 2-second windows on a
+# 2-core machine, where the attacker itself keeps one core busy, read 73-160 % of the asked
+# rate with no attack at all; a stalled port reads near 0 in either), if nicmuxd's fds grow (per attack: more than 2; after all: more than 4),
 # if a round of an attack is left unanswered (nicmux-attack's stuck=0), or if an attack leaves
 # no trace where one is expected: a log line naming the port for the attacks on the message
 # stream, the shared fds and memory, and for those that break a ring; a drop counter for the
@@ -27,6 +29,7 @@ source "$(dirname "$0")/lib.sh"
 
 DUR=${NICMUX_ATTACK_SECONDS:-$([ "${NICMUX_LONG:-0}" = 1 ] && echo 30 || echo 2)}
 RATE=${NICMUX_ATTACK_RATE:-5000}
+RATE_DIV=$([ "${NICMUX_LONG:-0}" = 1 ] && echo 2 || echo 4)
 ATTACKS=${NICMUX_ATTACKS:-$("$BIN/nicmux-attack" --list)}
 # The traces each attack must leave (see the header).
 EXPECT_LOG="avail-jump race packed-flags fd-swap shrink-memfd bad-messages unread-replies conn-flood"
@@ -105,7 +108,7 @@ for a in $ATTACKS; do
     tee -a "$REPORT"
   [ "$up" = yes ] || fail "nicmuxd died during attack $a"
   sanitizer_clean || fail "a sanitizer reported during attack $a"
-  [ "$during" -ge $((RATE / 2)) ] || failures+=("$a: healthy rate $during pps during the attack (asked $RATE)")
+  [ "$during" -ge $((RATE / RATE_DIV)) ] || failures+=("$a: healthy rate $during pps during the attack (asked $RATE, at least 1/$RATE_DIV)")
   [ "$lost" -eq 0 ] || failures+=("$a: nicmuxd dropped $lost frames of the healthy pair")
   [ "$fa" -le $((fb + 2)) ] || failures+=("$a: nicmuxd's fds $fb -> $fa")
   case " $EXPECT_LOG " in *" $a "*) [ -n "$logl" ] || failures+=("$a: no log line names port $p") ;; esac
