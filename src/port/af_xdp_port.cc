@@ -112,6 +112,15 @@ void SyncRing(Ring* r, bool producer) {
   r->cached_cons = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE) + (producer ? r->size : 0);
 }
 
+// Calls f(index) for each entry queued in r (between its consumer and its producer).
+template <typename Ring, typename F>
+void ForEachQueued(const Ring& r, F f) {
+  const uint32_t prod = __atomic_load_n(r.producer, __ATOMIC_ACQUIRE);
+  const uint32_t cons = __atomic_load_n(r.consumer, __ATOMIC_ACQUIRE);
+  const uint32_t n = std::min(prod - cons, r.size);
+  for (uint32_t i = 0; i < n; ++i) f((cons + i) & r.mask);
+}
+
 }  // namespace
 
 Result<void> AfXdpPort::MapRings(Queue& q, const std::string& what) {
@@ -506,6 +515,28 @@ Result<void> AfXdpPort::ImportPositions(HandoverRecord& in) {
       haddr[h] = a;
       hlen[h] = static_cast<uint32_t>(len);
     }
+    // Neither a held frame in the fill or RX ring nor a free send frame in the TX or
+    // completion ring: the kernel's and ours at once, it would be refilled twice (an abort) or
+    // sent while still being sent.
+    std::vector<uint8_t> is_free(opt_.ring, 0);
+    for (uint64_t a : free_tx) is_free[a / kFrameBytes - opt_.ring] = 1;
+    auto held_frame = [&](uint64_t addr) {
+      const uint64_t f = addr & ~uint64_t{kFrameBytes - 1};
+      for (uint32_t h = 0; h < held; ++h) {
+        if ((haddr[h] & ~uint64_t{kFrameBytes - 1}) == f) return true;
+      }
+      return false;
+    };
+    auto free_frame = [&](uint64_t addr) {
+      const uint64_t i = addr / kFrameBytes;
+      return i >= opt_.ring && i < 2 * uint64_t{opt_.ring} && is_free[i - opt_.ring];
+    };
+    bool clash = false;
+    ForEachQueued(q.fill, [&](uint32_t i) { clash |= held_frame(static_cast<const uint64_t*>(q.fill.ring)[i]); });
+    ForEachQueued(q.rx, [&](uint32_t i) { clash |= held_frame(static_cast<const xdp_desc*>(q.rx.ring)[i].addr); });
+    ForEachQueued(q.tx, [&](uint32_t i) { clash |= free_frame(static_cast<const xdp_desc*>(q.tx.ring)[i].addr); });
+    ForEachQueued(q.comp, [&](uint32_t i) { clash |= free_frame(static_cast<const uint64_t*>(q.comp.ring)[i]); });
+    if (clash) return Error(what + ": a frame handed over as ours is in one of the kernel's rings");
     q.free_tx = std::move(free_tx);
     q.held_addr = haddr;
     q.held_len = hlen;

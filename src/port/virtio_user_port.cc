@@ -82,6 +82,7 @@ size_t VirtioUserPort::Rx(uint32_t q, Batch& out, size_t max) {
     // UNTRUSTED: u.id is one the driver ring handed out (it checked), u.len clamped to the
     // buffer by it.
     const uint16_t buf = st.buf_of_id[u.id];
+    u.len = std::min(u.len, kBufBytes);  // (the ring clamps to the chain's size already)
     if (u.len < hdr) {
       rxc_[q].dropped.Add();
       rxc_[q].drops.Add(DropReason::kBadFrame);
@@ -202,6 +203,11 @@ Result<void> VirtioUserPort::ImportPositions(HandoverRecord& in) {
     }
     if (!rq.broken() && placed != kQueueSize) {
       return Error(what + ": " + std::to_string(kQueueSize - placed) + " buffer(s) neither in the ring nor held");
+    }
+    // One descriptor (slot) per buffer in the ring: what RxDone gives back always finds room.
+    if (!rq.broken() && rq.num_free() != held) {
+      return Error(what + ": " + std::to_string(rq.num_free()) + " free descriptor(s) for " + std::to_string(held) +
+                   " held buffer(s)");
     }
     for (uint32_t id = 0; id < kQueueSize; ++id) st.buf_of_id[id] = static_cast<uint16_t>(buf_of_id[id]);
     st.nheld = static_cast<uint32_t>(held);

@@ -312,7 +312,6 @@ Result<void> Frontend::Export(HandoverRecord* out) const {
     const FrontendQueue& q = *queues_[i];
     const std::string k = "f.q." + std::to_string(i) + ".";
     out->Set(k + "buffers", q.buffers.value);
-    out->Set(k + "kick_blocked", q.kick_blocked.load(std::memory_order_relaxed) ? 1 : 0);
     NICMUX_TRY(out->SetFd(k + "kick", q.kick.fd()));
     NICMUX_TRY(out->SetFd(k + "call", q.call.fd()));
     NICMUX_TRY(out->SetFd(k + "err", q.err.fd()));
@@ -331,8 +330,16 @@ Result<std::unique_ptr<Frontend>> Frontend::Adopt(const FrontendConfig& c, Hando
   NICMUX_TRY_ASSIGN(features, in.Get("f.features"));
   NICMUX_TRY_ASSIGN(proto, in.Get("f.protocol_features"));
   NICMUX_TRY_ASSIGN(pairs, in.Get("f.pairs", kMaxFrontendQueuePairs));
+  // The bits Setup could have asked for with this config (the backend may have offered fewer).
+  uint64_t could = Bit(virtio::kFVersion1) | Bit(kFProtocolFeatures) | c.offloads;
+  if (c.mrg_rxbuf) could |= Bit(virtio::kNetFMrgRxbuf);
+  if (c.event_idx) could |= Bit(virtio::kFRingEventIdx);
+  if (c.indirect) could |= Bit(virtio::kFRingIndirectDesc);
+  if (c.packed) could |= Bit(virtio::kFRingPacked);
+  if (c.queue_pairs > 1) could |= Bit(virtio::kNetFMq);
   if (!Has(features, virtio::kFVersion1) || Has(features, virtio::kFRingPacked) != c.packed ||
-      Has(features, virtio::kFRingIndirectDesc) || Has(features, virtio::kNetFMrgRxbuf) != c.mrg_rxbuf) {
+      Has(features, virtio::kFRingIndirectDesc) || Has(features, virtio::kNetFMrgRxbuf) != c.mrg_rxbuf ||
+      (features & ~could) != 0) {
     return Error("the old frontend negotiated features 0x" + [&] {
       char b[20];
       std::snprintf(b, sizeof b, "%llx", static_cast<unsigned long long>(features));
@@ -351,6 +358,10 @@ Result<std::unique_ptr<Frontend>> Frontend::Adopt(const FrontendConfig& c, Hando
   if (mem_bytes != f->MemoryBytes() || ::fstat(memfd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
       static_cast<uint64_t>(st.st_size) != mem_bytes) {
     return Error("f.mem is not a memory file of the " + std::to_string(f->MemoryBytes()) + " bytes this spec lays out");
+  }
+  // Sealed as Setup seals it: a backend that also holds the file must not be able to shrink it.
+  if (c.seal_memory && (::fcntl(memfd.get(), F_GET_SEALS) & F_SEAL_SHRINK) == 0) {
+    return Error("f.mem is not sealed against shrinking");
   }
   NICMUX_TRY_ASSIGN(map, MappedRegion::MapFd(memfd.get(), 0, mem_bytes));
   f->memfd_ = std::move(memfd);
@@ -390,8 +401,6 @@ Result<std::unique_ptr<Frontend>> Frontend::Adopt(const FrontendConfig& c, Hando
       EventFd ev(std::move(fd));
       (e[0] == 'k' ? q->kick : e[0] == 'c' ? q->call : q->err) = std::move(ev);
     }
-    NICMUX_TRY_ASSIGN(blocked, in.Get(k + "kick_blocked", 1));
-    q->kick_blocked.store(blocked != 0, std::memory_order_relaxed);
     f->queues_.push_back(std::move(q));
   }
   return f;
@@ -402,6 +411,8 @@ Result<void> Frontend::ExportPositions(HandoverRecord* out) const {
     const FrontendQueue& q = *queues_[i];
     const std::string k = "f.q." + std::to_string(i) + ".ring.";
     NICMUX_TRY(q.packed ? q.packed_ring.Save(out, k) : q.split.Save(out, k));
+    // (A worker may have found the kick eventfd blocking since step 1.)
+    out->Set("f.q." + std::to_string(i) + ".kick_blocked", q.kick_blocked.load(std::memory_order_relaxed) ? 1 : 0);
   }
   return Ok();
 }
@@ -410,7 +421,10 @@ Result<void> Frontend::ImportPositions(const HandoverRecord& in) {
   for (uint32_t i = 0; i < queues_.size(); ++i) {
     FrontendQueue& q = *queues_[i];
     const std::string k = "f.q." + std::to_string(i) + ".ring.";
-    NICMUX_TRY(q.packed ? q.packed_ring.Restore(in, k) : q.split.Restore(in, k));
+    // UNTRUSTED (the old process): a chain writes at most one buffer.
+    NICMUX_TRY(q.packed ? q.packed_ring.Restore(in, k, config_.buf_bytes) : q.split.Restore(in, k, config_.buf_bytes));
+    NICMUX_TRY_ASSIGN(blocked, in.Get("f.q." + std::to_string(i) + ".kick_blocked", 1));
+    q.kick_blocked.store(blocked != 0, std::memory_order_relaxed);
   }
   return Ok();
 }

@@ -342,7 +342,8 @@ Result<void> DriverSplitVring::Save(HandoverRecord* out, const std::string& p) c
   out->Set(p + "broken", broken_ ? 1 : 0);
   if (broken_) return Ok();
   if (max_indirect_ != 0) return Error(p + ": a ring with indirect tables is not handed over");
-  if (LoadRelaxed(avail_->idx) != avail_idx_) return Error(p + ": chains added but not published");
+  // (Every Add is published by the Kick that follows it; the shared avail->idx is not read
+  // here: the device can write it, and must not be able to block an upgrade.)
   out->Set(p + "avail_idx", avail_idx_);
   out->Set(p + "kicked_idx", kicked_idx_);
   out->Set(p + "last_used", last_used_);
@@ -356,7 +357,7 @@ Result<void> DriverSplitVring::Save(HandoverRecord* out, const std::string& p) c
   return Ok();
 }
 
-Result<void> DriverSplitVring::Restore(const HandoverRecord& in, const std::string& p) {
+Result<void> DriverSplitVring::Restore(const HandoverRecord& in, const std::string& p, uint64_t max_writable) {
   // UNTRUSTED (the old process, maybe another build): one consistent state or an error.
   NICMUX_TRY_ASSIGN(broken, in.Get(p + "broken", 1));
   if (broken) {
@@ -372,7 +373,7 @@ Result<void> DriverSplitVring::Restore(const HandoverRecord& in, const std::stri
   NICMUX_TRY_ASSIGN(free_head, in.Get(p + "free_head", size_));
   NICMUX_TRY_ASSIGN(next, in.GetList(p + "next", size_, size_));
   NICMUX_TRY_ASSIGN(chain, in.GetList(p + "chain_len", size_, size_));
-  NICMUX_TRY_ASSIGN(writable, in.GetList(p + "writable", size_, uint64_t{UINT32_MAX} * size_));
+  NICMUX_TRY_ASSIGN(writable, in.GetList(p + "writable", size_, max_writable));
   // Every descriptor is free (on the list from free_head) or in exactly one in-flight chain.
   std::vector<uint8_t> seen(size_, 0);
   uint64_t d = free_head;
@@ -433,7 +434,7 @@ Result<void> DriverPackedVring::Save(HandoverRecord* out, const std::string& p) 
   return Ok();
 }
 
-Result<void> DriverPackedVring::Restore(const HandoverRecord& in, const std::string& p) {
+Result<void> DriverPackedVring::Restore(const HandoverRecord& in, const std::string& p, uint64_t max_writable) {
   // UNTRUSTED (the old process, maybe another build): one consistent state or an error.
   NICMUX_TRY_ASSIGN(broken, in.Get(p + "broken", 1));
   if (broken) {
@@ -451,7 +452,7 @@ Result<void> DriverPackedVring::Restore(const HandoverRecord& in, const std::str
   NICMUX_TRY_ASSIGN(nfree, in.Get(p + "free_ids.n", size_));
   NICMUX_TRY_ASSIGN(free_ids, in.GetList(p + "free_ids", nfree, size_ - 1));
   NICMUX_TRY_ASSIGN(slots, in.GetList(p + "slots_of_id", size_, size_));
-  NICMUX_TRY_ASSIGN(writable, in.GetList(p + "writable", size_, uint64_t{UINT32_MAX} * size_));
+  NICMUX_TRY_ASSIGN(writable, in.GetList(p + "writable", size_, max_writable));
   std::vector<uint8_t> is_free(size_, 0);
   for (uint64_t id : free_ids) {
     if (is_free[id] || slots[id] != 0) return Error(p + ": id " + std::to_string(id) + " free twice or free and in flight");

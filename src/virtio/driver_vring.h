@@ -52,9 +52,10 @@ class DriverSplitVring {
   // Live upgrade (docs/upgrade.md): the driver's shadow, at rest (every chain added is
   // published), under keys `prefix`*; Restore takes it back in another process over the same
   // shared memory, checking that it is one consistent state (every descriptor free or in
-  // exactly one chain, the counts and indexes agreeing).
+  // exactly one chain, the counts and indexes agreeing, no chain's device-writable bytes above
+  // max_writable).
   Result<void> Save(HandoverRecord* out, const std::string& prefix) const;
-  Result<void> Restore(const HandoverRecord& in, const std::string& prefix);
+  Result<void> Restore(const HandoverRecord& in, const std::string& prefix, uint64_t max_writable);
 
   // Adds one chain (device-readable buffers first). nullopt when there is no room.
   std::optional<uint16_t> Add(std::span<const DriverBuffer> bufs, bool indirect = false);
@@ -73,7 +74,7 @@ class DriverSplitVring {
   uint16_t NextId() const { return free_head_; }
   uint32_t size() const { return size_; }
   uint32_t in_flight() const { return heads_in_flight_; }
-  bool id_in_flight(uint16_t id) const { return id < size_ && chain_len_[id] != 0; }
+  bool id_in_flight(uint16_t id) const { return !broken_ && id < size_ && chain_len_[id] != 0; }
   const DropCounters& drops() const { return drops_; }
   bool broken() const { return broken_; }
 
@@ -114,7 +115,7 @@ class DriverPackedVring {
   Result<void> Init(const GuestMemory& mem, const DriverRingConfig& config, bool clear = true);
   // As DriverSplitVring's (every id free or in flight, the slots agreeing with the positions).
   Result<void> Save(HandoverRecord* out, const std::string& prefix) const;
-  Result<void> Restore(const HandoverRecord& in, const std::string& prefix);
+  Result<void> Restore(const HandoverRecord& in, const std::string& prefix, uint64_t max_writable);
 
   std::optional<uint16_t> Add(std::span<const DriverBuffer> bufs, bool indirect = false);
   void Publish();
@@ -127,7 +128,7 @@ class DriverPackedVring {
   uint16_t NextId() const { return free_ids_.empty() ? 0 : free_ids_.back(); }
   uint32_t size() const { return size_; }
   uint32_t in_flight() const { return ids_in_flight_; }
-  bool id_in_flight(uint16_t id) const { return id < size_ && slots_of_id_[id] != 0; }
+  bool id_in_flight(uint16_t id) const { return !broken_ && id < size_ && slots_of_id_[id] != 0; }
   const DropCounters& drops() const { return drops_; }
   bool broken() const { return broken_; }
 

@@ -417,7 +417,7 @@ TYPED_TEST(VringRoundTrip, HandoverMidStreamGoesOnExactly) {
   typename TypeParam::Driver next;
   ASSERT_TRUE(next.Init(g.mem(), dc, /*clear=*/false).has_value());
   EXPECT_TRUE(next.broken());  // nothing is used before Restore
-  auto restored = next.Restore(rec, "r.");
+  auto restored = next.Restore(rec, "r.", 64);
   ASSERT_TRUE(restored.has_value()) << restored.error().message();
   EXPECT_EQ(next.in_flight(), 30u);
   EXPECT_EQ(next.num_free(), rp.driver.num_free());
@@ -450,13 +450,18 @@ TYPED_TEST(VringRoundTrip, HandoverMidStreamGoesOnExactly) {
     bad.mutable_values()[key] = value;
     typename TypeParam::Driver d;
     EXPECT_TRUE(d.Init(g.mem(), dc, false).has_value());
-    auto r = d.Restore(bad, "r.");
+    auto r = d.Restore(bad, "r.", 64);
     EXPECT_FALSE(r.has_value()) << key << "=" << value;
     EXPECT_TRUE(d.broken());
   };
   refused("r.in_flight", std::to_string(std::stoul(rec.values().at("r.in_flight")) + 1));
   refused("r.writable", "0,0");
   refused("r.num_free", "128");
+  {  // a writable size above the bound the caller gives
+    typename TypeParam::Driver d;
+    ASSERT_TRUE(d.Init(g.mem(), dc, false).has_value());
+    EXPECT_FALSE(d.Restore(rec, "r.", 63).has_value());
+  }
 }
 
 }  // namespace
