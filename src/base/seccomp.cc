@@ -159,13 +159,13 @@ Result<void> InstallSeccomp(SeccompMode mode) {
   }
   for (int family : kFamilies) {
     if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
-                                  SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(family)));
+                                  scmp_arg_cmp{0, SCMP_CMP_EQ, static_cast<scmp_datum_t>(family), 0});
         rc < 0) {
       return fail("socket", rc);
     }
   }
   if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
-                                SCMP_A0(SCMP_CMP_MASKED_EQ, kCloneNewNamespaces, 0));
+                                scmp_arg_cmp{0, SCMP_CMP_MASKED_EQ, kCloneNewNamespaces, 0});
       rc < 0) {
     return fail("clone", rc);
   }
