@@ -82,7 +82,6 @@ size_t VirtioUserPort::Rx(uint32_t q, Batch& out, size_t max) {
     // UNTRUSTED: u.id is one the driver ring handed out (it checked), u.len clamped to the
     // buffer by it.
     const uint16_t buf = st.buf_of_id[u.id];
-    u.len = std::min(u.len, kBufBytes);  // (the ring clamps to the chain's size already)
     if (u.len < hdr) {
       rxc_[q].dropped.Add();
       rxc_[q].drops.Add(DropReason::kBadFrame);

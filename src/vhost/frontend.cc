@@ -163,8 +163,7 @@ uint64_t Frontend::MemoryBytes() const {
   return (per_queue * 2 * pairs_ + (2u << 20) - 1) / (2u << 20) * (2u << 20);
 }
 
-void Frontend::Layout(uint32_t i, virtio::DriverRingConfig* dc, GuestAddr* buffers) {
-  (void)i;  // queues are laid out in order: the caller allocates 0, 1, ...
+void Frontend::Layout(virtio::DriverRingConfig* dc, GuestAddr* buffers) {
   const uint32_t qs = config_.queue_size;
   dc->size = qs;
   dc->features = features_;
@@ -251,7 +250,7 @@ Result<void> Frontend::Setup() {
     auto q = std::make_unique<FrontendQueue>();
     q->packed = config_.packed;
     virtio::DriverRingConfig dc;
-    Layout(i, &dc, &q->buffers);
+    Layout(&dc, &q->buffers);
     if (q->packed) {
       NICMUX_TRY(q->packed_ring.Init(*mem_, dc));
     } else {
@@ -386,7 +385,7 @@ Result<std::unique_ptr<Frontend>> Frontend::Adopt(const FrontendConfig& c, Hando
     auto q = std::make_unique<FrontendQueue>();
     q->packed = c.packed;
     virtio::DriverRingConfig dc;
-    f->Layout(i, &dc, &q->buffers);
+    f->Layout(&dc, &q->buffers);
     NICMUX_TRY_ASSIGN(buffers, in.Get(k + "buffers"));
     if (buffers != q->buffers.value) return Error(k + "buffers: another layout than this build's");
     if (q->packed) {

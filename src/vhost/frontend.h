@@ -124,8 +124,9 @@ class Frontend {
   Result<void> Setup();
   // The memory's size and layout for config_ and pairs_ (Setup and Adopt agree on it).
   uint64_t MemoryBytes() const;
-  // Queue i's ring areas and buffers, allocated in order from next_free_.
-  void Layout(uint32_t i, virtio::DriverRingConfig* dc, GuestAddr* buffers);
+  // The next queue's ring areas and buffers, allocated in order from next_free_ (queue 0
+  // first: Setup and Adopt lay them out alike).
+  void Layout(virtio::DriverRingConfig* dc, GuestAddr* buffers);
   Result<uint64_t> GetU64(Request r);
   Result<void> Send(Request r, std::span<const std::byte> payload, std::span<const int> fds = {});
   template <typename T>
