@@ -18,6 +18,7 @@
 
 #include "base/log.h"
 #include "packet/offload_ops.h"
+#include "port/af_xdp_fill.h"
 #include "port/af_xdp_tx_metadata.h"
 #include "port/xsk_uapi.h"
 
@@ -307,6 +308,7 @@ Result<void> AfXdpPort::Open() {
     for (uint32_t f = 0; f < opt_.ring; ++f) *xsk_ring_prod__fill_addr(&q->fill, idx + f) = uint64_t{f} * kFrameBytes;
     xsk_ring_prod__submit(&q->fill, opt_.ring);
     q->free_tx.reserve(opt_.ring);
+    q->refill.reserve(opt_.ring);
     for (uint32_t f = 0; f < opt_.ring; ++f) q->free_tx.push_back(uint64_t{opt_.ring + f} * kFrameBytes);
     q_.push_back(std::move(q));
   }
@@ -348,16 +350,36 @@ namespace {
 
 constexpr const char* kModes[] = {"zero-copy (native XDP)", "copy (native XDP)", "copy (generic XDP)"};
 
-// The free send frames of a queue as a bitmap in hex, bit i for frame ring + i (4 bits a
-// digit, lowest first): ring / 4 digits, in any order the frames were freed.
-std::string FreeBitmap(const std::vector<uint64_t>& free_tx, uint32_t ring, uint32_t frame_bytes) {
+// A set of a queue's frames (`first` up to `first + ring`, by address) as a bitmap in hex, bit
+// i for frame first + i (4 bits a digit, lowest first): ring / 4 digits, in any order the
+// frames came. The free send frames (first = ring) and the receive frames owed to the fill
+// ring (first = 0) go over this way.
+std::string FrameBitmap(const std::vector<uint64_t>& addrs, uint32_t first, uint32_t ring, uint32_t frame_bytes) {
   std::string bits(ring / 4, '0');
-  for (uint64_t a : free_tx) {
-    const uint64_t i = a / frame_bytes - ring;
+  for (uint64_t a : addrs) {
+    const uint64_t i = a / frame_bytes - first;
     const int nib = bits[i / 4] <= '9' ? bits[i / 4] - '0' : bits[i / 4] - 'a' + 10;
     bits[i / 4] = "0123456789abcdef"[nib | (1 << (i % 4))];
   }
   return bits;
+}
+
+// The frames of such a bitmap, highest first (popped from the back, the lowest go first).
+// UNTRUSTED (the old process): exactly ring / 4 hex digits.
+Result<std::vector<uint64_t>> ParseFrameBitmap(const std::string& bits, uint32_t first, uint32_t ring,
+                                               uint32_t frame_bytes, const std::string& what) {
+  if (bits.size() != ring / 4) return Error(what + " is not " + std::to_string(ring / 4) + " hex digits");
+  std::vector<uint64_t> frames;
+  frames.reserve(ring);
+  for (size_t d = bits.size(); d-- > 0;) {
+    const char c = bits[d];
+    const int nib = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (nib < 0) return Error(what + " has '" + std::string(1, c) + "'");
+    for (int b = 3; b >= 0; --b) {
+      if (nib & (1 << b)) frames.push_back((uint64_t{first} + d * 4 + static_cast<uint64_t>(b)) * frame_bytes);
+    }
+  }
+  return frames;
 }
 
 }  // namespace
@@ -458,6 +480,7 @@ Result<void> AfXdpPort::Adopt(HandoverRecord& in) {
     q->fd = q->sock.get();
     NICMUX_TRY(MapRings(*q, qwhat));  // indexes as of now; ImportPositions takes them again
     q->free_tx.reserve(opt_.ring);
+    q->refill.reserve(opt_.ring);
     q_.push_back(std::move(q));
   }
   SetXdpCaps();
@@ -466,12 +489,14 @@ Result<void> AfXdpPort::Adopt(HandoverRecord& in) {
 
 Result<void> AfXdpPort::ExportPositions(HandoverRecord* out) {
   for (uint32_t i = 0; i < q_.size(); ++i) {
-    const Queue& q = *q_[i];
+    Queue& q = *q_[i];
     const std::string k = "x.q." + std::to_string(i) + ".";
+    Refill(q, nullptr, 0);  // (what the fill ring has room for by now; the rest goes over)
     if (q.n != 0) return Error("port " + name() + ": queue " + std::to_string(i) + ": a receive batch in flight");
     // The frames this side owns; the rest are the kernel's (fill, RX, TX and completion rings,
     // whose indexes are in the shared mappings the new process reads itself).
-    out->SetText(k + "free", FreeBitmap(q.free_tx, opt_.ring, kFrameBytes));
+    out->SetText(k + "free", FrameBitmap(q.free_tx, opt_.ring, opt_.ring, kFrameBytes));
+    out->SetText(k + "refill", FrameBitmap(q.refill, 0, opt_.ring, kFrameBytes));
     out->Set(k + "held", q.nheld);
     for (uint32_t h = 0; h < q.nheld; ++h) {
       out->Set(k + "held." + std::to_string(h) + ".addr", q.held_addr[h]);
@@ -489,43 +514,39 @@ Result<void> AfXdpPort::ImportPositions(HandoverRecord& in) {
     // UNTRUSTED (the old process): a bitmap of exactly the send half; held frames in the
     // receive half, each once, each within its frame.
     NICMUX_TRY_ASSIGN(bits, in.GetText(k + "free"));
-    if (bits.size() != opt_.ring / 4) return Error(what + ": " + k + "free is not " + std::to_string(opt_.ring / 4) + " hex digits");
-    std::vector<uint64_t> free_tx;
-    free_tx.reserve(opt_.ring);
-    for (size_t d = bits.size(); d-- > 0;) {  // highest first: the lowest frames go out first
-      const char c = bits[d];
-      const int nib = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-      if (nib < 0) return Error(what + ": " + k + "free has '" + std::string(1, c) + "'");
-      for (int b = 3; b >= 0; --b) {
-        if (nib & (1 << b)) free_tx.push_back((uint64_t{opt_.ring} + d * 4 + static_cast<uint64_t>(b)) * kFrameBytes);
-      }
+    NICMUX_TRY_ASSIGN(free_tx, ParseFrameBitmap(bits, opt_.ring, opt_.ring, kFrameBytes, what + ": " + k + "free"));
+    // (A build before the owed refills sent none.)
+    std::vector<uint64_t> refill;
+    if (in.Has(k + "refill")) {
+      NICMUX_TRY_ASSIGN(rbits, in.GetText(k + "refill"));
+      NICMUX_TRY_ASSIGN(r, ParseFrameBitmap(rbits, 0, opt_.ring, kFrameBytes, what + ": " + k + "refill"));
+      refill = std::move(r);
     }
     NICMUX_TRY_ASSIGN(held, in.Get(k + "held", kBurst));
     std::array<uint64_t, kBurst> haddr{};
     std::array<uint32_t, kBurst> hlen{};
     const uint64_t rx_half = uint64_t{opt_.ring} * kFrameBytes;
+    // The receive frames this side owns: owed to the fill ring or held, each once.
+    std::vector<uint8_t> mine(opt_.ring, 0);
+    for (uint64_t a : refill) mine[a / kFrameBytes] = 1;
     for (uint32_t h = 0; h < held; ++h) {
       NICMUX_TRY_ASSIGN(a, in.Get(k + "held." + std::to_string(h) + ".addr", rx_half - 1));
       NICMUX_TRY_ASSIGN(len, in.Get(k + "held." + std::to_string(h) + ".len", kFrameBytes));
       const uint64_t frame = a & ~uint64_t{kFrameBytes - 1};
       if (len == 0 || (a - frame) + len > kFrameBytes) return Error(what + ": held frame " + std::to_string(h) + " out of its frame");
-      for (uint32_t e = 0; e < h; ++e) {
-        if ((haddr[e] & ~uint64_t{kFrameBytes - 1}) == frame) return Error(what + ": frame " + std::to_string(frame) + " held twice");
-      }
+      if (mine[frame / kFrameBytes]) return Error(what + ": frame " + std::to_string(frame) + " held twice (or held and owed to the fill ring)");
+      mine[frame / kFrameBytes] = 1;
       haddr[h] = a;
       hlen[h] = static_cast<uint32_t>(len);
     }
-    // Neither a held frame in the fill or RX ring nor a free send frame in the TX or
+    // Neither a held or owed frame in the fill or RX ring nor a free send frame in the TX or
     // completion ring: the kernel's and ours at once, it would be refilled twice (an abort) or
     // sent while still being sent.
     std::vector<uint8_t> is_free(opt_.ring, 0);
     for (uint64_t a : free_tx) is_free[a / kFrameBytes - opt_.ring] = 1;
     auto held_frame = [&](uint64_t addr) {
-      const uint64_t f = addr & ~uint64_t{kFrameBytes - 1};
-      for (uint32_t h = 0; h < held; ++h) {
-        if ((haddr[h] & ~uint64_t{kFrameBytes - 1}) == f) return true;
-      }
-      return false;
+      const uint64_t i = addr / kFrameBytes;
+      return i < opt_.ring && mine[i];
     };
     auto free_frame = [&](uint64_t addr) {
       const uint64_t i = addr / kFrameBytes;
@@ -538,6 +559,9 @@ Result<void> AfXdpPort::ImportPositions(HandoverRecord& in) {
     ForEachQueued(q.comp, [&](uint32_t i) { clash |= free_frame(static_cast<const uint64_t*>(q.comp.ring)[i]); });
     if (clash) return Error(what + ": a frame handed over as ours is in one of the kernel's rings");
     q.free_tx = std::move(free_tx);
+    q.refill = std::move(refill);
+    q.refill.reserve(opt_.ring);
+    q.refill_seen.store(static_cast<uint32_t>(q.refill.size()), std::memory_order_relaxed);
     q.held_addr = haddr;
     q.held_len = hlen;
     q.nheld = static_cast<uint32_t>(held);
@@ -564,13 +588,12 @@ AfXdpPort::~AfXdpPort() {
 }
 
 void AfXdpPort::Refill(Queue& q, const uint64_t* addrs, uint32_t n) {
-  if (n == 0) return;
-  uint32_t idx = 0;
-  // The fill ring holds `ring` entries and the queue owns `ring` receive frames: room always.
-  NICMUX_CHECK(xsk_ring_prod__reserve(&q.fill, n, &idx) == n);
-  for (uint32_t i = 0; i < n; ++i) *xsk_ring_prod__fill_addr(&q.fill, idx + i) = addrs[i] & ~uint64_t{kFrameBytes - 1};
-  xsk_ring_prod__submit(&q.fill, n);
-  if (xsk_ring_prod__needs_wakeup(&q.fill)) ::recvfrom(q.fd, nullptr, 0, MSG_DONTWAIT, nullptr, nullptr);
+  if (n == 0 && q.refill.empty()) return;
+  // The fill ring holds `ring` entries and the queue owns `ring` receive frames, but a slot
+  // shows free only once the kernel publishes its consumer index: what finds no room is owed.
+  const uint32_t put = FillOrOwe(&q.fill, &q.refill, addrs, n, ~uint64_t{kFrameBytes - 1});
+  q.refill_seen.store(static_cast<uint32_t>(q.refill.size()), std::memory_order_relaxed);
+  if (put > 0 && xsk_ring_prod__needs_wakeup(&q.fill)) ::recvfrom(q.fd, nullptr, 0, MSG_DONTWAIT, nullptr, nullptr);
 }
 
 size_t AfXdpPort::Rx(uint32_t qi, Batch& out, size_t max) {
@@ -713,7 +736,7 @@ bool AfXdpPort::ArmNotify(uint32_t qi, std::vector<NotifyFd>* fds) {
   fds->push_back({q->fd, false});
   const uint32_t prod = __atomic_load_n(q->rx.producer, __ATOMIC_ACQUIRE);
   const uint32_t cons = __atomic_load_n(q->rx.consumer, __ATOMIC_RELAXED);
-  return prod != cons || q->nheld_seen.load(std::memory_order_relaxed) > 0;
+  return prod != cons || q->nheld_seen.load(std::memory_order_relaxed) > 0 || q->refill_seen.load(std::memory_order_relaxed) > 0;
 }
 
 PortStats AfXdpPort::Stats() const { return SumQueueStats(q_); }

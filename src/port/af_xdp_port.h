@@ -148,6 +148,11 @@ class AfXdpPort final : public Port {
     std::array<uint32_t, kBurst> held_len{};
     uint32_t nheld = 0;
     std::atomic<uint32_t> nheld_seen{0};  // nheld, for other workers' ArmNotify
+    // Receive frames owed to the fill ring that did not fit yet: the kernel publishes the RX
+    // producer before the fill consumer (xsk_flush), so a frame can come back before the slot
+    // it left is seen free. Kept in order, given to the fill ring first by the next Refill.
+    std::vector<uint64_t> refill;
+    std::atomic<uint32_t> refill_seen{0};  // refill.size(), for other workers' ArmNotify
     QueueCounters rxc, txc;
   };
 
