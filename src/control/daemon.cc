@@ -1156,12 +1156,14 @@ void Daemon::Cutover(const json& hello) {
     json moved = json::array();
     std::vector<HandoverRecord> positions(ports_.size());
     std::vector<int> pos_fds;
+    size_t exported = 0;  // ports whose ExportPositions ran (a dpdk port closed its device there)
     for (size_t i = 0; i < ports_.size(); ++i) {
       HandoverRecord& pos = positions[i];
       if (auto r = ports_[i]->port->ExportPositions(&pos); !r) {
         why = r.error().message();
         break;
       }
+      ++exported;
       json port{{"name", ports_[i]->spec.name}};
       PutRecord(pos, &port, &pos_fds);
       ExportCounters(*ports_[i], &port);  // where the workers stopped: none counted twice
@@ -1218,6 +1220,8 @@ void Daemon::Cutover(const json& hello) {
         _exit(0);
       }
     }
+    // Failed: what the ports let go of comes back before the workers resume.
+    for (size_t i = 0; i < exported; ++i) ports_[i]->port->HandoverAborted();
   }  // the workers resume: this process goes on serving
   FailUpgrade(why);
 }

@@ -2,6 +2,9 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <rte_bus.h>
 #include <rte_dev.h>
@@ -162,7 +165,12 @@ class DpdkPort final : public Port {
  public:
   explicit DpdkPort(const DpdkPortOptions& o) : Port(o.name), opt_(o) {}
   ~DpdkPort() override;
+  // The EAL, the port's queues, then the device (OpenDevice).
   Result<void> Open();
+  // Live upgrade (docs/dpdk.md "Live upgrade"): the new process's port, its device still the
+  // old process's (the EAL's state cannot be handed over): the EAL started, the queues and
+  // caps made from the old port's; ImportPositions opens the device at the precise point.
+  Result<void> Adopt(HandoverRecord& in);
 
   uint32_t NumQueuePairs() const override { return static_cast<uint32_t>(q_.size()); }
   size_t Rx(uint32_t q, Batch& out, size_t max) override;
@@ -178,8 +186,26 @@ class DpdkPort final : public Port {
   std::string State() const override;
   std::vector<Detail> Details() const override;
   std::vector<Detail> DeviceCaps() const override;
+  // A device cannot be handed over (its EAL state is this process's): the old process closes
+  // it at the precise point and the new one opens it again; the gap is the close and the open.
+  // Zero copy is refused: the device's frames would hold guest chains across the close.
+  bool CanHandOver() const override { return opt_.zerocopy_min == 0; }
+  Result<void> Export(HandoverRecord* out) override;
+  Result<void> ExportPositions(HandoverRecord* out) override;
+  Result<void> ImportPositions(HandoverRecord& in) override;
+  void HandoverAborted() override;
 
  private:
+  struct Queue;
+  // Up to n frames of q's backlog into fresh mbufs at m (fewer when the pool runs short).
+  uint32_t FromBacklog(Queue& q, rte_mbuf** m, uint32_t n);
+  // Frames per queue the old process drains from the device at the precise point.
+  static constexpr uint64_t kMaxBacklog = 16384;
+  // Probes (or adopts), configures and starts the device; the queues' objects made once.
+  Result<void> OpenDevice();
+  // Stops, closes and unplugs the device and frees its pools; the frames held or in flight
+  // are freed. The queues (their counters) stay.
+  void CloseDevice();
   // Frames sent zero copy (or copied, while zero copy is on), over all queues.
   uint64_t zc_frames(bool zero_copy) const {
     uint64_t n = 0;
@@ -207,6 +233,12 @@ class DpdkPort final : public Port {
     uint32_t n = 0;
     std::array<rte_mbuf*, kBurst> held{};  // not sent: returned first by the next Rx
     uint32_t nheld = 0;
+    // A live upgrade's frames from the old process (its held ones and what it drained from the
+    // device), as bytes: returned after the held ones and before the device's, copied into
+    // mbufs a burst at a time. Empty otherwise.
+    std::vector<std::byte> backlog;
+    std::vector<uint32_t> backlog_len;
+    size_t backlog_next = 0, backlog_off = 0;
     QueueCounters rxc, txc;
     ZcPool zc;                      // (empty without zero copy)
     Counter tx_zerocopy, tx_copied;  // frames sent each way (TxLock's holder)
@@ -230,11 +262,20 @@ class DpdkPort final : public Port {
   std::string zc_state_ = "off";
   rte_eth_dev_info info_{};
   std::vector<std::unique_ptr<Queue>> q_;
+  uint64_t closed_ns_ = 0;  // how long the handover's close took (for the log)
+  uint32_t nmbufs_ = 0;  // the pool's size (a new process's port makes its pool this large in step 1)
+  // The last OpenDevice's steps, in us: probe; configure, pools and queues; start (for the log).
+  std::array<uint64_t, 3> open_us_{};
 };
 
 Result<void> DpdkPort::Open() {
-  const std::string what = "port " + opt_.name + ": devargs " + opt_.devargs;
   NICMUX_TRY(EnsureEal());
+  return OpenDevice();
+}
+
+Result<void> DpdkPort::OpenDevice() {
+  const std::string what = "port " + opt_.name + ": devargs " + opt_.devargs;
+  const uint64_t t_open = MonotonicNowNs();
   dev_name_ = opt_.devargs.substr(0, opt_.devargs.find(','));
   if (rte_eth_dev_get_port_by_name(dev_name_.c_str(), &port_id_) == 0) {
     // The EAL probed it at start (a PCI NIC named by -a in the EAL arguments, a --vdev), and
@@ -251,6 +292,7 @@ Result<void> DpdkPort::Open() {
     }
   }
   probed_ = true;
+  const uint64_t t_probed = MonotonicNowNs();
   if (rte_eth_dev_get_port_by_name(dev_name_.c_str(), &port_id_) != 0) {
     return Error(what + ": probed, but no ethdev named " + dev_name_ +
                  " (a PCI device is named by its full address, 0000:01:00.0)");
@@ -296,10 +338,19 @@ Result<void> DpdkPort::Open() {
   rte_eth_dev_adjust_nb_rx_tx_desc(port_id_, &rxd, &txd);
   // Receive rings full, transmit rings full, what the switch holds and bursts in flight.
   const uint32_t nmbufs = opt_.queues * (uint32_t{rxd} + txd + 4 * kBurst) + 1024;
-  const std::string pool_name = "nmx_" + std::to_string(port_id_) + "_" + std::to_string(getpid() % 100000);
-  pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), nmbufs, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
-                                  static_cast<int>(rte_eth_dev_socket_id(port_id_)) < 0 ? SOCKET_ID_ANY : rte_eth_dev_socket_id(port_id_));
-  if (!pool_) return Error(what + ": no mbuf pool of " + std::to_string(nmbufs) + ": " + rte_strerror(rte_errno));
+  // (A live upgrade's new port made its pool in step 1, as large as the old one's: most of an
+  // open's time, kept out of the gap. Too small for what this device asks now: made anew.)
+  if (pool_ && pool_->size < nmbufs) {
+    rte_mempool_free(pool_);
+    pool_ = nullptr;
+  }
+  nmbufs_ = nmbufs;
+  if (!pool_) {
+    const std::string pool_name = "nmx_" + std::to_string(port_id_) + "_" + std::to_string(getpid() % 100000);
+    pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), nmbufs, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+                                    static_cast<int>(rte_eth_dev_socket_id(port_id_)) < 0 ? SOCKET_ID_ANY : rte_eth_dev_socket_id(port_id_));
+    if (!pool_) return Error(what + ": no mbuf pool of " + std::to_string(nmbufs) + ": " + rte_strerror(rte_errno));
+  }
   // Zero copy towards the device, where asked and possible: the frame goes as a chain (the
   // head from the switch's copy, the rest in the source's memory), so only with MULTI_SEGS;
   // and only for virtual devices (the vdev bus): a NIC would DMA from guest memory that is
@@ -329,10 +380,10 @@ Result<void> DpdkPort::Open() {
     if (int r = rte_eth_tx_queue_setup(port_id_, static_cast<uint16_t>(i), txd, sock < 0 ? SOCKET_ID_ANY : sock, nullptr); r != 0) {
       return Error(what + ": transmit queue " + std::to_string(i) + ": " + rte_strerror(-r));
     }
-    q_.push_back(std::make_unique<Queue>());
+    if (q_.size() <= i) q_.push_back(std::make_unique<Queue>());
     if (zc_min_) {
       // One record per frame the transmit ring can hold, and the bursts on their way.
-      ZcPool& z = q_.back()->zc;
+      ZcPool& z = q_[i]->zc;
       z.n = uint32_t{txd} + 4 * kBurst;
       z.recs.reset(new ZcRecord[z.n]);
       for (uint32_t k = 0; k < z.n; ++k) {
@@ -341,8 +392,10 @@ Result<void> DpdkPort::Open() {
       }
     }
   }
+  const uint64_t t_setup = MonotonicNowNs();
   if (int r = rte_eth_dev_start(port_id_); r != 0) return Error(what + ": cannot start it: " + rte_strerror(-r));
   started_ = true;
+  open_us_ = {(t_probed - t_open) / 1000, (t_setup - t_probed) / 1000, (MonotonicNowNs() - t_setup) / 1000};
   rte_eth_promiscuous_enable(port_id_);  // a switch port takes every frame (not all PMDs can)
   if (rte_eth_dev_get_mtu(port_id_, &mtu_) != 0 || mtu_ == 0) mtu_ = RTE_ETHER_MTU;
   PortCaps c;
@@ -362,10 +415,13 @@ Result<void> DpdkPort::Open() {
   return Ok();
 }
 
-DpdkPort::~DpdkPort() {
+DpdkPort::~DpdkPort() { CloseDevice(); }
+
+void DpdkPort::CloseDevice() {
   for (auto& q : q_) {
     if (q->nheld) rte_pktmbuf_free_bulk(q->held.data(), q->nheld);
     if (q->n) rte_pktmbuf_free_bulk(q->rx.data(), q->n);
+    q->nheld = q->n = 0;
   }
   // Mbufs the device still has are freed by it now (a NIC's completed ones by the cleanup,
   // the rest by stop and close): each zero-copy frame's callback releases its hold then,
@@ -382,7 +438,9 @@ DpdkPort::~DpdkPort() {
                  dev_name_.c_str());
     }
   }
+  started_ = have_port_ = probed_ = false;
   if (pool_) rte_mempool_free(pool_);
+  pool_ = nullptr;
   // A PMD that kept a zero-copy frame's mbufs past its close would call back into the
   // records (and the attach pool) later: those are left allocated, never freed under it.
   uint32_t out = 0;
@@ -391,14 +449,18 @@ DpdkPort::~DpdkPort() {
     NICMUX_LOG(kWarning, "port %s: the device kept %u zero-copy frame(s) past its close: their records stay allocated",
                name().c_str(), out);
     for (auto& q : q_) (void)q.release();
+    q_.clear();
+    attach_pool_ = nullptr;
     return;
   }
   if (attach_pool_) rte_mempool_free(attach_pool_);
+  attach_pool_ = nullptr;
 }
 
 size_t DpdkPort::Rx(uint32_t qi, Batch& out, size_t max) {
   Queue& q = *q_[qi];
   NICMUX_DCHECK(out.empty());
+  if (!started_) return 0;  // (closed: handed over, or its reopening after a failed upgrade failed)
   max = std::min<size_t>(max, kBurst);
   rte_mbuf* m[kBurst];
   uint32_t got = 0;
@@ -408,6 +470,7 @@ size_t DpdkPort::Rx(uint32_t qi, Batch& out, size_t max) {
   got = from_held;
   std::memmove(q.held.data(), q.held.data() + from_held, (q.nheld - from_held) * sizeof(rte_mbuf*));
   q.nheld -= from_held;
+  if (got < max && !q.backlog_len.empty()) got += FromBacklog(q, m + got, static_cast<uint32_t>(max - got));
   if (got < max) got += rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m + got, static_cast<uint16_t>(max - got));
   q.n = 0;
   for (uint32_t i = 0; i < got; ++i) {
@@ -496,6 +559,29 @@ struct MbufWriter {
     }
   }
 };
+
+uint32_t DpdkPort::FromBacklog(Queue& q, rte_mbuf** m, uint32_t n) {
+  uint32_t k = 0;
+  for (; k < n && q.backlog_next < q.backlog_len.size(); ++k) {
+    const uint32_t len = q.backlog_len[q.backlog_next];
+    rte_mbuf* b = rte_pktmbuf_alloc(pool_);
+    if (!b) break;
+    MbufWriter w{pool_, b, b};
+    if (w.Write(q.backlog.data() + q.backlog_off, len) != len) {  // (the pool ran short: later)
+      rte_pktmbuf_free(b);
+      break;
+    }
+    m[k] = b;
+    q.backlog_off += len;
+    ++q.backlog_next;
+  }
+  if (q.backlog_next == q.backlog_len.size()) {  // worked off: the memory goes
+    std::vector<std::byte>().swap(q.backlog);
+    std::vector<uint32_t>().swap(q.backlog_len);
+    q.backlog_next = q.backlog_off = 0;
+  }
+  return k;
+}
 
 bool DpdkPort::ToDevice(const PacketRef& p, rte_mbuf* m) const {
   const Offload& o = p.offload;
@@ -628,7 +714,7 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   // copied into mbufs and refused by the burst, which looked like a full ring and kept the
   // source retrying (and copying) until the link came back.
   rte_eth_link link{};
-  if (rte_eth_link_get_nowait(port_id_, &link) == 0 && !link.link_status) {
+  if (!started_ || (rte_eth_link_get_nowait(port_id_, &link) == 0 && !link.link_status)) {
     q.txc.dropped.Add(want);
     q.txc.drops.Add(DropReason::kPortDown, want);
     return want;
@@ -723,6 +809,7 @@ PortStats DpdkPort::Stats() const { return SumQueueStats(q_); }
 uint64_t DpdkPort::DropsFor(DropReason r) const { return SumQueueDrops(q_, r); }
 
 std::string DpdkPort::State() const {
+  if (!started_) return "device closed";
   rte_eth_link link{};
   if (rte_eth_link_get_nowait(port_id_, &link) != 0) return "unknown link";
   return link.link_status ? "link up, " + std::to_string(link.link_speed) + " Mbit/s" : "link down";
@@ -764,6 +851,200 @@ std::vector<Port::Detail> DpdkPort::DeviceCaps() const {
           {"rss_hash", info_.flow_type_rss_offloads ? OffloadNames(info_.flow_type_rss_offloads, RssName) : "none"}};
 }
 
+// --------------------------------------------------------------------------- live upgrade
+
+// The largest frame a held chain can be (kMaxSegs mbufs of at most 64 KiB each: far more than
+// a device receives; bounds what the new process reads back).
+constexpr uint32_t kMaxHeldFrame = 65535;
+
+Result<void> DpdkPort::Export(HandoverRecord* out) {
+  // Only what the new process needs before the precise point: the caps the switch sees (the
+  // device's own come back when it opens it). The device stays this process's until then.
+  const PortCaps c = Caps();
+  out->Set("d.caps.offloads", c.offloads);
+  out->Set("d.caps.mtu", c.mtu);
+  out->Set("d.caps.max_frame", c.max_frame);
+  out->Set("d.queues", q_.size());
+  out->Set("d.nmbufs", nmbufs_);
+  out->Set("d.socket", static_cast<uint64_t>(std::max(rte_eth_dev_socket_id(port_id_), -1) + 1));  // 0: any
+  return Ok();
+}
+
+Result<void> DpdkPort::Adopt(HandoverRecord& in) {
+  const std::string what = "port " + opt_.name + ": handover";
+  // UNTRUSTED (the old process, maybe another build): the queues as the spec says, the caps
+  // within their fields (and replaced by the device's own once it opens).
+  NICMUX_TRY_ASSIGN(queues, in.Get("d.queues", Port::kMaxQueues));
+  if (queues != opt_.queues) {
+    return Error(what + ": the old port had " + std::to_string(queues) + " queue(s), its spec here says " + std::to_string(opt_.queues));
+  }
+  NICMUX_TRY_ASSIGN(offloads, in.Get("d.caps.offloads", UINT8_MAX));
+  NICMUX_TRY_ASSIGN(mtu, in.Get("d.caps.mtu", UINT16_MAX));
+  NICMUX_TRY_ASSIGN(max_frame, in.Get("d.caps.max_frame", UINT32_MAX));
+  // The most mbufs a port can want (every queue's rings at their longest) and a NUMA node.
+  NICMUX_TRY_ASSIGN(nmbufs, in.GetOr("d.nmbufs", 0, Port::kMaxQueues * (2 * 4096 + 4 * kBurst) + 1024));
+  NICMUX_TRY_ASSIGN(socket, in.GetOr("d.socket", 0, RTE_MAX_NUMA_NODES));  // the node + 1; 0: any
+  // The EAL and the mbuf pool now, while the old process still forwards (they take tens of
+  // milliseconds): not in the gap.
+  NICMUX_TRY(EnsureEal());
+  if (nmbufs > 0) {
+    static std::atomic<uint32_t> seq{0};
+    const std::string pool_name = "nmxh_" + std::to_string(getpid() % 100000) + "_" + std::to_string(seq++);
+    pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), static_cast<uint32_t>(nmbufs), 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+                                    socket == 0 ? SOCKET_ID_ANY : static_cast<int>(socket) - 1);
+    if (!pool_) return Error(what + ": no mbuf pool of " + std::to_string(nmbufs) + ": " + rte_strerror(rte_errno));
+  }
+  for (uint32_t i = 0; i < opt_.queues; ++i) q_.push_back(std::make_unique<Queue>());
+  PortCaps c;
+  c.offloads = static_cast<uint8_t>(offloads);
+  c.mtu = static_cast<uint16_t>(mtu);
+  c.max_frame = static_cast<uint32_t>(max_frame);
+  SetCaps(c);
+  dev_name_ = opt_.devargs.substr(0, opt_.devargs.find(','));
+  return Ok();
+}
+
+namespace {
+
+Result<void> WriteAll(int fd, const void* p, size_t n, const std::string& what) {
+  for (size_t done = 0; done < n;) {
+    const ssize_t k = ::write(fd, static_cast<const std::byte*>(p) + done, n - done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return Error::FromErrno(what);
+    done += static_cast<size_t>(k);
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> DpdkPort::ExportPositions(HandoverRecord* out) {
+  // The precise point: every batch completed. What the old process has of the device's
+  // frames goes over as bytes in a memfd (a 4-byte length, then the frame; oldest first): the
+  // frames a full destination has not taken yet, then what the device has received and nobody
+  // read (drained now: a busy worker leaves its receive ring full, and closing it would lose
+  // it). Then the device is closed for the new process to open.
+  for (uint32_t qi = 0; qi < q_.size(); ++qi) {
+    Queue& q = *q_[qi];
+    if (q.n != 0) return Error("port " + name() + ": queue " + std::to_string(qi) + ": a receive batch in flight");
+  }
+  for (uint32_t qi = 0; qi < q_.size(); ++qi) {
+    Queue& q = *q_[qi];
+    const std::string k = "d.q." + std::to_string(qi) + ".";
+    const std::string what = "port " + name() + ": writing held frames";
+    UniqueFd mfd(::memfd_create("nicmux-dpdk-held", MFD_CLOEXEC));
+    if (!mfd.valid()) return Error::FromErrno("port " + name() + ": memfd for held frames");
+    std::vector<std::byte> buf;
+    uint64_t frames = 0;
+    auto put = [&](const rte_mbuf* m) -> Result<void> {
+      buf.resize(m->pkt_len);
+      const void* b = rte_pktmbuf_read(m, 0, m->pkt_len, buf.data());
+      const uint32_t len = m->pkt_len;
+      NICMUX_TRY(WriteAll(mfd.get(), &len, sizeof len, what));
+      NICMUX_TRY(WriteAll(mfd.get(), b, len, what));
+      ++frames;
+      return Ok();
+    };
+    for (uint32_t i = 0; i < q.nheld; ++i) NICMUX_TRY(put(q.held[i]));
+    // (A backlog the new process has not worked off yet from an upgrade before.)
+    for (size_t i = q.backlog_next, off = q.backlog_off; i < q.backlog_len.size(); off += q.backlog_len[i++]) {
+      const uint32_t len = q.backlog_len[i];
+      NICMUX_TRY(WriteAll(mfd.get(), &len, sizeof len, what));
+      NICMUX_TRY(WriteAll(mfd.get(), q.backlog.data() + off, len, what));
+      ++frames;
+    }
+    if (started_) {
+      rte_mbuf* m[kBurst];
+      uint32_t got = 0;
+      while (frames < kMaxBacklog && (got = rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m, kBurst)) > 0) {
+        for (uint32_t i = 0; i < got; ++i) {
+          Result<void> r = frames < kMaxBacklog && m[i]->pkt_len >= kEthHeaderBytes ? put(m[i]) : Ok();
+          rte_pktmbuf_free(m[i]);
+          if (!r) {
+            rte_pktmbuf_free_bulk(m + i + 1, got - i - 1);
+            return r;
+          }
+        }
+      }
+    }
+    if (frames == 0) continue;
+    out->Set(k + "frames", frames);
+    NICMUX_TRY(out->SetFd(k + "data", mfd.get()));
+  }
+  const uint64_t t0 = MonotonicNowNs();
+  CloseDevice();
+  closed_ns_ = MonotonicNowNs() - t0;
+  return Ok();
+}
+
+Result<void> DpdkPort::ImportPositions(HandoverRecord& in) {
+  // The frames first (reading them is not the device's time), then the device.
+  std::vector<std::vector<std::byte>> data(q_.size());
+  std::vector<std::vector<uint32_t>> lens(q_.size());
+  uint64_t total = 0;
+  for (uint32_t qi = 0; qi < q_.size(); ++qi) {
+    const std::string k = "d.q." + std::to_string(qi) + ".";
+    const std::string what = "port " + name() + ": handover: queue " + std::to_string(qi);
+    // UNTRUSTED (the old process): a bounded count, each frame's length bounded, the memfd
+    // holding every byte named and no more.
+    NICMUX_TRY_ASSIGN(frames, in.GetOr(k + "frames", 0, kMaxBacklog + kBurst));
+    if (frames == 0) continue;
+    NICMUX_TRY_ASSIGN(mfd, in.TakeFd(k + "data"));
+    struct stat st = {};
+    if (::fstat(mfd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
+        static_cast<uint64_t>(st.st_size) > frames * (sizeof(uint32_t) + kMaxHeldFrame)) {
+      return Error(what + ": " + k + "data is not a file of at most " + std::to_string(frames) + " frames");
+    }
+    std::vector<std::byte>& d = data[qi];
+    d.resize(static_cast<size_t>(st.st_size));
+    if (::pread(mfd.get(), d.data(), d.size(), 0) != static_cast<ssize_t>(d.size())) return Error(what + ": held frames cut short");
+    size_t off = 0;
+    std::vector<std::byte> frames_only;
+    frames_only.reserve(d.size());
+    for (uint64_t i = 0; i < frames; ++i) {
+      uint32_t len = 0;
+      if (d.size() - off < sizeof len) return Error(what + ": held frames cut short");
+      std::memcpy(&len, d.data() + off, sizeof len);
+      off += sizeof len;
+      if (len < kEthHeaderBytes || len > kMaxHeldFrame || d.size() - off < len) {
+        return Error(what + ": a held frame of " + std::to_string(len) + " bytes (or cut short)");
+      }
+      frames_only.insert(frames_only.end(), d.data() + off, d.data() + off + len);
+      lens[qi].push_back(len);
+      off += len;
+    }
+    if (off != d.size()) return Error(what + ": " + std::to_string(d.size() - off) + " bytes after the last held frame");
+    d = std::move(frames_only);
+    total += frames;
+  }
+  const uint64_t t0 = MonotonicNowNs();
+  NICMUX_TRY(OpenDevice());
+  const uint64_t opened_ns = MonotonicNowNs() - t0;
+  for (uint32_t qi = 0; qi < q_.size(); ++qi) {
+    Queue& q = *q_[qi];
+    q.backlog = std::move(data[qi]);
+    q.backlog_len = std::move(lens[qi]);
+    q.backlog_next = q.backlog_off = 0;
+  }
+  NICMUX_LOG(kInfo, "port %s: DPDK device %s opened again for the handover in %llu us (probe %llu, configure and pools %llu, start %llu); %llu frame(s) handed over",
+             name().c_str(), dev_name_.c_str(), static_cast<unsigned long long>(opened_ns / 1000),
+             static_cast<unsigned long long>(open_us_[0]), static_cast<unsigned long long>(open_us_[1]),
+             static_cast<unsigned long long>(open_us_[2]), static_cast<unsigned long long>(total));
+  return Ok();
+}
+
+void DpdkPort::HandoverAborted() {
+  // The old process, its upgrade failed after the device was closed: it opens it again (the
+  // frames it held were handed to the new process's memfd, which is gone: counted dropped).
+  if (started_) return;
+  NICMUX_LOG(kWarning, "port %s: the upgrade failed after the device was closed (%llu us): opening %s again",
+             name().c_str(), static_cast<unsigned long long>(closed_ns_ / 1000), dev_name_.c_str());
+  if (auto r = OpenDevice(); !r) {
+    NICMUX_LOG(kError, "port %s: %s; the port stays down", name().c_str(), r.error().message().c_str());
+    CloseDevice();
+  }
+}
+
 }  // namespace
 
 void SetDpdkEalArgs(std::vector<std::string> args) {
@@ -776,9 +1057,13 @@ std::vector<std::string> DpdkEalArgs() {
   return g_eal_args;
 }
 
-Result<std::unique_ptr<Port>> CreateDpdkPort(const DpdkPortOptions& o) {
+Result<std::unique_ptr<Port>> CreateDpdkPort(const DpdkPortOptions& o, HandoverRecord* handover) {
   auto p = std::make_unique<DpdkPort>(o);
-  NICMUX_TRY(p->Open());
+  if (handover) {
+    NICMUX_TRY(p->Adopt(*handover));
+  } else {
+    NICMUX_TRY(p->Open());
+  }
   return std::unique_ptr<Port>(std::move(p));
 }
 
@@ -804,6 +1089,7 @@ PortKind DpdkPortKind() {
       "the config). The port's worker polls it (no interrupts).";
   k.max_queues = Port::kMaxQueues;
   k.privileged = true;
+  k.hands_over = true;  // (the device itself is closed and opened again: docs/dpdk.md "Live upgrade")
   k.options = {
       {"devargs", OptionType::kString, "DEV[;k=v...]", "",
        "the device: a PCI address or a vdev's devargs; on the command line write its commas as ';'", 0, 0, true},
@@ -826,7 +1112,7 @@ PortKind DpdkPortKind() {
     const std::string d = devargs(s);
     return "DPDK device " + d.substr(0, d.find(','));
   };
-  k.create = [devargs](const PortSpec& s, const PortContext&) -> Result<std::unique_ptr<Port>> {
+  k.create = [devargs](const PortSpec& s, const PortContext& ctx) -> Result<std::unique_ptr<Port>> {
     DpdkPortOptions o;
     o.name = s.name;
     o.devargs = devargs(s);
@@ -838,7 +1124,7 @@ PortKind DpdkPortKind() {
     o.offloads = offloads;
     NICMUX_TRY_ASSIGN(zc, ParseZeroCopyMin(s.Has("zerocopy_min") ? s.options.at("zerocopy_min") : kDefaultZeroCopyMin));
     o.zerocopy_min = zc;
-    return CreateDpdkPort(o);
+    return CreateDpdkPort(o, ctx.handover);
   };
   return k;
 }

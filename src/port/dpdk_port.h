@@ -63,6 +63,7 @@ Result<uint32_t> ParseZeroCopyMin(const std::string& v);
 // The dpdk kind for the port registry (port/kinds.cc).
 PortKind DpdkPortKind();
 
-Result<std::unique_ptr<Port>> CreateDpdkPort(const DpdkPortOptions& options);
+// handover: a live upgrade's record of the old process's port (nullptr: a new port).
+Result<std::unique_ptr<Port>> CreateDpdkPort(const DpdkPortOptions& options, HandoverRecord* handover = nullptr);
 
 }  // namespace nicmux

@@ -280,6 +280,10 @@ class Port {
   // In the new process, once the old one committed: the port is this process's now (its
   // socket file is its to remove at exit, its timers may run).
   virtual void HandoverCommitted() {}
+  // In the old process, the workers still paused, when the handover failed after this port's
+  // ExportPositions: a kind that let go of something there (a dpdk port closes its device)
+  // takes it back. The port goes on serving.
+  virtual void HandoverAborted() {}
   // What the handover could not keep (a peer that had to be disconnected, and why), for the
   // upgrade's outcome; "" when nothing.
   virtual std::string HandoverWarning() const { return {}; }

@@ -1,0 +1,147 @@
+// The dpdk port's live upgrade (docs/dpdk.md "Live upgrade") over DPDK's net_null device, in
+// this process's EAL: the old port closes its device at the precise point and hands over the
+// frames it held as bytes; the new port, made from the record with the device still the old
+// one's, opens it at ImportPositions and returns those frames first, byte for byte. A failed
+// upgrade opens the device again in the old port. (Two real processes and a veth:
+// tests/integration/upgrade_dpdk.sh.)
+#include "port/dpdk_port.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "packet/packet.h"
+
+namespace nicmux {
+namespace {
+
+using Frame = std::vector<std::byte>;
+
+Frame Bytes(const PacketRef& p) {
+  Frame f(p.len);
+  CopyPacketTo(p, f.data());
+  return f;
+}
+
+DpdkPortOptions NullDevice(const char* devargs) {
+  DpdkPortOptions o;
+  o.name = "d";
+  o.devargs = devargs;
+  return o;
+}
+
+// Receives a burst from queue 0 and keeps it all (none sent): held by the port.
+std::vector<Frame> HoldABurst(Port& p, size_t max) {
+  Batch b;
+  const size_t n = p.Rx(0, b, max);
+  std::vector<Frame> got;
+  for (uint32_t i = 0; i < n; ++i) got.push_back(Bytes(b[i]));
+  p.RxDone(0, b, 0);
+  return got;
+}
+
+TEST(DpdkHandover, DeviceClosedThenOpenedByTheNewPortWithTheHeldFramesFirst) {
+  auto a = CreateDpdkPort(NullDevice("net_null40,size=100"));
+  ASSERT_TRUE(a) << a.error().message();
+  Port& old_port = **a;
+  ASSERT_TRUE(old_port.CanHandOver());
+  const std::vector<Frame> held = HoldABurst(old_port, 5);
+  ASSERT_EQ(held.size(), 5u);
+  for (const Frame& f : held) EXPECT_EQ(f.size(), 100u);
+
+  HandoverRecord state, pos;
+  ASSERT_TRUE(old_port.Export(&state));
+  // The new port from the record: the device is still the old one's (not probed here).
+  auto b = CreateDpdkPort(NullDevice("net_null40,size=100"), &state);
+  ASSERT_TRUE(b) << b.error().message();
+  Port& new_port = **b;
+  EXPECT_EQ(new_port.State(), "device closed");
+  EXPECT_EQ(new_port.NumQueuePairs(), 1u);
+  EXPECT_EQ(new_port.Caps().offloads, old_port.Caps().offloads);
+  // The precise point: the old port closes the device.
+  auto e = old_port.ExportPositions(&pos);
+  ASSERT_TRUE(e) << e.error().message();
+  // The held frames and what the device had (net_null always has more: the drain stops at
+  // its bound, 16384 a queue).
+  EXPECT_EQ(*pos.Get("d.q.0.frames"), 16384u);
+  EXPECT_EQ(old_port.State(), "device closed");
+  {
+    Batch none;
+    EXPECT_EQ(old_port.Rx(0, none, 32), 0u);  // closed: nothing
+  }
+  auto ip = new_port.ImportPositions(pos);
+  ASSERT_TRUE(ip) << ip.error().message();
+  EXPECT_NE(new_port.State(), "device closed");
+  (*a).reset();  // the old process goes (its port's device is already closed)
+
+  // The held frames first, in order, byte for byte; then the device's own.
+  Batch bt;
+  const size_t n = new_port.Rx(0, bt, 8);
+  ASSERT_EQ(n, 8u);
+  for (uint32_t i = 0; i < 5; ++i) EXPECT_EQ(Bytes(bt[i]), held[i]) << "frame " << i;
+  for (uint32_t i = 5; i < 8; ++i) EXPECT_EQ(bt[i].len, 100u);
+  new_port.RxDone(0, bt, n);
+  EXPECT_EQ(new_port.Stats().rx_packets, 8u);
+}
+
+TEST(DpdkHandover, AFailedUpgradeOpensTheDeviceAgainInTheOldPort) {
+  auto a = CreateDpdkPort(NullDevice("net_null41"));
+  ASSERT_TRUE(a) << a.error().message();
+  Port& p = **a;
+  ASSERT_EQ(HoldABurst(p, 3).size(), 3u);
+  HandoverRecord state, pos;
+  ASSERT_TRUE(p.Export(&state));
+  ASSERT_TRUE(p.ExportPositions(&pos));
+  EXPECT_EQ(p.State(), "device closed");
+  p.HandoverAborted();  // (the new process refused, or died)
+  EXPECT_NE(p.State(), "device closed");
+  Batch bt;
+  EXPECT_GT(p.Rx(0, bt, 4), 0u);  // the device serves again
+  p.RxDone(0, bt, bt.size());
+  // And the same device can be handed over again later.
+  HandoverRecord pos2;
+  ASSERT_TRUE(p.ExportPositions(&pos2));
+  p.HandoverAborted();
+  EXPECT_NE(p.State(), "device closed");
+}
+
+TEST(DpdkHandover, ZeroCopyPortsRefuseAndTamperedRecordsAreRefused) {
+  DpdkPortOptions zc = NullDevice("net_null42");
+  zc.zerocopy_min = 512;
+  auto z = CreateDpdkPort(zc);
+  ASSERT_TRUE(z) << z.error().message();
+  EXPECT_FALSE((*z)->CanHandOver());
+
+  auto a = CreateDpdkPort(NullDevice("net_null43"));
+  ASSERT_TRUE(a) << a.error().message();
+  HandoverRecord state;
+  ASSERT_TRUE((*a)->Export(&state));
+  HandoverRecord two;
+  two.mutable_values() = state.values();
+  two.Set("d.queues", 2);
+  auto r = CreateDpdkPort(NullDevice("net_null43"), &two);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("the old port had 2 queue(s), its spec here says 1"), std::string::npos) << r.error().message();
+  // Held frames the memfd does not hold, or of a bad length: ImportPositions refuses.
+  auto b = CreateDpdkPort(NullDevice("net_null43"), &state);
+  ASSERT_TRUE(b) << b.error().message();
+  HandoverRecord pos;
+  ASSERT_TRUE((*a)->ExportPositions(&pos));
+  pos.Set("d.q.0.frames", 1u << 20);
+  auto ip = (*b)->ImportPositions(pos);
+  ASSERT_FALSE(ip);
+  EXPECT_NE(ip.error().message().find("d.q.0.frames"), std::string::npos) << ip.error().message();
+  // One frame more than the memfd holds: cut short.
+  auto c = CreateDpdkPort(NullDevice("net_null43"), &state);
+  ASSERT_TRUE(c) << c.error().message();
+  HandoverRecord pos2;
+  pos2.mutable_values() = pos.values();
+  pos2.Set("d.q.0.frames", 16385);
+  ASSERT_TRUE(pos2.SetFd("d.q.0.data", pos.fds()[0].get()));  // (the first import refused before taking it)
+  auto ip2 = (*c)->ImportPositions(pos2);
+  ASSERT_FALSE(ip2);
+  EXPECT_NE(ip2.error().message().find("cut short"), std::string::npos) << ip2.error().message();
+}
+
+}  // namespace
+}  // namespace nicmux
