@@ -374,6 +374,14 @@ uint64_t Daemon::SwitchDropsOf(const Entry& e, DropReason r) const {
   return n;
 }
 
+uint64_t Daemon::FloodedOf(const Entry& e) const {
+  return e.carried_flooded + (switch_ && e.switch_id >= 0 ? switch_->Flooded(static_cast<uint16_t>(e.switch_id)) : 0);
+}
+
+uint64_t Daemon::UnlearnedOf(const Entry& e) const {
+  return e.carried_unlearned + (switch_ && e.switch_id >= 0 ? switch_->Unlearned(static_cast<uint16_t>(e.switch_id)) : 0);
+}
+
 void Daemon::ExportCounters(const Entry& e, json* out) const {
   json queues = json::array();
   for (uint32_t q = 0; q < e.port->NumQueuePairs(); ++q) {
@@ -386,7 +394,11 @@ void Daemon::ExportCounters(const Entry& e, json* out) const {
     if (uint64_t n = PortDropsOf(e, static_cast<DropReason>(r))) drops[name] = n;
     if (uint64_t n = SwitchDropsOf(e, static_cast<DropReason>(r))) switch_drops[name] = n;
   }
-  (*out)["counters"] = {{"queues", queues}, {"drops", drops}, {"switch_drops", switch_drops}};
+  (*out)["counters"] = {{"queues", queues},
+                        {"drops", drops},
+                        {"switch_drops", switch_drops},
+                        {"flooded", FloodedOf(e)},
+                        {"mac_limit_hits", UnlearnedOf(e)}};
 }
 
 void Daemon::ImportCounters(const json& in, Entry* e) {
@@ -407,6 +419,9 @@ void Daemon::ImportCounters(const json& in, Entry* e) {
       }
       if (e->carried_queues.size() < e->port->NumQueuePairs()) e->carried_queues.push_back(s);
     }
+  }
+  for (auto [key, to] : {std::pair{"flooded", &e->carried_flooded}, std::pair{"mac_limit_hits", &e->carried_unlearned}}) {
+    if (c.contains(key) && c[key].is_number_unsigned()) *to = c[key];
   }
   for (auto [key, to] : {std::pair{"drops", &e->carried_drops}, std::pair{"switch_drops", &e->carried_switch_drops}}) {
     to->assign(kNumDropReasons, 0);
@@ -446,10 +461,10 @@ json Daemon::PortJson(const Entry& e) const {
   if (std::string f = p.Features(); !f.empty()) j["features"] = f;
   if (switch_ && e.switch_id >= 0) {
     const auto id = static_cast<uint16_t>(e.switch_id);
-    j["flooded"] = switch_->Flooded(id);
+    j["flooded"] = FloodedOf(e);
     j["id"] = e.switch_id;
     j["macs"] = switch_->MacsOf(id);
-    j["mac_limit_hits"] = switch_->Unlearned(id);
+    j["mac_limit_hits"] = UnlearnedOf(e);
   }
   for (const auto& [key, value] : p.Details()) {
     if (const auto* n = std::get_if<uint64_t>(&value)) {
@@ -549,7 +564,7 @@ std::string Daemon::MetricsPage() const {
   if (switch_) {
     m.Family("nicmux_port_flooded_total", "counter", "frames from the port flooded (unknown or broadcast destination)");
     for (const auto& e : ports_) {
-      if (e->switch_id >= 0) m.Sample({{"port", e->spec.name}}, switch_->Flooded(static_cast<uint16_t>(e->switch_id)));
+      if (e->switch_id >= 0) m.Sample({{"port", e->spec.name}}, FloodedOf(*e));
     }
     const uint32_t size = switch_->macs().size(), cap = switch_->macs().max_entries();
     const uint64_t moves = switch_->macs().moves();

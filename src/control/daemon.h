@@ -102,6 +102,7 @@ class Daemon {
     std::vector<PortStats> carried_queues;
     std::vector<uint64_t> carried_drops;         // the port's, by DropReason
     std::vector<uint64_t> carried_switch_drops;  // the switch's for frames from the port
+    uint64_t carried_flooded = 0, carried_unlearned = 0;  // the switch's floods and mac_limit hits
     std::unique_ptr<Capture> capture;
     std::vector<std::shared_ptr<ControlClient>> capture_clients;
     uint64_t captured = 0, capture_limit = 0;
@@ -133,6 +134,10 @@ class Daemon {
   uint64_t PortDropsOf(const Entry& e, DropReason r) const;
   uint64_t SwitchDropsOf(const Entry& e, DropReason r) const;
   uint64_t DropsOf(const Entry& e, DropReason r) const { return PortDropsOf(e, r) + SwitchDropsOf(e, r); }
+  // The switch's floods of frames from the port, and its frames whose source the port's
+  // mac_limit kept from being learned (0 without a learning switch).
+  uint64_t FloodedOf(const Entry& e) const;
+  uint64_t UnlearnedOf(const Entry& e) const;
   // The same as values of a HandoverRecord (for the handover's state) and back.
   void ExportCounters(const Entry& e, nlohmann::json* out) const;
   static void ImportCounters(const nlohmann::json& in, Entry* e);
