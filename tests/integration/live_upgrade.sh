@@ -79,14 +79,15 @@ grep -q "goes on serving" "$WORK/false.txt" && grep -q "exited with status 1" "$
   fail "upgrade /bin/false: $(cat "$WORK/false.txt")"
 kill -0 "$CUR" || fail "nicmuxd $CUR died after a failed upgrade"
 echo "ok: refused: $(tail -n 1 "$WORK/false.txt")"
-# 3. A port whose kind cannot be handed over: refused before anything starts.
-ctl port add "pv:p1:socket=$WORK/p1.sock" >/dev/null
+# 3. A port whose kind cannot be handed over (a dpdk port, on DPDK's net_null): refused before
+#    anything starts.
+ctl port add "dpdk:n1:devargs=net_null0" >/dev/null || fail "port add n1 (dpdk, net_null)"
 rc=0
-ctl upgrade >"$WORK/pv.txt" 2>&1 || rc=$?
-[ $rc -eq 6 ] && grep -q "port p1 (pv) cannot be handed over" "$WORK/pv.txt" ||
-  fail "upgrade with a pv port: status $rc: $(cat "$WORK/pv.txt")"
-echo "ok: refused: $(cat "$WORK/pv.txt")"
-ctl port del p1 >/dev/null
+ctl upgrade >"$WORK/dpdk.txt" 2>&1 || rc=$?
+[ $rc -eq 6 ] && grep -q "port n1 (dpdk) cannot be handed over" "$WORK/dpdk.txt" ||
+  fail "upgrade with a dpdk port: status $rc: $(cat "$WORK/dpdk.txt")"
+echo "ok: refused: $(cat "$WORK/dpdk.txt")"
+ctl port del n1 >/dev/null
 # 4. SIGUSR2: the same as 1, the outcome in the log.
 kill -USR2 "$CUR"
 wait_until 20 "a handover after SIGUSR2" bash -c "grep -q 'upgrade: handed 3 port(s) over.*pid' '$WORK/nicmuxd.log' && \
