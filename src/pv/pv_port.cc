@@ -1763,6 +1763,7 @@ Result<void> PvPort::Adopt(HandoverRecord& in) {
 }
 
 Result<void> PvPort::AdoptConnection(HandoverRecord& in) {
+  // UNTRUSTED: the driver's connection must be a UNIX stream socket (the loop reads it).
   NICMUX_TRY_ASSIGN(conn, in.TakeFd("pv.conn"));
   int type = 0, domain = 0;
   socklen_t len = sizeof type, dlen = sizeof domain;
@@ -1791,7 +1792,9 @@ Result<void> PvPort::AdoptConnection(HandoverRecord& in) {
     NICMUX_TRY_ASSIGN(s, in.Get(QueueKey(i, "setup"), 3));
     setup.push_back(s);
   }
-  // The device's configuration: each value one the control requests could have set.
+  // UNTRUSTED: the device's configuration: each value one the control requests could have
+  // set. (answered and events: any u32; a wrong one answers a request twice or not at all, or
+  // tells an event again: the driver's wait, never our memory.)
   NICMUX_TRY_ASSIGN(answered, in.Get("pv.answered", UINT32_MAX));
   NICMUX_TRY_ASSIGN(events, in.Get("pv.events", UINT32_MAX));
   NICMUX_TRY_ASSIGN(configured, in.Get("pv.configured", 1));
@@ -1832,7 +1835,8 @@ Result<void> PvPort::AdoptConnection(HandoverRecord& in) {
   NICMUX_TRY_ASSIGN(up_desc, in.GetText("pv.uplink_desc"));
   NICMUX_TRY_ASSIGN(up_speed, in.Get("pv.uplink_speed", UINT32_MAX));
   if (up_desc.size() > 256) return Error("pv.uplink_desc is " + std::to_string(up_desc.size()) + " bytes long");
-  // The socket's half-read request.
+  // UNTRUSTED: the socket's half-read request: fewer bytes than a request, exactly that many
+  // in hex, at most 4 fds and the "more than 4" mark (OnConnReadable's bounds).
   NICMUX_TRY_ASSIGN(sock_got, in.Get("pv.sock_got", sock_msg_.size() - 1));
   NICMUX_TRY_ASSIGN(sock_bytes, in.GetText("pv.sock_bytes"));
   NICMUX_TRY_ASSIGN(sock_nfds, in.Get("pv.sock_fds", 5));
@@ -1915,8 +1919,9 @@ Result<void> PvPort::AdoptMemory(HandoverRecord& in) {
   return Ok();
 }
 
-// The driver's flow rules, in the old table's order under their ids, each checked as
-// FLOW_CREATE checks it.
+// The driver's flow rules, in the old table's order under their ids.
+// UNTRUSTED: at most flows= rules, each checked as FLOW_CREATE checks it (CheckFlowRule against
+// the configuration), ids unique and below the next one.
 Result<void> PvPort::AdoptFlows(HandoverRecord& in) {
   NICMUX_TRY_ASSIGN(n, in.Get("pv.flows", opt_.max_flows));
   NICMUX_TRY_ASSIGN(next_id, in.Get("pv.flow_next_id", UINT32_MAX));
