@@ -425,5 +425,70 @@ TEST_F(PvHandoverTest, TamperedPositions) {
   EXPECT_EQ(Receive(*b_, 0), (std::vector<uint8_t>{3}));
 }
 
+// What the driver sent while the handover ran: a memory request half read by the old process
+// (its first bytes and its fd read, the rest still on the way) and a mailbox request written
+// while nobody served the mailbox (the old control thread waits for the new process between
+// the two steps): the new process completes and answers both after the commit.
+TEST_F(PvHandoverTest, WhatTheDriverSentMeanwhileIsAnsweredByTheNewProcess) {
+  Driver d(loop_a_.get());
+  ASSERT_EQ(d.Connect(opt_.socket_path), "");
+  DriverMemory mem(65536);
+  nmx_pv_sock_req req{};
+  req.type = NMX_PV_SOCK_MEM_ADD;
+  req.seq = 1;
+  req.id = 2;
+  req.size = mem.size;
+  // The first 10 bytes with the fd, read by A.
+  {
+    iovec iov{&req, 10};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    const int fd = mem.fd.get();
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    ASSERT_EQ(::sendmsg(d.sock.get(), &mh, 0), 10);
+    for (int i = 0; i < 3; ++i) loop_a_->RunOnce(5);
+  }
+  HandoverRecord state = Export();
+  EXPECT_EQ(state.values().at("pv.sock_got"), "10");
+  auto made = Build(state);
+  ASSERT_TRUE(made.has_value()) << made.error().message();
+  b_ = std::move(*made);
+  // A GET_INFO written and kicked with nobody serving: no answer yet.
+  nmx_pv_ctrl* ctl = d.c();
+  ctl->req.type = NMX_PV_MSG_GET_INFO;
+  ctl->req.len = 0;
+  ctl->req.seq = ++d.seq;
+  __atomic_store_n(&ctl->req_seq, d.seq, __ATOMIC_RELEASE);
+  d.Kick(0);
+  Cutover();
+  EXPECT_EQ(__atomic_load_n(&ctl->resp_seq, __ATOMIC_ACQUIRE), d.seq);  // answered at the commit
+  EXPECT_EQ(ctl->resp.status, 0) << ctl->resp.reason;
+  d.loop = loop_b_.get();
+  ASSERT_EQ(::send(d.sock.get(), reinterpret_cast<const char*>(&req) + 10, sizeof req - 10, 0),
+            static_cast<ssize_t>(sizeof req - 10));
+  nmx_pv_sock_resp r = d.SockAnswer();
+  EXPECT_EQ(r.status, 0) << r.reason;
+  EXPECT_EQ(r.id, 2u);
+  bool registered = false;
+  for (const auto& [k, v] : b_->Details()) {
+    registered |= k == "registered_memory" && std::get<std::string>(v).rfind("1 regions", 0) == 0;
+  }
+  EXPECT_TRUE(registered);
+  // The region is used: a frame in it.
+  ASSERT_EQ(d.Start(1), "");
+  Bytes f = Frame(100, 9);
+  std::memcpy(mem.base + 8192, f.data(), f.size());
+  d.PostTxAt(0, 2, 8192, 100);
+  EXPECT_EQ(Receive(*b_, 0), (std::vector<uint8_t>{9}));
+}
+
 }  // namespace
 }  // namespace nicmux
