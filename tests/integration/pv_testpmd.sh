@@ -207,7 +207,7 @@ done
 packets=10000 bytes=$((5000 * 64 + 5000 * 1518))
 if [ "$mode" = zerocopy ]; then
   for e in b a; do
-    start pg_$e "$BIN/nicmux-pktgen" --socket "$S/pg$e.sock" --mode bidir --verify --size 512 --count 8000 \
+    start pg_$e "$BIN/nicmux-pktgen" --socket "$S/pg$e.sock" --mode bidir --verify --size 512 --count 12000 \
       --duration 60 --interval 0 --stream $([ $e = a ] && echo 1 || echo 2) --ring 1024 --rate 2000 --hold
     eval "p$e=\$LAST_PID"
   done
@@ -215,13 +215,13 @@ if [ "$mode" = zerocopy ]; then
   wait_log "$WORK/pg_b.log" connected 60 "$pb"
   release "$pa" "$pb"
   sleep 1.5
+  kill -0 "$pa" && kill -0 "$pb" || fail "the frames stopped before the upgrade"
   upgrade_nicmuxd
-  kill -0 "$pa" && kill -0 "$pb" || fail "the frames stopped before the upgrade was done"
   wait_pid "$pa" 90 || fail "pktgen a, across the upgrade: $(tail -1 "$WORK/pg_a.log")"
   wait_pid "$pb" 90 || fail "pktgen b, across the upgrade: $(tail -1 "$WORK/pg_b.log")"
   for l in "$WORK/pg_a.log" "$WORK/pg_b.log"; do
-    expect_summary "$l" tx_packets 8000
-    expect_summary "$l" rx_packets 8000
+    expect_summary "$l" tx_packets 12000
+    expect_summary "$l" rx_packets 12000
     expect_summary "$l" rx_bad 0
     expect_summary "$l" rx_lost 0
     expect_summary "$l" rx_reordered 0
@@ -231,8 +231,8 @@ if [ "$mode" = zerocopy ]; then
     ctl port show $p | grep -qE "^connections: +$SESSION$" || fail "$p: testpmd reconnected: $(ctl port show $p)"
     ctl port show $p | grep -qE "^state: +running$" || fail "$p after the upgrade: $(ctl port show $p)"
   done
-  packets=$((packets + 8000)) bytes=$((bytes + 8000 * 512))
-  echo "ok: $mode: live upgrade to pid $NICMUXD_PID (paused $UPGRADE_PAUSED_US us) amid 8000 frames of 512 B each way" \
+  packets=$((packets + 12000)) bytes=$((bytes + 12000 * 512))
+  echo "ok: $mode: live upgrade to pid $NICMUXD_PID (paused $UPGRADE_PAUSED_US us) amid 12000 frames of 512 B each way" \
     "through testpmd: none lost or reordered; registered memory and connections kept"
 fi
 tp "Forward statistics for port 1|Done" 'stop'
