@@ -14,6 +14,7 @@
 
 #include <cstring>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -488,6 +489,58 @@ TEST_F(PvHandoverTest, WhatTheDriverSentMeanwhileIsAnsweredByTheNewProcess) {
   std::memcpy(mem.base + 8192, f.data(), f.size());
   d.PostTxAt(0, 2, 8192, 100);
   EXPECT_EQ(Receive(*b_, 0), (std::vector<uint8_t>{9}));
+}
+
+// An uplink port that takes TSO (the device then offers it), for the capability events.
+class TsoUplink final : public Port {
+ public:
+  TsoUplink() : Port("up0") {
+    PortCaps c;
+    c.offloads = PortCaps::kCsum | PortCaps::kTso4 | PortCaps::kTso6;
+    SetCaps(c);
+  }
+  uint32_t NumQueuePairs() const override { return 1; }
+  size_t Rx(uint32_t, Batch&, size_t) override { return 0; }
+  void RxDone(uint32_t, Batch&, size_t) override {}
+  size_t Tx(uint32_t, std::span<const PacketRef* const> in) override { return in.size(); }
+  size_t TxRoom(uint32_t) override { return kBurst; }
+  bool ArmNotify(uint32_t, std::vector<NotifyFd>*) override { return false; }
+  void DisarmNotify(uint32_t) override {}
+  bool CanSleep(uint32_t) const override { return true; }
+  PortStats Stats() const override { return {}; }
+  uint64_t DropsFor(DropReason) const override { return 0; }
+  std::string State() const override { return "link up, 25000 Mbit/s"; }
+};
+
+// The uplink as the new process sees it while its ports are added one by one (first missing,
+// then there): the driver hears of it only after the commit, and only if the end of it differs
+// from what it was told.
+TEST_F(PvHandoverTest, UplinkEventsWaitForTheCommitAndOnlyWhatChanged) {
+  opt_.uplink = "up0";
+  opt_.buf_size = 66560;
+  a_.reset();
+  auto p = CreatePvPort(opt_, loop_a_.get(), &workers_);
+  ASSERT_TRUE(p.has_value()) << p.error().message();
+  a_ = std::move(*p);
+  Driver d(loop_a_.get());
+  ASSERT_EQ(d.Connect(opt_.socket_path), "");
+  TsoUplink up;
+  a_->FollowedChanged(&up);
+  const uint32_t told = d.c()->event_seq;
+  ASSERT_EQ(told, 1u);
+  for (bool gone_at_commit : {false, true}) {
+    SCOPED_TRACE(gone_at_commit ? "the uplink gone" : "the same uplink");
+    HandoverRecord state = Export();
+    auto made = Build(state);
+    ASSERT_TRUE(made.has_value()) << made.error().message();
+    b_ = std::move(*made);
+    b_->FollowedChanged(nullptr);  // not added yet
+    b_->FollowedChanged(gone_at_commit ? nullptr : &up);
+    EXPECT_EQ(d.c()->event_seq, told);  // nothing before the commit
+    Cutover();
+    EXPECT_EQ(d.c()->event_seq, gone_at_commit ? told + 1 : told);
+    b_.reset();
+  }
 }
 
 }  // namespace
