@@ -289,9 +289,17 @@ uint32_t Toeplitz(const uint8_t* key, const uint8_t* data, size_t n) {
 }
 
 uint32_t FlowTable::Add(const nmx_pv_flow_rule& r) {
+  uint32_t id = ++next_id_;
+  if (id == 0) id = ++next_id_;  // never 0
+  Insert(r, id);
+  return id;
+}
+
+void FlowTable::Restore(const nmx_pv_flow_rule& r, uint32_t id) { Insert(r, id); }
+
+void FlowTable::Insert(const nmx_pv_flow_rule& r, uint32_t id) {
   auto rule = std::make_unique<FlowRule>();
-  rule->id = ++next_id_;
-  if (rule->id == 0) rule->id = ++next_id_;  // never 0
+  rule->id = id;
   rule->seq = next_seq_++;
   rule->wire = r;
   // Bits of the spec outside the mask mean nothing (rte_flow): dropped.
@@ -300,12 +308,10 @@ uint32_t FlowTable::Add(const nmx_pv_flow_rule& r) {
   for (size_t i = 0; i < sizeof(F); ++i) s[i] &= m[i];
   std::memcpy(rule->spec.data(), &rule->wire.spec, sizeof(F));
   std::memcpy(rule->mask.data(), &rule->wire.mask, sizeof(F));
-  const uint32_t id = rule->id;
   auto at = std::upper_bound(rules_.begin(), rules_.end(), rule, [](const auto& a, const auto& b) {
     return a->wire.priority != b->wire.priority ? a->wire.priority < b->wire.priority : a->seq < b->seq;
   });
   rules_.insert(at, std::move(rule));
-  return id;
 }
 
 bool FlowTable::Remove(uint32_t id) {

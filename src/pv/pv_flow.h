@@ -76,12 +76,18 @@ class FlowTable {
   size_t size() const { return rules_.size(); }
   // The rule (checked by CheckFlowRule first); its id.
   uint32_t Add(const nmx_pv_flow_rule& r);
+  // Live upgrade: a rule of the old process's table under its id, added in that table's order
+  // (ties of priority keep it); next_id() and set_next_id() carry where the ids go on.
+  void Restore(const nmx_pv_flow_rule& r, uint32_t id);
+  uint32_t next_id() const { return next_id_; }
+  void set_next_id(uint32_t id) { next_id_ = id; }
   bool Remove(uint32_t id);
   void Clear() { rules_.clear(); }
   FlowVerdict Classify(const PacketRef& p) const;
   const std::vector<std::unique_ptr<FlowRule>>& rules() const { return rules_; }
 
  private:
+  void Insert(const nmx_pv_flow_rule& r, uint32_t id);
   std::vector<std::unique_ptr<FlowRule>> rules_;  // priority, then seq
   uint32_t next_id_ = 0;
   uint64_t next_seq_ = 0;

@@ -4,6 +4,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,9 +12,12 @@
 #include <atomic>
 #include <cerrno>
 #include <cctype>
+#include <cstddef>
 #include <cstring>
+#include <utility>
 
 #include "base/event_fd.h"
+#include "base/fd_reaper.h"
 #include "base/log.h"
 #include "base/peer_io.h"
 #include "base/unix_socket.h"
@@ -61,6 +65,29 @@ bool ParseMac(const std::string& s, uint8_t* out) {
   return true;
 }
 
+// A file of the driver's own memory (MEM_ADD, and a live upgrade's registered regions): the
+// checks, then a peer mapping of [fd_offset, fd_offset + size) signalling fault_fd when an access
+// faults. The error says what is wrong with the file (errno: mmap's, or 0).
+// UNTRUSTED: the fd (any kind of file), the offset and the size.
+Result<MappedRegion> MapDriverMemory(int fd, uint64_t fd_offset, uint64_t size, int fault_fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Error("the fd is not a regular file (a memfd, hugetlbfs or tmpfs)");
+  }
+  // The file's page: hugetlbfs reports its huge page size here; mmap and munmap need it.
+  const uint64_t page = st.st_blksize >= 4096 && !(st.st_blksize & (st.st_blksize - 1)) ? st.st_blksize : 4096;
+  if (fd_offset % page || size % page) {
+    return Error("offset " + std::to_string(fd_offset) + " and size " + std::to_string(size) +
+                 " must be multiples of the file's page size " + std::to_string(page));
+  }
+  const uint64_t file = static_cast<uint64_t>(st.st_size);
+  if (fd_offset > file || size > file - fd_offset) {
+    return Error("bytes " + std::to_string(fd_offset) + " + " + std::to_string(size) +
+                 " are past the end of the file (" + std::to_string(file) + " bytes)");
+  }
+  return MappedRegion::MapPeerFd(fd, fd_offset, size, fault_fd);
+}
+
 class PvPort final : public Port {
  public:
   PvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers);
@@ -84,6 +111,17 @@ class PvPort final : public Port {
   std::vector<std::vector<Detail>> FlowRules() const override;
   std::string Follows() const override { return opt_.uplink; }
   void FollowedChanged(const Port* uplink) override;
+
+  // Live upgrade (docs/pv-protocol.md "Live upgrade").
+  bool CanHandOver() const override { return true; }
+  Result<void> Export(HandoverRecord* out) override;
+  Result<void> ExportPositions(HandoverRecord* out) override;
+  Result<void> ImportPositions(HandoverRecord& in) override;
+  void HandoverCommitted() override;
+  std::string HandoverWarning() const override { return handover_warning_; }
+  // The new process's side of Export: everything but the ring positions, which
+  // ImportPositions takes; nothing is written into the shared region before the commit.
+  Result<void> Adopt(HandoverRecord& in);
 
  private:
   struct Queue {
@@ -116,6 +154,11 @@ class PvPort final : public Port {
   };
 
   // Control thread.
+  Result<void> WatchFault();
+  pv::Layout RegionLayout() const;
+  Result<void> AdoptConnection(HandoverRecord& in);
+  Result<void> AdoptMemory(HandoverRecord& in);
+  Result<void> AdoptFlows(HandoverRecord& in);
   void OnAccept();
   void OnFault();
   void OnConnReadable(uint32_t events);
@@ -202,6 +245,22 @@ class PvPort final : public Port {
   // The driver's flow rules: changed by the control thread with the workers paused, read by
   // the workers in Tx (empty: Tx is the plain path).
   pv::FlowTable flows_;
+  // Live upgrade. A port built from a handover is not this process's until the commit: it
+  // writes nothing into the shared region and does not remove the socket file before it.
+  bool committed_ = true;
+  bool owns_socket_file_ = true;
+  // What the driver was last told of the uplink (event_seq) when the port was handed over;
+  // FollowedChanged before the commit only notes that it must tell again.
+  bool event_pending_ = false;
+  std::string told_uplink_;
+  std::string UplinkView() const {
+    return std::to_string(uplink_present_) + " " + std::to_string(uplink_caps_.Pack()) + " " +
+           std::to_string(uplink_speed_) + " " + uplink_desc_;
+  }
+  // The driver's rings did not check out in the new process: the device goes over broken, and
+  // is marked so in the header at the commit.
+  std::string import_break_;
+  std::string handover_warning_;
 };
 
 uint64_t MacBits(const uint8_t* m) {
@@ -218,8 +277,9 @@ PvPort::PvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers)
 
 PvPort::~PvPort() {
   // (The port is destroyed after the daemon removed it from the switch with the workers paused:
-  // no worker reaches it.)
-  if (conn_.valid() && opt_.ivshmem && region_ && !region_->poisoned()) {
+  // no worker reaches it. One handed over but not committed leaves the region to the process
+  // that serves it.)
+  if (committed_ && conn_.valid() && opt_.ivshmem && region_ && !region_->poisoned()) {
     region_->MarkGone("nicmuxd stopped serving port " + name() +
                       " (deleted, or nicmuxd stopped): restart the VM once nicmuxd serves it again");
   }
@@ -230,14 +290,19 @@ PvPort::~PvPort() {
   if (fault_.valid()) loop_->Unwatch(fault_.fd());
   if (listen_fd_.valid()) {
     loop_->Unwatch(listen_fd_.get());
-    ::unlink(opt_.socket_path.c_str());
+    // Not a socket file handed over by a process that still serves it (a failed upgrade).
+    if (owns_socket_file_) ::unlink(opt_.socket_path.c_str());
   }
 }
 
-Result<void> PvPort::Listen() {
+Result<void> PvPort::WatchFault() {
   NICMUX_TRY_ASSIGN(fault, EventFd::Create());
   fault_ = std::move(fault);
-  NICMUX_TRY(loop_->Watch(fault_.fd(), EPOLLIN, [this](uint32_t) { OnFault(); }));
+  return loop_->Watch(fault_.fd(), EPOLLIN, [this](uint32_t) { OnFault(); });
+}
+
+Result<void> PvPort::Listen() {
+  NICMUX_TRY(WatchFault());
   NICMUX_TRY_ASSIGN(fd, ListenUnix(opt_.socket_path));
   listen_fd_ = std::move(fd);
   NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
@@ -262,9 +327,7 @@ void PvPort::OnAccept() {
   Attach(std::move(s));
 }
 
-// A fresh region and doorbells for each connection: nothing a previous driver left (or still
-// holds mapped) reaches the new one.
-void PvPort::Attach(UniqueFd conn) {
+pv::Layout PvPort::RegionLayout() const {
   pv::Layout l;
   l.queue_pairs = opt_.queues;
   l.ring_size = opt_.ring;
@@ -274,7 +337,13 @@ void PvPort::Attach(UniqueFd conn) {
   l.max_mem_bytes = opt_.ivshmem ? 0 : opt_.max_memory;
   l.pow2_size = opt_.ivshmem;
   l.flows = opt_.max_flows > 0;
-  auto region = pv::Region::Create(l, ++generation_, fault_.fd());
+  return l;
+}
+
+// A fresh region and doorbells for each connection: nothing a previous driver left (or still
+// holds mapped) reaches the new one.
+void PvPort::Attach(UniqueFd conn) {
+  auto region = pv::Region::Create(RegionLayout(), ++generation_, fault_.fd());
   if (!region) {
     NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: no region for the pv driver: %s", name().c_str(),
                               region.error().message().c_str());
@@ -559,32 +628,14 @@ int32_t PvPort::HandleMem(const nmx_pv_sock_req& m, std::vector<UniqueFd>& fds, 
               SizeToString(opt_.max_memory) + " (" + std::to_string(region_->MemoryBytes()) + " bytes registered)";
     return -ENOSPC;
   }
-  struct stat st;
-  if (::fstat(fds[0].get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    *reason = "MEM_ADD: region " + std::to_string(m.id) + ": the fd is not a regular file (a memfd, hugetlbfs or tmpfs)";
-    return -EINVAL;
-  }
-  // The file's page: hugetlbfs reports its huge page size here; mmap and munmap need it.
-  const uint64_t page = st.st_blksize >= 4096 && !(st.st_blksize & (st.st_blksize - 1)) ? st.st_blksize : 4096;
-  if (m.fd_offset % page || m.size % page) {
-    *reason = "MEM_ADD: region " + std::to_string(m.id) + ": offset " + std::to_string(m.fd_offset) + " and size " +
-              std::to_string(m.size) + " must be multiples of the file's page size " + std::to_string(page);
-    return -EINVAL;
-  }
-  const uint64_t file = static_cast<uint64_t>(st.st_size);
-  if (m.fd_offset > file || m.size > file - m.fd_offset) {
-    *reason = "MEM_ADD: region " + std::to_string(m.id) + ": bytes " + std::to_string(m.fd_offset) + " + " +
-              std::to_string(m.size) + " are past the end of the file (" + std::to_string(file) + " bytes)";
-    return -EINVAL;
-  }
   // UNTRUSTED (the file): a peer mapping: if the driver shrinks the file later, our access
   // faults and is recovered (OnFault).
-  auto map = MappedRegion::MapPeerFd(fds[0].get(), m.fd_offset, m.size, fault_.fd());
+  auto map = MapDriverMemory(fds[0].get(), m.fd_offset, m.size, fault_.fd());
   if (!map) {
     *reason = "MEM_ADD: region " + std::to_string(m.id) + ": " + map.error().message();
     return -(map.error().sys_errno() ? map.error().sys_errno() : EINVAL);
   }
-  region_->SetMemory(m.id, std::move(*map));
+  region_->SetMemory(m.id, std::move(*map), std::move(fds[0]), m.fd_offset);
   NICMUX_LOG_RATELIMITED_BY(log_mem_, kInfo,
                             "port %s: pv driver registered region %u: %llu bytes at its 0x%llx (%u regions, %llu bytes)",
                             name().c_str(), m.id, static_cast<unsigned long long>(m.size),
@@ -1108,6 +1159,11 @@ void PvPort::FollowedChanged(const Port* up) {
   uplink_caps_ = caps;
   uplink_desc_ = desc;
   uplink_speed_ = speed;
+  // A port handed over tells its driver once it is this process's (HandoverCommitted).
+  if (!committed_) {
+    event_pending_ = true;
+    return;
+  }
   // The driver is told: event_seq moves and the control doorbell rings; it asks GET_INFO.
   if (region_) {
     StoreRelease(&region_->ctrl()->event_seq, ++events_);
@@ -1557,9 +1613,473 @@ std::vector<std::vector<Port::Detail>> PvPort::FlowRules() const {
   return out;
 }
 
+// --- live upgrade (docs/pv-protocol.md "Live upgrade") -------------------------------------
+//
+// Step 1 (Export, every worker paused; Adopt in the new process while the old one forwards
+// on): the sockets, the region's memfd, the doorbells' eventfds, the registered memory's files
+// and everything the control thread keeps of the device. Between the two steps the old control
+// thread only waits for the new process, so none of that changes: no mailbox request, socket
+// request, accept or disconnect is served. Step 2 (ExportPositions, the workers paused again):
+// what the workers change — the host's ring indexes, the queues' on/off (a worker breaking the
+// device turns them off), the broken state, the counters the driver reads, the rules' hits. The
+// driver-owned indexes (posted, driver_flags) are in the shared region, read there as always.
+
+std::string HexOf(const void* p, size_t n) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t b = static_cast<const uint8_t*>(p)[i];
+    s += kDigits[b >> 4];
+    s += kDigits[b & 15];
+  }
+  return s;
+}
+
+// UNTRUSTED (a record's text): exactly n bytes as 2n lowercase hex digits, or false.
+bool BytesOfHex(const std::string& s, void* out, size_t n) {
+  if (s.size() != 2 * n) return false;
+  auto nibble = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
+  for (size_t i = 0; i < n; ++i) {
+    const int hi = nibble(s[2 * i]), lo = nibble(s[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    static_cast<uint8_t*>(out)[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
+std::string QueueKey(uint32_t q, const char* what) { return "pv.q." + std::to_string(q) + "." + what; }
+
+Result<void> PvPort::Export(HandoverRecord* out) {
+  out->Set("pv.queues", opt_.queues);
+  out->Set("pv.ring", opt_.ring);
+  out->Set("pv.buf_size", opt_.buf_size);
+  out->Set("pv.ivshmem", opt_.ivshmem ? 1 : 0);
+  out->Set("pv.connections", connections_);
+  out->Set("pv.generation", generation_);
+  out->Set("pv.hostile_disconnects", hostile_disconnects_);
+  out->Set("pv.quarantine_until_ns", quarantine_until_ns_);
+  out->Set("pv.quarantine_ms", quarantine_ms_);
+  NICMUX_TRY(out->SetFd("pv.listen", listen_fd_.get()));
+  if (!conn_.valid()) return Ok();
+  NICMUX_TRY(out->SetFd("pv.conn", conn_.get()));
+  NICMUX_TRY(out->SetFd("pv.region", region_->fd()));
+  NICMUX_TRY(out->SetFd("pv.ctrl_kick", ctrl_kick_.fd()));
+  NICMUX_TRY(out->SetFd("pv.ctrl_irq", ctrl_irq_.fd()));
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    const Queue& q = *q_[i];
+    NICMUX_TRY(out->SetFd(QueueKey(i, "kick"), q.kick.fd()));
+    NICMUX_TRY(out->SetFd(QueueKey(i, "irq"), q.irq.fd()));
+    out->Set(QueueKey(i, "setup"), (q.rx_setup ? 1 : 0) | (q.tx_setup ? 2 : 0));
+  }
+  out->Set("pv.answered", answered_);
+  out->Set("pv.events", events_);
+  out->Set("pv.configured", configured_ ? 1 : 0);
+  out->Set("pv.started", started_ ? 1 : 0);
+  out->Set("pv.nb_rx", nb_rx_);
+  out->Set("pv.nb_tx", nb_tx_);
+  out->Set("pv.tx_offloads", tx_offloads_);
+  out->Set("pv.rx_offloads", rx_offloads_);
+  out->Set("pv.mtu", mtu_.load(std::memory_order_relaxed));
+  out->Set("pv.mac", mac_.load(std::memory_order_relaxed));
+  out->Set("pv.promisc", promisc_.load(std::memory_order_relaxed) ? 1 : 0);
+  out->Set("pv.mem_faulted", mem_faulted_ ? 1 : 0);
+  // What the driver was told of the uplink (GET_INFO): the new process tells it again only if
+  // its own uplink differs.
+  out->Set("pv.uplink_present", uplink_present_ ? 1 : 0);
+  out->Set("pv.uplink_caps", uplink_caps_.Pack());
+  out->SetText("pv.uplink_desc", uplink_desc_);
+  out->Set("pv.uplink_speed", uplink_speed_);
+  // A socket request half read: its bytes and fds go over, the new process reads the rest.
+  out->Set("pv.sock_got", sock_got_);
+  out->SetText("pv.sock_bytes", HexOf(sock_msg_.data(), sock_got_));
+  out->Set("pv.sock_fds", sock_fds_.size());
+  for (size_t k = 0; k < sock_fds_.size(); ++k) {
+    // (An invalid one stands for "more than 4": the count says it.)
+    if (sock_fds_[k].valid()) NICMUX_TRY(out->SetFd("pv.sock_fd." + std::to_string(k), sock_fds_[k].get()));
+  }
+  for (uint32_t id = 1; id <= NMX_PV_MAX_MEM_REGIONS; ++id) {
+    if (!region_->HasMemory(id)) continue;
+    const std::string k = "pv.mem." + std::to_string(id) + ".";
+    NICMUX_TRY(out->SetFd(k + "fd", region_->MemoryFd(id)));
+    out->Set(k + "offset", region_->MemoryOffset(id));
+    out->Set(k + "size", region_->MemorySize(id));
+  }
+  out->Set("pv.flows", flows_.size());
+  out->Set("pv.flow_next_id", flows_.next_id());
+  for (size_t k = 0; k < flows_.size(); ++k) {
+    const pv::FlowRule& r = *flows_.rules()[k];
+    out->Set("pv.flow." + std::to_string(k) + ".id", r.id);
+    out->SetText("pv.flow." + std::to_string(k) + ".rule", HexOf(&r.wire, sizeof r.wire));
+  }
+  return Ok();
+}
+
+Result<void> PvPort::Adopt(HandoverRecord& in) {
+  // UNTRUSTED (the old process, maybe another build): every value within what this port's
+  // spec and the protocol allow, every fd what it claims to be. Nothing is written into the
+  // shared region or to the driver here: the old process still serves it.
+  NICMUX_TRY_ASSIGN(queues, in.Get("pv.queues", NMX_PV_MAX_QUEUE_PAIRS));
+  NICMUX_TRY_ASSIGN(ring, in.Get("pv.ring", NMX_PV_MAX_RING));
+  NICMUX_TRY_ASSIGN(buf_size, in.Get("pv.buf_size", pv::kMaxBufSize));
+  NICMUX_TRY_ASSIGN(ivshmem, in.Get("pv.ivshmem", 1));
+  if (queues != opt_.queues || ring != opt_.ring || buf_size != opt_.buf_size || (ivshmem != 0) != opt_.ivshmem) {
+    return Error("the old port had queues=" + std::to_string(queues) + ", ring=" + std::to_string(ring) +
+                 ", buf_size=" + std::to_string(buf_size) + (ivshmem ? ", transport=ivshmem" : ", transport=socket") +
+                 "; its spec here says otherwise");
+  }
+  NICMUX_TRY_ASSIGN(connections, in.Get("pv.connections"));
+  NICMUX_TRY_ASSIGN(generation, in.Get("pv.generation", UINT32_MAX));
+  NICMUX_TRY_ASSIGN(hostile, in.Get("pv.hostile_disconnects"));
+  NICMUX_TRY_ASSIGN(quarantine_until, in.Get("pv.quarantine_until_ns"));
+  NICMUX_TRY_ASSIGN(quarantine_ms, in.Get("pv.quarantine_ms", kQuarantineMaxMs));
+  NICMUX_TRY_ASSIGN(listen, in.TakeFd("pv.listen"));
+  // UNTRUSTED: a listening UNIX socket, bound to this port's path (else drivers would connect
+  // to a socket nobody here accepts on).
+  int listening = 0, domain = 0;
+  socklen_t len = sizeof listening, dlen = sizeof domain;
+  sockaddr_un bound{};
+  socklen_t blen = sizeof bound;
+  if (::getsockopt(listen.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening ||
+      ::getsockopt(listen.get(), SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0 || domain != AF_UNIX ||
+      ::getsockname(listen.get(), reinterpret_cast<sockaddr*>(&bound), &blen) != 0 ||
+      blen <= offsetof(sockaddr_un, sun_path) ||
+      std::string(bound.sun_path, strnlen(bound.sun_path, blen - offsetof(sockaddr_un, sun_path))) != opt_.socket_path) {
+    return Error("pv.listen is not a UNIX socket listening on " + opt_.socket_path);
+  }
+  NICMUX_TRY(WatchFault());
+  // The same monotonic clock in both processes: a quarantine goes on where it was.
+  connections_ = connections;
+  generation_ = static_cast<uint32_t>(generation);
+  hostile_disconnects_ = hostile;
+  quarantine_until_ns_ = quarantine_until;
+  quarantine_ms_ = quarantine_ms;
+  committed_ = false;
+  owns_socket_file_ = false;  // the old process's until the commit
+  if (in.Has("pv.conn")) NICMUX_TRY(AdoptConnection(in));
+  listen_fd_ = std::move(listen);
+  NICMUX_TRY(loop_->Watch(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
+  return Ok();
+}
+
+Result<void> PvPort::AdoptConnection(HandoverRecord& in) {
+  // UNTRUSTED: the driver's connection must be a UNIX stream socket (the loop reads it).
+  NICMUX_TRY_ASSIGN(conn, in.TakeFd("pv.conn"));
+  int type = 0, domain = 0;
+  socklen_t len = sizeof type, dlen = sizeof domain;
+  if (::getsockopt(conn.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM ||
+      ::getsockopt(conn.get(), SOL_SOCKET, SO_DOMAIN, &domain, &dlen) != 0 || domain != AF_UNIX) {
+    return Error("pv.conn is not a UNIX stream socket");
+  }
+  NICMUX_TRY_ASSIGN(region_fd, in.TakeFd("pv.region"));
+  auto region = pv::Region::Adopt(std::move(region_fd), RegionLayout(), fault_.fd());
+  if (!region) return region.error().Wrap("pv.region");
+  // UNTRUSTED: every doorbell fd an eventfd (anything else could block the thread that
+  // signals or drains it).
+  auto bell = [&](const std::string& key) -> Result<EventFd> {
+    NICMUX_TRY_ASSIGN(fd, in.TakeFd(key));
+    if (!IsEventFd(fd.get())) return Error(key + " is not an eventfd");
+    return EventFd(std::move(fd));
+  };
+  NICMUX_TRY_ASSIGN(ctrl_kick, bell("pv.ctrl_kick"));
+  NICMUX_TRY_ASSIGN(ctrl_irq, bell("pv.ctrl_irq"));
+  std::vector<std::pair<EventFd, EventFd>> bells;
+  std::vector<uint64_t> setup;
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    NICMUX_TRY_ASSIGN(kick, bell(QueueKey(i, "kick")));
+    NICMUX_TRY_ASSIGN(irq, bell(QueueKey(i, "irq")));
+    bells.emplace_back(std::move(kick), std::move(irq));
+    NICMUX_TRY_ASSIGN(s, in.Get(QueueKey(i, "setup"), 3));
+    setup.push_back(s);
+  }
+  // UNTRUSTED: the device's configuration: each value one the control requests could have
+  // set. (answered and events: any u32; a wrong one answers a request twice or not at all, or
+  // tells an event again: the driver's wait, never our memory.)
+  NICMUX_TRY_ASSIGN(answered, in.Get("pv.answered", UINT32_MAX));
+  NICMUX_TRY_ASSIGN(events, in.Get("pv.events", UINT32_MAX));
+  NICMUX_TRY_ASSIGN(configured, in.Get("pv.configured", 1));
+  NICMUX_TRY_ASSIGN(started, in.Get("pv.started", 1));
+  NICMUX_TRY_ASSIGN(nb_rx, in.Get("pv.nb_rx", opt_.queues));
+  NICMUX_TRY_ASSIGN(nb_tx, in.Get("pv.nb_tx", opt_.queues));
+  NICMUX_TRY_ASSIGN(tx_offloads, in.Get("pv.tx_offloads"));
+  NICMUX_TRY_ASSIGN(rx_offloads, in.Get("pv.rx_offloads"));
+  NICMUX_TRY_ASSIGN(mtu, in.Get("pv.mtu", opt_.buf_size - kEthHeader - 4));
+  NICMUX_TRY_ASSIGN(mac, in.Get("pv.mac", 0xffffffffffffull));
+  NICMUX_TRY_ASSIGN(promisc, in.Get("pv.promisc", 1));
+  NICMUX_TRY_ASSIGN(mem_faulted, in.Get("pv.mem_faulted", 1));
+  if (configured ? (nb_rx < 1 || nb_tx < 1) : (nb_rx || nb_tx || started)) {
+    return Error("pv.configured " + std::to_string(configured) + " with " + std::to_string(nb_rx) + " rx and " +
+                 std::to_string(nb_tx) + " tx queues, started " + std::to_string(started));
+  }
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    // A queue set up is a configured one; a started device has every configured queue set up
+    // (START's rule).
+    const bool rx = setup[i] & 1, tx = setup[i] & 2;
+    if ((rx && i >= nb_rx) || (tx && i >= nb_tx) || (started && ((i < nb_rx && !rx) || (i < nb_tx && !tx)))) {
+      return Error(QueueKey(i, "setup") + " " + std::to_string(setup[i]) + " does not fit " + std::to_string(nb_rx) +
+                   " rx / " + std::to_string(nb_tx) + " tx queues, started " + std::to_string(started));
+    }
+  }
+  const uint64_t tx_possible = kTxOffloadsAlways | (opt_.buf_size >= kMaxGsoFrameBytes ? NMX_PV_TX_TCP_TSO : 0);
+  if ((tx_offloads & ~tx_possible) || (rx_offloads & ~kRxOffloadsAlways)) {
+    return Error("pv.tx_offloads " + OffloadNames(tx_offloads, true) + " / pv.rx_offloads " +
+                 OffloadNames(rx_offloads, false) + ": not what this port can offer");
+  }
+  uint8_t mac_bytes[8] = {};
+  std::memcpy(mac_bytes, &mac, 6);
+  if (mtu < kMinMtu || (mac_bytes[0] & 1) || mac == 0) {
+    return Error("pv.mtu " + std::to_string(mtu) + " or pv.mac " + MacString(mac_bytes) + " out of range");
+  }
+  NICMUX_TRY_ASSIGN(up_present, in.Get("pv.uplink_present", 1));
+  NICMUX_TRY_ASSIGN(up_caps, in.Get("pv.uplink_caps"));
+  NICMUX_TRY_ASSIGN(up_desc, in.GetText("pv.uplink_desc"));
+  NICMUX_TRY_ASSIGN(up_speed, in.Get("pv.uplink_speed", UINT32_MAX));
+  if (up_desc.size() > 256) return Error("pv.uplink_desc is " + std::to_string(up_desc.size()) + " bytes long");
+  // UNTRUSTED: the socket's half-read request: fewer bytes than a request, exactly that many
+  // in hex, at most 4 fds and the "more than 4" mark (OnConnReadable's bounds).
+  NICMUX_TRY_ASSIGN(sock_got, in.Get("pv.sock_got", sock_msg_.size() - 1));
+  NICMUX_TRY_ASSIGN(sock_bytes, in.GetText("pv.sock_bytes"));
+  NICMUX_TRY_ASSIGN(sock_nfds, in.Get("pv.sock_fds", 5));
+  std::array<std::byte, sizeof(nmx_pv_sock_req)> sock_msg{};
+  if (!BytesOfHex(sock_bytes, sock_msg.data(), sock_got)) return Error("pv.sock_bytes is not pv.sock_got bytes of hex");
+  std::vector<UniqueFd> sock_fds;
+  for (uint64_t k = 0; k < sock_nfds; ++k) {
+    const std::string key = "pv.sock_fd." + std::to_string(k);
+    if (k == 4) {
+      sock_fds.emplace_back();  // "more than 4" (OnConnReadable's marker)
+    } else {
+      NICMUX_TRY_ASSIGN(fd, in.TakeFd(key));
+      sock_fds.push_back(std::move(fd));
+    }
+  }
+
+  // Everything checked: the port takes it (the workers stay paused until the commit, and the
+  // queues off until ImportPositions).
+  region_ = std::move(*region);
+  ctrl_kick_ = std::move(ctrl_kick);
+  ctrl_irq_ = std::move(ctrl_irq);
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    Queue& q = *q_[i];
+    q.kick = std::move(bells[i].first);
+    q.irq = std::move(bells[i].second);
+    q.rx_setup = setup[i] & 1;
+    q.tx_setup = setup[i] & 2;
+  }
+  answered_ = static_cast<uint32_t>(answered);
+  events_ = static_cast<uint32_t>(events);
+  configured_ = configured;
+  started_ = started;
+  nb_rx_ = static_cast<uint32_t>(nb_rx);
+  nb_tx_ = static_cast<uint32_t>(nb_tx);
+  tx_offloads_ = tx_offloads;
+  rx_offloads_ = rx_offloads;
+  mtu_.store(static_cast<uint32_t>(mtu), std::memory_order_relaxed);
+  mac_.store(mac, std::memory_order_relaxed);
+  promisc_.store(promisc != 0, std::memory_order_relaxed);
+  mem_faulted_ = mem_faulted;
+  uplink_present_ = up_present;
+  uplink_caps_ = PortCaps::Unpack(up_caps);
+  uplink_desc_ = up_desc;
+  uplink_speed_ = static_cast<uint32_t>(up_speed);
+  sock_msg_ = sock_msg;
+  sock_got_ = sock_got;
+  sock_fds_ = std::move(sock_fds);
+  told_uplink_ = UplinkView();
+  NICMUX_TRY(AdoptMemory(in));
+  NICMUX_TRY(AdoptFlows(in));
+  PublishCaps();
+  conn_ = std::move(conn);
+  NICMUX_TRY(loop_->Watch(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) {
+    if (opt_.ivshmem) {
+      OnIvshmemReadable(ev);
+    } else {
+      OnConnReadable(ev);
+    }
+  }));
+  return loop_->Watch(ctrl_kick_.fd(), EPOLLIN, [this](uint32_t) { ServeControl(); });
+}
+
+// The driver's registered regions: each file mapped again with MEM_ADD's checks, within
+// max_memory all together.
+Result<void> PvPort::AdoptMemory(HandoverRecord& in) {
+  for (uint32_t id = 1; id <= NMX_PV_MAX_MEM_REGIONS; ++id) {
+    const std::string k = "pv.mem." + std::to_string(id) + ".";
+    if (!in.Has(k + "size")) continue;
+    if (opt_.ivshmem) return Error(k + "size: transport=ivshmem has no registered memory");
+    // UNTRUSTED: the size within what max_memory leaves, the file and its bytes as MEM_ADD
+    // checks them.
+    NICMUX_TRY_ASSIGN(size, in.Get(k + "size", opt_.max_memory - region_->MemoryBytes()));
+    NICMUX_TRY_ASSIGN(offset, in.Get(k + "offset"));
+    NICMUX_TRY_ASSIGN(fd, in.TakeFd(k + "fd"));
+    if (size == 0) return Error(k + "size is 0");
+    auto map = MapDriverMemory(fd.get(), offset, size, fault_.fd());
+    if (!map) return map.error().Wrap("registered region " + std::to_string(id));
+    region_->SetMemory(id, std::move(*map), std::move(fd), offset);
+  }
+  return Ok();
+}
+
+// The driver's flow rules, in the old table's order under their ids.
+// UNTRUSTED: at most flows= rules, each checked as FLOW_CREATE checks it (CheckFlowRule against
+// the configuration), ids unique and below the next one.
+Result<void> PvPort::AdoptFlows(HandoverRecord& in) {
+  NICMUX_TRY_ASSIGN(n, in.Get("pv.flows", opt_.max_flows));
+  NICMUX_TRY_ASSIGN(next_id, in.Get("pv.flow_next_id", UINT32_MAX));
+  if (n && !configured_) return Error("pv.flows: " + std::to_string(n) + " rules on a device not configured");
+  std::vector<uint32_t> ids;
+  for (uint64_t k = 0; k < n; ++k) {
+    const std::string key = "pv.flow." + std::to_string(k) + ".";
+    NICMUX_TRY_ASSIGN(id, in.Get(key + "id", UINT32_MAX));
+    NICMUX_TRY_ASSIGN(text, in.GetText(key + "rule"));
+    nmx_pv_flow_rule r;
+    if (!BytesOfHex(text, &r, sizeof r)) return Error(key + "rule is not a rule's " + std::to_string(sizeof r) + " bytes");
+    if (std::string why = pv::CheckFlowRule(r, nb_rx_); !why.empty()) return Error(key + "rule: " + why);
+    // Ids: never 0, each once, none past where new ones start (or FLOW_CREATE would give one
+    // twice).
+    if (id == 0 || id > next_id || std::find(ids.begin(), ids.end(), id) != ids.end()) {
+      return Error(key + "id " + std::to_string(id) + " is 0, above pv.flow_next_id or taken");
+    }
+    if (k > 0) {
+      // In the table's order: priority never decreasing (a table out of order would try its
+      // rules in another order than the driver was told).
+      const nmx_pv_flow_rule& prev = flows_.rules().back()->wire;
+      if (r.priority < prev.priority) return Error(key + "rule is out of priority order");
+    }
+    ids.push_back(static_cast<uint32_t>(id));
+    flows_.Restore(r, static_cast<uint32_t>(id));
+  }
+  flows_.set_next_id(static_cast<uint32_t>(next_id));
+  return Ok();
+}
+
+Result<void> PvPort::ExportPositions(HandoverRecord* out) {
+  if (!conn_.valid()) return Ok();
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    const Queue& q = *q_[i];
+    out->Set(QueueKey(i, "filled"), q.filled);
+    out->Set(QueueKey(i, "drained"), q.drained);
+    out->Set(QueueKey(i, "on"), (q.fill_on.load(std::memory_order_relaxed) ? 1 : 0) |
+                                    (q.drain_on.load(std::memory_order_relaxed) ? 2 : 0));
+    // What the driver's STATS_GET reads now: it goes on from there.
+    out->SetList<uint64_t>(QueueKey(i, "stats"),
+                           {q.txc.packets.Get() - tx_base_[i].packets, q.txc.bytes.Get() - tx_base_[i].bytes,
+                            q.txc.dropped.Get() - tx_base_[i].dropped, q.rxc.packets.Get() - rx_base_[i].packets,
+                            q.rxc.bytes.Get() - rx_base_[i].bytes, q.rxc.dropped.Get() - rx_base_[i].dropped,
+                            q.no_buffers.Get() - no_buffers_base_[i]});
+  }
+  const bool broken = broken_.load(std::memory_order_acquire);
+  out->Set("pv.broken", broken ? 1 : 0);
+  out->SetText("pv.broken_reason", broken ? broken_reason_ : "");
+  out->Set("pv.peer_blocked", peer_blocked_.load(std::memory_order_relaxed) ? 1 : 0);
+  std::vector<uint64_t> hits;
+  for (const auto& r : flows_.rules()) hits.push_back(r->hits.load(std::memory_order_relaxed));
+  out->SetList("pv.flow_hits", hits);
+  return Ok();
+}
+
+Result<void> PvPort::ImportPositions(HandoverRecord& in) {
+  if (!conn_.valid()) return Ok();
+  // UNTRUSTED (the old process): u32 indexes, on/off only where the device runs the queue,
+  // counters as numbers; then the indexes against the rings (below).
+  std::vector<uint64_t> filled, drained, on;
+  std::vector<std::vector<uint64_t>> stats;
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    NICMUX_TRY_ASSIGN(f, in.Get(QueueKey(i, "filled"), UINT32_MAX));
+    NICMUX_TRY_ASSIGN(d, in.Get(QueueKey(i, "drained"), UINT32_MAX));
+    NICMUX_TRY_ASSIGN(o, in.Get(QueueKey(i, "on"), 3));
+    NICMUX_TRY_ASSIGN(st, in.GetList(QueueKey(i, "stats"), 7, UINT64_MAX));
+    if (((o & 1) && (!started_ || i >= nb_rx_)) || ((o & 2) && (!started_ || i >= nb_tx_))) {
+      return Error(QueueKey(i, "on") + " " + std::to_string(o) + ": a queue the device does not run");
+    }
+    filled.push_back(f);
+    drained.push_back(d);
+    on.push_back(o);
+    stats.push_back(std::move(st));
+  }
+  NICMUX_TRY_ASSIGN(broken, in.Get("pv.broken", 1));
+  NICMUX_TRY_ASSIGN(reason, in.GetText("pv.broken_reason"));
+  NICMUX_TRY_ASSIGN(peer_blocked, in.Get("pv.peer_blocked", 1));
+  NICMUX_TRY_ASSIGN(hits, in.GetList("pv.flow_hits", flows_.size(), UINT64_MAX));
+  if (broken && (std::any_of(on.begin(), on.end(), [](uint64_t o) { return o != 0; }) || reason.empty() ||
+                 reason.size() > 1024)) {
+    return Error("pv.broken with queues on or a reason of " + std::to_string(reason.size()) + " bytes");
+  }
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    Queue& q = *q_[i];
+    q.filled = static_cast<uint32_t>(filled[i]);
+    q.drained = static_cast<uint32_t>(drained[i]);
+    // The driver's counters go on from what it read last: base = -(that), mod 2^64.
+    tx_base_[i] = {0 - stats[i][0], 0 - stats[i][1], 0 - stats[i][2]};
+    rx_base_[i] = {0 - stats[i][3], 0 - stats[i][4], 0 - stats[i][5]};
+    no_buffers_base_[i] = 0 - stats[i][6];
+  }
+  for (size_t k = 0; k < hits.size(); ++k) flows_.rules()[k]->hits.store(hits[k], std::memory_order_relaxed);
+  peer_blocked_.store(peer_blocked != 0, std::memory_order_relaxed);
+  if (broken) {
+    breaking_.store(true, std::memory_order_relaxed);
+    broken_reason_ = reason;
+    broken_logged_.store(true, std::memory_order_relaxed);  // the old process logged it
+    broken_.store(true, std::memory_order_release);
+    return Ok();
+  }
+  // The host's index of every ring that runs is the `done` it published there last (Rx and
+  // Tx publish every move). UNTRUSTED: `done` is in the driver's memory; only the host writes
+  // it, but a driver can. One that does not match costs this driver its device, which goes over
+  // broken (marked at the commit), not everyone's upgrade.
+  for (uint32_t i = 0; i < opt_.queues && import_break_.empty(); ++i) {
+    const uint32_t rx_done = LoadAcquire(&region_->rx_ring(i)->done);
+    const uint32_t tx_done = LoadAcquire(&region_->tx_ring(i)->done);
+    if ((on[i] & 1) && rx_done != filled[i]) {
+      import_break_ = "handed over to a new nicmuxd: rx ring " + std::to_string(i) + ": done " +
+                      std::to_string(rx_done) + " is not the host's " + std::to_string(filled[i]);
+    } else if ((on[i] & 2) && tx_done != drained[i]) {
+      import_break_ = "handed over to a new nicmuxd: tx ring " + std::to_string(i) + ": done " +
+                      std::to_string(tx_done) + " is not the host's " + std::to_string(drained[i]);
+    }
+  }
+  if (!import_break_.empty()) {
+    breaking_.store(true, std::memory_order_relaxed);
+    broken_reason_ = import_break_;
+    broken_logged_.store(true, std::memory_order_relaxed);  // HandoverCommitted logs it
+    broken_.store(true, std::memory_order_release);
+    handover_warning_ = "port " + name() + ": pv device broken (" + import_break_ + "): the driver must reconnect";
+    return Ok();
+  }
+  for (uint32_t i = 0; i < opt_.queues; ++i) {
+    q_[i]->fill_on.store(on[i] & 1, std::memory_order_release);
+    q_[i]->drain_on.store(on[i] & 2, std::memory_order_release);
+  }
+  return Ok();
+}
+
+void PvPort::HandoverCommitted() {
+  committed_ = true;
+  owns_socket_file_ = true;
+  if (!conn_.valid()) return;
+  if (!import_break_.empty()) {
+    // The driver learns it as from a worker's Break: the header, then the control doorbell.
+    if (!region_->poisoned()) region_->MarkBroken(import_break_);
+    NICMUX_LOG_RATELIMITED_BY(log_error_, kError, "port %s: %s; the device is stopped", name().c_str(),
+                              import_break_.c_str());
+    if (ctrl_irq_.valid()) SignalDriver(ctrl_irq_.fd());
+  }
+  const bool tell = std::exchange(event_pending_, false) && UplinkView() != told_uplink_;
+  if (tell && region_) {
+    // FollowedChanged ran before the commit (the uplink as this process sees it, which its
+    // ports added one by one changed meanwhile): an event only if the end of it is not what
+    // the driver was told.
+    StoreRelease(&region_->ctrl()->event_seq, ++events_);
+    SignalControl();
+  }
+  // A request the driver wrote while the old process waited for us: its kick is still in
+  // the eventfd, but answering now costs nothing.
+  if (conn_.valid()) ServeControl();
+}
+
 }  // namespace
 
-Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers) {
+Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers,
+                                           HandoverRecord* handover) {
   pv::Layout l;
   l.queue_pairs = o.queues;
   l.ring_size = o.ring;
@@ -1577,6 +2097,12 @@ Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* lo
     return Error("port " + o.name + ": mtu " + std::to_string(o.mtu) + " does not fit buf_size " + std::to_string(o.buf_size));
   }
   auto p = std::make_unique<PvPort>(o, loop, workers);
+  if (handover) {
+    if (auto r = p->Adopt(*handover); !r) return r.error().Wrap("port " + o.name + ": handover");
+    NICMUX_LOG(kInfo, "port %s: pv device on %s handed over (%s)", o.name.c_str(), o.socket_path.c_str(),
+               p->State().c_str());
+    return std::unique_ptr<Port>(std::move(p));
+  }
   if (auto r = p->Listen(); !r) return r.error().Wrap("port " + o.name);
   return std::unique_ptr<Port>(std::move(p));
 }
@@ -1589,6 +2115,7 @@ PortKind PvPortKind() {
       "nicmuxd serves PATH; the application gets a shared region with batched rings and asks the device's "
       "capabilities (those of its uplink=) through a mailbox in it.";
   k.max_queues = NMX_PV_MAX_QUEUE_PAIRS;
+  k.hands_over = true;
   k.options = {
       {"socket", OptionType::kString, "PATH", "",
        "the UNIX socket the application connects to (transport=ivshmem: QEMU's ivshmem-doorbell chardev)", 0, 0,
@@ -1652,7 +2179,7 @@ PortKind PvPortKind() {
     o.max_memory = mm;
     NICMUX_TRY_ASSIGN(mf, s.UInt("flows", 0, pv::kMaxMaxFlows, pv::kDefaultMaxFlows));
     o.max_flows = static_cast<uint32_t>(mf);
-    return CreatePvPort(o, c.loop, c.workers);
+    return CreatePvPort(o, c.loop, c.workers, c.handover);
   };
   return k;
 }

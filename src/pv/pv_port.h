@@ -36,6 +36,11 @@
 // (the guest's doorbell writes kick them) and the guest's (nicmuxd's irqs). The client sends
 // nothing in this protocol: any byte or fd from it closes the connection. Closing marks the
 // region NMX_PV_STATUS_GONE (QEMU keeps it mapped, and cannot take a new one on reconnect).
+//
+// Live upgrade (both transports): Export and Adopt carry the sockets, the region, the
+// doorbells, the registered memory and the device state to a new nicmuxd, ExportPositions and
+// ImportPositions the host's ring indexes; the driver notices nothing (docs/pv-protocol.md
+// "Live upgrade").
 #pragma once
 
 #include <memory>
@@ -72,6 +77,9 @@ struct PvPortOptions {
 // The pv kind for the port registry (port/kinds.cc).
 PortKind PvPortKind();
 
-Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers);
+// handover: a live upgrade's record of the old process's port (Port::Export), to go on from
+// instead of listening afresh (docs/pv-protocol.md "Live upgrade").
+Result<std::unique_ptr<Port>> CreatePvPort(const PvPortOptions& o, EventLoop* loop, Pausable* workers,
+                                           HandoverRecord* handover = nullptr);
 
 }  // namespace nicmux

@@ -55,6 +55,13 @@ class Region {
   // A new region (memfd "nicmux-pv"), sealed at its size; generation is written to the header;
   // fault_fd (an eventfd of the owner's, or -1) is signalled when an access of ours faults.
   static Result<std::unique_ptr<Region>> Create(const Layout& layout, uint32_t generation, int fault_fd = -1);
+  // Live upgrade: the region another nicmuxd created with this layout, its memfd handed over.
+  // UNTRUSTED (the old process): the fd must be a regular file of exactly the layout's size,
+  // sealed as Create seals it. Maps it and writes nothing: the header, the rings and the
+  // buffers stay as the driver and the old process left them.
+  static Result<std::unique_ptr<Region>> Adopt(UniqueFd fd, const Layout& layout, int fault_fd = -1);
+  // The region's size for a layout (Create's and Adopt's).
+  static uint64_t SizeOf(const Layout& layout);
 
   int fd() const { return fd_.get(); }
   uint64_t size() const { return map_.size(); }
@@ -92,8 +99,12 @@ class Region {
   // id: 1..NMX_PV_MAX_MEM_REGIONS (checked by the caller).
   bool HasMemory(uint32_t id) const { return mem_[id].base != nullptr; }
   uint64_t MemorySize(uint32_t id) const { return mem_[id].size; }
-  void SetMemory(uint32_t id, MappedRegion map);
+  // file: the driver's fd, kept for a live upgrade's handover (the mapping alone keeps the
+  // memory); fd_offset: where in it the mapping starts.
+  void SetMemory(uint32_t id, MappedRegion map, UniqueFd file, uint64_t fd_offset);
   MappedRegion TakeMemory(uint32_t id);
+  int MemoryFd(uint32_t id) const { return mem_files_[id].get(); }
+  uint64_t MemoryOffset(uint32_t id) const { return mem_offsets_[id]; }
   // The first registered region whose mapping faulted (a peer mapping, see the file's comment),
   // or 0.
   uint32_t PoisonedMemory() const;
@@ -110,6 +121,10 @@ class Region {
   static constexpr uint64_t kRingsOffset = 2 * NMX_PV_PAGE;
 
  private:
+  struct Geometry {
+    uint64_t stride, bufs_offset, bufs_size, size;
+  };
+  static Geometry GeometryOf(const Layout& l);
   Region(UniqueFd fd, MappedRegion map, const Layout& l, uint64_t stride, uint64_t bufs_offset, uint64_t bufs_size)
       : fd_(std::move(fd)), map_(std::move(map)), layout_(l), stride_(stride), bufs_offset_(bufs_offset),
         bufs_size_(bufs_size) {}
@@ -130,6 +145,8 @@ class Region {
   };
   std::array<Mem, NMX_PV_MAX_MEM_REGIONS + 1> mem_{};
   std::array<MappedRegion, NMX_PV_MAX_MEM_REGIONS + 1> mem_maps_{};
+  std::array<UniqueFd, NMX_PV_MAX_MEM_REGIONS + 1> mem_files_{};
+  std::array<uint64_t, NMX_PV_MAX_MEM_REGIONS + 1> mem_offsets_{};
   uint32_t mem_count_ = 0;
   uint64_t mem_bytes_ = 0;
 };
