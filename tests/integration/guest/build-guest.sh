@@ -258,7 +258,7 @@ chmod 755 "$root/init"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9 >"$work/initramfs.gz"
 cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
 
-busybox_version=$(/bin/busybox 2>&1 | head -1 | awk '{print $2}')
+busybox_version=$(/bin/busybox 2>&1 | awk 'NR == 1 {print $2}')  # (awk reads it all: head -1 left busybox a SIGPIPE, which pipefail made the script's exit status)
 iperf3_version=$(dpkg-query -W -f='${Version}' iperf3)
 cat >"$work/guest.env" <<EOF
 # written by build-guest.sh $(date -u +%FT%TZ)
