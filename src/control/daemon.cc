@@ -1109,6 +1109,16 @@ void Daemon::Cutover(const json& hello) {
   // or disconnect is handled, so the only state that moves is what the workers move (ring
   // positions), which the second step hands over.
   std::string why;
+  // A port added since the upgrade was asked for (the control socket serves on until the new
+  // process says hello) is checked as the others were.
+  for (auto& e : ports_) {
+    if (!e->port->CanHandOver()) {
+      why = "port " + e->spec.name + " (" + e->spec.kind + ") cannot be handed over to a new nicmuxd";
+      (void)handover::Send(sock, json{{"msg", "abort"}, {"error", why}}, {}, kSendTimeoutMs);
+      FailUpgrade(why);
+      return;
+    }
+  }
   // Step 1: everything, taken with the workers paused only for the export itself; the new
   // process maps and checks it while they forward on.
   const uint64_t t_export = NowUs();
@@ -1235,7 +1245,15 @@ void Daemon::Cutover(const json& hello) {
         _exit(0);
       }
     }
-    // Failed: what the ports let go of comes back before the workers resume.
+    // Failed: what the ports let go of comes back before the workers resume — once the new
+    // process is gone, which may have opened it already (a dpdk device: a second open would
+    // fail while it holds it).
+    if (!why.empty() && exported > 0 && upgrade_->pid > 0) {
+      ::kill(upgrade_->pid, SIGKILL);
+      while (::waitpid(upgrade_->pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
+      upgrade_->pid = -1;  // (reaped: FailUpgrade must not signal the number again)
+    }
     for (size_t i = 0; i < exported; ++i) ports_[i]->port->HandoverAborted();
   }  // the workers resume: this process goes on serving
   FailUpgrade(why);
