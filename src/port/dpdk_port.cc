@@ -234,8 +234,9 @@ class DpdkPort final : public Port {
     std::array<rte_mbuf*, kBurst> held{};  // not sent: returned first by the next Rx
     uint32_t nheld = 0;
     // A live upgrade's frames from the old process (its held ones and what it drained from the
-    // device), as bytes: returned after the held ones and before the device's, copied into
-    // mbufs a burst at a time. Empty otherwise.
+    // device; in the old process, the same until the upgrade commits), as bytes (a 4-byte
+    // length, then the frame): returned after the held ones and before the device's, copied
+    // into mbufs a burst at a time. Empty otherwise.
     std::vector<std::byte> backlog;
     std::vector<uint32_t> backlog_len;
     size_t backlog_next = 0, backlog_off = 0;
@@ -471,7 +472,8 @@ size_t DpdkPort::Rx(uint32_t qi, Batch& out, size_t max) {
   std::memmove(q.held.data(), q.held.data() + from_held, (q.nheld - from_held) * sizeof(rte_mbuf*));
   q.nheld -= from_held;
   if (got < max && !q.backlog_len.empty()) got += FromBacklog(q, m + got, static_cast<uint32_t>(max - got));
-  if (got < max) got += rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m + got, static_cast<uint16_t>(max - got));
+  // (Not past a backlog the pool could not take all of yet: the device's frames are newer.)
+  if (got < max && q.backlog_len.empty()) got += rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m + got, static_cast<uint16_t>(max - got));
   q.n = 0;
   for (uint32_t i = 0; i < got; ++i) {
     rte_mbuf* b = m[i];
@@ -563,16 +565,16 @@ struct MbufWriter {
 uint32_t DpdkPort::FromBacklog(Queue& q, rte_mbuf** m, uint32_t n) {
   uint32_t k = 0;
   for (; k < n && q.backlog_next < q.backlog_len.size(); ++k) {
-    const uint32_t len = q.backlog_len[q.backlog_next];
+    const uint32_t len = q.backlog_len[q.backlog_next];  // (checked, as the bytes' own prefix was)
     rte_mbuf* b = rte_pktmbuf_alloc(pool_);
     if (!b) break;
     MbufWriter w{pool_, b, b};
-    if (w.Write(q.backlog.data() + q.backlog_off, len) != len) {  // (the pool ran short: later)
+    if (w.Write(q.backlog.data() + q.backlog_off + sizeof(uint32_t), len) != len) {  // (the pool ran short: later)
       rte_pktmbuf_free(b);
       break;
     }
     m[k] = b;
-    q.backlog_off += len;
+    q.backlog_off += sizeof(uint32_t) + len;
     ++q.backlog_next;
   }
   if (q.backlog_next == q.backlog_len.size()) {  // worked off: the memory goes
@@ -853,9 +855,13 @@ std::vector<Port::Detail> DpdkPort::DeviceCaps() const {
 
 // --------------------------------------------------------------------------- live upgrade
 
-// The largest frame a held chain can be (kMaxSegs mbufs of at most 64 KiB each: far more than
-// a device receives; bounds what the new process reads back).
-constexpr uint32_t kMaxHeldFrame = 65535;
+// The largest frame Rx takes from a device (a chain of kMaxSegs mbufs of the port's pool):
+// bounds what the new process reads back.
+constexpr uint32_t kMaxHeldFrame = kMaxSegs * RTE_MBUF_DEFAULT_DATAROOM;
+// The bytes a queue's handed-over frames may take (the drain stops there), and what the new
+// process accepts: that, and the held frames and one burst past it.
+constexpr uint64_t kMaxBacklogBytes = 64ull << 20;
+constexpr uint64_t kMaxBacklogFile = kMaxBacklogBytes + 2 * kBurst * (sizeof(uint32_t) + kMaxHeldFrame);
 
 Result<void> DpdkPort::Export(HandoverRecord* out) {
   // Only what the new process needs before the precise point: the caps the switch sees (the
@@ -923,57 +929,72 @@ Result<void> DpdkPort::ExportPositions(HandoverRecord* out) {
   // frames goes over as bytes in a memfd (a 4-byte length, then the frame; oldest first): the
   // frames a full destination has not taken yet, then what the device has received and nobody
   // read (drained now: a busy worker leaves its receive ring full, and closing it would lose
-  // it). Then the device is closed for the new process to open.
+  // it). This process keeps the same bytes as its own backlog: should the upgrade fail, its
+  // device opens again and they are delivered here instead. Then the device is closed for the
+  // new process to open. (Frames the device took to send and has not sent are its own: a NIC
+  // sends them before it stops, others may not.)
   for (uint32_t qi = 0; qi < q_.size(); ++qi) {
     Queue& q = *q_[qi];
     if (q.n != 0) return Error("port " + name() + ": queue " + std::to_string(qi) + ": a receive batch in flight");
   }
+  std::vector<std::vector<std::byte>> raw(q_.size());
+  std::vector<std::vector<uint32_t>> lens(q_.size());
   for (uint32_t qi = 0; qi < q_.size(); ++qi) {
     Queue& q = *q_[qi];
-    const std::string k = "d.q." + std::to_string(qi) + ".";
-    const std::string what = "port " + name() + ": writing held frames";
-    UniqueFd mfd(::memfd_create("nicmux-dpdk-held", MFD_CLOEXEC));
-    if (!mfd.valid()) return Error::FromErrno("port " + name() + ": memfd for held frames");
-    std::vector<std::byte> buf;
-    uint64_t frames = 0;
-    auto put = [&](const rte_mbuf* m) -> Result<void> {
-      buf.resize(m->pkt_len);
-      const void* b = rte_pktmbuf_read(m, 0, m->pkt_len, buf.data());
-      const uint32_t len = m->pkt_len;
-      NICMUX_TRY(WriteAll(mfd.get(), &len, sizeof len, what));
-      NICMUX_TRY(WriteAll(mfd.get(), b, len, what));
-      ++frames;
-      return Ok();
+    std::vector<std::byte>& r = raw[qi];
+    // (A frame Rx would not take, or past the bounds, is dropped and counted.)
+    auto put = [&](const std::byte* b, uint32_t len) {
+      if (len < kEthHeaderBytes || len > kMaxHeldFrame || r.size() >= kMaxBacklogBytes || lens[qi].size() >= kMaxBacklog) {
+        q.rxc.dropped.Add();
+        q.rxc.drops.Add(DropReason::kBadFrame);
+        return;
+      }
+      const auto* l = reinterpret_cast<const std::byte*>(&len);
+      r.insert(r.end(), l, l + sizeof len);
+      r.insert(r.end(), b, b + len);
+      lens[qi].push_back(len);
     };
-    for (uint32_t i = 0; i < q.nheld; ++i) NICMUX_TRY(put(q.held[i]));
-    // (A backlog the new process has not worked off yet from an upgrade before.)
-    for (size_t i = q.backlog_next, off = q.backlog_off; i < q.backlog_len.size(); off += q.backlog_len[i++]) {
-      const uint32_t len = q.backlog_len[i];
-      NICMUX_TRY(WriteAll(mfd.get(), &len, sizeof len, what));
-      NICMUX_TRY(WriteAll(mfd.get(), q.backlog.data() + off, len, what));
-      ++frames;
+    std::vector<std::byte> buf;
+    auto put_mbuf = [&](const rte_mbuf* m) {
+      buf.resize(m->pkt_len);
+      put(static_cast<const std::byte*>(rte_pktmbuf_read(m, 0, m->pkt_len, buf.data())), m->pkt_len);
+    };
+    for (uint32_t i = 0; i < q.nheld; ++i) put_mbuf(q.held[i]);
+    // (A backlog not worked off yet, from an upgrade before: after the held frames, as Rx.)
+    for (size_t i = q.backlog_next, off = q.backlog_off; i < q.backlog_len.size(); ++i) {
+      put(q.backlog.data() + off + sizeof(uint32_t), q.backlog_len[i]);
+      off += sizeof(uint32_t) + q.backlog_len[i];
     }
     if (started_) {
       rte_mbuf* m[kBurst];
       uint32_t got = 0;
-      while (frames < kMaxBacklog && (got = rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m, kBurst)) > 0) {
+      while (r.size() < kMaxBacklogBytes && lens[qi].size() < kMaxBacklog &&
+             (got = rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m, kBurst)) > 0) {
         for (uint32_t i = 0; i < got; ++i) {
-          Result<void> r = frames < kMaxBacklog && m[i]->pkt_len >= kEthHeaderBytes ? put(m[i]) : Ok();
+          put_mbuf(m[i]);
           rte_pktmbuf_free(m[i]);
-          if (!r) {
-            rte_pktmbuf_free_bulk(m + i + 1, got - i - 1);
-            return r;
-          }
         }
       }
     }
-    if (frames == 0) continue;
-    out->Set(k + "frames", frames);
+  }
+  for (uint32_t qi = 0; qi < q_.size(); ++qi) {
+    if (lens[qi].empty()) continue;
+    const std::string k = "d.q." + std::to_string(qi) + ".";
+    UniqueFd mfd(::memfd_create("nicmux-dpdk-held", MFD_CLOEXEC));
+    if (!mfd.valid()) return Error::FromErrno("port " + name() + ": memfd for held frames");
+    NICMUX_TRY(WriteAll(mfd.get(), raw[qi].data(), raw[qi].size(), "port " + name() + ": writing held frames"));
+    out->Set(k + "frames", lens[qi].size());
     NICMUX_TRY(out->SetFd(k + "data", mfd.get()));
   }
   const uint64_t t0 = MonotonicNowNs();
-  CloseDevice();
+  CloseDevice();  // (frees the held mbufs: their bytes are in the backlog now)
   closed_ns_ = MonotonicNowNs() - t0;
+  for (uint32_t qi = 0; qi < q_.size(); ++qi) {
+    Queue& q = *q_[qi];
+    q.backlog = std::move(raw[qi]);
+    q.backlog_len = std::move(lens[qi]);
+    q.backlog_next = q.backlog_off = 0;
+  }
   return Ok();
 }
 
@@ -985,22 +1006,21 @@ Result<void> DpdkPort::ImportPositions(HandoverRecord& in) {
   for (uint32_t qi = 0; qi < q_.size(); ++qi) {
     const std::string k = "d.q." + std::to_string(qi) + ".";
     const std::string what = "port " + name() + ": handover: queue " + std::to_string(qi);
-    // UNTRUSTED (the old process): a bounded count, each frame's length bounded, the memfd
-    // holding every byte named and no more.
+    // UNTRUSTED (the old process): a bounded count, a bounded file, each frame's length what
+    // Rx takes, the file holding every byte named and no more. Kept as it is (lengths and
+    // frames), read in place by Rx.
     NICMUX_TRY_ASSIGN(frames, in.GetOr(k + "frames", 0, kMaxBacklog + kBurst));
     if (frames == 0) continue;
     NICMUX_TRY_ASSIGN(mfd, in.TakeFd(k + "data"));
     struct stat st = {};
     if (::fstat(mfd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
-        static_cast<uint64_t>(st.st_size) > frames * (sizeof(uint32_t) + kMaxHeldFrame)) {
+        static_cast<uint64_t>(st.st_size) > std::min<uint64_t>(kMaxBacklogFile, frames * (sizeof(uint32_t) + kMaxHeldFrame))) {
       return Error(what + ": " + k + "data is not a file of at most " + std::to_string(frames) + " frames");
     }
     std::vector<std::byte>& d = data[qi];
     d.resize(static_cast<size_t>(st.st_size));
     if (::pread(mfd.get(), d.data(), d.size(), 0) != static_cast<ssize_t>(d.size())) return Error(what + ": held frames cut short");
     size_t off = 0;
-    std::vector<std::byte> frames_only;
-    frames_only.reserve(d.size());
     for (uint64_t i = 0; i < frames; ++i) {
       uint32_t len = 0;
       if (d.size() - off < sizeof len) return Error(what + ": held frames cut short");
@@ -1009,12 +1029,10 @@ Result<void> DpdkPort::ImportPositions(HandoverRecord& in) {
       if (len < kEthHeaderBytes || len > kMaxHeldFrame || d.size() - off < len) {
         return Error(what + ": a held frame of " + std::to_string(len) + " bytes (or cut short)");
       }
-      frames_only.insert(frames_only.end(), d.data() + off, d.data() + off + len);
       lens[qi].push_back(len);
       off += len;
     }
     if (off != d.size()) return Error(what + ": " + std::to_string(d.size() - off) + " bytes after the last held frame");
-    d = std::move(frames_only);
     total += frames;
   }
   const uint64_t t0 = MonotonicNowNs();
@@ -1034,8 +1052,8 @@ Result<void> DpdkPort::ImportPositions(HandoverRecord& in) {
 }
 
 void DpdkPort::HandoverAborted() {
-  // The old process, its upgrade failed after the device was closed: it opens it again (the
-  // frames it held were handed to the new process's memfd, which is gone: counted dropped).
+  // The old process, its upgrade failed after the device was closed: it opens it again, and
+  // its Rx delivers the frames it handed over (kept as its backlog) first.
   if (started_) return;
   NICMUX_LOG(kWarning, "port %s: the upgrade failed after the device was closed (%llu us): opening %s again",
              name().c_str(), static_cast<unsigned long long>(closed_ns_ / 1000), dev_name_.c_str());
