@@ -310,6 +310,7 @@ TEST_F(PvHandoverTest, TamperedRecordsAreRefused) {
   };
   const Case cases[] = {
       {"another queue count", set("pv.queues", "1"), "the old port had queues=1"},
+      {"a quarantine that never ends", set("pv.quarantine_until_ns", "18446744073709551615"), "pv.quarantine_until_ns"},
       {"a ring index key missing", [](HandoverRecord* r) { r->mutable_values().erase("pv.ring"); }, "no value pv.ring"},
       {"an unsealed region",
        [&](HandoverRecord* r) { SwapFd(r, "pv.region", memfd(region_size, false)); }, "not sealed"},
@@ -396,6 +397,20 @@ TEST_F(PvHandoverTest, TamperedPositions) {
   ASSERT_EQ(d.Start(1), "");
   d.PostTx(0, 0, Frame(100, 1));
   EXPECT_EQ(Receive(*a_, 0), (std::vector<uint8_t>{1}));
+  {
+    // Started and not broken: both of queue 0's rings run; a record with them off would
+    // stop the driver's traffic with nothing said.
+    HandoverRecord state = Export();
+    auto made = Build(state);
+    ASSERT_TRUE(made.has_value()) << made.error().message();
+    HandoverRecord pos;
+    ASSERT_TRUE(a_->ExportPositions(&pos).has_value());
+    pos.mutable_values()["pv.q.0.on"] = "0";
+    auto r = (*made)->ImportPositions(pos);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_NE(r.error().message().find("pv.q.0.on 0: the started device runs 3 there"), std::string::npos)
+        << r.error().message();
+  }
   HandoverRecord state = Export();
   auto made = Build(state);
   ASSERT_TRUE(made.has_value()) << made.error().message();

@@ -1731,7 +1731,8 @@ Result<void> PvPort::Adopt(HandoverRecord& in) {
   NICMUX_TRY_ASSIGN(connections, in.Get("pv.connections"));
   NICMUX_TRY_ASSIGN(generation, in.Get("pv.generation", UINT32_MAX));
   NICMUX_TRY_ASSIGN(hostile, in.Get("pv.hostile_disconnects"));
-  NICMUX_TRY_ASSIGN(quarantine_until, in.Get("pv.quarantine_until_ns"));
+  // (A quarantine ends at most its longest span from now: the same clock in both processes.)
+  NICMUX_TRY_ASSIGN(quarantine_until, in.Get("pv.quarantine_until_ns", MonotonicNowNs() + kQuarantineMaxMs * 1'000'000));
   NICMUX_TRY_ASSIGN(quarantine_ms, in.Get("pv.quarantine_ms", kQuarantineMaxMs));
   NICMUX_TRY_ASSIGN(listen, in.TakeFd("pv.listen"));
   // UNTRUSTED: a listening UNIX socket, bound to this port's path (else drivers would connect
@@ -2004,6 +2005,15 @@ Result<void> PvPort::ImportPositions(HandoverRecord& in) {
                  reason.size() > 1024)) {
     return Error("pv.broken with queues on or a reason of " + std::to_string(reason.size()) + " bytes");
   }
+  // A started device that is not broken runs every queue START turned on (STOP, a broken
+  // device and a disconnect turn them all off): none fewer, or its traffic would stop with no
+  // reason told.
+  for (uint32_t i = 0; i < opt_.queues && !broken && started_; ++i) {
+    const uint64_t want = (i < nb_rx_ ? 1 : 0) | (i < nb_tx_ ? 2 : 0);
+    if (on[i] != want) {
+      return Error(QueueKey(i, "on") + " " + std::to_string(on[i]) + ": the started device runs " + std::to_string(want) + " there");
+    }
+  }
   for (uint32_t i = 0; i < opt_.queues; ++i) {
     Queue& q = *q_[i];
     q.filled = static_cast<uint32_t>(filled[i]);
@@ -2026,13 +2036,14 @@ Result<void> PvPort::ImportPositions(HandoverRecord& in) {
   // Tx publish every move). UNTRUSTED: `done` is in the driver's memory; only the host writes
   // it, but a driver can. One that does not match costs this driver its device, which goes over
   // broken (marked at the commit), not everyone's upgrade.
+  // Every ring that is set up, running or not: a stopped one starts again from its index.
   for (uint32_t i = 0; i < opt_.queues && import_break_.empty(); ++i) {
     const uint32_t rx_done = LoadAcquire(&region_->rx_ring(i)->done);
     const uint32_t tx_done = LoadAcquire(&region_->tx_ring(i)->done);
-    if ((on[i] & 1) && rx_done != filled[i]) {
+    if (q_[i]->rx_setup && rx_done != filled[i]) {
       import_break_ = "handed over to a new nicmuxd: rx ring " + std::to_string(i) + ": done " +
                       std::to_string(rx_done) + " is not the host's " + std::to_string(filled[i]);
-    } else if ((on[i] & 2) && tx_done != drained[i]) {
+    } else if (q_[i]->tx_setup && tx_done != drained[i]) {
       import_break_ = "handed over to a new nicmuxd: tx ring " + std::to_string(i) + ": done " +
                       std::to_string(tx_done) + " is not the host's " + std::to_string(drained[i]);
     }
