@@ -972,14 +972,18 @@ Result<void> TakeRecord(const json& port, std::vector<UniqueFd>& fds, const std:
 
 }  // namespace
 
+std::string Daemon::NotHandedOver() const {
+  for (const auto& e : ports_) {
+    if (!e->port->CanHandOver()) return "port " + e->spec.name + " (" + e->spec.kind + ") cannot be handed over to a new nicmuxd";
+  }
+  return {};
+}
+
 std::optional<ControlError> Daemon::StartUpgrade(const std::string& binary_in, UpgradeDone done) {
   if (upgrade_) return ControlError{kCodeExists, "an upgrade to " + upgrade_->binary + " is already under way"};
   if (opt_.argv.empty()) return ControlError::Failed("upgrade: this nicmuxd does not know its command line");
-  for (auto& e : ports_) {
-    if (!e->port->CanHandOver()) {
-      return ControlError::Invalid("port " + e->spec.name + " (" + e->spec.kind +
-                                   ") cannot be handed over to a new nicmuxd yet; remove it first, or restart nicmuxd");
-    }
+  if (std::string no = NotHandedOver(); !no.empty()) {
+    return ControlError::Invalid(no + " yet; remove it first, or restart nicmuxd");
   }
   const std::string binary = binary_in.empty() ? opt_.exe : binary_in;
   if (binary.empty() || ::access(binary.c_str(), X_OK) != 0) {
@@ -1111,13 +1115,10 @@ void Daemon::Cutover(const json& hello) {
   std::string why;
   // A port added since the upgrade was asked for (the control socket serves on until the new
   // process says hello) is checked as the others were.
-  for (auto& e : ports_) {
-    if (!e->port->CanHandOver()) {
-      why = "port " + e->spec.name + " (" + e->spec.kind + ") cannot be handed over to a new nicmuxd";
-      (void)handover::Send(sock, json{{"msg", "abort"}, {"error", why}}, {}, kSendTimeoutMs);
-      FailUpgrade(why);
-      return;
-    }
+  if (why = NotHandedOver(); !why.empty()) {
+    (void)handover::Send(sock, json{{"msg", "abort"}, {"error", why}}, {}, kSendTimeoutMs);
+    FailUpgrade(why);
+    return;
   }
   // Step 1: everything, taken with the workers paused only for the export itself; the new
   // process maps and checks it while they forward on.

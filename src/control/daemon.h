@@ -127,6 +127,9 @@ class Daemon {
   // The port's queue_affinity= as a worker per queue pair (-1: any).
   Result<std::vector<int>> PinsOf(const PortSpec& spec, const Port& port) const;
   Entry* Find(const std::string& name);
+  // "port NAME (KIND) cannot be handed over to a new nicmuxd" for the first port that cannot
+  // (a live upgrade is refused then); "" when every port can.
+  std::string NotHandedOver() const;
   // The port's counters, with what a live upgrade carried over (Entry::carried_*): per queue
   // pair, in all, and dropped for a reason (the switch's drops of frames from it included).
   PortStats QueueStatsOf(const Entry& e, uint32_t q) const;
