@@ -215,7 +215,6 @@ class DpdkPort final : public Port {
   // Hands p's offload request to the device in m's flags; false when the device cannot do
   // it (then the copy completes the checksum, as for a device without offloads).
   bool ToDevice(const PacketRef& p, rte_mbuf* m) const;
-  struct Queue;
   // Builds m (a fresh mbuf) as p's head and external mbufs over the rest of p, held; nullptr
   // (m untouched) when it cannot (no record, no mbufs, the source refuses a hold): copy then.
   ZcRecord* AttachZeroCopy(Queue& q, const PacketRef& p, rte_mbuf* m);
