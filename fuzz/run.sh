@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(split_chain_fuzz packed_chain_fuzz translate_fuzz)
+# Default: every target of fuzz/CMakeLists.txt's NICMUX_FUZZ_TARGETS.
+[ ${#targets[@]} -gt 0 ] || read -r -a targets <<< "$(sed -n '/^set(NICMUX_FUZZ_TARGETS/,/)/p' fuzz/CMakeLists.txt |
+  tr -d '()' | sed 's/set//; s/NICMUX_FUZZ_TARGETS//' | tr '\n' ' ')"
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz --target "${targets[@]}"
 for t in "${targets[@]}"; do
