@@ -46,7 +46,9 @@ namespace nicmux {
   X(kBadOffload, "bad_offload", "offload request inconsistent with the frame's headers")          \
   X(kHdrMismatch, "hdr_mismatch",                                                                 \
     "frame shifted by 2 bytes: the frontend uses another virtio-net header length than negotiated") \
-  X(kFlowDrop, "flow_drop", "a flow rule of the destination device (a pv port) said drop")
+  X(kFlowDrop, "flow_drop", "a flow rule of the destination device (a pv port) said drop")    \
+  X(kRxChainTooSmall, "rx_chain_too_small",                                                      \
+    "receive chain (no MRG_RXBUF) cannot hold a virtio-net and an Ethernet header: completed empty")
 
 enum class DropReason : uint8_t {
 #define NICMUX_DROP_ENUM(e, name, desc) e,

@@ -33,6 +33,8 @@ constexpr uint64_t kMaxModerationUs = 10000, kMaxModerationFrames = 4096;
 // each attack up to the cap (a quiet hour resets it).
 constexpr uint64_t kQuarantineFirstMs = 1000, kQuarantineMaxMs = 60000;
 constexpr uint64_t kQuarantineForgetNs = 3600ull * 1000000000;
+// A receive chain without room for the virtio-net header and this much takes no frame (TxRing).
+constexpr uint32_t kEthHeaderBytes = 14;
 
 // Spreads a packet over several receive chains (MRG_RXBUF), remembering how much went where.
 class MergeWriter {
@@ -834,8 +836,9 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   // spent more than half the worker's time stalled at 64 B (perf, issue 5).
   while (k < in.size() && !ring_empty) {
     struct Planned {
-      uint32_t pkt, first, n;
+      uint32_t pkt, first, n;  // pkt kNoPacket: a chain completed empty, in its turn
     };
+    constexpr uint32_t kNoPacket = ~0u;
     Planned plan[kBurst];
     uint32_t nplan = 0, used = 0;
     // chains[used, popped) are taken from the ring and not yet given to a packet. They are
@@ -856,7 +859,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
       // Gather receive chains until the packet fits (one without MRG_RXBUF).
       uint32_t n = 0;
       uint64_t room = 0;
-      bool out_of_slots = false;
+      bool out_of_slots = false, out_of_plans = false;
       while (room < need && n < per_packet) {
         if (used + n == kMaxRxBuffers) {
           out_of_slots = true;
@@ -871,10 +874,23 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
           }
           popped += got;
         }
+        // UNTRUSTED: without MRG_RXBUF a receive chain takes one packet whole; one without room
+        // for the virtio-net header and an Ethernet header can take none. Given back (below) it
+        // would be shown to every packet for ever, each dropped as too big, the guest receiving
+        // nothing behind it: it is completed empty instead, in its turn (a plan of no packet).
+        if (!mrg && chains[used].writable_bytes < hdr_len + kEthHeaderBytes) {
+          plan[nplan++] = {kNoPacket, used++, 1};
+          c.drops.Add(DropReason::kRxChainTooSmall);
+          if (nplan == kBurst) {
+            out_of_plans = true;
+            break;
+          }
+          continue;
+        }
         room += chains[used + n++].writable_bytes;
       }
       if (room < need) {
-        if (ring_empty || out_of_slots) {
+        if (ring_empty || out_of_slots || out_of_plans) {
           give_back();  // this packet's chains: it is tried again (or kept)
           break;
         }
@@ -900,8 +916,12 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
     // takes at least one of the chains asked for it).
     give_back();
     for (uint32_t j = 0; j < nplan; ++j) {
-      const PacketRef& p = *in[plan[j].pkt];
       virtio::DescChain* pc = chains + plan[j].first;
+      if (plan[j].pkt == kNoPacket) {
+        ring.Push(pc[0].id, 0);
+        continue;
+      }
+      const PacketRef& p = *in[plan[j].pkt];
       const uint32_t n = plan[j].n;
       // The record as the switch left it (only what this guest accepts, caps), but the
       // checksum-valid mark only where the guest negotiated GUEST_CSUM.
