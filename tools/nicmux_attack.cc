@@ -84,6 +84,23 @@ attacks (queue 1, the guest's transmitq, is the one attacked: the backend reads 
   packed-flags    packed ring: descriptors with AVAIL and USED both set or both clear, buffer
                   ids past the ring, a chain with NEXT on every descriptor round the whole
                   ring, flags flipped at random while kicking
+  packed-indirect packed ring: a chain that is one indirect table, of len 0 or 17, outside
+                  memory or straddling the regions, holding a nested INDIRECT or entries
+                  outside memory, of 65536 entries, with NEXT; now and then a good one
+
+attacks on queue 0 (the guest's receiveq): the backend reads a receive chain only to write a
+frame for the port into it, so these need frames sent to the port while they run (in
+hostile_frontend.sh a nicmux-pktgen sender in the port's VLAN); without them every round is
+counted stuck:
+  rx-bad          receive chains of device-readable buffers, buffers outside memory or
+                  straddling the regions, loops, bad indirect tables, a buffer shorter than
+                  the virtio-net header, 4.7 GiB of buffers; buffers over the guest's own
+                  descriptor table and used ring; a good chain now and then
+  rx-starve       no receive buffer for 300 ms while frames come, then 8 good ones (which
+                  must be filled)
+  rx-race         a thread rewrites the receive queue's descriptors, avail entries and avail
+                  index at random while frames come
+
   kick-flood      kick eventfds written in a tight loop on both queues, the counter pushed to
                   its maximum now and then, with nothing in the rings
   fd-swap         while the queues run: SET_VRING_KICK/CALL/ERR with new eventfds (our copies
@@ -108,8 +125,8 @@ attacks (queue 1, the guest's transmitq, is the one attacked: the backend reads 
 
 const std::vector<std::string> kAttacks = {
     "desc-loop", "indirect-loop", "addr-outside", "huge-len",   "indirect-bad", "avail-jump",    "race",
-    "packed-flags", "kick-flood", "fd-swap",     "pause-storm",  "shrink-memfd", "bad-messages", "unread-replies",
-    "conn-flood"};
+    "packed-flags", "packed-indirect", "rx-bad", "rx-starve", "rx-race", "kick-flood", "fd-swap", "pause-storm",
+    "shrink-memfd", "bad-messages", "unread-replies", "conn-flood"};
 
 std::string g_socket;
 double g_duration = 2.0;
@@ -302,14 +319,14 @@ class Session {
   PDesc* pdesc(uint32_t q = 1) { return reinterpret_cast<PDesc*>(a_ + QBase(q)); }
   volatile uint16_t* avail(uint32_t q = 1) { return reinterpret_cast<volatile uint16_t*>(a_ + QBase(q) + 0x2000); }
   volatile uint16_t* used(uint32_t q = 1) { return reinterpret_cast<volatile uint16_t*>(a_ + QBase(q) + 0x3000); }
-  uint16_t UsedIdx() { return used()[1]; }
-  void SetAvailEntry(uint32_t i, uint16_t head) { avail()[2 + i % kRing] = head; }
-  void PublishAvail(uint16_t idx) {
+  uint16_t UsedIdx(uint32_t q = 1) { return used(q)[1]; }
+  void SetAvailEntry(uint32_t i, uint16_t head, uint32_t q = 1) { avail(q)[2 + i % kRing] = head; }
+  void PublishAvail(uint16_t idx, uint32_t q = 1) {
     std::atomic_thread_fence(std::memory_order_release);
-    avail()[1] = idx;
+    avail(q)[1] = idx;
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
-  uint16_t AvailIdx() { return avail()[1]; }
+  uint16_t AvailIdx(uint32_t q = 1) { return avail(q)[1]; }
   void Kick(uint32_t q = 1) {
     uint64_t one = 1;
     ssize_t n = ::write(kick_[q], &one, 8);
@@ -358,24 +375,26 @@ std::unique_ptr<Session> Open(Counts& c, bool packed, bool reply_ack = false) {
 // returns the heads to make available, at most the ring size), published and kicked; then the
 // attack waits up to 200 ms for the backend to complete them (used index), break the queue
 // (error eventfd) or close the connection. The backend must do one of these to every round.
+// Queue q (default 1, the transmitq); the receive queue (0) is read by the backend only when
+// a frame for the port comes, so its attacks need a sender (see rx-bad).
 using SplitFill = std::function<std::vector<uint16_t>(Session&, uint64_t round)>;
-Counts RunSplit(const SplitFill& fill) {
+Counts RunSplit(const SplitFill& fill, uint32_t q = 1) {
   Counts c;
   const uint64_t deadline = NowNs() + static_cast<uint64_t>(g_duration * 1e9);
   std::unique_ptr<Session> s;
   while (TimeLeft(deadline)) {
     if (!s && !(s = Open(c, false))) continue;
     ++c.rounds;
-    const uint16_t used0 = s->UsedIdx();
+    const uint16_t used0 = s->UsedIdx(q);
     const std::vector<uint16_t> heads = fill(*s, c.rounds);
-    uint16_t idx = s->AvailIdx();
-    for (uint16_t h : heads) s->SetAvailEntry(idx++, h);
-    s->PublishAvail(idx);
-    s->Kick();
+    uint16_t idx = s->AvailIdx(q);
+    for (uint16_t h : heads) s->SetAvailEntry(idx++, h, q);
+    s->PublishAvail(idx, q);
+    s->Kick(q);
     const uint64_t until = NowNs() + 200'000'000;
     bool answered = false;
     while (NowNs() < until) {
-      if (s->ErrFired()) {
+      if (s->ErrFired(q)) {
         ++c.broken;
         answered = true;
         s.reset();
@@ -387,13 +406,13 @@ Counts RunSplit(const SplitFill& fill) {
         s.reset();
         break;
       }
-      if (s->UsedIdx() == idx) {
+      if (s->UsedIdx(q) == idx) {
         answered = true;
         break;
       }
       std::this_thread::sleep_for(200us);
     }
-    if (s) c.completed += static_cast<uint16_t>(s->UsedIdx() - used0);
+    if (s) c.completed += static_cast<uint16_t>(s->UsedIdx(q) - used0);
     if (!answered) {
       ++c.stuck;
       s.reset();
@@ -651,6 +670,223 @@ Counts PackedFlags() {
     }
     // Variant 0 makes nothing available: no answer is the right one.
     if (!answered && variant != 0 && variant != 4) ++c.stuck;
+  }
+  return c;
+}
+
+// --- the receive queue (0). The backend takes a chain from it only to write a frame for this
+// port into it: these attacks need frames sent to the port while they run (hostile_frontend.sh
+// puts the port in a VLAN of its own with a nicmux-pktgen sender). Without that traffic every
+// round is left unanswered (stuck).
+
+// rx-bad: receive chains no frame can go into: device-readable buffers, buffers outside
+// memory or straddling the regions, loops, bad indirect tables, a buffer shorter than the
+// virtio-net header, lengths summing past 2^32; and buffers the guest may legally give but
+// that lie over its own rings (the frame is written over the descriptor table's unused half,
+// or over the used ring the backend then writes). Each chain must be completed (empty when
+// bad) or the queue broken; nothing is written outside the guest's memory.
+Counts RxBad() {
+  return RunSplit(
+      [](Session& s, uint64_t round) {
+        Desc* d = s.desc(0);
+        auto* t = reinterpret_cast<Desc*>(s.region_a() + kTables);
+        constexpr uint16_t W = virtio::kDescFWrite, N = virtio::kDescFNext, I = virtio::kDescFIndirect;
+        switch (round % 9) {
+          case 0:
+            d[0] = {Buf(0), 2048, 0, 0};  // device-readable: the device may not write it
+            d[1] = {Buf(1), 2048, W | N, 2};
+            d[2] = {Buf(2), 64, 0, 0};  // readable after writable
+            return std::vector<uint16_t>{0, 1};
+          case 1:
+            d[0] = {kMemEnd + 4096, 2048, W, 0};
+            d[1] = {kRegionA - 64, 2048, W, 0};  // straddles A and B
+            d[2] = {0xfffffffffffff000ull, 0x2000, W, 0};
+            return std::vector<uint16_t>{0, 1, 2};
+          case 2:
+            d[0] = {Buf(0), 8, W | N, 1};
+            d[1] = {Buf(1), 8, W | N, 0};  // a loop of tiny buffers
+            return std::vector<uint16_t>{0};
+          case 3:
+            t[0] = {Buf(0), 2048, W, 0};
+            t[1] = {kTables, 32, I, 0};  // nested
+            d[0] = {kTables, 17, I, 0};
+            d[1] = {kTables + 16, 16, I, 0};
+            d[2] = {kTables, 32, I | N, 3};
+            d[3] = {Buf(3), 2048, W, 0};
+            d[4] = {kMemEnd, 64, I, 0};
+            return std::vector<uint16_t>{0, 1, 2, 4};
+          case 4:
+            d[0] = {Buf(0), 4, W, 0};  // shorter than the virtio-net header
+            return std::vector<uint16_t>{0};
+          case 5:
+            d[0] = {QBase(0) + 2048, 2048, W, 0};  // over descriptors 128..255 of this very table
+            return std::vector<uint16_t>{0};
+          case 6:
+            d[0] = {QBase(0) + 0x3000 + 1024, 1024, W, 0};  // over the used ring's far entries
+            return std::vector<uint16_t>{0};
+          case 7:
+            // 60 buffers of 80 MiB, every one inside region B: 4.7 GiB.
+            for (uint16_t i = 10; i < 70; ++i) d[i] = {kRegionA, static_cast<uint32_t>(kRegionB), W | N, uint16_t(i + 1)};
+            d[69].flags = W;
+            return std::vector<uint16_t>{10};
+          default:
+            d[0] = {Buf(0), 2048, W, 0};  // a good one now and then: the queue still works
+            return std::vector<uint16_t>{0};
+        }
+      },
+      0);
+}
+
+// rx-starve: the receive queue enabled and never given a buffer while frames for the port keep
+// coming, 300 ms at a time; then 8 good buffers, which must be filled (the queue was only
+// empty, not broken). The backend must not let the frames it cannot deliver hold up the
+// sender's port, nor anyone else's, for longer than its stall bound.
+Counts RxStarve() {
+  Counts c;
+  const uint64_t deadline = NowNs() + static_cast<uint64_t>(g_duration * 1e9);
+  std::unique_ptr<Session> s;
+  while (TimeLeft(deadline)) {
+    if (!s && !(s = Open(c, false))) continue;
+    ++c.rounds;
+    const uint64_t starve_end = NowNs() + 300'000'000;
+    while (NowNs() < starve_end && s) {
+      if (s->ErrFired(0) || s->Closed()) {
+        ++c.closed;
+        s.reset();
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    if (!s) continue;
+    Desc* d = s->desc(0);
+    const uint16_t used0 = s->UsedIdx(0);
+    uint16_t idx = s->AvailIdx(0);
+    for (uint16_t i = 0; i < 8; ++i) {
+      d[i] = {Buf(i), 2048, virtio::kDescFWrite, 0};
+      s->SetAvailEntry(idx++, i, 0);
+    }
+    s->PublishAvail(idx, 0);
+    s->Kick(0);
+    const uint64_t until = NowNs() + 200'000'000;
+    while (NowNs() < until && s->UsedIdx(0) != idx && !s->ErrFired(0)) std::this_thread::sleep_for(200us);
+    const uint16_t filled = static_cast<uint16_t>(s->UsedIdx(0) - used0);
+    c.completed += filled;
+    if (filled == 0) ++c.stuck;
+  }
+  return c;
+}
+
+// rx-race: a thread rewrites the receive queue's descriptors, avail entries and avail index
+// at random while frames for the port come: the backend must judge each descriptor on one
+// copy, never write outside memory, and keep the rest of the switch going.
+Counts RxRace() {
+  Counts c;
+  const uint64_t deadline = NowNs() + static_cast<uint64_t>(g_duration * 1e9);
+  while (TimeLeft(deadline)) {
+    auto s = Open(c, false);
+    if (!s) continue;
+    std::atomic<bool> stop{false};
+    std::thread writer([&] {
+      std::mt19937_64 rng(NowNs());
+      Desc* d = s->desc(0);
+      while (!stop.load(std::memory_order_relaxed)) {
+        const uint64_t r = rng();
+        const uint32_t i = r % kRing;
+        const uint64_t addr = (r >> 8) % 8 == 0 ? rng() : Buf(static_cast<uint32_t>(r >> 16)) + (r >> 40) % 4096;
+        const uint32_t len = (r >> 20) % 5 == 0 ? static_cast<uint32_t>(rng()) : static_cast<uint32_t>((r >> 24) % 4096);
+        // Mostly writable (the flag the receive path checks first), sometimes anything.
+        const auto flags = static_cast<uint16_t>((r >> 36) % 4 == 0 ? (r >> 38) & 7 : virtio::kDescFWrite | ((r >> 38) & 1));
+        const auto next = static_cast<uint16_t>((r >> 44) % 8 == 0 ? (r >> 48) : (r >> 48) % kRing);
+        d[i] = {addr, len, flags, next};
+        s->SetAvailEntry(static_cast<uint32_t>(r >> 52), static_cast<uint16_t>((r >> 3) % (kRing + 4)), 0);
+        if ((r & 0xff) < 8) s->PublishAvail(static_cast<uint16_t>(s->UsedIdx(0) + (r >> 56) % 64), 0);
+      }
+    });
+    const uint64_t session_end = std::min(deadline, NowNs() + 500'000'000);
+    while (NowNs() < session_end) {
+      ++c.rounds;
+      s->Kick(0);
+      if (s->ErrFired(0)) {
+        ++c.broken;
+        break;
+      }
+      if (s->Closed()) {
+        ++c.closed;
+        break;
+      }
+      std::this_thread::sleep_for(50us);
+    }
+    stop.store(true);
+    writer.join();
+    c.completed += s->UsedIdx(0);
+  }
+  return c;
+}
+
+// packed-indirect: a packed ring (transmitq) whose one chain is an indirect table: of len 0
+// or 17, outside memory or straddling the regions, holding a nested INDIRECT, entries outside
+// memory, 65536 entries (1 MiB), INDIRECT together with NEXT; and now and then a good one.
+// Each round is a fresh session whose slot 0 the backend must mark used (the chain completed,
+// empty when bad) or whose queue it must break.
+Counts PackedIndirect() {
+  Counts c;
+  const uint64_t deadline = NowNs() + static_cast<uint64_t>(g_duration * 1e9);
+  using virtio::kDescFAvail, virtio::kDescFUsed, virtio::kDescFNext, virtio::kDescFIndirect;
+  while (TimeLeft(deadline)) {
+    auto s = Open(c, true);
+    if (!s) continue;
+    if (!(s->features() & virtio::Bit(virtio::kFRingIndirectDesc))) {
+      std::fprintf(stderr, "nicmux-attack: the backend does not offer INDIRECT_DESC with a packed ring\n");
+      ++c.stuck;
+      return c;
+    }
+    ++c.rounds;
+    PDesc* d = s->pdesc();
+    auto* t = reinterpret_cast<PDesc*>(s->region_a() + kTables);
+    // The tables' entries: a virtio-net header and a frame of zeros (a zero source MAC: the
+    // switch drops it as bad_source, so a good chain reaches no other port).
+    std::memset(s->region_a() + Buf(0), 0, 12 + 64);
+    for (uint32_t i = 0; i < 65536; ++i) t[i] = {Buf(0), 12 + 64, 0, 0};
+    auto entry = [](uint64_t addr, uint32_t len, uint16_t flags) {
+      PDesc e{addr, len, 0, 0};
+      e.flags = flags;
+      return e;
+    };
+    uint32_t table_len = 16;
+    uint64_t table = kTables;
+    uint16_t extra = 0;
+    switch (c.rounds % 8) {
+      case 0: table_len = 0; break;
+      case 1: table_len = 17; break;
+      case 2: table = kMemEnd + 4096; break;
+      case 3: table = kRegionA - 8; table_len = 32; break;
+      case 4: t[1] = entry(kTables, 32, kDescFIndirect); table_len = 32; break;  // nested
+      case 5: t[0] = {kMemEnd + 4096, 64, 0, 0}; t[1] = {0xfffffffffffff000ull, 0x2000, 0, 0}; table_len = 32; break;
+      case 6: table_len = 1u << 20; break;  // 65536 entries
+      default: extra = c.rounds % 16 == 7 ? kDescFNext : 0; break;  // with NEXT, or a good one
+    }
+    if (extra) d[1] = entry(Buf(0), 12 + 64, kDescFAvail);
+    PDesc head{table, table_len, 0, 0};
+    head.flags = kDescFAvail | kDescFIndirect | extra;
+    std::atomic_thread_fence(std::memory_order_release);
+    d[0] = head;
+    s->Kick();
+    const uint64_t until = std::min(deadline, NowNs() + 200'000'000) + 50'000'000;
+    bool answered = false;
+    while (NowNs() < until && !answered) {
+      if (s->ErrFired()) {
+        ++c.broken;
+        answered = true;
+      } else if (s->Closed()) {
+        ++c.closed;
+        answered = true;
+      } else if ((d[0].flags & (kDescFAvail | kDescFUsed)) == (kDescFAvail | kDescFUsed)) {
+        ++c.completed;  // the device wrote a used descriptor over slot 0
+        answered = true;
+      } else {
+        std::this_thread::sleep_for(200us);
+      }
+    }
+    if (!answered) ++c.stuck;
   }
   return c;
 }
@@ -1048,6 +1284,10 @@ Counts Run(const std::string& name) {
   if (name == "avail-jump") return AvailJump();
   if (name == "race") return Race();
   if (name == "packed-flags") return PackedFlags();
+  if (name == "packed-indirect") return PackedIndirect();
+  if (name == "rx-bad") return RxBad();
+  if (name == "rx-starve") return RxStarve();
+  if (name == "rx-race") return RxRace();
   if (name == "kick-flood") return KickFlood();
   if (name == "fd-swap") return FdSwap();
   if (name == "pause-storm") return PauseStorm();
