@@ -101,6 +101,11 @@ counted stuck:
   rx-race         a thread rewrites the receive queue's descriptors, avail entries and avail
                   index at random while frames come
 
+  mq              four queue pairs (the port needs queues=4): a descriptor loop on queue 7
+                  while queues 1, 3, 5 send; queue 3's avail index jumped (it must break, the
+                  others go on); SET_VRING_ENABLE 0/1 storms on queues 2-7; queue 5 disabled
+                  and enabled with a chain posted
+
   kick-flood      kick eventfds written in a tight loop on both queues, the counter pushed to
                   its maximum now and then, with nothing in the rings
   fd-swap         while the queues run: SET_VRING_KICK/CALL/ERR with new eventfds (our copies
@@ -125,7 +130,7 @@ counted stuck:
 
 const std::vector<std::string> kAttacks = {
     "desc-loop", "indirect-loop", "addr-outside", "huge-len",   "indirect-bad", "avail-jump",    "race",
-    "packed-flags", "packed-indirect", "rx-bad", "rx-starve", "rx-race", "kick-flood", "fd-swap", "pause-storm",
+    "packed-flags", "packed-indirect", "rx-bad", "rx-starve", "rx-race", "mq", "kick-flood", "fd-swap", "pause-storm",
     "shrink-memfd", "bad-messages", "unread-replies", "conn-flood"};
 
 std::string g_socket;
@@ -161,6 +166,7 @@ constexpr uint64_t kBufs = 1u << 20;     // buffers in region A start here
 constexpr uint64_t kTables = 3u << 20;   // indirect tables in region A
 // Queue q's areas in region A: desc at q*64K, avail/driver event at +8K, used/device event +12K.
 constexpr uint64_t QBase(uint32_t q) { return uint64_t{q} * 0x10000; }
+constexpr uint32_t kMaxQueues = 8;  // four queue pairs (mq), below kBufs
 
 struct Counts {
   uint64_t rounds = 0, connects = 0, refused = 0, closed = 0, broken = 0, completed = 0, stuck = 0;
@@ -179,7 +185,7 @@ class Session {
     }
     if (a_) ::munmap(a_, kRegionA);
     if (b_) ::munmap(b_, kRegionB);
-    for (int i = 0; i < 2; ++i) {
+    for (uint32_t i = 0; i < kMaxQueues; ++i) {
       for (int fd : {kick_[i], call_[i], err_[i]}) {
         if (fd >= 0) ::close(fd);
       }
@@ -279,25 +285,35 @@ class Session {
     return Send(Request::kSetMemTable, t, {memfd_a_, memfd_b_});
   }
 
-  // Negotiates and starts queues 0 and 1 (split or packed), as a well-behaved frontend would.
-  // False when the backend closed the connection or did not answer.
-  bool Setup(bool packed, bool reply_ack = false) {
+  // Negotiates and starts queues 0 .. nq-1 (split or packed; nq > 2 negotiates MQ), as a
+  // well-behaved frontend would. False when the backend closed the connection or did not
+  // answer.
+  bool Setup(bool packed, bool reply_ack = false, uint32_t nq = 2) {
     if (!Connect() || !MakeMemory()) return false;
     auto offered = Get(Request::kGetFeatures);
     if (!offered) return false;
     using virtio::Bit;
     features_ = Bit(virtio::kFVersion1) | Bit(vhost::kFProtocolFeatures) | Bit(virtio::kFRingIndirectDesc);
     if (packed) features_ |= Bit(virtio::kFRingPacked);
+    if (nq > 2) features_ |= Bit(virtio::kNetFMq);
     features_ &= *offered;
     auto pf = Get(Request::kGetProtocolFeatures);
     if (!pf) return false;
-    const uint64_t mine = reply_ack ? (*pf & Bit(vhost::kProtoReplyAck)) : 0;
+    uint64_t mine = reply_ack ? (*pf & Bit(vhost::kProtoReplyAck)) : 0;
+    if (nq > 2) {
+      mine |= *pf & Bit(vhost::kProtoMq);
+      if (!(mine & Bit(vhost::kProtoMq)) || !(features_ & Bit(virtio::kNetFMq))) return false;
+    }
     if (!Send(Request::kSetProtocolFeatures, mine) || !SendEmpty(Request::kSetOwner) ||
         !Send(Request::kSetFeatures, features_) || !SendMemTable()) {
       return false;
     }
     packed_ = packed;
-    for (uint32_t q = 0; q < 2; ++q) {
+    if (nq > 2) {
+      auto n = Get(Request::kGetQueueNum);
+      if (!n || *n * 2 < nq) return false;  // the port has fewer queue pairs
+    }
+    for (uint32_t q = 0; q < nq && q < kMaxQueues; ++q) {
       kick_[q] = NewEventFd();
       call_[q] = NewEventFd();
       err_[q] = NewEventFd();
@@ -351,7 +367,9 @@ class Session {
   int memfd_a_ = -1, memfd_b_ = -1;
   std::byte* a_ = nullptr;
   std::byte* b_ = nullptr;
-  int kick_[2] = {-1, -1}, call_[2] = {-1, -1}, err_[2] = {-1, -1};
+  int kick_[kMaxQueues] = {-1, -1, -1, -1, -1, -1, -1, -1};
+  int call_[kMaxQueues] = {-1, -1, -1, -1, -1, -1, -1, -1};
+  int err_[kMaxQueues] = {-1, -1, -1, -1, -1, -1, -1, -1};
   uint64_t features_ = 0;
   bool packed_ = false;
 };
@@ -891,6 +909,119 @@ Counts PackedIndirect() {
   return c;
 }
 
+// --- multiqueue: a frontend with four queue pairs (the port needs queues=4).
+
+// A good transmit chain in slot `slot` of queue q: a virtio-net header and a frame of zeros
+// (the switch drops it as bad_source: it reaches no other port). Returns the avail index.
+uint16_t PostGood(Session& s, uint32_t q, uint16_t slot) {
+  s.desc(q)[slot] = {Buf(slot), 12 + 60, 0, 0};
+  uint16_t idx = s.AvailIdx(q);
+  s.SetAvailEntry(idx++, slot, q);
+  s.PublishAvail(idx, q);
+  s.Kick(q);
+  return idx;
+}
+
+// Whether queue q's used index reaches idx within 200 ms.
+bool WaitUsed(Session& s, uint32_t q, uint16_t idx) {
+  const uint64_t until = NowNs() + 200'000'000;
+  while (NowNs() < until) {
+    if (s.UsedIdx(q) == idx) return true;
+    std::this_thread::sleep_for(200us);
+  }
+  return false;
+}
+
+// mq: one queue pair of four attacked while the others carry chains. Rounds: a descriptor
+// loop on queue 7 while queues 1, 3 and 5 each send one good chain (all four answered); queue
+// 3's avail index jumped (queue 3 must break, its error eventfd fire, and queues 1 and 5 still
+// take chains); SET_VRING_ENABLE 0/1 on queues 2-7 ten times back to back, then queues 1 and 3
+// must still take chains; queue 5 disabled with a chain posted and enabled again (the chain
+// must be taken by the end).
+Counts Mq() {
+  Counts c;
+  const uint64_t deadline = NowNs() + static_cast<uint64_t>(g_duration * 1e9);
+  std::unique_ptr<Session> s;
+  while (TimeLeft(deadline)) {
+    if (!s) {
+      s = std::make_unique<Session>();
+      if (!s->Setup(false, false, kMaxQueues)) {
+        ++c.refused;
+        s.reset();
+        std::this_thread::sleep_for(50ms);
+        continue;
+      }
+      ++c.connects;
+    }
+    ++c.rounds;
+    bool ok = true;
+    switch (c.rounds % 4) {
+      case 0: {
+        Desc* d = s->desc(7);
+        d[0] = {Buf(0), 64, virtio::kDescFNext, 1};
+        d[1] = {Buf(1), 64, virtio::kDescFNext, 0};
+        uint16_t i7 = s->AvailIdx(7);
+        s->SetAvailEntry(i7++, 0, 7);
+        s->PublishAvail(i7, 7);
+        s->Kick(7);
+        const uint16_t i1 = PostGood(*s, 1, 2), i3 = PostGood(*s, 3, 2), i5 = PostGood(*s, 5, 2);
+        ok = WaitUsed(*s, 7, i7) && WaitUsed(*s, 1, i1) && WaitUsed(*s, 3, i3) && WaitUsed(*s, 5, i5);
+        if (ok) c.completed += 4;
+        break;
+      }
+      case 1: {
+        s->PublishAvail(static_cast<uint16_t>(s->UsedIdx(3) + 300), 3);
+        s->Kick(3);
+        const uint64_t until = NowNs() + 200'000'000;
+        bool broke = false;
+        while (NowNs() < until && !(broke = s->ErrFired(3))) std::this_thread::sleep_for(200us);
+        if (broke) ++c.broken;
+        const uint16_t i1 = PostGood(*s, 1, 3), i5 = PostGood(*s, 5, 3);
+        ok = broke && WaitUsed(*s, 1, i1) && WaitUsed(*s, 5, i5);
+        if (ok) c.completed += 2;
+        s.reset();  // queue 3 stays broken until set up again: a fresh session
+        break;
+      }
+      case 2: {
+        for (int k = 0; k < 10 && ok; ++k) {
+          for (uint32_t q = 2; q < kMaxQueues && ok; ++q) {
+            ok = s->Send(Request::kSetVringEnable, vhost::VringState{q, 0}) &&
+                 s->Send(Request::kSetVringEnable, vhost::VringState{q, 1});
+          }
+        }
+        if (!ok) {
+          ++c.closed;
+          s.reset();
+          ok = true;  // a backend may close a connection that storms it
+          break;
+        }
+        const uint16_t i1 = PostGood(*s, 1, 4), i3 = PostGood(*s, 3, 4);
+        ok = WaitUsed(*s, 1, i1) && WaitUsed(*s, 3, i3);
+        if (ok) c.completed += 2;
+        break;
+      }
+      default: {
+        ok = s->Send(Request::kSetVringEnable, vhost::VringState{5, 0});
+        const uint16_t i5 = PostGood(*s, 5, 5);
+        std::this_thread::sleep_for(5ms);
+        ok = ok && s->Send(Request::kSetVringEnable, vhost::VringState{5, 1});
+        s->Kick(5);
+        ok = ok && WaitUsed(*s, 5, i5);
+        if (ok) ++c.completed;
+        break;
+      }
+    }
+    if (!ok) {
+      ++c.stuck;
+      s.reset();
+    } else if (s && s->Closed()) {
+      ++c.closed;
+      s.reset();
+    }
+  }
+  return c;
+}
+
 // kick-flood: the kick eventfds written as fast as this thread can, the counter pushed near
 // its maximum now and then (a write that would overflow it fails here, never in the
 // backend). The rings are empty: the backend must drain the kicks without spinning its
@@ -1288,6 +1419,7 @@ Counts Run(const std::string& name) {
   if (name == "rx-bad") return RxBad();
   if (name == "rx-starve") return RxStarve();
   if (name == "rx-race") return RxRace();
+  if (name == "mq") return Mq();
   if (name == "kick-flood") return KickFlood();
   if (name == "fd-swap") return FdSwap();
   if (name == "pause-storm") return PauseStorm();

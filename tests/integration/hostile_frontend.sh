@@ -32,8 +32,8 @@ RATE=${NICMUX_ATTACK_RATE:-5000}
 RATE_DIV=$([ "${NICMUX_LONG:-0}" = 1 ] && echo 2 || echo 4)
 ATTACKS=${NICMUX_ATTACKS:-$("$BIN/nicmux-attack" --list)}
 # The traces each attack must leave (see the header).
-EXPECT_LOG="avail-jump race packed-flags rx-race fd-swap shrink-memfd bad-messages unread-replies conn-flood"
-EXPECT_DROPS="desc-loop indirect-loop addr-outside huge-len indirect-bad avail-jump race packed-flags packed-indirect rx-bad rx-race"
+EXPECT_LOG="avail-jump race packed-flags rx-race mq fd-swap shrink-memfd bad-messages unread-replies conn-flood"
+EXPECT_DROPS="desc-loop indirect-loop addr-outside huge-len indirect-bad avail-jump race packed-flags packed-indirect rx-bad rx-race mq"
 # The attacks on the receive queue need frames for the port: their ports are access ports of
 # VLAN 99 with a port "feed", whose nicmux-pktgen sends to a MAC nobody has (flooded: to the
 # VLAN-99 ports alone). Every other port is an access port of VLAN 1 (a port without vlan= is
@@ -46,9 +46,10 @@ x=$WORK/x.sock y=$WORK/y.sock
 # every worker, and costs control requests the measurement does without).
 ports=()
 for a in $ATTACKS; do
+  spec="vhost-user:atk-$a:socket=$WORK/atk-$a.sock"
   case " $RX_ATTACKS " in
-    *" $a "*) ports+=(--port "vhost-user:atk-$a:socket=$WORK/atk-$a.sock,vlan=99") feed=yes ;;
-    *) ports+=(--port "vhost-user:atk-$a:socket=$WORK/atk-$a.sock,vlan=1") ;;
+    *" $a "*) ports+=(--port "$spec,vlan=99") feed=yes ;;
+    *) ports+=(--port "$spec,vlan=1$([ "$a" = mq ] && echo ,queues=4)") ;;
   esac
 done
 [ $feed = no ] || ports+=(--port "vhost-user:feed:socket=$WORK/feed.sock,vlan=99")
