@@ -18,6 +18,7 @@
 #include "control/handover.h"
 #include "base/unix_socket.h"
 #include "control/metrics.h"
+#include "port/dpdk_port.h"
 #include "port/registry.h"
 
 namespace nicmux {
@@ -1242,6 +1243,7 @@ void Daemon::Cutover(const json& hello) {
         // The new process resumed its workers on "commit"; it says "running" once it told
         // systemd it is the service's main process (ours paused meanwhile: no gap added).
         (void)handover::Receive(sock, kSendTimeoutMs);
+        RemoveDpdkLeftovers();  // _exit runs no atexit: the EAL's runtime directory
         std::fflush(nullptr);
         _exit(0);
       }
@@ -1254,6 +1256,7 @@ void Daemon::Cutover(const json& hello) {
       while (::waitpid(upgrade_->pid, nullptr, 0) < 0 && errno == EINTR) {
       }
       upgrade_->pid = -1;  // (reaped: FailUpgrade must not signal the number again)
+      SweepDpdkLeftovers();  // the killed process's EAL runtime directory, if it made one
     }
     for (size_t i = 0; i < exported; ++i) ports_[i]->port->HandoverAborted();
   }  // the workers resume: this process goes on serving
@@ -1267,6 +1270,7 @@ namespace {
 [[noreturn]] void AbandonTakeover(int sock, const std::string& why) {
   NICMUX_LOG(kError, "takeover failed: %s; the old nicmuxd goes on serving", why.c_str());
   (void)handover::Send(sock, json{{"msg", "fail"}, {"error", why}}, {}, kSendTimeoutMs);
+  RemoveDpdkLeftovers();
   std::fflush(nullptr);
   _exit(1);
 }

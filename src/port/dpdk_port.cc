@@ -1,6 +1,7 @@
 #include "port/dpdk_port.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -21,7 +22,11 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <set>
+#include <string_view>
 
 #include "base/log.h"
 #include "packet/offload_ops.h"
@@ -33,6 +38,30 @@ std::mutex g_eal_mu;
 std::vector<std::string> g_eal_args = {"--no-huge", "-m", "256", "--no-shconf", "--no-telemetry", "--no-pci"};
 bool g_eal_up = false;
 std::string g_eal_error;
+std::string g_runtime_dir;  // the EAL's, once it started
+
+// The prefix this code gives the EAL: "nicmuxd<pid>". The pid in name, if it starts with one
+// followed by `rest` (0 if not).
+constexpr std::string_view kPrefix = "nicmuxd";
+pid_t PidIn(std::string_view name, std::string_view rest) {
+  if (name.substr(0, kPrefix.size()) != kPrefix) return 0;
+  name.remove_prefix(kPrefix.size());
+  uint64_t pid = 0;
+  size_t i = 0;
+  for (; i < name.size() && i < 10 && name[i] >= '0' && name[i] <= '9'; ++i) pid = pid * 10 + uint64_t(name[i] - '0');
+  if (i == 0 || pid == 0 || pid > 4194304 || name.substr(i, rest.size()) != rest) return 0;
+  if (rest.empty() && i != name.size()) return 0;
+  return static_cast<pid_t>(pid);
+}
+bool Gone(pid_t pid) { return pid != getpid() && ::kill(pid, 0) < 0 && errno == ESRCH; }
+
+// Where DPDK puts runtime directories (eal_create_runtime_dir): /var/run/dpdk for root, else
+// $XDG_RUNTIME_DIR/dpdk, else /tmp/dpdk.
+std::string RuntimeBase() {
+  if (getuid() == 0) return "/var/run/dpdk";
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  return std::string(xdg && *xdg ? xdg : "/tmp") + "/dpdk";
+}
 
 // Starts the EAL once per process. rte_eal_init pins the calling thread to its main lcore;
 // the control thread's CPU set is put back after, so the workers it starts are not pinned.
@@ -49,6 +78,16 @@ Result<void> EnsureEal() {
   }
   std::vector<std::string> args = {"nicmuxd", "--file-prefix", "nicmuxd" + std::to_string(getpid())};
   args.insert(args.end(), g_eal_args.begin(), g_eal_args.end());
+  // Hugepage files are unlinked once mapped, unless the arguments say otherwise: whatever way
+  // the process ends (a live upgrade's _exit, SIGKILL), its hugepages go back to the system.
+  if (std::none_of(g_eal_args.begin(), g_eal_args.end(), [](const std::string& a) {
+        return a == "--no-huge" || a == "--in-memory" || a.rfind("--huge-unlink", 0) == 0;
+      })) {
+    args.push_back("--huge-unlink");
+  }
+  if (const size_t n = SweepDpdkLeftovers()) {
+    NICMUX_LOG(kInfo, "DPDK: removed what the EAL left of %zu nicmuxd process(es) that are gone (runtime directories, hugepage files)", n);
+  }
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -63,6 +102,8 @@ Result<void> EnsureEal() {
     return Error(g_eal_error);
   }
   g_eal_up = true;
+  g_runtime_dir = rte_eal_get_runtime_dir();
+  std::atexit(RemoveDpdkLeftovers);
   NICMUX_LOG(kInfo, "DPDK EAL started (%s)", rte_version());
   return Ok();
 }
@@ -1063,6 +1104,41 @@ void DpdkPort::HandoverAborted() {
 }
 
 }  // namespace
+
+void RemoveDpdkLeftovers() {
+  if (g_runtime_dir.empty()) return;
+  std::error_code ec;
+  std::filesystem::remove_all(g_runtime_dir, ec);
+  // Hugepage files: none with --huge-unlink (the default) or --in-memory.
+  const std::string mine = std::string(kPrefix) + std::to_string(getpid()) + "map_";
+  std::ifstream mounts("/proc/mounts");
+  for (std::string dev, dir, type, rest; mounts >> dev >> dir >> type && std::getline(mounts, rest);) {
+    if (type != "hugetlbfs") continue;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      if (e.path().filename().string().rfind(mine, 0) == 0) std::filesystem::remove(e.path(), ec);
+    }
+  }
+}
+
+size_t SweepDpdkLeftovers() {
+  std::set<pid_t> gone;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(RuntimeBase(), ec)) {
+    const pid_t pid = PidIn(e.path().filename().string(), "");
+    if (pid > 0 && Gone(pid) && std::filesystem::remove_all(e.path(), ec) != static_cast<std::uintmax_t>(-1)) {
+      gone.insert(pid);
+    }
+  }
+  std::ifstream mounts("/proc/mounts");
+  for (std::string dev, dir, type, rest; mounts >> dev >> dir >> type && std::getline(mounts, rest);) {
+    if (type != "hugetlbfs") continue;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      const pid_t pid = PidIn(e.path().filename().string(), "map_");
+      if (pid > 0 && Gone(pid) && std::filesystem::remove(e.path(), ec)) gone.insert(pid);
+    }
+  }
+  return gone.size();
+}
 
 void SetDpdkEalArgs(std::vector<std::string> args) {
   std::lock_guard lock(g_eal_mu);

@@ -43,6 +43,17 @@ namespace nicmux {
 void SetDpdkEalArgs(std::vector<std::string> args);
 std::vector<std::string> DpdkEalArgs();
 
+// What the EAL leaves of a process (docs/dpdk.md "Files"): its runtime directory
+// (/var/run/dpdk/nicmuxd<pid> for root) and, without --huge-unlink, its hugetlbfs files
+// (nicmuxd<pid>map_*), neither removed by DPDK when the process ends. This removes this
+// process's own: registered with atexit when the EAL starts, and called by the paths that end
+// with _exit (a live upgrade's old nicmuxd, a new one that gives up). No-op without an EAL.
+void RemoveDpdkLeftovers();
+// Removes those of nicmuxd processes that are gone (no process with the pid in the name; done
+// when the EAL starts: a process killed, or one that ended before this code existed); the
+// number of processes whose leftovers went.
+size_t SweepDpdkLeftovers();
+
 struct DpdkPortOptions {
   std::string name;
   std::string devargs;

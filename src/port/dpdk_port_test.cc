@@ -7,6 +7,12 @@
 #include "port/dpdk_port.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
 
 #include <vector>
 
@@ -148,3 +154,41 @@ TEST(DpdkHandover, ZeroCopyPortsRefuseAndTamperedRecordsAreRefused) {
 
 }  // namespace
 }  // namespace nicmux
+
+// What the EAL leaves of a process (its runtime directory; hugepage files without
+// --huge-unlink) is swept when an EAL starts, for nicmuxd processes that are gone and no
+// other: a live process's (this one's, its parent's) and names that only look alike stay.
+TEST(DpdkLeftovers, TheSweepRemovesOnlyWhatNicmuxdProcessesThatAreGoneLeft) {
+  if (::getuid() != 0) GTEST_SKIP() << "the runtime directories are under /var/run/dpdk for root";
+  namespace fs = std::filesystem;
+  const pid_t dead = ::fork();
+  ASSERT_GE(dead, 0);
+  if (dead == 0) _exit(0);
+  ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
+  const fs::path base = "/var/run/dpdk";
+  const std::string d = std::to_string(dead);
+  const fs::path gone = base / ("nicmuxd" + d), self = base / ("nicmuxd" + std::to_string(::getpid())),
+                 parent = base / ("nicmuxd" + std::to_string(::getppid())), alike = base / ("nicmuxd" + d + "x"),
+                 other = base / ("testpmd" + d);
+  for (const fs::path& p : {gone, self, parent, alike, other}) fs::create_directories(p);
+  std::ofstream(gone / "config") << "x";
+  // A hugetlbfs mount, if there is one: the gone process's files go, the others' stay.
+  fs::path huge;
+  std::ifstream mounts("/proc/mounts");
+  for (std::string dev, dir, type, rest; mounts >> dev >> dir >> type && std::getline(mounts, rest);) {
+    if (type == "hugetlbfs") huge = dir;
+  }
+  if (!huge.empty()) {
+    std::ofstream(huge / ("nicmuxd" + d + "map_0"));
+    std::ofstream(huge / ("nicmuxd" + std::to_string(::getppid()) + "map_0"));
+  }
+  EXPECT_GE(nicmux::SweepDpdkLeftovers(), 1u);
+  EXPECT_FALSE(fs::exists(gone));
+  for (const fs::path& p : {self, parent, alike, other}) EXPECT_TRUE(fs::exists(p)) << p;
+  if (!huge.empty()) {
+    EXPECT_FALSE(fs::exists(huge / ("nicmuxd" + d + "map_0")));
+    EXPECT_TRUE(fs::exists(huge / ("nicmuxd" + std::to_string(::getppid()) + "map_0")));
+    fs::remove(huge / ("nicmuxd" + std::to_string(::getppid()) + "map_0"));
+  }
+  for (const fs::path& p : {self, parent, alike, other}) fs::remove_all(p);
+}

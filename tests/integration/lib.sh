@@ -19,6 +19,9 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for h in "${CLEANUP_HOOKS[@]}"; do "$h" || true; done
+  # The runtime directories of the DPDK peers this test started (testpmd: --file-prefix
+  # LETTERS$$...; DPDK leaves them behind; nicmuxd removes its own).
+  rm -rf /var/run/dpdk/[a-z]*$$ /var/run/dpdk/[a-z]*$$[!0-9]* 2>/dev/null
   if [ $rc -ne 0 ]; then
     echo "---- logs ($WORK) ----"
     for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "== $f"; tail -n 30 "$f"; }; done
