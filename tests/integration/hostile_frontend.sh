@@ -47,9 +47,12 @@ x=$WORK/x.sock y=$WORK/y.sock
 ports=()
 for a in $ATTACKS; do
   spec="vhost-user:atk-$a:socket=$WORK/atk-$a.sock"
-  case " $RX_ATTACKS " in
-    *" $a "*) ports+=(--port "$spec,vlan=99") feed=yes ;;
-    *) ports+=(--port "$spec,vlan=1$([ "$a" = mq ] && echo ,queues=4)") ;;
+  kind=$a
+  case " $RX_ATTACKS " in *" $a "*) kind=rx ;; esac
+  case $kind in
+    rx) ports+=(--port "$spec,vlan=99") feed=yes ;;
+    mq) ports+=(--port "$spec,vlan=1,queues=4") ;;
+    *) ports+=(--port "$spec,vlan=1") ;;
   esac
 done
 [ $feed = no ] || ports+=(--port "vhost-user:feed:socket=$WORK/feed.sock,vlan=99")
