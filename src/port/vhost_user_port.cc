@@ -830,6 +830,10 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   size_t k = 0;
   uint64_t bytes = 0, sent = 0;
   bool ring_empty = false;
+  // Chains completed empty (too small for any frame) in this call: bounded like the bad chains
+  // a Pop completes (kMaxBadChainsPerPop), or a guest reposting them as fast as they are
+  // completed would keep the worker here for ever. Past the bound the ring counts as empty.
+  uint32_t too_small = 0;
   // Two passes per round: first take receive chains for as many packets as the chain array
   // holds, prefetching each buffer for writing; then copy. The guest's buffers are scattered
   // over its memory, and a copy that waits for each one's cache line (and TLB entry) in turn
@@ -881,7 +885,8 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
         if (!mrg && chains[used].writable_bytes < hdr_len + kEthHeaderBytes) {
           plan[nplan++] = {kNoPacket, used++, 1};
           c.drops.Add(DropReason::kRxChainTooSmall);
-          if (nplan == kBurst) {
+          if (++too_small == virtio::kMaxBadChainsPerPop) ring_empty = true;
+          if (nplan == kBurst || ring_empty) {
             out_of_plans = true;
             break;
           }

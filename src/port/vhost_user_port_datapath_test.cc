@@ -533,6 +533,31 @@ TEST_P(DataPath, WithoutMergeAReceiveChainTooSmallForAnyFrameIsCompletedEmptyInI
   EXPECT_EQ(port_->DropsFor(DropReason::kRxChainTooSmall), 4u);
 }
 
+// Such chains are completed at most kMaxBadChainsPerPop (32) per Tx: past that the ring
+// counts as empty for the call, so a guest reposting them as fast as they are completed cannot
+// keep the worker in one Tx for ever. The next call goes on.
+TEST_P(DataPath, ReceiveChainsTooSmallAreCompletedAtMost32PerTx) {
+  ASSERT_NO_FATAL_FAILURE(Connect(/*mrg_rxbuf=*/false, /*buf_bytes=*/256));
+  ASSERT_NO_FATAL_FAILURE(UseUpReceiveBuffers());
+  vhost::FrontendQueue& q = rxq();
+  for (uint32_t i = 0; i < 41; ++i) {
+    const uint16_t id = q.NextId();
+    virtio::DriverBuffer d{f_->BufferAddr(q, id), i < 40 ? 8u : 256u, /*writable=*/true};
+    ASSERT_TRUE(q.Add({&d, 1}));
+  }
+  q.Publish();
+  HostPacket a(MakeFrame(1, 60));
+  const PacketRef* one[] = {&a.ref};
+  std::lock_guard worker(worker_.mutex());
+  EXPECT_EQ(port_->Tx(0, one), 0u);
+  EXPECT_EQ(PopUsed(rxq()).size(), 32u);
+  EXPECT_EQ(port_->Tx(0, one), 1u);
+  auto used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 9u);
+  EXPECT_EQ(FrameIn(used[8]), a.bytes);
+  EXPECT_EQ(port_->DropsFor(DropReason::kRxChainTooSmall), 40u);
+}
+
 // ------------------------------------------------------------------------------- Rx
 
 // RxDone(q, batch, sent) with sent < batch: the chains of packets [0, sent) are completed,
