@@ -235,7 +235,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (line.size() > nicmux::kMaxRequestBytes) stream_or_close = true;
     if (!IsBlank(line)) ++requests;
     out.append(line);
-    out.push_back('\n');
+    if (!last) out.push_back('\n');  // a last line without one is served at the half-close
   }
   const std::string got = Exchange(out);
 
@@ -250,19 +250,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     abort();
   }
 
-  // The daemon still answers, on a new connection; then it gets back its two ports and only
-  // them, for the next input.
+  // The daemon still answers, on a new connection; then it gets back its two ports as they
+  // were (a vm1 removed and added again with other options is made again) and only them, and
+  // its directory holds nothing else, for the next input.
   const std::vector<json> list = Lines(Exchange("{\"cmd\":\"port.list\"}\n"));
   if (list.size() != 1 || !list[0].value("ok", false) || !list[0]["result"].contains("ports")) abort();
   bool have[2] = {false, false};
   for (const json& port : list[0]["result"]["ports"]) {
     const std::string name = port.value("name", "");
-    if (name == "vm1" || name == "vm2") {
-      have[name == "vm2"] = true;
+    const int base = name == "vm1" ? 0 : name == "vm2" ? 1 : -1;
+    if (base >= 0 && port.value("spec", "") == nicmux::SpecToString(BasePort(base))) {
+      have[base] = true;
     } else if (auto e = State().daemon->DelPort(name)) {
       fprintf(stderr, "control_fuzz: port.del %s: %s\n", name.c_str(), e->message.c_str());
       abort();
     }
+  }
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(Dir(), ec)) {
+    const std::string f = e.path().filename().string();
+    if (f != "ctl.sock" && f != "vm1.sock" && f != "vm2.sock") std::filesystem::remove_all(e.path(), ec);
   }
   for (int i = 0; i < 2; ++i) {
     if (have[i]) continue;
