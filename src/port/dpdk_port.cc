@@ -46,6 +46,7 @@ constexpr std::string_view kPrefix = "nicmuxd";
 pid_t PidIn(std::string_view name, std::string_view rest) {
   if (name.substr(0, kPrefix.size()) != kPrefix) return 0;
   name.remove_prefix(kPrefix.size());
+  if (name.empty() || name[0] == '0') return 0;  // (no pid is written with a leading zero)
   uint64_t pid = 0;
   size_t i = 0;
   for (; i < name.size() && i < 10 && name[i] >= '0' && name[i] <= '9'; ++i) pid = pid * 10 + uint64_t(name[i] - '0');
@@ -1123,7 +1124,11 @@ void RemoveDpdkLeftovers() {
 size_t SweepDpdkLeftovers() {
   std::set<pid_t> gone;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(RuntimeBase(), ec)) {
+  // Only in a directory of this user's, not a link (/tmp/dpdk may be anyone's).
+  struct stat st;
+  const std::string base = RuntimeBase();
+  const bool base_ok = ::lstat(base.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::geteuid();
+  for (const auto& e : std::filesystem::directory_iterator(base_ok ? base : std::string("/nonexistent"), ec)) {
     const pid_t pid = PidIn(e.path().filename().string(), "");
     if (pid > 0 && Gone(pid) && std::filesystem::remove_all(e.path(), ec) != static_cast<std::uintmax_t>(-1)) {
       gone.insert(pid);
