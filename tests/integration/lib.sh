@@ -21,7 +21,8 @@ cleanup() {
   for h in "${CLEANUP_HOOKS[@]}"; do "$h" || true; done
   # The runtime directories of the DPDK peers this test started (testpmd: --file-prefix
   # LETTERS$$...; DPDK leaves them behind; nicmuxd removes its own).
-  rm -rf /var/run/dpdk/[a-z]*$$ /var/run/dpdk/[a-z]*$$[!0-9]* 2>/dev/null
+  # (A letter right before the pid: nicmuxd14321 is not this test's when $$ is 4321.)
+  rm -rf /var/run/dpdk/[a-z]*[a-z]$$ /var/run/dpdk/[a-z]*[a-z]$$[!0-9]* 2>/dev/null
   if [ $rc -ne 0 ]; then
     echo "---- logs ($WORK) ----"
     for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "== $f"; tail -n 30 "$f"; }; done
@@ -177,4 +178,24 @@ kill_guest() {
     for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
   done
+}
+
+# start_bidir_pair: the two verifying endpoints of the upgrade tests across two nicmuxd
+# (upgrade_af_xdp.sh, upgrade_dpdk.sh): nicmux-pktgen --mode bidir on $WORK/a.sock and
+# $WORK/b.sock, 2 queues, $COUNT frames at $RATE each way (streams 1 and 2, MACs
+# 02:00:00:00:0a:01 and 02:00:00:00:0b:02), announced and then released together once both
+# switches learned the far MAC; sets pa and pb to their pids.
+start_bidir_pair() {
+  local e mac peer s
+  for e in a b; do
+    if [ $e = a ]; then mac=02:00:00:00:0a:01 peer=02:00:00:00:0b:02 s=1; else mac=02:00:00:00:0b:02 peer=02:00:00:00:0a:01 s=2; fi
+    start "pg_$e" "$BIN/nicmux-pktgen" --socket "$WORK/$e.sock" --mode bidir --verify --count "$COUNT" --rate "$RATE" \
+      --queues 2 --ring 1024 --duration 30 --interval 0 --stream $s --mac $mac --peer-mac $peer --announce --hold --yield
+    eval "p$e=\$LAST_PID"
+  done
+  wait_log "$WORK/pg_a.log" connected 60 "$pa"
+  wait_log "$WORK/pg_b.log" connected 60 "$pb"
+  sleep 0.5  # the announcements through the link: each switch learns the far endpoint's MAC
+  release "$pa" "$pb"
+  sleep 1.5
 }

@@ -51,17 +51,7 @@ id0=$(xdp_id "$V0") id1=$(xdp_id "$V1")
 [ "$id0" != 0 ] && [ "$id1" != 0 ] || fail "no XDP program on $V0 ($id0) or $V1 ($id1)"
 mode=$(ctl --json port show xa | json_field "['xdp_mode']")
 
-for e in a b; do
-  if [ $e = a ]; then mac=02:00:00:00:0a:01 peer=02:00:00:00:0b:02 s=1; else mac=02:00:00:00:0b:02 peer=02:00:00:00:0a:01 s=2; fi
-  start "pg_$e" "$BIN/nicmux-pktgen" --socket "$WORK/$e.sock" --mode bidir --verify --count "$COUNT" --rate "$RATE" \
-    --queues 2 --ring 1024 --duration 30 --interval 0 --stream $s --mac $mac --peer-mac $peer --announce --hold --yield
-  eval "p$e=\$LAST_PID"
-done
-wait_log "$WORK/pg_a.log" connected 60 "$pa"
-wait_log "$WORK/pg_b.log" connected 60 "$pb"
-sleep 0.5  # the announcements through the veth: each switch learns the far endpoint's MAC
-release "$pa" "$pb"
-sleep 1.5
+start_bidir_pair
 
 pauses=()
 # 1. nicmuxd 1, twice, with a failed attempt between.
