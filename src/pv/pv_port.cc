@@ -187,6 +187,11 @@ class PvPort final : public Port {
   // Workers (and the control thread, for a fault in registered memory).
   void Break(const std::string& why);
   std::string BadBuffer(const nmx_pv_desc& d) const;
+  // A posted receive buffer that cannot hold an Ethernet header: the reason that names it.
+  static std::string TooShort(const nmx_pv_desc& d) {
+    return "region " + std::to_string(d.region) + " offset " + std::to_string(d.offset) + " len " +
+           std::to_string(d.len) + " cannot hold an Ethernet header (" + std::to_string(kEthHeader) + " bytes)";
+  }
   bool ToOffload(PacketRef* p, const nmx_pv_desc& d);
   void MaybeIrq(uint32_t qi, Queue& q, nmx_pv_ring* r);
   size_t TxFlows(uint32_t qi, std::span<const PacketRef* const> in);
@@ -1372,8 +1377,11 @@ size_t PvPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
     std::memcpy(&d, &r->desc[at], sizeof d);
     // UNTRUSTED: the posted buffer must lie inside the buffer area or a registered region.
     std::byte* buf = region_->Buffer(d.region, d.offset, d.len);
-    if (!buf) {
-      Break("rx ring " + std::to_string(qi) + " descriptor " + std::to_string(q.filled) + ": " + BadBuffer(d));
+    // UNTRUSTED: and hold an Ethernet header: a shorter one would stay posted for ever, every
+    // frame for the application dropped as too big behind it.
+    if (!buf || d.len < kEthHeader) {
+      Break("rx ring " + std::to_string(qi) + " descriptor " + std::to_string(q.filled) + ": " +
+            (buf ? TooShort(d) : BadBuffer(d)));
       q.txc.dropped.Add(in.size() - k);
       q.txc.drops.Add(DropReason::kPortDown, in.size() - k);
       k = in.size();
@@ -1491,8 +1499,9 @@ void PvPort::FillSteered(uint32_t ti, const Steer* s, size_t n) {
     std::memcpy(&d, &r->desc[at], sizeof d);
     // UNTRUSTED: the posted buffer must lie inside the buffer area or a registered region.
     std::byte* buf = region_->Buffer(d.region, d.offset, d.len);
-    if (!buf) {
-      Break("rx ring " + std::to_string(ti) + " descriptor " + std::to_string(q.filled) + ": " + BadBuffer(d));
+    if (!buf || d.len < kEthHeader) {  // UNTRUSTED: as in Tx
+      Break("rx ring " + std::to_string(ti) + " descriptor " + std::to_string(q.filled) + ": " +
+            (buf ? TooShort(d) : BadBuffer(d)));
       q.txc.dropped.Add(n - k);
       q.txc.drops.Add(DropReason::kPortDown, n - k);
       break;

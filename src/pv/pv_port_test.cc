@@ -287,6 +287,18 @@ TEST_F(PvPortTest, HostileDriverBreaksTheDevice) {
   EXPECT_EQ(port_->Tx(0, {ptrs, 1}), 1u);  // dropped, never a stall
   EXPECT_EQ(d.h()->status, NMX_PV_STATUS_BROKEN);
   EXPECT_NE(std::string(d.h()->broken_reason).find("rx ring 0: posted 2000"), std::string::npos);
+  // A posted receive buffer too short for any frame breaks it too (it would have stayed posted
+  // for ever, every frame dropped as too big behind it).
+  d.sock.Reset();
+  for (int i = 0; i < 20 && port_->State() != "waiting"; ++i) loop_->RunOnce(10);
+  Driver e(loop_.get());
+  ASSERT_EQ(e.Connect(path_), "");
+  ASSERT_EQ(e.Start(), "");
+  e.PostRx(0, 0, 13);
+  EXPECT_EQ(port_->Tx(0, {ptrs, 1}), 1u);
+  EXPECT_EQ(e.h()->status, NMX_PV_STATUS_BROKEN);
+  EXPECT_NE(std::string(e.h()->broken_reason).find("len 13 cannot hold an Ethernet header"), std::string::npos)
+      << e.h()->broken_reason;
 }
 
 TEST_F(PvPortTest, OneDriverAtATime) {
