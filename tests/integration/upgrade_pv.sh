@@ -90,14 +90,18 @@ grep -q "pvgen: device stats: rx_packets=$COUNT .* tx_packets=$COUNT " "$WORK/pv
 conns=$(ctl --json port show p | json_field "['connections']")
 [ "$conns" = 1 ] || fail "port p had $conns connections: the driver reconnected"
 [ "$(grep -c 'pv driver connected' "$WORK/nicmuxd.log")" = 1 ] || fail "the driver connected more than once: $(grep 'pv driver' "$WORK/nicmuxd.log")"
-# (pvgen hangs up once, when it is done: after the last handover.)
+# pvgen hangs up once, when it is done: after every handover of the running device. (The last
+# upgrade may come just after the run ended, on a machine slow enough: it hands over a
+# waiting device, which is fine; CI saw it once, with fuzzers on both cores.)
 bye=$(grep -n 'pv driver disconnected' "$WORK/nicmuxd.log" | cut -d: -f1)
-last=$(grep -n 'port p: pv device on .* handed over' "$WORK/nicmuxd.log" | tail -n 1 | cut -d: -f1)
+last=$(grep -n 'port p: pv device on .* handed over (running)' "$WORK/nicmuxd.log" | tail -n 1 | cut -d: -f1)
 [ "$(wc -w <<<"$bye")" = 1 ] && [ "$bye" -gt "$last" ] ||
   fail "the driver was disconnected during the upgrades: $(grep 'pv driver disconnected' "$WORK/nicmuxd.log")"
 n=${#pauses[@]}
-[ "$(grep -c 'port p: pv device on .* handed over (running)' "$WORK/nicmuxd.log")" = "$n" ] ||
-  fail "not $n handovers of port p: $(grep 'handed over' "$WORK/nicmuxd.log")"
+running=$(grep -c 'port p: pv device on .* handed over (running)' "$WORK/nicmuxd.log" || true)
+waiting=$(grep -c 'port p: pv device on .* handed over (waiting)' "$WORK/nicmuxd.log" || true)
+[ "$running" -ge 3 ] && [ $((running + waiting)) = "$n" ] ||
+  fail "$running handovers of port p while its driver ran, $waiting after, $n upgrades: $(grep 'handed over' "$WORK/nicmuxd.log")"
 echo "ok: pv: $COUNT frames each way through $n upgrades and a failed one: none lost, duplicated or reordered;" \
   "one connection throughout; pktgen's longest gap $(summary_field "$WORK/pktgen.log" rx_max_gap_us) us"
 echo "ok: pauses ${pauses[*]} us"
