@@ -378,9 +378,9 @@ bool TimeLeft(uint64_t deadline) { return NowNs() < deadline; }
 
 // A fresh session; counts it, or counts a refusal and waits a little (a quarantine refuses
 // everyone for a while: nothing is gained by hammering it).
-std::unique_ptr<Session> Open(Counts& c, bool packed, bool reply_ack = false) {
+std::unique_ptr<Session> Open(Counts& c, bool packed, bool reply_ack = false, uint32_t nq = 2) {
   auto s = std::make_unique<Session>();
-  if (!s->Setup(packed, reply_ack)) {
+  if (!s->Setup(packed, reply_ack, nq)) {
     ++c.refused;
     std::this_thread::sleep_for(50ms);
     return nullptr;
@@ -906,16 +906,7 @@ Counts Mq() {
   const uint64_t deadline = NowNs() + static_cast<uint64_t>(g_duration * 1e9);
   std::unique_ptr<Session> s;
   while (TimeLeft(deadline)) {
-    if (!s) {
-      s = std::make_unique<Session>();
-      if (!s->Setup(false, false, kMaxQueues)) {
-        ++c.refused;
-        s.reset();
-        std::this_thread::sleep_for(50ms);
-        continue;
-      }
-      ++c.connects;
-    }
+    if (!s && !(s = Open(c, false, false, kMaxQueues))) continue;
     ++c.rounds;
     bool ok = true;
     switch (c.rounds % 4) {
