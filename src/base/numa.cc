@@ -86,6 +86,15 @@ int NumaTopology::nodes() const {
   return s.empty() ? 1 : static_cast<int>(s.size());
 }
 
+int NodeOfNetdev(const std::string& ifname, const std::string& root) {
+  // (An interface name has no '/'; one that had would name another file: refused.)
+  if (ifname.empty() || ifname.find('/') != std::string::npos || ifname == "." || ifname == "..") return -1;
+  std::ifstream f(root + "/" + ifname + "/device/numa_node");
+  int node = -1;
+  if (!(f >> node) || node < 0) return -1;
+  return node;
+}
+
 int NodeOfAddress(const void* addr) {
   int node = -1;
   if (::syscall(SYS_get_mempolicy, &node, nullptr, 0ul, addr, kMpolFNode | kMpolFAddr) != 0) return -1;

@@ -36,6 +36,10 @@ class NumaTopology {
   std::vector<int> node_of_cpu_;  // empty: one node
 };
 
+// The node of a network interface's device (/sys/class/net/IFNAME/device/numa_node under
+// root), or -1: a virtual interface (veth, TAP) has no device, a machine without NUMA writes -1.
+int NodeOfNetdev(const std::string& ifname, const std::string& root = "/sys/class/net");
+
 // A cpulist as sysfs writes it ("0-3,8,10-11"); false when it is not one.
 bool ParseCpuList(const std::string& text, std::vector<int>* cpus);
 

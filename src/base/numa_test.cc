@@ -52,6 +52,29 @@ TEST(Numa, CpuListsAndAMadeUpSysfsTree) {
   EXPECT_GE(here.NodeOfCpu(0), 0);
 }
 
+TEST(Numa, ANetworkDevicesNodeFromAMadeUpSysfsTree) {
+  char dir[] = "/tmp/numa_netdev_test.XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string root = dir;
+  std::filesystem::create_directories(root + "/ens1f0/device");
+  std::filesystem::create_directories(root + "/ens2/device");
+  std::filesystem::create_directories(root + "/veth0");  // no device
+  std::filesystem::create_directories(root + "/bad/device");
+  std::ofstream(root + "/ens1f0/device/numa_node") << "1\n";
+  std::ofstream(root + "/ens2/device/numa_node") << "-1\n";  // a machine without NUMA
+  std::ofstream(root + "/bad/device/numa_node") << "x\n";
+  EXPECT_EQ(NodeOfNetdev("ens1f0", root), 1);
+  EXPECT_EQ(NodeOfNetdev("ens2", root), -1);
+  EXPECT_EQ(NodeOfNetdev("veth0", root), -1);
+  EXPECT_EQ(NodeOfNetdev("bad", root), -1);
+  EXPECT_EQ(NodeOfNetdev("missing", root), -1);
+  EXPECT_EQ(NodeOfNetdev("../ens1f0", root + "/veth0"), -1);  // a name with '/' names no interface
+  EXPECT_EQ(NodeOfNetdev("", root), -1);
+  std::filesystem::remove_all(root);
+  // This machine's loopback: no device.
+  EXPECT_EQ(NodeOfNetdev("lo"), -1);
+}
+
 TEST(Numa, ProbesOnThisMachine) {
   // This machine has one node: a touched page is on node 0 (any node is >= 0 elsewhere).
   const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));

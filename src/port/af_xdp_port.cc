@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/numa.h"
 #include "packet/offload_ops.h"
 #include "port/af_xdp_fill.h"
 #include "port/af_xdp_tx_metadata.h"
@@ -207,6 +208,7 @@ Result<void> AfXdpPort::CheckOptions() {
   // Everything that can be checked without touching the interface first.
   ifindex_ = static_cast<int>(if_nametoindex(opt_.ifname.c_str()));
   if (ifindex_ == 0) return Error("port " + opt_.name + ": no interface named " + opt_.ifname);
+  node_ = NodeOfNetdev(opt_.ifname);
   {
     UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     ifreq r = {};

@@ -109,6 +109,9 @@ class AfXdpPort final : public Port {
   PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;
   std::string State() const override;
+  // The interface's device node (sysfs; -1 for a veth or on a machine without NUMA), read at
+  // Open: the scheduler puts its queues on a worker of that node (docs/scheduler.md).
+  int numa_node() const override { return node_; }
   std::vector<Detail> Details() const override;
   std::vector<Detail> DeviceCaps() const override;
   bool CanHandOver() const override { return true; }
@@ -176,6 +179,7 @@ class AfXdpPort final : public Port {
 
   AfXdpPortOptions opt_;
   int ifindex_ = 0;
+  int node_ = -1;  // set at Open by the control thread, read by it
   uint32_t mtu_ = 0;
   uint32_t attach_flags_ = 0;  // XDP_FLAGS_DRV_MODE or XDP_FLAGS_SKB_MODE once attached, else 0
   std::string mode_;

@@ -226,6 +226,10 @@ class DpdkPort final : public Port {
   PortStats QueueStats(uint32_t q) const override { return QueueStatsAt(q_, q); }
   uint64_t DropsFor(DropReason r) const override;
   std::string State() const override;
+  // The device's node (rte_eth_dev_socket_id: a PCI device's from sysfs; -1 for a virtual
+  // device that has none), read when the device is found: the scheduler puts its queues on a
+  // worker of that node (docs/scheduler.md).
+  int numa_node() const override { return node_; }
   std::vector<Detail> Details() const override;
   std::vector<Detail> DeviceCaps() const override;
   // A device cannot be handed over (its EAL state is this process's): the old process closes
@@ -288,6 +292,7 @@ class DpdkPort final : public Port {
 
   DpdkPortOptions opt_;
   uint16_t port_id_ = 0;
+  int node_ = -1;  // set by the control thread before the port is added, read by it after
   bool probed_ = false, have_port_ = false, started_ = false;
   bool multi_segs_ = false;  // the device takes mbuf chains
   // The device's own offloads, used where it has them (opt_.offloads): partial TCP/UDP
@@ -340,6 +345,7 @@ Result<void> DpdkPort::OpenDevice() {
                  " (a PCI device is named by its full address, 0000:01:00.0)");
   }
   have_port_ = true;
+  node_ = std::max(rte_eth_dev_socket_id(port_id_), -1);  // SOCKET_ID_ANY, or an error: -1
   if (int r = rte_eth_dev_info_get(port_id_, &info_); r != 0) return Error(what + ": no device info: " + rte_strerror(-r));
   if (opt_.queues > info_.max_rx_queues || opt_.queues > info_.max_tx_queues) {
     return Error(what + ": queues=" + std::to_string(opt_.queues) + " but the device has " +

@@ -90,6 +90,21 @@ TEST(DpdkHandover, DeviceClosedThenOpenedByTheNewPortWithTheHeldFramesFirst) {
   EXPECT_EQ(new_port.Stats().rx_packets, 8u);
 }
 
+TEST(DpdkPortNode, TheDevicesNumaNodeIsOneTheMachineHasOrNone) {
+  // A virtual device: DPDK gives net_null the node of the core that probed it, or none (-1).
+  // A PCI device's comes from sysfs (not on this machine). Never a node the machine lacks:
+  // the scheduler would look for workers there.
+  auto a = CreateDpdkPort(NullDevice("net_null42,size=64"));
+  ASSERT_TRUE(a) << a.error().message();
+  const int node = (*a)->numa_node();
+  EXPECT_GE(node, -1);
+  if (node >= 0) {
+    EXPECT_TRUE(std::filesystem::exists("/sys/devices/system/node/node" + std::to_string(node)) ||
+                (node == 0 && !std::filesystem::exists("/sys/devices/system/node")))
+        << node;
+  }
+}
+
 TEST(DpdkHandover, AFailedUpgradeOpensTheDeviceAgainInTheOldPort) {
   auto a = CreateDpdkPort(NullDevice("net_null41"));
   ASSERT_TRUE(a) << a.error().message();
