@@ -180,6 +180,10 @@ class Port {
   virtual size_t Tx(uint32_t q, std::span<const PacketRef* const> in) = 0;
   // An upper bound of what Tx(q) could take now (0 when it has no buffers).
   virtual size_t TxRoom(uint32_t q) = 0;
+  // A cache hint from the worker that polls queue q's Rx side, one queue before it does: the
+  // first lines Rx(q) will read (a ring's index or descriptors). Only a hint: it may do
+  // nothing, must not fault, and changes no state.
+  virtual void PrefetchRx(uint32_t q) {}
 
   // Idle support, per queue pair, by the worker that polls queue q (its Rx side): before it
   // sleeps it arms q's notifications and collects the fds to wait on; true when work arrived

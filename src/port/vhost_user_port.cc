@@ -805,6 +805,16 @@ void VhostUserPort::RxDone(uint32_t q, Batch& batch, size_t sent) {
   st.n = 0;
 }
 
+void VhostUserPort::PrefetchRx(uint32_t q) {
+  const DeviceQueue& dq = session_.queue(2 * q + 1);
+  if (!dq.running) return;
+  if (dq.packed) {
+    dq.packed_ring.Prefetch();
+  } else {
+    dq.split.Prefetch();
+  }
+}
+
 size_t VhostUserPort::TxRoom(uint32_t q) {
   DeviceQueue& dq = session_.queue(2 * q);
   if (!dq.running) return kBurst;  // Tx drops and counts: a down port must not stall others

@@ -95,6 +95,7 @@ class VhostUserPort final : public Port {
   void RxDone(uint32_t q, Batch& batch, size_t sent) override;
   size_t Tx(uint32_t q, std::span<const PacketRef* const> in) override;
   size_t TxRoom(uint32_t q) override;
+  void PrefetchRx(uint32_t q) override;
   bool ArmNotify(uint32_t q, std::vector<NotifyFd>* fds) override;
   void DisarmNotify(uint32_t q) override;
   bool CanSleep(uint32_t q) const override;

@@ -86,8 +86,9 @@ struct TwoWorkerSched {
 };
 
 TEST(Scheduler, APortsOwnPauseStopsOnlyItsPollersAndClosesItsTransmitSide) {
-  TwoWorkerSched t(100);
+  // The ports outlive the workers that poll them (declared first, destroyed last).
   FakePort a("a"), b("b");
+  TwoWorkerSched t(100);
   t.f[0].pending.store(1 << 30);  // both busy
   t.f[1].pending.store(1 << 30);
   t.s->AddPort(&a, 0, {});
@@ -117,8 +118,8 @@ TEST(Scheduler, APortsOwnPauseStopsOnlyItsPollersAndClosesItsTransmitSide) {
 }
 
 TEST(Scheduler, AKickWakesOnlyTheWorkerThatPollsTheQueue) {
+  FakePort a("a"), b("b");  // (outlive the workers)
   TwoWorkerSched t(0);  // sleep at the first empty round
-  FakePort a("a"), b("b");
   a.kick_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   b.kick_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   t.s->AddPort(&a, 0, {});
@@ -142,10 +143,10 @@ TEST(Scheduler, AKickWakesOnlyTheWorkerThatPollsTheQueue) {
 }
 
 TEST(Scheduler, TwoHeavyQueuesOnOneWorkerEndUpOnTwo) {
-  TwoWorkerSched t(100, /*rebalance_ticks=*/3);
   // Port ids 0..4; 2 and 4 are heavy. Placement (fewest queues first): 0->w0, 1->w1, 2->w0,
-  // 3->w1, 4->w0: both heavy queues on worker 0.
+  // 3->w1, 4->w0: both heavy queues on worker 0. (The ports outlive the workers.)
   FakePort p[5] = {FakePort("p0"), FakePort("p1"), FakePort("heavy2"), FakePort("p3"), FakePort("heavy4")};
+  TwoWorkerSched t(100, /*rebalance_ticks=*/3);
   for (auto& f : t.f) {
     f.busy_id = 2;
     f.busy_id2 = 4;
@@ -342,11 +343,11 @@ TEST(Scheduler, AtMostMaxBusyWorkersBusyPollTheBusiestOnes) {
   o.idle_poll_us = 0;  // the others sleep at once
   o.rebalance_ticks = 0;
   o.busy_swap_ticks = 2;
-  Scheduler s(o);
+  FakePort p[3] = {FakePort("p0"), FakePort("p1"), FakePort("p2")};  // (outlive the workers)
   FakeForwarder f[3];
+  Scheduler s(o);
   f[2].busy_id = 2;  // worker 2's queue (port id 2) always has a burst
   for (uint32_t i = 0; i < 3; ++i) s.SetForwarder(i, &f[i]);
-  FakePort p[3] = {FakePort("p0"), FakePort("p1"), FakePort("p2")};
   for (uint16_t i = 0; i < 3; ++i) s.AddPort(&p[i], i, {});
   ASSERT_EQ(s.worker(2).queues()[0].src.port, &p[2]);
   // Before any load is measured the first worker busy-polls: it never sleeps, the others do.

@@ -203,7 +203,17 @@ void Worker::Loop() {
     uint64_t moved = 0;
     // One bounded burst per queue per round, in turn: a flooding queue cannot starve the
     // others on this worker.
-    for (const Polled& p : queues_) {
+    const size_t nq = queues_.size();
+    for (size_t i = 0; i < nq; ++i) {
+      const Polled& p = queues_[i];
+      // Many queues: the next one's ring lines (the frontend's CPU wrote them last, and with
+      // dozens of ports they are not in this cache) are fetched while this one is forwarded
+      // (scale_peak, 5 pairs: 32 and 64 ports +3 % median, spread 0.97-1.31). With two queues
+      // each is polled right after the other: no hint, the loopback path is unchanged.
+      if (nq > 2) {
+        const Polled& next = queues_[i + 1 == nq ? 0 : i + 1];
+        next.src.port->PrefetchRx(next.src.q);
+      }
       const WorkDone d = fwd_->Forward(p.src.id, p.src.q);
       if (d.packets != 0) {
         p.packets->Add(d.packets);

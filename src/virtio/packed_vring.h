@@ -17,6 +17,7 @@
 
 #include "base/check.h"
 #include "base/counter.h"
+#include "base/prefetch.h"
 #include "virtio/ring_access.h"
 #include "virtio/vring.h"
 
@@ -56,6 +57,14 @@ class PackedVring {
   // never told otherwise kicks, a system call, for every burst it adds.
   void QuietKicks() {
     if (kicks_on_) DisableKicks();
+  }
+
+  // A hint before this ring is polled (the worker, one queue ahead): the descriptor line at
+  // the device's position, the one Pop and PopBatch read first and the driver's CPU last
+  // wrote. Never faults.
+  void Prefetch() const {
+    if (broken_) return;
+    PrefetchRead(&desc_[avail_pos_], sizeof(VirtqPackedDesc), 1);
   }
 
   bool broken() const { return broken_; }
