@@ -234,10 +234,10 @@ Result<void> VhostUserPort::Export(HandoverRecord* out) {
       }
     }
   }
-  out->Set("v.connections", connections_);
+  out->Set("v.connections", connections());
   out->Set("v.quarantine_until_ns", quarantine_until_ns_);
   out->Set("v.quarantine_ms", quarantine_ms_);
-  out->Set("v.hostile_disconnects", hostile_disconnects_);
+  out->Set("v.hostile_disconnects", hostile_disconnects());
   if (listen_fd_.valid()) NICMUX_TRY(out->SetFd("v.listen", listen_fd_.get()));
   if (channel_ && drop.empty()) {
     NICMUX_TRY(out->SetFd("v.conn", channel_->fd()));
@@ -260,6 +260,7 @@ void VhostUserPort::DropHandedOverConnection(const std::string& why) {
   disconnecting_ = true;
   session_.Reset();
   disconnecting_ = false;
+  connected_.store(false, std::memory_order_release);
   UpdateCaps();
 }
 
@@ -297,7 +298,7 @@ Result<void> VhostUserPort::Adopt(HandoverRecord& h) {
   // The same monotonic clock in both processes: a quarantine goes on where it was.
   quarantine_until_ns_ = quarantine_until;
   quarantine_ms_ = quarantine_ms;
-  hostile_disconnects_ = hostile;
+  hostile_disconnects_.store(hostile, std::memory_order_relaxed);
   owns_socket_file_ = false;  // the old process's until the commit
   if (h.Has("v.dropped")) {
     NICMUX_TRY_ASSIGN(why, h.GetText("v.dropped"));
@@ -332,7 +333,7 @@ Result<void> VhostUserPort::Adopt(HandoverRecord& h) {
     if (auto r = session_.Import(h); !r) DropHandedOverConnection(r.error().message());
     UpdateCaps();
   }
-  connections_ = connections;
+  connections_.store(connections, std::memory_order_relaxed);
   return Ok();
 }
 
@@ -413,7 +414,8 @@ void VhostUserPort::Attach(UniqueFd sock) {
     channel_.reset();
     return;
   }
-  ++connections_;
+  connections_.fetch_add(1, std::memory_order_relaxed);
+  connected_.store(true, std::memory_order_release);
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: frontend connected on %s", name().c_str(),
                             opt_.socket_path.c_str());
 }
@@ -488,6 +490,7 @@ void VhostUserPort::Disconnect(const std::string& why) {
   fault_.Drain();
   NICMUX_LOG_RATELIMITED_BY(log_conn_, kInfo, "port %s: frontend disconnected (%s)", name().c_str(),
                             why.c_str());
+  connected_.store(false, std::memory_order_release);
   if (opt_.client && !reconnect_timer_) {
     backoff_ms_ = 0;
     reconnect_timer_ = loop_->After(kBackoffFirstMs, [this] { TryConnect(); });
@@ -582,7 +585,7 @@ std::string VhostUserPort::State() const {
   const uint64_t now = MonotonicNowNs();
   if (now < quarantine_until_ns_) {
     return "quarantined (" + std::to_string((quarantine_until_ns_ - now) / 1000000) + " ms left, " +
-           std::to_string(hostile_disconnects_) + " hostile disconnects)";
+           std::to_string(hostile_disconnects()) + " hostile disconnects)";
   }
   return "waiting";
 }
@@ -608,7 +611,7 @@ void VhostUserPort::OnFault() {
     why = "its memory file shrank under the mapping (the fault was recovered)";
   }
   if (why == nullptr || !channel_) return;
-  ++hostile_disconnects_;
+  hostile_disconnects_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t now = MonotonicNowNs();
   if (now - quarantine_until_ns_ > kQuarantineForgetNs) quarantine_ms_ = 0;
   quarantine_ms_ = quarantine_ms_ == 0 ? kQuarantineFirstMs : std::min(quarantine_ms_ * 2, kQuarantineMaxMs);
@@ -1093,7 +1096,7 @@ void VhostUserPort::UpdateCaps() {
 std::vector<Port::Detail> VhostUserPort::Details() const {
   uint64_t early = 0;
   for (uint32_t q = 0; q < opt_.queue_pairs; ++q) early += holds_[q]->early();
-  return {{"connections", connections_}, {"max_memory", SizeToString(opt_.max_memory)},
+  return {{"connections", connections()}, {"max_memory", SizeToString(opt_.max_memory)},
           {"max_memory_bytes", opt_.max_memory}, {"held_completed_early", early},
           {"rx_interrupts", rx_interrupts()}, {"tx_interrupts", tx_interrupts()},
           {"interrupts_coalesced", interrupts_coalesced()}};
@@ -1149,7 +1152,7 @@ PortStats VhostUserPort::Stats() const {
     s.tx_bytes += txc_[q].bytes.Get();
     s.tx_dropped += txc_[q].dropped.Get();
   }
-  s.connected = channel_ != nullptr;
+  s.connected = connected();
   return s;
 }
 

@@ -119,11 +119,13 @@ class VhostUserPort final : public Port {
     return s;
   }
 
-  bool connected() const { return channel_ != nullptr; }
+  // A frontend is attached. Any thread: true once a connection is watched, false once a
+  // disconnect has finished (its memory unmapped, its fds closed, a quarantine it earned set).
+  bool connected() const { return connected_.load(std::memory_order_acquire); }
   // Connections closed because the frontend attacked the daemon (blocked a signalling write,
-  // shrank its memory under the mapping).
-  uint64_t hostile_disconnects() const { return hostile_disconnects_; }
-  uint64_t connections() const { return connections_; }
+  // shrank its memory under the mapping). Any thread.
+  uint64_t hostile_disconnects() const { return hostile_disconnects_.load(std::memory_order_relaxed); }
+  uint64_t connections() const { return connections_.load(std::memory_order_relaxed); }
   uint64_t max_memory() const { return opt_.max_memory; }
   // connections; max_memory (as a size) and max_memory_bytes: the bound on the guest memory
   // one frontend may map, default included.
@@ -212,13 +214,15 @@ class VhostUserPort final : public Port {
   std::unique_ptr<vhost::Channel> channel_;
   EventLoop::TimerId reconnect_timer_ = 0;
   uint64_t backoff_ms_ = 0;
-  uint64_t connections_ = 0;
+  // Written by the control thread only; atomic so that other threads (metrics, tests) may read.
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> connections_{0};
   bool watching_out_ = false;
   EventFd fault_;                         // worker or SIGBUS handler -> control thread
   std::atomic<bool> peer_blocked_{false};
   uint64_t quarantine_ms_ = 0;            // length of the last quarantine, doubling to a cap
   uint64_t quarantine_until_ns_ = 0;      // monotonic
-  uint64_t hostile_disconnects_ = 0;
+  std::atomic<uint64_t> hostile_disconnects_{0};
   // A peer can make these lines at will (connect, disconnect, protocol errors): one limiter
   // per port and kind, so one noisy frontend silences neither another port's lines nor its
   // own other kind.

@@ -25,6 +25,7 @@
 #include "port/vhost_user_port.h"
 #include "vhost/frontend.h"
 #include "virtio/net_hdr.h"
+#include "tests/support/test_worker.h"
 
 namespace nicmux {
 namespace {
@@ -34,17 +35,7 @@ using Bytes = std::vector<std::byte>;
 
 constexpr uint32_t kHdr = 12;  // virtio-net header with VERSION_1
 
-// The worker's side of the pause handshake, played by the test thread: it holds the mutex
-// around its data-path calls and the control thread's Pause() waits for it.
-class TestWorker final : public Pausable {
- public:
-  void Pause() override { m_.lock(); }
-  void Resume() override { m_.unlock(); }
-  std::recursive_mutex& mutex() { return m_; }
-
- private:
-  std::recursive_mutex m_;
-};
+using testing::TestWorker;
 
 // An Ethernet frame of `len` bytes whose every byte depends on `seed` and its position.
 Bytes MakeFrame(uint32_t seed, size_t len) {

@@ -22,25 +22,14 @@
 #include "port/vhost_user_port.h"
 #include "vhost/frontend.h"
 #include "virtio/ring_access.h"
+#include "tests/support/test_worker.h"
 
 namespace nicmux {
 namespace {
 
 using namespace std::chrono_literals;
 
-// The test thread plays the worker: it holds this around its data-path calls, and the control
-// thread's Pause() waits for it, as a real worker's pause waits for the end of a round. (With
-// no worker at all, a connection closed on the control thread would unmap the memory under a
-// data-path call still running.)
-class TestWorker final : public Pausable {
- public:
-  void Pause() override { m_.lock(); }
-  void Resume() override { m_.unlock(); }
-  std::recursive_mutex& mutex() { return m_; }
-
- private:
-  std::recursive_mutex m_;
-};
+using testing::TestWorker;
 
 class HostileFrontend : public ::testing::Test {
  protected:
@@ -284,14 +273,14 @@ TEST_F(HostileFrontend, ABrokenRingIsLoggedOnceNamingThePortAndQueue) {
   ASSERT_TRUE(dq.addr.has_value());
   auto* avail = reinterpret_cast<virtio::VirtqAvailHeader*>(dq.addr->avail_user_addr);
   virtio::StoreRelease(avail->idx, static_cast<uint16_t>(virtio::LoadAcquire(avail->idx) + 1000));
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   for (int round = 0; round < 3; ++round) {
     std::lock_guard worker(worker_.mutex());
     Batch batch;
     EXPECT_EQ(port_->Rx(0, batch, kBurst), 0u);
     port_->RxDone(0, batch, 0);
   }
-  const std::string out = testing::internal::GetCapturedStderr();
+  const std::string out = ::testing::internal::GetCapturedStderr();
   const std::string line = "port p: queue 1 (split ring) broken until the frontend sets it up again: avail_idx_jump";
   const size_t at = out.find(line);
   EXPECT_NE(at, std::string::npos) << out;

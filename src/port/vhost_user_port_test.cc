@@ -22,6 +22,7 @@
 #include <gtest/gtest.h>
 
 #include "base/log.h"
+#include "tests/support/test_worker.h"
 #include "vhost/frontend.h"
 
 namespace nicmux {
@@ -78,7 +79,7 @@ class PortFixture : public ::testing::Test {
   }
 
   std::string dir_;
-  NoWorker worker_;
+  testing::TestWorker worker_;
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<VhostUserPort> port_;
   std::thread thread_;
@@ -119,7 +120,7 @@ TEST_F(PortFixture, AFrontendThatBreaksTheProtocolIsDisconnectedAndTheNextIsServ
   a.sun_family = AF_UNIX;
   const std::string path = dir_ + "/p.sock";
   std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   const bool connected = ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
   const vhost::MsgHeader bad{99, vhost::kVersion, 0};
   const bool sent = connected && ::send(s.get(), &bad, sizeof bad, MSG_NOSIGNAL) == sizeof bad;
@@ -129,7 +130,7 @@ TEST_F(PortFixture, AFrontendThatBreaksTheProtocolIsDisconnectedAndTheNextIsServ
   char byte;
   const bool eof = readable && ::recv(s.get(), &byte, 1, MSG_DONTWAIT) == 0;
   for (int i = 0; i < 20000 && port_->connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  const std::string out = testing::internal::GetCapturedStderr();
+  const std::string out = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(sent);
   EXPECT_TRUE(eof);
   EXPECT_NE(out.find("port p: vhost-user request 99: request not supported; closing the connection"),
@@ -152,9 +153,12 @@ TEST_F(PortFixture, AFrontendThatBreaksTheProtocolIsDisconnectedAndTheNextIsServ
   ASSERT_TRUE(tq.Add({&b, 1}));
   tq.Publish();
   Batch batch;
-  ASSERT_EQ(port_->Rx(0, batch, kBurst), 1u);
-  EXPECT_EQ(batch[0].len, 60u);
-  port_->RxDone(0, batch, 1);
+  {
+    std::lock_guard worker(worker_.mutex());
+    ASSERT_EQ(port_->Rx(0, batch, kBurst), 1u);
+    EXPECT_EQ(batch[0].len, 60u);
+    port_->RxDone(0, batch, 1);
+  }
   virtio::UsedBuffer u;
   ASSERT_EQ(tq.PopUsed(&u), virtio::PopStatus::kOk);
   EXPECT_EQ(u.id, id);
@@ -170,8 +174,11 @@ TEST_F(PortFixture, ABadTransmitChainAloneIsStillCompleted) {
   tq.Publish();
   Batch batch;
   // The worker's calls, made here (the control thread only handles the socket meanwhile).
-  EXPECT_EQ(port_->Rx(0, batch, kBurst), 0u);
-  port_->RxDone(0, batch, 0);
+  {
+    std::lock_guard worker(worker_.mutex());
+    EXPECT_EQ(port_->Rx(0, batch, kBurst), 0u);
+    port_->RxDone(0, batch, 0);
+  }
   virtio::UsedBuffer u;
   ASSERT_EQ(tq.PopUsed(&u), virtio::PopStatus::kOk);
   EXPECT_EQ(u.len, 0u);
@@ -221,7 +228,7 @@ class TwoPorts : public ::testing::Test {
   }
 
   std::string dir_;
-  NoWorker worker_;
+  testing::TestWorker worker_;
   std::unique_ptr<EventLoop> loop_;
   std::vector<std::unique_ptr<VhostUserPort>> ports_;
   std::thread thread_;
@@ -283,7 +290,7 @@ TEST_F(TwoPorts, AFrontendThatDoesNotReadStallsNoOtherPort) {
 }
 
 TEST_F(TwoPorts, AFrontendThatNeverReadsIsDisconnectedByName) {
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   UniqueFd h = Connect("a");
   SendGetFeatures(h.get(), 100000);  // stops when the port closes the connection
   const bool idle = WaitIdle(0, 1);
@@ -291,7 +298,7 @@ TEST_F(TwoPorts, AFrontendThatNeverReadsIsDisconnectedByName) {
   auto f = vhost::Frontend::Create(Config(dir_ + "/b.sock", true));
   stop_.store(true);
   thread_.join();
-  const std::string out = testing::internal::GetCapturedStderr();
+  const std::string out = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(idle);
   ASSERT_TRUE(f) << f.error().message();
   EXPECT_NE(out.find("port a: vhost-user GET_FEATURES: the frontend does not read its replies"),
@@ -303,14 +310,14 @@ TEST_F(TwoPorts, AFrontendThatNeverReadsIsDisconnectedByName) {
 // only as "frontend disconnected (...)" at info level, under the limiter connects share, while
 // the session's refusals are errors. Now both are errors naming the port.
 TEST_F(TwoPorts, WhatTheChannelRefusesIsLoggedAsAnError) {
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   UniqueFd h = Connect("a");
   const vhost::MsgHeader big{static_cast<uint32_t>(vhost::Request::kSetFeatures), vhost::kVersion, 0x7fffffff};
   ASSERT_EQ(::send(h.get(), &big, sizeof big, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof big));
   const bool idle = WaitIdle(0, 1);
   stop_.store(true);
   thread_.join();
-  const std::string out = testing::internal::GetCapturedStderr();
+  const std::string out = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(idle);
   EXPECT_NE(out.find("error port a: vhost-user SET_FEATURES: payload size 2147483647 exceeds 4096; closing the connection"),
             std::string::npos) << out;
@@ -318,7 +325,7 @@ TEST_F(TwoPorts, WhatTheChannelRefusesIsLoggedAsAnError) {
 }
 
 TEST_F(TwoPorts, ThousandConnectionsLogABoundedNumberOfLinesPerPort) {
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   const uint64_t start = MonotonicNowNs();
   bool idle = true;
   for (uint64_t i = 1; i <= 1000 && idle; ++i) {
@@ -338,7 +345,7 @@ TEST_F(TwoPorts, ThousandConnectionsLogABoundedNumberOfLinesPerPort) {
   }();
   stop_.store(true);
   thread_.join();
-  const std::string out = testing::internal::GetCapturedStderr();
+  const std::string out = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(idle);
   ASSERT_TRUE(b_seen);
   size_t a_lines = 0;
@@ -376,14 +383,14 @@ TEST(VhostUserPortMaxMemory, AFrontendOverThePortsBoundIsRefusedOneAtItIsServed)
   std::thread loop([&] {
     while (!stop.load()) (*l)->RunOnce(10);
   });
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   // Our frontend's memory: rings and buffers of 2 queue pairs of 64, rounded up to 2 MiB.
   auto refused = vhost::Frontend::Create(Config(dir + "/small.sock", false));
   auto served = vhost::Frontend::Create(Config(dir + "/fits.sock", false));
   for (int k = 0; k < 20000 && (*small)->connected(); ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   stop.store(true);
   loop.join();
-  const std::string out = testing::internal::GetCapturedStderr();
+  const std::string out = ::testing::internal::GetCapturedStderr();
   EXPECT_FALSE(refused);
   EXPECT_FALSE((*small)->connected());
   ASSERT_TRUE(served) << served.error().message();

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <atomic>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -217,11 +218,20 @@ TEST(PvFlow, CheckRefusesWhatItCannotApply) {
 
 // ---- through the port -----------------------------------------------------------------------
 
+// The workers' side of the pause handshake, played by the test thread (Send holds the mutex,
+// as a worker's round would), counting the pauses.
 class CountingWorkers final : public Pausable {
  public:
-  void Pause() override { ++pauses; }
-  void Resume() override {}
-  int pauses = 0;
+  void Pause() override {
+    m_.lock();
+    ++pauses;
+  }
+  void Resume() override { m_.unlock(); }
+  std::recursive_mutex& mutex() { return m_; }
+  std::atomic<int> pauses{0};
+
+ private:
+  std::recursive_mutex m_;
 };
 
 class PvFlowPortTest : public ::testing::Test {
@@ -254,6 +264,7 @@ class PvFlowPortTest : public ::testing::Test {
     for (const Bytes& f : frames) sp.emplace_back(f, std::vector<uint32_t>{30});
     std::vector<const PacketRef*> ptrs;
     for (auto& s : sp) ptrs.push_back(&s.p);
+    std::lock_guard worker(workers_.mutex());
     return port_->Tx(q, {ptrs.data(), ptrs.size()});
   }
   nmx_pv_msg Create(Driver& d, const nmx_pv_flow_rule& r) { return d.Call(NMX_PV_MSG_FLOW_CREATE, r); }
@@ -549,7 +560,10 @@ TEST_F(PvFlowPortTest, LibraryFlowCallsAgainstTheHost) {
   nmx_pv_rx_done(dev, 0, 1);
   ASSERT_EQ(nmx_pv_flow_create(dev, &r, &id), 0);
   ASSERT_EQ(nmx_pv_flow_flush(dev), 0);
-  EXPECT_TRUE(port_->FlowRules().empty());
+  {
+    std::lock_guard worker(workers_.mutex());  // the flush changed the table paused
+    EXPECT_TRUE(port_->FlowRules().empty());
+  }
   nmx_pv_close(dev);
   stop = true;
   host.join();
