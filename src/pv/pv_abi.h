@@ -359,7 +359,8 @@ struct nmx_pv_hello {
  *
  *   MEM_ADD {id, fd_offset, size, addr} + fd: maps [fd_offset, fd_offset + size) of the fd as
  *     region `id`. Refused: id outside 1..NMX_PV_MAX_MEM_REGIONS (-EINVAL) or in use (-EEXIST);
- *     not exactly one fd, not a regular file (memfd, hugetlbfs, tmpfs), size 0, fd_offset or size
+ *     not exactly one fd, not a memfd, tmpfs or hugetlbfs file (a file on a disk or a FUSE
+ *     mount is refused: nicmuxd would wait on its filesystem), size 0, fd_offset or size
  *     not a multiple of the file's page size, or the range past the file's end (-EINVAL); all
  *     regions together over header.max_mem_bytes (-ENOSPC); the device broken (-EIO); mmap
  *     failing (its errno). addr (the driver's virtual address of the region) is for logs only.

@@ -197,22 +197,31 @@ TEST_F(PvMemoryTest, RefusalsNameTheReason) {
   expect(d.MemAdd(1, mem.fd.get(), 0, 2 << 20), -ENOSPC, "over max_memory=1M (0 bytes registered)");
   {
     UniqueFd efd(::eventfd(0, EFD_CLOEXEC));
-    expect(d.MemAdd(1, efd.get(), 0, 4096), -EINVAL, "the fd is not a regular file");
+    expect(d.MemAdd(1, efd.get(), 0, 4096), -EINVAL, "the fd is not a memfd, tmpfs or hugetlbfs file");
     int sv[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    expect(d.MemAdd(1, sv[0], 0, 4096), -EINVAL, "the fd is not a regular file");
+    expect(d.MemAdd(1, sv[0], 0, 4096), -EINVAL, "the fd is not a memfd, tmpfs or hugetlbfs file");
     ::close(sv[0]);
     ::close(sv[1]);
   }
-  // Mapped read-only (a file opened O_RDONLY): mmap's own refusal, with its errno.
+  // A regular file that is not memory (this machine's /tmp is on a disk; a FUSE mount the
+  // driver serves is the attack): refused before anything touches its filesystem.
   {
-    char path[] = "/tmp/nmxpvroXXXXXX";
-    const int w = ::mkstemp(path);
-    ASSERT_GE(w, 0);
-    ASSERT_EQ(::ftruncate(w, 8192), 0);
-    UniqueFd ro(::open(path, O_RDONLY | O_CLOEXEC));
-    ::close(w);
+    char path[] = "/var/tmp/nmxpvdiskXXXXXX";
+    UniqueFd disk(::mkstemp(path));
+    ASSERT_TRUE(disk.valid());
     ::unlink(path);
+    ASSERT_EQ(::ftruncate(disk.get(), 8192), 0);
+    if (::fcntl(disk.get(), F_GET_SEALS) < 0) {  // (unless /var/tmp is a tmpfs here)
+      expect(d.MemAdd(1, disk.get(), 0, 8192), -EINVAL, "the fd is not a memfd, tmpfs or hugetlbfs file");
+    }
+  }
+  // Mapped read-only (the driver's memfd opened again O_RDONLY): mmap's own refusal, with its
+  // errno.
+  {
+    const std::string self = "/proc/self/fd/" + std::to_string(small.fd.get());
+    UniqueFd ro(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(ro.valid());
     expect(d.MemAdd(1, ro.get(), 0, 8192), -EACCES, "MEM_ADD: region 1: mmap");
   }
   // The fd count: none, two.

@@ -68,11 +68,14 @@ bool ParseMac(const std::string& s, uint8_t* out) {
 // A file of the driver's own memory (MEM_ADD, and a live upgrade's registered regions): the
 // checks, then a peer mapping of [fd_offset, fd_offset + size) signalling fault_fd when an access
 // faults. The error says what is wrong with the file (errno: mmap's, or 0).
-// UNTRUSTED: the fd (any kind of file), the offset and the size.
+// UNTRUSTED: the fd (any kind of file), the offset and the size. Only memory the kernel holds
+// (shmem: a memfd or a tmpfs file; hugetlbfs), asked without touching the file's filesystem: a
+// file on a disk or a FUSE mount the driver serves would make the fstat, and every worker's
+// access later, wait on that filesystem (a FUSE server that never answers: for ever).
 Result<MappedRegion> MapDriverMemory(int fd, uint64_t fd_offset, uint64_t size, int fault_fd) {
   struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    return Error("the fd is not a regular file (a memfd, hugetlbfs or tmpfs)");
+  if (!IsMemoryFile(fd) || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Error("the fd is not a memfd, tmpfs or hugetlbfs file");
   }
   // The file's page: hugetlbfs reports its huge page size here; mmap and munmap need it.
   const uint64_t page = st.st_blksize >= 4096 && !(st.st_blksize & (st.st_blksize - 1)) ? st.st_blksize : 4096;
@@ -1440,8 +1443,13 @@ size_t PvPort::TxFlows(uint32_t qi, std::span<const PacketRef* const> in) {
       to[t][cnt[t]++] = {p, v.mark, v.rss, v.mark_value, v.hash};
     }
     if (dropped) {
-      q_[qi]->txc.dropped.Add(dropped);
-      q_[qi]->txc.drops.Add(DropReason::kFlowDrop, dropped);
+      // Queue qi's tx counters have one writer at a time: whoever holds its fill_lock (another
+      // worker may be filling ring qi with frames its rules steered there).
+      Queue& own = *q_[qi];
+      own.fill_lock.lock();
+      own.txc.dropped.Add(dropped);
+      own.txc.drops.Add(DropReason::kFlowDrop, dropped);
+      own.fill_lock.unlock();
     }
     for (uint32_t t = 0; t < nq; ++t) {
       if (!cnt[t]) continue;
