@@ -847,6 +847,9 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
   // a Pop completes (kMaxBadChainsPerPop), or a guest reposting them as fast as they are
   // completed would keep the worker here for ever. Past the bound the ring counts as empty.
   uint32_t too_small = 0;
+  // UNTRUSTED: bad receive chains completed on the way, for the whole call: one budget for
+  // every PopBurst below, so that bad chains between good ones cannot multiply the bound.
+  uint32_t bad_budget = virtio::kMaxBadChainsPerPop;
   // Two passes per round: first take receive chains for as many packets as the chain array
   // holds, prefetching each buffer for writing; then copy. The guest's buffers are scattered
   // over its memory, and a copy that waits for each one's cache line (and TLB entry) in turn
@@ -884,7 +887,7 @@ size_t VhostUserPort::TxRing(uint32_t q, DeviceQueue& dq, Ring& ring,
         }
         if (used + n == popped) {
           const size_t want = std::min<size_t>({kMaxRxBuffers - popped, kBurst - nplan, in.size() - k});
-          const uint32_t got = ring.PopBurst(&chains[popped], static_cast<uint32_t>(want));
+          const uint32_t got = ring.PopBurst(&chains[popped], static_cast<uint32_t>(want), &bad_budget);
           if (got == 0) {
             ring_empty = true;
             break;

@@ -1559,6 +1559,109 @@ TEST_F(PackedBig, PopCompletesBadChainsInBoundedSlices) {
   EXPECT_EQ(c.id, kBad);
 }
 
+// Hostile review (2026-12-03): bad chains between good ones multiplied the bound by the
+// burst: each Pop() completed 31 and then returned the good chain after them, so one PopBurst
+// of 32 completed ~1000 bad chains. All the Pop()s of one burst share one budget now.
+TEST(BadChainStorm, SplitPopBurstSharesOneBadChainBudget) {
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = kBigSize});
+  auto* desc = reinterpret_cast<VirtqDesc*>(g.Host(rp.ring[0], 16 * kBigSize));
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6));
+  GuestAddr buf = g.Alloc(64);
+  for (uint16_t i = 0; i < kBigSize; ++i) {
+    const bool good = i % kMaxBadChainsPerPop == kMaxBadChainsPerPop - 1;  // 31 bad, 1 good, ...
+    desc[i] = {Le64::Of(good ? buf.value : UINT64_MAX - 3), Le32::Of(16), Le16::Of(0), Le16::Of(0)};
+    AvailRing(avail)[i] = Le16::Of(i);
+  }
+  StoreRelease(avail->idx, static_cast<uint16_t>(kBigSize));
+  DescChain c[kMaxBadChainsPerPop];
+  EXPECT_EQ(rp.device.PopBurst(c, kMaxBadChainsPerPop), 1u);  // 31 bad, the good one, 1 bad
+  EXPECT_EQ(c[0].id, kMaxBadChainsPerPop - 1);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kDescOutsideMemory), kMaxBadChainsPerPop);
+  // A caller's budget spans its calls: spent, the next burst takes nothing.
+  uint32_t budget = 0;
+  EXPECT_EQ(rp.device.PopBurst(c, kMaxBadChainsPerPop, &budget), 0u);
+  EXPECT_EQ(rp.device.drops().Get(DropReason::kDescOutsideMemory), kMaxBadChainsPerPop);
+  // A new call goes on where the last stopped.
+  EXPECT_EQ(rp.device.PopBurst(c, kMaxBadChainsPerPop), 1u);
+  EXPECT_EQ(c[0].id, 2 * kMaxBadChainsPerPop - 1);
+  EXPECT_FALSE(rp.device.broken());
+}
+
+TEST_F(PackedBig, PopBurstSharesOneBadChainBudget) {
+  for (uint16_t s = 0; s < kBigSize; ++s) {
+    const bool good = s % kMaxBadChainsPerPop == kMaxBadChainsPerPop - 1;
+    Put(s, 16, s, 0);
+    if (!good) desc_[s].addr = Le64::Of(UINT64_MAX - 3);
+  }
+  DescChain c[kMaxBadChainsPerPop];
+  EXPECT_EQ(rp_.device.PopBurst(c, kMaxBadChainsPerPop), 1u);
+  EXPECT_EQ(c[0].id, kMaxBadChainsPerPop - 1);
+  EXPECT_EQ(rp_.device.drops().Get(DropReason::kDescOutsideMemory), kMaxBadChainsPerPop);
+  EXPECT_FALSE(rp_.device.broken());
+}
+
+// Hostile review (2026-12-03): after a Rewind the avail idx loaded before it could be more than
+// a ring ahead of the rewound position (loaded, and checked, from further on), and the next
+// burst took entries of the next lap as if they were this one's. Rewind makes the next pop load
+// the idx again and check it from where the ring now is.
+TEST(SplitRewind, TheAvailIdxIsCheckedAgainFromTheRewoundPosition) {
+  constexpr uint16_t kSize = 16;
+  FakeGuest g;
+  RingPair<SplitLayout> rp(g, {.size = kSize});
+  auto* desc = reinterpret_cast<VirtqDesc*>(g.Host(rp.ring[0], 16 * kSize));
+  auto* avail = reinterpret_cast<VirtqAvailHeader*>(g.Host(rp.ring[1], 6));
+  GuestAddr buf = g.Alloc(64);
+  for (uint16_t i = 0; i < kSize; ++i) {
+    desc[i] = {Le64::Of(buf.value), Le32::Of(16), Le16::Of(0), Le16::Of(0)};
+    AvailRing(avail)[i] = Le16::Of(i);
+  }
+  StoreRelease(avail->idx, uint16_t{8});
+  DescChain c[2 * kSize];
+  ASSERT_EQ(rp.device.PopBurst(c, 8), 8u);
+  StoreRelease(avail->idx, static_cast<uint16_t>(8 + kSize));  // a ring ahead of 8: allowed
+  ASSERT_EQ(rp.device.PopBurst(&c[8], 1), 1u);
+  ASSERT_TRUE(rp.device.Rewind({c, 9}));  // back to 0: the idx is now more than a ring ahead
+  EXPECT_EQ(rp.device.PopBurst(c, 2 * kSize), 0u);
+  EXPECT_TRUE(rp.device.broken());
+  EXPECT_EQ(rp.device.broken_reason(), DropReason::kAvailIdxJump);
+}
+
+// Hostile review (2026-12-03): a driver that reposts the completions it already sees (all but
+// a burst's first, whose flags wait for Flush) can bring the used position a whole lap round
+// before Flush; the deferred first flags then went out over the newer completion in that slot.
+TEST(PackedLap, APushThatLapsTheBurstsFirstSlotPublishesItFirst) {
+  constexpr uint16_t kSize = 4;
+  FakeGuest g;
+  RingPair<PackedLayout> rp(g, {.size = kSize});
+  auto* desc = reinterpret_cast<VirtqPackedDesc*>(g.Host(rp.ring[0], 16 * kSize));
+  GuestAddr buf = g.Alloc(64);
+  auto put = [&](uint16_t slot, uint16_t id, bool wrap) {
+    desc[slot].addr = Le64::Of(buf.value);
+    desc[slot].len = Le32::Of(16);
+    desc[slot].id = Le16::Of(id);
+    StoreRelease(desc[slot].flags, static_cast<uint16_t>(wrap ? kDescFAvail : kDescFUsed));
+  };
+  for (uint16_t s = 0; s < kSize; ++s) put(s, s, true);
+  DescChain c;
+  for (uint16_t s = 0; s < kSize; ++s) {  // pop and complete one at a time, no Flush
+    ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+    rp.device.Push(c.id, 0);
+  }
+  // The driver saw slots 1..3 used and reposts slot 0 in the next lap without waiting.
+  put(0, 2, false);
+  ASSERT_EQ(rp.device.Pop(&c), PopStatus::kOk);
+  EXPECT_EQ(c.id, 2);
+  rp.device.Push(c.id, 0);  // lands on slot 0, the first burst's first slot
+  // Slot 0's first completion (id 0, used in lap 1) was published before the slot was reused;
+  // the new completion (id 2, lap 2) waits for Flush, then shows with its own flags.
+  rp.device.Flush();
+  const uint16_t f = LoadAcquire(desc[0].flags);
+  EXPECT_EQ(f & (kDescFAvail | kDescFUsed), 0);  // used in the lap whose wrap counter is 0
+  EXPECT_EQ(desc[0].id.get(), 2);
+  EXPECT_FALSE(rp.device.broken());
+}
+
 // Review finding: a packed chain of direct descriptors ending in an indirect one read its
 // table on top of them (up to 255 descriptors); the walk bound covers both together.
 TEST_F(PackedBig, DirectDescriptorsAndAnIndirectTableShareTheWalkBound) {

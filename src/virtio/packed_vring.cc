@@ -68,11 +68,13 @@ std::optional<DropReason> PackedVring::WalkIndirect(const VirtqPackedDesc& d, Ch
   return std::nullopt;
 }
 
-PopStatus PackedVring::Pop(DescChain* chain) {
-  uint32_t bad_here = 0;  // as in SplitVring::Pop: bad chains completed in this call, bounded
+PopStatus PackedVring::Pop(DescChain* chain, uint32_t* bad_budget) {
+  // UNTRUSTED: as in SplitVring::Pop: bad chains completed in this call (or burst), bounded.
+  uint32_t own = kMaxBadChainsPerPop;
+  uint32_t& bad_left = bad_budget ? *bad_budget : own;
   for (;;) {
     if (broken_) return PopStatus::kBroken;
-    if (bad_here == kMaxBadChainsPerPop) return PopStatus::kEmpty;
+    if (bad_left == 0) return PopStatus::kEmpty;
     uint16_t slot = avail_pos_;
     bool wrap = avail_wrap_;
     // §2.8.21.1: the driver writes a chain's first flags last (release); this acquire orders
@@ -163,7 +165,7 @@ PopStatus PackedVring::Pop(DescChain* chain) {
                            DropReasonName(*bad).data());
     Push(id, 0);
     ++bad_seq_;
-    ++bad_here;
+    --bad_left;
   }
 }
 
@@ -338,14 +340,16 @@ bool PackedVring::PopBatch(DescChain* chains) {
   return true;
 }
 
-uint32_t PackedVring::PopBurst(DescChain* chains, uint32_t n) {
+uint32_t PackedVring::PopBurst(DescChain* chains, uint32_t n, uint32_t* bad_budget) {
+  uint32_t own = kMaxBadChainsPerPop;
+  uint32_t* const budget = bad_budget ? bad_budget : &own;
   uint32_t got = 0;
   while (got < n) {
     if (n - got >= kPopBatch && avail_pos_ % kPopBatch == 0 && PopBatch(&chains[got])) {
       got += kPopBatch;
       continue;
     }
-    if (Pop(&chains[got]) != PopStatus::kOk) break;
+    if (Pop(&chains[got], budget) != PopStatus::kOk) break;
     ++got;
   }
   return got;

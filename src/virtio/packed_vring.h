@@ -31,11 +31,13 @@ class PackedVring {
                     const GuestMemory* mem, uint16_t avail_state = 1u << 15);
   void SetMemory(const GuestMemory* mem) { mem_ = mem; }
 
-  PopStatus Pop(DescChain* chain);
+  // As SplitVring::Pop (the bad-chain budget too).
+  PopStatus Pop(DescChain* chain, uint32_t* bad_budget = nullptr);
   // Up to n chains. Where the device's position starts a group of kPopBatch descriptors (one
   // 64-byte cache line of the table) and the group is four available one-descriptor chains,
-  // they are taken together (PopBatch); anything else goes through Pop().
-  uint32_t PopBurst(DescChain* chains, uint32_t n);
+  // they are taken together (PopBatch); anything else goes through Pop(), all of them with
+  // one bad-chain budget (as SplitVring::PopBurst).
+  uint32_t PopBurst(DescChain* chains, uint32_t n, uint32_t* bad_budget = nullptr);
   static constexpr uint32_t kPopBatch = 4;
   // As SplitVring::Available: counts chains whose descriptors are available, up to limit.
   uint32_t Available(uint32_t limit);
@@ -154,6 +156,13 @@ inline void PackedVring::Push(uint16_t id, uint32_t len) {
   NICMUX_CHECK(id < size_ && in_flight_[id]);
   in_flight_[id] = 0;
   in_flight_descs_ -= descs_of_id_[id];
+  // UNTRUSTED: a driver that reposts the completions it already sees (every one but the
+  // burst's first) can bring the used position round a whole lap before Flush: the first
+  // slot's deferred flags go out now, before this push reuses the slot, and a new burst starts.
+  if (pending_ != 0 && used_pos_ == first_slot_) [[unlikely]] {
+    StoreRelease(desc_[first_slot_].flags, first_flags_);
+    pending_ = 0;
+  }
   VirtqPackedDesc& d = desc_[used_pos_];
   d.id = Le16::Of(id);
   d.len = Le32::Of(len);

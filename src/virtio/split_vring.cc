@@ -86,15 +86,16 @@ std::optional<DropReason> SplitVring::Walk(uint16_t head, DescChain* chain) {
   }
 }
 
-PopStatus SplitVring::Pop(DescChain* chain) {
-  // UNTRUSTED: bad chains completed in this call. A driver that reposts bad chains as fast as
-  // they are completed (a second vCPU following our used ring) would otherwise keep the
-  // worker in this loop for ever; past the bound the call ends as if the ring were empty, and
-  // the caller flushes and goes on to other queues.
-  uint32_t bad_here = 0;
+PopStatus SplitVring::Pop(DescChain* chain, uint32_t* bad_budget) {
+  // UNTRUSTED: bad chains completed in this call (or this burst). A driver that reposts bad
+  // chains as fast as they are completed (a second vCPU following our used ring) would
+  // otherwise keep the worker in this loop for ever; past the bound the call ends as if the
+  // ring were empty, and the caller flushes and goes on to other queues.
+  uint32_t own = kMaxBadChainsPerPop;
+  uint32_t& bad_left = bad_budget ? *bad_budget : own;
   for (;;) {
     if (broken_) return PopStatus::kBroken;
-    if (bad_here == kMaxBadChainsPerPop) return PopStatus::kEmpty;
+    if (bad_left == 0) return PopStatus::kEmpty;
     if (last_avail_ == avail_shadow_) {
       // §2.7.13.3: the driver writes ring entries before avail idx (release); this acquire
       // orders our reads of the entries and their descriptors after it.
@@ -140,7 +141,7 @@ PopStatus SplitVring::Pop(DescChain* chain) {
                            head, DropReasonName(*bad).data());
     Push(head, 0);
     ++bad_seq_;
-    ++bad_here;
+    --bad_left;
   }
 }
 
@@ -161,6 +162,9 @@ bool SplitVring::Rewind(std::span<const DescChain> chains) {
   if (chains[0].bad_seq != bad_seq_) return false;
   NICMUX_DCHECK(static_cast<uint16_t>(last_avail_ - chains[0].ring_pos) == chains.size());
   last_avail_ = chains[0].ring_pos;
+  // UNTRUSTED: the avail idx last loaded was checked against a jump from where we were then,
+  // not from here: loaded again (and checked) before anything is taken past this point.
+  avail_shadow_ = last_avail_;
   return true;
 }
 
@@ -199,7 +203,9 @@ uint32_t SplitVring::TakeRun(DescChain* chains, uint32_t n) {
   return i;
 }
 
-uint32_t SplitVring::PopBurst(DescChain* chains, uint32_t n) {
+uint32_t SplitVring::PopBurst(DescChain* chains, uint32_t n, uint32_t* bad_budget) {
+  uint32_t own = kMaxBadChainsPerPop;
+  uint32_t* const budget = bad_budget ? bad_budget : &own;
   uint32_t got = 0;
   while (got < n) {
     // The chains the driver's last loaded avail idx covers (checked against a jump when it
@@ -211,7 +217,7 @@ uint32_t SplitVring::PopBurst(DescChain* chains, uint32_t n) {
       got += took;
       if (took > 0) continue;
     }
-    if (Pop(&chains[got]) != PopStatus::kOk) break;
+    if (Pop(&chains[got], budget) != PopStatus::kOk) break;
     ++got;
   }
   return got;

@@ -32,10 +32,13 @@ class SplitVring {
                     const GuestMemory* mem, uint16_t last_avail_idx = 0);
   void SetMemory(const GuestMemory* mem) { mem_ = mem; }
 
-  // Next available good chain; bad ones are completed with length 0 on the way.
-  PopStatus Pop(DescChain* chain);
-  // Up to n chains into chains[0..]; returns how many.
-  uint32_t PopBurst(DescChain* chains, uint32_t n);
+  // Next available good chain; bad ones are completed with length 0 on the way, at most
+  // *bad_budget of them (each taken from it; nullptr: kMaxBadChainsPerPop for this call), then
+  // kEmpty.
+  PopStatus Pop(DescChain* chain, uint32_t* bad_budget = nullptr);
+  // Up to n chains into chains[0..]; returns how many. All its Pop()s share one bad-chain
+  // budget: *bad_budget (nullptr: kMaxBadChainsPerPop for this call).
+  uint32_t PopBurst(DescChain* chains, uint32_t n, uint32_t* bad_budget = nullptr);
 
   // Gives back chains that were popped but not used: `chains` are the most recent pops, in pop
   // order, none pushed. The next Pop() returns chains[0] again. Returns false (and changes

@@ -15,7 +15,9 @@
 namespace nicmux::virtio {
 
 // The most bad chains one Pop() completes before it returns kEmpty (the next call goes on):
-// a bound on one call's work, whatever the driver keeps posting.
+// a bound on one call's work, whatever the driver keeps posting. A caller that pops many times
+// for one piece of work (PopBurst, a port's Tx) passes one budget to every call, so that bad
+// chains between good ones cannot multiply the bound by the number of calls.
 inline constexpr uint32_t kMaxBadChainsPerPop = 32;
 
 enum class PopStatus : uint8_t {
