@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Linux guests (QEMU 7.2, the stock virtio_net driver; KVM where the host has real KVM, else
 # TCG) connected through nicmuxd:
-#   1. nicmuxd as vhost-user server: ping both ways, iperf3 TCP for 10 s; then one guest's
+#   1. nicmuxd as vhost-user server: ping both ways, iperf3 TCP for 3 s; then one guest's
 #      QEMU is killed and started again: its port comes back, ping works again.
 #   2. nicmuxd as client of QEMU's server=on socket: the same, nicmuxd reconnecting by itself.
 #   3. packed virtqueues: ping both ways.
@@ -36,12 +36,12 @@ port_json() { ctl --json port show "$1" | python3 -c "import json,sys; j=json.lo
 caps=$(port_json a "['caps']")
 grep -q "tso4" <<<"$caps" || fail "port a caps: $caps"
 echo "ok: guests negotiated offloads (port a caps: $caps)"
-iperf 10 "nicmuxd server"
+iperf 3 "nicmuxd server"
 avg=$(port_json b "['rx_bytes'] // max(1, j['rx_packets'])")
 [ "$avg" -gt 1514 ] || fail "b's frames average $avg bytes: no TSO frame crossed whole"
 echo "ok: b's frames average $avg bytes through the switch (TSO frames cross as one packet)"
 gexec b 'ethtool -K eth0 tso off tx off' >/dev/null || fail "ethtool -K in guest b"
-iperf 5 "guest b with tso and tx checksumming off"
+iperf 3 "guest b with tso and tx checksumming off"
 gexec b 'ethtool -K eth0 tso on tx on' >/dev/null || fail "ethtool -K in guest b (on again)"
 # The receiver's own receive offloads (docs/offloads.md): `ethtool -K eth0 rx-gro-hw off` makes
 # virtio_net send VIRTIO_NET_CTRL_GUEST_OFFLOADS without GUEST_TSO4/6. QEMU 7.2 answers it
@@ -52,7 +52,7 @@ gexec a 'ethtool -k eth0' | grep -q "^rx-gro-hw: off" || fail "guest a: rx-gro-h
 caps2=$(port_json a "['caps']")
 [ "$caps2" = "$caps" ] || fail "port a's caps changed after the guest's rx-gro-hw off: $caps2"
 t0=$(port_json a "['tx_bytes']"); p0=$(port_json a "['tx_packets']")
-iperf 5 "guest a with rx-gro-hw off"
+iperf 3 "guest a with rx-gro-hw off"
 t1=$(port_json a "['tx_bytes']"); p1=$(port_json a "['tx_packets']")
 avg_a=$(((t1 - t0) / (p1 - p0 > 0 ? p1 - p0 : 1)))
 [ "$avg_a" -gt 1514 ] || fail "frames to guest a average $avg_a bytes after rx-gro-hw off: nicmuxd was told after all?"
@@ -75,7 +75,7 @@ wait_for "$WORK/qb.sock" 60
 nicmuxd --port "vhost-user:a:socket=$WORK/qa.sock,client" --port "vhost-user:b:socket=$WORK/qb.sock,client"
 wait_agent a; wait_agent b
 ping_both "nicmuxd client"
-iperf 5 "nicmuxd client"
+iperf 3 "nicmuxd client"
 kill_guest a
 wait_log "$WORK/nicmuxd.log" "port a: frontend disconnected" 30
 rm -f "$WORK/a.console.log"
@@ -109,7 +109,7 @@ for g in a b; do
   gexec $g 'for f in /sys/class/net/eth0/queues/tx-*/xps_cpus; do echo 0 > $f; done; ethtool -l eth0 | tail -4' >/dev/null \
     || fail "guest $g: cannot set up queues"
 done
-iperf 5 "4 queue pairs, 16 streams" "-P 16"
+iperf 3 "4 queue pairs, 16 streams" "-P 16"
 for g in a b; do
   gexec $g 'ethtool -S eth0' >"$WORK/$g.ethtool" || fail "ethtool -S in guest $g"
   for q in 0 1 2 3; do
