@@ -58,10 +58,6 @@ class HostileDeviceDriver : public ::testing::Test {
       used->idx.set(++idx_);
     }
   }
-  void SetUsedIdx(uint16_t v) {
-    auto* used = reinterpret_cast<VirtqUsedHeader*>(g_.Host(rp_.ring[2], SplitRingLayout::UsedBytes(kSize)));
-    used->idx.set(v);
-  }
   void ExpectBrokenFor(DropReason why) {
     UsedBuffer u;
     EXPECT_EQ(rp_.driver.PopUsed(&u), PopStatus::kBroken);
