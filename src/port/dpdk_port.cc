@@ -30,6 +30,7 @@
 
 #include "base/log.h"
 #include "packet/offload_ops.h"
+#include "port/dpdk_unmap_guard.h"
 
 namespace nicmux {
 namespace {
@@ -103,10 +104,23 @@ Result<void> EnsureEal() {
     return Error(g_eal_error);
   }
   g_eal_up = true;
+  dpdk_guard::Arm();
   g_runtime_dir = rte_eal_get_runtime_dir();
   std::atexit(RemoveDpdkLeftovers);
   NICMUX_LOG(kInfo, "DPDK EAL started (%s)", rte_version());
   return Ok();
+}
+
+// A driver may unmap a queue's memory from DPDK's own threads while a burst runs on it (net_memif
+// when its peer goes: src/port/dpdk_unmap_guard.h); every burst is a section that unmapping
+// waits for.
+uint16_t RxBurst(uint16_t port, uint16_t q, rte_mbuf** m, uint16_t n) {
+  dpdk_guard::BurstSection in_burst;
+  return rte_eth_rx_burst(port, q, m, n);
+}
+uint16_t TxBurst(uint16_t port, uint16_t q, rte_mbuf** m, uint16_t n) {
+  dpdk_guard::BurstSection in_burst;
+  return rte_eth_tx_burst(port, q, m, n);
 }
 
 constexpr uint32_t kMaxSegs = 16;
@@ -520,7 +534,7 @@ size_t DpdkPort::Rx(uint32_t qi, Batch& out, size_t max) {
   q.nheld -= from_held;
   if (got < max && !q.backlog_len.empty()) got += FromBacklog(q, m + got, static_cast<uint32_t>(max - got));
   // (Not past a backlog the pool could not take all of yet: the device's frames are newer.)
-  if (got < max && q.backlog_len.empty()) got += rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m + got, static_cast<uint16_t>(max - got));
+  if (got < max && q.backlog_len.empty()) got += RxBurst(port_id_, static_cast<uint16_t>(qi), m + got, static_cast<uint16_t>(max - got));
   q.n = 0;
   for (uint32_t i = 0; i < got; ++i) {
     rte_mbuf* b = m[i];
@@ -836,7 +850,7 @@ size_t DpdkPort::Tx(uint32_t qi, std::span<const PacketRef* const> in) {
   // hold, inside it.)
   uint32_t zc_ready = 0;
   for (uint32_t i = 0; i < ready; ++i) zc_ready += zc[i] != nullptr;
-  const uint16_t sent = ready ? rte_eth_tx_burst(port_id_, static_cast<uint16_t>(qi), m, static_cast<uint16_t>(ready)) : 0;
+  const uint16_t sent = ready ? TxBurst(port_id_, static_cast<uint16_t>(qi), m, static_cast<uint16_t>(ready)) : 0;
   for (uint32_t i = sent; i < ready; ++i) {
     zc_ready -= zc[i] != nullptr;
     FreeUnsent(m[i], zc[i]);
@@ -1016,7 +1030,7 @@ Result<void> DpdkPort::ExportPositions(HandoverRecord* out) {
       rte_mbuf* m[kBurst];
       uint32_t got = 0;
       while (r.size() < kMaxBacklogBytes && lens[qi].size() < kMaxBacklog &&
-             (got = rte_eth_rx_burst(port_id_, static_cast<uint16_t>(qi), m, kBurst)) > 0) {
+             (got = RxBurst(port_id_, static_cast<uint16_t>(qi), m, kBurst)) > 0) {
         for (uint32_t i = 0; i < got; ++i) {
           put_mbuf(m[i]);
           rte_pktmbuf_free(m[i]);
