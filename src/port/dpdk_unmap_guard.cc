@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <linux/membarrier.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -85,6 +86,10 @@ void Arm() {
   // Without it, every section entry orders its store before the driver's loads itself.
   g_need_fence.store(!mb, std::memory_order_relaxed);
   virtio::FullFence();
+  // A child of fork (the config check's) has none of the workers: counters it copied odd
+  // would hold its munmaps for nothing.
+  static const int atfork = pthread_atfork(nullptr, nullptr, [] { g_armed.store(false, std::memory_order_relaxed); });
+  (void)atfork;
   g_armed.store(true, std::memory_order_release);
   if (!mb) {
     NICMUX_LOG(kInfo, "DPDK: membarrier(PRIVATE_EXPEDITED) unavailable (%s): bursts pay a fence each", strerror(errno));

@@ -3,6 +3,8 @@
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -117,6 +119,33 @@ TEST(DpdkUnmapGuard, AStuckBurstIsWaitedForOnlyUntilTheLimit) {
   const auto took = Clock::now() - t0;
   EXPECT_GE(took, std::chrono::milliseconds(50));
   EXPECT_LT(took, std::chrono::seconds(2));
+  release.store(true);
+  w.join();
+}
+
+// A child of fork has none of the parent's workers: a burst the parent was in when it forked
+// does not hold the child's munmaps (nicmuxd forks to check a config file).
+TEST(DpdkUnmapGuard, AForkedChildIsNotHeldByTheParentsBursts) {
+  Arm();
+  std::atomic<bool> inside{false};
+  std::atomic<bool> release{false};
+  std::thread w([&] {
+    BurstSection b;
+    inside.store(true);
+    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (!inside.load()) std::this_thread::yield();
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    void* p = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const auto t0 = Clock::now();
+    const int rc = munmap(p, 4096);
+    _exit(rc == 0 && Clock::now() - t0 < std::chrono::seconds(1) ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child's munmap waited for the parent's burst";
   release.store(true);
   w.join();
 }
