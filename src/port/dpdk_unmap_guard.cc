@@ -102,6 +102,10 @@ uint64_t HeldUnmaps() { return g_held.load(std::memory_order_relaxed); }
 
 uint32_t WaitForBursts(uint32_t limit_ms) {
   if (!g_armed.load(std::memory_order_acquire)) return 0;
+  // Called inside a burst: a PMD freeing a zero-copy frame whose release drops the last hold on
+  // a guest-memory snapshot, which unmaps it. That memory is no device's (its holds are all
+  // released), and two workers doing so at once must not wait for each other's burst.
+  if (tl_slot != nullptr && (tl_slot->seq.load(std::memory_order_relaxed) & 1) != 0) return 0;
   // Every worker's "inside" store is made visible before the counters are read; a worker that
   // enters after this sees what the caller did before (the driver's "disconnected" flag).
   if (!g_membarrier.load(std::memory_order_relaxed) ||
@@ -113,7 +117,7 @@ uint32_t WaitForBursts(uint32_t limit_ms) {
   std::chrono::steady_clock::time_point deadline{};
   for (uint32_t i = 0; i < n; ++i) {
     Slot& s = g_slots[i];
-    if (&s == tl_slot || !s.used.load(std::memory_order_acquire)) continue;
+    if (!s.used.load(std::memory_order_acquire)) continue;
     const uint64_t v = s.seq.load(std::memory_order_acquire);
     if ((v & 1) == 0) continue;
     ++waited;
@@ -128,7 +132,7 @@ uint32_t WaitForBursts(uint32_t limit_ms) {
         continue;
       }
       sched_yield();
-      if (spin % 1024 == 0 && std::chrono::steady_clock::now() > deadline) {
+      if (spin % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
         NICMUX_LOG(kError, "DPDK: a burst ran for more than %u ms while a driver unmapped memory: not waited for any longer", limit_ms);
         break;
       }

@@ -57,8 +57,10 @@ class BurstSection {
 // fences at section entry.
 void Arm();
 bool Armed();
-// Waits until every thread inside a burst now (other than the caller) has left it. Returns the
-// number of threads waited for. Bounded: a burst still running after `limit_ms` is logged and
+// Waits until every thread inside a burst now has left it; nothing when the caller is inside a
+// burst itself (a release inside a PMD's free callback unmapping a guest-memory snapshot: not a
+// device's memory, and two such workers would wait for each other). Returns the number of
+// threads waited for. Bounded: a burst still running after `limit_ms` is logged and
 // no longer waited for.
 uint32_t WaitForBursts(uint32_t limit_ms = 5000);
 // munmaps held (waited for at least one burst) since the start, for `port show`-style reports

@@ -50,9 +50,9 @@ TEST(DpdkUnmapGuard, MunmapWaitsForTheBurstInProgress) {
   EXPECT_GT(sum, 0u);
 }
 
-// A thread outside any burst (asleep, paused) holds nothing up; nor does the caller's own
-// burst (a driver that unmaps inside its burst function must not wait for itself).
-TEST(DpdkUnmapGuard, IdleThreadsAndTheCallerOwnBurstDoNotHold) {
+// A thread outside any burst (asleep, paused) holds nothing up; a caller inside a burst waits
+// for nobody.
+TEST(DpdkUnmapGuard, IdleThreadsAndCallersInsideABurstDoNotHold) {
   Arm();
   std::atomic<bool> stop{false};
   std::atomic<bool> ready{false};
@@ -63,6 +63,16 @@ TEST(DpdkUnmapGuard, IdleThreadsAndTheCallerOwnBurstDoNotHold) {
   });
   while (!ready.load()) std::this_thread::yield();
   EXPECT_EQ(WaitForBursts(), 0u);
+  // Another thread inside a burst too: two workers each unmapping a snapshot inside their
+  // burst (a zero-copy release) must not wait for each other.
+  std::atomic<bool> other_in{false};
+  std::atomic<bool> other_out{false};
+  std::thread other([&] {
+    BurstSection b;
+    other_in.store(true);
+    while (!other_out.load()) std::this_thread::yield();
+  });
+  while (!other_in.load()) std::this_thread::yield();
   {
     BurstSection mine;
     void* p = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -70,7 +80,10 @@ TEST(DpdkUnmapGuard, IdleThreadsAndTheCallerOwnBurstDoNotHold) {
     const auto t0 = Clock::now();
     EXPECT_EQ(munmap(p, 4096), 0);
     EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1));
+    EXPECT_EQ(WaitForBursts(), 0u);
   }
+  other_out.store(true);
+  other.join();
   stop.store(true);
   idle.join();
 }
