@@ -8,6 +8,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <rte_interrupts.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -21,6 +23,7 @@ namespace {
 // More threads than ever call bursts at once (workers are at most one per CPU, plus the
 // control thread's drain at a port's close); a slot is given back when its thread exits.
 constexpr uint32_t kSlots = 1024;
+constexpr uint32_t kLogEveryMs = 5000;
 Slot g_slots[kSlots];
 std::atomic<uint32_t> g_high{0};  // slots [0, g_high) have been used
 std::atomic<bool> g_armed{false};
@@ -53,26 +56,40 @@ Slot* TakeSlot() {
   return nullptr;
 }
 
+// The next definitions of the calls this file defines: the sanitizers' interceptors when a
+// runtime is linked (GCC's shared libasan/libtsan: the next in the lookup order; clang's static
+// runtimes: in this executable, under __interceptor_NAME, which our definition would otherwise
+// hide), else libc's. Resolved once, before main (single-threaded); a call before that (another
+// constructor's) goes straight to the kernel.
 using MunmapFn = int (*)(void*, size_t);
-std::atomic<MunmapFn> g_real_munmap{nullptr};
-thread_local bool tl_resolving = false;
+using CloseFn = int (*)(int);
+using Mmap64Fn = void* (*)(void*, size_t, int, int, int, off64_t);
 
-int RealMunmap(void* addr, size_t len) {
-  MunmapFn f = g_real_munmap.load(std::memory_order_acquire);
-  if (f == nullptr && !tl_resolving) {
-    // The next definition: the sanitizers' interceptor when one is linked, else libc's.
-    tl_resolving = true;
-    f = reinterpret_cast<MunmapFn>(dlsym(RTLD_NEXT, "munmap"));
-    tl_resolving = false;
-    if (f != nullptr) g_real_munmap.store(f, std::memory_order_release);
-  }
-  if (f == nullptr) return static_cast<int>(syscall(SYS_munmap, addr, len));  // (while resolving)
-  return f(addr, len);
+void* Next(const char* name, const char* interceptor) {
+  if (void* f = dlsym(RTLD_DEFAULT, interceptor)) return f;
+  return dlsym(RTLD_NEXT, name);
 }
+
+// Threads whose unmapping holds: DPDK's interrupt thread (where a PMD handles its peer's
+// disconnect), and one a test marks. Not the others: a thread that unmaps while holding a lock a
+// burst needs (DPDK's vhost library unmaps guest memory under its queues' access locks) would
+// wait for a burst that waits for it; nicmuxd's own threads unmap only with the workers paused.
+thread_local bool tl_holds = false;
+
+bool HoldsHere() { return tl_holds || rte_thread_is_intr(); }
 
 }  // namespace
 
 std::atomic<bool> g_need_fence{false};
+static MunmapFn g_real_munmap = nullptr;
+static CloseFn g_real_close = nullptr;
+static Mmap64Fn g_real_mmap64 = nullptr;
+
+__attribute__((constructor)) static void ResolveNext() {
+  g_real_munmap = reinterpret_cast<MunmapFn>(Next("munmap", "__interceptor_munmap"));
+  g_real_close = reinterpret_cast<CloseFn>(Next("close", "__interceptor_close"));
+  g_real_mmap64 = reinterpret_cast<Mmap64Fn>(Next("mmap64", "__interceptor_mmap64"));
+}
 
 Slot* ThisThread() {
   if (tl_slot == nullptr) [[unlikely]] tl_slot = TakeSlot();
@@ -98,6 +115,10 @@ void Arm() {
 
 bool Armed() { return g_armed.load(std::memory_order_acquire); }
 
+void HoldOnThisThread(bool on) { tl_holds = on; }
+
+bool HoldHere() { return g_armed.load(std::memory_order_acquire) && HoldsHere(); }
+
 uint64_t HeldUnmaps() { return g_held.load(std::memory_order_relaxed); }
 
 uint32_t WaitForBursts(uint32_t limit_ms) {
@@ -108,10 +129,15 @@ uint32_t WaitForBursts(uint32_t limit_ms) {
   if (tl_slot != nullptr && (tl_slot->seq.load(std::memory_order_relaxed) & 1) != 0) return 0;
   // Every worker's "inside" store is made visible before the counters are read; a worker that
   // enters after this sees what the caller did before (the driver's "disconnected" flag).
-  if (!g_membarrier.load(std::memory_order_relaxed) ||
-      syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
-    virtio::FullFence();
+  if (g_membarrier.load(std::memory_order_relaxed) &&
+      syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) [[unlikely]] {
+    // Refused after it was registered (not seen): from now on every burst fences itself; the
+    // bursts in progress may not have, so this wait is best effort, and says so.
+    g_need_fence.store(true, std::memory_order_relaxed);
+    g_membarrier.store(false, std::memory_order_relaxed);
+    NICMUX_LOG(kError, "DPDK: membarrier failed (%s): bursts fence themselves from now on", strerror(errno));
   }
+  virtio::FullFence();
   const uint32_t n = g_high.load(std::memory_order_acquire);
   uint32_t waited = 0;
   std::chrono::steady_clock::time_point deadline{};
@@ -122,7 +148,7 @@ uint32_t WaitForBursts(uint32_t limit_ms) {
     if ((v & 1) == 0) continue;
     ++waited;
     if (deadline == std::chrono::steady_clock::time_point{}) {
-      deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limit_ms);
+      deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limit_ms != 0 ? limit_ms : kLogEveryMs);
     }
     for (uint32_t spin = 0; s.seq.load(std::memory_order_acquire) == v; ++spin) {
       if (spin < 256) {
@@ -133,8 +159,14 @@ uint32_t WaitForBursts(uint32_t limit_ms) {
       }
       sched_yield();
       if (spin % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
-        NICMUX_LOG(kError, "DPDK: a burst ran for more than %u ms while a driver unmapped memory: not waited for any longer", limit_ms);
-        break;
+        if (limit_ms != 0) {
+          NICMUX_LOG(kError, "DPDK: a burst ran for more than %u ms while a driver unmapped memory: not waited for any longer", limit_ms);
+          break;
+        }
+        // Unmapping under it would crash the worker; the interrupt thread waits on (link events
+        // and alarms wait with it) and says so.
+        NICMUX_LOG(kError, "DPDK: a burst has run for more than %u ms while a driver unmaps memory: still waiting", kLogEveryMs);
+        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kLogEveryMs);
       }
     }
   }
@@ -148,10 +180,28 @@ uint32_t WaitForBursts(uint32_t limit_ms) {
 
 }  // namespace nicmux::dpdk_guard
 
-// The process's munmap (exported: -Wl,--export-dynamic-symbol=munmap, src/port/CMakeLists.txt):
-// a driver's unmapping of a queue's memory waits for the bursts in progress. Before the EAL is
-// up, and in processes without DPDK ports, it is the next munmap and nothing more.
+// The process's munmap, close and mmap64 (exported: -Wl,--export-dynamic-symbol=...,
+// src/port/CMakeLists.txt, so that a PMD loaded as a plugin binds to them). On DPDK's interrupt
+// thread, once the EAL is up, each first waits for the bursts in progress: net_memif's
+// disconnect closes the queues' interrupt eventfds (a burst writes 8 bytes to one: a number
+// reused at once would take them) and unmaps the peer's regions (a burst reads and writes
+// them); its connect maps the new regions before it sets "connected" again (a burst that
+// loaded the old ring's address before its flag test, preempted over the whole reconnect,
+// would use it). Everywhere else: the next definition and nothing more.
 extern "C" int munmap(void* addr, size_t len) noexcept {
-  if (nicmux::dpdk_guard::Armed()) nicmux::dpdk_guard::WaitForBursts();
-  return nicmux::dpdk_guard::RealMunmap(addr, len);
+  if (nicmux::dpdk_guard::HoldHere()) [[unlikely]] nicmux::dpdk_guard::WaitForBursts(0);
+  auto f = nicmux::dpdk_guard::g_real_munmap;
+  return f ? f(addr, len) : static_cast<int>(syscall(SYS_munmap, addr, len));
+}
+
+extern "C" int close(int fd) {
+  if (nicmux::dpdk_guard::HoldHere()) [[unlikely]] nicmux::dpdk_guard::WaitForBursts(0);
+  auto f = nicmux::dpdk_guard::g_real_close;
+  return f ? f(fd) : static_cast<int>(syscall(SYS_close, fd));
+}
+
+extern "C" void* mmap64(void* addr, size_t len, int prot, int flags, int fd, off64_t off) noexcept {
+  if (nicmux::dpdk_guard::HoldHere()) [[unlikely]] nicmux::dpdk_guard::WaitForBursts(0);
+  auto f = nicmux::dpdk_guard::g_real_mmap64;
+  return f ? f(addr, len, prot, flags, fd, off) : reinterpret_cast<void*>(syscall(SYS_mmap, addr, len, prot, flags, fd, off));
 }
