@@ -61,8 +61,8 @@ wait_until 30 "port up0" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port show up0 >
 mode=$(ctl --json port show up0 | python3 -c "import json,sys; print(json.load(sys.stdin)['xdp_mode'])")
 [ -n "$(xdp_prog_on "$V0")" ] || fail "no XDP program on $V0"
 echo "ok: af_xdp port on $V0: $mode ($(xdp_prog_on "$V0"))"
-nsx ping -c 3 -W 5 10.9.0.1 >"$WORK/ping1.log" || fail "ping namespace -> host through af_xdp"
-ping -c 3 -W 5 -I "$TAPIF" 10.9.0.2 >"$WORK/ping2.log" || fail "ping host -> namespace through af_xdp"
+nsx ping -c 3 -i 0.2 -W 5 10.9.0.1 >"$WORK/ping1.log" || fail "ping namespace -> host through af_xdp"
+ping -c 3 -i 0.2 -W 5 -I "$TAPIF" 10.9.0.2 >"$WORK/ping2.log" || fail "ping host -> namespace through af_xdp"
 echo "ok: ping both ways ($(grep -h rtt "$WORK/ping1.log" "$WORK/ping2.log" | tr '\n' ' '))"
 nsx nstat -n >/dev/null 2>&1 || true
 for gro in on off; do
@@ -71,7 +71,7 @@ for gro in on off; do
     iperf3 -s -B 10.9.0.1 -1 >"$WORK/iperf_s.log" 2>&1 &
     sp=$!
     sleep 0.5
-    out=$(nsx timeout 30 iperf3 -c 10.9.0.1 -t 3 -f g $dir 2>&1) || fail "iperf3 $dir (gro $gro): $out"
+    out=$(nsx timeout 30 iperf3 -c 10.9.0.1 -t 1 -f g $dir 2>&1) || fail "iperf3 $dir (gro $gro): $out"
     wait "$sp" 2>/dev/null || true
     way="namespace -> host"
     [ -n "$dir" ] && way="host -> namespace"
@@ -127,7 +127,7 @@ print(f"fds {fd0} -> {fd1}, rss {rss0} -> {rss1} kB")
 assert fd1 <= fd0, "fds grew"
 assert rss1 - rss0 < 16 * 1024, "RSS grew by more than 16 MiB"
 PY
-nsx ping -c 2 -W 5 10.9.0.1 >/dev/null || fail "ping after 100 add/remove cycles"
+nsx ping -c 2 -i 0.2 -W 5 10.9.0.1 >/dev/null || fail "ping after 100 add/remove cycles"
 echo "ok: 100 add/remove cycles of the af_xdp port: fds and RSS flat, the program detached each time"
 
 # ---- 4. a crash leaves the program; the next nicmuxd replaces it; SIGTERM detaches
@@ -139,7 +139,7 @@ nicmuxd --port "tap:host:ifname=$TAPIF,address=10.9.0.1/24" --port "af_xdp:up0:i
 wait_until 30 "port up0 again" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port show up0 >/dev/null 2>&1"
 grep -q "replacing XDP program nicmux_xsk" "$WORK/nicmuxd.log" || fail "the leftover program was not replaced"
 nsx ip neigh flush all  # the new TAP has a new MAC address
-nsx ping -c 3 -W 5 10.9.0.1 >/dev/null || fail "ping after the restart"
+nsx ping -c 3 -i 0.2 -W 5 10.9.0.1 >/dev/null || fail "ping after the restart"
 stop_nicmuxd
 [ -z "$(xdp_prog_on "$V0")" ] || fail "program left on $V0 after SIGTERM: $(xdp_prog_on "$V0")"
 echo "ok: after SIGKILL the next nicmuxd replaced the leftover program; SIGTERM detached it"

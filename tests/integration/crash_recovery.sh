@@ -16,7 +16,7 @@ nicmuxd "${NMX_ARGS[@]}"
 wait_for "$WORK/b.sock" 30
 guest b "$WORK/b.sock" 10.0.0.2/24 --reconnect 1
 wait_agent a; wait_agent b
-gexec a 'ping -c 3 -W 5 10.0.0.2' >/dev/null || fail "ping a -> b before the crash"
+gexec a 'ping -c 3 -i 0.2 -W 5 10.0.0.2' >/dev/null || fail "ping a -> b before the crash"
 echo "ok: two guests up (a: QEMU server=on, b: QEMU reconnect=1)"
 
 ms_of() {  # ms_of HH:MM:SS.mmm: milliseconds since midnight
@@ -47,8 +47,8 @@ crash() {  # crash N: kills nicmuxd under a ping every 10 ms, starts it again (l
   sent=$(grep -o '[0-9]* packets transmitted' "$WORK/ping_crash$n.log" | grep -o '^[0-9]*')
   got=$(grep -o '[0-9]* packets received' "$WORK/ping_crash$n.log" | grep -o '^[0-9]*')
   [ -n "$got" ] && [ "$got" -gt 0 ] || fail "crash $n: the ping got no reply at all: $(tail -n 3 "$WORK/ping_crash$n.log")"
-  gexec a 'ping -c 3 -W 5 10.0.0.2' >/dev/null || fail "ping a -> b after crash $n"
-  gexec b 'ping -c 3 -W 5 10.0.0.1' >/dev/null || fail "ping b -> a after crash $n"
+  gexec a 'ping -c 3 -i 0.2 -W 5 10.0.0.2' >/dev/null || fail "ping a -> b after crash $n"
+  gexec b 'ping -c 3 -i 0.2 -W 5 10.0.0.1' >/dev/null || fail "ping b -> a after crash $n"
   echo "ok: crash $n: SIGKILL, restart: port a (nicmuxd reconnects to QEMU) connected $((a_ms - start_ms)) ms after" \
     "the restart, port b (QEMU reconnect=1) $((b_ms - start_ms)) ms; ping every 10 ms: $((sent - got)) of $sent" \
     "unanswered (~$(((sent - got) * 10)) ms); ping both ways afterwards"

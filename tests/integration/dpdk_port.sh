@@ -211,8 +211,8 @@ printf 'set fwd macswap\nstart\n' >&7
 wait_log "$WORK/testpmd.log" "macswap packet forwarding" 60 "$tp"
 wait_until 30 "d0 linked to testpmd" sh -c "'$BIN/nicmuxctl' --socket '$CTL' port list | grep -q '^d0 .*link up'"
 zc_sent() { ctl --json port show d0 | python3 -c "import json,sys; print(json.load(sys.stdin)['tx_zerocopy'])"; }
-pg_r() {  # pktgen A sending 400000 frames to B through pga, 20 s
-  start "pg_r$1" "$BIN/nicmux-pktgen" --socket "$S/pga.sock" --mode tx --size 1518 --count 400000 --duration 40 \
+pg_r() {  # pktgen A sending 160000 frames to B through pga, 8 s
+  start "pg_r$1" "$BIN/nicmux-pktgen" --socket "$S/pga.sock" --mode tx --size 1518 --count 160000 --duration 40 \
     --interval 0 --rate 20000 --mac 02:00:00:00:00:0a --peer-mac 02:00:00:00:00:0b --ring 1024
 }
 # (memif's client in testpmd does not come back to a server made anew: the guest's port goes
