@@ -123,9 +123,9 @@ uint64_t HeldUnmaps() { return g_held.load(std::memory_order_relaxed); }
 
 uint32_t WaitForBursts(uint32_t limit_ms) {
   if (!g_armed.load(std::memory_order_acquire)) return 0;
-  // Called inside a burst: a PMD freeing a zero-copy frame whose release drops the last hold on
-  // a guest-memory snapshot, which unmaps it. That memory is no device's (its holds are all
-  // released), and two workers doing so at once must not wait for each other's burst.
+  // Called inside a burst (a holding thread's own burst; DPDK's interrupt thread makes none): it
+  // would wait for itself, or two such threads for each other, with no limit. What a burst
+  // unmaps in its own callbacks (a zero-copy release's guest-memory snapshot) is no device's.
   if (tl_slot != nullptr && (tl_slot->seq.load(std::memory_order_relaxed) & 1) != 0) return 0;
   // Every worker's "inside" store is made visible before the counters are read; a worker that
   // enters after this sees what the caller did before (the driver's "disconnected" flag).

@@ -17,6 +17,29 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// A worker in its own thread, inside one burst until Release() (or the end of the scope).
+class BurstInAnotherThread {
+ public:
+  BurstInAnotherThread()
+      : t_([this] {
+          BurstSection b;
+          inside_.store(true);
+          while (!release_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }) {
+    while (!inside_.load()) std::this_thread::yield();
+  }
+  ~BurstInAnotherThread() {
+    Release();
+    t_.join();
+  }
+  void Release() { release_.store(true); }
+
+ private:
+  std::atomic<bool> inside_{false};
+  std::atomic<bool> release_{false};
+  std::thread t_;
+};
+
 // The hold as a driver meets it: a thread inside a burst reads a mapping that another thread
 // (the EAL's interrupt thread, for net_memif) unmaps. munmap must not return before the burst
 // has left, and the burst must read the mapping whole.
@@ -66,16 +89,9 @@ TEST(DpdkUnmapGuard, IdleThreadsAndCallersInsideABurstDoNotHold) {
   });
   while (!ready.load()) std::this_thread::yield();
   EXPECT_EQ(WaitForBursts(0), 0u);
-  // Another thread inside a burst too: two workers each unmapping a snapshot inside their
-  // burst (a zero-copy release) must not wait for each other.
-  std::atomic<bool> other_in{false};
-  std::atomic<bool> other_out{false};
-  std::thread other([&] {
-    BurstSection b;
-    other_in.store(true);
-    while (!other_out.load()) std::this_thread::yield();
-  });
-  while (!other_in.load()) std::this_thread::yield();
+  // Another thread inside a burst too: two threads each waiting inside their own burst would
+  // wait for each other, with no limit.
+  BurstInAnotherThread other;
   {
     BurstSection mine;
     void* p = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -85,8 +101,6 @@ TEST(DpdkUnmapGuard, IdleThreadsAndCallersInsideABurstDoNotHold) {
     EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1));
     EXPECT_EQ(WaitForBursts(0), 0u);
   }
-  other_out.store(true);
-  other.join();
   stop.store(true);
   idle.join();
 }
@@ -100,57 +114,33 @@ TEST(DpdkUnmapGuard, SlotsOfExitedThreadsAreReused) {
     for (int i = 0; i < 64; ++i) ts.emplace_back([] { BurstSection b; });
     for (auto& t : ts) t.join();
   }
-  std::atomic<bool> inside{false};
-  std::atomic<bool> release{false};
-  std::thread w([&] {
-    BurstSection b;
-    inside.store(true);
-    while (!release.load()) std::this_thread::yield();
-  });
-  while (!inside.load()) std::this_thread::yield();
+  BurstInAnotherThread w;
   std::thread releaser([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
-    release.store(true);
+    w.Release();
   });
   const auto t0 = Clock::now();
   EXPECT_EQ(WaitForBursts(0), 1u);
   EXPECT_GE(Clock::now() - t0, std::chrono::milliseconds(20));
-  w.join();
   releaser.join();
 }
 
 // A burst that never ends is waited for only as long as the limit (logged), not forever.
 TEST(DpdkUnmapGuard, AStuckBurstIsWaitedForOnlyUntilTheLimit) {
   Arm();
-  std::atomic<bool> inside{false};
-  std::atomic<bool> release{false};
-  std::thread w([&] {
-    BurstSection b;
-    inside.store(true);
-    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  });
-  while (!inside.load()) std::this_thread::yield();
+  BurstInAnotherThread w;
   const auto t0 = Clock::now();
   EXPECT_EQ(WaitForBursts(50), 1u);
   const auto took = Clock::now() - t0;
   EXPECT_GE(took, std::chrono::milliseconds(50));
   EXPECT_LT(took, std::chrono::seconds(2));
-  release.store(true);
-  w.join();
 }
 
 // A child of fork has none of the parent's workers: a burst the parent was in when it forked
 // does not hold the child's munmaps (nicmuxd forks to check a config file).
 TEST(DpdkUnmapGuard, AForkedChildIsNotHeldByTheParentsBursts) {
   Arm();
-  std::atomic<bool> inside{false};
-  std::atomic<bool> release{false};
-  std::thread w([&] {
-    BurstSection b;
-    inside.store(true);
-    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  });
-  while (!inside.load()) std::this_thread::yield();
+  BurstInAnotherThread w;
   HoldOnThisThread(true);  // the child's thread is a copy of this one
   const pid_t child = fork();
   ASSERT_GE(child, 0);
@@ -164,8 +154,6 @@ TEST(DpdkUnmapGuard, AForkedChildIsNotHeldByTheParentsBursts) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child's munmap waited for the parent's burst";
-  release.store(true);
-  w.join();
 }
 
 // Only DPDK's interrupt thread holds: another thread's munmap (the control thread's, or DPDK's
@@ -173,21 +161,12 @@ TEST(DpdkUnmapGuard, AForkedChildIsNotHeldByTheParentsBursts) {
 TEST(DpdkUnmapGuard, OtherThreadsDoNotHold) {
   Arm();
   EXPECT_FALSE(HoldHere());
-  std::atomic<bool> inside{false};
-  std::atomic<bool> release{false};
-  std::thread w([&] {
-    BurstSection b;
-    inside.store(true);
-    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  });
-  while (!inside.load()) std::this_thread::yield();
+  BurstInAnotherThread w;
   void* p = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(p, MAP_FAILED);
   const auto t0 = Clock::now();
   EXPECT_EQ(munmap(p, 4096), 0);
   EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1));
-  release.store(true);
-  w.join();
 }
 
 // net_memif's disconnect also closes the queues' interrupt eventfds (a burst writes to one) and
