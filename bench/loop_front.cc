@@ -28,12 +28,14 @@
 namespace nicmux {
 namespace {
 
-constexpr const char* kUsage = R"(usage: loop_front --inject N --seconds S SOCKET...
+constexpr const char* kUsage = R"(usage: loop_front [--hugepages] --inject N --seconds S SOCKET...
 
 Attaches to each vhost-user SOCKET (the backend listens; an even number of them) as a
 virtio-net frontend, announces port i's MAC 02:00:00:00:HH:LL (i = 0xHHLL), waits half a
 second, injects N 64-byte frames on every port (to port i ^ 1's MAC) and forwards what each
-port receives out of its pair port for S seconds. One thread, busy polling.
+port receives out of its pair port for S seconds. One thread, busy polling. --hugepages: each
+port's memory (rings and buffers) in 2 MiB huge pages (reserved ones), as a QEMU guest with a
+hugetlbfs memory backend has it; otherwise a memfd of 4 KiB pages.
 )";
 
 std::atomic<bool> g_stop{false};
@@ -73,12 +75,17 @@ void Flush(Port& p) {
 int Run(int argc, char** argv) {
   uint64_t inject = 1024;
   double seconds = 10;
+  bool hugepages = false;
   std::vector<std::string> sockets;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
+    }
+    if (a == "--hugepages") {
+      hugepages = true;
+      continue;
     }
     if ((a == "--inject" || a == "--seconds") && i + 1 < argc) {
       const char* v = argv[++i];
@@ -116,6 +123,7 @@ int Run(int argc, char** argv) {
     fc.queue_pairs = 1;
     fc.queue_size = 256;
     fc.mrg_rxbuf = true;
+    fc.hugepages = hugepages;
     auto f = vhost::Frontend::Create(fc);
     if (!f) {
       std::fprintf(stderr, "loop_front: %s: %s\n", sockets[i].c_str(), f.error().message().c_str());

@@ -8,6 +8,8 @@
 // than being cut; without it such a frame is dropped and the buffer kept. The test thread
 // plays the worker (TestWorker, as in vhost_user_port_hostile_test.cc); the only waits are for
 // the control thread to start the queues, with a generous bound.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -125,8 +127,9 @@ class DataPath : public ::testing::TestWithParam<bool> {
 
   // Connects nicmux's frontend (64 buffers per queue, every receive buffer posted) and waits
   // for the port to run both queues.
-  void Connect(bool mrg_rxbuf = true, uint32_t buf_bytes = 2048) {
+  void Connect(bool mrg_rxbuf = true, uint32_t buf_bytes = 2048, bool hugepages = false) {
     vhost::FrontendConfig c;
+    c.hugepages = hugepages;
     c.socket_path = dir_ + "/p.sock";
     c.queue_size = kQueueSize;
     c.packed = packed();
@@ -281,6 +284,35 @@ TEST_P(DataPath, TxIntoAShortReceiveRingTakesWhatFitsAndSaysHowMany) {
   EXPECT_EQ(s.tx_packets, kQueueSize + 8);
   EXPECT_EQ(s.tx_dropped, 0u);
   EXPECT_EQ(port_->DropsFor(DropReason::kQueueFull), 0u);
+}
+
+// A frontend whose memory is in huge pages (a QEMU guest with a hugetlbfs memory backend;
+// bench/loop_front --hugepages): the port maps the file, and frames go both ways through it.
+TEST_P(DataPath, HugePageMemoryCarriesFramesBothWays) {
+  // One huge page is all the frontend needs (64-entry queues); none reserved and free: skip.
+  const int probe = ::memfd_create("nicmux-test-huge", MFD_CLOEXEC | MFD_HUGETLB);
+  if (probe < 0) GTEST_SKIP() << "memfd_create(MFD_HUGETLB): " << std::strerror(errno);
+  const bool fits = ::ftruncate(probe, 2 << 20) == 0 &&
+                    ::fallocate(probe, 0, 0, 2 << 20) == 0;  // takes a page now, or fails
+  ::close(probe);
+  if (!fits) GTEST_SKIP() << "no free 2 MiB huge page (vm.nr_hugepages)";
+  ASSERT_NO_FATAL_FAILURE(Connect(/*mrg_rxbuf=*/true, /*buf_bytes=*/2048, /*hugepages=*/true));
+  const Bytes a = MakeFrame(1, 60), b = MakeFrame(2, 1514);
+  AddTx(a);
+  AddTx(b);
+  txq().Publish();
+  std::lock_guard worker(worker_.mutex());
+  Batch batch;
+  ASSERT_EQ(port_->Rx(0, batch, kBurst), 2u);
+  EXPECT_EQ(Received(batch), (std::vector<Bytes>{a, b}));
+  port_->RxDone(0, batch, 2);
+  EXPECT_EQ(PopUsed(txq()).size(), 2u);
+  HostPacket c(MakeFrame(3, 900));
+  const PacketRef* ptr = &c.ref;
+  ASSERT_EQ(port_->Tx(0, std::span(&ptr, 1)), 1u);
+  auto used = PopUsed(rxq());
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(FrameIn(used[0]), c.bytes);
 }
 
 // MRG_RXBUF: a frame larger than one receive buffer is spread over as many as it needs; the

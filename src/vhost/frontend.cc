@@ -219,8 +219,9 @@ Result<void> Frontend::Setup() {
   // Memory: rings and buffers of every queue in one memfd region at guest-physical 0.
   const uint32_t qs = config_.queue_size, nq = 2 * pairs_;
   const uint64_t total = MemoryBytes();
-  memfd_.Reset(::memfd_create("nicmux-frontend", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!memfd_.valid()) return Error::FromErrno("memfd_create");
+  memfd_.Reset(::memfd_create("nicmux-frontend",
+                              MFD_CLOEXEC | MFD_ALLOW_SEALING | (config_.hugepages ? MFD_HUGETLB : 0)));
+  if (!memfd_.valid()) return Error::FromErrno(config_.hugepages ? "memfd_create (2 MiB huge pages)" : "memfd_create");
   if (::ftruncate(memfd_.get(), static_cast<off_t>(total)) < 0) return Error::FromErrno("ftruncate memfd");
   // Sealed against resizing, as QEMU's memory-backend-memfd does: a backend that maps it can
   // never be made to fault by a shrink.
