@@ -59,8 +59,8 @@ class BurstSection {
 void Arm();
 bool Armed();
 // Waits until every thread inside a burst now has left it; nothing when the caller is inside a
-// burst itself (it would wait for itself, or two such callers for each other). Returns the number of threads waited for. `limit_ms`: a
-// burst still running then is logged and no longer waited for; 0: waited for however long,
+// burst itself (it would wait for itself, or two such callers for each other). Returns the
+// number of threads waited for. `limit_ms`: a burst still running then is logged and no longer waited for; 0: waited for however long,
 // logged every 5 s.
 uint32_t WaitForBursts(uint32_t limit_ms);
 // Whether this thread's munmap, close and mmap64 wait for bursts: DPDK's interrupt thread once

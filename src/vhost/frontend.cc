@@ -221,7 +221,7 @@ Result<void> Frontend::Setup() {
   const uint64_t total = MemoryBytes();
   memfd_.Reset(::memfd_create("nicmux-frontend",
                               MFD_CLOEXEC | MFD_ALLOW_SEALING | (config_.hugepages ? MFD_HUGETLB : 0)));
-  if (!memfd_.valid()) return Error::FromErrno(config_.hugepages ? "memfd_create (2 MiB huge pages)" : "memfd_create");
+  if (!memfd_.valid()) return Error::FromErrno(config_.hugepages ? "memfd_create (huge pages)" : "memfd_create");
   if (::ftruncate(memfd_.get(), static_cast<off_t>(total)) < 0) return Error::FromErrno("ftruncate memfd");
   // Sealed against resizing, as QEMU's memory-backend-memfd does: a backend that maps it can
   // never be made to fault by a shrink.

@@ -43,8 +43,8 @@ struct FrontendConfig {
   // backend.
   bool seal_memory = true;
   // The memory in huge pages (MFD_HUGETLB: the default size, 2 MiB on x86; reserved ones,
-  // vm.nr_hugepages), as a QEMU
-  // guest with a hugetlbfs memory backend gives it: the backend then maps it in huge pages too.
+  // vm.nr_hugepages), as a QEMU guest with a hugetlbfs memory backend gives it: the backend
+  // then maps it in huge pages too.
   bool hugepages = false;
   int connect_timeout_ms = 10000;
   // Virtio-net offload features to ask for (CSUM, HOST_TSO4, GUEST_CSUM, ...: virtio/features.h
